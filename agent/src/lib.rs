@@ -1,0 +1,2 @@
+//! `corral-agent`: the host daemon.
+pub mod inventory;

@@ -1,0 +1,184 @@
+//! `corral-coordinator`: keeps the desired state and drives the agents toward it.
+//!
+//! Tasks, all children of one `CancellationToken` and tracked by one `TaskTracker`:
+//! - [`agents`]: the QUIC endpoint. One task per agent connection reads its control stream; a writer
+//!   task drains the node's bounded command channel; one task per log stream appends to [`logs`].
+//! - [`scheduler`]: places queued jobs on nodes where they fit; woken by a `Notify` on every change
+//!   that could make room, and every few seconds regardless (level-triggered).
+//! - [`http`]: the HTTP API (axum) for the CLI.
+//!
+//! State: [`store`] (SQLite) holds runs, jobs, nodes and tokens; the set of connected nodes and their
+//! command channels lives in memory ([`State::sessions`]) and is rebuilt as agents reconnect.
+
+pub mod agents;
+pub mod http;
+pub mod logs;
+pub mod pki;
+pub mod scheduler;
+pub mod secrets;
+pub mod store;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use corral_proto::ids::NodeId;
+use corral_proto::token::JoinToken;
+use corral_proto::wire::CoordinatorMessage;
+
+use crate::logs::LogStore;
+use crate::pki::Pki;
+use crate::secrets::{random_hex, sha256_hex};
+use crate::store::Store;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub http_listen: SocketAddr,
+    pub quic_listen: SocketAddr,
+    /// Seconds between agent heartbeats.
+    pub heartbeat_secs: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("corral-data"),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            quic_listen: SocketAddr::from(([0, 0, 0, 0], 7071)),
+            heartbeat_secs: 5,
+        }
+    }
+}
+
+/// A connected agent: its command channel. `conn_id` tells a newer connection of the same node from
+/// the one it replaced.
+#[derive(Clone)]
+pub struct Session {
+    pub conn_id: u64,
+    pub name: String,
+    pub tx: mpsc::Sender<CoordinatorMessage>,
+}
+
+pub struct State {
+    pub config: Config,
+    pub store: Store,
+    pub pki: Pki,
+    pub logs: LogStore,
+    pub sessions: Mutex<HashMap<NodeId, Session>>,
+    pub wake_scheduler: Notify,
+}
+
+impl State {
+    pub fn session(&self, node: &NodeId) -> Option<Session> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(node).cloned()
+    }
+
+    /// Sends a command to a node if it is connected. A command that cannot be sent now is not lost:
+    /// reconciliation on the node's next connection sends what is still needed.
+    pub fn send(&self, node: &NodeId, msg: CoordinatorMessage) -> bool {
+        match self.session(node) {
+            Some(s) => s.tx.try_send(msg).is_ok(),
+            None => false,
+        }
+    }
+}
+
+/// A started coordinator: where it listens and the credentials it printed.
+pub struct Running {
+    pub http_addr: SocketAddr,
+    pub quic_addr: SocketAddr,
+    pub admin_token: String,
+    pub join_token: JoinToken,
+    pub state: Arc<State>,
+    pub tasks: TaskTracker,
+}
+
+impl Running {
+    /// Waits for every task to end after the shutdown token was cancelled.
+    pub async fn wait(self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+fn read_or_create(path: &Path, create: impl FnOnce() -> anyhow::Result<String>) -> anyhow::Result<(String, bool)> {
+    if let Ok(s) = std::fs::read_to_string(path) {
+        if !s.trim().is_empty() {
+            return Ok((s.trim().to_owned(), false));
+        }
+    }
+    let value = create()?;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(f, "{value}").with_context(|| format!("cannot write {}", path.display()))?;
+    Ok((value, true))
+}
+
+/// Opens the data dir, binds both listeners and spawns every task. Returns once the coordinator
+/// accepts connections; cancel `shutdown` to stop it, then [`Running::wait`].
+pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let dir = &config.data_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the data dir {}", dir.display()))?;
+    let store = Store::open(&dir.join("corral.db")).with_context(|| format!("cannot open the database in {}", dir.display()))?;
+    let pki = Pki::load_or_create(dir).context("cannot set up the certificate authority")?;
+    let logs = LogStore::new(&dir.join("logs")).context("cannot create the log dir")?;
+
+    let (admin_token, created) = read_or_create(&dir.join("admin-token"), || {
+        let token = format!("crl_{}", random_hex(20));
+        store.add_api_token(&sha256_hex(token.as_bytes()), "admin")?;
+        Ok(token)
+    })?;
+    if created {
+        tracing::info!(path = %dir.join("admin-token").display(), "created the admin API token");
+    }
+    let ca_hash = pki.ca_hash();
+    let (join_token, _) = read_or_create(&dir.join("join-token"), || {
+        let secret = random_hex(16);
+        store.add_join_token(&sha256_hex(secret.as_bytes()), None)?;
+        Ok(JoinToken { ca_hash: ca_hash.clone(), secret }.to_string())
+    })?;
+    let join_token: JoinToken = join_token.parse().context("the join-token file is malformed")?;
+
+    let state = Arc::new(State {
+        config: config.clone(),
+        store,
+        pki,
+        logs,
+        sessions: Mutex::new(HashMap::new()),
+        wake_scheduler: Notify::new(),
+    });
+
+    let tasks = TaskTracker::new();
+    let endpoint = agents::bind(&state, config.quic_listen)?;
+    let quic_addr = endpoint.local_addr().context("quic endpoint has no address")?;
+    tasks.spawn(agents::serve(endpoint, state.clone(), shutdown.child_token(), tasks.clone()));
+
+    let listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", config.http_listen))?;
+    let http_addr = listener.local_addr()?;
+    tasks.spawn(http::serve(listener, state.clone(), shutdown.child_token()));
+    tasks.spawn(scheduler::run(state.clone(), shutdown.child_token()));
+
+    Ok(Running { http_addr, quic_addr, admin_token, join_token, state, tasks })
+}
+
+/// How long the coordinator waits for its tasks after a shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);

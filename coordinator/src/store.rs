@@ -1,0 +1,436 @@
+//! The state store: one SQLite file in the data dir (WAL), migrations applied on open. The coordinator
+//! alone writes it. Calls are short and synchronous; the connection sits behind a mutex.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use corral_proto::api;
+use corral_proto::config::Configuration;
+use corral_proto::ids::{JobId, NodeId, RunId};
+use corral_proto::inventory::HostInventory;
+use corral_proto::job::{JobSpec, JobState, TerminationReason};
+use corral_proto::resources::Allocation;
+
+use crate::secrets::now_ms;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error")]
+    Sql(#[from] rusqlite::Error),
+    #[error("stored {what} is unreadable")]
+    Corrupt { what: String, #[source] source: serde_json::Error },
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// Each entry is applied once, in order; `PRAGMA user_version` counts how many have been.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE projects (name TEXT PRIMARY KEY, created_ms INTEGER NOT NULL);
+CREATE TABLE api_tokens (hash TEXT PRIMARY KEY, name TEXT NOT NULL, created_ms INTEGER NOT NULL);
+CREATE TABLE join_tokens (
+    hash TEXT PRIMARY KEY, fleet TEXT, created_ms INTEGER NOT NULL,
+    expires_ms INTEGER, uses_left INTEGER, revoked INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE nodes (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, fleet TEXT, cert_fingerprint TEXT NOT NULL UNIQUE,
+    enrolled_ms INTEGER NOT NULL, last_seen_ms INTEGER, address TEXT, agent_version TEXT,
+    inventory TEXT, revoked INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY, project TEXT NOT NULL REFERENCES projects(name), name TEXT NOT NULL,
+    configuration TEXT NOT NULL, source TEXT, submitted_ms INTEGER NOT NULL);
+CREATE INDEX runs_by_name ON runs(project, name);
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY, run_id TEXT NOT NULL REFERENCES runs(id), job_num INTEGER NOT NULL,
+    state TEXT NOT NULL, node_id TEXT, allocation TEXT, spec TEXT, exit_code INTEGER,
+    termination_reason TEXT, status_message TEXT, submitted_ms INTEGER NOT NULL,
+    started_ms INTEGER, finished_ms INTEGER);
+CREATE INDEX jobs_by_state ON jobs(state);
+INSERT INTO projects VALUES ('main', 0);
+"#];
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+/// A job as the coordinator keeps it.
+#[derive(Clone, Debug)]
+pub struct JobRow {
+    pub id: JobId,
+    pub run_id: RunId,
+    pub run_name: String,
+    pub project: String,
+    pub job_num: u32,
+    pub state: JobState,
+    pub node_id: Option<NodeId>,
+    pub allocation: Option<Allocation>,
+    pub spec: Option<JobSpec>,
+    pub exit_code: Option<i64>,
+    pub termination_reason: Option<TerminationReason>,
+    pub status_message: Option<String>,
+    pub submitted_ms: i64,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    pub configuration: Configuration,
+}
+
+#[derive(Clone, Debug)]
+pub struct NodeRow {
+    pub id: NodeId,
+    pub name: String,
+    pub fleet: Option<String>,
+    pub enrolled_ms: i64,
+    pub last_seen_ms: Option<i64>,
+    pub address: Option<String>,
+    pub agent_version: Option<String>,
+    pub inventory: Option<HostInventory>,
+    pub revoked: bool,
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    // Serializing our own plain data types to JSON cannot fail (no maps with non-string keys).
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|source| StoreError::Corrupt { what: what.to_owned(), source })
+}
+
+const JOB_COLUMNS: &str = "j.id, j.run_id, r.name, r.project, j.job_num, j.state, j.node_id, j.allocation, j.spec, \
+     j.exit_code, j.termination_reason, j.status_message, j.submitted_ms, j.started_ms, j.finished_ms, r.configuration";
+
+/// A JSON column decoded into our type; a stored value we cannot read is a conversion error.
+fn json_col<T: serde::de::DeserializeOwned>(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<T> {
+    let s: String = row.get(idx)?;
+    serde_json::from_str(&s).map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e)))
+}
+
+fn opt_json_col<T: serde::de::DeserializeOwned>(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<Option<T>> {
+    match row.get_ref(idx)? {
+        rusqlite::types::ValueRef::Null => Ok(None),
+        _ => json_col(row, idx).map(Some),
+    }
+}
+
+fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
+    let state: String = row.get(5)?;
+    let reason: Option<String> = row.get(10)?;
+    Ok(JobRow {
+        id: JobId(row.get(0)?),
+        run_id: RunId(row.get(1)?),
+        run_name: row.get(2)?,
+        project: row.get(3)?,
+        job_num: row.get(4)?,
+        state: JobState::parse(&state).unwrap_or(JobState::Failed),
+        node_id: row.get::<_, Option<String>>(6)?.map(NodeId),
+        allocation: opt_json_col(row, 7)?,
+        spec: opt_json_col(row, 8)?,
+        exit_code: row.get(9)?,
+        termination_reason: reason.as_deref().and_then(TerminationReason::parse),
+        status_message: row.get(11)?,
+        submitted_ms: row.get(12)?,
+        started_ms: row.get(13)?,
+        finished_ms: row.get(14)?,
+        configuration: json_col(row, 15)?,
+    })
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let store = Self { conn: Mutex::new(conn) };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (each call is its own
+        // statement or transaction), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let mut conn = self.conn();
+        let applied: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    pub fn project_exists(&self, name: &str) -> Result<bool> {
+        Ok(self.conn().query_row("SELECT 1 FROM projects WHERE name = ?1", [name], |_| Ok(())).optional()?.is_some())
+    }
+
+    // --- tokens ---
+
+    pub fn has_api_tokens(&self) -> Result<bool> {
+        Ok(self.conn().query_row("SELECT 1 FROM api_tokens LIMIT 1", [], |_| Ok(())).optional()?.is_some())
+    }
+
+    pub fn add_api_token(&self, hash: &str, name: &str) -> Result<()> {
+        self.conn().execute("INSERT INTO api_tokens VALUES (?1, ?2, ?3)", params![hash, name, now_ms()])?;
+        Ok(())
+    }
+
+    pub fn api_token_name(&self, hash: &str) -> Result<Option<String>> {
+        Ok(self.conn().query_row("SELECT name FROM api_tokens WHERE hash = ?1", [hash], |r| r.get(0)).optional()?)
+    }
+
+    pub fn has_join_tokens(&self) -> Result<bool> {
+        Ok(self.conn().query_row("SELECT 1 FROM join_tokens LIMIT 1", [], |_| Ok(())).optional()?.is_some())
+    }
+
+    pub fn add_join_token(&self, hash: &str, fleet: Option<&str>) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO join_tokens (hash, fleet, created_ms) VALUES (?1, ?2, ?3)",
+            params![hash, fleet, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Consumes one use of a join token. `Ok(None)`: no such valid token. `Ok(Some(fleet))`: accepted.
+    pub fn use_join_token(&self, hash: &str) -> Result<Option<Option<String>>> {
+        let conn = self.conn();
+        let row: Option<(Option<String>, Option<i64>, Option<i64>, bool)> = conn
+            .query_row(
+                "SELECT fleet, expires_ms, uses_left, revoked FROM join_tokens WHERE hash = ?1",
+                [hash],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let Some((fleet, expires, uses_left, revoked)) = row else { return Ok(None) };
+        if revoked || expires.is_some_and(|e| e < now_ms()) || uses_left.is_some_and(|u| u <= 0) {
+            return Ok(None);
+        }
+        if uses_left.is_some() {
+            conn.execute("UPDATE join_tokens SET uses_left = uses_left - 1 WHERE hash = ?1", [hash])?;
+        }
+        Ok(Some(fleet))
+    }
+
+    // --- nodes ---
+
+    pub fn add_node(&self, id: &NodeId, name: &str, fleet: Option<&str>, fingerprint: &str) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO nodes (id, name, fleet, cert_fingerprint, enrolled_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id.0, name, fleet, fingerprint, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    pub fn node_by_fingerprint(&self, fingerprint: &str) -> Result<Option<NodeRow>> {
+        self.query_nodes("WHERE cert_fingerprint = ?1", [fingerprint]).map(|mut v| v.pop())
+    }
+
+    pub fn nodes(&self) -> Result<Vec<NodeRow>> {
+        self.query_nodes("WHERE revoked = 0 ORDER BY name", [])
+    }
+
+    fn query_nodes<P: rusqlite::Params>(&self, filter: &str, p: P) -> Result<Vec<NodeRow>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT id, name, fleet, enrolled_ms, last_seen_ms, address, agent_version, inventory, revoked FROM nodes {filter}"
+        ))?;
+        let nodes = stmt
+            .query_map(p, |r| {
+                Ok(NodeRow {
+                    id: NodeId(r.get(0)?),
+                    name: r.get(1)?,
+                    fleet: r.get(2)?,
+                    enrolled_ms: r.get(3)?,
+                    last_seen_ms: r.get(4)?,
+                    address: r.get(5)?,
+                    agent_version: r.get(6)?,
+                    inventory: opt_json_col(r, 7)?,
+                    revoked: r.get(8)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(nodes)
+    }
+
+    pub fn node_connected(&self, id: &NodeId, address: &str, agent_version: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE nodes SET address = ?2, agent_version = ?3, last_seen_ms = ?4 WHERE id = ?1",
+            params![id.0, address, agent_version, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    pub fn node_seen(&self, id: &NodeId) -> Result<()> {
+        self.conn().execute("UPDATE nodes SET last_seen_ms = ?2 WHERE id = ?1", params![id.0, now_ms()])?;
+        Ok(())
+    }
+
+    pub fn set_inventory(&self, id: &NodeId, inv: &HostInventory) -> Result<()> {
+        self.conn().execute("UPDATE nodes SET inventory = ?2 WHERE id = ?1", params![id.0, json(inv)])?;
+        Ok(())
+    }
+
+    // --- runs and jobs ---
+
+    /// Stores a run and its jobs (state `submitted`) in one transaction.
+    pub fn insert_run(&self, id: &RunId, project: &str, name: &str, cfg: &Configuration, source: Option<&str>, jobs: &[JobId]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO runs VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![id.0, project, name, json(cfg), source, now],
+        )?;
+        for (num, job) in jobs.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO jobs (id, run_id, job_num, state, submitted_ms) VALUES (?1, ?2, ?3, 'submitted', ?4)",
+                params![job.0, id.0, num as u32, now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Jobs matching an SQL filter over `j` (jobs) and `r` (runs).
+    pub fn jobs_where<P: rusqlite::Params>(&self, filter: &str, p: P) -> Result<Vec<JobRow>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("SELECT {JOB_COLUMNS} FROM jobs j JOIN runs r ON r.id = j.run_id {filter}"))?;
+        let jobs = stmt.query_map(p, job_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(jobs)
+    }
+
+    pub fn job(&self, id: &JobId) -> Result<Option<JobRow>> {
+        Ok(self.jobs_where("WHERE j.id = ?1", [&id.0])?.pop())
+    }
+
+    /// Jobs waiting for a node, oldest first.
+    pub fn queued_jobs(&self) -> Result<Vec<JobRow>> {
+        self.jobs_where("WHERE j.state IN ('submitted', 'pending') ORDER BY j.submitted_ms, j.id", [])
+    }
+
+    /// Jobs holding resources on nodes (placed and not finished).
+    pub fn placed_jobs(&self) -> Result<Vec<JobRow>> {
+        self.jobs_where("WHERE j.node_id IS NOT NULL AND j.state IN ('provisioning', 'pulling', 'running', 'terminating')", [])
+    }
+
+    pub fn set_pending(&self, id: &JobId, reason: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE jobs SET state = 'pending', status_message = ?2 WHERE id = ?1 AND state IN ('submitted', 'pending')",
+            params![id.0, reason],
+        )?;
+        Ok(())
+    }
+
+    pub fn assign(&self, id: &JobId, node: &NodeId, spec: &JobSpec) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE jobs SET state = 'provisioning', node_id = ?2, allocation = ?3, spec = ?4, status_message = NULL \
+             WHERE id = ?1 AND state IN ('submitted', 'pending')",
+            params![id.0, node.0, json(&spec.allocation), json(spec)],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Records a non-final state reported by an agent. Never moves a finished job back.
+    pub fn set_progress(&self, id: &JobId, state: &JobState, message: Option<&str>) -> Result<()> {
+        let now = now_ms();
+        self.conn().execute(
+            "UPDATE jobs SET state = CASE WHEN state = 'terminating' THEN state ELSE ?2 END, \
+             started_ms = CASE WHEN ?2 = 'running' AND started_ms IS NULL THEN ?3 ELSE started_ms END, \
+             status_message = COALESCE(?4, status_message) \
+             WHERE id = ?1 AND state NOT IN ('done', 'failed', 'stopped', 'aborted')",
+            params![id.0, state.as_str(), now, message],
+        )?;
+        Ok(())
+    }
+
+    /// Records how a job ended. Returns false when it had already ended (the first word stands).
+    pub fn finish(&self, id: &JobId, reason: TerminationReason, exit_code: Option<i64>, message: Option<&str>) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE jobs SET state = ?2, termination_reason = ?3, exit_code = ?4, status_message = COALESCE(?5, status_message), \
+             finished_ms = ?6 WHERE id = ?1 AND state NOT IN ('done', 'failed', 'stopped', 'aborted')",
+            params![id.0, reason.final_state().as_str(), reason.as_str(), exit_code, message, now_ms()],
+        )?;
+        Ok(n == 1)
+    }
+
+    pub fn set_terminating(&self, id: &JobId) -> Result<()> {
+        self.conn().execute(
+            "UPDATE jobs SET state = 'terminating' WHERE id = ?1 AND state IN ('provisioning', 'pulling', 'running')",
+            [&id.0],
+        )?;
+        Ok(())
+    }
+
+    /// The newest run of that name in the project.
+    pub fn run_by_name(&self, project: &str, name: &str) -> Result<Option<(RunId, Configuration, i64)>> {
+        let row: Option<(String, String, i64)> = self
+            .conn()
+            .query_row(
+                "SELECT id, configuration, submitted_ms FROM runs WHERE project = ?1 AND name = ?2 ORDER BY submitted_ms DESC, rowid DESC LIMIT 1",
+                params![project, name],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        row.map(|(id, cfg, ms)| Ok((RunId(id), from_json("run configuration", &cfg)?, ms))).transpose()
+    }
+
+    pub fn run_ids(&self, project: &str) -> Result<Vec<RunId>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT id FROM runs WHERE project = ?1 ORDER BY submitted_ms DESC, rowid DESC")?;
+        let ids = stmt.query_map([project], |r| Ok(RunId(r.get(0)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(ids)
+    }
+
+    /// Builds the API view of a run from its jobs.
+    pub fn run_view(&self, id: &RunId, node_names: &dyn Fn(&NodeId) -> Option<String>) -> Result<Option<api::Run>> {
+        let jobs = self.jobs_where("WHERE j.run_id = ?1 ORDER BY j.job_num", [&id.0])?;
+        let Some(first) = jobs.first() else { return Ok(None) };
+        let submitted: i64 = self.conn().query_row("SELECT submitted_ms FROM runs WHERE id = ?1", [&id.0], |r| r.get(0))?;
+        let state = run_state(&jobs);
+        let finished = if state.is_finished() { jobs.iter().filter_map(|j| j.finished_ms).max() } else { None };
+        Ok(Some(api::Run {
+            id: id.clone(),
+            name: first.run_name.clone(),
+            project: first.project.clone(),
+            state,
+            submitted_at_ms: submitted,
+            finished_at_ms: finished,
+            configuration: first.configuration.clone(),
+            jobs: jobs
+                .iter()
+                .map(|j| api::Job {
+                    id: j.id.clone(),
+                    job_num: j.job_num,
+                    state: j.state.clone(),
+                    node_name: j.node_id.as_ref().and_then(node_names),
+                    node_id: j.node_id.clone(),
+                    allocation: j.allocation.clone(),
+                    exit_code: j.exit_code,
+                    termination_reason: j.termination_reason,
+                    status_message: j.status_message.clone(),
+                    submitted_at_ms: j.submitted_ms,
+                    started_at_ms: j.started_ms,
+                    finished_at_ms: j.finished_ms,
+                })
+                .collect(),
+        }))
+    }
+}
+
+/// A run is as far along as its least advanced job; once all ended, the worst ending wins.
+pub fn run_state(jobs: &[JobRow]) -> JobState {
+    if let Some(active) = jobs.iter().find(|j| !j.state.is_finished()) {
+        return active.state.clone();
+    }
+    for s in [JobState::Failed, JobState::Aborted, JobState::Stopped] {
+        if jobs.iter().any(|j| j.state == s) {
+            return s;
+        }
+    }
+    JobState::Done
+}

@@ -1,0 +1,88 @@
+//! The coordinator's HTTP API: request and response bodies (JSON). Runs live under a project:
+//! `/api/projects/{project}/runs/...`; a `main` project always exists.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Configuration;
+use crate::ids::{JobId, NodeId, RunId};
+use crate::inventory::HostInventory;
+use crate::job::{JobState, TerminationReason};
+use crate::resources::Allocation;
+
+pub const DEFAULT_PROJECT: &str = "main";
+
+/// `POST /api/projects/{project}/runs`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SubmitRun {
+    pub configuration: Configuration,
+    /// The file's text, kept for `corral ps --json` and later audits.
+    pub source: Option<String>,
+    /// Set when the user did not name the run; the coordinator picks a name.
+    pub name: Option<String>,
+}
+
+/// `GET /api/projects/{project}/runs/plan`-style preview, and the reply to a submission.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Run {
+    pub id: RunId,
+    pub name: String,
+    pub project: String,
+    pub state: JobState,
+    pub submitted_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+    pub configuration: Configuration,
+    pub jobs: Vec<Job>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    pub job_num: u32,
+    pub state: JobState,
+    pub node_id: Option<NodeId>,
+    pub node_name: Option<String>,
+    pub allocation: Option<Allocation>,
+    pub exit_code: Option<i64>,
+    pub termination_reason: Option<TerminationReason>,
+    /// Why it waits (pending) or what went wrong (failed), in words.
+    pub status_message: Option<String>,
+    pub submitted_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+}
+
+/// `POST /api/projects/{project}/runs/{name}/stop`
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StopRun {
+    pub abort: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    Ready,
+    Offline,
+}
+
+/// `GET /api/nodes`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Node {
+    pub id: NodeId,
+    pub name: String,
+    pub fleet: Option<String>,
+    pub status: NodeStatus,
+    pub address: Option<String>,
+    pub agent_version: Option<String>,
+    pub enrolled_at_ms: i64,
+    pub last_seen_ms: Option<i64>,
+    pub inventory: Option<HostInventory>,
+    /// GPU indices in use by jobs.
+    pub busy_gpus: Vec<u32>,
+    pub running_jobs: u32,
+}
+
+/// Every error the API returns: `{"error": "..."}` with a fitting status code.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}

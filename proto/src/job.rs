@@ -1,0 +1,163 @@
+//! Jobs: what the coordinator asks an agent to run, and the states a job passes through.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{JobId, NodeId, RunId};
+use crate::resources::Allocation;
+
+/// Everything an agent needs to run one job's container. Built by the coordinator from a run's
+/// configuration and the scheduler's allocation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub job_id: JobId,
+    pub run_id: RunId,
+    pub run_name: String,
+    pub project: String,
+    pub node_id: NodeId,
+    pub image: String,
+    /// Run in order by `/bin/sh` in the container; the first failure ends the job with its code.
+    /// Empty: the image's own entrypoint and command run.
+    pub commands: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+    pub allocation: Allocation,
+    /// The job is stopped (`max_duration_exceeded`) once it has run this long.
+    pub max_duration_secs: Option<u64>,
+    /// How long `stop` waits after SIGTERM before it kills.
+    pub stop_grace_secs: u64,
+}
+
+/// Where a job is in its life. Terminal states carry why the job ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Stored, not yet looked at by the scheduler.
+    Submitted,
+    /// Waiting for a node where it fits; `reason` says why none does.
+    Pending,
+    /// Placed on a node; the agent has not yet confirmed the container.
+    Provisioning,
+    /// The agent is fetching the image.
+    Pulling,
+    Running,
+    /// Stop requested, the container is being stopped.
+    Terminating,
+    Done,
+    Failed,
+    Stopped,
+    Aborted,
+}
+
+impl JobState {
+    pub fn is_finished(&self) -> bool {
+        matches!(self, Self::Done | Self::Failed | Self::Stopped | Self::Aborted)
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Submitted => "submitted",
+            Self::Pending => "pending",
+            Self::Provisioning => "provisioning",
+            Self::Pulling => "pulling",
+            Self::Running => "running",
+            Self::Terminating => "terminating",
+            Self::Done => "done",
+            Self::Failed => "failed",
+            Self::Stopped => "stopped",
+            Self::Aborted => "aborted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "submitted" => Self::Submitted,
+            "pending" => Self::Pending,
+            "provisioning" => Self::Provisioning,
+            "pulling" => Self::Pulling,
+            "running" => Self::Running,
+            "terminating" => Self::Terminating,
+            "done" => Self::Done,
+            "failed" => Self::Failed,
+            "stopped" => Self::Stopped,
+            "aborted" => Self::Aborted,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a job ended, recorded on the job and shown by `corral ps -a`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TerminationReason {
+    /// The commands finished with exit code 0.
+    Done,
+    /// A command failed: the container exited with a non-zero code.
+    ContainerExitedWithError,
+    /// The image is absent and could not be pulled.
+    ImageUnavailable,
+    /// Docker refused to create or start the container.
+    ContainerCreationFailed,
+    StoppedByUser,
+    AbortedByUser,
+    MaxDurationExceeded,
+    /// The container disappeared while the agent was away.
+    ContainerLost,
+    /// The agent failed for another reason (message says which).
+    AgentError,
+}
+
+impl TerminationReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Done => "done",
+            Self::ContainerExitedWithError => "container_exited_with_error",
+            Self::ImageUnavailable => "image_unavailable",
+            Self::ContainerCreationFailed => "container_creation_failed",
+            Self::StoppedByUser => "stopped_by_user",
+            Self::AbortedByUser => "aborted_by_user",
+            Self::MaxDurationExceeded => "max_duration_exceeded",
+            Self::ContainerLost => "container_lost",
+            Self::AgentError => "agent_error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Done,
+            Self::ContainerExitedWithError,
+            Self::ImageUnavailable,
+            Self::ContainerCreationFailed,
+            Self::StoppedByUser,
+            Self::AbortedByUser,
+            Self::MaxDurationExceeded,
+            Self::ContainerLost,
+            Self::AgentError,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+
+    /// The state a job ends in for this reason.
+    pub fn final_state(&self) -> JobState {
+        match self {
+            Self::Done => JobState::Done,
+            Self::StoppedByUser | Self::MaxDurationExceeded => JobState::Stopped,
+            Self::AbortedByUser => JobState::Aborted,
+            _ => JobState::Failed,
+        }
+    }
+}
+
+impl fmt::Display for TerminationReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

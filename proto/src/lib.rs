@@ -1,0 +1,18 @@
+//! `corral-proto`: the types every part of Corral shares.
+//!
+//! - [`wire`]: the agent↔coordinator protocol (framing, messages, version negotiation);
+//! - [`config`]: the dstack-compatible configuration language (YAML text → typed specs, with errors
+//!   that name file, line and field);
+//! - [`api`]: the HTTP API's requests and responses, so the CLI depends on this crate alone;
+//! - domain types: [`ids`], [`resources`] (and placement fit), [`inventory`], [`job`].
+//!
+//! Pure and deterministic: no sockets, no async runtime, no Docker.
+
+pub mod api;
+pub mod config;
+pub mod ids;
+pub mod inventory;
+pub mod job;
+pub mod resources;
+pub mod token;
+pub mod wire;

@@ -1,0 +1,212 @@
+//! The agent↔coordinator protocol: frames and the messages inside them.
+//!
+//! Every message travels in a frame: a fixed 10-byte header — magic `CRRL`, the frame format version
+//! (u16, big-endian) and the payload length (u32, big-endian) — followed by a postcard payload. The
+//! header is checked and the length bounded **before** any payload byte is read or decoded, so a peer
+//! cannot make the other side allocate more than [`MAX_FRAME_LEN`].
+//!
+//! postcard is not self-describing: never reorder or remove fields or variants of a released message;
+//! add new variants at the end. The golden-bytes tests below pin every message's encoding.
+
+use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
+
+use crate::ids::{JobId, NodeId};
+use crate::inventory::HostInventory;
+use crate::job::{JobSpec, JobState, TerminationReason};
+
+/// The ALPN protocol id agents and the coordinator speak. Bumped on an incompatible change.
+pub const ALPN: &[u8] = b"corral/1";
+pub const MAGIC: [u8; 4] = *b"CRRL";
+/// Version of the frame layout itself.
+pub const FRAME_VERSION: u16 = 1;
+pub const HEADER_LEN: usize = 10;
+/// The largest payload either side accepts.
+pub const MAX_FRAME_LEN: u32 = 4 << 20;
+/// Protocol (message set) versions this build speaks, oldest to newest.
+pub const PROTOCOL_MIN: u16 = 1;
+pub const PROTOCOL_MAX: u16 = 1;
+/// The name the coordinator's QUIC certificate carries; agents verify it whatever address they dial.
+pub const COORDINATOR_SERVER_NAME: &str = "corral-coordinator";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("bad magic {0:02x?}: the peer does not speak the Corral protocol")]
+    BadMagic([u8; 4]),
+    #[error("unsupported frame version {0} (this build speaks {FRAME_VERSION})")]
+    UnsupportedVersion(u16),
+    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME_LEN}")]
+    TooLarge(u32),
+    #[error("malformed payload: {0}")]
+    Payload(String),
+}
+
+/// Checks a frame header and returns the payload length it announces.
+pub fn decode_header(h: &[u8; HEADER_LEN]) -> Result<u32, FrameError> {
+    let magic = [h[0], h[1], h[2], h[3]];
+    if magic != MAGIC {
+        return Err(FrameError::BadMagic(magic));
+    }
+    let version = u16::from_be_bytes([h[4], h[5]]);
+    if version != FRAME_VERSION {
+        return Err(FrameError::UnsupportedVersion(version));
+    }
+    let len = u32::from_be_bytes([h[6], h[7], h[8], h[9]]);
+    if len > MAX_FRAME_LEN {
+        return Err(FrameError::TooLarge(len));
+    }
+    Ok(len)
+}
+
+/// Encodes a message as one frame: header then postcard payload.
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    let payload = postcard::to_stdvec(msg).map_err(|e| FrameError::Payload(e.to_string()))?;
+    let len = u32::try_from(payload.len()).map_err(|_| FrameError::TooLarge(u32::MAX))?;
+    if len > MAX_FRAME_LEN {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&FRAME_VERSION.to_be_bytes());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// Decodes a payload (the bytes after a checked header).
+pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
+    postcard::from_bytes(payload).map_err(|e| FrameError::Payload(e.to_string()))
+}
+
+/// Decodes one whole frame from the front of `buf`. `Ok(None)` means more bytes are needed; on
+/// success returns the message and the number of bytes consumed.
+pub fn decode_frame<T: DeserializeOwned>(buf: &[u8]) -> Result<Option<(T, usize)>, FrameError> {
+    let Some(header) = buf.first_chunk::<HEADER_LEN>() else {
+        return Ok(None);
+    };
+    let len = decode_header(header)? as usize;
+    let Some(payload) = buf.get(HEADER_LEN..HEADER_LEN + len) else {
+        return Ok(None);
+    };
+    Ok(Some((decode_payload(payload)?, HEADER_LEN + len)))
+}
+
+/// Sent by the agent first on the control stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol_min: u16,
+    pub protocol_max: u16,
+    pub agent_version: String,
+    /// Present on the first connection, made without a client certificate.
+    pub enroll: Option<EnrollRequest>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    /// The secret part of the join token.
+    pub secret: String,
+    /// A PKCS#10 certificate signing request for the node's key (DER).
+    pub csr_der: Vec<u8>,
+    pub hostname: String,
+    /// A fleet the agent asks to join (the token's fleet wins when it names one).
+    pub fleet: Option<String>,
+}
+
+/// The coordinator's answer to a Hello of a connection with a valid node certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub protocol: u16,
+    pub node_id: NodeId,
+    pub coordinator_version: String,
+    /// Seconds between heartbeats the coordinator expects.
+    pub heartbeat_secs: u32,
+}
+
+/// The coordinator's answer to an accepted enrollment. The agent stores the certificate and
+/// reconnects with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enrollment {
+    pub node_id: NodeId,
+    pub certificate_pem: String,
+    pub ca_pem: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefusalCode {
+    UnsupportedProtocol,
+    WrongSecret,
+    NoCertificate,
+    UnknownNode,
+    Revoked,
+    BadRequest,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub code: RefusalCode,
+    pub message: String,
+}
+
+/// A container the agent found on its host, reported in full on every (re)connect.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerReport {
+    pub job_id: JobId,
+    pub running: bool,
+    pub exit_code: Option<i64>,
+}
+
+/// A change in one job's life, as the agent sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobUpdate {
+    pub job_id: JobId,
+    pub state: JobState,
+    pub exit_code: Option<i64>,
+    pub reason: Option<TerminationReason>,
+    pub message: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentMessage {
+    Hello(Hello),
+    Inventory(HostInventory),
+    /// The full set of Corral containers on the host.
+    Containers(Vec<ContainerReport>),
+    JobUpdate(JobUpdate),
+    Heartbeat { seq: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CoordinatorMessage {
+    Welcome(Welcome),
+    Enrolled(Enrollment),
+    Refused(Refusal),
+    StartJob(Box<JobSpec>),
+    StopJob { job_id: JobId, abort: bool, reason: TerminationReason },
+    /// The coordinator has all of this job's logs: the agent may remove the container.
+    ForgetJob { job_id: JobId },
+    HeartbeatAck { seq: u64 },
+}
+
+/// Frames of a log stream (one unidirectional stream per job, agent → coordinator).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogFrame {
+    /// First frame of the stream.
+    Open { job_id: JobId },
+    /// Output bytes starting at `offset` in the job's log. After a reconnect the agent replays from
+    /// an earlier offset; the coordinator keeps only the bytes it does not have yet.
+    Chunk { offset: u64, data: Vec<u8> },
+    /// The container exited and all of its output was sent.
+    End { total: u64 },
+}
+
+/// Chooses the newest protocol both sides speak.
+pub fn negotiate(peer_min: u16, peer_max: u16) -> Option<u16> {
+    let hi = peer_max.min(PROTOCOL_MAX);
+    (hi >= peer_min.max(PROTOCOL_MIN)).then_some(hi)
+}
+
+#[cfg(feature = "io")]
+pub mod io;
+
+#[cfg(test)]
+mod tests;

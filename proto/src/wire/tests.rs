@@ -1,0 +1,218 @@
+//! Golden bytes pin every message's encoding: a failing test here means a wire break. Never update a
+//! golden string to make a test pass without bumping the ALPN version.
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::inventory::{DockerInfo, GpuInfo, TpuInfo};
+use crate::resources::{Allocation, GpuVendor, Memory};
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn inventory() -> HostInventory {
+    HostInventory {
+        hostname: "gpu-01".into(),
+        os: "Debian 12".into(),
+        cpu_model: "EPYC".into(),
+        cpu_cores: 64,
+        arch: "x86_64".into(),
+        memory: Memory::gb(512),
+        disk: Memory::gb(1024),
+        gpus: vec![GpuInfo {
+            index: 0,
+            vendor: GpuVendor::Nvidia,
+            name: "NVIDIA A100-SXM4-80GB".into(),
+            memory: Memory::gb(80),
+            uuid: "GPU-1".into(),
+            pci_bus_id: "00000000:07:00.0".into(),
+        }],
+        gpu_driver_version: Some("550.54.15".into()),
+        cuda_version: Some("12.4".into()),
+        tpus: vec![TpuInfo { device: "/dev/accel0".into(), pci_device_id: Some("0x0062".into()) }],
+        docker: DockerInfo { version: "28.2.2".into(), nvidia_runtime: true },
+    }
+}
+
+fn job_spec() -> JobSpec {
+    JobSpec {
+        job_id: "j1".into(),
+        run_id: "r1".into(),
+        run_name: "train".into(),
+        project: "main".into(),
+        node_id: "n1".into(),
+        image: "busybox".into(),
+        commands: vec!["echo hi".into()],
+        env: vec![("A".into(), "1".into())],
+        working_dir: Some("/w".into()),
+        allocation: Allocation { cpus: 2, memory: Memory::gb(1), shm_size: None, gpu_indices: vec![0, 1] },
+        max_duration_secs: Some(60),
+        stop_grace_secs: 10,
+    }
+}
+
+/// Every message variant with fixed contents, and its pinned frame.
+fn golden() -> Vec<(String, Vec<u8>)> {
+    let agent = [
+        AgentMessage::Hello(Hello {
+            protocol_min: 1,
+            protocol_max: 1,
+            agent_version: "0.1.0".into(),
+            enroll: Some(EnrollRequest {
+                secret: "s".into(),
+                csr_der: vec![1, 2],
+                hostname: "h".into(),
+                fleet: None,
+            }),
+        }),
+        AgentMessage::Inventory(inventory()),
+        AgentMessage::Containers(vec![ContainerReport { job_id: "j1".into(), running: true, exit_code: None }]),
+        AgentMessage::JobUpdate(JobUpdate {
+            job_id: "j1".into(),
+            state: JobState::Failed,
+            exit_code: Some(3),
+            reason: Some(TerminationReason::ContainerExitedWithError),
+            message: Some("exit 3".into()),
+        }),
+        AgentMessage::Heartbeat { seq: 7 },
+    ];
+    let coord = [
+        CoordinatorMessage::Welcome(Welcome {
+            protocol: 1,
+            node_id: "n1".into(),
+            coordinator_version: "0.1.0".into(),
+            heartbeat_secs: 5,
+        }),
+        CoordinatorMessage::Enrolled(Enrollment {
+            node_id: "n1".into(),
+            certificate_pem: "C".into(),
+            ca_pem: "A".into(),
+        }),
+        CoordinatorMessage::Refused(Refusal { code: RefusalCode::WrongSecret, message: "no".into() }),
+        CoordinatorMessage::StartJob(Box::new(job_spec())),
+        CoordinatorMessage::StopJob { job_id: "j1".into(), abort: false, reason: TerminationReason::StoppedByUser },
+        CoordinatorMessage::ForgetJob { job_id: "j1".into() },
+        CoordinatorMessage::HeartbeatAck { seq: 7 },
+    ];
+    let logs = [
+        LogFrame::Open { job_id: "j1".into() },
+        LogFrame::Chunk { offset: 300, data: b"hi\n".to_vec() },
+        LogFrame::End { total: 303 },
+    ];
+    let mut out = Vec::new();
+    for m in agent {
+        out.push((format!("{m:?}"), encode(&m).expect("encodes")));
+    }
+    for m in coord {
+        out.push((format!("{m:?}"), encode(&m).expect("encodes")));
+    }
+    for m in logs {
+        out.push((format!("{m:?}"), encode(&m).expect("encodes")));
+    }
+    out
+}
+
+const GOLDEN: &[&str] = &[
+    "4352524c00010000001200010105302e312e30010173020102016800",
+    "4352524c00010000008f01066770752d30310944656269616e203132044550594340067838365f3634808080808010808080808020010000154e564944494120413130302d53584d342d3830474280808080c002054750552d311030303030303030303a30373a30302e3001093535302e35342e3135010431322e34010b2f6465762f616363656c3001063078303036320632382e322e3201",
+    "4352524c0001000000070201026a310100",
+    "4352524c00010000001103026a3107010601010106657869742033",
+    "4352524c0001000000020407",
+    "4352524c00010000000c0001026e3105302e312e3005",
+    "4352524c00010000000801026e3101430141",
+    "4352524c0001000000050201026e6f",
+    "4352524c00010000003c03026a3102723105747261696e046d61696e026e310762757379626f7801076563686f206869010141013101022f7702808080800400020001013c0a",
+    "4352524c00010000000604026a310004",
+    "4352524c00010000000405026a31",
+    "4352524c0001000000020607",
+    "4352524c00010000000400026a31",
+    "4352524c00010000000701ac020368690a",
+    "4352524c00010000000302af02",
+];
+
+#[test]
+fn golden_bytes_are_pinned() {
+    let frames = golden();
+    assert_eq!(frames.len(), GOLDEN.len(), "one golden frame per message variant");
+    for ((name, bytes), want) in frames.iter().zip(GOLDEN) {
+        assert_eq!(&hex(bytes), want, "encoding of {name} changed: that is a wire break");
+    }
+}
+
+#[test]
+fn golden_frames_decode_back() {
+    let frames = golden();
+    let (first, used): (AgentMessage, usize) = decode_frame(&frames[0].1).expect("valid").expect("complete");
+    assert_eq!(used, frames[0].1.len());
+    assert!(matches!(first, AgentMessage::Hello(_)));
+}
+
+#[test]
+fn header_is_checked_before_payload() {
+    let mut f = encode(&AgentMessage::Heartbeat { seq: 1 }).expect("encodes");
+    f[0] = b'X';
+    assert!(matches!(decode_frame::<AgentMessage>(&f), Err(FrameError::BadMagic(_))));
+
+    let mut f = encode(&AgentMessage::Heartbeat { seq: 1 }).expect("encodes");
+    f[5] = 9;
+    assert_eq!(decode_frame::<AgentMessage>(&f), Err(FrameError::UnsupportedVersion(9)));
+
+    // A header announcing 4 GiB is refused from the header alone, with no payload present.
+    let mut h = Vec::from(MAGIC);
+    h.extend_from_slice(&FRAME_VERSION.to_be_bytes());
+    h.extend_from_slice(&u32::MAX.to_be_bytes());
+    assert_eq!(decode_frame::<AgentMessage>(&h), Err(FrameError::TooLarge(u32::MAX)));
+}
+
+#[test]
+fn partial_frames_ask_for_more() {
+    let f = encode(&AgentMessage::Heartbeat { seq: 1 }).expect("encodes");
+    for cut in 0..f.len() {
+        assert_eq!(decode_frame::<AgentMessage>(&f[..cut]), Ok(None));
+    }
+}
+
+#[test]
+fn negotiation_picks_newest_common() {
+    assert_eq!(negotiate(1, 1), Some(1));
+    assert_eq!(negotiate(1, 5), Some(PROTOCOL_MAX));
+    assert_eq!(negotiate(PROTOCOL_MAX + 1, PROTOCOL_MAX + 3), None);
+}
+
+fn arb_state() -> impl Strategy<Value = JobState> {
+    prop_oneof![
+        Just(JobState::Submitted),
+        Just(JobState::Pending),
+        Just(JobState::Running),
+        Just(JobState::Done),
+        Just(JobState::Failed),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn job_updates_round_trip(id in "[a-z0-9]{1,20}", code in proptest::option::of(any::<i64>()),
+                              msg in proptest::option::of(".{0,40}"), state in arb_state()) {
+        let m = AgentMessage::JobUpdate(JobUpdate { job_id: JobId(id), state, exit_code: code, reason: None, message: msg });
+        let f = encode(&m).expect("encodes");
+        let (back, used): (AgentMessage, usize) = decode_frame(&f).expect("valid").expect("complete");
+        prop_assert_eq!(used, f.len());
+        prop_assert_eq!(back, m);
+    }
+
+    #[test]
+    fn log_chunks_round_trip(offset in any::<u64>(), data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let m = LogFrame::Chunk { offset, data };
+        let f = encode(&m).expect("encodes");
+        let (back, _): (LogFrame, usize) = decode_frame(&f).expect("valid").expect("complete");
+        prop_assert_eq!(back, m);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = decode_frame::<AgentMessage>(&bytes);
+        let _ = decode_frame::<CoordinatorMessage>(&bytes);
+        let _ = decode_frame::<LogFrame>(&bytes);
+    }
+}

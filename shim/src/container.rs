@@ -1,0 +1,152 @@
+//! The verbs on one job's container: create and start, logs, wait, stop, kill, remove.
+
+use std::time::Duration;
+
+use bollard::container::LogOutput;
+use bollard::errors::Error as DockerError;
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, KillContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    WaitContainerOptionsBuilder,
+};
+use bytes::Bytes;
+use corral_proto::job::JobSpec;
+use futures_util::{Stream, StreamExt, TryStreamExt, stream};
+
+use crate::error::{ShimError, daemon_message, status_of};
+use crate::spec::{RunOptions, container_config, container_name};
+use crate::Shim;
+
+/// How long `stop` waits for the container to be gone after SIGKILL before it reports failure.
+/// The daemon itself waits for a killed container, so this is a backstop.
+const AFTER_KILL: Duration = Duration::from_secs(30);
+
+impl Shim {
+    /// Creates the job's container (`corral-<job id>`) and starts it; returns the container id.
+    /// The image must be present ([`Shim::ensure_image`]). If the start fails, the container is
+    /// removed again so that a retry does not collide with it.
+    pub async fn create_and_start(&self, spec: &JobSpec, opts: &RunOptions) -> Result<String, ShimError> {
+        let docker = self.client().await?;
+        let name = container_name(&spec.job_id);
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        let created = docker.create_container(Some(options), container_config(spec, opts)).await.map_err(|e| {
+            match status_of(&e) {
+                Some(404) => ShimError::ImageUnavailable { image: spec.image.clone(), reason: daemon_message(&e) },
+                Some(409) => ShimError::ContainerExists { job: spec.job_id.clone(), name: name.clone(), source: e },
+                _ => self.classify(e, |source| ShimError::Create {
+                    job: spec.job_id.clone(),
+                    image: spec.image.clone(),
+                    source,
+                }),
+            }
+        })?;
+        for warning in &created.warnings {
+            tracing::warn!(job = %spec.job_id, container = %name, warning, "docker warned on create");
+        }
+
+        if let Err(e) = docker.start_container(&created.id, None).await {
+            let err = self.classify(e, |source| ShimError::Start {
+                job: spec.job_id.clone(),
+                container: name.clone(),
+                source,
+            });
+            if let Err(cleanup) = self.remove(&created.id).await {
+                tracing::warn!(job = %spec.job_id, container = %name, error = %cleanup, "removing unstarted container");
+            }
+            return Err(err);
+        }
+        tracing::info!(job = %spec.job_id, container = %name, id = %created.id, "container started");
+        Ok(created.id)
+    }
+
+    /// The container's stdout and stderr, merged in the order written, from the start; follows a
+    /// running container until it exits. The stream owns its own handle, so it may outlive `self`.
+    pub fn logs(&self, container: &str) -> impl Stream<Item = Result<Bytes, ShimError>> + Send + use<> {
+        let shim = self.clone();
+        let container = container.to_owned();
+        stream::once(async move {
+            let docker = shim.client().await?.clone();
+            let options = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).build();
+            let lines = docker.logs(&container, Some(options));
+            Ok(lines.map(move |chunk| {
+                chunk.map(LogOutput::into_bytes).map_err(|e| shim.container_error("reading logs of", &container, e))
+            }))
+        })
+        .try_flatten()
+    }
+
+    /// Waits until the container is not running and returns its exit code (at once if it already
+    /// exited).
+    pub async fn wait(&self, container: &str) -> Result<i64, ShimError> {
+        let docker = self.client().await?;
+        let options = WaitContainerOptionsBuilder::default().condition("not-running").build();
+        match docker.wait_container(container, Some(options)).next().await {
+            Some(Ok(exit)) => Ok(exit.status_code),
+            // bollard reports a non-zero exit as an error; for Corral it is the job's result.
+            Some(Err(DockerError::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(self.container_error("waiting for", container, e)),
+            None => Err(ShimError::Unexpected {
+                op: "waiting for",
+                subject: container.to_owned(),
+                detail: "the wait ended without an exit code".to_owned(),
+            }),
+        }
+    }
+
+    /// Sends SIGTERM, gives the container `grace` to exit, then kills it. Ok when it is already
+    /// stopped or gone. Returns once the container is no longer running.
+    pub async fn stop(&self, container: &str, grace: Duration) -> Result<(), ShimError> {
+        match self.signal(container, "SIGTERM").await {
+            Ok(()) => {}
+            Err(ShimError::ContainerNotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        match tokio::time::timeout(grace, self.wait(container)).await {
+            Ok(Ok(_) | Err(ShimError::ContainerNotFound { .. })) => return Ok(()),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {}
+        }
+        tracing::info!(container, grace_secs = grace.as_secs(), "grace period over, killing container");
+        match self.kill(container).await {
+            Ok(()) | Err(ShimError::ContainerNotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        match tokio::time::timeout(AFTER_KILL, self.wait(container)).await {
+            Ok(Ok(_) | Err(ShimError::ContainerNotFound { .. })) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ShimError::Unexpected {
+                op: "stopping",
+                subject: container.to_owned(),
+                detail: format!("still running {}s after SIGKILL", AFTER_KILL.as_secs()),
+            }),
+        }
+    }
+
+    /// Kills the container with SIGKILL. Ok when it is not running.
+    pub async fn kill(&self, container: &str) -> Result<(), ShimError> {
+        self.signal(container, "SIGKILL").await
+    }
+
+    /// Removes the container, running or not, with its anonymous volumes. Ok when it is already gone.
+    pub async fn remove(&self, container: &str) -> Result<(), ShimError> {
+        let docker = self.client().await?;
+        let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+        match docker.remove_container(container, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => Ok(()),
+            // Someone else is removing it already; the outcome is the one asked for.
+            Err(e) if status_of(&e) == Some(409) && daemon_message(&e).contains("already in progress") => Ok(()),
+            Err(e) => Err(self.container_error("removing", container, e)),
+        }
+    }
+
+    /// Sends `signal`; a container that is not running is left alone.
+    async fn signal(&self, container: &str, signal: &str) -> Result<(), ShimError> {
+        let docker = self.client().await?;
+        let options = KillContainerOptionsBuilder::default().signal(signal).build();
+        match docker.kill_container(container, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if status_of(&e) == Some(409) && daemon_message(&e).contains("not running") => Ok(()),
+            Err(e) => Err(self.container_error("signalling", container, e)),
+        }
+    }
+}

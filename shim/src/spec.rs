@@ -1,0 +1,240 @@
+//! A job spec turned into Docker's container configuration. Pure: no I/O, so every rule about names,
+//! labels, environment and limits is unit-tested here.
+
+use std::collections::HashMap;
+
+use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig};
+use corral_proto::ids::JobId;
+use corral_proto::job::JobSpec;
+
+/// Labels that mark a container as Corral's and let a restarted agent re-adopt it and still enforce
+/// its limits.
+pub const LABEL_JOB: &str = "corral.job";
+pub const LABEL_RUN: &str = "corral.run";
+pub const LABEL_NODE: &str = "corral.node";
+pub const LABEL_PROJECT: &str = "corral.project";
+pub const LABEL_RUN_NAME: &str = "corral.run_name";
+/// Seconds, present only when the job has a maximum duration.
+pub const LABEL_MAX_DURATION: &str = "corral.max_duration";
+
+/// How allocated GPUs reach the container.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GpuPassthrough {
+    /// A Docker device request for the `nvidia` driver naming the allocated indices, plus the
+    /// visibility variables. Needs the NVIDIA Container Toolkit.
+    #[default]
+    DeviceRequests,
+    /// Only `CUDA_VISIBLE_DEVICES` and `NVIDIA_VISIBLE_DEVICES`: for hosts whose default runtime is
+    /// `nvidia` (it reads the variable), and for tests on hosts without GPUs.
+    EnvOnly,
+}
+
+/// How the agent wants containers run on this host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    pub gpu_passthrough: GpuPassthrough,
+}
+
+/// The container name of a job: one container per job, so the name is the job's.
+pub fn container_name(job: &JobId) -> String {
+    format!("corral-{job}")
+}
+
+/// Docker's configuration for the container that runs `spec`.
+pub(crate) fn container_config(spec: &JobSpec, opts: &RunOptions) -> ContainerCreateBody {
+    let alloc = &spec.allocation;
+    let gpus = alloc.gpu_indices.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+
+    let device_requests = (opts.gpu_passthrough == GpuPassthrough::DeviceRequests && !alloc.gpu_indices.is_empty())
+        .then(|| {
+            vec![DeviceRequest {
+                driver: Some("nvidia".to_owned()),
+                device_ids: Some(alloc.gpu_indices.iter().map(u32::to_string).collect()),
+                capabilities: Some(vec![vec!["gpu".to_owned()]]),
+                ..Default::default()
+            }]
+        });
+
+    let host_config = HostConfig {
+        nano_cpus: (alloc.cpus > 0).then(|| i64::from(alloc.cpus) * 1_000_000_000),
+        memory: (alloc.memory.bytes() > 0).then(|| saturating_i64(alloc.memory.bytes())),
+        shm_size: alloc.shm_size.filter(|m| m.bytes() > 0).map(|m| saturating_i64(m.bytes())),
+        device_requests,
+        // The agent removes the container itself, after it has shipped the logs; and it decides
+        // about retries, so Docker must not restart anything.
+        auto_remove: Some(false),
+        ..Default::default()
+    };
+
+    let (entrypoint, cmd) = if spec.commands.is_empty() {
+        (None, None)
+    } else {
+        (Some(vec!["/bin/sh".to_owned(), "-c".to_owned()]), Some(vec![script(&spec.commands)]))
+    };
+
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        entrypoint,
+        cmd,
+        env: Some(environment(spec, &gpus)),
+        working_dir: spec.working_dir.clone().filter(|d| !d.is_empty()),
+        labels: Some(labels(spec)),
+        tty: Some(false),
+        attach_stdin: Some(false),
+        open_stdin: Some(false),
+        host_config: Some(host_config),
+        ..Default::default()
+    }
+}
+
+/// The commands as one `sh` script: in order, and the first failure ends it with its exit code.
+pub(crate) fn script(commands: &[String]) -> String {
+    let mut s = String::from("set -e\n");
+    for c in commands {
+        s.push_str(c);
+        s.push('\n');
+    }
+    s
+}
+
+fn environment(spec: &JobSpec, gpus: &str) -> Vec<String> {
+    // The allocation decides which GPUs a job sees; a user's own value would let it use another
+    // job's devices, so it is dropped.
+    let reserved = |k: &str| k == "CUDA_VISIBLE_DEVICES" || k == "NVIDIA_VISIBLE_DEVICES";
+    let mut env: Vec<String> = spec.env.iter().filter(|(k, _)| !reserved(k)).map(|(k, v)| format!("{k}={v}")).collect();
+    if gpus.is_empty() {
+        // CUDA images set NVIDIA_VISIBLE_DEVICES=all; on a host whose default runtime is `nvidia`
+        // that would hand every GPU to a job that was given none.
+        env.push("NVIDIA_VISIBLE_DEVICES=void".to_owned());
+    } else {
+        env.push(format!("CUDA_VISIBLE_DEVICES={gpus}"));
+        env.push(format!("NVIDIA_VISIBLE_DEVICES={gpus}"));
+    }
+    env
+}
+
+fn labels(spec: &JobSpec) -> HashMap<String, String> {
+    let mut labels = HashMap::from([
+        (LABEL_JOB.to_owned(), spec.job_id.to_string()),
+        (LABEL_RUN.to_owned(), spec.run_id.to_string()),
+        (LABEL_NODE.to_owned(), spec.node_id.to_string()),
+        (LABEL_PROJECT.to_owned(), spec.project.clone()),
+        (LABEL_RUN_NAME.to_owned(), spec.run_name.clone()),
+    ]);
+    if let Some(secs) = spec.max_duration_secs {
+        labels.insert(LABEL_MAX_DURATION.to_owned(), secs.to_string());
+    }
+    labels
+}
+
+fn saturating_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use corral_proto::resources::{Allocation, Memory};
+
+    use super::*;
+
+    fn spec() -> JobSpec {
+        JobSpec {
+            job_id: "j1".into(),
+            run_id: "r1".into(),
+            run_name: "train".to_owned(),
+            project: "main".to_owned(),
+            node_id: "n1".into(),
+            image: "corral-test/busybox:latest".to_owned(),
+            commands: vec!["echo a".to_owned(), "echo b".to_owned()],
+            env: vec![("A".to_owned(), "1".to_owned()), ("CUDA_VISIBLE_DEVICES".to_owned(), "7".to_owned())],
+            working_dir: Some("/work".to_owned()),
+            allocation: Allocation {
+                cpus: 2,
+                memory: Memory::gb(1),
+                shm_size: Some(Memory(64 << 20)),
+                gpu_indices: vec![0, 1],
+            },
+            max_duration_secs: Some(3600),
+            stop_grace_secs: 10,
+        }
+    }
+
+    #[test]
+    fn commands_run_as_one_script_that_stops_at_the_first_failure() {
+        let c = container_config(&spec(), &RunOptions::default());
+        assert_eq!(c.entrypoint, Some(vec!["/bin/sh".to_owned(), "-c".to_owned()]));
+        assert_eq!(c.cmd, Some(vec!["set -e\necho a\necho b\n".to_owned()]));
+    }
+
+    #[test]
+    fn no_commands_keep_the_image_entrypoint() {
+        let c = container_config(&JobSpec { commands: vec![], ..spec() }, &RunOptions::default());
+        assert_eq!((c.entrypoint, c.cmd), (None, None));
+    }
+
+    #[test]
+    fn labels_carry_what_readoption_needs() {
+        let labels = container_config(&spec(), &RunOptions::default()).labels.unwrap_or_default();
+        for (k, v) in [
+            (LABEL_JOB, "j1"),
+            (LABEL_RUN, "r1"),
+            (LABEL_NODE, "n1"),
+            (LABEL_PROJECT, "main"),
+            (LABEL_RUN_NAME, "train"),
+            (LABEL_MAX_DURATION, "3600"),
+        ] {
+            assert_eq!(labels.get(k).map(String::as_str), Some(v), "{k}");
+        }
+        let unlimited = container_config(&JobSpec { max_duration_secs: None, ..spec() }, &RunOptions::default());
+        assert!(!unlimited.labels.unwrap_or_default().contains_key(LABEL_MAX_DURATION));
+    }
+
+    #[test]
+    fn allocated_gpus_override_user_visibility_variables() {
+        let env = container_config(&spec(), &RunOptions::default()).env.unwrap_or_default();
+        assert_eq!(env, ["A=1", "CUDA_VISIBLE_DEVICES=0,1", "NVIDIA_VISIBLE_DEVICES=0,1"]);
+    }
+
+    #[test]
+    fn jobs_without_gpus_see_none() {
+        let mut s = spec();
+        s.allocation.gpu_indices.clear();
+        let c = container_config(&s, &RunOptions::default());
+        assert_eq!(c.env.unwrap_or_default(), ["A=1", "NVIDIA_VISIBLE_DEVICES=void"]);
+        assert_eq!(c.host_config.and_then(|h| h.device_requests), None);
+    }
+
+    #[test]
+    fn device_requests_name_the_allocated_indices() {
+        let host = container_config(&spec(), &RunOptions::default()).host_config.unwrap_or_default();
+        let req = host.device_requests.unwrap_or_default();
+        assert_eq!(req.len(), 1);
+        assert_eq!(req[0].driver.as_deref(), Some("nvidia"));
+        assert_eq!(req[0].device_ids, Some(vec!["0".to_owned(), "1".to_owned()]));
+        assert_eq!(req[0].capabilities, Some(vec![vec!["gpu".to_owned()]]));
+
+        let env_only = RunOptions { gpu_passthrough: GpuPassthrough::EnvOnly };
+        let host = container_config(&spec(), &env_only).host_config.unwrap_or_default();
+        assert_eq!(host.device_requests, None);
+    }
+
+    #[test]
+    fn limits_follow_the_allocation() {
+        let host = container_config(&spec(), &RunOptions::default()).host_config.unwrap_or_default();
+        assert_eq!(host.nano_cpus, Some(2_000_000_000));
+        assert_eq!(host.memory, Some(1 << 30));
+        assert_eq!(host.shm_size, Some(64 << 20));
+        assert_eq!(host.auto_remove, Some(false));
+        assert_eq!(host.restart_policy, None);
+
+        let mut s = spec();
+        s.allocation = Allocation::default();
+        let host = container_config(&s, &RunOptions::default()).host_config.unwrap_or_default();
+        assert_eq!((host.nano_cpus, host.memory, host.shm_size), (None, None, None));
+    }
+
+    #[test]
+    fn name_is_the_job_id() {
+        assert_eq!(container_name(&"abc".into()), "corral-abc");
+    }
+}
