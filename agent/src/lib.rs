@@ -1,2 +1,98 @@
 //! `corral-agent`: the host daemon.
+//!
+//! - [`inventory`]: what the host has (sysinfo, NVML, TPU device nodes, Docker's runtimes);
+//! - [`identity`]: the node's key and certificate, and TLS that pins the coordinator's CA;
+//! - [`link`]: enrollment and the QUIC session (commands in, reports and heartbeats out);
+//! - [`jobs`]: containers through the shim, their supervision and their log streams.
+//!
+//! Tasks: the link task owns the session; one task per job supervises its container and one ships
+//! its output. All stop on the root `CancellationToken`; containers keep running when the agent
+//! stops, and are re-adopted by label when it starts again.
+
+pub mod identity;
 pub mod inventory;
+pub mod jobs;
+pub mod link;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use corral_proto::token::JoinToken;
+use corral_shim::{GpuPassthrough, Shim};
+
+use crate::identity::Identity;
+use crate::jobs::Jobs;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `HOST:PORT` of the coordinator's QUIC endpoint.
+    pub coordinator: String,
+    /// Needed only until the node has enrolled.
+    pub token: Option<JoinToken>,
+    pub state_dir: PathBuf,
+    /// The name to enroll under (the host name by default).
+    pub name: Option<String>,
+    pub fleet: Option<String>,
+    /// NVML library to load instead of the loader's default `libnvidia-ml.so.1`.
+    pub nvml_library: Option<PathBuf>,
+}
+
+/// Enrolls if needed, re-adopts this node's containers and keeps the link up until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let shim = Shim::connect().context("the agent needs Docker")?;
+    let docker = shim.docker_info().await.context("the agent needs Docker")?;
+    let gpu_passthrough = if docker.nvidia_runtime {
+        GpuPassthrough::DeviceRequests
+    } else {
+        GpuPassthrough::EnvOnly
+    };
+    let nvml = config.nvml_library.clone();
+    let inventory =
+        tokio::task::spawn_blocking(move || inventory::collect(docker, nvml.as_deref())).await?;
+    if !inventory.gpus.is_empty() && gpu_passthrough == GpuPassthrough::EnvOnly {
+        tracing::warn!(
+            "this host has GPUs but Docker has no nvidia runtime: jobs see GPU indices in their env only (install the NVIDIA Container Toolkit)"
+        );
+    }
+
+    let identity = match Identity::load(&config.state_dir)? {
+        Some(id) => id,
+        None => {
+            let token = config
+                .token
+                .as_ref()
+                .context("this node is not enrolled yet: pass --token with a join token")?;
+            let name = config
+                .name
+                .clone()
+                .unwrap_or_else(|| inventory.hostname.clone());
+            link::enroll(
+                &config.coordinator,
+                token,
+                &config.state_dir,
+                &name,
+                config.fleet.clone(),
+            )
+            .await?
+        }
+    };
+    let jobs = Jobs::new(
+        shim,
+        identity.node.node_id.clone(),
+        gpu_passthrough,
+        shutdown.clone(),
+    );
+    let adopted = jobs
+        .adopt()
+        .await
+        .context("cannot list this node's containers")?;
+    if adopted > 0 {
+        tracing::info!(
+            containers = adopted,
+            "re-adopted containers from an earlier run"
+        );
+    }
+    link::run(&identity, &config.coordinator, &inventory, jobs, shutdown).await
+}

@@ -16,8 +16,8 @@ use corral_proto::ids::{JobId, NodeId};
 use corral_proto::job::{JobState, TerminationReason};
 use corral_proto::wire::io::{read_frame, write_frame};
 use corral_proto::wire::{
-    AgentMessage, ContainerReport, CoordinatorMessage, EnrollRequest, Enrollment, Hello, JobUpdate, LogFrame,
-    Refusal, RefusalCode, Welcome, negotiate,
+    AgentMessage, ContainerReport, CoordinatorMessage, EnrollRequest, Enrollment, Hello, JobUpdate,
+    LogFrame, Refusal, RefusalCode, Welcome, negotiate,
 };
 
 use crate::secrets::{random_hex, sha256_hex};
@@ -36,10 +36,16 @@ pub fn bind(state: &State, addr: SocketAddr) -> anyhow::Result<quinn::Endpoint> 
     let mut transport = quinn::TransportConfig::default();
     transport.max_idle_timeout(Some(Duration::from_secs(30).try_into()?));
     config.transport_config(Arc::new(transport));
-    quinn::Endpoint::server(config, addr).with_context(|| format!("cannot listen for agents (QUIC) on {addr}"))
+    quinn::Endpoint::server(config, addr)
+        .with_context(|| format!("cannot listen for agents (QUIC) on {addr}"))
 }
 
-pub async fn serve(endpoint: quinn::Endpoint, state: Arc<State>, shutdown: CancellationToken, tasks: TaskTracker) {
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    state: Arc<State>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
@@ -62,20 +68,35 @@ pub async fn serve(endpoint: quinn::Endpoint, state: Arc<State>, shutdown: Cance
 
 fn peer_fingerprint(conn: &quinn::Connection) -> Option<String> {
     let identity = conn.peer_identity()?;
-    let certs = identity.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>().ok()?;
+    let certs = identity
+        .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+        .ok()?;
     certs.first().map(|c| sha256_hex(c))
 }
 
-async fn refuse(conn: &quinn::Connection, send: &mut quinn::SendStream, code: RefusalCode, message: String) -> anyhow::Result<()> {
+async fn refuse(
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    code: RefusalCode,
+    message: String,
+) -> anyhow::Result<()> {
     tracing::warn!(remote = %conn.remote_address(), ?code, "refused agent: {message}");
-    write_frame(send, &CoordinatorMessage::Refused(Refusal { code, message })).await?;
+    write_frame(
+        send,
+        &CoordinatorMessage::Refused(Refusal { code, message }),
+    )
+    .await?;
     let _ = send.finish();
     // Give the agent a moment to read the refusal before the connection goes.
     let _ = tokio::time::timeout(Duration::from_secs(3), conn.closed()).await;
     Ok(())
 }
 
-async fn handle_connection(incoming: quinn::Incoming, state: Arc<State>, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn handle_connection(
+    incoming: quinn::Incoming,
+    state: Arc<State>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let remote = incoming.remote_address();
     let conn = incoming.await.context("handshake failed")?;
     let fingerprint = peer_fingerprint(&conn);
@@ -84,7 +105,15 @@ async fn handle_connection(incoming: quinn::Incoming, state: Arc<State>, shutdow
         .context("agent opened no control stream")??;
     let hello = match read_frame::<AgentMessage, _>(&mut recv).await? {
         Some(AgentMessage::Hello(h)) => h,
-        _ => return refuse(&conn, &mut send, RefusalCode::BadRequest, "the first message must be Hello".into()).await,
+        _ => {
+            return refuse(
+                &conn,
+                &mut send,
+                RefusalCode::BadRequest,
+                "the first message must be Hello".into(),
+            )
+            .await;
+        }
     };
     let Some(protocol) = negotiate(hello.protocol_min, hello.protocol_max) else {
         let msg = format!(
@@ -108,35 +137,72 @@ async fn handle_connection(incoming: quinn::Incoming, state: Arc<State>, shutdow
                 refuse(&conn, &mut send, RefusalCode::UnknownNode, msg).await
             }
             Some(node) if node.revoked => {
-                let msg = format!("node {} was removed from the cluster; its certificate is revoked", node.name);
+                let msg = format!(
+                    "node {} was removed from the cluster; its certificate is revoked",
+                    node.name
+                );
                 refuse(&conn, &mut send, RefusalCode::Revoked, msg).await
             }
             Some(node) => {
                 let span = tracing::info_span!("agent", node = %node.name);
                 let _ = &span;
-                session(state, conn, node, protocol, &hello, send, recv, remote, shutdown).await
+                session(
+                    state, conn, node, protocol, &hello, send, recv, remote, shutdown,
+                )
+                .await
             }
         },
     }
 }
 
-async fn enroll(state: &State, conn: &quinn::Connection, send: &mut quinn::SendStream, req: &EnrollRequest) -> anyhow::Result<()> {
-    let Some(token_fleet) = state.store.use_join_token(&sha256_hex(req.secret.as_bytes()))? else {
+async fn enroll(
+    state: &State,
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    req: &EnrollRequest,
+) -> anyhow::Result<()> {
+    let Some(token_fleet) = state
+        .store
+        .use_join_token(&sha256_hex(req.secret.as_bytes()))?
+    else {
         let msg = "wrong join token secret (or the token expired, was revoked or used up): ask for a new token".to_owned();
         return refuse(conn, send, RefusalCode::WrongSecret, msg).await;
     };
     let node_id = NodeId(format!("n{}", random_hex(6)));
     let (cert_pem, fingerprint) = match state.pki.sign_node(&req.csr_der, node_id.as_str()) {
         Ok(v) => v,
-        Err(e) => return refuse(conn, send, RefusalCode::BadRequest, format!("bad certificate request: {e}")).await,
+        Err(e) => {
+            return refuse(
+                conn,
+                send,
+                RefusalCode::BadRequest,
+                format!("bad certificate request: {e}"),
+            )
+            .await;
+        }
     };
     let taken: HashSet<String> = state.store.nodes()?.into_iter().map(|n| n.name).collect();
     let base = sanitize_name(&req.hostname);
-    let name = (1..).map(|i| if i == 1 { base.clone() } else { format!("{base}-{i}") }).find(|n| !taken.contains(n)).unwrap_or(base);
+    let name = (1..)
+        .map(|i| {
+            if i == 1 {
+                base.clone()
+            } else {
+                format!("{base}-{i}")
+            }
+        })
+        .find(|n| !taken.contains(n))
+        .unwrap_or(base);
     let fleet = token_fleet.or_else(|| req.fleet.clone());
-    state.store.add_node(&node_id, &name, fleet.as_deref(), &fingerprint)?;
+    state
+        .store
+        .add_node(&node_id, &name, fleet.as_deref(), &fingerprint)?;
     tracing::info!(node = %name, id = %node_id, remote = %conn.remote_address(), "node enrolled");
-    let reply = CoordinatorMessage::Enrolled(Enrollment { node_id, certificate_pem: cert_pem, ca_pem: state.pki.ca_pem().to_owned() });
+    let reply = CoordinatorMessage::Enrolled(Enrollment {
+        node_id,
+        certificate_pem: cert_pem,
+        ca_pem: state.pki.ca_pem().to_owned(),
+    });
     write_frame(send, &reply).await?;
     let _ = send.finish();
     let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
@@ -146,7 +212,13 @@ async fn enroll(state: &State, conn: &quinn::Connection, send: &mut quinn::SendS
 fn sanitize_name(hostname: &str) -> String {
     let s: String = hostname
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .take(40)
         .collect();
     if s.is_empty() { "node".into() } else { s }
@@ -171,7 +243,9 @@ async fn session(
         heartbeat_secs: state.config.heartbeat_secs,
     };
     write_frame(&mut send, &CoordinatorMessage::Welcome(welcome)).await?;
-    state.store.node_connected(&node.id, &remote.ip().to_string(), &hello.agent_version)?;
+    state
+        .store
+        .node_connected(&node.id, &remote.ip().to_string(), &hello.agent_version)?;
 
     let (tx, mut rx) = mpsc::channel::<CoordinatorMessage>(COMMAND_QUEUE);
     let conn_id = CONN_IDS.fetch_add(1, Ordering::Relaxed);
@@ -179,7 +253,14 @@ async fn session(
         .sessions
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(node.id.clone(), Session { conn_id, name: node.name.clone(), tx: tx.clone() });
+        .insert(
+            node.id.clone(),
+            Session {
+                conn_id,
+                name: node.name.clone(),
+                tx: tx.clone(),
+            },
+        );
     tracing::info!(node = %node.name, %remote, "agent connected");
 
     let session_done = shutdown.child_token();
@@ -246,7 +327,12 @@ async fn session(
     result
 }
 
-fn handle_message(state: &State, node: &NodeRow, tx: &mpsc::Sender<CoordinatorMessage>, msg: AgentMessage) -> anyhow::Result<()> {
+fn handle_message(
+    state: &State,
+    node: &NodeRow,
+    tx: &mpsc::Sender<CoordinatorMessage>,
+    msg: AgentMessage,
+) -> anyhow::Result<()> {
     match msg {
         AgentMessage::Hello(_) => {}
         AgentMessage::Inventory(inv) => {
@@ -264,10 +350,19 @@ fn handle_message(state: &State, node: &NodeRow, tx: &mpsc::Sender<CoordinatorMe
     Ok(())
 }
 
-fn apply_update(state: &State, node: &NodeRow, tx: &mpsc::Sender<CoordinatorMessage>, u: JobUpdate) -> anyhow::Result<()> {
+fn apply_update(
+    state: &State,
+    node: &NodeRow,
+    tx: &mpsc::Sender<CoordinatorMessage>,
+    u: JobUpdate,
+) -> anyhow::Result<()> {
     let Some(job) = state.store.job(&u.job_id)? else {
         // A container Corral no longer knows: have the agent remove it.
-        let _ = tx.try_send(CoordinatorMessage::StopJob { job_id: u.job_id, abort: true, reason: TerminationReason::AbortedByUser });
+        let _ = tx.try_send(CoordinatorMessage::StopJob {
+            job_id: u.job_id,
+            abort: true,
+            reason: TerminationReason::AbortedByUser,
+        });
         return Ok(());
     };
     if job.node_id.as_ref() != Some(&node.id) {
@@ -276,26 +371,45 @@ fn apply_update(state: &State, node: &NodeRow, tx: &mpsc::Sender<CoordinatorMess
     }
     match u.reason {
         Some(reason) => {
-            if state.store.finish(&u.job_id, reason, u.exit_code, u.message.as_deref())? {
+            if state
+                .store
+                .finish(&u.job_id, reason, u.exit_code, u.message.as_deref())?
+            {
                 tracing::info!(job = %u.job_id, %reason, exit_code = ?u.exit_code, "job finished");
             }
             let _ = tx.try_send(CoordinatorMessage::ForgetJob { job_id: u.job_id });
             state.wake_scheduler.notify_one();
         }
-        None => state.store.set_progress(&u.job_id, &u.state, u.message.as_deref())?,
+        None => state
+            .store
+            .set_progress(&u.job_id, &u.state, u.message.as_deref())?,
     }
     Ok(())
 }
 
 /// Converges the node's containers with the jobs placed on it, from the full report the agent sends
 /// on every connection. Runs on every report, so each step must be idempotent.
-fn reconcile(state: &State, node: &NodeRow, tx: &mpsc::Sender<CoordinatorMessage>, reports: &[ContainerReport]) -> anyhow::Result<()> {
+fn reconcile(
+    state: &State,
+    node: &NodeRow,
+    tx: &mpsc::Sender<CoordinatorMessage>,
+    reports: &[ContainerReport],
+) -> anyhow::Result<()> {
     let reported: HashSet<&JobId> = reports.iter().map(|r| &r.job_id).collect();
-    for job in state.store.placed_jobs()?.into_iter().filter(|j| j.node_id.as_ref() == Some(&node.id)) {
+    for job in state
+        .store
+        .placed_jobs()?
+        .into_iter()
+        .filter(|j| j.node_id.as_ref() == Some(&node.id))
+    {
         if reported.contains(&job.id) {
             if job.state == JobState::Terminating {
                 // The stop may not have arrived: ask again.
-                let _ = tx.try_send(CoordinatorMessage::StopJob { job_id: job.id.clone(), abort: false, reason: TerminationReason::StoppedByUser });
+                let _ = tx.try_send(CoordinatorMessage::StopJob {
+                    job_id: job.id.clone(),
+                    abort: false,
+                    reason: TerminationReason::StoppedByUser,
+                });
             }
             continue;
         }
@@ -307,21 +421,39 @@ fn reconcile(state: &State, node: &NodeRow, tx: &mpsc::Sender<CoordinatorMessage
                 }
             }
             JobState::Terminating => {
-                state.store.finish(&job.id, TerminationReason::StoppedByUser, None, Some("the container was gone when the node came back"))?;
+                state.store.finish(
+                    &job.id,
+                    TerminationReason::StoppedByUser,
+                    None,
+                    Some("the container was gone when the node came back"),
+                )?;
             }
             _ => {
                 tracing::warn!(job = %job.id, node = %node.name, "container vanished; job failed");
-                state.store.finish(&job.id, TerminationReason::ContainerLost, None, Some("the job's container vanished from the node"))?;
+                state.store.finish(
+                    &job.id,
+                    TerminationReason::ContainerLost,
+                    None,
+                    Some("the job's container vanished from the node"),
+                )?;
             }
         }
     }
     for r in reports {
         let known = state.store.job(&r.job_id)?;
-        let wanted = known.as_ref().is_some_and(|j| !j.state.is_finished() && j.node_id.as_ref() == Some(&node.id));
+        let wanted = known
+            .as_ref()
+            .is_some_and(|j| !j.state.is_finished() && j.node_id.as_ref() == Some(&node.id));
         if !wanted && r.running {
-            let _ = tx.try_send(CoordinatorMessage::StopJob { job_id: r.job_id.clone(), abort: true, reason: TerminationReason::AbortedByUser });
+            let _ = tx.try_send(CoordinatorMessage::StopJob {
+                job_id: r.job_id.clone(),
+                abort: true,
+                reason: TerminationReason::AbortedByUser,
+            });
         } else if !wanted && known.as_ref().is_some_and(|j| j.state.is_finished()) {
-            let _ = tx.try_send(CoordinatorMessage::ForgetJob { job_id: r.job_id.clone() });
+            let _ = tx.try_send(CoordinatorMessage::ForgetJob {
+                job_id: r.job_id.clone(),
+            });
         }
     }
     state.wake_scheduler.notify_one();
@@ -335,7 +467,9 @@ async fn receive_logs(state: &State, mut stream: quinn::RecvStream) -> anyhow::R
     let log = state.logs.job(&job_id);
     while let Some(frame) = read_frame::<LogFrame, _>(&mut stream).await? {
         match frame {
-            LogFrame::Chunk { offset, data } => log.append(offset, &data).with_context(|| format!("cannot store logs of job {job_id}"))?,
+            LogFrame::Chunk { offset, data } => log
+                .append(offset, &data)
+                .with_context(|| format!("cannot store logs of job {job_id}"))?,
             LogFrame::End { .. } => log.mark_complete(),
             LogFrame::Open { .. } => anyhow::bail!("a second Open on one log stream"),
         }

@@ -26,9 +26,15 @@ use crate::secrets::{now_ms, random_hex, sha256_hex};
 
 type AppState = Arc<State>;
 
-pub async fn serve(listener: tokio::net::TcpListener, state: AppState, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) {
     let app = router(state);
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
     if let Err(e) = result {
         tracing::error!("http server failed: {e}");
     }
@@ -36,13 +42,19 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState, shutdown:
 
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
-        .route("/api/projects/{project}/runs", post(submit_run).get(list_runs))
+        .route(
+            "/api/projects/{project}/runs",
+            post(submit_run).get(list_runs),
+        )
         .route("/api/projects/{project}/runs/{name}", get(get_run))
         .route("/api/projects/{project}/runs/{name}/stop", post(stop_run))
         .route("/api/projects/{project}/runs/{name}/logs", get(run_logs))
         .route("/api/nodes", get(list_nodes))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
-    Router::new().route("/api/health", get(|| async { "ok" })).merge(api).with_state(state)
+    Router::new()
+        .route("/api/health", get(|| async { "ok" }))
+        .merge(api)
+        .with_state(state)
 }
 
 pub struct Error(StatusCode, String);
@@ -56,7 +68,10 @@ impl IntoResponse for Error {
 impl From<crate::store::StoreError> for Error {
     fn from(e: crate::store::StoreError) -> Self {
         tracing::error!("store: {e:#}");
-        Self(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: {e}"))
+        Self(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("internal error: {e}"),
+        )
     }
 }
 
@@ -64,7 +79,11 @@ fn err(status: StatusCode, msg: impl Into<String>) -> Error {
     Error(status, msg.into())
 }
 
-async fn authenticate(Extract(state): Extract<AppState>, req: Request, next: Next) -> Result<Response, Error> {
+async fn authenticate(
+    Extract(state): Extract<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, Error> {
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -72,9 +91,16 @@ async fn authenticate(Extract(state): Extract<AppState>, req: Request, next: Nex
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let Some(token) = token else {
-        return Err(err(StatusCode::UNAUTHORIZED, "missing bearer token: set CORRAL_TOKEN or run `corral config`"));
+        return Err(err(
+            StatusCode::UNAUTHORIZED,
+            "missing bearer token: set CORRAL_TOKEN or run `corral config`",
+        ));
     };
-    if state.store.api_token_name(&sha256_hex(token.as_bytes()))?.is_none() {
+    if state
+        .store
+        .api_token_name(&sha256_hex(token.as_bytes()))?
+        .is_none()
+    {
         return Err(err(StatusCode::UNAUTHORIZED, "invalid token"));
     }
     Ok(next.run(req).await)
@@ -84,50 +110,112 @@ fn check_project(state: &State, project: &str) -> Result<(), Error> {
     if state.store.project_exists(project)? {
         Ok(())
     } else {
-        Err(err(StatusCode::NOT_FOUND, format!("project {project:?} does not exist")))
+        Err(err(
+            StatusCode::NOT_FOUND,
+            format!("project {project:?} does not exist"),
+        ))
     }
 }
 
 fn node_name(state: &State) -> impl Fn(&NodeId) -> Option<String> + '_ {
-    move |id| state.store.nodes().ok()?.into_iter().find(|n| &n.id == id).map(|n| n.name)
+    move |id| {
+        state
+            .store
+            .nodes()
+            .ok()?
+            .into_iter()
+            .find(|n| &n.id == id)
+            .map(|n| n.name)
+    }
 }
 
-const ADJECTIVES: &[&str] = &["brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "kind", "lively", "proud", "quick", "silly", "witty", "zesty"];
-const ANIMALS: &[&str] = &["otter", "falcon", "panda", "lynx", "heron", "koala", "yak", "bison", "gecko", "moose", "orca", "raven", "tapir", "wombat"];
+const ADJECTIVES: &[&str] = &[
+    "brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "kind", "lively", "proud",
+    "quick", "silly", "witty", "zesty",
+];
+const ANIMALS: &[&str] = &[
+    "otter", "falcon", "panda", "lynx", "heron", "koala", "yak", "bison", "gecko", "moose", "orca",
+    "raven", "tapir", "wombat",
+];
 
 fn generated_name() -> String {
     let r = random_hex(4);
     let n = u32::from_str_radix(&r, 16).unwrap_or(0) as usize;
-    format!("{}-{}-{}", ADJECTIVES[n % ADJECTIVES.len()], ANIMALS[(n / 16) % ANIMALS.len()], n % 100)
+    format!(
+        "{}-{}-{}",
+        ADJECTIVES[n % ADJECTIVES.len()],
+        ANIMALS[(n / 16) % ANIMALS.len()],
+        n % 100
+    )
 }
 
-async fn submit_run(Extract(state): Extract<AppState>, Path(project): Path<String>, Json(req): Json<SubmitRun>) -> Result<Json<api::Run>, Error> {
+async fn submit_run(
+    Extract(state): Extract<AppState>,
+    Path(project): Path<String>,
+    Json(req): Json<SubmitRun>,
+) -> Result<Json<api::Run>, Error> {
     check_project(&state, &project)?;
     let Configuration::Task(task) = &req.configuration else {
-        return Err(err(StatusCode::BAD_REQUEST, "type: only tasks run in this version of Corral (services and dev environments come next)"));
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "type: only tasks run in this version of Corral (services and dev environments come next)",
+        ));
     };
     if task.image.is_none() {
-        return Err(err(StatusCode::BAD_REQUEST, "image: is required (Corral has no default image; build or load one on the node)"));
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "image: is required (Corral has no default image; build or load one on the node)",
+        ));
     }
     if task.nodes > 1 {
-        return Err(err(StatusCode::BAD_REQUEST, format!("nodes: {} — multi-node tasks are not supported yet; use nodes: 1", task.nodes)));
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "nodes: {} — multi-node tasks are not supported yet; use nodes: 1",
+                task.nodes
+            ),
+        ));
     }
     if let Some(e) = task.env.iter().find(|e| e.value.is_none()) {
-        return Err(err(StatusCode::BAD_REQUEST, format!("env.{}: has no value (set it in the environment of `corral apply`)", e.name)));
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "env.{}: has no value (set it in the environment of `corral apply`)",
+                e.name
+            ),
+        ));
     }
-    let name = req.name.clone().or_else(|| task.name.clone()).unwrap_or_else(generated_name);
+    let name = req
+        .name
+        .clone()
+        .or_else(|| task.name.clone())
+        .unwrap_or_else(generated_name);
     if let Some((existing, _, _)) = state.store.run_by_name(&project, &name)? {
         let view = state.store.run_view(&existing, &|_| None)?;
         if view.is_some_and(|r| !r.state.is_finished()) {
-            return Err(err(StatusCode::CONFLICT, format!("run {name:?} is still active: stop it first (`corral stop {name}`)")));
+            return Err(err(
+                StatusCode::CONFLICT,
+                format!("run {name:?} is still active: stop it first (`corral stop {name}`)"),
+            ));
         }
     }
     let run_id = RunId(random_hex(8));
     let jobs = vec![JobId(random_hex(8))];
-    state.store.insert_run(&run_id, &project, &name, &req.configuration, req.source.as_deref(), &jobs)?;
+    state.store.insert_run(
+        &run_id,
+        &project,
+        &name,
+        &req.configuration,
+        req.source.as_deref(),
+        &jobs,
+    )?;
     tracing::info!(run = %name, id = %run_id, "run submitted");
-    crate::scheduler::schedule_once(&state).map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
-    let run = state.store.run_view(&run_id, &node_name(&state))?.ok_or_else(|| err(StatusCode::INTERNAL_SERVER_ERROR, "run vanished"))?;
+    crate::scheduler::schedule_once(&state)
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+    let run = state
+        .store
+        .run_view(&run_id, &node_name(&state))?
+        .ok_or_else(|| err(StatusCode::INTERNAL_SERVER_ERROR, "run vanished"))?;
     Ok(Json(run))
 }
 
@@ -137,7 +225,11 @@ struct ListQuery {
     all: bool,
 }
 
-async fn list_runs(Extract(state): Extract<AppState>, Path(project): Path<String>, Query(q): Query<ListQuery>) -> Result<Json<Vec<api::Run>>, Error> {
+async fn list_runs(
+    Extract(state): Extract<AppState>,
+    Path(project): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<api::Run>>, Error> {
     check_project(&state, &project)?;
     let names = node_name(&state);
     let mut runs = Vec::new();
@@ -154,12 +246,21 @@ async fn list_runs(Extract(state): Extract<AppState>, Path(project): Path<String
 fn find_run(state: &State, project: &str, name: &str) -> Result<api::Run, Error> {
     check_project(state, project)?;
     let Some((id, _, _)) = state.store.run_by_name(project, name)? else {
-        return Err(err(StatusCode::NOT_FOUND, format!("no run named {name:?} in project {project:?} (see `corral ps -a`)")));
+        return Err(err(
+            StatusCode::NOT_FOUND,
+            format!("no run named {name:?} in project {project:?} (see `corral ps -a`)"),
+        ));
     };
-    state.store.run_view(&id, &node_name(state))?.ok_or_else(|| err(StatusCode::NOT_FOUND, format!("run {name:?} has no jobs")))
+    state
+        .store
+        .run_view(&id, &node_name(state))?
+        .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("run {name:?} has no jobs")))
 }
 
-async fn get_run(Extract(state): Extract<AppState>, Path((project, name)): Path<(String, String)>) -> Result<Json<api::Run>, Error> {
+async fn get_run(
+    Extract(state): Extract<AppState>,
+    Path((project, name)): Path<(String, String)>,
+) -> Result<Json<api::Run>, Error> {
     Ok(Json(find_run(&state, &project, &name)?))
 }
 
@@ -170,7 +271,11 @@ async fn stop_run(
 ) -> Result<Json<api::Run>, Error> {
     let abort = body.is_some_and(|b| b.abort);
     let run = find_run(&state, &project, &name)?;
-    let reason = if abort { TerminationReason::AbortedByUser } else { TerminationReason::StoppedByUser };
+    let reason = if abort {
+        TerminationReason::AbortedByUser
+    } else {
+        TerminationReason::StoppedByUser
+    };
     for job in &run.jobs {
         match (&job.state, &job.node_id) {
             (s, _) if s.is_finished() => {}
@@ -179,7 +284,14 @@ async fn stop_run(
             }
             (_, Some(node)) => {
                 state.store.set_terminating(&job.id)?;
-                state.send(node, CoordinatorMessage::StopJob { job_id: job.id.clone(), abort, reason });
+                state.send(
+                    node,
+                    CoordinatorMessage::StopJob {
+                        job_id: job.id.clone(),
+                        abort,
+                        reason,
+                    },
+                );
             }
         }
     }
@@ -206,40 +318,49 @@ async fn run_logs(
 ) -> Result<Response, Error> {
     let run = find_run(&state, &project, &name)?;
     let Some(job) = run.jobs.iter().find(|j| j.job_num == q.job) else {
-        return Err(err(StatusCode::NOT_FOUND, format!("run {name:?} has no job {}", q.job)));
+        return Err(err(
+            StatusCode::NOT_FOUND,
+            format!("run {name:?} has no job {}", q.job),
+        ));
     };
     let job_id = job.id.clone();
     let log = state.logs.job(&job_id);
     let len_rx = log.subscribe();
     let follow = q.follow;
-    let stream = futures_util::stream::unfold((q.offset, false, len_rx), move |(offset, done, mut len_rx)| {
-        let state = state.clone();
-        let log = log.clone();
-        let job_id = job_id.clone();
-        async move {
-            if done {
-                return None;
-            }
-            loop {
-                len_rx.mark_unchanged();
-                match log.read_at(offset, 64 * 1024) {
-                    Ok(chunk) if !chunk.is_empty() => {
-                        let next = offset + chunk.len() as u64;
-                        return Some((Ok::<_, std::io::Error>(bytes::Bytes::from(chunk)), (next, false, len_rx)));
-                    }
-                    Ok(_) => {}
-                    Err(e) => return Some((Err(e), (offset, true, len_rx))),
-                }
-                if !follow || job_log_finished(&state, &job_id, log.is_complete()) {
+    let stream = futures_util::stream::unfold(
+        (q.offset, false, len_rx),
+        move |(offset, done, mut len_rx)| {
+            let state = state.clone();
+            let log = log.clone();
+            let job_id = job_id.clone();
+            async move {
+                if done {
                     return None;
                 }
-                tokio::select! {
-                    _ = len_rx.changed() => {}
-                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                loop {
+                    len_rx.mark_unchanged();
+                    match log.read_at(offset, 64 * 1024) {
+                        Ok(chunk) if !chunk.is_empty() => {
+                            let next = offset + chunk.len() as u64;
+                            return Some((
+                                Ok::<_, std::io::Error>(bytes::Bytes::from(chunk)),
+                                (next, false, len_rx),
+                            ));
+                        }
+                        Ok(_) => {}
+                        Err(e) => return Some((Err(e), (offset, true, len_rx))),
+                    }
+                    if !follow || job_log_finished(&state, &job_id, log.is_complete()) {
+                        return None;
+                    }
+                    tokio::select! {
+                        _ = len_rx.changed() => {}
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
                 }
             }
-        }
-    });
+        },
+    );
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .body(Body::from_stream(stream))
@@ -251,7 +372,10 @@ async fn run_logs(
 fn job_log_finished(state: &State, id: &JobId, complete: bool) -> bool {
     match state.store.job(id) {
         Ok(Some(job)) if job.state.is_finished() => {
-            complete || job.node_id.is_none() || job.started_ms.is_none() || job.finished_ms.is_some_and(|f| now_ms() - f > 3000)
+            complete
+                || job.node_id.is_none()
+                || job.started_ms.is_none()
+                || job.finished_ms.is_some_and(|f| now_ms() - f > 3000)
         }
         Ok(Some(_)) => false,
         _ => true,
@@ -260,16 +384,33 @@ fn job_log_finished(state: &State, id: &JobId, complete: bool) -> bool {
 
 async fn list_nodes(Extract(state): Extract<AppState>) -> Result<Json<Vec<api::Node>>, Error> {
     let placed = state.store.placed_jobs()?;
-    let connected: Vec<NodeId> = state.sessions.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+    let connected: Vec<NodeId> = state
+        .sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .keys()
+        .cloned()
+        .collect();
     let nodes = state
         .store
         .nodes()?
         .into_iter()
         .map(|n| {
-            let jobs: Vec<_> = placed.iter().filter(|j| j.node_id.as_ref() == Some(&n.id)).collect();
+            let jobs: Vec<_> = placed
+                .iter()
+                .filter(|j| j.node_id.as_ref() == Some(&n.id))
+                .collect();
             api::Node {
-                status: if connected.contains(&n.id) { NodeStatus::Ready } else { NodeStatus::Offline },
-                busy_gpus: jobs.iter().filter_map(|j| j.allocation.as_ref()).flat_map(|a| a.gpu_indices.clone()).collect(),
+                status: if connected.contains(&n.id) {
+                    NodeStatus::Ready
+                } else {
+                    NodeStatus::Offline
+                },
+                busy_gpus: jobs
+                    .iter()
+                    .filter_map(|j| j.allocation.as_ref())
+                    .flat_map(|a| a.gpu_indices.clone())
+                    .collect(),
                 running_jobs: jobs.len() as u32,
                 id: n.id,
                 name: n.name,

@@ -80,7 +80,11 @@ pub struct State {
 
 impl State {
     pub fn session(&self, node: &NodeId) -> Option<Session> {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(node).cloned()
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node)
+            .cloned()
     }
 
     /// Sends a command to a node if it is connected. A command that cannot be sent now is not lost:
@@ -111,7 +115,10 @@ impl Running {
     }
 }
 
-fn read_or_create(path: &Path, create: impl FnOnce() -> anyhow::Result<String>) -> anyhow::Result<(String, bool)> {
+fn read_or_create(
+    path: &Path,
+    create: impl FnOnce() -> anyhow::Result<String>,
+) -> anyhow::Result<(String, bool)> {
     if let Ok(s) = std::fs::read_to_string(path) {
         if !s.trim().is_empty() {
             return Ok((s.trim().to_owned(), false));
@@ -135,8 +142,10 @@ fn read_or_create(path: &Path, create: impl FnOnce() -> anyhow::Result<String>) 
 /// accepts connections; cancel `shutdown` to stop it, then [`Running::wait`].
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let dir = &config.data_dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the data dir {}", dir.display()))?;
-    let store = Store::open(&dir.join("corral.db")).with_context(|| format!("cannot open the database in {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the data dir {}", dir.display()))?;
+    let store = Store::open(&dir.join("corral.db"))
+        .with_context(|| format!("cannot open the database in {}", dir.display()))?;
     let pki = Pki::load_or_create(dir).context("cannot set up the certificate authority")?;
     let logs = LogStore::new(&dir.join("logs")).context("cannot create the log dir")?;
 
@@ -152,9 +161,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let (join_token, _) = read_or_create(&dir.join("join-token"), || {
         let secret = random_hex(16);
         store.add_join_token(&sha256_hex(secret.as_bytes()), None)?;
-        Ok(JoinToken { ca_hash: ca_hash.clone(), secret }.to_string())
+        Ok(JoinToken {
+            ca_hash: ca_hash.clone(),
+            secret,
+        }
+        .to_string())
     })?;
-    let join_token: JoinToken = join_token.parse().context("the join-token file is malformed")?;
+    let join_token: JoinToken = join_token
+        .parse()
+        .context("the join-token file is malformed")?;
 
     let state = Arc::new(State {
         config: config.clone(),
@@ -167,8 +182,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 
     let tasks = TaskTracker::new();
     let endpoint = agents::bind(&state, config.quic_listen)?;
-    let quic_addr = endpoint.local_addr().context("quic endpoint has no address")?;
-    tasks.spawn(agents::serve(endpoint, state.clone(), shutdown.child_token(), tasks.clone()));
+    let quic_addr = endpoint
+        .local_addr()
+        .context("quic endpoint has no address")?;
+    tasks.spawn(agents::serve(
+        endpoint,
+        state.clone(),
+        shutdown.child_token(),
+        tasks.clone(),
+    ));
 
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
@@ -177,7 +199,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     tasks.spawn(http::serve(listener, state.clone(), shutdown.child_token()));
     tasks.spawn(scheduler::run(state.clone(), shutdown.child_token()));
 
-    Ok(Running { http_addr, quic_addr, admin_token, join_token, state, tasks })
+    Ok(Running {
+        http_addr,
+        quic_addr,
+        admin_token,
+        join_token,
+        state,
+        tasks,
+    })
 }
 
 /// How long the coordinator waits for its tasks after a shutdown signal.

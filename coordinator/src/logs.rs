@@ -61,7 +61,12 @@ impl JobLog {
         }
         let fresh = &data[(have - offset) as usize..];
         if guard.is_none() {
-            *guard = Some(OpenOptions::new().create(true).append(true).open(&self.path)?);
+            *guard = Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)?,
+            );
         }
         if let Some(f) = guard.as_mut() {
             f.write_all(fresh)?;
@@ -88,7 +93,10 @@ impl JobLog {
 impl LogStore {
     pub fn new(dir: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        Ok(Self { dir: dir.to_owned(), jobs: Mutex::new(HashMap::new()) })
+        Ok(Self {
+            dir: dir.to_owned(),
+            jobs: Mutex::new(HashMap::new()),
+        })
     }
 
     pub fn job(&self, id: &JobId) -> Arc<JobLog> {

@@ -8,7 +8,11 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "corral-coordinator", version, about = "Corral's coordinator: state, scheduler, agent endpoint, HTTP API")]
+#[command(
+    name = "corral-coordinator",
+    version,
+    about = "Corral's coordinator: state, scheduler, agent endpoint, HTTP API"
+)]
 struct Args {
     /// Where the database, the CA, tokens and logs live.
     #[arg(long, env = "CORRAL_DATA_DIR", default_value = "/var/lib/corral")]
@@ -24,7 +28,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .init();
     let args = Args::parse();
     let config = corral_coordinator::Config {
@@ -44,14 +51,28 @@ async fn main() -> ExitCode {
     println!("corral coordinator {}", corral_coordinator::VERSION);
     println!("  HTTP API:    http://{}", running.http_addr);
     println!("  agents dial: {} (QUIC)", running.quic_addr);
-    println!("  admin token: {}  (also in {})", running.admin_token, config.data_dir.join("admin-token").display());
-    println!("  join token:  {}  (also in {})", running.join_token, config.data_dir.join("join-token").display());
-    println!("enroll a node:  corral-agent --coordinator HOST:{} --token <join token>", running.quic_addr.port());
+    println!(
+        "  admin token: {}  (also in {})",
+        running.admin_token,
+        config.data_dir.join("admin-token").display()
+    );
+    println!(
+        "  join token:  {}  (also in {})",
+        running.join_token,
+        config.data_dir.join("join-token").display()
+    );
+    println!(
+        "enroll a node:  corral-agent --coordinator HOST:{} --token <join token>",
+        running.quic_addr.port()
+    );
 
     wait_for_signal().await;
     tracing::info!("shutting down");
     shutdown.cancel();
-    if tokio::time::timeout(corral_coordinator::SHUTDOWN_GRACE, running.wait()).await.is_err() {
+    if tokio::time::timeout(corral_coordinator::SHUTDOWN_GRACE, running.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("tasks did not stop within the grace period");
     }
     ExitCode::SUCCESS

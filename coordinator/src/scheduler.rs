@@ -56,7 +56,13 @@ pub fn schedule_once(state: &State) -> anyhow::Result<()> {
     if queued.is_empty() {
         return Ok(());
     }
-    let connected: Vec<NodeId> = state.sessions.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+    let connected: Vec<NodeId> = state
+        .sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .keys()
+        .cloned()
+        .collect();
     let mut nodes: Vec<(NodeId, String, HostInventory)> = state
         .store
         .nodes()?
@@ -77,7 +83,9 @@ pub fn schedule_once(state: &State) -> anyhow::Result<()> {
             continue;
         };
         if nodes.is_empty() {
-            state.store.set_pending(&job.id, "no nodes are connected (see `corral node list`)")?;
+            state
+                .store
+                .set_pending(&job.id, "no nodes are connected (see `corral node list`)")?;
             continue;
         }
         let mut misfits = Vec::new();
@@ -93,7 +101,9 @@ pub fn schedule_once(state: &State) -> anyhow::Result<()> {
             }
         }
         let Some((node, alloc)) = placed else {
-            state.store.set_pending(&job.id, &format!("no node fits: {}", misfits.join("; ")))?;
+            state
+                .store
+                .set_pending(&job.id, &format!("no node fits: {}", misfits.join("; ")))?;
             continue;
         };
         let spec = job_spec(&job, task, &node, alloc);
@@ -110,7 +120,11 @@ pub fn schedule_once(state: &State) -> anyhow::Result<()> {
 /// every job sees (`CORRAL_*`, with dstack's `DSTACK_*` names as aliases).
 fn job_spec(job: &JobRow, task: &TaskConfig, node: &NodeId, allocation: Allocation) -> JobSpec {
     let gpus = allocation.gpu_indices.len();
-    let mut env: Vec<(String, String)> = task.env.iter().map(|e| (e.name.clone(), e.value.clone().unwrap_or_default())).collect();
+    let mut env: Vec<(String, String)> = task
+        .env
+        .iter()
+        .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+        .collect();
     for (name, value) in [
         ("RUN_NAME", job.run_name.clone()),
         ("RUN_ID", job.run_id.to_string()),

@@ -15,7 +15,9 @@ pub fn random_hex(n: usize) -> String {
     let mut buf = vec![0u8; n];
     // The system RNG failing is not recoverable; there is no safe fallback for key material.
     #[allow(clippy::expect_used)]
-    SystemRandom::new().fill(&mut buf).expect("the system random number generator failed");
+    SystemRandom::new()
+        .fill(&mut buf)
+        .expect("the system random number generator failed");
     hex(&buf)
 }
 

@@ -20,7 +20,11 @@ pub enum StoreError {
     #[error("database error")]
     Sql(#[from] rusqlite::Error),
     #[error("stored {what} is unreadable")]
-    Corrupt { what: String, #[source] source: serde_json::Error },
+    Corrupt {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -93,19 +97,30 @@ fn json<T: serde::Serialize>(v: &T) -> String {
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T> {
-    serde_json::from_str(s).map_err(|source| StoreError::Corrupt { what: what.to_owned(), source })
+    serde_json::from_str(s).map_err(|source| StoreError::Corrupt {
+        what: what.to_owned(),
+        source,
+    })
 }
 
 const JOB_COLUMNS: &str = "j.id, j.run_id, r.name, r.project, j.job_num, j.state, j.node_id, j.allocation, j.spec, \
      j.exit_code, j.termination_reason, j.status_message, j.submitted_ms, j.started_ms, j.finished_ms, r.configuration";
 
 /// A JSON column decoded into our type; a stored value we cannot read is a conversion error.
-fn json_col<T: serde::de::DeserializeOwned>(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<T> {
+fn json_col<T: serde::de::DeserializeOwned>(
+    row: &rusqlite::Row<'_>,
+    idx: usize,
+) -> rusqlite::Result<T> {
     let s: String = row.get(idx)?;
-    serde_json::from_str(&s).map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e)))
+    serde_json::from_str(&s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
-fn opt_json_col<T: serde::de::DeserializeOwned>(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<Option<T>> {
+fn opt_json_col<T: serde::de::DeserializeOwned>(
+    row: &rusqlite::Row<'_>,
+    idx: usize,
+) -> rusqlite::Result<Option<T>> {
     match row.get_ref(idx)? {
         rusqlite::types::ValueRef::Null => Ok(None),
         _ => json_col(row, idx).map(Some),
@@ -142,7 +157,9 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let store = Self { conn: Mutex::new(conn) };
+        let store = Self {
+            conn: Mutex::new(conn),
+        };
         store.migrate()?;
         Ok(store)
     }
@@ -166,26 +183,46 @@ impl Store {
     }
 
     pub fn project_exists(&self, name: &str) -> Result<bool> {
-        Ok(self.conn().query_row("SELECT 1 FROM projects WHERE name = ?1", [name], |_| Ok(())).optional()?.is_some())
+        Ok(self
+            .conn()
+            .query_row("SELECT 1 FROM projects WHERE name = ?1", [name], |_| Ok(()))
+            .optional()?
+            .is_some())
     }
 
     // --- tokens ---
 
     pub fn has_api_tokens(&self) -> Result<bool> {
-        Ok(self.conn().query_row("SELECT 1 FROM api_tokens LIMIT 1", [], |_| Ok(())).optional()?.is_some())
+        Ok(self
+            .conn()
+            .query_row("SELECT 1 FROM api_tokens LIMIT 1", [], |_| Ok(()))
+            .optional()?
+            .is_some())
     }
 
     pub fn add_api_token(&self, hash: &str, name: &str) -> Result<()> {
-        self.conn().execute("INSERT INTO api_tokens VALUES (?1, ?2, ?3)", params![hash, name, now_ms()])?;
+        self.conn().execute(
+            "INSERT INTO api_tokens VALUES (?1, ?2, ?3)",
+            params![hash, name, now_ms()],
+        )?;
         Ok(())
     }
 
     pub fn api_token_name(&self, hash: &str) -> Result<Option<String>> {
-        Ok(self.conn().query_row("SELECT name FROM api_tokens WHERE hash = ?1", [hash], |r| r.get(0)).optional()?)
+        Ok(self
+            .conn()
+            .query_row("SELECT name FROM api_tokens WHERE hash = ?1", [hash], |r| {
+                r.get(0)
+            })
+            .optional()?)
     }
 
     pub fn has_join_tokens(&self) -> Result<bool> {
-        Ok(self.conn().query_row("SELECT 1 FROM join_tokens LIMIT 1", [], |_| Ok(())).optional()?.is_some())
+        Ok(self
+            .conn()
+            .query_row("SELECT 1 FROM join_tokens LIMIT 1", [], |_| Ok(()))
+            .optional()?
+            .is_some())
     }
 
     pub fn add_join_token(&self, hash: &str, fleet: Option<&str>) -> Result<()> {
@@ -206,19 +243,30 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()?;
-        let Some((fleet, expires, uses_left, revoked)) = row else { return Ok(None) };
+        let Some((fleet, expires, uses_left, revoked)) = row else {
+            return Ok(None);
+        };
         if revoked || expires.is_some_and(|e| e < now_ms()) || uses_left.is_some_and(|u| u <= 0) {
             return Ok(None);
         }
         if uses_left.is_some() {
-            conn.execute("UPDATE join_tokens SET uses_left = uses_left - 1 WHERE hash = ?1", [hash])?;
+            conn.execute(
+                "UPDATE join_tokens SET uses_left = uses_left - 1 WHERE hash = ?1",
+                [hash],
+            )?;
         }
         Ok(Some(fleet))
     }
 
     // --- nodes ---
 
-    pub fn add_node(&self, id: &NodeId, name: &str, fleet: Option<&str>, fingerprint: &str) -> Result<()> {
+    pub fn add_node(
+        &self,
+        id: &NodeId,
+        name: &str,
+        fleet: Option<&str>,
+        fingerprint: &str,
+    ) -> Result<()> {
         self.conn().execute(
             "INSERT INTO nodes (id, name, fleet, cert_fingerprint, enrolled_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![id.0, name, fleet, fingerprint, now_ms()],
@@ -227,7 +275,8 @@ impl Store {
     }
 
     pub fn node_by_fingerprint(&self, fingerprint: &str) -> Result<Option<NodeRow>> {
-        self.query_nodes("WHERE cert_fingerprint = ?1", [fingerprint]).map(|mut v| v.pop())
+        self.query_nodes("WHERE cert_fingerprint = ?1", [fingerprint])
+            .map(|mut v| v.pop())
     }
 
     pub fn nodes(&self) -> Result<Vec<NodeRow>> {
@@ -266,19 +315,33 @@ impl Store {
     }
 
     pub fn node_seen(&self, id: &NodeId) -> Result<()> {
-        self.conn().execute("UPDATE nodes SET last_seen_ms = ?2 WHERE id = ?1", params![id.0, now_ms()])?;
+        self.conn().execute(
+            "UPDATE nodes SET last_seen_ms = ?2 WHERE id = ?1",
+            params![id.0, now_ms()],
+        )?;
         Ok(())
     }
 
     pub fn set_inventory(&self, id: &NodeId, inv: &HostInventory) -> Result<()> {
-        self.conn().execute("UPDATE nodes SET inventory = ?2 WHERE id = ?1", params![id.0, json(inv)])?;
+        self.conn().execute(
+            "UPDATE nodes SET inventory = ?2 WHERE id = ?1",
+            params![id.0, json(inv)],
+        )?;
         Ok(())
     }
 
     // --- runs and jobs ---
 
     /// Stores a run and its jobs (state `submitted`) in one transaction.
-    pub fn insert_run(&self, id: &RunId, project: &str, name: &str, cfg: &Configuration, source: Option<&str>, jobs: &[JobId]) -> Result<()> {
+    pub fn insert_run(
+        &self,
+        id: &RunId,
+        project: &str,
+        name: &str,
+        cfg: &Configuration,
+        source: Option<&str>,
+        jobs: &[JobId],
+    ) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let now = now_ms();
@@ -299,8 +362,12 @@ impl Store {
     /// Jobs matching an SQL filter over `j` (jobs) and `r` (runs).
     pub fn jobs_where<P: rusqlite::Params>(&self, filter: &str, p: P) -> Result<Vec<JobRow>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(&format!("SELECT {JOB_COLUMNS} FROM jobs j JOIN runs r ON r.id = j.run_id {filter}"))?;
-        let jobs = stmt.query_map(p, job_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs j JOIN runs r ON r.id = j.run_id {filter}"
+        ))?;
+        let jobs = stmt
+            .query_map(p, job_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(jobs)
     }
 
@@ -310,7 +377,10 @@ impl Store {
 
     /// Jobs waiting for a node, oldest first.
     pub fn queued_jobs(&self) -> Result<Vec<JobRow>> {
-        self.jobs_where("WHERE j.state IN ('submitted', 'pending') ORDER BY j.submitted_ms, j.id", [])
+        self.jobs_where(
+            "WHERE j.state IN ('submitted', 'pending') ORDER BY j.submitted_ms, j.id",
+            [],
+        )
     }
 
     /// Jobs holding resources on nodes (placed and not finished).
@@ -349,7 +419,13 @@ impl Store {
     }
 
     /// Records how a job ended. Returns false when it had already ended (the first word stands).
-    pub fn finish(&self, id: &JobId, reason: TerminationReason, exit_code: Option<i64>, message: Option<&str>) -> Result<bool> {
+    pub fn finish(
+        &self,
+        id: &JobId,
+        reason: TerminationReason,
+        exit_code: Option<i64>,
+        message: Option<&str>,
+    ) -> Result<bool> {
         let n = self.conn().execute(
             "UPDATE jobs SET state = ?2, termination_reason = ?3, exit_code = ?4, status_message = COALESCE(?5, status_message), \
              finished_ms = ?6 WHERE id = ?1 AND state NOT IN ('done', 'failed', 'stopped', 'aborted')",
@@ -367,7 +443,11 @@ impl Store {
     }
 
     /// The newest run of that name in the project.
-    pub fn run_by_name(&self, project: &str, name: &str) -> Result<Option<(RunId, Configuration, i64)>> {
+    pub fn run_by_name(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<Option<(RunId, Configuration, i64)>> {
         let row: Option<(String, String, i64)> = self
             .conn()
             .query_row(
@@ -376,23 +456,42 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
-        row.map(|(id, cfg, ms)| Ok((RunId(id), from_json("run configuration", &cfg)?, ms))).transpose()
+        row.map(|(id, cfg, ms)| Ok((RunId(id), from_json("run configuration", &cfg)?, ms)))
+            .transpose()
     }
 
     pub fn run_ids(&self, project: &str) -> Result<Vec<RunId>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT id FROM runs WHERE project = ?1 ORDER BY submitted_ms DESC, rowid DESC")?;
-        let ids = stmt.query_map([project], |r| Ok(RunId(r.get(0)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut stmt = conn.prepare(
+            "SELECT id FROM runs WHERE project = ?1 ORDER BY submitted_ms DESC, rowid DESC",
+        )?;
+        let ids = stmt
+            .query_map([project], |r| Ok(RunId(r.get(0)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(ids)
     }
 
     /// Builds the API view of a run from its jobs.
-    pub fn run_view(&self, id: &RunId, node_names: &dyn Fn(&NodeId) -> Option<String>) -> Result<Option<api::Run>> {
+    pub fn run_view(
+        &self,
+        id: &RunId,
+        node_names: &dyn Fn(&NodeId) -> Option<String>,
+    ) -> Result<Option<api::Run>> {
         let jobs = self.jobs_where("WHERE j.run_id = ?1 ORDER BY j.job_num", [&id.0])?;
-        let Some(first) = jobs.first() else { return Ok(None) };
-        let submitted: i64 = self.conn().query_row("SELECT submitted_ms FROM runs WHERE id = ?1", [&id.0], |r| r.get(0))?;
+        let Some(first) = jobs.first() else {
+            return Ok(None);
+        };
+        let submitted: i64 = self.conn().query_row(
+            "SELECT submitted_ms FROM runs WHERE id = ?1",
+            [&id.0],
+            |r| r.get(0),
+        )?;
         let state = run_state(&jobs);
-        let finished = if state.is_finished() { jobs.iter().filter_map(|j| j.finished_ms).max() } else { None };
+        let finished = if state.is_finished() {
+            jobs.iter().filter_map(|j| j.finished_ms).max()
+        } else {
+            None
+        };
         Ok(Some(api::Run {
             id: id.clone(),
             name: first.run_name.clone(),

@@ -1,13 +1,86 @@
 //! The configuration language: dstack-compatible `.dstack.yml` text → typed specs.
-//! (Placeholder interface; the parser lands next.)
+//!
+//! [`parse`] reads one file into a [`Configuration`]: a task, a service, a dev environment or a fleet.
+//! A file that dstack 0.22.5 accepts is either read into the same meaning, or refused with a
+//! [`ConfigError`] whose `unsupported` flag is set and whose message names the field and why Corral
+//! does not have it. Every error names the file, line, column and the field path (`resources.gpu`,
+//! `env[2]`), and says what to write instead. The per-field decisions are listed in `docs/config.md`.
+//!
+//! Layout: [`yaml`] builds a tree with positions from `yaml-rust2`'s events; [`fields`] reads typed
+//! values out of it; [`values`] and [`resources`] hold the small syntaxes (durations, env, ports, GPU
+//! specs); [`run`], [`service`] and [`fleet`] build each configuration type; [`common`] holds the
+//! parts they share.
+//!
+//! What the rest of Corral must know:
+//! - [`EnvVar::value`] `None` is dstack's `- HF_TOKEN`: the CLI fills it from its own environment at
+//!   apply time (and refuses to submit when it is unset there).
+//! - `python: "3.12"` is kept as the version string in `python`; with no `image`, Corral picks its own
+//!   base image for that Python (and with `nvcc: true`, one that has the CUDA compiler).
+//! - Strings may hold dstack interpolations (`${{ env.NAME }}`, `${{ secrets.name }}`,
+//!   `${{ dstack.node_rank }}`); they are kept as written, for the CLI and the coordinator to expand.
+//! - Durations are seconds. `max_duration_secs: None` is no limit; `stop_duration_secs: None` is no
+//!   limit (`off`) and is `Some(300)` when the file says nothing, dstack's default.
+
+mod common;
+mod fields;
+mod fleet;
+mod resources;
+mod run;
+mod service;
+mod values;
+mod yaml;
 
 use serde::{Deserialize, Serialize};
 
-use crate::resources::ResourcesSpec;
+pub use common::{
+    CreationPolicy, FileMapping, FleetRef, IdleDuration, InstanceMount, InstanceSelector,
+    Provisioning, RegistryAuth, RepoExistsAction, RepoSpec, RetryEvent, RetrySpec, SpotPolicy,
+    UtilizationPolicy,
+};
+pub use fleet::{Blocks, FleetConfig, FleetNodes, Placement, SshConfig, SshHost, SshKey, SshProxy};
+pub use resources::{
+    TB, format_gpu, format_memory, format_range, parse_count_range, parse_cpu, parse_gpu,
+    parse_memory, parse_memory_range,
+};
+pub use run::{DevEnvironmentConfig, Ide, StartupOrder, StopCriteria, TaskConfig};
+pub use service::{
+    HttpMethod, ModelSpec, ProbeSpec, RateLimit, RateLimitKey, ScalingSpec, ServiceConfig,
+};
+pub use values::{PYTHON_VERSIONS, parse_duration, parse_port_mapping};
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+use fields::{Issue, Object, Res};
+use yaml::Value;
+
+/// One parsed configuration file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "spec", rename_all = "kebab-case")]
 pub enum Configuration {
     Task(TaskConfig),
+    Service(ServiceConfig),
+    DevEnvironment(DevEnvironmentConfig),
+    Fleet(FleetConfig),
+}
+
+impl Configuration {
+    /// The `type:` value this configuration was written with.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Task(_) => "task",
+            Self::Service(_) => "service",
+            Self::DevEnvironment(_) => "dev-environment",
+            Self::Fleet(_) => "fleet",
+        }
+    }
+
+    /// The `name:` field, when the file gives one.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Self::Task(c) => c.name.as_deref(),
+            Self::Service(c) => c.name.as_deref(),
+            Self::DevEnvironment(c) => c.name.as_deref(),
+            Self::Fleet(c) => c.name.as_deref(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,23 +92,9 @@ pub struct EnvVar {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortMapping {
+    /// The port on the user's machine (`corral apply` forwards it); `None` for `"*:8000"`, any free port.
     pub local: Option<u16>,
     pub container: u16,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskConfig {
-    pub name: Option<String>,
-    pub image: Option<String>,
-    pub commands: Vec<String>,
-    pub env: Vec<EnvVar>,
-    pub working_dir: Option<String>,
-    pub ports: Vec<PortMapping>,
-    pub max_duration_secs: Option<u64>,
-    pub stop_duration_secs: Option<u64>,
-    pub resources: ResourcesSpec,
-    pub nodes: u32,
-    pub priority: Option<u8>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -44,11 +103,74 @@ pub struct ConfigError {
     pub file: String,
     pub line: usize,
     pub column: usize,
+    /// The path of the field at fault: `resources.gpu`, `env[2]`, `volumes[0].name`; `yaml` for a syntax
+    /// error, `configuration` for the document as a whole.
     pub field: String,
     pub message: String,
+    /// The file is valid for dstack, but uses something Corral deliberately does not have.
     pub unsupported: bool,
 }
 
-pub fn parse(_text: &str, file: &str) -> Result<Configuration, ConfigError> {
-    Err(ConfigError { file: file.into(), line: 1, column: 1, field: "type".into(), message: "parser not yet built".into(), unsupported: false })
+/// The configuration types dstack has, and what Corral says about the ones it does not take.
+const TYPES: [&str; 7] = [
+    "task",
+    "service",
+    "dev-environment",
+    "fleet",
+    "gateway",
+    "volume",
+    "preset",
+];
+
+/// Parses one `.dstack.yml` file. `file` is used in error messages only.
+pub fn parse(text: &str, file: &str) -> Result<Configuration, ConfigError> {
+    parse_tree(text).map_err(|issue| issue.into_error(file))
 }
+
+fn parse_tree(text: &str) -> Res<Configuration> {
+    let doc = yaml::load(text)?;
+    let Value::Map(entries) = &doc.value else {
+        let message = if doc.is_null() {
+            "the file is empty; a configuration starts with `type: task` (or service, dev-environment, fleet)".to_owned()
+        } else {
+            format!(
+                "expected a mapping of fields (`type: task`, ...), found {}",
+                doc.kind()
+            )
+        };
+        return Err(Issue::invalid(doc.mark, "configuration", message));
+    };
+    let Some((key, type_node)) = entries.iter().find(|(k, _)| k.text == "type") else {
+        return Err(Issue::invalid(
+            doc.mark,
+            "type",
+            "missing required field; set `type:` to task, service, dev-environment or fleet",
+        ));
+    };
+    let kind = fields::choice(type_node, "type", &TYPES)?;
+    let _ = key;
+    let unsupported = |why: &str| Err(Issue::unsupported(type_node.mark, "type", why));
+    match kind {
+        "task" => run::task(&doc).map(Configuration::Task),
+        "service" => service::service(&doc).map(Configuration::Service),
+        "dev-environment" => run::dev_environment(&doc).map(Configuration::DevEnvironment),
+        "fleet" => fleet::fleet(&doc).map(Configuration::Fleet),
+        "gateway" => {
+            unsupported("`gateway` is not needed: the Corral coordinator proxies services itself")
+        }
+        "volume" => unsupported(
+            "network volumes need a cloud backend, which Corral does not have yet; \
+             mount a host directory with `volumes: [/host/path:/container/path]` instead",
+        ),
+        _ => unsupported("`preset` (dstack's model endpoint presets) is not supported by Corral"),
+    }
+}
+
+/// Reads the `type`-independent header every configuration starts with; kept here so that every
+/// builder checks `type` the same way.
+pub(crate) fn object<'a>(doc: &'a yaml::Node, what: &str, known: &[&str]) -> Res<Object<'a>> {
+    Object::new(doc, "", what, known)
+}
+
+#[cfg(test)]
+mod tests;

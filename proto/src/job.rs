@@ -52,7 +52,10 @@ pub enum JobState {
 
 impl JobState {
     pub fn is_finished(&self) -> bool {
-        matches!(self, Self::Done | Self::Failed | Self::Stopped | Self::Aborted)
+        matches!(
+            self,
+            Self::Done | Self::Failed | Self::Stopped | Self::Aborted
+        )
     }
 
     pub fn as_str(&self) -> &'static str {

@@ -8,8 +8,8 @@
 //! postcard is not self-describing: never reorder or remove fields or variants of a released message;
 //! add new variants at the end. The golden-bytes tests below pin every message's encoding.
 
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::ids::{JobId, NodeId};
 use crate::inventory::HostInventory;
@@ -172,7 +172,9 @@ pub enum AgentMessage {
     /// The full set of Corral containers on the host.
     Containers(Vec<ContainerReport>),
     JobUpdate(JobUpdate),
-    Heartbeat { seq: u64 },
+    Heartbeat {
+        seq: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,10 +183,18 @@ pub enum CoordinatorMessage {
     Enrolled(Enrollment),
     Refused(Refusal),
     StartJob(Box<JobSpec>),
-    StopJob { job_id: JobId, abort: bool, reason: TerminationReason },
+    StopJob {
+        job_id: JobId,
+        abort: bool,
+        reason: TerminationReason,
+    },
     /// The coordinator has all of this job's logs: the agent may remove the container.
-    ForgetJob { job_id: JobId },
-    HeartbeatAck { seq: u64 },
+    ForgetJob {
+        job_id: JobId,
+    },
+    HeartbeatAck {
+        seq: u64,
+    },
 }
 
 /// Frames of a log stream (one unidirectional stream per job, agent → coordinator).

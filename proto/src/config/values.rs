@@ -18,7 +18,9 @@ pub(crate) fn resource_name(node: &Node, path: &str) -> Res<String> {
     Err(Issue::invalid(
         node.mark,
         path,
-        format!("\"{name}\" is not a valid name: use 2 to 41 lowercase letters, digits and hyphens, starting with a letter"),
+        format!(
+            "\"{name}\" is not a valid name: use 2 to 41 lowercase letters, digits and hyphens, starting with a letter"
+        ),
     ))
 }
 
@@ -38,14 +40,21 @@ pub(crate) fn duration(node: &Node, path: &str) -> Res<Duration> {
         Issue::invalid(
             node.mark,
             path,
-            format!("cannot read {} as a duration (use e.g. 90s, 30m, 2h, 1d, 1w, or off)", describe(node)),
+            format!(
+                "cannot read {} as a duration (use e.g. 90s, 30m, 2h, 1d, 1w, or off)",
+                describe(node)
+            ),
         )
     };
     match &node.value {
         Value::Bool(false) => Ok(Duration::Off),
         Value::Bool(true) => Ok(Duration::Default),
         Value::Int(i) if *i >= 0 => Ok(Duration::Secs(*i as u64)),
-        Value::Int(_) => Err(Issue::invalid(node.mark, path, "a duration cannot be negative")),
+        Value::Int(_) => Err(Issue::invalid(
+            node.mark,
+            path,
+            "a duration cannot be negative",
+        )),
         Value::Str(s) if s == "off" => Ok(Duration::Off),
         Value::Str(s) => parse_duration(s).map(Duration::Secs).ok_or_else(bad),
         _ => Err(bad()),
@@ -87,7 +96,14 @@ pub(crate) fn off_duration(node: &Node, path: &str) -> Res<Option<u64>> {
 pub(crate) fn secs(node: &Node, path: &str) -> Res<u64> {
     match duration(node, path)? {
         Duration::Secs(s) => Ok(s),
-        _ => Err(Issue::invalid(node.mark, path, format!("expected a duration such as 30s or 1h, found {}", describe(node)))),
+        _ => Err(Issue::invalid(
+            node.mark,
+            path,
+            format!(
+                "expected a duration such as 30s or 1h, found {}",
+                describe(node)
+            ),
+        )),
     }
 }
 
@@ -100,11 +116,18 @@ pub(crate) fn env(node: &Node, path: &str) -> Res<Vec<EnvVar>> {
             return Err(Issue::invalid(
                 node.mark,
                 path,
-                format!("\"{}\" is not a valid variable name (letters, digits and _, not starting with a digit)", var.name),
+                format!(
+                    "\"{}\" is not a valid variable name (letters, digits and _, not starting with a digit)",
+                    var.name
+                ),
             ));
         }
         if vars.iter().any(|v| v.name == var.name) {
-            return Err(Issue::invalid(node.mark, path, format!("`{}` is set twice", var.name)));
+            return Err(Issue::invalid(
+                node.mark,
+                path,
+                format!("`{}` is set twice", var.name),
+            ));
         }
         vars.push(var);
         Ok(())
@@ -114,11 +137,21 @@ pub(crate) fn env(node: &Node, path: &str) -> Res<Vec<EnvVar>> {
             for (i, item) in items.iter().enumerate() {
                 let p = at(path, i);
                 let Value::Str(s) = &item.value else {
-                    return Err(Issue::invalid(item.mark, p, format!("expected `NAME=value` or `NAME`, found {}", item.kind())));
+                    return Err(Issue::invalid(
+                        item.mark,
+                        p,
+                        format!("expected `NAME=value` or `NAME`, found {}", item.kind()),
+                    ));
                 };
                 let var = match s.split_once('=') {
-                    Some((name, value)) => EnvVar { name: name.to_owned(), value: Some(value.to_owned()) },
-                    None => EnvVar { name: s.clone(), value: None },
+                    Some((name, value)) => EnvVar {
+                        name: name.to_owned(),
+                        value: Some(value.to_owned()),
+                    },
+                    None => EnvVar {
+                        name: s.clone(),
+                        value: None,
+                    },
                 };
                 add(var, item, p)?;
             }
@@ -130,16 +163,32 @@ pub(crate) fn env(node: &Node, path: &str) -> Res<Vec<EnvVar>> {
                     Value::Null => None,
                     Value::Str(s) => Some(s.clone()),
                     Value::Int(_) | Value::Float(_) | Value::Bool(_) => Some(value.text.clone()),
-                    _ => return Err(Issue::invalid(value.mark, p, format!("expected a value, found {}", value.kind()))),
+                    _ => {
+                        return Err(Issue::invalid(
+                            value.mark,
+                            p,
+                            format!("expected a value, found {}", value.kind()),
+                        ));
+                    }
                 };
-                add(EnvVar { name: key.text.clone(), value }, key, p)?;
+                add(
+                    EnvVar {
+                        name: key.text.clone(),
+                        value,
+                    },
+                    key,
+                    p,
+                )?;
             }
         }
         _ => {
             return Err(Issue::invalid(
                 node.mark,
                 path,
-                format!("expected a list (`- NAME=value`) or a mapping (`NAME: value`), found {}", node.kind()),
+                format!(
+                    "expected a list (`- NAME=value`) or a mapping (`NAME: value`), found {}",
+                    node.kind()
+                ),
             ));
         }
     }
@@ -148,7 +197,9 @@ pub(crate) fn env(node: &Node, path: &str) -> Res<Vec<EnvVar>> {
 
 fn valid_env_name(name: &str) -> bool {
     let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
@@ -158,16 +209,38 @@ pub(crate) fn port_mapping(node: &Node, path: &str) -> Res<PortMapping> {
     match &node.value {
         Value::Int(_) => {
             let p = port(node, path)?;
-            Ok(PortMapping { local: Some(p), container: p })
+            Ok(PortMapping {
+                local: Some(p),
+                container: p,
+            })
         }
         Value::Str(s) => parse_port_mapping(s).ok_or_else(|| {
-            Issue::invalid(node.mark, path, format!("cannot read \"{s}\" as a port (use 8000, \"8080:8000\" or \"*:8000\")"))
+            Issue::invalid(
+                node.mark,
+                path,
+                format!("cannot read \"{s}\" as a port (use 8000, \"8080:8000\" or \"*:8000\")"),
+            )
         }),
         Value::Map(_) => {
-            let o = Object::new(node, path, "port mapping", &["local_port", "container_port"])?;
-            Ok(PortMapping { local: o.map("local_port", port)?, container: o.require("container_port", port)? })
+            let o = Object::new(
+                node,
+                path,
+                "port mapping",
+                &["local_port", "container_port"],
+            )?;
+            Ok(PortMapping {
+                local: o.map("local_port", port)?,
+                container: o.require("container_port", port)?,
+            })
         }
-        _ => Err(Issue::invalid(node.mark, path, format!("expected a port number or \"local:container\", found {}", node.kind()))),
+        _ => Err(Issue::invalid(
+            node.mark,
+            path,
+            format!(
+                "expected a port number or \"local:container\", found {}",
+                node.kind()
+            ),
+        )),
     }
 }
 
@@ -175,9 +248,18 @@ pub(crate) fn port_mapping(node: &Node, path: &str) -> Res<PortMapping> {
 pub fn parse_port_mapping(text: &str) -> Option<PortMapping> {
     let parse = |s: &str| s.parse::<u16>().ok().filter(|p| *p > 0);
     match text.split_once(':') {
-        None => parse(text).map(|p| PortMapping { local: Some(p), container: p }),
-        Some(("*", container)) => Some(PortMapping { local: None, container: parse(container)? }),
-        Some((local, container)) => Some(PortMapping { local: Some(parse(local)?), container: parse(container)? }),
+        None => parse(text).map(|p| PortMapping {
+            local: Some(p),
+            container: p,
+        }),
+        Some(("*", container)) => Some(PortMapping {
+            local: None,
+            container: parse(container)?,
+        }),
+        Some((local, container)) => Some(PortMapping {
+            local: Some(parse(local)?),
+            container: parse(container)?,
+        }),
     }
 }
 
@@ -186,7 +268,11 @@ pub(crate) fn port(node: &Node, path: &str) -> Res<u16> {
 }
 
 pub(crate) fn ports(node: &Node, path: &str) -> Res<Vec<PortMapping>> {
-    list(node, path)?.iter().enumerate().map(|(i, item)| port_mapping(item, &at(path, i))).collect()
+    list(node, path)?
+        .iter()
+        .enumerate()
+        .map(|(i, item)| port_mapping(item, &at(path, i)))
+        .collect()
 }
 
 pub const PYTHON_VERSIONS: [&str; 7] = ["3.9", "3.10", "3.11", "3.12", "3.13", "3.14", "3.15"];
@@ -195,13 +281,20 @@ pub const PYTHON_VERSIONS: [&str; 7] = ["3.9", "3.10", "3.11", "3.12", "3.13", "
 /// turns an unquoted `3.10` into 3.1 for most loaders.
 pub(crate) fn python_version(node: &Node, path: &str) -> Res<String> {
     let text = string(node, path)?;
-    let text = if text == "3.1" { "3.10".to_owned() } else { text };
+    let text = if text == "3.1" {
+        "3.10".to_owned()
+    } else {
+        text
+    };
     match PYTHON_VERSIONS.iter().find(|v| **v == text) {
         Some(v) => Ok((*v).to_owned()),
         None => Err(Issue::invalid(
             node.mark,
             path,
-            format!("unsupported Python version \"{text}\", expected one of: {}", PYTHON_VERSIONS.join(", ")),
+            format!(
+                "unsupported Python version \"{text}\", expected one of: {}",
+                PYTHON_VERSIONS.join(", ")
+            ),
         )),
     }
 }
@@ -227,9 +320,27 @@ mod tests {
 
     #[test]
     fn port_mappings() {
-        assert_eq!(parse_port_mapping("8080:8000"), Some(PortMapping { local: Some(8080), container: 8000 }));
-        assert_eq!(parse_port_mapping("*:8000"), Some(PortMapping { local: None, container: 8000 }));
-        assert_eq!(parse_port_mapping("8000"), Some(PortMapping { local: Some(8000), container: 8000 }));
+        assert_eq!(
+            parse_port_mapping("8080:8000"),
+            Some(PortMapping {
+                local: Some(8080),
+                container: 8000
+            })
+        );
+        assert_eq!(
+            parse_port_mapping("*:8000"),
+            Some(PortMapping {
+                local: None,
+                container: 8000
+            })
+        );
+        assert_eq!(
+            parse_port_mapping("8000"),
+            Some(PortMapping {
+                local: Some(8000),
+                container: 8000
+            })
+        );
         assert_eq!(parse_port_mapping("0"), None);
         assert_eq!(parse_port_mapping("70000"), None);
         assert_eq!(parse_port_mapping("a:b"), None);

@@ -1,0 +1,240 @@
+//! The QUIC link to the coordinator: enrollment, then one mutual-TLS session at a time, redialed
+//! with backoff whenever it drops.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use quinn::crypto::rustls::QuicClientConfig;
+use tokio_util::sync::CancellationToken;
+
+use corral_proto::inventory::HostInventory;
+use corral_proto::token::JoinToken;
+use corral_proto::wire::io::{read_frame, write_frame};
+use corral_proto::wire::{
+    AgentMessage, COORDINATOR_SERVER_NAME, CoordinatorMessage, EnrollRequest, Hello, PROTOCOL_MAX,
+    PROTOCOL_MIN, RefusalCode,
+};
+
+use crate::identity::{Identity, NodeFile, PinnedCaVerifier};
+use crate::jobs::Jobs;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Why the link gave up for good: retrying would not help.
+#[derive(Debug, thiserror::Error)]
+pub enum Fatal {
+    #[error("the coordinator refused this node: {0}")]
+    Refused(String),
+    #[error("enrollment failed: {0}")]
+    Enroll(String),
+}
+
+fn endpoint() -> anyhow::Result<quinn::Endpoint> {
+    quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))).context("cannot open a UDP socket")
+}
+
+fn quic_config(tls: rustls::ClientConfig, keep_alive: bool) -> anyhow::Result<quinn::ClientConfig> {
+    let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(Some(Duration::from_secs(30).try_into()?));
+    if keep_alive {
+        transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    }
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+pub async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
+    tokio::net::lookup_host(addr)
+        .await
+        .with_context(|| format!("cannot resolve the coordinator address {addr:?}"))?
+        .next()
+        .with_context(|| format!("the coordinator address {addr:?} resolves to nothing"))
+}
+
+/// Enrolls with a join token: checks the coordinator's CA against the token, sends the secret with
+/// a certificate request, and stores the certificate it gets back.
+pub async fn enroll(
+    coordinator: &str,
+    token: &JoinToken,
+    state_dir: &std::path::Path,
+    hostname: &str,
+    fleet: Option<String>,
+) -> anyhow::Result<Identity> {
+    let addr = resolve(coordinator).await?;
+    let verifier = Arc::new(PinnedCaVerifier::new(&token.ca_hash));
+    let config = quic_config(verifier.client_config()?, false)?;
+    let endpoint = endpoint()?;
+    let conn = match endpoint
+        .connect_with(config, addr, COORDINATOR_SERVER_NAME)?
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            let why = verifier
+                .failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            return Err(Fatal::Enroll(
+                why.unwrap_or_else(|| format!("cannot reach the coordinator at {addr}: {e}")),
+            )
+            .into());
+        }
+    };
+    let key = rcgen::KeyPair::generate()?;
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())?.serialize_request(&key)?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let hello = Hello {
+        protocol_min: PROTOCOL_MIN,
+        protocol_max: PROTOCOL_MAX,
+        agent_version: VERSION.to_owned(),
+        enroll: Some(EnrollRequest {
+            secret: token.secret.clone(),
+            csr_der: csr.der().to_vec(),
+            hostname: hostname.to_owned(),
+            fleet,
+        }),
+    };
+    write_frame(&mut send, &AgentMessage::Hello(hello)).await?;
+    let reply = read_frame::<CoordinatorMessage, _>(&mut recv)
+        .await
+        .context("no answer to the enrollment request")?;
+    conn.close(0u32.into(), b"enrolled");
+    match reply {
+        Some(CoordinatorMessage::Enrolled(e)) => {
+            let node = NodeFile {
+                node_id: e.node_id,
+                coordinator: coordinator.to_owned(),
+            };
+            Identity::save(state_dir, &node, &key, &e.certificate_pem, &e.ca_pem)?;
+            tracing::info!(node = %node.node_id, "enrolled");
+            Ok(Identity::load(state_dir)?
+                .context("the identity just written cannot be read back")?)
+        }
+        Some(CoordinatorMessage::Refused(r)) => Err(Fatal::Enroll(r.message).into()),
+        other => Err(Fatal::Enroll(format!("unexpected answer: {other:?}")).into()),
+    }
+}
+
+/// Keeps a session with the coordinator up until shutdown, redialing with exponential backoff.
+pub async fn run(
+    identity: &Identity,
+    addr: &str,
+    inventory: &HostInventory,
+    jobs: Arc<Jobs>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let config = quic_config(identity.client_config()?, true)?;
+    let endpoint = endpoint()?;
+    let mut backoff = Duration::from_millis(500);
+    while !shutdown.is_cancelled() {
+        let started = tokio::time::Instant::now();
+        let result = session(&endpoint, config.clone(), addr, inventory, &jobs, &shutdown).await;
+        jobs.set_connection(None);
+        match result {
+            Ok(()) => {}
+            Err(e) => match e.downcast::<Fatal>() {
+                Ok(fatal) => return Err(fatal.into()),
+                Err(e) => tracing::warn!("link to the coordinator lost: {e:#}"),
+            },
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_millis(500);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = shutdown.cancelled() => break,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(15));
+    }
+    endpoint.close(0u32.into(), b"agent shutting down");
+    Ok(())
+}
+
+async fn session(
+    endpoint: &quinn::Endpoint,
+    config: quinn::ClientConfig,
+    addr: &str,
+    inventory: &HostInventory,
+    jobs: &Arc<Jobs>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let remote = resolve(addr).await?;
+    let conn = endpoint
+        .connect_with(config, remote, COORDINATOR_SERVER_NAME)?
+        .await
+        .with_context(|| format!("cannot connect to {remote}"))?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let hello = Hello {
+        protocol_min: PROTOCOL_MIN,
+        protocol_max: PROTOCOL_MAX,
+        agent_version: VERSION.to_owned(),
+        enroll: None,
+    };
+    write_frame(&mut send, &AgentMessage::Hello(hello)).await?;
+    let welcome = match read_frame::<CoordinatorMessage, _>(&mut recv).await? {
+        Some(CoordinatorMessage::Welcome(w)) => w,
+        Some(CoordinatorMessage::Refused(r)) => {
+            conn.close(0u32.into(), b"refused");
+            return match r.code {
+                RefusalCode::Revoked
+                | RefusalCode::UnknownNode
+                | RefusalCode::UnsupportedProtocol => Err(Fatal::Refused(r.message).into()),
+                _ => anyhow::bail!("refused: {}", r.message),
+            };
+        }
+        other => anyhow::bail!("unexpected first answer: {other:?}"),
+    };
+    tracing::info!(node = %welcome.node_id, coordinator = %remote, "connected");
+    write_frame(&mut send, &AgentMessage::Inventory(inventory.clone())).await?;
+    write_frame(&mut send, &AgentMessage::Containers(jobs.report().await)).await?;
+    jobs.set_connection(Some(conn.clone()));
+
+    let mut heartbeat =
+        tokio::time::interval(Duration::from_secs(welcome.heartbeat_secs.max(1) as u64));
+    let mut seq = 0u64;
+    loop {
+        tokio::select! {
+            msg = read_frame::<CoordinatorMessage, _>(&mut recv) => {
+                let Some(msg) = msg? else { anyhow::bail!("the coordinator closed the session") };
+                handle(jobs, msg).await;
+            }
+            () = jobs.changed.notified() => {
+                for update in jobs.take_dirty() {
+                    write_frame(&mut send, &AgentMessage::JobUpdate(update)).await?;
+                }
+            }
+            _ = heartbeat.tick() => {
+                seq += 1;
+                write_frame(&mut send, &AgentMessage::Heartbeat { seq }).await?;
+            }
+            () = shutdown.cancelled() => {
+                conn.close(0u32.into(), b"agent shutting down");
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn handle(jobs: &Arc<Jobs>, msg: CoordinatorMessage) {
+    match msg {
+        CoordinatorMessage::StartJob(spec) => {
+            tracing::info!(job = %spec.job_id, run = %spec.run_name, image = %spec.image, "starting job");
+            jobs.start(*spec);
+        }
+        CoordinatorMessage::StopJob {
+            job_id,
+            abort,
+            reason,
+        } => {
+            tracing::info!(job = %job_id, abort, "stopping job");
+            jobs.stop(&job_id, abort, reason).await;
+        }
+        CoordinatorMessage::ForgetJob { job_id } => jobs.forget(&job_id).await,
+        CoordinatorMessage::HeartbeatAck { .. } => {}
+        other => tracing::warn!("unexpected message: {other:?}"),
+    }
+}

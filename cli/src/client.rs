@@ -1,0 +1,171 @@
+//! The coordinator's HTTP API from the CLI's side, and where the CLI finds it.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use corral_proto::api::ApiError;
+
+/// `~/.config/corral/config.json` (or `$XDG_CONFIG_HOME/corral/config.json`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CliConfig {
+    pub url: Option<String>,
+    pub token: Option<String>,
+    pub project: Option<String>,
+}
+
+pub fn config_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("CORRAL_CONFIG") {
+        return Some(PathBuf::from(p));
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("corral").join("config.json"))
+}
+
+impl CliConfig {
+    pub fn load() -> anyhow::Result<Self> {
+        let Some(path) = config_path() else {
+            return Ok(Self::default());
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .with_context(|| format!("{} is not valid: fix or remove it", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    pub fn save(&self) -> anyhow::Result<PathBuf> {
+        let path = config_path().context("no config dir: set HOME or CORRAL_CONFIG")?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        f.write_all(serde_json::to_string_pretty(self)?.as_bytes())?;
+        Ok(path)
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    pub url: String,
+    token: String,
+    pub project: String,
+}
+
+impl Client {
+    /// From the config file, overridden by `CORRAL_URL`, `CORRAL_TOKEN` and `CORRAL_PROJECT`.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let file = CliConfig::load()?;
+        let url = std::env::var("CORRAL_URL").ok().or(file.url).context(
+            "no coordinator configured: run `corral config --url URL --token TOKEN` or set CORRAL_URL and CORRAL_TOKEN",
+        )?;
+        let token = std::env::var("CORRAL_TOKEN").ok().or(file.token).context(
+            "no API token configured: run `corral config --token TOKEN` or set CORRAL_TOKEN (the admin token is in the coordinator's data dir)",
+        )?;
+        let project = std::env::var("CORRAL_PROJECT")
+            .ok()
+            .or(file.project)
+            .unwrap_or_else(|| corral_proto::api::DEFAULT_PROJECT.to_owned());
+        Ok(Self::new(&url, &token, &project))
+    }
+
+    pub fn new(url: &str, token: &str, project: &str) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            url: url.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            project: project.to_owned(),
+        }
+    }
+
+    pub fn project_path(&self, rest: &str) -> String {
+        format!("/api/projects/{}/{rest}", self.project)
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {
+        let resp = req
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the coordinator at {}", self.url))?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .context("the coordinator's answer was cut off")?;
+        if !status.is_success() {
+            match serde_json::from_slice::<ApiError>(&body) {
+                Ok(e) => bail!("{}", e.error),
+                Err(_) => bail!(
+                    "the coordinator answered {status}: {}",
+                    String::from_utf8_lossy(&body)
+                ),
+            }
+        }
+        serde_json::from_slice(&body)
+            .with_context(|| format!("unexpected answer from the coordinator ({status})"))
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.http.get(format!("{}{path}", self.url)))
+            .await
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.send(self.http.post(format!("{}{path}", self.url)).json(body))
+            .await
+    }
+
+    /// Opens a log stream from `offset`.
+    pub async fn logs(
+        &self,
+        run: &str,
+        offset: u64,
+        follow: bool,
+    ) -> anyhow::Result<reqwest::Response> {
+        let url = format!(
+            "{}{}",
+            self.url,
+            self.project_path(&format!("runs/{run}/logs"))
+        );
+        let resp = self
+            .http
+            .get(url)
+            .query(&[
+                ("offset", offset.to_string()),
+                ("follow", follow.to_string()),
+            ])
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the coordinator at {}", self.url))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body = resp.bytes().await.unwrap_or_default();
+            match serde_json::from_slice::<ApiError>(&body) {
+                Ok(e) => bail!("{}", e.error),
+                Err(_) => bail!("the coordinator answered {status}"),
+            }
+        }
+        Ok(resp)
+    }
+}

@@ -1,0 +1,443 @@
+//! One function per verb. Data goes to `out`; progress and prompts go to stderr.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use futures_util::StreamExt;
+
+use corral_proto::api::{self, StopRun, SubmitRun};
+use corral_proto::config::{self, Configuration};
+use corral_proto::job::JobState;
+use corral_proto::resources::{Memory, describe_gpu, fit};
+
+use crate::client::{CliConfig, Client};
+use crate::output::{self, ago, table};
+
+type Out<'a> = &'a mut (dyn Write + Send);
+
+fn parse_file(path: &Path) -> anyhow::Result<Configuration> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    config::parse(&text, &path.display().to_string()).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+pub fn validate(files: &[PathBuf], out: Out<'_>) -> anyhow::Result<i32> {
+    let mut failed = 0;
+    for f in files {
+        match parse_file(f) {
+            Ok(_) => writeln!(out, "{}: ok", f.display())?,
+            Err(e) => {
+                eprintln!("{e:#}");
+                failed += 1;
+            }
+        }
+    }
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
+pub fn config(
+    url: Option<String>,
+    token: Option<String>,
+    project: Option<String>,
+    out: Out<'_>,
+) -> anyhow::Result<i32> {
+    let mut cfg = CliConfig::load()?;
+    if url.is_none() && token.is_none() && project.is_none() {
+        writeln!(out, "url: {}", cfg.url.as_deref().unwrap_or("(not set)"))?;
+        writeln!(
+            out,
+            "token: {}",
+            if cfg.token.is_some() {
+                "(set)"
+            } else {
+                "(not set)"
+            }
+        )?;
+        writeln!(
+            out,
+            "project: {}",
+            cfg.project.as_deref().unwrap_or(api::DEFAULT_PROJECT)
+        )?;
+        return Ok(0);
+    }
+    cfg.url = url.or(cfg.url);
+    cfg.token = token.or(cfg.token);
+    cfg.project = project.or(cfg.project);
+    let path = cfg.save()?;
+    writeln!(out, "saved {}", path.display())?;
+    Ok(0)
+}
+
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        bail!("{question} — not asking without a terminal: pass -y to confirm");
+    }
+    eprint!("{question} [y/n] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+fn resources_line(r: &corral_proto::resources::ResourcesSpec) -> String {
+    let mut parts = vec![format!("cpu={}", r.cpu.count)];
+    if r.memory.min.is_some() || r.memory.max.is_some() {
+        parts.push(format!("mem={}", r.memory));
+    }
+    if let Some(g) = &r.gpu {
+        parts.push(format!("gpu={}", describe_gpu(g)));
+    }
+    if let Some(s) = r.shm_size {
+        parts.push(format!("shm={s}"));
+    }
+    if let Some(d) = &r.disk {
+        parts.push(format!("disk={d}"));
+    }
+    parts.join(" ")
+}
+
+fn alloc_line(a: &corral_proto::resources::Allocation) -> String {
+    let mut s = format!("{} CPU", a.cpus);
+    if a.memory > Memory(0) {
+        s.push_str(&format!(", {}", a.memory));
+    }
+    if !a.gpu_indices.is_empty() {
+        let ids: Vec<String> = a.gpu_indices.iter().map(u32::to_string).collect();
+        s.push_str(&format!(", GPU {}", ids.join(",")));
+    }
+    s
+}
+
+pub async fn apply(
+    client: &Client,
+    file: &Path,
+    yes: bool,
+    detach: bool,
+    name: Option<String>,
+    out: Out<'_>,
+) -> anyhow::Result<i32> {
+    let source =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut configuration =
+        config::parse(&source, &file.display().to_string()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let Configuration::Task(task) = &mut configuration else {
+        bail!(
+            "{}: only `type: task` runs in this version of Corral",
+            file.display()
+        );
+    };
+    // dstack's `- NAME` env form takes the value from where `apply` runs.
+    for var in &mut task.env {
+        if var.value.is_none() {
+            let v = std::env::var(&var.name).with_context(|| {
+                format!(
+                    "{}: env {}: not set in this shell (export it or give a value)",
+                    file.display(),
+                    var.name
+                )
+            })?;
+            var.value = Some(v);
+        }
+    }
+    let task = task.clone();
+    let run_name = name.clone().or(task.name.clone());
+
+    // The plan: which nodes could take it now.
+    let nodes: Vec<api::Node> = client.get("/api/nodes").await?;
+    let mut plan = table(&["NODE", "STATUS", "FITS"]);
+    let mut fitting = 0;
+    for n in &nodes {
+        let verdict = match (&n.inventory, n.status) {
+            (_, api::NodeStatus::Offline) => "offline".to_owned(),
+            (None, _) => "no inventory yet".to_owned(),
+            (Some(inv), _) => match fit(&task.resources, inv, 0, Memory(0), &n.busy_gpus) {
+                Ok(a) => {
+                    fitting += 1;
+                    format!("yes: {}", alloc_line(&a))
+                }
+                Err(why) => format!("no: {why}"),
+            },
+        };
+        plan.add_row(vec![
+            n.name.clone(),
+            format!("{:?}", n.status).to_lowercase(),
+            verdict,
+        ]);
+    }
+    eprintln!(
+        "Run:       {}",
+        run_name
+            .as_deref()
+            .unwrap_or("(name picked by the coordinator)")
+    );
+    eprintln!("Project:   {}", client.project);
+    eprintln!("Image:     {}", task.image.as_deref().unwrap_or("-"));
+    eprintln!("Resources: {}", resources_line(&task.resources));
+    if let Some(m) = task.max_duration_secs {
+        eprintln!("Max time:  {m}s");
+    }
+    if nodes.is_empty() {
+        eprintln!("Nodes:     none enrolled — the run will wait for one");
+    } else {
+        eprintln!("{plan}");
+        if fitting == 0 {
+            eprintln!("No node fits now: the run will wait as pending.");
+        }
+    }
+    if !yes && !confirm("Submit the run?")? {
+        eprintln!("not submitted");
+        return Ok(1);
+    }
+    let run: api::Run = client
+        .post(
+            &client.project_path("runs"),
+            &SubmitRun {
+                configuration,
+                source: Some(source),
+                name,
+            },
+        )
+        .await?;
+    eprintln!("submitted run {}", run.name);
+    if detach {
+        writeln!(out, "{}", run.name)?;
+        return Ok(0);
+    }
+    attach(client, &run.name, out).await
+}
+
+/// Streams a run's logs until it ends, reporting state changes on stderr, and returns the exit code
+/// of its job.
+async fn attach(client: &Client, run: &str, out: Out<'_>) -> anyhow::Result<i32> {
+    let watcher = {
+        let client = client.clone();
+        let run = run.to_owned();
+        tokio::spawn(async move {
+            let mut last = String::new();
+            loop {
+                if let Ok(r) = client
+                    .get::<api::Run>(&client.project_path(&format!("runs/{run}")))
+                    .await
+                {
+                    if let Some(j) = r.jobs.first() {
+                        let line = match (&j.state, &j.status_message, &j.node_name) {
+                            (JobState::Pending, Some(m), _) => format!("pending: {m}"),
+                            (JobState::Running, _, Some(n)) => format!("running on {n}"),
+                            (s, _, _) => s.to_string(),
+                        };
+                        if line != last && !j.state.is_finished() {
+                            eprintln!("{run}: {line}");
+                            last = line;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    let streamed = logs(client, run, true, out).await;
+    watcher.abort();
+    streamed?;
+    let r: api::Run = wait_finished(client, run, Duration::from_secs(10)).await?;
+    let job = r.jobs.first();
+    let code = job.and_then(|j| j.exit_code);
+    let reason = job
+        .and_then(|j| j.termination_reason)
+        .map(|r| r.to_string())
+        .unwrap_or_default();
+    let message = job
+        .and_then(|j| j.status_message.clone())
+        .map(|m| format!(": {m}"))
+        .unwrap_or_default();
+    eprintln!("run {run} {} ({reason}{message})", r.state);
+    Ok(match (&r.state, code) {
+        (JobState::Done, _) => 0,
+        (_, Some(c)) if c != 0 => i32::try_from(c).unwrap_or(1),
+        _ => 1,
+    })
+}
+
+async fn wait_finished(client: &Client, run: &str, patience: Duration) -> anyhow::Result<api::Run> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let r: api::Run = client
+            .get(&client.project_path(&format!("runs/{run}")))
+            .await?;
+        if r.state.is_finished() || tokio::time::Instant::now() >= deadline {
+            return Ok(r);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Prints a run's logs. Following survives a dropped connection: it reconnects from the byte it
+/// reached, so nothing is missed or repeated.
+pub async fn logs(client: &Client, run: &str, follow: bool, out: Out<'_>) -> anyhow::Result<()> {
+    let mut offset = 0u64;
+    let mut failures = 0;
+    loop {
+        let resp = match client.logs(run, offset, follow).await {
+            Ok(r) => r,
+            Err(e) if follow && failures < 30 && e.to_string().contains("cannot reach") => {
+                failures += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let mut body = resp.bytes_stream();
+        let mut broken = false;
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(bytes) => {
+                    out.write_all(&bytes)?;
+                    out.flush()?;
+                    offset += bytes.len() as u64;
+                    failures = 0;
+                }
+                Err(_) => {
+                    broken = true;
+                    break;
+                }
+            }
+        }
+        if !broken || !follow {
+            return Ok(());
+        }
+        failures += 1;
+        if failures > 30 {
+            bail!("lost the log stream of {run} and could not get it back");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+pub async fn ps(client: &Client, all: bool, json: bool, out: Out<'_>) -> anyhow::Result<i32> {
+    let runs: Vec<api::Run> = client
+        .get(&format!("{}?all={all}", client.project_path("runs")))
+        .await?;
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&runs)?)?;
+        return Ok(0);
+    }
+    let mut t = table(&[
+        "NAME",
+        "NODE",
+        "RESOURCES",
+        "STATE",
+        "SUBMITTED",
+        "EXIT",
+        "REASON",
+    ]);
+    for r in &runs {
+        for j in &r.jobs {
+            let reason = match (&j.termination_reason, &j.status_message) {
+                (Some(t), Some(m)) => format!("{t}: {m}"),
+                (Some(t), None) => t.to_string(),
+                (None, Some(m)) => m.clone(),
+                (None, None) => String::new(),
+            };
+            t.add_row(vec![
+                r.name.clone(),
+                j.node_name.clone().unwrap_or_else(|| "-".into()),
+                j.allocation
+                    .as_ref()
+                    .map(alloc_line)
+                    .unwrap_or_else(|| "-".into()),
+                output::state(&j.state),
+                ago(r.submitted_at_ms),
+                j.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+                reason,
+            ]);
+        }
+    }
+    writeln!(out, "{t}")?;
+    Ok(0)
+}
+
+pub async fn stop(
+    client: &Client,
+    run: &str,
+    yes: bool,
+    abort: bool,
+    out: Out<'_>,
+) -> anyhow::Result<i32> {
+    let verb = if abort { "Abort" } else { "Stop" };
+    if !yes && !confirm(&format!("{verb} run {run}?"))? {
+        return Ok(1);
+    }
+    let _: api::Run = client
+        .post(
+            &client.project_path(&format!("runs/{run}/stop")),
+            &StopRun { abort },
+        )
+        .await?;
+    // Wait for the end: at most the grace period plus time to report.
+    let r = wait_finished(
+        client,
+        run,
+        Duration::from_secs(if abort { 15 } else { 90 }),
+    )
+    .await?;
+    if r.state.is_finished() {
+        writeln!(out, "run {run} {}", r.state)?;
+        Ok(0)
+    } else {
+        writeln!(
+            out,
+            "run {run} is {} (the stop was sent; the node has not confirmed yet)",
+            r.state
+        )?;
+        Ok(1)
+    }
+}
+
+pub async fn node_list(client: &Client, json: bool, out: Out<'_>) -> anyhow::Result<i32> {
+    let nodes: Vec<api::Node> = client.get("/api/nodes").await?;
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&nodes)?)?;
+        return Ok(0);
+    }
+    let mut t = table(&[
+        "NAME", "STATUS", "CPU", "MEMORY", "DISK", "GPU", "JOBS", "ADDRESS", "SEEN",
+    ]);
+    for n in &nodes {
+        let (cpu, mem, disk, gpu) = match &n.inventory {
+            Some(i) => {
+                let gpu = match i.gpus.first() {
+                    None if i.tpus.is_empty() => "-".to_owned(),
+                    None => format!("{}×TPU", i.tpus.len()),
+                    Some(g) => format!(
+                        "{}×{} ({}), {} busy",
+                        i.gpus.len(),
+                        g.name,
+                        g.memory,
+                        n.busy_gpus.len()
+                    ),
+                };
+                (
+                    format!("{}×{}", i.cpu_cores, i.arch),
+                    i.memory.to_string(),
+                    i.disk.to_string(),
+                    gpu,
+                )
+            }
+            None => ("?".into(), "?".into(), "?".into(), "?".into()),
+        };
+        t.add_row(vec![
+            n.name.clone(),
+            format!("{:?}", n.status).to_lowercase(),
+            cpu,
+            mem,
+            disk,
+            gpu,
+            n.running_jobs.to_string(),
+            n.address.clone().unwrap_or_default(),
+            n.last_seen_ms.map(ago).unwrap_or_default(),
+        ]);
+    }
+    writeln!(out, "{t}")?;
+    Ok(0)
+}

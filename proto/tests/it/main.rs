@@ -1,0 +1,3 @@
+//! corral-proto's integration tests, one binary so the crate links once.
+
+mod conformance;

@@ -1,0 +1,366 @@
+//! A cluster in one test process: coordinator + agents on loopback, each with its own temp dirs and
+//! cancellation token. Containers a test's agents made are removed when the test ends, pass or fail.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use corral_cli::client::Client;
+use corral_proto::api;
+
+pub const IMAGE: &str = "corral-test/busybox:latest";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Builds the test image once per test process (no registry is reachable: it is made locally).
+pub fn ensure_image() {
+    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+    let r = DONE.get_or_init(|| {
+        let out = std::process::Command::new("bash")
+            .arg(repo_root().join("scripts/build-test-image.sh"))
+            .output()
+            .map_err(|e| format!("cannot run scripts/build-test-image.sh: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "scripts/build-test-image.sh failed (is Docker running?):\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    });
+    if let Err(e) = r {
+        panic!("{e}");
+    }
+}
+
+/// Builds the fake NVML library (two A100s by default) once per test process.
+pub fn fake_nvml() -> PathBuf {
+    static LIB: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let r = LIB.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("corral-fake-nvml-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("bash")
+            .arg(repo_root().join("tests/fake-nvml/build.sh"))
+            .arg(&dir)
+            .output()
+            .map_err(|e| format!("cannot run tests/fake-nvml/build.sh: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "building the fake NVML failed (a C compiler is needed): {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(dir.join("libnvidia-ml.so.1"))
+    });
+    match r {
+        Ok(p) => p.clone(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+pub fn init_tracing() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG")
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+pub struct Coordinator {
+    pub data: PathBuf,
+    pub http: SocketAddr,
+    pub quic: SocketAddr,
+    pub admin_token: String,
+    pub join_token: corral_proto::token::JoinToken,
+    shutdown: CancellationToken,
+    running: Option<corral_coordinator::Running>,
+}
+
+impl Coordinator {
+    pub async fn start(data: &Path) -> anyhow::Result<Self> {
+        Self::start_on(data, "127.0.0.1:0".parse()?, "127.0.0.1:0".parse()?).await
+    }
+
+    pub async fn start_on(data: &Path, http: SocketAddr, quic: SocketAddr) -> anyhow::Result<Self> {
+        init_tracing();
+        let shutdown = CancellationToken::new();
+        let config = corral_coordinator::Config {
+            data_dir: data.to_owned(),
+            http_listen: http,
+            quic_listen: quic,
+            heartbeat_secs: 1,
+        };
+        let running = corral_coordinator::start(config, shutdown.clone()).await?;
+        Ok(Self {
+            data: data.to_owned(),
+            http: running.http_addr,
+            quic: running.quic_addr,
+            admin_token: running.admin_token.clone(),
+            join_token: running.join_token.clone(),
+            shutdown,
+            running: Some(running),
+        })
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&format!("http://{}", self.http), &self.admin_token, "main")
+    }
+
+    /// Stops it the way SIGTERM does, and waits for its tasks.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(r) = self.running.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(15), r.wait()).await;
+        }
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub struct Agent {
+    pub state: PathBuf,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+    guard: ContainerGuard,
+}
+
+pub struct AgentOptions {
+    pub name: String,
+    pub nvml: Option<PathBuf>,
+}
+
+impl Agent {
+    pub fn start(coord: &Coordinator, state: &Path, opts: AgentOptions) -> Self {
+        let config = corral_agent::Config {
+            coordinator: coord.quic.to_string(),
+            token: Some(coord.join_token.clone()),
+            state_dir: state.to_owned(),
+            name: Some(opts.name),
+            fleet: None,
+            // A path that does not exist means "no NVIDIA GPUs on this host".
+            nvml_library: Some(
+                opts.nvml
+                    .unwrap_or_else(|| state.join("no-libnvidia-ml.so")),
+            ),
+        };
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(corral_agent::run(config, shutdown.clone()));
+        Self {
+            state: state.to_owned(),
+            shutdown,
+            task: Some(task),
+            guard: ContainerGuard {
+                state: state.to_owned(),
+                armed: true,
+            },
+        }
+    }
+
+    /// Stops the agent process (containers keep running) and waits for it.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        self.guard.armed = false;
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(15), t)
+                .await
+                .context("agent did not stop")???;
+        }
+        Ok(())
+    }
+
+    pub fn node_id(&self) -> Option<String> {
+        node_id_of(&self.guard.state)
+    }
+}
+
+fn node_id_of(state: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(state.join("node.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["node_id"].as_str().map(str::to_owned)
+}
+
+/// Removes every container labelled with the agent's node id when dropped.
+struct ContainerGuard {
+    state: PathBuf,
+    /// A stopped agent leaves its containers to the agent that takes over its state dir.
+    armed: bool,
+}
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Some(node) = node_id_of(&self.state) else {
+            return;
+        };
+        let out = std::process::Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=corral.node={node}"),
+            ])
+            .output();
+        if let Ok(out) = out {
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+            if !ids.is_empty() {
+                let _ = std::process::Command::new("docker")
+                    .arg("rm")
+                    .arg("-f")
+                    .args(&ids)
+                    .output();
+            }
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails after `limit` with `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut last_err = None;
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            match last_err {
+                Some(e) => bail!("timed out after {limit:?} waiting for {what}; last error: {e:#}"),
+                None => bail!("timed out after {limit:?} waiting for {what}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn run(client: &Client, name: &str) -> anyhow::Result<api::Run> {
+    client
+        .get(&client.project_path(&format!("runs/{name}")))
+        .await
+}
+
+pub async fn nodes_ready(client: &Client, n: usize) -> anyhow::Result<Vec<api::Node>> {
+    wait_for(
+        &format!("{n} ready node(s) with inventory"),
+        Duration::from_secs(30),
+        || async {
+            let nodes: Vec<api::Node> = client.get("/api/nodes").await?;
+            let ready = nodes
+                .iter()
+                .filter(|x| x.status == api::NodeStatus::Ready && x.inventory.is_some())
+                .count();
+            Ok((ready >= n).then_some(nodes))
+        },
+    )
+    .await
+}
+
+pub async fn wait_state(
+    client: &Client,
+    name: &str,
+    pred: impl Fn(&api::Run) -> bool,
+    limit: Duration,
+) -> anyhow::Result<api::Run> {
+    wait_for(
+        &format!("run {name} to reach the expected state"),
+        limit,
+        || async {
+            let r = run(client, name).await?;
+            Ok(pred(&r).then_some(r))
+        },
+    )
+    .await
+}
+
+/// Writes a configuration file for a test.
+pub fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(format!("{name}.dstack.yml"));
+    std::fs::write(&p, text).expect("write config");
+    p
+}
+
+/// Runs `corral apply -f FILE -y` (attached unless `detach`) and returns (exit code, stdout).
+pub async fn apply(client: &Client, file: &Path, detach: bool) -> anyhow::Result<(i32, String)> {
+    let mut out = Vec::new();
+    let code = corral_cli::commands::apply(client, file, true, detach, None, &mut out).await?;
+    Ok((code, String::from_utf8_lossy(&out).into_owned()))
+}
+
+pub async fn logs(client: &Client, name: &str) -> anyhow::Result<String> {
+    let mut out = Vec::new();
+    corral_cli::commands::logs(client, name, false, &mut out).await?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+pub fn docker_running(container: &str) -> bool {
+    std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Running}}", container])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "true")
+        .unwrap_or(false)
+}
+
+/// A single-node cluster: one coordinator, one agent without GPUs, ready.
+pub struct OneNode {
+    pub dir: tempfile::TempDir,
+    pub coord: Coordinator,
+    pub agent: Agent,
+    pub client: Client,
+}
+
+impl OneNode {
+    pub async fn start() -> anyhow::Result<Self> {
+        ensure_image();
+        let dir = tempfile::tempdir()?;
+        let coord = Coordinator::start(&dir.path().join("coord")).await?;
+        let agent = Agent::start(
+            &coord,
+            &dir.path().join("agent"),
+            AgentOptions {
+                name: "node-a".into(),
+                nvml: None,
+            },
+        );
+        let client = coord.client();
+        nodes_ready(&client, 1).await?;
+        Ok(Self {
+            dir,
+            coord,
+            agent,
+            client,
+        })
+    }
+}

@@ -1,0 +1,202 @@
+//! Tasks through the whole path: CLI → HTTP → scheduler → QUIC → agent → Docker → logs back.
+
+use std::time::Duration;
+
+use corral_proto::job::{JobState, TerminationReason};
+
+use crate::harness::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_output_and_exit_code_reach_the_cli() -> anyhow::Result<()> {
+    let c = OneNode::start().await?;
+    let file = write_config(
+        c.dir.path(),
+        "hello",
+        &format!(
+            "type: task\nname: hello\nimage: {IMAGE}\nenv:\n  - GREETING=hello from corral\nworking_dir: /tmp\ncommands:\n  - echo \"$GREETING\"\n  - pwd\n  - echo \"rank=$DSTACK_NODE_RANK run=$CORRAL_RUN_NAME\"\n"
+        ),
+    );
+    let (code, out) = apply(&c.client, &file, false).await?;
+    assert_eq!(code, 0, "output was: {out}");
+    assert!(
+        out.contains("hello from corral\n/tmp\nrank=0 run=hello\n"),
+        "output was: {out:?}"
+    );
+    let r = run(&c.client, "hello").await?;
+    assert_eq!(r.state, JobState::Done);
+    assert_eq!(r.jobs[0].exit_code, Some(0));
+    assert_eq!(r.jobs[0].node_name.as_deref(), Some("node-a"));
+    // The container is removed once its output is stored.
+    let container = format!("corral-{}", r.jobs[0].id);
+    wait_for("container removal", Duration::from_secs(15), || async {
+        Ok((!docker_exists(&container)).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+fn docker_exists(container: &str) -> bool {
+    std::process::Command::new("docker")
+        .args(["inspect", container])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_command_fails_the_run_with_its_code() -> anyhow::Result<()> {
+    let c = OneNode::start().await?;
+    let file = write_config(
+        c.dir.path(),
+        "fails",
+        &format!(
+            "type: task\nname: fails\nimage: {IMAGE}\ncommands:\n  - echo first\n  - exit 3\n  - echo never\n"
+        ),
+    );
+    let (code, out) = apply(&c.client, &file, false).await?;
+    assert_eq!(code, 3);
+    assert!(
+        out.contains("first") && !out.contains("never"),
+        "output was: {out:?}"
+    );
+    let r = run(&c.client, "fails").await?;
+    assert_eq!(r.state, JobState::Failed);
+    assert_eq!(r.jobs[0].exit_code, Some(3));
+    assert_eq!(
+        r.jobs[0].termination_reason,
+        Some(TerminationReason::ContainerExitedWithError)
+    );
+
+    let mut ps = Vec::new();
+    corral_cli::commands::ps(&c.client, true, false, &mut ps).await?;
+    let ps = String::from_utf8(ps)?;
+    assert!(
+        ps.contains("fails") && ps.contains("failed") && ps.contains("container_exited_with_error"),
+        "ps -a: {ps}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_ends_a_long_task_within_its_grace_period() -> anyhow::Result<()> {
+    let c = OneNode::start().await?;
+    let file = write_config(
+        c.dir.path(),
+        "sleeper",
+        &format!(
+            "type: task\nname: sleeper\nimage: {IMAGE}\nstop_duration: 3s\ncommands:\n  - echo started\n  - sleep 600\n"
+        ),
+    );
+    let (code, _) = apply(&c.client, &file, true).await?;
+    assert_eq!(code, 0);
+    let r = wait_state(
+        &c.client,
+        "sleeper",
+        |r| r.state == JobState::Running,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let container = format!("corral-{}", r.jobs[0].id);
+    assert!(docker_running(&container));
+
+    let started = tokio::time::Instant::now();
+    let mut out = Vec::new();
+    let code = corral_cli::commands::stop(&c.client, "sleeper", true, false, &mut out).await?;
+    let took = started.elapsed();
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&out));
+    assert!(String::from_utf8_lossy(&out).contains("run sleeper stopped"));
+    // 3 s of grace, then SIGKILL; generous margin for a loaded CI machine.
+    assert!(took < Duration::from_secs(30), "stop took {took:?}");
+    let r = run(&c.client, "sleeper").await?;
+    assert_eq!(r.state, JobState::Stopped);
+    assert_eq!(
+        r.jobs[0].termination_reason,
+        Some(TerminationReason::StoppedByUser)
+    );
+    assert!(!docker_running(&container));
+    assert!(logs(&c.client, "sleeper").await?.contains("started"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_image_fails_with_a_clear_reason() -> anyhow::Result<()> {
+    let c = OneNode::start().await?;
+    let file = write_config(
+        c.dir.path(),
+        "noimage",
+        "type: task\nname: noimage\nimage: corral-test/does-not-exist:1\ncommands:\n  - echo hi\n",
+    );
+    let (code, _) = apply(&c.client, &file, false).await?;
+    assert_eq!(code, 1);
+    let r = run(&c.client, "noimage").await?;
+    assert_eq!(r.state, JobState::Failed);
+    assert_eq!(
+        r.jobs[0].termination_reason,
+        Some(TerminationReason::ImageUnavailable)
+    );
+    let msg = r.jobs[0].status_message.clone().unwrap_or_default();
+    assert!(
+        msg.contains("corral-test/does-not-exist:1"),
+        "message: {msg}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_follow_misses_nothing_across_a_reconnect() -> anyhow::Result<()> {
+    let c = OneNode::start().await?;
+    let file = write_config(
+        c.dir.path(),
+        "counter",
+        &format!(
+            "type: task\nname: counter\nimage: {IMAGE}\ncommands:\n  - for i in 1 2 3 4 5 6; do echo line-$i; sleep 0.3; done\n"
+        ),
+    );
+    apply(&c.client, &file, true).await?;
+    // Read part of the stream, drop the connection, and continue from the byte reached.
+    let first = wait_for("some output", Duration::from_secs(30), || async {
+        let text = logs(&c.client, "counter").await?;
+        Ok(text.contains("line-2").then_some(text))
+    })
+    .await?;
+    let resp = c.client.logs("counter", first.len() as u64, true).await?;
+    let rest = resp.bytes().await?;
+    let all = format!("{first}{}", String::from_utf8_lossy(&rest));
+    let want: String = (1..=6).map(|i| format!("line-{i}\n")).collect();
+    assert_eq!(all, want);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_names_file_line_and_field() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let good = write_config(
+        dir.path(),
+        "good",
+        "type: task\nimage: busybox\ncommands:\n  - echo hi\n",
+    );
+    let bad = write_config(
+        dir.path(),
+        "bad",
+        "type: task\nimage: busybox\ncomands:\n  - echo hi\n",
+    );
+    let mut out = Vec::new();
+    assert_eq!(
+        corral_cli::commands::validate(&[good.clone()], &mut out)?,
+        0
+    );
+    assert_eq!(
+        corral_cli::commands::validate(&[good, bad.clone()], &mut out)?,
+        1
+    );
+    let err =
+        corral_proto::config::parse(&std::fs::read_to_string(&bad)?, &bad.display().to_string())
+            .expect_err("refused");
+    let text = err.to_string();
+    assert!(text.contains("bad.dstack.yml:3:"), "{text}");
+    assert!(
+        text.contains("comands") && text.contains("commands"),
+        "{text}"
+    );
+    Ok(())
+}
