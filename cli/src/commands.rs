@@ -368,19 +368,20 @@ pub async fn stop(
     if !yes && !confirm(&format!("{verb} run {run}?"))? {
         return Ok(1);
     }
-    let _: api::Run = client
+    let stopping: api::Run = client
         .post(
             &client.project_path(&format!("runs/{run}/stop")),
             &StopRun { abort },
         )
         .await?;
-    // Wait for the end: at most the grace period plus time to report.
-    let r = wait_finished(
-        client,
-        run,
-        Duration::from_secs(if abort { 15 } else { 90 }),
-    )
-    .await?;
+    // Wait for the end: the grace period (`stop_duration`, dstack's default 5 minutes, capped at
+    // 10 here) plus time for the node to report.
+    let grace = match &stopping.configuration {
+        Configuration::Task(t) => t.stop_duration_secs.unwrap_or(600).min(600),
+        _ => 300,
+    };
+    let patience = if abort { 15 } else { grace + 30 };
+    let r = wait_finished(client, run, Duration::from_secs(patience)).await?;
     if r.state.is_finished() {
         writeln!(out, "run {run} {}", r.state)?;
         Ok(0)

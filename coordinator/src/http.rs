@@ -16,7 +16,6 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use corral_proto::api::{self, ApiError, NodeStatus, StopRun, SubmitRun};
-use corral_proto::config::Configuration;
 use corral_proto::ids::{JobId, NodeId, RunId};
 use corral_proto::job::{JobState, TerminationReason};
 use corral_proto::wire::CoordinatorMessage;
@@ -155,36 +154,8 @@ async fn submit_run(
     Json(req): Json<SubmitRun>,
 ) -> Result<Json<api::Run>, Error> {
     check_project(&state, &project)?;
-    let Configuration::Task(task) = &req.configuration else {
-        return Err(err(
-            StatusCode::BAD_REQUEST,
-            "type: only tasks run in this version of Corral (services and dev environments come next)",
-        ));
-    };
-    if task.image.is_none() {
-        return Err(err(
-            StatusCode::BAD_REQUEST,
-            "image: is required (Corral has no default image; build or load one on the node)",
-        ));
-    }
-    if task.nodes > 1 {
-        return Err(err(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "nodes: {} — multi-node tasks are not supported yet; use nodes: 1",
-                task.nodes
-            ),
-        ));
-    }
-    if let Some(e) = task.env.iter().find(|e| e.value.is_none()) {
-        return Err(err(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "env.{}: has no value (set it in the environment of `corral apply`)",
-                e.name
-            ),
-        ));
-    }
+    let task =
+        crate::admission::check(&req.configuration).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
     let name = req
         .name
         .clone()

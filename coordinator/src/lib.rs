@@ -10,6 +10,7 @@
 //! State: [`store`] (SQLite) holds runs, jobs, nodes and tokens; the set of connected nodes and their
 //! command channels lives in memory ([`State::sessions`]) and is rebuilt as agents reconnect.
 
+pub mod admission;
 pub mod agents;
 pub mod http;
 pub mod logs;

@@ -20,8 +20,8 @@ use crate::store::JobRow;
 
 /// Passes run at least this often even when nothing pokes the scheduler.
 const PERIOD: Duration = Duration::from_secs(2);
-/// Default grace between SIGTERM and SIGKILL when the configuration sets no `stop_duration`.
-pub const DEFAULT_STOP_GRACE_SECS: u64 = 10;
+/// Grace between SIGTERM and SIGKILL for `stop_duration: off` ("as long as it takes"): a day.
+pub const UNBOUNDED_STOP_GRACE_SECS: u64 = 24 * 3600;
 
 pub async fn run(state: Arc<State>, shutdown: CancellationToken) {
     loop {
@@ -149,6 +149,6 @@ fn job_spec(job: &JobRow, task: &TaskConfig, node: &NodeId, allocation: Allocati
         working_dir: task.working_dir.clone(),
         allocation,
         max_duration_secs: task.max_duration_secs,
-        stop_grace_secs: task.stop_duration_secs.unwrap_or(DEFAULT_STOP_GRACE_SECS),
+        stop_grace_secs: task.stop_duration_secs.unwrap_or(UNBOUNDED_STOP_GRACE_SECS),
     }
 }

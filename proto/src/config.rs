@@ -6,10 +6,10 @@
 //! does not have it. Every error names the file, line, column and the field path (`resources.gpu`,
 //! `env[2]`), and says what to write instead. The per-field decisions are listed in `docs/config.md`.
 //!
-//! Layout: [`yaml`] builds a tree with positions from `yaml-rust2`'s events; [`fields`] reads typed
-//! values out of it; [`values`] and [`resources`] hold the small syntaxes (durations, env, ports, GPU
-//! specs); [`run`], [`service`] and [`fleet`] build each configuration type; [`common`] holds the
-//! parts they share.
+//! Layout: `config/yaml.rs` builds a tree with positions from `yaml-rust2`'s events; `fields.rs` reads
+//! typed values out of it; `values.rs` and `resources.rs` hold the small syntaxes (durations, env,
+//! ports, GPU specs); `run.rs`, `service.rs` and `fleet.rs` build each configuration type; `common.rs`
+//! and `mounts.rs` hold the parts they share.
 //!
 //! What the rest of Corral must know:
 //! - [`EnvVar::value`] `None` is dstack's `- HF_TOKEN`: the CLI fills it from its own environment at
@@ -24,6 +24,7 @@
 mod common;
 mod fields;
 mod fleet;
+mod mounts;
 mod resources;
 mod run;
 mod service;
@@ -33,11 +34,11 @@ mod yaml;
 use serde::{Deserialize, Serialize};
 
 pub use common::{
-    CreationPolicy, FileMapping, FleetRef, IdleDuration, InstanceMount, InstanceSelector,
-    Provisioning, RegistryAuth, RepoExistsAction, RepoSpec, RetryEvent, RetrySpec, SpotPolicy,
-    UtilizationPolicy,
+    CreationPolicy, FleetRef, IdleDuration, InstanceSelector, Provisioning, RegistryAuth,
+    RetryEvent, RetrySpec, SpotPolicy, UtilizationPolicy,
 };
 pub use fleet::{Blocks, FleetConfig, FleetNodes, Placement, SshConfig, SshHost, SshKey, SshProxy};
+pub use mounts::{FileMapping, InstanceMount, RepoExistsAction, RepoSpec};
 pub use resources::{
     TB, format_gpu, format_memory, format_range, parse_count_range, parse_cpu, parse_gpu,
     parse_memory, parse_memory_range,
@@ -140,7 +141,7 @@ fn parse_tree(text: &str) -> Res<Configuration> {
         };
         return Err(Issue::invalid(doc.mark, "configuration", message));
     };
-    let Some((key, type_node)) = entries.iter().find(|(k, _)| k.text == "type") else {
+    let Some((_, type_node)) = entries.iter().find(|(k, _)| k.text == "type") else {
         return Err(Issue::invalid(
             doc.mark,
             "type",
@@ -148,7 +149,6 @@ fn parse_tree(text: &str) -> Res<Configuration> {
         ));
     };
     let kind = fields::choice(type_node, "type", &TYPES)?;
-    let _ = key;
     let unsupported = |why: &str| Err(Issue::unsupported(type_node.mark, "type", why));
     match kind {
         "task" => run::task(&doc).map(Configuration::Task),
@@ -166,8 +166,7 @@ fn parse_tree(text: &str) -> Res<Configuration> {
     }
 }
 
-/// Reads the `type`-independent header every configuration starts with; kept here so that every
-/// builder checks `type` the same way.
+/// The top-level mapping of a `what` configuration, whose fields must be among `known`.
 pub(crate) fn object<'a>(doc: &'a yaml::Node, what: &str, known: &[&str]) -> Res<Object<'a>> {
     Object::new(doc, "", what, known)
 }

@@ -72,6 +72,9 @@ pub(crate) fn container_config(spec: &JobSpec, opts: &RunOptions) -> ContainerCr
         // The agent removes the container itself, after it has shipped the logs; and it decides
         // about retries, so Docker must not restart anything.
         auto_remove: Some(false),
+        // A small init (Docker's tini) is process 1, so the user's shell is not: it gets SIGTERM on
+        // `stop` with the default disposition, and zombies are reaped.
+        init: Some(true),
         ..Default::default()
     };
 

@@ -185,10 +185,6 @@ impl Agent {
         }
         Ok(())
     }
-
-    pub fn node_id(&self) -> Option<String> {
-        node_id_of(&self.guard.state)
-    }
 }
 
 fn node_id_of(state: &Path) -> Option<String> {

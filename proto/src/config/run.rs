@@ -5,11 +5,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::resources::ResourcesSpec;
 
-use super::common::{
-    self, FileMapping, InstanceMount, Provisioning, RegistryAuth, RepoSpec, RetrySpec,
-    UtilizationPolicy, each,
-};
+use super::common::{self, Provisioning, RegistryAuth, RetrySpec, UtilizationPolicy, each};
 use super::fields::{Issue, Object, Res, bounded, choice, string};
+use super::mounts::{self, FileMapping, InstanceMount, RepoSpec};
 use super::resources::resources;
 use super::values::{Duration, duration, env, off_duration, ports, python_version, resource_name};
 use super::yaml::Node;
@@ -216,7 +214,7 @@ pub(crate) fn common(o: &Object) -> Res<Common> {
         ));
     }
     let repos = o
-        .map("repos", |n, p| each(n, p, common::repo))?
+        .map("repos", |n, p| each(n, p, mounts::repo))?
         .unwrap_or_default();
     if repos.len() > 1 {
         return Err(Issue::invalid(
@@ -245,11 +243,11 @@ pub(crate) fn common(o: &Object) -> Res<Common> {
         resources: o.map("resources", resources)?.unwrap_or_default(),
         priority: o.map("priority", |n, p| bounded(n, p, 0, 100))?,
         volumes: o
-            .map("volumes", |n, p| each(n, p, common::volume))?
+            .map("volumes", |n, p| each(n, p, mounts::volume))?
             .unwrap_or_default(),
         repos,
         files: o
-            .map("files", |n, p| each(n, p, common::file))?
+            .map("files", |n, p| each(n, p, mounts::file))?
             .unwrap_or_default(),
         setup: common::commands(o, "setup")?,
         retry: o.map("retry", common::retry)?.flatten(),

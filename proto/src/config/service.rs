@@ -6,11 +6,9 @@ use serde::{Deserialize, Serialize};
 use crate::resources::{Range, ResourcesSpec};
 
 use super::EnvVar;
-use super::common::{
-    self, FileMapping, InstanceMount, Provisioning, RegistryAuth, RepoSpec, RetrySpec,
-    UtilizationPolicy, each,
-};
+use super::common::{self, Provisioning, RegistryAuth, RetrySpec, UtilizationPolicy, each};
 use super::fields::{Issue, Object, Res, boolean, bounded, choice, number, string};
+use super::mounts::{FileMapping, InstanceMount, RepoSpec};
 use super::resources::count_range;
 use super::run::{RUN_FIELDS, common, require_commands_or_image};
 use super::values::{parse_port_mapping, port, secs};

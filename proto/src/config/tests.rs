@@ -501,3 +501,11 @@ fn never_panics_on_odd_input() {
         let _ = parse(text, "odd.yml");
     }
 }
+
+proptest::proptest! {
+    /// YAML-ish noise: an error or a configuration, never a panic.
+    #[test]
+    fn arbitrary_text_never_panics(text in "(type: (task|service|fleet)\n)?([a-z_ ]{0,8}[:\\-\\[\\]{},&*!|>'\"\n ]{0,3}[0-9A-Za-z.]{0,6}\n?){0,12}") {
+        let _ = parse(&text, "prop.yml");
+    }
+}

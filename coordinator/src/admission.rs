@@ -1,0 +1,141 @@
+//! What this coordinator can run. The configuration language accepts everything dstack accepts;
+//! a field whose feature Corral does not have yet is refused here, by name, rather than silently
+//! ignored — running without it would not be what the user asked for.
+
+use corral_proto::config::{Configuration, SpotPolicy, TaskConfig};
+
+/// `Err` names the first unsupported field and says why.
+pub fn check(cfg: &Configuration) -> Result<&TaskConfig, String> {
+    let task = match cfg {
+        Configuration::Task(t) => t,
+        other => {
+            return Err(format!(
+                "type: {} — only tasks run in this version of Corral (services and dev environments come next)",
+                other.kind()
+            ));
+        }
+    };
+    let refuse = |field: &str, why: &str| Err(format!("{field}: {why}"));
+    if task.image.is_none() {
+        if task.python.is_some() || task.nvcc {
+            return refuse(
+                "python",
+                "Corral ships no base images yet: set `image:` to an image that has Python",
+            );
+        }
+        return refuse("image", "is required (Corral has no default image yet)");
+    }
+    if task.nodes > 1 {
+        return refuse(
+            "nodes",
+            "multi-node tasks are not supported yet; use nodes: 1",
+        );
+    }
+    if let Some(e) = task.env.iter().find(|e| e.value.is_none()) {
+        return Err(format!(
+            "env.{}: has no value (set it in the environment of `corral apply`)",
+            e.name
+        ));
+    }
+    let unsupported: [(&str, bool, &str); 12] = [
+        (
+            "user",
+            task.user.is_some(),
+            "running as another user is not supported yet",
+        ),
+        (
+            "privileged",
+            task.privileged,
+            "privileged containers are not supported yet",
+        ),
+        (
+            "entrypoint",
+            task.entrypoint.is_some(),
+            "overriding the entrypoint is not supported yet",
+        ),
+        (
+            "shell",
+            task.shell
+                .as_deref()
+                .is_some_and(|s| s != "sh" && s != "/bin/sh"),
+            "only /bin/sh runs commands for now",
+        ),
+        (
+            "registry_auth",
+            task.registry_auth.is_some(),
+            "private registry credentials are not supported yet",
+        ),
+        (
+            "volumes",
+            !task.volumes.is_empty(),
+            "volumes are not supported yet",
+        ),
+        (
+            "repos",
+            !task.repos.is_empty(),
+            "repos are not uploaded to nodes yet; bake the code into the image",
+        ),
+        (
+            "files",
+            !task.files.is_empty(),
+            "files are not uploaded to nodes yet; bake them into the image",
+        ),
+        ("retry", task.retry.is_some(), "retry is not supported yet"),
+        (
+            "utilization_policy",
+            task.utilization_policy.is_some(),
+            "GPU utilization policies are not supported yet",
+        ),
+        (
+            "fleets",
+            !task.provisioning.fleets.is_empty() || !task.provisioning.instances.is_empty(),
+            "fleets are not supported yet",
+        ),
+        (
+            "backends",
+            !task.provisioning.backends.is_empty()
+                || !task.provisioning.regions.is_empty()
+                || !task.provisioning.instance_types.is_empty()
+                || task.provisioning.spot_policy == Some(SpotPolicy::Spot),
+            "cloud backends are not supported yet: tasks run on enrolled nodes",
+        ),
+    ];
+    if let Some((field, _, why)) = unsupported.iter().find(|(_, used, _)| *used) {
+        return refuse(field, why);
+    }
+    Ok(task)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Configuration {
+        corral_proto::config::parse(text, "t.yml").expect("valid")
+    }
+
+    #[test]
+    fn plain_tasks_are_admitted_and_others_refused_by_field() {
+        assert!(check(&parse("type: task\nimage: busybox\ncommands: [\"echo\"]\n")).is_ok());
+        let e = check(&parse(
+            "type: task\npython: \"3.12\"\ncommands: [\"echo\"]\n",
+        ))
+        .expect_err("refused");
+        assert!(e.starts_with("python:"), "{e}");
+        let e = check(&parse(
+            "type: task\nimage: busybox\nnodes: 2\ncommands: [\"echo\"]\n",
+        ))
+        .expect_err("refused");
+        assert!(e.starts_with("nodes:"), "{e}");
+        let e = check(&parse(
+            "type: task\nimage: busybox\nretry: true\ncommands: [\"echo\"]\n",
+        ))
+        .expect_err("refused");
+        assert!(e.starts_with("retry:"), "{e}");
+        let e = check(&parse(
+            "type: service\nimage: busybox\nport: 80\ncommands: [\"echo\"]\n",
+        ))
+        .expect_err("refused");
+        assert!(e.starts_with("type: service"), "{e}");
+    }
+}

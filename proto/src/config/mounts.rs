@@ -1,0 +1,210 @@
+//! What a run brings into its container besides the image: host directories (`volumes`), a Git repo
+//! (`repos`) and local files (`files`).
+
+use serde::{Deserialize, Serialize};
+
+use super::fields::{Issue, Object, Res, choice, string};
+use super::yaml::{Node, Value};
+
+/// A host directory mounted into the container (dstack's instance volume).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceMount {
+    pub instance_path: String,
+    pub path: String,
+    /// Run anyway on a node where the host path cannot be mounted.
+    pub optional: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RepoExistsAction {
+    Error,
+    Skip,
+}
+
+/// A Git repo to put in the container: a local one (uploaded by the CLI) or a URL (cloned on the node).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoSpec {
+    pub local_path: Option<String>,
+    pub url: Option<String>,
+    pub branch: Option<String>,
+    pub hash: Option<String>,
+    /// Where in the container; relative paths are relative to the working directory.
+    pub path: String,
+    pub if_exists: RepoExistsAction,
+}
+
+/// A local file or directory that the CLI uploads into the container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMapping {
+    pub local_path: String,
+    pub path: String,
+}
+
+/// One entry of `volumes`: a host mount (`/host:/container` or `{instance_path:, path:}`) is taken; a
+/// network volume (`name:/path` or `{name:, path:}`) is refused.
+pub(crate) fn volume(node: &Node, path: &str) -> Res<InstanceMount> {
+    let network = |why: &str| {
+        Issue::unsupported(
+            node.mark,
+            path,
+            format!(
+                "network volumes need a cloud backend, which Corral does not have yet ({why}); mount a host directory with `/host/path:/container/path` instead"
+            ),
+        )
+    };
+    let mount = if let Value::Map(_) = node.value {
+        let o = Object::new(
+            node,
+            path,
+            "volume",
+            &["name", "path", "instance_path", "optional"],
+        )?;
+        if o.has("name") {
+            return Err(network("`name` names a network volume"));
+        }
+        InstanceMount {
+            instance_path: o.require("instance_path", string)?,
+            path: o.require("path", string)?,
+            optional: o.boolean("optional")?.unwrap_or(false),
+        }
+    } else {
+        let s = string(node, path)?;
+        let Some((src, dest)) = s.split_once(':').filter(|(_, d)| !d.contains(':')) else {
+            return Err(Issue::invalid(
+                node.mark,
+                path,
+                format!("expected `/host/path:/container/path`, found \"{s}\""),
+            ));
+        };
+        if !src.contains('/') {
+            return Err(network(&format!(
+                "`{src}` is a volume name, not a host path"
+            )));
+        }
+        InstanceMount {
+            instance_path: src.to_owned(),
+            path: dest.to_owned(),
+            optional: false,
+        }
+    };
+    for p in [&mount.instance_path, &mount.path] {
+        if !p.starts_with('/') || p.split('/').any(|part| part == "..") {
+            return Err(Issue::invalid(
+                node.mark,
+                path,
+                format!("\"{p}\" must be an absolute path without `..`"),
+            ));
+        }
+    }
+    Ok(mount)
+}
+
+/// `.`, `..:/my-repo`, `https://github.com/org/repo`, `git@github.com:org/repo.git:/path`, or a mapping.
+pub(crate) fn repo(node: &Node, path: &str) -> Res<RepoSpec> {
+    let mut spec = RepoSpec {
+        local_path: None,
+        url: None,
+        branch: None,
+        hash: None,
+        path: ".".into(),
+        if_exists: RepoExistsAction::Error,
+    };
+    if let Value::Map(_) = node.value {
+        let known = ["local_path", "url", "branch", "hash", "path", "if_exists"];
+        let o = Object::new(node, path, "repo", &known)?;
+        spec.local_path = o.string("local_path")?;
+        spec.url = o.string("url")?;
+        spec.branch = o.string("branch")?;
+        spec.hash = o.string("hash")?;
+        spec.path = o.string("path")?.unwrap_or(spec.path);
+        if let Some(action) = o.map("if_exists", |n, p| choice(n, p, &["error", "skip"]))? {
+            spec.if_exists = if action == "skip" {
+                RepoExistsAction::Skip
+            } else {
+                RepoExistsAction::Error
+            };
+        }
+    } else {
+        let s = string(node, path)?;
+        let mut parts: Vec<String> = s.split(':').map(str::to_owned).collect();
+        let mut is_url = false;
+        if parts.len() > 1 {
+            if parts[0].contains('@') || parts[1].starts_with("//") {
+                let joined = format!("{}:{}", parts[0], parts[1]);
+                parts.splice(0..2, [joined]);
+                is_url = true;
+            } else if parts[0].len() == 1 && parts[1].starts_with(['\\', '/']) {
+                let joined = format!("{}:{}", parts[0], parts[1]);
+                parts.splice(0..2, [joined]);
+            }
+        }
+        let (src, dest) = match parts.as_slice() {
+            [src] => (src.clone(), None),
+            [src, dest] => (src.clone(), Some(dest.clone())),
+            _ => {
+                return Err(Issue::invalid(
+                    node.mark,
+                    path,
+                    format!(
+                        "cannot read \"{s}\" as a repo (`local/path[:container/path]` or a URL)"
+                    ),
+                ));
+            }
+        };
+        if is_url {
+            spec.url = Some(src)
+        } else {
+            spec.local_path = Some(src)
+        }
+        if let Some(dest) = dest {
+            spec.path = dest;
+        }
+    }
+    match (&spec.local_path, &spec.url) {
+        (Some(_), Some(_)) => Err(Issue::invalid(
+            node.mark,
+            path,
+            "`local_path` and `url` are mutually exclusive",
+        )),
+        (None, None) => Err(Issue::invalid(
+            node.mark,
+            path,
+            "set either `local_path` or `url`",
+        )),
+        _ => Ok(spec),
+    }
+}
+
+/// `train.py`, `../configs:~/configs`, or `{local_path:, path:}`.
+pub(crate) fn file(node: &Node, path: &str) -> Res<FileMapping> {
+    if let Value::Map(_) = node.value {
+        let o = Object::new(node, path, "file mapping", &["local_path", "path"])?;
+        return Ok(FileMapping {
+            local_path: o.require("local_path", string)?,
+            path: o.require("path", string)?,
+        });
+    }
+    let s = string(node, path)?;
+    let mut parts: Vec<&str> = s.split(':').collect();
+    let joined;
+    if parts.len() > 1 && parts[0].len() == 1 && parts[1].starts_with(['\\', '/']) {
+        joined = format!("{}:{}", parts[0], parts[1]);
+        parts.splice(0..2, [joined.as_str()]);
+    }
+    match parts.as_slice() {
+        [one] => Ok(FileMapping {
+            local_path: (*one).to_owned(),
+            path: (*one).to_owned(),
+        }),
+        [local, dest] => Ok(FileMapping {
+            local_path: (*local).to_owned(),
+            path: (*dest).to_owned(),
+        }),
+        _ => Err(Issue::invalid(
+            node.mark,
+            path,
+            format!("cannot read \"{s}\" as `local/path[:container/path]`"),
+        )),
+    }
+}
