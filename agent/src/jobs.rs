@@ -18,16 +18,23 @@ use corral_shim::{GpuPassthrough, RunOptions, Shim, ShimError, container_name};
 
 /// How long a job's final update waits for its log to be shipped.
 const LOG_DRAIN_WAIT: Duration = Duration::from_secs(10);
+/// How long a container is kept for its log after the coordinator said to forget it.
+const FORGET_WAIT: Duration = Duration::from_secs(600);
 /// Largest log chunk sent in one frame.
 const LOG_CHUNK: usize = 64 * 1024;
+/// Stop grace for an adopted container that carries no grace label.
+const DEFAULT_GRACE_SECS: u64 = 10;
+
+/// A stop request: abort (kill at once) or not, and the reason to record.
+type StopRequest = Option<(bool, TerminationReason)>;
 
 struct Tracked {
     update: JobUpdate,
     /// Not yet sent on the current connection.
     dirty: bool,
-    /// Set to stop the job: `Some(abort)`.
-    stop: watch::Sender<Option<(bool, TerminationReason)>>,
-    has_container: bool,
+    stop: watch::Sender<StopRequest>,
+    /// True once the container's whole output is at the coordinator (or there is no container).
+    shipped: watch::Sender<bool>,
 }
 
 pub struct Jobs {
@@ -93,17 +100,15 @@ impl Jobs {
     }
 
     /// The full set of this node's jobs, for the report on every connection.
-    pub async fn report(&self) -> Vec<ContainerReport> {
-        let tracked: Vec<ContainerReport> = self
-            .lock()
+    pub fn report(&self) -> Vec<ContainerReport> {
+        self.lock()
             .iter()
             .map(|(id, t)| ContainerReport {
                 job_id: id.clone(),
                 running: t.update.reason.is_none(),
                 exit_code: t.update.exit_code,
             })
-            .collect();
-        tracked
+            .collect()
     }
 
     /// Re-adopts the containers Docker has for this node (after an agent restart).
@@ -114,42 +119,58 @@ impl Jobs {
             if self.lock().contains_key(&c.job_id) {
                 continue;
             }
+            if !c.running && c.started_at_unix.is_none() {
+                // Created but never started: the agent went away in between. Its commands never
+                // ran, so it did not succeed, whatever Docker's exit code says.
+                tracing::warn!(job = %c.job_id, "found a container that never started");
+                self.track(&c.job_id, JobState::Provisioning);
+                self.mark_shipped(&c.job_id);
+                let msg = "the agent stopped before the container started".to_owned();
+                self.finish(
+                    &c.job_id,
+                    TerminationReason::ContainerCreationFailed,
+                    None,
+                    Some(msg),
+                );
+                continue;
+            }
             tracing::info!(job = %c.job_id, running = c.running, "re-adopting container");
             let deadline = match (c.max_duration_secs, c.started_at_unix) {
-                (Some(max), Some(started)) => Some(started + max as i64),
+                (Some(max), Some(started)) => Some(started.saturating_add(max as i64)),
                 _ => None,
             };
-            let rx = self.track(&c.job_id, JobState::Running, true);
+            let grace = c.stop_grace_secs.unwrap_or(DEFAULT_GRACE_SECS);
+            let rx = self.track(&c.job_id, JobState::Running);
             let this = self.clone();
-            tokio::spawn(async move { this.supervise(c.job_id, deadline, rx).await });
+            tokio::spawn(async move { this.supervise(c.job_id, deadline, rx, grace).await });
         }
         Ok(n)
     }
 
-    fn track(
-        &self,
-        id: &JobId,
-        state: JobState,
-        has_container: bool,
-    ) -> watch::Receiver<Option<(bool, TerminationReason)>> {
+    fn track(&self, id: &JobId, state: JobState) -> watch::Receiver<StopRequest> {
         let (stop, rx) = watch::channel(None);
-        self.lock().insert(
-            id.clone(),
-            Tracked {
-                update: JobUpdate {
-                    job_id: id.clone(),
-                    state,
-                    exit_code: None,
-                    reason: None,
-                    message: None,
-                },
-                dirty: true,
-                stop,
-                has_container,
-            },
-        );
+        let update = JobUpdate {
+            job_id: id.clone(),
+            state,
+            exit_code: None,
+            reason: None,
+            message: None,
+        };
+        let tracked = Tracked {
+            update,
+            dirty: true,
+            stop,
+            shipped: watch::Sender::new(false),
+        };
+        self.lock().insert(id.clone(), tracked);
         self.changed.notify_one();
         rx
+    }
+
+    fn mark_shipped(&self, id: &JobId) {
+        if let Some(t) = self.lock().get(id) {
+            t.shipped.send_replace(true);
+        }
     }
 
     /// Starts a job; a job already known is left alone (the coordinator may repeat itself).
@@ -157,18 +178,18 @@ impl Jobs {
         if self.lock().contains_key(&spec.job_id) {
             return;
         }
-        let rx = self.track(&spec.job_id, JobState::Provisioning, false);
+        let rx = self.track(&spec.job_id, JobState::Provisioning);
         let this = self.clone();
         tokio::spawn(async move { this.run(spec, rx).await });
     }
 
-    fn progress(&self, id: &JobId, state: JobState, message: Option<String>) {
+    fn progress(&self, id: &JobId, state: JobState) {
         self.record(JobUpdate {
             job_id: id.clone(),
             state,
             exit_code: None,
             reason: None,
-            message,
+            message: None,
         });
     }
 
@@ -180,39 +201,41 @@ impl Jobs {
         message: Option<String>,
     ) {
         tracing::info!(job = %id, %reason, ?exit_code, "job ended");
-        self.record(JobUpdate {
+        let update = JobUpdate {
             job_id: id.clone(),
             state: reason.final_state(),
             exit_code,
             reason: Some(reason),
             message,
-        });
+        };
+        self.record(update);
     }
 
-    async fn run(
-        self: Arc<Self>,
-        spec: JobSpec,
-        stop: watch::Receiver<Option<(bool, TerminationReason)>>,
-    ) {
+    async fn run(self: Arc<Self>, spec: JobSpec, mut stop: watch::Receiver<StopRequest>) {
         let id = spec.job_id.clone();
-        self.progress(&id, JobState::Pulling, None);
-        if let Err(e) = self.shim.ensure_image(&spec.image).await {
-            let reason = match e {
-                ShimError::ImageUnavailable { .. } => TerminationReason::ImageUnavailable,
-                _ => TerminationReason::AgentError,
-            };
-            return self.finish(&id, reason, None, Some(e.to_string()));
-        }
-        if let Some((_, reason)) = *stop.borrow() {
-            return self.finish(&id, reason, None, None);
+        self.progress(&id, JobState::Pulling);
+        // A stop during a long pull ends the job at once.
+        let pulled = tokio::select! {
+            r = self.shim.ensure_image(&spec.image) => Ok(r),
+            (_, reason) = stop_requested(&mut stop) => Err(reason),
+        };
+        let failure = match pulled {
+            Ok(Ok(())) => None,
+            Ok(Err(e @ ShimError::ImageUnavailable { .. })) => {
+                Some((TerminationReason::ImageUnavailable, Some(e.to_string())))
+            }
+            Ok(Err(e)) => Some((TerminationReason::AgentError, Some(e.to_string()))),
+            Err(reason) => Some((reason, None)),
+        };
+        if let Some((reason, message)) = failure {
+            self.mark_shipped(&id);
+            return self.finish(&id, reason, None, message);
         }
         let opts = RunOptions {
             gpu_passthrough: self.gpu_passthrough,
         };
         if let Err(e) = self.shim.create_and_start(&spec, &opts).await {
-            if let Some(t) = self.lock().get_mut(&id) {
-                t.has_container = true; // may exist half-made: let ForgetJob remove it
-            }
+            self.mark_shipped(&id);
             return self.finish(
                 &id,
                 TerminationReason::ContainerCreationFailed,
@@ -220,33 +243,24 @@ impl Jobs {
                 Some(e.to_string()),
             );
         }
-        if let Some(t) = self.lock().get_mut(&id) {
-            t.has_container = true;
-        }
-        self.progress(&id, JobState::Running, None);
-        let deadline = spec.max_duration_secs.map(|m| now_unix() + m as i64);
-        self.supervise_with_grace(id, deadline, stop, spec.stop_grace_secs)
+        self.progress(&id, JobState::Running);
+        let deadline = spec
+            .max_duration_secs
+            .map(|m| now_unix().saturating_add(m as i64));
+        self.supervise(id, deadline, stop, spec.stop_grace_secs)
             .await;
     }
 
+    /// Follows a started container to its end: exit, stop request, or time limit.
     async fn supervise(
         self: Arc<Self>,
         id: JobId,
         deadline: Option<i64>,
-        stop: watch::Receiver<Option<(bool, TerminationReason)>>,
-    ) {
-        self.supervise_with_grace(id, deadline, stop, 10).await;
-    }
-
-    /// Follows a started container to its end: exit, stop request, or time limit.
-    async fn supervise_with_grace(
-        self: Arc<Self>,
-        id: JobId,
-        deadline: Option<i64>,
-        mut stop: watch::Receiver<Option<(bool, TerminationReason)>>,
+        mut stop: watch::Receiver<StopRequest>,
         grace_secs: u64,
     ) {
         let container = container_name(&id);
+        let grace = Duration::from_secs(grace_secs);
         let shipper = tokio::spawn(self.clone().ship_logs(id.clone()));
         let until_deadline = async {
             match deadline {
@@ -259,16 +273,6 @@ impl Jobs {
                 None => std::future::pending().await,
             }
         };
-        let stop_requested = async {
-            loop {
-                if let Some(s) = *stop.borrow_and_update() {
-                    return s;
-                }
-                if stop.changed().await.is_err() {
-                    return std::future::pending().await;
-                }
-            }
-        };
         let ending = tokio::select! {
             code = self.shim.wait(&container) => match code {
                 Ok(0) => (TerminationReason::Done, Some(0), None),
@@ -277,11 +281,13 @@ impl Jobs {
                 Err(e) => (TerminationReason::AgentError, None, Some(e.to_string())),
             },
             () = until_deadline => {
-                let _ = self.shim.stop(&container, Duration::from_secs(grace_secs)).await;
+                if let Err(e) = self.shim.stop(&container, grace).await {
+                    tracing::warn!(job = %id, "stopping at max_duration failed: {e}");
+                }
                 (TerminationReason::MaxDurationExceeded, self.exit_code(&container).await, Some("max_duration exceeded".to_owned()))
             }
-            (abort, reason) = stop_requested => {
-                let r = if abort { self.shim.kill(&container).await } else { self.shim.stop(&container, Duration::from_secs(grace_secs)).await };
+            (abort, reason) = stop_requested(&mut stop) => {
+                let r = if abort { self.shim.kill(&container).await } else { self.shim.stop(&container, grace).await };
                 if let Err(e) = r {
                     if !e.is_not_found() {
                         tracing::warn!(job = %id, "stopping failed: {e}");
@@ -290,7 +296,8 @@ impl Jobs {
                 (reason, self.exit_code(&container).await, None)
             }
         };
-        // Ship the tail of the output before saying the job ended, but never wait long.
+        // Ship the tail of the output before saying the job ended, but never wait long: the
+        // coordinator records the end either way, and the shipper goes on.
         let _ = tokio::time::timeout(LOG_DRAIN_WAIT, shipper).await;
         self.finish(&id, ending.0, ending.1, ending.2);
     }
@@ -316,14 +323,21 @@ impl Jobs {
         }
     }
 
-    /// The coordinator has the job's end and its logs: remove the container.
+    /// The coordinator has recorded the job's end: remove the container once its output has
+    /// reached the coordinator (a replay after a reconnect may still be running).
     pub async fn forget(&self, id: &JobId) {
-        let finished = self
-            .lock()
-            .get(id)
-            .is_none_or(|t| t.update.reason.is_some());
-        if !finished {
-            return;
+        let shipped = match self.lock().get(id) {
+            Some(t) if t.update.reason.is_none() => return, // still running here: not ours to drop
+            Some(t) => Some(t.shipped.subscribe()),
+            None => None,
+        };
+        if let Some(mut shipped) = shipped {
+            if tokio::time::timeout(FORGET_WAIT, shipped.wait_for(|s| *s))
+                .await
+                .is_err()
+            {
+                tracing::warn!(job = %id, "removing the container before its whole log was shipped");
+            }
         }
         if let Err(e) = self.shim.remove(&container_name(id)).await {
             tracing::warn!(job = %id, "cannot remove container: {e}");
@@ -349,7 +363,10 @@ impl Jobs {
                 }
             };
             match self.ship_once(&conn, &id, &container).await {
-                Ok(()) => return,
+                Ok(()) => {
+                    self.mark_shipped(&id);
+                    return;
+                }
                 Err(e) => {
                     tracing::debug!(job = %id, "log stream interrupted: {e:#}");
                     // Wait for a different connection before replaying.
@@ -392,12 +409,21 @@ impl Jobs {
         }
         write_frame(&mut send, &LogFrame::End { total: offset }).await?;
         send.finish()?;
-        let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+        // Wait until the coordinator has read everything (it closes its side at the end).
+        let _ = tokio::time::timeout(Duration::from_secs(30), send.stopped()).await;
         Ok(())
     }
+}
 
-    pub fn has_job(&self, id: &JobId) -> bool {
-        self.lock().contains_key(id)
+/// Resolves when a stop is requested (at once if it already was).
+async fn stop_requested(stop: &mut watch::Receiver<StopRequest>) -> (bool, TerminationReason) {
+    loop {
+        if let Some(s) = *stop.borrow_and_update() {
+            return s;
+        }
+        if stop.changed().await.is_err() {
+            return std::future::pending().await;
+        }
     }
 }
 

@@ -190,17 +190,34 @@ async fn session(
     };
     tracing::info!(node = %welcome.node_id, coordinator = %remote, "connected");
     write_frame(&mut send, &AgentMessage::Inventory(inventory.clone())).await?;
-    write_frame(&mut send, &AgentMessage::Containers(jobs.report().await)).await?;
+    write_frame(&mut send, &AgentMessage::Containers(jobs.report())).await?;
     jobs.set_connection(Some(conn.clone()));
 
     let mut heartbeat =
         tokio::time::interval(Duration::from_secs(welcome.heartbeat_secs.max(1) as u64));
     let mut seq = 0u64;
+    // Frames are read by a task of their own: a read must never be cut short by another branch of
+    // the select below, or the stream would lose its place between frames.
+    let (commands_tx, mut commands) = tokio::sync::mpsc::channel::<CoordinatorMessage>(64);
+    let reader = tokio::spawn(async move {
+        while let Some(msg) = read_frame::<CoordinatorMessage, _>(&mut recv).await? {
+            if commands_tx.send(msg).await.is_err() {
+                break;
+            }
+        }
+        anyhow::Ok(())
+    });
+    let _reader_guard = AbortOnDrop(reader.abort_handle());
     loop {
         tokio::select! {
-            msg = read_frame::<CoordinatorMessage, _>(&mut recv) => {
-                let Some(msg) = msg? else { anyhow::bail!("the coordinator closed the session") };
-                handle(jobs, msg).await;
+            msg = commands.recv() => {
+                let Some(msg) = msg else {
+                    return match reader.await {
+                        Ok(Err(e)) => Err(e.context("reading from the coordinator")),
+                        _ => Err(anyhow::anyhow!("the coordinator closed the session")),
+                    };
+                };
+                handle(jobs, msg);
             }
             () = jobs.changed.notified() => {
                 for update in jobs.take_dirty() {
@@ -219,7 +236,17 @@ async fn session(
     }
 }
 
-async fn handle(jobs: &Arc<Jobs>, msg: CoordinatorMessage) {
+/// Aborts a task when the scope that owns it ends.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Acts on a command. Work that waits on Docker runs in its own task, so the session keeps reading.
+fn handle(jobs: &Arc<Jobs>, msg: CoordinatorMessage) {
     match msg {
         CoordinatorMessage::StartJob(spec) => {
             tracing::info!(job = %spec.job_id, run = %spec.run_name, image = %spec.image, "starting job");
@@ -231,9 +258,13 @@ async fn handle(jobs: &Arc<Jobs>, msg: CoordinatorMessage) {
             reason,
         } => {
             tracing::info!(job = %job_id, abort, "stopping job");
-            jobs.stop(&job_id, abort, reason).await;
+            let jobs = jobs.clone();
+            tokio::spawn(async move { jobs.stop(&job_id, abort, reason).await });
         }
-        CoordinatorMessage::ForgetJob { job_id } => jobs.forget(&job_id).await,
+        CoordinatorMessage::ForgetJob { job_id } => {
+            let jobs = jobs.clone();
+            tokio::spawn(async move { jobs.forget(&job_id).await });
+        }
         CoordinatorMessage::HeartbeatAck { .. } => {}
         other => tracing::warn!("unexpected message: {other:?}"),
     }

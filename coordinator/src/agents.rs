@@ -11,6 +11,7 @@ use quinn::crypto::rustls::QuicServerConfig;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use corral_proto::ids::{JobId, NodeId};
 use corral_proto::job::{JobState, TerminationReason};
@@ -21,7 +22,7 @@ use corral_proto::wire::{
 };
 
 use crate::secrets::{random_hex, sha256_hex};
-use crate::store::NodeRow;
+use crate::store::{JobRow, NodeRow};
 use crate::{Session, State, VERSION};
 
 /// Commands queued for one node before the sender has to wait.
@@ -103,7 +104,13 @@ async fn handle_connection(
     let (mut send, mut recv) = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi())
         .await
         .context("agent opened no control stream")??;
-    let hello = match read_frame::<AgentMessage, _>(&mut recv).await? {
+    let hello = tokio::time::timeout(
+        Duration::from_secs(10),
+        read_frame::<AgentMessage, _>(&mut recv),
+    )
+    .await
+    .context("agent sent no Hello within 10 s")?;
+    let hello = match hello? {
         Some(AgentMessage::Hello(h)) => h,
         _ => {
             return refuse(
@@ -145,10 +152,10 @@ async fn handle_connection(
             }
             Some(node) => {
                 let span = tracing::info_span!("agent", node = %node.name);
-                let _ = &span;
                 session(
                     state, conn, node, protocol, &hello, send, recv, remote, shutdown,
                 )
+                .instrument(span)
                 .await
             }
         },
@@ -161,6 +168,9 @@ async fn enroll(
     send: &mut quinn::SendStream,
     req: &EnrollRequest,
 ) -> anyhow::Result<()> {
+    let node_id = NodeId(format!("n{}", random_hex(6)));
+    // The request is checked (and signed) before a use of the token is spent on it.
+    let signed = state.pki.sign_node(&req.csr_der, node_id.as_str());
     let Some(token_fleet) = state
         .store
         .use_join_token(&sha256_hex(req.secret.as_bytes()))?
@@ -168,8 +178,7 @@ async fn enroll(
         let msg = "wrong join token secret (or the token expired, was revoked or used up): ask for a new token".to_owned();
         return refuse(conn, send, RefusalCode::WrongSecret, msg).await;
     };
-    let node_id = NodeId(format!("n{}", random_hex(6)));
-    let (cert_pem, fingerprint) = match state.pki.sign_node(&req.csr_der, node_id.as_str()) {
+    let (cert_pem, fingerprint) = match signed {
         Ok(v) => v,
         Err(e) => {
             return refuse(
@@ -259,6 +268,7 @@ async fn session(
                 conn_id,
                 name: node.name.clone(),
                 tx: tx.clone(),
+                conn: conn.clone(),
             },
         );
     tracing::info!(node = %node.name, %remote, "agent connected");
@@ -281,15 +291,17 @@ async fn session(
     let log_acceptor = {
         let conn = conn.clone();
         let state = state.clone();
+        let node_id = node.id.clone();
         let done = session_done.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     stream = conn.accept_uni() => {
                         let Ok(stream) = stream else { break };
-                        let state = state.clone();
-                        tokio::spawn(async move {
-                            if let Err(e) = receive_logs(&state, stream).await {
+                        let state2 = state.clone();
+                        let node = node_id.clone();
+                        state.tasks.spawn(async move {
+                            if let Err(e) = receive_logs(&state2, &node, stream).await {
                                 tracing::warn!("log stream ended: {e:#}");
                             }
                         });
@@ -356,19 +368,16 @@ fn apply_update(
     tx: &mpsc::Sender<CoordinatorMessage>,
     u: JobUpdate,
 ) -> anyhow::Result<()> {
-    let Some(job) = state.store.job(&u.job_id)? else {
-        // A container Corral no longer knows: have the agent remove it.
-        let _ = tx.try_send(CoordinatorMessage::StopJob {
-            job_id: u.job_id,
-            abort: true,
-            reason: TerminationReason::AbortedByUser,
-        });
+    let job = state
+        .store
+        .job(&u.job_id)?
+        .filter(|j| j.node_id.as_ref() == Some(&node.id));
+    let Some(job) = job else {
+        // A container this node should not have (unknown, or placed elsewhere): remove it.
+        tracing::warn!(job = %u.job_id, node = %node.name, "update for a job not placed here; removing its container");
+        discard(tx, u.job_id);
         return Ok(());
     };
-    if job.node_id.as_ref() != Some(&node.id) {
-        tracing::warn!(job = %u.job_id, node = %node.name, "update for a job placed elsewhere; ignored");
-        return Ok(());
-    }
     match u.reason {
         Some(reason) => {
             if state
@@ -380,11 +389,45 @@ fn apply_update(
             let _ = tx.try_send(CoordinatorMessage::ForgetJob { job_id: u.job_id });
             state.wake_scheduler.notify_one();
         }
+        None if job.state.is_finished() => {
+            // The job ended here (stopped while it was being placed, say) but its container lives:
+            // it holds resources nobody accounts for. Stop it.
+            tracing::warn!(job = %u.job_id, node = %node.name, "container alive for a finished job; stopping it");
+            let _ = tx.try_send(CoordinatorMessage::StopJob {
+                job_id: u.job_id,
+                abort: true,
+                reason: job
+                    .termination_reason
+                    .unwrap_or(TerminationReason::AbortedByUser),
+            });
+        }
         None => state
             .store
             .set_progress(&u.job_id, &u.state, u.message.as_deref())?,
     }
     Ok(())
+}
+
+/// Has the agent kill and remove a container Corral does not want.
+fn discard(tx: &mpsc::Sender<CoordinatorMessage>, job_id: JobId) {
+    let _ = tx.try_send(CoordinatorMessage::StopJob {
+        job_id: job_id.clone(),
+        abort: true,
+        reason: TerminationReason::AbortedByUser,
+    });
+    let _ = tx.try_send(CoordinatorMessage::ForgetJob { job_id });
+}
+
+/// The stop a `terminating` job was asked for, to repeat it.
+fn stop_request(job: &JobRow) -> CoordinatorMessage {
+    let reason = job
+        .termination_reason
+        .unwrap_or(TerminationReason::StoppedByUser);
+    CoordinatorMessage::StopJob {
+        job_id: job.id.clone(),
+        abort: reason == TerminationReason::AbortedByUser,
+        reason,
+    }
 }
 
 /// Converges the node's containers with the jobs placed on it, from the full report the agent sends
@@ -396,34 +439,34 @@ fn reconcile(
     reports: &[ContainerReport],
 ) -> anyhow::Result<()> {
     let reported: HashSet<&JobId> = reports.iter().map(|r| &r.job_id).collect();
-    for job in state
+    let placed: Vec<JobRow> = state
         .store
         .placed_jobs()?
         .into_iter()
         .filter(|j| j.node_id.as_ref() == Some(&node.id))
-    {
+        .collect();
+    for job in &placed {
         if reported.contains(&job.id) {
             if job.state == JobState::Terminating {
-                // The stop may not have arrived: ask again.
-                let _ = tx.try_send(CoordinatorMessage::StopJob {
-                    job_id: job.id.clone(),
-                    abort: false,
-                    reason: TerminationReason::StoppedByUser,
-                });
+                // The stop may not have arrived: ask again, the same way.
+                let _ = tx.try_send(stop_request(job));
             }
             continue;
         }
         match job.state {
             JobState::Provisioning => {
                 // The start command was lost or never sent: send it (the agent ignores duplicates).
-                if let Some(spec) = job.spec {
-                    let _ = tx.try_send(CoordinatorMessage::StartJob(Box::new(spec)));
+                if let Some(spec) = &job.spec {
+                    let _ = tx.try_send(CoordinatorMessage::StartJob(Box::new(spec.clone())));
                 }
             }
             JobState::Terminating => {
+                let reason = job
+                    .termination_reason
+                    .unwrap_or(TerminationReason::StoppedByUser);
                 state.store.finish(
                     &job.id,
-                    TerminationReason::StoppedByUser,
+                    reason,
                     None,
                     Some("the container was gone when the node came back"),
                 )?;
@@ -440,37 +483,69 @@ fn reconcile(
         }
     }
     for r in reports {
-        let known = state.store.job(&r.job_id)?;
-        let wanted = known
-            .as_ref()
-            .is_some_and(|j| !j.state.is_finished() && j.node_id.as_ref() == Some(&node.id));
-        if !wanted && r.running {
-            let _ = tx.try_send(CoordinatorMessage::StopJob {
-                job_id: r.job_id.clone(),
-                abort: true,
-                reason: TerminationReason::AbortedByUser,
-            });
-        } else if !wanted && known.as_ref().is_some_and(|j| j.state.is_finished()) {
-            let _ = tx.try_send(CoordinatorMessage::ForgetJob {
-                job_id: r.job_id.clone(),
-            });
+        if placed.iter().any(|j| j.id == r.job_id) {
+            continue;
+        }
+        match state.store.job(&r.job_id)? {
+            // Finished here: the agent reports the end itself (it re-sends its last word on every
+            // connection) and is then told to forget the container.
+            Some(job)
+                if job.node_id.as_ref() == Some(&node.id)
+                    && job.state.is_finished()
+                    && !r.running =>
+            {
+                let _ = tx.try_send(CoordinatorMessage::ForgetJob {
+                    job_id: r.job_id.clone(),
+                });
+            }
+            Some(job) if job.node_id.as_ref() == Some(&node.id) && job.state.is_finished() => {
+                let _ = tx.try_send(stop_request_final(&job));
+            }
+            _ => discard(tx, r.job_id.clone()),
         }
     }
     state.wake_scheduler.notify_one();
     Ok(())
 }
 
-async fn receive_logs(state: &State, mut stream: quinn::RecvStream) -> anyhow::Result<()> {
+/// A finished job whose container still runs is stopped without grace: its end is already recorded.
+fn stop_request_final(job: &JobRow) -> CoordinatorMessage {
+    CoordinatorMessage::StopJob {
+        job_id: job.id.clone(),
+        abort: true,
+        reason: job
+            .termination_reason
+            .unwrap_or(TerminationReason::AbortedByUser),
+    }
+}
+
+/// One job's output from the agent. Only a job placed on this node may be written to: the job id
+/// comes from the peer and names a file.
+async fn receive_logs(
+    state: &State,
+    node: &NodeId,
+    mut stream: quinn::RecvStream,
+) -> anyhow::Result<()> {
     let Some(LogFrame::Open { job_id }) = read_frame::<LogFrame, _>(&mut stream).await? else {
         anyhow::bail!("log stream did not start with Open");
     };
+    let placed_here = state
+        .store
+        .job(&job_id)?
+        .is_some_and(|j| j.node_id.as_ref() == Some(node));
+    if !placed_here {
+        // Read it to the end without storing it: the agent then knows it may drop the container.
+        tracing::warn!(job = %job_id, "discarding the log of a job not placed on this node");
+        while read_frame::<LogFrame, _>(&mut stream).await?.is_some() {}
+        return Ok(());
+    }
     let log = state.logs.job(&job_id);
     while let Some(frame) = read_frame::<LogFrame, _>(&mut stream).await? {
         match frame {
             LogFrame::Chunk { offset, data } => log
                 .append(offset, &data)
                 .with_context(|| format!("cannot store logs of job {job_id}"))?,
-            LogFrame::End { .. } => log.mark_complete(),
+            LogFrame::End { total } => log.finish(total),
             LogFrame::Open { .. } => anyhow::bail!("a second Open on one log stream"),
         }
     }

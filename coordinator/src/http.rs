@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use corral_proto::api::{self, ApiError, NodeStatus, StopRun, SubmitRun};
 use corral_proto::ids::{JobId, NodeId, RunId};
-use corral_proto::job::{JobState, TerminationReason};
+use corral_proto::job::TerminationReason;
 use corral_proto::wire::CoordinatorMessage;
 
 use crate::State;
@@ -161,18 +161,17 @@ async fn submit_run(
         .clone()
         .or_else(|| task.name.clone())
         .unwrap_or_else(generated_name);
-    if let Some((existing, _, _)) = state.store.run_by_name(&project, &name)? {
-        let view = state.store.run_view(&existing, &|_| None)?;
-        if view.is_some_and(|r| !r.state.is_finished()) {
-            return Err(err(
-                StatusCode::CONFLICT,
-                format!("run {name:?} is still active: stop it first (`corral stop {name}`)"),
-            ));
-        }
+    if !corral_proto::config::is_valid_name(&name) {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "name: {name:?} is not a valid run name: use 2 to 41 lowercase letters, digits and hyphens, starting with a letter"
+            ),
+        ));
     }
     let run_id = RunId(random_hex(8));
     let jobs = vec![JobId(random_hex(8))];
-    state.store.insert_run(
+    let stored = state.store.insert_run(
         &run_id,
         &project,
         &name,
@@ -180,9 +179,18 @@ async fn submit_run(
         req.source.as_deref(),
         &jobs,
     )?;
+    if !stored {
+        return Err(err(
+            StatusCode::CONFLICT,
+            format!("run {name:?} is still active: stop it first (`corral stop {name}`)"),
+        ));
+    }
     tracing::info!(run = %name, id = %run_id, "run submitted");
-    crate::scheduler::schedule_once(&state)
-        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+    // Place it now rather than at the next pass, so that `apply` shows where it went. The run is
+    // stored either way: a failed pass is retried by the scheduler.
+    if let Err(e) = crate::scheduler::schedule_once(&state) {
+        tracing::error!("placement pass failed: {e:#}");
+    }
     let run = state
         .store
         .run_view(&run_id, &node_name(&state))?
@@ -248,22 +256,40 @@ async fn stop_run(
         TerminationReason::StoppedByUser
     };
     for job in &run.jobs {
-        match (&job.state, &job.node_id) {
-            (s, _) if s.is_finished() => {}
-            (JobState::Submitted | JobState::Pending, _) | (_, None) => {
-                state.store.finish(&job.id, reason, None, None)?;
-            }
-            (_, Some(node)) => {
-                state.store.set_terminating(&job.id)?;
-                state.send(
-                    node,
-                    CoordinatorMessage::StopJob {
-                        job_id: job.id.clone(),
-                        abort,
-                        reason,
-                    },
-                );
-            }
+        if job.state.is_finished() {
+            continue;
+        }
+        // Not placed yet: it ends here. The scheduler may place it meanwhile; then it is stopped
+        // on its node like any placed job.
+        if state.store.cancel_queued(&job.id, reason)? {
+            continue;
+        }
+        let Some(job) = state.store.job(&job.id)? else {
+            continue;
+        };
+        let Some(node) = job.node_id.clone() else {
+            continue;
+        };
+        if !state.store.set_terminating(&job.id, reason)? {
+            continue;
+        }
+        let sent = state.send(
+            &node,
+            CoordinatorMessage::StopJob {
+                job_id: job.id.clone(),
+                abort,
+                reason,
+            },
+        );
+        if !sent && abort {
+            // The node is away: record the end now; when it reconnects, reconciliation kills the
+            // container of a job that has ended.
+            state.store.finish(
+                &job.id,
+                reason,
+                None,
+                Some("aborted while its node was offline"),
+            )?;
         }
     }
     Ok(Json(find_run(&state, &project, &name)?))
@@ -343,10 +369,17 @@ async fn run_logs(
 fn job_log_finished(state: &State, id: &JobId, complete: bool) -> bool {
     match state.store.job(id) {
         Ok(Some(job)) if job.state.is_finished() => {
-            complete
-                || job.node_id.is_none()
-                || job.started_ms.is_none()
-                || job.finished_ms.is_some_and(|f| now_ms() - f > 3000)
+            if complete || job.started_ms.is_none() {
+                return true;
+            }
+            // The agent has not sent the end of the output. While its node is connected it will
+            // (a replay may take a while); when the node is away, give up after a few seconds.
+            let connected = job
+                .node_id
+                .as_ref()
+                .is_some_and(|n| state.session(n).is_some());
+            let waited = job.finished_ms.map_or(i64::MAX, |f| now_ms() - f);
+            waited > if connected { 120_000 } else { 3_000 }
         }
         Ok(Some(_)) => false,
         _ => true,

@@ -68,6 +68,7 @@ pub struct Session {
     pub conn_id: u64,
     pub name: String,
     pub tx: mpsc::Sender<CoordinatorMessage>,
+    pub conn: quinn::Connection,
 }
 
 pub struct State {
@@ -77,6 +78,10 @@ pub struct State {
     pub logs: LogStore,
     pub sessions: Mutex<HashMap<NodeId, Session>>,
     pub wake_scheduler: Notify,
+    /// Held for a whole placement pass: two passes at once could give one GPU to two jobs.
+    pub placement: Mutex<()>,
+    /// Every task of this coordinator, drained on shutdown.
+    pub tasks: TaskTracker,
 }
 
 impl State {
@@ -91,9 +96,19 @@ impl State {
     /// Sends a command to a node if it is connected. A command that cannot be sent now is not lost:
     /// reconciliation on the node's next connection sends what is still needed.
     pub fn send(&self, node: &NodeId, msg: CoordinatorMessage) -> bool {
-        match self.session(node) {
-            Some(s) => s.tx.try_send(msg).is_ok(),
-            None => false,
+        let Some(s) = self.session(node) else {
+            return false;
+        };
+        match s.tx.try_send(msg) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // The node is not keeping up. Dropping the connection makes it reconnect and report
+                // everything, and reconciliation sends what is still needed.
+                tracing::warn!(node = %s.name, "command queue full; resetting the session");
+                s.conn.close(1u32.into(), b"command queue overflow");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 }
@@ -139,6 +154,41 @@ fn read_or_create(
     Ok((value, true))
 }
 
+/// The admin API token and the join token kept as files in the data dir (what the operator reads).
+/// The database must accept what the files say: their hashes are inserted if missing (a database
+/// restored from elsewhere), and a join token naming another CA (a regenerated CA) is replaced.
+fn bootstrap_tokens(
+    dir: &Path,
+    store: &Store,
+    ca_hash: &str,
+) -> anyhow::Result<(String, JoinToken)> {
+    let (admin_token, created) = read_or_create(&dir.join("admin-token"), || {
+        Ok(format!("crl_{}", random_hex(20)))
+    })?;
+    store.ensure_api_token(&sha256_hex(admin_token.as_bytes()), "admin")?;
+    if created {
+        tracing::info!(path = %dir.join("admin-token").display(), "created the admin API token");
+    }
+    let path = dir.join("join-token");
+    let current = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| t.trim().parse::<JoinToken>().ok());
+    let join_token = match current {
+        Some(t) if t.ca_hash == ca_hash => t,
+        _ => {
+            let t = JoinToken {
+                ca_hash: ca_hash.to_owned(),
+                secret: random_hex(16),
+            };
+            let _ = std::fs::remove_file(&path);
+            read_or_create(&path, || Ok(t.to_string()))?;
+            t
+        }
+    };
+    store.ensure_join_token(&sha256_hex(join_token.secret.as_bytes()), None)?;
+    Ok((admin_token, join_token))
+}
+
 /// Opens the data dir, binds both listeners and spawns every task. Returns once the coordinator
 /// accepts connections; cancel `shutdown` to stop it, then [`Running::wait`].
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
@@ -150,27 +200,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let pki = Pki::load_or_create(dir).context("cannot set up the certificate authority")?;
     let logs = LogStore::new(&dir.join("logs")).context("cannot create the log dir")?;
 
-    let (admin_token, created) = read_or_create(&dir.join("admin-token"), || {
-        let token = format!("crl_{}", random_hex(20));
-        store.add_api_token(&sha256_hex(token.as_bytes()), "admin")?;
-        Ok(token)
-    })?;
-    if created {
-        tracing::info!(path = %dir.join("admin-token").display(), "created the admin API token");
-    }
-    let ca_hash = pki.ca_hash();
-    let (join_token, _) = read_or_create(&dir.join("join-token"), || {
-        let secret = random_hex(16);
-        store.add_join_token(&sha256_hex(secret.as_bytes()), None)?;
-        Ok(JoinToken {
-            ca_hash: ca_hash.clone(),
-            secret,
-        }
-        .to_string())
-    })?;
-    let join_token: JoinToken = join_token
-        .parse()
-        .context("the join-token file is malformed")?;
+    let (admin_token, join_token) = bootstrap_tokens(dir, &store, &pki.ca_hash())?;
 
     let state = Arc::new(State {
         config: config.clone(),
@@ -179,9 +209,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         logs,
         sessions: Mutex::new(HashMap::new()),
         wake_scheduler: Notify::new(),
+        placement: Mutex::new(()),
+        tasks: TaskTracker::new(),
     });
 
-    let tasks = TaskTracker::new();
+    let tasks = state.tasks.clone();
     let endpoint = agents::bind(&state, config.quic_listen)?;
     let quic_addr = endpoint
         .local_addr()

@@ -40,8 +40,16 @@ impl JobLog {
         self.complete.load(Ordering::Acquire)
     }
 
-    pub fn mark_complete(&self) {
-        self.complete.store(true, Ordering::Release);
+    /// The agent sent everything (`total` bytes). The log is complete only if all of them are here;
+    /// either way the file is closed until more arrives.
+    pub fn finish(&self, total: u64) {
+        let mut guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        *guard = None;
+        if total == self.len() {
+            self.complete.store(true, Ordering::Release);
+        } else {
+            tracing::warn!(path = %self.path.display(), total, have = self.len(), "log ended with bytes missing; waiting for a replay");
+        }
         self.len.send_modify(|_| {});
     }
 
@@ -49,7 +57,12 @@ impl JobLog {
     pub fn append(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
         let mut guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
         let have = self.len();
-        let end = offset + data.len() as u64;
+        let Some(end) = offset.checked_add(data.len() as u64) else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "log offset out of range",
+            ));
+        };
         if end <= have {
             return Ok(());
         }
@@ -129,6 +142,14 @@ mod tests {
         log.append(0, b"hello ").expect("append");
         log.append(0, b"hello world\n").expect("replay overlaps");
         log.append(20, b"gap").expect("gap is ignored");
+        assert!(
+            log.append(u64::MAX, b"x").is_err(),
+            "an offset past u64 is refused, not a panic"
+        );
+        log.finish(100);
+        assert!(!log.is_complete(), "bytes are missing");
+        log.finish(12);
+        assert!(log.is_complete());
         assert_eq!(log.read_at(0, 100).expect("read"), b"hello world\n");
         assert_eq!(log.read_at(6, 3).expect("read"), b"wor");
 

@@ -52,6 +52,7 @@ impl Usage {
 }
 
 pub fn schedule_once(state: &State) -> anyhow::Result<()> {
+    let _pass = state.placement.lock().unwrap_or_else(|e| e.into_inner());
     let queued = state.store.queued_jobs()?;
     if queued.is_empty() {
         return Ok(());

@@ -192,17 +192,9 @@ impl Store {
 
     // --- tokens ---
 
-    pub fn has_api_tokens(&self) -> Result<bool> {
-        Ok(self
-            .conn()
-            .query_row("SELECT 1 FROM api_tokens LIMIT 1", [], |_| Ok(()))
-            .optional()?
-            .is_some())
-    }
-
-    pub fn add_api_token(&self, hash: &str, name: &str) -> Result<()> {
+    pub fn ensure_api_token(&self, hash: &str, name: &str) -> Result<()> {
         self.conn().execute(
-            "INSERT INTO api_tokens VALUES (?1, ?2, ?3)",
+            "INSERT OR IGNORE INTO api_tokens VALUES (?1, ?2, ?3)",
             params![hash, name, now_ms()],
         )?;
         Ok(())
@@ -217,17 +209,10 @@ impl Store {
             .optional()?)
     }
 
-    pub fn has_join_tokens(&self) -> Result<bool> {
-        Ok(self
-            .conn()
-            .query_row("SELECT 1 FROM join_tokens LIMIT 1", [], |_| Ok(()))
-            .optional()?
-            .is_some())
-    }
-
-    pub fn add_join_token(&self, hash: &str, fleet: Option<&str>) -> Result<()> {
+    /// Adds a join token unless it is known (a revoked one stays revoked).
+    pub fn ensure_join_token(&self, hash: &str, fleet: Option<&str>) -> Result<()> {
         self.conn().execute(
-            "INSERT INTO join_tokens (hash, fleet, created_ms) VALUES (?1, ?2, ?3)",
+            "INSERT OR IGNORE INTO join_tokens (hash, fleet, created_ms) VALUES (?1, ?2, ?3)",
             params![hash, fleet, now_ms()],
         )?;
         Ok(())
@@ -332,7 +317,8 @@ impl Store {
 
     // --- runs and jobs ---
 
-    /// Stores a run and its jobs (state `submitted`) in one transaction.
+    /// Stores a run and its jobs (state `submitted`) in one transaction. `Ok(false)`: a run of that
+    /// name is still active in the project, and nothing was stored.
     pub fn insert_run(
         &self,
         id: &RunId,
@@ -341,9 +327,22 @@ impl Store {
         cfg: &Configuration,
         source: Option<&str>,
         jobs: &[JobId],
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
+        // Checked in the same transaction as the insert, so two submissions cannot both win.
+        let active: bool = tx
+            .query_row(
+                "SELECT 1 FROM jobs j JOIN runs r ON r.id = j.run_id WHERE r.project = ?1 AND r.name = ?2 \
+                 AND j.state NOT IN ('done', 'failed', 'stopped', 'aborted') LIMIT 1",
+                params![project, name],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if active {
+            return Ok(false);
+        }
         let now = now_ms();
         tx.execute(
             "INSERT INTO runs VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -356,7 +355,7 @@ impl Store {
             )?;
         }
         tx.commit()?;
-        Ok(())
+        Ok(true)
     }
 
     /// Jobs matching an SQL filter over `j` (jobs) and `r` (runs).
@@ -428,18 +427,37 @@ impl Store {
     ) -> Result<bool> {
         let n = self.conn().execute(
             "UPDATE jobs SET state = ?2, termination_reason = ?3, exit_code = ?4, status_message = COALESCE(?5, status_message), \
-             finished_ms = ?6 WHERE id = ?1 AND state NOT IN ('done', 'failed', 'stopped', 'aborted')",
+             finished_ms = ?6, started_ms = CASE WHEN ?4 IS NOT NULL THEN COALESCE(started_ms, ?6) ELSE started_ms END \
+             WHERE id = ?1 AND state NOT IN ('done', 'failed', 'stopped', 'aborted')",
             params![id.0, reason.final_state().as_str(), reason.as_str(), exit_code, message, now_ms()],
         )?;
         Ok(n == 1)
     }
 
-    pub fn set_terminating(&self, id: &JobId) -> Result<()> {
-        self.conn().execute(
-            "UPDATE jobs SET state = 'terminating' WHERE id = ?1 AND state IN ('provisioning', 'pulling', 'running')",
-            [&id.0],
+    /// Marks a placed job as being stopped, remembering how (the reason says whether to abort), so
+    /// that reconciliation can repeat the same request. Returns false when the job was not placed.
+    pub fn set_terminating(&self, id: &JobId, reason: TerminationReason) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE jobs SET state = 'terminating', termination_reason = ?2 \
+             WHERE id = ?1 AND state IN ('provisioning', 'pulling', 'running', 'terminating')",
+            params![id.0, reason.as_str()],
         )?;
-        Ok(())
+        Ok(n == 1)
+    }
+
+    /// Ends a job that was never placed. Returns false when the scheduler placed it meanwhile.
+    pub fn cancel_queued(&self, id: &JobId, reason: TerminationReason) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE jobs SET state = ?2, termination_reason = ?3, finished_ms = ?4 \
+             WHERE id = ?1 AND state IN ('submitted', 'pending')",
+            params![
+                id.0,
+                reason.final_state().as_str(),
+                reason.as_str(),
+                now_ms()
+            ],
+        )?;
+        Ok(n == 1)
     }
 
     /// The newest run of that name in the project.

@@ -47,7 +47,7 @@ pub use run::{DevEnvironmentConfig, Ide, StartupOrder, StopCriteria, TaskConfig}
 pub use service::{
     HttpMethod, ModelSpec, ProbeSpec, RateLimit, RateLimitKey, ScalingSpec, ServiceConfig,
 };
-pub use values::{PYTHON_VERSIONS, parse_duration, parse_port_mapping};
+pub use values::{PYTHON_VERSIONS, is_valid_name, parse_duration, parse_port_mapping};
 
 use fields::{Issue, Object, Res};
 use yaml::Value;

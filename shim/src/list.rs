@@ -9,7 +9,7 @@ use corral_proto::ids::{JobId, NodeId, RunId};
 
 use crate::Shim;
 use crate::error::ShimError;
-use crate::spec::{LABEL_JOB, LABEL_MAX_DURATION, LABEL_NODE, LABEL_RUN};
+use crate::spec::{LABEL_JOB, LABEL_MAX_DURATION, LABEL_NODE, LABEL_RUN, LABEL_STOP_GRACE};
 
 /// One container that Corral created, running or exited.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,6 +25,8 @@ pub struct ManagedContainer {
     pub exit_code: Option<i64>,
     pub started_at_unix: Option<i64>,
     pub max_duration_secs: Option<u64>,
+    /// The job's stop grace, from its label; `None` for containers made before the label existed.
+    pub stop_grace_secs: Option<u64>,
 }
 
 /// Where one container is in its life, as the daemon reports it.
@@ -111,6 +113,7 @@ fn managed(id: &str, inspected: &ContainerInspectResponse) -> Option<ManagedCont
         max_duration_secs: label(LABEL_MAX_DURATION).and_then(|v| {
             v.parse().inspect_err(|_| tracing::warn!(container = %id, value = %v, "unparsable max duration label")).ok()
         }),
+        stop_grace_secs: label(LABEL_STOP_GRACE).and_then(|v| v.parse().ok()),
     })
 }
 
@@ -244,6 +247,7 @@ mod tests {
             (LABEL_RUN, "r1"),
             (LABEL_NODE, "n1"),
             (LABEL_MAX_DURATION, "60"),
+            (LABEL_STOP_GRACE, "30"),
         ];
         let c = managed(
             "abc",
@@ -261,6 +265,7 @@ mod tests {
                 exit_code: Some(3),
                 started_at_unix: Some(1_714_564_800),
                 max_duration_secs: Some(60),
+                stop_grace_secs: Some(30),
             })
         );
     }

@@ -16,6 +16,8 @@ pub const LABEL_PROJECT: &str = "corral.project";
 pub const LABEL_RUN_NAME: &str = "corral.run_name";
 /// Seconds, present only when the job has a maximum duration.
 pub const LABEL_MAX_DURATION: &str = "corral.max_duration";
+/// Seconds between SIGTERM and SIGKILL when the job is stopped (its `stop_duration`).
+pub const LABEL_STOP_GRACE: &str = "corral.stop_grace";
 
 /// How allocated GPUs reach the container.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -140,6 +142,10 @@ fn labels(spec: &JobSpec) -> HashMap<String, String> {
         (LABEL_NODE.to_owned(), spec.node_id.to_string()),
         (LABEL_PROJECT.to_owned(), spec.project.clone()),
         (LABEL_RUN_NAME.to_owned(), spec.run_name.clone()),
+        (
+            LABEL_STOP_GRACE.to_owned(),
+            spec.stop_grace_secs.to_string(),
+        ),
     ]);
     if let Some(secs) = spec.max_duration_secs {
         labels.insert(LABEL_MAX_DURATION.to_owned(), secs.to_string());

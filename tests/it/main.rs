@@ -4,5 +4,6 @@
 mod enroll;
 mod gpu;
 mod harness;
+mod reconcile;
 mod restart;
 mod tasks;

@@ -207,13 +207,18 @@ async fn max_duration_stops_the_task() -> anyhow::Result<()> {
     let file = write_config(
         c.dir.path(),
         "bounded",
-        &format!("type: task\nname: bounded\nimage: {IMAGE}\nmax_duration: 2s\nstop_duration: 2s\ncommands:\n  - echo going\n  - sleep 600\n"),
+        &format!(
+            "type: task\nname: bounded\nimage: {IMAGE}\nmax_duration: 2s\nstop_duration: 2s\ncommands:\n  - echo going\n  - sleep 600\n"
+        ),
     );
     let (code, out) = apply(&c.client, &file, false).await?;
     assert_ne!(code, 0, "a task cut short does not succeed");
     assert!(out.contains("going"));
     let r = run(&c.client, "bounded").await?;
     assert_eq!(r.state, JobState::Stopped);
-    assert_eq!(r.jobs[0].termination_reason, Some(TerminationReason::MaxDurationExceeded));
+    assert_eq!(
+        r.jobs[0].termination_reason,
+        Some(TerminationReason::MaxDurationExceeded)
+    );
     Ok(())
 }

@@ -9,10 +9,7 @@ use super::{EnvVar, PortMapping};
 /// characters (`^[a-z][a-z0-9-]{1,40}$`).
 pub(crate) fn resource_name(node: &Node, path: &str) -> Res<String> {
     let name = string(node, path)?;
-    let mut chars = name.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase());
-    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if first_ok && rest_ok && (2..=41).contains(&name.len()) {
+    if is_valid_name(&name) {
         return Ok(name);
     }
     Err(Issue::invalid(
@@ -22,6 +19,14 @@ pub(crate) fn resource_name(node: &Node, path: &str) -> Res<String> {
             "\"{name}\" is not a valid name: use 2 to 41 lowercase letters, digits and hyphens, starting with a letter"
         ),
     ))
+}
+
+/// Whether `name` is a valid run, fleet or project name (the rule above).
+pub fn is_valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase());
+    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    first_ok && rest_ok && (2..=41).contains(&name.len())
 }
 
 /// A duration as dstack writes it, before the field decides what "off" and "default" mean.

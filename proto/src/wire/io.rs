@@ -32,10 +32,14 @@ where
         }
         filled += n;
     }
-    // The length is bounded by decode_header before the buffer is allocated.
-    let len = decode_header(&header)? as usize;
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload).await?;
+    // The length is bounded by decode_header, and the buffer grows with the bytes that actually
+    // arrive: a peer announcing a large frame and stalling holds no memory for it.
+    let len = decode_header(&header)? as u64;
+    let mut payload = Vec::new();
+    r.take(len).read_to_end(&mut payload).await?;
+    if payload.len() as u64 != len {
+        return Err(IoError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
     Ok(Some(decode_payload(&payload)?))
 }
 
