@@ -288,11 +288,10 @@ impl Jobs {
             }
             (abort, reason) = stop_requested(&mut stop) => {
                 let r = if abort { self.shim.kill(&container).await } else { self.shim.stop(&container, grace).await };
-                if let Err(e) = r {
-                    if !e.is_not_found() {
+                if let Err(e) = r
+                    && !e.is_not_found() {
                         tracing::warn!(job = %id, "stopping failed: {e}");
                     }
-                }
                 (reason, self.exit_code(&container).await, None)
             }
         };
@@ -331,13 +330,12 @@ impl Jobs {
             Some(t) => Some(t.shipped.subscribe()),
             None => None,
         };
-        if let Some(mut shipped) = shipped {
-            if tokio::time::timeout(FORGET_WAIT, shipped.wait_for(|s| *s))
+        if let Some(mut shipped) = shipped
+            && tokio::time::timeout(FORGET_WAIT, shipped.wait_for(|s| *s))
                 .await
                 .is_err()
-            {
-                tracing::warn!(job = %id, "removing the container before its whole log was shipped");
-            }
+        {
+            tracing::warn!(job = %id, "removing the container before its whole log was shipped");
         }
         if let Err(e) = self.shim.remove(&container_name(id)).await {
             tracing::warn!(job = %id, "cannot remove container: {e}");

@@ -220,17 +220,16 @@ async fn attach(client: &Client, run: &str, out: Out<'_>) -> anyhow::Result<i32>
                 if let Ok(r) = client
                     .get::<api::Run>(&client.project_path(&format!("runs/{run}")))
                     .await
+                    && let Some(j) = r.jobs.first()
                 {
-                    if let Some(j) = r.jobs.first() {
-                        let line = match (&j.state, &j.status_message, &j.node_name) {
-                            (JobState::Pending, Some(m), _) => format!("pending: {m}"),
-                            (JobState::Running, _, Some(n)) => format!("running on {n}"),
-                            (s, _, _) => s.to_string(),
-                        };
-                        if line != last && !j.state.is_finished() {
-                            eprintln!("{run}: {line}");
-                            last = line;
-                        }
+                    let line = match (&j.state, &j.status_message, &j.node_name) {
+                        (JobState::Pending, Some(m), _) => format!("pending: {m}"),
+                        (JobState::Running, _, Some(n)) => format!("running on {n}"),
+                        (s, _, _) => s.to_string(),
+                    };
+                    if line != last && !j.state.is_finished() {
+                        eprintln!("{run}: {line}");
+                        last = line;
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;

@@ -213,10 +213,10 @@ async fn list_runs(
     let names = node_name(&state);
     let mut runs = Vec::new();
     for id in state.store.run_ids(&project)? {
-        if let Some(run) = state.store.run_view(&id, &names)? {
-            if q.all || !run.state.is_finished() {
-                runs.push(run);
-            }
+        if let Some(run) = state.store.run_view(&id, &names)?
+            && (q.all || !run.state.is_finished())
+        {
+            runs.push(run);
         }
     }
     Ok(Json(runs))
@@ -358,10 +358,10 @@ async fn run_logs(
             }
         },
     );
-    Ok(Response::builder()
+    Response::builder()
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .body(Body::from_stream(stream))
-        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?)
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 /// A follower stops once the job has ended and the agent sent the end of its output, or a few

@@ -135,10 +135,10 @@ fn read_or_create(
     path: &Path,
     create: impl FnOnce() -> anyhow::Result<String>,
 ) -> anyhow::Result<(String, bool)> {
-    if let Ok(s) = std::fs::read_to_string(path) {
-        if !s.trim().is_empty() {
-            return Ok((s.trim().to_owned(), false));
-        }
+    if let Ok(s) = std::fs::read_to_string(path)
+        && !s.trim().is_empty()
+    {
+        return Ok((s.trim().to_owned(), false));
     }
     let value = create()?;
     use std::io::Write;

@@ -32,7 +32,7 @@ impl JobLog {
         self.len.subscribe()
     }
 
-    pub fn len(&self) -> u64 {
+    pub fn stored(&self) -> u64 {
         *self.len.borrow()
     }
 
@@ -45,10 +45,10 @@ impl JobLog {
     pub fn finish(&self, total: u64) {
         let mut guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
         *guard = None;
-        if total == self.len() {
+        if total == self.stored() {
             self.complete.store(true, Ordering::Release);
         } else {
-            tracing::warn!(path = %self.path.display(), total, have = self.len(), "log ended with bytes missing; waiting for a replay");
+            tracing::warn!(path = %self.path.display(), total, have = self.stored(), "log ended with bytes missing; waiting for a replay");
         }
         self.len.send_modify(|_| {});
     }
@@ -56,7 +56,7 @@ impl JobLog {
     /// Appends the part of `data` (which starts at `offset` of the job's output) not stored yet.
     pub fn append(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
         let mut guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        let have = self.len();
+        let have = self.stored();
         let Some(end) = offset.checked_add(data.len() as u64) else {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
@@ -90,7 +90,7 @@ impl JobLog {
 
     /// Reads up to `max` bytes from `offset`.
     pub fn read_at(&self, offset: u64, max: usize) -> std::io::Result<Vec<u8>> {
-        let len = self.len();
+        let len = self.stored();
         if offset >= len {
             return Ok(Vec::new());
         }
@@ -154,6 +154,6 @@ mod tests {
         assert_eq!(log.read_at(6, 3).expect("read"), b"wor");
 
         let reopened = LogStore::new(dir.path()).expect("store");
-        assert_eq!(reopened.job(&JobId::from("j1")).len(), 12);
+        assert_eq!(reopened.job(&JobId::from("j1")).stored(), 12);
     }
 }

@@ -221,6 +221,7 @@ impl Store {
     /// Consumes one use of a join token. `Ok(None)`: no such valid token. `Ok(Some(fleet))`: accepted.
     pub fn use_join_token(&self, hash: &str) -> Result<Option<Option<String>>> {
         let conn = self.conn();
+        #[allow(clippy::type_complexity)] // one row's columns, named right below
         let row: Option<(Option<String>, Option<i64>, Option<i64>, bool)> = conn
             .query_row(
                 "SELECT fleet, expires_ms, uses_left, revoked FROM join_tokens WHERE hash = ?1",

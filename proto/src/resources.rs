@@ -64,7 +64,7 @@ impl Memory {
 impl std::fmt::Display for Memory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let b = self.0;
-        if b >= GB && b % GB == 0 {
+        if b >= GB && b.is_multiple_of(GB) {
             write!(f, "{}GB", b / GB)
         } else if b >= GB {
             write!(f, "{:.1}GB", b as f64 / GB as f64)
@@ -118,10 +118,10 @@ impl GpuSpec {
 
     /// Whether one device satisfies the per-GPU part of the spec (vendor, name, memory).
     pub fn accepts(&self, gpu: &GpuInfo) -> bool {
-        if let Some(v) = self.vendor {
-            if v != gpu.vendor {
-                return false;
-            }
+        if let Some(v) = self.vendor
+            && v != gpu.vendor
+        {
+            return false;
         }
         if !self.names.is_empty() && !self.names.iter().any(|n| gpu_name_matches(n, &gpu.name)) {
             return false;
@@ -157,7 +157,7 @@ pub fn gpu_name_matches(wanted: &str, device: &str) -> bool {
     }
     // Compare token-wise so that "A10" does not match "A100".
     let tokens: Vec<String> = device
-        .split(|c: char| c == ' ' || c == '-' || c == '_')
+        .split([' ', '-', '_'])
         .map(norm)
         .filter(|t| {
             !t.is_empty() && t != "nvidia" && t != "geforce" && t != "amd" && t != "instinct"
@@ -229,10 +229,10 @@ pub fn fit(
     used_memory: Memory,
     used_gpus: &[u32],
 ) -> Result<Allocation, Misfit> {
-    if let Some(arch) = spec.cpu.arch {
-        if host.cpu_arch() != Some(arch) {
-            return Err(format!("cpu architecture is {}", host.arch));
-        }
+    if let Some(arch) = spec.cpu.arch
+        && host.cpu_arch() != Some(arch)
+    {
+        return Err(format!("cpu architecture is {}", host.arch));
     }
     let free_cpus = host.cpu_cores.saturating_sub(used_cpus);
     let want_cpus = spec.cpu.count.min.unwrap_or(1);
@@ -254,12 +254,11 @@ pub fn fit(
             host.memory
         ));
     }
-    if let Some(disk) = &spec.disk {
-        if let Some(min) = disk.min {
-            if host.disk < min {
-                return Err(format!("needs {min} disk, host has {}", host.disk));
-            }
-        }
+    if let Some(disk) = &spec.disk
+        && let Some(min) = disk.min
+        && host.disk < min
+    {
+        return Err(format!("needs {min} disk, host has {}", host.disk));
     }
     let mut gpu_indices = Vec::new();
     if let Some(gpu) = &spec.gpu {
@@ -294,13 +293,13 @@ pub fn fit(
                     .filter_map(|i| host.gpus.iter().find(|g| g.index == *i))
                     .map(|g| g.memory.0)
                     .sum();
-                if let Some(min) = total.min {
-                    if sum < min.0 * 95 / 100 {
-                        return Err(format!(
-                            "needs {min} total GPU memory, {} free",
-                            Memory(sum)
-                        ));
-                    }
+                if let Some(min) = total.min
+                    && sum < min.0 * 95 / 100
+                {
+                    return Err(format!(
+                        "needs {min} total GPU memory, {} free",
+                        Memory(sum)
+                    ));
                 }
             }
         }

@@ -182,7 +182,7 @@ async fn validate_names_file_line_and_field() -> anyhow::Result<()> {
     );
     let mut out = Vec::new();
     assert_eq!(
-        corral_cli::commands::validate(&[good.clone()], &mut out)?,
+        corral_cli::commands::validate(std::slice::from_ref(&good), &mut out)?,
         0
     );
     assert_eq!(
