@@ -22,13 +22,10 @@ struct Args {
     /// Join token printed by the coordinator (needed only for the first start).
     #[arg(long, env = "CORRAL_JOIN_TOKEN")]
     token: Option<String>,
-    /// Where the node's identity lives.
-    #[arg(
-        long,
-        env = "CORRAL_STATE_DIR",
-        default_value = "/var/lib/corral-agent"
-    )]
-    state_dir: PathBuf,
+    /// Where the node's identity lives [default: /var/lib/corral-agent as root,
+    /// ~/.local/share/corral-agent otherwise].
+    #[arg(long, env = "CORRAL_STATE_DIR")]
+    state_dir: Option<PathBuf>,
     /// Name of this node (default: the host name).
     #[arg(long)]
     name: Option<String>,
@@ -64,7 +61,7 @@ async fn main() -> ExitCode {
     let config = corral_agent::Config {
         coordinator: args.coordinator,
         token,
-        state_dir: args.state_dir,
+        state_dir: args.state_dir.unwrap_or_else(|| corral_proto::paths::default_dir("corral-agent")),
         name: args.name,
         fleet: args.fleet,
         nvml_library: args.nvml_library,

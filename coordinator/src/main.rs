@@ -14,9 +14,10 @@ use tokio_util::sync::CancellationToken;
     about = "Corral's coordinator: state, scheduler, agent endpoint, HTTP API"
 )]
 struct Args {
-    /// Where the database, the CA, tokens and logs live.
-    #[arg(long, env = "CORRAL_DATA_DIR", default_value = "/var/lib/corral")]
-    data_dir: PathBuf,
+    /// Where the database, the CA, tokens and logs live [default: /var/lib/corral as root,
+    /// ~/.local/share/corral otherwise].
+    #[arg(long, env = "CORRAL_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// Address of the HTTP API (the CLI's endpoint).
     #[arg(long, env = "CORRAL_HTTP_LISTEN", default_value = "127.0.0.1:7070")]
     http_listen: SocketAddr,
@@ -35,7 +36,7 @@ async fn main() -> ExitCode {
         .init();
     let args = Args::parse();
     let config = corral_coordinator::Config {
-        data_dir: args.data_dir,
+        data_dir: args.data_dir.unwrap_or_else(|| corral_proto::paths::default_dir("corral")),
         http_listen: args.http_listen,
         quic_listen: args.quic_listen,
         ..Default::default()

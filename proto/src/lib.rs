@@ -6,13 +6,15 @@
 //! - [`api`]: the HTTP API's requests and responses, so the CLI depends on this crate alone;
 //! - domain types: [`ids`], [`resources`] (and placement fit), [`inventory`], [`job`].
 //!
-//! Pure and deterministic: no sockets, no async runtime, no Docker.
+//! Pure and deterministic: no sockets, no async runtime, no Docker ([`paths`] alone reads the
+//! environment, to pick the daemons' default state dirs).
 
 pub mod api;
 pub mod config;
 pub mod ids;
 pub mod inventory;
 pub mod job;
+pub mod paths;
 pub mod resources;
 pub mod token;
 pub mod wire;
