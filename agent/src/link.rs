@@ -14,7 +14,7 @@ use corral_proto::token::JoinToken;
 use corral_proto::wire::io::{read_frame, write_frame};
 use corral_proto::wire::{
     AgentMessage, COORDINATOR_SERVER_NAME, CoordinatorMessage, EnrollRequest, Hello, PROTOCOL_MAX,
-    PROTOCOL_MIN, RefusalCode,
+    PROTOCOL_MIN, RefusalCode, Welcome,
 };
 
 use crate::identity::{Identity, NodeFile, PinnedCaVerifier};
@@ -154,6 +154,78 @@ pub async fn run(
     Ok(())
 }
 
+/// Dials the coordinator with the node's certificate and exchanges Hello/Welcome.
+async fn handshake(
+    endpoint: &quinn::Endpoint,
+    config: quinn::ClientConfig,
+    addr: &str,
+) -> anyhow::Result<(
+    quinn::Connection,
+    quinn::SendStream,
+    quinn::RecvStream,
+    Welcome,
+)> {
+    let remote = resolve(addr).await?;
+    let attempt = async {
+        let conn = endpoint
+            .connect_with(config, remote, COORDINATOR_SERVER_NAME)?
+            .await?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        let hello = Hello {
+            protocol_min: PROTOCOL_MIN,
+            protocol_max: PROTOCOL_MAX,
+            agent_version: VERSION.to_owned(),
+            enroll: None,
+        };
+        write_frame(&mut send, &AgentMessage::Hello(hello)).await?;
+        let answer = read_frame::<CoordinatorMessage, _>(&mut recv).await?;
+        anyhow::Ok((conn, send, recv, answer))
+    };
+    let (conn, send, recv, answer) = attempt.await.map_err(|e| explain(e, remote))?;
+    match answer {
+        Some(CoordinatorMessage::Welcome(w)) => Ok((conn, send, recv, w)),
+        Some(CoordinatorMessage::Refused(r)) => {
+            conn.close(0u32.into(), b"refused");
+            match r.code {
+                RefusalCode::Revoked
+                | RefusalCode::UnknownNode
+                | RefusalCode::UnsupportedProtocol => Err(Fatal::Refused(r.message).into()),
+                _ => anyhow::bail!("refused: {}", r.message),
+            }
+        }
+        other => anyhow::bail!("unexpected first answer: {other:?}"),
+    }
+}
+
+/// Says in words why a connection with the node's certificate failed, when TLS is the reason.
+fn explain(e: anyhow::Error, remote: SocketAddr) -> anyhow::Error {
+    let text = format!("{e:#}");
+    let by_peer = text.contains("by peer");
+    if by_peer && (text.contains("handshake failed") || text.contains("certificate")) {
+        e.context(format!(
+            "the coordinator at {remote} refused this node's certificate: the node was enrolled with another \
+             coordinator, or that coordinator's data was reset; enroll again with a join token and a fresh state dir"
+        ))
+    } else if text.contains("invalid peer certificate") {
+        e.context(format!(
+            "the coordinator at {remote} presented a certificate not signed by the CA this node enrolled with: \
+             is this the right coordinator? (to join another one, enroll again with its join token and a fresh state dir)"
+        ))
+    } else {
+        e.context(format!("cannot talk to the coordinator at {remote}"))
+    }
+}
+
+/// Connects once with the node's identity and says whether the coordinator accepts it
+/// (`corral-agent --check`, and tests).
+pub async fn probe(identity: &Identity, addr: &str) -> anyhow::Result<Welcome> {
+    let config = quic_config(identity.client_config()?, false)?;
+    let endpoint = endpoint()?;
+    let (conn, _, _, welcome) = handshake(&endpoint, config, addr).await?;
+    conn.close(0u32.into(), b"probe done");
+    Ok(welcome)
+}
+
 async fn session(
     endpoint: &quinn::Endpoint,
     config: quinn::ClientConfig,
@@ -162,32 +234,8 @@ async fn session(
     jobs: &Arc<Jobs>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let remote = resolve(addr).await?;
-    let conn = endpoint
-        .connect_with(config, remote, COORDINATOR_SERVER_NAME)?
-        .await
-        .with_context(|| format!("cannot connect to {remote}"))?;
-    let (mut send, mut recv) = conn.open_bi().await?;
-    let hello = Hello {
-        protocol_min: PROTOCOL_MIN,
-        protocol_max: PROTOCOL_MAX,
-        agent_version: VERSION.to_owned(),
-        enroll: None,
-    };
-    write_frame(&mut send, &AgentMessage::Hello(hello)).await?;
-    let welcome = match read_frame::<CoordinatorMessage, _>(&mut recv).await? {
-        Some(CoordinatorMessage::Welcome(w)) => w,
-        Some(CoordinatorMessage::Refused(r)) => {
-            conn.close(0u32.into(), b"refused");
-            return match r.code {
-                RefusalCode::Revoked
-                | RefusalCode::UnknownNode
-                | RefusalCode::UnsupportedProtocol => Err(Fatal::Refused(r.message).into()),
-                _ => anyhow::bail!("refused: {}", r.message),
-            };
-        }
-        other => anyhow::bail!("unexpected first answer: {other:?}"),
-    };
+    let (conn, mut send, recv, welcome) = handshake(endpoint, config, addr).await?;
+    let remote = conn.remote_address();
     tracing::info!(node = %welcome.node_id, coordinator = %remote, "connected");
     write_frame(&mut send, &AgentMessage::Inventory(inventory.clone())).await?;
     write_frame(&mut send, &AgentMessage::Containers(jobs.report())).await?;
@@ -199,6 +247,7 @@ async fn session(
     // Frames are read by a task of their own: a read must never be cut short by another branch of
     // the select below, or the stream would lose its place between frames.
     let (commands_tx, mut commands) = tokio::sync::mpsc::channel::<CoordinatorMessage>(64);
+    let mut recv = recv;
     let reader = tokio::spawn(async move {
         while let Some(msg) = read_frame::<CoordinatorMessage, _>(&mut recv).await? {
             if commands_tx.send(msg).await.is_err() {

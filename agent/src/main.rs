@@ -61,7 +61,9 @@ async fn main() -> ExitCode {
     let config = corral_agent::Config {
         coordinator: args.coordinator,
         token,
-        state_dir: args.state_dir.unwrap_or_else(|| corral_proto::paths::default_dir("corral-agent")),
+        state_dir: args
+            .state_dir
+            .unwrap_or_else(|| corral_proto::paths::default_dir("corral-agent")),
         name: args.name,
         fleet: args.fleet,
         nvml_library: args.nvml_library,

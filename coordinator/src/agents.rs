@@ -99,7 +99,17 @@ async fn handle_connection(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let remote = incoming.remote_address();
-    let conn = incoming.await.context("handshake failed")?;
+    let conn = incoming.await.map_err(|e| {
+        let text = e.to_string();
+        let why = if text.contains("by peer") {
+            "the agent refused this coordinator's certificate (it trusts another coordinator's CA)"
+        } else if text.contains("invalid peer certificate") {
+            "refused an agent whose certificate is not signed by this coordinator's CA (enrolled elsewhere?)"
+        } else {
+            "handshake failed"
+        };
+        anyhow::Error::new(e).context(why)
+    })?;
     let fingerprint = peer_fingerprint(&conn);
     let (mut send, mut recv) = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi())
         .await
@@ -324,6 +334,9 @@ async fn session(
         anyhow::Ok(())
     }
     .await;
+    // An agent that closed the connection on purpose (shutdown, restart) ended the session cleanly.
+    let closed_cleanly = matches!(conn.close_reason(), Some(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == 0u32.into());
+    let result = if closed_cleanly { Ok(()) } else { result };
 
     session_done.cancel();
     let _ = writer.await;

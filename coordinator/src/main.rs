@@ -36,7 +36,9 @@ async fn main() -> ExitCode {
         .init();
     let args = Args::parse();
     let config = corral_coordinator::Config {
-        data_dir: args.data_dir.unwrap_or_else(|| corral_proto::paths::default_dir("corral")),
+        data_dir: args
+            .data_dir
+            .unwrap_or_else(|| corral_proto::paths::default_dir("corral")),
         http_listen: args.http_listen,
         quic_listen: args.quic_listen,
         ..Default::default()
