@@ -388,13 +388,7 @@ fn job_log_finished(state: &State, id: &JobId, complete: bool) -> bool {
 
 async fn list_nodes(Extract(state): Extract<AppState>) -> Result<Json<Vec<api::Node>>, Error> {
     let placed = state.store.placed_jobs()?;
-    let connected: Vec<NodeId> = state
-        .sessions
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .keys()
-        .cloned()
-        .collect();
+    let connected = state.connected_nodes();
     let nodes = state
         .store
         .nodes()?

@@ -85,6 +85,16 @@ pub struct State {
 }
 
 impl State {
+    /// The nodes with a live session.
+    pub fn connected_nodes(&self) -> std::collections::HashSet<NodeId> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     pub fn session(&self, node: &NodeId) -> Option<Session> {
         self.sessions
             .lock()

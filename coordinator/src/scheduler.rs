@@ -57,13 +57,7 @@ pub fn schedule_once(state: &State) -> anyhow::Result<()> {
     if queued.is_empty() {
         return Ok(());
     }
-    let connected: Vec<NodeId> = state
-        .sessions
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .keys()
-        .cloned()
-        .collect();
+    let connected = state.connected_nodes();
     let mut nodes: Vec<(NodeId, String, HostInventory)> = state
         .store
         .nodes()?

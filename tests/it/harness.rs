@@ -321,6 +321,14 @@ pub async fn logs(client: &Client, name: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
+pub fn docker_exists(container: &str) -> bool {
+    std::process::Command::new("docker")
+        .args(["inspect", container])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
 pub fn docker_running(container: &str) -> bool {
     std::process::Command::new("docker")
         .args(["inspect", "-f", "{{.State.Running}}", container])

@@ -7,14 +7,6 @@ use corral_proto::job::{JobState, TerminationReason};
 
 use crate::harness::*;
 
-fn docker_exists(container: &str) -> bool {
-    std::process::Command::new("docker")
-        .args(["inspect", container])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_a_pending_run_ends_it() -> anyhow::Result<()> {
     let c = OneNode::start().await?;

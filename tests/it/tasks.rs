@@ -35,14 +35,6 @@ async fn task_output_and_exit_code_reach_the_cli() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn docker_exists(container: &str) -> bool {
-    std::process::Command::new("docker")
-        .args(["inspect", container])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_command_fails_the_run_with_its_code() -> anyhow::Result<()> {
     let c = OneNode::start().await?;
