@@ -282,6 +282,7 @@ async fn session(
             },
         );
     tracing::info!(node = %node.name, %remote, "agent connected");
+    state.node_changed(&node.id);
 
     let session_done = shutdown.child_token();
     let writer = {
@@ -347,6 +348,7 @@ async fn session(
             sessions.remove(&node.id);
         }
     }
+    state.node_changed(&node.id);
     conn.close(0u32.into(), b"session ended");
     tracing::info!(node = %node.name, "agent disconnected");
     result
@@ -363,7 +365,7 @@ fn handle_message(
         AgentMessage::Inventory(inv) => {
             tracing::info!(node = %node.name, gpus = inv.gpus.len(), cpus = inv.cpu_cores, "inventory");
             state.store.set_inventory(&node.id, &inv)?;
-            state.wake_scheduler.notify_one();
+            state.node_changed(&node.id);
         }
         AgentMessage::Containers(reports) => reconcile(state, node, tx, &reports)?,
         AgentMessage::JobUpdate(update) => apply_update(state, node, tx, update)?,
@@ -393,10 +395,7 @@ fn apply_update(
     };
     match u.reason {
         Some(reason) => {
-            if state
-                .store
-                .finish(&u.job_id, reason, u.exit_code, u.message.as_deref())?
-            {
+            if state.finish_job(&u.job_id, reason, u.exit_code, u.message.as_deref())? {
                 tracing::info!(job = %u.job_id, %reason, exit_code = ?u.exit_code, "job finished");
             }
             let _ = tx.try_send(CoordinatorMessage::ForgetJob { job_id: u.job_id });
@@ -477,7 +476,7 @@ fn reconcile(
                 let reason = job
                     .termination_reason
                     .unwrap_or(TerminationReason::StoppedByUser);
-                state.store.finish(
+                state.finish_job(
                     &job.id,
                     reason,
                     None,
@@ -486,7 +485,7 @@ fn reconcile(
             }
             _ => {
                 tracing::warn!(job = %job.id, node = %node.name, "container vanished; job failed");
-                state.store.finish(
+                state.finish_job(
                     &job.id,
                     TerminationReason::ContainerLost,
                     None,

@@ -186,6 +186,12 @@ async fn submit_run(
         ));
     }
     tracing::info!(run = %name, id = %run_id, "run submitted");
+    {
+        let mut sched = state.scheduler.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = sched.enqueue(&state.store, &run_id) {
+            tracing::error!("cannot queue run {name}: {e:#}");
+        }
+    }
     // Place it now rather than at the next pass, so that `apply` shows where it went. The run is
     // stored either way: a failed pass is retried by the scheduler.
     if let Err(e) = crate::scheduler::schedule_once(&state) {
@@ -262,6 +268,11 @@ async fn stop_run(
         // Not placed yet: it ends here. The scheduler may place it meanwhile; then it is stopped
         // on its node like any placed job.
         if state.store.cancel_queued(&job.id, reason)? {
+            state
+                .scheduler
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .dequeue(&run.id);
             continue;
         }
         let Some(job) = state.store.job(&job.id)? else {
@@ -284,7 +295,7 @@ async fn stop_run(
         if !sent && abort {
             // The node is away: record the end now; when it reconnects, reconciliation kills the
             // container of a job that has ended.
-            state.store.finish(
+            state.finish_job(
                 &job.id,
                 reason,
                 None,

@@ -15,6 +15,7 @@ pub mod agents;
 pub mod http;
 pub mod logs;
 pub mod pki;
+pub mod placement;
 pub mod scheduler;
 pub mod secrets;
 pub mod store;
@@ -78,13 +79,50 @@ pub struct State {
     pub logs: LogStore,
     pub sessions: Mutex<HashMap<NodeId, Session>>,
     pub wake_scheduler: Notify,
-    /// Held for a whole placement pass: two passes at once could give one GPU to two jobs.
-    pub placement: Mutex<()>,
+    /// The queue and the placement index; held for a whole pass, so passes never overlap.
+    pub scheduler: Mutex<scheduler::Scheduler>,
     /// Every task of this coordinator, drained on shutdown.
     pub tasks: TaskTracker,
 }
 
 impl State {
+    /// Records a job's end (the first word stands), gives its resources back to the scheduler and
+    /// wakes it. Returns false when the job had already ended.
+    pub fn finish_job(
+        &self,
+        id: &corral_proto::ids::JobId,
+        reason: corral_proto::job::TerminationReason,
+        exit_code: Option<i64>,
+        message: Option<&str>,
+    ) -> Result<bool, store::StoreError> {
+        let job = self.store.job(id)?;
+        if !self.store.finish(id, reason, exit_code, message)? {
+            return Ok(false);
+        }
+        if let Some(job) = job {
+            if let (Some(node), Some(a)) = (&job.node_id, &job.allocation) {
+                if !job.state.is_finished() {
+                    self.scheduler
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .release(node, a);
+                }
+            }
+        }
+        self.wake_scheduler.notify_one();
+        Ok(true)
+    }
+
+    /// Tells the scheduler a node came, went, or changed.
+    pub fn node_changed(&self, id: &NodeId) {
+        let mut sched = self.scheduler.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = sched.node_changed(self, id) {
+            tracing::warn!(node = %id, "cannot refresh the node for scheduling: {e:#}");
+        }
+        drop(sched);
+        self.wake_scheduler.notify_one();
+    }
+
     /// The nodes with a live session.
     pub fn connected_nodes(&self) -> std::collections::HashSet<NodeId> {
         self.sessions
@@ -219,7 +257,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         logs,
         sessions: Mutex::new(HashMap::new()),
         wake_scheduler: Notify::new(),
-        placement: Mutex::new(()),
+        scheduler: Mutex::new(scheduler::Scheduler::new()),
         tasks: TaskTracker::new(),
     });
 

@@ -1,27 +1,37 @@
-//! Placement: each pass takes the queued jobs oldest first and puts each on the first connected node
-//! where it fits, reserving GPUs by index so that no two jobs share one. A job that fits nowhere
-//! stays `pending` with the reason, per node, in its status message.
+//! The scheduler: a queue of runs waiting for nodes, ordered by `priority` (high first) and then
+//! submission time, and the [`placement::Index`] of what every node has free. A pass walks the
+//! queue and places every run that fits — a run that does not fit never blocks smaller ones behind
+//! it — then writes all assignments in one transaction and sends the nodes their jobs.
+//!
+//! The index and the queue live in memory and follow events (submission, job end, node connect,
+//! inventory). They are rebuilt from the store on start and every [`RESYNC`] regardless, so a missed
+//! event costs a little time, never a double booking for long.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use corral_proto::config::{Configuration, TaskConfig};
-use corral_proto::ids::NodeId;
-use corral_proto::inventory::HostInventory;
+use corral_proto::ids::{JobId, NodeId, RunId};
 use corral_proto::job::JobSpec;
-use corral_proto::resources::{Allocation, Memory, fit};
+use corral_proto::resources::Allocation;
 use corral_proto::wire::CoordinatorMessage;
 
 use crate::State;
-use crate::store::JobRow;
+use crate::placement::{Index, Request};
+use crate::store::{JobRow, Store};
 
 /// Passes run at least this often even when nothing pokes the scheduler.
 const PERIOD: Duration = Duration::from_secs(2);
+/// How often the in-memory view is rebuilt from the store.
+const RESYNC: Duration = Duration::from_secs(30);
 /// Grace between SIGTERM and SIGKILL for `stop_duration: off` ("as long as it takes"): a day.
 pub const UNBOUNDED_STOP_GRACE_SECS: u64 = 24 * 3600;
+/// Where a multi-node job finds its MPI hostfile.
+const MPI_HOSTFILE: &str = "/tmp/corral-mpi-hostfile";
 
 pub async fn run(state: Arc<State>, shutdown: CancellationToken) {
     loop {
@@ -36,114 +46,304 @@ pub async fn run(state: Arc<State>, shutdown: CancellationToken) {
     }
 }
 
-#[derive(Default)]
-struct Usage {
-    cpus: u32,
-    memory: Memory,
-    gpus: Vec<u32>,
+/// Queue order: higher priority first, then older first.
+type QueueKey = (Reverse<u8>, i64, RunId);
+
+struct Queued {
+    run_name: String,
+    project: String,
+    /// The run's jobs by rank.
+    jobs: Vec<JobId>,
+    task: TaskConfig,
+    request: Request,
+    /// Requests alike share a key: once one fails in a pass, the others are not tried again.
+    shape: String,
+    /// The reason last written to the store, to write only changes.
+    reason: Option<String>,
 }
 
-impl Usage {
-    fn add(&mut self, a: &Allocation) {
-        self.cpus += a.cpus;
-        self.memory = Memory(self.memory.0 + a.memory.0);
-        self.gpus.extend(&a.gpu_indices);
+pub struct Scheduler {
+    index: Index,
+    queue: BTreeMap<QueueKey, Queued>,
+    addresses: HashMap<NodeId, String>,
+    synced_at: Option<tokio::time::Instant>,
+}
+
+impl Default for Scheduler {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
-pub fn schedule_once(state: &State) -> anyhow::Result<()> {
-    let _pass = state.placement.lock().unwrap_or_else(|e| e.into_inner());
-    let queued = state.store.queued_jobs()?;
-    if queued.is_empty() {
-        return Ok(());
-    }
-    let connected = state.connected_nodes();
-    let mut nodes: Vec<(NodeId, String, HostInventory)> = state
-        .store
-        .nodes()?
-        .into_iter()
-        .filter(|n| connected.contains(&n.id))
-        .filter_map(|n| Some((n.id, n.name, n.inventory?)))
-        .collect();
-    nodes.sort_by(|a, b| a.1.cmp(&b.1));
-    let mut usage: HashMap<NodeId, Usage> = HashMap::new();
-    for job in state.store.placed_jobs()? {
-        if let (Some(node), Some(alloc)) = (&job.node_id, &job.allocation) {
-            usage.entry(node.clone()).or_default().add(alloc);
+impl Scheduler {
+    pub fn new() -> Self {
+        Self {
+            index: Index::new(),
+            queue: BTreeMap::new(),
+            addresses: HashMap::new(),
+            synced_at: None,
         }
     }
 
-    for job in queued {
-        let Configuration::Task(task) = &job.configuration else {
-            continue;
-        };
-        if nodes.is_empty() {
-            state
-                .store
-                .set_pending(&job.id, "no nodes are connected (see `corral node list`)")?;
-            continue;
-        }
-        let mut misfits = Vec::new();
-        let mut placed = None;
-        for (id, name, inv) in &nodes {
-            let used = usage.entry(id.clone()).or_default();
-            match fit(&task.resources, inv, used.cpus, used.memory, &used.gpus) {
-                Ok(alloc) => {
-                    placed = Some((id.clone(), alloc));
-                    break;
-                }
-                Err(why) => misfits.push(format!("{name}: {why}")),
+    /// Rebuilds the index and the queue from the store.
+    fn resync(&mut self, state: &State) -> anyhow::Result<()> {
+        let connected = state.connected_nodes();
+        let mut index = Index::new();
+        self.addresses.clear();
+        for n in state.store.nodes()? {
+            let Some(inv) = n.inventory else { continue };
+            let cluster = n
+                .fleet
+                .as_deref()
+                .is_some_and(|f| state.store.fleet_is_cluster(f).unwrap_or(false));
+            index.upsert(&n.id, &n.name, n.fleet.clone(), cluster, inv);
+            index.set_connected(&n.id, connected.contains(&n.id));
+            index.set_cordoned(&n.id, n.cordoned);
+            if let Some(a) = n.address {
+                self.addresses.insert(n.id, a);
             }
         }
-        let Some((node, alloc)) = placed else {
-            state
-                .store
-                .set_pending(&job.id, &format!("no node fits: {}", misfits.join("; ")))?;
-            continue;
+        for job in state.store.placed_jobs()? {
+            if let (Some(node), Some(a)) = (&job.node_id, &job.allocation) {
+                index.reserve(node, a);
+            }
+        }
+        self.index = index;
+        let reasons: HashMap<RunId, Option<String>> = self
+            .queue
+            .iter()
+            .map(|((_, _, id), q)| (id.clone(), q.reason.clone()))
+            .collect();
+        self.queue.clear();
+        for job in state.store.queued_jobs()? {
+            self.enqueue_job(job);
+        }
+        for ((_, _, id), q) in &mut self.queue {
+            q.reason = reasons.get(id).cloned().flatten();
+        }
+        self.synced_at = Some(tokio::time::Instant::now());
+        Ok(())
+    }
+
+    fn enqueue_job(&mut self, job: JobRow) {
+        let Configuration::Task(task) = job.configuration else {
+            return;
         };
-        let spec = job_spec(&job, task, &node, alloc);
-        if state.store.assign(&job.id, &node, &spec)? {
-            usage.entry(node.clone()).or_default().add(&spec.allocation);
-            tracing::info!(job = %job.id, run = %job.run_name, %node, gpus = ?spec.allocation.gpu_indices, "job placed");
+        let key = (
+            Reverse(task.priority.unwrap_or(0)),
+            job.submitted_ms,
+            job.run_id.clone(),
+        );
+        let entry = self.queue.entry(key).or_insert_with(|| {
+            let request = Request {
+                resources: task.resources.clone(),
+                nodes: task.nodes.max(1),
+                fleets: task
+                    .provisioning
+                    .fleets
+                    .iter()
+                    .map(|f| f.name.clone())
+                    .collect(),
+            };
+            let shape = format!("{request:?}");
+            Queued {
+                run_name: job.run_name.clone(),
+                project: job.project.clone(),
+                jobs: Vec::new(),
+                task,
+                request,
+                shape,
+                reason: None,
+            }
+        });
+        let rank = job.job_num as usize;
+        if entry.jobs.len() <= rank {
+            entry.jobs.resize(rank + 1, JobId(String::new()));
+        }
+        entry.jobs[rank] = job.id;
+    }
+
+    /// Adds a newly stored run's jobs to the queue.
+    pub fn enqueue(&mut self, store: &Store, run: &RunId) -> anyhow::Result<()> {
+        for job in store.jobs_where(
+            "WHERE j.run_id = ?1 AND j.state IN ('submitted', 'pending')",
+            [&run.0],
+        )? {
+            self.enqueue_job(job);
+        }
+        Ok(())
+    }
+
+    /// Drops a run from the queue (stopped before it was placed).
+    pub fn dequeue(&mut self, run: &RunId) {
+        self.queue.retain(|(_, _, id), _| id != run);
+    }
+
+    pub fn release(&mut self, node: &NodeId, a: &Allocation) {
+        self.index.release(node, a);
+    }
+
+    pub fn node_changed(&mut self, state: &State, node: &NodeId) -> anyhow::Result<()> {
+        let Some(n) = state.store.node(node)? else {
+            return Ok(());
+        };
+        if let Some(inv) = n.inventory {
+            let cluster = n
+                .fleet
+                .as_deref()
+                .is_some_and(|f| state.store.fleet_is_cluster(f).unwrap_or(false));
+            self.index
+                .upsert(&n.id, &n.name, n.fleet.clone(), cluster, inv);
+        }
+        self.index
+            .set_connected(&n.id, state.session(&n.id).is_some());
+        self.index.set_cordoned(&n.id, n.cordoned);
+        if let Some(a) = n.address {
+            self.addresses.insert(n.id, a);
+        }
+        Ok(())
+    }
+}
+
+/// One pass: places what fits, records why the rest waits. Passes are serialized by the
+/// scheduler's lock.
+pub fn schedule_once(state: &State) -> anyhow::Result<()> {
+    let mut sched = state.scheduler.lock().unwrap_or_else(|e| e.into_inner());
+    if sched.synced_at.is_none_or(|t| t.elapsed() > RESYNC) {
+        sched.resync(state)?;
+    }
+    if sched.queue.is_empty() {
+        return Ok(());
+    }
+    let sched = &mut *sched;
+    let mut failed_shapes: HashMap<String, String> = HashMap::new();
+    let mut placed: Vec<(QueueKey, Vec<(NodeId, Allocation)>)> = Vec::new();
+    let mut waits: Vec<(JobId, String)> = Vec::new();
+    for (key, q) in sched.queue.iter_mut() {
+        let outcome = match failed_shapes.get(&q.shape) {
+            Some(reason) => Err(reason.clone()),
+            None => sched.index.place(&q.request),
+        };
+        match outcome {
+            Ok(allocs) => placed.push((key.clone(), allocs)),
+            Err(reason) => {
+                failed_shapes
+                    .entry(q.shape.clone())
+                    .or_insert_with(|| reason.clone());
+                if q.reason.as_deref() != Some(&reason) {
+                    waits.extend(q.jobs.iter().map(|j| (j.clone(), reason.clone())));
+                    q.reason = Some(reason);
+                }
+            }
+        }
+    }
+    if !waits.is_empty() {
+        state.store.set_pending_many(&waits)?;
+    }
+    if placed.is_empty() {
+        return Ok(());
+    }
+
+    let gangs: Vec<Vec<(NodeId, JobSpec)>> = placed
+        .iter()
+        .map(|(key, allocs)| {
+            let q = &sched.queue[key];
+            gang_specs(q, &key.2, allocs, &sched.addresses)
+        })
+        .collect();
+    let assigned = state.store.assign_gangs(&gangs)?;
+    for (((key, allocs), gang), ok) in placed.into_iter().zip(gangs).zip(assigned) {
+        sched.queue.remove(&key);
+        if !ok {
+            // Stopped while being placed: give the resources back.
+            for (node, a) in &allocs {
+                sched.index.release(node, a);
+            }
+            continue;
+        }
+        for (node, spec) in gang {
+            tracing::debug!(job = %spec.job_id, run = %spec.run_name, %node, gpus = ?spec.allocation.gpu_indices, "job placed");
             state.send(&node, CoordinatorMessage::StartJob(Box::new(spec)));
         }
     }
     Ok(())
 }
 
-/// What the agent is told to run: the task's configuration plus the allocation and the variables
-/// every job sees (`CORRAL_*`, with dstack's `DSTACK_*` names as aliases).
-fn job_spec(job: &JobRow, task: &TaskConfig, node: &NodeId, allocation: Allocation) -> JobSpec {
-    let gpus = allocation.gpu_indices.len();
-    let mut env: Vec<(String, String)> = task
-        .env
+/// The specs of a placed run's jobs: the task's configuration plus each rank's allocation and the
+/// variables every job sees (`CORRAL_*`, with dstack's `DSTACK_*` names as aliases).
+fn gang_specs(
+    q: &Queued,
+    run_id: &RunId,
+    allocs: &[(NodeId, Allocation)],
+    addresses: &HashMap<NodeId, String>,
+) -> Vec<(NodeId, JobSpec)> {
+    let n = allocs.len();
+    let ips: Vec<String> = allocs
         .iter()
-        .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+        .map(|(node, _)| addresses.get(node).cloned().unwrap_or_default())
         .collect();
-    for (name, value) in [
-        ("RUN_NAME", job.run_name.clone()),
-        ("RUN_ID", job.run_id.to_string()),
-        ("JOB_ID", job.id.to_string()),
-        ("NODE_RANK", job.job_num.to_string()),
-        ("NODES_NUM", "1".to_owned()),
-        ("GPUS_PER_NODE", gpus.to_string()),
-        ("GPUS_NUM", gpus.to_string()),
-    ] {
-        env.push((format!("CORRAL_{name}"), value.clone()));
-        env.push((format!("DSTACK_{name}"), value));
-    }
-    JobSpec {
-        job_id: job.id.clone(),
-        run_id: job.run_id.clone(),
-        run_name: job.run_name.clone(),
-        project: job.project.clone(),
-        node_id: node.clone(),
-        image: task.image.clone().unwrap_or_default(),
-        commands: task.commands.clone(),
-        env,
-        working_dir: task.working_dir.clone(),
-        allocation,
-        max_duration_secs: task.max_duration_secs,
-        stop_grace_secs: task.stop_duration_secs.unwrap_or(UNBOUNDED_STOP_GRACE_SECS),
-    }
+    let gpus_per_node = allocs.first().map_or(0, |(_, a)| a.gpu_indices.len());
+    let gpus_total: usize = allocs.iter().map(|(_, a)| a.gpu_indices.len()).sum();
+    let hostfile: String = ips
+        .iter()
+        .zip(allocs)
+        .map(|(ip, (_, a))| format!("{ip} slots={}\n", a.gpu_indices.len().max(1)))
+        .collect();
+    allocs
+        .iter()
+        .enumerate()
+        .map(|(rank, (node, allocation))| {
+            let job_id = q
+                .jobs
+                .get(rank)
+                .cloned()
+                .unwrap_or_else(|| JobId(String::new()));
+            let mut env: Vec<(String, String)> = q
+                .task
+                .env
+                .iter()
+                .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+                .collect();
+            let mut vars = vec![
+                ("RUN_NAME", q.run_name.clone()),
+                ("RUN_ID", run_id.to_string()),
+                ("JOB_ID", job_id.to_string()),
+                ("NODE_RANK", rank.to_string()),
+                ("NODES_NUM", n.to_string()),
+                ("GPUS_PER_NODE", gpus_per_node.to_string()),
+                ("GPUS_NUM", gpus_total.to_string()),
+            ];
+            if n > 1 {
+                vars.push(("MASTER_NODE_IP", ips[0].clone()));
+                vars.push(("NODES_IPS", ips.join("\n")));
+                vars.push(("MPI_HOSTFILE", MPI_HOSTFILE.to_owned()));
+            }
+            for (name, value) in vars {
+                env.push((format!("CORRAL_{name}"), value.clone()));
+                env.push((format!("DSTACK_{name}"), value));
+            }
+            let mut commands = q.task.commands.clone();
+            if n > 1 && !commands.is_empty() {
+                commands.insert(0, format!("printf '%s' '{hostfile}' > {MPI_HOSTFILE}"));
+            }
+            let spec = JobSpec {
+                job_id,
+                run_id: run_id.clone(),
+                run_name: q.run_name.clone(),
+                project: q.project.clone(),
+                node_id: node.clone(),
+                image: q.task.image.clone().unwrap_or_default(),
+                commands,
+                env,
+                working_dir: q.task.working_dir.clone(),
+                allocation: allocation.clone(),
+                max_duration_secs: q.task.max_duration_secs,
+                stop_grace_secs: q
+                    .task
+                    .stop_duration_secs
+                    .unwrap_or(UNBOUNDED_STOP_GRACE_SECS),
+            };
+            (node.clone(), spec)
+        })
+        .collect()
 }

@@ -30,7 +30,8 @@ pub enum StoreError {
 type Result<T> = std::result::Result<T, StoreError>;
 
 /// Each entry is applied once, in order; `PRAGMA user_version` counts how many have been.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE projects (name TEXT PRIMARY KEY, created_ms INTEGER NOT NULL);
 CREATE TABLE api_tokens (hash TEXT PRIMARY KEY, name TEXT NOT NULL, created_ms INTEGER NOT NULL);
 CREATE TABLE join_tokens (
@@ -51,7 +52,14 @@ CREATE TABLE jobs (
     started_ms INTEGER, finished_ms INTEGER);
 CREATE INDEX jobs_by_state ON jobs(state);
 INSERT INTO projects VALUES ('main', 0);
-"#];
+"#,
+    r#"
+ALTER TABLE nodes ADD COLUMN cordoned INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE fleets (
+    project TEXT NOT NULL REFERENCES projects(name), name TEXT NOT NULL,
+    configuration TEXT NOT NULL, created_ms INTEGER NOT NULL, PRIMARY KEY (project, name));
+"#,
+];
 
 pub struct Store {
     conn: Mutex<Connection>,
@@ -89,6 +97,7 @@ pub struct NodeRow {
     pub agent_version: Option<String>,
     pub inventory: Option<HostInventory>,
     pub revoked: bool,
+    pub cordoned: bool,
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -272,7 +281,7 @@ impl Store {
     fn query_nodes<P: rusqlite::Params>(&self, filter: &str, p: P) -> Result<Vec<NodeRow>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
-            "SELECT id, name, fleet, enrolled_ms, last_seen_ms, address, agent_version, inventory, revoked FROM nodes {filter}"
+            "SELECT id, name, fleet, enrolled_ms, last_seen_ms, address, agent_version, inventory, revoked, cordoned FROM nodes {filter}"
         ))?;
         let nodes = stmt
             .query_map(p, |r| {
@@ -286,10 +295,77 @@ impl Store {
                     agent_version: r.get(6)?,
                     inventory: opt_json_col(r, 7)?,
                     revoked: r.get(8)?,
+                    cordoned: r.get(9)?,
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(nodes)
+    }
+
+    pub fn node(&self, id: &NodeId) -> Result<Option<NodeRow>> {
+        self.query_nodes("WHERE id = ?1", [&id.0])
+            .map(|mut v| v.pop())
+    }
+
+    pub fn set_cordoned(&self, id: &NodeId, cordoned: bool) -> Result<()> {
+        self.conn().execute(
+            "UPDATE nodes SET cordoned = ?2 WHERE id = ?1",
+            params![id.0, cordoned],
+        )?;
+        Ok(())
+    }
+
+    // --- fleets ---
+
+    /// Creates or replaces a fleet's configuration.
+    pub fn put_fleet(
+        &self,
+        project: &str,
+        name: &str,
+        cfg: &corral_proto::config::FleetConfig,
+    ) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO fleets VALUES (?1, ?2, ?3, ?4) ON CONFLICT (project, name) DO UPDATE SET configuration = excluded.configuration",
+            params![project, name, json(cfg), now_ms()],
+        )?;
+        Ok(())
+    }
+
+    pub fn fleets(
+        &self,
+        project: &str,
+    ) -> Result<Vec<(String, corral_proto::config::FleetConfig, i64)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT name, configuration, created_ms FROM fleets WHERE project = ?1 ORDER BY name",
+        )?;
+        let rows = stmt
+            .query_map([project], |r| Ok((r.get(0)?, json_col(r, 1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    pub fn delete_fleet(&self, project: &str, name: &str) -> Result<bool> {
+        let n = self.conn().execute(
+            "DELETE FROM fleets WHERE project = ?1 AND name = ?2",
+            params![project, name],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Whether the fleet (of any project) was configured with `placement: cluster`.
+    pub fn fleet_is_cluster(&self, name: &str) -> Result<bool> {
+        let cfg: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT configuration FROM fleets WHERE name = ?1 LIMIT 1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(cfg) = cfg else { return Ok(false) };
+        let cfg: corral_proto::config::FleetConfig = from_json("fleet configuration", &cfg)?;
+        Ok(cfg.placement == corral_proto::config::Placement::Cluster)
     }
 
     pub fn node_connected(&self, id: &NodeId, address: &str, agent_version: &str) -> Result<()> {
@@ -388,21 +464,56 @@ impl Store {
         self.jobs_where("WHERE j.node_id IS NOT NULL AND j.state IN ('provisioning', 'pulling', 'running', 'terminating')", [])
     }
 
-    pub fn set_pending(&self, id: &JobId, reason: &str) -> Result<()> {
-        self.conn().execute(
-            "UPDATE jobs SET state = 'pending', status_message = ?2 WHERE id = ?1 AND state IN ('submitted', 'pending')",
-            params![id.0, reason],
-        )?;
-        Ok(())
+    /// Assigns placed gangs in one transaction. Each gang (the jobs of one run) is assigned whole or
+    /// not at all: a job that is no longer queued (stopped meanwhile) voids its gang. Returns, per
+    /// gang, whether it was assigned.
+    pub fn assign_gangs(&self, gangs: &[Vec<(NodeId, JobSpec)>]) -> Result<Vec<bool>> {
+        let mut conn = self.conn();
+        let mut tx = conn.transaction()?;
+        let mut out = Vec::with_capacity(gangs.len());
+        for gang in gangs {
+            let sp = tx.savepoint()?;
+            let mut all = true;
+            {
+                let mut stmt = sp.prepare_cached(
+                    "UPDATE jobs SET state = 'provisioning', node_id = ?2, allocation = ?3, spec = ?4, status_message = NULL \
+                     WHERE id = ?1 AND state IN ('submitted', 'pending')",
+                )?;
+                for (node, spec) in gang {
+                    let n = stmt.execute(params![
+                        spec.job_id.0,
+                        node.0,
+                        json(&spec.allocation),
+                        json(spec)
+                    ])?;
+                    all &= n == 1;
+                }
+            }
+            if all {
+                sp.commit()?;
+            } else {
+                drop(sp); // rolls the gang back
+            }
+            out.push(all);
+        }
+        tx.commit()?;
+        Ok(out)
     }
 
-    pub fn assign(&self, id: &JobId, node: &NodeId, spec: &JobSpec) -> Result<bool> {
-        let n = self.conn().execute(
-            "UPDATE jobs SET state = 'provisioning', node_id = ?2, allocation = ?3, spec = ?4, status_message = NULL \
-             WHERE id = ?1 AND state IN ('submitted', 'pending')",
-            params![id.0, node.0, json(&spec.allocation), json(spec)],
-        )?;
-        Ok(n == 1)
+    /// Records why queued jobs wait, in one transaction.
+    pub fn set_pending_many(&self, waits: &[(JobId, String)]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE jobs SET state = 'pending', status_message = ?2 WHERE id = ?1 AND state IN ('submitted', 'pending')",
+            )?;
+            for (id, reason) in waits {
+                stmt.execute(params![id.0, reason])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Records a non-final state reported by an agent. Never moves a finished job back.

@@ -141,7 +141,7 @@ async fn two_gpu_tasks_never_share_a_gpu() -> anyhow::Result<()> {
             .status_message
             .clone()
             .unwrap_or_default()
-            .contains("0 of 2 free"),
+            .contains("no node with 1 GPU(s) free; 1 node(s) have them busy"),
         "{:?}",
         c.jobs[0].status_message
     );

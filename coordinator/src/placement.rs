@@ -1,0 +1,352 @@
+//! The placement index: every node's capacity and what is reserved on it, and the choice of where a
+//! job goes. Pure and synchronous — no store, no clock — so property tests and benchmarks drive it
+//! directly; [`crate::scheduler`] keeps it in step with the store.
+//!
+//! Bin-packing: among the nodes where a job fits, the one left with the fewest free GPUs wins, so
+//! that whole nodes stay free for large jobs. Nodes sit in buckets by
+//! their number of free GPUs, so a job that needs `g` GPUs looks at the buckets `g, g+1, ...` and
+//! the first node that fits is the tightest fit: placement costs a few bucket probes, not a scan
+//! of the cluster.
+
+use std::collections::{BTreeSet, HashMap};
+
+use corral_proto::ids::NodeId;
+use corral_proto::inventory::HostInventory;
+use corral_proto::resources::{Allocation, Memory, ResourcesSpec, fit};
+
+pub struct NodeSlot {
+    pub id: NodeId,
+    pub name: String,
+    pub fleet: Option<String>,
+    /// The node's fleet has `placement: cluster`: its nodes reach each other (multi-node jobs).
+    pub cluster: bool,
+    pub inventory: HostInventory,
+    pub connected: bool,
+    pub cordoned: bool,
+    used_cpus: u32,
+    used_memory: Memory,
+    used_gpus: Vec<u32>,
+}
+
+impl NodeSlot {
+    fn schedulable(&self) -> bool {
+        self.connected && !self.cordoned
+    }
+
+    fn free_gpus(&self) -> usize {
+        self.inventory
+            .gpus
+            .len()
+            .saturating_sub(self.used_gpus.len())
+    }
+
+    pub fn used_gpus(&self) -> &[u32] {
+        &self.used_gpus
+    }
+}
+
+/// What a job asks of the cluster.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    pub resources: ResourcesSpec,
+    /// How many nodes, all or none (a gang).
+    pub nodes: u32,
+    /// Only nodes of these fleets; empty: any fleet.
+    pub fleets: Vec<String>,
+}
+
+impl Request {
+    fn min_gpus(&self) -> usize {
+        self.resources
+            .gpu
+            .as_ref()
+            .map_or(0, |g| g.min_count() as usize)
+    }
+}
+
+#[derive(Default)]
+pub struct Index {
+    slots: Vec<NodeSlot>,
+    pos: HashMap<NodeId, usize>,
+    /// `buckets[k]`: schedulable nodes with exactly `k` free GPUs, by slot number.
+    buckets: Vec<BTreeSet<usize>>,
+}
+
+impl Index {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn node(&self, id: &NodeId) -> Option<&NodeSlot> {
+        self.pos.get(id).map(|&i| &self.slots[i])
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeSlot> {
+        self.slots.iter()
+    }
+
+    fn unbucket(&mut self, i: usize) {
+        let k = self.slots[i].free_gpus();
+        if let Some(b) = self.buckets.get_mut(k) {
+            b.remove(&i);
+        }
+    }
+
+    fn rebucket(&mut self, i: usize) {
+        if !self.slots[i].schedulable() {
+            return;
+        }
+        let k = self.slots[i].free_gpus();
+        if self.buckets.len() <= k {
+            self.buckets.resize_with(k + 1, BTreeSet::new);
+        }
+        self.buckets[k].insert(i);
+    }
+
+    /// Adds a node or refreshes what is known of it (reservations are kept).
+    pub fn upsert(
+        &mut self,
+        id: &NodeId,
+        name: &str,
+        fleet: Option<String>,
+        cluster: bool,
+        inventory: HostInventory,
+    ) {
+        match self.pos.get(id) {
+            Some(&i) => {
+                self.unbucket(i);
+                let s = &mut self.slots[i];
+                s.name = name.to_owned();
+                s.fleet = fleet;
+                s.cluster = cluster;
+                s.inventory = inventory;
+                self.rebucket(i);
+            }
+            None => {
+                let i = self.slots.len();
+                self.slots.push(NodeSlot {
+                    id: id.clone(),
+                    name: name.to_owned(),
+                    fleet,
+                    cluster,
+                    inventory,
+                    connected: false,
+                    cordoned: false,
+                    used_cpus: 0,
+                    used_memory: Memory(0),
+                    used_gpus: Vec::new(),
+                });
+                self.pos.insert(id.clone(), i);
+            }
+        }
+    }
+
+    fn update(&mut self, id: &NodeId, f: impl FnOnce(&mut NodeSlot)) {
+        if let Some(&i) = self.pos.get(id) {
+            self.unbucket(i);
+            f(&mut self.slots[i]);
+            self.rebucket(i);
+        }
+    }
+
+    pub fn set_connected(&mut self, id: &NodeId, connected: bool) {
+        self.update(id, |s| s.connected = connected);
+    }
+
+    pub fn set_cordoned(&mut self, id: &NodeId, cordoned: bool) {
+        self.update(id, |s| s.cordoned = cordoned);
+    }
+
+    /// Records an allocation made earlier (on start, from the store).
+    pub fn reserve(&mut self, id: &NodeId, a: &Allocation) {
+        self.update(id, |s| {
+            s.used_cpus += a.cpus;
+            s.used_memory = Memory(s.used_memory.0 + a.memory.0);
+            for g in &a.gpu_indices {
+                if !s.used_gpus.contains(g) {
+                    s.used_gpus.push(*g);
+                }
+            }
+        });
+    }
+
+    pub fn release(&mut self, id: &NodeId, a: &Allocation) {
+        self.update(id, |s| {
+            s.used_cpus = s.used_cpus.saturating_sub(a.cpus);
+            s.used_memory = Memory(s.used_memory.0.saturating_sub(a.memory.0));
+            s.used_gpus.retain(|g| !a.gpu_indices.contains(g));
+        });
+    }
+
+    /// Forgets every reservation (before re-reading them all from the store).
+    pub fn clear_reservations(&mut self) {
+        for i in 0..self.slots.len() {
+            self.unbucket(i);
+            let s = &mut self.slots[i];
+            s.used_cpus = 0;
+            s.used_memory = Memory(0);
+            s.used_gpus.clear();
+            self.rebucket(i);
+        }
+    }
+
+    fn eligible(&self, i: usize, req: &Request) -> bool {
+        let s = &self.slots[i];
+        s.schedulable()
+            && (req.fleets.is_empty() || s.fleet.as_ref().is_some_and(|f| req.fleets.contains(f)))
+    }
+
+    /// The tightest node (not in `skip`) where one member of `req` fits, and what it would get:
+    /// the first fit in the lowest bucket that has one.
+    fn best_fit(
+        &self,
+        req: &Request,
+        skip: &[usize],
+        fleet: Option<&str>,
+    ) -> Option<(usize, Allocation)> {
+        for bucket in self.buckets.iter().skip(req.min_gpus()) {
+            for &i in bucket {
+                if skip.contains(&i) || !self.eligible(i, req) {
+                    continue;
+                }
+                let s = &self.slots[i];
+                if fleet.is_some_and(|f| s.fleet.as_deref() != Some(f)) {
+                    continue;
+                }
+                if let Ok(a) = fit(
+                    &req.resources,
+                    &s.inventory,
+                    s.used_cpus,
+                    s.used_memory,
+                    &s.used_gpus,
+                ) {
+                    return Some((i, a));
+                }
+            }
+        }
+        None
+    }
+
+    /// Places a request: reserves and returns one allocation per node, or says why it waits.
+    pub fn place(&mut self, req: &Request) -> Result<Vec<(NodeId, Allocation)>, String> {
+        let picked = if req.nodes <= 1 {
+            self.best_fit(req, &[], None).map(|p| vec![p])
+        } else {
+            self.place_gang(req)
+        };
+        let Some(picked) = picked else {
+            return Err(self.explain(req));
+        };
+        let mut out = Vec::with_capacity(picked.len());
+        for (i, a) in picked {
+            let id = self.slots[i].id.clone();
+            self.reserve(&id, &a);
+            out.push((id, a));
+        }
+        Ok(out)
+    }
+
+    /// `nodes: N`: N distinct nodes of one `placement: cluster` fleet, or nothing.
+    fn place_gang(&self, req: &Request) -> Option<Vec<(usize, Allocation)>> {
+        let mut fleets: Vec<&str> = self
+            .slots
+            .iter()
+            .filter(|s| s.cluster && s.schedulable())
+            .filter_map(|s| s.fleet.as_deref())
+            .filter(|f| req.fleets.is_empty() || req.fleets.iter().any(|r| r == f))
+            .collect();
+        fleets.sort_unstable();
+        fleets.dedup();
+        'fleets: for fleet in fleets {
+            let mut chosen: Vec<(usize, Allocation)> = Vec::new();
+            for _ in 0..req.nodes {
+                let skip: Vec<usize> = chosen.iter().map(|c| c.0).collect();
+                match self.best_fit(req, &skip, Some(fleet)) {
+                    Some(p) => chosen.push(p),
+                    None => continue 'fleets,
+                }
+            }
+            return Some(chosen);
+        }
+        None
+    }
+
+    /// Why nothing fits, in words a user can act on, counting nodes rather than listing them.
+    pub fn explain(&self, req: &Request) -> String {
+        let candidates: Vec<&NodeSlot> = self
+            .slots
+            .iter()
+            .filter(|s| {
+                req.fleets.is_empty() || s.fleet.as_ref().is_some_and(|f| req.fleets.contains(f))
+            })
+            .collect();
+        let scope = if req.fleets.is_empty() {
+            String::new()
+        } else {
+            format!(" in fleet(s) {}", req.fleets.join(", "))
+        };
+        if candidates.is_empty() {
+            return format!("no nodes{scope} (see `corral node list`)");
+        }
+        let usable: Vec<&&NodeSlot> = candidates.iter().filter(|s| s.schedulable()).collect();
+        if usable.is_empty() {
+            let offline = candidates.iter().filter(|s| !s.connected).count();
+            return format!(
+                "no node{scope} is ready: {offline} offline, {} cordoned",
+                candidates.len() - offline
+            );
+        }
+        if req.nodes > 1 {
+            let cluster = usable.iter().filter(|s| s.cluster).count();
+            if cluster < req.nodes as usize {
+                return format!(
+                    "nodes: {} needs that many ready nodes of one fleet with `placement: cluster`; {cluster} available",
+                    req.nodes
+                );
+            }
+        }
+        // Would it fit on an empty node? Then the nodes are busy, not unsuitable.
+        let empty_fit = |s: &NodeSlot| fit(&req.resources, &s.inventory, 0, Memory(0), &[]).is_ok();
+        let could = usable.iter().filter(|s| empty_fit(s)).count();
+        let what = match &req.resources.gpu {
+            Some(g) if g.min_count() > 0 => {
+                let mut kind: Vec<String> = Vec::new();
+                if !g.names.is_empty() {
+                    kind.push(g.names.join("/"));
+                } else if let Some(v) = g.vendor {
+                    kind.push(format!("{v:?}").to_lowercase());
+                }
+                if let Some(m) = &g.memory {
+                    kind.push(m.to_string());
+                }
+                let kind = if kind.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {}", kind.join(" "))
+                };
+                format!("{}{kind} GPU(s)", g.min_count())
+            }
+            _ => format!(
+                "cpu {} and memory {}",
+                req.resources.cpu.count, req.resources.memory
+            ),
+        };
+        if could == 0 {
+            // Say why for one node, as an example of the misfit.
+            let example = usable
+                .iter()
+                .find_map(|s| {
+                    fit(&req.resources, &s.inventory, 0, Memory(0), &[])
+                        .err()
+                        .map(|e| format!("{}: {e}", s.name))
+                })
+                .unwrap_or_default();
+            format!("no node{scope} has {what} (e.g. {example})")
+        } else {
+            format!("no node{scope} with {what} free; {could} node(s) have them busy")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
