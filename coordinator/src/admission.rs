@@ -25,19 +25,13 @@ pub fn check(cfg: &Configuration) -> Result<&TaskConfig, String> {
         }
         return refuse("image", "is required (Corral has no default image yet)");
     }
-    if task.nodes > 1 {
-        return refuse(
-            "nodes",
-            "multi-node tasks are not supported yet; use nodes: 1",
-        );
-    }
     if let Some(e) = task.env.iter().find(|e| e.value.is_none()) {
         return Err(format!(
             "env.{}: has no value (set it in the environment of `corral apply`)",
             e.name
         ));
     }
-    let unsupported: [(&str, bool, &str); 12] = [
+    let unsupported = [
         (
             "user",
             task.user.is_some(),
@@ -80,16 +74,15 @@ pub fn check(cfg: &Configuration) -> Result<&TaskConfig, String> {
             !task.files.is_empty(),
             "files are not uploaded to nodes yet; bake them into the image",
         ),
-        ("retry", task.retry.is_some(), "retry is not supported yet"),
         (
             "utilization_policy",
             task.utilization_policy.is_some(),
             "GPU utilization policies are not supported yet",
         ),
         (
-            "fleets",
-            !task.provisioning.fleets.is_empty() || !task.provisioning.instances.is_empty(),
-            "fleets are not supported yet",
+            "instances",
+            !task.provisioning.instances.is_empty(),
+            "choosing nodes by name is not supported yet; use fleets",
         ),
         (
             "backends",
@@ -122,16 +115,23 @@ mod tests {
         ))
         .expect_err("refused");
         assert!(e.starts_with("python:"), "{e}");
+        assert!(
+            check(&parse(
+                "type: task\nimage: busybox\nnodes: 2\ncommands: [\"echo\"]\n"
+            ))
+            .is_ok()
+        );
+        assert!(
+            check(&parse(
+                "type: task\nimage: busybox\nretry: true\ncommands: [\"echo\"]\n"
+            ))
+            .is_ok()
+        );
         let e = check(&parse(
-            "type: task\nimage: busybox\nnodes: 2\ncommands: [\"echo\"]\n",
+            "type: task\nimage: busybox\nvolumes: [\"/data:/data\"]\ncommands: [\"echo\"]\n",
         ))
         .expect_err("refused");
-        assert!(e.starts_with("nodes:"), "{e}");
-        let e = check(&parse(
-            "type: task\nimage: busybox\nretry: true\ncommands: [\"echo\"]\n",
-        ))
-        .expect_err("refused");
-        assert!(e.starts_with("retry:"), "{e}");
+        assert!(e.starts_with("volumes:"), "{e}");
         let e = check(&parse(
             "type: service\nimage: busybox\nport: 80\ncommands: [\"echo\"]\n",
         ))

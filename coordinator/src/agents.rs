@@ -282,6 +282,7 @@ async fn session(
             },
         );
     tracing::info!(node = %node.name, %remote, "agent connected");
+    state.heard_from(&node.id);
     state.node_changed(&node.id);
 
     let session_done = shutdown.child_token();
@@ -360,6 +361,7 @@ fn handle_message(
     tx: &mpsc::Sender<CoordinatorMessage>,
     msg: AgentMessage,
 ) -> anyhow::Result<()> {
+    state.heard_from(&node.id);
     match msg {
         AgentMessage::Hello(_) => {}
         AgentMessage::Inventory(inv) => {
@@ -370,7 +372,6 @@ fn handle_message(
         AgentMessage::Containers(reports) => reconcile(state, node, tx, &reports)?,
         AgentMessage::JobUpdate(update) => apply_update(state, node, tx, update)?,
         AgentMessage::Heartbeat { seq } => {
-            state.store.node_seen(&node.id)?;
             let _ = tx.try_send(CoordinatorMessage::HeartbeatAck { seq });
         }
     }

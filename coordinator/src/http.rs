@@ -18,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 use corral_proto::api::{self, ApiError, NodeStatus, StopRun, SubmitRun};
 use corral_proto::ids::{JobId, NodeId, RunId};
 use corral_proto::job::TerminationReason;
-use corral_proto::wire::CoordinatorMessage;
 
 use crate::State;
 use crate::secrets::{now_ms, random_hex, sha256_hex};
@@ -261,47 +260,8 @@ async fn stop_run(
     } else {
         TerminationReason::StoppedByUser
     };
-    for job in &run.jobs {
-        if job.state.is_finished() {
-            continue;
-        }
-        // Not placed yet: it ends here. The scheduler may place it meanwhile; then it is stopped
-        // on its node like any placed job.
-        if state.store.cancel_queued(&job.id, reason)? {
-            state
-                .scheduler
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .dequeue(&run.id);
-            continue;
-        }
-        let Some(job) = state.store.job(&job.id)? else {
-            continue;
-        };
-        let Some(node) = job.node_id.clone() else {
-            continue;
-        };
-        if !state.store.set_terminating(&job.id, reason)? {
-            continue;
-        }
-        let sent = state.send(
-            &node,
-            CoordinatorMessage::StopJob {
-                job_id: job.id.clone(),
-                abort,
-                reason,
-            },
-        );
-        if !sent && abort {
-            // The node is away: record the end now; when it reconnects, reconciliation kills the
-            // container of a job that has ended.
-            state.finish_job(
-                &job.id,
-                reason,
-                None,
-                Some("aborted while its node was offline"),
-            )?;
-        }
+    for job in run.jobs.iter().filter(|j| !j.state.is_finished()) {
+        state.stop_job(&job.id, reason, abort)?;
     }
     Ok(Json(find_run(&state, &project, &name)?))
 }

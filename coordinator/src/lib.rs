@@ -13,6 +13,7 @@
 pub mod admission;
 pub mod agents;
 pub mod http;
+pub mod lifecycle;
 pub mod logs;
 pub mod pki;
 pub mod placement;
@@ -49,6 +50,8 @@ pub struct Config {
     pub quic_listen: SocketAddr,
     /// Seconds between agent heartbeats.
     pub heartbeat_secs: u32,
+    /// A node not heard from for this long is unreachable; its jobs are interrupted.
+    pub node_timeout: Duration,
 }
 
 impl Default for Config {
@@ -58,6 +61,7 @@ impl Default for Config {
             http_listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             quic_listen: SocketAddr::from(([0, 0, 0, 0], 7071)),
             heartbeat_secs: 5,
+            node_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -81,6 +85,8 @@ pub struct State {
     pub wake_scheduler: Notify,
     /// The queue and the placement index; held for a whole pass, so passes never overlap.
     pub scheduler: Mutex<scheduler::Scheduler>,
+    /// When each node was last heard from (any message), for the liveness watch.
+    pub heard: Mutex<HashMap<NodeId, tokio::time::Instant>>,
     /// Every task of this coordinator, drained on shutdown.
     pub tasks: TaskTracker,
 }
@@ -108,9 +114,17 @@ impl State {
                         .release(node, a);
                 }
             }
+            lifecycle::job_ended(self, &job, reason)?;
         }
         self.wake_scheduler.notify_one();
         Ok(true)
+    }
+
+    pub fn heard_from(&self, node: &NodeId) {
+        self.heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node.clone(), tokio::time::Instant::now());
     }
 
     /// Tells the scheduler a node came, went, or changed.
@@ -259,7 +273,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         wake_scheduler: Notify::new(),
         scheduler: Mutex::new(scheduler::Scheduler::new()),
         tasks: TaskTracker::new(),
+        heard: Mutex::new(HashMap::new()),
     });
+    // Nodes with jobs get the full timeout to come back after a coordinator restart.
+    for job in state.store.placed_jobs()? {
+        if let Some(node) = job.node_id {
+            state.heard_from(&node);
+        }
+    }
 
     let tasks = state.tasks.clone();
     let endpoint = agents::bind(&state, config.quic_listen)?;
@@ -279,6 +300,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let http_addr = listener.local_addr()?;
     tasks.spawn(http::serve(listener, state.clone(), shutdown.child_token()));
     tasks.spawn(scheduler::run(state.clone(), shutdown.child_token()));
+    tasks.spawn(lifecycle::watch_nodes(
+        state.clone(),
+        shutdown.child_token(),
+    ));
 
     Ok(Running {
         http_addr,

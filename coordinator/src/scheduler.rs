@@ -60,6 +60,8 @@ struct Queued {
     shape: String,
     /// The reason last written to the store, to write only changes.
     reason: Option<String>,
+    /// A retry waits for its backoff.
+    not_before_ms: Option<i64>,
 }
 
 pub struct Scheduler {
@@ -154,6 +156,7 @@ impl Scheduler {
                 request,
                 shape,
                 reason: None,
+                not_before_ms: job.not_before_ms,
             }
         });
         let rank = job.job_num as usize;
@@ -219,7 +222,11 @@ pub fn schedule_once(state: &State) -> anyhow::Result<()> {
     let mut failed_shapes: HashMap<String, String> = HashMap::new();
     let mut placed: Vec<(QueueKey, Vec<(NodeId, Allocation)>)> = Vec::new();
     let mut waits: Vec<(JobId, String)> = Vec::new();
+    let now = crate::secrets::now_ms();
     for (key, q) in sched.queue.iter_mut() {
+        if q.not_before_ms.is_some_and(|t| t > now) {
+            continue;
+        }
         let outcome = match failed_shapes.get(&q.shape) {
             Some(reason) => Err(reason.clone()),
             None => sched.index.place(&q.request),

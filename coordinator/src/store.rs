@@ -59,6 +59,11 @@ CREATE TABLE fleets (
     project TEXT NOT NULL REFERENCES projects(name), name TEXT NOT NULL,
     configuration TEXT NOT NULL, created_ms INTEGER NOT NULL, PRIMARY KEY (project, name));
 "#,
+    r#"
+ALTER TABLE jobs ADD COLUMN submission INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN not_before_ms INTEGER;
+CREATE INDEX jobs_by_run ON jobs(run_id, job_num, submission);
+"#,
 ];
 
 pub struct Store {
@@ -84,6 +89,10 @@ pub struct JobRow {
     pub started_ms: Option<i64>,
     pub finished_ms: Option<i64>,
     pub configuration: Configuration,
+    /// 0 for the first attempt; a retry is a new row with the next number.
+    pub submission: u32,
+    /// A retry waits until then (backoff).
+    pub not_before_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug)]
@@ -113,7 +122,8 @@ fn from_json<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T> {
 }
 
 const JOB_COLUMNS: &str = "j.id, j.run_id, r.name, r.project, j.job_num, j.state, j.node_id, j.allocation, j.spec, \
-     j.exit_code, j.termination_reason, j.status_message, j.submitted_ms, j.started_ms, j.finished_ms, r.configuration";
+     j.exit_code, j.termination_reason, j.status_message, j.submitted_ms, j.started_ms, j.finished_ms, r.configuration, \
+     j.submission, j.not_before_ms";
 
 /// A JSON column decoded into our type; a stored value we cannot read is a conversion error.
 fn json_col<T: serde::de::DeserializeOwned>(
@@ -156,6 +166,8 @@ fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         started_ms: row.get(13)?,
         finished_ms: row.get(14)?,
         configuration: json_col(row, 15)?,
+        submission: row.get(16)?,
+        not_before_ms: row.get(17)?,
     })
 }
 
@@ -601,13 +613,60 @@ impl Store {
         Ok(ids)
     }
 
+    /// Starts a new attempt of some of a run's jobs (a retry): new rows, same ranks, next
+    /// submission number, queued no earlier than `not_before_ms`.
+    pub fn resubmit(
+        &self,
+        previous: &[JobRow],
+        not_before_ms: i64,
+        new_ids: &[JobId],
+    ) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        for (old, id) in previous.iter().zip(new_ids) {
+            // Two job ends racing to retry the same run make one retry, not two.
+            let n = tx.execute(
+                "INSERT INTO jobs (id, run_id, job_num, state, submitted_ms, submission, not_before_ms) \
+                 SELECT ?1, ?2, ?3, 'submitted', ?4, ?5, ?6 \
+                 WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE run_id = ?2 AND job_num = ?3 AND submission >= ?5)",
+                params![id.0, old.run_id.0, old.job_num, now, old.submission + 1, not_before_ms],
+            )?;
+            if n == 0 {
+                return Ok(false); // dropping the transaction rolls back
+            }
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    pub fn run_submitted_ms(&self, run: &RunId) -> Result<Option<i64>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT submitted_ms FROM runs WHERE id = ?1",
+                [&run.0],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// The newest attempt of each of a run's jobs, by rank.
+    pub fn latest_jobs(&self, run: &RunId) -> Result<Vec<JobRow>> {
+        self.jobs_where(
+            "WHERE j.run_id = ?1 AND j.submission = (SELECT MAX(k.submission) FROM jobs k WHERE k.run_id = j.run_id AND k.job_num = j.job_num) \
+             ORDER BY j.job_num",
+            [&run.0],
+        )
+    }
+
     /// Builds the API view of a run from its jobs.
     pub fn run_view(
         &self,
         id: &RunId,
         node_names: &dyn Fn(&NodeId) -> Option<String>,
     ) -> Result<Option<api::Run>> {
-        let jobs = self.jobs_where("WHERE j.run_id = ?1 ORDER BY j.job_num", [&id.0])?;
+        let jobs = self.latest_jobs(id)?;
         let Some(first) = jobs.first() else {
             return Ok(None);
         };
@@ -643,6 +702,7 @@ impl Store {
                     termination_reason: j.termination_reason,
                     status_message: j.status_message.clone(),
                     submitted_at_ms: j.submitted_ms,
+                    submission: j.submission,
                     started_at_ms: j.started_ms,
                     finished_at_ms: j.finished_ms,
                 })

@@ -49,6 +49,9 @@ pub struct Job {
     pub submitted_at_ms: i64,
     pub started_at_ms: Option<i64>,
     pub finished_at_ms: Option<i64>,
+    /// 0 for the first attempt; each retry counts one up.
+    #[serde(default)]
+    pub submission: u32,
 }
 
 /// `POST /api/projects/{project}/runs/{name}/stop`

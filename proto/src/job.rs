@@ -115,6 +115,10 @@ pub enum TerminationReason {
     ContainerLost,
     /// The agent failed for another reason (message says which).
     AgentError,
+    /// The node stopped answering (heartbeats) for longer than the coordinator's timeout.
+    NodeUnreachable,
+    /// Another job of the same multi-node run failed or was lost, so the whole gang stopped.
+    GangMemberFailed,
 }
 
 impl TerminationReason {
@@ -129,6 +133,8 @@ impl TerminationReason {
             Self::MaxDurationExceeded => "max_duration_exceeded",
             Self::ContainerLost => "container_lost",
             Self::AgentError => "agent_error",
+            Self::NodeUnreachable => "node_unreachable",
+            Self::GangMemberFailed => "gang_member_failed",
         }
     }
 
@@ -143,9 +149,30 @@ impl TerminationReason {
             Self::MaxDurationExceeded,
             Self::ContainerLost,
             Self::AgentError,
+            Self::NodeUnreachable,
+            Self::GangMemberFailed,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)
+    }
+
+    /// Which `retry.on_events` event this ending is, if any: `interruption` when the job was cut off
+    /// by something outside it, `error` when it failed by itself. Endings asked for (stop, abort,
+    /// max_duration) are never retried.
+    pub fn retry_event(&self) -> Option<crate::config::RetryEvent> {
+        use crate::config::RetryEvent;
+        match self {
+            Self::NodeUnreachable | Self::ContainerLost | Self::GangMemberFailed => {
+                Some(RetryEvent::Interruption)
+            }
+            Self::ContainerExitedWithError
+            | Self::ImageUnavailable
+            | Self::ContainerCreationFailed
+            | Self::AgentError => Some(RetryEvent::Error),
+            Self::Done | Self::StoppedByUser | Self::AbortedByUser | Self::MaxDurationExceeded => {
+                None
+            }
+        }
     }
 
     /// The state a job ends in for this reason.

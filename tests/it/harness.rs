@@ -96,6 +96,16 @@ impl Coordinator {
     }
 
     pub async fn start_on(data: &Path, http: SocketAddr, quic: SocketAddr) -> anyhow::Result<Self> {
+        Self::start_with(data, http, quic, Duration::from_secs(10)).await
+    }
+
+    /// With heartbeats every second and the given node timeout.
+    pub async fn start_with(
+        data: &Path,
+        http: SocketAddr,
+        quic: SocketAddr,
+        node_timeout: Duration,
+    ) -> anyhow::Result<Self> {
         init_tracing();
         let shutdown = CancellationToken::new();
         let config = corral_coordinator::Config {
@@ -103,6 +113,7 @@ impl Coordinator {
             http_listen: http,
             quic_listen: quic,
             heartbeat_secs: 1,
+            node_timeout,
         };
         let running = corral_coordinator::start(config, shutdown.clone()).await?;
         Ok(Self {

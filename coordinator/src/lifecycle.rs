@@ -1,0 +1,206 @@
+//! What happens around a job's end: stopping a job wherever it is, stopping the rest of a gang when
+//! one member fails, retrying a run as its `retry` policy allows, and declaring nodes that stop
+//! answering unreachable (their jobs are interrupted, and retried elsewhere when the policy covers
+//! `interruption`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use corral_proto::config::{Configuration, RetryEvent};
+use corral_proto::ids::{JobId, NodeId};
+use corral_proto::job::TerminationReason;
+use corral_proto::wire::CoordinatorMessage;
+
+use crate::State;
+use crate::secrets::{now_ms, random_hex};
+use crate::store::{JobRow, StoreError};
+
+/// How long a run keeps being retried when `retry` sets no `duration`.
+const DEFAULT_RETRY_WINDOW: Duration = Duration::from_secs(3600);
+/// First backoff before retrying after an error; doubles per attempt up to [`MAX_BACKOFF`].
+const ERROR_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+impl State {
+    /// Stops one job wherever it is: a queued job ends at once; a placed one is asked to stop on its
+    /// node (and, for an abort while the node is away, ends at once — the container is killed when
+    /// the node reports it).
+    pub fn stop_job(
+        &self,
+        id: &JobId,
+        reason: TerminationReason,
+        abort: bool,
+    ) -> Result<(), StoreError> {
+        if self.store.cancel_queued(id, reason)? {
+            if let Some(job) = self.store.job(id)? {
+                self.scheduler
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .dequeue(&job.run_id);
+            }
+            return Ok(());
+        }
+        let Some(job) = self.store.job(id)? else {
+            return Ok(());
+        };
+        let Some(node) = job.node_id.clone() else {
+            return Ok(());
+        };
+        if !self.store.set_terminating(id, reason)? {
+            return Ok(());
+        }
+        let sent = self.send(
+            &node,
+            CoordinatorMessage::StopJob {
+                job_id: id.clone(),
+                abort,
+                reason,
+            },
+        );
+        if !sent && abort {
+            self.finish_job(id, reason, None, Some("aborted while its node was offline"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Called once per job end (after the store recorded it).
+pub fn job_ended(state: &State, job: &JobRow, reason: TerminationReason) -> Result<(), StoreError> {
+    let Configuration::Task(task) = &job.configuration else {
+        return Ok(());
+    };
+    let latest = state.store.latest_jobs(&job.run_id)?;
+    if !latest.iter().any(|j| j.id == job.id) {
+        return Ok(()); // an older attempt
+    }
+    let failed = reason.retry_event().is_some();
+    if failed {
+        for other in latest
+            .iter()
+            .filter(|j| j.id != job.id && !j.state.is_finished())
+        {
+            tracing::info!(job = %other.id, run = %job.run_name, "stopping the rest of the gang");
+            state.stop_job(&other.id, TerminationReason::GangMemberFailed, false)?;
+        }
+    }
+    if !latest.iter().all(|j| j.state.is_finished()) {
+        return Ok(()); // the last member to end decides about a retry
+    }
+    let Some(policy) = &task.retry else {
+        return Ok(());
+    };
+    let reasons: Vec<TerminationReason> =
+        latest.iter().filter_map(|j| j.termination_reason).collect();
+    if reasons
+        .iter()
+        .any(|r| r.retry_event().is_none() && *r != TerminationReason::Done)
+        || reasons.iter().all(|r| *r == TerminationReason::Done)
+    {
+        return Ok(()); // stopped on purpose, or succeeded
+    }
+    let event = if reasons
+        .iter()
+        .any(|r| r.retry_event() == Some(RetryEvent::Error))
+    {
+        RetryEvent::Error
+    } else {
+        RetryEvent::Interruption
+    };
+    if !policy.on_events.contains(&event) {
+        return Ok(());
+    }
+    let window = policy
+        .duration_secs
+        .map_or(DEFAULT_RETRY_WINDOW, Duration::from_secs);
+    let first_submitted = state
+        .store
+        .run_submitted_ms(&job.run_id)?
+        .unwrap_or(job.submitted_ms);
+    if now_ms() - first_submitted > window.as_millis() as i64 {
+        tracing::info!(run = %job.run_name, "retry window over; the run stays failed");
+        return Ok(());
+    }
+    let attempt = latest.iter().map(|j| j.submission).max().unwrap_or(0);
+    let backoff = match event {
+        RetryEvent::Error => ERROR_BACKOFF
+            .saturating_mul(1 << attempt.min(10))
+            .min(MAX_BACKOFF),
+        _ => Duration::ZERO,
+    };
+    let ids: Vec<JobId> = latest.iter().map(|_| JobId(random_hex(8))).collect();
+    if state
+        .store
+        .resubmit(&latest, now_ms() + backoff.as_millis() as i64, &ids)?
+    {
+        tracing::info!(run = %job.run_name, attempt = attempt + 1, ?event, ?backoff, "retrying the run");
+        let mut sched = state.scheduler.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = sched.enqueue(&state.store, &job.run_id) {
+            tracing::error!("cannot queue the retry of {}: {e:#}", job.run_name);
+        }
+    }
+    Ok(())
+}
+
+/// Declares nodes unreachable when they have not been heard from for `node_timeout`, and
+/// interrupts their jobs. Runs every second; idempotent.
+pub async fn watch_nodes(state: Arc<State>, shutdown: CancellationToken) {
+    let timeout = state.config.node_timeout;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = shutdown.cancelled() => break,
+        }
+        let stale: Vec<NodeId> = {
+            let seen = state.heard.lock().unwrap_or_else(|e| e.into_inner());
+            seen.iter()
+                .filter(|(_, t)| t.elapsed() > timeout)
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        for node in stale {
+            if let Err(e) = node_unreachable(&state, &node) {
+                tracing::error!(%node, "cannot handle the loss of the node: {e:#}");
+            }
+        }
+    }
+}
+
+fn node_unreachable(state: &State, node: &NodeId) -> Result<(), StoreError> {
+    state
+        .heard
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(node);
+    let session = state
+        .sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(node);
+    let name = session
+        .as_ref()
+        .map_or_else(|| node.to_string(), |s| s.name.clone());
+    if let Some(s) = session {
+        s.conn
+            .close(2u32.into(), b"no heartbeat within the node timeout");
+    }
+    state.node_changed(node);
+    let jobs: Vec<JobRow> = state
+        .store
+        .placed_jobs()?
+        .into_iter()
+        .filter(|j| j.node_id.as_ref() == Some(node))
+        .collect();
+    tracing::warn!(node = %name, jobs = jobs.len(), "node unreachable");
+    let message = format!("node {name} stopped answering");
+    for job in jobs {
+        state.finish_job(
+            &job.id,
+            TerminationReason::NodeUnreachable,
+            None,
+            Some(&message),
+        )?;
+    }
+    Ok(())
+}
