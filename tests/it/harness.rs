@@ -185,6 +185,13 @@ impl Agent {
         }
     }
 
+    /// Stops the agent and removes what it ran (a node leaving for good, in a test's setup).
+    pub async fn stop_for_test(&mut self) -> anyhow::Result<()> {
+        self.stop().await?;
+        self.guard.armed = true;
+        Ok(())
+    }
+
     /// Stops the agent process (containers keep running) and waits for it.
     pub async fn stop(&mut self) -> anyhow::Result<()> {
         self.guard.armed = false;

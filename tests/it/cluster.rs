@@ -1,0 +1,216 @@
+//! Cluster scheduling with real agents: node loss and retry elsewhere, no duplicate after a
+//! partitioned node returns, priority order.
+
+use std::time::Duration;
+
+use corral_proto::job::{JobState, TerminationReason};
+
+use crate::harness::*;
+
+async fn two_nodes(
+    node_timeout: Duration,
+) -> anyhow::Result<(tempfile::TempDir, Coordinator, Agent, Agent)> {
+    ensure_image();
+    let dir = tempfile::tempdir()?;
+    let any = "127.0.0.1:0".parse()?;
+    let coord = Coordinator::start_with(&dir.path().join("coord"), any, any, node_timeout).await?;
+    let a = Agent::start(
+        &coord,
+        &dir.path().join("a"),
+        AgentOptions {
+            name: "node-a".into(),
+            nvml: None,
+        },
+    );
+    let b = Agent::start(
+        &coord,
+        &dir.path().join("b"),
+        AgentOptions {
+            name: "node-b".into(),
+            nvml: None,
+        },
+    );
+    nodes_ready(&coord.client(), 2).await?;
+    Ok((dir, coord, a, b))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_node_s_job_is_retried_elsewhere_and_the_old_copy_is_killed_on_return()
+-> anyhow::Result<()> {
+    let (dir, coord, mut a, mut b) = two_nodes(Duration::from_secs(3)).await?;
+    let client = coord.client();
+    let file = write_config(
+        dir.path(),
+        "resilient",
+        &format!(
+            "type: task\nname: resilient\nimage: {IMAGE}\nretry:\n  on_events: [interruption]\n  duration: 10m\ncommands:\n  - sleep 600\n"
+        ),
+    );
+    apply(&client, &file, true).await?;
+    let first = wait_state(
+        &client,
+        "resilient",
+        |r| r.state == JobState::Running,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let first_node = first.jobs[0].node_name.clone().expect("placed");
+    let old_container = format!("corral-{}", first.jobs[0].id);
+
+    // The node goes away and its containers keep running, as on a partitioned host.
+    let lost = tokio::time::Instant::now();
+    let (gone, stays) = if first_node == "node-a" {
+        (&mut a, &b)
+    } else {
+        (&mut b, &a)
+    };
+    gone.stop().await?;
+    let retried = wait_state(
+        &client,
+        "resilient",
+        |r| r.jobs[0].submission == 1 && r.state == JobState::Running,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let took = lost.elapsed();
+    assert_ne!(
+        retried.jobs[0].node_name.as_deref(),
+        Some(first_node.as_str()),
+        "retried on the other node"
+    );
+    assert!(
+        took < Duration::from_secs(15),
+        "node loss → running elsewhere took {took:?}"
+    );
+    assert!(
+        docker_running(&old_container),
+        "the lost node's container still runs while it is away"
+    );
+
+    // The node returns: its old copy is stopped, the retry keeps running.
+    let gone_state = gone.state.clone();
+    let _back = Agent::start(
+        &coord,
+        &gone_state,
+        AgentOptions {
+            name: first_node.clone(),
+            nvml: None,
+        },
+    );
+    wait_for(
+        "the stale copy to be removed",
+        Duration::from_secs(30),
+        || async { Ok((!docker_exists(&old_container)).then_some(())) },
+    )
+    .await?;
+    let r = run(&client, "resilient").await?;
+    assert_eq!(r.state, JobState::Running);
+    assert_eq!(r.jobs[0].id, retried.jobs[0].id);
+    let _ = stays;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_retry_a_lost_node_fails_the_run() -> anyhow::Result<()> {
+    let (dir, coord, mut a, mut b) = two_nodes(Duration::from_secs(2)).await?;
+    let client = coord.client();
+    // Pin it to node-a by making node-b unable to take it: node-a is the only node now.
+    b.stop_for_test().await?;
+    let file = write_config(
+        dir.path(),
+        "fragile",
+        &format!("type: task\nname: fragile\nimage: {IMAGE}\ncommands:\n  - sleep 600\n"),
+    );
+    apply(&client, &file, true).await?;
+    wait_state(
+        &client,
+        "fragile",
+        |r| r.state == JobState::Running,
+        Duration::from_secs(30),
+    )
+    .await?;
+    a.stop().await?;
+    let r = wait_state(
+        &client,
+        "fragile",
+        |r| r.state.is_finished(),
+        Duration::from_secs(20),
+    )
+    .await?;
+    assert_eq!(r.state, JobState::Failed);
+    assert_eq!(
+        r.jobs[0].termination_reason,
+        Some(TerminationReason::NodeUnreachable)
+    );
+    assert!(
+        r.jobs[0]
+            .status_message
+            .clone()
+            .unwrap_or_default()
+            .contains("stopped answering")
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn higher_priority_runs_first() -> anyhow::Result<()> {
+    ensure_image();
+    let nvml = fake_nvml();
+    let dir = tempfile::tempdir()?;
+    let coord = Coordinator::start(&dir.path().join("coord")).await?;
+    let client = coord.client();
+    let _node = Agent::start(
+        &coord,
+        &dir.path().join("gpu"),
+        AgentOptions {
+            name: "gpu-node".into(),
+            nvml: Some(nvml),
+        },
+    );
+    nodes_ready(&client, 1).await?;
+    let task = |name: &str, priority: u8| {
+        write_config(
+            dir.path(),
+            name,
+            &format!(
+                "type: task\nname: {name}\nimage: {IMAGE}\npriority: {priority}\ncommands:\n  - sleep 600\nresources:\n  gpu: 2\n"
+            ),
+        )
+    };
+    apply(&client, &task("blocker", 50), true).await?;
+    wait_state(
+        &client,
+        "blocker",
+        |r| r.state == JobState::Running,
+        Duration::from_secs(30),
+    )
+    .await?;
+    apply(&client, &task("low", 10), true).await?;
+    apply(&client, &task("high", 90), true).await?;
+    wait_state(
+        &client,
+        "high",
+        |r| r.state == JobState::Pending,
+        Duration::from_secs(10),
+    )
+    .await?;
+    let mut out = Vec::new();
+    corral_cli::commands::stop(&client, "blocker", true, true, &mut out).await?;
+    wait_state(
+        &client,
+        "high",
+        |r| r.state == JobState::Running,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let low = run(&client, "low").await?;
+    assert_eq!(
+        low.state,
+        JobState::Pending,
+        "the later but higher-priority run went first"
+    );
+    for name in ["high", "low"] {
+        corral_cli::commands::stop(&client, name, true, true, &mut out).await?;
+    }
+    Ok(())
+}
