@@ -349,6 +349,7 @@ fn gang_specs(
                     .task
                     .stop_duration_secs
                     .unwrap_or(UNBOUNDED_STOP_GRACE_SECS),
+                host_network: n > 1,
             };
             (node.clone(), spec)
         })

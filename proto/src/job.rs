@@ -27,6 +27,8 @@ pub struct JobSpec {
     pub max_duration_secs: Option<u64>,
     /// How long `stop` waits after SIGTERM before it kills.
     pub stop_grace_secs: u64,
+    /// Share the host's network (multi-node jobs: ranks reach each other at the nodes' addresses).
+    pub host_network: bool,
 }
 
 /// Where a job is in its life. Terminal states carry why the job ended.

@@ -77,6 +77,7 @@ pub(crate) fn container_config(spec: &JobSpec, opts: &RunOptions) -> ContainerCr
         // A small init (Docker's tini) is process 1, so the user's shell is not: it gets SIGTERM on
         // `stop` with the default disposition, and zombies are reaped.
         init: Some(true),
+        network_mode: spec.host_network.then(|| "host".to_owned()),
         ..Default::default()
     };
 
@@ -185,6 +186,7 @@ mod tests {
             },
             max_duration_secs: Some(3600),
             stop_grace_secs: 10,
+            host_network: false,
         }
     }
 

@@ -92,6 +92,7 @@ fn job(tag: &str, commands: &[&str]) -> (JobSpec, Cleanup) {
         allocation: Allocation::default(),
         max_duration_secs: None,
         stop_grace_secs: 2,
+        host_network: false,
     };
     (spec, cleanup)
 }
