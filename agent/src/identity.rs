@@ -136,6 +136,23 @@ impl Identity {
         fs::write(&p, json).map_err(io(&p))
     }
 
+    /// An identity held in memory only (no state dir), from what enrollment returned. For simulated
+    /// nodes in tests and benchmarks, which must not write thousands of state dirs.
+    pub fn from_enrollment(
+        node: NodeFile,
+        key: &rcgen::KeyPair,
+        cert_pem: &str,
+        ca_pem: &str,
+    ) -> Result<Self, IdentityError> {
+        let here = Path::new("<enrollment answer>");
+        Ok(Self {
+            node,
+            key_der: key.serialize_der(),
+            cert: first_cert(here, cert_pem)?,
+            ca: first_cert(here, ca_pem)?,
+        })
+    }
+
     /// Mutual TLS: trusts only the stored CA and presents the node certificate.
     pub fn client_config(&self) -> Result<rustls::ClientConfig, IdentityError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());

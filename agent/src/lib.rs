@@ -9,6 +9,7 @@
 //! its output. All stop on the root `CancellationToken`; containers keep running when the agent
 //! stops, and are re-adopted by label when it starts again.
 
+pub mod cli;
 pub mod identity;
 pub mod inventory;
 pub mod jobs;

@@ -31,11 +31,16 @@ pub enum Fatal {
     Enroll(String),
 }
 
-fn endpoint() -> anyhow::Result<quinn::Endpoint> {
+/// A client endpoint on an ephemeral UDP port.
+pub fn endpoint() -> anyhow::Result<quinn::Endpoint> {
     quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))).context("cannot open a UDP socket")
 }
 
-fn quic_config(tls: rustls::ClientConfig, keep_alive: bool) -> anyhow::Result<quinn::ClientConfig> {
+/// QUIC over `tls`: 30 s idle timeout, and a keep-alive every 5 s when asked.
+pub fn quic_config(
+    tls: rustls::ClientConfig,
+    keep_alive: bool,
+) -> anyhow::Result<quinn::ClientConfig> {
     let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
     let mut transport = quinn::TransportConfig::default();
     transport.max_idle_timeout(Some(Duration::from_secs(30).try_into()?));
@@ -119,6 +124,71 @@ pub async fn enroll(
     }
 }
 
+/// Enrolls like [`enroll`], over an endpoint the caller owns, and returns the identity without
+/// writing any file. For simulated nodes (tests, benchmarks), thousands of which share one endpoint.
+pub async fn enroll_in_memory(
+    endpoint: &quinn::Endpoint,
+    remote: SocketAddr,
+    token: &JoinToken,
+    hostname: &str,
+    fleet: Option<String>,
+) -> anyhow::Result<Identity> {
+    let verifier = Arc::new(PinnedCaVerifier::new(&token.ca_hash));
+    let config = quic_config(verifier.client_config()?, false)?;
+    let conn = match endpoint
+        .connect_with(config, remote, COORDINATOR_SERVER_NAME)?
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            let why = verifier
+                .failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            return Err(Fatal::Enroll(
+                why.unwrap_or_else(|| format!("cannot reach the coordinator at {remote}: {e}")),
+            )
+            .into());
+        }
+    };
+    let key = rcgen::KeyPair::generate()?;
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())?.serialize_request(&key)?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let hello = Hello {
+        protocol_min: PROTOCOL_MIN,
+        protocol_max: PROTOCOL_MAX,
+        agent_version: VERSION.to_owned(),
+        enroll: Some(EnrollRequest {
+            secret: token.secret.clone(),
+            csr_der: csr.der().to_vec(),
+            hostname: hostname.to_owned(),
+            fleet,
+        }),
+    };
+    write_frame(&mut send, &AgentMessage::Hello(hello)).await?;
+    let reply = read_frame::<CoordinatorMessage, _>(&mut recv)
+        .await
+        .context("no answer to the enrollment request")?;
+    conn.close(0u32.into(), b"enrolled");
+    match reply {
+        Some(CoordinatorMessage::Enrolled(e)) => {
+            let node = NodeFile {
+                node_id: e.node_id,
+                coordinator: remote.to_string(),
+            };
+            Ok(Identity::from_enrollment(
+                node,
+                &key,
+                &e.certificate_pem,
+                &e.ca_pem,
+            )?)
+        }
+        Some(CoordinatorMessage::Refused(r)) => Err(Fatal::Enroll(r.message).into()),
+        other => Err(Fatal::Enroll(format!("unexpected answer: {other:?}")).into()),
+    }
+}
+
 /// Keeps a session with the coordinator up until shutdown, redialing with exponential backoff.
 pub async fn run(
     identity: &Identity,
@@ -155,7 +225,7 @@ pub async fn run(
 }
 
 /// Dials the coordinator with the node's certificate and exchanges Hello/Welcome.
-async fn handshake(
+pub async fn handshake(
     endpoint: &quinn::Endpoint,
     config: quinn::ClientConfig,
     addr: &str,

@@ -126,6 +126,11 @@ impl Client {
             .await
     }
 
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.http.delete(format!("{}{path}", self.url)))
+            .await
+    }
+
     pub async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
@@ -139,6 +144,7 @@ impl Client {
     pub async fn logs(
         &self,
         run: &str,
+        job: u32,
         offset: u64,
         follow: bool,
     ) -> anyhow::Result<reqwest::Response> {
@@ -153,6 +159,7 @@ impl Client {
             .query(&[
                 ("offset", offset.to_string()),
                 ("follow", follow.to_string()),
+                ("job", job.to_string()),
             ])
             .bearer_auth(&self.token)
             .send()

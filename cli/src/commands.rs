@@ -70,7 +70,7 @@ pub fn config(
     Ok(0)
 }
 
-fn confirm(question: &str) -> anyhow::Result<bool> {
+pub(crate) fn confirm(question: &str) -> anyhow::Result<bool> {
     if !std::io::stdin().is_terminal() {
         bail!("{question} — not asking without a terminal: pass -y to confirm");
     }
@@ -122,6 +122,9 @@ pub async fn apply(
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let mut configuration =
         config::parse(&source, &file.display().to_string()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Configuration::Fleet(fleet) = configuration {
+        return crate::cluster::apply_fleet(client, fleet, source, out).await;
+    }
     let Configuration::Task(task) = &mut configuration else {
         bail!(
             "{}: only `type: task` runs in this version of Corral",
@@ -236,7 +239,7 @@ async fn attach(client: &Client, run: &str, out: Out<'_>) -> anyhow::Result<i32>
             }
         })
     };
-    let streamed = logs(client, run, true, out).await;
+    let streamed = logs(client, run, 0, true, out).await;
     watcher.abort();
     streamed?;
     let r: api::Run = wait_finished(client, run, Duration::from_secs(10)).await?;
@@ -273,11 +276,17 @@ async fn wait_finished(client: &Client, run: &str, patience: Duration) -> anyhow
 
 /// Prints a run's logs. Following survives a dropped connection: it reconnects from the byte it
 /// reached, so nothing is missed or repeated.
-pub async fn logs(client: &Client, run: &str, follow: bool, out: Out<'_>) -> anyhow::Result<()> {
+pub async fn logs(
+    client: &Client,
+    run: &str,
+    job: u32,
+    follow: bool,
+    out: Out<'_>,
+) -> anyhow::Result<()> {
     let mut offset = 0u64;
     let mut failures = 0;
     loop {
-        let resp = match client.logs(run, offset, follow).await {
+        let resp = match client.logs(run, job, offset, follow).await {
             Ok(r) => r,
             Err(e) if follow && failures < 30 && e.to_string().contains("cannot reach") => {
                 failures += 1;

@@ -2,6 +2,7 @@
 //! coordinator's HTTP API only ([`client`]). Each verb lives in [`commands`].
 
 pub mod client;
+pub mod cluster;
 pub mod commands;
 pub mod output;
 
@@ -47,6 +48,9 @@ pub enum Command {
         run: String,
         #[arg(short = 'f', long)]
         follow: bool,
+        /// Which job of a multi-node run (its rank).
+        #[arg(long, default_value_t = 0)]
+        job: u32,
     },
     /// Stop a run: SIGTERM, then SIGKILL after its grace period (`--abort`: kill at once).
     Stop {
@@ -60,6 +64,11 @@ pub enum Command {
     Node {
         #[command(subcommand)]
         command: NodeCommand,
+    },
+    /// Fleets: named groups of nodes (`placement: cluster` for multi-node runs).
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
     },
     /// Store the coordinator URL, token and project in the CLI's config file.
     Config {
@@ -77,6 +86,36 @@ pub enum NodeCommand {
     List {
         #[arg(long)]
         json: bool,
+    },
+    /// Take no new jobs on the node (running ones go on).
+    Cordon { node: String },
+    /// Take new jobs on the node again.
+    Uncordon { node: String },
+    /// Cordon, wait for the node's jobs to end, and stop what still runs after `--deadline`.
+    Drain {
+        node: String,
+        /// How long jobs may run on, e.g. `10m`, `1h`; without it, wait for them to end.
+        #[arg(long)]
+        deadline: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FleetCommand {
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Get {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a fleet's configuration (its nodes stay enrolled).
+    Delete {
+        name: String,
+        #[arg(short = 'y', long)]
+        yes: bool,
     },
 }
 
@@ -97,14 +136,19 @@ pub async fn run(cli: Cli, out: &mut (dyn std::io::Write + Send)) -> anyhow::Res
             name,
         } => apply(&client::Client::from_env()?, &file, yes, detach, name, out).await,
         Command::Ps { all, json } => ps(&client::Client::from_env()?, all, json, out).await,
-        Command::Logs { run, follow } => logs(&client::Client::from_env()?, &run, follow, out)
-            .await
-            .map(|_| 0),
+        Command::Logs { run, follow, job } => {
+            logs(&client::Client::from_env()?, &run, job, follow, out)
+                .await
+                .map(|_| 0)
+        }
         Command::Stop { run, yes, abort } => {
             stop(&client::Client::from_env()?, &run, yes, abort, out).await
         }
-        Command::Node {
-            command: NodeCommand::List { json },
-        } => node_list(&client::Client::from_env()?, json, out).await,
+        Command::Node { command } => {
+            cluster::node(&client::Client::from_env()?, command, out).await
+        }
+        Command::Fleet { command } => {
+            cluster::fleet(&client::Client::from_env()?, command, out).await
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! a field whose feature Corral does not have yet is refused here, by name, rather than silently
 //! ignored — running without it would not be what the user asked for.
 
-use corral_proto::config::{Configuration, SpotPolicy, TaskConfig};
+use corral_proto::config::{Blocks, Configuration, FleetConfig, SpotPolicy, TaskConfig};
 
 /// `Err` names the first unsupported field and says why.
 pub fn check(cfg: &Configuration) -> Result<&TaskConfig, String> {
@@ -99,12 +99,72 @@ pub fn check(cfg: &Configuration) -> Result<&TaskConfig, String> {
     Ok(task)
 }
 
+/// What an on-prem fleet can be today: a named group of enrolled nodes, with `placement`. Nodes join
+/// it with `corral-agent --fleet NAME` (or a join token scoped to it).
+pub fn check_fleet(cfg: &FleetConfig) -> Result<&FleetConfig, String> {
+    let p = &cfg.provisioning;
+    let unsupported = [
+        (
+            "name",
+            cfg.name.is_none(),
+            "a fleet needs a name (nodes join it by name)",
+        ),
+        (
+            "ssh_config",
+            cfg.ssh_config.is_some(),
+            "enrolling hosts over SSH is not supported yet; run `corral-agent --fleet NAME` on each host",
+        ),
+        (
+            "backends",
+            !p.backends.is_empty() || !p.regions.is_empty() || !p.instance_types.is_empty(),
+            "cloud fleets are not supported yet",
+        ),
+        (
+            "blocks",
+            cfg.blocks != Blocks::Count(1),
+            "splitting nodes into blocks is not supported yet",
+        ),
+        (
+            "env",
+            !cfg.env.is_empty(),
+            "fleet-wide environment variables are not supported yet",
+        ),
+        (
+            "resources",
+            cfg.resources.is_some(),
+            "fleet resources select cloud instances; on-prem nodes join with `corral-agent --fleet NAME`",
+        ),
+    ];
+    match unsupported.iter().find(|(_, used, _)| *used) {
+        Some((field, _, why)) => Err(format!("{field}: {why}")),
+        None => Ok(cfg),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parse(text: &str) -> Configuration {
         corral_proto::config::parse(text, "t.yml").expect("valid")
+    }
+
+    #[test]
+    fn on_prem_fleets_are_admitted_and_cloud_fleets_refused() {
+        let Configuration::Fleet(f) = parse("type: fleet\nname: rack\nplacement: cluster\n") else {
+            panic!("a fleet")
+        };
+        assert!(check_fleet(&f).is_ok());
+        let Configuration::Fleet(f) =
+            parse("type: fleet\nname: rack\nnodes: 2\nresources:\n  gpu: 24GB\n")
+        else {
+            panic!("a fleet")
+        };
+        assert!(
+            check_fleet(&f)
+                .expect_err("refused")
+                .starts_with("resources:")
+        );
     }
 
     #[test]

@@ -15,12 +15,14 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use corral_proto::api::{self, ApiError, NodeStatus, StopRun, SubmitRun};
+use corral_proto::api::{self, ApiError, StopRun, SubmitRun};
 use corral_proto::ids::{JobId, NodeId, RunId};
 use corral_proto::job::TerminationReason;
 
 use crate::State;
 use crate::secrets::{now_ms, random_hex, sha256_hex};
+
+mod cluster;
 
 type AppState = Arc<State>;
 
@@ -47,7 +49,18 @@ pub fn router(state: AppState) -> Router {
         .route("/api/projects/{project}/runs/{name}", get(get_run))
         .route("/api/projects/{project}/runs/{name}/stop", post(stop_run))
         .route("/api/projects/{project}/runs/{name}/logs", get(run_logs))
-        .route("/api/nodes", get(list_nodes))
+        .route("/api/nodes", get(cluster::list_nodes))
+        .route("/api/nodes/{name}/cordon", post(cluster::cordon))
+        .route("/api/nodes/{name}/uncordon", post(cluster::uncordon))
+        .route("/api/nodes/{name}/drain", post(cluster::drain))
+        .route(
+            "/api/projects/{project}/fleets",
+            post(cluster::put_fleet).get(cluster::list_fleets),
+        )
+        .route(
+            "/api/projects/{project}/fleets/{name}",
+            get(cluster::get_fleet).delete(cluster::delete_fleet),
+        )
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/api/health", get(|| async { "ok" }))
@@ -73,7 +86,7 @@ impl From<crate::store::StoreError> for Error {
     }
 }
 
-fn err(status: StatusCode, msg: impl Into<String>) -> Error {
+pub(crate) fn err(status: StatusCode, msg: impl Into<String>) -> Error {
     Error(status, msg.into())
 }
 
@@ -104,7 +117,7 @@ async fn authenticate(
     Ok(next.run(req).await)
 }
 
-fn check_project(state: &State, project: &str) -> Result<(), Error> {
+pub(crate) fn check_project(state: &State, project: &str) -> Result<(), Error> {
     if state.store.project_exists(project)? {
         Ok(())
     } else {
@@ -169,7 +182,9 @@ async fn submit_run(
         ));
     }
     let run_id = RunId(random_hex(8));
-    let jobs = vec![JobId(random_hex(8))];
+    let jobs: Vec<JobId> = (0..task.nodes.max(1))
+        .map(|_| JobId(random_hex(8)))
+        .collect();
     let stored = state.store.insert_run(
         &run_id,
         &project,
@@ -355,42 +370,4 @@ fn job_log_finished(state: &State, id: &JobId, complete: bool) -> bool {
         Ok(Some(_)) => false,
         _ => true,
     }
-}
-
-async fn list_nodes(Extract(state): Extract<AppState>) -> Result<Json<Vec<api::Node>>, Error> {
-    let placed = state.store.placed_jobs()?;
-    let connected = state.connected_nodes();
-    let nodes = state
-        .store
-        .nodes()?
-        .into_iter()
-        .map(|n| {
-            let jobs: Vec<_> = placed
-                .iter()
-                .filter(|j| j.node_id.as_ref() == Some(&n.id))
-                .collect();
-            api::Node {
-                status: if connected.contains(&n.id) {
-                    NodeStatus::Ready
-                } else {
-                    NodeStatus::Offline
-                },
-                busy_gpus: jobs
-                    .iter()
-                    .filter_map(|j| j.allocation.as_ref())
-                    .flat_map(|a| a.gpu_indices.clone())
-                    .collect(),
-                running_jobs: jobs.len() as u32,
-                id: n.id,
-                name: n.name,
-                fleet: n.fleet,
-                address: n.address,
-                agent_version: n.agent_version,
-                enrolled_at_ms: n.enrolled_ms,
-                last_seen_ms: n.last_seen_ms,
-                inventory: n.inventory,
-            }
-        })
-        .collect();
-    Ok(Json(nodes))
 }

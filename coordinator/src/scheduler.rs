@@ -227,6 +227,11 @@ pub fn schedule_once(state: &State) -> anyhow::Result<()> {
         if q.not_before_ms.is_some_and(|t| t > now) {
             continue;
         }
+        if q.jobs.len() != q.request.nodes as usize || q.jobs.iter().any(|j| j.0.is_empty()) {
+            // Not all of the run's jobs are queued (a rank still ending from an earlier attempt);
+            // a later pass or the resync sees the whole gang.
+            continue;
+        }
         let outcome = match failed_shapes.get(&q.shape) {
             Some(reason) => Err(reason.clone()),
             None => sched.index.place(&q.request),

@@ -82,10 +82,40 @@ pub struct Node {
     /// GPU indices in use by jobs.
     pub busy_gpus: Vec<u32>,
     pub running_jobs: u32,
+    /// Takes no new jobs (`corral node cordon` / `drain`).
+    #[serde(default)]
+    pub cordoned: bool,
 }
 
 /// Every error the API returns: `{"error": "..."}` with a fitting status code.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ApiError {
     pub error: String,
+}
+
+/// `POST /api/projects/{project}/fleets`: creates or updates a fleet.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SubmitFleet {
+    pub configuration: crate::config::FleetConfig,
+    pub source: Option<String>,
+}
+
+/// A fleet: a named group of nodes; `placement: cluster` marks nodes that reach each other.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Fleet {
+    pub name: String,
+    pub project: String,
+    pub placement: crate::config::Placement,
+    /// Names of the enrolled nodes that belong to it.
+    pub nodes: Vec<String>,
+    pub ready_nodes: u32,
+    pub created_at_ms: i64,
+    pub configuration: crate::config::FleetConfig,
+}
+
+/// `POST /api/nodes/{name}/drain`: cordon, then stop what still runs after the deadline.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DrainNode {
+    /// Seconds to wait for jobs to end by themselves; then they are stopped. `None`: wait for ever.
+    pub deadline_secs: Option<u64>,
 }

@@ -308,7 +308,7 @@ pub async fn wait_state(
     pred: impl Fn(&api::Run) -> bool,
     limit: Duration,
 ) -> anyhow::Result<api::Run> {
-    wait_for(
+    let waited = wait_for(
         &format!("run {name} to reach the expected state"),
         limit,
         || async {
@@ -316,7 +316,18 @@ pub async fn wait_state(
             Ok(pred(&r).then_some(r))
         },
     )
-    .await
+    .await;
+    match waited {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            // Say where it was when time ran out.
+            let last = run(client, name)
+                .await
+                .map(|r| format!("{:#?}", r.jobs))
+                .unwrap_or_default();
+            Err(e.context(format!("last seen: {last}")))
+        }
+    }
 }
 
 /// Writes a configuration file for a test.
@@ -335,7 +346,7 @@ pub async fn apply(client: &Client, file: &Path, detach: bool) -> anyhow::Result
 
 pub async fn logs(client: &Client, name: &str) -> anyhow::Result<String> {
     let mut out = Vec::new();
-    corral_cli::commands::logs(client, name, false, &mut out).await?;
+    corral_cli::commands::logs(client, name, 0, false, &mut out).await?;
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 

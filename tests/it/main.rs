@@ -5,6 +5,8 @@ mod cluster;
 mod enroll;
 mod gpu;
 mod harness;
+mod multinode;
+mod netns;
 mod reconcile;
 mod restart;
 mod tasks;

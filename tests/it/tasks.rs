@@ -151,7 +151,10 @@ async fn logs_follow_misses_nothing_across_a_reconnect() -> anyhow::Result<()> {
         Ok(text.contains("line-2").then_some(text))
     })
     .await?;
-    let resp = c.client.logs("counter", first.len() as u64, true).await?;
+    let resp = c
+        .client
+        .logs("counter", 0, first.len() as u64, true)
+        .await?;
     let rest = resp.bytes().await?;
     let all = format!("{first}{}", String::from_utf8_lossy(&rest));
     let want: String = (1..=6).map(|i| format!("line-{i}\n")).collect();

@@ -1,0 +1,96 @@
+//! The `corral-agent` command line, as a library function so that test harnesses can run the same
+//! binary behaviour under another name.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use corral_proto::token::JoinToken;
+
+#[derive(Parser)]
+#[command(
+    name = "corral-agent",
+    version,
+    about = "Corral's host agent: reports hardware, runs jobs in Docker"
+)]
+struct Args {
+    /// The coordinator's QUIC address, HOST:PORT.
+    #[arg(long, env = "CORRAL_COORDINATOR")]
+    coordinator: String,
+    /// Join token printed by the coordinator (needed only for the first start).
+    #[arg(long, env = "CORRAL_JOIN_TOKEN")]
+    token: Option<String>,
+    /// Where the node's identity lives [default: /var/lib/corral-agent as root,
+    /// ~/.local/share/corral-agent otherwise].
+    #[arg(long, env = "CORRAL_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Name of this node (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Fleet to join, when the token does not name one.
+    #[arg(long)]
+    fleet: Option<String>,
+    /// NVML library to load (default: the system's libnvidia-ml.so.1).
+    #[arg(long, env = "CORRAL_NVML_LIBRARY")]
+    nvml_library: Option<PathBuf>,
+}
+
+/// The `corral-agent` command: flags, logging, run until SIGINT/SIGTERM.
+pub async fn main<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse_from(args);
+    let token = match args
+        .token
+        .as_deref()
+        .map(str::parse::<JoinToken>)
+        .transpose()
+    {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: --token: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = crate::Config {
+        coordinator: args.coordinator,
+        token,
+        state_dir: args
+            .state_dir
+            .unwrap_or_else(|| corral_proto::paths::default_dir("corral-agent")),
+        name: args.name,
+        fleet: args.fleet,
+        nvml_library: args.nvml_library,
+    };
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal as unix_signal};
+        match unix_signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        signal.cancel();
+    });
+    match crate::run(config, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Nodes and fleets: listing, cordon / uncordon / drain, and fleet configurations.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State as Extract};
+use axum::http::StatusCode;
+
+use corral_proto::api::{self, DrainNode, NodeStatus, SubmitFleet};
+use corral_proto::job::TerminationReason;
+
+use super::{AppState, Error, check_project, err};
+use crate::State;
+use crate::store::NodeRow;
+
+pub(super) async fn list_nodes(
+    Extract(state): Extract<AppState>,
+) -> Result<Json<Vec<api::Node>>, Error> {
+    let placed = state.store.placed_jobs()?;
+    let connected = state.connected_nodes();
+    let nodes = state
+        .store
+        .nodes()?
+        .into_iter()
+        .map(|n| {
+            let jobs: Vec<_> = placed
+                .iter()
+                .filter(|j| j.node_id.as_ref() == Some(&n.id))
+                .collect();
+            api::Node {
+                status: if connected.contains(&n.id) {
+                    NodeStatus::Ready
+                } else {
+                    NodeStatus::Offline
+                },
+                busy_gpus: jobs
+                    .iter()
+                    .filter_map(|j| j.allocation.as_ref())
+                    .flat_map(|a| a.gpu_indices.clone())
+                    .collect(),
+                running_jobs: jobs.len() as u32,
+                id: n.id,
+                name: n.name,
+                fleet: n.fleet,
+                address: n.address,
+                agent_version: n.agent_version,
+                enrolled_at_ms: n.enrolled_ms,
+                last_seen_ms: n.last_seen_ms,
+                inventory: n.inventory,
+                cordoned: n.cordoned,
+            }
+        })
+        .collect();
+    Ok(Json(nodes))
+}
+
+fn node_by_name(state: &State, name: &str) -> Result<NodeRow, Error> {
+    state
+        .store
+        .nodes()?
+        .into_iter()
+        .find(|n| n.name == name || n.id.as_str() == name)
+        .ok_or_else(|| {
+            err(
+                StatusCode::NOT_FOUND,
+                format!("no node named {name:?} (see `corral node list`)"),
+            )
+        })
+}
+
+fn set_cordon(state: &State, name: &str, cordoned: bool) -> Result<NodeRow, Error> {
+    let node = node_by_name(state, name)?;
+    state.store.set_cordoned(&node.id, cordoned)?;
+    state.node_changed(&node.id);
+    tracing::info!(node = %node.name, cordoned, "node cordon changed");
+    Ok(node)
+}
+
+pub(super) async fn cordon(
+    Extract(state): Extract<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<()>, Error> {
+    set_cordon(&state, &name, true)?;
+    Ok(Json(()))
+}
+
+pub(super) async fn uncordon(
+    Extract(state): Extract<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<()>, Error> {
+    set_cordon(&state, &name, false)?;
+    Ok(Json(()))
+}
+
+/// Cordons the node, then, past the deadline, stops the jobs still on it. The coordinator does the
+/// waiting, so the drain goes on when the CLI goes away.
+pub(super) async fn drain(
+    Extract(state): Extract<AppState>,
+    Path(name): Path<String>,
+    body: Option<Json<DrainNode>>,
+) -> Result<Json<()>, Error> {
+    let node = set_cordon(&state, &name, true)?;
+    if let Some(secs) = body.and_then(|b| b.deadline_secs) {
+        let state2 = state.clone();
+        state.tasks.spawn(async move {
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            let jobs = match state2.store.placed_jobs() {
+                Ok(j) => j,
+                Err(e) => return tracing::error!("drain of {}: {e:#}", node.name),
+            };
+            for job in jobs.into_iter().filter(|j| j.node_id.as_ref() == Some(&node.id)) {
+                tracing::info!(node = %node.name, job = %job.id, "drain deadline passed; stopping the job");
+                if let Err(e) = state2.stop_job(&job.id, TerminationReason::StoppedByUser, false) {
+                    tracing::error!("drain of {}: {e:#}", node.name);
+                }
+            }
+        });
+    }
+    Ok(Json(()))
+}
+
+fn fleet_view(
+    state: &State,
+    project: &str,
+    name: String,
+    cfg: corral_proto::config::FleetConfig,
+    created: i64,
+) -> Result<api::Fleet, Error> {
+    let connected = state.connected_nodes();
+    let members: Vec<NodeRow> = state
+        .store
+        .nodes()?
+        .into_iter()
+        .filter(|n| n.fleet.as_deref() == Some(name.as_str()))
+        .collect();
+    Ok(api::Fleet {
+        project: project.to_owned(),
+        placement: cfg.placement,
+        ready_nodes: members.iter().filter(|n| connected.contains(&n.id)).count() as u32,
+        nodes: members.into_iter().map(|n| n.name).collect(),
+        created_at_ms: created,
+        configuration: cfg,
+        name,
+    })
+}
+
+pub(super) async fn put_fleet(
+    Extract(state): Extract<AppState>,
+    Path(project): Path<String>,
+    Json(req): Json<SubmitFleet>,
+) -> Result<Json<api::Fleet>, Error> {
+    check_project(&state, &project)?;
+    let cfg = crate::admission::check_fleet(&req.configuration)
+        .map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
+    let name = cfg.name.clone().unwrap_or_default();
+    state.store.put_fleet(&project, &name, cfg)?;
+    // Which nodes are a cluster may have changed: refresh them for the scheduler.
+    for n in state
+        .store
+        .nodes()?
+        .into_iter()
+        .filter(|n| n.fleet.as_deref() == Some(name.as_str()))
+    {
+        state.node_changed(&n.id);
+    }
+    tracing::info!(fleet = %name, placement = ?cfg.placement, "fleet applied");
+    let created = state
+        .store
+        .fleets(&project)?
+        .into_iter()
+        .find(|f| f.0 == name)
+        .map_or(0, |f| f.2);
+    Ok(Json(fleet_view(
+        &state,
+        &project,
+        name,
+        cfg.clone(),
+        created,
+    )?))
+}
+
+pub(super) async fn list_fleets(
+    Extract(state): Extract<AppState>,
+    Path(project): Path<String>,
+) -> Result<Json<Vec<api::Fleet>>, Error> {
+    check_project(&state, &project)?;
+    let mut out = Vec::new();
+    for (name, cfg, created) in state.store.fleets(&project)? {
+        out.push(fleet_view(&state, &project, name, cfg, created)?);
+    }
+    Ok(Json(out))
+}
+
+pub(super) async fn get_fleet(
+    Extract(state): Extract<AppState>,
+    Path((project, name)): Path<(String, String)>,
+) -> Result<Json<api::Fleet>, Error> {
+    check_project(&state, &project)?;
+    let Some((name, cfg, created)) = state
+        .store
+        .fleets(&project)?
+        .into_iter()
+        .find(|f| f.0 == name)
+    else {
+        return Err(err(
+            StatusCode::NOT_FOUND,
+            format!("no fleet named {name:?} (see `corral fleet list`)"),
+        ));
+    };
+    Ok(Json(fleet_view(&state, &project, name, cfg, created)?))
+}
+
+/// Deletes a fleet's configuration. Its nodes stay enrolled; they are no longer a cluster.
+pub(super) async fn delete_fleet(
+    Extract(state): Extract<AppState>,
+    Path((project, name)): Path<(String, String)>,
+) -> Result<Json<()>, Error> {
+    check_project(&state, &project)?;
+    if !state.store.delete_fleet(&project, &name)? {
+        return Err(err(
+            StatusCode::NOT_FOUND,
+            format!("no fleet named {name:?}"),
+        ));
+    }
+    for n in state
+        .store
+        .nodes()?
+        .into_iter()
+        .filter(|n| n.fleet.as_deref() == Some(name.as_str()))
+    {
+        state.node_changed(&n.id);
+    }
+    Ok(Json(()))
+}

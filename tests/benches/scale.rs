@@ -1,0 +1,347 @@
+//! Held connections at scale: the release `corral-coordinator` as a child process, N hollow nodes
+//! (simulated agents, `corral_tests::hollow`, 8× H100 each) in this process on one shared QUIC
+//! endpoint. Measures the time to enroll and connect them all, the coordinator's memory and CPU, and
+//! the heartbeat round trip the nodes see at the coordinator's default heartbeat interval (5 s).
+//! Goals: coordinator RSS ≤ 1 GiB and heartbeat p99 ≤ 100 ms with 10,000 nodes.
+//!
+//! ```text
+//! cargo build --release --bin corral-coordinator
+//! CORRAL_BENCH_NODES=1000 cargo bench -p corral-tests --bench scale
+//! ```
+//!
+//! Knobs (environment): `CORRAL_BENCH_NODES` (10000), `CORRAL_BENCH_HOLD_SECS` (20: the window
+//! heartbeats are measured in), `CORRAL_BENCH_CONCURRENCY` (64 enrollments or handshakes at once),
+//! `CORRAL_BENCH_KILL` (10 nodes killed at the end, to time how long the coordinator takes to call
+//! them offline; 0 skips it), `CORRAL_BIN_DIR` (where the release binaries are).
+//!
+//! Both processes share this machine's cores, so the round trips include the hollow side's own
+//! scheduling delay: they are an upper bound on what the coordinator adds.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use corral_cli::client::Client;
+use corral_proto::api;
+use corral_tests::hollow::{HollowFleet, HollowOptions, RttSummary, h100_host};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("CORRAL_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release"));
+    dir.join(name)
+}
+
+fn env_num(name: &str, default: u64) -> anyhow::Result<u64> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("{name}={v:?} is not a number")),
+        Err(_) => Ok(default),
+    }
+}
+
+/// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`).
+fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .with_context(|| format!("no {field}"))?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("bad status line")?
+        .parse()?)
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// CPU time (user + system) a process has used.
+fn cpu_time(pid: u32, ticks_per_sec: u64) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').context("bad stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let (utime, stime): (u64, u64) = (f[11].parse()?, f[12].parse()?);
+    Ok(Duration::from_millis(
+        (utime + stime) * 1000 / ticks_per_sec.max(1),
+    ))
+}
+
+fn ticks_per_sec() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let nodes = env_num("CORRAL_BENCH_NODES", 10_000)? as usize;
+    let hold = Duration::from_secs(env_num("CORRAL_BENCH_HOLD_SECS", 20)?);
+    let concurrency = env_num("CORRAL_BENCH_CONCURRENCY", 64)? as usize;
+    let kills = (env_num("CORRAL_BENCH_KILL", 10)? as usize).min(nodes);
+    let tck = ticks_per_sec();
+
+    let dir = tempfile::tempdir()?;
+    let (http, quic) = (free_port()?, free_port()?);
+    let log_path = dir.path().join("coordinator.log");
+    let coordinator = Proc(
+        Command::new(bin("corral-coordinator"))
+            .arg("--data-dir")
+            .arg(dir.path().join("coord"))
+            .args([
+                "--http-listen",
+                &format!("127.0.0.1:{http}"),
+                "--quic-listen",
+                &format!("127.0.0.1:{quic}"),
+            ])
+            .env("CORRAL_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path)?)
+            .spawn()
+            .context("build it first: cargo build --release --bin corral-coordinator")?,
+    );
+    let pid = coordinator.0.id();
+    let (token_file, admin_file) = (
+        dir.path().join("coord/join-token"),
+        dir.path().join("coord/admin-token"),
+    );
+    let ready = Instant::now();
+    while !(token_file.exists() && admin_file.exists()) {
+        if ready.elapsed() > Duration::from_secs(10) {
+            bail!("the coordinator did not start; see {}", log_path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let token: corral_proto::token::JoinToken =
+        std::fs::read_to_string(&token_file)?.trim().parse()?;
+    let client = Client::new(
+        &format!("http://127.0.0.1:{http}"),
+        std::fs::read_to_string(&admin_file)?.trim(),
+        "main",
+    );
+    let rss_idle = status_kib(pid, "VmRSS:")?;
+
+    eprintln!("enrolling {nodes} hollow nodes, {concurrency} at a time…");
+    let started = Instant::now();
+    let opts = HollowOptions {
+        concurrency,
+        ..HollowOptions::default()
+    };
+    let addr = format!("127.0.0.1:{quic}").parse()?;
+    let fleet = HollowFleet::start(addr, &token, nodes, h100_host, opts).await?;
+    let enrolled_in = fleet.enrolled_in();
+    let rss_enrolled = status_kib(pid, "VmRSS:")?;
+    eprintln!(
+        "enrolled {} in {:.1} s; connecting…",
+        fleet.stats().enrolled,
+        enrolled_in.as_secs_f64()
+    );
+
+    // Connect: until all are up, or no progress for a minute (then measure what is there).
+    let connecting = Instant::now();
+    let (mut last, mut last_change) = (0, Instant::now());
+    let mut coordinator = coordinator;
+    let connected_in = loop {
+        let s = fleet.stats();
+        if s.connected >= s.enrolled {
+            break Some(connecting.elapsed());
+        }
+        if let Some(status) = coordinator.0.try_wait()? {
+            bail!(
+                "the coordinator exited ({status}) with {} nodes connected; see {}",
+                s.connected,
+                log_path.display()
+            );
+        }
+        if s.connected != last {
+            (last, last_change) = (s.connected, Instant::now());
+        }
+        if last_change.elapsed() > Duration::from_secs(60) {
+            eprintln!(
+                "no progress for 60 s: {s:?}; first errors: {:#?}",
+                fleet.errors()
+            );
+            break None;
+        }
+        eprintln!(
+            "  {:>6.1} s: {} connected, coordinator RSS {:.0} MiB, {} errors",
+            connecting.elapsed().as_secs_f64(),
+            s.connected,
+            mib(status_kib(pid, "VmRSS:")?),
+            s.errors
+        );
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    };
+    let total_in = started.elapsed();
+    let rss_connected = status_kib(pid, "VmRSS:")?;
+
+    // Hold: heartbeats at the default interval, measured over one window.
+    eprintln!(
+        "holding {} connections for {} s…",
+        fleet.stats().connected,
+        hold.as_secs()
+    );
+    let before = fleet.stats();
+    let _ = fleet.take_heartbeat_rtts();
+    let cpu_before = cpu_time(pid, tck)?;
+    tokio::time::sleep(hold).await;
+    let cpu_used = cpu_time(pid, tck)?.saturating_sub(cpu_before);
+    let rtts = RttSummary::of(fleet.take_heartbeat_rtts());
+    let after = fleet.stats();
+    let (rss_held, rss_peak) = (status_kib(pid, "VmRSS:")?, status_kib(pid, "VmHWM:")?);
+    let bench_rss = status_kib(std::process::id(), "VmRSS:")?;
+
+    let listed = Instant::now();
+    let listing: Vec<api::Node> = client.get("/api/nodes").await?;
+    let list_took = listed.elapsed();
+    let ready = listing
+        .iter()
+        .filter(|n| n.status == api::NodeStatus::Ready)
+        .count();
+
+    // Kill a few: how long until the coordinator calls them offline.
+    let mut detect = None;
+    if kills > 0 {
+        eprintln!("killing {kills} nodes…");
+        let names: Vec<String> = (0..kills)
+            .filter_map(|i| fleet.node(i).map(|(n, _)| n.to_owned()))
+            .collect();
+        let killed = Instant::now();
+        for i in 0..kills {
+            fleet.kill(i);
+        }
+        while killed.elapsed() < Duration::from_secs(120) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let listing: Vec<api::Node> = client.get("/api/nodes").await?;
+            let offline = listing
+                .iter()
+                .filter(|n| names.contains(&n.name) && n.status != api::NodeStatus::Ready)
+                .count();
+            if offline == kills {
+                detect = Some(killed.elapsed());
+                break;
+            }
+        }
+    }
+
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+
+    let goal = |ok: bool| if ok { "✅" } else { "❌" };
+    let s = after;
+    println!("| measure ({nodes} hollow nodes, 8× H100 each) | value | goal |");
+    println!("|---|---|---|");
+    println!(
+        "| nodes connected (hollow side / coordinator `Ready`) | {} / {ready} of {nodes} | all |",
+        s.connected
+    );
+    println!(
+        "| enroll all, {concurrency} at a time | {:.1} s ({:.0}/s) | — |",
+        enrolled_in.as_secs_f64(),
+        s.enrolled as f64 / enrolled_in.as_secs_f64()
+    );
+    match connected_in {
+        Some(c) => println!(
+            "| then connect all (mTLS + Hello/Welcome + reports); enroll + connect | {:.1} s; {:.1} s | — |",
+            c.as_secs_f64(),
+            total_in.as_secs_f64()
+        ),
+        None => println!("| then connect all | stalled at {} | — |", before.connected),
+    }
+    println!(
+        "| coordinator RSS: idle → enrolled → connected → after {} s held (peak) | {:.0} → {:.0} → {:.0} → {:.0} MiB ({:.0}) | {} ≤ 1 GiB |",
+        hold.as_secs(),
+        mib(rss_idle),
+        mib(rss_enrolled),
+        mib(rss_connected),
+        mib(rss_held),
+        mib(rss_peak),
+        goal(rss_peak <= 1024 * 1024)
+    );
+    println!(
+        "| coordinator CPU while holding | {:.0} % of one core | — |",
+        cpu_used.as_secs_f64() * 100.0 / hold.as_secs_f64()
+    );
+    match rtts {
+        Some(r) => println!(
+            "| heartbeat RTT p50 / p99 / max ({} samples, {} s) | {} / {} / {} | {} p99 ≤ 100 ms |",
+            r.samples,
+            hold.as_secs(),
+            ms(r.p50),
+            ms(r.p99),
+            ms(r.max),
+            goal(r.p99 <= Duration::from_millis(100))
+        ),
+        None => println!("| heartbeat RTT | no samples | ❌ p99 ≤ 100 ms |"),
+    }
+    println!(
+        "| heartbeats sent / acked while holding; sessions lost (whole run) | {} / {}; {} | — |",
+        s.heartbeats_sent - before.heartbeats_sent,
+        s.heartbeats_acked - before.heartbeats_acked,
+        s.sessions_lost
+    );
+    println!(
+        "| `GET /api/nodes` ({} nodes) | {} | — |",
+        listing.len(),
+        ms(list_took)
+    );
+    if kills > 0 {
+        println!(
+            "| {kills} nodes killed → all `offline` at the coordinator | {} | — |",
+            detect.map_or_else(
+                || "not within 120 s".to_owned(),
+                |d| format!("{:.1} s", d.as_secs_f64())
+            )
+        );
+    }
+    println!(
+        "| bench process RSS (hollow nodes) | {:.0} MiB | — |",
+        mib(bench_rss)
+    );
+    println!(
+        "| hollow-side errors; coordinator WARN/ERROR lines | {}; {} | 0; 0 |",
+        s.errors,
+        warnings.len()
+    );
+    for e in fleet.errors().iter().take(5) {
+        eprintln!("hollow error: {e}");
+    }
+    for w in warnings.iter().take(10) {
+        eprintln!("coordinator: {w}");
+    }
+    fleet.shutdown().await;
+    drop(coordinator);
+    Ok(())
+}
