@@ -414,9 +414,15 @@ fn apply_update(
                     .unwrap_or(TerminationReason::AbortedByUser),
             });
         }
-        None => state
-            .store
-            .set_progress(&u.job_id, &u.state, u.message.as_deref())?,
+        None => {
+            state
+                .store
+                .set_progress(&u.job_id, &u.state, u.message.as_deref())?;
+            if u.state == JobState::Running && job.state != JobState::Running {
+                // A gang member running may let the others start (`startup_order`).
+                crate::lifecycle::start_allowed(state, &job.run_id)?;
+            }
+        }
     }
     Ok(())
 }
@@ -468,8 +474,14 @@ fn reconcile(
         }
         match job.state {
             JobState::Provisioning => {
-                // The start command was lost or never sent: send it (the agent ignores duplicates).
-                if let Some(spec) = &job.spec {
+                // The start command was lost or never sent: send it (the agent ignores duplicates),
+                // when the run's startup order lets it start now.
+                let gang = state.store.latest_jobs(&job.run_id)?;
+                if let Some(spec) = job
+                    .spec
+                    .as_ref()
+                    .filter(|_| crate::lifecycle::may_start(job, &gang))
+                {
                     let _ = tx.try_send(CoordinatorMessage::StartJob(Box::new(spec.clone())));
                 }
             }

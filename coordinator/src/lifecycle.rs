@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use corral_proto::config::{Configuration, RetryEvent};
+use corral_proto::config::{Configuration, RetryEvent, StartupOrder, StopCriteria};
 use corral_proto::ids::{JobId, NodeId};
-use corral_proto::job::TerminationReason;
+use corral_proto::job::{JobState, TerminationReason};
 use corral_proto::wire::CoordinatorMessage;
 
 use crate::State;
@@ -66,6 +66,38 @@ impl State {
     }
 }
 
+/// Whether a placed job of a gang may be started now, by the run's `startup_order`: the master
+/// (rank 0) first, or the workers first, each side once the other is running.
+pub fn may_start(job: &JobRow, gang: &[JobRow]) -> bool {
+    let Configuration::Task(task) = &job.configuration else {
+        return true;
+    };
+    let running = |j: &JobRow| matches!(j.state, JobState::Running) || j.state.is_finished();
+    match task.startup_order {
+        StartupOrder::Any => true,
+        StartupOrder::MasterFirst => {
+            job.job_num == 0 || gang.iter().filter(|j| j.job_num == 0).all(running)
+        }
+        StartupOrder::WorkersFirst => {
+            job.job_num != 0 || gang.iter().filter(|j| j.job_num != 0).all(running)
+        }
+    }
+}
+
+/// Sends `StartJob` to the gang's placed jobs that may start now. Idempotent: the agent ignores a
+/// job it already runs.
+pub fn start_allowed(state: &State, run: &corral_proto::ids::RunId) -> Result<(), StoreError> {
+    let gang = state.store.latest_jobs(run)?;
+    for job in gang.iter().filter(|j| j.state == JobState::Provisioning) {
+        if let (Some(node), Some(spec)) = (&job.node_id, &job.spec) {
+            if may_start(job, &gang) {
+                state.send(node, CoordinatorMessage::StartJob(Box::new(spec.clone())));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Called once per job end (after the store recorded it).
 pub fn job_ended(state: &State, job: &JobRow, reason: TerminationReason) -> Result<(), StoreError> {
     let Configuration::Task(task) = &job.configuration else {
@@ -74,6 +106,18 @@ pub fn job_ended(state: &State, job: &JobRow, reason: TerminationReason) -> Resu
     let latest = state.store.latest_jobs(&job.run_id)?;
     if !latest.iter().any(|j| j.id == job.id) {
         return Ok(()); // an older attempt
+    }
+    if reason == TerminationReason::Done
+        && job.job_num == 0
+        && task.stop_criteria == StopCriteria::MasterDone
+    {
+        // `stop_criteria: master-done`: the master's success ends the run; the workers stop as done.
+        for other in latest
+            .iter()
+            .filter(|j| j.id != job.id && !j.state.is_finished())
+        {
+            state.stop_job(&other.id, TerminationReason::Done, false)?;
+        }
     }
     let failed = reason.retry_event().is_some();
     if failed {

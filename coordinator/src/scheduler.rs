@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use corral_proto::config::{Configuration, TaskConfig};
+use corral_proto::config::{Configuration, StartupOrder, TaskConfig};
 use corral_proto::ids::{JobId, NodeId, RunId};
 use corral_proto::job::JobSpec;
 use corral_proto::resources::Allocation;
@@ -265,7 +265,7 @@ pub fn schedule_once(state: &State) -> anyhow::Result<()> {
         .collect();
     let assigned = state.store.assign_gangs(&gangs)?;
     for (((key, allocs), gang), ok) in placed.into_iter().zip(gangs).zip(assigned) {
-        sched.queue.remove(&key);
+        let order = sched.queue.remove(&key).map(|q| q.task.startup_order);
         if !ok {
             // Stopped while being placed: give the resources back.
             for (node, a) in &allocs {
@@ -273,9 +273,18 @@ pub fn schedule_once(state: &State) -> anyhow::Result<()> {
             }
             continue;
         }
+        let ordered = gang.len() > 1 && !matches!(order, Some(StartupOrder::Any) | None);
         for (node, spec) in gang {
             tracing::debug!(job = %spec.job_id, run = %spec.run_name, %node, gpus = ?spec.allocation.gpu_indices, "job placed");
-            state.send(&node, CoordinatorMessage::StartJob(Box::new(spec)));
+            if !ordered {
+                state.send(&node, CoordinatorMessage::StartJob(Box::new(spec)));
+            }
+        }
+        if ordered {
+            // `startup_order`: start the side that goes first; the rest follows its `running`.
+            if let Err(e) = crate::lifecycle::start_allowed(state, &key.2) {
+                tracing::error!("cannot start the run's jobs: {e:#}");
+            }
         }
     }
     Ok(())

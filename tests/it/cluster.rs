@@ -20,6 +20,7 @@ async fn two_nodes(
         AgentOptions {
             name: "node-a".into(),
             nvml: None,
+            fleet: None,
         },
     );
     let b = Agent::start(
@@ -28,6 +29,7 @@ async fn two_nodes(
         AgentOptions {
             name: "node-b".into(),
             nvml: None,
+            fleet: None,
         },
     );
     nodes_ready(&coord.client(), 2).await?;
@@ -95,6 +97,7 @@ async fn a_lost_node_s_job_is_retried_elsewhere_and_the_old_copy_is_killed_on_re
         AgentOptions {
             name: first_node.clone(),
             nvml: None,
+            fleet: None,
         },
     );
     wait_for(
@@ -165,6 +168,7 @@ async fn higher_priority_runs_first() -> anyhow::Result<()> {
         AgentOptions {
             name: "gpu-node".into(),
             nvml: Some(nvml),
+            fleet: None,
         },
     );
     nodes_ready(&client, 1).await?;
@@ -212,5 +216,94 @@ async fn higher_priority_runs_first() -> anyhow::Result<()> {
     for name in ["high", "low"] {
         corral_cli::commands::stop(&client, name, true, true, &mut out).await?;
     }
+    Ok(())
+}
+
+/// Two in-process agents in a `placement: cluster` fleet.
+async fn rack() -> anyhow::Result<(tempfile::TempDir, Coordinator, Agent, Agent)> {
+    ensure_image();
+    let dir = tempfile::tempdir()?;
+    let coord = Coordinator::start(&dir.path().join("coord")).await?;
+    let client = coord.client();
+    let fleet = write_config(
+        dir.path(),
+        "rack",
+        "type: fleet\nname: rack\nplacement: cluster\n",
+    );
+    let mut out = Vec::new();
+    corral_cli::commands::apply(&client, &fleet, true, true, None, &mut out).await?;
+    let opts = |name: &str| AgentOptions {
+        name: name.into(),
+        nvml: None,
+        fleet: Some("rack".into()),
+    };
+    let a = Agent::start(&coord, &dir.path().join("a"), opts("node-a"));
+    let b = Agent::start(&coord, &dir.path().join("b"), opts("node-b"));
+    nodes_ready(&client, 2).await?;
+    Ok((dir, coord, a, b))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_rank_stops_the_whole_gang() -> anyhow::Result<()> {
+    let (dir, coord, _a, _b) = rack().await?;
+    let client = coord.client();
+    let file = write_config(
+        dir.path(),
+        "gang",
+        &format!(
+            "type: task\nname: gang\nimage: {IMAGE}\nnodes: 2\ncommands:\n  - if [ \"$DSTACK_NODE_RANK\" = 1 ]; then sleep 1; exit 5; fi\n  - sleep 600\n"
+        ),
+    );
+    apply(&client, &file, true).await?;
+    let r = wait_state(
+        &client,
+        "gang",
+        |r| r.state.is_finished(),
+        Duration::from_secs(60),
+    )
+    .await?;
+    assert_eq!(r.state, JobState::Failed);
+    assert_eq!(r.jobs[1].exit_code, Some(5));
+    assert_eq!(
+        r.jobs[1].termination_reason,
+        Some(TerminationReason::ContainerExitedWithError)
+    );
+    assert_eq!(
+        r.jobs[0].termination_reason,
+        Some(TerminationReason::GangMemberFailed)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_first_start_and_master_done_stop() -> anyhow::Result<()> {
+    let (dir, coord, _a, _b) = rack().await?;
+    let client = coord.client();
+    let file = write_config(
+        dir.path(),
+        "ordered",
+        &format!(
+            "type: task\nname: ordered\nimage: {IMAGE}\nnodes: 2\nstartup_order: master-first\nstop_criteria: master-done\ncommands:\n  - if [ \"$DSTACK_NODE_RANK\" = 0 ]; then sleep 2; echo master finished; exit 0; fi\n  - sleep 600\n"
+        ),
+    );
+    apply(&client, &file, true).await?;
+    let r = wait_state(
+        &client,
+        "ordered",
+        |r| r.state.is_finished(),
+        Duration::from_secs(60),
+    )
+    .await?;
+    assert_eq!(r.state, JobState::Done, "{:#?}", r.jobs);
+    let started = |k: usize| r.jobs[k].started_at_ms.expect("started");
+    assert!(
+        started(1) >= started(0),
+        "the worker started after the master"
+    );
+    assert_eq!(
+        r.jobs[1].termination_reason,
+        Some(TerminationReason::Done),
+        "the worker ends with the master"
+    );
     Ok(())
 }

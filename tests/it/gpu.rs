@@ -20,6 +20,7 @@ async fn gpu_task_waits_then_runs_on_the_gpu_node() -> anyhow::Result<()> {
         AgentOptions {
             name: "cpu-node".into(),
             nvml: None,
+            fleet: None,
         },
     );
     nodes_ready(&client, 1).await?;
@@ -52,6 +53,7 @@ async fn gpu_task_waits_then_runs_on_the_gpu_node() -> anyhow::Result<()> {
         AgentOptions {
             name: "gpu-node".into(),
             nvml: Some(nvml),
+            fleet: None,
         },
     );
     let nodes = nodes_ready(&client, 2).await?;
@@ -98,6 +100,7 @@ async fn two_gpu_tasks_never_share_a_gpu() -> anyhow::Result<()> {
         AgentOptions {
             name: "gpu-node".into(),
             nvml: Some(nvml),
+            fleet: None,
         },
     );
     nodes_ready(&client, 1).await?;

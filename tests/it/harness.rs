@@ -156,6 +156,7 @@ pub struct Agent {
 pub struct AgentOptions {
     pub name: String,
     pub nvml: Option<PathBuf>,
+    pub fleet: Option<String>,
 }
 
 impl Agent {
@@ -165,7 +166,7 @@ impl Agent {
             token: Some(coord.join_token.clone()),
             state_dir: state.to_owned(),
             name: Some(opts.name),
-            fleet: None,
+            fleet: opts.fleet,
             // A path that does not exist means "no NVIDIA GPUs on this host".
             nvml_library: Some(
                 opts.nvml
@@ -385,6 +386,7 @@ impl OneNode {
             AgentOptions {
                 name: "node-a".into(),
                 nvml: None,
+                fleet: None,
             },
         );
         let client = coord.client();

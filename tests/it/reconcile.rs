@@ -93,6 +93,7 @@ async fn abort_while_the_node_is_away_ends_the_run_and_the_container_goes_when_i
         AgentOptions {
             name: "node-a".into(),
             nvml: None,
+            fleet: None,
         },
     );
     wait_for(
@@ -144,6 +145,7 @@ async fn a_container_corral_does_not_know_is_removed() -> anyhow::Result<()> {
         AgentOptions {
             name: "node-a".into(),
             nvml: None,
+            fleet: None,
         },
     );
     let gone = wait_for(

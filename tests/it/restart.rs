@@ -74,6 +74,7 @@ async fn agent_restart_keeps_the_container_and_readopts_it() -> anyhow::Result<(
         AgentOptions {
             name: "node-a".into(),
             nvml: None,
+            fleet: None,
         },
     );
     let done = wait_state(
@@ -128,6 +129,7 @@ async fn a_vanished_container_fails_its_job() -> anyhow::Result<()> {
         AgentOptions {
             name: "node-a".into(),
             nvml: None,
+            fleet: None,
         },
     );
     let r = wait_state(
