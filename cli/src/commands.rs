@@ -410,7 +410,7 @@ pub async fn node_list(client: &Client, json: bool, out: Out<'_>) -> anyhow::Res
         return Ok(0);
     }
     let mut t = table(&[
-        "NAME", "STATUS", "CPU", "MEMORY", "DISK", "GPU", "JOBS", "ADDRESS", "SEEN",
+        "NAME", "FLEET", "STATUS", "CPU", "MEMORY", "DISK", "GPU", "JOBS", "ADDRESS", "SEEN",
     ]);
     for n in &nodes {
         let (cpu, mem, disk, gpu) = match &n.inventory {
@@ -435,9 +435,15 @@ pub async fn node_list(client: &Client, json: bool, out: Out<'_>) -> anyhow::Res
             }
             None => ("?".into(), "?".into(), "?".into(), "?".into()),
         };
+        let status = format!("{:?}", n.status).to_lowercase();
         t.add_row(vec![
             n.name.clone(),
-            format!("{:?}", n.status).to_lowercase(),
+            n.fleet.clone().unwrap_or_else(|| "-".into()),
+            if n.cordoned {
+                format!("{status},cordoned")
+            } else {
+                status
+            },
             cpu,
             mem,
             disk,

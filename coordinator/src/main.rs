@@ -24,6 +24,14 @@ struct Args {
     /// UDP address agents dial (QUIC).
     #[arg(long, env = "CORRAL_QUIC_LISTEN", default_value = "0.0.0.0:7071")]
     quic_listen: SocketAddr,
+    /// A node silent this long (e.g. `10s`, `1m`) is unreachable; its jobs are interrupted.
+    #[arg(long, env = "CORRAL_NODE_TIMEOUT", default_value = "10s", value_parser = parse_secs)]
+    node_timeout: u64,
+}
+
+fn parse_secs(s: &str) -> Result<u64, String> {
+    corral_proto::config::parse_duration(s)
+        .ok_or_else(|| format!("{s:?} is not a duration (use e.g. 10s, 1m)"))
 }
 
 #[tokio::main]
@@ -41,6 +49,7 @@ async fn main() -> ExitCode {
             .unwrap_or_else(|| corral_proto::paths::default_dir("corral")),
         http_listen: args.http_listen,
         quic_listen: args.quic_listen,
+        node_timeout: std::time::Duration::from_secs(args.node_timeout),
         ..Default::default()
     };
     let shutdown = CancellationToken::new();

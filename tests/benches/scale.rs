@@ -169,6 +169,7 @@ async fn main() -> anyhow::Result<()> {
     // Connect: until all are up, or no progress for a minute (then measure what is there).
     let connecting = Instant::now();
     let (mut last, mut last_change) = (0, Instant::now());
+    let mut last_report = Instant::now();
     let mut coordinator = coordinator;
     let connected_in = loop {
         let s = fleet.stats();
@@ -192,14 +193,17 @@ async fn main() -> anyhow::Result<()> {
             );
             break None;
         }
-        eprintln!(
-            "  {:>6.1} s: {} connected, coordinator RSS {:.0} MiB, {} errors",
-            connecting.elapsed().as_secs_f64(),
-            s.connected,
-            mib(status_kib(pid, "VmRSS:")?),
-            s.errors
-        );
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            last_report = Instant::now();
+            eprintln!(
+                "  {:>6.1} s: {} connected, coordinator RSS {:.0} MiB, {} errors",
+                connecting.elapsed().as_secs_f64(),
+                s.connected,
+                mib(status_kib(pid, "VmRSS:")?),
+                s.errors
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let total_in = started.elapsed();
     let rss_connected = status_kib(pid, "VmRSS:")?;
