@@ -12,7 +12,10 @@
 //! Knobs (environment): `CORRAL_BENCH_NODES` (10000), `CORRAL_BENCH_HOLD_SECS` (20: the window
 //! heartbeats are measured in), `CORRAL_BENCH_CONCURRENCY` (64 enrollments or handshakes at once),
 //! `CORRAL_BENCH_KILL` (10 nodes killed at the end, to time how long the coordinator takes to call
-//! them offline; 0 skips it), `CORRAL_BIN_DIR` (where the release binaries are).
+//! them offline; 0 skips it), `CORRAL_BENCH_LATE` (100 more nodes enrolled once all are connected,
+//! to time enrollment against a full node table; 0 skips it), `CORRAL_BENCH_LOG` (the
+//! coordinator's log filter, `warn`; its log is kept in the temp dir when anything went wrong),
+//! `CORRAL_BIN_DIR` (where the release binaries are).
 //!
 //! Both processes share this machine's cores, so the round trips include the hollow side's own
 //! scheduling delay: they are an upper bound on what the coordinator adds.
@@ -107,6 +110,8 @@ async fn main() -> anyhow::Result<()> {
     let hold = Duration::from_secs(env_num("CORRAL_BENCH_HOLD_SECS", 20)?);
     let concurrency = env_num("CORRAL_BENCH_CONCURRENCY", 64)? as usize;
     let kills = (env_num("CORRAL_BENCH_KILL", 10)? as usize).min(nodes);
+    let late = env_num("CORRAL_BENCH_LATE", 100)? as usize;
+    let log_level = std::env::var("CORRAL_BENCH_LOG").unwrap_or_else(|_| "warn".to_owned());
     let tck = ticks_per_sec();
 
     let dir = tempfile::tempdir()?;
@@ -122,7 +127,7 @@ async fn main() -> anyhow::Result<()> {
                 "--quic-listen",
                 &format!("127.0.0.1:{quic}"),
             ])
-            .env("CORRAL_LOG", "warn")
+            .env("CORRAL_LOG", &log_level)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log_path)?)
             .spawn()
@@ -232,6 +237,27 @@ async fn main() -> anyhow::Result<()> {
         .filter(|n| n.status == api::NodeStatus::Ready)
         .count();
 
+    // Late joiners: enrollment with a full node table (every row carrying its inventory).
+    let mut joined = None;
+    if late > 0 {
+        eprintln!("{late} late joiners…");
+        let opts = HollowOptions {
+            concurrency,
+            name_prefix: "late".to_owned(),
+            ..HollowOptions::default()
+        };
+        let joiners = HollowFleet::start(addr, &token, late, h100_host, opts).await?;
+        let enrolled = joiners.stats().enrolled;
+        let connected = joiners
+            .wait_connected(enrolled, Duration::from_secs(120))
+            .await;
+        joined = Some((joiners.enrolled_in(), enrolled, connected));
+        for e in joiners.errors().iter().take(5) {
+            eprintln!("late joiner error: {e}");
+        }
+        joiners.shutdown().await;
+    }
+
     // Kill a few: how long until the coordinator calls them offline.
     let mut detect = None;
     if kills > 0 {
@@ -321,6 +347,18 @@ async fn main() -> anyhow::Result<()> {
         listing.len(),
         ms(list_took)
     );
+    if let Some((took, enrolled, connected)) = &joined {
+        println!(
+            "| {late} more nodes enroll with {} connected; then connect | {enrolled} in {:.1} s ({:.0}/s); {} | — |",
+            s.connected,
+            took.as_secs_f64(),
+            *enrolled as f64 / took.as_secs_f64(),
+            match connected {
+                Ok(d) => format!("{:.1} s", d.as_secs_f64()),
+                Err(e) => format!("failed: {e:#}"),
+            }
+        );
+    }
     if kills > 0 {
         println!(
             "| {kills} nodes killed → all `offline` at the coordinator | {} | — |",
@@ -344,6 +382,12 @@ async fn main() -> anyhow::Result<()> {
     }
     for w in warnings.iter().take(10) {
         eprintln!("coordinator: {w}");
+    }
+    if s.errors > 0 || !warnings.is_empty() {
+        let keep = std::env::temp_dir().join(format!("corral-scale-{}.log", std::process::id()));
+        if std::fs::copy(&log_path, &keep).is_ok() {
+            eprintln!("coordinator log kept in {}", keep.display());
+        }
     }
     fleet.shutdown().await;
     drop(coordinator);

@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -196,6 +196,7 @@ impl HollowFleet {
             enrolling.spawn(async move {
                 // The semaphore is never closed, so acquiring cannot fail.
                 let _permit = permits.acquire_owned().await;
+                let began = Instant::now();
                 let r = corral_agent::link::enroll_in_memory(
                     &endpoint,
                     coordinator,
@@ -203,7 +204,8 @@ impl HollowFleet {
                     &name,
                     fleet,
                 )
-                .await;
+                .await
+                .with_context(|| format!("enrollment failed after {:?}", began.elapsed()));
                 (i, r)
             });
         }
@@ -212,7 +214,7 @@ impl HollowFleet {
         while let Some(joined) = enrolling.join_next().await {
             match joined {
                 Ok((i, Ok(identity))) => identities[i] = Some(identity),
-                Ok((i, Err(e))) => shared.error(&name(i), &e.context("enrollment failed")),
+                Ok((i, Err(e))) => shared.error(&name(i), &e),
                 Err(e) => shared.error("fleet", &anyhow::Error::new(e).context("enrollment task")),
             }
         }
