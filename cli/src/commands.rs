@@ -348,13 +348,21 @@ pub async fn ps(client: &Client, all: bool, json: bool, out: Out<'_>) -> anyhow:
                 (None, None) => String::new(),
             };
             t.add_row(vec![
-                r.name.clone(),
+                if r.jobs.len() > 1 {
+                    format!("{} [rank {}]", r.name, j.job_num)
+                } else {
+                    r.name.clone()
+                },
                 j.node_name.clone().unwrap_or_else(|| "-".into()),
                 j.allocation
                     .as_ref()
                     .map(alloc_line)
                     .unwrap_or_else(|| "-".into()),
-                output::state(&j.state),
+                if j.submission > 0 {
+                    format!("{} (retry {})", output::state(&j.state), j.submission)
+                } else {
+                    output::state(&j.state)
+                },
                 ago(r.submitted_at_ms),
                 j.exit_code.map(|c| c.to_string()).unwrap_or_default(),
                 reason,
