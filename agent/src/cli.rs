@@ -10,11 +10,7 @@ use tokio_util::sync::CancellationToken;
 use corral_proto::token::JoinToken;
 
 #[derive(Parser)]
-#[command(
-    name = "corral-agent",
-    version,
-    about = "Corral's host agent: reports hardware, runs jobs in Docker"
-)]
+#[command(name = "corral-agent", version, about = "Corral's host agent: reports hardware, runs jobs in Docker")]
 struct Args {
     /// The coordinator's QUIC address, HOST:PORT.
     #[arg(long, env = "CORRAL_COORDINATOR")]
@@ -44,18 +40,10 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG").unwrap_or_else(|_| "info".into()))
         .init();
     let args = Args::parse_from(args);
-    let token = match args
-        .token
-        .as_deref()
-        .map(str::parse::<JoinToken>)
-        .transpose()
-    {
+    let token = match args.token.as_deref().map(str::parse::<JoinToken>).transpose() {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: --token: {e}");
@@ -65,9 +53,7 @@ where
     let config = crate::Config {
         coordinator: args.coordinator,
         token,
-        state_dir: args
-            .state_dir
-            .unwrap_or_else(|| corral_proto::paths::default_dir("corral-agent")),
+        state_dir: args.state_dir.unwrap_or_else(|| corral_proto::paths::default_dir("corral-agent")),
         name: args.name,
         fleet: args.fleet,
         nvml_library: args.nvml_library,

@@ -45,26 +45,17 @@ pub struct Identity {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
-    move |source| IdentityError::Io {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| IdentityError::Io { path: path.to_owned(), source }
 }
 
 fn first_cert(path: &Path, pem: &str) -> Result<CertificateDer<'static>, IdentityError> {
     use rustls::pki_types::pem::PemObject;
-    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| IdentityError::Damaged {
-        path: path.to_owned(),
-        detail: e.to_string(),
-    })
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| IdentityError::Damaged { path: path.to_owned(), detail: e.to_string() })
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    ring::digest::digest(&ring::digest::SHA256, bytes).as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Identity {
@@ -74,34 +65,16 @@ impl Identity {
         if !node_path.exists() {
             return Ok(None);
         }
-        let node: NodeFile =
-            serde_json::from_str(&fs::read_to_string(&node_path).map_err(io(&node_path))?)
-                .map_err(|e| IdentityError::Damaged {
-                    path: node_path.clone(),
-                    detail: e.to_string(),
-                })?;
+        let node: NodeFile = serde_json::from_str(&fs::read_to_string(&node_path).map_err(io(&node_path))?)
+            .map_err(|e| IdentityError::Damaged { path: node_path.clone(), detail: e.to_string() })?;
         let key_path = dir.join("node.key");
         let key = rcgen::KeyPair::from_pem(&fs::read_to_string(&key_path).map_err(io(&key_path))?)
-            .map_err(|e| IdentityError::Damaged {
-                path: key_path.clone(),
-                detail: e.to_string(),
-            })?;
+            .map_err(|e| IdentityError::Damaged { path: key_path.clone(), detail: e.to_string() })?;
         let cert_path = dir.join("node.pem");
-        let cert = first_cert(
-            &cert_path,
-            &fs::read_to_string(&cert_path).map_err(io(&cert_path))?,
-        )?;
+        let cert = first_cert(&cert_path, &fs::read_to_string(&cert_path).map_err(io(&cert_path))?)?;
         let ca_path = dir.join("ca.pem");
-        let ca = first_cert(
-            &ca_path,
-            &fs::read_to_string(&ca_path).map_err(io(&ca_path))?,
-        )?;
-        Ok(Some(Self {
-            node,
-            key_der: key.serialize_der(),
-            cert,
-            ca,
-        }))
+        let ca = first_cert(&ca_path, &fs::read_to_string(&ca_path).map_err(io(&ca_path))?)?;
+        Ok(Some(Self { node, key_der: key.serialize_der(), cert, ca }))
     }
 
     /// Writes the files of a fresh enrollment. The key is written first and the node file last, so a
@@ -124,15 +97,13 @@ impl Identity {
             .mode(0o600)
             .open(&key_path)
             .map_err(io(&key_path))?;
-        f.write_all(key.serialize_pem().as_bytes())
-            .map_err(io(&key_path))?;
+        f.write_all(key.serialize_pem().as_bytes()).map_err(io(&key_path))?;
         for (name, text) in [("node.pem", cert_pem), ("ca.pem", ca_pem)] {
             let p = dir.join(name);
             fs::write(&p, text).map_err(io(&p))?;
         }
         let p = dir.join("node.json");
-        let json =
-            serde_json::to_string_pretty(node).map_err(|e| IdentityError::Tls(e.to_string()))?;
+        let json = serde_json::to_string_pretty(node).map_err(|e| IdentityError::Tls(e.to_string()))?;
         fs::write(&p, json).map_err(io(&p))
     }
 
@@ -157,9 +128,7 @@ impl Identity {
     pub fn client_config(&self) -> Result<rustls::ClientConfig, IdentityError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
-        roots
-            .add(self.ca.clone())
-            .map_err(|e| IdentityError::Tls(e.to_string()))?;
+        roots.add(self.ca.clone()).map_err(|e| IdentityError::Tls(e.to_string()))?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()));
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -227,20 +196,13 @@ impl ServerCertVerifier for PinnedCaVerifier {
             )));
         };
         let mut roots = RootCertStore::empty();
-        roots
-            .add(ca.clone().into_owned())
-            .map_err(|e| self.fail(format!("the pinned CA is unusable: {e}")))?;
-        let verifier =
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-                .build()
-                .map_err(|e| self.fail(format!("cannot build a verifier: {e}")))?;
+        roots.add(ca.clone().into_owned()).map_err(|e| self.fail(format!("the pinned CA is unusable: {e}")))?;
+        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            .build()
+            .map_err(|e| self.fail(format!("cannot build a verifier: {e}")))?;
         verifier
             .verify_server_cert(end_entity, &[], server_name, ocsp, now)
-            .map_err(|e| {
-                self.fail(format!(
-                    "the coordinator's certificate is not signed by the pinned CA: {e}"
-                ))
-            })
+            .map_err(|e| self.fail(format!("the coordinator's certificate is not signed by the pinned CA: {e}")))
     }
 
     fn verify_tls12_signature(
@@ -249,12 +211,7 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -263,17 +220,10 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }

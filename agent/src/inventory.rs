@@ -89,16 +89,11 @@ fn collect_host() -> HostInventory {
         Ok(n) if n > 0 => n,
         _ => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
     };
-    let cpu_model = cpus
-        .first()
-        .map(|c| c.brand().trim().to_owned())
-        .filter(|b| !b.is_empty());
+    let cpu_model = cpus.first().map(|c| c.brand().trim().to_owned()).filter(|b| !b.is_empty());
 
     HostInventory {
         hostname: System::host_name().unwrap_or_else(|| "unknown".to_owned()),
-        os: System::long_os_version()
-            .or_else(System::name)
-            .unwrap_or_else(|| std::env::consts::OS.to_owned()),
+        os: System::long_os_version().or_else(System::name).unwrap_or_else(|| std::env::consts::OS.to_owned()),
         cpu_model: cpu_model.unwrap_or_else(|| "unknown".to_owned()),
         cpu_cores,
         arch: std::env::consts::ARCH.to_owned(),
@@ -113,28 +108,16 @@ fn docker_disk_size() -> u64 {
     let docker = Path::new(DOCKER_ROOT);
     let target = if docker.exists() {
         // Resolve symlinks: a relocated data root is often a link to another disk.
-        docker
-            .canonicalize()
-            .unwrap_or_else(|_| docker.to_path_buf())
+        docker.canonicalize().unwrap_or_else(|_| docker.to_path_buf())
     } else {
         PathBuf::from("/")
     };
     let disks = Disks::new_with_refreshed_list_specifics(DiskRefreshKind::nothing().with_storage());
-    size_of_fs_holding(
-        &target,
-        disks
-            .list()
-            .iter()
-            .map(|d| (d.mount_point(), d.total_space())),
-    )
-    .unwrap_or(0)
+    size_of_fs_holding(&target, disks.list().iter().map(|d| (d.mount_point(), d.total_space()))).unwrap_or(0)
 }
 
 /// The size of the deepest mount point that contains `path`.
-fn size_of_fs_holding<'a>(
-    path: &Path,
-    mounts: impl IntoIterator<Item = (&'a Path, u64)>,
-) -> Option<u64> {
+fn size_of_fs_holding<'a>(path: &Path, mounts: impl IntoIterator<Item = (&'a Path, u64)>) -> Option<u64> {
     mounts
         .into_iter()
         .filter(|(mount, _)| path.starts_with(mount))
@@ -156,59 +139,32 @@ mod tests {
         assert!(host.cpu_cores >= 1);
         assert!(!host.cpu_model.is_empty());
         assert_eq!(host.arch, std::env::consts::ARCH);
-        assert!(
-            host.cpu_arch().is_some(),
-            "arch {} not recognised",
-            host.arch
-        );
+        assert!(host.cpu_arch().is_some(), "arch {} not recognised", host.arch);
         assert!(host.memory.bytes() >= 64 * 1024 * 1024, "{}", host.memory);
-        assert!(
-            host.disk.bytes() > 0,
-            "no filesystem found for {DOCKER_ROOT} or /"
-        );
+        assert!(host.disk.bytes() > 0, "no filesystem found for {DOCKER_ROOT} or /");
         assert!(!host.hostname.is_empty() && !host.os.is_empty());
     }
 
     #[test]
     fn disk_is_the_deepest_mount_holding_the_path() {
-        let mounts = [
-            (Path::new("/"), 100),
-            (Path::new("/var"), 200),
-            (Path::new("/var/lib/docker"), 300),
-        ];
-        assert_eq!(
-            size_of_fs_holding(Path::new("/var/lib/docker"), mounts),
-            Some(300)
-        );
+        let mounts = [(Path::new("/"), 100), (Path::new("/var"), 200), (Path::new("/var/lib/docker"), 300)];
+        assert_eq!(size_of_fs_holding(Path::new("/var/lib/docker"), mounts), Some(300));
         assert_eq!(size_of_fs_holding(Path::new("/var/log"), mounts), Some(200));
         assert_eq!(size_of_fs_holding(Path::new("/home"), mounts), Some(100));
         // Component-wise: `/variable` is not under `/var`.
-        assert_eq!(
-            size_of_fs_holding(Path::new("/variable"), mounts),
-            Some(100)
-        );
-        assert_eq!(
-            size_of_fs_holding(Path::new("/x"), [(Path::new("/mnt"), 1)]),
-            None
-        );
+        assert_eq!(size_of_fs_holding(Path::new("/variable"), mounts), Some(100));
+        assert_eq!(size_of_fs_holding(Path::new("/x"), [(Path::new("/mnt"), 1)]), None);
     }
 
     #[test]
     fn error_chain_quotes_each_cause_once() {
-        let err = collect_gpus(Some(Path::new("/nonexistent/libnvidia-ml.so.1")))
-            .expect_err("no library there");
+        let err = collect_gpus(Some(Path::new("/nonexistent/libnvidia-ml.so.1"))).expect_err("no library there");
         let text = error_chain(&err);
         assert!(
-            text.starts_with(
-                "cannot load the NVIDIA management library /nonexistent/libnvidia-ml.so.1: "
-            ),
+            text.starts_with("cannot load the NVIDIA management library /nonexistent/libnvidia-ml.so.1: "),
             "{text}"
         );
-        assert_eq!(
-            text.matches("cannot open shared object file").count(),
-            1,
-            "{text}"
-        );
+        assert_eq!(text.matches("cannot open shared object file").count(), 1, "{text}");
     }
 
     #[derive(Clone, Default)]
@@ -234,10 +190,7 @@ mod tests {
             .with_ansi(false)
             .with_writer(move || writer.clone())
             .finish();
-        let docker = DockerInfo {
-            version: "28.0.1".to_owned(),
-            nvidia_runtime: false,
-        };
+        let docker = DockerInfo { version: "28.0.1".to_owned(), nvidia_runtime: false };
 
         let (first, second) = tracing::subscriber::with_default(subscriber, || {
             (collect(docker.clone(), None), collect(docker.clone(), None))

@@ -50,12 +50,7 @@ pub struct Jobs {
 }
 
 impl Jobs {
-    pub fn new(
-        shim: Shim,
-        node: NodeId,
-        gpu_passthrough: GpuPassthrough,
-        shutdown: CancellationToken,
-    ) -> Arc<Self> {
+    pub fn new(shim: Shim, node: NodeId, gpu_passthrough: GpuPassthrough, shutdown: CancellationToken) -> Arc<Self> {
         Arc::new(Self {
             shim,
             node,
@@ -93,10 +88,7 @@ impl Jobs {
 
     /// Updates not yet sent on the current connection.
     pub fn take_dirty(&self) -> Vec<JobUpdate> {
-        self.lock()
-            .values_mut()
-            .filter_map(|t| std::mem::take(&mut t.dirty).then(|| t.update.clone()))
-            .collect()
+        self.lock().values_mut().filter_map(|t| std::mem::take(&mut t.dirty).then(|| t.update.clone())).collect()
     }
 
     /// The full set of this node's jobs, for the report on every connection.
@@ -126,12 +118,7 @@ impl Jobs {
                 self.track(&c.job_id, JobState::Provisioning);
                 self.mark_shipped(&c.job_id);
                 let msg = "the agent stopped before the container started".to_owned();
-                self.finish(
-                    &c.job_id,
-                    TerminationReason::ContainerCreationFailed,
-                    None,
-                    Some(msg),
-                );
+                self.finish(&c.job_id, TerminationReason::ContainerCreationFailed, None, Some(msg));
                 continue;
             }
             tracing::info!(job = %c.job_id, running = c.running, "re-adopting container");
@@ -149,19 +136,8 @@ impl Jobs {
 
     fn track(&self, id: &JobId, state: JobState) -> watch::Receiver<StopRequest> {
         let (stop, rx) = watch::channel(None);
-        let update = JobUpdate {
-            job_id: id.clone(),
-            state,
-            exit_code: None,
-            reason: None,
-            message: None,
-        };
-        let tracked = Tracked {
-            update,
-            dirty: true,
-            stop,
-            shipped: watch::Sender::new(false),
-        };
+        let update = JobUpdate { job_id: id.clone(), state, exit_code: None, reason: None, message: None };
+        let tracked = Tracked { update, dirty: true, stop, shipped: watch::Sender::new(false) };
         self.lock().insert(id.clone(), tracked);
         self.changed.notify_one();
         rx
@@ -184,30 +160,13 @@ impl Jobs {
     }
 
     fn progress(&self, id: &JobId, state: JobState) {
-        self.record(JobUpdate {
-            job_id: id.clone(),
-            state,
-            exit_code: None,
-            reason: None,
-            message: None,
-        });
+        self.record(JobUpdate { job_id: id.clone(), state, exit_code: None, reason: None, message: None });
     }
 
-    fn finish(
-        &self,
-        id: &JobId,
-        reason: TerminationReason,
-        exit_code: Option<i64>,
-        message: Option<String>,
-    ) {
+    fn finish(&self, id: &JobId, reason: TerminationReason, exit_code: Option<i64>, message: Option<String>) {
         tracing::info!(job = %id, %reason, ?exit_code, "job ended");
-        let update = JobUpdate {
-            job_id: id.clone(),
-            state: reason.final_state(),
-            exit_code,
-            reason: Some(reason),
-            message,
-        };
+        let update =
+            JobUpdate { job_id: id.clone(), state: reason.final_state(), exit_code, reason: Some(reason), message };
         self.record(update);
     }
 
@@ -231,24 +190,14 @@ impl Jobs {
             self.mark_shipped(&id);
             return self.finish(&id, reason, None, message);
         }
-        let opts = RunOptions {
-            gpu_passthrough: self.gpu_passthrough,
-        };
+        let opts = RunOptions { gpu_passthrough: self.gpu_passthrough };
         if let Err(e) = self.shim.create_and_start(&spec, &opts).await {
             self.mark_shipped(&id);
-            return self.finish(
-                &id,
-                TerminationReason::ContainerCreationFailed,
-                None,
-                Some(e.to_string()),
-            );
+            return self.finish(&id, TerminationReason::ContainerCreationFailed, None, Some(e.to_string()));
         }
         self.progress(&id, JobState::Running);
-        let deadline = spec
-            .max_duration_secs
-            .map(|m| now_unix().saturating_add(m as i64));
-        self.supervise(id, deadline, stop, spec.stop_grace_secs)
-            .await;
+        let deadline = spec.max_duration_secs.map(|m| now_unix().saturating_add(m as i64));
+        self.supervise(id, deadline, stop, spec.stop_grace_secs).await;
     }
 
     /// Follows a started container to its end: exit, stop request, or time limit.
@@ -264,12 +213,7 @@ impl Jobs {
         let shipper = tokio::spawn(self.clone().ship_logs(id.clone()));
         let until_deadline = async {
             match deadline {
-                Some(d) => {
-                    tokio::time::sleep(Duration::from_secs(
-                        d.saturating_sub(now_unix()).max(0) as u64
-                    ))
-                    .await
-                }
+                Some(d) => tokio::time::sleep(Duration::from_secs(d.saturating_sub(now_unix()).max(0) as u64)).await,
                 None => std::future::pending().await,
             }
         };
@@ -302,19 +246,12 @@ impl Jobs {
     }
 
     async fn exit_code(&self, container: &str) -> Option<i64> {
-        self.shim
-            .inspect_state(container)
-            .await
-            .ok()
-            .and_then(|s| s.exit_code)
+        self.shim.inspect_state(container).await.ok().and_then(|s| s.exit_code)
     }
 
     /// Asks a job to stop. Unknown jobs (a container the coordinator no longer wants) are removed.
     pub async fn stop(&self, id: &JobId, abort: bool, reason: TerminationReason) {
-        let known = self
-            .lock()
-            .get(id)
-            .map(|t| t.stop.send_replace(Some((abort, reason))));
+        let known = self.lock().get(id).map(|t| t.stop.send_replace(Some((abort, reason))));
         if known.is_none() {
             let name = container_name(id);
             let _ = self.shim.kill(&name).await;
@@ -331,9 +268,7 @@ impl Jobs {
             None => None,
         };
         if let Some(mut shipped) = shipped
-            && tokio::time::timeout(FORGET_WAIT, shipped.wait_for(|s| *s))
-                .await
-                .is_err()
+            && tokio::time::timeout(FORGET_WAIT, shipped.wait_for(|s| *s)).await.is_err()
         {
             tracing::warn!(job = %id, "removing the container before its whole log was shipped");
         }
@@ -377,12 +312,7 @@ impl Jobs {
         }
     }
 
-    async fn ship_once(
-        &self,
-        conn: &quinn::Connection,
-        id: &JobId,
-        container: &str,
-    ) -> anyhow::Result<()> {
+    async fn ship_once(&self, conn: &quinn::Connection, id: &JobId, container: &str) -> anyhow::Result<()> {
         let mut send = conn.open_uni().await?;
         write_frame(&mut send, &LogFrame::Open { job_id: id.clone() }).await?;
         let mut offset = 0u64;
@@ -394,14 +324,7 @@ impl Jobs {
                 Err(e) => return Err(e.into()),
             };
             for piece in chunk.chunks(LOG_CHUNK) {
-                write_frame(
-                    &mut send,
-                    &LogFrame::Chunk {
-                        offset,
-                        data: piece.to_vec(),
-                    },
-                )
-                .await?;
+                write_frame(&mut send, &LogFrame::Chunk { offset, data: piece.to_vec() }).await?;
                 offset += piece.len() as u64;
             }
         }
@@ -426,7 +349,5 @@ async fn stop_requested(stop: &mut watch::Receiver<StopRequest>) -> (bool, Termi
 }
 
 fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }

@@ -44,14 +44,9 @@ pub struct Config {
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let shim = Shim::connect().context("the agent needs Docker")?;
     let docker = shim.docker_info().await.context("the agent needs Docker")?;
-    let gpu_passthrough = if docker.nvidia_runtime {
-        GpuPassthrough::DeviceRequests
-    } else {
-        GpuPassthrough::EnvOnly
-    };
+    let gpu_passthrough = if docker.nvidia_runtime { GpuPassthrough::DeviceRequests } else { GpuPassthrough::EnvOnly };
     let nvml = config.nvml_library.clone();
-    let inventory =
-        tokio::task::spawn_blocking(move || inventory::collect(docker, nvml.as_deref())).await?;
+    let inventory = tokio::task::spawn_blocking(move || inventory::collect(docker, nvml.as_deref())).await?;
     if !inventory.gpus.is_empty() && gpu_passthrough == GpuPassthrough::EnvOnly {
         tracing::warn!(
             "this host has GPUs but Docker has no nvidia runtime: jobs see GPU indices in their env only (install the NVIDIA Container Toolkit)"
@@ -61,39 +56,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let identity = match Identity::load(&config.state_dir)? {
         Some(id) => id,
         None => {
-            let token = config
-                .token
-                .as_ref()
-                .context("this node is not enrolled yet: pass --token with a join token")?;
-            let name = config
-                .name
-                .clone()
-                .unwrap_or_else(|| inventory.hostname.clone());
-            link::enroll(
-                &config.coordinator,
-                token,
-                &config.state_dir,
-                &name,
-                config.fleet.clone(),
-            )
-            .await?
+            let token =
+                config.token.as_ref().context("this node is not enrolled yet: pass --token with a join token")?;
+            let name = config.name.clone().unwrap_or_else(|| inventory.hostname.clone());
+            link::enroll(&config.coordinator, token, &config.state_dir, &name, config.fleet.clone()).await?
         }
     };
-    let jobs = Jobs::new(
-        shim,
-        identity.node.node_id.clone(),
-        gpu_passthrough,
-        shutdown.clone(),
-    );
-    let adopted = jobs
-        .adopt()
-        .await
-        .context("cannot list this node's containers")?;
+    let jobs = Jobs::new(shim, identity.node.node_id.clone(), gpu_passthrough, shutdown.clone());
+    let adopted = jobs.adopt().await.context("cannot list this node's containers")?;
     if adopted > 0 {
-        tracing::info!(
-            containers = adopted,
-            "re-adopted containers from an earlier run"
-        );
+        tracing::info!(containers = adopted, "re-adopted containers from an earlier run");
     }
     link::run(&identity, &config.coordinator, &inventory, jobs, shutdown).await
 }

@@ -13,8 +13,8 @@ use corral_proto::inventory::HostInventory;
 use corral_proto::token::JoinToken;
 use corral_proto::wire::io::{read_frame, write_frame};
 use corral_proto::wire::{
-    AgentMessage, COORDINATOR_SERVER_NAME, CoordinatorMessage, EnrollRequest, Hello, PROTOCOL_MAX,
-    PROTOCOL_MIN, RefusalCode, Welcome,
+    AgentMessage, COORDINATOR_SERVER_NAME, CoordinatorMessage, EnrollRequest, Hello, PROTOCOL_MAX, PROTOCOL_MIN,
+    RefusalCode, Welcome,
 };
 
 use crate::identity::{Identity, NodeFile, PinnedCaVerifier};
@@ -37,10 +37,7 @@ pub fn endpoint() -> anyhow::Result<quinn::Endpoint> {
 }
 
 /// QUIC over `tls`: 30 s idle timeout, and a keep-alive every 5 s when asked.
-pub fn quic_config(
-    tls: rustls::ClientConfig,
-    keep_alive: bool,
-) -> anyhow::Result<quinn::ClientConfig> {
+pub fn quic_config(tls: rustls::ClientConfig, keep_alive: bool) -> anyhow::Result<quinn::ClientConfig> {
     let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
     let mut transport = quinn::TransportConfig::default();
     transport.max_idle_timeout(Some(Duration::from_secs(30).try_into()?));
@@ -72,21 +69,13 @@ pub async fn enroll(
     let verifier = Arc::new(PinnedCaVerifier::new(&token.ca_hash));
     let config = quic_config(verifier.client_config()?, false)?;
     let endpoint = endpoint()?;
-    let conn = match endpoint
-        .connect_with(config, addr, COORDINATOR_SERVER_NAME)?
-        .await
-    {
+    let conn = match endpoint.connect_with(config, addr, COORDINATOR_SERVER_NAME)?.await {
         Ok(c) => c,
         Err(e) => {
-            let why = verifier
-                .failure
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            return Err(Fatal::Enroll(
-                why.unwrap_or_else(|| format!("cannot reach the coordinator at {addr}: {e}")),
-            )
-            .into());
+            let why = verifier.failure.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            return Err(
+                Fatal::Enroll(why.unwrap_or_else(|| format!("cannot reach the coordinator at {addr}: {e}"))).into()
+            );
         }
     };
     let key = rcgen::KeyPair::generate()?;
@@ -104,20 +93,14 @@ pub async fn enroll(
         }),
     };
     write_frame(&mut send, &AgentMessage::Hello(hello)).await?;
-    let reply = read_frame::<CoordinatorMessage, _>(&mut recv)
-        .await
-        .context("no answer to the enrollment request")?;
+    let reply = read_frame::<CoordinatorMessage, _>(&mut recv).await.context("no answer to the enrollment request")?;
     conn.close(0u32.into(), b"enrolled");
     match reply {
         Some(CoordinatorMessage::Enrolled(e)) => {
-            let node = NodeFile {
-                node_id: e.node_id,
-                coordinator: coordinator.to_owned(),
-            };
+            let node = NodeFile { node_id: e.node_id, coordinator: coordinator.to_owned() };
             Identity::save(state_dir, &node, &key, &e.certificate_pem, &e.ca_pem)?;
             tracing::info!(node = %node.node_id, "enrolled");
-            Ok(Identity::load(state_dir)?
-                .context("the identity just written cannot be read back")?)
+            Ok(Identity::load(state_dir)?.context("the identity just written cannot be read back")?)
         }
         Some(CoordinatorMessage::Refused(r)) => Err(Fatal::Enroll(r.message).into()),
         other => Err(Fatal::Enroll(format!("unexpected answer: {other:?}")).into()),
@@ -135,21 +118,13 @@ pub async fn enroll_in_memory(
 ) -> anyhow::Result<Identity> {
     let verifier = Arc::new(PinnedCaVerifier::new(&token.ca_hash));
     let config = quic_config(verifier.client_config()?, false)?;
-    let conn = match endpoint
-        .connect_with(config, remote, COORDINATOR_SERVER_NAME)?
-        .await
-    {
+    let conn = match endpoint.connect_with(config, remote, COORDINATOR_SERVER_NAME)?.await {
         Ok(c) => c,
         Err(e) => {
-            let why = verifier
-                .failure
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            return Err(Fatal::Enroll(
-                why.unwrap_or_else(|| format!("cannot reach the coordinator at {remote}: {e}")),
-            )
-            .into());
+            let why = verifier.failure.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            return Err(
+                Fatal::Enroll(why.unwrap_or_else(|| format!("cannot reach the coordinator at {remote}: {e}"))).into()
+            );
         }
     };
     let key = rcgen::KeyPair::generate()?;
@@ -167,22 +142,12 @@ pub async fn enroll_in_memory(
         }),
     };
     write_frame(&mut send, &AgentMessage::Hello(hello)).await?;
-    let reply = read_frame::<CoordinatorMessage, _>(&mut recv)
-        .await
-        .context("no answer to the enrollment request")?;
+    let reply = read_frame::<CoordinatorMessage, _>(&mut recv).await.context("no answer to the enrollment request")?;
     conn.close(0u32.into(), b"enrolled");
     match reply {
         Some(CoordinatorMessage::Enrolled(e)) => {
-            let node = NodeFile {
-                node_id: e.node_id,
-                coordinator: remote.to_string(),
-            };
-            Ok(Identity::from_enrollment(
-                node,
-                &key,
-                &e.certificate_pem,
-                &e.ca_pem,
-            )?)
+            let node = NodeFile { node_id: e.node_id, coordinator: remote.to_string() };
+            Ok(Identity::from_enrollment(node, &key, &e.certificate_pem, &e.ca_pem)?)
         }
         Some(CoordinatorMessage::Refused(r)) => Err(Fatal::Enroll(r.message).into()),
         other => Err(Fatal::Enroll(format!("unexpected answer: {other:?}")).into()),
@@ -229,17 +194,10 @@ pub async fn handshake(
     endpoint: &quinn::Endpoint,
     config: quinn::ClientConfig,
     addr: &str,
-) -> anyhow::Result<(
-    quinn::Connection,
-    quinn::SendStream,
-    quinn::RecvStream,
-    Welcome,
-)> {
+) -> anyhow::Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream, Welcome)> {
     let remote = resolve(addr).await?;
     let attempt = async {
-        let conn = endpoint
-            .connect_with(config, remote, COORDINATOR_SERVER_NAME)?
-            .await?;
+        let conn = endpoint.connect_with(config, remote, COORDINATOR_SERVER_NAME)?.await?;
         let (mut send, mut recv) = conn.open_bi().await?;
         let hello = Hello {
             protocol_min: PROTOCOL_MIN,
@@ -257,9 +215,9 @@ pub async fn handshake(
         Some(CoordinatorMessage::Refused(r)) => {
             conn.close(0u32.into(), b"refused");
             match r.code {
-                RefusalCode::Revoked
-                | RefusalCode::UnknownNode
-                | RefusalCode::UnsupportedProtocol => Err(Fatal::Refused(r.message).into()),
+                RefusalCode::Revoked | RefusalCode::UnknownNode | RefusalCode::UnsupportedProtocol => {
+                    Err(Fatal::Refused(r.message).into())
+                }
                 _ => anyhow::bail!("refused: {}", r.message),
             }
         }
@@ -311,8 +269,7 @@ async fn session(
     write_frame(&mut send, &AgentMessage::Containers(jobs.report())).await?;
     jobs.set_connection(Some(conn.clone()));
 
-    let mut heartbeat =
-        tokio::time::interval(Duration::from_secs(welcome.heartbeat_secs.max(1) as u64));
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(welcome.heartbeat_secs.max(1) as u64));
     let mut seq = 0u64;
     // Frames are read by a task of their own: a read must never be cut short by another branch of
     // the select below, or the stream would lose its place between frames.
@@ -371,11 +328,7 @@ fn handle(jobs: &Arc<Jobs>, msg: CoordinatorMessage) {
             tracing::info!(job = %spec.job_id, run = %spec.run_name, image = %spec.image, "starting job");
             jobs.start(*spec);
         }
-        CoordinatorMessage::StopJob {
-            job_id,
-            abort,
-            reason,
-        } => {
+        CoordinatorMessage::StopJob { job_id, abort, reason } => {
             tracing::info!(job = %job_id, abort, "stopping job");
             let jobs = jobs.clone();
             tokio::spawn(async move { jobs.stop(&job_id, abort, reason).await });

@@ -42,8 +42,7 @@ impl CliConfig {
     pub fn save(&self) -> anyhow::Result<PathBuf> {
         let path = config_path().context("no config dir: set HOME or CORRAL_CONFIG")?;
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
@@ -104,63 +103,35 @@ impl Client {
             .await
             .with_context(|| format!("cannot reach the coordinator at {}", self.url))?;
         let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .context("the coordinator's answer was cut off")?;
+        let body = resp.bytes().await.context("the coordinator's answer was cut off")?;
         if !status.is_success() {
             match serde_json::from_slice::<ApiError>(&body) {
                 Ok(e) => bail!("{}", e.error),
-                Err(_) => bail!(
-                    "the coordinator answered {status}: {}",
-                    String::from_utf8_lossy(&body)
-                ),
+                Err(_) => bail!("the coordinator answered {status}: {}", String::from_utf8_lossy(&body)),
             }
         }
-        serde_json::from_slice(&body)
-            .with_context(|| format!("unexpected answer from the coordinator ({status})"))
+        serde_json::from_slice(&body).with_context(|| format!("unexpected answer from the coordinator ({status})"))
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        self.send(self.http.get(format!("{}{path}", self.url)))
-            .await
+        self.send(self.http.get(format!("{}{path}", self.url))).await
     }
 
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        self.send(self.http.delete(format!("{}{path}", self.url)))
-            .await
+        self.send(self.http.delete(format!("{}{path}", self.url))).await
     }
 
-    pub async fn post<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> anyhow::Result<T> {
-        self.send(self.http.post(format!("{}{path}", self.url)).json(body))
-            .await
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
+        self.send(self.http.post(format!("{}{path}", self.url)).json(body)).await
     }
 
     /// Opens a log stream from `offset`.
-    pub async fn logs(
-        &self,
-        run: &str,
-        job: u32,
-        offset: u64,
-        follow: bool,
-    ) -> anyhow::Result<reqwest::Response> {
-        let url = format!(
-            "{}{}",
-            self.url,
-            self.project_path(&format!("runs/{run}/logs"))
-        );
+    pub async fn logs(&self, run: &str, job: u32, offset: u64, follow: bool) -> anyhow::Result<reqwest::Response> {
+        let url = format!("{}{}", self.url, self.project_path(&format!("runs/{run}/logs")));
         let resp = self
             .http
             .get(url)
-            .query(&[
-                ("offset", offset.to_string()),
-                ("follow", follow.to_string()),
-                ("job", job.to_string()),
-            ])
+            .query(&[("offset", offset.to_string()), ("follow", follow.to_string()), ("job", job.to_string())])
             .bearer_auth(&self.token)
             .send()
             .await

@@ -19,53 +19,33 @@ pub async fn node(client: &Client, command: NodeCommand, out: Out<'_>) -> anyhow
     match command {
         NodeCommand::List { json } => node_list(client, json, out).await,
         NodeCommand::Cordon { node } => {
-            let _: () = client
-                .post(&format!("/api/nodes/{node}/cordon"), &())
-                .await?;
+            let _: () = client.post(&format!("/api/nodes/{node}/cordon"), &()).await?;
             writeln!(out, "node {node} cordoned: it takes no new jobs")?;
             Ok(0)
         }
         NodeCommand::Uncordon { node } => {
-            let _: () = client
-                .post(&format!("/api/nodes/{node}/uncordon"), &())
-                .await?;
+            let _: () = client.post(&format!("/api/nodes/{node}/uncordon"), &()).await?;
             writeln!(out, "node {node} takes new jobs again")?;
             Ok(0)
         }
-        NodeCommand::Drain { node, deadline } => {
-            drain(client, &node, deadline.as_deref(), out).await
-        }
+        NodeCommand::Drain { node, deadline } => drain(client, &node, deadline.as_deref(), out).await,
     }
 }
 
 /// Cordons the node and waits until its jobs have ended; past the deadline the coordinator stops
 /// them (it keeps going if this command is interrupted).
-async fn drain(
-    client: &Client,
-    node: &str,
-    deadline: Option<&str>,
-    out: Out<'_>,
-) -> anyhow::Result<i32> {
+async fn drain(client: &Client, node: &str, deadline: Option<&str>, out: Out<'_>) -> anyhow::Result<i32> {
     let deadline_secs = deadline
         .map(|d| {
-            corral_proto::config::parse_duration(d)
-                .with_context(|| format!("--deadline {d:?}: use e.g. 90s, 10m, 1h"))
+            corral_proto::config::parse_duration(d).with_context(|| format!("--deadline {d:?}: use e.g. 90s, 10m, 1h"))
         })
         .transpose()?;
-    let _: () = client
-        .post(
-            &format!("/api/nodes/{node}/drain"),
-            &DrainNode { deadline_secs },
-        )
-        .await?;
+    let _: () = client.post(&format!("/api/nodes/{node}/drain"), &DrainNode { deadline_secs }).await?;
     writeln!(out, "node {node} cordoned; waiting for its jobs to end")?;
     let mut last = u32::MAX;
     loop {
         let nodes: Vec<api::Node> = client.get("/api/nodes").await?;
-        let Some(n) = nodes
-            .iter()
-            .find(|n| n.name == node || n.id.as_str() == node)
-        else {
+        let Some(n) = nodes.iter().find(|n| n.name == node || n.id.as_str() == node) else {
             bail!("node {node} vanished");
         };
         if n.running_jobs == 0 {
@@ -93,11 +73,7 @@ pub async fn fleet(client: &Client, command: FleetCommand, out: Out<'_>) -> anyh
                 t.add_row(vec![
                     f.name.clone(),
                     format!("{:?}", f.placement).to_lowercase(),
-                    if f.nodes.is_empty() {
-                        "-".to_owned()
-                    } else {
-                        f.nodes.join(", ")
-                    },
+                    if f.nodes.is_empty() { "-".to_owned() } else { f.nodes.join(", ") },
                     f.ready_nodes.to_string(),
                     ago(f.created_at_ms),
                 ]);
@@ -106,20 +82,13 @@ pub async fn fleet(client: &Client, command: FleetCommand, out: Out<'_>) -> anyh
             Ok(0)
         }
         FleetCommand::Get { name, json } => {
-            let f: api::Fleet = client
-                .get(&client.project_path(&format!("fleets/{name}")))
-                .await?;
+            let f: api::Fleet = client.get(&client.project_path(&format!("fleets/{name}"))).await?;
             if json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&f)?)?;
             } else {
                 writeln!(out, "fleet:     {}", f.name)?;
                 writeln!(out, "placement: {:?}", f.placement)?;
-                writeln!(
-                    out,
-                    "nodes:     {} ({} ready)",
-                    f.nodes.join(", "),
-                    f.ready_nodes
-                )?;
+                writeln!(out, "nodes:     {} ({} ready)", f.nodes.join(", "), f.ready_nodes)?;
             }
             Ok(0)
         }
@@ -127,9 +96,7 @@ pub async fn fleet(client: &Client, command: FleetCommand, out: Out<'_>) -> anyh
             if !yes && !confirm(&format!("Delete fleet {name}? (its nodes stay enrolled)"))? {
                 return Ok(1);
             }
-            let _: () = client
-                .delete(&client.project_path(&format!("fleets/{name}")))
-                .await?;
+            let _: () = client.delete(&client.project_path(&format!("fleets/{name}"))).await?;
             writeln!(out, "fleet {name} deleted")?;
             Ok(0)
         }
@@ -143,33 +110,13 @@ pub async fn apply_fleet(
     source: String,
     out: Out<'_>,
 ) -> anyhow::Result<i32> {
-    let f: api::Fleet = client
-        .post(
-            &client.project_path("fleets"),
-            &SubmitFleet {
-                configuration,
-                source: Some(source),
-            },
-        )
-        .await?;
-    writeln!(
-        out,
-        "fleet {} applied (placement: {:?})",
-        f.name, f.placement
-    )?;
+    let f: api::Fleet =
+        client.post(&client.project_path("fleets"), &SubmitFleet { configuration, source: Some(source) }).await?;
+    writeln!(out, "fleet {} applied (placement: {:?})", f.name, f.placement)?;
     if f.nodes.is_empty() {
-        writeln!(
-            out,
-            "no nodes yet: start `corral-agent --fleet {}` on each host",
-            f.name
-        )?;
+        writeln!(out, "no nodes yet: start `corral-agent --fleet {}` on each host", f.name)?;
     } else {
-        writeln!(
-            out,
-            "nodes: {} ({} ready)",
-            f.nodes.join(", "),
-            f.ready_nodes
-        )?;
+        writeln!(out, "nodes: {} ({} ready)", f.nodes.join(", "), f.ready_nodes)?;
     }
     Ok(0)
 }

@@ -18,8 +18,7 @@ use crate::output::{self, ago, table};
 type Out<'a> = &'a mut (dyn Write + Send);
 
 fn parse_file(path: &Path) -> anyhow::Result<Configuration> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     config::parse(&text, &path.display().to_string()).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
@@ -46,20 +45,8 @@ pub fn config(
     let mut cfg = CliConfig::load()?;
     if url.is_none() && token.is_none() && project.is_none() {
         writeln!(out, "url: {}", cfg.url.as_deref().unwrap_or("(not set)"))?;
-        writeln!(
-            out,
-            "token: {}",
-            if cfg.token.is_some() {
-                "(set)"
-            } else {
-                "(not set)"
-            }
-        )?;
-        writeln!(
-            out,
-            "project: {}",
-            cfg.project.as_deref().unwrap_or(api::DEFAULT_PROJECT)
-        )?;
+        writeln!(out, "token: {}", if cfg.token.is_some() { "(set)" } else { "(not set)" })?;
+        writeln!(out, "project: {}", cfg.project.as_deref().unwrap_or(api::DEFAULT_PROJECT))?;
         return Ok(0);
     }
     cfg.url = url.or(cfg.url);
@@ -118,28 +105,19 @@ pub async fn apply(
     name: Option<String>,
     out: Out<'_>,
 ) -> anyhow::Result<i32> {
-    let source =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let mut configuration =
-        config::parse(&source, &file.display().to_string()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let source = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut configuration = config::parse(&source, &file.display().to_string()).map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Configuration::Fleet(fleet) = configuration {
         return crate::cluster::apply_fleet(client, fleet, source, out).await;
     }
     let Configuration::Task(task) = &mut configuration else {
-        bail!(
-            "{}: only `type: task` runs in this version of Corral",
-            file.display()
-        );
+        bail!("{}: only `type: task` runs in this version of Corral", file.display());
     };
     // dstack's `- NAME` env form takes the value from where `apply` runs.
     for var in &mut task.env {
         if var.value.is_none() {
             let v = std::env::var(&var.name).with_context(|| {
-                format!(
-                    "{}: env {}: not set in this shell (export it or give a value)",
-                    file.display(),
-                    var.name
-                )
+                format!("{}: env {}: not set in this shell (export it or give a value)", file.display(), var.name)
             })?;
             var.value = Some(v);
         }
@@ -163,18 +141,9 @@ pub async fn apply(
                 Err(why) => format!("no: {why}"),
             },
         };
-        plan.add_row(vec![
-            n.name.clone(),
-            format!("{:?}", n.status).to_lowercase(),
-            verdict,
-        ]);
+        plan.add_row(vec![n.name.clone(), format!("{:?}", n.status).to_lowercase(), verdict]);
     }
-    eprintln!(
-        "Run:       {}",
-        run_name
-            .as_deref()
-            .unwrap_or("(name picked by the coordinator)")
-    );
+    eprintln!("Run:       {}", run_name.as_deref().unwrap_or("(name picked by the coordinator)"));
     eprintln!("Project:   {}", client.project);
     eprintln!("Image:     {}", task.image.as_deref().unwrap_or("-"));
     eprintln!("Resources: {}", resources_line(&task.resources));
@@ -193,16 +162,8 @@ pub async fn apply(
         eprintln!("not submitted");
         return Ok(1);
     }
-    let run: api::Run = client
-        .post(
-            &client.project_path("runs"),
-            &SubmitRun {
-                configuration,
-                source: Some(source),
-                name,
-            },
-        )
-        .await?;
+    let run: api::Run =
+        client.post(&client.project_path("runs"), &SubmitRun { configuration, source: Some(source), name }).await?;
     eprintln!("submitted run {}", run.name);
     if detach {
         writeln!(out, "{}", run.name)?;
@@ -220,9 +181,7 @@ async fn attach(client: &Client, run: &str, out: Out<'_>) -> anyhow::Result<i32>
         tokio::spawn(async move {
             let mut last = String::new();
             loop {
-                if let Ok(r) = client
-                    .get::<api::Run>(&client.project_path(&format!("runs/{run}")))
-                    .await
+                if let Ok(r) = client.get::<api::Run>(&client.project_path(&format!("runs/{run}"))).await
                     && let Some(j) = r.jobs.first()
                 {
                     let line = match (&j.state, &j.status_message, &j.node_name) {
@@ -245,14 +204,8 @@ async fn attach(client: &Client, run: &str, out: Out<'_>) -> anyhow::Result<i32>
     let r: api::Run = wait_finished(client, run, Duration::from_secs(10)).await?;
     let job = r.jobs.first();
     let code = job.and_then(|j| j.exit_code);
-    let reason = job
-        .and_then(|j| j.termination_reason)
-        .map(|r| r.to_string())
-        .unwrap_or_default();
-    let message = job
-        .and_then(|j| j.status_message.clone())
-        .map(|m| format!(": {m}"))
-        .unwrap_or_default();
+    let reason = job.and_then(|j| j.termination_reason).map(|r| r.to_string()).unwrap_or_default();
+    let message = job.and_then(|j| j.status_message.clone()).map(|m| format!(": {m}")).unwrap_or_default();
     eprintln!("run {run} {} ({reason}{message})", r.state);
     Ok(match (&r.state, code) {
         (JobState::Done, _) => 0,
@@ -264,9 +217,7 @@ async fn attach(client: &Client, run: &str, out: Out<'_>) -> anyhow::Result<i32>
 async fn wait_finished(client: &Client, run: &str, patience: Duration) -> anyhow::Result<api::Run> {
     let deadline = tokio::time::Instant::now() + patience;
     loop {
-        let r: api::Run = client
-            .get(&client.project_path(&format!("runs/{run}")))
-            .await?;
+        let r: api::Run = client.get(&client.project_path(&format!("runs/{run}"))).await?;
         if r.state.is_finished() || tokio::time::Instant::now() >= deadline {
             return Ok(r);
         }
@@ -276,13 +227,7 @@ async fn wait_finished(client: &Client, run: &str, patience: Duration) -> anyhow
 
 /// Prints a run's logs. Following survives a dropped connection: it reconnects from the byte it
 /// reached, so nothing is missed or repeated.
-pub async fn logs(
-    client: &Client,
-    run: &str,
-    job: u32,
-    follow: bool,
-    out: Out<'_>,
-) -> anyhow::Result<()> {
+pub async fn logs(client: &Client, run: &str, job: u32, follow: bool, out: Out<'_>) -> anyhow::Result<()> {
     let mut offset = 0u64;
     let mut failures = 0;
     loop {
@@ -323,22 +268,12 @@ pub async fn logs(
 }
 
 pub async fn ps(client: &Client, all: bool, json: bool, out: Out<'_>) -> anyhow::Result<i32> {
-    let runs: Vec<api::Run> = client
-        .get(&format!("{}?all={all}", client.project_path("runs")))
-        .await?;
+    let runs: Vec<api::Run> = client.get(&format!("{}?all={all}", client.project_path("runs"))).await?;
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&runs)?)?;
         return Ok(0);
     }
-    let mut t = table(&[
-        "NAME",
-        "NODE",
-        "RESOURCES",
-        "STATE",
-        "SUBMITTED",
-        "EXIT",
-        "REASON",
-    ]);
+    let mut t = table(&["NAME", "NODE", "RESOURCES", "STATE", "SUBMITTED", "EXIT", "REASON"]);
     for r in &runs {
         for j in &r.jobs {
             let reason = match (&j.termination_reason, &j.status_message) {
@@ -348,16 +283,9 @@ pub async fn ps(client: &Client, all: bool, json: bool, out: Out<'_>) -> anyhow:
                 (None, None) => String::new(),
             };
             t.add_row(vec![
-                if r.jobs.len() > 1 {
-                    format!("{} [rank {}]", r.name, j.job_num)
-                } else {
-                    r.name.clone()
-                },
+                if r.jobs.len() > 1 { format!("{} [rank {}]", r.name, j.job_num) } else { r.name.clone() },
                 j.node_name.clone().unwrap_or_else(|| "-".into()),
-                j.allocation
-                    .as_ref()
-                    .map(alloc_line)
-                    .unwrap_or_else(|| "-".into()),
+                j.allocation.as_ref().map(alloc_line).unwrap_or_else(|| "-".into()),
                 if j.submission > 0 {
                     format!("{} (retry {})", output::state(&j.state), j.submission)
                 } else {
@@ -373,23 +301,12 @@ pub async fn ps(client: &Client, all: bool, json: bool, out: Out<'_>) -> anyhow:
     Ok(0)
 }
 
-pub async fn stop(
-    client: &Client,
-    run: &str,
-    yes: bool,
-    abort: bool,
-    out: Out<'_>,
-) -> anyhow::Result<i32> {
+pub async fn stop(client: &Client, run: &str, yes: bool, abort: bool, out: Out<'_>) -> anyhow::Result<i32> {
     let verb = if abort { "Abort" } else { "Stop" };
     if !yes && !confirm(&format!("{verb} run {run}?"))? {
         return Ok(1);
     }
-    let stopping: api::Run = client
-        .post(
-            &client.project_path(&format!("runs/{run}/stop")),
-            &StopRun { abort },
-        )
-        .await?;
+    let stopping: api::Run = client.post(&client.project_path(&format!("runs/{run}/stop")), &StopRun { abort }).await?;
     // Wait for the end: the grace period (`stop_duration`, dstack's default 5 minutes, capped at
     // 10 here) plus time for the node to report.
     let grace = match &stopping.configuration {
@@ -402,11 +319,7 @@ pub async fn stop(
         writeln!(out, "run {run} {}", r.state)?;
         Ok(0)
     } else {
-        writeln!(
-            out,
-            "run {run} is {} (the stop was sent; the node has not confirmed yet)",
-            r.state
-        )?;
+        writeln!(out, "run {run} is {} (the stop was sent; the node has not confirmed yet)", r.state)?;
         Ok(1)
     }
 }
@@ -417,29 +330,16 @@ pub async fn node_list(client: &Client, json: bool, out: Out<'_>) -> anyhow::Res
         writeln!(out, "{}", serde_json::to_string_pretty(&nodes)?)?;
         return Ok(0);
     }
-    let mut t = table(&[
-        "NAME", "FLEET", "STATUS", "CPU", "MEMORY", "DISK", "GPU", "JOBS", "ADDRESS", "SEEN",
-    ]);
+    let mut t = table(&["NAME", "FLEET", "STATUS", "CPU", "MEMORY", "DISK", "GPU", "JOBS", "ADDRESS", "SEEN"]);
     for n in &nodes {
         let (cpu, mem, disk, gpu) = match &n.inventory {
             Some(i) => {
                 let gpu = match i.gpus.first() {
                     None if i.tpus.is_empty() => "-".to_owned(),
                     None => format!("{}×TPU", i.tpus.len()),
-                    Some(g) => format!(
-                        "{}×{} ({}), {} busy",
-                        i.gpus.len(),
-                        g.name,
-                        g.memory,
-                        n.busy_gpus.len()
-                    ),
+                    Some(g) => format!("{}×{} ({}), {} busy", i.gpus.len(), g.name, g.memory, n.busy_gpus.len()),
                 };
-                (
-                    format!("{}×{}", i.cpu_cores, i.arch),
-                    i.memory.to_string(),
-                    i.disk.to_string(),
-                    gpu,
-                )
+                (format!("{}×{}", i.cpu_cores, i.arch), i.memory.to_string(), i.disk.to_string(), gpu)
             }
             None => ("?".into(), "?".into(), "?".into(), "?".into()),
         };
@@ -447,11 +347,7 @@ pub async fn node_list(client: &Client, json: bool, out: Out<'_>) -> anyhow::Res
         t.add_row(vec![
             n.name.clone(),
             n.fleet.clone().unwrap_or_else(|| "-".into()),
-            if n.cordoned {
-                format!("{status},cordoned")
-            } else {
-                status
-            },
+            if n.cordoned { format!("{status},cordoned") } else { status },
             cpu,
             mem,
             disk,

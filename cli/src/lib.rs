@@ -124,31 +124,16 @@ pub async fn run(cli: Cli, out: &mut (dyn std::io::Write + Send)) -> anyhow::Res
     use commands::*;
     match cli.command {
         Command::Validate { files } => validate(&files, out),
-        Command::Config {
-            url,
-            token,
-            project,
-        } => config(url, token, project, out),
-        Command::Apply {
-            file,
-            yes,
-            detach,
-            name,
-        } => apply(&client::Client::from_env()?, &file, yes, detach, name, out).await,
+        Command::Config { url, token, project } => config(url, token, project, out),
+        Command::Apply { file, yes, detach, name } => {
+            apply(&client::Client::from_env()?, &file, yes, detach, name, out).await
+        }
         Command::Ps { all, json } => ps(&client::Client::from_env()?, all, json, out).await,
         Command::Logs { run, follow, job } => {
-            logs(&client::Client::from_env()?, &run, job, follow, out)
-                .await
-                .map(|_| 0)
+            logs(&client::Client::from_env()?, &run, job, follow, out).await.map(|_| 0)
         }
-        Command::Stop { run, yes, abort } => {
-            stop(&client::Client::from_env()?, &run, yes, abort, out).await
-        }
-        Command::Node { command } => {
-            cluster::node(&client::Client::from_env()?, command, out).await
-        }
-        Command::Fleet { command } => {
-            cluster::fleet(&client::Client::from_env()?, command, out).await
-        }
+        Command::Stop { run, yes, abort } => stop(&client::Client::from_env()?, &run, yes, abort, out).await,
+        Command::Node { command } => cluster::node(&client::Client::from_env()?, command, out).await,
+        Command::Fleet { command } => cluster::fleet(&client::Client::from_env()?, command, out).await,
     }
 }

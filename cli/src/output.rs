@@ -30,9 +30,7 @@ pub fn state(s: &JobState) -> String {
         JobState::Running => "32",
         JobState::Done => "2",
         JobState::Failed | JobState::Aborted => "31",
-        JobState::Pending | JobState::Submitted | JobState::Provisioning | JobState::Pulling => {
-            "33"
-        }
+        JobState::Pending | JobState::Submitted | JobState::Provisioning | JobState::Pulling => "33",
         JobState::Terminating | JobState::Stopped => "35",
     };
     format!("\x1b[{code}m{s}\x1b[0m")
@@ -40,9 +38,7 @@ pub fn state(s: &JobState) -> String {
 
 /// "3m ago" from a unix-millisecond time.
 pub fn ago(ms: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     let s = ((now - ms) / 1000).max(0);
     match s {
         0..=59 => format!("{s}s ago"),

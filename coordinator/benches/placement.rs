@@ -36,15 +36,8 @@ fn host() -> HostInventory {
 fn request() -> Request {
     Request {
         resources: ResourcesSpec {
-            cpu: CpuSpec {
-                arch: None,
-                count: Range::at_least(1),
-            },
-            gpu: Some(GpuSpec {
-                names: vec!["H100".into()],
-                count: Range::exactly(1),
-                ..Default::default()
-            }),
+            cpu: CpuSpec { arch: None, count: Range::at_least(1) },
+            gpu: Some(GpuSpec { names: vec!["H100".into()], count: Range::exactly(1), ..Default::default() }),
             ..Default::default()
         },
         nodes: 1,
@@ -107,8 +100,5 @@ fn main() {
         naive.as_secs_f64() * 1000.0,
         rate(sample, naive)
     );
-    println!(
-        "ratio (index / naive): {:.1}×",
-        rate(JOBS, indexed) / rate(sample, naive)
-    );
+    println!("ratio (index / naive): {:.1}×", rate(JOBS, indexed) / rate(sample, naive));
 }

@@ -18,67 +18,27 @@ pub fn check(cfg: &Configuration) -> Result<&TaskConfig, String> {
     let refuse = |field: &str, why: &str| Err(format!("{field}: {why}"));
     if task.image.is_none() {
         if task.python.is_some() || task.nvcc {
-            return refuse(
-                "python",
-                "Corral ships no base images yet: set `image:` to an image that has Python",
-            );
+            return refuse("python", "Corral ships no base images yet: set `image:` to an image that has Python");
         }
         return refuse("image", "is required (Corral has no default image yet)");
     }
     if let Some(e) = task.env.iter().find(|e| e.value.is_none()) {
-        return Err(format!(
-            "env.{}: has no value (set it in the environment of `corral apply`)",
-            e.name
-        ));
+        return Err(format!("env.{}: has no value (set it in the environment of `corral apply`)", e.name));
     }
     let unsupported = [
-        (
-            "user",
-            task.user.is_some(),
-            "running as another user is not supported yet",
-        ),
-        (
-            "privileged",
-            task.privileged,
-            "privileged containers are not supported yet",
-        ),
-        (
-            "entrypoint",
-            task.entrypoint.is_some(),
-            "overriding the entrypoint is not supported yet",
-        ),
+        ("user", task.user.is_some(), "running as another user is not supported yet"),
+        ("privileged", task.privileged, "privileged containers are not supported yet"),
+        ("entrypoint", task.entrypoint.is_some(), "overriding the entrypoint is not supported yet"),
         (
             "shell",
-            task.shell
-                .as_deref()
-                .is_some_and(|s| s != "sh" && s != "/bin/sh"),
+            task.shell.as_deref().is_some_and(|s| s != "sh" && s != "/bin/sh"),
             "only /bin/sh runs commands for now",
         ),
-        (
-            "registry_auth",
-            task.registry_auth.is_some(),
-            "private registry credentials are not supported yet",
-        ),
-        (
-            "volumes",
-            !task.volumes.is_empty(),
-            "volumes are not supported yet",
-        ),
-        (
-            "repos",
-            !task.repos.is_empty(),
-            "repos are not uploaded to nodes yet; bake the code into the image",
-        ),
-        (
-            "files",
-            !task.files.is_empty(),
-            "files are not uploaded to nodes yet; bake them into the image",
-        ),
-        (
-            "utilization_policy",
-            task.utilization_policy.is_some(),
-            "GPU utilization policies are not supported yet",
-        ),
+        ("registry_auth", task.registry_auth.is_some(), "private registry credentials are not supported yet"),
+        ("volumes", !task.volumes.is_empty(), "volumes are not supported yet"),
+        ("repos", !task.repos.is_empty(), "repos are not uploaded to nodes yet; bake the code into the image"),
+        ("files", !task.files.is_empty(), "files are not uploaded to nodes yet; bake them into the image"),
+        ("utilization_policy", task.utilization_policy.is_some(), "GPU utilization policies are not supported yet"),
         (
             "instances",
             !task.provisioning.instances.is_empty(),
@@ -104,11 +64,7 @@ pub fn check(cfg: &Configuration) -> Result<&TaskConfig, String> {
 pub fn check_fleet(cfg: &FleetConfig) -> Result<&FleetConfig, String> {
     let p = &cfg.provisioning;
     let unsupported = [
-        (
-            "name",
-            cfg.name.is_none(),
-            "a fleet needs a name (nodes join it by name)",
-        ),
+        ("name", cfg.name.is_none(), "a fleet needs a name (nodes join it by name)"),
         (
             "ssh_config",
             cfg.ssh_config.is_some(),
@@ -119,16 +75,8 @@ pub fn check_fleet(cfg: &FleetConfig) -> Result<&FleetConfig, String> {
             !p.backends.is_empty() || !p.regions.is_empty() || !p.instance_types.is_empty(),
             "cloud fleets are not supported yet",
         ),
-        (
-            "blocks",
-            cfg.blocks != Blocks::Count(1),
-            "splitting nodes into blocks is not supported yet",
-        ),
-        (
-            "env",
-            !cfg.env.is_empty(),
-            "fleet-wide environment variables are not supported yet",
-        ),
+        ("blocks", cfg.blocks != Blocks::Count(1), "splitting nodes into blocks is not supported yet"),
+        ("env", !cfg.env.is_empty(), "fleet-wide environment variables are not supported yet"),
         (
             "resources",
             cfg.resources.is_some(),
@@ -151,51 +99,25 @@ mod tests {
 
     #[test]
     fn on_prem_fleets_are_admitted_and_cloud_fleets_refused() {
-        let Configuration::Fleet(f) = parse("type: fleet\nname: rack\nplacement: cluster\n") else {
-            panic!("a fleet")
-        };
+        let Configuration::Fleet(f) = parse("type: fleet\nname: rack\nplacement: cluster\n") else { panic!("a fleet") };
         assert!(check_fleet(&f).is_ok());
-        let Configuration::Fleet(f) =
-            parse("type: fleet\nname: rack\nnodes: 2\nresources:\n  gpu: 24GB\n")
-        else {
+        let Configuration::Fleet(f) = parse("type: fleet\nname: rack\nnodes: 2\nresources:\n  gpu: 24GB\n") else {
             panic!("a fleet")
         };
-        assert!(
-            check_fleet(&f)
-                .expect_err("refused")
-                .starts_with("resources:")
-        );
+        assert!(check_fleet(&f).expect_err("refused").starts_with("resources:"));
     }
 
     #[test]
     fn plain_tasks_are_admitted_and_others_refused_by_field() {
         assert!(check(&parse("type: task\nimage: busybox\ncommands: [\"echo\"]\n")).is_ok());
-        let e = check(&parse(
-            "type: task\npython: \"3.12\"\ncommands: [\"echo\"]\n",
-        ))
-        .expect_err("refused");
+        let e = check(&parse("type: task\npython: \"3.12\"\ncommands: [\"echo\"]\n")).expect_err("refused");
         assert!(e.starts_with("python:"), "{e}");
-        assert!(
-            check(&parse(
-                "type: task\nimage: busybox\nnodes: 2\ncommands: [\"echo\"]\n"
-            ))
-            .is_ok()
-        );
-        assert!(
-            check(&parse(
-                "type: task\nimage: busybox\nretry: true\ncommands: [\"echo\"]\n"
-            ))
-            .is_ok()
-        );
-        let e = check(&parse(
-            "type: task\nimage: busybox\nvolumes: [\"/data:/data\"]\ncommands: [\"echo\"]\n",
-        ))
-        .expect_err("refused");
+        assert!(check(&parse("type: task\nimage: busybox\nnodes: 2\ncommands: [\"echo\"]\n")).is_ok());
+        assert!(check(&parse("type: task\nimage: busybox\nretry: true\ncommands: [\"echo\"]\n")).is_ok());
+        let e = check(&parse("type: task\nimage: busybox\nvolumes: [\"/data:/data\"]\ncommands: [\"echo\"]\n"))
+            .expect_err("refused");
         assert!(e.starts_with("volumes:"), "{e}");
-        let e = check(&parse(
-            "type: service\nimage: busybox\nport: 80\ncommands: [\"echo\"]\n",
-        ))
-        .expect_err("refused");
+        let e = check(&parse("type: service\nimage: busybox\nport: 80\ncommands: [\"echo\"]\n")).expect_err("refused");
         assert!(e.starts_with("type: service"), "{e}");
     }
 }

@@ -17,8 +17,8 @@ use corral_proto::ids::{JobId, NodeId};
 use corral_proto::job::{JobState, TerminationReason};
 use corral_proto::wire::io::{read_frame, write_frame};
 use corral_proto::wire::{
-    AgentMessage, ContainerReport, CoordinatorMessage, EnrollRequest, Enrollment, Hello, JobUpdate,
-    LogFrame, Refusal, RefusalCode, Welcome, negotiate,
+    AgentMessage, ContainerReport, CoordinatorMessage, EnrollRequest, Enrollment, Hello, JobUpdate, LogFrame, Refusal,
+    RefusalCode, Welcome, negotiate,
 };
 
 use crate::secrets::{random_hex, sha256_hex};
@@ -37,16 +37,10 @@ pub fn bind(state: &State, addr: SocketAddr) -> anyhow::Result<quinn::Endpoint> 
     let mut transport = quinn::TransportConfig::default();
     transport.max_idle_timeout(Some(Duration::from_secs(30).try_into()?));
     config.transport_config(Arc::new(transport));
-    quinn::Endpoint::server(config, addr)
-        .with_context(|| format!("cannot listen for agents (QUIC) on {addr}"))
+    quinn::Endpoint::server(config, addr).with_context(|| format!("cannot listen for agents (QUIC) on {addr}"))
 }
 
-pub async fn serve(
-    endpoint: quinn::Endpoint,
-    state: Arc<State>,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
-) {
+pub async fn serve(endpoint: quinn::Endpoint, state: Arc<State>, shutdown: CancellationToken, tasks: TaskTracker) {
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
@@ -69,9 +63,7 @@ pub async fn serve(
 
 fn peer_fingerprint(conn: &quinn::Connection) -> Option<String> {
     let identity = conn.peer_identity()?;
-    let certs = identity
-        .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
-        .ok()?;
+    let certs = identity.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>().ok()?;
     certs.first().map(|c| sha256_hex(c))
 }
 
@@ -82,11 +74,7 @@ async fn refuse(
     message: String,
 ) -> anyhow::Result<()> {
     tracing::warn!(remote = %conn.remote_address(), ?code, "refused agent: {message}");
-    write_frame(
-        send,
-        &CoordinatorMessage::Refused(Refusal { code, message }),
-    )
-    .await?;
+    write_frame(send, &CoordinatorMessage::Refused(Refusal { code, message })).await?;
     let _ = send.finish();
     // Give the agent a moment to read the refusal before the connection goes.
     let _ = tokio::time::timeout(Duration::from_secs(3), conn.closed()).await;
@@ -114,22 +102,13 @@ async fn handle_connection(
     let (mut send, mut recv) = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi())
         .await
         .context("agent opened no control stream")??;
-    let hello = tokio::time::timeout(
-        Duration::from_secs(10),
-        read_frame::<AgentMessage, _>(&mut recv),
-    )
-    .await
-    .context("agent sent no Hello within 10 s")?;
+    let hello = tokio::time::timeout(Duration::from_secs(10), read_frame::<AgentMessage, _>(&mut recv))
+        .await
+        .context("agent sent no Hello within 10 s")?;
     let hello = match hello? {
         Some(AgentMessage::Hello(h)) => h,
         _ => {
-            return refuse(
-                &conn,
-                &mut send,
-                RefusalCode::BadRequest,
-                "the first message must be Hello".into(),
-            )
-            .await;
+            return refuse(&conn, &mut send, RefusalCode::BadRequest, "the first message must be Hello".into()).await;
         }
     };
     let Some(protocol) = negotiate(hello.protocol_min, hello.protocol_max) else {
@@ -154,19 +133,12 @@ async fn handle_connection(
                 refuse(&conn, &mut send, RefusalCode::UnknownNode, msg).await
             }
             Some(node) if node.revoked => {
-                let msg = format!(
-                    "node {} was removed from the cluster; its certificate is revoked",
-                    node.name
-                );
+                let msg = format!("node {} was removed from the cluster; its certificate is revoked", node.name);
                 refuse(&conn, &mut send, RefusalCode::Revoked, msg).await
             }
             Some(node) => {
                 let span = tracing::info_span!("agent", node = %node.name);
-                session(
-                    state, conn, node, protocol, &hello, send, recv, remote, shutdown,
-                )
-                .instrument(span)
-                .await
+                session(state, conn, node, protocol, &hello, send, recv, remote, shutdown).instrument(span).await
             }
         },
     }
@@ -181,41 +153,25 @@ async fn enroll(
     let node_id = NodeId(format!("n{}", random_hex(6)));
     // The request is checked (and signed) before a use of the token is spent on it.
     let signed = state.pki.sign_node(&req.csr_der, node_id.as_str());
-    let Some(token_fleet) = state
-        .store
-        .use_join_token(&sha256_hex(req.secret.as_bytes()))?
-    else {
-        let msg = "wrong join token secret (or the token expired, was revoked or used up): ask for a new token".to_owned();
+    let Some(token_fleet) = state.store.use_join_token(&sha256_hex(req.secret.as_bytes()))? else {
+        let msg =
+            "wrong join token secret (or the token expired, was revoked or used up): ask for a new token".to_owned();
         return refuse(conn, send, RefusalCode::WrongSecret, msg).await;
     };
     let (cert_pem, fingerprint) = match signed {
         Ok(v) => v,
         Err(e) => {
-            return refuse(
-                conn,
-                send,
-                RefusalCode::BadRequest,
-                format!("bad certificate request: {e}"),
-            )
-            .await;
+            return refuse(conn, send, RefusalCode::BadRequest, format!("bad certificate request: {e}")).await;
         }
     };
     let taken: HashSet<String> = state.store.nodes()?.into_iter().map(|n| n.name).collect();
     let base = sanitize_name(&req.hostname);
     let name = (1..)
-        .map(|i| {
-            if i == 1 {
-                base.clone()
-            } else {
-                format!("{base}-{i}")
-            }
-        })
+        .map(|i| if i == 1 { base.clone() } else { format!("{base}-{i}") })
         .find(|n| !taken.contains(n))
         .unwrap_or(base);
     let fleet = token_fleet.or_else(|| req.fleet.clone());
-    state
-        .store
-        .add_node(&node_id, &name, fleet.as_deref(), &fingerprint)?;
+    state.store.add_node(&node_id, &name, fleet.as_deref(), &fingerprint)?;
     tracing::info!(node = %name, id = %node_id, remote = %conn.remote_address(), "node enrolled");
     let reply = CoordinatorMessage::Enrolled(Enrollment {
         node_id,
@@ -231,13 +187,7 @@ async fn enroll(
 fn sanitize_name(hostname: &str) -> String {
     let s: String = hostname
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_lowercase() } else { '-' })
         .take(40)
         .collect();
     if s.is_empty() { "node".into() } else { s }
@@ -262,9 +212,7 @@ async fn session(
         heartbeat_secs: state.config.heartbeat_secs,
     };
     write_frame(&mut send, &CoordinatorMessage::Welcome(welcome)).await?;
-    state
-        .store
-        .node_connected(&node.id, &remote.ip().to_string(), &hello.agent_version)?;
+    state.store.node_connected(&node.id, &remote.ip().to_string(), &hello.agent_version)?;
 
     let (tx, mut rx) = mpsc::channel::<CoordinatorMessage>(COMMAND_QUEUE);
     let conn_id = CONN_IDS.fetch_add(1, Ordering::Relaxed);
@@ -272,15 +220,7 @@ async fn session(
         .sessions
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(
-            node.id.clone(),
-            Session {
-                conn_id,
-                name: node.name.clone(),
-                tx: tx.clone(),
-                conn: conn.clone(),
-            },
-        );
+        .insert(node.id.clone(), Session { conn_id, name: node.name.clone(), tx: tx.clone(), conn: conn.clone() });
     tracing::info!(node = %node.name, %remote, "agent connected");
     state.heard_from(&node.id);
     state.node_changed(&node.id);
@@ -384,10 +324,7 @@ fn apply_update(
     tx: &mpsc::Sender<CoordinatorMessage>,
     u: JobUpdate,
 ) -> anyhow::Result<()> {
-    let job = state
-        .store
-        .job(&u.job_id)?
-        .filter(|j| j.node_id.as_ref() == Some(&node.id));
+    let job = state.store.job(&u.job_id)?.filter(|j| j.node_id.as_ref() == Some(&node.id));
     let Some(job) = job else {
         // A container this node should not have (unknown, or placed elsewhere): remove it.
         tracing::warn!(job = %u.job_id, node = %node.name, "update for a job not placed here; removing its container");
@@ -409,15 +346,11 @@ fn apply_update(
             let _ = tx.try_send(CoordinatorMessage::StopJob {
                 job_id: u.job_id,
                 abort: true,
-                reason: job
-                    .termination_reason
-                    .unwrap_or(TerminationReason::AbortedByUser),
+                reason: job.termination_reason.unwrap_or(TerminationReason::AbortedByUser),
             });
         }
         None => {
-            state
-                .store
-                .set_progress(&u.job_id, &u.state, u.message.as_deref())?;
+            state.store.set_progress(&u.job_id, &u.state, u.message.as_deref())?;
             if u.state == JobState::Running && job.state != JobState::Running {
                 // A gang member running may let the others start (`startup_order`).
                 crate::lifecycle::start_allowed(state, &job.run_id)?;
@@ -439,14 +372,8 @@ fn discard(tx: &mpsc::Sender<CoordinatorMessage>, job_id: JobId) {
 
 /// The stop a `terminating` job was asked for, to repeat it.
 fn stop_request(job: &JobRow) -> CoordinatorMessage {
-    let reason = job
-        .termination_reason
-        .unwrap_or(TerminationReason::StoppedByUser);
-    CoordinatorMessage::StopJob {
-        job_id: job.id.clone(),
-        abort: reason == TerminationReason::AbortedByUser,
-        reason,
-    }
+    let reason = job.termination_reason.unwrap_or(TerminationReason::StoppedByUser);
+    CoordinatorMessage::StopJob { job_id: job.id.clone(), abort: reason == TerminationReason::AbortedByUser, reason }
 }
 
 /// Converges the node's containers with the jobs placed on it, from the full report the agent sends
@@ -458,12 +385,8 @@ fn reconcile(
     reports: &[ContainerReport],
 ) -> anyhow::Result<()> {
     let reported: HashSet<&JobId> = reports.iter().map(|r| &r.job_id).collect();
-    let placed: Vec<JobRow> = state
-        .store
-        .placed_jobs()?
-        .into_iter()
-        .filter(|j| j.node_id.as_ref() == Some(&node.id))
-        .collect();
+    let placed: Vec<JobRow> =
+        state.store.placed_jobs()?.into_iter().filter(|j| j.node_id.as_ref() == Some(&node.id)).collect();
     for job in &placed {
         if reported.contains(&job.id) {
             if job.state == JobState::Terminating {
@@ -477,24 +400,13 @@ fn reconcile(
                 // The start command was lost or never sent: send it (the agent ignores duplicates),
                 // when the run's startup order lets it start now.
                 let gang = state.store.latest_jobs(&job.run_id)?;
-                if let Some(spec) = job
-                    .spec
-                    .as_ref()
-                    .filter(|_| crate::lifecycle::may_start(job, &gang))
-                {
+                if let Some(spec) = job.spec.as_ref().filter(|_| crate::lifecycle::may_start(job, &gang)) {
                     let _ = tx.try_send(CoordinatorMessage::StartJob(Box::new(spec.clone())));
                 }
             }
             JobState::Terminating => {
-                let reason = job
-                    .termination_reason
-                    .unwrap_or(TerminationReason::StoppedByUser);
-                state.finish_job(
-                    &job.id,
-                    reason,
-                    None,
-                    Some("the container was gone when the node came back"),
-                )?;
+                let reason = job.termination_reason.unwrap_or(TerminationReason::StoppedByUser);
+                state.finish_job(&job.id, reason, None, Some("the container was gone when the node came back"))?;
             }
             _ => {
                 tracing::warn!(job = %job.id, node = %node.name, "container vanished; job failed");
@@ -514,14 +426,8 @@ fn reconcile(
         match state.store.job(&r.job_id)? {
             // Finished here: the agent reports the end itself (it re-sends its last word on every
             // connection) and is then told to forget the container.
-            Some(job)
-                if job.node_id.as_ref() == Some(&node.id)
-                    && job.state.is_finished()
-                    && !r.running =>
-            {
-                let _ = tx.try_send(CoordinatorMessage::ForgetJob {
-                    job_id: r.job_id.clone(),
-                });
+            Some(job) if job.node_id.as_ref() == Some(&node.id) && job.state.is_finished() && !r.running => {
+                let _ = tx.try_send(CoordinatorMessage::ForgetJob { job_id: r.job_id.clone() });
             }
             Some(job) if job.node_id.as_ref() == Some(&node.id) && job.state.is_finished() => {
                 let _ = tx.try_send(stop_request_final(&job));
@@ -538,26 +444,17 @@ fn stop_request_final(job: &JobRow) -> CoordinatorMessage {
     CoordinatorMessage::StopJob {
         job_id: job.id.clone(),
         abort: true,
-        reason: job
-            .termination_reason
-            .unwrap_or(TerminationReason::AbortedByUser),
+        reason: job.termination_reason.unwrap_or(TerminationReason::AbortedByUser),
     }
 }
 
 /// One job's output from the agent. Only a job placed on this node may be written to: the job id
 /// comes from the peer and names a file.
-async fn receive_logs(
-    state: &State,
-    node: &NodeId,
-    mut stream: quinn::RecvStream,
-) -> anyhow::Result<()> {
+async fn receive_logs(state: &State, node: &NodeId, mut stream: quinn::RecvStream) -> anyhow::Result<()> {
     let Some(LogFrame::Open { job_id }) = read_frame::<LogFrame, _>(&mut stream).await? else {
         anyhow::bail!("log stream did not start with Open");
     };
-    let placed_here = state
-        .store
-        .job(&job_id)?
-        .is_some_and(|j| j.node_id.as_ref() == Some(node));
+    let placed_here = state.store.job(&job_id)?.is_some_and(|j| j.node_id.as_ref() == Some(node));
     if !placed_here {
         // Read it to the end without storing it: the agent then knows it may drop the container.
         tracing::warn!(job = %job_id, "discarding the log of a job not placed on this node");
@@ -567,9 +464,9 @@ async fn receive_logs(
     let log = state.logs.job(&job_id);
     while let Some(frame) = read_frame::<LogFrame, _>(&mut stream).await? {
         match frame {
-            LogFrame::Chunk { offset, data } => log
-                .append(offset, &data)
-                .with_context(|| format!("cannot store logs of job {job_id}"))?,
+            LogFrame::Chunk { offset, data } => {
+                log.append(offset, &data).with_context(|| format!("cannot store logs of job {job_id}"))?
+            }
             LogFrame::End { total } => log.finish(total),
             LogFrame::Open { .. } => anyhow::bail!("a second Open on one log stream"),
         }

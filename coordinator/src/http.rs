@@ -26,15 +26,9 @@ mod cluster;
 
 type AppState = Arc<State>;
 
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: AppState,
-    shutdown: CancellationToken,
-) {
+pub async fn serve(listener: tokio::net::TcpListener, state: AppState, shutdown: CancellationToken) {
     let app = router(state);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
+    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
     if let Err(e) = result {
         tracing::error!("http server failed: {e}");
     }
@@ -42,10 +36,7 @@ pub async fn serve(
 
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
-        .route(
-            "/api/projects/{project}/runs",
-            post(submit_run).get(list_runs),
-        )
+        .route("/api/projects/{project}/runs", post(submit_run).get(list_runs))
         .route("/api/projects/{project}/runs/{name}", get(get_run))
         .route("/api/projects/{project}/runs/{name}/stop", post(stop_run))
         .route("/api/projects/{project}/runs/{name}/logs", get(run_logs))
@@ -53,19 +44,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/nodes/{name}/cordon", post(cluster::cordon))
         .route("/api/nodes/{name}/uncordon", post(cluster::uncordon))
         .route("/api/nodes/{name}/drain", post(cluster::drain))
-        .route(
-            "/api/projects/{project}/fleets",
-            post(cluster::put_fleet).get(cluster::list_fleets),
-        )
-        .route(
-            "/api/projects/{project}/fleets/{name}",
-            get(cluster::get_fleet).delete(cluster::delete_fleet),
-        )
+        .route("/api/projects/{project}/fleets", post(cluster::put_fleet).get(cluster::list_fleets))
+        .route("/api/projects/{project}/fleets/{name}", get(cluster::get_fleet).delete(cluster::delete_fleet))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
-    Router::new()
-        .route("/api/health", get(|| async { "ok" }))
-        .merge(api)
-        .with_state(state)
+    Router::new().route("/api/health", get(|| async { "ok" })).merge(api).with_state(state)
 }
 
 pub struct Error(StatusCode, String);
@@ -79,10 +61,7 @@ impl IntoResponse for Error {
 impl From<crate::store::StoreError> for Error {
     fn from(e: crate::store::StoreError) -> Self {
         tracing::error!("store: {e:#}");
-        Self(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("internal error: {e}"),
-        )
+        Self(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: {e}"))
     }
 }
 
@@ -90,11 +69,7 @@ pub(crate) fn err(status: StatusCode, msg: impl Into<String>) -> Error {
     Error(status, msg.into())
 }
 
-async fn authenticate(
-    Extract(state): Extract<AppState>,
-    req: Request,
-    next: Next,
-) -> Result<Response, Error> {
+async fn authenticate(Extract(state): Extract<AppState>, req: Request, next: Next) -> Result<Response, Error> {
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -102,16 +77,9 @@ async fn authenticate(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let Some(token) = token else {
-        return Err(err(
-            StatusCode::UNAUTHORIZED,
-            "missing bearer token: set CORRAL_TOKEN or run `corral config`",
-        ));
+        return Err(err(StatusCode::UNAUTHORIZED, "missing bearer token: set CORRAL_TOKEN or run `corral config`"));
     };
-    if state
-        .store
-        .api_token_name(&sha256_hex(token.as_bytes()))?
-        .is_none()
-    {
+    if state.store.api_token_name(&sha256_hex(token.as_bytes()))?.is_none() {
         return Err(err(StatusCode::UNAUTHORIZED, "invalid token"));
     }
     Ok(next.run(req).await)
@@ -121,43 +89,27 @@ pub(crate) fn check_project(state: &State, project: &str) -> Result<(), Error> {
     if state.store.project_exists(project)? {
         Ok(())
     } else {
-        Err(err(
-            StatusCode::NOT_FOUND,
-            format!("project {project:?} does not exist"),
-        ))
+        Err(err(StatusCode::NOT_FOUND, format!("project {project:?} does not exist")))
     }
 }
 
 fn node_name(state: &State) -> impl Fn(&NodeId) -> Option<String> + '_ {
-    move |id| {
-        state
-            .store
-            .nodes()
-            .ok()?
-            .into_iter()
-            .find(|n| &n.id == id)
-            .map(|n| n.name)
-    }
+    move |id| state.store.nodes().ok()?.into_iter().find(|n| &n.id == id).map(|n| n.name)
 }
 
 const ADJECTIVES: &[&str] = &[
-    "brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "kind", "lively", "proud",
-    "quick", "silly", "witty", "zesty",
+    "brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "kind", "lively", "proud", "quick", "silly",
+    "witty", "zesty",
 ];
 const ANIMALS: &[&str] = &[
-    "otter", "falcon", "panda", "lynx", "heron", "koala", "yak", "bison", "gecko", "moose", "orca",
-    "raven", "tapir", "wombat",
+    "otter", "falcon", "panda", "lynx", "heron", "koala", "yak", "bison", "gecko", "moose", "orca", "raven", "tapir",
+    "wombat",
 ];
 
 fn generated_name() -> String {
     let r = random_hex(4);
     let n = u32::from_str_radix(&r, 16).unwrap_or(0) as usize;
-    format!(
-        "{}-{}-{}",
-        ADJECTIVES[n % ADJECTIVES.len()],
-        ANIMALS[(n / 16) % ANIMALS.len()],
-        n % 100
-    )
+    format!("{}-{}-{}", ADJECTIVES[n % ADJECTIVES.len()], ANIMALS[(n / 16) % ANIMALS.len()], n % 100)
 }
 
 async fn submit_run(
@@ -166,13 +118,8 @@ async fn submit_run(
     Json(req): Json<SubmitRun>,
 ) -> Result<Json<api::Run>, Error> {
     check_project(&state, &project)?;
-    let task =
-        crate::admission::check(&req.configuration).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
-    let name = req
-        .name
-        .clone()
-        .or_else(|| task.name.clone())
-        .unwrap_or_else(generated_name);
+    let task = crate::admission::check(&req.configuration).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
+    let name = req.name.clone().or_else(|| task.name.clone()).unwrap_or_else(generated_name);
     if !corral_proto::config::is_valid_name(&name) {
         return Err(err(
             StatusCode::BAD_REQUEST,
@@ -182,17 +129,8 @@ async fn submit_run(
         ));
     }
     let run_id = RunId(random_hex(8));
-    let jobs: Vec<JobId> = (0..task.nodes.max(1))
-        .map(|_| JobId(random_hex(8)))
-        .collect();
-    let stored = state.store.insert_run(
-        &run_id,
-        &project,
-        &name,
-        &req.configuration,
-        req.source.as_deref(),
-        &jobs,
-    )?;
+    let jobs: Vec<JobId> = (0..task.nodes.max(1)).map(|_| JobId(random_hex(8))).collect();
+    let stored = state.store.insert_run(&run_id, &project, &name, &req.configuration, req.source.as_deref(), &jobs)?;
     if !stored {
         return Err(err(
             StatusCode::CONFLICT,
@@ -270,11 +208,7 @@ async fn stop_run(
 ) -> Result<Json<api::Run>, Error> {
     let abort = body.is_some_and(|b| b.abort);
     let run = find_run(&state, &project, &name)?;
-    let reason = if abort {
-        TerminationReason::AbortedByUser
-    } else {
-        TerminationReason::StoppedByUser
-    };
+    let reason = if abort { TerminationReason::AbortedByUser } else { TerminationReason::StoppedByUser };
     for job in run.jobs.iter().filter(|j| !j.state.is_finished()) {
         state.stop_job(&job.id, reason, abort)?;
     }
@@ -301,49 +235,40 @@ async fn run_logs(
 ) -> Result<Response, Error> {
     let run = find_run(&state, &project, &name)?;
     let Some(job) = run.jobs.iter().find(|j| j.job_num == q.job) else {
-        return Err(err(
-            StatusCode::NOT_FOUND,
-            format!("run {name:?} has no job {}", q.job),
-        ));
+        return Err(err(StatusCode::NOT_FOUND, format!("run {name:?} has no job {}", q.job)));
     };
     let job_id = job.id.clone();
     let log = state.logs.job(&job_id);
     let len_rx = log.subscribe();
     let follow = q.follow;
-    let stream = futures_util::stream::unfold(
-        (q.offset, false, len_rx),
-        move |(offset, done, mut len_rx)| {
-            let state = state.clone();
-            let log = log.clone();
-            let job_id = job_id.clone();
-            async move {
-                if done {
+    let stream = futures_util::stream::unfold((q.offset, false, len_rx), move |(offset, done, mut len_rx)| {
+        let state = state.clone();
+        let log = log.clone();
+        let job_id = job_id.clone();
+        async move {
+            if done {
+                return None;
+            }
+            loop {
+                len_rx.mark_unchanged();
+                match log.read_at(offset, 64 * 1024) {
+                    Ok(chunk) if !chunk.is_empty() => {
+                        let next = offset + chunk.len() as u64;
+                        return Some((Ok::<_, std::io::Error>(bytes::Bytes::from(chunk)), (next, false, len_rx)));
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Some((Err(e), (offset, true, len_rx))),
+                }
+                if !follow || job_log_finished(&state, &job_id, log.is_complete()) {
                     return None;
                 }
-                loop {
-                    len_rx.mark_unchanged();
-                    match log.read_at(offset, 64 * 1024) {
-                        Ok(chunk) if !chunk.is_empty() => {
-                            let next = offset + chunk.len() as u64;
-                            return Some((
-                                Ok::<_, std::io::Error>(bytes::Bytes::from(chunk)),
-                                (next, false, len_rx),
-                            ));
-                        }
-                        Ok(_) => {}
-                        Err(e) => return Some((Err(e), (offset, true, len_rx))),
-                    }
-                    if !follow || job_log_finished(&state, &job_id, log.is_complete()) {
-                        return None;
-                    }
-                    tokio::select! {
-                        _ = len_rx.changed() => {}
-                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    }
+                tokio::select! {
+                    _ = len_rx.changed() => {}
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
             }
-        },
-    );
+        }
+    });
     Response::builder()
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .body(Body::from_stream(stream))
@@ -360,10 +285,7 @@ fn job_log_finished(state: &State, id: &JobId, complete: bool) -> bool {
             }
             // The agent has not sent the end of the output. While its node is connected it will
             // (a replay may take a while); when the node is away, give up after a few seconds.
-            let connected = job
-                .node_id
-                .as_ref()
-                .is_some_and(|n| state.session(n).is_some());
+            let connected = job.node_id.as_ref().is_some_and(|n| state.session(n).is_some());
             let waited = job.finished_ms.map_or(i64::MAX, |f| now_ms() - f);
             waited > if connected { 120_000 } else { 3_000 }
         }

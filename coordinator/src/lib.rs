@@ -108,10 +108,7 @@ impl State {
         if let Some(job) = job {
             if let (Some(node), Some(a)) = (&job.node_id, &job.allocation) {
                 if !job.state.is_finished() {
-                    self.scheduler
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .release(node, a);
+                    self.scheduler.lock().unwrap_or_else(|e| e.into_inner()).release(node, a);
                 }
             }
             lifecycle::job_ended(self, &job, reason)?;
@@ -121,10 +118,7 @@ impl State {
     }
 
     pub fn heard_from(&self, node: &NodeId) {
-        self.heard
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(node.clone(), tokio::time::Instant::now());
+        self.heard.lock().unwrap_or_else(|e| e.into_inner()).insert(node.clone(), tokio::time::Instant::now());
     }
 
     /// Tells the scheduler a node came, went, or changed.
@@ -139,20 +133,11 @@ impl State {
 
     /// The nodes with a live session.
     pub fn connected_nodes(&self) -> std::collections::HashSet<NodeId> {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .cloned()
-            .collect()
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
     }
 
     pub fn session(&self, node: &NodeId) -> Option<Session> {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(node)
-            .cloned()
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(node).cloned()
     }
 
     /// Sends a command to a node if it is connected. A command that cannot be sent now is not lost:
@@ -193,10 +178,7 @@ impl Running {
     }
 }
 
-fn read_or_create(
-    path: &Path,
-    create: impl FnOnce() -> anyhow::Result<String>,
-) -> anyhow::Result<(String, bool)> {
+fn read_or_create(path: &Path, create: impl FnOnce() -> anyhow::Result<String>) -> anyhow::Result<(String, bool)> {
     if let Ok(s) = std::fs::read_to_string(path)
         && !s.trim().is_empty()
     {
@@ -219,29 +201,18 @@ fn read_or_create(
 /// The admin API token and the join token kept as files in the data dir (what the operator reads).
 /// The database must accept what the files say: their hashes are inserted if missing (a database
 /// restored from elsewhere), and a join token naming another CA (a regenerated CA) is replaced.
-fn bootstrap_tokens(
-    dir: &Path,
-    store: &Store,
-    ca_hash: &str,
-) -> anyhow::Result<(String, JoinToken)> {
-    let (admin_token, created) = read_or_create(&dir.join("admin-token"), || {
-        Ok(format!("crl_{}", random_hex(20)))
-    })?;
+fn bootstrap_tokens(dir: &Path, store: &Store, ca_hash: &str) -> anyhow::Result<(String, JoinToken)> {
+    let (admin_token, created) = read_or_create(&dir.join("admin-token"), || Ok(format!("crl_{}", random_hex(20))))?;
     store.ensure_api_token(&sha256_hex(admin_token.as_bytes()), "admin")?;
     if created {
         tracing::info!(path = %dir.join("admin-token").display(), "created the admin API token");
     }
     let path = dir.join("join-token");
-    let current = std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|t| t.trim().parse::<JoinToken>().ok());
+    let current = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse::<JoinToken>().ok());
     let join_token = match current {
         Some(t) if t.ca_hash == ca_hash => t,
         _ => {
-            let t = JoinToken {
-                ca_hash: ca_hash.to_owned(),
-                secret: random_hex(16),
-            };
+            let t = JoinToken { ca_hash: ca_hash.to_owned(), secret: random_hex(16) };
             let _ = std::fs::remove_file(&path);
             read_or_create(&path, || Ok(t.to_string()))?;
             t
@@ -255,8 +226,7 @@ fn bootstrap_tokens(
 /// accepts connections; cancel `shutdown` to stop it, then [`Running::wait`].
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let dir = &config.data_dir;
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create the data dir {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the data dir {}", dir.display()))?;
     let store = Store::open(&dir.join("corral.db"))
         .with_context(|| format!("cannot open the database in {}", dir.display()))?;
     let pki = Pki::load_or_create(dir).context("cannot set up the certificate authority")?;
@@ -284,15 +254,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 
     let tasks = state.tasks.clone();
     let endpoint = agents::bind(&state, config.quic_listen)?;
-    let quic_addr = endpoint
-        .local_addr()
-        .context("quic endpoint has no address")?;
-    tasks.spawn(agents::serve(
-        endpoint,
-        state.clone(),
-        shutdown.child_token(),
-        tasks.clone(),
-    ));
+    let quic_addr = endpoint.local_addr().context("quic endpoint has no address")?;
+    tasks.spawn(agents::serve(endpoint, state.clone(), shutdown.child_token(), tasks.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
@@ -300,19 +263,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let http_addr = listener.local_addr()?;
     tasks.spawn(http::serve(listener, state.clone(), shutdown.child_token()));
     tasks.spawn(scheduler::run(state.clone(), shutdown.child_token()));
-    tasks.spawn(lifecycle::watch_nodes(
-        state.clone(),
-        shutdown.child_token(),
-    ));
+    tasks.spawn(lifecycle::watch_nodes(state.clone(), shutdown.child_token()));
 
-    Ok(Running {
-        http_addr,
-        quic_addr,
-        admin_token,
-        join_token,
-        state,
-        tasks,
-    })
+    Ok(Running { http_addr, quic_addr, admin_token, join_token, state, tasks })
 }
 
 /// How long the coordinator waits for its tasks after a shutdown signal.

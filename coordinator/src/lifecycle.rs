@@ -27,18 +27,10 @@ impl State {
     /// Stops one job wherever it is: a queued job ends at once; a placed one is asked to stop on its
     /// node (and, for an abort while the node is away, ends at once — the container is killed when
     /// the node reports it).
-    pub fn stop_job(
-        &self,
-        id: &JobId,
-        reason: TerminationReason,
-        abort: bool,
-    ) -> Result<(), StoreError> {
+    pub fn stop_job(&self, id: &JobId, reason: TerminationReason, abort: bool) -> Result<(), StoreError> {
         if self.store.cancel_queued(id, reason)? {
             if let Some(job) = self.store.job(id)? {
-                self.scheduler
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .dequeue(&job.run_id);
+                self.scheduler.lock().unwrap_or_else(|e| e.into_inner()).dequeue(&job.run_id);
             }
             return Ok(());
         }
@@ -51,14 +43,7 @@ impl State {
         if !self.store.set_terminating(id, reason)? {
             return Ok(());
         }
-        let sent = self.send(
-            &node,
-            CoordinatorMessage::StopJob {
-                job_id: id.clone(),
-                abort,
-                reason,
-            },
-        );
+        let sent = self.send(&node, CoordinatorMessage::StopJob { job_id: id.clone(), abort, reason });
         if !sent && abort {
             self.finish_job(id, reason, None, Some("aborted while its node was offline"))?;
         }
@@ -75,12 +60,8 @@ pub fn may_start(job: &JobRow, gang: &[JobRow]) -> bool {
     let running = |j: &JobRow| matches!(j.state, JobState::Running) || j.state.is_finished();
     match task.startup_order {
         StartupOrder::Any => true,
-        StartupOrder::MasterFirst => {
-            job.job_num == 0 || gang.iter().filter(|j| j.job_num == 0).all(running)
-        }
-        StartupOrder::WorkersFirst => {
-            job.job_num != 0 || gang.iter().filter(|j| j.job_num != 0).all(running)
-        }
+        StartupOrder::MasterFirst => job.job_num == 0 || gang.iter().filter(|j| j.job_num == 0).all(running),
+        StartupOrder::WorkersFirst => job.job_num != 0 || gang.iter().filter(|j| j.job_num != 0).all(running),
     }
 }
 
@@ -107,24 +88,15 @@ pub fn job_ended(state: &State, job: &JobRow, reason: TerminationReason) -> Resu
     if !latest.iter().any(|j| j.id == job.id) {
         return Ok(()); // an older attempt
     }
-    if reason == TerminationReason::Done
-        && job.job_num == 0
-        && task.stop_criteria == StopCriteria::MasterDone
-    {
+    if reason == TerminationReason::Done && job.job_num == 0 && task.stop_criteria == StopCriteria::MasterDone {
         // `stop_criteria: master-done`: the master's success ends the run; the workers stop as done.
-        for other in latest
-            .iter()
-            .filter(|j| j.id != job.id && !j.state.is_finished())
-        {
+        for other in latest.iter().filter(|j| j.id != job.id && !j.state.is_finished()) {
             state.stop_job(&other.id, TerminationReason::Done, false)?;
         }
     }
     let failed = reason.retry_event().is_some();
     if failed {
-        for other in latest
-            .iter()
-            .filter(|j| j.id != job.id && !j.state.is_finished())
-        {
+        for other in latest.iter().filter(|j| j.id != job.id && !j.state.is_finished()) {
             tracing::info!(job = %other.id, run = %job.run_name, "stopping the rest of the gang");
             state.stop_job(&other.id, TerminationReason::GangMemberFailed, false)?;
         }
@@ -135,19 +107,13 @@ pub fn job_ended(state: &State, job: &JobRow, reason: TerminationReason) -> Resu
     let Some(policy) = &task.retry else {
         return Ok(());
     };
-    let reasons: Vec<TerminationReason> =
-        latest.iter().filter_map(|j| j.termination_reason).collect();
-    if reasons
-        .iter()
-        .any(|r| r.retry_event().is_none() && *r != TerminationReason::Done)
+    let reasons: Vec<TerminationReason> = latest.iter().filter_map(|j| j.termination_reason).collect();
+    if reasons.iter().any(|r| r.retry_event().is_none() && *r != TerminationReason::Done)
         || reasons.iter().all(|r| *r == TerminationReason::Done)
     {
         return Ok(()); // stopped on purpose, or succeeded
     }
-    let event = if reasons
-        .iter()
-        .any(|r| r.retry_event() == Some(RetryEvent::Error))
-    {
+    let event = if reasons.iter().any(|r| r.retry_event() == Some(RetryEvent::Error)) {
         RetryEvent::Error
     } else {
         RetryEvent::Interruption
@@ -155,29 +121,19 @@ pub fn job_ended(state: &State, job: &JobRow, reason: TerminationReason) -> Resu
     if !policy.on_events.contains(&event) {
         return Ok(());
     }
-    let window = policy
-        .duration_secs
-        .map_or(DEFAULT_RETRY_WINDOW, Duration::from_secs);
-    let first_submitted = state
-        .store
-        .run_submitted_ms(&job.run_id)?
-        .unwrap_or(job.submitted_ms);
+    let window = policy.duration_secs.map_or(DEFAULT_RETRY_WINDOW, Duration::from_secs);
+    let first_submitted = state.store.run_submitted_ms(&job.run_id)?.unwrap_or(job.submitted_ms);
     if now_ms() - first_submitted > window.as_millis() as i64 {
         tracing::info!(run = %job.run_name, "retry window over; the run stays failed");
         return Ok(());
     }
     let attempt = latest.iter().map(|j| j.submission).max().unwrap_or(0);
     let backoff = match event {
-        RetryEvent::Error => ERROR_BACKOFF
-            .saturating_mul(1 << attempt.min(10))
-            .min(MAX_BACKOFF),
+        RetryEvent::Error => ERROR_BACKOFF.saturating_mul(1 << attempt.min(10)).min(MAX_BACKOFF),
         _ => Duration::ZERO,
     };
     let ids: Vec<JobId> = latest.iter().map(|_| JobId(random_hex(8))).collect();
-    if state
-        .store
-        .resubmit(&latest, now_ms() + backoff.as_millis() as i64, &ids)?
-    {
+    if state.store.resubmit(&latest, now_ms() + backoff.as_millis() as i64, &ids)? {
         tracing::info!(run = %job.run_name, attempt = attempt + 1, ?event, ?backoff, "retrying the run");
         let mut sched = state.scheduler.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = sched.enqueue(&state.store, &job.run_id) {
@@ -198,10 +154,7 @@ pub async fn watch_nodes(state: Arc<State>, shutdown: CancellationToken) {
         }
         let stale: Vec<NodeId> = {
             let seen = state.heard.lock().unwrap_or_else(|e| e.into_inner());
-            seen.iter()
-                .filter(|(_, t)| t.elapsed() > timeout)
-                .map(|(n, _)| n.clone())
-                .collect()
+            seen.iter().filter(|(_, t)| t.elapsed() > timeout).map(|(n, _)| n.clone()).collect()
         };
         for node in stale {
             if let Err(e) = node_unreachable(&state, &node) {
@@ -212,39 +165,19 @@ pub async fn watch_nodes(state: Arc<State>, shutdown: CancellationToken) {
 }
 
 fn node_unreachable(state: &State, node: &NodeId) -> Result<(), StoreError> {
-    state
-        .heard
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(node);
-    let session = state
-        .sessions
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(node);
-    let name = session
-        .as_ref()
-        .map_or_else(|| node.to_string(), |s| s.name.clone());
+    state.heard.lock().unwrap_or_else(|e| e.into_inner()).remove(node);
+    let session = state.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(node);
+    let name = session.as_ref().map_or_else(|| node.to_string(), |s| s.name.clone());
     if let Some(s) = session {
-        s.conn
-            .close(2u32.into(), b"no heartbeat within the node timeout");
+        s.conn.close(2u32.into(), b"no heartbeat within the node timeout");
     }
     state.node_changed(node);
-    let jobs: Vec<JobRow> = state
-        .store
-        .placed_jobs()?
-        .into_iter()
-        .filter(|j| j.node_id.as_ref() == Some(node))
-        .collect();
+    let jobs: Vec<JobRow> =
+        state.store.placed_jobs()?.into_iter().filter(|j| j.node_id.as_ref() == Some(node)).collect();
     tracing::warn!(node = %name, jobs = jobs.len(), "node unreachable");
     let message = format!("node {name} stopped answering");
     for job in jobs {
-        state.finish_job(
-            &job.id,
-            TerminationReason::NodeUnreachable,
-            None,
-            Some(&message),
-        )?;
+        state.finish_job(&job.id, TerminationReason::NodeUnreachable, None, Some(&message))?;
     }
     Ok(())
 }

@@ -58,10 +58,7 @@ impl JobLog {
         let mut guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
         let have = self.stored();
         let Some(end) = offset.checked_add(data.len() as u64) else {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "log offset out of range",
-            ));
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "log offset out of range"));
         };
         if end <= have {
             return Ok(());
@@ -74,12 +71,7 @@ impl JobLog {
         }
         let fresh = &data[(have - offset) as usize..];
         if guard.is_none() {
-            *guard = Some(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)?,
-            );
+            *guard = Some(OpenOptions::new().create(true).append(true).open(&self.path)?);
         }
         if let Some(f) = guard.as_mut() {
             f.write_all(fresh)?;
@@ -106,10 +98,7 @@ impl JobLog {
 impl LogStore {
     pub fn new(dir: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        Ok(Self {
-            dir: dir.to_owned(),
-            jobs: Mutex::new(HashMap::new()),
-        })
+        Ok(Self { dir: dir.to_owned(), jobs: Mutex::new(HashMap::new()) })
     }
 
     pub fn job(&self, id: &JobId) -> Arc<JobLog> {
@@ -142,10 +131,7 @@ mod tests {
         log.append(0, b"hello ").expect("append");
         log.append(0, b"hello world\n").expect("replay overlaps");
         log.append(20, b"gap").expect("gap is ignored");
-        assert!(
-            log.append(u64::MAX, b"x").is_err(),
-            "an offset past u64 is refused, not a panic"
-        );
+        assert!(log.append(u64::MAX, b"x").is_err(), "an offset past u64 is refused, not a panic");
         log.finish(100);
         assert!(!log.is_complete(), "bytes are missing");
         log.finish(12);

@@ -30,23 +30,17 @@ struct Args {
 }
 
 fn parse_secs(s: &str) -> Result<u64, String> {
-    corral_proto::config::parse_duration(s)
-        .ok_or_else(|| format!("{s:?} is not a duration (use e.g. 10s, 1m)"))
+    corral_proto::config::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration (use e.g. 10s, 1m)"))
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG").unwrap_or_else(|_| "info".into()))
         .init();
     let args = Args::parse();
     let config = corral_coordinator::Config {
-        data_dir: args
-            .data_dir
-            .unwrap_or_else(|| corral_proto::paths::default_dir("corral")),
+        data_dir: args.data_dir.unwrap_or_else(|| corral_proto::paths::default_dir("corral")),
         http_listen: args.http_listen,
         quic_listen: args.quic_listen,
         node_timeout: std::time::Duration::from_secs(args.node_timeout),
@@ -63,28 +57,14 @@ async fn main() -> ExitCode {
     println!("corral coordinator {}", corral_coordinator::VERSION);
     println!("  HTTP API:    http://{}", running.http_addr);
     println!("  agents dial: {} (QUIC)", running.quic_addr);
-    println!(
-        "  admin token: {}  (also in {})",
-        running.admin_token,
-        config.data_dir.join("admin-token").display()
-    );
-    println!(
-        "  join token:  {}  (also in {})",
-        running.join_token,
-        config.data_dir.join("join-token").display()
-    );
-    println!(
-        "enroll a node:  corral-agent --coordinator HOST:{} --token <join token>",
-        running.quic_addr.port()
-    );
+    println!("  admin token: {}  (also in {})", running.admin_token, config.data_dir.join("admin-token").display());
+    println!("  join token:  {}  (also in {})", running.join_token, config.data_dir.join("join-token").display());
+    println!("enroll a node:  corral-agent --coordinator HOST:{} --token <join token>", running.quic_addr.port());
 
     wait_for_signal().await;
     tracing::info!("shutting down");
     shutdown.cancel();
-    if tokio::time::timeout(corral_coordinator::SHUTDOWN_GRACE, running.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(corral_coordinator::SHUTDOWN_GRACE, running.wait()).await.is_err() {
         tracing::warn!("tasks did not stop within the grace period");
     }
     ExitCode::SUCCESS

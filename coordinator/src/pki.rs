@@ -7,13 +7,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 use rustls::server::WebPkiClientVerifier;
-use rustls_pki_types::{
-    CertificateDer, CertificateSigningRequestDer, PrivateKeyDer, PrivatePkcs8KeyDer,
-};
+use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use corral_proto::wire::{ALPN, COORDINATOR_SERVER_NAME};
 
@@ -42,26 +40,14 @@ pub struct Pki {
 }
 
 fn read(path: &Path) -> Result<String, PkiError> {
-    fs::read_to_string(path).map_err(|source| PkiError::Io {
-        path: path.display().to_string(),
-        source,
-    })
+    fs::read_to_string(path).map_err(|source| PkiError::Io { path: path.display().to_string(), source })
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| PkiError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io)?;
+    let io = |source| PkiError::Io { path: path.display().to_string(), source };
+    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(io)?;
     f.write_all(contents.as_bytes()).map_err(io)
 }
 
@@ -71,11 +57,7 @@ fn ca_params() -> CertificateParams {
     dn.push(DnType::CommonName, "Corral CA");
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     params.not_before = rcgen::date_time_ymd(2024, 1, 1);
     params.not_after = rcgen::date_time_ymd(2124, 1, 1);
     params
@@ -93,15 +75,12 @@ impl Pki {
             let key = KeyPair::generate()?;
             let cert = ca_params().self_signed(&key)?;
             write_private(&key_path, &key.serialize_pem())?;
-            fs::write(&cert_path, cert.pem()).map_err(|source| PkiError::Io {
-                path: cert_path.display().to_string(),
-                source,
-            })?;
+            fs::write(&cert_path, cert.pem())
+                .map_err(|source| PkiError::Io { path: cert_path.display().to_string(), source })?;
             (cert.pem(), key)
         };
-        let ca_der = pem_to_der(&ca_pem).ok_or_else(|| {
-            PkiError::Tls(format!("{} holds no certificate", cert_path.display()))
-        })?;
+        let ca_der = pem_to_der(&ca_pem)
+            .ok_or_else(|| PkiError::Tls(format!("{} holds no certificate", cert_path.display())))?;
         let issuer = Issuer::from_ca_cert_der(&ca_der, key)?;
 
         // The QUIC server certificate is cheap to mint: a fresh one on every start.
@@ -136,9 +115,7 @@ impl Pki {
         dn.push(DnType::CommonName, node_id);
         csr.params.distinguished_name = dn;
         csr.params.subject_alt_names = vec![rcgen::SanType::DnsName(
-            format!("node-{node_id}")
-                .try_into()
-                .map_err(|e: rcgen::Error| PkiError::Cert(e))?,
+            format!("node-{node_id}").try_into().map_err(|e: rcgen::Error| PkiError::Cert(e))?,
         )];
         csr.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         csr.params.is_ca = IsCa::NoCa;
@@ -154,14 +131,11 @@ impl Pki {
     pub fn quic_server_config(&self) -> Result<rustls::ServerConfig, PkiError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(self.ca_der.clone())
+        roots.add(self.ca_der.clone()).map_err(|e| PkiError::Tls(e.to_string()))?;
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .allow_unauthenticated()
+            .build()
             .map_err(|e| PkiError::Tls(e.to_string()))?;
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| PkiError::Tls(e.to_string()))?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.server_key.clone()));
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -189,17 +163,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let first = Pki::load_or_create(dir.path()).expect("creates");
         let again = Pki::load_or_create(dir.path()).expect("loads");
-        assert_eq!(
-            first.ca_hash(),
-            again.ca_hash(),
-            "the CA is kept across restarts"
-        );
+        assert_eq!(first.ca_hash(), again.ca_hash(), "the CA is kept across restarts");
 
         let node_key = KeyPair::generate().expect("key");
-        let csr = CertificateParams::new(vec![])
-            .expect("params")
-            .serialize_request(&node_key)
-            .expect("csr");
+        let csr = CertificateParams::new(vec![]).expect("params").serialize_request(&node_key).expect("csr");
         let (pem, fingerprint) = again.sign_node(csr.der(), "n1").expect("signs");
         assert!(pem.contains("BEGIN CERTIFICATE"));
         assert_eq!(fingerprint.len(), 64);

@@ -34,10 +34,7 @@ impl NodeSlot {
     }
 
     fn free_gpus(&self) -> usize {
-        self.inventory
-            .gpus
-            .len()
-            .saturating_sub(self.used_gpus.len())
+        self.inventory.gpus.len().saturating_sub(self.used_gpus.len())
     }
 
     pub fn used_gpus(&self) -> &[u32] {
@@ -57,10 +54,7 @@ pub struct Request {
 
 impl Request {
     fn min_gpus(&self) -> usize {
-        self.resources
-            .gpu
-            .as_ref()
-            .map_or(0, |g| g.min_count() as usize)
+        self.resources.gpu.as_ref().map_or(0, |g| g.min_count() as usize)
     }
 }
 
@@ -104,14 +98,7 @@ impl Index {
     }
 
     /// Adds a node or refreshes what is known of it (reservations are kept).
-    pub fn upsert(
-        &mut self,
-        id: &NodeId,
-        name: &str,
-        fleet: Option<String>,
-        cluster: bool,
-        inventory: HostInventory,
-    ) {
+    pub fn upsert(&mut self, id: &NodeId, name: &str, fleet: Option<String>, cluster: bool, inventory: HostInventory) {
         match self.pos.get(id) {
             Some(&i) => {
                 self.unbucket(i);
@@ -192,18 +179,12 @@ impl Index {
 
     fn eligible(&self, i: usize, req: &Request) -> bool {
         let s = &self.slots[i];
-        s.schedulable()
-            && (req.fleets.is_empty() || s.fleet.as_ref().is_some_and(|f| req.fleets.contains(f)))
+        s.schedulable() && (req.fleets.is_empty() || s.fleet.as_ref().is_some_and(|f| req.fleets.contains(f)))
     }
 
     /// The tightest node (not in `skip`) where one member of `req` fits, and what it would get:
     /// the first fit in the lowest bucket that has one.
-    fn best_fit(
-        &self,
-        req: &Request,
-        skip: &[usize],
-        fleet: Option<&str>,
-    ) -> Option<(usize, Allocation)> {
+    fn best_fit(&self, req: &Request, skip: &[usize], fleet: Option<&str>) -> Option<(usize, Allocation)> {
         for bucket in self.buckets.iter().skip(req.min_gpus()) {
             for &i in bucket {
                 if skip.contains(&i) || !self.eligible(i, req) {
@@ -213,13 +194,7 @@ impl Index {
                 if fleet.is_some_and(|f| s.fleet.as_deref() != Some(f)) {
                     continue;
                 }
-                if let Ok(a) = fit(
-                    &req.resources,
-                    &s.inventory,
-                    s.used_cpus,
-                    s.used_memory,
-                    &s.used_gpus,
-                ) {
+                if let Ok(a) = fit(&req.resources, &s.inventory, s.used_cpus, s.used_memory, &s.used_gpus) {
                     return Some((i, a));
                 }
             }
@@ -229,11 +204,7 @@ impl Index {
 
     /// Places a request: reserves and returns one allocation per node, or says why it waits.
     pub fn place(&mut self, req: &Request) -> Result<Vec<(NodeId, Allocation)>, String> {
-        let picked = if req.nodes <= 1 {
-            self.best_fit(req, &[], None).map(|p| vec![p])
-        } else {
-            self.place_gang(req)
-        };
+        let picked = if req.nodes <= 1 { self.best_fit(req, &[], None).map(|p| vec![p]) } else { self.place_gang(req) };
         let Some(picked) = picked else {
             return Err(self.explain(req));
         };
@@ -276,25 +247,17 @@ impl Index {
         let candidates: Vec<&NodeSlot> = self
             .slots
             .iter()
-            .filter(|s| {
-                req.fleets.is_empty() || s.fleet.as_ref().is_some_and(|f| req.fleets.contains(f))
-            })
+            .filter(|s| req.fleets.is_empty() || s.fleet.as_ref().is_some_and(|f| req.fleets.contains(f)))
             .collect();
-        let scope = if req.fleets.is_empty() {
-            String::new()
-        } else {
-            format!(" in fleet(s) {}", req.fleets.join(", "))
-        };
+        let scope =
+            if req.fleets.is_empty() { String::new() } else { format!(" in fleet(s) {}", req.fleets.join(", ")) };
         if candidates.is_empty() {
             return format!("no nodes{scope} (see `corral node list`)");
         }
         let usable: Vec<&&NodeSlot> = candidates.iter().filter(|s| s.schedulable()).collect();
         if usable.is_empty() {
             let offline = candidates.iter().filter(|s| !s.connected).count();
-            return format!(
-                "no node{scope} is ready: {offline} offline, {} cordoned",
-                candidates.len() - offline
-            );
+            return format!("no node{scope} is ready: {offline} offline, {} cordoned", candidates.len() - offline);
         }
         if req.nodes > 1 {
             let cluster = usable.iter().filter(|s| s.cluster).count();
@@ -319,26 +282,17 @@ impl Index {
                 if let Some(m) = &g.memory {
                     kind.push(m.to_string());
                 }
-                let kind = if kind.is_empty() {
-                    String::new()
-                } else {
-                    format!(" {}", kind.join(" "))
-                };
+                let kind = if kind.is_empty() { String::new() } else { format!(" {}", kind.join(" ")) };
                 format!("{}{kind} GPU(s)", g.min_count())
             }
-            _ => format!(
-                "cpu {} and memory {}",
-                req.resources.cpu.count, req.resources.memory
-            ),
+            _ => format!("cpu {} and memory {}", req.resources.cpu.count, req.resources.memory),
         };
         if could == 0 {
             // Say why for one node, as an example of the misfit.
             let example = usable
                 .iter()
                 .find_map(|s| {
-                    fit(&req.resources, &s.inventory, 0, Memory(0), &[])
-                        .err()
-                        .map(|e| format!("{}: {e}", s.name))
+                    fit(&req.resources, &s.inventory, 0, Memory(0), &[]).err().map(|e| format!("{}: {e}", s.name))
                 })
                 .unwrap_or_default();
             format!("no node{scope} has {what} (e.g. {example})")

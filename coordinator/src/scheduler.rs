@@ -79,12 +79,7 @@ impl Default for Scheduler {
 
 impl Scheduler {
     pub fn new() -> Self {
-        Self {
-            index: Index::new(),
-            queue: BTreeMap::new(),
-            addresses: HashMap::new(),
-            synced_at: None,
-        }
+        Self { index: Index::new(), queue: BTreeMap::new(), addresses: HashMap::new(), synced_at: None }
     }
 
     /// Rebuilds the index and the queue from the store.
@@ -94,10 +89,7 @@ impl Scheduler {
         self.addresses.clear();
         for n in state.store.nodes()? {
             let Some(inv) = n.inventory else { continue };
-            let cluster = n
-                .fleet
-                .as_deref()
-                .is_some_and(|f| state.store.fleet_is_cluster(f).unwrap_or(false));
+            let cluster = n.fleet.as_deref().is_some_and(|f| state.store.fleet_is_cluster(f).unwrap_or(false));
             index.upsert(&n.id, &n.name, n.fleet.clone(), cluster, inv);
             index.set_connected(&n.id, connected.contains(&n.id));
             index.set_cordoned(&n.id, n.cordoned);
@@ -111,11 +103,8 @@ impl Scheduler {
             }
         }
         self.index = index;
-        let reasons: HashMap<RunId, Option<String>> = self
-            .queue
-            .iter()
-            .map(|((_, _, id), q)| (id.clone(), q.reason.clone()))
-            .collect();
+        let reasons: HashMap<RunId, Option<String>> =
+            self.queue.iter().map(|((_, _, id), q)| (id.clone(), q.reason.clone())).collect();
         self.queue.clear();
         for job in state.store.queued_jobs()? {
             self.enqueue_job(job);
@@ -131,21 +120,12 @@ impl Scheduler {
         let Configuration::Task(task) = job.configuration else {
             return;
         };
-        let key = (
-            Reverse(task.priority.unwrap_or(0)),
-            job.submitted_ms,
-            job.run_id.clone(),
-        );
+        let key = (Reverse(task.priority.unwrap_or(0)), job.submitted_ms, job.run_id.clone());
         let entry = self.queue.entry(key).or_insert_with(|| {
             let request = Request {
                 resources: task.resources.clone(),
                 nodes: task.nodes.max(1),
-                fleets: task
-                    .provisioning
-                    .fleets
-                    .iter()
-                    .map(|f| f.name.clone())
-                    .collect(),
+                fleets: task.provisioning.fleets.iter().map(|f| f.name.clone()).collect(),
             };
             let shape = format!("{request:?}");
             Queued {
@@ -168,10 +148,7 @@ impl Scheduler {
 
     /// Adds a newly stored run's jobs to the queue.
     pub fn enqueue(&mut self, store: &Store, run: &RunId) -> anyhow::Result<()> {
-        for job in store.jobs_where(
-            "WHERE j.run_id = ?1 AND j.state IN ('submitted', 'pending')",
-            [&run.0],
-        )? {
+        for job in store.jobs_where("WHERE j.run_id = ?1 AND j.state IN ('submitted', 'pending')", [&run.0])? {
             self.enqueue_job(job);
         }
         Ok(())
@@ -191,15 +168,10 @@ impl Scheduler {
             return Ok(());
         };
         if let Some(inv) = n.inventory {
-            let cluster = n
-                .fleet
-                .as_deref()
-                .is_some_and(|f| state.store.fleet_is_cluster(f).unwrap_or(false));
-            self.index
-                .upsert(&n.id, &n.name, n.fleet.clone(), cluster, inv);
+            let cluster = n.fleet.as_deref().is_some_and(|f| state.store.fleet_is_cluster(f).unwrap_or(false));
+            self.index.upsert(&n.id, &n.name, n.fleet.clone(), cluster, inv);
         }
-        self.index
-            .set_connected(&n.id, state.session(&n.id).is_some());
+        self.index.set_connected(&n.id, state.session(&n.id).is_some());
         self.index.set_cordoned(&n.id, n.cordoned);
         if let Some(a) = n.address {
             self.addresses.insert(n.id, a);
@@ -239,9 +211,7 @@ pub fn schedule_once(state: &State) -> anyhow::Result<()> {
         match outcome {
             Ok(allocs) => placed.push((key.clone(), allocs)),
             Err(reason) => {
-                failed_shapes
-                    .entry(q.shape.clone())
-                    .or_insert_with(|| reason.clone());
+                failed_shapes.entry(q.shape.clone()).or_insert_with(|| reason.clone());
                 if q.reason.as_deref() != Some(&reason) {
                     waits.extend(q.jobs.iter().map(|j| (j.clone(), reason.clone())));
                     q.reason = Some(reason);
@@ -299,32 +269,18 @@ fn gang_specs(
     addresses: &HashMap<NodeId, String>,
 ) -> Vec<(NodeId, JobSpec)> {
     let n = allocs.len();
-    let ips: Vec<String> = allocs
-        .iter()
-        .map(|(node, _)| addresses.get(node).cloned().unwrap_or_default())
-        .collect();
+    let ips: Vec<String> = allocs.iter().map(|(node, _)| addresses.get(node).cloned().unwrap_or_default()).collect();
     let gpus_per_node = allocs.first().map_or(0, |(_, a)| a.gpu_indices.len());
     let gpus_total: usize = allocs.iter().map(|(_, a)| a.gpu_indices.len()).sum();
-    let hostfile: String = ips
-        .iter()
-        .zip(allocs)
-        .map(|(ip, (_, a))| format!("{ip} slots={}\n", a.gpu_indices.len().max(1)))
-        .collect();
+    let hostfile: String =
+        ips.iter().zip(allocs).map(|(ip, (_, a))| format!("{ip} slots={}\n", a.gpu_indices.len().max(1))).collect();
     allocs
         .iter()
         .enumerate()
         .map(|(rank, (node, allocation))| {
-            let job_id = q
-                .jobs
-                .get(rank)
-                .cloned()
-                .unwrap_or_else(|| JobId(String::new()));
-            let mut env: Vec<(String, String)> = q
-                .task
-                .env
-                .iter()
-                .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
-                .collect();
+            let job_id = q.jobs.get(rank).cloned().unwrap_or_else(|| JobId(String::new()));
+            let mut env: Vec<(String, String)> =
+                q.task.env.iter().map(|e| (e.name.clone(), e.value.clone().unwrap_or_default())).collect();
             let mut vars = vec![
                 ("RUN_NAME", q.run_name.clone()),
                 ("RUN_ID", run_id.to_string()),
@@ -359,10 +315,7 @@ fn gang_specs(
                 working_dir: q.task.working_dir.clone(),
                 allocation: allocation.clone(),
                 max_duration_secs: q.task.max_duration_secs,
-                stop_grace_secs: q
-                    .task
-                    .stop_duration_secs
-                    .unwrap_or(UNBOUNDED_STOP_GRACE_SECS),
+                stop_grace_secs: q.task.stop_duration_secs.unwrap_or(UNBOUNDED_STOP_GRACE_SECS),
                 host_network: n > 1,
             };
             (node.clone(), spec)

@@ -115,10 +115,7 @@ fn json<T: serde::Serialize>(v: &T) -> String {
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T> {
-    serde_json::from_str(s).map_err(|source| StoreError::Corrupt {
-        what: what.to_owned(),
-        source,
-    })
+    serde_json::from_str(s).map_err(|source| StoreError::Corrupt { what: what.to_owned(), source })
 }
 
 const JOB_COLUMNS: &str = "j.id, j.run_id, r.name, r.project, j.job_num, j.state, j.node_id, j.allocation, j.spec, \
@@ -126,20 +123,13 @@ const JOB_COLUMNS: &str = "j.id, j.run_id, r.name, r.project, j.job_num, j.state
      j.submission, j.not_before_ms";
 
 /// A JSON column decoded into our type; a stored value we cannot read is a conversion error.
-fn json_col<T: serde::de::DeserializeOwned>(
-    row: &rusqlite::Row<'_>,
-    idx: usize,
-) -> rusqlite::Result<T> {
+fn json_col<T: serde::de::DeserializeOwned>(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<T> {
     let s: String = row.get(idx)?;
-    serde_json::from_str(&s).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
-    })
+    serde_json::from_str(&s)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e)))
 }
 
-fn opt_json_col<T: serde::de::DeserializeOwned>(
-    row: &rusqlite::Row<'_>,
-    idx: usize,
-) -> rusqlite::Result<Option<T>> {
+fn opt_json_col<T: serde::de::DeserializeOwned>(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<Option<T>> {
     match row.get_ref(idx)? {
         rusqlite::types::ValueRef::Null => Ok(None),
         _ => json_col(row, idx).map(Some),
@@ -178,9 +168,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let store = Self {
-            conn: Mutex::new(conn),
-        };
+        let store = Self { conn: Mutex::new(conn) };
         store.migrate()?;
         Ok(store)
     }
@@ -204,30 +192,18 @@ impl Store {
     }
 
     pub fn project_exists(&self, name: &str) -> Result<bool> {
-        Ok(self
-            .conn()
-            .query_row("SELECT 1 FROM projects WHERE name = ?1", [name], |_| Ok(()))
-            .optional()?
-            .is_some())
+        Ok(self.conn().query_row("SELECT 1 FROM projects WHERE name = ?1", [name], |_| Ok(())).optional()?.is_some())
     }
 
     // --- tokens ---
 
     pub fn ensure_api_token(&self, hash: &str, name: &str) -> Result<()> {
-        self.conn().execute(
-            "INSERT OR IGNORE INTO api_tokens VALUES (?1, ?2, ?3)",
-            params![hash, name, now_ms()],
-        )?;
+        self.conn().execute("INSERT OR IGNORE INTO api_tokens VALUES (?1, ?2, ?3)", params![hash, name, now_ms()])?;
         Ok(())
     }
 
     pub fn api_token_name(&self, hash: &str) -> Result<Option<String>> {
-        Ok(self
-            .conn()
-            .query_row("SELECT name FROM api_tokens WHERE hash = ?1", [hash], |r| {
-                r.get(0)
-            })
-            .optional()?)
+        Ok(self.conn().query_row("SELECT name FROM api_tokens WHERE hash = ?1", [hash], |r| r.get(0)).optional()?)
     }
 
     /// Adds a join token unless it is known (a revoked one stays revoked).
@@ -244,11 +220,9 @@ impl Store {
         let conn = self.conn();
         #[allow(clippy::type_complexity)] // one row's columns, named right below
         let row: Option<(Option<String>, Option<i64>, Option<i64>, bool)> = conn
-            .query_row(
-                "SELECT fleet, expires_ms, uses_left, revoked FROM join_tokens WHERE hash = ?1",
-                [hash],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
+            .query_row("SELECT fleet, expires_ms, uses_left, revoked FROM join_tokens WHERE hash = ?1", [hash], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
             .optional()?;
         let Some((fleet, expires, uses_left, revoked)) = row else {
             return Ok(None);
@@ -257,23 +231,14 @@ impl Store {
             return Ok(None);
         }
         if uses_left.is_some() {
-            conn.execute(
-                "UPDATE join_tokens SET uses_left = uses_left - 1 WHERE hash = ?1",
-                [hash],
-            )?;
+            conn.execute("UPDATE join_tokens SET uses_left = uses_left - 1 WHERE hash = ?1", [hash])?;
         }
         Ok(Some(fleet))
     }
 
     // --- nodes ---
 
-    pub fn add_node(
-        &self,
-        id: &NodeId,
-        name: &str,
-        fleet: Option<&str>,
-        fingerprint: &str,
-    ) -> Result<()> {
+    pub fn add_node(&self, id: &NodeId, name: &str, fleet: Option<&str>, fingerprint: &str) -> Result<()> {
         self.conn().execute(
             "INSERT INTO nodes (id, name, fleet, cert_fingerprint, enrolled_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![id.0, name, fleet, fingerprint, now_ms()],
@@ -282,8 +247,7 @@ impl Store {
     }
 
     pub fn node_by_fingerprint(&self, fingerprint: &str) -> Result<Option<NodeRow>> {
-        self.query_nodes("WHERE cert_fingerprint = ?1", [fingerprint])
-            .map(|mut v| v.pop())
+        self.query_nodes("WHERE cert_fingerprint = ?1", [fingerprint]).map(|mut v| v.pop())
     }
 
     pub fn nodes(&self) -> Result<Vec<NodeRow>> {
@@ -315,27 +279,18 @@ impl Store {
     }
 
     pub fn node(&self, id: &NodeId) -> Result<Option<NodeRow>> {
-        self.query_nodes("WHERE id = ?1", [&id.0])
-            .map(|mut v| v.pop())
+        self.query_nodes("WHERE id = ?1", [&id.0]).map(|mut v| v.pop())
     }
 
     pub fn set_cordoned(&self, id: &NodeId, cordoned: bool) -> Result<()> {
-        self.conn().execute(
-            "UPDATE nodes SET cordoned = ?2 WHERE id = ?1",
-            params![id.0, cordoned],
-        )?;
+        self.conn().execute("UPDATE nodes SET cordoned = ?2 WHERE id = ?1", params![id.0, cordoned])?;
         Ok(())
     }
 
     // --- fleets ---
 
     /// Creates or replaces a fleet's configuration.
-    pub fn put_fleet(
-        &self,
-        project: &str,
-        name: &str,
-        cfg: &corral_proto::config::FleetConfig,
-    ) -> Result<()> {
+    pub fn put_fleet(&self, project: &str, name: &str, cfg: &corral_proto::config::FleetConfig) -> Result<()> {
         self.conn().execute(
             "INSERT INTO fleets VALUES (?1, ?2, ?3, ?4) ON CONFLICT (project, name) DO UPDATE SET configuration = excluded.configuration",
             params![project, name, json(cfg), now_ms()],
@@ -343,14 +298,10 @@ impl Store {
         Ok(())
     }
 
-    pub fn fleets(
-        &self,
-        project: &str,
-    ) -> Result<Vec<(String, corral_proto::config::FleetConfig, i64)>> {
+    pub fn fleets(&self, project: &str) -> Result<Vec<(String, corral_proto::config::FleetConfig, i64)>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT name, configuration, created_ms FROM fleets WHERE project = ?1 ORDER BY name",
-        )?;
+        let mut stmt =
+            conn.prepare("SELECT name, configuration, created_ms FROM fleets WHERE project = ?1 ORDER BY name")?;
         let rows = stmt
             .query_map([project], |r| Ok((r.get(0)?, json_col(r, 1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -358,10 +309,7 @@ impl Store {
     }
 
     pub fn delete_fleet(&self, project: &str, name: &str) -> Result<bool> {
-        let n = self.conn().execute(
-            "DELETE FROM fleets WHERE project = ?1 AND name = ?2",
-            params![project, name],
-        )?;
+        let n = self.conn().execute("DELETE FROM fleets WHERE project = ?1 AND name = ?2", params![project, name])?;
         Ok(n == 1)
     }
 
@@ -369,11 +317,7 @@ impl Store {
     pub fn fleet_is_cluster(&self, name: &str) -> Result<bool> {
         let cfg: Option<String> = self
             .conn()
-            .query_row(
-                "SELECT configuration FROM fleets WHERE name = ?1 LIMIT 1",
-                [name],
-                |r| r.get(0),
-            )
+            .query_row("SELECT configuration FROM fleets WHERE name = ?1 LIMIT 1", [name], |r| r.get(0))
             .optional()?;
         let Some(cfg) = cfg else { return Ok(false) };
         let cfg: corral_proto::config::FleetConfig = from_json("fleet configuration", &cfg)?;
@@ -389,18 +333,12 @@ impl Store {
     }
 
     pub fn node_seen(&self, id: &NodeId) -> Result<()> {
-        self.conn().execute(
-            "UPDATE nodes SET last_seen_ms = ?2 WHERE id = ?1",
-            params![id.0, now_ms()],
-        )?;
+        self.conn().execute("UPDATE nodes SET last_seen_ms = ?2 WHERE id = ?1", params![id.0, now_ms()])?;
         Ok(())
     }
 
     pub fn set_inventory(&self, id: &NodeId, inv: &HostInventory) -> Result<()> {
-        self.conn().execute(
-            "UPDATE nodes SET inventory = ?2 WHERE id = ?1",
-            params![id.0, json(inv)],
-        )?;
+        self.conn().execute("UPDATE nodes SET inventory = ?2 WHERE id = ?1", params![id.0, json(inv)])?;
         Ok(())
     }
 
@@ -450,12 +388,9 @@ impl Store {
     /// Jobs matching an SQL filter over `j` (jobs) and `r` (runs).
     pub fn jobs_where<P: rusqlite::Params>(&self, filter: &str, p: P) -> Result<Vec<JobRow>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs j JOIN runs r ON r.id = j.run_id {filter}"
-        ))?;
-        let jobs = stmt
-            .query_map(p, job_from_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut stmt =
+            conn.prepare(&format!("SELECT {JOB_COLUMNS} FROM jobs j JOIN runs r ON r.id = j.run_id {filter}"))?;
+        let jobs = stmt.query_map(p, job_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(jobs)
     }
 
@@ -465,15 +400,15 @@ impl Store {
 
     /// Jobs waiting for a node, oldest first.
     pub fn queued_jobs(&self) -> Result<Vec<JobRow>> {
-        self.jobs_where(
-            "WHERE j.state IN ('submitted', 'pending') ORDER BY j.submitted_ms, j.id",
-            [],
-        )
+        self.jobs_where("WHERE j.state IN ('submitted', 'pending') ORDER BY j.submitted_ms, j.id", [])
     }
 
     /// Jobs holding resources on nodes (placed and not finished).
     pub fn placed_jobs(&self) -> Result<Vec<JobRow>> {
-        self.jobs_where("WHERE j.node_id IS NOT NULL AND j.state IN ('provisioning', 'pulling', 'running', 'terminating')", [])
+        self.jobs_where(
+            "WHERE j.node_id IS NOT NULL AND j.state IN ('provisioning', 'pulling', 'running', 'terminating')",
+            [],
+        )
     }
 
     /// Assigns placed gangs in one transaction. Each gang (the jobs of one run) is assigned whole or
@@ -492,12 +427,7 @@ impl Store {
                      WHERE id = ?1 AND state IN ('submitted', 'pending')",
                 )?;
                 for (node, spec) in gang {
-                    let n = stmt.execute(params![
-                        spec.job_id.0,
-                        node.0,
-                        json(&spec.allocation),
-                        json(spec)
-                    ])?;
+                    let n = stmt.execute(params![spec.job_id.0, node.0, json(&spec.allocation), json(spec)])?;
                     all &= n == 1;
                 }
             }
@@ -574,22 +504,13 @@ impl Store {
         let n = self.conn().execute(
             "UPDATE jobs SET state = ?2, termination_reason = ?3, finished_ms = ?4 \
              WHERE id = ?1 AND state IN ('submitted', 'pending')",
-            params![
-                id.0,
-                reason.final_state().as_str(),
-                reason.as_str(),
-                now_ms()
-            ],
+            params![id.0, reason.final_state().as_str(), reason.as_str(), now_ms()],
         )?;
         Ok(n == 1)
     }
 
     /// The newest run of that name in the project.
-    pub fn run_by_name(
-        &self,
-        project: &str,
-        name: &str,
-    ) -> Result<Option<(RunId, Configuration, i64)>> {
+    pub fn run_by_name(&self, project: &str, name: &str) -> Result<Option<(RunId, Configuration, i64)>> {
         let row: Option<(String, String, i64)> = self
             .conn()
             .query_row(
@@ -598,29 +519,19 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
-        row.map(|(id, cfg, ms)| Ok((RunId(id), from_json("run configuration", &cfg)?, ms)))
-            .transpose()
+        row.map(|(id, cfg, ms)| Ok((RunId(id), from_json("run configuration", &cfg)?, ms))).transpose()
     }
 
     pub fn run_ids(&self, project: &str) -> Result<Vec<RunId>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT id FROM runs WHERE project = ?1 ORDER BY submitted_ms DESC, rowid DESC",
-        )?;
-        let ids = stmt
-            .query_map([project], |r| Ok(RunId(r.get(0)?)))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut stmt = conn.prepare("SELECT id FROM runs WHERE project = ?1 ORDER BY submitted_ms DESC, rowid DESC")?;
+        let ids = stmt.query_map([project], |r| Ok(RunId(r.get(0)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(ids)
     }
 
     /// Starts a new attempt of some of a run's jobs (a retry): new rows, same ranks, next
     /// submission number, queued no earlier than `not_before_ms`.
-    pub fn resubmit(
-        &self,
-        previous: &[JobRow],
-        not_before_ms: i64,
-        new_ids: &[JobId],
-    ) -> Result<bool> {
+    pub fn resubmit(&self, previous: &[JobRow], not_before_ms: i64, new_ids: &[JobId]) -> Result<bool> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let now = now_ms();
@@ -641,14 +552,7 @@ impl Store {
     }
 
     pub fn run_submitted_ms(&self, run: &RunId) -> Result<Option<i64>> {
-        Ok(self
-            .conn()
-            .query_row(
-                "SELECT submitted_ms FROM runs WHERE id = ?1",
-                [&run.0],
-                |r| r.get(0),
-            )
-            .optional()?)
+        Ok(self.conn().query_row("SELECT submitted_ms FROM runs WHERE id = ?1", [&run.0], |r| r.get(0)).optional()?)
     }
 
     /// The newest attempt of each of a run's jobs, by rank.
@@ -661,26 +565,15 @@ impl Store {
     }
 
     /// Builds the API view of a run from its jobs.
-    pub fn run_view(
-        &self,
-        id: &RunId,
-        node_names: &dyn Fn(&NodeId) -> Option<String>,
-    ) -> Result<Option<api::Run>> {
+    pub fn run_view(&self, id: &RunId, node_names: &dyn Fn(&NodeId) -> Option<String>) -> Result<Option<api::Run>> {
         let jobs = self.latest_jobs(id)?;
         let Some(first) = jobs.first() else {
             return Ok(None);
         };
-        let submitted: i64 = self.conn().query_row(
-            "SELECT submitted_ms FROM runs WHERE id = ?1",
-            [&id.0],
-            |r| r.get(0),
-        )?;
+        let submitted: i64 =
+            self.conn().query_row("SELECT submitted_ms FROM runs WHERE id = ?1", [&id.0], |r| r.get(0))?;
         let state = run_state(&jobs);
-        let finished = if state.is_finished() {
-            jobs.iter().filter_map(|j| j.finished_ms).max()
-        } else {
-            None
-        };
+        let finished = if state.is_finished() { jobs.iter().filter_map(|j| j.finished_ms).max() } else { None };
         Ok(Some(api::Run {
             id: id.clone(),
             name: first.run_name.clone(),

@@ -34,19 +34,17 @@ mod yaml;
 use serde::{Deserialize, Serialize};
 
 pub use common::{
-    CreationPolicy, FleetRef, IdleDuration, InstanceSelector, Provisioning, RegistryAuth,
-    RetryEvent, RetrySpec, SpotPolicy, UtilizationPolicy,
+    CreationPolicy, FleetRef, IdleDuration, InstanceSelector, Provisioning, RegistryAuth, RetryEvent, RetrySpec,
+    SpotPolicy, UtilizationPolicy,
 };
 pub use fleet::{Blocks, FleetConfig, FleetNodes, Placement, SshConfig, SshHost, SshKey, SshProxy};
 pub use mounts::{FileMapping, InstanceMount, RepoExistsAction, RepoSpec};
 pub use resources::{
-    TB, format_gpu, format_memory, format_range, parse_count_range, parse_cpu, parse_gpu,
-    parse_memory, parse_memory_range,
+    TB, format_gpu, format_memory, format_range, parse_count_range, parse_cpu, parse_gpu, parse_memory,
+    parse_memory_range,
 };
 pub use run::{DevEnvironmentConfig, Ide, StartupOrder, StopCriteria, TaskConfig};
-pub use service::{
-    HttpMethod, ModelSpec, ProbeSpec, RateLimit, RateLimitKey, ScalingSpec, ServiceConfig,
-};
+pub use service::{HttpMethod, ModelSpec, ProbeSpec, RateLimit, RateLimitKey, ScalingSpec, ServiceConfig};
 pub use values::{PYTHON_VERSIONS, is_valid_name, parse_duration, parse_port_mapping};
 
 use fields::{Issue, Object, Res};
@@ -113,15 +111,7 @@ pub struct ConfigError {
 }
 
 /// The configuration types dstack has, and what Corral says about the ones it does not take.
-const TYPES: [&str; 7] = [
-    "task",
-    "service",
-    "dev-environment",
-    "fleet",
-    "gateway",
-    "volume",
-    "preset",
-];
+const TYPES: [&str; 7] = ["task", "service", "dev-environment", "fleet", "gateway", "volume", "preset"];
 
 /// Parses one `.dstack.yml` file. `file` is used in error messages only.
 pub fn parse(text: &str, file: &str) -> Result<Configuration, ConfigError> {
@@ -132,12 +122,10 @@ fn parse_tree(text: &str) -> Res<Configuration> {
     let doc = yaml::load(text)?;
     let Value::Map(entries) = &doc.value else {
         let message = if doc.is_null() {
-            "the file is empty; a configuration starts with `type: task` (or service, dev-environment, fleet)".to_owned()
+            "the file is empty; a configuration starts with `type: task` (or service, dev-environment, fleet)"
+                .to_owned()
         } else {
-            format!(
-                "expected a mapping of fields (`type: task`, ...), found {}",
-                doc.kind()
-            )
+            format!("expected a mapping of fields (`type: task`, ...), found {}", doc.kind())
         };
         return Err(Issue::invalid(doc.mark, "configuration", message));
     };
@@ -155,9 +143,7 @@ fn parse_tree(text: &str) -> Res<Configuration> {
         "service" => service::service(&doc).map(Configuration::Service),
         "dev-environment" => run::dev_environment(&doc).map(Configuration::DevEnvironment),
         "fleet" => fleet::fleet(&doc).map(Configuration::Fleet),
-        "gateway" => {
-            unsupported("`gateway` is not needed: the Corral coordinator proxies services itself")
-        }
+        "gateway" => unsupported("`gateway` is not needed: the Corral coordinator proxies services itself"),
         "volume" => unsupported(
             "network volumes need a cloud backend, which Corral does not have yet; \
              mount a host directory with `volumes: [/host/path:/container/path]` instead",

@@ -54,10 +54,7 @@ pub enum JobState {
 
 impl JobState {
     pub fn is_finished(&self) -> bool {
-        matches!(
-            self,
-            Self::Done | Self::Failed | Self::Stopped | Self::Aborted
-        )
+        matches!(self, Self::Done | Self::Failed | Self::Stopped | Self::Aborted)
     }
 
     pub fn as_str(&self) -> &'static str {
@@ -164,16 +161,12 @@ impl TerminationReason {
     pub fn retry_event(&self) -> Option<crate::config::RetryEvent> {
         use crate::config::RetryEvent;
         match self {
-            Self::NodeUnreachable | Self::ContainerLost | Self::GangMemberFailed => {
-                Some(RetryEvent::Interruption)
-            }
+            Self::NodeUnreachable | Self::ContainerLost | Self::GangMemberFailed => Some(RetryEvent::Interruption),
             Self::ContainerExitedWithError
             | Self::ImageUnavailable
             | Self::ContainerCreationFailed
             | Self::AgentError => Some(RetryEvent::Error),
-            Self::Done | Self::StoppedByUser | Self::AbortedByUser | Self::MaxDurationExceeded => {
-                None
-            }
+            Self::Done | Self::StoppedByUser | Self::AbortedByUser | Self::MaxDurationExceeded => None,
         }
     }
 

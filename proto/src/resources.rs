@@ -14,17 +14,11 @@ pub struct Range<T> {
 
 impl<T: PartialOrd + Copy> Range<T> {
     pub fn exactly(v: T) -> Self {
-        Self {
-            min: Some(v),
-            max: Some(v),
-        }
+        Self { min: Some(v), max: Some(v) }
     }
 
     pub fn at_least(v: T) -> Self {
-        Self {
-            min: Some(v),
-            max: None,
-        }
+        Self { min: Some(v), max: None }
     }
 
     pub fn contains(&self, v: T) -> bool {
@@ -130,11 +124,8 @@ impl GpuSpec {
             // Device memory as reported is a little under the marketing figure (80GB → 79.6GiB):
             // round to the nearest GB before comparing, as users write the marketing number.
             let rounded = Memory(gpu.memory.0.div_ceil(GB).max(1) * GB);
-            let rounded = if gpu.memory.0 % GB > GB / 2 || gpu.memory.0 < GB {
-                rounded
-            } else {
-                Memory(gpu.memory.0 / GB * GB)
-            };
+            let rounded =
+                if gpu.memory.0 % GB > GB / 2 || gpu.memory.0 < GB { rounded } else { Memory(gpu.memory.0 / GB * GB) };
             if !mem.contains(rounded) {
                 return false;
             }
@@ -146,10 +137,7 @@ impl GpuSpec {
 /// `A100` matches "NVIDIA A100-SXM4-80GB"; `RTX4090` matches "NVIDIA GeForce RTX 4090".
 pub fn gpu_name_matches(wanted: &str, device: &str) -> bool {
     let norm = |s: &str| -> String {
-        s.chars()
-            .filter(|c| c.is_ascii_alphanumeric())
-            .collect::<String>()
-            .to_ascii_lowercase()
+        s.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>().to_ascii_lowercase()
     };
     let w = norm(wanted);
     if w.is_empty() {
@@ -159,9 +147,7 @@ pub fn gpu_name_matches(wanted: &str, device: &str) -> bool {
     let tokens: Vec<String> = device
         .split([' ', '-', '_'])
         .map(norm)
-        .filter(|t| {
-            !t.is_empty() && t != "nvidia" && t != "geforce" && t != "amd" && t != "instinct"
-        })
+        .filter(|t| !t.is_empty() && t != "nvidia" && t != "geforce" && t != "amd" && t != "instinct")
         .collect();
     (0..tokens.len()).any(|i| {
         let mut joined = String::new();
@@ -192,14 +178,8 @@ impl Default for ResourcesSpec {
     /// memory and disk so that a laptop-sized node can run the examples; see docs/ARCHITECTURE.md.
     fn default() -> Self {
         Self {
-            cpu: CpuSpec {
-                arch: None,
-                count: Range::at_least(1),
-            },
-            memory: Range {
-                min: None,
-                max: None,
-            },
+            cpu: CpuSpec { arch: None, count: Range::at_least(1) },
+            memory: Range { min: None, max: None },
             shm_size: None,
             gpu: None,
             disk: None,
@@ -237,10 +217,7 @@ pub fn fit(
     let free_cpus = host.cpu_cores.saturating_sub(used_cpus);
     let want_cpus = spec.cpu.count.min.unwrap_or(1);
     if free_cpus < want_cpus {
-        return Err(format!(
-            "needs {want_cpus} CPUs, {free_cpus} of {} free",
-            host.cpu_cores
-        ));
+        return Err(format!("needs {want_cpus} CPUs, {free_cpus} of {} free", host.cpu_cores));
     }
     let cpus = match spec.cpu.count.max {
         Some(max) => max.min(free_cpus),
@@ -249,10 +226,7 @@ pub fn fit(
     let free_mem = Memory(host.memory.0.saturating_sub(used_memory.0));
     let want_mem = spec.memory.min.unwrap_or(Memory(0));
     if free_mem < want_mem {
-        return Err(format!(
-            "needs {want_mem} memory, {free_mem} of {} free",
-            host.memory
-        ));
+        return Err(format!("needs {want_mem} memory, {free_mem} of {} free", host.memory));
     }
     if let Some(disk) = &spec.disk
         && let Some(min) = disk.min
@@ -272,11 +246,7 @@ pub fn fit(
                     format!("has no GPU matching {}", describe_gpu(gpu))
                 });
             }
-            let free: Vec<u32> = matching
-                .iter()
-                .map(|g| g.index)
-                .filter(|i| !used_gpus.contains(i))
-                .collect();
+            let free: Vec<u32> = matching.iter().map(|g| g.index).filter(|i| !used_gpus.contains(i)).collect();
             if (free.len() as u32) < want {
                 return Err(format!(
                     "needs {want} GPU(s) matching {}, {} of {} free",
@@ -296,20 +266,12 @@ pub fn fit(
                 if let Some(min) = total.min
                     && sum < min.0 * 95 / 100
                 {
-                    return Err(format!(
-                        "needs {min} total GPU memory, {} free",
-                        Memory(sum)
-                    ));
+                    return Err(format!("needs {min} total GPU memory, {} free", Memory(sum)));
                 }
             }
         }
     }
-    Ok(Allocation {
-        cpus,
-        memory: want_mem,
-        shm_size: spec.shm_size,
-        gpu_indices,
-    })
+    Ok(Allocation { cpus, memory: want_mem, shm_size: spec.shm_size, gpu_indices })
 }
 
 /// `A100:80GB:2`-style description of a GPU spec, for messages.
@@ -344,19 +306,9 @@ mod tests {
 
     #[test]
     fn ranges() {
-        let r = Range {
-            min: Some(2u32),
-            max: None,
-        };
+        let r = Range { min: Some(2u32), max: None };
         assert!(r.contains(2) && r.contains(9) && !r.contains(1));
-        assert_eq!(
-            Range {
-                min: Some(1u32),
-                max: Some(2)
-            }
-            .to_string(),
-            "1..2"
-        );
+        assert_eq!(Range { min: Some(1u32), max: Some(2) }.to_string(), "1..2");
         assert_eq!(Memory::gb(80).to_string(), "80GB");
     }
 }

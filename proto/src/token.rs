@@ -27,9 +27,7 @@ impl fmt::Debug for JoinToken {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error(
-    "malformed join token: {0} (expected corral1.<64 hex digits>.<secret>, as printed by the coordinator)"
-)]
+#[error("malformed join token: {0} (expected corral1.<64 hex digits>.<secret>, as printed by the coordinator)")]
 pub struct TokenError(&'static str);
 
 impl FromStr for JoinToken {
@@ -48,10 +46,7 @@ impl FromStr for JoinToken {
         if secret.is_empty() {
             return Err(TokenError("the secret is empty"));
         }
-        Ok(Self {
-            ca_hash: ca_hash.to_ascii_lowercase(),
-            secret: secret.to_owned(),
-        })
+        Ok(Self { ca_hash: ca_hash.to_ascii_lowercase(), secret: secret.to_owned() })
     }
 }
 
@@ -61,22 +56,11 @@ mod tests {
 
     #[test]
     fn round_trip_and_errors() {
-        let t = JoinToken {
-            ca_hash: "a".repeat(64),
-            secret: "s3cret".into(),
-        };
+        let t = JoinToken { ca_hash: "a".repeat(64), secret: "s3cret".into() };
         assert_eq!(t.to_string().parse::<JoinToken>(), Ok(t.clone()));
         assert!(!format!("{t:?}").contains("s3cret"));
         assert!("k10abc".parse::<JoinToken>().is_err());
-        assert!(
-            format!("corral1.{}", "a".repeat(63))
-                .parse::<JoinToken>()
-                .is_err()
-        );
-        assert!(
-            format!("corral1.{}.", "a".repeat(64))
-                .parse::<JoinToken>()
-                .is_err()
-        );
+        assert!(format!("corral1.{}", "a".repeat(63)).parse::<JoinToken>().is_err());
+        assert!(format!("corral1.{}.", "a".repeat(64)).parse::<JoinToken>().is_err());
     }
 }

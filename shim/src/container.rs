@@ -5,8 +5,8 @@ use std::time::Duration;
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, KillContainerOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, KillContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    WaitContainerOptionsBuilder,
 };
 use bytes::Bytes;
 use corral_proto::job::JobSpec;
@@ -24,33 +24,25 @@ impl Shim {
     /// Creates the job's container (`corral-<job id>`) and starts it; returns the container id.
     /// The image must be present ([`Shim::ensure_image`]). If the start fails, the container is
     /// removed again so that a retry does not collide with it.
-    pub async fn create_and_start(
-        &self,
-        spec: &JobSpec,
-        opts: &RunOptions,
-    ) -> Result<String, ShimError> {
+    pub async fn create_and_start(&self, spec: &JobSpec, opts: &RunOptions) -> Result<String, ShimError> {
         let docker = self.client().await?;
         let name = container_name(&spec.job_id);
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        let created = docker
-            .create_container(Some(options), container_config(spec, opts))
-            .await
-            .map_err(|e| match status_of(&e) {
-                Some(404) => ShimError::ImageUnavailable {
-                    image: spec.image.clone(),
-                    reason: format!("it is not present locally ({})", daemon_message(&e)),
+        let created =
+            docker.create_container(Some(options), container_config(spec, opts)).await.map_err(
+                |e| match status_of(&e) {
+                    Some(404) => ShimError::ImageUnavailable {
+                        image: spec.image.clone(),
+                        reason: format!("it is not present locally ({})", daemon_message(&e)),
+                    },
+                    Some(409) => ShimError::ContainerExists { job: spec.job_id.clone(), name: name.clone(), source: e },
+                    _ => self.classify(e, |source| ShimError::Create {
+                        job: spec.job_id.clone(),
+                        image: spec.image.clone(),
+                        source,
+                    }),
                 },
-                Some(409) => ShimError::ContainerExists {
-                    job: spec.job_id.clone(),
-                    name: name.clone(),
-                    source: e,
-                },
-                _ => self.classify(e, |source| ShimError::Create {
-                    job: spec.job_id.clone(),
-                    image: spec.image.clone(),
-                    source,
-                }),
-            })?;
+            )?;
         for warning in &created.warnings {
             tracing::warn!(job = %spec.job_id, container = %name, warning, "docker warned on create");
         }
@@ -72,24 +64,15 @@ impl Shim {
 
     /// The container's stdout and stderr, merged in the order written, from the start; follows a
     /// running container until it exits. The stream owns its own handle, so it may outlive `self`.
-    pub fn logs(
-        &self,
-        container: &str,
-    ) -> impl Stream<Item = Result<Bytes, ShimError>> + Send + use<> {
+    pub fn logs(&self, container: &str) -> impl Stream<Item = Result<Bytes, ShimError>> + Send + use<> {
         let shim = self.clone();
         let container = container.to_owned();
         stream::once(async move {
             let docker = shim.client().await?.clone();
-            let options = LogsOptionsBuilder::default()
-                .follow(true)
-                .stdout(true)
-                .stderr(true)
-                .build();
+            let options = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).build();
             let lines = docker.logs(&container, Some(options));
             Ok(lines.map(move |chunk| {
-                chunk
-                    .map(LogOutput::into_bytes)
-                    .map_err(|e| shim.container_error("reading logs of", &container, e))
+                chunk.map(LogOutput::into_bytes).map_err(|e| shim.container_error("reading logs of", &container, e))
             }))
         })
         .try_flatten()
@@ -99,9 +82,7 @@ impl Shim {
     /// exited).
     pub async fn wait(&self, container: &str) -> Result<i64, ShimError> {
         let docker = self.client().await?;
-        let options = WaitContainerOptionsBuilder::default()
-            .condition("not-running")
-            .build();
+        let options = WaitContainerOptionsBuilder::default().condition("not-running").build();
         match docker.wait_container(container, Some(options)).next().await {
             Some(Ok(exit)) => Ok(exit.status_code),
             // bollard reports a non-zero exit as an error; for Corral it is the job's result.
@@ -128,11 +109,7 @@ impl Shim {
             Ok(Err(e)) => return Err(e),
             Err(_) => {}
         }
-        tracing::info!(
-            container,
-            grace_secs = grace.as_secs(),
-            "grace period over, killing container"
-        );
+        tracing::info!(container, grace_secs = grace.as_secs(), "grace period over, killing container");
         match self.kill(container).await {
             Ok(()) | Err(ShimError::ContainerNotFound { .. }) => {}
             Err(e) => return Err(e),
@@ -156,20 +133,12 @@ impl Shim {
     /// Removes the container, running or not, with its anonymous volumes. Ok when it is already gone.
     pub async fn remove(&self, container: &str) -> Result<(), ShimError> {
         let docker = self.client().await?;
-        let options = RemoveContainerOptionsBuilder::default()
-            .force(true)
-            .v(true)
-            .build();
+        let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
         match docker.remove_container(container, Some(options)).await {
             Ok(()) => Ok(()),
             Err(e) if status_of(&e) == Some(404) => Ok(()),
             // Someone else is removing it already; the outcome is the one asked for.
-            Err(e)
-                if status_of(&e) == Some(409)
-                    && daemon_message(&e).contains("already in progress") =>
-            {
-                Ok(())
-            }
+            Err(e) if status_of(&e) == Some(409) && daemon_message(&e).contains("already in progress") => Ok(()),
             Err(e) => Err(self.container_error("removing", container, e)),
         }
     }
@@ -177,14 +146,10 @@ impl Shim {
     /// Sends `signal`; a container that is not running is left alone.
     async fn signal(&self, container: &str, signal: &str) -> Result<(), ShimError> {
         let docker = self.client().await?;
-        let options = KillContainerOptionsBuilder::default()
-            .signal(signal)
-            .build();
+        let options = KillContainerOptionsBuilder::default().signal(signal).build();
         match docker.kill_container(container, Some(options)).await {
             Ok(()) => Ok(()),
-            Err(e) if status_of(&e) == Some(409) && daemon_message(&e).contains("not running") => {
-                Ok(())
-            }
+            Err(e) if status_of(&e) == Some(409) && daemon_message(&e).contains("not running") => Ok(()),
             Err(e) => Err(self.container_error("signalling", container, e)),
         }
     }

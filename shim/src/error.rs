@@ -76,11 +76,7 @@ pub enum ShimError {
 
     /// Docker answered, but not with something the shim can use.
     #[error("unexpected answer from docker while {op} {subject}: {detail}")]
-    Unexpected {
-        op: &'static str,
-        subject: String,
-        detail: String,
-    },
+    Unexpected { op: &'static str, subject: String, detail: String },
 }
 
 impl ShimError {
@@ -113,9 +109,7 @@ pub(crate) fn status_of(err: &DockerError) -> Option<u16> {
 /// The daemon's own words, without bollard's wrapping, for messages shown to users.
 pub(crate) fn daemon_message(err: &DockerError) -> String {
     match err {
-        DockerError::DockerResponseServerError { message, .. } if !message.is_empty() => {
-            message.trim().to_owned()
-        }
+        DockerError::DockerResponseServerError { message, .. } if !message.is_empty() => message.trim().to_owned(),
         DockerError::DockerStreamError { error } => error.trim().to_owned(),
         other => other.to_string(),
     }
@@ -132,10 +126,7 @@ mod tests {
         let err = ShimError::Container {
             op: "stopping",
             container: "corral-j1".into(),
-            source: DockerError::DockerResponseServerError {
-                status_code: 500,
-                message: "boom".into(),
-            },
+            source: DockerError::DockerResponseServerError { status_code: 500, message: "boom".into() },
         };
         assert_eq!(err.to_string(), "stopping container corral-j1");
         assert!(err.source().is_some_and(|s| s.to_string().contains("boom")));
@@ -143,27 +134,16 @@ mod tests {
 
     #[test]
     fn image_unavailable_names_the_image_and_the_reason() {
-        let err = ShimError::ImageUnavailable {
-            image: "x/y:1".into(),
-            reason: "repository does not exist".into(),
-        };
-        assert_eq!(
-            err.to_string(),
-            "image x/y:1 is unavailable: repository does not exist"
-        );
+        let err = ShimError::ImageUnavailable { image: "x/y:1".into(), reason: "repository does not exist".into() };
+        assert_eq!(err.to_string(), "image x/y:1 is unavailable: repository does not exist");
     }
 
     #[test]
     fn daemon_message_unwraps_server_errors() {
-        let err = DockerError::DockerResponseServerError {
-            status_code: 404,
-            message: "no such image\n".into(),
-        };
+        let err = DockerError::DockerResponseServerError { status_code: 404, message: "no such image\n".into() };
         assert_eq!(daemon_message(&err), "no such image");
         assert_eq!(status_of(&err), Some(404));
         assert!(!is_connection_error(&err));
-        assert!(is_connection_error(&DockerError::SocketNotFoundError(
-            "/nope".into()
-        )));
+        assert!(is_connection_error(&DockerError::SocketNotFoundError("/nope".into())));
     }
 }

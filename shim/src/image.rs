@@ -15,28 +15,19 @@ impl Shim {
             Ok(_) => return Ok(()),
             Err(e) if status_of(&e) == Some(404) => {}
             Err(e) => {
-                return Err(self.classify(e, |source| ShimError::Daemon {
-                    op: "inspecting an image",
-                    source,
-                }));
+                return Err(self.classify(e, |source| ShimError::Daemon { op: "inspecting an image", source }));
             }
         }
 
         tracing::info!(image, "pulling image");
         let (name, tag) = split_reference(image);
-        let options = CreateImageOptionsBuilder::default()
-            .from_image(name)
-            .tag(tag)
-            .build();
+        let options = CreateImageOptionsBuilder::default().from_image(name).tag(tag).build();
         let mut progress = docker.create_image(Some(options), None, None);
         while let Some(step) = progress.next().await {
             if let Err(e) = step {
                 let e = self.classify(e, |e| ShimError::ImageUnavailable {
                     image: image.to_owned(),
-                    reason: format!(
-                        "it is not present locally and could not be pulled: {}",
-                        daemon_message(&e)
-                    ),
+                    reason: format!("it is not present locally and could not be pulled: {}", daemon_message(&e)),
                 });
                 return Err(e);
             }
@@ -48,13 +39,9 @@ impl Shim {
             Ok(_) => Ok(()),
             Err(e) if status_of(&e) == Some(404) => Err(ShimError::ImageUnavailable {
                 image: image.to_owned(),
-                reason: "it was pulled but is still not present locally (a platform mismatch?)"
-                    .to_owned(),
+                reason: "it was pulled but is still not present locally (a platform mismatch?)".to_owned(),
             }),
-            Err(e) => Err(self.classify(e, |source| ShimError::Daemon {
-                op: "inspecting an image",
-                source,
-            })),
+            Err(e) => Err(self.classify(e, |source| ShimError::Daemon { op: "inspecting an image", source })),
         }
     }
 }
@@ -80,18 +67,9 @@ mod tests {
     #[test]
     fn references_split_into_name_and_tag() {
         assert_eq!(split_reference("busybox"), ("busybox", "latest"));
-        assert_eq!(
-            split_reference("corral-test/busybox:latest"),
-            ("corral-test/busybox", "latest")
-        );
-        assert_eq!(
-            split_reference("host:5000/team/img"),
-            ("host:5000/team/img", "latest")
-        );
-        assert_eq!(
-            split_reference("host:5000/team/img:1.2"),
-            ("host:5000/team/img", "1.2")
-        );
+        assert_eq!(split_reference("corral-test/busybox:latest"), ("corral-test/busybox", "latest"));
+        assert_eq!(split_reference("host:5000/team/img"), ("host:5000/team/img", "latest"));
+        assert_eq!(split_reference("host:5000/team/img:1.2"), ("host:5000/team/img", "1.2"));
         assert_eq!(split_reference("img@sha256:abc"), ("img", "sha256:abc"));
     }
 }

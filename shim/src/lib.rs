@@ -53,9 +53,7 @@ impl Shim {
     /// Connects to the daemon named by `DOCKER_HOST` (`unix://` or `tcp://`), or the local socket.
     /// Fails when the socket does not exist or the address is not one Docker serves.
     pub fn connect() -> Result<Self, ShimError> {
-        let host = std::env::var("DOCKER_HOST")
-            .ok()
-            .filter(|h| !h.trim().is_empty());
+        let host = std::env::var("DOCKER_HOST").ok().filter(|h| !h.trim().is_empty());
         Self::connect_to(host.as_deref().unwrap_or(DEFAULT_HOST))
     }
 
@@ -63,17 +61,8 @@ impl Shim {
     pub fn connect_to(host: &str) -> Result<Self, ShimError> {
         let host = host.trim().to_owned();
         let initial =
-            open(&host, API_DEFAULT_VERSION).map_err(|source| ShimError::Unreachable {
-                host: host.clone(),
-                source,
-            })?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                host,
-                initial,
-                negotiated: OnceCell::new(),
-            }),
-        })
+            open(&host, API_DEFAULT_VERSION).map_err(|source| ShimError::Unreachable { host: host.clone(), source })?;
+        Ok(Self { inner: Arc::new(Inner { host, initial, negotiated: OnceCell::new() }) })
     }
 
     /// The daemon's address, as it appears in messages.
@@ -83,12 +72,10 @@ impl Shim {
 
     /// The daemon's version and whether the NVIDIA runtime is registered with it.
     pub async fn docker_info(&self) -> Result<DockerInfo, ShimError> {
-        let info = self.client().await?.info().await.map_err(|e| {
-            self.classify(e, |source| ShimError::Daemon {
-                op: "reading docker's system info",
-                source,
-            })
-        })?;
+        let info =
+            self.client().await?.info().await.map_err(|e| {
+                self.classify(e, |source| ShimError::Daemon { op: "reading docker's system info", source })
+            })?;
         Ok(DockerInfo {
             version: info.server_version.unwrap_or_else(|| "unknown".to_owned()),
             nvidia_runtime: info.runtimes.is_some_and(|r| r.contains_key("nvidia")),
@@ -97,42 +84,33 @@ impl Shim {
 
     /// The client, speaking an API version the daemon accepts.
     async fn client(&self) -> Result<&Docker, ShimError> {
-        self.inner
-            .negotiated
-            .get_or_try_init(|| self.negotiate())
-            .await
+        self.inner.negotiated.get_or_try_init(|| self.negotiate()).await
     }
 
     /// Settles on the newest API version both sides speak: bollard's negotiation, and should a daemon
     /// older than bollard refuse even that request ("client version 1.53 is too new"), the client is
     /// reopened at the maximum the refusal names.
     async fn negotiate(&self) -> Result<Docker, ShimError> {
-        let unreachable = |source| ShimError::Unreachable {
-            host: self.inner.host.clone(),
-            source,
-        };
+        let unreachable = |source| ShimError::Unreachable { host: self.inner.host.clone(), source };
         match self.inner.initial.clone().negotiate_version().await {
             Ok(docker) => Ok(docker),
-            Err(e) => match max_supported_version(&e) {
-                Some(version) => {
-                    tracing::debug!(host = %self.inner.host, %version, "docker api version negotiated down");
-                    open(&self.inner.host, &version).map_err(unreachable)
+            Err(e) => {
+                match max_supported_version(&e) {
+                    Some(version) => {
+                        tracing::debug!(host = %self.inner.host, %version, "docker api version negotiated down");
+                        open(&self.inner.host, &version).map_err(unreachable)
+                    }
+                    None => Err(self
+                        .classify(e, |source| ShimError::Daemon { op: "negotiating the docker api version", source })),
                 }
-                None => Err(self.classify(e, |source| ShimError::Daemon {
-                    op: "negotiating the docker api version",
-                    source,
-                })),
-            },
+            }
         }
     }
 
     /// `other(e)`, unless `e` means the daemon could not be reached at all.
     fn classify(&self, e: DockerError, other: impl FnOnce(DockerError) -> ShimError) -> ShimError {
         if error::is_connection_error(&e) {
-            ShimError::Unreachable {
-                host: self.inner.host.clone(),
-                source: e,
-            }
+            ShimError::Unreachable { host: self.inner.host.clone(), source: e }
         } else {
             other(e)
         }
@@ -141,50 +119,31 @@ impl Shim {
     /// The error of `op` on `container`: not found, unreachable, or the operation's own.
     fn container_error(&self, op: &'static str, container: &str, e: DockerError) -> ShimError {
         if error::status_of(&e) == Some(404) {
-            return ShimError::ContainerNotFound {
-                container: container.to_owned(),
-                source: e,
-            };
+            return ShimError::ContainerNotFound { container: container.to_owned(), source: e };
         }
-        self.classify(e, |source| ShimError::Container {
-            op,
-            container: container.to_owned(),
-            source,
-        })
+        self.classify(e, |source| ShimError::Container { op, container: container.to_owned(), source })
     }
 }
 
 fn open(host: &str, version: &ClientVersion) -> Result<Docker, DockerError> {
-    if let Some(path) = host
-        .strip_prefix("unix://")
-        .or_else(|| host.starts_with('/').then_some(host))
-    {
+    if let Some(path) = host.strip_prefix("unix://").or_else(|| host.starts_with('/').then_some(host)) {
         Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, version)
     } else if host.starts_with("tcp://") || host.starts_with("http://") {
         Docker::connect_with_http(host, REQUEST_TIMEOUT_SECS, version)
     } else {
-        Err(DockerError::UnsupportedURISchemeError {
-            uri: host.to_owned(),
-        })
+        Err(DockerError::UnsupportedURISchemeError { uri: host.to_owned() })
     }
 }
 
 /// The daemon's maximum API version from its refusal of a newer client:
 /// `client version 1.53 is too new. Maximum supported API version is 1.41`.
 fn max_supported_version(e: &DockerError) -> Option<ClientVersion> {
-    let DockerError::DockerResponseServerError {
-        status_code: 400,
-        message,
-    } = e
-    else {
+    let DockerError::DockerResponseServerError { status_code: 400, message } = e else {
         return None;
     };
     let (_, tail) = message.split_once("Maximum supported API version is ")?;
     let (major, minor) = tail.trim().trim_end_matches('.').split_once('.')?;
-    Some(ClientVersion {
-        major_version: major.parse().ok()?,
-        minor_version: minor.trim().parse().ok()?,
-    })
+    Some(ClientVersion { major_version: major.parse().ok()?, minor_version: minor.trim().parse().ok()? })
 }
 
 #[cfg(test)]
@@ -195,16 +154,12 @@ mod tests {
     fn the_daemons_maximum_is_read_from_its_refusal() {
         let e = DockerError::DockerResponseServerError {
             status_code: 400,
-            message: "client version 1.53 is too new. Maximum supported API version is 1.41"
-                .to_owned(),
+            message: "client version 1.53 is too new. Maximum supported API version is 1.41".to_owned(),
         };
         let v = max_supported_version(&e);
         assert_eq!(v.map(|v| (v.major_version, v.minor_version)), Some((1, 41)));
 
-        let other = DockerError::DockerResponseServerError {
-            status_code: 500,
-            message: "boom".to_owned(),
-        };
+        let other = DockerError::DockerResponseServerError { status_code: 500, message: "boom".to_owned() };
         assert!(max_supported_version(&other).is_none());
     }
 
@@ -212,10 +167,7 @@ mod tests {
     fn a_missing_socket_is_reported_with_its_address() {
         let err = Shim::connect_to("unix:///nonexistent/corral-test.sock").err();
         let text = err.map(|e| e.to_string()).unwrap_or_default();
-        assert!(
-            text.contains("docker is unreachable at unix:///nonexistent/corral-test.sock"),
-            "{text}"
-        );
+        assert!(text.contains("docker is unreachable at unix:///nonexistent/corral-test.sock"), "{text}");
     }
 
     #[test]

@@ -55,16 +55,11 @@ impl Shim {
             labels.push(format!("{LABEL_NODE}={node}"));
         }
         let filters = HashMap::from([("label", labels)]);
-        let options = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let summaries = docker.list_containers(Some(options)).await.map_err(|e| {
-            self.classify(e, |source| ShimError::Daemon {
-                op: "listing corral's containers",
-                source,
-            })
-        })?;
+        let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let summaries = docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| self.classify(e, |source| ShimError::Daemon { op: "listing corral's containers", source }))?;
 
         let mut found = Vec::with_capacity(summaries.len());
         for id in summaries.into_iter().filter_map(|s| s.id) {
@@ -121,10 +116,7 @@ fn state(inspected: &ContainerInspectResponse) -> ContainerState {
     let Some(s) = &inspected.state else {
         return ContainerState::default();
     };
-    let ended = matches!(
-        s.status,
-        Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD)
-    );
+    let ended = matches!(s.status, Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD));
     ContainerState {
         running: s.running.unwrap_or(false),
         exit_code: if ended { s.exit_code } else { None },
@@ -139,37 +131,21 @@ fn state(inspected: &ContainerInspectResponse) -> ContainerState {
 /// writes `0001-01-01T00:00:00Z` for "never"; that, and anything unreadable, is `None`.
 fn unix_seconds(ts: &str) -> Option<i64> {
     let b = ts.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
-    {
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
         return None;
     }
     let num = |r: std::ops::Range<usize>| ts.get(r)?.parse::<i64>().ok();
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (hour, min, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if year < 1970
-        || !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || min > 59
-        || sec > 60
-    {
+    if year < 1970 || !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
         return None;
     }
     // The zone follows the optional fraction: `Z` or `±hh:mm`.
     let zone = ts[19..].trim_start_matches(|c: char| c == '.' || c.is_ascii_digit());
     let offset = match zone {
         "Z" | "z" => 0,
-        z if z.len() == 6
-            && (z.starts_with('+') || z.starts_with('-'))
-            && z.as_bytes()[3] == b':' =>
-        {
-            let secs =
-                z.get(1..3)?.parse::<i64>().ok()? * 3600 + z.get(4..6)?.parse::<i64>().ok()? * 60;
+        z if z.len() == 6 && (z.starts_with('+') || z.starts_with('-')) && z.as_bytes()[3] == b':' => {
+            let secs = z.get(1..3)?.parse::<i64>().ok()? * 3600 + z.get(4..6)?.parse::<i64>().ok()? * 60;
             if z.starts_with('-') { -secs } else { secs }
         }
         _ => return None,
@@ -197,35 +173,20 @@ mod tests {
     #[test]
     fn docker_timestamps_become_unix_seconds() {
         assert_eq!(unix_seconds("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(
-            unix_seconds("2024-05-01T12:00:00.123456789Z"),
-            Some(1_714_564_800)
-        );
+        assert_eq!(unix_seconds("2024-05-01T12:00:00.123456789Z"), Some(1_714_564_800));
         assert_eq!(unix_seconds("2000-02-29T23:59:59Z"), Some(951_868_799));
-        assert_eq!(
-            unix_seconds("2024-05-01T14:00:00+02:00"),
-            Some(1_714_564_800)
-        );
+        assert_eq!(unix_seconds("2024-05-01T14:00:00+02:00"), Some(1_714_564_800));
         assert_eq!(unix_seconds("0001-01-01T00:00:00Z"), None);
         assert_eq!(unix_seconds(""), None);
         assert_eq!(unix_seconds("2024-05-01 12:00:00Z"), None);
         assert_eq!(unix_seconds("2024-05-01T12:00:00"), None);
     }
 
-    fn inspected(
-        labels: &[(&str, &str)],
-        status: ContainerStateStatusEnum,
-        running: bool,
-    ) -> ContainerInspectResponse {
+    fn inspected(labels: &[(&str, &str)], status: ContainerStateStatusEnum, running: bool) -> ContainerInspectResponse {
         ContainerInspectResponse {
             name: Some("/corral-j1".to_owned()),
             config: Some(ContainerConfig {
-                labels: Some(
-                    labels
-                        .iter()
-                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                        .collect(),
-                ),
+                labels: Some(labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()),
                 ..Default::default()
             }),
             state: Some(DockerState {
@@ -249,10 +210,7 @@ mod tests {
             (LABEL_MAX_DURATION, "60"),
             (LABEL_STOP_GRACE, "30"),
         ];
-        let c = managed(
-            "abc",
-            &inspected(&labels, ContainerStateStatusEnum::EXITED, false),
-        );
+        let c = managed("abc", &inspected(&labels, ContainerStateStatusEnum::EXITED, false));
         assert_eq!(
             c,
             Some(ManagedContainer {
@@ -273,26 +231,13 @@ mod tests {
     #[test]
     fn a_running_container_has_no_exit_code() {
         let labels = [(LABEL_JOB, "j1"), (LABEL_RUN, "r1"), (LABEL_NODE, "n1")];
-        let c = managed(
-            "abc",
-            &inspected(&labels, ContainerStateStatusEnum::RUNNING, true),
-        );
-        assert_eq!(
-            c.map(|c| (c.running, c.exit_code, c.max_duration_secs)),
-            Some((true, None, None))
-        );
+        let c = managed("abc", &inspected(&labels, ContainerStateStatusEnum::RUNNING, true));
+        assert_eq!(c.map(|c| (c.running, c.exit_code, c.max_duration_secs)), Some((true, None, None)));
     }
 
     #[test]
     fn incomplete_labels_are_not_corrals() {
-        let c = managed(
-            "abc",
-            &inspected(
-                &[(LABEL_JOB, "j1")],
-                ContainerStateStatusEnum::RUNNING,
-                true,
-            ),
-        );
+        let c = managed("abc", &inspected(&[(LABEL_JOB, "j1")], ContainerStateStatusEnum::RUNNING, true));
         assert_eq!(c, None);
     }
 }

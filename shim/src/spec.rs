@@ -45,31 +45,22 @@ pub fn container_name(job: &JobId) -> String {
 /// Docker's configuration for the container that runs `spec`.
 pub(crate) fn container_config(spec: &JobSpec, opts: &RunOptions) -> ContainerCreateBody {
     let alloc = &spec.allocation;
-    let gpus = alloc
-        .gpu_indices
-        .iter()
-        .map(u32::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
+    let gpus = alloc.gpu_indices.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
 
-    let device_requests = (opts.gpu_passthrough == GpuPassthrough::DeviceRequests
-        && !alloc.gpu_indices.is_empty())
-    .then(|| {
-        vec![DeviceRequest {
-            driver: Some("nvidia".to_owned()),
-            device_ids: Some(alloc.gpu_indices.iter().map(u32::to_string).collect()),
-            capabilities: Some(vec![vec!["gpu".to_owned()]]),
-            ..Default::default()
-        }]
-    });
+    let device_requests = (opts.gpu_passthrough == GpuPassthrough::DeviceRequests && !alloc.gpu_indices.is_empty())
+        .then(|| {
+            vec![DeviceRequest {
+                driver: Some("nvidia".to_owned()),
+                device_ids: Some(alloc.gpu_indices.iter().map(u32::to_string).collect()),
+                capabilities: Some(vec![vec!["gpu".to_owned()]]),
+                ..Default::default()
+            }]
+        });
 
     let host_config = HostConfig {
         nano_cpus: (alloc.cpus > 0).then(|| i64::from(alloc.cpus) * 1_000_000_000),
         memory: (alloc.memory.bytes() > 0).then(|| saturating_i64(alloc.memory.bytes())),
-        shm_size: alloc
-            .shm_size
-            .filter(|m| m.bytes() > 0)
-            .map(|m| saturating_i64(m.bytes())),
+        shm_size: alloc.shm_size.filter(|m| m.bytes() > 0).map(|m| saturating_i64(m.bytes())),
         device_requests,
         // The agent removes the container itself, after it has shipped the logs; and it decides
         // about retries, so Docker must not restart anything.
@@ -84,10 +75,7 @@ pub(crate) fn container_config(spec: &JobSpec, opts: &RunOptions) -> ContainerCr
     let (entrypoint, cmd) = if spec.commands.is_empty() {
         (None, None)
     } else {
-        (
-            Some(vec!["/bin/sh".to_owned(), "-c".to_owned()]),
-            Some(vec![script(&spec.commands)]),
-        )
+        (Some(vec!["/bin/sh".to_owned(), "-c".to_owned()]), Some(vec![script(&spec.commands)]))
     };
 
     ContainerCreateBody {
@@ -119,12 +107,7 @@ fn environment(spec: &JobSpec, gpus: &str) -> Vec<String> {
     // The allocation decides which GPUs a job sees; a user's own value would let it use another
     // job's devices, so it is dropped.
     let reserved = |k: &str| k == "CUDA_VISIBLE_DEVICES" || k == "NVIDIA_VISIBLE_DEVICES";
-    let mut env: Vec<String> = spec
-        .env
-        .iter()
-        .filter(|(k, _)| !reserved(k))
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
+    let mut env: Vec<String> = spec.env.iter().filter(|(k, _)| !reserved(k)).map(|(k, v)| format!("{k}={v}")).collect();
     if gpus.is_empty() {
         // CUDA images set NVIDIA_VISIBLE_DEVICES=all; on a host whose default runtime is `nvidia`
         // that would hand every GPU to a job that was given none.
@@ -143,10 +126,7 @@ fn labels(spec: &JobSpec) -> HashMap<String, String> {
         (LABEL_NODE.to_owned(), spec.node_id.to_string()),
         (LABEL_PROJECT.to_owned(), spec.project.clone()),
         (LABEL_RUN_NAME.to_owned(), spec.run_name.clone()),
-        (
-            LABEL_STOP_GRACE.to_owned(),
-            spec.stop_grace_secs.to_string(),
-        ),
+        (LABEL_STOP_GRACE.to_owned(), spec.stop_grace_secs.to_string()),
     ]);
     if let Some(secs) = spec.max_duration_secs {
         labels.insert(LABEL_MAX_DURATION.to_owned(), secs.to_string());
@@ -173,10 +153,7 @@ mod tests {
             node_id: "n1".into(),
             image: "corral-test/busybox:latest".to_owned(),
             commands: vec!["echo a".to_owned(), "echo b".to_owned()],
-            env: vec![
-                ("A".to_owned(), "1".to_owned()),
-                ("CUDA_VISIBLE_DEVICES".to_owned(), "7".to_owned()),
-            ],
+            env: vec![("A".to_owned(), "1".to_owned()), ("CUDA_VISIBLE_DEVICES".to_owned(), "7".to_owned())],
             working_dir: Some("/work".to_owned()),
             allocation: Allocation {
                 cpus: 2,
@@ -193,30 +170,19 @@ mod tests {
     #[test]
     fn commands_run_as_one_script_that_stops_at_the_first_failure() {
         let c = container_config(&spec(), &RunOptions::default());
-        assert_eq!(
-            c.entrypoint,
-            Some(vec!["/bin/sh".to_owned(), "-c".to_owned()])
-        );
+        assert_eq!(c.entrypoint, Some(vec!["/bin/sh".to_owned(), "-c".to_owned()]));
         assert_eq!(c.cmd, Some(vec!["set -e\necho a\necho b\n".to_owned()]));
     }
 
     #[test]
     fn no_commands_keep_the_image_entrypoint() {
-        let c = container_config(
-            &JobSpec {
-                commands: vec![],
-                ..spec()
-            },
-            &RunOptions::default(),
-        );
+        let c = container_config(&JobSpec { commands: vec![], ..spec() }, &RunOptions::default());
         assert_eq!((c.entrypoint, c.cmd), (None, None));
     }
 
     #[test]
     fn labels_carry_what_readoption_needs() {
-        let labels = container_config(&spec(), &RunOptions::default())
-            .labels
-            .unwrap_or_default();
+        let labels = container_config(&spec(), &RunOptions::default()).labels.unwrap_or_default();
         for (k, v) in [
             (LABEL_JOB, "j1"),
             (LABEL_RUN, "r1"),
@@ -227,34 +193,14 @@ mod tests {
         ] {
             assert_eq!(labels.get(k).map(String::as_str), Some(v), "{k}");
         }
-        let unlimited = container_config(
-            &JobSpec {
-                max_duration_secs: None,
-                ..spec()
-            },
-            &RunOptions::default(),
-        );
-        assert!(
-            !unlimited
-                .labels
-                .unwrap_or_default()
-                .contains_key(LABEL_MAX_DURATION)
-        );
+        let unlimited = container_config(&JobSpec { max_duration_secs: None, ..spec() }, &RunOptions::default());
+        assert!(!unlimited.labels.unwrap_or_default().contains_key(LABEL_MAX_DURATION));
     }
 
     #[test]
     fn allocated_gpus_override_user_visibility_variables() {
-        let env = container_config(&spec(), &RunOptions::default())
-            .env
-            .unwrap_or_default();
-        assert_eq!(
-            env,
-            [
-                "A=1",
-                "CUDA_VISIBLE_DEVICES=0,1",
-                "NVIDIA_VISIBLE_DEVICES=0,1"
-            ]
-        );
+        let env = container_config(&spec(), &RunOptions::default()).env.unwrap_or_default();
+        assert_eq!(env, ["A=1", "CUDA_VISIBLE_DEVICES=0,1", "NVIDIA_VISIBLE_DEVICES=0,1"]);
     }
 
     #[test]
@@ -262,41 +208,27 @@ mod tests {
         let mut s = spec();
         s.allocation.gpu_indices.clear();
         let c = container_config(&s, &RunOptions::default());
-        assert_eq!(
-            c.env.unwrap_or_default(),
-            ["A=1", "NVIDIA_VISIBLE_DEVICES=void"]
-        );
+        assert_eq!(c.env.unwrap_or_default(), ["A=1", "NVIDIA_VISIBLE_DEVICES=void"]);
         assert_eq!(c.host_config.and_then(|h| h.device_requests), None);
     }
 
     #[test]
     fn device_requests_name_the_allocated_indices() {
-        let host = container_config(&spec(), &RunOptions::default())
-            .host_config
-            .unwrap_or_default();
+        let host = container_config(&spec(), &RunOptions::default()).host_config.unwrap_or_default();
         let req = host.device_requests.unwrap_or_default();
         assert_eq!(req.len(), 1);
         assert_eq!(req[0].driver.as_deref(), Some("nvidia"));
-        assert_eq!(
-            req[0].device_ids,
-            Some(vec!["0".to_owned(), "1".to_owned()])
-        );
+        assert_eq!(req[0].device_ids, Some(vec!["0".to_owned(), "1".to_owned()]));
         assert_eq!(req[0].capabilities, Some(vec![vec!["gpu".to_owned()]]));
 
-        let env_only = RunOptions {
-            gpu_passthrough: GpuPassthrough::EnvOnly,
-        };
-        let host = container_config(&spec(), &env_only)
-            .host_config
-            .unwrap_or_default();
+        let env_only = RunOptions { gpu_passthrough: GpuPassthrough::EnvOnly };
+        let host = container_config(&spec(), &env_only).host_config.unwrap_or_default();
         assert_eq!(host.device_requests, None);
     }
 
     #[test]
     fn limits_follow_the_allocation() {
-        let host = container_config(&spec(), &RunOptions::default())
-            .host_config
-            .unwrap_or_default();
+        let host = container_config(&spec(), &RunOptions::default()).host_config.unwrap_or_default();
         assert_eq!(host.nano_cpus, Some(2_000_000_000));
         assert_eq!(host.memory, Some(1 << 30));
         assert_eq!(host.shm_size, Some(64 << 20));
@@ -305,13 +237,8 @@ mod tests {
 
         let mut s = spec();
         s.allocation = Allocation::default();
-        let host = container_config(&s, &RunOptions::default())
-            .host_config
-            .unwrap_or_default();
-        assert_eq!(
-            (host.nano_cpus, host.memory, host.shm_size),
-            (None, None, None)
-        );
+        let host = container_config(&s, &RunOptions::default()).host_config.unwrap_or_default();
+        assert_eq!((host.nano_cpus, host.memory, host.shm_size), (None, None, None));
     }
 
     #[test]

@@ -21,7 +21,7 @@
 //! scheduling delay: they are an upper bound on what the coordinator adds.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -48,9 +48,7 @@ fn bin(name: &str) -> PathBuf {
 
 fn env_num(name: &str, default: u64) -> anyhow::Result<u64> {
     match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .with_context(|| format!("{name}={v:?} is not a number")),
+        Ok(v) => v.parse().with_context(|| format!("{name}={v:?} is not a number")),
         Err(_) => Ok(default),
     }
 }
@@ -58,15 +56,8 @@ fn env_num(name: &str, default: u64) -> anyhow::Result<u64> {
 /// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`).
 fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .with_context(|| format!("no {field}"))?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("bad status line")?
-        .parse()?)
+    let line = status.lines().find(|l| l.starts_with(field)).with_context(|| format!("no {field}"))?;
+    Ok(line.split_whitespace().nth(1).context("bad status line")?.parse()?)
 }
 
 fn mib(kib: u64) -> f64 {
@@ -80,9 +71,7 @@ fn cpu_time(pid: u32, ticks_per_sec: u64) -> anyhow::Result<Duration> {
     let rest = stat.rsplit_once(')').context("bad stat")?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
     let (utime, stime): (u64, u64) = (f[11].parse()?, f[12].parse()?);
-    Ok(Duration::from_millis(
-        (utime + stime) * 1000 / ticks_per_sec.max(1),
-    ))
+    Ok(Duration::from_millis((utime + stime) * 1000 / ticks_per_sec.max(1)))
 }
 
 fn ticks_per_sec() -> u64 {
@@ -95,9 +84,13 @@ fn ticks_per_sec() -> u64 {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The time of day (UTC), to line phases up with the coordinator's log.
+fn utc() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    format!("{:02}:{:02}:{:02}Z", secs / 3600 % 24, secs / 60 % 60, secs % 60)
 }
 
 fn ms(d: Duration) -> String {
@@ -117,27 +110,21 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (http, quic) = (free_port()?, free_port()?);
     let log_path = dir.path().join("coordinator.log");
+    let log = std::fs::File::create(&log_path)?;
     let coordinator = Proc(
         Command::new(bin("corral-coordinator"))
             .arg("--data-dir")
             .arg(dir.path().join("coord"))
-            .args([
-                "--http-listen",
-                &format!("127.0.0.1:{http}"),
-                "--quic-listen",
-                &format!("127.0.0.1:{quic}"),
-            ])
+            .args(["--http-listen", &format!("127.0.0.1:{http}"), "--quic-listen", &format!("127.0.0.1:{quic}")])
             .env("CORRAL_LOG", &log_level)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_path)?)
+            // The log goes to stdout.
+            .stdout(log.try_clone()?)
+            .stderr(log)
             .spawn()
             .context("build it first: cargo build --release --bin corral-coordinator")?,
     );
     let pid = coordinator.0.id();
-    let (token_file, admin_file) = (
-        dir.path().join("coord/join-token"),
-        dir.path().join("coord/admin-token"),
-    );
+    let (token_file, admin_file) = (dir.path().join("coord/join-token"), dir.path().join("coord/admin-token"));
     let ready = Instant::now();
     while !(token_file.exists() && admin_file.exists()) {
         if ready.elapsed() > Duration::from_secs(10) {
@@ -146,30 +133,18 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let token: corral_proto::token::JoinToken =
-        std::fs::read_to_string(&token_file)?.trim().parse()?;
-    let client = Client::new(
-        &format!("http://127.0.0.1:{http}"),
-        std::fs::read_to_string(&admin_file)?.trim(),
-        "main",
-    );
+    let token: corral_proto::token::JoinToken = std::fs::read_to_string(&token_file)?.trim().parse()?;
+    let client = Client::new(&format!("http://127.0.0.1:{http}"), std::fs::read_to_string(&admin_file)?.trim(), "main");
     let rss_idle = status_kib(pid, "VmRSS:")?;
 
-    eprintln!("enrolling {nodes} hollow nodes, {concurrency} at a time…");
+    eprintln!("{} enrolling {nodes} hollow nodes, {concurrency} at a time…", utc());
     let started = Instant::now();
-    let opts = HollowOptions {
-        concurrency,
-        ..HollowOptions::default()
-    };
+    let opts = HollowOptions { concurrency, ..HollowOptions::default() };
     let addr = format!("127.0.0.1:{quic}").parse()?;
     let fleet = HollowFleet::start(addr, &token, nodes, h100_host, opts).await?;
     let enrolled_in = fleet.enrolled_in();
     let rss_enrolled = status_kib(pid, "VmRSS:")?;
-    eprintln!(
-        "enrolled {} in {:.1} s; connecting…",
-        fleet.stats().enrolled,
-        enrolled_in.as_secs_f64()
-    );
+    eprintln!("{} enrolled {} in {:.1} s; connecting…", utc(), fleet.stats().enrolled, enrolled_in.as_secs_f64());
 
     // Connect: until all are up, or no progress for a minute (then measure what is there).
     let connecting = Instant::now();
@@ -182,20 +157,13 @@ async fn main() -> anyhow::Result<()> {
             break Some(connecting.elapsed());
         }
         if let Some(status) = coordinator.0.try_wait()? {
-            bail!(
-                "the coordinator exited ({status}) with {} nodes connected; see {}",
-                s.connected,
-                log_path.display()
-            );
+            bail!("the coordinator exited ({status}) with {} nodes connected; see {}", s.connected, log_path.display());
         }
         if s.connected != last {
             (last, last_change) = (s.connected, Instant::now());
         }
         if last_change.elapsed() > Duration::from_secs(60) {
-            eprintln!(
-                "no progress for 60 s: {s:?}; first errors: {:#?}",
-                fleet.errors()
-            );
+            eprintln!("no progress for 60 s: {s:?}; first errors: {:#?}", fleet.errors());
             break None;
         }
         if last_report.elapsed() >= Duration::from_secs(5) {
@@ -214,17 +182,29 @@ async fn main() -> anyhow::Result<()> {
     let rss_connected = status_kib(pid, "VmRSS:")?;
 
     // Hold: heartbeats at the default interval, measured over one window.
-    eprintln!(
-        "holding {} connections for {} s…",
-        fleet.stats().connected,
-        hold.as_secs()
-    );
+    eprintln!("{} holding {} connections for {} s…", utc(), fleet.stats().connected, hold.as_secs());
     let before = fleet.stats();
     let _ = fleet.take_heartbeat_rtts();
     let cpu_before = cpu_time(pid, tck)?;
-    tokio::time::sleep(hold).await;
+    let mut rtts = Vec::new();
+    let held = Instant::now();
+    while held.elapsed() < hold {
+        tokio::time::sleep((hold - held.elapsed()).min(Duration::from_secs(5))).await;
+        let window = fleet.take_heartbeat_rtts();
+        if let Some(r) = RttSummary::of(window.clone()) {
+            eprintln!(
+                "  {:>5.1} s held: rtt p50 {} p99 {} max {} ({} samples)",
+                held.elapsed().as_secs_f64(),
+                ms(r.p50),
+                ms(r.p99),
+                ms(r.max),
+                r.samples
+            );
+        }
+        rtts.extend(window);
+    }
     let cpu_used = cpu_time(pid, tck)?.saturating_sub(cpu_before);
-    let rtts = RttSummary::of(fleet.take_heartbeat_rtts());
+    let rtts = RttSummary::of(rtts);
     let after = fleet.stats();
     let (rss_held, rss_peak) = (status_kib(pid, "VmRSS:")?, status_kib(pid, "VmHWM:")?);
     let bench_rss = status_kib(std::process::id(), "VmRSS:")?;
@@ -232,26 +212,21 @@ async fn main() -> anyhow::Result<()> {
     let listed = Instant::now();
     let listing: Vec<api::Node> = client.get("/api/nodes").await?;
     let list_took = listed.elapsed();
-    let ready = listing
-        .iter()
-        .filter(|n| n.status == api::NodeStatus::Ready)
-        .count();
+    let ready = listing.iter().filter(|n| n.status == api::NodeStatus::Ready).count();
 
     // Late joiners: enrollment with a full node table (every row carrying its inventory).
     let mut joined = None;
     if late > 0 {
-        eprintln!("{late} late joiners…");
-        let opts = HollowOptions {
-            concurrency,
-            name_prefix: "late".to_owned(),
-            ..HollowOptions::default()
-        };
+        eprintln!("{} {late} late joiners…", utc());
+        let opts = HollowOptions { concurrency, name_prefix: "late".to_owned(), ..HollowOptions::default() };
+        let _ = fleet.take_heartbeat_rtts();
+        let lost_before = fleet.stats().sessions_lost;
         let joiners = HollowFleet::start(addr, &token, late, h100_host, opts).await?;
         let enrolled = joiners.stats().enrolled;
-        let connected = joiners
-            .wait_connected(enrolled, Duration::from_secs(120))
-            .await;
-        joined = Some((joiners.enrolled_in(), enrolled, connected));
+        let connected = joiners.wait_connected(enrolled, Duration::from_secs(120)).await;
+        let meanwhile = RttSummary::of(fleet.take_heartbeat_rtts());
+        let lost = fleet.stats().sessions_lost - lost_before;
+        joined = Some((joiners.enrolled_in(), enrolled, connected, meanwhile, lost));
         for e in joiners.errors().iter().take(5) {
             eprintln!("late joiner error: {e}");
         }
@@ -261,10 +236,8 @@ async fn main() -> anyhow::Result<()> {
     // Kill a few: how long until the coordinator calls them offline.
     let mut detect = None;
     if kills > 0 {
-        eprintln!("killing {kills} nodes…");
-        let names: Vec<String> = (0..kills)
-            .filter_map(|i| fleet.node(i).map(|(n, _)| n.to_owned()))
-            .collect();
+        eprintln!("{} killing {kills} nodes…", utc());
+        let names: Vec<String> = (0..kills).filter_map(|i| fleet.node(i).map(|(n, _)| n.to_owned())).collect();
         let killed = Instant::now();
         for i in 0..kills {
             fleet.kill(i);
@@ -272,10 +245,8 @@ async fn main() -> anyhow::Result<()> {
         while killed.elapsed() < Duration::from_secs(120) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let listing: Vec<api::Node> = client.get("/api/nodes").await?;
-            let offline = listing
-                .iter()
-                .filter(|n| names.contains(&n.name) && n.status != api::NodeStatus::Ready)
-                .count();
+            let offline =
+                listing.iter().filter(|n| names.contains(&n.name) && n.status != api::NodeStatus::Ready).count();
             if offline == kills {
                 detect = Some(killed.elapsed());
                 break;
@@ -283,20 +254,15 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    let end = fleet.stats();
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    let warnings: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-        .collect();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
 
     let goal = |ok: bool| if ok { "✅" } else { "❌" };
     let s = after;
     println!("| measure ({nodes} hollow nodes, 8× H100 each) | value | goal |");
     println!("|---|---|---|");
-    println!(
-        "| nodes connected (hollow side / coordinator `Ready`) | {} / {ready} of {nodes} | all |",
-        s.connected
-    );
+    println!("| nodes connected (hollow side / coordinator `Ready`) | {} / {ready} of {nodes} | all |", s.connected);
     println!(
         "| enroll all, {concurrency} at a time | {:.1} s ({:.0}/s) | — |",
         enrolled_in.as_secs_f64(),
@@ -342,12 +308,8 @@ async fn main() -> anyhow::Result<()> {
         s.heartbeats_acked - before.heartbeats_acked,
         s.sessions_lost
     );
-    println!(
-        "| `GET /api/nodes` ({} nodes) | {} | — |",
-        listing.len(),
-        ms(list_took)
-    );
-    if let Some((took, enrolled, connected)) = &joined {
+    println!("| `GET /api/nodes` ({} nodes) | {} | — |", listing.len(), ms(list_took));
+    if let Some((took, enrolled, connected, meanwhile, lost)) = &joined {
         println!(
             "| {late} more nodes enroll with {} connected; then connect | {enrolled} in {:.1} s ({:.0}/s); {} | — |",
             s.connected,
@@ -358,23 +320,28 @@ async fn main() -> anyhow::Result<()> {
                 Err(e) => format!("failed: {e:#}"),
             }
         );
+        if let Some(r) = meanwhile {
+            println!(
+                "| meanwhile, the {} connected nodes: heartbeat RTT p50 / p99 / max; sessions lost | {} / {} / {}; {lost} | {} p99 ≤ 100 ms; 0 |",
+                s.connected,
+                ms(r.p50),
+                ms(r.p99),
+                ms(r.max),
+                goal(r.p99 <= Duration::from_millis(100) && *lost == 0)
+            );
+        }
     }
     if kills > 0 {
         println!(
             "| {kills} nodes killed → all `offline` at the coordinator | {} | — |",
-            detect.map_or_else(
-                || "not within 120 s".to_owned(),
-                |d| format!("{:.1} s", d.as_secs_f64())
-            )
+            detect.map_or_else(|| "not within 120 s".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()))
         );
     }
+    println!("| bench process RSS (hollow nodes) | {:.0} MiB | — |", mib(bench_rss));
     println!(
-        "| bench process RSS (hollow nodes) | {:.0} MiB | — |",
-        mib(bench_rss)
-    );
-    println!(
-        "| hollow-side errors; coordinator WARN/ERROR lines | {}; {} | 0; 0 |",
-        s.errors,
+        "| at the end: sessions lost; hollow-side errors; coordinator WARN/ERROR lines | {}; {}; {} | 0; 0; 0 |",
+        end.sessions_lost,
+        end.errors,
         warnings.len()
     );
     for e in fleet.errors().iter().take(5) {
@@ -383,7 +350,7 @@ async fn main() -> anyhow::Result<()> {
     for w in warnings.iter().take(10) {
         eprintln!("coordinator: {w}");
     }
-    if s.errors > 0 || !warnings.is_empty() {
+    if end.errors > 0 || !warnings.is_empty() {
         let keep = std::env::temp_dir().join(format!("corral-scale-{}.log", std::process::id()));
         if std::fs::copy(&log_path, &keep).is_ok() {
             eprintln!("coordinator log kept in {}", keep.display());

@@ -36,15 +36,8 @@ fn bin(name: &str) -> PathBuf {
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("no VmRSS")?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("bad VmRSS")?
-        .parse()?)
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
+    Ok(line.split_whitespace().nth(1).context("bad VmRSS")?.parse()?)
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -53,9 +46,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 async fn wait_until<F: AsyncFnMut() -> bool>(limit: Duration, mut f: F) -> anyhow::Result<()> {
@@ -88,24 +79,12 @@ fn docker_run_once() -> anyhow::Result<Duration> {
 /// Submit a task through the API and time until its first output byte reaches a log follower.
 async fn corral_once(client: &Client, dir: &Path, i: usize) -> anyhow::Result<Duration> {
     let file = dir.join(format!("bench-{i}.dstack.yml"));
-    std::fs::write(
-        &file,
-        format!("type: task\nname: bench-{i}\nimage: {IMAGE}\ncommands:\n  - echo ready\n"),
-    )?;
+    std::fs::write(&file, format!("type: task\nname: bench-{i}\nimage: {IMAGE}\ncommands:\n  - echo ready\n"))?;
     let text = std::fs::read_to_string(&file)?;
-    let configuration =
-        corral_proto::config::parse(&text, "bench").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let configuration = corral_proto::config::parse(&text, "bench").map_err(|e| anyhow::anyhow!("{e}"))?;
     let start = Instant::now();
-    let _: api::Run = client
-        .post(
-            &client.project_path("runs"),
-            &api::SubmitRun {
-                configuration,
-                source: None,
-                name: None,
-            },
-        )
-        .await?;
+    let _: api::Run =
+        client.post(&client.project_path("runs"), &api::SubmitRun { configuration, source: None, name: None }).await?;
     let mut resp = client.logs(&format!("bench-{i}"), 0, true).await?;
     loop {
         match resp.chunk().await? {
@@ -124,22 +103,15 @@ async fn main() -> anyhow::Result<()> {
         Command::new(bin("corral-coordinator"))
             .args(["--data-dir"])
             .arg(dir.path().join("coord"))
-            .args([
-                "--http-listen",
-                &format!("127.0.0.1:{http}"),
-                "--quic-listen",
-                &format!("127.0.0.1:{quic}"),
-            ])
+            .args(["--http-listen", &format!("127.0.0.1:{http}"), "--quic-listen", &format!("127.0.0.1:{quic}")])
             .env("CORRAL_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
             .context("run scripts/bench.sh: it builds the release binaries first")?,
     );
     let token_file = dir.path().join("coord/join-token");
-    wait_until(Duration::from_secs(10), async || {
-        token_file.exists() && dir.path().join("coord/admin-token").exists()
-    })
-    .await?;
+    wait_until(Duration::from_secs(10), async || token_file.exists() && dir.path().join("coord/admin-token").exists())
+        .await?;
     let agent = Proc(
         Command::new(bin("corral-agent"))
             .args(["--coordinator", &format!("127.0.0.1:{quic}"), "--state-dir"])
@@ -154,10 +126,7 @@ async fn main() -> anyhow::Result<()> {
         client
             .get::<Vec<api::Node>>("/api/nodes")
             .await
-            .is_ok_and(|n| {
-                n.iter()
-                    .any(|n| n.status == api::NodeStatus::Ready && n.inventory.is_some())
-            })
+            .is_ok_and(|n| n.iter().any(|n| n.status == api::NodeStatus::Ready && n.inventory.is_some()))
     })
     .await?;
 
@@ -175,11 +144,7 @@ async fn main() -> anyhow::Result<()> {
         corral.push(corral_once(&client, dir.path(), i).await?);
     }
     let (d, c) = (median(docker), median(corral));
-    let size = |n: &str| {
-        std::fs::metadata(bin(n))
-            .map(|m| m.len() as f64 / (1024.0 * 1024.0))
-            .unwrap_or(f64::NAN)
-    };
+    let size = |n: &str| std::fs::metadata(bin(n)).map(|m| m.len() as f64 / (1024.0 * 1024.0)).unwrap_or(f64::NAN);
 
     println!("| measure | Corral | baseline | ratio / goal |");
     println!("|---|---|---|---|");
@@ -189,28 +154,18 @@ async fn main() -> anyhow::Result<()> {
         d.as_secs_f64() * 1000.0,
         c.as_secs_f64() / d.as_secs_f64()
     );
-    println!(
-        "| coordinator idle RSS | {:.1} MiB | — | goal ≤ 40 MiB |",
-        coord_rss as f64 / 1024.0
-    );
-    println!(
-        "| agent idle RSS | {:.1} MiB | — | goal ≤ 20 MiB |",
-        agent_rss as f64 / 1024.0
-    );
+    println!("| coordinator idle RSS | {:.1} MiB | — | goal ≤ 40 MiB |", coord_rss as f64 / 1024.0);
+    println!("| agent idle RSS | {:.1} MiB | — | goal ≤ 20 MiB |", agent_rss as f64 / 1024.0);
     for n in ["corral", "corral-coordinator", "corral-agent"] {
         println!("| `{n}` release binary | {:.1} MiB | — | — |", size(n));
     }
     drop(agent);
     // Leave no containers of this bench's node behind.
-    let node: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
-        dir.path().join("agent/node.json"),
-    )?)?;
+    let node: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("agent/node.json"))?)?;
     if let Some(id) = node["node_id"].as_str() {
         let _ = Command::new("sh")
             .arg("-c")
-            .arg(format!(
-                "docker ps -aq --filter label=corral.node={id} | xargs -r docker rm -f >/dev/null"
-            ))
+            .arg(format!("docker ps -aq --filter label=corral.node={id} | xargs -r docker rm -f >/dev/null"))
             .status();
     }
     drop(coordinator);

@@ -7,38 +7,21 @@ use corral_proto::job::{JobState, TerminationReason};
 
 use crate::harness::*;
 
-async fn two_nodes(
-    node_timeout: Duration,
-) -> anyhow::Result<(tempfile::TempDir, Coordinator, Agent, Agent)> {
+async fn two_nodes(node_timeout: Duration) -> anyhow::Result<(tempfile::TempDir, Coordinator, Agent, Agent)> {
     ensure_image();
     let dir = tempfile::tempdir()?;
     let any = "127.0.0.1:0".parse()?;
     let coord = Coordinator::start_with(&dir.path().join("coord"), any, any, node_timeout).await?;
-    let a = Agent::start(
-        &coord,
-        &dir.path().join("a"),
-        AgentOptions {
-            name: "node-a".into(),
-            nvml: None,
-            fleet: None,
-        },
-    );
-    let b = Agent::start(
-        &coord,
-        &dir.path().join("b"),
-        AgentOptions {
-            name: "node-b".into(),
-            nvml: None,
-            fleet: None,
-        },
-    );
+    let a =
+        Agent::start(&coord, &dir.path().join("a"), AgentOptions { name: "node-a".into(), nvml: None, fleet: None });
+    let b =
+        Agent::start(&coord, &dir.path().join("b"), AgentOptions { name: "node-b".into(), nvml: None, fleet: None });
     nodes_ready(&coord.client(), 2).await?;
     Ok((dir, coord, a, b))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_node_s_job_is_retried_elsewhere_and_the_old_copy_is_killed_on_return()
--> anyhow::Result<()> {
+async fn a_lost_node_s_job_is_retried_elsewhere_and_the_old_copy_is_killed_on_return() -> anyhow::Result<()> {
     let (dir, coord, mut a, mut b) = two_nodes(Duration::from_secs(3)).await?;
     let client = coord.client();
     let file = write_config(
@@ -49,23 +32,13 @@ async fn a_lost_node_s_job_is_retried_elsewhere_and_the_old_copy_is_killed_on_re
         ),
     );
     apply(&client, &file, true).await?;
-    let first = wait_state(
-        &client,
-        "resilient",
-        |r| r.state == JobState::Running,
-        Duration::from_secs(30),
-    )
-    .await?;
+    let first = wait_state(&client, "resilient", |r| r.state == JobState::Running, Duration::from_secs(30)).await?;
     let first_node = first.jobs[0].node_name.clone().expect("placed");
     let old_container = format!("corral-{}", first.jobs[0].id);
 
     // The node goes away and its containers keep running, as on a partitioned host.
     let lost = tokio::time::Instant::now();
-    let (gone, stays) = if first_node == "node-a" {
-        (&mut a, &b)
-    } else {
-        (&mut b, &a)
-    };
+    let (gone, stays) = if first_node == "node-a" { (&mut a, &b) } else { (&mut b, &a) };
     gone.stop().await?;
     let retried = wait_state(
         &client,
@@ -75,36 +48,16 @@ async fn a_lost_node_s_job_is_retried_elsewhere_and_the_old_copy_is_killed_on_re
     )
     .await?;
     let took = lost.elapsed();
-    assert_ne!(
-        retried.jobs[0].node_name.as_deref(),
-        Some(first_node.as_str()),
-        "retried on the other node"
-    );
-    assert!(
-        took < Duration::from_secs(15),
-        "node loss → running elsewhere took {took:?}"
-    );
-    assert!(
-        docker_running(&old_container),
-        "the lost node's container still runs while it is away"
-    );
+    assert_ne!(retried.jobs[0].node_name.as_deref(), Some(first_node.as_str()), "retried on the other node");
+    assert!(took < Duration::from_secs(15), "node loss → running elsewhere took {took:?}");
+    assert!(docker_running(&old_container), "the lost node's container still runs while it is away");
 
     // The node returns: its old copy is stopped, the retry keeps running.
     let gone_state = gone.state.clone();
-    let _back = Agent::start(
-        &coord,
-        &gone_state,
-        AgentOptions {
-            name: first_node.clone(),
-            nvml: None,
-            fleet: None,
-        },
-    );
-    wait_for(
-        "the stale copy to be removed",
-        Duration::from_secs(30),
-        || async { Ok((!docker_exists(&old_container)).then_some(())) },
-    )
+    let _back = Agent::start(&coord, &gone_state, AgentOptions { name: first_node.clone(), nvml: None, fleet: None });
+    wait_for("the stale copy to be removed", Duration::from_secs(30), || async {
+        Ok((!docker_exists(&old_container)).then_some(()))
+    })
     .await?;
     let r = run(&client, "resilient").await?;
     assert_eq!(r.state, JobState::Running);
@@ -125,33 +78,12 @@ async fn without_retry_a_lost_node_fails_the_run() -> anyhow::Result<()> {
         &format!("type: task\nname: fragile\nimage: {IMAGE}\ncommands:\n  - sleep 600\n"),
     );
     apply(&client, &file, true).await?;
-    wait_state(
-        &client,
-        "fragile",
-        |r| r.state == JobState::Running,
-        Duration::from_secs(30),
-    )
-    .await?;
+    wait_state(&client, "fragile", |r| r.state == JobState::Running, Duration::from_secs(30)).await?;
     a.stop().await?;
-    let r = wait_state(
-        &client,
-        "fragile",
-        |r| r.state.is_finished(),
-        Duration::from_secs(20),
-    )
-    .await?;
+    let r = wait_state(&client, "fragile", |r| r.state.is_finished(), Duration::from_secs(20)).await?;
     assert_eq!(r.state, JobState::Failed);
-    assert_eq!(
-        r.jobs[0].termination_reason,
-        Some(TerminationReason::NodeUnreachable)
-    );
-    assert!(
-        r.jobs[0]
-            .status_message
-            .clone()
-            .unwrap_or_default()
-            .contains("stopped answering")
-    );
+    assert_eq!(r.jobs[0].termination_reason, Some(TerminationReason::NodeUnreachable));
+    assert!(r.jobs[0].status_message.clone().unwrap_or_default().contains("stopped answering"));
     Ok(())
 }
 
@@ -165,11 +97,7 @@ async fn higher_priority_runs_first() -> anyhow::Result<()> {
     let _node = Agent::start(
         &coord,
         &dir.path().join("gpu"),
-        AgentOptions {
-            name: "gpu-node".into(),
-            nvml: Some(nvml),
-            fleet: None,
-        },
+        AgentOptions { name: "gpu-node".into(), nvml: Some(nvml), fleet: None },
     );
     nodes_ready(&client, 1).await?;
     let task = |name: &str, priority: u8| {
@@ -182,37 +110,15 @@ async fn higher_priority_runs_first() -> anyhow::Result<()> {
         )
     };
     apply(&client, &task("blocker", 50), true).await?;
-    wait_state(
-        &client,
-        "blocker",
-        |r| r.state == JobState::Running,
-        Duration::from_secs(30),
-    )
-    .await?;
+    wait_state(&client, "blocker", |r| r.state == JobState::Running, Duration::from_secs(30)).await?;
     apply(&client, &task("low", 10), true).await?;
     apply(&client, &task("high", 90), true).await?;
-    wait_state(
-        &client,
-        "high",
-        |r| r.state == JobState::Pending,
-        Duration::from_secs(10),
-    )
-    .await?;
+    wait_state(&client, "high", |r| r.state == JobState::Pending, Duration::from_secs(10)).await?;
     let mut out = Vec::new();
     corral_cli::commands::stop(&client, "blocker", true, true, &mut out).await?;
-    wait_state(
-        &client,
-        "high",
-        |r| r.state == JobState::Running,
-        Duration::from_secs(30),
-    )
-    .await?;
+    wait_state(&client, "high", |r| r.state == JobState::Running, Duration::from_secs(30)).await?;
     let low = run(&client, "low").await?;
-    assert_eq!(
-        low.state,
-        JobState::Pending,
-        "the later but higher-priority run went first"
-    );
+    assert_eq!(low.state, JobState::Pending, "the later but higher-priority run went first");
     for name in ["high", "low"] {
         corral_cli::commands::stop(&client, name, true, true, &mut out).await?;
     }
@@ -225,18 +131,10 @@ async fn rack() -> anyhow::Result<(tempfile::TempDir, Coordinator, Agent, Agent)
     let dir = tempfile::tempdir()?;
     let coord = Coordinator::start(&dir.path().join("coord")).await?;
     let client = coord.client();
-    let fleet = write_config(
-        dir.path(),
-        "rack",
-        "type: fleet\nname: rack\nplacement: cluster\n",
-    );
+    let fleet = write_config(dir.path(), "rack", "type: fleet\nname: rack\nplacement: cluster\n");
     let mut out = Vec::new();
     corral_cli::commands::apply(&client, &fleet, true, true, None, &mut out).await?;
-    let opts = |name: &str| AgentOptions {
-        name: name.into(),
-        nvml: None,
-        fleet: Some("rack".into()),
-    };
+    let opts = |name: &str| AgentOptions { name: name.into(), nvml: None, fleet: Some("rack".into()) };
     let a = Agent::start(&coord, &dir.path().join("a"), opts("node-a"));
     let b = Agent::start(&coord, &dir.path().join("b"), opts("node-b"));
     nodes_ready(&client, 2).await?;
@@ -255,23 +153,11 @@ async fn a_failing_rank_stops_the_whole_gang() -> anyhow::Result<()> {
         ),
     );
     apply(&client, &file, true).await?;
-    let r = wait_state(
-        &client,
-        "gang",
-        |r| r.state.is_finished(),
-        Duration::from_secs(60),
-    )
-    .await?;
+    let r = wait_state(&client, "gang", |r| r.state.is_finished(), Duration::from_secs(60)).await?;
     assert_eq!(r.state, JobState::Failed);
     assert_eq!(r.jobs[1].exit_code, Some(5));
-    assert_eq!(
-        r.jobs[1].termination_reason,
-        Some(TerminationReason::ContainerExitedWithError)
-    );
-    assert_eq!(
-        r.jobs[0].termination_reason,
-        Some(TerminationReason::GangMemberFailed)
-    );
+    assert_eq!(r.jobs[1].termination_reason, Some(TerminationReason::ContainerExitedWithError));
+    assert_eq!(r.jobs[0].termination_reason, Some(TerminationReason::GangMemberFailed));
     Ok(())
 }
 
@@ -287,23 +173,10 @@ async fn master_first_start_and_master_done_stop() -> anyhow::Result<()> {
         ),
     );
     apply(&client, &file, true).await?;
-    let r = wait_state(
-        &client,
-        "ordered",
-        |r| r.state.is_finished(),
-        Duration::from_secs(60),
-    )
-    .await?;
+    let r = wait_state(&client, "ordered", |r| r.state.is_finished(), Duration::from_secs(60)).await?;
     assert_eq!(r.state, JobState::Done, "{:#?}", r.jobs);
     let started = |k: usize| r.jobs[k].started_at_ms.expect("started");
-    assert!(
-        started(1) >= started(0),
-        "the worker started after the master"
-    );
-    assert_eq!(
-        r.jobs[1].termination_reason,
-        Some(TerminationReason::Done),
-        "the worker ends with the master"
-    );
+    assert!(started(1) >= started(0), "the worker started after the master");
+    assert_eq!(r.jobs[1].termination_reason, Some(TerminationReason::Done), "the worker ends with the master");
     Ok(())
 }

@@ -72,8 +72,7 @@ pub fn init_tracing() {
     INIT.get_or_init(|| {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG")
-                    .unwrap_or_else(|_| "warn".into()),
+                tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .with_test_writer()
             .try_init();
@@ -168,10 +167,7 @@ impl Agent {
             name: Some(opts.name),
             fleet: opts.fleet,
             // A path that does not exist means "no NVIDIA GPUs on this host".
-            nvml_library: Some(
-                opts.nvml
-                    .unwrap_or_else(|| state.join("no-libnvidia-ml.so")),
-            ),
+            nvml_library: Some(opts.nvml.unwrap_or_else(|| state.join("no-libnvidia-ml.so"))),
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(corral_agent::run(config, shutdown.clone()));
@@ -179,10 +175,7 @@ impl Agent {
             state: state.to_owned(),
             shutdown,
             task: Some(task),
-            guard: ContainerGuard {
-                state: state.to_owned(),
-                armed: true,
-            },
+            guard: ContainerGuard { state: state.to_owned(), armed: true },
         }
     }
 
@@ -198,9 +191,7 @@ impl Agent {
         self.guard.armed = false;
         self.shutdown.cancel();
         if let Some(t) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(15), t)
-                .await
-                .context("agent did not stop")???;
+            tokio::time::timeout(Duration::from_secs(15), t).await.context("agent did not stop")???;
         }
         Ok(())
     }
@@ -228,24 +219,12 @@ impl Drop for ContainerGuard {
             return;
         };
         let out = std::process::Command::new("docker")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=corral.node={node}"),
-            ])
+            .args(["ps", "-aq", "--filter", &format!("label=corral.node={node}")])
             .output();
         if let Ok(out) = out {
-            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect();
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
             if !ids.is_empty() {
-                let _ = std::process::Command::new("docker")
-                    .arg("rm")
-                    .arg("-f")
-                    .args(&ids)
-                    .output();
+                let _ = std::process::Command::new("docker").arg("rm").arg("-f").args(&ids).output();
             }
         }
     }
@@ -282,24 +261,15 @@ where
 }
 
 pub async fn run(client: &Client, name: &str) -> anyhow::Result<api::Run> {
-    client
-        .get(&client.project_path(&format!("runs/{name}")))
-        .await
+    client.get(&client.project_path(&format!("runs/{name}"))).await
 }
 
 pub async fn nodes_ready(client: &Client, n: usize) -> anyhow::Result<Vec<api::Node>> {
-    wait_for(
-        &format!("{n} ready node(s) with inventory"),
-        Duration::from_secs(30),
-        || async {
-            let nodes: Vec<api::Node> = client.get("/api/nodes").await?;
-            let ready = nodes
-                .iter()
-                .filter(|x| x.status == api::NodeStatus::Ready && x.inventory.is_some())
-                .count();
-            Ok((ready >= n).then_some(nodes))
-        },
-    )
+    wait_for(&format!("{n} ready node(s) with inventory"), Duration::from_secs(30), || async {
+        let nodes: Vec<api::Node> = client.get("/api/nodes").await?;
+        let ready = nodes.iter().filter(|x| x.status == api::NodeStatus::Ready && x.inventory.is_some()).count();
+        Ok((ready >= n).then_some(nodes))
+    })
     .await
 }
 
@@ -309,23 +279,16 @@ pub async fn wait_state(
     pred: impl Fn(&api::Run) -> bool,
     limit: Duration,
 ) -> anyhow::Result<api::Run> {
-    let waited = wait_for(
-        &format!("run {name} to reach the expected state"),
-        limit,
-        || async {
-            let r = run(client, name).await?;
-            Ok(pred(&r).then_some(r))
-        },
-    )
+    let waited = wait_for(&format!("run {name} to reach the expected state"), limit, || async {
+        let r = run(client, name).await?;
+        Ok(pred(&r).then_some(r))
+    })
     .await;
     match waited {
         Ok(r) => Ok(r),
         Err(e) => {
             // Say where it was when time ran out.
-            let last = run(client, name)
-                .await
-                .map(|r| format!("{:#?}", r.jobs))
-                .unwrap_or_default();
+            let last = run(client, name).await.map(|r| format!("{:#?}", r.jobs)).unwrap_or_default();
             Err(e.context(format!("last seen: {last}")))
         }
     }
@@ -383,19 +346,10 @@ impl OneNode {
         let agent = Agent::start(
             &coord,
             &dir.path().join("agent"),
-            AgentOptions {
-                name: "node-a".into(),
-                nvml: None,
-                fleet: None,
-            },
+            AgentOptions { name: "node-a".into(), nvml: None, fleet: None },
         );
         let client = coord.client();
         nodes_ready(&client, 1).await?;
-        Ok(Self {
-            dir,
-            coord,
-            agent,
-            client,
-        })
+        Ok(Self { dir, coord, agent, client })
     }
 }

@@ -12,18 +12,9 @@ async fn two_node_task_gets_ranks_and_the_master_address() -> anyhow::Result<()>
     ensure_image();
     let dir = tempfile::tempdir()?;
     let mut hosts = Hosts::create(2)?;
-    let coord = Coordinator::start_on(
-        &dir.path().join("coord"),
-        "127.0.0.1:0".parse()?,
-        "0.0.0.0:0".parse()?,
-    )
-    .await?;
+    let coord = Coordinator::start_on(&dir.path().join("coord"), "127.0.0.1:0".parse()?, "0.0.0.0:0".parse()?).await?;
     let client = coord.client();
-    let fleet = write_config(
-        dir.path(),
-        "rack",
-        "type: fleet\nname: rack\nplacement: cluster\n",
-    );
+    let fleet = write_config(dir.path(), "rack", "type: fleet\nname: rack\nplacement: cluster\n");
     let mut out = Vec::new();
     corral_cli::commands::apply(&client, &fleet, true, true, None, &mut out).await?;
 
@@ -31,23 +22,11 @@ async fn two_node_task_gets_ranks_and_the_master_address() -> anyhow::Result<()>
     let _cleanup = NodeContainers(states.to_vec());
     let dial = format!("{}:{}", hosts.gateway, coord.quic.port());
     for (i, state) in states.iter().enumerate() {
-        hosts.start_agent(
-            i,
-            &dial,
-            &coord.join_token.to_string(),
-            state,
-            &format!("host-{i}"),
-            "rack",
-        )?;
+        hosts.start_agent(i, &dial, &coord.join_token.to_string(), state, &format!("host-{i}"), "rack")?;
     }
     let nodes = nodes_ready(&client, 2).await?;
     for n in &nodes {
-        assert!(
-            hosts
-                .addresses
-                .contains(n.address.as_ref().expect("address")),
-            "{n:?}"
-        );
+        assert!(hosts.addresses.contains(n.address.as_ref().expect("address")), "{n:?}");
         assert_eq!(n.fleet.as_deref(), Some("rack"));
     }
 
@@ -59,26 +38,13 @@ async fn two_node_task_gets_ranks_and_the_master_address() -> anyhow::Result<()>
         ),
     );
     corral_cli::commands::apply(&client, &task, true, true, None, &mut out).await?;
-    let done = wait_state(
-        &client,
-        "ranks",
-        |r| r.state.is_finished(),
-        Duration::from_secs(60),
-    )
-    .await?;
+    let done = wait_state(&client, "ranks", |r| r.state.is_finished(), Duration::from_secs(60)).await?;
     assert_eq!(done.state, JobState::Done, "{done:?}");
     assert_eq!(done.jobs.len(), 2);
-    assert_ne!(
-        done.jobs[0].node_id, done.jobs[1].node_id,
-        "one rank per node"
-    );
+    assert_ne!(done.jobs[0].node_id, done.jobs[1].node_id, "one rank per node");
     let address_of = |job: usize| {
         let id = done.jobs[job].node_id.clone();
-        nodes
-            .iter()
-            .find(|n| Some(&n.id) == id.as_ref())
-            .and_then(|n| n.address.clone())
-            .expect("node address")
+        nodes.iter().find(|n| Some(&n.id) == id.as_ref()).and_then(|n| n.address.clone()).expect("node address")
     };
     let master = address_of(0);
     let ips = format!("{} {}", address_of(0), address_of(1));
@@ -86,19 +52,9 @@ async fn two_node_task_gets_ranks_and_the_master_address() -> anyhow::Result<()>
         let mut log = Vec::new();
         corral_cli::commands::logs(&client, "ranks", rank, false, &mut log).await?;
         let log = String::from_utf8(log)?;
-        assert!(
-            log.contains(&format!("rank={rank} of=2 master={master}\n")),
-            "rank {rank}: {log}"
-        );
+        assert!(log.contains(&format!("rank={rank} of=2 master={master}\n")), "rank {rank}: {log}");
         assert!(log.contains(&format!("ips={ips}\n")), "rank {rank}: {log}");
-        assert!(
-            log.contains(&format!(
-                "{} slots=1\n{} slots=1\n",
-                address_of(0),
-                address_of(1)
-            )),
-            "rank {rank}: {log}"
-        );
+        assert!(log.contains(&format!("{} slots=1\n{} slots=1\n", address_of(0), address_of(1))), "rank {rank}: {log}");
     }
     Ok(())
 }

@@ -11,16 +11,9 @@ use anyhow::{Context, bail};
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("cannot run `ip` (install iproute2)")?;
+    let out = Command::new("ip").args(args).output().context("cannot run `ip` (install iproute2)")?;
     if !out.status.success() {
-        bail!(
-            "ip {}: {} (these tests need root)",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("ip {}: {} (these tests need root)", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }
@@ -38,11 +31,7 @@ pub struct Hosts {
 impl Hosts {
     /// `n` hosts on a fresh /24 of their own.
     pub fn create(n: usize) -> anyhow::Result<Self> {
-        let tag = format!(
-            "{}{}",
-            std::process::id() % 10_000,
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let tag = format!("{}{}", std::process::id() % 10_000, NEXT.fetch_add(1, Ordering::Relaxed));
         // A subnet per test: 10.213.<k>.0/24 with k from the pid and a counter.
         let k = (std::process::id() * 7 + NEXT.load(Ordering::Relaxed) * 13) % 200 + 20;
         let bridge = format!("crb{tag}");
@@ -54,13 +43,7 @@ impl Hosts {
             agents: Vec::new(),
         };
         ip(&["link", "add", &bridge, "type", "bridge"])?;
-        ip(&[
-            "addr",
-            "add",
-            &format!("{}/24", hosts.gateway),
-            "dev",
-            &bridge,
-        ])?;
+        ip(&["addr", "add", &format!("{}/24", hosts.gateway), "dev", &bridge])?;
         ip(&["link", "set", &bridge, "up"])?;
         for i in 0..n {
             let ns = format!("crn{tag}-{i}");
@@ -68,21 +51,11 @@ impl Hosts {
             let addr = format!("10.213.{k}.{}", i + 2);
             ip(&["netns", "add", &ns])?;
             hosts.namespaces.push(ns.clone());
-            ip(&[
-                "link", "add", &host_end, "type", "veth", "peer", "name", &ns_end,
-            ])?;
+            ip(&["link", "add", &host_end, "type", "veth", "peer", "name", &ns_end])?;
             ip(&["link", "set", &ns_end, "netns", &ns])?;
             ip(&["link", "set", &host_end, "master", &bridge])?;
             ip(&["link", "set", &host_end, "up"])?;
-            ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{addr}/24"),
-                "dev",
-                &ns_end,
-            ])?;
+            ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", &ns_end])?;
             ip(&["-n", &ns, "link", "set", &ns_end, "up"])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
             ip(&["-n", &ns, "route", "add", "default", "via", &hosts.gateway])?;
@@ -106,17 +79,7 @@ impl Hosts {
         let child = Command::new("ip")
             .args(["netns", "exec", &self.namespaces[i]])
             .arg(env!("CARGO_BIN_EXE_corral-test-agent"))
-            .args([
-                "--coordinator",
-                coordinator,
-                "--token",
-                token,
-                "--name",
-                name,
-                "--fleet",
-                fleet,
-                "--state-dir",
-            ])
+            .args(["--coordinator", coordinator, "--token", token, "--name", name, "--fleet", fleet, "--state-dir"])
             .arg(state)
             .arg("--nvml-library")
             .arg(state.join("no-libnvidia-ml.so"))
@@ -139,9 +102,7 @@ impl Drop for Hosts {
         for ns in &self.namespaces {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .output();
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
     }
 }
 
@@ -162,9 +123,7 @@ impl Drop for NodeContainers {
             };
             let _ = Command::new("sh")
                 .arg("-c")
-                .arg(format!(
-                    "docker ps -aq --filter label=corral.node={node} | xargs -r docker rm -f"
-                ))
+                .arg(format!("docker ps -aq --filter label=corral.node={node} | xargs -r docker rm -f"))
                 .output();
         }
     }

@@ -9,12 +9,7 @@ use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinator_restart_keeps_history_and_logs() -> anyhow::Result<()> {
-    let OneNode {
-        dir,
-        coord,
-        agent: _agent,
-        client,
-    } = OneNode::start().await?;
+    let OneNode { dir, coord, agent: _agent, client } = OneNode::start().await?;
     let file = write_config(
         dir.path(),
         "history",
@@ -40,12 +35,7 @@ async fn coordinator_restart_keeps_history_and_logs() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_restart_keeps_the_container_and_readopts_it() -> anyhow::Result<()> {
-    let OneNode {
-        dir,
-        coord,
-        mut agent,
-        client,
-    } = OneNode::start().await?;
+    let OneNode { dir, coord, mut agent, client } = OneNode::start().await?;
     let file = write_config(
         dir.path(),
         "survivor",
@@ -54,36 +44,14 @@ async fn agent_restart_keeps_the_container_and_readopts_it() -> anyhow::Result<(
         ),
     );
     apply(&client, &file, true).await?;
-    let r = wait_state(
-        &client,
-        "survivor",
-        |r| r.state == JobState::Running,
-        Duration::from_secs(30),
-    )
-    .await?;
+    let r = wait_state(&client, "survivor", |r| r.state == JobState::Running, Duration::from_secs(30)).await?;
     let container = format!("corral-{}", r.jobs[0].id);
 
     agent.stop().await?;
-    assert!(
-        docker_running(&container),
-        "the container outlives the agent"
-    );
-    let _agent = Agent::start(
-        &coord,
-        &agent.state.clone(),
-        AgentOptions {
-            name: "node-a".into(),
-            nvml: None,
-            fleet: None,
-        },
-    );
-    let done = wait_state(
-        &client,
-        "survivor",
-        |r| r.state.is_finished(),
-        Duration::from_secs(60),
-    )
-    .await?;
+    assert!(docker_running(&container), "the container outlives the agent");
+    let _agent =
+        Agent::start(&coord, &agent.state.clone(), AgentOptions { name: "node-a".into(), nvml: None, fleet: None });
+    let done = wait_state(&client, "survivor", |r| r.state.is_finished(), Duration::from_secs(60)).await?;
     assert_eq!(done.state, JobState::Done, "{done:?}");
     let text = wait_for("the full log", Duration::from_secs(10), || async {
         let t = logs(&client, "survivor").await?;
@@ -98,51 +66,22 @@ async fn agent_restart_keeps_the_container_and_readopts_it() -> anyhow::Result<(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_container_fails_its_job() -> anyhow::Result<()> {
-    let OneNode {
-        dir,
-        coord,
-        mut agent,
-        client,
-    } = OneNode::start().await?;
+    let OneNode { dir, coord, mut agent, client } = OneNode::start().await?;
     let file = write_config(
         dir.path(),
         "doomed",
         &format!("type: task\nname: doomed\nimage: {IMAGE}\ncommands:\n  - sleep 600\n"),
     );
     apply(&client, &file, true).await?;
-    let r = wait_state(
-        &client,
-        "doomed",
-        |r| r.state == JobState::Running,
-        Duration::from_secs(30),
-    )
-    .await?;
+    let r = wait_state(&client, "doomed", |r| r.state == JobState::Running, Duration::from_secs(30)).await?;
     agent.stop().await?;
     let container = format!("corral-{}", r.jobs[0].id);
-    let rm = std::process::Command::new("docker")
-        .args(["rm", "-f", &container])
-        .output()?;
+    let rm = std::process::Command::new("docker").args(["rm", "-f", &container]).output()?;
     assert!(rm.status.success());
-    let _agent = Agent::start(
-        &coord,
-        &agent.state.clone(),
-        AgentOptions {
-            name: "node-a".into(),
-            nvml: None,
-            fleet: None,
-        },
-    );
-    let r = wait_state(
-        &client,
-        "doomed",
-        |r| r.state.is_finished(),
-        Duration::from_secs(30),
-    )
-    .await?;
+    let _agent =
+        Agent::start(&coord, &agent.state.clone(), AgentOptions { name: "node-a".into(), nvml: None, fleet: None });
+    let r = wait_state(&client, "doomed", |r| r.state.is_finished(), Duration::from_secs(30)).await?;
     assert_eq!(r.state, JobState::Failed);
-    assert_eq!(
-        r.jobs[0].termination_reason,
-        Some(corral_proto::job::TerminationReason::ContainerLost)
-    );
+    assert_eq!(r.jobs[0].termination_reason, Some(corral_proto::job::TerminationReason::ContainerLost));
     Ok(())
 }

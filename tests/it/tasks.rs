@@ -18,20 +18,15 @@ async fn task_output_and_exit_code_reach_the_cli() -> anyhow::Result<()> {
     );
     let (code, out) = apply(&c.client, &file, false).await?;
     assert_eq!(code, 0, "output was: {out}");
-    assert!(
-        out.contains("hello from corral\n/tmp\nrank=0 run=hello\n"),
-        "output was: {out:?}"
-    );
+    assert!(out.contains("hello from corral\n/tmp\nrank=0 run=hello\n"), "output was: {out:?}");
     let r = run(&c.client, "hello").await?;
     assert_eq!(r.state, JobState::Done);
     assert_eq!(r.jobs[0].exit_code, Some(0));
     assert_eq!(r.jobs[0].node_name.as_deref(), Some("node-a"));
     // The container is removed once its output is stored.
     let container = format!("corral-{}", r.jobs[0].id);
-    wait_for("container removal", Duration::from_secs(15), || async {
-        Ok((!docker_exists(&container)).then_some(()))
-    })
-    .await?;
+    wait_for("container removal", Duration::from_secs(15), || async { Ok((!docker_exists(&container)).then_some(())) })
+        .await?;
     Ok(())
 }
 
@@ -41,31 +36,20 @@ async fn failing_command_fails_the_run_with_its_code() -> anyhow::Result<()> {
     let file = write_config(
         c.dir.path(),
         "fails",
-        &format!(
-            "type: task\nname: fails\nimage: {IMAGE}\ncommands:\n  - echo first\n  - exit 3\n  - echo never\n"
-        ),
+        &format!("type: task\nname: fails\nimage: {IMAGE}\ncommands:\n  - echo first\n  - exit 3\n  - echo never\n"),
     );
     let (code, out) = apply(&c.client, &file, false).await?;
     assert_eq!(code, 3);
-    assert!(
-        out.contains("first") && !out.contains("never"),
-        "output was: {out:?}"
-    );
+    assert!(out.contains("first") && !out.contains("never"), "output was: {out:?}");
     let r = run(&c.client, "fails").await?;
     assert_eq!(r.state, JobState::Failed);
     assert_eq!(r.jobs[0].exit_code, Some(3));
-    assert_eq!(
-        r.jobs[0].termination_reason,
-        Some(TerminationReason::ContainerExitedWithError)
-    );
+    assert_eq!(r.jobs[0].termination_reason, Some(TerminationReason::ContainerExitedWithError));
 
     let mut ps = Vec::new();
     corral_cli::commands::ps(&c.client, true, false, &mut ps).await?;
     let ps = String::from_utf8(ps)?;
-    assert!(
-        ps.contains("fails") && ps.contains("failed") && ps.contains("container_exited_with_error"),
-        "ps -a: {ps}"
-    );
+    assert!(ps.contains("fails") && ps.contains("failed") && ps.contains("container_exited_with_error"), "ps -a: {ps}");
     Ok(())
 }
 
@@ -81,13 +65,7 @@ async fn stop_ends_a_long_task_within_its_grace_period() -> anyhow::Result<()> {
     );
     let (code, _) = apply(&c.client, &file, true).await?;
     assert_eq!(code, 0);
-    let r = wait_state(
-        &c.client,
-        "sleeper",
-        |r| r.state == JobState::Running,
-        Duration::from_secs(30),
-    )
-    .await?;
+    let r = wait_state(&c.client, "sleeper", |r| r.state == JobState::Running, Duration::from_secs(30)).await?;
     let container = format!("corral-{}", r.jobs[0].id);
     assert!(docker_running(&container));
 
@@ -101,10 +79,7 @@ async fn stop_ends_a_long_task_within_its_grace_period() -> anyhow::Result<()> {
     assert!(took < Duration::from_secs(30), "stop took {took:?}");
     let r = run(&c.client, "sleeper").await?;
     assert_eq!(r.state, JobState::Stopped);
-    assert_eq!(
-        r.jobs[0].termination_reason,
-        Some(TerminationReason::StoppedByUser)
-    );
+    assert_eq!(r.jobs[0].termination_reason, Some(TerminationReason::StoppedByUser));
     assert!(!docker_running(&container));
     assert!(logs(&c.client, "sleeper").await?.contains("started"));
     Ok(())
@@ -122,15 +97,9 @@ async fn missing_image_fails_with_a_clear_reason() -> anyhow::Result<()> {
     assert_eq!(code, 1);
     let r = run(&c.client, "noimage").await?;
     assert_eq!(r.state, JobState::Failed);
-    assert_eq!(
-        r.jobs[0].termination_reason,
-        Some(TerminationReason::ImageUnavailable)
-    );
+    assert_eq!(r.jobs[0].termination_reason, Some(TerminationReason::ImageUnavailable));
     let msg = r.jobs[0].status_message.clone().unwrap_or_default();
-    assert!(
-        msg.contains("corral-test/does-not-exist:1"),
-        "message: {msg}"
-    );
+    assert!(msg.contains("corral-test/does-not-exist:1"), "message: {msg}");
     Ok(())
 }
 
@@ -151,10 +120,7 @@ async fn logs_follow_misses_nothing_across_a_reconnect() -> anyhow::Result<()> {
         Ok(text.contains("line-2").then_some(text))
     })
     .await?;
-    let resp = c
-        .client
-        .logs("counter", 0, first.len() as u64, true)
-        .await?;
+    let resp = c.client.logs("counter", 0, first.len() as u64, true).await?;
     let rest = resp.bytes().await?;
     let all = format!("{first}{}", String::from_utf8_lossy(&rest));
     let want: String = (1..=6).map(|i| format!("line-{i}\n")).collect();
@@ -165,34 +131,16 @@ async fn logs_follow_misses_nothing_across_a_reconnect() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validate_names_file_line_and_field() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let good = write_config(
-        dir.path(),
-        "good",
-        "type: task\nimage: busybox\ncommands:\n  - echo hi\n",
-    );
-    let bad = write_config(
-        dir.path(),
-        "bad",
-        "type: task\nimage: busybox\ncomands:\n  - echo hi\n",
-    );
+    let good = write_config(dir.path(), "good", "type: task\nimage: busybox\ncommands:\n  - echo hi\n");
+    let bad = write_config(dir.path(), "bad", "type: task\nimage: busybox\ncomands:\n  - echo hi\n");
     let mut out = Vec::new();
-    assert_eq!(
-        corral_cli::commands::validate(std::slice::from_ref(&good), &mut out)?,
-        0
-    );
-    assert_eq!(
-        corral_cli::commands::validate(&[good, bad.clone()], &mut out)?,
-        1
-    );
+    assert_eq!(corral_cli::commands::validate(std::slice::from_ref(&good), &mut out)?, 0);
+    assert_eq!(corral_cli::commands::validate(&[good, bad.clone()], &mut out)?, 1);
     let err =
-        corral_proto::config::parse(&std::fs::read_to_string(&bad)?, &bad.display().to_string())
-            .expect_err("refused");
+        corral_proto::config::parse(&std::fs::read_to_string(&bad)?, &bad.display().to_string()).expect_err("refused");
     let text = err.to_string();
     assert!(text.contains("bad.dstack.yml:3:"), "{text}");
-    assert!(
-        text.contains("comands") && text.contains("commands"),
-        "{text}"
-    );
+    assert!(text.contains("comands") && text.contains("commands"), "{text}");
     Ok(())
 }
 
@@ -211,9 +159,6 @@ async fn max_duration_stops_the_task() -> anyhow::Result<()> {
     assert!(out.contains("going"));
     let r = run(&c.client, "bounded").await?;
     assert_eq!(r.state, JobState::Stopped);
-    assert_eq!(
-        r.jobs[0].termination_reason,
-        Some(TerminationReason::MaxDurationExceeded)
-    );
+    assert_eq!(r.jobs[0].termination_reason, Some(TerminationReason::MaxDurationExceeded));
     Ok(())
 }

@@ -59,12 +59,7 @@ pub struct HollowOptions {
 
 impl Default for HollowOptions {
     fn default() -> Self {
-        Self {
-            run_time: None,
-            concurrency: 64,
-            name_prefix: "hollow".to_owned(),
-            fleet: None,
-        }
+        Self { run_time: None, concurrency: 64, name_prefix: "hollow".to_owned(), fleet: None }
     }
 }
 
@@ -105,12 +100,7 @@ impl RttSummary {
         samples.sort_unstable();
         let n = samples.len();
         let at = |p: f64| samples[((n as f64 * p).ceil() as usize).clamp(1, n) - 1];
-        (n > 0).then(|| Self {
-            samples: n,
-            p50: at(0.50),
-            p99: at(0.99),
-            max: samples[n - 1],
-        })
+        (n > 0).then(|| Self { samples: n, p50: at(0.50), p99: at(0.99), max: samples[n - 1] })
     }
 }
 
@@ -197,20 +187,13 @@ impl HollowFleet {
                 // The semaphore is never closed, so acquiring cannot fail.
                 let _permit = permits.acquire_owned().await;
                 let began = Instant::now();
-                let r = corral_agent::link::enroll_in_memory(
-                    &endpoint,
-                    coordinator,
-                    &token,
-                    &name,
-                    fleet,
-                )
-                .await
-                .with_context(|| format!("enrollment failed after {:?}", began.elapsed()));
+                let r = corral_agent::link::enroll_in_memory(&endpoint, coordinator, &token, &name, fleet)
+                    .await
+                    .with_context(|| format!("enrollment failed after {:?}", began.elapsed()));
                 (i, r)
             });
         }
-        let mut identities: Vec<Option<corral_agent::identity::Identity>> =
-            (0..count).map(|_| None).collect();
+        let mut identities: Vec<Option<corral_agent::identity::Identity>> = (0..count).map(|_| None).collect();
         while let Some(joined) = enrolling.join_next().await {
             match joined {
                 Ok((i, Ok(identity))) => identities[i] = Some(identity),
@@ -234,40 +217,18 @@ impl HollowFleet {
             let kill = CancellationToken::new();
             let Some(identity) = identity else {
                 shared.failed.fetch_add(1, Relaxed);
-                members.push(Member {
-                    name: name(i),
-                    node_id: None,
-                    kill,
-                });
+                members.push(Member { name: name(i), node_id: None, kill });
                 continue;
             };
             let mut inv = inventory(i);
             if inv.hostname.is_empty() {
                 inv.hostname = name(i);
             }
-            members.push(Member {
-                name: name(i),
-                node_id: Some(identity.node.node_id.clone()),
-                kill: kill.clone(),
-            });
-            tasks.spawn(node::run(
-                ctx.clone(),
-                name(i),
-                identity,
-                inv,
-                kill,
-                shutdown.clone(),
-            ));
+            members.push(Member { name: name(i), node_id: Some(identity.node.node_id.clone()), kill: kill.clone() });
+            tasks.spawn(node::run(ctx.clone(), name(i), identity, inv, kill, shutdown.clone()));
         }
         tasks.close();
-        Ok(Self {
-            members,
-            shared,
-            endpoint,
-            shutdown,
-            tasks,
-            enrolled_in,
-        })
+        Ok(Self { members, shared, endpoint, shutdown, tasks, enrolled_in })
     }
 
     pub fn len(&self) -> usize {
@@ -285,9 +246,7 @@ impl HollowFleet {
 
     /// Node `i`'s name (what it enrolled as) and id (`None` when its enrollment failed).
     pub fn node(&self, i: usize) -> Option<(&str, Option<&NodeId>)> {
-        self.members
-            .get(i)
-            .map(|m| (m.name.as_str(), m.node_id.as_ref()))
+        self.members.get(i).map(|m| (m.name.as_str(), m.node_id.as_ref()))
     }
 
     pub fn stats(&self) -> FleetStats {
@@ -301,11 +260,7 @@ impl HollowFleet {
             sessions_lost: s.sessions_lost.load(Relaxed),
             heartbeats_sent: s.heartbeats_sent.load(Relaxed),
             heartbeats_acked: s.heartbeats_acked.load(Relaxed),
-            killed: self
-                .members
-                .iter()
-                .filter(|m| m.kill.is_cancelled())
-                .count(),
+            killed: self.members.iter().filter(|m| m.kill.is_cancelled()).count(),
             failed: s.failed.load(Relaxed),
             errors: s.errors.load(Relaxed),
         }
@@ -314,17 +269,13 @@ impl HollowFleet {
     /// The heartbeat round trips measured so far (all nodes), leaving them in place.
     pub fn heartbeat_rtts(&self) -> Vec<Duration> {
         let us = lock(&self.shared.rtts_us);
-        us.iter()
-            .map(|&u| Duration::from_micros(u.into()))
-            .collect()
+        us.iter().map(|&u| Duration::from_micros(u.into())).collect()
     }
 
     /// The heartbeat round trips measured since the last call, to measure one window of time.
     pub fn take_heartbeat_rtts(&self) -> Vec<Duration> {
         let us = std::mem::take(&mut *lock(&self.shared.rtts_us));
-        us.into_iter()
-            .map(|u| Duration::from_micros(u.into()))
-            .collect()
+        us.into_iter().map(|u| Duration::from_micros(u.into())).collect()
     }
 
     /// The first errors the nodes met (at most 100), each prefixed with the node's name.
@@ -374,10 +325,7 @@ impl HollowFleet {
     /// Closes every session cleanly (as agents shutting down do) and waits for the nodes' tasks.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
-        if tokio::time::timeout(Duration::from_secs(30), self.tasks.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(Duration::from_secs(30), self.tasks.wait()).await.is_err() {
             tracing::warn!("hollow nodes did not stop within 30 s");
         }
         self.endpoint.close(0u32.into(), b"hollow fleet shut down");
@@ -415,10 +363,7 @@ pub fn gpu_host(seed: usize, count: u32, model: &str, gpu_memory: Memory) -> Hos
         gpu_driver_version: Some("550.90.07".to_owned()),
         cuda_version: Some("12.4".to_owned()),
         tpus: Vec::new(),
-        docker: DockerInfo {
-            version: "27.3.1".to_owned(),
-            nvidia_runtime: true,
-        },
+        docker: DockerInfo { version: "27.3.1".to_owned(), nvidia_runtime: true },
     }
 }
 

@@ -43,13 +43,7 @@ impl NvmlUnavailable {
     /// Whether the library itself is absent: the normal state of a host without NVIDIA GPUs, as
     /// opposed to a driver that is installed but broken.
     pub fn is_library_missing(&self) -> bool {
-        matches!(
-            self,
-            Self::Load {
-                source: NvmlError::LibloadingError(_),
-                ..
-            }
-        )
+        matches!(self, Self::Load { source: NvmlError::LibloadingError(_), .. })
     }
 }
 
@@ -64,22 +58,13 @@ pub fn collect_gpus(nvml_path: Option<&Path>) -> Result<NvidiaInfo, NvmlUnavaila
         Some(path) => Nvml::builder().lib_path(path.as_os_str()).init(),
         None => Nvml::init(),
     }
-    .map_err(|source| NvmlUnavailable::Load {
-        library: library.clone(),
-        source,
-    })?;
+    .map_err(|source| NvmlUnavailable::Load { library: library.clone(), source })?;
     let query_err = |query| {
         let library = library.clone();
-        move |source| NvmlUnavailable::Query {
-            library,
-            query,
-            source,
-        }
+        move |source| NvmlUnavailable::Query { library, query, source }
     };
 
-    let driver_version = nvml
-        .sys_driver_version()
-        .map_err(query_err("the driver version"))?;
+    let driver_version = nvml.sys_driver_version().map_err(query_err("the driver version"))?;
     let cuda_version = match nvml.sys_cuda_driver_version() {
         Ok(v) => Some(format_cuda_version(v)),
         Err(error) => {
@@ -87,24 +72,15 @@ pub fn collect_gpus(nvml_path: Option<&Path>) -> Result<NvidiaInfo, NvmlUnavaila
             None
         }
     };
-    let count = nvml
-        .device_count()
-        .map_err(query_err("the number of GPUs"))?;
+    let count = nvml.device_count().map_err(query_err("the number of GPUs"))?;
     let mut gpus = Vec::with_capacity(count as usize);
     for index in 0..count {
-        match nvml
-            .device_by_index(index)
-            .and_then(|device| gpu_info(index, &device))
-        {
+        match nvml.device_by_index(index).and_then(|device| gpu_info(index, &device)) {
             Ok(gpu) => gpus.push(gpu),
             Err(error) => tracing::warn!(gpu = index, error = %error, "gpu left out of inventory"),
         }
     }
-    Ok(NvidiaInfo {
-        gpus,
-        driver_version,
-        cuda_version,
-    })
+    Ok(NvidiaInfo { gpus, driver_version, cuda_version })
 }
 
 fn gpu_info(index: u32, device: &Device<'_>) -> Result<GpuInfo, NvmlError> {
@@ -120,11 +96,7 @@ fn gpu_info(index: u32, device: &Device<'_>) -> Result<GpuInfo, NvmlError> {
 
 /// NVML's `12040` → `12.4`.
 fn format_cuda_version(v: i32) -> String {
-    format!(
-        "{}.{}",
-        nvml_wrapper::cuda_driver_version_major(v),
-        nvml_wrapper::cuda_driver_version_minor(v)
-    )
+    format!("{}.{}", nvml_wrapper::cuda_driver_version_major(v), nvml_wrapper::cuda_driver_version_minor(v))
 }
 
 #[cfg(test)]
@@ -135,10 +107,7 @@ mod tests {
 
     use super::*;
 
-    const FAKE_SOURCE: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/fake-nvml/fake_nvml.c"
-    );
+    const FAKE_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fake-nvml/fake_nvml.c");
 
     /// Compiles tests/fake-nvml into `dir`. No C compiler is a failure, not a skip: these tests are
     /// the only check of the NVML path on hosts without a GPU.
@@ -150,10 +119,7 @@ mod tests {
             .arg(FAKE_SOURCE)
             .status()
             .context("cannot run `cc` to build the fake NVML library (install a C compiler)")?;
-        ensure!(
-            status.success(),
-            "`cc` failed to build {FAKE_SOURCE}: {status}"
-        );
+        ensure!(status.success(), "`cc` failed to build {FAKE_SOURCE}: {status}");
         Ok(lib)
     }
 
@@ -162,8 +128,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let lib = build_fake_nvml(dir.path())?;
 
-        let info = collect_gpus(Some(&lib))
-            .with_context(|| format!("collecting from {}", lib.display()))?;
+        let info = collect_gpus(Some(&lib)).with_context(|| format!("collecting from {}", lib.display()))?;
 
         assert_eq!(info.driver_version, "550.54.15");
         assert_eq!(info.cuda_version.as_deref(), Some("12.4"));
@@ -178,16 +143,8 @@ mod tests {
         assert_eq!(
             info.gpus,
             [
-                a100(
-                    0,
-                    "GPU-fa4e0000-0000-4000-8000-000000000000",
-                    "00000000:07:00.0"
-                ),
-                a100(
-                    1,
-                    "GPU-fa4e0000-0000-4000-8000-000000000001",
-                    "00000000:0F:00.0"
-                ),
+                a100(0, "GPU-fa4e0000-0000-4000-8000-000000000000", "00000000:07:00.0"),
+                a100(1, "GPU-fa4e0000-0000-4000-8000-000000000001", "00000000:0F:00.0"),
             ]
         );
         assert_eq!(info.gpus[0].memory.to_string(), "80GB");
@@ -202,27 +159,17 @@ mod tests {
             // The child: report what NVML sees for the parent to check.
             let info = collect_gpus(Some(Path::new(&lib)))?;
             let buses: Vec<&str> = info.gpus.iter().map(|g| g.pci_bus_id.as_str()).collect();
-            println!(
-                "fake-nvml gpus: {} buses: {}",
-                info.gpus.len(),
-                buses.join(",")
-            );
+            println!("fake-nvml gpus: {} buses: {}", info.gpus.len(), buses.join(","));
             return Ok(());
         }
         let dir = tempfile::tempdir()?;
         let lib = build_fake_nvml(dir.path())?;
         let exe = std::env::current_exe()?;
-        for (count, buses) in [
-            ("0", ""),
-            ("1", "00000000:07:00.0"),
-            ("3", "00000000:07:00.0,00000000:0F:00.0,00000000:47:00.0"),
-        ] {
+        for (count, buses) in
+            [("0", ""), ("1", "00000000:07:00.0"), ("3", "00000000:07:00.0,00000000:0F:00.0,00000000:47:00.0")]
+        {
             let out = Command::new(&exe)
-                .args([
-                    "--exact",
-                    "inventory::nvidia::tests::fake_nvml_gpu_count_follows_env",
-                    "--nocapture",
-                ])
+                .args(["--exact", "inventory::nvidia::tests::fake_nvml_gpu_count_follows_env", "--nocapture"])
                 .env("CORRAL_FAKE_NVML_CHILD", &lib)
                 .env("FAKE_NVML_GPU_COUNT", count)
                 .output()?;
@@ -248,10 +195,7 @@ mod tests {
 
         assert!(err.is_library_missing(), "{err:?}");
         let msg = err.to_string();
-        assert!(
-            msg.contains(&lib.display().to_string()),
-            "message does not name the path: {msg}"
-        );
+        assert!(msg.contains(&lib.display().to_string()), "message does not name the path: {msg}");
     }
 
     #[test]
@@ -260,25 +204,12 @@ mod tests {
         let src = dir.path().join("empty.c");
         std::fs::write(&src, "int not_nvml(void) { return 0; }\n")?;
         let lib = dir.path().join("libnvidia-ml.so.1");
-        let status = Command::new("cc")
-            .args(["-shared", "-fPIC", "-o"])
-            .arg(&lib)
-            .arg(&src)
-            .status()?;
+        let status = Command::new("cc").args(["-shared", "-fPIC", "-o"]).arg(&lib).arg(&src).status()?;
         ensure!(status.success(), "cc failed: {status}");
 
         let err = collect_gpus(Some(&lib)).expect_err("no nvmlInit_v2 in it");
 
-        assert!(
-            matches!(
-                err,
-                NvmlUnavailable::Load {
-                    source: NvmlError::FailedToLoadSymbol(_),
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert!(matches!(err, NvmlUnavailable::Load { source: NvmlError::FailedToLoadSymbol(_), .. }), "{err:?}");
         assert!(!err.is_library_missing());
         Ok(())
     }

@@ -33,13 +33,7 @@ fn accel_tpus(dev_root: &Path, sys_root: &Path) -> Vec<TpuInfo> {
                 _ => {}
             }
             let device = dev_root.join(&name).display().to_string();
-            Some((
-                n,
-                TpuInfo {
-                    device,
-                    pci_device_id: read_pci_id(&pci.join("device")).map(format_pci_id),
-                },
-            ))
+            Some((n, TpuInfo { device, pci_device_id: read_pci_id(&pci.join("device")).map(format_pci_id) }))
         })
         .collect();
     found.sort_by_key(|(n, _)| *n);
@@ -53,10 +47,7 @@ fn vfio_tpus(dev_root: &Path, sys_root: &Path) -> Vec<TpuInfo> {
     let mut found: Vec<(u32, TpuInfo)> = numbered_entries(&vfio, "")
         .into_iter()
         .filter_map(|(group, name)| {
-            let members = sys_root
-                .join("kernel/iommu_groups")
-                .join(&name)
-                .join("devices");
+            let members = sys_root.join("kernel/iommu_groups").join(&name).join("devices");
             let device_id = fs::read_dir(&members)
                 .ok()?
                 .filter_map(|entry| entry.ok())
@@ -65,13 +56,7 @@ fn vfio_tpus(dev_root: &Path, sys_root: &Path) -> Vec<TpuInfo> {
                 .map(|pci| read_pci_id(&pci.join("device")))
                 .min()?;
             let device = vfio.join(&name).display().to_string();
-            Some((
-                group,
-                TpuInfo {
-                    device,
-                    pci_device_id: device_id.map(format_pci_id),
-                },
-            ))
+            Some((group, TpuInfo { device, pci_device_id: device_id.map(format_pci_id) }))
         })
         .collect();
     found.sort_by_key(|(n, _)| *n);
@@ -124,11 +109,7 @@ mod tests {
         let sys = dir.path().join("sys");
         fs::create_dir_all(&dev).expect("mkdir dev");
         fs::create_dir_all(&sys).expect("mkdir sys");
-        Host {
-            _dir: dir,
-            dev,
-            sys,
-        }
+        Host { _dir: dir, dev, sys }
     }
 
     fn write(path: PathBuf, text: &str) {
@@ -142,10 +123,7 @@ mod tests {
     }
 
     fn tpu(device: &Path, id: Option<&str>) -> TpuInfo {
-        TpuInfo {
-            device: device.display().to_string(),
-            pci_device_id: id.map(str::to_owned),
-        }
+        TpuInfo { device: device.display().to_string(), pci_device_id: id.map(str::to_owned) }
     }
 
     #[test]
@@ -153,11 +131,7 @@ mod tests {
         let h = host();
         for n in [0, 1, 2, 10] {
             write(h.dev.join(format!("accel{n}")), "");
-            pci(
-                h.sys.join(format!("class/accel/accel{n}/device")),
-                "0x1ae0",
-                "0x005e",
-            );
+            pci(h.sys.join(format!("class/accel/accel{n}/device")), "0x1ae0", "0x005e");
         }
         // An Intel NPU on the same subsystem, and an accel node without sysfs.
         write(h.dev.join("accel3"), "");
@@ -183,29 +157,13 @@ mod tests {
     fn vfio_groups_holding_a_google_device() {
         let h = host();
         write(h.dev.join("vfio/vfio"), "");
-        for (group, bdf) in [
-            ("0", "0000:00:04.0"),
-            ("1", "0000:00:05.0"),
-            ("12", "0000:00:06.0"),
-        ] {
+        for (group, bdf) in [("0", "0000:00:04.0"), ("1", "0000:00:05.0"), ("12", "0000:00:06.0")] {
             write(h.dev.join("vfio").join(group), "");
-            pci(
-                h.sys
-                    .join("kernel/iommu_groups")
-                    .join(group)
-                    .join("devices")
-                    .join(bdf),
-                "0x1ae0",
-                "0x0062",
-            );
+            pci(h.sys.join("kernel/iommu_groups").join(group).join("devices").join(bdf), "0x1ae0", "0x0062");
         }
         // A NIC passed through to a guest: VFIO, but not a TPU.
         write(h.dev.join("vfio/7"), "");
-        pci(
-            h.sys.join("kernel/iommu_groups/7/devices/0000:00:08.0"),
-            "0x8086",
-            "0x1572",
-        );
+        pci(h.sys.join("kernel/iommu_groups/7/devices/0000:00:08.0"), "0x8086", "0x1572");
         // A group node whose sysfs is gone.
         write(h.dev.join("vfio/9"), "");
 
@@ -233,12 +191,7 @@ mod tests {
     fn pci_ids_parse_from_sysfs_text() {
         let h = host();
         let id = h.sys.join("id");
-        for (text, want) in [
-            ("0x1ae0\n", Some(0x1ae0)),
-            ("0x0062", Some(0x62)),
-            ("1ae0\n", None),
-            ("0xzz\n", None),
-        ] {
+        for (text, want) in [("0x1ae0\n", Some(0x1ae0)), ("0x0062", Some(0x62)), ("1ae0\n", None), ("0xzz\n", None)] {
             write(id.clone(), text);
             assert_eq!(read_pci_id(&id), want, "{text:?}");
         }

@@ -13,9 +13,7 @@ use super::{AppState, Error, check_project, err};
 use crate::State;
 use crate::store::NodeRow;
 
-pub(super) async fn list_nodes(
-    Extract(state): Extract<AppState>,
-) -> Result<Json<Vec<api::Node>>, Error> {
+pub(super) async fn list_nodes(Extract(state): Extract<AppState>) -> Result<Json<Vec<api::Node>>, Error> {
     let placed = state.store.placed_jobs()?;
     let connected = state.connected_nodes();
     let nodes = state
@@ -23,16 +21,9 @@ pub(super) async fn list_nodes(
         .nodes()?
         .into_iter()
         .map(|n| {
-            let jobs: Vec<_> = placed
-                .iter()
-                .filter(|j| j.node_id.as_ref() == Some(&n.id))
-                .collect();
+            let jobs: Vec<_> = placed.iter().filter(|j| j.node_id.as_ref() == Some(&n.id)).collect();
             api::Node {
-                status: if connected.contains(&n.id) {
-                    NodeStatus::Ready
-                } else {
-                    NodeStatus::Offline
-                },
+                status: if connected.contains(&n.id) { NodeStatus::Ready } else { NodeStatus::Offline },
                 busy_gpus: jobs
                     .iter()
                     .filter_map(|j| j.allocation.as_ref())
@@ -60,12 +51,7 @@ fn node_by_name(state: &State, name: &str) -> Result<NodeRow, Error> {
         .nodes()?
         .into_iter()
         .find(|n| n.name == name || n.id.as_str() == name)
-        .ok_or_else(|| {
-            err(
-                StatusCode::NOT_FOUND,
-                format!("no node named {name:?} (see `corral node list`)"),
-            )
-        })
+        .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("no node named {name:?} (see `corral node list`)")))
 }
 
 fn set_cordon(state: &State, name: &str, cordoned: bool) -> Result<NodeRow, Error> {
@@ -76,18 +62,12 @@ fn set_cordon(state: &State, name: &str, cordoned: bool) -> Result<NodeRow, Erro
     Ok(node)
 }
 
-pub(super) async fn cordon(
-    Extract(state): Extract<AppState>,
-    Path(name): Path<String>,
-) -> Result<Json<()>, Error> {
+pub(super) async fn cordon(Extract(state): Extract<AppState>, Path(name): Path<String>) -> Result<Json<()>, Error> {
     set_cordon(&state, &name, true)?;
     Ok(Json(()))
 }
 
-pub(super) async fn uncordon(
-    Extract(state): Extract<AppState>,
-    Path(name): Path<String>,
-) -> Result<Json<()>, Error> {
+pub(super) async fn uncordon(Extract(state): Extract<AppState>, Path(name): Path<String>) -> Result<Json<()>, Error> {
     set_cordon(&state, &name, false)?;
     Ok(Json(()))
 }
@@ -127,12 +107,8 @@ fn fleet_view(
     created: i64,
 ) -> Result<api::Fleet, Error> {
     let connected = state.connected_nodes();
-    let members: Vec<NodeRow> = state
-        .store
-        .nodes()?
-        .into_iter()
-        .filter(|n| n.fleet.as_deref() == Some(name.as_str()))
-        .collect();
+    let members: Vec<NodeRow> =
+        state.store.nodes()?.into_iter().filter(|n| n.fleet.as_deref() == Some(name.as_str())).collect();
     Ok(api::Fleet {
         project: project.to_owned(),
         placement: cfg.placement,
@@ -150,33 +126,16 @@ pub(super) async fn put_fleet(
     Json(req): Json<SubmitFleet>,
 ) -> Result<Json<api::Fleet>, Error> {
     check_project(&state, &project)?;
-    let cfg = crate::admission::check_fleet(&req.configuration)
-        .map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
+    let cfg = crate::admission::check_fleet(&req.configuration).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
     let name = cfg.name.clone().unwrap_or_default();
     state.store.put_fleet(&project, &name, cfg)?;
     // Which nodes are a cluster may have changed: refresh them for the scheduler.
-    for n in state
-        .store
-        .nodes()?
-        .into_iter()
-        .filter(|n| n.fleet.as_deref() == Some(name.as_str()))
-    {
+    for n in state.store.nodes()?.into_iter().filter(|n| n.fleet.as_deref() == Some(name.as_str())) {
         state.node_changed(&n.id);
     }
     tracing::info!(fleet = %name, placement = ?cfg.placement, "fleet applied");
-    let created = state
-        .store
-        .fleets(&project)?
-        .into_iter()
-        .find(|f| f.0 == name)
-        .map_or(0, |f| f.2);
-    Ok(Json(fleet_view(
-        &state,
-        &project,
-        name,
-        cfg.clone(),
-        created,
-    )?))
+    let created = state.store.fleets(&project)?.into_iter().find(|f| f.0 == name).map_or(0, |f| f.2);
+    Ok(Json(fleet_view(&state, &project, name, cfg.clone(), created)?))
 }
 
 pub(super) async fn list_fleets(
@@ -196,16 +155,8 @@ pub(super) async fn get_fleet(
     Path((project, name)): Path<(String, String)>,
 ) -> Result<Json<api::Fleet>, Error> {
     check_project(&state, &project)?;
-    let Some((name, cfg, created)) = state
-        .store
-        .fleets(&project)?
-        .into_iter()
-        .find(|f| f.0 == name)
-    else {
-        return Err(err(
-            StatusCode::NOT_FOUND,
-            format!("no fleet named {name:?} (see `corral fleet list`)"),
-        ));
+    let Some((name, cfg, created)) = state.store.fleets(&project)?.into_iter().find(|f| f.0 == name) else {
+        return Err(err(StatusCode::NOT_FOUND, format!("no fleet named {name:?} (see `corral fleet list`)")));
     };
     Ok(Json(fleet_view(&state, &project, name, cfg, created)?))
 }
@@ -217,17 +168,9 @@ pub(super) async fn delete_fleet(
 ) -> Result<Json<()>, Error> {
     check_project(&state, &project)?;
     if !state.store.delete_fleet(&project, &name)? {
-        return Err(err(
-            StatusCode::NOT_FOUND,
-            format!("no fleet named {name:?}"),
-        ));
+        return Err(err(StatusCode::NOT_FOUND, format!("no fleet named {name:?}")));
     }
-    for n in state
-        .store
-        .nodes()?
-        .into_iter()
-        .filter(|n| n.fleet.as_deref() == Some(name.as_str()))
-    {
+    for n in state.store.nodes()?.into_iter().filter(|n| n.fleet.as_deref() == Some(name.as_str())) {
         state.node_changed(&n.id);
     }
     Ok(Json(()))

@@ -30,10 +30,7 @@ fn host(gpus: &[(&str, u64)], cpus: u32) -> HostInventory {
 fn gpu_req(names: &[&str], count: u32) -> Request {
     Request {
         resources: ResourcesSpec {
-            cpu: CpuSpec {
-                arch: None,
-                count: Range::at_least(1),
-            },
+            cpu: CpuSpec { arch: None, count: Range::at_least(1) },
             gpu: Some(GpuSpec {
                 names: names.iter().map(|s| (*s).to_owned()).collect(),
                 count: Range::exactly(count),
@@ -46,13 +43,7 @@ fn gpu_req(names: &[&str], count: u32) -> Request {
     }
 }
 
-fn node(
-    ix: &mut Index,
-    name: &str,
-    inv: HostInventory,
-    fleet: Option<&str>,
-    cluster: bool,
-) -> NodeId {
+fn node(ix: &mut Index, name: &str, inv: HostInventory, fleet: Option<&str>, cluster: bool) -> NodeId {
     let id = NodeId(name.to_owned());
     ix.upsert(&id, name, fleet.map(str::to_owned), cluster, inv);
     ix.set_connected(&id, true);
@@ -69,10 +60,7 @@ fn packs_the_fullest_node_first() {
     let b = node(&mut ix, "b", host(&[A100; 8], 64), None, false);
     let first = ix.place(&gpu_req(&[], 2)).expect("fits");
     let second = ix.place(&gpu_req(&[], 2)).expect("fits");
-    assert_eq!(
-        first[0].0, second[0].0,
-        "the partly used node is filled before a fresh one"
-    );
+    assert_eq!(first[0].0, second[0].0, "the partly used node is filled before a fresh one");
     // A 8-GPU job still finds a whole node.
     let big = ix.place(&gpu_req(&[], 8)).expect("fits");
     assert_ne!(big[0].0, first[0].0);
@@ -116,18 +104,10 @@ fn offline_and_cordoned_nodes_take_nothing() {
     let mut ix = Index::new();
     let a = node(&mut ix, "a", host(&[A100; 1], 8), None, false);
     ix.set_cordoned(&a, true);
-    assert!(
-        ix.place(&gpu_req(&[], 1))
-            .expect_err("cordoned")
-            .contains("cordoned")
-    );
+    assert!(ix.place(&gpu_req(&[], 1)).expect_err("cordoned").contains("cordoned"));
     ix.set_cordoned(&a, false);
     ix.set_connected(&a, false);
-    assert!(
-        ix.place(&gpu_req(&[], 1))
-            .expect_err("offline")
-            .contains("offline")
-    );
+    assert!(ix.place(&gpu_req(&[], 1)).expect_err("offline").contains("offline"));
     ix.set_connected(&a, true);
     assert!(ix.place(&gpu_req(&[], 1)).is_ok());
 }

@@ -5,9 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::fields::{
-    Issue, Object, Res, at, boolean, bounded, choice, list, number, string, strings,
-};
+use super::fields::{Issue, Object, Res, at, boolean, bounded, choice, list, number, string, strings};
 use super::values::{Duration, duration, secs};
 use super::yaml::{Node, Value};
 
@@ -103,12 +101,8 @@ pub struct Provisioning {
 /// The provisioning fields, as many of them as `o` allows (a fleet has no `fleets` or `instances`).
 pub(crate) fn provisioning(o: &Object) -> Res<Provisioning> {
     Ok(Provisioning {
-        fleets: o
-            .map("fleets", |n, p| each(n, p, fleet_ref))?
-            .unwrap_or_default(),
-        instances: o
-            .map("instances", |n, p| each(n, p, instance_selector))?
-            .unwrap_or_default(),
+        fleets: o.map("fleets", |n, p| each(n, p, fleet_ref))?.unwrap_or_default(),
+        instances: o.map("instances", |n, p| each(n, p, instance_selector))?.unwrap_or_default(),
         backends: o.map("backends", backends)?.unwrap_or_default(),
         regions: o.strings("regions")?,
         availability_zones: o.strings("availability_zones")?,
@@ -140,16 +134,8 @@ pub(crate) fn provisioning(o: &Object) -> Res<Provisioning> {
 }
 
 /// Applies `read` to each item of a list, with `path[i]` paths.
-pub(crate) fn each<T>(
-    node: &Node,
-    path: &str,
-    read: impl Fn(&Node, &str) -> Res<T>,
-) -> Res<Vec<T>> {
-    list(node, path)?
-        .iter()
-        .enumerate()
-        .map(|(i, item)| read(item, &at(path, i)))
-        .collect()
+pub(crate) fn each<T>(node: &Node, path: &str, read: impl Fn(&Node, &str) -> Res<T>) -> Res<Vec<T>> {
+    list(node, path)?.iter().enumerate().map(|(i, item)| read(item, &at(path, i))).collect()
 }
 
 const BACKENDS: [&str; 26] = [
@@ -188,9 +174,7 @@ fn backends(node: &Node, path: &str) -> Res<Vec<String>> {
             return Err(Issue::unsupported(
                 n.mark,
                 p,
-                format!(
-                    "Corral has no `{b}` backend: it runs on enrolled nodes (`remote`) and on AWS (`aws`)"
-                ),
+                format!("Corral has no `{b}` backend: it runs on enrolled nodes (`remote`) and on AWS (`aws`)"),
             ));
         }
         Ok(b.to_owned())
@@ -213,42 +197,22 @@ fn tags(node: &Node, path: &str) -> Res<BTreeMap<String, String>> {
         return Err(Issue::invalid(
             node.mark,
             path,
-            format!(
-                "expected a mapping of tag names to values, found {}",
-                node.kind()
-            ),
+            format!("expected a mapping of tag names to values, found {}", node.kind()),
         ));
     };
-    entries
-        .iter()
-        .map(|(k, v)| {
-            Ok((
-                string(k, path)?,
-                string(v, &super::fields::join(path, &k.text))?,
-            ))
-        })
-        .collect()
+    entries.iter().map(|(k, v)| Ok((string(k, path)?, string(v, &super::fields::join(path, &k.text))?))).collect()
 }
 
 /// `my-fleet`, `team-a/my-fleet`, or `{project:, name:}`.
 pub(crate) fn fleet_ref(node: &Node, path: &str) -> Res<FleetRef> {
     if matches!(node.value, Value::Map(_)) {
         let o = Object::new(node, path, "fleet reference", &["project", "name"])?;
-        return Ok(FleetRef {
-            project: o.string("project")?,
-            name: o.require("name", string)?,
-        });
+        return Ok(FleetRef { project: o.string("project")?, name: o.require("name", string)? });
     }
     let s = string(node, path)?;
     Ok(match s.split_once('/') {
-        Some((project, name)) => FleetRef {
-            project: Some(project.to_owned()),
-            name: name.to_owned(),
-        },
-        None => FleetRef {
-            project: None,
-            name: s,
-        },
+        Some((project, name)) => FleetRef { project: Some(project.to_owned()), name: name.to_owned() },
+        None => FleetRef { project: None, name: s },
     })
 }
 
@@ -256,12 +220,7 @@ fn instance_selector(node: &Node, path: &str) -> Res<InstanceSelector> {
     if !matches!(node.value, Value::Map(_)) {
         return Ok(InstanceSelector::Name(string(node, path)?));
     }
-    let o = Object::new(
-        node,
-        path,
-        "instance selector",
-        &["name", "hostname", "fleet", "instance"],
-    )?;
+    let o = Object::new(node, path, "instance selector", &["name", "hostname", "fleet", "instance"])?;
     if let Some(name) = o.string("name")? {
         return Ok(InstanceSelector::Name(name));
     }
@@ -276,29 +235,20 @@ fn instance_selector(node: &Node, path: &str) -> Res<InstanceSelector> {
 
 /// `retry: true`, `retry: false`, or `{on_events: [...], duration: 1h}`.
 pub(crate) fn retry(node: &Node, path: &str) -> Res<Option<RetrySpec>> {
-    let all = vec![
-        RetryEvent::NoCapacity,
-        RetryEvent::Interruption,
-        RetryEvent::Error,
-    ];
+    let all = vec![RetryEvent::NoCapacity, RetryEvent::Interruption, RetryEvent::Error];
     if let Value::Bool(b) = node.value {
-        return Ok(b.then_some(RetrySpec {
-            on_events: all,
-            duration_secs: None,
-        }));
+        return Ok(b.then_some(RetrySpec { on_events: all, duration_secs: None }));
     }
     let o = Object::new(node, path, "retry policy", &["on_events", "duration"])?;
     let on_events = match o.get("on_events") {
         None => all,
         Some(n) => {
             let events = each(n, &o.path("on_events"), |n, p| {
-                Ok(
-                    match choice(n, p, &["no-capacity", "interruption", "error"])? {
-                        "no-capacity" => RetryEvent::NoCapacity,
-                        "interruption" => RetryEvent::Interruption,
-                        _ => RetryEvent::Error,
-                    },
-                )
+                Ok(match choice(n, p, &["no-capacity", "interruption", "error"])? {
+                    "no-capacity" => RetryEvent::NoCapacity,
+                    "interruption" => RetryEvent::Interruption,
+                    _ => RetryEvent::Error,
+                })
             })?;
             if events.is_empty() {
                 return Err(Issue::invalid(
@@ -310,34 +260,19 @@ pub(crate) fn retry(node: &Node, path: &str) -> Res<Option<RetrySpec>> {
             events
         }
     };
-    Ok(Some(RetrySpec {
-        on_events,
-        duration_secs: o.map("duration", secs)?,
-    }))
+    Ok(Some(RetrySpec { on_events, duration_secs: o.map("duration", secs)? }))
 }
 
 pub(crate) fn registry_auth(node: &Node, path: &str) -> Res<RegistryAuth> {
     let o = Object::new(node, path, "registry_auth", &["username", "password"])?;
-    Ok(RegistryAuth {
-        username: o.require("username", string)?,
-        password: o.require("password", string)?,
-    })
+    Ok(RegistryAuth { username: o.require("username", string)?, password: o.require("password", string)? })
 }
 
 pub(crate) fn utilization_policy(node: &Node, path: &str) -> Res<UtilizationPolicy> {
-    let o = Object::new(
-        node,
-        path,
-        "utilization_policy",
-        &["min_gpu_utilization", "time_window"],
-    )?;
+    let o = Object::new(node, path, "utilization_policy", &["min_gpu_utilization", "time_window"])?;
     let time_window_secs = o.require("time_window", secs)?;
     if time_window_secs < 300 {
-        return Err(Issue::invalid(
-            o.key_mark("time_window"),
-            o.path("time_window"),
-            "must be at least 5m",
-        ));
+        return Err(Issue::invalid(o.key_mark("time_window"), o.path("time_window"), "must be at least 5m"));
     }
     Ok(UtilizationPolicy {
         min_gpu_utilization: o.require("min_gpu_utilization", |n, p| bounded(n, p, 0, 100))?,

@@ -17,22 +17,12 @@ pub(crate) struct Issue {
 
 impl Issue {
     pub fn invalid(mark: Mark, field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            mark,
-            field: field.into(),
-            message: message.into(),
-            unsupported: false,
-        }
+        Self { mark, field: field.into(), message: message.into(), unsupported: false }
     }
 
     /// A field or value that dstack accepts and Corral deliberately refuses.
     pub fn unsupported(mark: Mark, field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            mark,
-            field: field.into(),
-            message: message.into(),
-            unsupported: true,
-        }
+        Self { mark, field: field.into(), message: message.into(), unsupported: true }
     }
 
     pub fn into_error(self, file: &str) -> ConfigError {
@@ -51,11 +41,7 @@ pub(crate) type Res<T> = Result<T, Issue>;
 
 /// `resources` + `gpu` → `resources.gpu`.
 pub(crate) fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{path}.{key}")
-    }
+    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
 }
 
 /// `env` + 2 → `env[2]`.
@@ -107,19 +93,11 @@ impl<'a> Object<'a> {
                 return Err(Issue::invalid(key.mark, field, message));
             }
             if !seen.insert(name) {
-                return Err(Issue::invalid(
-                    key.mark,
-                    field,
-                    "set twice in the same mapping",
-                ));
+                return Err(Issue::invalid(key.mark, field, "set twice in the same mapping"));
             }
             entries.push((name, key.mark, value));
         }
-        Ok(Self {
-            path: path.to_owned(),
-            mark: node.mark,
-            entries,
-        })
+        Ok(Self { path: path.to_owned(), mark: node.mark, entries })
     }
 
     pub fn mark(&self) -> Mark {
@@ -133,18 +111,12 @@ impl<'a> Object<'a> {
 
     /// The value of `key`; `None` when absent or null (null means "the default", as in dstack).
     pub fn get(&self, key: &str) -> Option<&'a Node> {
-        self.entries
-            .iter()
-            .find(|(k, _, v)| *k == key && !v.is_null())
-            .map(|(_, _, v)| *v)
+        self.entries.iter().find(|(k, _, v)| *k == key && !v.is_null()).map(|(_, _, v)| *v)
     }
 
     /// Where `key` is written, or where the object starts when it is absent.
     pub fn key_mark(&self, key: &str) -> Mark {
-        self.entries
-            .iter()
-            .find(|(k, _, _)| *k == key)
-            .map_or(self.mark, |(_, m, _)| *m)
+        self.entries.iter().find(|(k, _, _)| *k == key).map_or(self.mark, |(_, m, _)| *m)
     }
 
     pub fn has(&self, key: &str) -> bool {
@@ -163,11 +135,7 @@ impl<'a> Object<'a> {
     pub fn require<T>(&self, key: &str, read: impl FnOnce(&'a Node, &str) -> Res<T>) -> Res<T> {
         match self.get(key) {
             Some(node) => read(node, &self.path(key)),
-            None => Err(Issue::invalid(
-                self.mark,
-                self.path(key),
-                "missing required field",
-            )),
+            None => Err(Issue::invalid(self.mark, self.path(key), "missing required field")),
         }
     }
 
@@ -194,11 +162,7 @@ impl<'a> Object<'a> {
 
 /// The name used for a whole-document error.
 fn field_name(path: &str) -> String {
-    if path.is_empty() {
-        "configuration".to_owned()
-    } else {
-        path.to_owned()
-    }
+    if path.is_empty() { "configuration".to_owned() } else { path.to_owned() }
 }
 
 /// A string; numbers are taken as written (`name: 2024` is "2024").
@@ -206,11 +170,7 @@ pub(crate) fn string(node: &Node, path: &str) -> Res<String> {
     match &node.value {
         Value::Str(s) => Ok(s.clone()),
         Value::Int(_) | Value::Float(_) => Ok(node.text.clone()),
-        _ => Err(Issue::invalid(
-            node.mark,
-            path,
-            format!("expected a string, found {}", node.kind()),
-        )),
+        _ => Err(Issue::invalid(node.mark, path, format!("expected a string, found {}", node.kind()))),
     }
 }
 
@@ -219,11 +179,7 @@ pub(crate) fn boolean(node: &Node, path: &str) -> Res<bool> {
         Value::Bool(b) => Ok(*b),
         Value::Str(s) if s.eq_ignore_ascii_case("true") => Ok(true),
         Value::Str(s) if s.eq_ignore_ascii_case("false") => Ok(false),
-        _ => Err(Issue::invalid(
-            node.mark,
-            path,
-            format!("expected true or false, found {}", node.kind()),
-        )),
+        _ => Err(Issue::invalid(node.mark, path, format!("expected true or false, found {}", node.kind()))),
     }
 }
 
@@ -235,13 +191,7 @@ pub(crate) fn integer(node: &Node, path: &str) -> Res<i64> {
         Value::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Some(*f as i64),
         _ => None,
     };
-    parsed.ok_or_else(|| {
-        Issue::invalid(
-            node.mark,
-            path,
-            format!("expected a whole number, found {}", describe(node)),
-        )
-    })
+    parsed.ok_or_else(|| Issue::invalid(node.mark, path, format!("expected a whole number, found {}", describe(node))))
 }
 
 /// A whole number within `min..=max`, converted to the target type.
@@ -268,32 +218,20 @@ pub(crate) fn number(node: &Node, path: &str) -> Res<f64> {
     };
     match parsed {
         Some(f) if f.is_finite() => Ok(f),
-        _ => Err(Issue::invalid(
-            node.mark,
-            path,
-            format!("expected a number, found {}", describe(node)),
-        )),
+        _ => Err(Issue::invalid(node.mark, path, format!("expected a number, found {}", describe(node)))),
     }
 }
 
 pub(crate) fn list<'a>(node: &'a Node, path: &str) -> Res<&'a [Node]> {
     match &node.value {
         Value::Seq(items) => Ok(items),
-        _ => Err(Issue::invalid(
-            node.mark,
-            path,
-            format!("expected a list, found {}", node.kind()),
-        )),
+        _ => Err(Issue::invalid(node.mark, path, format!("expected a list, found {}", node.kind()))),
     }
 }
 
 pub(crate) fn strings(node: &Node, path: &str) -> Res<Vec<String>> {
     let Value::Seq(items) = &node.value else {
-        let hint = if matches!(node.value, Value::Str(_)) {
-            " (put each item on its own `- ` line)"
-        } else {
-            ""
-        };
+        let hint = if matches!(node.value, Value::Str(_)) { " (put each item on its own `- ` line)" } else { "" };
         return Err(Issue::invalid(
             node.mark,
             path,
@@ -306,11 +244,7 @@ pub(crate) fn strings(node: &Node, path: &str) -> Res<Vec<String>> {
         .map(|(i, item)| match &item.value {
             Value::Str(s) => Ok(s.clone()),
             Value::Int(_) | Value::Float(_) => Ok(item.text.clone()),
-            _ => Err(Issue::invalid(
-                item.mark,
-                at(path, i),
-                format!("expected a string, found {}", item.kind()),
-            )),
+            _ => Err(Issue::invalid(item.mark, at(path, i), format!("expected a string, found {}", item.kind()))),
         })
         .collect()
 }
@@ -328,10 +262,7 @@ pub(crate) fn choice<'c>(node: &Node, path: &str, choices: &[&'c str]) -> Res<&'
     Err(Issue::invalid(
         node.mark,
         path,
-        format!(
-            "unknown value \"{s}\", expected one of: {}{hint}",
-            choices.join(", ")
-        ),
+        format!("unknown value \"{s}\", expected one of: {}{hint}", choices.join(", ")),
     ))
 }
 
@@ -370,9 +301,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
+            let mut best = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 best = best.min(d[i - 2][j - 2] + 1);
             }

@@ -125,11 +125,7 @@ pub(crate) fn fleet(doc: &Node) -> Res<FleetConfig> {
         nodes: o.map("nodes", nodes)?,
         placement: o
             .map("placement", |n, p| {
-                Ok(if choice(n, p, &["any", "cluster"])? == "cluster" {
-                    Placement::Cluster
-                } else {
-                    Placement::Any
-                })
+                Ok(if choice(n, p, &["any", "cluster"])? == "cluster" { Placement::Cluster } else { Placement::Any })
             })?
             .unwrap_or_default(),
         blocks: o.map("blocks", blocks)?.unwrap_or(Blocks::Count(1)),
@@ -147,37 +143,20 @@ fn nodes(node: &Node, path: &str) -> Res<FleetNodes> {
         Value::Map(_) => {
             let o = Object::new(node, path, "nodes", &["min", "target", "max"])?;
             let min = o.map("min", count)?.unwrap_or(0);
-            FleetNodes {
-                min,
-                target: o.map("target", count)?.unwrap_or(min),
-                max: o.map("max", count)?,
-            }
+            FleetNodes { min, target: o.map("target", count)?.unwrap_or(min), max: o.map("max", count)? }
         }
         Value::Str(s) if s.contains("..") => {
-            let r = super::resources::parse_count_range(s)
-                .map_err(|m| Issue::invalid(node.mark, path, m))?;
+            let r = super::resources::parse_count_range(s).map_err(|m| Issue::invalid(node.mark, path, m))?;
             let min = r.min.unwrap_or(0);
-            FleetNodes {
-                min,
-                target: min,
-                max: r.max,
-            }
+            FleetNodes { min, target: min, max: r.max }
         }
         _ => {
             let n = count(node, path)?;
-            FleetNodes {
-                min: n,
-                target: n,
-                max: Some(n),
-            }
+            FleetNodes { min: n, target: n, max: Some(n) }
         }
     };
     if spec.target < spec.min || spec.max.is_some_and(|m| m < spec.target) {
-        return Err(Issue::invalid(
-            node.mark,
-            path,
-            "need `min` <= `target` <= `max`",
-        ));
+        return Err(Issue::invalid(node.mark, path, "need `min` <= `target` <= `max`"));
     }
     Ok(spec)
 }
@@ -186,10 +165,7 @@ fn blocks(node: &Node, path: &str) -> Res<Blocks> {
     if matches!(&node.value, Value::Str(s) if s == "auto") {
         return Ok(Blocks::Auto);
     }
-    let n = integer(node, path).map_err(|e| Issue {
-        message: "expected a number of blocks or `auto`".into(),
-        ..e
-    })?;
+    let n = integer(node, path).map_err(|e| Issue { message: "expected a number of blocks or `auto`".into(), ..e })?;
     if n < 1 || n > i64::from(u32::MAX) {
         return Err(Issue::invalid(node.mark, path, "must be at least 1"));
     }
@@ -198,19 +174,11 @@ fn blocks(node: &Node, path: &str) -> Res<Blocks> {
 
 fn ssh_key(node: &Node, path: &str) -> Res<SshKey> {
     let o = Object::new(node, path, "ssh_key", &["public", "private"])?;
-    Ok(SshKey {
-        public: o.require("public", string)?,
-        private: o.string("private")?,
-    })
+    Ok(SshKey { public: o.require("public", string)?, private: o.string("private")? })
 }
 
 fn proxy(node: &Node, path: &str) -> Res<SshProxy> {
-    let o = Object::new(
-        node,
-        path,
-        "proxy_jump",
-        &["hostname", "port", "user", "identity_file", "ssh_key"],
-    )?;
+    let o = Object::new(node, path, "proxy_jump", &["hostname", "port", "user", "identity_file", "ssh_key"])?;
     Ok(SshProxy {
         hostname: o.require("hostname", string)?,
         port: o.map("port", port)?,
@@ -234,16 +202,7 @@ fn host(node: &Node, path: &str) -> Res<SshHost> {
             blocks: None,
         });
     }
-    let known = [
-        "hostname",
-        "port",
-        "user",
-        "identity_file",
-        "proxy_jump",
-        "internal_ip",
-        "ssh_key",
-        "blocks",
-    ];
+    let known = ["hostname", "port", "user", "identity_file", "proxy_jump", "internal_ip", "ssh_key", "blocks"];
     let o = Object::new(node, path, "host", &known)?;
     Ok(SshHost {
         hostname: o.require("hostname", string)?,
@@ -258,21 +217,12 @@ fn host(node: &Node, path: &str) -> Res<SshHost> {
 }
 
 fn ssh_config(node: &Node, path: &str) -> Res<SshConfig> {
-    let known = [
-        "user",
-        "port",
-        "identity_file",
-        "ssh_key",
-        "proxy_jump",
-        "hosts",
-        "network",
-    ];
+    let known = ["user", "port", "identity_file", "ssh_key", "proxy_jump", "hosts", "network"];
     let o = Object::new(node, path, "ssh_config", &known)?;
     let network = o.string("network")?;
     if let Some(net) = &network {
-        let ok = net
-            .split_once('/')
-            .is_some_and(|(ip, mask)| !ip.is_empty() && mask.parse::<u8>().is_ok_and(|m| m <= 128));
+        let ok =
+            net.split_once('/').is_some_and(|(ip, mask)| !ip.is_empty() && mask.parse::<u8>().is_ok_and(|m| m <= 128));
         if !ok {
             return Err(Issue::invalid(
                 o.key_mark("network"),

@@ -54,12 +54,7 @@ pub(crate) fn volume(node: &Node, path: &str) -> Res<InstanceMount> {
         )
     };
     let mount = if let Value::Map(_) = node.value {
-        let o = Object::new(
-            node,
-            path,
-            "volume",
-            &["name", "path", "instance_path", "optional"],
-        )?;
+        let o = Object::new(node, path, "volume", &["name", "path", "instance_path", "optional"])?;
         if o.has("name") {
             return Err(network("`name` names a network volume"));
         }
@@ -78,23 +73,13 @@ pub(crate) fn volume(node: &Node, path: &str) -> Res<InstanceMount> {
             ));
         };
         if !src.contains('/') {
-            return Err(network(&format!(
-                "`{src}` is a volume name, not a host path"
-            )));
+            return Err(network(&format!("`{src}` is a volume name, not a host path")));
         }
-        InstanceMount {
-            instance_path: src.to_owned(),
-            path: dest.to_owned(),
-            optional: false,
-        }
+        InstanceMount { instance_path: src.to_owned(), path: dest.to_owned(), optional: false }
     };
     for p in [&mount.instance_path, &mount.path] {
         if !p.starts_with('/') || p.split('/').any(|part| part == "..") {
-            return Err(Issue::invalid(
-                node.mark,
-                path,
-                format!("\"{p}\" must be an absolute path without `..`"),
-            ));
+            return Err(Issue::invalid(node.mark, path, format!("\"{p}\" must be an absolute path without `..`")));
         }
     }
     Ok(mount)
@@ -119,11 +104,7 @@ pub(crate) fn repo(node: &Node, path: &str) -> Res<RepoSpec> {
         spec.hash = o.string("hash")?;
         spec.path = o.string("path")?.unwrap_or(spec.path);
         if let Some(action) = o.map("if_exists", |n, p| choice(n, p, &["error", "skip"]))? {
-            spec.if_exists = if action == "skip" {
-                RepoExistsAction::Skip
-            } else {
-                RepoExistsAction::Error
-            };
+            spec.if_exists = if action == "skip" { RepoExistsAction::Skip } else { RepoExistsAction::Error };
         }
     } else {
         let s = string(node, path)?;
@@ -146,9 +127,7 @@ pub(crate) fn repo(node: &Node, path: &str) -> Res<RepoSpec> {
                 return Err(Issue::invalid(
                     node.mark,
                     path,
-                    format!(
-                        "cannot read \"{s}\" as a repo (`local/path[:container/path]` or a URL)"
-                    ),
+                    format!("cannot read \"{s}\" as a repo (`local/path[:container/path]` or a URL)"),
                 ));
             }
         };
@@ -162,16 +141,8 @@ pub(crate) fn repo(node: &Node, path: &str) -> Res<RepoSpec> {
         }
     }
     match (&spec.local_path, &spec.url) {
-        (Some(_), Some(_)) => Err(Issue::invalid(
-            node.mark,
-            path,
-            "`local_path` and `url` are mutually exclusive",
-        )),
-        (None, None) => Err(Issue::invalid(
-            node.mark,
-            path,
-            "set either `local_path` or `url`",
-        )),
+        (Some(_), Some(_)) => Err(Issue::invalid(node.mark, path, "`local_path` and `url` are mutually exclusive")),
+        (None, None) => Err(Issue::invalid(node.mark, path, "set either `local_path` or `url`")),
         _ => Ok(spec),
     }
 }
@@ -180,10 +151,7 @@ pub(crate) fn repo(node: &Node, path: &str) -> Res<RepoSpec> {
 pub(crate) fn file(node: &Node, path: &str) -> Res<FileMapping> {
     if let Value::Map(_) = node.value {
         let o = Object::new(node, path, "file mapping", &["local_path", "path"])?;
-        return Ok(FileMapping {
-            local_path: o.require("local_path", string)?,
-            path: o.require("path", string)?,
-        });
+        return Ok(FileMapping { local_path: o.require("local_path", string)?, path: o.require("path", string)? });
     }
     let s = string(node, path)?;
     let mut parts: Vec<&str> = s.split(':').collect();
@@ -193,18 +161,8 @@ pub(crate) fn file(node: &Node, path: &str) -> Res<FileMapping> {
         parts.splice(0..2, [joined.as_str()]);
     }
     match parts.as_slice() {
-        [one] => Ok(FileMapping {
-            local_path: (*one).to_owned(),
-            path: (*one).to_owned(),
-        }),
-        [local, dest] => Ok(FileMapping {
-            local_path: (*local).to_owned(),
-            path: (*dest).to_owned(),
-        }),
-        _ => Err(Issue::invalid(
-            node.mark,
-            path,
-            format!("cannot read \"{s}\" as `local/path[:container/path]`"),
-        )),
+        [one] => Ok(FileMapping { local_path: (*one).to_owned(), path: (*one).to_owned() }),
+        [local, dest] => Ok(FileMapping { local_path: (*local).to_owned(), path: (*dest).to_owned() }),
+        _ => Err(Issue::invalid(node.mark, path, format!("cannot read \"{s}\" as `local/path[:container/path]`"))),
     }
 }

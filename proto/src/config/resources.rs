@@ -5,9 +5,7 @@
 //! The string parsers are public so that the CLI can read the same syntax from flags; `format_*` write
 //! it back (`parse_gpu(&format_gpu(&g)) == g`).
 
-use crate::resources::{
-    CpuArch, CpuSpec, GB, GpuSpec, GpuVendor, MB, Memory, Range, ResourcesSpec,
-};
+use crate::resources::{CpuArch, CpuSpec, GB, GpuSpec, GpuVendor, MB, Memory, Range, ResourcesSpec};
 
 use super::fields::{Issue, Object, Res, bounded, describe, join, string};
 use super::yaml::{Node, Value};
@@ -16,12 +14,7 @@ pub const TB: u64 = 1 << 40;
 
 /// `resources:` (a mapping). Fields left out keep Corral's defaults ([`ResourcesSpec::default`]).
 pub(crate) fn resources(node: &Node, path: &str) -> Res<ResourcesSpec> {
-    let o = Object::new(
-        node,
-        path,
-        "resources",
-        &["cpu", "memory", "shm_size", "gpu", "disk"],
-    )?;
+    let o = Object::new(node, path, "resources", &["cpu", "memory", "shm_size", "gpu", "disk"])?;
     let mut spec = ResourcesSpec::default();
     if let Some(cpu) = o.map("cpu", cpu)? {
         spec.cpu = cpu;
@@ -49,39 +42,18 @@ fn cpu(node: &Node, path: &str) -> Res<CpuSpec> {
     let o = Object::new(node, path, "cpu", &["arch", "count", "min", "max"])?;
     let range_form = o.has("min") || o.has("max");
     if range_form && (o.has("arch") || o.has("count")) {
-        return Err(Issue::invalid(
-            o.mark(),
-            path,
-            "use either `min`/`max` or `arch`/`count`, not both",
-        ));
+        return Err(Issue::invalid(o.mark(), path, "use either `min`/`max` or `arch`/`count`, not both"));
     }
     if range_form {
-        return Ok(CpuSpec {
-            arch: None,
-            count: count_range(node, path)?,
-        });
+        return Ok(CpuSpec { arch: None, count: count_range(node, path)? });
     }
     let arch = o.map("arch", |n, p| {
         let s = string(n, p)?;
-        parse_arch(&s).ok_or_else(|| {
-            Issue::invalid(
-                n.mark,
-                p,
-                format!("unknown CPU architecture \"{s}\", expected x86 or arm"),
-            )
-        })
+        parse_arch(&s)
+            .ok_or_else(|| Issue::invalid(n.mark, p, format!("unknown CPU architecture \"{s}\", expected x86 or arm")))
     })?;
-    let count = o
-        .map("count", count_range)?
-        .unwrap_or_else(|| CpuSpec::default().count);
-    Ok(CpuSpec {
-        arch,
-        count: if count == Range::default() {
-            Range::at_least(1)
-        } else {
-            count
-        },
-    })
+    let count = o.map("count", count_range)?.unwrap_or_else(|| CpuSpec::default().count);
+    Ok(CpuSpec { arch, count: if count == Range::default() { Range::at_least(1) } else { count } })
 }
 
 /// A count or a range of counts: `2`, `"1..4"`, `{min: 1, max: 4}`.
@@ -92,18 +64,13 @@ pub(crate) fn count_range(node: &Node, path: &str) -> Res<Range<u32>> {
     let o = Object::new(node, path, "range", &["min", "max"])?;
     let min = o.map("min", |n, p| bounded::<u32>(n, p, 0, u32::MAX.into()))?;
     let max = o.map("max", |n, p| bounded::<u32>(n, p, 0, u32::MAX.into()))?;
-    check_range(Range { min, max }, |v| v.to_string())
-        .map_err(|m| Issue::invalid(node.mark, path, m))
+    check_range(Range { min, max }, |v| v.to_string()).map_err(|m| Issue::invalid(node.mark, path, m))
 }
 
 /// One size: `16GB`, `512MB`, `1TB`, `8` (GB).
 pub(crate) fn memory(node: &Node, path: &str) -> Res<Memory> {
     let text = scalar_text(node).ok_or_else(|| {
-        Issue::invalid(
-            node.mark,
-            path,
-            format!("expected a size such as 16GB, found {}", node.kind()),
-        )
+        Issue::invalid(node.mark, path, format!("expected a size such as 16GB, found {}", node.kind()))
     })?;
     parse_memory(text).map_err(|m| Issue::invalid(node.mark, path, m))
 }
@@ -114,10 +81,7 @@ pub(crate) fn memory_range(node: &Node, path: &str) -> Res<Range<Memory>> {
         return parse_memory_range(text).map_err(|m| Issue::invalid(node.mark, path, m));
     }
     let o = Object::new(node, path, "range", &["min", "max"])?;
-    let range = Range {
-        min: o.map("min", memory)?,
-        max: o.map("max", memory)?,
-    };
+    let range = Range { min: o.map("min", memory)?, max: o.map("max", memory)? };
     check_range(range, format_memory).map_err(|m| Issue::invalid(node.mark, path, m))
 }
 
@@ -133,23 +97,17 @@ fn gpu(node: &Node, path: &str) -> Res<GpuSpec> {
     if let Some(text) = scalar_text(node) {
         return parse_gpu(text).map_err(|m| Issue::invalid(node.mark, path, m));
     }
-    let known = [
-        "vendor",
-        "name",
-        "count",
-        "memory",
-        "total_memory",
-        "compute_capability",
-    ];
+    let known = ["vendor", "name", "count", "memory", "total_memory", "compute_capability"];
     let o = Object::new(node, path, "gpu", &known)?;
-    let mut spec = GpuSpec {
-        count: Range::at_least(1),
-        ..GpuSpec::default()
-    };
+    let mut spec = GpuSpec { count: Range::at_least(1), ..GpuSpec::default() };
     spec.vendor = o.map("vendor", |n, p| {
         let s = string(n, p)?;
         parse_vendor(&s).ok_or_else(|| {
-            Issue::invalid(n.mark, p, format!("unknown GPU vendor \"{s}\", expected nvidia, amd, google (or tpu), intel or tenstorrent"))
+            Issue::invalid(
+                n.mark,
+                p,
+                format!("unknown GPU vendor \"{s}\", expected nvidia, amd, google (or tpu), intel or tenstorrent"),
+            )
         })
     })?;
     spec.names = match o.get("name") {
@@ -170,20 +128,11 @@ fn gpu(node: &Node, path: &str) -> Res<GpuSpec> {
 /// `7.5`, `"7.5"`, `[7, 5]` → "7.5".
 fn compute_capability(node: &Node, path: &str) -> Res<String> {
     let bad = || {
-        Issue::invalid(
-            node.mark,
-            path,
-            format!(
-                "expected a compute capability such as 7.5, found {}",
-                describe(node)
-            ),
-        )
+        Issue::invalid(node.mark, path, format!("expected a compute capability such as 7.5, found {}", describe(node)))
     };
     let (major, minor) = match &node.value {
         Value::Float(_) | Value::Str(_) => node.text.trim().split_once('.').ok_or_else(bad)?,
-        Value::Seq(items)
-            if items.len() == 2 && items.iter().all(|i| matches!(i.value, Value::Int(_))) =>
-        {
+        Value::Seq(items) if items.len() == 2 && items.iter().all(|i| matches!(i.value, Value::Int(_))) => {
             (items[0].text.as_str(), items[1].text.as_str())
         }
         _ => return Err(bad()),
@@ -226,10 +175,7 @@ fn vendor_word(v: GpuVendor) -> &'static str {
 /// `4`, `8..`, `..64`, `x86:8..`, `arm:4`.
 pub fn parse_cpu(text: &str) -> Result<CpuSpec, String> {
     let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-    let mut spec = CpuSpec {
-        arch: None,
-        count: Range::at_least(1),
-    };
+    let mut spec = CpuSpec { arch: None, count: Range::at_least(1) };
     let mut count_seen = false;
     for token in compact.split(':') {
         if let Some(arch) = parse_arch(token) {
@@ -237,9 +183,7 @@ pub fn parse_cpu(text: &str) -> Result<CpuSpec, String> {
                 return Err(format!("two CPU architectures in \"{text}\""));
             }
         } else if token.starts_with(|c: char| c.is_ascii_alphabetic()) {
-            return Err(format!(
-                "unknown CPU architecture \"{token}\" in \"{text}\", expected x86 or arm"
-            ));
+            return Err(format!("unknown CPU architecture \"{token}\" in \"{text}\", expected x86 or arm"));
         } else {
             if count_seen {
                 return Err(format!("two CPU counts in \"{text}\""));
@@ -262,15 +206,10 @@ fn count_range_in(part: &str, whole: &str) -> Result<Range<u32>, String> {
         if s.is_empty() {
             return Ok(None);
         }
-        s.parse::<u32>()
-            .map(Some)
-            .map_err(|_| format!("cannot read \"{s}\" in \"{whole}\" as a count"))
+        s.parse::<u32>().map(Some).map_err(|_| format!("cannot read \"{s}\" in \"{whole}\" as a count"))
     };
     let range = match part.trim().split_once("..") {
-        Some((a, b)) => Range {
-            min: one(a.trim())?,
-            max: one(b.trim())?,
-        },
+        Some((a, b)) => Range { min: one(a.trim())?, max: one(b.trim())? },
         None => Range::exactly(one(part.trim())?.ok_or_else(|| "expected a count".to_owned())?),
     };
     check_range(range, |v| v.to_string())
@@ -283,23 +222,19 @@ pub fn parse_memory(text: &str) -> Result<Memory, String> {
 
 fn memory_in(part: &str, whole: &str) -> Result<Memory, String> {
     let compact: String = part.chars().filter(|c| !c.is_whitespace()).collect();
-    let split = compact
-        .find(|c: char| c.is_alphabetic())
-        .unwrap_or(compact.len());
+    let split = compact.find(|c: char| c.is_alphabetic()).unwrap_or(compact.len());
     let (number, unit) = compact.split_at(split);
     let scale = match unit.to_ascii_lowercase().as_str() {
         "" | "gb" => GB,
         "mb" => MB,
         "tb" => TB,
         _ => {
-            return Err(format!(
-                "unknown memory unit \"{unit}\" in \"{whole}\" (use MB, GB or TB)"
-            ));
+            return Err(format!("unknown memory unit \"{unit}\" in \"{whole}\" (use MB, GB or TB)"));
         }
     };
-    let n: f64 = number.parse().map_err(|_| {
-        format!("cannot read \"{part}\" in \"{whole}\" as a size (e.g. 512MB, 80GB, 1TB)")
-    })?;
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("cannot read \"{part}\" in \"{whole}\" as a size (e.g. 512MB, 80GB, 1TB)"))?;
     let bytes = (n * scale as f64).round();
     if !(0.0..1.8e19).contains(&bytes) {
         return Err(format!("\"{part}\" in \"{whole}\" is not a usable size"));
@@ -314,30 +249,18 @@ pub fn parse_memory_range(text: &str) -> Result<Range<Memory>, String> {
 
 fn memory_range_in(part: &str, whole: &str) -> Result<Range<Memory>, String> {
     let one = |s: &str| -> Result<Option<Memory>, String> {
-        if s.trim().is_empty() {
-            Ok(None)
-        } else {
-            memory_in(s, whole).map(Some)
-        }
+        if s.trim().is_empty() { Ok(None) } else { memory_in(s, whole).map(Some) }
     };
     let range = match part.split_once("..") {
-        Some((a, b)) => Range {
-            min: one(a)?,
-            max: one(b)?,
-        },
+        Some((a, b)) => Range { min: one(a)?, max: one(b)? },
         None => Range::exactly(memory_in(part, whole)?),
     };
     check_range(range, format_memory)
 }
 
-fn check_range<T: PartialOrd + Copy>(
-    range: Range<T>,
-    show: impl Fn(T) -> String,
-) -> Result<Range<T>, String> {
+fn check_range<T: PartialOrd + Copy>(range: Range<T>, show: impl Fn(T) -> String) -> Result<Range<T>, String> {
     match (range.min, range.max) {
-        (None, None) => {
-            Err("empty range `..`: give a lower bound, an upper bound or both".to_owned())
-        }
+        (None, None) => Err("empty range `..`: give a lower bound, an upper bound or both".to_owned()),
         (Some(a), Some(b)) if a > b => Err(format!("range {}..{} is backwards", show(a), show(b))),
         _ => Ok(range),
     }
@@ -348,10 +271,7 @@ fn check_range<T: PartialOrd + Copy>(
 /// memory (`80GB`, `24GB..`: has a unit), or a count (`2`, `1..8`). A bare count is `gpu: 2`.
 pub fn parse_gpu(text: &str) -> Result<GpuSpec, String> {
     let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-    let mut spec = GpuSpec {
-        count: Range::at_least(1),
-        ..GpuSpec::default()
-    };
+    let mut spec = GpuSpec { count: Range::at_least(1), ..GpuSpec::default() };
     let (mut names_seen, mut count_seen) = (false, false);
     for token in compact.split(':') {
         let conflict = |what: &str| Err(format!("\"{text}\" gives the GPU {what} twice"));
@@ -401,11 +321,7 @@ fn infer_tpu(spec: &mut GpuSpec) -> Result<(), String> {
         match spec.vendor {
             None | Some(GpuVendor::Google) => spec.vendor = Some(GpuVendor::Google),
             Some(v) => {
-                return Err(format!(
-                    "{} is a Google TPU, not a {} device",
-                    spec.names.join(","),
-                    vendor_word(v)
-                ));
+                return Err(format!("{} is a Google TPU, not a {} device", spec.names.join(","), vendor_word(v)));
             }
         }
     }

@@ -193,15 +193,8 @@ pub(crate) fn common(o: &Object) -> Res<Common> {
         "docker",
         "Docker inside the container needs dstack's docker-in-docker base image, which Corral does not provide yet",
     )?;
-    common::refuse_true(
-        o,
-        "dstack",
-        "Corral does not expose its coordinator inside runs",
-    )?;
-    o.refuse(
-        "schedule",
-        "scheduled runs are not supported yet: Corral starts a run when it is applied",
-    )?;
+    common::refuse_true(o, "dstack", "Corral does not expose its coordinator inside runs")?;
+    o.refuse("schedule", "scheduled runs are not supported yet: Corral starts a run when it is applied")?;
     // `home_dir` and `single_branch` have no effect in dstack 0.22.5; `backend_options` apply to
     // vast.ai offers only, which Corral never has. They are accepted and ignored.
     let image = o.string("image")?;
@@ -213,15 +206,9 @@ pub(crate) fn common(o: &Object) -> Res<Common> {
             "`image` and `python` are mutually exclusive: the image decides which Python there is",
         ));
     }
-    let repos = o
-        .map("repos", |n, p| each(n, p, mounts::repo))?
-        .unwrap_or_default();
+    let repos = o.map("repos", |n, p| each(n, p, mounts::repo))?.unwrap_or_default();
     if repos.len() > 1 {
-        return Err(Issue::invalid(
-            o.key_mark("repos"),
-            "repos[1]",
-            "only one repo is supported (as in dstack)",
-        ));
+        return Err(Issue::invalid(o.key_mark("repos"), "repos[1]", "only one repo is supported (as in dstack)"));
     }
     let stop_duration_secs = match o.map("stop_duration", duration)? {
         None | Some(Duration::Default) => Some(DEFAULT_STOP_DURATION_SECS),
@@ -242,13 +229,9 @@ pub(crate) fn common(o: &Object) -> Res<Common> {
         shell: o.map("shell", shell)?,
         resources: o.map("resources", resources)?.unwrap_or_default(),
         priority: o.map("priority", |n, p| bounded(n, p, 0, 100))?,
-        volumes: o
-            .map("volumes", |n, p| each(n, p, mounts::volume))?
-            .unwrap_or_default(),
+        volumes: o.map("volumes", |n, p| each(n, p, mounts::volume))?.unwrap_or_default(),
         repos,
-        files: o
-            .map("files", |n, p| each(n, p, mounts::file))?
-            .unwrap_or_default(),
+        files: o.map("files", |n, p| each(n, p, mounts::file))?.unwrap_or_default(),
         setup: common::commands(o, "setup")?,
         retry: o.map("retry", common::retry)?.flatten(),
         max_duration_secs: o.map("max_duration", off_duration)?.flatten(),
@@ -256,24 +239,20 @@ pub(crate) fn common(o: &Object) -> Res<Common> {
         utilization_policy: o.map("utilization_policy", common::utilization_policy)?,
         startup_order: o
             .map("startup_order", |n, p| {
-                Ok(
-                    match choice(n, p, &["any", "master-first", "workers-first"])? {
-                        "master-first" => StartupOrder::MasterFirst,
-                        "workers-first" => StartupOrder::WorkersFirst,
-                        _ => StartupOrder::Any,
-                    },
-                )
+                Ok(match choice(n, p, &["any", "master-first", "workers-first"])? {
+                    "master-first" => StartupOrder::MasterFirst,
+                    "workers-first" => StartupOrder::WorkersFirst,
+                    _ => StartupOrder::Any,
+                })
             })?
             .unwrap_or_default(),
         stop_criteria: o
             .map("stop_criteria", |n, p| {
-                Ok(
-                    if choice(n, p, &["all-done", "master-done"])? == "master-done" {
-                        StopCriteria::MasterDone
-                    } else {
-                        StopCriteria::AllDone
-                    },
-                )
+                Ok(if choice(n, p, &["all-done", "master-done"])? == "master-done" {
+                    StopCriteria::MasterDone
+                } else {
+                    StopCriteria::AllDone
+                })
             })?
             .unwrap_or_default(),
         provisioning: common::provisioning(o)?,
@@ -285,37 +264,24 @@ fn shell(node: &Node, path: &str) -> Res<String> {
     if s == "sh" || s == "bash" || s.starts_with('/') {
         return Ok(s);
     }
-    Err(Issue::invalid(
-        node.mark,
-        path,
-        format!("\"{s}\" is not a shell: use `sh`, `bash`, or an absolute path"),
-    ))
+    Err(Issue::invalid(node.mark, path, format!("\"{s}\" is not a shell: use `sh`, `bash`, or an absolute path")))
 }
 
 /// dstack's rule for tasks and services: something must run.
-pub(crate) fn require_commands_or_image(
-    o: &Object,
-    commands: &[String],
-    image: &Option<String>,
-) -> Res<()> {
+pub(crate) fn require_commands_or_image(o: &Object, commands: &[String], image: &Option<String>) -> Res<()> {
     if commands.is_empty() && image.is_none() {
-        return Err(Issue::invalid(
-            o.mark(),
-            "commands",
-            "set `commands`, `image`, or both: there is nothing to run",
-        ));
+        return Err(Issue::invalid(o.mark(), "commands", "set `commands`, `image`, or both: there is nothing to run"));
     }
     Ok(())
 }
 
 pub(crate) fn task(doc: &Node) -> Res<TaskConfig> {
-    let known: Vec<&str> = RUN_FIELDS
-        .iter()
-        .copied()
-        .chain(["nodes", "groups", "ports", "commands"])
-        .collect();
+    let known: Vec<&str> = RUN_FIELDS.iter().copied().chain(["nodes", "groups", "ports", "commands"]).collect();
     let o = super::object(doc, "task", &known)?;
-    o.refuse("groups", "heterogeneous node groups are not supported yet; use `nodes` with one set of `commands` and `resources`")?;
+    o.refuse(
+        "groups",
+        "heterogeneous node groups are not supported yet; use `nodes` with one set of `commands` and `resources`",
+    )?;
     let c = common(&o)?;
     let commands = common::commands(&o, "commands")?;
     require_commands_or_image(&o, &commands, &c.image)?;
@@ -329,9 +295,7 @@ pub(crate) fn task(doc: &Node) -> Res<TaskConfig> {
         max_duration_secs: c.max_duration_secs,
         stop_duration_secs: c.stop_duration_secs,
         resources: c.resources,
-        nodes: o
-            .map("nodes", |n, p| bounded(n, p, 1, u32::MAX.into()))?
-            .unwrap_or(1),
+        nodes: o.map("nodes", |n, p| bounded(n, p, 1, u32::MAX.into()))?.unwrap_or(1),
         priority: c.priority,
         python: c.python,
         nvcc: c.nvcc,
@@ -352,11 +316,8 @@ pub(crate) fn task(doc: &Node) -> Res<TaskConfig> {
 }
 
 pub(crate) fn dev_environment(doc: &Node) -> Res<DevEnvironmentConfig> {
-    let known: Vec<&str> = RUN_FIELDS
-        .iter()
-        .copied()
-        .chain(["ide", "version", "init", "inactivity_duration", "ports"])
-        .collect();
+    let known: Vec<&str> =
+        RUN_FIELDS.iter().copied().chain(["ide", "version", "init", "inactivity_duration", "ports"]).collect();
     let o = super::object(doc, "dev-environment", &known)?;
     let c = common(&o)?;
     if c.entrypoint.is_some() {
@@ -367,31 +328,25 @@ pub(crate) fn dev_environment(doc: &Node) -> Res<DevEnvironmentConfig> {
         ));
     }
     let ide = o.map("ide", |n, p| {
-        Ok(
-            match choice(n, p, &["vscode", "cursor", "windsurf", "zed"])? {
-                "vscode" => Ide::Vscode,
-                "cursor" => Ide::Cursor,
-                "windsurf" => Ide::Windsurf,
-                _ => Ide::Zed,
-            },
-        )
+        Ok(match choice(n, p, &["vscode", "cursor", "windsurf", "zed"])? {
+            "vscode" => Ide::Vscode,
+            "cursor" => Ide::Cursor,
+            "windsurf" => Ide::Windsurf,
+            _ => Ide::Zed,
+        })
     })?;
     let version = o.string("version")?;
     if let (Some(Ide::Windsurf), Some(v)) = (ide, &version) {
         let ok = v.split_once('@').is_some_and(|(ver, commit)| {
             !ver.is_empty()
                 && !commit.is_empty()
-                && commit
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                && commit.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         });
         if !ok {
             return Err(Issue::invalid(
                 o.key_mark("version"),
                 "version",
-                format!(
-                    "\"{v}\" is not a Windsurf version: use `version@commit`, e.g. 1.106.0@8951cd3a"
-                ),
+                format!("\"{v}\" is not a Windsurf version: use `version@commit`, e.g. 1.106.0@8951cd3a"),
             ));
         }
     }

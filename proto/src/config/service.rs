@@ -134,16 +134,10 @@ pub(crate) fn service(doc: &Node) -> Res<ServiceConfig> {
     let known: Vec<&str> = RUN_FIELDS.iter().copied().chain(SERVICE_FIELDS).collect();
     let o = super::object(doc, "service", &known)?;
     o.refuse("groups", GROUPS)?;
-    if let Some(n) = o
-        .get("replicas")
-        .filter(|n| matches!(n.value, Value::Seq(_)))
-    {
+    if let Some(n) = o.get("replicas").filter(|n| matches!(n.value, Value::Seq(_))) {
         return Err(Issue::unsupported(n.mark, "replicas", GROUPS));
     }
-    if let Some(g) = o
-        .get("gateway")
-        .filter(|g| !matches!(g.value, Value::Bool(false)))
-    {
+    if let Some(g) = o.get("gateway").filter(|g| !matches!(g.value, Value::Bool(false))) {
         return Err(Issue::unsupported(
             g.mark,
             "gateway",
@@ -151,13 +145,7 @@ pub(crate) fn service(doc: &Node) -> Res<ServiceConfig> {
         ));
     }
     // `https` only matters with a gateway, which Corral refuses above; read it to check its type.
-    o.map("https", |n, p| {
-        if matches!(n.value, Value::Str(ref s) if s == "auto") {
-            Ok(true)
-        } else {
-            boolean(n, p)
-        }
-    })?;
+    o.map("https", |n, p| if matches!(n.value, Value::Str(ref s) if s == "auto") { Ok(true) } else { boolean(n, p) })?;
     let c = common(&o)?;
     let commands = common::commands(&o, "commands")?;
     require_commands_or_image(&o, &commands, &c.image)?;
@@ -180,27 +168,16 @@ pub(crate) fn service(doc: &Node) -> Res<ServiceConfig> {
     let probes = o.map("probes", |n, p| each(n, p, probe))?;
     let list = probes.as_deref().unwrap_or_default();
     if let Some(i) = (1..list.len()).find(|&i| list[..i].contains(&list[i])) {
-        return Err(Issue::invalid(
-            o.key_mark("probes"),
-            format!("probes[{i}]"),
-            "the same probe is given twice",
-        ));
+        return Err(Issue::invalid(o.key_mark("probes"), format!("probes[{i}]"), "the same probe is given twice"));
     }
-    let rate_limits = o
-        .map("rate_limits", |n, p| each(n, p, rate_limit))?
-        .unwrap_or_default();
-    if let Some(i) = (1..rate_limits.len()).find(|&i| {
-        rate_limits[..i]
-            .iter()
-            .any(|r| r.prefix == rate_limits[i].prefix)
-    }) {
+    let rate_limits = o.map("rate_limits", |n, p| each(n, p, rate_limit))?.unwrap_or_default();
+    if let Some(i) =
+        (1..rate_limits.len()).find(|&i| rate_limits[..i].iter().any(|r| r.prefix == rate_limits[i].prefix))
+    {
         return Err(Issue::invalid(
             o.key_mark("rate_limits"),
             format!("rate_limits[{i}]"),
-            format!(
-                "prefix \"{}\" has two limits; give each prefix one",
-                rate_limits[i].prefix
-            ),
+            format!("prefix \"{}\" has two limits; give each prefix one", rate_limits[i].prefix),
         ));
     }
     Ok(ServiceConfig {
@@ -240,16 +217,11 @@ pub(crate) fn service(doc: &Node) -> Res<ServiceConfig> {
 /// `8000`, `"80:8000"`, `{container_port: 8000}`: only the container port matters, as in dstack.
 fn service_port(node: &Node, path: &str) -> Res<u16> {
     match &node.value {
-        Value::Str(s) => parse_port_mapping(s).map(|m| m.container).ok_or_else(|| {
-            Issue::invalid(node.mark, path, format!("cannot read \"{s}\" as a port"))
-        }),
+        Value::Str(s) => parse_port_mapping(s)
+            .map(|m| m.container)
+            .ok_or_else(|| Issue::invalid(node.mark, path, format!("cannot read \"{s}\" as a port"))),
         Value::Map(_) => {
-            let o = Object::new(
-                node,
-                path,
-                "port mapping",
-                &["local_port", "container_port"],
-            )?;
+            let o = Object::new(node, path, "port mapping", &["local_port", "container_port"])?;
             o.map("local_port", port)?;
             o.require("container_port", port)
         }
@@ -260,37 +232,18 @@ fn service_port(node: &Node, path: &str) -> Res<u16> {
 fn replicas(node: &Node, path: &str) -> Res<Range<u32>> {
     let mut r = count_range(node, path)?;
     if r.max.is_none() {
-        return Err(Issue::invalid(
-            node.mark,
-            path,
-            "give the maximum number of replicas, e.g. `0..4`",
-        ));
+        return Err(Issue::invalid(node.mark, path, "give the maximum number of replicas, e.g. `0..4`"));
     }
     r.min.get_or_insert(0);
     Ok(r)
 }
 
 fn scaling(node: &Node, path: &str) -> Res<ScalingSpec> {
-    let o = Object::new(
-        node,
-        path,
-        "scaling",
-        &[
-            "metric",
-            "target",
-            "window",
-            "scale_up_delay",
-            "scale_down_delay",
-        ],
-    )?;
+    let o = Object::new(node, path, "scaling", &["metric", "target", "window", "scale_up_delay", "scale_down_delay"])?;
     o.require("metric", |n, p| choice(n, p, &["rps"]))?;
     let target = o.require("target", number)?;
     if target <= 0.0 {
-        return Err(Issue::invalid(
-            o.key_mark("target"),
-            o.path("target"),
-            "must be more than 0",
-        ));
+        return Err(Issue::invalid(o.key_mark("target"), o.path("target"), "must be more than 0"));
     }
     let window_secs = o.map("window", secs)?;
     if let Some(w) = window_secs.filter(|w| ![30, 60, 300].contains(w)) {
@@ -310,24 +263,9 @@ fn scaling(node: &Node, path: &str) -> Res<ScalingSpec> {
 
 fn model(node: &Node, path: &str) -> Res<ModelSpec> {
     if !matches!(node.value, Value::Map(_)) {
-        return Ok(ModelSpec {
-            name: string(node, path)?,
-            prefix: "/v1".into(),
-        });
+        return Ok(ModelSpec { name: string(node, path)?, prefix: "/v1".into() });
     }
-    let o = Object::new(
-        node,
-        path,
-        "model",
-        &[
-            "type",
-            "name",
-            "format",
-            "prefix",
-            "chat_template",
-            "eos_token",
-        ],
-    )?;
+    let o = Object::new(node, path, "model", &["type", "name", "format", "prefix", "chat_template", "eos_token"])?;
     o.map("type", |n, p| choice(n, p, &["chat"]))?;
     if o.require("format", |n, p| choice(n, p, &["openai", "tgi"]))? == "tgi" {
         return Err(Issue::unsupported(
@@ -338,31 +276,14 @@ fn model(node: &Node, path: &str) -> Res<ModelSpec> {
     }
     for key in ["chat_template", "eos_token"] {
         if o.has(key) {
-            return Err(Issue::invalid(
-                o.key_mark(key),
-                o.path(key),
-                "only used with `format: tgi`",
-            ));
+            return Err(Issue::invalid(o.key_mark(key), o.path(key), "only used with `format: tgi`"));
         }
     }
-    Ok(ModelSpec {
-        name: o.require("name", string)?,
-        prefix: o.string("prefix")?.unwrap_or_else(|| "/v1".into()),
-    })
+    Ok(ModelSpec { name: o.require("name", string)?, prefix: o.string("prefix")?.unwrap_or_else(|| "/v1".into()) })
 }
 
 fn probe(node: &Node, path: &str) -> Res<ProbeSpec> {
-    let known = [
-        "type",
-        "url",
-        "method",
-        "headers",
-        "body",
-        "timeout",
-        "interval",
-        "ready_after",
-        "until_ready",
-    ];
+    let known = ["type", "url", "method", "headers", "body", "timeout", "interval", "ready_after", "until_ready"];
     let o = Object::new(node, path, "probe", &known)?;
     o.require("type", |n, p| choice(n, p, &["http"]))?;
     let url = o.string("url")?.unwrap_or_else(|| "/".into());
@@ -373,9 +294,7 @@ fn probe(node: &Node, path: &str) -> Res<ProbeSpec> {
             "must be a path starting with `/`, printable, at most 2048 characters",
         ));
     }
-    let method = match o.map("method", |n, p| {
-        choice(n, p, &["get", "post", "put", "delete", "patch", "head"])
-    })? {
+    let method = match o.map("method", |n, p| choice(n, p, &["get", "post", "put", "delete", "patch", "head"]))? {
         None | Some("get") => HttpMethod::Get,
         Some("post") => HttpMethod::Post,
         Some("put") => HttpMethod::Put,
@@ -383,24 +302,14 @@ fn probe(node: &Node, path: &str) -> Res<ProbeSpec> {
         Some("patch") => HttpMethod::Patch,
         Some(_) => HttpMethod::Head,
     };
-    let headers = o
-        .map("headers", |n, p| each(n, p, header))?
-        .unwrap_or_default();
+    let headers = o.map("headers", |n, p| each(n, p, header))?.unwrap_or_default();
     if headers.len() > 16 {
-        return Err(Issue::invalid(
-            o.key_mark("headers"),
-            o.path("headers"),
-            "at most 16 headers",
-        ));
+        return Err(Issue::invalid(o.key_mark("headers"), o.path("headers"), "at most 16 headers"));
     }
     let body = o.string("body")?;
     if let Some(b) = &body {
         if b.is_empty() || b.len() > 2048 {
-            return Err(Issue::invalid(
-                o.key_mark("body"),
-                o.path("body"),
-                "must be 1 to 2048 characters",
-            ));
+            return Err(Issue::invalid(o.key_mark("body"), o.path("body"), "must be 1 to 2048 characters"));
         }
         if matches!(method, HttpMethod::Get | HttpMethod::Head) {
             return Err(Issue::invalid(
@@ -412,11 +321,7 @@ fn probe(node: &Node, path: &str) -> Res<ProbeSpec> {
     }
     let at_least_1s = |n: &Node, p: &str| -> Res<u64> {
         let s = secs(n, p)?;
-        if s < 1 {
-            Err(Issue::invalid(n.mark, p, "must be at least 1s"))
-        } else {
-            Ok(s)
-        }
+        if s < 1 { Err(Issue::invalid(n.mark, p, "must be at least 1s")) } else { Ok(s) }
     };
     Ok(ProbeSpec {
         url,
@@ -425,9 +330,7 @@ fn probe(node: &Node, path: &str) -> Res<ProbeSpec> {
         body,
         timeout_secs: o.map("timeout", at_least_1s)?.unwrap_or(10),
         interval_secs: o.map("interval", at_least_1s)?.unwrap_or(15),
-        ready_after: o
-            .map("ready_after", |n, p| bounded(n, p, 1, u32::MAX.into()))?
-            .unwrap_or(1),
+        ready_after: o.map("ready_after", |n, p| bounded(n, p, 1, u32::MAX.into()))?.unwrap_or(1),
         until_ready: o.boolean("until_ready")?.unwrap_or(false),
     })
 }
@@ -466,19 +369,14 @@ fn rate_limit(node: &Node, path: &str) -> Res<RateLimit> {
             match k.require("type", |n, p| choice(n, p, &["ip_address", "header"]))? {
                 "ip_address" => {
                     k.refuse("header", "only used with `type: header`")
-                        .map_err(|e| Issue {
-                            unsupported: false,
-                            ..e
-                        })?;
+                        .map_err(|e| Issue { unsupported: false, ..e })?;
                     RateLimitKey::IpAddress
                 }
                 _ => {
                     let h = k.require("header", string)?;
                     if h.is_empty()
                         || h.len() > 500
-                        || !h
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                        || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                     {
                         return Err(Issue::invalid(
                             k.key_mark("header"),
@@ -493,19 +391,8 @@ fn rate_limit(node: &Node, path: &str) -> Res<RateLimit> {
     };
     let rps = o.require("rps", number)?;
     if !(1.0 / 60.0..=(i64::MAX / 60) as f64).contains(&rps) {
-        return Err(Issue::invalid(
-            o.key_mark("rps"),
-            o.path("rps"),
-            "must be at least 1/60 (one request a minute)",
-        ));
+        return Err(Issue::invalid(o.key_mark("rps"), o.path("rps"), "must be at least 1/60 (one request a minute)"));
     }
-    let burst = o
-        .map("burst", |n, p| bounded(n, p, 0, i64::MAX))?
-        .unwrap_or(0);
-    Ok(RateLimit {
-        prefix,
-        key,
-        rps,
-        burst,
-    })
+    let burst = o.map("burst", |n, p| bounded(n, p, 0, i64::MAX))?.unwrap_or(0);
+    Ok(RateLimit { prefix, key, rps, burst })
 }

@@ -47,10 +47,7 @@ fn a_simple_task() {
     assert_eq!(t.stop_duration_secs, Some(300));
     assert_eq!((t.nodes, t.priority), (2, Some(50)));
     let gpu = t.resources.gpu.expect("gpu");
-    assert_eq!(
-        (gpu.names, gpu.count),
-        (vec!["A100".to_owned()], Range::exactly(2))
-    );
+    assert_eq!((gpu.names, gpu.count), (vec!["A100".to_owned()], Range::exactly(2)));
     assert_eq!(gpu.memory, Some(Range::exactly(Memory::gb(80))));
     assert_eq!(t.resources.shm_size, Some(Memory::gb(16)));
 }
@@ -61,10 +58,7 @@ fn unknown_field_suggests_the_near_miss() {
     assert_eq!(at(&e), (2, 1, "comands"));
     assert_eq!(e.message, "unknown field, did you mean `commands`?");
     assert!(!e.unsupported);
-    assert_eq!(
-        e.to_string(),
-        "test.dstack.yml:2:1: comands: unknown field, did you mean `commands`?"
-    );
+    assert_eq!(e.to_string(), "test.dstack.yml:2:1: comands: unknown field, did you mean `commands`?");
 
     let e = err("type: task\ncommands: [x]\nresources:\n  gpus: 2\n");
     assert_eq!(at(&e), (4, 3, "resources.gpus"));
@@ -80,10 +74,7 @@ fn unknown_field_suggests_the_near_miss() {
 fn bad_gpu_memory_unit() {
     let e = err("type: task\nimage: ubuntu\nresources:\n  gpu: \"A100:80GX\"\n");
     assert_eq!(at(&e), (4, 8, "resources.gpu"));
-    assert_eq!(
-        e.message,
-        "unknown memory unit \"GX\" in \"A100:80GX\" (use MB, GB or TB)"
-    );
+    assert_eq!(e.message, "unknown memory unit \"GX\" in \"A100:80GX\" (use MB, GB or TB)");
     assert_eq!(
         e.to_string(),
         "test.dstack.yml:4:8: resources.gpu: unknown memory unit \"GX\" in \"A100:80GX\" (use MB, GB or TB)"
@@ -102,44 +93,23 @@ fn priority_is_0_to_100() {
     let e = err("type: task\ncommands: [x]\npriority: 101\n");
     assert_eq!(at(&e), (3, 11, "priority"));
     assert_eq!(e.message, "must be between 0 and 100, found 101");
-    assert_eq!(
-        task("type: task\ncommands: [x]\npriority: 0\n").priority,
-        Some(0)
-    );
+    assert_eq!(task("type: task\ncommands: [x]\npriority: 0\n").priority, Some(0));
 }
 
 #[test]
 fn other_field_rules() {
-    assert_eq!(
-        at(&err("type: task\ncommands: [x]\nnodes: 0\n")),
-        (3, 8, "nodes")
-    );
+    assert_eq!(at(&err("type: task\ncommands: [x]\nnodes: 0\n")), (3, 8, "nodes"));
     let e = err("type: task\nname: My_Run\ncommands: [x]\n");
     assert_eq!(at(&e), (2, 7, "name"));
     assert!(e.message.contains("not a valid name"));
-    assert!(
-        err("type: task\nname: a\ncommands: [x]\n")
-            .message
-            .contains("2 to 41")
-    );
-    task(&format!(
-        "type: task\nname: a{}\ncommands: [x]\n",
-        "b".repeat(40)
-    ));
-    err(&format!(
-        "type: task\nname: a{}\ncommands: [x]\n",
-        "b".repeat(41)
-    ));
+    assert!(err("type: task\nname: a\ncommands: [x]\n").message.contains("2 to 41"));
+    task(&format!("type: task\nname: a{}\ncommands: [x]\n", "b".repeat(40)));
+    err(&format!("type: task\nname: a{}\ncommands: [x]\n", "b".repeat(41)));
     let e = err("type: task\nname: nothing\n");
     assert_eq!(e.field, "commands");
     let e = err("type: task\ncommands: echo hi\n");
     assert_eq!(at(&e), (2, 11, "commands"));
-    assert!(
-        e.message
-            .starts_with("expected a list of strings, found a string"),
-        "{}",
-        e.message
-    );
+    assert!(e.message.starts_with("expected a list of strings, found a string"), "{}", e.message);
     let e = err("type: task\ncommands:\n  - echo\n  - [a]\n");
     assert_eq!(at(&e), (4, 5, "commands[1]"));
     let e = err("type: task\ncommands: [x]\nshell: zsh\n");
@@ -148,38 +118,14 @@ fn other_field_rules() {
 
 #[test]
 fn env_forms() {
-    let t =
-        task("type: task\ncommands: [x]\nenv:\n  - A=1\n  - HF_TOKEN\n  - EMPTY=\n  - EQ=a=b\n");
-    let want = [
-        ("A", Some("1")),
-        ("HF_TOKEN", None),
-        ("EMPTY", Some("")),
-        ("EQ", Some("a=b")),
-    ];
-    let got: Vec<(&str, Option<&str>)> = t
-        .env
-        .iter()
-        .map(|v| (v.name.as_str(), v.value.as_deref()))
-        .collect();
+    let t = task("type: task\ncommands: [x]\nenv:\n  - A=1\n  - HF_TOKEN\n  - EMPTY=\n  - EQ=a=b\n");
+    let want = [("A", Some("1")), ("HF_TOKEN", None), ("EMPTY", Some("")), ("EQ", Some("a=b"))];
+    let got: Vec<(&str, Option<&str>)> = t.env.iter().map(|v| (v.name.as_str(), v.value.as_deref())).collect();
     assert_eq!(got, want);
 
-    let t = task(
-        "type: task\ncommands: [x]\nenv:\n  PORT: 8080\n  DEBUG: true\n  HF_TOKEN:\n  NAME: 'x y'\n",
-    );
-    let got: Vec<(&str, Option<&str>)> = t
-        .env
-        .iter()
-        .map(|v| (v.name.as_str(), v.value.as_deref()))
-        .collect();
-    assert_eq!(
-        got,
-        [
-            ("PORT", Some("8080")),
-            ("DEBUG", Some("true")),
-            ("HF_TOKEN", None),
-            ("NAME", Some("x y"))
-        ]
-    );
+    let t = task("type: task\ncommands: [x]\nenv:\n  PORT: 8080\n  DEBUG: true\n  HF_TOKEN:\n  NAME: 'x y'\n");
+    let got: Vec<(&str, Option<&str>)> = t.env.iter().map(|v| (v.name.as_str(), v.value.as_deref())).collect();
+    assert_eq!(got, [("PORT", Some("8080")), ("DEBUG", Some("true")), ("HF_TOKEN", None), ("NAME", Some("x y"))]);
 
     let e = err("type: task\ncommands: [x]\nenv:\n  - A=1\n  - 9LIVES=1\n");
     assert_eq!(at(&e), (5, 5, "env[1]"));
@@ -203,11 +149,7 @@ fn durations() {
     assert_eq!(t("priority: 1").stop_duration_secs, Some(300));
     let e = err("type: task\ncommands: [x]\nmax_duration: 2hours\n");
     assert_eq!(at(&e), (3, 15, "max_duration"));
-    assert!(
-        e.message.contains("cannot read \"2hours\" as a duration"),
-        "{}",
-        e.message
-    );
+    assert!(e.message.contains("cannot read \"2hours\" as a duration"), "{}", e.message);
 }
 
 #[test]
@@ -216,19 +158,8 @@ fn ports() {
         "type: task\ncommands: [x]\nports:\n  - 8000\n  - \"8080:80\"\n  - \"*:9000\"\n  - {container_port: 7000}\n",
     );
     let got: Vec<(Option<u16>, u16)> = t.ports.iter().map(|p| (p.local, p.container)).collect();
-    assert_eq!(
-        got,
-        [
-            (Some(8000), 8000),
-            (Some(8080), 80),
-            (None, 9000),
-            (None, 7000)
-        ]
-    );
-    assert_eq!(
-        at(&err("type: task\ncommands: [x]\nports: [70000]\n")),
-        (3, 9, "ports[0]")
-    );
+    assert_eq!(got, [(Some(8000), 8000), (Some(8080), 80), (None, 9000), (None, 7000)]);
+    assert_eq!(at(&err("type: task\ncommands: [x]\nports: [70000]\n")), (3, 9, "ports[0]"));
 }
 
 #[test]
@@ -240,38 +171,14 @@ fn resources_forms() {
     );
     let r = t.resources;
     assert_eq!(r.cpu.count, Range::at_least(8));
-    assert_eq!(
-        r.memory,
-        Range {
-            min: Some(Memory::gb(32)),
-            max: Some(Memory::gb(64))
-        }
-    );
+    assert_eq!(r.memory, Range { min: Some(Memory::gb(32)), max: Some(Memory::gb(64)) });
     assert_eq!(r.disk, Some(Range::at_least(Memory::gb(100))));
     let gpu = r.gpu.expect("gpu");
     assert_eq!(gpu.names, ["H100", "H200"]);
-    assert_eq!(
-        (gpu.vendor, gpu.count),
-        (
-            Some(GpuVendor::Nvidia),
-            Range {
-                min: Some(1),
-                max: Some(2)
-            }
-        )
-    );
+    assert_eq!((gpu.vendor, gpu.count), (Some(GpuVendor::Nvidia), Range { min: Some(1), max: Some(2) }));
     assert_eq!(gpu.compute_capability.as_deref(), Some("9.0"));
-    let r = task(
-        "type: task\ncommands: [x]\nresources:\n  cpu: {min: 2, max: 4}\n  memory: 16\n  gpu: 2\n",
-    )
-    .resources;
-    assert_eq!(
-        r.cpu.count,
-        Range {
-            min: Some(2),
-            max: Some(4)
-        }
-    );
+    let r = task("type: task\ncommands: [x]\nresources:\n  cpu: {min: 2, max: 4}\n  memory: 16\n  gpu: 2\n").resources;
+    assert_eq!(r.cpu.count, Range { min: Some(2), max: Some(4) });
     assert_eq!(r.memory, Range::exactly(Memory::gb(16)));
     assert_eq!(r.gpu.map(|g| g.count), Some(Range::exactly(2)));
     let e = err("type: task\ncommands: [x]\nresources:\n  memory: 64GB..16GB\n");
@@ -289,41 +196,18 @@ fn services() {
     );
     assert_eq!(s.python.as_deref(), Some("3.12"));
     assert_eq!((s.port, s.auth, s.strip_prefix), (8000, false, true));
-    assert_eq!(
-        s.replicas,
-        Range {
-            min: Some(1),
-            max: Some(4)
-        }
-    );
-    assert_eq!(
-        s.scaling.map(|x| (x.target, x.scale_up_delay_secs)),
-        Some((10.0, 300))
-    );
-    assert_eq!(
-        s.model.map(|m| (m.name, m.prefix)),
-        Some(("meta-llama/Llama-3.1-8B".into(), "/v1".into()))
-    );
+    assert_eq!(s.replicas, Range { min: Some(1), max: Some(4) });
+    assert_eq!(s.scaling.map(|x| (x.target, x.scale_up_delay_secs)), Some((10.0, 300)));
+    assert_eq!(s.model.map(|m| (m.name, m.prefix)), Some(("meta-llama/Llama-3.1-8B".into(), "/v1".into())));
     let probe = &s.probes.expect("probes")[0];
-    assert_eq!(
-        (probe.url.as_str(), probe.interval_secs, probe.timeout_secs),
-        ("/health", 30, 10)
-    );
-    assert_eq!(
-        service("type: service\nimage: x\nport: \"80:8000\"\n").port,
-        8000
-    );
-    assert_eq!(
-        service("type: service\nimage: x\nport: 8000\n").replicas,
-        Range::exactly(1)
-    );
+    assert_eq!((probe.url.as_str(), probe.interval_secs, probe.timeout_secs), ("/health", 30, 10));
+    assert_eq!(service("type: service\nimage: x\nport: \"80:8000\"\n").port, 8000);
+    assert_eq!(service("type: service\nimage: x\nport: 8000\n").replicas, Range::exactly(1));
 
     let e = err("type: service\nimage: x\nport: 8000\nreplicas: 1..4\n");
     assert_eq!(at(&e), (4, 1, "replicas"));
     assert!(e.message.contains("needs `scaling`"));
-    let e = err(
-        "type: service\nimage: x\nport: 8000\nreplicas: 2..\nscaling: {metric: rps, target: 1}\n",
-    );
+    let e = err("type: service\nimage: x\nport: 8000\nreplicas: 2..\nscaling: {metric: rps, target: 1}\n");
     assert!(e.message.contains("maximum"));
     assert_eq!(err("type: service\nimage: x\n").field, "port");
     let e = err("type: service\nimage: x\nport: 80\ngateway: my-gateway\n");
@@ -333,9 +217,9 @@ fn services() {
 
 #[test]
 fn dev_environments() {
-    let Configuration::DevEnvironment(d) = ok(
-        "type: dev-environment\nide: vscode\npython: '3.11'\nsetup: [a]\ninit: [b]\ninactivity_duration: 2h\n",
-    ) else {
+    let Configuration::DevEnvironment(d) =
+        ok("type: dev-environment\nide: vscode\npython: '3.11'\nsetup: [a]\ninit: [b]\ninactivity_duration: 2h\n")
+    else {
         panic!("not a dev environment")
     };
     assert_eq!(d.ide, Some(Ide::Vscode));
@@ -343,15 +227,8 @@ fn dev_environments() {
     assert_eq!(d.inactivity_duration_secs, Some(7200));
     let e = err("type: dev-environment\nide: vscod\n");
     assert_eq!(at(&e), (2, 6, "ide"));
-    assert!(
-        e.message.contains("did you mean `vscode`?"),
-        "{}",
-        e.message
-    );
-    assert_eq!(
-        err("type: dev-environment\nentrypoint: bash\n").field,
-        "entrypoint"
-    );
+    assert!(e.message.contains("did you mean `vscode`?"), "{}", e.message);
+    assert_eq!(err("type: dev-environment\nentrypoint: bash\n").field, "entrypoint");
 }
 
 #[test]
@@ -364,46 +241,16 @@ fn fleets() {
     };
     assert_eq!(f.placement, Placement::Cluster);
     let ssh = f.ssh_config.expect("ssh_config");
-    assert_eq!(
-        ssh.hosts
-            .iter()
-            .map(|h| h.hostname.as_str())
-            .collect::<Vec<_>>(),
-        ["10.0.0.1", "10.0.0.2"]
-    );
+    assert_eq!(ssh.hosts.iter().map(|h| h.hostname.as_str()).collect::<Vec<_>>(), ["10.0.0.1", "10.0.0.2"]);
     assert_eq!(ssh.hosts[1].blocks, Some(Blocks::Auto));
     let nodes = |n: &str| match ok(&format!("type: fleet\nnodes: {n}\n")) {
         Configuration::Fleet(f) => f.nodes,
         _ => None,
     };
-    assert_eq!(
-        nodes("2"),
-        Some(FleetNodes {
-            min: 2,
-            target: 2,
-            max: Some(2)
-        })
-    );
-    assert_eq!(
-        nodes("0..4"),
-        Some(FleetNodes {
-            min: 0,
-            target: 0,
-            max: Some(4)
-        })
-    );
-    assert_eq!(
-        nodes("{min: 1, target: 2}"),
-        Some(FleetNodes {
-            min: 1,
-            target: 2,
-            max: None
-        })
-    );
-    assert_eq!(
-        err("type: fleet\nnodes: {min: 3, target: 1}\n").field,
-        "nodes"
-    );
+    assert_eq!(nodes("2"), Some(FleetNodes { min: 2, target: 2, max: Some(2) }));
+    assert_eq!(nodes("0..4"), Some(FleetNodes { min: 0, target: 0, max: Some(4) }));
+    assert_eq!(nodes("{min: 1, target: 2}"), Some(FleetNodes { min: 1, target: 2, max: None }));
+    assert_eq!(err("type: fleet\nnodes: {min: 3, target: 1}\n").field, "nodes");
     let e = err("type: fleet\nbackends: [aws, gcp]\n");
     assert!(e.unsupported);
     assert_eq!(at(&e), (2, 17, "backends[1]"));
@@ -415,15 +262,10 @@ fn refusals_name_the_field() {
     assert!(e.unsupported);
     assert_eq!(at(&e), (1, 7, "type"));
     assert!(e.message.contains("proxies services itself"));
-    let e = err(
-        "type: task\ncommands: [x]\nvolumes:\n  - /data:/data\n  - name: my-volume\n    path: /v\n",
-    );
+    let e = err("type: task\ncommands: [x]\nvolumes:\n  - /data:/data\n  - name: my-volume\n    path: /v\n");
     assert!(e.unsupported);
     assert_eq!(at(&e), (5, 5, "volumes[1]"));
-    assert!(
-        e.message
-            .starts_with("network volumes need a cloud backend")
-    );
+    assert!(e.message.starts_with("network volumes need a cloud backend"));
     let e = err("type: task\ncommands: [x]\nvolumes: [my-volume:/data]\n");
     assert_eq!((e.field.as_str(), e.unsupported), ("volumes[0]", true));
     let e = err("type: task\ncommands: [x]\ndocker: true\n");
@@ -450,40 +292,18 @@ fn repos_files_and_mounts() {
         "type: task\ncommands: [x]\nrepos: ['..:/my-repo']\nfiles: [train.py, '~/.ssh/id_rsa:/root/.ssh/id_rsa']\n\
          volumes:\n  - /mnt/data:/data\n  - {instance_path: /cache, path: /root/.cache, optional: true}\n",
     );
-    assert_eq!(
-        (t.repos[0].local_path.as_deref(), t.repos[0].path.as_str()),
-        (Some(".."), "/my-repo")
-    );
-    assert_eq!(
-        t.files[0],
-        FileMapping {
-            local_path: "train.py".into(),
-            path: "train.py".into()
-        }
-    );
+    assert_eq!((t.repos[0].local_path.as_deref(), t.repos[0].path.as_str()), (Some(".."), "/my-repo"));
+    assert_eq!(t.files[0], FileMapping { local_path: "train.py".into(), path: "train.py".into() });
     assert_eq!(t.files[1].path, "/root/.ssh/id_rsa");
     assert_eq!(
         t.volumes[1],
-        InstanceMount {
-            instance_path: "/cache".into(),
-            path: "/root/.cache".into(),
-            optional: true
-        }
+        InstanceMount { instance_path: "/cache".into(), path: "/root/.cache".into(), optional: true }
     );
     let t = task("type: task\ncommands: [x]\nrepos: [https://github.com/dstackai/dstack]\n");
-    assert_eq!(
-        t.repos[0].url.as_deref(),
-        Some("https://github.com/dstackai/dstack")
-    );
+    assert_eq!(t.repos[0].url.as_deref(), Some("https://github.com/dstackai/dstack"));
     let t = task("type: task\ncommands: [x]\nretry: true\nfleets: [a, team/b]\n");
     assert_eq!(t.retry.map(|r| r.on_events.len()), Some(3));
-    assert_eq!(
-        t.provisioning.fleets[1],
-        FleetRef {
-            project: Some("team".into()),
-            name: "b".into()
-        }
-    );
+    assert_eq!(t.provisioning.fleets[1], FleetRef { project: Some("team".into()), name: "b".into() });
 }
 
 #[test]

@@ -45,21 +45,14 @@ pub(crate) fn duration(node: &Node, path: &str) -> Res<Duration> {
         Issue::invalid(
             node.mark,
             path,
-            format!(
-                "cannot read {} as a duration (use e.g. 90s, 30m, 2h, 1d, 1w, or off)",
-                describe(node)
-            ),
+            format!("cannot read {} as a duration (use e.g. 90s, 30m, 2h, 1d, 1w, or off)", describe(node)),
         )
     };
     match &node.value {
         Value::Bool(false) => Ok(Duration::Off),
         Value::Bool(true) => Ok(Duration::Default),
         Value::Int(i) if *i >= 0 => Ok(Duration::Secs(*i as u64)),
-        Value::Int(_) => Err(Issue::invalid(
-            node.mark,
-            path,
-            "a duration cannot be negative",
-        )),
+        Value::Int(_) => Err(Issue::invalid(node.mark, path, "a duration cannot be negative")),
         Value::Str(s) if s == "off" => Ok(Duration::Off),
         Value::Str(s) => parse_duration(s).map(Duration::Secs).ok_or_else(bad),
         _ => Err(bad()),
@@ -104,10 +97,7 @@ pub(crate) fn secs(node: &Node, path: &str) -> Res<u64> {
         _ => Err(Issue::invalid(
             node.mark,
             path,
-            format!(
-                "expected a duration such as 30s or 1h, found {}",
-                describe(node)
-            ),
+            format!("expected a duration such as 30s or 1h, found {}", describe(node)),
         )),
     }
 }
@@ -128,11 +118,7 @@ pub(crate) fn env(node: &Node, path: &str) -> Res<Vec<EnvVar>> {
             ));
         }
         if vars.iter().any(|v| v.name == var.name) {
-            return Err(Issue::invalid(
-                node.mark,
-                path,
-                format!("`{}` is set twice", var.name),
-            ));
+            return Err(Issue::invalid(node.mark, path, format!("`{}` is set twice", var.name)));
         }
         vars.push(var);
         Ok(())
@@ -149,14 +135,8 @@ pub(crate) fn env(node: &Node, path: &str) -> Res<Vec<EnvVar>> {
                     ));
                 };
                 let var = match s.split_once('=') {
-                    Some((name, value)) => EnvVar {
-                        name: name.to_owned(),
-                        value: Some(value.to_owned()),
-                    },
-                    None => EnvVar {
-                        name: s.clone(),
-                        value: None,
-                    },
+                    Some((name, value)) => EnvVar { name: name.to_owned(), value: Some(value.to_owned()) },
+                    None => EnvVar { name: s.clone(), value: None },
                 };
                 add(var, item, p)?;
             }
@@ -169,31 +149,17 @@ pub(crate) fn env(node: &Node, path: &str) -> Res<Vec<EnvVar>> {
                     Value::Str(s) => Some(s.clone()),
                     Value::Int(_) | Value::Float(_) | Value::Bool(_) => Some(value.text.clone()),
                     _ => {
-                        return Err(Issue::invalid(
-                            value.mark,
-                            p,
-                            format!("expected a value, found {}", value.kind()),
-                        ));
+                        return Err(Issue::invalid(value.mark, p, format!("expected a value, found {}", value.kind())));
                     }
                 };
-                add(
-                    EnvVar {
-                        name: key.text.clone(),
-                        value,
-                    },
-                    key,
-                    p,
-                )?;
+                add(EnvVar { name: key.text.clone(), value }, key, p)?;
             }
         }
         _ => {
             return Err(Issue::invalid(
                 node.mark,
                 path,
-                format!(
-                    "expected a list (`- NAME=value`) or a mapping (`NAME: value`), found {}",
-                    node.kind()
-                ),
+                format!("expected a list (`- NAME=value`) or a mapping (`NAME: value`), found {}", node.kind()),
             ));
         }
     }
@@ -202,9 +168,7 @@ pub(crate) fn env(node: &Node, path: &str) -> Res<Vec<EnvVar>> {
 
 fn valid_env_name(name: &str) -> bool {
     let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
@@ -214,10 +178,7 @@ pub(crate) fn port_mapping(node: &Node, path: &str) -> Res<PortMapping> {
     match &node.value {
         Value::Int(_) => {
             let p = port(node, path)?;
-            Ok(PortMapping {
-                local: Some(p),
-                container: p,
-            })
+            Ok(PortMapping { local: Some(p), container: p })
         }
         Value::Str(s) => parse_port_mapping(s).ok_or_else(|| {
             Issue::invalid(
@@ -227,24 +188,13 @@ pub(crate) fn port_mapping(node: &Node, path: &str) -> Res<PortMapping> {
             )
         }),
         Value::Map(_) => {
-            let o = Object::new(
-                node,
-                path,
-                "port mapping",
-                &["local_port", "container_port"],
-            )?;
-            Ok(PortMapping {
-                local: o.map("local_port", port)?,
-                container: o.require("container_port", port)?,
-            })
+            let o = Object::new(node, path, "port mapping", &["local_port", "container_port"])?;
+            Ok(PortMapping { local: o.map("local_port", port)?, container: o.require("container_port", port)? })
         }
         _ => Err(Issue::invalid(
             node.mark,
             path,
-            format!(
-                "expected a port number or \"local:container\", found {}",
-                node.kind()
-            ),
+            format!("expected a port number or \"local:container\", found {}", node.kind()),
         )),
     }
 }
@@ -253,18 +203,9 @@ pub(crate) fn port_mapping(node: &Node, path: &str) -> Res<PortMapping> {
 pub fn parse_port_mapping(text: &str) -> Option<PortMapping> {
     let parse = |s: &str| s.parse::<u16>().ok().filter(|p| *p > 0);
     match text.split_once(':') {
-        None => parse(text).map(|p| PortMapping {
-            local: Some(p),
-            container: p,
-        }),
-        Some(("*", container)) => Some(PortMapping {
-            local: None,
-            container: parse(container)?,
-        }),
-        Some((local, container)) => Some(PortMapping {
-            local: Some(parse(local)?),
-            container: parse(container)?,
-        }),
+        None => parse(text).map(|p| PortMapping { local: Some(p), container: p }),
+        Some(("*", container)) => Some(PortMapping { local: None, container: parse(container)? }),
+        Some((local, container)) => Some(PortMapping { local: Some(parse(local)?), container: parse(container)? }),
     }
 }
 
@@ -273,11 +214,7 @@ pub(crate) fn port(node: &Node, path: &str) -> Res<u16> {
 }
 
 pub(crate) fn ports(node: &Node, path: &str) -> Res<Vec<PortMapping>> {
-    list(node, path)?
-        .iter()
-        .enumerate()
-        .map(|(i, item)| port_mapping(item, &at(path, i)))
-        .collect()
+    list(node, path)?.iter().enumerate().map(|(i, item)| port_mapping(item, &at(path, i))).collect()
 }
 
 pub const PYTHON_VERSIONS: [&str; 7] = ["3.9", "3.10", "3.11", "3.12", "3.13", "3.14", "3.15"];
@@ -286,20 +223,13 @@ pub const PYTHON_VERSIONS: [&str; 7] = ["3.9", "3.10", "3.11", "3.12", "3.13", "
 /// turns an unquoted `3.10` into 3.1 for most loaders.
 pub(crate) fn python_version(node: &Node, path: &str) -> Res<String> {
     let text = string(node, path)?;
-    let text = if text == "3.1" {
-        "3.10".to_owned()
-    } else {
-        text
-    };
+    let text = if text == "3.1" { "3.10".to_owned() } else { text };
     match PYTHON_VERSIONS.iter().find(|v| **v == text) {
         Some(v) => Ok((*v).to_owned()),
         None => Err(Issue::invalid(
             node.mark,
             path,
-            format!(
-                "unsupported Python version \"{text}\", expected one of: {}",
-                PYTHON_VERSIONS.join(", ")
-            ),
+            format!("unsupported Python version \"{text}\", expected one of: {}", PYTHON_VERSIONS.join(", ")),
         )),
     }
 }
@@ -325,27 +255,9 @@ mod tests {
 
     #[test]
     fn port_mappings() {
-        assert_eq!(
-            parse_port_mapping("8080:8000"),
-            Some(PortMapping {
-                local: Some(8080),
-                container: 8000
-            })
-        );
-        assert_eq!(
-            parse_port_mapping("*:8000"),
-            Some(PortMapping {
-                local: None,
-                container: 8000
-            })
-        );
-        assert_eq!(
-            parse_port_mapping("8000"),
-            Some(PortMapping {
-                local: Some(8000),
-                container: 8000
-            })
-        );
+        assert_eq!(parse_port_mapping("8080:8000"), Some(PortMapping { local: Some(8080), container: 8000 }));
+        assert_eq!(parse_port_mapping("*:8000"), Some(PortMapping { local: None, container: 8000 }));
+        assert_eq!(parse_port_mapping("8000"), Some(PortMapping { local: Some(8000), container: 8000 }));
         assert_eq!(parse_port_mapping("0"), None);
         assert_eq!(parse_port_mapping("70000"), None);
         assert_eq!(parse_port_mapping("a:b"), None);

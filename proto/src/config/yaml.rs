@@ -25,10 +25,7 @@ pub(crate) struct Mark {
 impl From<Marker> for Mark {
     fn from(m: Marker) -> Self {
         // yaml-rust2 counts lines from 1 and columns from 0.
-        Self {
-            line: m.line().max(1),
-            column: m.col() + 1,
-        }
+        Self { line: m.line().max(1), column: m.col() + 1 }
     }
 }
 
@@ -79,23 +76,15 @@ pub(crate) fn load(text: &str) -> Result<Node, Issue> {
     let mut parser = Parser::new_from_str(text);
     let mut builder = Builder::default();
     loop {
-        let (event, marker) = parser.next_token().map_err(|e| {
-            Issue::invalid(
-                Mark::from(*e.marker()),
-                "yaml",
-                format!("invalid YAML: {}", e.info()),
-            )
-        })?;
+        let (event, marker) = parser
+            .next_token()
+            .map_err(|e| Issue::invalid(Mark::from(*e.marker()), "yaml", format!("invalid YAML: {}", e.info())))?;
         if builder.event(event, Mark::from(marker))? {
             break;
         }
     }
     match builder.docs.len() {
-        0 => Ok(Node {
-            value: Value::Null,
-            mark: Mark { line: 1, column: 1 },
-            text: String::new(),
-        }),
+        0 => Ok(Node { value: Value::Null, mark: Mark { line: 1, column: 1 }, text: String::new() }),
         1 => Ok(builder.docs.swap_remove(0)),
         _ => Err(Issue::invalid(
             builder.second_doc.unwrap_or_default(),
@@ -106,17 +95,8 @@ pub(crate) fn load(text: &str) -> Result<Node, Issue> {
 }
 
 enum Frame {
-    Seq {
-        mark: Mark,
-        anchor: usize,
-        items: Vec<Node>,
-    },
-    Map {
-        mark: Mark,
-        anchor: usize,
-        entries: Vec<(Node, Node)>,
-        key: Option<Node>,
-    },
+    Seq { mark: Mark, anchor: usize, items: Vec<Node> },
+    Map { mark: Mark, anchor: usize, entries: Vec<(Node, Node)>, key: Option<Node> },
 }
 
 #[derive(Default)]
@@ -139,57 +119,21 @@ impl Builder {
                     self.second_doc = Some(mark);
                 }
             }
-            Event::SequenceStart(anchor, _) => self.open(
-                Frame::Seq {
-                    mark,
-                    anchor,
-                    items: Vec::new(),
-                },
-                mark,
-            )?,
-            Event::MappingStart(anchor, _) => self.open(
-                Frame::Map {
-                    mark,
-                    anchor,
-                    entries: Vec::new(),
-                    key: None,
-                },
-                mark,
-            )?,
+            Event::SequenceStart(anchor, _) => self.open(Frame::Seq { mark, anchor, items: Vec::new() }, mark)?,
+            Event::MappingStart(anchor, _) => {
+                self.open(Frame::Map { mark, anchor, entries: Vec::new(), key: None }, mark)?
+            }
             Event::SequenceEnd | Event::MappingEnd => {
                 let node = match self.stack.pop() {
-                    Some(Frame::Seq {
-                        mark,
-                        anchor,
-                        items,
-                    }) => self.remember(
-                        anchor,
-                        Node {
-                            value: Value::Seq(items),
-                            mark,
-                            text: String::new(),
-                        },
-                    ),
-                    Some(Frame::Map {
-                        mark,
-                        anchor,
-                        entries,
-                        ..
-                    }) => {
+                    Some(Frame::Seq { mark, anchor, items }) => {
+                        self.remember(anchor, Node { value: Value::Seq(items), mark, text: String::new() })
+                    }
+                    Some(Frame::Map { mark, anchor, entries, .. }) => {
                         // A block mapping's start event is marked where the parser saw its first `:`;
                         // users expect the mapping to start at its first key.
-                        let mark = entries
-                            .first()
-                            .map_or(mark, |(k, _)| earliest(mark, k.mark));
+                        let mark = entries.first().map_or(mark, |(k, _)| earliest(mark, k.mark));
                         let entries = merge_keys(entries);
-                        self.remember(
-                            anchor,
-                            Node {
-                                value: Value::Map(entries),
-                                mark,
-                                text: String::new(),
-                            },
-                        )
+                        self.remember(anchor, Node { value: Value::Map(entries), mark, text: String::new() })
                     }
                     // The parser balances start and end events; an unbalanced end has nothing to close.
                     None => return Ok(false),
@@ -198,12 +142,11 @@ impl Builder {
             }
             Event::Scalar(text, style, anchor, tag) => {
                 self.count(1, mark)?;
-                let value =
-                    if style != TScalarStyle::Plain || tag.is_some_and(|t| t.suffix == "str") {
-                        Value::Str(text.clone())
-                    } else {
-                        resolve_plain(&text)
-                    };
+                let value = if style != TScalarStyle::Plain || tag.is_some_and(|t| t.suffix == "str") {
+                    Value::Str(text.clone())
+                } else {
+                    resolve_plain(&text)
+                };
                 let node = self.remember(anchor, Node { value, mark, text });
                 self.push(node);
             }
@@ -220,11 +163,7 @@ impl Builder {
 
     fn open(&mut self, frame: Frame, mark: Mark) -> Result<(), Issue> {
         if self.stack.len() >= MAX_DEPTH {
-            return Err(Issue::invalid(
-                mark,
-                "yaml",
-                format!("nested more than {MAX_DEPTH} levels deep"),
-            ));
+            return Err(Issue::invalid(mark, "yaml", format!("nested more than {MAX_DEPTH} levels deep")));
         }
         self.count(1, mark)?;
         self.stack.push(frame);
@@ -234,11 +173,7 @@ impl Builder {
     fn count(&mut self, n: usize, mark: Mark) -> Result<(), Issue> {
         self.nodes = self.nodes.saturating_add(n);
         if self.nodes > MAX_NODES {
-            return Err(Issue::invalid(
-                mark,
-                "yaml",
-                format!("more than {MAX_NODES} values (aliases expanded)"),
-            ));
+            return Err(Issue::invalid(mark, "yaml", format!("more than {MAX_NODES} values (aliases expanded)")));
         }
         Ok(())
     }
@@ -263,22 +198,13 @@ impl Builder {
 }
 
 fn earliest(a: Mark, b: Mark) -> Mark {
-    if (b.line, b.column) < (a.line, a.column) {
-        b
-    } else {
-        a
-    }
+    if (b.line, b.column) < (a.line, a.column) { b } else { a }
 }
 
 fn size(node: &Node) -> usize {
     match &node.value {
         Value::Seq(items) => 1 + items.iter().map(size).sum::<usize>(),
-        Value::Map(entries) => {
-            1 + entries
-                .iter()
-                .map(|(k, v)| size(k) + size(v))
-                .sum::<usize>()
-        }
+        Value::Map(entries) => 1 + entries.iter().map(|(k, v)| size(k) + size(v)).sum::<usize>(),
         _ => 1,
     }
 }
@@ -289,8 +215,7 @@ fn merge_keys(entries: Vec<(Node, Node)>) -> Vec<(Node, Node)> {
     if !entries.iter().any(|(k, _)| is_merge_key(k)) {
         return entries;
     }
-    let (merges, mut own): (Vec<_>, Vec<_>) =
-        entries.into_iter().partition(|(k, _)| is_merge_key(k));
+    let (merges, mut own): (Vec<_>, Vec<_>) = entries.into_iter().partition(|(k, _)| is_merge_key(k));
     for (_, value) in merges {
         let sources = match value.value {
             Value::Map(m) => vec![m],
@@ -340,16 +265,11 @@ fn resolve_plain(text: &str) -> Value {
     if let Ok(i) = digits.parse::<i64>() {
         return Value::Int(i);
     }
-    let radix = |prefix: &str, radix: u32| {
-        text.strip_prefix(prefix)
-            .and_then(|d| i64::from_str_radix(d, radix).ok())
-    };
+    let radix = |prefix: &str, radix: u32| text.strip_prefix(prefix).and_then(|d| i64::from_str_radix(d, radix).ok());
     if let Some(i) = radix("0x", 16).or_else(|| radix("0o", 8)) {
         return Value::Int(i);
     }
-    let numeric = text
-        .bytes()
-        .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'));
+    let numeric = text.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'));
     match text.parse::<f64>() {
         Ok(f) if numeric && text.bytes().any(|b| b.is_ascii_digit()) => Value::Float(f),
         _ => Value::Str(text.to_owned()),
@@ -374,9 +294,7 @@ mod tests {
         let entries = map(&doc);
         assert_eq!(entries[0].0.mark, Mark { line: 1, column: 1 });
         assert_eq!(entries[1].0.mark, Mark { line: 2, column: 1 });
-        let Value::Seq(items) = &entries[1].1.value else {
-            panic!()
-        };
+        let Value::Seq(items) = &entries[1].1.value else { panic!() };
         assert_eq!(items[0].mark, Mark { line: 3, column: 5 });
         assert_eq!(items[0].text, "echo hi");
     }
@@ -416,9 +334,7 @@ mod tests {
         let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
         for i in 1..10 {
             let p = i - 1;
-            bomb.push_str(&format!(
-                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
-            ));
+            bomb.push_str(&format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
         }
         assert!(load(&bomb).unwrap_err().message.contains("more than"));
         let deep = "[".repeat(200) + &"]".repeat(200);

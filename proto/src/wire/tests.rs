@@ -30,14 +30,8 @@ fn inventory() -> HostInventory {
         }],
         gpu_driver_version: Some("550.54.15".into()),
         cuda_version: Some("12.4".into()),
-        tpus: vec![TpuInfo {
-            device: "/dev/accel0".into(),
-            pci_device_id: Some("0x0062".into()),
-        }],
-        docker: DockerInfo {
-            version: "28.2.2".into(),
-            nvidia_runtime: true,
-        },
+        tpus: vec![TpuInfo { device: "/dev/accel0".into(), pci_device_id: Some("0x0062".into()) }],
+        docker: DockerInfo { version: "28.2.2".into(), nvidia_runtime: true },
     }
 }
 
@@ -52,12 +46,7 @@ fn job_spec() -> JobSpec {
         commands: vec!["echo hi".into()],
         env: vec![("A".into(), "1".into())],
         working_dir: Some("/w".into()),
-        allocation: Allocation {
-            cpus: 2,
-            memory: Memory::gb(1),
-            shm_size: None,
-            gpu_indices: vec![0, 1],
-        },
+        allocation: Allocation { cpus: 2, memory: Memory::gb(1), shm_size: None, gpu_indices: vec![0, 1] },
         max_duration_secs: Some(60),
         stop_grace_secs: 10,
         host_network: true,
@@ -71,19 +60,10 @@ fn golden() -> Vec<(String, Vec<u8>)> {
             protocol_min: 1,
             protocol_max: 1,
             agent_version: "0.1.0".into(),
-            enroll: Some(EnrollRequest {
-                secret: "s".into(),
-                csr_der: vec![1, 2],
-                hostname: "h".into(),
-                fleet: None,
-            }),
+            enroll: Some(EnrollRequest { secret: "s".into(), csr_der: vec![1, 2], hostname: "h".into(), fleet: None }),
         }),
         AgentMessage::Inventory(inventory()),
-        AgentMessage::Containers(vec![ContainerReport {
-            job_id: "j1".into(),
-            running: true,
-            exit_code: None,
-        }]),
+        AgentMessage::Containers(vec![ContainerReport { job_id: "j1".into(), running: true, exit_code: None }]),
         AgentMessage::JobUpdate(JobUpdate {
             job_id: "j1".into(),
             state: JobState::Failed,
@@ -105,29 +85,15 @@ fn golden() -> Vec<(String, Vec<u8>)> {
             certificate_pem: "C".into(),
             ca_pem: "A".into(),
         }),
-        CoordinatorMessage::Refused(Refusal {
-            code: RefusalCode::WrongSecret,
-            message: "no".into(),
-        }),
+        CoordinatorMessage::Refused(Refusal { code: RefusalCode::WrongSecret, message: "no".into() }),
         CoordinatorMessage::StartJob(Box::new(job_spec())),
-        CoordinatorMessage::StopJob {
-            job_id: "j1".into(),
-            abort: false,
-            reason: TerminationReason::StoppedByUser,
-        },
-        CoordinatorMessage::ForgetJob {
-            job_id: "j1".into(),
-        },
+        CoordinatorMessage::StopJob { job_id: "j1".into(), abort: false, reason: TerminationReason::StoppedByUser },
+        CoordinatorMessage::ForgetJob { job_id: "j1".into() },
         CoordinatorMessage::HeartbeatAck { seq: 7 },
     ];
     let logs = [
-        LogFrame::Open {
-            job_id: "j1".into(),
-        },
-        LogFrame::Chunk {
-            offset: 300,
-            data: b"hi\n".to_vec(),
-        },
+        LogFrame::Open { job_id: "j1".into() },
+        LogFrame::Chunk { offset: 300, data: b"hi\n".to_vec() },
         LogFrame::End { total: 303 },
     ];
     let mut out = Vec::new();
@@ -164,26 +130,16 @@ const GOLDEN: &[&str] = &[
 #[test]
 fn golden_bytes_are_pinned() {
     let frames = golden();
-    assert_eq!(
-        frames.len(),
-        GOLDEN.len(),
-        "one golden frame per message variant"
-    );
+    assert_eq!(frames.len(), GOLDEN.len(), "one golden frame per message variant");
     for ((name, bytes), want) in frames.iter().zip(GOLDEN) {
-        assert_eq!(
-            &hex(bytes),
-            want,
-            "encoding of {name} changed: that is a wire break"
-        );
+        assert_eq!(&hex(bytes), want, "encoding of {name} changed: that is a wire break");
     }
 }
 
 #[test]
 fn golden_frames_decode_back() {
     let frames = golden();
-    let (first, used): (AgentMessage, usize) = decode_frame(&frames[0].1)
-        .expect("valid")
-        .expect("complete");
+    let (first, used): (AgentMessage, usize) = decode_frame(&frames[0].1).expect("valid").expect("complete");
     assert_eq!(used, frames[0].1.len());
     assert!(matches!(first, AgentMessage::Hello(_)));
 }
@@ -192,26 +148,17 @@ fn golden_frames_decode_back() {
 fn header_is_checked_before_payload() {
     let mut f = encode(&AgentMessage::Heartbeat { seq: 1 }).expect("encodes");
     f[0] = b'X';
-    assert!(matches!(
-        decode_frame::<AgentMessage>(&f),
-        Err(FrameError::BadMagic(_))
-    ));
+    assert!(matches!(decode_frame::<AgentMessage>(&f), Err(FrameError::BadMagic(_))));
 
     let mut f = encode(&AgentMessage::Heartbeat { seq: 1 }).expect("encodes");
     f[5] = 9;
-    assert_eq!(
-        decode_frame::<AgentMessage>(&f),
-        Err(FrameError::UnsupportedVersion(9))
-    );
+    assert_eq!(decode_frame::<AgentMessage>(&f), Err(FrameError::UnsupportedVersion(9)));
 
     // A header announcing 4 GiB is refused from the header alone, with no payload present.
     let mut h = Vec::from(MAGIC);
     h.extend_from_slice(&FRAME_VERSION.to_be_bytes());
     h.extend_from_slice(&u32::MAX.to_be_bytes());
-    assert_eq!(
-        decode_frame::<AgentMessage>(&h),
-        Err(FrameError::TooLarge(u32::MAX))
-    );
+    assert_eq!(decode_frame::<AgentMessage>(&h), Err(FrameError::TooLarge(u32::MAX)));
 }
 
 #[test]

@@ -15,11 +15,7 @@ fn corpus_dir() -> PathBuf {
 /// `type` of each file, from the corpus's manifest.
 fn manifest(dir: &std::path::Path) -> BTreeMap<String, String> {
     let text = std::fs::read_to_string(dir.join("MANIFEST.tsv")).unwrap_or_default();
-    text.lines()
-        .skip(1)
-        .filter_map(|l| l.split_once('\t'))
-        .map(|(f, t)| (f.to_owned(), t.to_owned()))
-        .collect()
+    text.lines().skip(1).filter_map(|l| l.split_once('\t')).map(|(f, t)| (f.to_owned(), t.to_owned())).collect()
 }
 
 #[derive(Default)]
@@ -35,10 +31,7 @@ fn dstack_corpus_is_accepted_or_refused_by_name() {
     let dir = corpus_dir();
     let Ok(entries) = std::fs::read_dir(&dir) else {
         // The corpus lives outside the repository; without it there is nothing to check.
-        eprintln!(
-            "conformance corpus not found at {}; skipping",
-            dir.display()
-        );
+        eprintln!("conformance corpus not found at {}; skipping", dir.display());
         return;
     };
     let types = manifest(&dir);
@@ -47,38 +40,25 @@ fn dstack_corpus_is_accepted_or_refused_by_name() {
         .filter(|p| p.extension().is_some_and(|x| x == "yml" || x == "yaml"))
         .collect();
     files.sort();
-    assert!(
-        files.len() > 200,
-        "expected the whole corpus, found {} files",
-        files.len()
-    );
+    assert!(files.len() > 200, "expected the whole corpus, found {} files", files.len());
 
     let mut tally = Tally::default();
     for path in &files {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let kind = types.get(&name).cloned().unwrap_or_else(|| "?".into());
-        let text =
-            std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         match config::parse(&text, &name) {
             Ok(conf) => {
                 assert_eq!(conf.kind(), kind, "{name}: parsed as the wrong type");
                 // The typed model must survive the HTTP API's JSON.
                 let json = serde_json::to_string(&conf).expect("configurations serialize");
-                let back: Configuration =
-                    serde_json::from_str(&json).expect("configurations deserialize");
+                let back: Configuration = serde_json::from_str(&json).expect("configurations deserialize");
                 assert_eq!(back, conf, "{name}: JSON round trip");
                 *tally.accepted.entry(kind).or_default() += 1;
             }
             Err(e) if e.unsupported && !e.field.is_empty() && e.line > 0 => {
                 *tally.refused.entry(kind).or_default() += 1;
-                let reason = format!(
-                    "{}: {}",
-                    e.field.split('[').next().unwrap_or(&e.field),
-                    e.message
-                );
+                let reason = format!("{}: {}", e.field.split('[').next().unwrap_or(&e.field), e.message);
                 *tally.refusal_reasons.entry(reason).or_default() += 1;
             }
             Err(e) => tally.other.push(e.to_string()),
@@ -87,16 +67,8 @@ fn dstack_corpus_is_accepted_or_refused_by_name() {
 
     let total = |m: &BTreeMap<String, usize>| m.values().sum::<usize>();
     println!("conformance: {} files", files.len());
-    println!(
-        "  accepted:          {} {:?}",
-        total(&tally.accepted),
-        tally.accepted
-    );
-    println!(
-        "  refused by name:   {} {:?}",
-        total(&tally.refused),
-        tally.refused
-    );
+    println!("  accepted:          {} {:?}", total(&tally.accepted), tally.accepted);
+    println!("  refused by name:   {} {:?}", total(&tally.refused), tally.refused);
     println!("  other (must be 0): {}", tally.other.len());
     println!("refusals:");
     for (reason, n) in &tally.refusal_reasons {

@@ -13,10 +13,7 @@ async fn stdout_and_stderr_are_both_in_the_logs() -> anyhow::Result<()> {
 
     assert_eq!(wait(&shim, &id).await?, 0);
     let text = logs(&shim, &id).await?;
-    assert!(
-        text.contains("hello\n") && text.contains("world\n"),
-        "logs: {text:?}"
-    );
+    assert!(text.contains("hello\n") && text.contains("world\n"), "logs: {text:?}");
     Ok(())
 }
 
@@ -28,10 +25,7 @@ async fn logs_follow_a_running_container_until_it_exits() -> anyhow::Result<()> 
 
     // Read while it runs: the stream must not end before "end" is written.
     let text = logs(&shim, &id).await?;
-    assert!(
-        text.contains("start\n") && text.contains("end\n"),
-        "logs: {text:?}"
-    );
+    assert!(text.contains("start\n") && text.contains("end\n"), "logs: {text:?}");
     assert_eq!(wait(&shim, &id).await?, 0);
     Ok(())
 }
@@ -50,10 +44,7 @@ async fn the_first_failing_command_ends_the_job_with_its_code() -> anyhow::Resul
     let state = shim.inspect_state(&id).await?;
     assert!(!state.running);
     assert_eq!(state.exit_code, Some(3));
-    assert!(
-        state.started_at_unix.is_some_and(|t| t > 1_600_000_000),
-        "{state:?}"
-    );
+    assert!(state.started_at_unix.is_some_and(|t| t > 1_600_000_000), "{state:?}");
     Ok(())
 }
 
@@ -72,10 +63,7 @@ async fn a_failing_command_stops_the_script_without_exit() -> anyhow::Result<()>
 async fn the_job_environment_reaches_the_commands() -> anyhow::Result<()> {
     let shim = shim()?;
     let (mut spec, _cleanup) = job("env", &["env"]);
-    spec.env = vec![
-        ("GREETING".to_owned(), "hello there".to_owned()),
-        ("EMPTY".to_owned(), String::new()),
-    ];
+    spec.env = vec![("GREETING".to_owned(), "hello there".to_owned()), ("EMPTY".to_owned(), String::new())];
     let id = shim.create_and_start(&spec, &RunOptions::default()).await?;
 
     assert_eq!(wait(&shim, &id).await?, 0);
@@ -83,10 +71,7 @@ async fn the_job_environment_reaches_the_commands() -> anyhow::Result<()> {
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines.contains(&"GREETING=hello there"), "env: {text}");
     assert!(lines.contains(&"EMPTY="), "env: {text}");
-    assert!(
-        !text.contains("CUDA_VISIBLE_DEVICES"),
-        "no GPUs were allocated: {text}"
-    );
+    assert!(!text.contains("CUDA_VISIBLE_DEVICES"), "no GPUs were allocated: {text}");
     Ok(())
 }
 
@@ -105,19 +90,11 @@ async fn commands_run_in_the_working_dir() -> anyhow::Result<()> {
 #[tokio::test]
 async fn allocated_gpus_are_visible_through_the_environment() -> anyhow::Result<()> {
     let shim = shim()?;
-    let (mut spec, _cleanup) = job(
-        "gpus",
-        &["echo \"cuda=$CUDA_VISIBLE_DEVICES nvidia=$NVIDIA_VISIBLE_DEVICES\""],
-    );
-    spec.allocation = Allocation {
-        gpu_indices: vec![0, 1],
-        ..Allocation::default()
-    };
+    let (mut spec, _cleanup) = job("gpus", &["echo \"cuda=$CUDA_VISIBLE_DEVICES nvidia=$NVIDIA_VISIBLE_DEVICES\""]);
+    spec.allocation = Allocation { gpu_indices: vec![0, 1], ..Allocation::default() };
     // A user's own value must not widen what the allocation grants.
     spec.env = vec![("CUDA_VISIBLE_DEVICES".to_owned(), "0,1,2,3".to_owned())];
-    let opts = RunOptions {
-        gpu_passthrough: GpuPassthrough::EnvOnly,
-    };
+    let opts = RunOptions { gpu_passthrough: GpuPassthrough::EnvOnly };
     let id = shim.create_and_start(&spec, &opts).await?;
 
     assert_eq!(wait(&shim, &id).await?, 0);
@@ -130,15 +107,9 @@ async fn cpu_and_memory_limits_are_applied() -> anyhow::Result<()> {
     let shim = shim()?;
     let (mut spec, _cleanup) = job(
         "limits",
-        &[
-            "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes",
-        ],
+        &["cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes"],
     );
-    spec.allocation = Allocation {
-        cpus: 1,
-        memory: corral_proto::resources::Memory::gb(1),
-        ..Allocation::default()
-    };
+    spec.allocation = Allocation { cpus: 1, memory: corral_proto::resources::Memory::gb(1), ..Allocation::default() };
     let id = shim.create_and_start(&spec, &RunOptions::default()).await?;
 
     assert_eq!(wait(&shim, &id).await?, 0);

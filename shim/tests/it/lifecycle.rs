@@ -9,13 +9,7 @@ use crate::{DEADLINE, TEST_IMAGE, job, logs, shim, until_running, wait};
 #[tokio::test]
 async fn docker_info_names_the_daemon_version() -> anyhow::Result<()> {
     let info = shim()?.docker_info().await?;
-    assert!(
-        info.version
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_digit()),
-        "{info:?}"
-    );
+    assert!(info.version.chars().next().is_some_and(|c| c.is_ascii_digit()), "{info:?}");
     Ok(())
 }
 
@@ -28,15 +22,11 @@ async fn a_present_image_needs_no_pull() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_missing_image_that_cannot_be_pulled_is_unavailable() -> anyhow::Result<()> {
     let image = "corral-test/does-not-exist:1";
-    let result =
-        tokio::time::timeout(Duration::from_secs(180), shim()?.ensure_image(image)).await?;
+    let result = tokio::time::timeout(Duration::from_secs(180), shim()?.ensure_image(image)).await?;
     match result {
         Err(e @ ShimError::ImageUnavailable { .. }) => {
             let text = e.to_string();
-            assert!(
-                text.contains(image) && text.contains("could not be pulled"),
-                "{text}"
-            );
+            assert!(text.contains(image) && text.contains("could not be pulled"), "{text}");
         }
         other => panic!("expected ImageUnavailable, got {other:?}"),
     }
@@ -49,10 +39,7 @@ async fn creating_from_a_missing_image_is_unavailable() -> anyhow::Result<()> {
     let (mut spec, _cleanup) = job("noimage", &["true"]);
     spec.image = "corral-test/does-not-exist:1".to_owned();
     let result = shim.create_and_start(&spec, &RunOptions::default()).await;
-    assert!(
-        matches!(result, Err(ShimError::ImageUnavailable { .. })),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(ShimError::ImageUnavailable { .. })), "{result:?}");
     Ok(())
 }
 
@@ -86,12 +73,8 @@ async fn list_finds_corral_containers_by_label() -> anyhow::Result<()> {
     // Both on one node of their own, so the listing holds exactly these two.
     exited.node_id = running.node_id.clone();
 
-    let running_id = shim
-        .create_and_start(&running, &RunOptions::default())
-        .await?;
-    let exited_id = shim
-        .create_and_start(&exited, &RunOptions::default())
-        .await?;
+    let running_id = shim.create_and_start(&running, &RunOptions::default()).await?;
+    let exited_id = shim.create_and_start(&exited, &RunOptions::default()).await?;
     until_running(&shim, &running_id).await?;
     assert_eq!(wait(&shim, &exited_id).await?, 5);
 
@@ -102,11 +85,7 @@ async fn list_finds_corral_containers_by_label() -> anyhow::Result<()> {
     let r = &found[0];
     assert_eq!(
         (r.id.as_str(), r.job_id.clone(), r.run_id.clone()),
-        (
-            running_id.as_str(),
-            running.job_id.clone(),
-            running.run_id.clone()
-        )
+        (running_id.as_str(), running.job_id.clone(), running.run_id.clone())
     );
     assert_eq!(r.name, format!("corral-{}", running.job_id));
     assert_eq!(r.node_id, running.node_id);
@@ -115,19 +94,13 @@ async fn list_finds_corral_containers_by_label() -> anyhow::Result<()> {
     assert_eq!(r.max_duration_secs, Some(77));
 
     let e = &found[1];
-    assert_eq!(
-        (e.id.as_str(), &e.job_id),
-        (exited_id.as_str(), &exited.job_id)
-    );
+    assert_eq!((e.id.as_str(), &e.job_id), (exited_id.as_str(), &exited.job_id));
     assert!(!e.running && e.exit_code == Some(5), "{e:?}");
     assert_eq!(e.max_duration_secs, None);
 
     // Unfiltered, other suites' containers may be there too; ours must be.
     let all = shim.list(None).await?;
-    assert!(
-        all.iter().any(|c| c.job_id == running.job_id)
-            && all.iter().any(|c| c.job_id == exited.job_id)
-    );
+    assert!(all.iter().any(|c| c.job_id == running.job_id) && all.iter().any(|c| c.job_id == exited.job_id));
 
     shim.kill(&running_id).await?;
     Ok(())
@@ -145,10 +118,7 @@ async fn remove_is_idempotent() -> anyhow::Result<()> {
     shim.remove(&id).await?;
     shim.remove(&id).await?;
     let gone = shim.inspect_state(&id).await;
-    assert!(
-        gone.as_ref().is_err_and(ShimError::is_not_found),
-        "{gone:?}"
-    );
+    assert!(gone.as_ref().is_err_and(ShimError::is_not_found), "{gone:?}");
     assert!(shim.list(Some(&spec.node_id)).await?.is_empty());
     Ok(())
 }
@@ -161,11 +131,7 @@ async fn remove_also_removes_a_running_container() -> anyhow::Result<()> {
     until_running(&shim, &id).await?;
 
     tokio::time::timeout(DEADLINE, shim.remove(&id)).await??;
-    assert!(
-        shim.inspect_state(&id)
-            .await
-            .is_err_and(|e| e.is_not_found())
-    );
+    assert!(shim.inspect_state(&id).await.is_err_and(|e| e.is_not_found()));
     Ok(())
 }
 
@@ -175,10 +141,7 @@ async fn a_second_container_for_the_same_job_is_refused() -> anyhow::Result<()> 
     let (spec, _cleanup) = job("twice", &["sleep 600"]);
     shim.create_and_start(&spec, &RunOptions::default()).await?;
     let again = shim.create_and_start(&spec, &RunOptions::default()).await;
-    assert!(
-        matches!(again, Err(ShimError::ContainerExists { .. })),
-        "{again:?}"
-    );
+    assert!(matches!(again, Err(ShimError::ContainerExists { .. })), "{again:?}");
     Ok(())
 }
 
@@ -194,10 +157,7 @@ async fn a_container_that_cannot_start_is_removed_again() -> anyhow::Result<()> 
 
     let name = corral_shim::container_name(&spec.job_id);
     let gone = shim.inspect_state(&name).await;
-    assert!(
-        gone.as_ref().is_err_and(ShimError::is_not_found),
-        "{gone:?}"
-    );
+    assert!(gone.as_ref().is_err_and(ShimError::is_not_found), "{gone:?}");
     // And a retry is not refused as a duplicate.
     let again = shim.create_and_start(&spec, &RunOptions::default()).await;
     assert!(matches!(again, Err(ShimError::Start { .. })), "{again:?}");

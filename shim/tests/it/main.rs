@@ -38,12 +38,9 @@ fn test_image() -> Result<(), &'static str> {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let script =
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-test-image.sh");
-            let out = Command::new("bash")
-                .arg(&script)
-                .output()
-                .map_err(|e| format!("running {}: {e}", script.display()))?;
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-test-image.sh");
+            let out =
+                Command::new("bash").arg(&script).output().map_err(|e| format!("running {}: {e}", script.display()))?;
             if out.status.success() {
                 Ok(())
             } else {
@@ -64,15 +61,8 @@ fn test_image() -> Result<(), &'static str> {
 /// A job id no other test, process or suite will use: Docker names are global to the host.
 fn unique_job_id(tag: &str) -> JobId {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    JobId(format!(
-        "shim-it-{}-{}-{nanos}-{tag}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ))
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    JobId(format!("shim-it-{}-{}-{nanos}-{tag}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)))
 }
 
 /// A job running `commands` in the test image, and the guard that removes its container.
@@ -103,9 +93,7 @@ struct Cleanup(String);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["rm", "--force", "--volumes", &self.0])
-            .output();
+        let _ = Command::new("docker").args(["rm", "--force", "--volumes", &self.0]).output();
     }
 }
 
@@ -119,9 +107,7 @@ async fn logs(shim: &Shim, container: &str) -> anyhow::Result<String> {
         }
         anyhow::Ok(())
     };
-    tokio::time::timeout(DEADLINE, read)
-        .await
-        .context("the log stream did not end")??;
+    tokio::time::timeout(DEADLINE, read).await.context("the log stream did not end")??;
     Ok(String::from_utf8_lossy(&text).into_owned())
 }
 

@@ -63,32 +63,20 @@ pub(super) async fn run(
 ) {
     let shared = &ctx.shared;
     // No keep-alive: a killed node must fall silent (see the module doc).
-    let config = match identity
-        .client_config()
-        .map_err(anyhow::Error::new)
-        .and_then(|tls| link::quic_config(tls, false))
-    {
-        Ok(c) => c,
-        Err(e) => {
-            shared.error(&name, &e.context("tls setup"));
-            shared.failed.fetch_add(1, Relaxed);
-            return;
-        }
-    };
+    let config =
+        match identity.client_config().map_err(anyhow::Error::new).and_then(|tls| link::quic_config(tls, false)) {
+            Ok(c) => c,
+            Err(e) => {
+                shared.error(&name, &e.context("tls setup"));
+                shared.failed.fetch_add(1, Relaxed);
+                return;
+            }
+        };
     let mut jobs = Jobs::default();
     let mut backoff = Duration::from_millis(500);
     loop {
         let started = Instant::now();
-        let result = session(
-            &ctx,
-            &name,
-            config.clone(),
-            &inventory,
-            &mut jobs,
-            &kill,
-            &shutdown,
-        )
-        .await;
+        let result = session(&ctx, &name, config.clone(), &inventory, &mut jobs, &kill, &shutdown).await;
         match result {
             Ok(End::Shutdown) => break,
             Ok(End::Killed(remains)) => {
@@ -165,10 +153,7 @@ async fn session(
         }
     };
     let online = Online::new(&ctx.shared);
-    let end = established(
-        ctx, conn, send, recv, &welcome, inventory, jobs, kill, shutdown,
-    )
-    .await;
+    let end = established(ctx, conn, send, recv, &welcome, inventory, jobs, kill, shutdown).await;
     drop(online);
     if !matches!(end, Ok(End::Shutdown | End::Killed(_))) {
         ctx.shared.sessions_lost.fetch_add(1, Relaxed);
@@ -238,8 +223,7 @@ async fn established(
     let (tx, mut commands) = mpsc::channel(64);
     let mut reader = spawn_reader(recv, tx, kill.clone());
     let _reader_guard = AbortOnDrop(reader.abort_handle());
-    let mut heartbeat =
-        tokio::time::interval(Duration::from_secs(welcome.heartbeat_secs.max(1).into()));
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(welcome.heartbeat_secs.max(1).into()));
     let mut seq = 0u64;
     let mut in_flight: VecDeque<(u64, Instant)> = VecDeque::new();
     loop {
@@ -323,24 +307,13 @@ struct Jobs {
 }
 
 fn update(job_id: &JobId, state: JobState) -> JobUpdate {
-    JobUpdate {
-        job_id: job_id.clone(),
-        state,
-        exit_code: None,
-        reason: None,
-        message: None,
-    }
+    JobUpdate { job_id: job_id.clone(), state, exit_code: None, reason: None, message: None }
 }
 
 impl Jobs {
     /// Starts a job: `pulling`, then `running` at once. A job already known is left alone (the
     /// coordinator may repeat itself).
-    fn start(
-        &mut self,
-        spec: JobSpec,
-        run_time: Option<Duration>,
-        shared: &Shared,
-    ) -> Vec<JobUpdate> {
+    fn start(&mut self, spec: JobSpec, run_time: Option<Duration>, shared: &Shared) -> Vec<JobUpdate> {
         let id = spec.job_id;
         if self.latest.contains_key(&id) {
             return Vec::new();
@@ -379,15 +352,8 @@ impl Jobs {
 
     /// The jobs whose run time is up end with exit code 0.
     fn expire(&mut self, now: Instant, shared: &Shared) -> Vec<JobUpdate> {
-        let due: Vec<JobId> = self
-            .deadlines
-            .iter()
-            .filter(|(at, _)| *at <= now)
-            .map(|(_, id)| id.clone())
-            .collect();
-        due.iter()
-            .filter_map(|id| self.finish(id, TerminationReason::Done, Some(0), shared))
-            .collect()
+        let due: Vec<JobId> = self.deadlines.iter().filter(|(at, _)| *at <= now).map(|(_, id)| id.clone()).collect();
+        due.iter().filter_map(|id| self.finish(id, TerminationReason::Done, Some(0), shared)).collect()
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -405,11 +371,7 @@ impl Jobs {
     fn report(&self) -> Vec<ContainerReport> {
         self.latest
             .values()
-            .map(|u| ContainerReport {
-                job_id: u.job_id.clone(),
-                running: u.reason.is_none(),
-                exit_code: u.exit_code,
-            })
+            .map(|u| ContainerReport { job_id: u.job_id.clone(), running: u.reason.is_none(), exit_code: u.exit_code })
             .collect()
     }
 }

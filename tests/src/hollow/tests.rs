@@ -23,8 +23,7 @@ impl Cluster {
     async fn start() -> anyhow::Result<Self> {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG")
-                    .unwrap_or_else(|_| "warn".into()),
+                tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .with_test_writer()
             .try_init();
@@ -38,28 +37,13 @@ impl Cluster {
             ..corral_coordinator::Config::default()
         };
         let running = corral_coordinator::start(config, shutdown.clone()).await?;
-        let client = Client::new(
-            &format!("http://{}", running.http_addr),
-            &running.admin_token,
-            "main",
-        );
-        Ok(Self {
-            _dir: dir,
-            shutdown,
-            running,
-            client,
-        })
+        let client = Client::new(&format!("http://{}", running.http_addr), &running.admin_token, "main");
+        Ok(Self { _dir: dir, shutdown, running, client })
     }
 
     async fn fleet(&self, count: usize, opts: HollowOptions) -> anyhow::Result<HollowFleet> {
-        let fleet = HollowFleet::start(
-            self.running.quic_addr,
-            &self.running.join_token,
-            count,
-            h100_host,
-            opts,
-        )
-        .await?;
+        let fleet =
+            HollowFleet::start(self.running.quic_addr, &self.running.join_token, count, h100_host, opts).await?;
         fleet.wait_connected(count, Duration::from_secs(20)).await?;
         Ok(fleet)
     }
@@ -68,25 +52,13 @@ impl Cluster {
         let text = format!(
             "type: task\nname: {name}\nimage: busybox\ncommands:\n  - sleep 600\nresources:\n  gpu: H100:{gpus}\n"
         );
-        let configuration =
-            corral_proto::config::parse(&text, name).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let submit = api::SubmitRun {
-            configuration,
-            source: None,
-            name: None,
-        };
-        let _: api::Run = self
-            .client
-            .post(&self.client.project_path("runs"), &submit)
-            .await?;
+        let configuration = corral_proto::config::parse(&text, name).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let submit = api::SubmitRun { configuration, source: None, name: None };
+        let _: api::Run = self.client.post(&self.client.project_path("runs"), &submit).await?;
         Ok(())
     }
 
-    async fn wait_run(
-        &self,
-        name: &str,
-        pred: impl Fn(&api::Run) -> bool,
-    ) -> anyhow::Result<api::Run> {
+    async fn wait_run(&self, name: &str, pred: impl Fn(&api::Run) -> bool) -> anyhow::Result<api::Run> {
         let path = self.client.project_path(&format!("runs/{name}"));
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -122,35 +94,20 @@ async fn hollow_nodes_report_hardware_run_and_stop_jobs() -> anyhow::Result<()> 
 
     let node = c.node("hollow-00001").await?;
     assert_eq!(node.status, api::NodeStatus::Ready);
-    let inv = node
-        .inventory
-        .ok_or_else(|| anyhow::anyhow!("no inventory"))?;
+    let inv = node.inventory.ok_or_else(|| anyhow::anyhow!("no inventory"))?;
     assert_eq!(inv.gpus.len(), 8);
     assert_eq!(inv.gpus[7].name, "NVIDIA H100 80GB HBM3");
 
     c.submit("train", 8).await?;
-    let run = c
-        .wait_run("train", |r| r.state == JobState::Running)
-        .await?;
-    assert!(
-        run.jobs[0]
-            .node_name
-            .as_deref()
-            .is_some_and(|n| n.starts_with("hollow-"))
-    );
+    let run = c.wait_run("train", |r| r.state == JobState::Running).await?;
+    assert!(run.jobs[0].node_name.as_deref().is_some_and(|n| n.starts_with("hollow-")));
     assert_eq!(fleet.stats().jobs_running, 1);
 
     let stop = api::StopRun { abort: false };
-    let _: api::Run = c
-        .client
-        .post(&c.client.project_path("runs/train/stop"), &stop)
-        .await?;
+    let _: api::Run = c.client.post(&c.client.project_path("runs/train/stop"), &stop).await?;
     let run = c.wait_run("train", |r| r.state.is_finished()).await?;
     assert_eq!(run.state, JobState::Stopped);
-    assert_eq!(
-        run.jobs[0].termination_reason,
-        Some(TerminationReason::StoppedByUser)
-    );
+    assert_eq!(run.jobs[0].termination_reason, Some(TerminationReason::StoppedByUser));
     assert_eq!(run.jobs[0].exit_code, Some(143));
     assert_eq!(fleet.stats().jobs_running, 0);
 
@@ -170,10 +127,7 @@ async fn hollow_nodes_report_hardware_run_and_stop_jobs() -> anyhow::Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_end_by_themselves_after_the_run_time() -> anyhow::Result<()> {
     let c = Cluster::start().await?;
-    let opts = HollowOptions {
-        run_time: Some(Duration::from_millis(500)),
-        ..HollowOptions::default()
-    };
+    let opts = HollowOptions { run_time: Some(Duration::from_millis(500)), ..HollowOptions::default() };
     let fleet = c.fleet(1, opts).await?;
     c.submit("short", 2).await?;
     let run = c.wait_run("short", |r| r.state.is_finished()).await?;
@@ -191,8 +145,7 @@ async fn a_killed_node_falls_silent_without_closing() -> anyhow::Result<()> {
     // Datagrams the coordinator has received on each node's connection.
     let received = |i: usize| {
         let id = fleet.node(i).and_then(|(_, id)| id.cloned());
-        id.and_then(|id| c.running.state.session(&id))
-            .map(|s| s.conn.stats().udp_rx.datagrams)
+        id.and_then(|id| c.running.state.session(&id)).map(|s| s.conn.stats().udp_rx.datagrams)
     };
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(fleet.kill(0));
