@@ -52,7 +52,7 @@ fn main() {
     let mut ix = Index::new();
     for n in 0..NODES {
         let id = NodeId(format!("n{n}"));
-        ix.upsert(&id, &format!("node-{n}"), None, false, inv.clone());
+        ix.upsert(&id, &format!("node-{n}"), None, false, 1, inv.clone());
         ix.set_connected(&id, true);
     }
     let start = Instant::now();

@@ -2,7 +2,7 @@
 //! a field whose feature Corral does not have yet is refused here, by name, rather than silently
 //! ignored — running without it would not be what the user asked for.
 
-use corral_proto::config::{Blocks, Configuration, FleetConfig, SpotPolicy, TaskConfig};
+use corral_proto::config::{Configuration, FleetConfig, SpotPolicy, TaskConfig};
 
 /// `Err` names the first unsupported field and says why.
 pub fn check(cfg: &Configuration) -> Result<&TaskConfig, String> {
@@ -75,7 +75,6 @@ pub fn check_fleet(cfg: &FleetConfig) -> Result<&FleetConfig, String> {
             !p.backends.is_empty() || !p.regions.is_empty() || !p.instance_types.is_empty(),
             "cloud fleets are not supported yet",
         ),
-        ("blocks", cfg.blocks != Blocks::Count(1), "splitting nodes into blocks is not supported yet"),
         ("env", !cfg.env.is_empty(), "fleet-wide environment variables are not supported yet"),
         (
             "resources",

@@ -12,7 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use corral_proto::ids::NodeId;
 use corral_proto::inventory::HostInventory;
-use corral_proto::resources::{Allocation, Memory, ResourcesSpec, fit};
+use corral_proto::resources::{Allocation, Memory, Range, ResourcesSpec, fit};
 
 pub struct NodeSlot {
     pub id: NodeId,
@@ -20,6 +20,8 @@ pub struct NodeSlot {
     pub fleet: Option<String>,
     /// The node's fleet has `placement: cluster`: its nodes reach each other (multi-node jobs).
     pub cluster: bool,
+    /// The node is split into this many equal blocks (its fleet's `blocks`); jobs get whole blocks.
+    pub blocks: u32,
     pub inventory: HostInventory,
     pub connected: bool,
     pub cordoned: bool,
@@ -39,6 +41,38 @@ impl NodeSlot {
 
     pub fn used_gpus(&self) -> &[u32] {
         &self.used_gpus
+    }
+
+    /// What `spec` amounts to on this node: with blocks, the request grows to whole blocks (a
+    /// block is an equal share of the node's GPUs, CPUs and memory), as dstack's `blocks` does.
+    fn in_blocks(&self, spec: &ResourcesSpec) -> Option<ResourcesSpec> {
+        if self.blocks <= 1 {
+            return None;
+        }
+        let b = u64::from(self.blocks);
+        let inv = &self.inventory;
+        let gpb = inv.gpus.len() as u64 / b;
+        let cpb = (u64::from(inv.cpu_cores) / b).max(1);
+        let mpb = inv.memory.0 / b;
+        let want_gpus = u64::from(spec.gpu.as_ref().map_or(0, |g| g.min_count()));
+        let want_cpus = u64::from(spec.cpu.count.min.unwrap_or(1));
+        let want_mem = spec.memory.min.map_or(0, |m| m.0);
+        let k = [
+            want_gpus.div_ceil(gpb.max(1)),
+            want_cpus.div_ceil(cpb),
+            if mpb > 0 { want_mem.div_ceil(mpb) } else { 1 },
+            1,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(1);
+        let mut out = spec.clone();
+        out.cpu.count = Range::exactly((k * cpb) as u32);
+        out.memory = Range { min: Some(Memory(k * mpb)), max: None };
+        if let Some(g) = out.gpu.as_mut().filter(|_| want_gpus > 0) {
+            g.count = Range::exactly((k * gpb) as u32);
+        }
+        Some(out)
     }
 }
 
@@ -98,7 +132,15 @@ impl Index {
     }
 
     /// Adds a node or refreshes what is known of it (reservations are kept).
-    pub fn upsert(&mut self, id: &NodeId, name: &str, fleet: Option<String>, cluster: bool, inventory: HostInventory) {
+    pub fn upsert(
+        &mut self,
+        id: &NodeId,
+        name: &str,
+        fleet: Option<String>,
+        cluster: bool,
+        blocks: u32,
+        inventory: HostInventory,
+    ) {
         match self.pos.get(id) {
             Some(&i) => {
                 self.unbucket(i);
@@ -106,6 +148,7 @@ impl Index {
                 s.name = name.to_owned();
                 s.fleet = fleet;
                 s.cluster = cluster;
+                s.blocks = blocks;
                 s.inventory = inventory;
                 self.rebucket(i);
             }
@@ -116,6 +159,7 @@ impl Index {
                     name: name.to_owned(),
                     fleet,
                     cluster,
+                    blocks,
                     inventory,
                     connected: false,
                     cordoned: false,
@@ -194,7 +238,9 @@ impl Index {
                 if fleet.is_some_and(|f| s.fleet.as_deref() != Some(f)) {
                     continue;
                 }
-                if let Ok(a) = fit(&req.resources, &s.inventory, s.used_cpus, s.used_memory, &s.used_gpus) {
+                let blocked = s.in_blocks(&req.resources);
+                let spec = blocked.as_ref().unwrap_or(&req.resources);
+                if let Ok(a) = fit(spec, &s.inventory, s.used_cpus, s.used_memory, &s.used_gpus) {
                     return Some((i, a));
                 }
             }

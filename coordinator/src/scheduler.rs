@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use corral_proto::config::{Configuration, StartupOrder, TaskConfig};
+use corral_proto::config::{Blocks, Configuration, Placement, RetryEvent, StartupOrder, TaskConfig};
 use corral_proto::ids::{JobId, NodeId, RunId};
-use corral_proto::job::JobSpec;
+use corral_proto::job::{JobSpec, TerminationReason};
 use corral_proto::resources::Allocation;
 use corral_proto::wire::CoordinatorMessage;
 
@@ -89,8 +89,8 @@ impl Scheduler {
         self.addresses.clear();
         for n in state.store.nodes()? {
             let Some(inv) = n.inventory else { continue };
-            let cluster = n.fleet.as_deref().is_some_and(|f| state.store.fleet_is_cluster(f).unwrap_or(false));
-            index.upsert(&n.id, &n.name, n.fleet.clone(), cluster, inv);
+            let (cluster, blocks) = fleet_shape(state, n.fleet.as_deref(), &inv);
+            index.upsert(&n.id, &n.name, n.fleet.clone(), cluster, blocks, inv);
             index.set_connected(&n.id, connected.contains(&n.id));
             index.set_cordoned(&n.id, n.cordoned);
             if let Some(a) = n.address {
@@ -168,8 +168,8 @@ impl Scheduler {
             return Ok(());
         };
         if let Some(inv) = n.inventory {
-            let cluster = n.fleet.as_deref().is_some_and(|f| state.store.fleet_is_cluster(f).unwrap_or(false));
-            self.index.upsert(&n.id, &n.name, n.fleet.clone(), cluster, inv);
+            let (cluster, blocks) = fleet_shape(state, n.fleet.as_deref(), &inv);
+            self.index.upsert(&n.id, &n.name, n.fleet.clone(), cluster, blocks, inv);
         }
         self.index.set_connected(&n.id, state.session(&n.id).is_some());
         self.index.set_cordoned(&n.id, n.cordoned);
@@ -180,17 +180,47 @@ impl Scheduler {
     }
 }
 
+/// What a node's fleet says about it: whether it is part of a cluster, and into how many blocks
+/// it is split. A missing or unreadable fleet configuration means neither.
+fn fleet_shape(state: &State, fleet: Option<&str>, inv: &corral_proto::inventory::HostInventory) -> (bool, u32) {
+    let Some(cfg) = fleet.and_then(|f| state.store.fleet_config(f).ok().flatten()) else { return (false, 1) };
+    let blocks = match cfg.blocks {
+        Blocks::Auto => (inv.gpus.len() as u32).max(1),
+        Blocks::Count(n) => n.max(1),
+    };
+    (cfg.placement == Placement::Cluster, blocks)
+}
+
 /// One pass: places what fits, records why the rest waits. Passes are serialized by the
 /// scheduler's lock.
 pub fn schedule_once(state: &State) -> anyhow::Result<()> {
+    // Runs that waited past their no-capacity retry window end outside the lock (ending a job
+    // takes the scheduler's lock itself).
+    let expired = place(state)?;
+    for (job, message) in expired {
+        state.finish_job(&job, TerminationReason::NoCapacity, None, Some(&message))?;
+    }
+    Ok(())
+}
+
+/// How long a waiting run may wait before it fails with `no_capacity`: only when its `retry`
+/// covers `no-capacity` (then for the retry duration); otherwise it waits as long as it takes, as a
+/// queue on one's own machines should.
+fn capacity_deadline(task: &TaskConfig, submitted_ms: i64) -> Option<i64> {
+    let retry = task.retry.as_ref().filter(|r| r.on_events.contains(&RetryEvent::NoCapacity))?;
+    Some(submitted_ms + retry.duration_secs.unwrap_or(3600) as i64 * 1000)
+}
+
+fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
     let mut sched = state.scheduler.lock().unwrap_or_else(|e| e.into_inner());
     if sched.synced_at.is_none_or(|t| t.elapsed() > RESYNC) {
         sched.resync(state)?;
     }
     if sched.queue.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let sched = &mut *sched;
+    let mut expired: Vec<(QueueKey, String)> = Vec::new();
     let mut failed_shapes: HashMap<String, String> = HashMap::new();
     let mut placed: Vec<(QueueKey, Vec<(NodeId, Allocation)>)> = Vec::new();
     let mut waits: Vec<(JobId, String)> = Vec::new();
@@ -212,6 +242,10 @@ pub fn schedule_once(state: &State) -> anyhow::Result<()> {
             Ok(allocs) => placed.push((key.clone(), allocs)),
             Err(reason) => {
                 failed_shapes.entry(q.shape.clone()).or_insert_with(|| reason.clone());
+                if capacity_deadline(&q.task, key.1).is_some_and(|d| now > d) {
+                    expired.push((key.clone(), format!("no capacity within the retry duration: {reason}")));
+                    continue;
+                }
                 if q.reason.as_deref() != Some(&reason) {
                     waits.extend(q.jobs.iter().map(|j| (j.clone(), reason.clone())));
                     q.reason = Some(reason);
@@ -222,8 +256,14 @@ pub fn schedule_once(state: &State) -> anyhow::Result<()> {
     if !waits.is_empty() {
         state.store.set_pending_many(&waits)?;
     }
+    let mut ended = Vec::new();
+    for (key, message) in expired {
+        if let Some(q) = sched.queue.remove(&key) {
+            ended.extend(q.jobs.into_iter().map(|j| (j, message.clone())));
+        }
+    }
     if placed.is_empty() {
-        return Ok(());
+        return Ok(ended);
     }
 
     let gangs: Vec<Vec<(NodeId, JobSpec)>> = placed
@@ -257,7 +297,7 @@ pub fn schedule_once(state: &State) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(ended)
 }
 
 /// The specs of a placed run's jobs: the task's configuration plus each rank's allocation and the

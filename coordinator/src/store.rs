@@ -313,15 +313,14 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Whether the fleet (of any project) was configured with `placement: cluster`.
-    pub fn fleet_is_cluster(&self, name: &str) -> Result<bool> {
+    /// A fleet's configuration by name (fleet names are looked up across projects: nodes name
+    /// their fleet without a project).
+    pub fn fleet_config(&self, name: &str) -> Result<Option<corral_proto::config::FleetConfig>> {
         let cfg: Option<String> = self
             .conn()
             .query_row("SELECT configuration FROM fleets WHERE name = ?1 LIMIT 1", [name], |r| r.get(0))
             .optional()?;
-        let Some(cfg) = cfg else { return Ok(false) };
-        let cfg: corral_proto::config::FleetConfig = from_json("fleet configuration", &cfg)?;
-        Ok(cfg.placement == corral_proto::config::Placement::Cluster)
+        cfg.map(|c| from_json("fleet configuration", &c)).transpose()
     }
 
     pub fn node_connected(&self, id: &NodeId, address: &str, agent_version: &str) -> Result<()> {

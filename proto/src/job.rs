@@ -118,6 +118,8 @@ pub enum TerminationReason {
     NodeUnreachable,
     /// Another job of the same multi-node run failed or was lost, so the whole gang stopped.
     GangMemberFailed,
+    /// No node could take it within its `retry` duration (with `on_events: [no-capacity]`).
+    NoCapacity,
 }
 
 impl TerminationReason {
@@ -134,6 +136,7 @@ impl TerminationReason {
             Self::AgentError => "agent_error",
             Self::NodeUnreachable => "node_unreachable",
             Self::GangMemberFailed => "gang_member_failed",
+            Self::NoCapacity => "no_capacity",
         }
     }
 
@@ -150,6 +153,7 @@ impl TerminationReason {
             Self::AgentError,
             Self::NodeUnreachable,
             Self::GangMemberFailed,
+            Self::NoCapacity,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)
@@ -166,7 +170,9 @@ impl TerminationReason {
             | Self::ImageUnavailable
             | Self::ContainerCreationFailed
             | Self::AgentError => Some(RetryEvent::Error),
-            Self::Done | Self::StoppedByUser | Self::AbortedByUser | Self::MaxDurationExceeded => None,
+            Self::Done | Self::StoppedByUser | Self::AbortedByUser | Self::MaxDurationExceeded | Self::NoCapacity => {
+                None
+            }
         }
     }
 

@@ -180,3 +180,27 @@ async fn master_first_start_and_master_done_stop() -> anyhow::Result<()> {
     assert_eq!(r.jobs[1].termination_reason, Some(TerminationReason::Done), "the worker ends with the master");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_capacity_fails_only_when_retry_says_so() -> anyhow::Result<()> {
+    let c = OneNode::start().await?;
+    let bounded = write_config(
+        c.dir.path(),
+        "bounded",
+        &format!(
+            "type: task\nname: bounded\nimage: {IMAGE}\nretry:\n  on_events: [no-capacity]\n  duration: 2s\ncommands:\n  - echo hi\nresources:\n  gpu: H100:8\n"
+        ),
+    );
+    let patient = write_config(
+        c.dir.path(),
+        "patient",
+        &format!("type: task\nname: patient\nimage: {IMAGE}\ncommands:\n  - echo hi\nresources:\n  gpu: H100:8\n"),
+    );
+    apply(&c.client, &bounded, true).await?;
+    apply(&c.client, &patient, true).await?;
+    let r = wait_state(&c.client, "bounded", |r| r.state.is_finished(), Duration::from_secs(20)).await?;
+    assert_eq!(r.state, JobState::Failed);
+    assert_eq!(r.jobs[0].termination_reason, Some(TerminationReason::NoCapacity));
+    assert_eq!(run(&c.client, "patient").await?.state, JobState::Pending, "without retry a run waits");
+    Ok(())
+}

@@ -45,7 +45,7 @@ fn gpu_req(names: &[&str], count: u32) -> Request {
 
 fn node(ix: &mut Index, name: &str, inv: HostInventory, fleet: Option<&str>, cluster: bool) -> NodeId {
     let id = NodeId(name.to_owned());
-    ix.upsert(&id, name, fleet.map(str::to_owned), cluster, inv);
+    ix.upsert(&id, name, fleet.map(str::to_owned), cluster, 1, inv);
     ix.set_connected(&id, true);
     id
 }
@@ -97,6 +97,23 @@ fn gangs_are_all_or_nothing_within_one_cluster_fleet() {
     assert!(!why.is_empty());
     let c = ix.node(&NodeId::from("c")).expect("c");
     assert!(c.used_gpus().is_empty(), "a failed gang reserves nothing");
+}
+
+#[test]
+fn blocks_split_a_node_into_equal_shares() {
+    let mut ix = Index::new();
+    let id = NodeId::from("big");
+    ix.upsert(&id, "big", Some("shared".into()), false, 4, host(&[A100; 8], 64));
+    ix.set_connected(&id, true);
+    // One GPU asked, one block given: 2 GPUs, a quarter of the CPUs and memory.
+    let p = ix.place(&gpu_req(&[], 1)).expect("fits");
+    assert_eq!(p[0].1.gpu_indices.len(), 2);
+    assert_eq!(p[0].1.cpus, 16);
+    assert_eq!(p[0].1.memory, Memory::gb(128));
+    // Three GPUs take two blocks.
+    assert_eq!(ix.place(&gpu_req(&[], 3)).expect("fits")[0].1.gpu_indices.len(), 4);
+    assert!(ix.place(&gpu_req(&[], 1)).is_ok());
+    assert!(ix.place(&gpu_req(&[], 1)).is_err(), "four blocks are taken");
 }
 
 #[test]
