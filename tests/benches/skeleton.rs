@@ -6,58 +6,22 @@
 //!
 //! Runs the release binaries as real processes: `scripts/bench.sh` builds them and runs this.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
 use corral_cli::client::Client;
 use corral_proto::api;
+use corral_tests::procs::{CoordinatorProc, bin, remove_node_containers, rss_kib};
 
 const IMAGE: &str = "corral-test/busybox:latest";
 const ROUNDS: usize = 10;
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn bin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("CORRAL_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release"));
-    dir.join(name)
-}
-
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
-    Ok(line.split_whitespace().nth(1).context("bad VmRSS")?.parse()?)
-}
-
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-async fn wait_until<F: AsyncFnMut() -> bool>(limit: Duration, mut f: F) -> anyhow::Result<()> {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if f().await {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    bail!("timed out")
 }
 
 /// `docker run --rm IMAGE sh -c 'echo ready'`, from spawn to the first byte of output.
@@ -85,7 +49,7 @@ async fn corral_once(client: &Client, dir: &Path, i: usize) -> anyhow::Result<Du
     let start = Instant::now();
     let _: api::Run =
         client.post(&client.project_path("runs"), &api::SubmitRun { configuration, source: None, name: None }).await?;
-    let mut resp = client.logs(&format!("bench-{i}"), 0, true).await?;
+    let mut resp = client.logs(&format!("bench-{i}"), 0, 0, true).await?;
     loop {
         match resp.chunk().await? {
             Some(c) if !c.is_empty() => return Ok(start.elapsed()),
@@ -98,42 +62,16 @@ async fn corral_once(client: &Client, dir: &Path, i: usize) -> anyhow::Result<Du
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let (http, quic) = (free_port()?, free_port()?);
-    let coordinator = Proc(
-        Command::new(bin("corral-coordinator"))
-            .args(["--data-dir"])
-            .arg(dir.path().join("coord"))
-            .args(["--http-listen", &format!("127.0.0.1:{http}"), "--quic-listen", &format!("127.0.0.1:{quic}")])
-            .env("CORRAL_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .context("run scripts/bench.sh: it builds the release binaries first")?,
-    );
-    let token_file = dir.path().join("coord/join-token");
-    wait_until(Duration::from_secs(10), async || token_file.exists() && dir.path().join("coord/admin-token").exists())
-        .await?;
-    let agent = Proc(
-        Command::new(bin("corral-agent"))
-            .args(["--coordinator", &format!("127.0.0.1:{quic}"), "--state-dir"])
-            .arg(dir.path().join("agent"))
-            .args(["--token", std::fs::read_to_string(&token_file)?.trim()])
-            .env("CORRAL_LOG", "warn")
-            .spawn()?,
-    );
-    let admin = std::fs::read_to_string(dir.path().join("coord/admin-token"))?;
-    let client = Client::new(&format!("http://127.0.0.1:{http}"), admin.trim(), "main");
-    wait_until(Duration::from_secs(20), async || {
-        client
-            .get::<Vec<api::Node>>("/api/nodes")
-            .await
-            .is_ok_and(|n| n.iter().any(|n| n.status == api::NodeStatus::Ready && n.inventory.is_some()))
-    })
-    .await?;
+    let coordinator = CoordinatorProc::start(&dir.path().join("coord"), &[]).await?;
+    let agent_state = dir.path().join("agent");
+    let agent = coordinator.agent(&agent_state, "bench-node")?;
+    coordinator.nodes_ready(1, Duration::from_secs(20)).await?;
+    let client = coordinator.client.clone();
 
     // Idle: connected, nothing running, after a few heartbeats.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let coord_rss = rss_kib(coordinator.0.id())?;
-    let agent_rss = rss_kib(agent.0.id())?;
+    let coord_rss = rss_kib(coordinator.proc.pid())?;
+    let agent_rss = rss_kib(agent.pid())?;
 
     // Warm both paths once, then alternate rounds so drift hits both alike.
     docker_run_once()?;
@@ -160,14 +98,7 @@ async fn main() -> anyhow::Result<()> {
         println!("| `{n}` release binary | {:.1} MiB | — | — |", size(n));
     }
     drop(agent);
-    // Leave no containers of this bench's node behind.
-    let node: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("agent/node.json"))?)?;
-    if let Some(id) = node["node_id"].as_str() {
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg(format!("docker ps -aq --filter label=corral.node={id} | xargs -r docker rm -f >/dev/null"))
-            .status();
-    }
+    remove_node_containers(&agent_state);
     drop(coordinator);
     Ok(())
 }
