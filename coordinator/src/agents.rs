@@ -164,8 +164,8 @@ async fn enroll(
             return refuse(conn, send, RefusalCode::BadRequest, format!("bad certificate request: {e}")).await;
         }
     };
-    let taken: HashSet<String> = state.store.nodes()?.into_iter().map(|n| n.name).collect();
     let base = sanitize_name(&req.hostname);
+    let taken: HashSet<String> = state.store.node_names_like(&base)?.into_iter().collect();
     let name = (1..)
         .map(|i| if i == 1 { base.clone() } else { format!("{base}-{i}") })
         .find(|n| !taken.contains(n))

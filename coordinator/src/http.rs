@@ -93,8 +93,10 @@ pub(crate) fn check_project(state: &State, project: &str) -> Result<(), Error> {
     }
 }
 
-fn node_name(state: &State) -> impl Fn(&NodeId) -> Option<String> + '_ {
-    move |id| state.store.nodes().ok()?.into_iter().find(|n| &n.id == id).map(|n| n.name)
+/// Node names for run views, read once per request.
+fn node_name(state: &State) -> impl Fn(&NodeId) -> Option<String> + use<> {
+    let names = state.store.node_names().unwrap_or_default();
+    move |id| names.get(id).cloned()
 }
 
 const ADJECTIVES: &[&str] = &[

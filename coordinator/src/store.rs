@@ -64,6 +64,9 @@ ALTER TABLE jobs ADD COLUMN submission INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE jobs ADD COLUMN not_before_ms INTEGER;
 CREATE INDEX jobs_by_run ON jobs(run_id, job_num, submission);
 "#,
+    r#"
+CREATE INDEX nodes_by_name ON nodes(name);
+"#,
 ];
 
 pub struct Store {
@@ -276,6 +279,22 @@ impl Store {
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(nodes)
+    }
+
+    /// Node names by id, without reading inventories (cheap at 10,000 nodes).
+    pub fn node_names(&self) -> Result<std::collections::HashMap<NodeId, String>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT id, name FROM nodes")?;
+        let names = stmt.query_map([], |r| Ok((NodeId(r.get(0)?), r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+        Ok(names)
+    }
+
+    /// The names in use that are `base` or `base-N`, for picking a free one.
+    pub fn node_names_like(&self, base: &str) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT name FROM nodes WHERE name = ?1 OR name LIKE ?1 || '-%'")?;
+        let names = stmt.query_map([base], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        Ok(names)
     }
 
     pub fn node(&self, id: &NodeId) -> Result<Option<NodeRow>> {
