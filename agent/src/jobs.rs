@@ -35,6 +35,9 @@ struct Tracked {
     stop: watch::Sender<StopRequest>,
     /// True once the container's whole output is at the coordinator (or there is no container).
     shipped: watch::Sender<bool>,
+    /// Where this host reaches the container, once a tunnel asked (it does not change while the
+    /// container runs, and asking Docker costs a round trip per tunnel).
+    address: Option<std::net::IpAddr>,
 }
 
 pub struct Jobs {
@@ -137,7 +140,7 @@ impl Jobs {
     fn track(&self, id: &JobId, state: JobState) -> watch::Receiver<StopRequest> {
         let (stop, rx) = watch::channel(None);
         let update = JobUpdate { job_id: id.clone(), state, exit_code: None, reason: None, message: None };
-        let tracked = Tracked { update, dirty: true, stop, shipped: watch::Sender::new(false) };
+        let tracked = Tracked { update, dirty: true, stop, shipped: watch::Sender::new(false), address: None };
         self.lock().insert(id.clone(), tracked);
         self.changed.notify_one();
         rx
@@ -247,6 +250,44 @@ impl Jobs {
 
     async fn exit_code(&self, container: &str) -> Option<i64> {
         self.shim.inspect_state(container).await.ok().and_then(|s| s.exit_code)
+    }
+
+    /// Where this host reaches the job's container, for tunnels: only a job this agent runs, and
+    /// only while it runs. `Err` says why not, in words for the user.
+    pub async fn address(&self, id: &JobId) -> Result<std::net::IpAddr, String> {
+        match self.lock().get(id).map(|t| (t.update.state.clone(), t.address)) {
+            Some((JobState::Running, Some(ip))) => return Ok(ip),
+            Some((JobState::Running, None)) => {}
+            Some((state, _)) => return Err(format!("job {id} is {state} on this node, not running")),
+            None => return Err(format!("job {id} does not run on this node")),
+        }
+        let ip = self.shim.address(&container_name(id)).await.map_err(|e| format!("job {id}: {e}"))?;
+        if let Some(t) = self.lock().get_mut(id) {
+            t.address = Some(ip);
+        }
+        Ok(ip)
+    }
+
+    pub fn shim(&self) -> &Shim {
+        &self.shim
+    }
+
+    /// Starts a command in a job's running container. `Err` says why not, in words for the user.
+    pub async fn exec(&self, req: &corral_proto::wire::ExecRequest) -> Result<corral_shim::Exec, String> {
+        let id = &req.job_id;
+        match self.lock().get(id).map(|t| t.update.state.clone()) {
+            Some(JobState::Running) => {}
+            Some(state) => return Err(format!("job {id} is {state} on this node, not running")),
+            None => return Err(format!("job {id} does not run on this node")),
+        }
+        if req.command.is_empty() {
+            return Err("no command to run".to_owned());
+        }
+        let size = req.size.map(|s| (s.rows, s.cols));
+        self.shim
+            .exec(&container_name(id), req.command.clone(), req.tty, size)
+            .await
+            .map_err(|e| format!("job {id}: {e}"))
     }
 
     /// Asks a job to stop. Unknown jobs (a container the coordinator no longer wants) are removed.

@@ -3,17 +3,20 @@
 //! - [`inventory`]: what the host has (sysinfo, NVML, TPU device nodes, Docker's runtimes);
 //! - [`identity`]: the node's key and certificate, and TLS that pins the coordinator's CA;
 //! - [`link`]: enrollment and the QUIC session (commands in, reports and heartbeats out);
-//! - [`jobs`]: containers through the shim, their supervision and their log streams.
+//! - [`jobs`]: containers through the shim, their supervision and their log streams;
+//! - [`tunnel`]: byte pipes from the coordinator into containers' ports, over the session's streams.
 //!
 //! Tasks: the link task owns the session; one task per job supervises its container and one ships
-//! its output. All stop on the root `CancellationToken`; containers keep running when the agent
+//! its output; per session one task accepts tunnels, and one task per tunnel pipes it. All stop on the root `CancellationToken`; containers keep running when the agent
 //! stops, and are re-adopted by label when it starts again.
 
 pub mod cli;
+pub mod exec;
 pub mod identity;
 pub mod inventory;
 pub mod jobs;
 pub mod link;
+pub mod tunnel;
 
 use std::path::PathBuf;
 

@@ -36,11 +36,16 @@ pub fn endpoint() -> anyhow::Result<quinn::Endpoint> {
     quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))).context("cannot open a UDP socket")
 }
 
+/// Streams the coordinator may open at once: each tunnelled connection (service request, forwarded
+/// port) is one.
+const MAX_TUNNELS: u32 = 1024;
+
 /// QUIC over `tls`: 30 s idle timeout, and a keep-alive every 5 s when asked.
 pub fn quic_config(tls: rustls::ClientConfig, keep_alive: bool) -> anyhow::Result<quinn::ClientConfig> {
     let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
     let mut transport = quinn::TransportConfig::default();
     transport.max_idle_timeout(Some(Duration::from_secs(30).try_into()?));
+    transport.max_concurrent_bidi_streams(MAX_TUNNELS.into());
     if keep_alive {
         transport.keep_alive_interval(Some(Duration::from_secs(5)));
     }
@@ -268,6 +273,9 @@ async fn session(
     write_frame(&mut send, &AgentMessage::Inventory(inventory.clone())).await?;
     write_frame(&mut send, &AgentMessage::Containers(jobs.report())).await?;
     jobs.set_connection(Some(conn.clone()));
+    // Tunnels into containers ride streams the coordinator opens on this connection.
+    let tunnels = tokio::spawn(crate::tunnel::serve(conn.clone(), jobs.clone()));
+    let _tunnels_guard = AbortOnDrop(tunnels.abort_handle());
 
     let mut heartbeat = tokio::time::interval(Duration::from_secs(welcome.heartbeat_secs.max(1) as u64));
     let mut seq = 0u64;

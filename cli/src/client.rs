@@ -125,6 +125,42 @@ impl Client {
         self.send(self.http.post(format!("{}{path}", self.url)).json(body)).await
     }
 
+    /// Opens a byte pipe to `port` of job `job` of a run's containers, through the coordinator.
+    pub async fn tunnel(&self, run: &str, job: u32, port: u16) -> anyhow::Result<reqwest::Upgraded> {
+        let query = [("port", port.to_string()), ("job", job.to_string())];
+        self.upgrade(&format!("runs/{run}/tunnel"), &query, corral_proto::api::TUNNEL_PROTOCOL).await
+    }
+
+    /// Starts `command` in job `job` of a run; the connection then carries `wire::ExecFrame`s.
+    pub async fn exec(&self, run: &str, job: u32, command: &[String], tty: bool) -> anyhow::Result<reqwest::Upgraded> {
+        let query = [("command", serde_json::to_string(command)?), ("job", job.to_string()), ("tty", tty.to_string())];
+        self.upgrade(&format!("runs/{run}/exec"), &query, corral_proto::api::EXEC_PROTOCOL).await
+    }
+
+    /// A project path upgraded to `protocol` (`101 Switching Protocols`), or the coordinator's error.
+    async fn upgrade(&self, path: &str, query: &[(&str, String)], protocol: &str) -> anyhow::Result<reqwest::Upgraded> {
+        let url = format!("{}{}", self.url, self.project_path(path));
+        let resp = self
+            .http
+            .get(url)
+            .query(query)
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, protocol)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the coordinator at {}", self.url))?;
+        if resp.status() != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+            let status = resp.status();
+            let body = resp.bytes().await.unwrap_or_default();
+            match serde_json::from_slice::<ApiError>(&body) {
+                Ok(e) => bail!("{}", e.error),
+                Err(_) => bail!("the coordinator answered {status} to a {protocol} request"),
+            }
+        }
+        resp.upgrade().await.context("the connection was cut before it switched protocols")
+    }
+
     /// Opens a log stream from `offset`.
     pub async fn logs(&self, run: &str, job: u32, offset: u64, follow: bool) -> anyhow::Result<reqwest::Response> {
         let url = format!("{}{}", self.url, self.project_path(&format!("runs/{run}/logs")));

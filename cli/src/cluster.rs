@@ -11,25 +11,32 @@ use corral_proto::config::FleetConfig;
 use crate::client::Client;
 use crate::commands::{confirm, node_list};
 use crate::output::{ago, table};
-use crate::{FleetCommand, NodeCommand};
+use crate::{FleetCommand, NodeCommand, NodeSelection};
 
 type Out<'a> = &'a mut (dyn Write + Send);
 
 pub async fn node(client: &Client, command: NodeCommand, out: Out<'_>) -> anyhow::Result<i32> {
     match command {
         NodeCommand::List { json } => node_list(client, json, out).await,
-        NodeCommand::Cordon { node } => {
-            let _: () = client.post(&format!("/api/nodes/{node}/cordon"), &()).await?;
-            writeln!(out, "node {node} cordoned: it takes no new jobs")?;
-            Ok(0)
-        }
-        NodeCommand::Uncordon { node } => {
-            let _: () = client.post(&format!("/api/nodes/{node}/uncordon"), &()).await?;
-            writeln!(out, "node {node} takes new jobs again")?;
-            Ok(0)
-        }
+        NodeCommand::Cordon(which) => cordon(client, which, true, out).await,
+        NodeCommand::Uncordon(which) => cordon(client, which, false, out).await,
         NodeCommand::Drain { node, deadline } => drain(client, &node, deadline.as_deref(), out).await,
     }
+}
+
+async fn cordon(client: &Client, which: NodeSelection, cordoned: bool, out: Out<'_>) -> anyhow::Result<i32> {
+    let sel = api::CordonNodes { cordoned, nodes: which.nodes, fleet: which.fleet, all: which.all };
+    let changed: Vec<String> = client.post("/api/nodes/cordon", &sel).await?;
+    let what = if cordoned { "cordoned: it takes no new jobs" } else { "takes new jobs again" };
+    match changed.as_slice() {
+        [] => writeln!(out, "no node changed: {}", if cordoned { "already cordoned" } else { "none was cordoned" })?,
+        [one] => writeln!(out, "node {one} {what}")?,
+        many => {
+            let what = if cordoned { "cordoned: they take no new jobs" } else { "take new jobs again" };
+            writeln!(out, "{} nodes {what}: {}", many.len(), many.join(", "))?
+        }
+    }
+    Ok(0)
 }
 
 /// Cordons the node and waits until its jobs have ended; past the deadline the coordinator stops

@@ -110,11 +110,13 @@ pub async fn apply(
     if let Configuration::Fleet(fleet) = configuration {
         return crate::cluster::apply_fleet(client, fleet, source, out).await;
     }
-    let Configuration::Task(task) = &mut configuration else {
-        bail!("{}: only `type: task` runs in this version of Corral", file.display());
+    let env = match &mut configuration {
+        Configuration::Task(t) => &mut t.env,
+        Configuration::Service(s) => &mut s.env,
+        _ => bail!("{}: only tasks and services run in this version of Corral", file.display()),
     };
     // dstack's `- NAME` env form takes the value from where `apply` runs.
-    for var in &mut task.env {
+    for var in env {
         if var.value.is_none() {
             let v = std::env::var(&var.name).with_context(|| {
                 format!("{}: env {}: not set in this shell (export it or give a value)", file.display(), var.name)
@@ -122,7 +124,12 @@ pub async fn apply(
             var.value = Some(v);
         }
     }
-    let task = task.clone();
+    // What each job runs (a service's replicas each run its replica task).
+    let (task, service) = match &configuration {
+        Configuration::Task(t) => (t.clone(), None),
+        Configuration::Service(s) => (s.replica_task(), Some(s.clone())),
+        _ => bail!("{}: only tasks and services run in this version of Corral", file.display()),
+    };
     let run_name = name.clone().or(task.name.clone());
 
     // The plan: which nodes could take it now.
@@ -165,6 +172,12 @@ pub async fn apply(
     let run: api::Run =
         client.post(&client.project_path("runs"), &SubmitRun { configuration, source: Some(source), name }).await?;
     eprintln!("submitted run {}", run.name);
+    if let Some(svc) = &service {
+        let url = format!("{}/proxy/services/{}/{}/", client.url, client.project, run.name);
+        let replicas = svc.replicas.max.unwrap_or(1);
+        let auth = if svc.auth { " (send `Authorization: Bearer <your Corral token>`)" } else { "" };
+        eprintln!("Service:   {url}{auth}, {replicas} replica(s) on port {}", svc.port);
+    }
     if detach {
         writeln!(out, "{}", run.name)?;
         return Ok(0);

@@ -1,9 +1,11 @@
 //! `corral`: the user's command line. Reads dstack-compatible configuration files and talks to the
 //! coordinator's HTTP API only ([`client`]). Each verb lives in [`commands`].
 
+pub mod attach;
 pub mod client;
 pub mod cluster;
 pub mod commands;
+pub mod exec;
 pub mod output;
 
 use clap::{Parser, Subcommand};
@@ -60,6 +62,30 @@ pub enum Command {
         #[arg(long)]
         abort: bool,
     },
+    /// Forward a run's ports to this machine (its `ports`, a service's `port`, and `-p`), through
+    /// the coordinator: the node needs no inbound port.
+    Attach {
+        run: String,
+        /// Also forward these: `LOCAL:CONTAINER`, `PORT`, or `*:CONTAINER` for any free local port.
+        #[arg(short = 'p', long = "port", value_parser = parse_port)]
+        ports: Vec<corral_proto::config::PortMapping>,
+        /// Which job of the run (a rank, or a service's replica).
+        #[arg(long, default_value_t = 0)]
+        job: u32,
+    },
+    /// Run a command in a run's container; exits with the command's exit code.
+    Exec {
+        run: String,
+        /// Which job of the run (a rank, or a service's replica).
+        #[arg(long, default_value_t = 0)]
+        job: u32,
+        /// Pass this terminal's input to the command.
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// The command and its arguments (after `--`).
+        #[arg(required = true, last = true)]
+        command: Vec<String>,
+    },
     /// Nodes enrolled with the coordinator.
     Node {
         #[command(subcommand)]
@@ -81,16 +107,30 @@ pub enum Command {
     },
 }
 
+/// Which nodes: the ones named, a fleet's, or all.
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["nodes", "fleet", "all"])))]
+pub struct NodeSelection {
+    /// Node names (or ids).
+    pub nodes: Vec<String>,
+    /// Every node of this fleet.
+    #[arg(long)]
+    pub fleet: Option<String>,
+    /// Every node.
+    #[arg(long)]
+    pub all: bool,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum NodeCommand {
     List {
         #[arg(long)]
         json: bool,
     },
-    /// Take no new jobs on the node (running ones go on).
-    Cordon { node: String },
-    /// Take new jobs on the node again.
-    Uncordon { node: String },
+    /// Take no new jobs on the nodes (running ones go on).
+    Cordon(NodeSelection),
+    /// Take new jobs on the nodes again.
+    Uncordon(NodeSelection),
     /// Cordon, wait for the node's jobs to end, and stop what still runs after `--deadline`.
     Drain {
         node: String,
@@ -119,6 +159,11 @@ pub enum FleetCommand {
     },
 }
 
+fn parse_port(text: &str) -> Result<corral_proto::config::PortMapping, String> {
+    corral_proto::config::parse_port_mapping(text)
+        .ok_or_else(|| format!("{text:?} is not a port mapping: use LOCAL:CONTAINER, PORT or *:CONTAINER"))
+}
+
 /// Runs one command; returns the process exit code. Errors are returned for `main` to print.
 pub async fn run(cli: Cli, out: &mut (dyn std::io::Write + Send)) -> anyhow::Result<i32> {
     use commands::*;
@@ -133,6 +178,15 @@ pub async fn run(cli: Cli, out: &mut (dyn std::io::Write + Send)) -> anyhow::Res
             logs(&client::Client::from_env()?, &run, job, follow, out).await.map(|_| 0)
         }
         Command::Stop { run, yes, abort } => stop(&client::Client::from_env()?, &run, yes, abort, out).await,
+        Command::Attach { run, ports, job } => {
+            attach::attach(&client::Client::from_env()?, &run, job, ports, out).await
+        }
+        Command::Exec { run, job, interactive, command } => {
+            let stdin: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>> =
+                if interactive { Some(Box::new(tokio::io::stdin())) } else { None };
+            let mut err = std::io::stderr();
+            exec::exec(&client::Client::from_env()?, &run, job, &command, stdin, out, &mut err).await
+        }
         Command::Node { command } => cluster::node(&client::Client::from_env()?, command, out).await,
         Command::Fleet { command } => cluster::fleet(&client::Client::from_env()?, command, out).await,
     }

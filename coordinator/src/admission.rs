@@ -2,19 +2,57 @@
 //! a field whose feature Corral does not have yet is refused here, by name, rather than silently
 //! ignored — running without it would not be what the user asked for.
 
-use corral_proto::config::{Configuration, FleetConfig, SpotPolicy, TaskConfig};
+use corral_proto::config::{Configuration, FleetConfig, ServiceConfig, SpotPolicy, TaskConfig};
+
+/// An admitted run: what each of its jobs runs, and how many jobs it has — a task's `nodes` (one
+/// gang), or a service's replicas (each placed on its own).
+#[derive(Debug)]
+pub struct Admitted {
+    pub task: TaskConfig,
+    pub jobs: u32,
+}
 
 /// `Err` names the first unsupported field and says why.
-pub fn check(cfg: &Configuration) -> Result<&TaskConfig, String> {
-    let task = match cfg {
-        Configuration::Task(t) => t,
-        other => {
-            return Err(format!(
-                "type: {} — only tasks run in this version of Corral (services and dev environments come next)",
-                other.kind()
-            ));
+pub fn check(cfg: &Configuration) -> Result<Admitted, String> {
+    match cfg {
+        Configuration::Task(t) => {
+            check_task(t)?;
+            Ok(Admitted { task: t.clone(), jobs: t.nodes.max(1) })
         }
-    };
+        Configuration::Service(s) => {
+            let replicas = check_service(s)?;
+            let task = s.replica_task();
+            check_task(&task)?;
+            Ok(Admitted { task, jobs: replicas })
+        }
+        other => Err(format!(
+            "type: {} — tasks and services run in this version of Corral (dev environments come next)",
+            other.kind()
+        )),
+    }
+}
+
+/// The service-only fields; returns the number of replicas.
+fn check_service(s: &ServiceConfig) -> Result<u32, String> {
+    let unsupported = [
+        (
+            "scaling",
+            s.scaling.is_some() || s.replicas.min != s.replicas.max,
+            "autoscaling is not supported yet: give `replicas` a fixed number",
+        ),
+        ("model", s.model.is_some(), "the OpenAI-compatible model route is not supported yet"),
+        ("rate_limits", !s.rate_limits.is_empty(), "rate limits are not supported yet"),
+    ];
+    if let Some((field, _, why)) = unsupported.iter().find(|(_, used, _)| *used) {
+        return Err(format!("{field}: {why}"));
+    }
+    match s.replicas.max.unwrap_or(1) {
+        0 => Err("replicas: a service needs at least one replica".to_owned()),
+        n => Ok(n),
+    }
+}
+
+fn check_task(task: &TaskConfig) -> Result<(), String> {
     let refuse = |field: &str, why: &str| Err(format!("{field}: {why}"));
     if task.image.is_none() {
         if task.python.is_some() || task.nvcc {
@@ -56,7 +94,7 @@ pub fn check(cfg: &Configuration) -> Result<&TaskConfig, String> {
     if let Some((field, _, why)) = unsupported.iter().find(|(_, used, _)| *used) {
         return refuse(field, why);
     }
-    Ok(task)
+    Ok(())
 }
 
 /// What an on-prem fleet can be today: a named group of enrolled nodes, with `placement`. Nodes join
@@ -107,6 +145,19 @@ mod tests {
     }
 
     #[test]
+    fn services_are_admitted_with_fixed_replicas() {
+        let svc = "type: service\nimage: busybox\nport: 80\nreplicas: 2\ncommands: [\"httpd -f\"]\n";
+        let a = check(&parse(svc)).expect("admitted");
+        assert_eq!((a.jobs, a.task.nodes), (2, 1));
+        let scaled = "type: service\nimage: busybox\nport: 80\nreplicas: 0..2\nscaling: {metric: rps, target: 5}\ncommands: [\"x\"]\n";
+        assert!(check(&parse(scaled)).expect_err("refused").starts_with("scaling:"));
+        let model = "type: service\nimage: busybox\nport: 80\nmodel: llama\ncommands: [\"x\"]\n";
+        assert!(check(&parse(model)).expect_err("refused").starts_with("model:"));
+        let vols = "type: service\nimage: busybox\nport: 80\nvolumes: [\"/a:/b\"]\ncommands: [\"x\"]\n";
+        assert!(check(&parse(vols)).expect_err("refused").starts_with("volumes:"));
+    }
+
+    #[test]
     fn plain_tasks_are_admitted_and_others_refused_by_field() {
         assert!(check(&parse("type: task\nimage: busybox\ncommands: [\"echo\"]\n")).is_ok());
         let e = check(&parse("type: task\npython: \"3.12\"\ncommands: [\"echo\"]\n")).expect_err("refused");
@@ -116,7 +167,7 @@ mod tests {
         let e = check(&parse("type: task\nimage: busybox\nvolumes: [\"/data:/data\"]\ncommands: [\"echo\"]\n"))
             .expect_err("refused");
         assert!(e.starts_with("volumes:"), "{e}");
-        let e = check(&parse("type: service\nimage: busybox\nport: 80\ncommands: [\"echo\"]\n")).expect_err("refused");
-        assert!(e.starts_with("type: service"), "{e}");
+        let e = check(&parse("type: dev-environment\nimage: busybox\nide: vscode\n")).expect_err("refused");
+        assert!(e.starts_with("type: dev-environment"), "{e}");
     }
 }

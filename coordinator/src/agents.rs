@@ -314,6 +314,9 @@ fn handle_message(
         AgentMessage::Heartbeat { seq } => {
             let _ = tx.try_send(CoordinatorMessage::HeartbeatAck { seq });
         }
+        AgentMessage::TunnelReply(_) => {
+            tracing::warn!(node = %node.name, "a tunnel reply on the control stream, ignored");
+        }
     }
     Ok(())
 }

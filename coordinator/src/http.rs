@@ -1,5 +1,6 @@
 //! The HTTP API. Handlers parse the request, call the store, and answer JSON; every error is
-//! `{"error": "..."}` with a status that fits. All routes but `/api/health` need a bearer token.
+//! `{"error": "..."}` with a status that fits. All routes but `/api/health` need a bearer token;
+//! under `/proxy/services/` each service's `auth` decides ([`proxy`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use axum::extract::{Path, Query, Request, State as Extract};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +24,10 @@ use crate::State;
 use crate::secrets::{now_ms, random_hex, sha256_hex};
 
 mod cluster;
+mod exec;
+mod proxy;
+
+pub use proxy::Balancer;
 
 type AppState = Arc<State>;
 
@@ -40,14 +45,23 @@ pub fn router(state: AppState) -> Router {
         .route("/api/projects/{project}/runs/{name}", get(get_run))
         .route("/api/projects/{project}/runs/{name}/stop", post(stop_run))
         .route("/api/projects/{project}/runs/{name}/logs", get(run_logs))
+        .route("/api/projects/{project}/runs/{name}/tunnel", get(proxy::port_tunnel))
+        .route("/api/projects/{project}/runs/{name}/exec", get(exec::exec))
         .route("/api/nodes", get(cluster::list_nodes))
+        .route("/api/nodes/cordon", post(cluster::cordon_many))
         .route("/api/nodes/{name}/cordon", post(cluster::cordon))
         .route("/api/nodes/{name}/uncordon", post(cluster::uncordon))
         .route("/api/nodes/{name}/drain", post(cluster::drain))
         .route("/api/projects/{project}/fleets", post(cluster::put_fleet).get(cluster::list_fleets))
         .route("/api/projects/{project}/fleets/{name}", get(cluster::get_fleet).delete(cluster::delete_fleet))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
-    Router::new().route("/api/health", get(|| async { "ok" })).merge(api).with_state(state)
+    Router::new()
+        .route("/api/health", get(|| async { "ok" }))
+        .route("/proxy/services/{project}/{name}", any(proxy::service))
+        .route("/proxy/services/{project}/{name}/", any(proxy::service))
+        .route("/proxy/services/{project}/{name}/{*rest}", any(proxy::service))
+        .merge(api)
+        .with_state(state)
 }
 
 pub struct Error(StatusCode, String);
@@ -70,19 +84,18 @@ pub(crate) fn err(status: StatusCode, msg: impl Into<String>) -> Error {
 }
 
 async fn authenticate(Extract(state): Extract<AppState>, req: Request, next: Next) -> Result<Response, Error> {
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(token) = token else {
+    let Some(token) = bearer_token(req.headers()) else {
         return Err(err(StatusCode::UNAUTHORIZED, "missing bearer token: set CORRAL_TOKEN or run `corral config`"));
     };
     if state.store.api_token_name(&sha256_hex(token.as_bytes()))?.is_none() {
         return Err(err(StatusCode::UNAUTHORIZED, "invalid token"));
     }
     Ok(next.run(req).await)
+}
+
+/// The token of an `Authorization: Bearer` header.
+pub(crate) fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
 }
 
 pub(crate) fn check_project(state: &State, project: &str) -> Result<(), Error> {
@@ -93,10 +106,9 @@ pub(crate) fn check_project(state: &State, project: &str) -> Result<(), Error> {
     }
 }
 
-/// Node names for run views, read once per request.
-fn node_name(state: &State) -> impl Fn(&NodeId) -> Option<String> + use<> {
-    let names = state.store.node_names().unwrap_or_default();
-    move |id| names.get(id).cloned()
+/// Node names for run views, looked up by id as the view needs them.
+fn node_name(state: &State) -> impl Fn(&NodeId) -> Option<String> + '_ {
+    move |id| state.store.node_name(id).ok().flatten()
 }
 
 const ADJECTIVES: &[&str] = &[
@@ -120,8 +132,8 @@ async fn submit_run(
     Json(req): Json<SubmitRun>,
 ) -> Result<Json<api::Run>, Error> {
     check_project(&state, &project)?;
-    let task = crate::admission::check(&req.configuration).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
-    let name = req.name.clone().or_else(|| task.name.clone()).unwrap_or_else(generated_name);
+    let admitted = crate::admission::check(&req.configuration).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
+    let name = req.name.clone().or_else(|| admitted.task.name.clone()).unwrap_or_else(generated_name);
     if !corral_proto::config::is_valid_name(&name) {
         return Err(err(
             StatusCode::BAD_REQUEST,
@@ -131,7 +143,7 @@ async fn submit_run(
         ));
     }
     let run_id = RunId(random_hex(8));
-    let jobs: Vec<JobId> = (0..task.nodes.max(1)).map(|_| JobId(random_hex(8))).collect();
+    let jobs: Vec<JobId> = (0..admitted.jobs).map(|_| JobId(random_hex(8))).collect();
     let stored = state.store.insert_run(&run_id, &project, &name, &req.configuration, req.source.as_deref(), &jobs)?;
     if !stored {
         return Err(err(
@@ -146,11 +158,9 @@ async fn submit_run(
             tracing::error!("cannot queue run {name}: {e:#}");
         }
     }
-    // Place it now rather than at the next pass, so that `apply` shows where it went. The run is
-    // stored either way: a failed pass is retried by the scheduler.
-    if let Err(e) = crate::scheduler::schedule_once(&state) {
-        tracing::error!("placement pass failed: {e:#}");
-    }
+    // Wait for a placement pass, so that `apply` shows where the run went. The run is stored and
+    // queued either way: a slow or failed pass only means the answer says `submitted`.
+    state.passes.run_after(&state.wake_scheduler, Duration::from_secs(2)).await;
     let run = state
         .store
         .run_view(&run_id, &node_name(&state))?

@@ -5,7 +5,9 @@
 //!   task drains the node's bounded command channel; one task per log stream appends to [`logs`].
 //! - [`scheduler`]: places queued jobs on nodes where they fit; woken by a `Notify` on every change
 //!   that could make room, and every few seconds regardless (level-triggered).
-//! - [`http`]: the HTTP API (axum) for the CLI.
+//! - [`probes`]: readiness probes of service replicas, through tunnels, every second.
+//! - [`http`]: the HTTP API (axum) for the CLI, and the proxy that carries service traffic and
+//!   forwarded ports into containers through [`tunnel`]s over the agents' own connections.
 //!
 //! State: [`store`] (SQLite) holds runs, jobs, nodes and tokens; the set of connected nodes and their
 //! command channels lives in memory ([`State::sessions`]) and is rebuilt as agents reconnect.
@@ -17,9 +19,11 @@ pub mod lifecycle;
 pub mod logs;
 pub mod pki;
 pub mod placement;
+pub mod probes;
 pub mod scheduler;
 pub mod secrets;
 pub mod store;
+pub mod tunnel;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -83,12 +87,19 @@ pub struct State {
     pub logs: LogStore,
     pub sessions: Mutex<HashMap<NodeId, Session>>,
     pub wake_scheduler: Notify,
+    /// Scheduling passes started, and the number of the last one finished: a submission waits for a
+    /// pass that began after it was queued, so passes coalesce under load.
+    pub passes: scheduler::Passes,
     /// The queue and the placement index; held for a whole pass, so passes never overlap.
     pub scheduler: Mutex<scheduler::Scheduler>,
     /// When each node was last heard from (any message), for the liveness watch.
     pub heard: Mutex<HashMap<NodeId, tokio::time::Instant>>,
     /// Every task of this coordinator, drained on shutdown.
     pub tasks: TaskTracker,
+    /// Round robin over each service's replicas.
+    pub balancer: http::Balancer,
+    /// Which service replicas passed their readiness probes.
+    pub probes: probes::Probes,
 }
 
 impl State {
@@ -106,10 +117,10 @@ impl State {
             return Ok(false);
         }
         if let Some(job) = job {
-            if let (Some(node), Some(a)) = (&job.node_id, &job.allocation) {
-                if !job.state.is_finished() {
-                    self.scheduler.lock().unwrap_or_else(|e| e.into_inner()).release(node, a);
-                }
+            if let (Some(node), Some(a)) = (&job.node_id, &job.allocation)
+                && !job.state.is_finished()
+            {
+                self.scheduler.lock().unwrap_or_else(|e| e.into_inner()).release(node, a);
             }
             lifecycle::job_ended(self, &job, reason)?;
         }
@@ -241,9 +252,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         logs,
         sessions: Mutex::new(HashMap::new()),
         wake_scheduler: Notify::new(),
+        passes: scheduler::Passes::default(),
         scheduler: Mutex::new(scheduler::Scheduler::new()),
         tasks: TaskTracker::new(),
         heard: Mutex::new(HashMap::new()),
+        balancer: http::Balancer::default(),
+        probes: probes::Probes::default(),
     });
     // Nodes with jobs get the full timeout to come back after a coordinator restart.
     for job in state.store.placed_jobs()? {
@@ -264,6 +278,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     tasks.spawn(http::serve(listener, state.clone(), shutdown.child_token()));
     tasks.spawn(scheduler::run(state.clone(), shutdown.child_token()));
     tasks.spawn(lifecycle::watch_nodes(state.clone(), shutdown.child_token()));
+    tasks.spawn(probes::run(state.clone(), shutdown.child_token()));
 
     Ok(Running { http_addr, quic_addr, admin_token, join_token, state, tasks })
 }

@@ -70,10 +70,10 @@ pub fn may_start(job: &JobRow, gang: &[JobRow]) -> bool {
 pub fn start_allowed(state: &State, run: &corral_proto::ids::RunId) -> Result<(), StoreError> {
     let gang = state.store.latest_jobs(run)?;
     for job in gang.iter().filter(|j| j.state == JobState::Provisioning) {
-        if let (Some(node), Some(spec)) = (&job.node_id, &job.spec) {
-            if may_start(job, &gang) {
-                state.send(node, CoordinatorMessage::StartJob(Box::new(spec.clone())));
-            }
+        if let (Some(node), Some(spec)) = (&job.node_id, &job.spec)
+            && may_start(job, &gang)
+        {
+            state.send(node, CoordinatorMessage::StartJob(Box::new(spec.clone())));
         }
     }
     Ok(())

@@ -10,8 +10,10 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use corral_proto::config::{Blocks, Configuration, Placement, RetryEvent, StartupOrder, TaskConfig};
@@ -35,9 +37,11 @@ const MPI_HOSTFILE: &str = "/tmp/corral-mpi-hostfile";
 
 pub async fn run(state: Arc<State>, shutdown: CancellationToken) {
     loop {
+        let pass = state.passes.started.fetch_add(1, Ordering::SeqCst) + 1;
         if let Err(e) = schedule_once(&state) {
             tracing::error!("scheduling pass failed: {e:#}");
         }
+        state.passes.finished.send_replace(pass);
         tokio::select! {
             () = state.wake_scheduler.notified() => {}
             () = tokio::time::sleep(PERIOD) => {}
@@ -46,8 +50,33 @@ pub async fn run(state: Arc<State>, shutdown: CancellationToken) {
     }
 }
 
-/// Queue order: higher priority first, then older first.
-type QueueKey = (Reverse<u8>, i64, RunId);
+/// Counts the scheduler task's passes, so that a caller can wait for one that starts after it.
+pub struct Passes {
+    started: AtomicU64,
+    finished: watch::Sender<u64>,
+}
+
+impl Default for Passes {
+    fn default() -> Self {
+        Self { started: AtomicU64::new(0), finished: watch::Sender::new(0) }
+    }
+}
+
+impl Passes {
+    /// Wakes the scheduler and waits (at most `limit`) until a pass that began after this call has
+    /// finished. Many callers at once share one pass: a pass walks the whole queue, so running one
+    /// per submission would cost the square of the queue's length.
+    pub async fn run_after(&self, wake: &tokio::sync::Notify, limit: Duration) {
+        let target = self.started.load(Ordering::SeqCst) + 1;
+        let mut finished = self.finished.subscribe();
+        wake.notify_one();
+        let _ = tokio::time::timeout(limit, finished.wait_for(|&n| n >= target)).await;
+    }
+}
+
+/// Queue order: higher priority first, then older first. The last part tells a service's replicas
+/// apart (each is placed on its own); it is 0 for a task, whose ranks are placed together.
+type QueueKey = (Reverse<u8>, i64, RunId, u32);
 
 struct Queued {
     run_name: String,
@@ -103,24 +132,29 @@ impl Scheduler {
             }
         }
         self.index = index;
-        let reasons: HashMap<RunId, Option<String>> =
-            self.queue.iter().map(|((_, _, id), q)| (id.clone(), q.reason.clone())).collect();
+        let reasons: HashMap<(RunId, u32), Option<String>> =
+            self.queue.iter().map(|((_, _, id, r), q)| ((id.clone(), *r), q.reason.clone())).collect();
         self.queue.clear();
         for job in state.store.queued_jobs()? {
             self.enqueue_job(job);
         }
-        for ((_, _, id), q) in &mut self.queue {
-            q.reason = reasons.get(id).cloned().flatten();
+        for ((_, _, id, r), q) in &mut self.queue {
+            q.reason = reasons.get(&(id.clone(), *r)).cloned().flatten();
         }
         self.synced_at = Some(tokio::time::Instant::now());
         Ok(())
     }
 
-    fn enqueue_job(&mut self, job: JobRow) {
-        let Configuration::Task(task) = job.configuration else {
-            return;
+    fn enqueue_job(&mut self, mut job: JobRow) {
+        let (task, replica) = match &job.configuration {
+            Configuration::Task(task) => (task.clone(), None),
+            Configuration::Service(svc) => (svc.replica_task(), Some(job.job_num)),
+            _ => return,
         };
-        let key = (Reverse(task.priority.unwrap_or(0)), job.submitted_ms, job.run_id.clone());
+        let key = (Reverse(task.priority.unwrap_or(0)), job.submitted_ms, job.run_id.clone(), replica.unwrap_or(0));
+        if replica.is_some() {
+            job.job_num = 0; // the one job of its queue entry
+        }
         let entry = self.queue.entry(key).or_insert_with(|| {
             let request = Request {
                 resources: task.resources.clone(),
@@ -156,11 +190,18 @@ impl Scheduler {
 
     /// Drops a run from the queue (stopped before it was placed).
     pub fn dequeue(&mut self, run: &RunId) {
-        self.queue.retain(|(_, _, id), _| id != run);
+        self.queue.retain(|(_, _, id, _), _| id != run);
     }
 
     pub fn release(&mut self, node: &NodeId, a: &Allocation) {
         self.index.release(node, a);
+    }
+
+    /// Cordons or uncordons nodes in the index (already recorded in the store).
+    pub fn set_cordoned(&mut self, nodes: &[NodeId], cordoned: bool) {
+        for n in nodes {
+            self.index.set_cordoned(n, cordoned);
+        }
     }
 
     pub fn node_changed(&mut self, state: &State, node: &NodeId) -> anyhow::Result<()> {

@@ -169,6 +169,9 @@ impl Store {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // 32 MiB of pages in memory (SQLite's default is 2 MiB): a node row carries its inventory,
+        // and 10,000 of them do not fit the default.
+        conn.pragma_update(None, "cache_size", -32 * 1024)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let store = Self { conn: Mutex::new(conn) };
@@ -281,12 +284,11 @@ impl Store {
         Ok(nodes)
     }
 
-    /// Node names by id, without reading inventories (cheap at 10,000 nodes).
-    pub fn node_names(&self) -> Result<std::collections::HashMap<NodeId, String>> {
+    /// A node's name, by its id (a primary-key lookup: run views call it per job).
+    pub fn node_name(&self, id: &NodeId) -> Result<Option<String>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached("SELECT id, name FROM nodes")?;
-        let names = stmt.query_map([], |r| Ok((NodeId(r.get(0)?), r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
-        Ok(names)
+        let mut stmt = conn.prepare_cached("SELECT name FROM nodes WHERE id = ?1")?;
+        Ok(stmt.query_row([&id.0], |r| r.get(0)).optional()?)
     }
 
     /// The names in use that are `base` or `base-N`, for picking a free one.
@@ -297,8 +299,57 @@ impl Store {
         Ok(names)
     }
 
+    /// A node by name or id (not revoked).
+    pub fn node_by_name(&self, name: &str) -> Result<Option<NodeRow>> {
+        self.query_nodes("WHERE revoked = 0 AND (name = ?1 OR id = ?1) ORDER BY name = ?1 DESC LIMIT 1", [name])
+            .map(|mut v| v.pop())
+    }
+
     pub fn node(&self, id: &NodeId) -> Result<Option<NodeRow>> {
         self.query_nodes("WHERE id = ?1", [&id.0]).map(|mut v| v.pop())
+    }
+
+    /// Cordons or uncordons the nodes a selector names (`nodes` by name or id, or a `fleet`'s, or
+    /// `all`), in one transaction. `Err(name)` inside: a named node does not exist, and nothing
+    /// changed. Returns the nodes whose flag changed.
+    pub fn set_cordoned_many(
+        &self,
+        sel: &corral_proto::api::CordonNodes,
+    ) -> Result<std::result::Result<Vec<(NodeId, String)>, String>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut changed = Vec::new();
+        {
+            let mut update = tx.prepare_cached(
+                "UPDATE nodes SET cordoned = ?1 WHERE revoked = 0 AND cordoned != ?1 \
+                 AND (?2 OR fleet = ?3 OR name = ?4 OR id = ?4) RETURNING id, name",
+            )?;
+            let mut run = |all: bool, fleet: Option<&str>, name: Option<&str>| -> Result<()> {
+                let rows = update.query_map(params![sel.cordoned, all, fleet, name], |r| {
+                    Ok((NodeId(r.get(0)?), r.get::<_, String>(1)?))
+                })?;
+                for row in rows {
+                    changed.push(row?);
+                }
+                Ok(())
+            };
+            if sel.all || sel.fleet.is_some() {
+                run(sel.all, sel.fleet.as_deref(), None)?;
+            }
+            for name in &sel.nodes {
+                let exists: bool = tx.query_row(
+                    "SELECT EXISTS(SELECT 1 FROM nodes WHERE revoked = 0 AND (name = ?1 OR id = ?1))",
+                    [name],
+                    |r| r.get(0),
+                )?;
+                if !exists {
+                    return Ok(Err(name.clone()));
+                }
+                run(false, None, Some(name))?;
+            }
+        }
+        tx.commit()?;
+        Ok(Ok(changed))
     }
 
     pub fn set_cordoned(&self, id: &NodeId, cordoned: bool) -> Result<()> {

@@ -113,6 +113,27 @@ pub struct Fleet {
     pub configuration: crate::config::FleetConfig,
 }
 
+/// The `Upgrade` protocol of `GET /api/projects/{project}/runs/{name}/tunnel?port=P&job=K`: after
+/// `101 Switching Protocols` the connection is a raw byte pipe to that port of the job's container.
+pub const TUNNEL_PROTOCOL: &str = "corral-tunnel";
+
+/// The `Upgrade` protocol of `GET /api/projects/{project}/runs/{name}/exec?command=[..]`: after
+/// `101 Switching Protocols` the connection carries `wire::ExecFrame`s (framed as on the QUIC link).
+pub const EXEC_PROTOCOL: &str = "corral-exec";
+
+/// `POST /api/nodes/cordon`: cordons or uncordons many nodes at once — the ones named, a fleet's, or
+/// all. Answers the names of the nodes it changed.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CordonNodes {
+    pub cordoned: bool,
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    #[serde(default)]
+    pub fleet: Option<String>,
+    #[serde(default)]
+    pub all: bool,
+}
+
 /// `POST /api/nodes/{name}/drain`: cordon, then stop what still runs after the deadline.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct DrainNode {

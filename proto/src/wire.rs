@@ -175,6 +175,8 @@ pub enum AgentMessage {
     Heartbeat {
         seq: u64,
     },
+    /// The answer to `OpenTunnel`, first frame back on the tunnel's stream.
+    TunnelReply(TunnelReply),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +197,54 @@ pub enum CoordinatorMessage {
     HeartbeatAck {
         seq: u64,
     },
+    /// First frame of a bi-stream the coordinator opens: connect it to `port` of the job's
+    /// container. After the agent's `TunnelReply::Connected` the stream carries raw bytes.
+    OpenTunnel {
+        job_id: JobId,
+        port: u16,
+    },
+    /// First frame of a bi-stream the coordinator opens: run a command in the job's container.
+    /// After the agent's `TunnelReply::Connected` both sides send [`ExecFrame`]s.
+    OpenExec(ExecRequest),
+}
+
+/// A command to run in a job's running container (`corral exec`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub job_id: JobId,
+    pub command: Vec<String>,
+    /// Allocate a terminal (output is then one stream, and `Resize` applies).
+    pub tty: bool,
+    pub size: Option<TermSize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermSize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// What travels on an exec stream once it is open: input and resizes from the user, output and
+/// the exit code from the container. The stream ends after `Exit`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExecFrame {
+    Stdin(Vec<u8>),
+    /// No more input (the command sees end of file).
+    StdinEnd,
+    Resize(TermSize),
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    /// The command ended; `None` when its code could not be read.
+    Exit {
+        code: Option<i64>,
+    },
+}
+
+/// Whether the agent reached the port a tunnel names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TunnelReply {
+    Connected,
+    Failed { message: String },
 }
 
 /// Frames of a log stream (one unidirectional stream per job, agent → coordinator).

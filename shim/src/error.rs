@@ -23,6 +23,14 @@ pub enum ShimError {
     #[error("image {image} is unavailable: {reason}")]
     ImageUnavailable { image: String, reason: String },
 
+    /// Docker would not run a command in the container the way it was asked.
+    #[error("cannot run a command in container {container}: {why}")]
+    Exec { container: String, why: String },
+
+    /// The container is on no network this host can reach (`network_mode: none`).
+    #[error("container {container} has no network address")]
+    NoAddress { container: String },
+
     /// A container named for the job already exists (an earlier attempt, or a restarted agent).
     #[error("a container named {name} already exists for job {job}")]
     ContainerExists {

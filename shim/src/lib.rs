@@ -8,7 +8,8 @@
 //! was down), so [`Shim::connect`] itself does no I/O beyond checking that the socket exists.
 //!
 //! Files: [`spec`] (job spec → container configuration, pure), `image` (present or pull), `container`
-//! (the verbs on one container), `list` (finding and inspecting containers), [`error`].
+//! (the verbs on one container), `exec` (commands in a running container), `list` (finding and
+//! inspecting containers), [`error`].
 
 use std::sync::Arc;
 
@@ -19,11 +20,13 @@ use tokio::sync::OnceCell;
 
 mod container;
 pub mod error;
+mod exec;
 mod image;
 mod list;
 pub mod spec;
 
 pub use error::ShimError;
+pub use exec::{Exec, ExecOutput};
 pub use list::{ContainerState, ManagedContainer};
 pub use spec::{GpuPassthrough, RunOptions, container_name};
 

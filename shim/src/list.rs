@@ -79,6 +79,27 @@ impl Shim {
         Ok(found)
     }
 
+    /// The address this host reaches the container at: loopback for host networking, else its
+    /// address on its first network (the default bridge).
+    pub async fn address(&self, container: &str) -> Result<std::net::IpAddr, ShimError> {
+        let docker = self.client().await?;
+        let inspected = docker
+            .inspect_container(container, None)
+            .await
+            .map_err(|e| self.container_error("inspecting", container, e))?;
+        let host_mode = inspected.host_config.as_ref().and_then(|h| h.network_mode.as_deref()) == Some("host");
+        if host_mode {
+            return Ok(std::net::IpAddr::from([127, 0, 0, 1]));
+        }
+        let networks = inspected.network_settings.as_ref().and_then(|n| n.networks.as_ref());
+        networks
+            .into_iter()
+            .flat_map(|n| n.values())
+            .filter_map(|e| e.ip_address.as_deref())
+            .find_map(|ip| ip.parse().ok())
+            .ok_or_else(|| ShimError::NoAddress { container: container.to_owned() })
+    }
+
     /// Whether the container runs, how it ended, and when.
     pub async fn inspect_state(&self, container: &str) -> Result<ContainerState, ShimError> {
         let docker = self.client().await?;

@@ -9,7 +9,14 @@
 //! CORRAL_BENCH_NODES=1000 cargo bench -p corral-tests --bench scale
 //! ```
 //!
-//! Knobs (environment): `CORRAL_BENCH_NODES` (10000), `CORRAL_BENCH_HOLD_SECS` (20: the window
+//! Then placement throughput: every node is cordoned, `CORRAL_BENCH_JOBS` single-GPU runs are
+//! submitted through the HTTP API (they queue), and all nodes are uncordoned in one request; the
+//! time from that request until the hollow nodes have received every `StartJob` that fits (8 per
+//! node) is the placement time: queue walk, bin-packing, one transaction for all assignments, the
+//! commands over QUIC. Goal: ≥ 20,000 placements/s.
+//!
+//! Knobs (environment): `CORRAL_BENCH_NODES` (10000), `CORRAL_BENCH_JOBS` (10 per node; 0 skips
+//! the placement phase), `CORRAL_BENCH_HOLD_SECS` (20: the window
 //! heartbeats are measured in), `CORRAL_BENCH_CONCURRENCY` (64 enrollments or handshakes at once),
 //! `CORRAL_BENCH_KILL` (10 nodes killed at the end, to time how long the coordinator takes to call
 //! them offline; 0 skips it), `CORRAL_BENCH_LATE` (100 more nodes enrolled once all are connected,
@@ -104,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
     let concurrency = env_num("CORRAL_BENCH_CONCURRENCY", 64)? as usize;
     let kills = (env_num("CORRAL_BENCH_KILL", 10)? as usize).min(nodes);
     let late = env_num("CORRAL_BENCH_LATE", 100)? as usize;
+    let jobs = env_num("CORRAL_BENCH_JOBS", nodes as u64 * 10)? as usize;
     let log_level = std::env::var("CORRAL_BENCH_LOG").unwrap_or_else(|_| "warn".to_owned());
     let tck = ticks_per_sec();
 
@@ -257,6 +265,8 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    let placement = if jobs > 0 { Some(place_queued(&client, &fleet, jobs, concurrency).await?) } else { None };
+
     let end = fleet.stats();
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
@@ -342,6 +352,28 @@ async fn main() -> anyhow::Result<()> {
             detect.map_or_else(|| "not within 120 s".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()))
         );
     }
+    if let Some(p) = &placement {
+        println!(
+            "| {jobs} single-GPU runs submitted over HTTP while all nodes are cordoned, {concurrency} at a time | {:.1} s ({:.0}/s) | — |",
+            p.submitted_in.as_secs_f64(),
+            jobs as f64 / p.submitted_in.as_secs_f64()
+        );
+        let rate = p.placed as f64 / p.placed_in.as_secs_f64();
+        println!(
+            "| uncordon all → every fitting job's `StartJob` at its node ({} placed, {} wait) | {:.2} s: {:.0} placements/s | {} ≥ 20,000/s |",
+            p.placed,
+            jobs - p.placed,
+            p.placed_in.as_secs_f64(),
+            rate,
+            goal(rate >= 20_000.0 && p.complete)
+        );
+        println!(
+            "| coordinator RSS after placement (peak) | {:.0} MiB ({:.0}) | {} ≤ 1 GiB |",
+            mib(status_kib(pid, "VmRSS:")?),
+            mib(status_kib(pid, "VmHWM:")?),
+            goal(status_kib(pid, "VmHWM:")? <= 1024 * 1024)
+        );
+    }
     println!("| bench process RSS (hollow nodes) | {:.0} MiB | — |", mib(bench_rss));
     println!(
         "| at the end: sessions lost; hollow-side errors; coordinator WARN/ERROR lines (kills warn by design) | {}; {}; {} | 0; 0; — |",
@@ -364,4 +396,61 @@ async fn main() -> anyhow::Result<()> {
     fleet.shutdown().await;
     drop(coordinator);
     Ok(())
+}
+
+struct Placement {
+    submitted_in: Duration,
+    /// Jobs started on the hollow nodes when measuring ended.
+    placed: usize,
+    placed_in: Duration,
+    /// Every job that fits was placed (rather than the wait timing out).
+    complete: bool,
+}
+
+/// Cordons every node, queues `jobs` single-GPU runs, uncordons every node in one request and times
+/// how long until every job that fits has reached its node.
+async fn place_queued(
+    client: &Client,
+    fleet: &HollowFleet,
+    jobs: usize,
+    concurrency: usize,
+) -> anyhow::Result<Placement> {
+    use futures_util::{StreamExt, TryStreamExt};
+
+    let cordon = |cordoned| api::CordonNodes { cordoned, all: true, ..Default::default() };
+    let _: Vec<String> = client.post("/api/nodes/cordon", &cordon(true)).await?;
+    let running_before = fleet.stats().jobs_running;
+    let fits = (fleet.stats().connected * 8).saturating_sub(running_before).min(jobs);
+
+    eprintln!("{} submitting {jobs} runs, {concurrency} at a time…", utc());
+    let text = "type: task\nimage: busybox\ncommands:\n  - sleep 600\nresources:\n  gpu: H100:1\n";
+    let configuration = corral_proto::config::parse(text, "bench").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let path = client.project_path("runs");
+    let submitting = Instant::now();
+    futures_util::stream::iter(0..jobs)
+        .map(|i| {
+            let submit =
+                api::SubmitRun { configuration: configuration.clone(), source: None, name: Some(format!("q-{i:06}")) };
+            let path = &path;
+            async move { client.post::<_, api::Run>(path, &submit).await.map(|_| ()) }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect::<()>()
+        .await?;
+    let submitted_in = submitting.elapsed();
+
+    eprintln!("{} uncordoning all; {fits} jobs fit…", utc());
+    let placing = Instant::now();
+    let _: Vec<String> = client.post("/api/nodes/cordon", &cordon(false)).await?;
+    let mut complete = false;
+    while placing.elapsed() < Duration::from_secs(300) {
+        if fleet.stats().jobs_running >= running_before + fits {
+            complete = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let placed_in = placing.elapsed();
+    let placed = fleet.stats().jobs_running - running_before;
+    Ok(Placement { submitted_in, placed, placed_in, complete })
 }

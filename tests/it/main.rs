@@ -9,4 +9,5 @@ mod multinode;
 mod netns;
 mod reconcile;
 mod restart;
+mod services;
 mod tasks;

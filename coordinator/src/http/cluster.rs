@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::{Path, State as Extract};
 use axum::http::StatusCode;
 
-use corral_proto::api::{self, DrainNode, NodeStatus, SubmitFleet};
+use corral_proto::api::{self, CordonNodes, DrainNode, NodeStatus, SubmitFleet};
 use corral_proto::job::TerminationReason;
 
 use super::{AppState, Error, check_project, err};
@@ -48,9 +48,7 @@ pub(super) async fn list_nodes(Extract(state): Extract<AppState>) -> Result<Json
 fn node_by_name(state: &State, name: &str) -> Result<NodeRow, Error> {
     state
         .store
-        .nodes()?
-        .into_iter()
-        .find(|n| n.name == name || n.id.as_str() == name)
+        .node_by_name(name)?
         .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("no node named {name:?} (see `corral node list`)")))
 }
 
@@ -70,6 +68,28 @@ pub(super) async fn cordon(Extract(state): Extract<AppState>, Path(name): Path<S
 pub(super) async fn uncordon(Extract(state): Extract<AppState>, Path(name): Path<String>) -> Result<Json<()>, Error> {
     set_cordon(&state, &name, false)?;
     Ok(Json(()))
+}
+
+/// Cordons or uncordons many nodes in one request (`corral node cordon --all`, `--fleet F`).
+pub(super) async fn cordon_many(
+    Extract(state): Extract<AppState>,
+    Json(sel): Json<CordonNodes>,
+) -> Result<Json<Vec<String>>, Error> {
+    let chosen = usize::from(sel.all) + usize::from(sel.fleet.is_some()) + usize::from(!sel.nodes.is_empty());
+    if chosen != 1 {
+        return Err(err(StatusCode::BAD_REQUEST, "name nodes, or give either `fleet` or `all` (one of the three)"));
+    }
+    let changed = match state.store.set_cordoned_many(&sel)? {
+        Ok(changed) => changed,
+        Err(name) => {
+            return Err(err(StatusCode::NOT_FOUND, format!("no node named {name:?} (see `corral node list`)")));
+        }
+    };
+    let ids: Vec<_> = changed.iter().map(|(id, _)| id.clone()).collect();
+    state.scheduler.lock().unwrap_or_else(|e| e.into_inner()).set_cordoned(&ids, sel.cordoned);
+    state.wake_scheduler.notify_one();
+    tracing::info!(nodes = changed.len(), cordoned = sel.cordoned, "nodes cordon changed");
+    Ok(Json(changed.into_iter().map(|(_, name)| name).collect()))
 }
 
 /// Cordons the node, then, past the deadline, stops the jobs still on it. The coordinator does the

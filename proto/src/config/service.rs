@@ -55,6 +55,41 @@ pub struct ServiceConfig {
     pub provisioning: Provisioning,
 }
 
+impl ServiceConfig {
+    /// What one replica runs: a single-node task with the service's container, resources and
+    /// limits. The scheduler places each replica on its own.
+    pub fn replica_task(&self) -> super::TaskConfig {
+        super::TaskConfig {
+            name: self.name.clone(),
+            image: self.image.clone(),
+            commands: self.commands.clone(),
+            env: self.env.clone(),
+            working_dir: self.working_dir.clone(),
+            ports: Vec::new(),
+            max_duration_secs: self.max_duration_secs,
+            stop_duration_secs: self.stop_duration_secs,
+            resources: self.resources.clone(),
+            nodes: 1,
+            priority: self.priority,
+            python: self.python.clone(),
+            nvcc: self.nvcc,
+            user: self.user.clone(),
+            privileged: self.privileged,
+            entrypoint: self.entrypoint.clone(),
+            shell: self.shell.clone(),
+            registry_auth: self.registry_auth.clone(),
+            volumes: self.volumes.clone(),
+            repos: self.repos.clone(),
+            files: self.files.clone(),
+            retry: self.retry.clone(),
+            utilization_policy: self.utilization_policy.clone(),
+            startup_order: super::StartupOrder::Any,
+            stop_criteria: super::StopCriteria::AllDone,
+            provisioning: self.provisioning.clone(),
+        }
+    }
+}
+
 /// Autoscaling on requests per second (dstack's only metric, `rps`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ScalingSpec {

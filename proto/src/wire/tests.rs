@@ -72,6 +72,8 @@ fn golden() -> Vec<(String, Vec<u8>)> {
             message: Some("exit 3".into()),
         }),
         AgentMessage::Heartbeat { seq: 7 },
+        AgentMessage::TunnelReply(TunnelReply::Connected),
+        AgentMessage::TunnelReply(TunnelReply::Failed { message: "closed".into() }),
     ];
     let coord = [
         CoordinatorMessage::Welcome(Welcome {
@@ -90,11 +92,26 @@ fn golden() -> Vec<(String, Vec<u8>)> {
         CoordinatorMessage::StopJob { job_id: "j1".into(), abort: false, reason: TerminationReason::StoppedByUser },
         CoordinatorMessage::ForgetJob { job_id: "j1".into() },
         CoordinatorMessage::HeartbeatAck { seq: 7 },
+        CoordinatorMessage::OpenTunnel { job_id: "j1".into(), port: 8080 },
+        CoordinatorMessage::OpenExec(ExecRequest {
+            job_id: "j1".into(),
+            command: vec!["sh".into()],
+            tty: true,
+            size: Some(TermSize { rows: 24, cols: 80 }),
+        }),
     ];
     let logs = [
         LogFrame::Open { job_id: "j1".into() },
         LogFrame::Chunk { offset: 300, data: b"hi\n".to_vec() },
         LogFrame::End { total: 303 },
+    ];
+    let exec = [
+        ExecFrame::Stdin(b"ls\n".to_vec()),
+        ExecFrame::StdinEnd,
+        ExecFrame::Resize(TermSize { rows: 50, cols: 132 }),
+        ExecFrame::Stdout(b"a\n".to_vec()),
+        ExecFrame::Stderr(b"e\n".to_vec()),
+        ExecFrame::Exit { code: Some(7) },
     ];
     let mut out = Vec::new();
     for m in agent {
@@ -106,6 +123,9 @@ fn golden() -> Vec<(String, Vec<u8>)> {
     for m in logs {
         out.push((format!("{m:?}"), encode(&m).expect("encodes")));
     }
+    for m in exec {
+        out.push((format!("{m:?}"), encode(&m).expect("encodes")));
+    }
     out
 }
 
@@ -115,6 +135,8 @@ const GOLDEN: &[&str] = &[
     "4352524c0001000000070201026a310100",
     "4352524c00010000001103026a3107010601010106657869742033",
     "4352524c0001000000020407",
+    "4352524c0001000000020500",
+    "4352524c000100000009050106636c6f736564",
     "4352524c00010000000c0001026e3105302e312e3005",
     "4352524c00010000000801026e3101430141",
     "4352524c0001000000050201026e6f",
@@ -122,9 +144,17 @@ const GOLDEN: &[&str] = &[
     "4352524c00010000000604026a310004",
     "4352524c00010000000405026a31",
     "4352524c0001000000020607",
+    "4352524c00010000000607026a31903f",
+    "4352524c00010000000c08026a310102736801011850",
     "4352524c00010000000400026a31",
     "4352524c00010000000701ac020368690a",
     "4352524c00010000000302af02",
+    "4352524c00010000000500036c730a",
+    "4352524c00010000000101",
+    "4352524c00010000000402328401",
+    "4352524c0001000000040302610a",
+    "4352524c0001000000040402650a",
+    "4352524c00010000000305010e",
 ];
 
 #[test]
@@ -203,6 +233,18 @@ proptest! {
         let f = encode(&m).expect("encodes");
         let (back, _): (LogFrame, usize) = decode_frame(&f).expect("valid").expect("complete");
         prop_assert_eq!(back, m);
+    }
+
+    #[test]
+    fn tunnel_frames_round_trip(id in "[a-z0-9]{1,20}", port in any::<u16>(), why in ".{0,80}") {
+        let open = CoordinatorMessage::OpenTunnel { job_id: JobId(id), port };
+        let (back, _): (CoordinatorMessage, usize) =
+            decode_frame(&encode(&open).expect("encodes")).expect("valid").expect("complete");
+        prop_assert_eq!(back, open);
+        let reply = AgentMessage::TunnelReply(TunnelReply::Failed { message: why });
+        let (back, _): (AgentMessage, usize) =
+            decode_frame(&encode(&reply).expect("encodes")).expect("valid").expect("complete");
+        prop_assert_eq!(back, reply);
     }
 
     #[test]

@@ -168,3 +168,45 @@ async fn a_killed_node_falls_silent_without_closing() -> anyhow::Result<()> {
     c.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cordoned_nodes_take_no_jobs_until_uncordoned() -> anyhow::Result<()> {
+    use corral_cli::{NodeCommand, NodeSelection, cluster::node};
+    let c = Cluster::start().await?;
+    let fleet = c.fleet(2, HollowOptions::default()).await?;
+    let which = |nodes: &[&str], all: bool| NodeSelection {
+        nodes: nodes.iter().map(|n| n.to_string()).collect(),
+        fleet: None,
+        all,
+    };
+
+    let mut out = Vec::new();
+    assert_eq!(node(&c.client, NodeCommand::Cordon(which(&[], true)), &mut out).await?, 0);
+    let said = String::from_utf8_lossy(&out);
+    assert!(said.contains("2 nodes cordoned") && said.contains("hollow-00001"), "{said}");
+    assert!(c.node("hollow-00000").await?.cordoned);
+
+    c.submit("waits", 1).await?;
+    let run = c.wait_run("waits", |r| r.jobs[0].status_message.is_some()).await?;
+    assert_eq!(run.state, JobState::Pending);
+    let why = run.jobs[0].status_message.clone().unwrap_or_default();
+    assert!(why.contains("2 cordoned"), "{why}");
+
+    let mut out = Vec::new();
+    node(&c.client, NodeCommand::Uncordon(which(&["hollow-00001"], false)), &mut out).await?;
+    assert_eq!(String::from_utf8_lossy(&out), "node hollow-00001 takes new jobs again\n");
+    let run = c.wait_run("waits", |r| r.state == JobState::Running).await?;
+    assert_eq!(run.jobs[0].node_name.as_deref(), Some("hollow-00001"));
+    assert!(c.node("hollow-00000").await?.cordoned);
+
+    // A name that does not exist changes nothing, and says so.
+    let e = node(&c.client, NodeCommand::Uncordon(which(&["hollow-00000", "nope"], false)), &mut Vec::new())
+        .await
+        .expect_err("an unknown node is refused");
+    assert!(format!("{e:#}").contains("no node named \"nope\""), "{e:#}");
+    assert!(c.node("hollow-00000").await?.cordoned);
+
+    fleet.shutdown().await;
+    c.stop().await;
+    Ok(())
+}

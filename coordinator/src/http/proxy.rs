@@ -1,0 +1,239 @@
+//! Traffic into containers, through tunnels over the agents' own connections:
+//! - `/proxy/services/<project>/<run>/...`: a service's HTTP endpoint, balanced over its running
+//!   replicas, with the service's `auth` and `strip_prefix`; upgrades (WebSockets) and streamed
+//!   bodies pass through;
+//! - `GET /api/projects/<project>/runs/<run>/tunnel?port=P`: a raw byte pipe to a port of a run's
+//!   container (HTTP `Upgrade: corral-tunnel`), what `corral attach` forwards local ports over.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State as Extract};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+
+use corral_proto::api::TUNNEL_PROTOCOL;
+use corral_proto::config::{Configuration, ServiceConfig};
+use corral_proto::ids::{JobId, NodeId, RunId};
+use corral_proto::job::JobState;
+
+use super::{AppState, Error, bearer_token, check_project, err};
+use crate::State;
+use crate::secrets::sha256_hex;
+use crate::tunnel::{self, Tunnel};
+
+/// Where the next request of each service goes (round robin over its ready replicas).
+#[derive(Default)]
+pub struct Balancer {
+    next: Mutex<HashMap<RunId, usize>>,
+}
+
+impl Balancer {
+    fn pick(&self, run: &RunId, n: usize) -> usize {
+        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        let i = next.entry(run.clone()).or_insert(0);
+        let pick = *i % n.max(1);
+        *i = i.wrapping_add(1);
+        pick
+    }
+}
+
+/// `/proxy/services/{project}/{run}` and everything below it.
+pub(super) async fn service(Extract(state): Extract<AppState>, req: Request) -> Response {
+    match serve_service(&state, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn serve_service(state: &State, mut req: Request) -> Result<Response, Error> {
+    let path = req.uri().path().to_owned();
+    let rest = path.strip_prefix("/proxy/services/").unwrap_or_default();
+    let mut parts = rest.splitn(3, '/');
+    let (project, name) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let below = parts.next();
+    check_project(state, project)?;
+    let Some((run_id, Configuration::Service(cfg), _)) = state.store.run_by_name(project, name)? else {
+        return Err(err(StatusCode::NOT_FOUND, format!("no service named {name:?} in project {project:?}")));
+    };
+    if cfg.auth {
+        let token = bearer_token(req.headers());
+        let valid = match token {
+            Some(t) => state.store.api_token_name(&sha256_hex(t.as_bytes()))?.is_some(),
+            None => false,
+        };
+        if !valid {
+            let mut e = err(
+                StatusCode::UNAUTHORIZED,
+                format!("service {name:?} needs a Corral token: send `Authorization: Bearer <token>`"),
+            )
+            .into_response();
+            e.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return Ok(e);
+        }
+        // The token is the coordinator's business, not the application's.
+        req.headers_mut().remove(header::AUTHORIZATION);
+    }
+    let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+    let target =
+        if cfg.strip_prefix { format!("/{}{query}", below.unwrap_or_default()) } else { format!("{path}{query}") };
+    *req.uri_mut() = target.parse::<Uri>().map_err(|e| err(StatusCode::BAD_REQUEST, format!("bad path: {e}")))?;
+
+    let replicas = ready_replicas(state, &run_id, &cfg)?;
+    if replicas.is_empty() {
+        return Err(err(StatusCode::SERVICE_UNAVAILABLE, format!("service {name:?} has no ready replica yet")));
+    }
+    // Try each replica once, starting from the balancer's pick: one that cannot be reached (its
+    // container is gone, the port is not open yet) does not fail the request.
+    let first = state.balancer.pick(&run_id, replicas.len());
+    let mut last = None;
+    for k in 0..replicas.len() {
+        let (node, job) = &replicas[(first + k) % replicas.len()];
+        match tunnel::open(state, node, job, cfg.port).await {
+            Ok(t) => return forward(t, req, &cfg).await,
+            Err(e) => {
+                tracing::debug!(service = name, job = %job, "replica unreachable: {e}");
+                last = Some(e);
+            }
+        }
+    }
+    let why = last.map(|e| e.to_string()).unwrap_or_default();
+    Err(err(StatusCode::BAD_GATEWAY, format!("no replica of service {name:?} answered: {why}")))
+}
+
+/// The replicas of a run's latest submission that take traffic: running, and ready by their probes.
+fn ready_replicas(state: &State, run: &RunId, cfg: &ServiceConfig) -> Result<Vec<(NodeId, JobId)>, Error> {
+    let probes = cfg.probes.as_deref().unwrap_or_default();
+    Ok(state
+        .store
+        .latest_jobs(run)?
+        .into_iter()
+        .filter(|j| j.state == JobState::Running && state.probes.is_ready(&j.id, probes))
+        .filter_map(|j| Some((j.node_id?, j.id)))
+        .collect())
+}
+
+/// Headers that describe one hop and are not forwarded (RFC 9110 §7.6.1); `Connection` and
+/// `Upgrade` travel with an upgrade request.
+fn strip_hop_headers(headers: &mut HeaderMap, upgrading: bool) {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .filter(|s| !upgrading || s != "upgrade")
+        .collect();
+    for h in named {
+        headers.remove(h.as_str());
+    }
+    for h in ["keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding"] {
+        headers.remove(h);
+    }
+    if !upgrading {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Sends one request over a fresh tunnel and streams the answer back; a `101 Switching Protocols`
+/// joins the two upgraded connections.
+async fn forward(tunnel: Tunnel, mut req: Request, cfg: &ServiceConfig) -> Result<Response, Error> {
+    let bad_gateway = |e: hyper::Error| err(StatusCode::BAD_GATEWAY, format!("replica on port {}: {e}", cfg.port));
+    let mut sender = tunnel::http1(tunnel).await.map_err(bad_gateway)?;
+    let upgrading = req.headers().contains_key(header::UPGRADE);
+    let client_side = upgrading.then(|| hyper::upgrade::on(&mut req));
+    strip_hop_headers(req.headers_mut(), upgrading);
+    let mut resp = sender.send_request(req).await.map_err(bad_gateway)?;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_side) = client_side
+    {
+        let replica_side = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            match tokio::try_join!(client_side, replica_side) {
+                Ok((client, replica)) => {
+                    let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(replica)).await;
+                }
+                Err(e) => tracing::debug!("upgrade through the proxy failed: {e}"),
+            }
+        });
+    } else {
+        strip_hop_headers(resp.headers_mut(), false);
+    }
+    Ok(resp.map(Body::new))
+}
+
+#[derive(Deserialize)]
+pub(super) struct TunnelQuery {
+    port: u16,
+    #[serde(default)]
+    job: u32,
+}
+
+/// `GET /api/projects/{project}/runs/{name}/tunnel?port=P[&job=K]` with `Upgrade: corral-tunnel`:
+/// answers `101` once the agent has connected to the port, then pipes bytes both ways.
+pub(super) async fn port_tunnel(
+    Extract(state): Extract<AppState>,
+    Path((project, name)): Path<(String, String)>,
+    Query(q): Query<TunnelQuery>,
+    mut req: Request,
+) -> Result<Response, Error> {
+    expect_upgrade(&req, TUNNEL_PROTOCOL)?;
+    let (node, job) = running_job(&state, &project, &name, q.job)?;
+    let tunnel = tunnel::open(&state, &node, &job, q.port).await.map_err(tunnel_error)?;
+    Ok(switch(&mut req, TUNNEL_PROTOCOL, tunnel))
+}
+
+/// `426 Upgrade Required` unless the request asks to upgrade to `protocol`.
+pub(super) fn expect_upgrade(req: &Request, protocol: &str) -> Result<(), Error> {
+    let wants = req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok());
+    if wants.is_some_and(|v| v.eq_ignore_ascii_case(protocol)) {
+        Ok(())
+    } else {
+        Err(err(StatusCode::UPGRADE_REQUIRED, format!("send `Upgrade: {protocol}`")))
+    }
+}
+
+/// The node and id of a run's job `job`, which must be running.
+pub(super) fn running_job(state: &State, project: &str, name: &str, job: u32) -> Result<(NodeId, JobId), Error> {
+    let run = super::find_run(state, project, name)?;
+    let Some(j) = run.jobs.iter().find(|j| j.job_num == job) else {
+        return Err(err(StatusCode::NOT_FOUND, format!("run {name:?} has no job {job}")));
+    };
+    match (&j.state, &j.node_id) {
+        (JobState::Running, Some(node)) => Ok((node.clone(), j.id.clone())),
+        (state, _) => Err(err(
+            StatusCode::CONFLICT,
+            format!("job {job} of run {name:?} is {state}, not running: nothing to connect to"),
+        )),
+    }
+}
+
+/// What the agent said when it could not connect, or why the node could not be asked.
+pub(super) fn tunnel_error(e: tunnel::TunnelError) -> Error {
+    match e {
+        tunnel::TunnelError::Refused(m) => err(StatusCode::BAD_GATEWAY, m),
+        other => err(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
+    }
+}
+
+/// Answers `101 Switching Protocols` and, once the client's side is upgraded, pipes it to `tunnel`.
+pub(super) fn switch(req: &mut Request, protocol: &'static str, tunnel: Tunnel) -> Response {
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(client) => {
+                let mut tunnel = tunnel;
+                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut tunnel).await;
+            }
+            Err(e) => tracing::debug!("upgrade failed: {e}"),
+        }
+    });
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    resp.headers_mut().insert(header::UPGRADE, HeaderValue::from_static(protocol));
+    resp
+}
