@@ -4,12 +4,14 @@
 
 use corral_proto::config::{Configuration, FleetConfig, ServiceConfig, SpotPolicy, TaskConfig};
 
-/// An admitted run: what each of its jobs runs, and how many jobs it has — a task's `nodes` (one
-/// gang), or a service's replicas (each placed on its own).
+/// An admitted run: what each of its jobs runs, and how many jobs it starts with — a task's `nodes`
+/// (one gang), or a service's replicas (each placed on its own).
 #[derive(Debug)]
 pub struct Admitted {
     pub task: TaskConfig,
     pub jobs: u32,
+    /// A service's desired replica count (it starts with `jobs`); `None` for a task.
+    pub replicas: Option<u32>,
 }
 
 /// `Err` names the first unsupported field and says why.
@@ -17,13 +19,13 @@ pub fn check(cfg: &Configuration) -> Result<Admitted, String> {
     match cfg {
         Configuration::Task(t) => {
             check_task(t)?;
-            Ok(Admitted { task: t.clone(), jobs: t.nodes.max(1) })
+            Ok(Admitted { task: t.clone(), jobs: t.nodes.max(1), replicas: None })
         }
         Configuration::Service(s) => {
             let replicas = check_service(s)?;
             let task = s.replica_task();
             check_task(&task)?;
-            Ok(Admitted { task, jobs: replicas })
+            Ok(Admitted { task, jobs: replicas, replicas: Some(replicas) })
         }
         other => Err(format!(
             "type: {} — tasks and services run in this version of Corral (dev environments come next)",
@@ -32,23 +34,17 @@ pub fn check(cfg: &Configuration) -> Result<Admitted, String> {
     }
 }
 
-/// The service-only fields; returns the number of replicas.
+/// The service-only fields; returns the number of replicas it starts with (an autoscaled service
+/// starts with its minimum, and with one when that is zero, so that it comes up when applied).
 fn check_service(s: &ServiceConfig) -> Result<u32, String> {
-    let unsupported = [
-        (
-            "scaling",
-            s.scaling.is_some() || s.replicas.min != s.replicas.max,
-            "autoscaling is not supported yet: give `replicas` a fixed number",
-        ),
-        ("model", s.model.is_some(), "the OpenAI-compatible model route is not supported yet"),
-        ("rate_limits", !s.rate_limits.is_empty(), "rate limits are not supported yet"),
-    ];
+    let unsupported = [("rate_limits", !s.rate_limits.is_empty(), "rate limits are not supported yet")];
     if let Some((field, _, why)) = unsupported.iter().find(|(_, used, _)| *used) {
         return Err(format!("{field}: {why}"));
     }
-    match s.replicas.max.unwrap_or(1) {
-        0 => Err("replicas: a service needs at least one replica".to_owned()),
-        n => Ok(n),
+    match (&s.scaling, s.replicas.max.unwrap_or(1)) {
+        (_, 0) => Err("replicas: a service needs at least one replica".to_owned()),
+        (Some(_), _) => Ok(s.replicas.min.unwrap_or(0).max(1)),
+        (None, n) => Ok(n),
     }
 }
 
@@ -150,9 +146,10 @@ mod tests {
         let a = check(&parse(svc)).expect("admitted");
         assert_eq!((a.jobs, a.task.nodes), (2, 1));
         let scaled = "type: service\nimage: busybox\nport: 80\nreplicas: 0..2\nscaling: {metric: rps, target: 5}\ncommands: [\"x\"]\n";
-        assert!(check(&parse(scaled)).expect_err("refused").starts_with("scaling:"));
-        let model = "type: service\nimage: busybox\nport: 80\nmodel: llama\ncommands: [\"x\"]\n";
-        assert!(check(&parse(model)).expect_err("refused").starts_with("model:"));
+        let a = check(&parse(scaled)).expect("admitted");
+        assert_eq!((a.jobs, a.replicas), (1, Some(1)), "an autoscaled service starts with one replica");
+        let model = "type: service\nimage: busybox\nport: 80\nrate_limits: [{rps: 5}]\ncommands: [\"x\"]\n";
+        assert!(check(&parse(model)).expect_err("refused").starts_with("rate_limits:"));
         let vols = "type: service\nimage: busybox\nport: 80\nvolumes: [\"/a:/b\"]\ncommands: [\"x\"]\n";
         assert!(check(&parse(vols)).expect_err("refused").starts_with("volumes:"));
     }

@@ -1,6 +1,7 @@
 //! The HTTP API. Handlers parse the request, call the store, and answer JSON; every error is
 //! `{"error": "..."}` with a status that fits. All routes but `/api/health` need a bearer token;
-//! under `/proxy/services/` each service's `auth` decides ([`proxy`]).
+//! under `/proxy/services/` each service's `auth` decides ([`proxy`]); `/proxy/models/` checks it
+//! itself ([`models`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,7 @@ use crate::secrets::{now_ms, random_hex, sha256_hex};
 
 mod cluster;
 mod exec;
+mod models;
 mod proxy;
 
 pub use proxy::Balancer;
@@ -33,6 +35,13 @@ type AppState = Arc<State>;
 
 pub async fn serve(listener: tokio::net::TcpListener, state: AppState, shutdown: CancellationToken) {
     let app = router(state);
+    // Without TCP_NODELAY a response written in two parts (head, body) waits on the client's
+    // delayed ACK: tens of milliseconds on proxied requests.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     let result = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
     if let Err(e) = result {
         tracing::error!("http server failed: {e}");
@@ -60,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/proxy/services/{project}/{name}", any(proxy::service))
         .route("/proxy/services/{project}/{name}/", any(proxy::service))
         .route("/proxy/services/{project}/{name}/{*rest}", any(proxy::service))
+        .route("/proxy/models/{project}/{*rest}", any(models::models))
         .merge(api)
         .with_state(state)
 }
@@ -142,9 +152,21 @@ async fn submit_run(
             ),
         ));
     }
+    // Applying a service again deploys the new configuration next to the running one, which
+    // leaves once the new replicas are ready (a rolling update).
+    let replacing = admitted.replicas.is_some() && !state.store.active_deployments(&project, &name)?.is_empty();
     let run_id = RunId(random_hex(8));
     let jobs: Vec<JobId> = (0..admitted.jobs).map(|_| JobId(random_hex(8))).collect();
-    let stored = state.store.insert_run(&run_id, &project, &name, &req.configuration, req.source.as_deref(), &jobs)?;
+    let stored = state.store.insert_run(&crate::store::NewRun {
+        id: &run_id,
+        project: &project,
+        name: &name,
+        configuration: &req.configuration,
+        source: req.source.as_deref(),
+        jobs: &jobs,
+        replicas: admitted.replicas,
+        replacing_service: replacing,
+    })?;
     if !stored {
         return Err(err(
             StatusCode::CONFLICT,
@@ -221,6 +243,14 @@ async fn stop_run(
     let abort = body.is_some_and(|b| b.abort);
     let run = find_run(&state, &project, &name)?;
     let reason = if abort { TerminationReason::AbortedByUser } else { TerminationReason::StoppedByUser };
+    // A service ends first, so that no replica is started again meanwhile; so do the deployments
+    // it was replacing.
+    for old in state.store.active_deployments(&project, &name)? {
+        state.store.set_replicas(&old.run, None)?;
+        for job in state.store.latest_jobs(&old.run)?.iter().filter(|j| !j.state.is_finished() && old.run != run.id) {
+            state.stop_job(&job.id, reason, abort)?;
+        }
+    }
     for job in run.jobs.iter().filter(|j| !j.state.is_finished()) {
         state.stop_job(&job.id, reason, abort)?;
     }

@@ -5,6 +5,8 @@
 //!   task drains the node's bounded command channel; one task per log stream appends to [`logs`].
 //! - [`scheduler`]: places queued jobs on nodes where they fit; woken by a `Notify` on every change
 //!   that could make room, and every few seconds regardless (level-triggered).
+//! - [`autoscale`]: each active service's replica count (autoscaling on requests per second, scale
+//!   to zero and back), converged every second and when a request waits for a replica.
 //! - [`probes`]: readiness probes of service replicas, through tunnels, every second.
 //! - [`http`]: the HTTP API (axum) for the CLI, and the proxy that carries service traffic and
 //!   forwarded ports into containers through [`tunnel`]s over the agents' own connections.
@@ -14,6 +16,7 @@
 
 pub mod admission;
 pub mod agents;
+pub mod autoscale;
 pub mod http;
 pub mod lifecycle;
 pub mod logs;
@@ -100,6 +103,8 @@ pub struct State {
     pub balancer: http::Balancer,
     /// Which service replicas passed their readiness probes.
     pub probes: probes::Probes,
+    /// Services' request rates and replica counts.
+    pub autoscaler: Arc<autoscale::Autoscaler>,
 }
 
 impl State {
@@ -258,6 +263,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         heard: Mutex::new(HashMap::new()),
         balancer: http::Balancer::default(),
         probes: probes::Probes::default(),
+        autoscaler: Arc::default(),
     });
     // Nodes with jobs get the full timeout to come back after a coordinator restart.
     for job in state.store.placed_jobs()? {
@@ -279,6 +285,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     tasks.spawn(scheduler::run(state.clone(), shutdown.child_token()));
     tasks.spawn(lifecycle::watch_nodes(state.clone(), shutdown.child_token()));
     tasks.spawn(probes::run(state.clone(), shutdown.child_token()));
+    tasks.spawn(autoscale::run(state.clone(), shutdown.child_token()));
 
     Ok(Running { http_addr, quic_addr, admin_token, join_token, state, tasks })
 }

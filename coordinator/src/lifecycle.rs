@@ -79,8 +79,38 @@ pub fn start_allowed(state: &State, run: &corral_proto::ids::RunId) -> Result<()
     Ok(())
 }
 
+/// A service replica ended. A failure that `retry` covers is repaired by the autoscaler (a new
+/// replica, after a short backoff); one it does not cover ends the whole service as failed, as a
+/// failed rank ends a task.
+fn replica_ended(
+    state: &State,
+    job: &JobRow,
+    svc: &corral_proto::config::ServiceConfig,
+    reason: TerminationReason,
+) -> Result<(), StoreError> {
+    let Some(event) = reason.retry_event() else {
+        return Ok(()); // stopped, scaled down, or done
+    };
+    if svc.retry.as_ref().is_some_and(|r| r.on_events.contains(&event)) {
+        state.autoscaler.wake.notify_one();
+        return Ok(());
+    }
+    if state.store.replicas(&job.run_id)?.is_none() {
+        return Ok(());
+    }
+    tracing::info!(run = %job.run_name, job = %job.id, %reason, "a replica failed: the service ends");
+    state.store.set_replicas(&job.run_id, None)?;
+    for other in state.store.latest_jobs(&job.run_id)?.iter().filter(|j| j.id != job.id && !j.state.is_finished()) {
+        state.stop_job(&other.id, TerminationReason::GangMemberFailed, false)?;
+    }
+    Ok(())
+}
+
 /// Called once per job end (after the store recorded it).
 pub fn job_ended(state: &State, job: &JobRow, reason: TerminationReason) -> Result<(), StoreError> {
+    if let Configuration::Service(svc) = &job.configuration {
+        return replica_ended(state, job, svc, reason);
+    }
     let Configuration::Task(task) = &job.configuration else {
         return Ok(());
     };

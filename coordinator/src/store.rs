@@ -67,7 +67,38 @@ CREATE INDEX jobs_by_run ON jobs(run_id, job_num, submission);
     r#"
 CREATE INDEX nodes_by_name ON nodes(name);
 "#,
+    r#"
+ALTER TABLE runs ADD COLUMN replicas INTEGER;
+"#,
 ];
+
+/// What [`Store::insert_run`] stores.
+#[derive(Clone, Copy)]
+pub struct NewRun<'a> {
+    pub id: &'a RunId,
+    pub project: &'a str,
+    pub name: &'a str,
+    pub configuration: &'a Configuration,
+    pub source: Option<&'a str>,
+    /// One job per rank (a task) or per replica it starts with (a service).
+    pub jobs: &'a [JobId],
+    /// A service's desired replica count.
+    pub replicas: Option<u32>,
+    /// A new deployment of an active service of that name: stored next to it.
+    pub replacing_service: bool,
+}
+
+/// A service that runs (or is scaled to zero), as the autoscaler and the model route see it.
+#[derive(Clone, Debug)]
+pub struct ActiveService {
+    pub run: RunId,
+    pub project: String,
+    pub name: String,
+    pub config: corral_proto::config::ServiceConfig,
+    /// How many replicas it should have now.
+    pub replicas: u32,
+    pub submitted_ms: i64,
+}
 
 pub struct Store {
     conn: Mutex<Connection>,
@@ -415,22 +446,18 @@ impl Store {
 
     /// Stores a run and its jobs (state `submitted`) in one transaction. `Ok(false)`: a run of that
     /// name is still active in the project, and nothing was stored.
-    pub fn insert_run(
-        &self,
-        id: &RunId,
-        project: &str,
-        name: &str,
-        cfg: &Configuration,
-        source: Option<&str>,
-        jobs: &[JobId],
-    ) -> Result<bool> {
+    pub fn insert_run(&self, run: &NewRun<'_>) -> Result<bool> {
+        let NewRun { id, project, name, configuration: cfg, source, jobs, replicas, replacing_service } = *run;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        // Checked in the same transaction as the insert, so two submissions cannot both win.
-        let active: bool = tx
+        // Checked in the same transaction as the insert, so two submissions cannot both win. A
+        // service is active while it has a desired replica count, even at zero replicas; a new
+        // deployment of an active service goes in next to it (`replacing_service`).
+        let active: bool = !replacing_service && tx
             .query_row(
-                "SELECT 1 FROM jobs j JOIN runs r ON r.id = j.run_id WHERE r.project = ?1 AND r.name = ?2 \
-                 AND j.state NOT IN ('done', 'failed', 'stopped', 'aborted') LIMIT 1",
+                "SELECT 1 FROM runs r WHERE r.project = ?1 AND r.name = ?2 AND (r.replicas IS NOT NULL OR EXISTS \
+                 (SELECT 1 FROM jobs j WHERE j.run_id = r.id AND j.state NOT IN ('done', 'failed', 'stopped', 'aborted'))) \
+                 LIMIT 1",
                 params![project, name],
                 |_| Ok(()),
             )
@@ -441,8 +468,9 @@ impl Store {
         }
         let now = now_ms();
         tx.execute(
-            "INSERT INTO runs VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![id.0, project, name, json(cfg), source, now],
+            "INSERT INTO runs (id, project, name, configuration, source, submitted_ms, replicas) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![id.0, project, name, json(cfg), source, now, replicas],
         )?;
         for (num, job) in jobs.iter().enumerate() {
             tx.execute(
@@ -620,6 +648,77 @@ impl Store {
         Ok(true)
     }
 
+    /// The active services, with their desired replica counts.
+    pub fn active_services(&self) -> Result<Vec<ActiveService>> {
+        self.query_services("", [])
+    }
+
+    /// The active deployments of one service, oldest first (more than one while a re-applied
+    /// service rolls out).
+    pub fn active_deployments(&self, project: &str, name: &str) -> Result<Vec<ActiveService>> {
+        self.query_services("AND project = ?1 AND name = ?2 ORDER BY submitted_ms, rowid", params![project, name])
+    }
+
+    fn query_services<P: rusqlite::Params>(&self, filter: &str, p: P) -> Result<Vec<ActiveService>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT id, project, name, configuration, replicas, submitted_ms FROM runs WHERE replicas IS NOT NULL {filter}"
+        ))?;
+        type Row = (String, String, String, String, u32, i64);
+        let rows = stmt
+            .query_map(p, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?
+            .collect::<rusqlite::Result<Vec<Row>>>()?;
+        let mut out = Vec::new();
+        for (id, project, name, cfg, replicas, submitted_ms) in rows {
+            if let Configuration::Service(config) = from_json("run configuration", &cfg)? {
+                out.push(ActiveService { run: RunId(id), project, name, config, replicas, submitted_ms });
+            }
+        }
+        Ok(out)
+    }
+
+    /// A service's desired replica count; `None` once it was stopped or failed (or for a task).
+    pub fn replicas(&self, run: &RunId) -> Result<Option<u32>> {
+        let n: Option<Option<u32>> =
+            self.conn().query_row("SELECT replicas FROM runs WHERE id = ?1", [&run.0], |r| r.get(0)).optional()?;
+        Ok(n.flatten())
+    }
+
+    /// Sets a service's desired replica count; `None` ends the service (stopped or failed).
+    pub fn set_replicas(&self, run: &RunId, replicas: Option<u32>) -> Result<()> {
+        self.conn().execute("UPDATE runs SET replicas = ?2 WHERE id = ?1", params![run.0, replicas])?;
+        Ok(())
+    }
+
+    /// Queues new replicas of an active service: `(replica number, submission, not before ms)`
+    /// each, in one transaction; `Ok(false)` (and nothing added) when the service is no longer
+    /// active or a replica number is taken by then.
+    pub fn add_replicas(&self, run: &RunId, slots: &[(u32, u32, i64)], ids: &[JobId]) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let active: bool = tx
+            .query_row("SELECT replicas IS NOT NULL FROM runs WHERE id = ?1", [&run.0], |r| r.get(0))
+            .optional()?
+            .unwrap_or(false);
+        if !active || slots.is_empty() {
+            return Ok(false);
+        }
+        let now = now_ms();
+        for (&(num, submission, not_before), id) in slots.iter().zip(ids) {
+            let n = tx.execute(
+                "INSERT INTO jobs (id, run_id, job_num, state, submitted_ms, submission, not_before_ms) \
+                 SELECT ?1, ?2, ?3, 'submitted', ?4, ?5, ?6 \
+                 WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE run_id = ?2 AND job_num = ?3 AND submission >= ?5)",
+                params![id.0, run.0, num, now, submission, (not_before > now).then_some(not_before)],
+            )?;
+            if n == 0 {
+                return Ok(false);
+            }
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
     pub fn run_submitted_ms(&self, run: &RunId) -> Result<Option<i64>> {
         Ok(self.conn().query_row("SELECT submitted_ms FROM runs WHERE id = ?1", [&run.0], |r| r.get(0)).optional()?)
     }
@@ -639,9 +738,16 @@ impl Store {
         let Some(first) = jobs.first() else {
             return Ok(None);
         };
-        let submitted: i64 =
-            self.conn().query_row("SELECT submitted_ms FROM runs WHERE id = ?1", [&id.0], |r| r.get(0))?;
-        let state = run_state(&jobs);
+        let (submitted, replicas): (i64, Option<u32>) =
+            self.conn().query_row("SELECT submitted_ms, replicas FROM runs WHERE id = ?1", [&id.0], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        let state = match replicas {
+            // An active service runs while any replica does, and at zero replicas too.
+            Some(_) if jobs.iter().any(|j| j.state == JobState::Running) => JobState::Running,
+            Some(_) => jobs.iter().find(|j| !j.state.is_finished()).map_or(JobState::Running, |j| j.state.clone()),
+            None => run_state(&jobs),
+        };
         let finished = if state.is_finished() { jobs.iter().filter_map(|j| j.finished_ms).max() } else { None };
         Ok(Some(api::Run {
             id: id.clone(),

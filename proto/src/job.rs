@@ -120,6 +120,10 @@ pub enum TerminationReason {
     GangMemberFailed,
     /// No node could take it within its `retry` duration (with `on_events: [no-capacity]`).
     NoCapacity,
+    /// A service replica stopped because the service scaled down.
+    ScaledDown,
+    /// A service replica stopped because a newer deployment of the service took over.
+    Redeployed,
 }
 
 impl TerminationReason {
@@ -137,6 +141,8 @@ impl TerminationReason {
             Self::NodeUnreachable => "node_unreachable",
             Self::GangMemberFailed => "gang_member_failed",
             Self::NoCapacity => "no_capacity",
+            Self::ScaledDown => "scaled_down",
+            Self::Redeployed => "redeployed",
         }
     }
 
@@ -154,6 +160,8 @@ impl TerminationReason {
             Self::NodeUnreachable,
             Self::GangMemberFailed,
             Self::NoCapacity,
+            Self::ScaledDown,
+            Self::Redeployed,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)
@@ -170,9 +178,13 @@ impl TerminationReason {
             | Self::ImageUnavailable
             | Self::ContainerCreationFailed
             | Self::AgentError => Some(RetryEvent::Error),
-            Self::Done | Self::StoppedByUser | Self::AbortedByUser | Self::MaxDurationExceeded | Self::NoCapacity => {
-                None
-            }
+            Self::Done
+            | Self::StoppedByUser
+            | Self::AbortedByUser
+            | Self::MaxDurationExceeded
+            | Self::NoCapacity
+            | Self::ScaledDown
+            | Self::Redeployed => None,
         }
     }
 
@@ -180,7 +192,7 @@ impl TerminationReason {
     pub fn final_state(&self) -> JobState {
         match self {
             Self::Done => JobState::Done,
-            Self::StoppedByUser | Self::MaxDurationExceeded => JobState::Stopped,
+            Self::StoppedByUser | Self::MaxDurationExceeded | Self::ScaledDown | Self::Redeployed => JobState::Stopped,
             Self::AbortedByUser => JobState::Aborted,
             _ => JobState::Failed,
         }

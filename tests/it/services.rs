@@ -171,27 +171,27 @@ async fn read_head(conn: &mut tokio::net::TcpStream) -> anyhow::Result<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_takes_traffic_once_its_probe_passes() -> anyhow::Result<()> {
+async fn a_request_waits_for_a_replica_whose_probe_passes() -> anyhow::Result<()> {
     let c = OneNode::start().await?;
-    // `/ready` appears 4 s after the server starts; the probe wants it twice in a row.
+    // The probe wants `/ready` twice in a row; nothing creates it until the test does.
     let text = format!(
-        "type: service\nname: slow\nimage: {IMAGE}\nport: 8000\nauth: false\nprobes:\n  - type: http\n    url: /ready\n    interval: 1s\n    ready_after: 2\ncommands:\n  - mkdir -p /www\n  - echo warm > /www/index.html\n  - (sleep 4; echo ok > /www/ready) &\n  - httpd -f -p 8000 -h /www\n"
+        "type: service\nname: slow\nimage: {IMAGE}\nport: 8000\nauth: false\nprobes:\n  - type: http\n    url: /ready\n    interval: 1s\n    ready_after: 2\ncommands:\n{}",
+        httpd(8000, "warm")
     );
     let (code, _) = apply(&c.client, &write_config(c.dir.path(), "slow", &text), true).await?;
     assert_eq!(code, 0);
     all_running(&c.client, "slow").await?;
 
-    let http = reqwest::Client::new();
     let url = format!("http://{}/proxy/services/main/slow/", c.coord.http);
-    let early = http.get(&url).send().await?;
-    assert_eq!(early.status(), 503, "a replica whose probe has not passed takes no traffic");
-    assert!(early.text().await?.contains("no ready replica"));
-    let ready = wait_for("the probe to pass", Duration::from_secs(30), || async {
-        let r = http.get(&url).send().await?;
-        Ok((r.status() == 200).then_some(r))
-    })
-    .await?;
-    assert_eq!(ready.text().await?, "warm\n");
+    let early = tokio::spawn(async move { reqwest::get(url).await?.text().await });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!early.is_finished(), "a request is not served before a replica's probe passes");
+
+    let ready = vec!["sh".to_owned(), "-c".to_owned(), "echo ok > /www/ready".to_owned()];
+    let code = corral_cli::exec::exec(&c.client, "slow", 0, &ready, None, &mut Vec::new(), &mut Vec::new()).await?;
+    assert_eq!(code, 0);
+    let body = tokio::time::timeout(Duration::from_secs(30), early).await???;
+    assert_eq!(body, "warm\n", "the waiting request is served once the probe passes");
     Ok(())
 }
 
@@ -233,5 +233,184 @@ async fn exec_runs_a_command_and_returns_its_exit_code() -> anyhow::Result<()> {
         corral_cli::exec::exec(&c.client, "box", 0, &["no-such-cmd".to_owned()], None, &mut Vec::new(), &mut err)
             .await?;
     assert_ne!(code, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_scales_up_under_load_then_to_zero_and_serves_a_cold_request() -> anyhow::Result<()> {
+    use corral_proto::job::TerminationReason;
+    let c = OneNode::start().await?;
+    let text = format!(
+        "type: service\nname: elastic\nimage: {IMAGE}\nport: 8000\nauth: false\nreplicas: 0..2\nscaling:\n  metric: rps\n  target: 1\n  window: 30s\n  scale_up_delay: 1s\n  scale_down_delay: 2s\ncommands:\n{}",
+        httpd(8000, "elastic")
+    );
+    let (code, _) = apply(&c.client, &write_config(c.dir.path(), "elastic", &text), true).await?;
+    assert_eq!(code, 0);
+    let r = all_running(&c.client, "elastic").await?;
+    assert_eq!(r.jobs.len(), 1, "an autoscaled service comes up with one replica");
+
+    // 60 requests: 2 per second over the 30 s window, against a target of 1 per replica.
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/proxy/services/main/elastic/", c.coord.http);
+    for _ in 0..60 {
+        let resp = http.get(&url).send().await?;
+        assert_eq!(resp.status(), 200);
+    }
+    let running = |r: &corral_proto::api::Run| r.jobs.iter().filter(|j| j.state == JobState::Running).count();
+    wait_state(&c.client, "elastic", |r| running(r) == 2, Duration::from_secs(30)).await?;
+
+    // No traffic: once the window is empty and the delay has passed, no replica is left, and the
+    // service is still there.
+    let idle =
+        wait_state(&c.client, "elastic", |r| r.jobs.iter().all(|j| j.state.is_finished()), Duration::from_secs(90))
+            .await?;
+    assert_eq!(idle.state, JobState::Running, "a service scaled to zero is still running");
+    assert!(idle.jobs.iter().all(|j| j.termination_reason == Some(TerminationReason::ScaledDown)), "{:?}", idle.jobs);
+    let mut ps = Vec::new();
+    corral_cli::commands::ps(&c.client, false, false, &mut ps).await?;
+    assert!(String::from_utf8_lossy(&ps).contains("elastic"));
+
+    // A cold request starts a replica and is served by it.
+    let body =
+        tokio::time::timeout(Duration::from_secs(60), async { http.get(&url).send().await?.text().await }).await??;
+    assert_eq!(body, "elastic\n");
+    let r = run(&c.client, "elastic").await?;
+    assert_eq!(running(&r), 1);
+    Ok(())
+}
+
+/// A service whose "model API" is a CGI script answering with its model name and what it saw.
+fn model_service(name: &str, model: &str) -> String {
+    format!(
+        r#"type: service
+name: {name}
+image: {IMAGE}
+port: 8000
+model:
+  type: chat
+  name: {model}
+  format: openai
+  prefix: /cgi-bin/v1
+commands:
+  - mkdir -p /www/cgi-bin
+  - |
+    cat > /www/cgi-bin/v1 <<'EOF'
+    #!/bin/sh
+    body=$(head -c "$CONTENT_LENGTH")
+    printf 'Content-Type: application/json\r\n\r\n'
+    printf '{{"model": "{model}", "path": "%s", "method": "%s", "bytes": %s}}' "$PATH_INFO" "$REQUEST_METHOD" "${{#body}}"
+    EOF
+  - chmod +x /www/cgi-bin/v1
+  - httpd -f -p 8000 -h /www
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_route_picks_the_service_by_the_model_field() -> anyhow::Result<()> {
+    let c = OneNode::start().await?;
+    for (name, model) in [("llm-a", "corral/alpha"), ("llm-b", "corral/beta")] {
+        let (code, _) = apply(&c.client, &write_config(c.dir.path(), name, &model_service(name, model)), true).await?;
+        assert_eq!(code, 0);
+        all_running(&c.client, name).await?;
+    }
+    let http = reqwest::Client::new();
+    let base = format!("http://{}/proxy/models/main/v1", c.coord.http);
+    let token = &c.coord.admin_token;
+
+    assert_eq!(http.get(format!("{base}/models")).send().await?.status(), 401);
+    let list: serde_json::Value = http.get(format!("{base}/models")).bearer_auth(token).send().await?.json().await?;
+    let mut ids: Vec<&str> = list["data"].as_array().into_iter().flatten().filter_map(|m| m["id"].as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["corral/alpha", "corral/beta"]);
+
+    let request = serde_json::json!({"model": "corral/beta", "messages": [{"role": "user", "content": "hi"}]});
+    let resp = wait_for("the model to answer", Duration::from_secs(20), || async {
+        let r = http.post(format!("{base}/chat/completions")).bearer_auth(token).json(&request).send().await?;
+        Ok((r.status() == 200).then_some(r))
+    })
+    .await?;
+    let answer: serde_json::Value = resp.json().await?;
+    assert_eq!(answer["model"], "corral/beta");
+    assert_eq!(answer["path"], "/chat/completions");
+    assert_eq!(answer["method"], "POST");
+    assert_eq!(answer["bytes"].as_u64(), Some(request.to_string().len() as u64), "the body reaches the replica whole");
+
+    let unknown = serde_json::json!({"model": "corral/gamma"});
+    let resp = http.post(format!("{base}/chat/completions")).bearer_auth(token).json(&unknown).send().await?;
+    assert_eq!(resp.status(), 404);
+    assert!(resp.text().await?.contains("corral/gamma"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_under_continuous_requests_drops_none() -> anyhow::Result<()> {
+    use corral_proto::job::TerminationReason;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let c = OneNode::start().await?;
+    let service = |version: &str| {
+        // One CPU each: the node (2 cores) holds the old and the new replica side by side.
+        format!(
+            "type: service\nname: roll\nimage: {IMAGE}\nport: 8000\nauth: false\nresources:\n  cpu: 1\ncommands:\n{}",
+            httpd(8000, version)
+        )
+    };
+    let (code, _) = apply(&c.client, &write_config(c.dir.path(), "roll-v1", &service("v1")), true).await?;
+    assert_eq!(code, 0);
+    all_running(&c.client, "roll").await?;
+    let url = format!("http://{}/proxy/services/main/roll/", c.coord.http);
+    get_when_up(&reqwest::Client::new(), &url, None).await?;
+
+    // Two clients ask without pause through the whole update.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        let (url, stop) = (url.clone(), stop.clone());
+        clients.spawn(async move {
+            let http = reqwest::Client::new();
+            let mut answers = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let answer = match http.get(&url).send().await {
+                    Ok(r) => format!("{} {}", r.status().as_u16(), r.text().await.unwrap_or_default().trim()),
+                    Err(e) => format!("error {e}"),
+                };
+                answers.push(answer);
+            }
+            answers
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (code, _) = apply(&c.client, &write_config(c.dir.path(), "roll-v2", &service("v2")), true).await?;
+    assert_eq!(code, 0, "applying a running service again deploys the new version");
+
+    // The old deployment leaves once the new one is ready.
+    wait_for("the old deployment to stop", Duration::from_secs(60), || async {
+        let runs: Vec<corral_proto::api::Run> = c.client.get(&c.client.project_path("runs?all=true")).await?;
+        let old: Vec<_> = runs.iter().filter(|r| r.name == "roll" && r.state.is_finished()).collect();
+        Ok(old
+            .first()
+            .filter(|r| r.jobs.iter().all(|j| j.termination_reason == Some(TerminationReason::Redeployed)))
+            .map(|_| ()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut answers = Vec::new();
+    while let Some(a) = clients.join_next().await {
+        answers.extend(a?);
+    }
+    let failed: Vec<&String> = answers.iter().filter(|a| !a.starts_with("200 ")).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        answers.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(answers.iter().any(|a| a == "200 v1") && answers.last().is_some_and(|a| a == "200 v2"), "{answers:?}");
+    let r = run(&c.client, "roll").await?;
+    assert_eq!((r.state, r.jobs.len()), (JobState::Running, 1));
     Ok(())
 }

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State as Extract};
@@ -16,13 +17,14 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 
 use corral_proto::api::TUNNEL_PROTOCOL;
-use corral_proto::config::{Configuration, ServiceConfig};
+use corral_proto::config::Configuration;
 use corral_proto::ids::{JobId, NodeId, RunId};
 use corral_proto::job::JobState;
 
 use super::{AppState, Error, bearer_token, check_project, err};
 use crate::State;
 use crate::secrets::sha256_hex;
+use crate::store::ActiveService;
 use crate::tunnel::{self, Tunnel};
 
 /// Where the next request of each service goes (round robin over its ready replicas).
@@ -56,16 +58,11 @@ async fn serve_service(state: &State, mut req: Request) -> Result<Response, Erro
     let (project, name) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
     let below = parts.next();
     check_project(state, project)?;
-    let Some((run_id, Configuration::Service(cfg), _)) = state.store.run_by_name(project, name)? else {
+    let Some((run_id, Configuration::Service(cfg), submitted_ms)) = state.store.run_by_name(project, name)? else {
         return Err(err(StatusCode::NOT_FOUND, format!("no service named {name:?} in project {project:?}")));
     };
     if cfg.auth {
-        let token = bearer_token(req.headers());
-        let valid = match token {
-            Some(t) => state.store.api_token_name(&sha256_hex(t.as_bytes()))?.is_some(),
-            None => false,
-        };
-        if !valid {
+        if !authorized(state, req.headers())? {
             let mut e = err(
                 StatusCode::UNAUTHORIZED,
                 format!("service {name:?} needs a Corral token: send `Authorization: Bearer <token>`"),
@@ -81,39 +78,111 @@ async fn serve_service(state: &State, mut req: Request) -> Result<Response, Erro
     let target =
         if cfg.strip_prefix { format!("/{}{query}", below.unwrap_or_default()) } else { format!("{path}{query}") };
     *req.uri_mut() = target.parse::<Uri>().map_err(|e| err(StatusCode::BAD_REQUEST, format!("bad path: {e}")))?;
+    let replicas = state.store.replicas(&run_id)?.unwrap_or(0);
+    let service = ActiveService {
+        run: run_id,
+        project: project.to_owned(),
+        name: name.to_owned(),
+        config: cfg,
+        replicas,
+        submitted_ms,
+    };
+    to_replicas(state, &service, req).await
+}
 
-    let replicas = ready_replicas(state, &run_id, &cfg)?;
-    if replicas.is_empty() {
-        return Err(err(StatusCode::SERVICE_UNAVAILABLE, format!("service {name:?} has no ready replica yet")));
+/// Whether the request carries a valid Corral token.
+pub(super) fn authorized(state: &State, headers: &HeaderMap) -> Result<bool, Error> {
+    Ok(match bearer_token(headers) {
+        Some(t) => state.store.api_token_name(&sha256_hex(t.as_bytes()))?.is_some(),
+        None => false,
+    })
+}
+
+/// Sends a request (its path already the replica's) to one of a service's ready replicas, waiting
+/// for one when there is none yet. A replica that cannot be reached (its container is gone, its
+/// server not listening yet) does not fail the request: the next one is tried, and when none
+/// connects, all again for a few seconds.
+pub(super) async fn to_replicas(state: &State, service: &ActiveService, req: Request) -> Result<Response, Error> {
+    let (run_id, name) = (&service.run, service.name.as_str());
+    state.autoscaler.record(run_id);
+    let deadline = tokio::time::Instant::now() + CONNECT_RETRY;
+    loop {
+        let replicas = wait_ready(state, run_id, &service.project, name).await?;
+        let first = state.balancer.pick(run_id, replicas.len());
+        let mut last = None;
+        for k in 0..replicas.len() {
+            let (node, job, port) = &replicas[(first + k) % replicas.len()];
+            match tunnel::open(state, node, job, *port).await {
+                Ok(t) => return forward(t, req, *port).await,
+                Err(e) => {
+                    tracing::debug!(service = name, job = %job, "replica unreachable: {e}");
+                    last = Some(e);
+                }
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            let why = last.map(|e| e.to_string()).unwrap_or_default();
+            return Err(err(StatusCode::BAD_GATEWAY, format!("no replica of service {name:?} answered: {why}")));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Try each replica once, starting from the balancer's pick: one that cannot be reached (its
-    // container is gone, the port is not open yet) does not fail the request.
-    let first = state.balancer.pick(&run_id, replicas.len());
-    let mut last = None;
-    for k in 0..replicas.len() {
-        let (node, job) = &replicas[(first + k) % replicas.len()];
-        match tunnel::open(state, node, job, cfg.port).await {
-            Ok(t) => return forward(t, req, &cfg).await,
-            Err(e) => {
-                tracing::debug!(service = name, job = %job, "replica unreachable: {e}");
-                last = Some(e);
+}
+
+/// How long a request waits for a ready replica (a service scaled to zero starts one for it).
+const REPLICA_WAIT: Duration = Duration::from_secs(300);
+/// How long a request keeps trying when no ready replica accepts a connection.
+const CONNECT_RETRY: Duration = Duration::from_secs(5);
+
+/// The ready replicas; when there are none yet, waits for one rather than failing the request (a
+/// service scaled to zero, replicas starting or not yet passing their probes).
+async fn wait_ready(state: &State, run: &RunId, project: &str, name: &str) -> Result<Vec<(NodeId, JobId, u16)>, Error> {
+    let ended =
+        || err(StatusCode::SERVICE_UNAVAILABLE, format!("service {name:?} is not running (see `corral ps -a`)"));
+    if state.store.replicas(run)?.is_none() {
+        return Err(ended());
+    }
+    let replicas = ready_replicas(state, project, name)?;
+    if !replicas.is_empty() {
+        return Ok(replicas);
+    }
+    let _waiting = state.autoscaler.wait_for_replica(run);
+    let deadline = tokio::time::Instant::now() + REPLICA_WAIT;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let replicas = ready_replicas(state, project, name)?;
+        if !replicas.is_empty() {
+            return Ok(replicas);
+        }
+        if state.store.replicas(run)?.is_none() {
+            return Err(ended());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("service {name:?} has had no ready replica for {} s", REPLICA_WAIT.as_secs()),
+            ));
+        }
+    }
+}
+
+/// The replicas that take traffic, as (node, job, port): those of every active deployment of the
+/// service (more than one during a rolling update) that run, pass their probes and are not
+/// draining.
+fn ready_replicas(state: &State, project: &str, name: &str) -> Result<Vec<(NodeId, JobId, u16)>, Error> {
+    let mut out = Vec::new();
+    for d in state.store.active_deployments(project, name)? {
+        let probes = d.config.probes.as_deref().unwrap_or_default();
+        for j in state.store.latest_jobs(&d.run)? {
+            if j.state == JobState::Running
+                && state.probes.is_ready(&j.id, probes)
+                && !state.autoscaler.is_draining(&j.id)
+                && let Some(node) = j.node_id
+            {
+                out.push((node, j.id, d.config.port));
             }
         }
     }
-    let why = last.map(|e| e.to_string()).unwrap_or_default();
-    Err(err(StatusCode::BAD_GATEWAY, format!("no replica of service {name:?} answered: {why}")))
-}
-
-/// The replicas of a run's latest submission that take traffic: running, and ready by their probes.
-fn ready_replicas(state: &State, run: &RunId, cfg: &ServiceConfig) -> Result<Vec<(NodeId, JobId)>, Error> {
-    let probes = cfg.probes.as_deref().unwrap_or_default();
-    Ok(state
-        .store
-        .latest_jobs(run)?
-        .into_iter()
-        .filter(|j| j.state == JobState::Running && state.probes.is_ready(&j.id, probes))
-        .filter_map(|j| Some((j.node_id?, j.id)))
-        .collect())
+    Ok(out)
 }
 
 /// Headers that describe one hop and are not forwarded (RFC 9110 §7.6.1); `Connection` and
@@ -140,8 +209,8 @@ fn strip_hop_headers(headers: &mut HeaderMap, upgrading: bool) {
 
 /// Sends one request over a fresh tunnel and streams the answer back; a `101 Switching Protocols`
 /// joins the two upgraded connections.
-async fn forward(tunnel: Tunnel, mut req: Request, cfg: &ServiceConfig) -> Result<Response, Error> {
-    let bad_gateway = |e: hyper::Error| err(StatusCode::BAD_GATEWAY, format!("replica on port {}: {e}", cfg.port));
+async fn forward(tunnel: Tunnel, mut req: Request, port: u16) -> Result<Response, Error> {
+    let bad_gateway = |e: hyper::Error| err(StatusCode::BAD_GATEWAY, format!("replica on port {port}: {e}"));
     let mut sender = tunnel::http1(tunnel).await.map_err(bad_gateway)?;
     let upgrading = req.headers().contains_key(header::UPGRADE);
     let client_side = upgrading.then(|| hyper::upgrade::on(&mut req));
