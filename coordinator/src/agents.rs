@@ -327,7 +327,7 @@ fn apply_update(
     tx: &mpsc::Sender<CoordinatorMessage>,
     u: JobUpdate,
 ) -> anyhow::Result<()> {
-    let job = state.store.job(&u.job_id)?.filter(|j| j.node_id.as_ref() == Some(&node.id));
+    let job = state.store.job_brief(&u.job_id)?.filter(|j| j.node_id.as_ref() == Some(&node.id));
     let Some(job) = job else {
         // A container this node should not have (unknown, or placed elsewhere): remove it.
         tracing::warn!(job = %u.job_id, node = %node.name, "update for a job not placed here; removing its container");
@@ -388,8 +388,7 @@ fn reconcile(
     reports: &[ContainerReport],
 ) -> anyhow::Result<()> {
     let reported: HashSet<&JobId> = reports.iter().map(|r| &r.job_id).collect();
-    let placed: Vec<JobRow> =
-        state.store.placed_jobs()?.into_iter().filter(|j| j.node_id.as_ref() == Some(&node.id)).collect();
+    let placed: Vec<JobRow> = state.store.placed_jobs_on(&node.id)?;
     for job in &placed {
         if reported.contains(&job.id) {
             if job.state == JobState::Terminating {

@@ -202,8 +202,7 @@ fn node_unreachable(state: &State, node: &NodeId) -> Result<(), StoreError> {
         s.conn.close(2u32.into(), b"no heartbeat within the node timeout");
     }
     state.node_changed(node);
-    let jobs: Vec<JobRow> =
-        state.store.placed_jobs()?.into_iter().filter(|j| j.node_id.as_ref() == Some(node)).collect();
+    let jobs: Vec<JobRow> = state.store.placed_jobs_on(node)?;
     tracing::warn!(node = %name, jobs = jobs.len(), "node unreachable");
     let message = format!("node {name} stopped answering");
     for job in jobs {

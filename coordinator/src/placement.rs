@@ -98,11 +98,19 @@ pub struct Index {
     pos: HashMap<NodeId, usize>,
     /// `buckets[k]`: schedulable nodes with exactly `k` free GPUs, by slot number.
     buckets: Vec<BTreeSet<usize>>,
+    /// Counts the changes that can make room (a node added, connected, uncordoned or changed, a
+    /// reservation released); reserving does not count. A request that did not fit still does not
+    /// while it is unchanged.
+    generation: u64,
 }
 
 impl Index {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn node(&self, id: &NodeId) -> Option<&NodeSlot> {
@@ -141,6 +149,7 @@ impl Index {
         blocks: u32,
         inventory: HostInventory,
     ) {
+        self.generation += 1;
         match self.pos.get(id) {
             Some(&i) => {
                 self.unbucket(i);
@@ -181,10 +190,12 @@ impl Index {
     }
 
     pub fn set_connected(&mut self, id: &NodeId, connected: bool) {
+        self.generation += 1;
         self.update(id, |s| s.connected = connected);
     }
 
     pub fn set_cordoned(&mut self, id: &NodeId, cordoned: bool) {
+        self.generation += 1;
         self.update(id, |s| s.cordoned = cordoned);
     }
 
@@ -202,6 +213,7 @@ impl Index {
     }
 
     pub fn release(&mut self, id: &NodeId, a: &Allocation) {
+        self.generation += 1;
         self.update(id, |s| {
             s.used_cpus = s.used_cpus.saturating_sub(a.cpus);
             s.used_memory = Memory(s.used_memory.0.saturating_sub(a.memory.0));
@@ -211,6 +223,7 @@ impl Index {
 
     /// Forgets every reservation (before re-reading them all from the store).
     pub fn clear_reservations(&mut self) {
+        self.generation += 1;
         for i in 0..self.slots.len() {
             self.unbucket(i);
             let s = &mut self.slots[i];

@@ -75,7 +75,7 @@ pub async fn run(state: Arc<State>, shutdown: CancellationToken) {
 
 /// Starts every probe that is due, and forgets replicas that no longer run.
 fn start_due(state: &Arc<State>) -> anyhow::Result<()> {
-    let running = state.store.jobs_where("WHERE j.state = 'running'", [])?;
+    let running = state.store.running_replicas()?;
     let now = Instant::now();
     let mut live = HashSet::new();
     let mut due = Vec::new();

@@ -85,8 +85,9 @@ struct Queued {
     jobs: Vec<JobId>,
     task: TaskConfig,
     request: Request,
-    /// Requests alike share a key: once one fails in a pass, the others are not tried again.
-    shape: String,
+    /// Requests alike share a key: once one fails, the others are not tried again until the
+    /// index changes in a way that can make room.
+    shape: u64,
     /// The reason last written to the store, to write only changes.
     reason: Option<String>,
     /// A retry waits for its backoff.
@@ -98,6 +99,13 @@ pub struct Scheduler {
     queue: BTreeMap<QueueKey, Queued>,
     addresses: HashMap<NodeId, String>,
     synced_at: Option<tokio::time::Instant>,
+    /// Queue entries added since the last pass.
+    fresh: Vec<QueueKey>,
+    /// The index generation and time of the last pass over the whole queue.
+    full_pass: Option<(u64, tokio::time::Instant)>,
+    /// Shapes that did not fit since that pass, and why: while the index has not changed, they
+    /// still do not, so a pass needs to look at fresh entries only.
+    failed: HashMap<u64, Arc<str>>,
 }
 
 impl Default for Scheduler {
@@ -108,7 +116,15 @@ impl Default for Scheduler {
 
 impl Scheduler {
     pub fn new() -> Self {
-        Self { index: Index::new(), queue: BTreeMap::new(), addresses: HashMap::new(), synced_at: None }
+        Self {
+            index: Index::new(),
+            queue: BTreeMap::new(),
+            addresses: HashMap::new(),
+            synced_at: None,
+            fresh: Vec::new(),
+            full_pass: None,
+            failed: HashMap::new(),
+        }
     }
 
     /// Rebuilds the index and the queue from the store.
@@ -126,22 +142,28 @@ impl Scheduler {
                 self.addresses.insert(n.id, a);
             }
         }
-        for job in state.store.placed_jobs()? {
-            if let (Some(node), Some(a)) = (&job.node_id, &job.allocation) {
-                index.reserve(node, a);
-            }
+        for (node, a) in state.store.placed_allocations()? {
+            index.reserve(&node, &a);
         }
         self.index = index;
-        let reasons: HashMap<(RunId, u32), Option<String>> =
-            self.queue.iter().map(|((_, _, id, r), q)| ((id.clone(), *r), q.reason.clone())).collect();
-        self.queue.clear();
-        for job in state.store.queued_jobs()? {
-            self.enqueue_job(job);
+        // The queue: entries whose jobs are all still queued stay as they are (their configuration
+        // is not read again); the runs of the other queued jobs are read from the store.
+        let queued = state.store.queued_job_ids()?;
+        let still: std::collections::HashSet<&JobId> = queued.iter().map(|(j, _)| j).collect();
+        let mut covered = std::collections::HashSet::new();
+        for (key, q) in std::mem::take(&mut self.queue) {
+            if !q.jobs.is_empty() && q.jobs.iter().all(|j| still.contains(j)) {
+                covered.extend(q.jobs.iter().cloned());
+                self.queue.insert(key, q);
+            }
         }
-        for ((_, _, id, r), q) in &mut self.queue {
-            q.reason = reasons.get(&(id.clone(), *r)).cloned().flatten();
+        let missing: std::collections::HashSet<&RunId> =
+            queued.iter().filter(|(j, _)| !covered.contains(j)).map(|(_, r)| r).collect();
+        for run in missing {
+            self.enqueue(&state.store, run)?;
         }
         self.synced_at = Some(tokio::time::Instant::now());
+        self.full_pass = None;
         Ok(())
     }
 
@@ -155,13 +177,21 @@ impl Scheduler {
         if replica.is_some() {
             job.job_num = 0; // the one job of its queue entry
         }
+        if !self.queue.contains_key(&key) {
+            self.fresh.push(key.clone());
+        }
         let entry = self.queue.entry(key).or_insert_with(|| {
             let request = Request {
                 resources: task.resources.clone(),
                 nodes: task.nodes.max(1),
                 fleets: task.provisioning.fleets.iter().map(|f| f.name.clone()).collect(),
             };
-            let shape = format!("{request:?}");
+            let shape = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                format!("{request:?}").hash(&mut h);
+                h.finish()
+            };
             Queued {
                 run_name: job.run_name.clone(),
                 project: job.project.clone(),
@@ -261,36 +291,60 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
         return Ok(Vec::new());
     }
     let sched = &mut *sched;
+    // Over the whole queue when the index changed in a way that can make room (or every
+    // `PERIOD`, for backoffs and retry windows that ran out); otherwise only over what is new,
+    // since what did not fit before still does not.
+    let generation = sched.index.generation();
+    let full = sched.full_pass.is_none_or(|(g, at)| g != generation || at.elapsed() >= PERIOD);
+    let fresh = std::mem::take(&mut sched.fresh);
+    if full {
+        sched.failed.clear();
+        sched.full_pass = Some((generation, tokio::time::Instant::now()));
+    }
     let mut expired: Vec<(QueueKey, String)> = Vec::new();
-    let mut failed_shapes: HashMap<String, String> = HashMap::new();
     let mut placed: Vec<(QueueKey, Vec<(NodeId, Allocation)>)> = Vec::new();
     let mut waits: Vec<(JobId, String)> = Vec::new();
     let now = crate::secrets::now_ms();
-    for (key, q) in sched.queue.iter_mut() {
+    let Scheduler { index, queue, failed, .. } = &mut *sched;
+    let mut visit = |key: &QueueKey, q: &mut Queued| {
         if q.not_before_ms.is_some_and(|t| t > now) {
-            continue;
+            return;
         }
         if q.jobs.len() != q.request.nodes as usize || q.jobs.iter().any(|j| j.0.is_empty()) {
             // Not all of the run's jobs are queued (a rank still ending from an earlier attempt);
             // a later pass or the resync sees the whole gang.
-            continue;
+            return;
         }
-        let outcome = match failed_shapes.get(&q.shape) {
+        let outcome = match failed.get(&q.shape) {
             Some(reason) => Err(reason.clone()),
-            None => sched.index.place(&q.request),
+            None => index.place(&q.request).map_err(Arc::<str>::from),
         };
         match outcome {
             Ok(allocs) => placed.push((key.clone(), allocs)),
             Err(reason) => {
-                failed_shapes.entry(q.shape.clone()).or_insert_with(|| reason.clone());
+                failed.entry(q.shape).or_insert_with(|| reason.clone());
                 if capacity_deadline(&q.task, key.1).is_some_and(|d| now > d) {
                     expired.push((key.clone(), format!("no capacity within the retry duration: {reason}")));
-                    continue;
+                    return;
                 }
-                if q.reason.as_deref() != Some(&reason) {
-                    waits.extend(q.jobs.iter().map(|j| (j.clone(), reason.clone())));
-                    q.reason = Some(reason);
+                if q.reason.as_deref() != Some(&*reason) {
+                    waits.extend(q.jobs.iter().map(|j| (j.clone(), reason.to_string())));
+                    q.reason = Some(reason.to_string());
                 }
+            }
+        }
+    };
+    if full {
+        for (key, q) in queue.iter_mut() {
+            visit(key, q);
+        }
+    } else {
+        let mut fresh = fresh;
+        fresh.sort_unstable();
+        fresh.dedup();
+        for key in &fresh {
+            if let Some(q) = queue.get_mut(key) {
+                visit(key, q);
             }
         }
     }

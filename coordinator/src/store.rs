@@ -69,6 +69,8 @@ CREATE INDEX nodes_by_name ON nodes(name);
 "#,
     r#"
 ALTER TABLE runs ADD COLUMN replicas INTEGER;
+CREATE INDEX runs_by_replicas ON runs(replicas) WHERE replicas IS NOT NULL;
+CREATE INDEX jobs_by_node ON jobs(node_id, state) WHERE node_id IS NOT NULL;
 "#,
 ];
 
@@ -105,6 +107,14 @@ pub struct Store {
 }
 
 /// A job as the coordinator keeps it.
+#[derive(Clone, Debug)]
+pub struct JobBrief {
+    pub run_id: RunId,
+    pub node_id: Option<NodeId>,
+    pub state: JobState,
+    pub termination_reason: Option<TerminationReason>,
+}
+
 #[derive(Clone, Debug)]
 pub struct JobRow {
     pub id: JobId,
@@ -203,6 +213,8 @@ impl Store {
         // 32 MiB of pages in memory (SQLite's default is 2 MiB): a node row carries its inventory,
         // and 10,000 of them do not fit the default.
         conn.pragma_update(None, "cache_size", -32 * 1024)?;
+        // Every query text the coordinator uses, prepared once.
+        conn.set_prepared_statement_cache_capacity(128);
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let store = Self { conn: Mutex::new(conn) };
@@ -293,7 +305,7 @@ impl Store {
 
     fn query_nodes<P: rusqlite::Params>(&self, filter: &str, p: P) -> Result<Vec<NodeRow>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
+        let mut stmt = conn.prepare_cached(&format!(
             "SELECT id, name, fleet, enrolled_ms, last_seen_ms, address, agent_version, inventory, revoked, cordoned FROM nodes {filter}"
         ))?;
         let nodes = stmt
@@ -486,9 +498,28 @@ impl Store {
     pub fn jobs_where<P: rusqlite::Params>(&self, filter: &str, p: P) -> Result<Vec<JobRow>> {
         let conn = self.conn();
         let mut stmt =
-            conn.prepare(&format!("SELECT {JOB_COLUMNS} FROM jobs j JOIN runs r ON r.id = j.run_id {filter}"))?;
+            conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs j JOIN runs r ON r.id = j.run_id {filter}"))?;
         let jobs = stmt.query_map(p, job_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(jobs)
+    }
+
+    /// What an agent's progress report needs of a job, without reading its configuration or spec.
+    pub fn job_brief(&self, id: &JobId) -> Result<Option<JobBrief>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT run_id, node_id, state, termination_reason FROM jobs WHERE id = ?1")?;
+        let row = stmt
+            .query_row([&id.0], |r| {
+                let (state, reason): (String, Option<String>) = (r.get(2)?, r.get(3)?);
+                Ok(JobBrief {
+                    run_id: RunId(r.get(0)?),
+                    node_id: r.get::<_, Option<String>>(1)?.map(NodeId),
+                    state: JobState::parse(&state).unwrap_or(JobState::Failed),
+                    termination_reason: reason.as_deref().and_then(TerminationReason::parse),
+                })
+            })
+            .optional()?;
+        Ok(row)
     }
 
     pub fn job(&self, id: &JobId) -> Result<Option<JobRow>> {
@@ -498,6 +529,41 @@ impl Store {
     /// Jobs waiting for a node, oldest first.
     pub fn queued_jobs(&self) -> Result<Vec<JobRow>> {
         self.jobs_where("WHERE j.state IN ('submitted', 'pending') ORDER BY j.submitted_ms, j.id", [])
+    }
+
+    /// The jobs holding resources on one node (an index lookup: reconnects and node loss at scale).
+    pub fn placed_jobs_on(&self, node: &NodeId) -> Result<Vec<JobRow>> {
+        self.jobs_where(
+            "WHERE j.node_id = ?1 AND j.state IN ('provisioning', 'pulling', 'running', 'terminating')",
+            [&node.0],
+        )
+    }
+
+    /// The running replicas of active services (what readiness probes look at).
+    pub fn running_replicas(&self) -> Result<Vec<JobRow>> {
+        self.jobs_where("WHERE r.replicas IS NOT NULL AND j.state = 'running'", [])
+    }
+
+    /// What placed jobs hold, node by node, without reading their configurations (the scheduler's
+    /// resync, with 100,000 jobs).
+    pub fn placed_allocations(&self) -> Result<Vec<(NodeId, corral_proto::resources::Allocation)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT node_id, allocation FROM jobs WHERE node_id IS NOT NULL AND allocation IS NOT NULL \
+             AND state IN ('provisioning', 'pulling', 'running', 'terminating')",
+        )?;
+        let rows =
+            stmt.query_map([], |r| Ok((NodeId(r.get(0)?), json_col(r, 1)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// The ids of the queued jobs and their runs, without reading configurations.
+    pub fn queued_job_ids(&self) -> Result<Vec<(JobId, RunId)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT id, run_id FROM jobs WHERE state IN ('submitted', 'pending')")?;
+        let rows =
+            stmt.query_map([], |r| Ok((JobId(r.get(0)?), RunId(r.get(1)?))))?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
     }
 
     /// Jobs holding resources on nodes (placed and not finished).

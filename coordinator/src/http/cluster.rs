@@ -104,7 +104,7 @@ pub(super) async fn drain(
         let state2 = state.clone();
         state.tasks.spawn(async move {
             tokio::time::sleep(Duration::from_secs(secs)).await;
-            let jobs = match state2.store.placed_jobs() {
+            let jobs = match state2.store.placed_jobs_on(&node.id) {
                 Ok(j) => j,
                 Err(e) => return tracing::error!("drain of {}: {e:#}", node.name),
             };
