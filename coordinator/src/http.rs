@@ -71,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route("/proxy/services/{project}/{name}/{*rest}", any(proxy::service))
         .route("/proxy/models/{project}/{*rest}", any(models::models))
         .merge(api)
+        .layer(middleware::from_fn_with_state(state.clone(), proxy::by_host))
         .with_state(state)
 }
 

@@ -3,6 +3,8 @@
 //! Tasks, all children of one `CancellationToken` and tracked by one `TaskTracker`:
 //! - [`agents`]: the QUIC endpoint. One task per agent connection reads its control stream; a writer
 //!   task drains the node's bounded command channel; one task per log stream appends to [`logs`].
+//!   They run on a runtime of their own (one thread), so that the synchronous store work of the
+//!   API and the scheduler never delays a heartbeat.
 //! - [`scheduler`]: places queued jobs on nodes where they fit; woken by a `Notify` on every change
 //!   that could make room, and every few seconds regardless (level-triggered).
 //! - [`autoscale`]: each active service's replica count (autoscaling on requests per second, scale
@@ -59,6 +61,9 @@ pub struct Config {
     pub heartbeat_secs: u32,
     /// A node not heard from for this long is unreachable; its jobs are interrupted.
     pub node_timeout: Duration,
+    /// With a domain, a request whose `Host` is `<run>.<domain>` goes to the service `<run>` of the
+    /// default project (a wildcard DNS record points `*.<domain>` at the coordinator).
+    pub services_domain: Option<String>,
 }
 
 impl Default for Config {
@@ -69,6 +74,7 @@ impl Default for Config {
             quic_listen: SocketAddr::from(([0, 0, 0, 0], 7071)),
             heartbeat_secs: 5,
             node_timeout: Duration::from_secs(10),
+            services_domain: None,
         }
     }
 }
@@ -184,6 +190,19 @@ pub struct Running {
     pub join_token: JoinToken,
     pub state: Arc<State>,
     pub tasks: TaskTracker,
+    /// The runtime the agents' connections live on (see [`start`]).
+    agents_runtime: AgentsRuntime,
+}
+
+/// A runtime owned by an async context: dropped without blocking (its threads end on their own).
+struct AgentsRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for AgentsRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl Running {
@@ -191,6 +210,7 @@ impl Running {
     pub async fn wait(self) {
         self.tasks.close();
         self.tasks.wait().await;
+        drop(self.agents_runtime);
     }
 }
 
@@ -273,9 +293,26 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     }
 
     let tasks = state.tasks.clone();
-    let endpoint = agents::bind(&state, config.quic_listen)?;
+    // The agents' connections (the QUIC endpoint, every session, heartbeats) run on a runtime of
+    // their own: the HTTP API and the scheduler do synchronous store work, and under load they must
+    // never delay a heartbeat into a node declared unreachable.
+    let agents_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("corral-agents")
+        .enable_all()
+        .build()
+        .context("cannot start the agents' runtime")?;
+    let endpoint = {
+        let _inside = agents_runtime.enter();
+        agents::bind(&state, config.quic_listen)?
+    };
     let quic_addr = endpoint.local_addr().context("quic endpoint has no address")?;
-    tasks.spawn(agents::serve(endpoint, state.clone(), shutdown.child_token(), tasks.clone()));
+    agents_runtime.spawn(tasks.track_future(agents::serve(
+        endpoint,
+        state.clone(),
+        shutdown.child_token(),
+        tasks.clone(),
+    )));
 
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
@@ -287,7 +324,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     tasks.spawn(probes::run(state.clone(), shutdown.child_token()));
     tasks.spawn(autoscale::run(state.clone(), shutdown.child_token()));
 
-    Ok(Running { http_addr, quic_addr, admin_token, join_token, state, tasks })
+    let agents_runtime = AgentsRuntime(Some(agents_runtime));
+    Ok(Running { http_addr, quic_addr, admin_token, join_token, state, tasks, agents_runtime })
 }
 
 /// How long the coordinator waits for its tasks after a shutdown signal.

@@ -27,6 +27,10 @@ struct Args {
     /// A node silent this long (e.g. `10s`, `1m`) is unreachable; its jobs are interrupted.
     #[arg(long, env = "CORRAL_NODE_TIMEOUT", default_value = "10s", value_parser = parse_secs)]
     node_timeout: u64,
+    /// Serve each service of the default project at `<run>.<DOMAIN>` too (by the `Host` header;
+    /// point a wildcard DNS record `*.<DOMAIN>` at this host).
+    #[arg(long, env = "CORRAL_SERVICES_DOMAIN")]
+    services_domain: Option<String>,
 }
 
 fn parse_secs(s: &str) -> Result<u64, String> {
@@ -44,6 +48,7 @@ async fn main() -> ExitCode {
         http_listen: args.http_listen,
         quic_listen: args.quic_listen,
         node_timeout: std::time::Duration::from_secs(args.node_timeout),
+        services_domain: args.services_domain.map(|d| d.trim_matches('.').to_ascii_lowercase()),
         ..Default::default()
     };
     let shutdown = CancellationToken::new();

@@ -32,14 +32,23 @@ const PERIOD: Duration = Duration::from_secs(2);
 const RESYNC: Duration = Duration::from_secs(30);
 /// Grace between SIGTERM and SIGKILL for `stop_duration: off` ("as long as it takes"): a day.
 pub const UNBOUNDED_STOP_GRACE_SECS: u64 = 24 * 3600;
+/// Reasons rewritten per pass for runs that already wait (a new run's reason is always written):
+/// when the cluster changes under a long queue, the new words reach the store over a few passes
+/// instead of one long write.
+const REASON_UPDATES_PER_PASS: usize = 2_000;
 /// Where a multi-node job finds its MPI hostfile.
 const MPI_HOSTFILE: &str = "/tmp/corral-mpi-hostfile";
 
 pub async fn run(state: Arc<State>, shutdown: CancellationToken) {
     loop {
         let pass = state.passes.started.fetch_add(1, Ordering::SeqCst) + 1;
-        if let Err(e) = schedule_once(&state) {
-            tracing::error!("scheduling pass failed: {e:#}");
+        // A pass is synchronous work (the index, SQLite) that can take a while with a long queue:
+        // off the runtime's workers, so that it never delays heartbeats or requests.
+        let s = state.clone();
+        match tokio::task::spawn_blocking(move || schedule_once(&s)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("scheduling pass failed: {e:#}"),
+            Err(e) => tracing::error!("scheduling pass panicked: {e}"),
         }
         state.passes.finished.send_replace(pass);
         tokio::select! {
@@ -304,6 +313,7 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
     let mut expired: Vec<(QueueKey, String)> = Vec::new();
     let mut placed: Vec<(QueueKey, Vec<(NodeId, Allocation)>)> = Vec::new();
     let mut waits: Vec<(JobId, String)> = Vec::new();
+    let mut rewrites = 0usize;
     let now = crate::secrets::now_ms();
     let Scheduler { index, queue, failed, .. } = &mut *sched;
     let mut visit = |key: &QueueKey, q: &mut Queued| {
@@ -328,6 +338,12 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
                     return;
                 }
                 if q.reason.as_deref() != Some(&*reason) {
+                    if q.reason.is_some() {
+                        if rewrites >= REASON_UPDATES_PER_PASS {
+                            return;
+                        }
+                        rewrites += 1;
+                    }
                     waits.extend(q.jobs.iter().map(|j| (j.clone(), reason.to_string())));
                     q.reason = Some(reason.to_string());
                 }

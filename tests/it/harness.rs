@@ -113,6 +113,7 @@ impl Coordinator {
             quic_listen: quic,
             heartbeat_secs: 1,
             node_timeout,
+            services_domain: Some("svc.corral.test".to_owned()),
         };
         let running = corral_coordinator::start(config, shutdown.clone()).await?;
         Ok(Self {

@@ -414,3 +414,58 @@ async fn a_rolling_update_under_continuous_requests_drops_none() -> anyhow::Resu
     assert_eq!((r.state, r.jobs.len()), (JobState::Running, 1));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_answers_at_its_own_host_name_with_large_bodies_whole() -> anyhow::Result<()> {
+    let c = OneNode::start().await?;
+    // A CGI that counts the bytes it is sent and answers with that many bytes back.
+    let text = format!(
+        r#"type: service
+name: bytes
+image: {IMAGE}
+port: 8000
+commands:
+  - mkdir -p /www/cgi-bin
+  - |
+    cat > /www/cgi-bin/count <<'EOF'
+    #!/bin/sh
+    n=$(head -c "$CONTENT_LENGTH" | wc -c)
+    printf 'Content-Type: text/plain\r\n\r\n'
+    echo "got $n"
+    head -c "$n" /dev/zero
+    EOF
+  - chmod +x /www/cgi-bin/count
+  - httpd -f -p 8000 -h /www
+"#
+    );
+    let (code, _) = apply(&c.client, &write_config(c.dir.path(), "bytes", &text), true).await?;
+    assert_eq!(code, 0);
+    all_running(&c.client, "bytes").await?;
+
+    // By host name: `bytes.<domain>`, any path, the path reaches the service as sent.
+    let http = reqwest::Client::new();
+    let body = vec![b'x'; 8 << 20];
+    let url = format!("http://{}/cgi-bin/count", c.coord.http);
+    let resp = wait_for("the service by host name", Duration::from_secs(20), || async {
+        let r = http
+            .post(&url)
+            .header("host", "bytes.svc.corral.test")
+            .bearer_auth(&c.coord.admin_token)
+            .body(body.clone())
+            .send()
+            .await?;
+        Ok((r.status() == 200).then_some(r))
+    })
+    .await?;
+    let answer = resp.bytes().await?;
+    let head = format!("got {}\n", 8 << 20);
+    assert!(answer.starts_with(head.as_bytes()), "{:?}", String::from_utf8_lossy(&answer[..40.min(answer.len())]));
+    assert_eq!(answer.len(), head.len() + (8 << 20), "8 MiB each way, whole");
+
+    // Another host is the API as usual, and an unknown service under the domain is a clear 404.
+    let other = http.get(format!("http://{}/api/health", c.coord.http)).send().await?;
+    assert_eq!(other.text().await?, "ok");
+    let unknown = http.get(&url).header("host", "nope.svc.corral.test").send().await?;
+    assert_eq!(unknown.status(), 404);
+    Ok(())
+}

@@ -77,5 +77,5 @@ async fn serve(state: &State, req: Request) -> Result<Response, Error> {
         .map_err(|e| err(StatusCode::BAD_REQUEST, format!("bad path: {e}")))?;
     parts.headers.remove(axum::http::header::AUTHORIZATION);
     let req = Request::from_parts(parts, Body::from(bytes));
-    to_replicas(state, &service, req).await
+    to_replicas(state, &service, Vec::new(), req).await
 }

@@ -6,12 +6,13 @@
 //!   container (HTTP `Upgrade: corral-tunnel`), what `corral attach` forwards local ports over.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State as Extract};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
@@ -27,13 +28,65 @@ use crate::secrets::sha256_hex;
 use crate::store::ActiveService;
 use crate::tunnel::{self, Tunnel};
 
-/// Where the next request of each service goes (round robin over its ready replicas).
+/// How long the proxy trusts what it read of a service (its newest run, its ready replicas): a
+/// request reads the store at most this often per service. A replica that went away meanwhile
+/// fails its tunnel, and the request goes to the next one.
+const ROUTE_TTL: Duration = Duration::from_millis(250);
+
+/// A service as the proxy sees it: its newest deployment and the replicas that take traffic.
+struct Route {
+    service: ActiveService,
+    /// The service has a desired replica count (it was not stopped and did not fail).
+    active: bool,
+    ready: Vec<(NodeId, JobId, u16)>,
+}
+
+/// Where requests go: what the proxy read of each service lately, and where the next request of
+/// each goes (round robin over its ready replicas).
 #[derive(Default)]
 pub struct Balancer {
     next: Mutex<HashMap<RunId, usize>>,
+    routes: Mutex<HashMap<(String, String), (tokio::time::Instant, Arc<Route>)>>,
 }
 
 impl Balancer {
+    /// The service `name` of `project` (`None`: there is none), from the store at most every
+    /// [`ROUTE_TTL`].
+    fn route(&self, state: &State, project: &str, name: &str) -> Result<Option<Arc<Route>>, Error> {
+        let key = (project.to_owned(), name.to_owned());
+        if let Some((at, route)) = self.routes.lock().unwrap_or_else(|e| e.into_inner()).get(&key)
+            && at.elapsed() < ROUTE_TTL
+        {
+            return Ok(Some(route.clone()));
+        }
+        check_project(state, project)?;
+        let Some((run, Configuration::Service(config), submitted_ms)) = state.store.run_by_name(project, name)? else {
+            return Ok(None);
+        };
+        let desired = state.store.replicas(&run)?;
+        let ready = if desired.is_some() { ready_replicas(state, project, name)? } else { Vec::new() };
+        let service = ActiveService {
+            run,
+            project: project.to_owned(),
+            name: name.to_owned(),
+            config,
+            replicas: desired.unwrap_or(0),
+            submitted_ms,
+        };
+        let route = Arc::new(Route { service, active: desired.is_some(), ready });
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        if routes.len() > 10_000 {
+            routes.retain(|_, (at, _)| at.elapsed() < ROUTE_TTL);
+        }
+        routes.insert(key, (tokio::time::Instant::now(), route.clone()));
+        Ok(Some(route))
+    }
+
+    /// Forgets what was read of a service (none of its replicas answered).
+    fn forget(&self, project: &str, name: &str) {
+        self.routes.lock().unwrap_or_else(|e| e.into_inner()).remove(&(project.to_owned(), name.to_owned()));
+    }
+
     fn pick(&self, run: &RunId, n: usize) -> usize {
         let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
         let i = next.entry(run.clone()).or_insert(0);
@@ -41,6 +94,30 @@ impl Balancer {
         *i = i.wrapping_add(1);
         pick
     }
+}
+
+/// A request to `<run>.<services domain>` (any path) is the service `<run>` of the default project,
+/// which sees the path as sent.
+#[derive(Clone, Copy)]
+struct ByHost;
+
+pub(super) async fn by_host(Extract(state): Extract<AppState>, mut req: Request, next: Next) -> Response {
+    let run = state.config.services_domain.as_deref().and_then(|domain| {
+        let host = req.headers().get(header::HOST)?.to_str().ok()?;
+        let host =
+            host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
+        let run = host.to_ascii_lowercase().strip_suffix(domain)?.strip_suffix('.')?.to_owned();
+        (!run.is_empty() && !run.contains('.')).then_some(run)
+    });
+    let Some(run) = run else { return next.run(req).await };
+    let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let project = corral_proto::api::DEFAULT_PROJECT;
+    match format!("/proxy/services/{project}/{run}{path_and_query}").parse::<Uri>() {
+        Ok(uri) => *req.uri_mut() = uri,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("bad path: {e}")).into_response(),
+    }
+    req.extensions_mut().insert(ByHost);
+    service(Extract(state), req).await
 }
 
 /// `/proxy/services/{project}/{run}` and everything below it.
@@ -57,10 +134,10 @@ async fn serve_service(state: &State, mut req: Request) -> Result<Response, Erro
     let mut parts = rest.splitn(3, '/');
     let (project, name) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
     let below = parts.next();
-    check_project(state, project)?;
-    let Some((run_id, Configuration::Service(cfg), submitted_ms)) = state.store.run_by_name(project, name)? else {
+    let Some(route) = state.balancer.route(state, project, name)? else {
         return Err(err(StatusCode::NOT_FOUND, format!("no service named {name:?} in project {project:?}")));
     };
+    let cfg = &route.service.config;
     if cfg.auth {
         if !authorized(state, req.headers())? {
             let mut e = err(
@@ -75,19 +152,17 @@ async fn serve_service(state: &State, mut req: Request) -> Result<Response, Erro
         req.headers_mut().remove(header::AUTHORIZATION);
     }
     let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
-    let target =
-        if cfg.strip_prefix { format!("/{}{query}", below.unwrap_or_default()) } else { format!("{path}{query}") };
+    // Reached by its own host name, a service sees the path as sent.
+    let strip = cfg.strip_prefix || req.extensions().get::<ByHost>().is_some();
+    let target = if strip { format!("/{}{query}", below.unwrap_or_default()) } else { format!("{path}{query}") };
     *req.uri_mut() = target.parse::<Uri>().map_err(|e| err(StatusCode::BAD_REQUEST, format!("bad path: {e}")))?;
-    let replicas = state.store.replicas(&run_id)?.unwrap_or(0);
-    let service = ActiveService {
-        run: run_id,
-        project: project.to_owned(),
-        name: name.to_owned(),
-        config: cfg,
-        replicas,
-        submitted_ms,
-    };
-    to_replicas(state, &service, req).await
+    if !route.active {
+        return Err(err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("service {name:?} is not running (see `corral ps -a`)"),
+        ));
+    }
+    to_replicas(state, &route.service, route.ready.clone(), req).await
 }
 
 /// Whether the request carries a valid Corral token.
@@ -98,16 +173,24 @@ pub(super) fn authorized(state: &State, headers: &HeaderMap) -> Result<bool, Err
     })
 }
 
-/// Sends a request (its path already the replica's) to one of a service's ready replicas, waiting
-/// for one when there is none yet. A replica that cannot be reached (its container is gone, its
-/// server not listening yet) does not fail the request: the next one is tried, and when none
-/// connects, all again for a few seconds.
-pub(super) async fn to_replicas(state: &State, service: &ActiveService, req: Request) -> Result<Response, Error> {
+/// Sends a request (its path already the replica's) to one of a service's ready replicas (`ready`
+/// as last read; empty: read them now), waiting for one when there is none yet. A replica that
+/// cannot be reached (its container is gone, its server not listening yet) does not fail the
+/// request: the next one is tried, and when none connects, all again for a few seconds.
+pub(super) async fn to_replicas(
+    state: &State,
+    service: &ActiveService,
+    mut ready: Vec<(NodeId, JobId, u16)>,
+    req: Request,
+) -> Result<Response, Error> {
     let (run_id, name) = (&service.run, service.name.as_str());
     state.autoscaler.record(run_id);
     let deadline = tokio::time::Instant::now() + CONNECT_RETRY;
     loop {
-        let replicas = wait_ready(state, run_id, &service.project, name).await?;
+        let replicas = match std::mem::take(&mut ready) {
+            r if r.is_empty() => wait_ready(state, run_id, &service.project, name).await?,
+            r => r,
+        };
         let first = state.balancer.pick(run_id, replicas.len());
         let mut last = None;
         for k in 0..replicas.len() {
@@ -120,6 +203,7 @@ pub(super) async fn to_replicas(state: &State, service: &ActiveService, req: Req
                 }
             }
         }
+        state.balancer.forget(&service.project, name);
         if tokio::time::Instant::now() > deadline {
             let why = last.map(|e| e.to_string()).unwrap_or_default();
             return Err(err(StatusCode::BAD_GATEWAY, format!("no replica of service {name:?} answered: {why}")));
