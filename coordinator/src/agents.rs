@@ -310,7 +310,15 @@ fn handle_message(
             state.node_changed(&node.id);
         }
         AgentMessage::Containers(reports) => reconcile(state, node, tx, &reports)?,
-        AgentMessage::JobUpdate(update) => apply_update(state, node, tx, update)?,
+        AgentMessage::JobUpdate(update) => {
+            // Applied by the updates thread, in arrival order, so that a flood of reports (80,000
+            // jobs starting) never holds up this connection's heartbeats; inline when it is full.
+            let queued = state.updates.try_send(QueuedUpdate { node: node.clone(), tx: tx.clone(), update });
+            if let Err(std::sync::mpsc::TrySendError::Full(q) | std::sync::mpsc::TrySendError::Disconnected(q)) = queued
+            {
+                apply_update(state, &q.node, &q.tx, q.update)?;
+            }
+        }
         AgentMessage::Heartbeat { seq } => {
             let _ = tx.try_send(CoordinatorMessage::HeartbeatAck { seq });
         }
@@ -319,6 +327,31 @@ fn handle_message(
         }
     }
     Ok(())
+}
+
+/// A job report waiting for the updates thread.
+pub struct QueuedUpdate {
+    node: NodeRow,
+    tx: mpsc::Sender<CoordinatorMessage>,
+    update: JobUpdate,
+}
+
+/// How many reports may wait for the updates thread.
+pub const UPDATES_QUEUED: usize = 100_000;
+
+/// The updates thread: applies agents' job reports in the order they came, until shutdown.
+pub fn apply_updates(state: &State, rx: std::sync::mpsc::Receiver<QueuedUpdate>, shutdown: &CancellationToken) {
+    while !shutdown.is_cancelled() {
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(q) => {
+                if let Err(e) = apply_update(state, &q.node, &q.tx, q.update) {
+                    tracing::error!(node = %q.node.name, "applying a job report failed: {e:#}");
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+    }
 }
 
 fn apply_update(

@@ -111,6 +111,8 @@ pub struct State {
     pub probes: probes::Probes,
     /// Services' request rates and replica counts.
     pub autoscaler: Arc<autoscale::Autoscaler>,
+    /// Agents' job reports on their way to the updates thread ([`agents::apply_updates`]).
+    pub updates: std::sync::mpsc::SyncSender<agents::QueuedUpdate>,
 }
 
 impl State {
@@ -270,6 +272,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 
     let (admin_token, join_token) = bootstrap_tokens(dir, &store, &pki.ca_hash())?;
 
+    let (updates, updates_rx) = std::sync::mpsc::sync_channel(agents::UPDATES_QUEUED);
     let state = Arc::new(State {
         config: config.clone(),
         store,
@@ -284,6 +287,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         balancer: http::Balancer::default(),
         probes: probes::Probes::default(),
         autoscaler: Arc::default(),
+        updates,
     });
     // Nodes with jobs get the full timeout to come back after a coordinator restart.
     for job in state.store.placed_jobs()? {
@@ -293,6 +297,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     }
 
     let tasks = state.tasks.clone();
+    {
+        let (state, shutdown) = (state.clone(), shutdown.child_token());
+        std::thread::Builder::new()
+            .name("corral-updates".into())
+            .spawn(move || agents::apply_updates(&state, updates_rx, &shutdown))
+            .context("cannot start the updates thread")?;
+    }
     // The agents' connections (the QUIC endpoint, every session, heartbeats) run on a runtime of
     // their own: the HTTP API and the scheduler do synchronous store work, and under load they must
     // never delay a heartbeat into a node declared unreachable.

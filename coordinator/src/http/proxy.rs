@@ -41,12 +41,15 @@ struct Route {
     ready: Vec<(NodeId, JobId, u16)>,
 }
 
+/// (project, service name)
+type ServiceKey = (String, String);
+
 /// Where requests go: what the proxy read of each service lately, and where the next request of
 /// each goes (round robin over its ready replicas).
 #[derive(Default)]
 pub struct Balancer {
     next: Mutex<HashMap<RunId, usize>>,
-    routes: Mutex<HashMap<(String, String), (tokio::time::Instant, Arc<Route>)>>,
+    routes: Mutex<HashMap<ServiceKey, (tokio::time::Instant, Arc<Route>)>>,
 }
 
 impl Balancer {
