@@ -313,9 +313,11 @@ fn handle_message(
         AgentMessage::JobUpdate(update) => {
             // Applied by the updates thread, in arrival order, so that a flood of reports (80,000
             // jobs starting) never holds up this connection's heartbeats; inline when it is full.
-            let queued = state.updates.try_send(QueuedUpdate { node: node.clone(), tx: tx.clone(), update });
-            if let Err(std::sync::mpsc::TrySendError::Full(q) | std::sync::mpsc::TrySendError::Disconnected(q)) = queued
-            {
+            let q = QueuedUpdate { node: node.without_inventory(), tx: tx.clone(), update };
+            let waiting = state.updates_waiting.fetch_add(1, Ordering::Relaxed);
+            let refused = if waiting < UPDATES_QUEUED { state.updates.send(q).err().map(|e| e.0) } else { Some(q) };
+            if let Some(q) = refused {
+                state.updates_waiting.fetch_sub(1, Ordering::Relaxed);
                 apply_update(state, &q.node, &q.tx, q.update)?;
             }
         }
@@ -336,14 +338,15 @@ pub struct QueuedUpdate {
     update: JobUpdate,
 }
 
-/// How many reports may wait for the updates thread.
-pub const UPDATES_QUEUED: usize = 100_000;
+/// How many reports may wait for the updates thread (memory is taken only as they come).
+pub const UPDATES_QUEUED: usize = 1_000_000;
 
 /// The updates thread: applies agents' job reports in the order they came, until shutdown.
 pub fn apply_updates(state: &State, rx: std::sync::mpsc::Receiver<QueuedUpdate>, shutdown: &CancellationToken) {
     while !shutdown.is_cancelled() {
         match rx.recv_timeout(Duration::from_millis(500)) {
             Ok(q) => {
+                state.updates_waiting.fetch_sub(1, Ordering::Relaxed);
                 if let Err(e) = apply_update(state, &q.node, &q.tx, q.update) {
                     tracing::error!(node = %q.node.name, "applying a job report failed: {e:#}");
                 }

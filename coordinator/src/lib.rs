@@ -112,7 +112,9 @@ pub struct State {
     /// Services' request rates and replica counts.
     pub autoscaler: Arc<autoscale::Autoscaler>,
     /// Agents' job reports on their way to the updates thread ([`agents::apply_updates`]).
-    pub updates: std::sync::mpsc::SyncSender<agents::QueuedUpdate>,
+    pub updates: std::sync::mpsc::Sender<agents::QueuedUpdate>,
+    /// Reports queued and not yet applied (bounded by [`agents::UPDATES_QUEUED`]).
+    pub updates_waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl State {
@@ -272,7 +274,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 
     let (admin_token, join_token) = bootstrap_tokens(dir, &store, &pki.ca_hash())?;
 
-    let (updates, updates_rx) = std::sync::mpsc::sync_channel(agents::UPDATES_QUEUED);
+    let (updates, updates_rx) = std::sync::mpsc::channel();
     let state = Arc::new(State {
         config: config.clone(),
         store,
@@ -288,6 +290,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         probes: probes::Probes::default(),
         autoscaler: Arc::default(),
         updates,
+        updates_waiting: std::sync::atomic::AtomicUsize::new(0),
     });
     // Nodes with jobs get the full timeout to come back after a coordinator restart.
     for job in state.store.placed_jobs()? {

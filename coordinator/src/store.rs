@@ -153,6 +153,24 @@ pub struct NodeRow {
     pub cordoned: bool,
 }
 
+impl NodeRow {
+    /// A copy without the inventory (the large part), for what only needs the node's identity.
+    pub fn without_inventory(&self) -> NodeRow {
+        NodeRow {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            fleet: self.fleet.clone(),
+            enrolled_ms: self.enrolled_ms,
+            last_seen_ms: self.last_seen_ms,
+            address: self.address.clone(),
+            agent_version: self.agent_version.clone(),
+            inventory: None,
+            revoked: self.revoked,
+            cordoned: self.cordoned,
+        }
+    }
+}
+
 fn json<T: serde::Serialize>(v: &T) -> String {
     // Serializing our own plain data types to JSON cannot fail (no maps with non-string keys).
     serde_json::to_string(v).unwrap_or_default()
