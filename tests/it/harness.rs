@@ -332,11 +332,13 @@ pub fn docker_running(container: &str) -> bool {
 }
 
 /// A single-node cluster: one coordinator, one agent without GPUs, ready.
+/// Fields drop in this order: the agent (its guard removes the node's containers, which needs the
+/// node id in the state dir), the coordinator, and the temp dir last.
 pub struct OneNode {
-    pub dir: tempfile::TempDir,
-    pub coord: Coordinator,
     pub agent: Agent,
+    pub coord: Coordinator,
     pub client: Client,
+    pub dir: tempfile::TempDir,
 }
 
 impl OneNode {
