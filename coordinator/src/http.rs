@@ -246,9 +246,12 @@ async fn stop_run(
     let reason = if abort { TerminationReason::AbortedByUser } else { TerminationReason::StoppedByUser };
     // A service ends first, so that no replica is started again meanwhile; so do the deployments
     // it was replacing.
-    for old in state.store.active_deployments(&project, &name)? {
-        state.store.set_replicas(&old.run, None)?;
-        for job in state.store.latest_jobs(&old.run)?.iter().filter(|j| !j.state.is_finished() && old.run != run.id) {
+    for deployment in state.store.active_deployments(&project, &name)? {
+        state.store.set_replicas(&deployment.run, None)?;
+        if deployment.run == run.id {
+            continue; // its jobs are stopped below
+        }
+        for job in state.store.latest_jobs(&deployment.run)?.iter().filter(|j| !j.state.is_finished()) {
             state.stop_job(&job.id, reason, abort)?;
         }
     }
