@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use corral_proto::ids::{JobId, NodeId};
+use corral_proto::ids::{JobId, NodeId, RunId};
+use corral_proto::inventory::HostInventory;
 use corral_proto::job::{JobState, TerminationReason};
 use corral_proto::wire::io::{read_frame, write_frame};
 use corral_proto::wire::{
@@ -222,6 +223,7 @@ async fn session(
         .unwrap_or_else(|e| e.into_inner())
         .insert(node.id.clone(), Session { conn_id, name: node.name.clone(), tx: tx.clone(), conn: conn.clone() });
     tracing::info!(node = %node.name, %remote, "agent connected");
+    let node = Arc::new(node.without_inventory());
     state.heard_from(&node.id);
     state.node_changed(&node.id);
 
@@ -297,88 +299,122 @@ async fn session(
 
 fn handle_message(
     state: &State,
-    node: &NodeRow,
+    node: &Arc<NodeRow>,
     tx: &mpsc::Sender<CoordinatorMessage>,
     msg: AgentMessage,
 ) -> anyhow::Result<()> {
     state.heard_from(&node.id);
-    match msg {
-        AgentMessage::Hello(_) => {}
-        AgentMessage::Inventory(inv) => {
-            tracing::info!(node = %node.name, gpus = inv.gpus.len(), cpus = inv.cpu_cores, "inventory");
-            state.store.set_inventory(&node.id, &inv)?;
-            state.node_changed(&node.id);
-        }
-        AgentMessage::Containers(reports) => reconcile(state, node, tx, &reports)?,
-        AgentMessage::JobUpdate(update) => {
-            // Applied by the updates thread, in arrival order, so that a flood of reports (80,000
-            // jobs starting) never holds up this connection's heartbeats; inline when it is full.
-            let q = QueuedUpdate { node: node.without_inventory(), tx: tx.clone(), update };
-            let waiting = state.updates_waiting.fetch_add(1, Ordering::Relaxed);
-            let refused = if waiting < UPDATES_QUEUED { state.updates.send(q).err().map(|e| e.0) } else { Some(q) };
-            if let Some(q) = refused {
-                state.updates_waiting.fetch_sub(1, Ordering::Relaxed);
-                apply_update(state, &q.node, &q.tx, q.update)?;
-            }
-        }
+    let report = match msg {
+        AgentMessage::Hello(_) => return Ok(()),
         AgentMessage::Heartbeat { seq } => {
             let _ = tx.try_send(CoordinatorMessage::HeartbeatAck { seq });
+            return Ok(());
         }
         AgentMessage::TunnelReply(_) => {
             tracing::warn!(node = %node.name, "a tunnel reply on the control stream, ignored");
+            return Ok(());
         }
+        AgentMessage::Inventory(inv) => Report::Inventory(Box::new(inv)),
+        AgentMessage::Containers(reports) => Report::Containers(reports),
+        AgentMessage::JobUpdate(update) => Report::Job(update),
+    };
+    // Everything that touches the store goes to the updates thread, in arrival order, so that a
+    // flood of reports (80,000 jobs starting) never holds up this thread's heartbeats; it is
+    // applied here only when that queue is full.
+    let q = QueuedReport { node: node.clone(), tx: tx.clone(), report };
+    let waiting = state.updates_waiting.fetch_add(1, Ordering::Relaxed);
+    let refused = if waiting < UPDATES_QUEUED { state.updates.send(q).err().map(|e| e.0) } else { Some(q) };
+    if let Some(q) = refused {
+        state.updates_waiting.fetch_sub(1, Ordering::Relaxed);
+        let mut batch = Batch::default();
+        batch.apply(state, q)?;
+        batch.flush(state)?;
     }
     Ok(())
 }
 
-/// A job report waiting for the updates thread.
-pub struct QueuedUpdate {
-    node: NodeRow,
+/// What an agent reported, waiting for the updates thread.
+pub struct QueuedReport {
+    node: Arc<NodeRow>,
     tx: mpsc::Sender<CoordinatorMessage>,
-    update: JobUpdate,
+    report: Report,
+}
+
+enum Report {
+    Job(JobUpdate),
+    Inventory(Box<HostInventory>),
+    Containers(Vec<ContainerReport>),
 }
 
 /// How many reports may wait for the updates thread (memory is taken only as they come).
 pub const UPDATES_QUEUED: usize = 1_000_000;
+/// Reports applied in one transaction at most.
+const BATCH: usize = 1_024;
 
-/// The updates thread: applies agents' job reports in the order they came, until shutdown.
-pub fn apply_updates(state: &State, rx: std::sync::mpsc::Receiver<QueuedUpdate>, shutdown: &CancellationToken) {
+/// The updates thread: applies agents' reports in the order they came, until shutdown. Progress
+/// reports (a job pulling, running) that arrive together are written in one transaction.
+pub fn apply_updates(state: &State, rx: std::sync::mpsc::Receiver<QueuedReport>, shutdown: &CancellationToken) {
+    let mut batch = Batch::default();
     while !shutdown.is_cancelled() {
-        match rx.recv_timeout(Duration::from_millis(500)) {
-            Ok(q) => {
-                state.updates_waiting.fetch_sub(1, Ordering::Relaxed);
-                if let Err(e) = apply_update(state, &q.node, &q.tx, q.update) {
-                    tracing::error!(node = %q.node.name, "applying a job report failed: {e:#}");
-                }
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        let first = match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(q) => q,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        let more = std::iter::from_fn(|| rx.try_recv().ok()).take(BATCH - 1);
+        for q in std::iter::once(first).chain(more) {
+            state.updates_waiting.fetch_sub(1, Ordering::Relaxed);
+            let node = q.node.name.clone();
+            if let Err(e) = batch.apply(state, q) {
+                tracing::error!(%node, "applying an agent's report failed: {e:#}");
+            }
+        }
+        if let Err(e) = batch.flush(state) {
+            tracing::error!("recording jobs' progress failed: {e:#}");
         }
     }
 }
 
-fn apply_update(
-    state: &State,
-    node: &NodeRow,
-    tx: &mpsc::Sender<CoordinatorMessage>,
-    u: JobUpdate,
-) -> anyhow::Result<()> {
-    let job = state.store.job_brief(&u.job_id)?.filter(|j| j.node_id.as_ref() == Some(&node.id));
-    let Some(job) = job else {
-        // A container this node should not have (unknown, or placed elsewhere): remove it.
-        tracing::warn!(job = %u.job_id, node = %node.name, "update for a job not placed here; removing its container");
-        discard(tx, u.job_id);
-        return Ok(());
-    };
-    match u.reason {
-        Some(reason) => {
-            if state.finish_job(&u.job_id, reason, u.exit_code, u.message.as_deref())? {
-                tracing::info!(job = %u.job_id, %reason, exit_code = ?u.exit_code, "job finished");
+/// Progress reports not yet written, and the runs whose start may follow from them.
+#[derive(Default)]
+struct Batch {
+    progress: Vec<(JobId, JobState, Option<String>)>,
+    started: Vec<RunId>,
+}
+
+impl Batch {
+    fn apply(&mut self, state: &State, q: QueuedReport) -> anyhow::Result<()> {
+        let QueuedReport { node, tx, report } = q;
+        match report {
+            Report::Job(u) if u.reason.is_none() => self.progress(state, &node, &tx, u),
+            other => {
+                // Anything else reads or writes more than a job's state: what came before it
+                // is written first.
+                self.flush(state)?;
+                match other {
+                    Report::Job(u) => apply_update(state, &node, &tx, u),
+                    Report::Inventory(inv) => {
+                        tracing::info!(node = %node.name, gpus = inv.gpus.len(), cpus = inv.cpu_cores, "inventory");
+                        state.store.set_inventory(&node.id, &inv)?;
+                        state.node_changed(&node.id);
+                        Ok(())
+                    }
+                    Report::Containers(reports) => reconcile(state, &node, &tx, &reports),
+                }
             }
-            let _ = tx.try_send(CoordinatorMessage::ForgetJob { job_id: u.job_id });
-            state.wake_scheduler.notify_one();
         }
-        None if job.state.is_finished() => {
+    }
+
+    /// A job's progress: queued for the batch's transaction.
+    fn progress(
+        &mut self,
+        state: &State,
+        node: &NodeRow,
+        tx: &mpsc::Sender<CoordinatorMessage>,
+        u: JobUpdate,
+    ) -> anyhow::Result<()> {
+        let Some(job) = placed_here(state, node, tx, &u.job_id)? else { return Ok(()) };
+        if job.state.is_finished() {
             // The job ended here (stopped while it was being placed, say) but its container lives:
             // it holds resources nobody accounts for. Stop it.
             tracing::warn!(job = %u.job_id, node = %node.name, "container alive for a finished job; stopping it");
@@ -387,14 +423,60 @@ fn apply_update(
                 abort: true,
                 reason: job.termination_reason.unwrap_or(TerminationReason::AbortedByUser),
             });
+            return Ok(());
         }
-        None => {
-            state.store.set_progress(&u.job_id, &u.state, u.message.as_deref())?;
-            if u.state == JobState::Running && job.state != JobState::Running {
-                // A gang member running may let the others start (`startup_order`).
-                crate::lifecycle::start_allowed(state, &job.run_id)?;
-            }
+        if u.state == JobState::Running && job.state != JobState::Running {
+            // A gang member running may let the others start (`startup_order`).
+            self.started.push(job.run_id);
         }
+        self.progress.push((u.job_id, u.state, u.message));
+        Ok(())
+    }
+
+    fn flush(&mut self, state: &State) -> anyhow::Result<()> {
+        if !self.progress.is_empty() {
+            state.store.set_progress_many(&self.progress)?;
+            self.progress.clear();
+        }
+        for run in std::mem::take(&mut self.started) {
+            crate::lifecycle::start_allowed(state, &run)?;
+        }
+        Ok(())
+    }
+}
+
+/// The job a report names, when it is placed on the reporting node; otherwise its container is one
+/// this node should not have (unknown, or placed elsewhere) and is removed.
+fn placed_here(
+    state: &State,
+    node: &NodeRow,
+    tx: &mpsc::Sender<CoordinatorMessage>,
+    job: &JobId,
+) -> anyhow::Result<Option<crate::store::JobBrief>> {
+    let brief = state.store.job_brief(job)?.filter(|j| j.node_id.as_ref() == Some(&node.id));
+    if brief.is_none() {
+        tracing::warn!(%job, node = %node.name, "update for a job not placed here; removing its container");
+        discard(tx, job.clone());
+    }
+    Ok(brief)
+}
+
+/// A job's end, as its node reported it.
+fn apply_update(
+    state: &State,
+    node: &NodeRow,
+    tx: &mpsc::Sender<CoordinatorMessage>,
+    u: JobUpdate,
+) -> anyhow::Result<()> {
+    if placed_here(state, node, tx, &u.job_id)?.is_none() {
+        return Ok(());
+    }
+    if let Some(reason) = u.reason {
+        if state.finish_job(&u.job_id, reason, u.exit_code, u.message.as_deref())? {
+            tracing::info!(job = %u.job_id, %reason, exit_code = ?u.exit_code, "job finished");
+        }
+        let _ = tx.try_send(CoordinatorMessage::ForgetJob { job_id: u.job_id });
+        state.wake_scheduler.notify_one();
     }
     Ok(())
 }

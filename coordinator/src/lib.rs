@@ -101,6 +101,9 @@ pub struct State {
     pub passes: scheduler::Passes,
     /// The queue and the placement index; held for a whole pass, so passes never overlap.
     pub scheduler: Mutex<scheduler::Scheduler>,
+    /// Nodes that came, went or changed since the last pass, which reads them again: whoever
+    /// notices a change (the agents' thread among them) never waits for a pass to finish.
+    pub changed_nodes: Mutex<std::collections::HashSet<NodeId>>,
     /// When each node was last heard from (any message), for the liveness watch.
     pub heard: Mutex<HashMap<NodeId, tokio::time::Instant>>,
     /// Every task of this coordinator, drained on shutdown.
@@ -112,7 +115,7 @@ pub struct State {
     /// Services' request rates and replica counts.
     pub autoscaler: Arc<autoscale::Autoscaler>,
     /// Agents' job reports on their way to the updates thread ([`agents::apply_updates`]).
-    pub updates: std::sync::mpsc::Sender<agents::QueuedUpdate>,
+    pub updates: std::sync::mpsc::Sender<agents::QueuedReport>,
     /// Reports queued and not yet applied (bounded by [`agents::UPDATES_QUEUED`]).
     pub updates_waiting: std::sync::atomic::AtomicUsize,
 }
@@ -147,13 +150,9 @@ impl State {
         self.heard.lock().unwrap_or_else(|e| e.into_inner()).insert(node.clone(), tokio::time::Instant::now());
     }
 
-    /// Tells the scheduler a node came, went, or changed.
+    /// Tells the scheduler a node came, went, or changed; its next pass reads the node again.
     pub fn node_changed(&self, id: &NodeId) {
-        let mut sched = self.scheduler.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = sched.node_changed(self, id) {
-            tracing::warn!(node = %id, "cannot refresh the node for scheduling: {e:#}");
-        }
-        drop(sched);
+        self.changed_nodes.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone());
         self.wake_scheduler.notify_one();
     }
 
@@ -284,6 +283,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         wake_scheduler: Notify::new(),
         passes: scheduler::Passes::default(),
         scheduler: Mutex::new(scheduler::Scheduler::new()),
+        changed_nodes: Mutex::default(),
         tasks: TaskTracker::new(),
         heard: Mutex::new(HashMap::new()),
         balancer: http::Balancer::default(),

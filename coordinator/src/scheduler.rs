@@ -36,6 +36,10 @@ pub const UNBOUNDED_STOP_GRACE_SECS: u64 = 24 * 3600;
 /// when the cluster changes under a long queue, the new words reach the store over a few passes
 /// instead of one long write.
 const REASON_UPDATES_PER_PASS: usize = 2_000;
+/// Jobs placed per pass at most. Each pass writes its placements in one transaction while it
+/// holds the scheduler's lock; chunks keep that short when a long queue meets free nodes (100,000
+/// jobs onto 10,000 nodes), so reports, submissions and finished jobs get their turn between them.
+const JOBS_PER_PASS: usize = 4_096;
 /// Where a multi-node job finds its MPI hostfile.
 const MPI_HOSTFILE: &str = "/tmp/corral-mpi-hostfile";
 
@@ -293,8 +297,15 @@ fn capacity_deadline(task: &TaskConfig, submitted_ms: i64) -> Option<i64> {
 
 fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
     let mut sched = state.scheduler.lock().unwrap_or_else(|e| e.into_inner());
+    let changed = std::mem::take(&mut *state.changed_nodes.lock().unwrap_or_else(|e| e.into_inner()));
     if sched.synced_at.is_none_or(|t| t.elapsed() > RESYNC) {
         sched.resync(state)?;
+    } else {
+        for node in &changed {
+            if let Err(e) = sched.node_changed(state, node) {
+                tracing::warn!(%node, "cannot refresh the node for scheduling: {e:#}");
+            }
+        }
     }
     if sched.queue.is_empty() {
         return Ok(Vec::new());
@@ -316,8 +327,13 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
     let mut rewrites = 0usize;
     let now = crate::secrets::now_ms();
     let Scheduler { index, queue, failed, .. } = &mut *sched;
+    let mut placed_jobs = 0usize;
     let mut visit = |key: &QueueKey, q: &mut Queued| {
         if q.not_before_ms.is_some_and(|t| t > now) {
+            return;
+        }
+        if placed_jobs >= JOBS_PER_PASS {
+            // The rest is for the next pass, which follows at once (see below).
             return;
         }
         if q.jobs.len() != q.request.nodes as usize || q.jobs.iter().any(|j| j.0.is_empty()) {
@@ -330,7 +346,10 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
             None => index.place(&q.request).map_err(Arc::<str>::from),
         };
         match outcome {
-            Ok(allocs) => placed.push((key.clone(), allocs)),
+            Ok(allocs) => {
+                placed_jobs += allocs.len();
+                placed.push((key.clone(), allocs));
+            }
             Err(reason) => {
                 failed.entry(q.shape).or_insert_with(|| reason.clone());
                 if capacity_deadline(&q.task, key.1).is_some_and(|d| now > d) {
@@ -363,6 +382,11 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
                 visit(key, q);
             }
         }
+    }
+    if placed_jobs >= JOBS_PER_PASS {
+        // A full chunk: another pass right after this one (placing changed the index, so it looks
+        // at the whole queue), with the lock released in between.
+        state.wake_scheduler.notify_one();
     }
     if !waits.is_empty() {
         state.store.set_pending_many(&waits)?;

@@ -631,16 +631,24 @@ impl Store {
         Ok(())
     }
 
-    /// Records a non-final state reported by an agent. Never moves a finished job back.
-    pub fn set_progress(&self, id: &JobId, state: &JobState, message: Option<&str>) -> Result<()> {
+    /// Records non-final states reported by agents, in one transaction. Never moves a finished job
+    /// back.
+    pub fn set_progress_many(&self, reports: &[(JobId, JobState, Option<String>)]) -> Result<()> {
         let now = now_ms();
-        self.conn().execute(
-            "UPDATE jobs SET state = CASE WHEN state = 'terminating' THEN state ELSE ?2 END, \
-             started_ms = CASE WHEN ?2 = 'running' AND started_ms IS NULL THEN ?3 ELSE started_ms END, \
-             status_message = COALESCE(?4, status_message) \
-             WHERE id = ?1 AND state NOT IN ('done', 'failed', 'stopped', 'aborted')",
-            params![id.0, state.as_str(), now, message],
-        )?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE jobs SET state = CASE WHEN state = 'terminating' THEN state ELSE ?2 END, \
+                 started_ms = CASE WHEN ?2 = 'running' AND started_ms IS NULL THEN ?3 ELSE started_ms END, \
+                 status_message = COALESCE(?4, status_message) \
+                 WHERE id = ?1 AND state NOT IN ('done', 'failed', 'stopped', 'aborted')",
+            )?;
+            for (id, state, message) in reports {
+                stmt.execute(params![id.0, state.as_str(), now, message])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 
