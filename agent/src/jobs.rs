@@ -50,6 +50,8 @@ pub struct Jobs {
     /// The current connection to the coordinator, for log streams.
     conn: watch::Sender<Option<quinn::Connection>>,
     shutdown: CancellationToken,
+    /// The SSH server's settings (its host key), once the agent has loaded them.
+    ssh: std::sync::OnceLock<Arc<russh::server::Config>>,
 }
 
 impl Jobs {
@@ -62,7 +64,17 @@ impl Jobs {
             changed: Notify::new(),
             conn: watch::Sender::new(None),
             shutdown,
+            ssh: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Lets `OpenSsh` streams be served, with this host key and settings.
+    pub fn set_ssh_config(&self, config: Arc<russh::server::Config>) {
+        let _ = self.ssh.set(config);
+    }
+
+    pub fn ssh_config(&self) -> Option<Arc<russh::server::Config>> {
+        self.ssh.get().cloned()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Tracked>> {
@@ -274,20 +286,29 @@ impl Jobs {
 
     /// Starts a command in a job's running container. `Err` says why not, in words for the user.
     pub async fn exec(&self, req: &corral_proto::wire::ExecRequest) -> Result<corral_shim::Exec, String> {
-        let id = &req.job_id;
+        let size = req.size.map(|s| (s.rows, s.cols));
+        self.exec_in(&req.job_id, req.command.clone(), req.tty, size, Vec::new()).await
+    }
+
+    /// Starts `command` in a job's running container, with `env` (`NAME=value`) added to the
+    /// container's own; with `tty`, in a terminal of `size` (rows, cols).
+    pub async fn exec_in(
+        &self,
+        id: &JobId,
+        command: Vec<String>,
+        tty: bool,
+        size: Option<(u16, u16)>,
+        env: Vec<String>,
+    ) -> Result<corral_shim::Exec, String> {
         match self.lock().get(id).map(|t| t.update.state.clone()) {
             Some(JobState::Running) => {}
             Some(state) => return Err(format!("job {id} is {state} on this node, not running")),
             None => return Err(format!("job {id} does not run on this node")),
         }
-        if req.command.is_empty() {
+        if command.is_empty() {
             return Err("no command to run".to_owned());
         }
-        let size = req.size.map(|s| (s.rows, s.cols));
-        self.shim
-            .exec(&container_name(id), req.command.clone(), req.tty, size)
-            .await
-            .map_err(|e| format!("job {id}: {e}"))
+        self.shim.exec(&container_name(id), command, tty, size, env).await.map_err(|e| format!("job {id}: {e}"))
     }
 
     /// Asks a job to stop. Unknown jobs (a container the coordinator no longer wants) are removed.

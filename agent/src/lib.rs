@@ -4,7 +4,8 @@
 //! - [`identity`]: the node's key and certificate, and TLS that pins the coordinator's CA;
 //! - [`link`]: enrollment and the QUIC session (commands in, reports and heartbeats out);
 //! - [`jobs`]: containers through the shim, their supervision and their log streams;
-//! - [`tunnel`]: byte pipes from the coordinator into containers' ports, over the session's streams.
+//! - [`tunnel`]: byte pipes from the coordinator into containers' ports, over the session's streams;
+//! - [`ssh`]: an SSH server for each job's container, on such a stream (no sshd in the image).
 //!
 //! Tasks: the link task owns the session; one task per job supervises its container and one ships
 //! its output; per session one task accepts tunnels, and one task per tunnel pipes it. All stop on the root `CancellationToken`; containers keep running when the agent
@@ -16,6 +17,7 @@ pub mod identity;
 pub mod inventory;
 pub mod jobs;
 pub mod link;
+pub mod ssh;
 pub mod tunnel;
 
 use std::path::PathBuf;
@@ -66,6 +68,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
     };
     let jobs = Jobs::new(shim, identity.node.node_id.clone(), gpu_passthrough, shutdown.clone());
+    jobs.set_ssh_config(ssh::server_config(&config.state_dir).context("cannot set up the SSH host key")?);
     let adopted = jobs.adopt().await.context("cannot list this node's containers")?;
     if adopted > 0 {
         tracing::info!(containers = adopted, "re-adopted containers from an earlier run");

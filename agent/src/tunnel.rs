@@ -2,8 +2,8 @@
 //! `OpenTunnel { job, port }` frame, and this side connects to that port of the job's container and
 //! answers `TunnelReply`; from then on the stream carries raw bytes both ways until either side
 //! closes its half. The node accepts no inbound connection: everything rides the link it dialed.
-//! One mechanism serves services, port forwarding and `corral exec` (a stream that opens with
-//! `OpenExec` instead, see [`crate::exec`]).
+//! One mechanism serves services, port forwarding, `corral exec` (a stream that opens with
+//! `OpenExec` instead, see [`crate::exec`]) and SSH (`OpenSsh`, see [`crate::ssh`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,19 +31,22 @@ pub async fn serve(conn: quinn::Connection, jobs: Arc<Jobs>) {
         };
         let jobs = jobs.clone();
         tokio::spawn(async move {
-            if let Err(e) = tunnel(send, recv, &jobs).await {
+            if let Err(e) = tunnel(send, recv, jobs).await {
                 tracing::debug!("tunnel ended: {e:#}");
             }
         });
     }
 }
 
-async fn tunnel(mut send: quinn::SendStream, mut recv: quinn::RecvStream, jobs: &Jobs) -> anyhow::Result<()> {
+async fn tunnel(mut send: quinn::SendStream, mut recv: quinn::RecvStream, jobs: Arc<Jobs>) -> anyhow::Result<()> {
     let open = tokio::time::timeout(OPEN_TIMEOUT, read_frame::<CoordinatorMessage, _>(&mut recv)).await;
     let (job_id, port) = match open {
         Ok(Ok(Some(CoordinatorMessage::OpenTunnel { job_id, port }))) => (job_id, port),
-        Ok(Ok(Some(CoordinatorMessage::OpenExec(req)))) => return crate::exec::serve(send, recv, req, jobs).await,
-        Ok(Ok(other)) => anyhow::bail!("a stream must open with OpenTunnel or OpenExec, got {other:?}"),
+        Ok(Ok(Some(CoordinatorMessage::OpenExec(req)))) => return crate::exec::serve(send, recv, req, &jobs).await,
+        Ok(Ok(Some(CoordinatorMessage::OpenSsh { job_id, authorized_keys }))) => {
+            return crate::ssh::serve(send, recv, job_id, authorized_keys, jobs).await;
+        }
+        Ok(Ok(other)) => anyhow::bail!("a stream must open with OpenTunnel, OpenExec or OpenSsh, got {other:?}"),
         Ok(Err(e)) => return Err(e.into()),
         Err(_) => anyhow::bail!("no OpenTunnel within {OPEN_TIMEOUT:?}"),
     };

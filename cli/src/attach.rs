@@ -1,6 +1,7 @@
-//! `corral attach RUN`: forwards a run's ports to this machine. Each local connection becomes one
-//! tunnel through the coordinator (`GET .../tunnel`, HTTP upgrade) and the agent's own QUIC
-//! connection to the container's port: the node needs no inbound port.
+//! `corral attach RUN`: forwards a run's ports to this machine and sets up `ssh RUN`. Each local
+//! connection becomes one tunnel through the coordinator (`GET .../tunnel`, HTTP upgrade) and the
+//! agent's own QUIC connection to the container's port: the node needs no inbound port. SSH rides
+//! the same way ([`crate::ssh`]).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -11,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use corral_proto::api;
-use corral_proto::config::{Configuration, PortMapping};
+use corral_proto::config::{Configuration, Ide, PortMapping};
 use corral_proto::job::JobState;
 
 use crate::client::Client;
@@ -76,6 +77,34 @@ fn configured_ports(cfg: &Configuration) -> Vec<PortMapping> {
     }
 }
 
+/// Sets up `ssh <host>` for the job (Corral's SSH config, included from `~/.ssh/config`); returns
+/// the host name.
+fn ssh_host(client: &Client, run: &str, job: u32) -> anyhow::Result<String> {
+    let files = crate::ssh::SshFiles::from_env()?;
+    let key = files.identity()?;
+    files.write_config(client, run, job, &key)
+}
+
+fn ide_name(ide: Ide) -> &'static str {
+    match ide {
+        Ide::Vscode => "VS Code",
+        Ide::Cursor => "Cursor",
+        Ide::Windsurf => "Windsurf",
+        Ide::Zed => "Zed",
+    }
+}
+
+/// The link that opens the IDE on the dev environment over Remote-SSH (the `Host` written above).
+pub fn ide_link(ide: Ide, host: &str, dir: &str) -> String {
+    let dir = dir.trim_start_matches('/');
+    match ide {
+        Ide::Vscode => format!("vscode://vscode-remote/ssh-remote+{host}/{dir}"),
+        Ide::Cursor => format!("cursor://vscode-remote/ssh-remote+{host}/{dir}"),
+        Ide::Windsurf => format!("windsurf://vscode-remote/ssh-remote+{host}/{dir}"),
+        Ide::Zed => format!("zed://ssh/{host}/{dir}"),
+    }
+}
+
 /// Waits for the job to run, forwards the configured ports plus `extra`, and keeps forwarding until
 /// the run ends or the user interrupts.
 pub async fn attach(
@@ -110,12 +139,17 @@ pub async fn attach(
     };
     let mut mappings = configured_ports(&r.configuration);
     mappings.extend(extra);
-    if mappings.is_empty() {
-        bail!("run {run} has no `ports`: name some with `-p LOCAL:CONTAINER`");
-    }
     let fwd = Forwarder::start(client, run, job, &mappings).await?;
     for (local, port) in &fwd.ports {
         writeln!(out, "forwarding {local} -> {run}:{port}")?;
+    }
+    let host = ssh_host(client, run, job)?;
+    writeln!(out, "ssh: `ssh {host}` (also scp, rsync and IDEs over Remote-SSH)")?;
+    if let Configuration::DevEnvironment(d) = &r.configuration
+        && let Some(ide) = d.ide
+    {
+        let dir = d.working_dir.as_deref().unwrap_or("/");
+        writeln!(out, "open in {}: {}", ide_name(ide), ide_link(ide, &host, dir))?;
     }
     out.flush()?;
     eprintln!("attached to {run}; Ctrl-C to detach");

@@ -131,9 +131,30 @@ impl Client {
         self.upgrade(&format!("runs/{run}/tunnel"), &query, corral_proto::api::TUNNEL_PROTOCOL).await
     }
 
+    /// Has the run's node serve SSH for job `job`'s container, letting in `public_key` (an OpenSSH
+    /// public key line); the connection then carries SSH.
+    pub async fn ssh(&self, run: &str, job: u32, public_key: &str) -> anyhow::Result<reqwest::Upgraded> {
+        let query = [("key", public_key.to_owned()), ("job", job.to_string())];
+        self.upgrade(&format!("runs/{run}/ssh"), &query, corral_proto::api::TUNNEL_PROTOCOL).await
+    }
+
     /// Starts `command` in job `job` of a run; the connection then carries `wire::ExecFrame`s.
-    pub async fn exec(&self, run: &str, job: u32, command: &[String], tty: bool) -> anyhow::Result<reqwest::Upgraded> {
-        let query = [("command", serde_json::to_string(command)?), ("job", job.to_string()), ("tty", tty.to_string())];
+    /// With `tty`, in a terminal of `size` (rows, cols).
+    pub async fn exec(
+        &self,
+        run: &str,
+        job: u32,
+        command: &[String],
+        tty: Option<(u16, u16)>,
+    ) -> anyhow::Result<reqwest::Upgraded> {
+        let mut query = vec![
+            ("command", serde_json::to_string(command)?),
+            ("job", job.to_string()),
+            ("tty", tty.is_some().to_string()),
+        ];
+        if let Some((rows, cols)) = tty {
+            query.extend([("rows", rows.to_string()), ("cols", cols.to_string())]);
+        }
         self.upgrade(&format!("runs/{run}/exec"), &query, corral_proto::api::EXEC_PROTOCOL).await
     }
 

@@ -113,7 +113,8 @@ pub async fn apply(
     let env = match &mut configuration {
         Configuration::Task(t) => &mut t.env,
         Configuration::Service(s) => &mut s.env,
-        _ => bail!("{}: only tasks and services run in this version of Corral", file.display()),
+        Configuration::DevEnvironment(d) => &mut d.env,
+        Configuration::Fleet(_) => unreachable!("fleets are applied above"),
     };
     // dstack's `- NAME` env form takes the value from where `apply` runs.
     for var in env {
@@ -128,8 +129,10 @@ pub async fn apply(
     let (task, service) = match &configuration {
         Configuration::Task(t) => (t.clone(), None),
         Configuration::Service(s) => (s.replica_task(), Some(s.clone())),
-        _ => bail!("{}: only tasks and services run in this version of Corral", file.display()),
+        Configuration::DevEnvironment(d) => (d.as_task(), None),
+        Configuration::Fleet(_) => unreachable!("fleets are applied above"),
     };
+    let dev = matches!(configuration, Configuration::DevEnvironment(_));
     let run_name = name.clone().or(task.name.clone());
 
     // The plan: which nodes could take it now.
@@ -181,6 +184,11 @@ pub async fn apply(
     if detach {
         writeln!(out, "{}", run.name)?;
         return Ok(0);
+    }
+    if dev {
+        // A dev environment is for connecting to: wait for it, set up `ssh RUN`, print the IDE
+        // link and forward its ports until Ctrl-C (the environment keeps running).
+        return crate::attach::attach(client, &run.name, 0, Vec::new(), out).await;
     }
     attach(client, &run.name, out).await
 }

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod commands;
 pub mod exec;
 pub mod output;
+pub mod ssh;
 
 use clap::{Parser, Subcommand};
 
@@ -82,6 +83,9 @@ pub enum Command {
         /// Pass this terminal's input to the command.
         #[arg(short = 'i', long)]
         interactive: bool,
+        /// Run it in a terminal (this one in raw mode, its size followed): for shells and editors.
+        #[arg(short = 't', long)]
+        tty: bool,
         /// The command and its arguments (after `--`).
         #[arg(required = true, last = true)]
         command: Vec<String>,
@@ -95,6 +99,18 @@ pub enum Command {
     Fleet {
         #[command(subcommand)]
         command: FleetCommand,
+    },
+    /// The `ProxyCommand` of `ssh RUN` (written by `attach`): pipes SSH to the run's container.
+    #[command(hide = true)]
+    SshProxy {
+        run: String,
+        #[arg(long, default_value_t = 0)]
+        job: u32,
+        #[arg(long)]
+        project: Option<String>,
+        /// The public key to log in with (`.pub`).
+        #[arg(long)]
+        key: std::path::PathBuf,
     },
     /// Store the coordinator URL, token and project in the CLI's config file.
     Config {
@@ -181,13 +197,37 @@ pub async fn run(cli: Cli, out: &mut (dyn std::io::Write + Send)) -> anyhow::Res
         Command::Attach { run, ports, job } => {
             attach::attach(&client::Client::from_env()?, &run, job, ports, out).await
         }
-        Command::Exec { run, job, interactive, command } => {
+        Command::Exec { run, job, interactive, tty, command } => {
+            let client = client::Client::from_env()?;
+            if tty {
+                return exec::exec_tty(&client, &run, job, &command).await;
+            }
             let stdin: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>> =
-                if interactive { Some(Box::new(tokio::io::stdin())) } else { None };
+                if interactive { Some(Box::new(exec::detached_stdin())) } else { None };
             let mut err = std::io::stderr();
-            exec::exec(&client::Client::from_env()?, &run, job, &command, stdin, out, &mut err).await
+            exec::exec(&client, &run, job, &command, stdin, out, &mut err).await
+        }
+        Command::SshProxy { run, job, project, key } => {
+            let mut client = client::Client::from_env()?;
+            if let Some(p) = project {
+                client.project = p;
+            }
+            ssh::proxy(&client, &run, job, &key).await
         }
         Command::Node { command } => cluster::node(&client::Client::from_env()?, command, out).await,
         Command::Fleet { command } => cluster::fleet(&client::Client::from_env()?, command, out).await,
+    }
+}
+
+/// The `corral` binary's `main`: parses the arguments, runs the command, prints an error.
+pub async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let mut stdout = std::io::stdout();
+    match run(cli, &mut stdout).await {
+        Ok(code) => std::process::ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

@@ -27,10 +27,12 @@ pub fn check(cfg: &Configuration) -> Result<Admitted, String> {
             check_task(&task)?;
             Ok(Admitted { task, jobs: replicas, replicas: Some(replicas) })
         }
-        other => Err(format!(
-            "type: {} — tasks and services run in this version of Corral (dev environments come next)",
-            other.kind()
-        )),
+        Configuration::DevEnvironment(d) => {
+            let task = d.as_task();
+            check_task(&task)?;
+            Ok(Admitted { task, jobs: 1, replicas: None })
+        }
+        Configuration::Fleet(_) => Err("type: fleet — apply fleets with `corral apply`, not as a run".to_owned()),
     }
 }
 
@@ -164,7 +166,12 @@ mod tests {
         let e = check(&parse("type: task\nimage: busybox\nvolumes: [\"/data:/data\"]\ncommands: [\"echo\"]\n"))
             .expect_err("refused");
         assert!(e.starts_with("volumes:"), "{e}");
-        let e = check(&parse("type: dev-environment\nimage: busybox\nide: vscode\n")).expect_err("refused");
-        assert!(e.starts_with("type: dev-environment"), "{e}");
+        let dev = check(&parse("type: dev-environment\nimage: busybox\nide: vscode\ninit: [\"touch /ready\"]\n"))
+            .expect("a dev environment is admitted");
+        assert_eq!(dev.jobs, 1);
+        assert_eq!(dev.task.commands.first().map(String::as_str), Some("touch /ready"), "init runs first");
+        assert!(dev.task.commands.len() == 2, "then it stays up: {:?}", dev.task.commands);
+        let e = check(&parse("type: dev-environment\nide: vscode\n")).expect_err("refused");
+        assert!(e.starts_with("image:"), "{e}");
     }
 }

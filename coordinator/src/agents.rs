@@ -428,6 +428,7 @@ impl Batch {
         if u.state == JobState::Running && job.state != JobState::Running {
             // A gang member running may let the others start (`startup_order`).
             self.started.push(job.run_id);
+            state.activity.started(&u.job_id);
         }
         self.progress.push((u.job_id, u.state, u.message));
         Ok(())

@@ -56,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/projects/{project}/runs/{name}/logs", get(run_logs))
         .route("/api/projects/{project}/runs/{name}/tunnel", get(proxy::port_tunnel))
         .route("/api/projects/{project}/runs/{name}/exec", get(exec::exec))
+        .route("/api/projects/{project}/runs/{name}/ssh", get(proxy::ssh_tunnel))
         .route("/api/nodes", get(cluster::list_nodes))
         .route("/api/nodes/cordon", post(cluster::cordon_many))
         .route("/api/nodes/{name}/cordon", post(cluster::cordon))

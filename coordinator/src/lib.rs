@@ -16,6 +16,7 @@
 //! State: [`store`] (SQLite) holds runs, jobs, nodes and tokens; the set of connected nodes and their
 //! command channels lives in memory ([`State::sessions`]) and is rebuilt as agents reconnect.
 
+pub mod activity;
 pub mod admission;
 pub mod agents;
 pub mod autoscale;
@@ -114,6 +115,8 @@ pub struct State {
     pub probes: probes::Probes,
     /// Services' request rates and replica counts.
     pub autoscaler: Arc<autoscale::Autoscaler>,
+    /// Open SSH, exec and port connections per job; dev environments' inactivity.
+    pub activity: Arc<activity::Activity>,
     /// Agents' job reports on their way to the updates thread ([`agents::apply_updates`]).
     pub updates: std::sync::mpsc::Sender<agents::QueuedReport>,
     /// Reports queued and not yet applied (bounded by [`agents::UPDATES_QUEUED`]).
@@ -134,6 +137,7 @@ impl State {
         if !self.store.finish(id, reason, exit_code, message)? {
             return Ok(false);
         }
+        self.activity.forget(id);
         if let Some(job) = job {
             if let (Some(node), Some(a)) = (&job.node_id, &job.allocation)
                 && !job.state.is_finished()
@@ -289,13 +293,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         balancer: http::Balancer::default(),
         probes: probes::Probes::default(),
         autoscaler: Arc::default(),
+        activity: Arc::default(),
         updates,
         updates_waiting: std::sync::atomic::AtomicUsize::new(0),
     });
-    // Nodes with jobs get the full timeout to come back after a coordinator restart.
+    // Nodes with jobs get the full timeout to come back after a coordinator restart, and dev
+    // environments their full inactivity time.
     for job in state.store.placed_jobs()? {
-        if let Some(node) = job.node_id {
-            state.heard_from(&node);
+        if let Some(node) = &job.node_id {
+            state.heard_from(node);
+        }
+        if let Some(limit) = scheduler::inactivity_limit(&job.configuration) {
+            state.activity.watch(&job.id, limit);
         }
     }
 

@@ -174,7 +174,8 @@ pub fn job_ended(state: &State, job: &JobRow, reason: TerminationReason) -> Resu
 }
 
 /// Declares nodes unreachable when they have not been heard from for `node_timeout`, and
-/// interrupts their jobs. Runs every second; idempotent.
+/// interrupts their jobs; stops dev environments idle past their `inactivity_duration`. Runs every
+/// second; idempotent.
 pub async fn watch_nodes(state: Arc<State>, shutdown: CancellationToken) {
     let timeout = state.config.node_timeout;
     loop {
@@ -189,6 +190,12 @@ pub async fn watch_nodes(state: Arc<State>, shutdown: CancellationToken) {
         for node in stale {
             if let Err(e) = node_unreachable(&state, &node) {
                 tracing::error!(%node, "cannot handle the loss of the node: {e:#}");
+            }
+        }
+        for (job, limit) in state.activity.take_idle() {
+            tracing::info!(%job, ?limit, "no one connected for the inactivity duration; stopping");
+            if let Err(e) = state.stop_job(&job, TerminationReason::InactivityDurationExceeded, false) {
+                tracing::error!(%job, "cannot stop the inactive job: {e:#}");
             }
         }
     }

@@ -105,6 +105,8 @@ struct Queued {
     reason: Option<String>,
     /// A retry waits for its backoff.
     not_before_ms: Option<i64>,
+    /// A dev environment's `inactivity_duration`.
+    inactivity: Option<Duration>,
 }
 
 pub struct Scheduler {
@@ -184,7 +186,8 @@ impl Scheduler {
         let (task, replica) = match &job.configuration {
             Configuration::Task(task) => (task.clone(), None),
             Configuration::Service(svc) => (svc.replica_task(), Some(job.job_num)),
-            _ => return,
+            Configuration::DevEnvironment(d) => (d.as_task(), None),
+            Configuration::Fleet(_) => return,
         };
         let key = (Reverse(task.priority.unwrap_or(0)), job.submitted_ms, job.run_id.clone(), replica.unwrap_or(0));
         if replica.is_some() {
@@ -214,6 +217,7 @@ impl Scheduler {
                 shape,
                 reason: None,
                 not_before_ms: job.not_before_ms,
+                inactivity: inactivity_limit(&job.configuration),
             }
         });
         let rank = job.job_num as usize;
@@ -261,6 +265,15 @@ impl Scheduler {
             self.addresses.insert(n.id, a);
         }
         Ok(())
+    }
+}
+
+/// How long a run's job may go without a connection before it stops: a dev environment's
+/// `inactivity_duration`.
+pub fn inactivity_limit(cfg: &Configuration) -> Option<Duration> {
+    match cfg {
+        Configuration::DevEnvironment(d) => d.inactivity_duration_secs.map(Duration::from_secs),
+        _ => None,
     }
 }
 
@@ -410,7 +423,13 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
         .collect();
     let assigned = state.store.assign_gangs(&gangs)?;
     for (((key, allocs), gang), ok) in placed.into_iter().zip(gangs).zip(assigned) {
-        let order = sched.queue.remove(&key).map(|q| q.task.startup_order);
+        let removed = sched.queue.remove(&key);
+        let order = removed.as_ref().map(|q| q.task.startup_order);
+        if ok && let Some(limit) = removed.as_ref().and_then(|q| q.inactivity) {
+            for (_, spec) in &gang {
+                state.activity.watch(&spec.job_id, limit);
+            }
+        }
         if !ok {
             // Stopped while being placed: give the resources back.
             for (node, a) in &allocs {

@@ -1,6 +1,7 @@
 //! Tunnels into containers over an agent's own connection: a bi-stream opened by the coordinator,
 //! one `OpenTunnel { job, port }` frame, the agent's `TunnelReply`, then raw bytes both ways. The
-//! service proxy and port forwarding (`corral attach`) both stand on [`open`].
+//! service proxy and port forwarding (`corral attach`) both stand on [`open`]; `corral exec` and
+//! SSH open the same way with another first frame.
 
 use std::time::Duration;
 
@@ -38,6 +39,17 @@ pub async fn open(state: &State, node: &NodeId, job: &JobId, port: u16) -> Resul
 /// [`corral_proto::wire::ExecFrame`]s between the user and the agent.
 pub async fn open_exec(state: &State, node: &NodeId, req: ExecRequest) -> Result<Tunnel, TunnelError> {
     open_stream(state, node, CoordinatorMessage::OpenExec(req)).await
+}
+
+/// Has the agent serve SSH for `job`'s container on a new stream; only `authorized_keys` (OpenSSH
+/// public key lines) may log in. The stream then carries the SSH protocol.
+pub async fn open_ssh(
+    state: &State,
+    node: &NodeId,
+    job: &JobId,
+    authorized_keys: Vec<String>,
+) -> Result<Tunnel, TunnelError> {
+    open_stream(state, node, CoordinatorMessage::OpenSsh { job_id: job.clone(), authorized_keys }).await
 }
 
 /// Opens a bi-stream to the node, sends `first`, and waits for the agent's `TunnelReply`.

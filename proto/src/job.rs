@@ -124,6 +124,8 @@ pub enum TerminationReason {
     ScaledDown,
     /// A service replica stopped because a newer deployment of the service took over.
     Redeployed,
+    /// A dev environment had no SSH, exec or port connection for its `inactivity_duration`.
+    InactivityDurationExceeded,
 }
 
 impl TerminationReason {
@@ -143,6 +145,7 @@ impl TerminationReason {
             Self::NoCapacity => "no_capacity",
             Self::ScaledDown => "scaled_down",
             Self::Redeployed => "redeployed",
+            Self::InactivityDurationExceeded => "inactivity_duration_exceeded",
         }
     }
 
@@ -162,6 +165,7 @@ impl TerminationReason {
             Self::NoCapacity,
             Self::ScaledDown,
             Self::Redeployed,
+            Self::InactivityDurationExceeded,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)
@@ -184,7 +188,8 @@ impl TerminationReason {
             | Self::MaxDurationExceeded
             | Self::NoCapacity
             | Self::ScaledDown
-            | Self::Redeployed => None,
+            | Self::Redeployed
+            | Self::InactivityDurationExceeded => None,
         }
     }
 
@@ -192,7 +197,11 @@ impl TerminationReason {
     pub fn final_state(&self) -> JobState {
         match self {
             Self::Done => JobState::Done,
-            Self::StoppedByUser | Self::MaxDurationExceeded | Self::ScaledDown | Self::Redeployed => JobState::Stopped,
+            Self::StoppedByUser
+            | Self::MaxDurationExceeded
+            | Self::ScaledDown
+            | Self::Redeployed
+            | Self::InactivityDurationExceeded => JobState::Stopped,
             Self::AbortedByUser => JobState::Aborted,
             _ => JobState::Failed,
         }

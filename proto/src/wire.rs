@@ -206,6 +206,13 @@ pub enum CoordinatorMessage {
     /// First frame of a bi-stream the coordinator opens: run a command in the job's container.
     /// After the agent's `TunnelReply::Connected` both sides send [`ExecFrame`]s.
     OpenExec(ExecRequest),
+    /// First frame of a bi-stream the coordinator opens: serve SSH for the job's container on it
+    /// (the agent is the SSH server; the container needs none). Only the user's `authorized_keys`
+    /// (OpenSSH public key lines) may log in. After `TunnelReply::Connected`, raw SSH bytes.
+    OpenSsh {
+        job_id: JobId,
+        authorized_keys: Vec<String>,
+    },
 }
 
 /// A command to run in a job's running container (`corral exec`).

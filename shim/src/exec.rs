@@ -29,13 +29,15 @@ pub struct Exec {
 }
 
 impl Shim {
-    /// Starts `command` in `container`, attached; with `tty`, in a terminal of `size` (rows, cols).
+    /// Starts `command` in `container`, attached, with `env` (`NAME=value`) added to the
+    /// container's; with `tty`, in a terminal of `size` (rows, cols).
     pub async fn exec(
         &self,
         container: &str,
         command: Vec<String>,
         tty: bool,
         size: Option<(u16, u16)>,
+        env: Vec<String>,
     ) -> Result<Exec, ShimError> {
         let docker = self.client().await?;
         let config = ExecConfig {
@@ -45,6 +47,7 @@ impl Shim {
             tty: Some(tty),
             console_size: size.filter(|_| tty).map(|(r, c)| vec![usize::from(r), usize::from(c)]),
             cmd: Some(command),
+            env: Some(env).filter(|e| !e.is_empty()),
             ..Default::default()
         };
         let created =

@@ -2,6 +2,7 @@
 //! command functions, against the real Docker engine. Docker missing is a failure, never a skip.
 
 mod cluster;
+mod devenv;
 mod enroll;
 mod gpu;
 mod harness;

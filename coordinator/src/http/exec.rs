@@ -40,7 +40,8 @@ pub(super) async fn exec(
     }
     let (node, job_id) = running_job(&state, &project, &name, q.job)?;
     let size = q.rows.zip(q.cols).map(|(rows, cols)| TermSize { rows, cols });
+    let connected = state.activity.connect(&job_id);
     let request = ExecRequest { job_id, command, tty: q.tty, size };
     let stream = tunnel::open_exec(&state, &node, request).await.map_err(tunnel_error)?;
-    Ok(switch(&mut req, EXEC_PROTOCOL, stream))
+    Ok(switch(&mut req, EXEC_PROTOCOL, stream, connected))
 }

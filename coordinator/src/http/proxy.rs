@@ -339,7 +339,39 @@ pub(super) async fn port_tunnel(
     expect_upgrade(&req, TUNNEL_PROTOCOL)?;
     let (node, job) = running_job(&state, &project, &name, q.job)?;
     let tunnel = tunnel::open(&state, &node, &job, q.port).await.map_err(tunnel_error)?;
-    Ok(switch(&mut req, TUNNEL_PROTOCOL, tunnel))
+    let connected = state.activity.connect(&job);
+    Ok(switch(&mut req, TUNNEL_PROTOCOL, tunnel, connected))
+}
+
+#[derive(Deserialize)]
+pub(super) struct SshQuery {
+    #[serde(default)]
+    job: u32,
+    /// The user's public key, an OpenSSH `authorized_keys` line.
+    key: String,
+}
+
+/// `GET /api/projects/{project}/runs/{name}/ssh?key=<public key>[&job=K]` with `Upgrade:
+/// corral-tunnel`: the agent serves SSH for the job's container on the upgraded connection, and
+/// lets in only that key. `corral ssh-proxy` (the `ProxyCommand` of `ssh RUN`) calls it.
+pub(super) async fn ssh_tunnel(
+    Extract(state): Extract<AppState>,
+    Path((project, name)): Path<(String, String)>,
+    Query(q): Query<SshQuery>,
+    mut req: Request,
+) -> Result<Response, Error> {
+    expect_upgrade(&req, TUNNEL_PROTOCOL)?;
+    let key = q.key.trim();
+    if key.split_whitespace().count() < 2 || key.contains('\n') {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "key: give one OpenSSH public key line (`ssh-ed25519 AAAA... comment`)",
+        ));
+    }
+    let (node, job) = running_job(&state, &project, &name, q.job)?;
+    let tunnel = tunnel::open_ssh(&state, &node, &job, vec![key.to_owned()]).await.map_err(tunnel_error)?;
+    let connected = state.activity.connect(&job);
+    Ok(switch(&mut req, TUNNEL_PROTOCOL, tunnel, connected))
 }
 
 /// `426 Upgrade Required` unless the request asks to upgrade to `protocol`.
@@ -376,9 +408,16 @@ pub(super) fn tunnel_error(e: tunnel::TunnelError) -> Error {
 }
 
 /// Answers `101 Switching Protocols` and, once the client's side is upgraded, pipes it to `tunnel`.
-pub(super) fn switch(req: &mut Request, protocol: &'static str, tunnel: Tunnel) -> Response {
+/// The connection counts as someone connected to the job (`connected`) until it closes.
+pub(super) fn switch(
+    req: &mut Request,
+    protocol: &'static str,
+    tunnel: Tunnel,
+    connected: crate::activity::Connected,
+) -> Response {
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
+        let _connected = connected;
         match on_upgrade.await {
             Ok(client) => {
                 let mut tunnel = tunnel;

@@ -158,6 +158,43 @@ pub struct DevEnvironmentConfig {
     pub provisioning: Provisioning,
 }
 
+impl DevEnvironmentConfig {
+    /// What the dev environment's one job runs: `init`, then it stays up (until stopped, its
+    /// `max_duration`, or its `inactivity_duration`) for the user to SSH, exec or attach into.
+    pub fn as_task(&self) -> TaskConfig {
+        let mut commands = self.init.clone();
+        commands.push("while :; do sleep 3600; done".to_owned());
+        TaskConfig {
+            name: self.name.clone(),
+            image: self.image.clone(),
+            commands,
+            env: self.env.clone(),
+            working_dir: self.working_dir.clone(),
+            ports: self.ports.clone(),
+            max_duration_secs: self.max_duration_secs,
+            stop_duration_secs: self.stop_duration_secs,
+            resources: self.resources.clone(),
+            nodes: 1,
+            priority: self.priority,
+            python: self.python.clone(),
+            nvcc: self.nvcc,
+            user: self.user.clone(),
+            privileged: self.privileged,
+            entrypoint: None,
+            shell: self.shell.clone(),
+            registry_auth: self.registry_auth.clone(),
+            volumes: self.volumes.clone(),
+            repos: self.repos.clone(),
+            files: self.files.clone(),
+            retry: self.retry.clone(),
+            utilization_policy: self.utilization_policy.clone(),
+            startup_order: StartupOrder::Any,
+            stop_criteria: StopCriteria::AllDone,
+            provisioning: self.provisioning.clone(),
+        }
+    }
+}
+
 /// The shared fields, read and checked once for every run type.
 pub(crate) struct Common {
     pub name: Option<String>,

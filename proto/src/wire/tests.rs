@@ -113,6 +113,9 @@ fn golden() -> Vec<(String, Vec<u8>)> {
         ExecFrame::Stderr(b"e\n".to_vec()),
         ExecFrame::Exit { code: Some(7) },
     ];
+    // Added after the exec frames: appended, so no earlier frame's bytes move.
+    let ssh =
+        [CoordinatorMessage::OpenSsh { job_id: "j1".into(), authorized_keys: vec!["ssh-ed25519 AAAA u@h".into()] }];
     let mut out = Vec::new();
     for m in agent {
         out.push((format!("{m:?}"), encode(&m).expect("encodes")));
@@ -124,6 +127,9 @@ fn golden() -> Vec<(String, Vec<u8>)> {
         out.push((format!("{m:?}"), encode(&m).expect("encodes")));
     }
     for m in exec {
+        out.push((format!("{m:?}"), encode(&m).expect("encodes")));
+    }
+    for m in ssh {
         out.push((format!("{m:?}"), encode(&m).expect("encodes")));
     }
     out
@@ -155,6 +161,7 @@ const GOLDEN: &[&str] = &[
     "4352524c0001000000040302610a",
     "4352524c0001000000040402650a",
     "4352524c00010000000305010e",
+    "4352524c00010000001a09026a3101147373682d65643235353139204141414120754068",
 ];
 
 #[test]
