@@ -309,6 +309,7 @@ fn capacity_deadline(task: &TaskConfig, submitted_ms: i64) -> Option<i64> {
 }
 
 fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
+    let began = std::time::Instant::now();
     let mut sched = state.scheduler.lock().unwrap_or_else(|e| e.into_inner());
     let changed = std::mem::take(&mut *state.changed_nodes.lock().unwrap_or_else(|e| e.into_inner()));
     if sched.synced_at.is_none_or(|t| t.elapsed() > RESYNC) {
@@ -414,6 +415,7 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
         return Ok(ended);
     }
 
+    let placed_count = placed_jobs;
     let gangs: Vec<Vec<(NodeId, JobSpec)>> = placed
         .iter()
         .map(|(key, allocs)| {
@@ -421,6 +423,7 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
             gang_specs(q, &key.2, allocs, &sched.addresses)
         })
         .collect();
+    let decided = began.elapsed();
     let assigned = state.store.assign_gangs(&gangs)?;
     for (((key, allocs), gang), ok) in placed.into_iter().zip(gangs).zip(assigned) {
         let removed = sched.queue.remove(&key);
@@ -439,7 +442,7 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
         }
         let ordered = gang.len() > 1 && !matches!(order, Some(StartupOrder::Any) | None);
         for (node, spec) in gang {
-            tracing::debug!(job = %spec.job_id, run = %spec.run_name, %node, gpus = ?spec.allocation.gpu_indices, "job placed");
+            tracing::trace!(job = %spec.job_id, run = %spec.run_name, %node, gpus = ?spec.allocation.gpu_indices, "job placed");
             if !ordered {
                 state.send(&node, CoordinatorMessage::StartJob(Box::new(spec)));
             }
@@ -451,6 +454,14 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
             }
         }
     }
+    tracing::debug!(
+        placed = placed_count,
+        queued = sched.queue.len(),
+        full,
+        decide_ms = decided.as_millis() as u64,
+        total_ms = began.elapsed().as_millis() as u64,
+        "scheduling pass"
+    );
     Ok(ended)
 }
 

@@ -79,7 +79,8 @@ async fn without_retry_a_lost_node_fails_the_run() -> anyhow::Result<()> {
     );
     apply(&client, &file, true).await?;
     wait_state(&client, "fragile", |r| r.state == JobState::Running, Duration::from_secs(30)).await?;
-    a.stop().await?;
+    // The agent goes away for good (its container runs on; the test removes it at the end).
+    a.stop_for_test().await?;
     let r = wait_state(&client, "fragile", |r| r.state.is_finished(), Duration::from_secs(20)).await?;
     assert_eq!(r.state, JobState::Failed);
     assert_eq!(r.jobs[0].termination_reason, Some(TerminationReason::NodeUnreachable));
