@@ -318,7 +318,10 @@ async fn session_channel(mut channel: Channel<Msg>, jobs: &Jobs, job: &JobId) ->
                     }
                 }
                 Some(ChannelMsg::Eof) => {
-                    let _ = input.shutdown().await;
+                    // In a terminal, the end of input is the terminal's end-of-file key (^D): the
+                    // shell reads what came before it, then exits. Hanging the terminal up
+                    // instead would cut it off first.
+                    let _ = if tty { input.write_all(&[4]).await } else { input.shutdown().await };
                     input_open = false;
                 }
                 Some(ChannelMsg::WindowChange { col_width, row_height, .. }) => {

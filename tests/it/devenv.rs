@@ -37,7 +37,7 @@ fn files_in(dir: &Path) -> SshFiles {
 async fn ssh_with_the_system_client_reaches_a_dev_environment() -> anyhow::Result<()> {
     let c = OneNode::start().await?;
     let text = format!(
-        "type: dev-environment\nname: dev\nimage: {IMAGE}\nide: vscode\nenv:\n  - GREETING=hello\ninit:\n  - echo prepared > /tmp/init-ran\n"
+        "type: dev-environment\nname: dev\nimage: {IMAGE}\nide: vscode\nenv:\n  - GREETING=hello\ninit:\n  - echo prepared > /tmp/init-ran\n  - mkdir -p /www && echo forwarded > /www/index.html\n  - httpd -p 8000 -h /www\n"
     );
     let (code, _) = apply(&c.client, &write_config(c.dir.path(), "dev", &text), true).await?;
     assert_eq!(code, 0);
@@ -73,6 +73,28 @@ async fn ssh_with_the_system_client_reaches_a_dev_environment() -> anyhow::Resul
     let out = ssh(&c, &files, "dev", &["exit 3"])?;
     assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
 
+    // No command: a login shell, here in a terminal (`-tt`), fed from input.
+    let mut shell = Command::new("ssh")
+        .arg("-F")
+        .arg(files.user.join("config"))
+        .args(["-o", "BatchMode=yes", "-tt", "dev"])
+        .env("CORRAL_URL", format!("http://{}", c.coord.http))
+        .env("CORRAL_TOKEN", &c.coord.admin_token)
+        .env("CORRAL_CONFIG", c.dir.path().join("cli.json"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    {
+        use std::io::Write;
+        let mut stdin = shell.stdin.take().expect("piped");
+        stdin.write_all(b"test -t 0 && echo \"tty $((6*7))\"; exit 4\n")?;
+    }
+    let out = shell.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("tty 42"), "the shell ran the input in a terminal: {stdout:?} {out:?}");
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+
     // Another key is not let in: the node accepts only the key the proxy named.
     let other = c.dir.path().join("other_key");
     let made = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&other).status()?;
@@ -90,6 +112,31 @@ async fn ssh_with_the_system_client_reaches_a_dev_environment() -> anyhow::Resul
         .output()?;
     assert_ne!(out.status.code(), Some(0), "a key the node was not given logs in: {out:?}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("in"), "{out:?}");
+
+    // `ssh -L` (what IDEs use for the container's ports) reaches a server inside the container.
+    let local = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut forward = Command::new("ssh")
+        .arg("-F")
+        .arg(files.user.join("config"))
+        .args(["-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes", "-N", "-L"])
+        .arg(format!("{local}:localhost:8000"))
+        .arg("dev")
+        .env("CORRAL_URL", format!("http://{}", c.coord.http))
+        .env("CORRAL_TOKEN", &c.coord.admin_token)
+        .env("CORRAL_CONFIG", c.dir.path().join("cli.json"))
+        .stdin(std::process::Stdio::null())
+        .spawn()?;
+    let url = format!("http://127.0.0.1:{local}/");
+    let body = wait_for("the page through ssh -L", Duration::from_secs(20), || async {
+        Ok(match reqwest::get(&url).await {
+            Ok(r) if r.status().is_success() => r.text().await.ok(),
+            _ => None,
+        })
+    })
+    .await;
+    let _ = forward.kill();
+    let _ = forward.wait();
+    assert_eq!(body?, "forwarded\n");
 
     // A dev environment stays up: it is still running after all this.
     let r = run(&c.client, "dev").await?;
