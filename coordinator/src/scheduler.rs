@@ -397,9 +397,11 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
             }
         }
     }
-    if placed_jobs >= JOBS_PER_PASS {
-        // A full chunk: another pass right after this one (placing changed the index, so it looks
-        // at the whole queue), with the lock released in between.
+    let chunk_full = placed_jobs >= JOBS_PER_PASS;
+    if chunk_full {
+        // A full chunk: another pass right after this one, with the lock released in between. It
+        // looks at the whole queue: what this pass did not reach may fit (placing takes room, so
+        // it leaves the index generation as it is).
         state.wake_scheduler.notify_one();
     }
     if !waits.is_empty() {
@@ -416,6 +418,9 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
     }
 
     let placed_count = placed_jobs;
+    if chunk_full {
+        sched.full_pass = None;
+    }
     let gangs: Vec<Vec<(NodeId, JobSpec)>> = placed
         .iter()
         .map(|(key, allocs)| {
