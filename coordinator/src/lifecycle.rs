@@ -68,6 +68,11 @@ pub fn may_start(job: &JobRow, gang: &[JobRow]) -> bool {
 /// Sends `StartJob` to the gang's placed jobs that may start now. Idempotent: the agent ignores a
 /// job it already runs.
 pub fn start_allowed(state: &State, run: &corral_proto::ids::RunId) -> Result<(), StoreError> {
+    // Most runs have no job waiting to start (a single job, or a gang started at once): one
+    // indexed count instead of reading the run's jobs and configuration.
+    if !state.store.has_provisioning(run)? {
+        return Ok(());
+    }
     let gang = state.store.latest_jobs(run)?;
     for job in gang.iter().filter(|j| j.state == JobState::Provisioning) {
         if let (Some(node), Some(spec)) = (&job.node_id, &job.spec)

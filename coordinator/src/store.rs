@@ -737,6 +737,14 @@ impl Store {
     }
 
     /// The newest attempt of each of a run's jobs, by rank.
+    /// Whether a job of the run is placed and not yet started.
+    pub fn has_provisioning(&self, run: &RunId) -> Result<bool> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM jobs WHERE run_id = ?1 AND state = 'provisioning')")?;
+        Ok(stmt.query_row([&run.0], |r| r.get(0))?)
+    }
+
     pub fn latest_jobs(&self, run: &RunId) -> Result<Vec<JobRow>> {
         self.jobs_where(
             "WHERE j.run_id = ?1 AND j.submission = (SELECT MAX(k.submission) FROM jobs k WHERE k.run_id = j.run_id AND k.job_num = j.job_num) \
