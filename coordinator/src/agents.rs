@@ -1,6 +1,6 @@
 //! The QUIC endpoint agents dial: enrollment, mutual-TLS sessions, job commands, reports and logs.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -379,6 +379,9 @@ pub fn apply_updates(state: &State, rx: std::sync::mpsc::Receiver<QueuedReport>,
 #[derive(Default)]
 struct Batch {
     progress: Vec<(JobId, JobState, Option<String>)>,
+    /// Where each job's entry is in `progress`: a job's reports in one batch (pulling, then
+    /// running) become one write, of the last state and the last message.
+    at: HashMap<JobId, usize>,
     started: Vec<RunId>,
 }
 
@@ -430,7 +433,19 @@ impl Batch {
             self.started.push(job.run_id);
             state.activity.started(&u.job_id);
         }
-        self.progress.push((u.job_id, u.state, u.message));
+        match self.at.get(&u.job_id) {
+            Some(&i) => {
+                let entry = &mut self.progress[i];
+                entry.1 = u.state;
+                if u.message.is_some() {
+                    entry.2 = u.message;
+                }
+            }
+            None => {
+                self.at.insert(u.job_id.clone(), self.progress.len());
+                self.progress.push((u.job_id, u.state, u.message));
+            }
+        }
         Ok(())
     }
 
@@ -438,6 +453,7 @@ impl Batch {
         if !self.progress.is_empty() {
             state.store.set_progress_many(&self.progress)?;
             self.progress.clear();
+            self.at.clear();
         }
         for run in std::mem::take(&mut self.started) {
             crate::lifecycle::start_allowed(state, &run)?;

@@ -550,8 +550,16 @@ impl Store {
     }
 
     /// The running replicas of active services (what readiness probes look at).
+    /// Running jobs of active services. From the services' side (`CROSS JOIN` fixes the order):
+    /// with 100,000 running tasks, starting from the jobs would read them all every second.
     pub fn running_replicas(&self) -> Result<Vec<JobRow>> {
-        self.jobs_where("WHERE r.replicas IS NOT NULL AND j.state = 'running'", [])
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {JOB_COLUMNS} FROM runs r CROSS JOIN jobs j ON j.run_id = r.id \
+             WHERE r.replicas IS NOT NULL AND j.state = 'running'"
+        ))?;
+        let jobs = stmt.query_map([], job_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(jobs)
     }
 
     /// What placed jobs hold, node by node, without reading their configurations (the scheduler's
