@@ -311,6 +311,18 @@ impl Jobs {
         self.shim.exec(&container_name(id), command, tty, size, env).await.map_err(|e| format!("job {id}: {e}"))
     }
 
+    /// Kills and removes every container of this node's jobs (the node was removed from the
+    /// cluster). Returns how many there were.
+    pub async fn remove_all(&self) -> usize {
+        let ids: Vec<JobId> = self.lock().drain().map(|(id, _)| id).collect();
+        for id in &ids {
+            let name = container_name(id);
+            let _ = self.shim.kill(&name).await;
+            let _ = self.shim.remove(&name).await;
+        }
+        ids.len()
+    }
+
     /// Asks a job to stop. Unknown jobs (a container the coordinator no longer wants) are removed.
     pub async fn stop(&self, id: &JobId, abort: bool, reason: TerminationReason) {
         let known = self.lock().get(id).map(|t| t.stop.send_replace(Some((abort, reason))));

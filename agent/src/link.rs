@@ -27,6 +27,9 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub enum Fatal {
     #[error("the coordinator refused this node: {0}")]
     Refused(String),
+    /// The node was removed from the cluster (`corral node remove`).
+    #[error("the coordinator refused this node: {0}")]
+    Revoked(String),
     #[error("enrollment failed: {0}")]
     Enroll(String),
 }
@@ -177,6 +180,16 @@ pub async fn run(
         match result {
             Ok(()) => {}
             Err(e) => match e.downcast::<Fatal>() {
+                Ok(Fatal::Revoked(why)) => {
+                    // Removed from the cluster: its jobs were interrupted there (and may run
+                    // elsewhere now), so nothing here may keep running them.
+                    let removed = jobs.remove_all().await;
+                    tracing::error!(
+                        containers = removed,
+                        "this node was removed from the cluster; its containers are removed"
+                    );
+                    return Err(Fatal::Revoked(why).into());
+                }
                 Ok(fatal) => return Err(fatal.into()),
                 Err(e) => tracing::warn!("link to the coordinator lost: {e:#}"),
             },
@@ -220,9 +233,8 @@ pub async fn handshake(
         Some(CoordinatorMessage::Refused(r)) => {
             conn.close(0u32.into(), b"refused");
             match r.code {
-                RefusalCode::Revoked | RefusalCode::UnknownNode | RefusalCode::UnsupportedProtocol => {
-                    Err(Fatal::Refused(r.message).into())
-                }
+                RefusalCode::Revoked => Err(Fatal::Revoked(r.message).into()),
+                RefusalCode::UnknownNode | RefusalCode::UnsupportedProtocol => Err(Fatal::Refused(r.message).into()),
                 _ => anyhow::bail!("refused: {}", r.message),
             }
         }

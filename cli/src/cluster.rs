@@ -11,7 +11,7 @@ use corral_proto::config::FleetConfig;
 use crate::client::Client;
 use crate::commands::{confirm, node_list};
 use crate::output::{ago, table};
-use crate::{FleetCommand, NodeCommand, NodeSelection};
+use crate::{FleetCommand, NodeCommand, NodeSelection, TokenCommand};
 
 type Out<'a> = &'a mut (dyn Write + Send);
 
@@ -21,6 +21,101 @@ pub async fn node(client: &Client, command: NodeCommand, out: Out<'_>) -> anyhow
         NodeCommand::Cordon(which) => cordon(client, which, true, out).await,
         NodeCommand::Uncordon(which) => cordon(client, which, false, out).await,
         NodeCommand::Drain { node, deadline } => drain(client, &node, deadline.as_deref(), out).await,
+        NodeCommand::Remove { node, yes } => {
+            if !yes
+                && !confirm(&format!("Remove node {node}? Its certificate is revoked and its jobs are interrupted"))?
+            {
+                return Ok(1);
+            }
+            let jobs: usize = client.delete(&format!("/api/nodes/{node}")).await?;
+            writeln!(out, "node {node} removed: its agent is refused from now on ({jobs} job(s) interrupted)")?;
+            writeln!(out, "to enroll the host again, remove the agent's state dir and run it with a new join token")?;
+            Ok(0)
+        }
+    }
+}
+
+pub async fn token(client: &Client, command: TokenCommand, out: Out<'_>) -> anyhow::Result<i32> {
+    match command {
+        TokenCommand::Create { fleet, ttl, uses } => {
+            let ttl_secs = ttl
+                .as_deref()
+                .map(|d| {
+                    corral_proto::config::parse_duration(d)
+                        .with_context(|| format!("--ttl {d:?}: use e.g. 30m, 1h, 7d"))
+                })
+                .transpose()?;
+            let t: api::JoinTokenInfo =
+                client.post("/api/tokens", &api::CreateJoinToken { fleet, ttl_secs, uses }).await?;
+            writeln!(out, "{}", t.token.as_deref().unwrap_or_default())?;
+            let mut terms = Vec::new();
+            if let Some(f) = &t.fleet {
+                terms.push(format!("joins fleet {f}"));
+            }
+            if let Some(u) = t.uses_left {
+                terms.push(format!("{u} enrollment(s)"));
+            }
+            if let Some(e) = t.expires_ms {
+                terms.push(format!("expires in {}", until(e)));
+            }
+            eprintln!(
+                "token {}{}",
+                t.id,
+                if terms.is_empty() { String::new() } else { format!(": {}", terms.join(", ")) }
+            );
+            eprintln!("enroll a host: corral-agent --coordinator HOST:PORT --token <the token above>");
+            Ok(0)
+        }
+        TokenCommand::List { json } => {
+            let tokens: Vec<api::JoinTokenInfo> = client.get("/api/tokens").await?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&tokens)?)?;
+                return Ok(0);
+            }
+            let now = now_ms();
+            let mut t = table(&["ID", "FLEET", "USES LEFT", "EXPIRES", "STATUS", "CREATED"]);
+            for k in &tokens {
+                let status = if k.revoked {
+                    "revoked"
+                } else if k.expires_ms.is_some_and(|e| e <= now) {
+                    "expired"
+                } else if k.uses_left.is_some_and(|u| u <= 0) {
+                    "used up"
+                } else {
+                    "valid"
+                };
+                t.add_row(vec![
+                    k.id.clone(),
+                    k.fleet.clone().unwrap_or_else(|| "-".into()),
+                    k.uses_left.map_or_else(|| "unlimited".into(), |u| u.to_string()),
+                    k.expires_ms.map_or_else(|| "never".into(), |e| if e <= now { "-".into() } else { until(e) }),
+                    status.to_owned(),
+                    ago(k.created_ms),
+                ]);
+            }
+            writeln!(out, "{t}")?;
+            Ok(0)
+        }
+        TokenCommand::Revoke { id } => {
+            let revoked: String = client.post(&format!("/api/tokens/{id}/revoke"), &()).await?;
+            writeln!(out, "token {revoked} revoked: it enrolls no more nodes (enrolled ones stay)")?;
+            Ok(0)
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// "in 59m", "in 6d" style, for a time ahead.
+fn until(ms: i64) -> String {
+    let s = ((ms - now_ms()) / 1000).max(0);
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
     }
 }
 

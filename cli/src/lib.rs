@@ -95,6 +95,11 @@ pub enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
+    /// Join tokens for enrolling hosts.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Fleets: named groups of nodes (`placement: cluster` for multi-node runs).
     Fleet {
         #[command(subcommand)]
@@ -154,6 +159,36 @@ pub enum NodeCommand {
         #[arg(long)]
         deadline: Option<String>,
     },
+    /// Remove a node from the cluster: its certificate is revoked (its agent is refused from now
+    /// on) and its jobs are interrupted.
+    Remove {
+        node: String,
+        #[arg(short = 'y', long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Make a join token for enrolling hosts (`corral-agent --token ...`); prints it.
+    Create {
+        /// Hosts enrolled with it join this fleet.
+        #[arg(long)]
+        fleet: Option<String>,
+        /// It stops working after this long, e.g. `1h`, `7d`.
+        #[arg(long)]
+        ttl: Option<String>,
+        /// It enrolls at most this many hosts.
+        #[arg(long)]
+        uses: Option<u32>,
+    },
+    /// Join tokens (never their secrets): fleet, uses left, expiry, status.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a join token from enrolling more hosts (the ID from `list`, or its first digits).
+    Revoke { id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -216,6 +251,7 @@ pub async fn run(cli: Cli, out: &mut (dyn std::io::Write + Send)) -> anyhow::Res
         }
         Command::Node { command } => cluster::node(&client::Client::from_env()?, command, out).await,
         Command::Fleet { command } => cluster::fleet(&client::Client::from_env()?, command, out).await,
+        Command::Token { command } => cluster::token(&client::Client::from_env()?, command, out).await,
     }
 }
 

@@ -154,10 +154,9 @@ async fn enroll(
     let node_id = NodeId(format!("n{}", random_hex(6)));
     // The request is checked (and signed) before a use of the token is spent on it.
     let signed = state.pki.sign_node(&req.csr_der, node_id.as_str());
-    let Some(token_fleet) = state.store.use_join_token(&sha256_hex(req.secret.as_bytes()))? else {
-        let msg =
-            "wrong join token secret (or the token expired, was revoked or used up): ask for a new token".to_owned();
-        return refuse(conn, send, RefusalCode::WrongSecret, msg).await;
+    let token_fleet = match state.store.use_join_token(&sha256_hex(req.secret.as_bytes()))? {
+        Ok(fleet) => fleet,
+        Err(why) => return refuse(conn, send, RefusalCode::WrongSecret, why.to_owned()).await,
     };
     let (cert_pem, fingerprint) = match signed {
         Ok(v) => v,

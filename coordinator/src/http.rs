@@ -13,7 +13,7 @@ use axum::extract::{Path, Query, Request, State as Extract};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{any, delete, get, post};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +28,7 @@ mod cluster;
 mod exec;
 mod models;
 mod proxy;
+mod tokens;
 
 pub use proxy::Balancer;
 
@@ -58,6 +59,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/projects/{project}/runs/{name}/exec", get(exec::exec))
         .route("/api/projects/{project}/runs/{name}/ssh", get(proxy::ssh_tunnel))
         .route("/api/nodes", get(cluster::list_nodes))
+        .route("/api/nodes/{name}", delete(tokens::remove_node))
+        .route("/api/tokens", post(tokens::create).get(tokens::list))
+        .route("/api/tokens/{id}/revoke", post(tokens::revoke))
         .route("/api/nodes/cordon", post(cluster::cordon_many))
         .route("/api/nodes/{name}/cordon", post(cluster::cordon))
         .route("/api/nodes/{name}/uncordon", post(cluster::uncordon))

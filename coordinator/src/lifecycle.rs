@@ -207,13 +207,7 @@ pub async fn watch_nodes(state: Arc<State>, shutdown: CancellationToken) {
 }
 
 fn node_unreachable(state: &State, node: &NodeId) -> Result<(), StoreError> {
-    state.heard.lock().unwrap_or_else(|e| e.into_inner()).remove(node);
-    let session = state.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(node);
-    let name = session.as_ref().map_or_else(|| node.to_string(), |s| s.name.clone());
-    if let Some(s) = session {
-        s.conn.close(2u32.into(), b"no heartbeat within the node timeout");
-    }
-    state.node_changed(node);
+    let name = disconnect(state, node, 2, "no heartbeat within the node timeout");
     let jobs: Vec<JobRow> = state.store.placed_jobs_on(node)?;
     tracing::warn!(node = %name, jobs = jobs.len(), "node unreachable");
     let message = format!("node {name} stopped answering");
@@ -221,4 +215,31 @@ fn node_unreachable(state: &State, node: &NodeId) -> Result<(), StoreError> {
         state.finish_job(&job.id, TerminationReason::NodeUnreachable, None, Some(&message))?;
     }
     Ok(())
+}
+
+/// Removes a node from the cluster (`corral node remove`): its certificate is revoked, so the
+/// agent is cut off now and refused from now on, and its jobs are interrupted (retried elsewhere
+/// when their `retry` covers `interruption`). Returns how many jobs it had.
+pub fn remove_node(state: &State, node: &NodeId, name: &str) -> Result<usize, StoreError> {
+    state.store.revoke_node(node)?;
+    disconnect(state, node, 3, "this node was removed from the cluster; its certificate is revoked");
+    let jobs: Vec<JobRow> = state.store.placed_jobs_on(node)?;
+    tracing::warn!(node = %name, jobs = jobs.len(), "node removed");
+    let message = format!("node {name} was removed from the cluster");
+    for job in &jobs {
+        state.finish_job(&job.id, TerminationReason::NodeUnreachable, None, Some(&message))?;
+    }
+    Ok(jobs.len())
+}
+
+/// Ends the node's session (closing its connection with `code` and `why`); returns its name.
+fn disconnect(state: &State, node: &NodeId, code: u32, why: &str) -> String {
+    state.heard.lock().unwrap_or_else(|e| e.into_inner()).remove(node);
+    let session = state.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(node);
+    let name = session.as_ref().map_or_else(|| node.to_string(), |s| s.name.clone());
+    if let Some(s) = session {
+        s.conn.close(code.into(), why.as_bytes());
+    }
+    state.node_changed(node);
+    name
 }

@@ -275,7 +275,65 @@ impl Store {
     }
 
     /// Consumes one use of a join token. `Ok(None)`: no such valid token. `Ok(Some(fleet))`: accepted.
-    pub fn use_join_token(&self, hash: &str) -> Result<Option<Option<String>>> {
+    /// Stores a new join token (by the hash of its secret).
+    pub fn create_join_token(
+        &self,
+        hash: &str,
+        fleet: Option<&str>,
+        expires_ms: Option<i64>,
+        uses: Option<u32>,
+    ) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO join_tokens (hash, fleet, created_ms, expires_ms, uses_left) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![hash, fleet, now_ms(), expires_ms, uses],
+        )?;
+        Ok(())
+    }
+
+    /// Every join token, oldest first, by id (the first 12 hex digits of its hash).
+    pub fn join_tokens(&self) -> Result<Vec<api::JoinTokenInfo>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT substr(hash, 1, 12), fleet, created_ms, expires_ms, uses_left, revoked FROM join_tokens ORDER BY created_ms",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(api::JoinTokenInfo {
+                id: r.get(0)?,
+                fleet: r.get(1)?,
+                created_ms: r.get(2)?,
+                expires_ms: r.get(3)?,
+                uses_left: r.get(4)?,
+                revoked: r.get(5)?,
+                token: None,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Revokes the join tokens whose id starts with `id`; returns how many matched (the caller
+    /// refuses an ambiguous id before: see [`Store::join_token_ids_like`]).
+    pub fn revoke_join_token(&self, id: &str) -> Result<usize> {
+        let pattern = format!("{}%", id.to_ascii_lowercase());
+        Ok(self.conn().execute("UPDATE join_tokens SET revoked = 1 WHERE hash LIKE ?1", [pattern])?)
+    }
+
+    /// Ids of the join tokens whose id starts with `id`.
+    pub fn join_token_ids_like(&self, id: &str) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT substr(hash, 1, 12) FROM join_tokens WHERE hash LIKE ?1")?;
+        let rows = stmt.query_map([format!("{}%", id.to_ascii_lowercase())], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+    }
+
+    /// Removes a node from the cluster: its certificate is refused from now on.
+    pub fn revoke_node(&self, id: &NodeId) -> Result<()> {
+        self.conn().execute("UPDATE nodes SET revoked = 1, cordoned = 1 WHERE id = ?1", [&id.0])?;
+        Ok(())
+    }
+
+    /// Spends one use of a join token. `Ok(Err(why))`: it cannot enroll; `Ok(Ok(fleet))`: it did,
+    /// into that fleet if it names one.
+    pub fn use_join_token(&self, hash: &str) -> Result<std::result::Result<Option<String>, &'static str>> {
         let conn = self.conn();
         #[allow(clippy::type_complexity)] // one row's columns, named right below
         let row: Option<(Option<String>, Option<i64>, Option<i64>, bool)> = conn
@@ -284,15 +342,21 @@ impl Store {
             })
             .optional()?;
         let Some((fleet, expires, uses_left, revoked)) = row else {
-            return Ok(None);
+            return Ok(Err("wrong join token secret: ask for a new token (`corral token create`)"));
         };
-        if revoked || expires.is_some_and(|e| e < now_ms()) || uses_left.is_some_and(|u| u <= 0) {
-            return Ok(None);
+        if revoked {
+            return Ok(Err("this join token was revoked: ask for a new token (`corral token create`)"));
+        }
+        if expires.is_some_and(|e| e < now_ms()) {
+            return Ok(Err("this join token expired: ask for a new token (`corral token create`)"));
+        }
+        if uses_left.is_some_and(|u| u <= 0) {
+            return Ok(Err("this join token is used up (it enrolls a set number of hosts): ask for a new token"));
         }
         if uses_left.is_some() {
             conn.execute("UPDATE join_tokens SET uses_left = uses_left - 1 WHERE hash = ?1", [hash])?;
         }
-        Ok(Some(fleet))
+        Ok(Ok(fleet))
     }
 
     // --- nodes ---
@@ -347,7 +411,9 @@ impl Store {
     /// The names in use that are `base` or `base-N`, for picking a free one.
     pub fn node_names_like(&self, base: &str) -> Result<Vec<String>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached("SELECT name FROM nodes WHERE name = ?1 OR name LIKE ?1 || '-%'")?;
+        // A removed node's name is free again (its host may enroll anew).
+        let mut stmt =
+            conn.prepare_cached("SELECT name FROM nodes WHERE revoked = 0 AND (name = ?1 OR name LIKE ?1 || '-%')")?;
         let names = stmt.query_map([base], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
         Ok(names)
     }

@@ -140,3 +140,32 @@ pub struct DrainNode {
     /// Seconds to wait for jobs to end by themselves; then they are stopped. `None`: wait for ever.
     pub deadline_secs: Option<u64>,
 }
+
+/// `POST /api/tokens`: a join token for enrolling nodes.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CreateJoinToken {
+    /// Nodes enrolled with it join this fleet.
+    #[serde(default)]
+    pub fleet: Option<String>,
+    /// It stops working after this long; `None`: never.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    /// It enrolls at most this many nodes; `None`: any number.
+    #[serde(default)]
+    pub uses: Option<u32>,
+}
+
+/// A join token as `corral token list` shows it: never its secret, which only its creation returns.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JoinTokenInfo {
+    /// The first 12 hex digits of the secret's SHA-256: what `corral token revoke` takes.
+    pub id: String,
+    pub fleet: Option<String>,
+    pub created_ms: i64,
+    pub expires_ms: Option<i64>,
+    pub uses_left: Option<i64>,
+    pub revoked: bool,
+    /// The token itself (`corral1.<ca hash>.<secret>`), only in the answer to its creation.
+    #[serde(default)]
+    pub token: Option<String>,
+}
