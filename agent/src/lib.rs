@@ -17,6 +17,7 @@ pub mod identity;
 pub mod inventory;
 pub mod jobs;
 pub mod link;
+pub mod sftp;
 pub mod ssh;
 pub mod tunnel;
 

@@ -257,9 +257,6 @@ struct Start {
     env: Vec<String>,
 }
 
-/// The sftp servers images commonly carry (for `scp` and `sftp`).
-const SFTP_SERVER: &str = "for s in /usr/lib/openssh/sftp-server /usr/libexec/openssh/sftp-server /usr/lib/ssh/sftp-server /usr/libexec/sftp-server; do [ -x \"$s\" ] && exec \"$s\"; done; echo 'corral: this image has no sftp-server; use scp -O, or install openssh-sftp-server' >&2; exit 127";
-
 /// One session channel: collects the client's requests up to the one that starts something, runs
 /// it in the container and pipes the channel to it until it exits.
 async fn session_channel(mut channel: Channel<Msg>, jobs: &Jobs, job: &JobId) -> anyhow::Result<()> {
@@ -282,9 +279,13 @@ async fn session_channel(mut channel: Channel<Msg>, jobs: &Jobs, job: &JobId) ->
                 break;
             }
             Some(ChannelMsg::RequestSubsystem { name, .. }) if name == "sftp" => {
-                start.command = vec!["sh".into(), "-c".into(), SFTP_SERVER.into()];
-                start.pty = None;
-                break;
+                // Served here, through Docker's archive API: the image needs no sftp-server.
+                let container = corral_shim::container_name(job);
+                let home = jobs.shim().working_dir(&container).await.unwrap_or_else(|_| "/".to_owned());
+                let sftp = crate::sftp::Sftp::new(jobs.shim().clone(), container, home);
+                let (ours, theirs) = tokio::io::duplex(256 * 1024);
+                russh_sftp::server::run(theirs, sftp).await;
+                return subsystem(channel, ours).await;
             }
             Some(_) => {}
         }
@@ -351,6 +352,35 @@ async fn session_channel(mut channel: Channel<Msg>, jobs: &Jobs, job: &JobId) ->
     stderr.flush().await?;
     let code = jobs.shim().exec_exit_code(&id).await.ok().flatten().unwrap_or(255);
     write.exit_status(u32::try_from(code).unwrap_or(255)).await?;
+    write.eof().await?;
+    write.close().await?;
+    Ok(())
+}
+
+/// Pipes a session channel to a subsystem served in this process until the client's end of input
+/// has ended it, then reports its exit status as a server's subsystem does.
+async fn subsystem(channel: Channel<Msg>, server: tokio::io::DuplexStream) -> anyhow::Result<()> {
+    let (mut read, write) = channel.split();
+    let (mut from_server, mut to_server) = tokio::io::split(server);
+    let mut out = write.make_writer();
+    let feed = async {
+        while let Some(msg) = read.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => to_server.write_all(&data).await?,
+                ChannelMsg::Eof | ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        to_server.shutdown().await
+    };
+    let drain = async {
+        tokio::io::copy(&mut from_server, &mut out).await?;
+        out.flush().await
+    };
+    let (fed, drained) = tokio::join!(feed, drain);
+    fed?;
+    drained?;
+    write.exit_status(0).await?;
     write.eof().await?;
     write.close().await?;
     Ok(())

@@ -21,12 +21,14 @@ use tokio::sync::OnceCell;
 mod container;
 pub mod error;
 mod exec;
+mod files;
 mod image;
 mod list;
 pub mod spec;
 
 pub use error::ShimError;
 pub use exec::{Exec, ExecOutput};
+pub use files::PathStat;
 pub use list::{ContainerState, ManagedContainer};
 pub use spec::{GpuPassthrough, RunOptions, container_name};
 

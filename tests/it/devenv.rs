@@ -138,6 +138,32 @@ async fn ssh_with_the_system_client_reaches_a_dev_environment() -> anyhow::Resul
     let _ = forward.wait();
     assert_eq!(body?, "forwarded\n");
 
+    // scp both ways (SFTP, OpenSSH's default), into an image with no sftp-server.
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let up = c.dir.path().join("up.bin");
+    std::fs::write(&up, &payload)?;
+    let scp = |from: &str, to: &str| -> anyhow::Result<Output> {
+        Ok(Command::new("scp")
+            .arg("-F")
+            .arg(files.user.join("config"))
+            .args(["-o", "BatchMode=yes", "-q", from, to])
+            .env("CORRAL_URL", format!("http://{}", c.coord.http))
+            .env("CORRAL_TOKEN", &c.coord.admin_token)
+            .env("CORRAL_CONFIG", c.dir.path().join("cli.json"))
+            .stdin(std::process::Stdio::null())
+            .output()?)
+    };
+    let out = scp(&up.display().to_string(), "dev:/tmp/up.bin")?;
+    assert!(out.status.success(), "scp up: {out:?}");
+    let out = ssh(&c, &files, "dev", &["wc -c < /tmp/up.bin"])?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "200000", "{out:?}");
+    let down = c.dir.path().join("down.bin");
+    let out = scp("dev:/tmp/up.bin", &down.display().to_string())?;
+    assert!(out.status.success(), "scp down: {out:?}");
+    assert!(std::fs::read(&down)? == payload, "the file came back as it went");
+    let out = scp("dev:/no/such/file", &down.display().to_string())?;
+    assert!(!out.status.success(), "a missing file fails scp: {out:?}");
+
     // A dev environment stays up: it is still running after all this.
     let r = run(&c.client, "dev").await?;
     assert_eq!(r.jobs[0].state, JobState::Running);
