@@ -50,6 +50,8 @@ type ServiceKey = (String, String);
 pub struct Balancer {
     next: Mutex<HashMap<RunId, usize>>,
     routes: Mutex<HashMap<ServiceKey, (tokio::time::Instant, Arc<Route>)>>,
+    /// Tokens found valid lately (by hash), so that a request does not read the store for them.
+    tokens: Mutex<HashMap<String, tokio::time::Instant>>,
 }
 
 impl Balancer {
@@ -168,12 +170,24 @@ async fn serve_service(state: &State, mut req: Request) -> Result<Response, Erro
     to_replicas(state, &route.service, route.ready.clone(), req).await
 }
 
-/// Whether the request carries a valid Corral token.
+/// Whether the request carries a valid Corral token. A valid one is remembered for
+/// [`ROUTE_TTL`], so that a busy service reads the store for it at most that often.
 pub(super) fn authorized(state: &State, headers: &HeaderMap) -> Result<bool, Error> {
-    Ok(match bearer_token(headers) {
-        Some(t) => state.store.api_token_name(&sha256_hex(t.as_bytes()))?.is_some(),
-        None => false,
-    })
+    let Some(token) = bearer_token(headers) else { return Ok(false) };
+    let hash = sha256_hex(token.as_bytes());
+    let tokens = &state.balancer.tokens;
+    if tokens.lock().unwrap_or_else(|e| e.into_inner()).get(&hash).is_some_and(|at| at.elapsed() < ROUTE_TTL) {
+        return Ok(true);
+    }
+    let valid = state.store.api_token_name(&hash)?.is_some();
+    if valid {
+        let mut tokens = tokens.lock().unwrap_or_else(|e| e.into_inner());
+        if tokens.len() > 10_000 {
+            tokens.retain(|_, at| at.elapsed() < ROUTE_TTL);
+        }
+        tokens.insert(hash, tokio::time::Instant::now());
+    }
+    Ok(valid)
 }
 
 /// Sends a request (its path already the replica's) to one of a service's ready replicas (`ready`
@@ -188,6 +202,10 @@ pub(super) async fn to_replicas(
 ) -> Result<Response, Error> {
     let (run_id, name) = (&service.run, service.name.as_str());
     state.autoscaler.record(run_id);
+    // A request without a body can go out with the tunnel's opening (a round trip saved) and be
+    // sent again to the next replica when the agent cannot connect; one with a body waits for
+    // the tunnel, since its body can be sent only once.
+    let resend = bodiless(&req);
     let deadline = tokio::time::Instant::now() + CONNECT_RETRY;
     loop {
         let replicas = match std::mem::take(&mut ready) {
@@ -198,8 +216,22 @@ pub(super) async fn to_replicas(
         let mut last = None;
         for k in 0..replicas.len() {
             let (node, job, port) = &replicas[(first + k) % replicas.len()];
+            if let Some(copy) = resend.as_ref() {
+                let attempt = match tunnel::open_pipelined(state, node, job, *port).await {
+                    Ok(t) => forward(t, copy.request(), *port).await,
+                    Err(e) => Err(Unreached(e)),
+                };
+                match attempt {
+                    Err(Unreached(e)) => {
+                        tracing::debug!(service = name, job = %job, "replica unreachable: {e}");
+                        last = Some(e);
+                    }
+                    other => return other.map_err(|e| e.into_error()),
+                }
+                continue;
+            }
             match tunnel::open(state, node, job, *port).await {
-                Ok(t) => return forward(t, req, *port).await,
+                Ok(t) => return forward(t, req, *port).await.map_err(|e| e.into_error()),
                 Err(e) => {
                     tracing::debug!(service = name, job = %job, "replica unreachable: {e}");
                     last = Some(e);
@@ -294,10 +326,80 @@ fn strip_hop_headers(headers: &mut HeaderMap, upgrading: bool) {
     }
 }
 
+/// What a bodiless request needs to be sent again.
+struct Resend {
+    method: axum::http::Method,
+    uri: Uri,
+    version: axum::http::Version,
+    headers: HeaderMap,
+}
+
+impl Resend {
+    fn request(&self) -> Request {
+        let mut req = Request::new(Body::empty());
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+/// A copy of the request when it has no body (and asks for no upgrade), for sending it again.
+fn bodiless(req: &Request) -> Option<Resend> {
+    let h = req.headers();
+    let no_body = !h.contains_key(header::TRANSFER_ENCODING)
+        && h.get(header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() == b"0")
+        && !h.contains_key(header::UPGRADE);
+    no_body.then(|| Resend {
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        version: req.version(),
+        headers: h.clone(),
+    })
+}
+
+/// Why forwarding failed: the agent could not reach the replica (the request may go to another),
+/// or the replica failed it.
+enum ForwardError {
+    Unreached(tunnel::TunnelError),
+    Failed(Error),
+}
+use ForwardError::Unreached;
+
+impl ForwardError {
+    fn into_error(self) -> Error {
+        match self {
+            Unreached(e) => err(StatusCode::BAD_GATEWAY, e.to_string()),
+            ForwardError::Failed(e) => e,
+        }
+    }
+}
+
+/// The agent's refusal inside a hyper error from a pipelined tunnel.
+fn refusal(e: &hyper::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return Some(io.to_string());
+        }
+        source = s.source();
+    }
+    None
+}
+
 /// Sends one request over a fresh tunnel and streams the answer back; a `101 Switching Protocols`
 /// joins the two upgraded connections.
-async fn forward(tunnel: Tunnel, mut req: Request, port: u16) -> Result<Response, Error> {
-    let bad_gateway = |e: hyper::Error| err(StatusCode::BAD_GATEWAY, format!("replica on port {port}: {e}"));
+async fn forward<T>(tunnel: T, mut req: Request, port: u16) -> Result<Response, ForwardError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let bad_gateway = |e: hyper::Error| match refusal(&e) {
+        Some(words) => Unreached(tunnel::TunnelError::Refused(words)),
+        None => ForwardError::Failed(err(StatusCode::BAD_GATEWAY, format!("replica on port {port}: {e}"))),
+    };
     let mut sender = tunnel::http1(tunnel).await.map_err(bad_gateway)?;
     let upgrading = req.headers().contains_key(header::UPGRADE);
     let client_side = upgrading.then(|| hyper::upgrade::on(&mut req));
