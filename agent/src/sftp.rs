@@ -2,7 +2,7 @@
 //! writes the container's files through Docker's archive API, so the image needs no sftp-server
 //! (and a link inside the container can never lead to the host's files). Files are read whole when
 //! opened and written whole when closed: enough for copying files in and out, not for random
-//! access into huge files.
+//! access into huge files. Removing and renaming run the container's `rm`, `rmdir` and `mv`.
 
 use std::collections::HashMap;
 
@@ -53,6 +53,22 @@ impl Sftp {
         let h = format!("h{}", self.next);
         self.open.insert(h.clone(), open);
         h
+    }
+
+    /// Removing and renaming have no archive API: the container's own `rm`, `rmdir`, `mv` do them
+    /// (an image without them answers "failure").
+    async fn run(&self, id: u32, command: Vec<String>) -> Result<Status, StatusCode> {
+        match self.shim.run_in(&self.container, command).await {
+            Ok((0, _)) => Ok(ok(id)),
+            Ok((code, errors)) => {
+                tracing::debug!(code, "sftp: {}", errors.trim());
+                Err(if errors.contains("No such file") { StatusCode::NoSuchFile } else { StatusCode::Failure })
+            }
+            Err(e) => {
+                tracing::debug!("sftp: {e}");
+                Err(StatusCode::Failure)
+            }
+        }
     }
 
     async fn stat_of(&self, path: &str) -> Result<PathStat, StatusCode> {
@@ -213,6 +229,21 @@ impl russh_sftp::server::Handler for Sftp {
         *listed = true;
         let files = entries.iter().map(|s| File::new(s.name.clone(), attrs(s))).collect();
         Ok(Name { id, files })
+    }
+
+    async fn remove(&mut self, id: u32, path: String) -> Result<Status, Self::Error> {
+        let path = self.absolute(&path);
+        self.run(id, vec!["rm".into(), "-f".into(), "--".into(), path]).await
+    }
+
+    async fn rmdir(&mut self, id: u32, path: String) -> Result<Status, Self::Error> {
+        let path = self.absolute(&path);
+        self.run(id, vec!["rmdir".into(), "--".into(), path]).await
+    }
+
+    async fn rename(&mut self, id: u32, oldpath: String, newpath: String) -> Result<Status, Self::Error> {
+        let (from, to) = (self.absolute(&oldpath), self.absolute(&newpath));
+        self.run(id, vec!["mv".into(), "--".into(), from, to]).await
     }
 
     async fn mkdir(&mut self, id: u32, path: String, attrs: FileAttributes) -> Result<Status, Self::Error> {

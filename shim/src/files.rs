@@ -74,6 +74,20 @@ impl Shim {
         Ok(dir.unwrap_or_else(|| "/".to_owned()))
     }
 
+    /// Runs a short command in the container (no input) and returns its exit code and its error
+    /// output: for file operations the archive API lacks (remove, rename).
+    pub async fn run_in(&self, container: &str, command: Vec<String>) -> Result<(i64, String), ShimError> {
+        let crate::Exec { id, mut output, input } = self.exec(container, command, false, None, Vec::new()).await?;
+        drop(input);
+        let mut errors = String::new();
+        while let Some(chunk) = output.next().await {
+            if let crate::ExecOutput::Stderr(b) = chunk? {
+                errors.push_str(&String::from_utf8_lossy(&b));
+            }
+        }
+        Ok((self.exec_exit_code(&id).await?.unwrap_or(-1), errors))
+    }
+
     /// The path's kind, size, mode and time; `None` when it does not exist.
     pub async fn stat(&self, container: &str, path: &str) -> Result<Option<PathStat>, ShimError> {
         let docker = self.client().await?;

@@ -164,6 +164,31 @@ async fn ssh_with_the_system_client_reaches_a_dev_environment() -> anyhow::Resul
     let out = scp("dev:/no/such/file", &down.display().to_string())?;
     assert!(!out.status.success(), "a missing file fails scp: {out:?}");
 
+    // Interactive sftp: rename, list, make and remove directories, remove files.
+    let batch = c.dir.path().join("sftp.batch");
+    std::fs::write(
+        &batch,
+        format!(
+            "put {} /tmp/a.bin\nrename /tmp/a.bin /tmp/b.bin\nls /tmp\nmkdir /tmp/made\nrmdir /tmp/made\nrm /tmp/b.bin\n",
+            up.display()
+        ),
+    )?;
+    let out = Command::new("sftp")
+        .arg("-F")
+        .arg(files.user.join("config"))
+        .args(["-o", "BatchMode=yes", "-b"])
+        .arg(&batch)
+        .arg("dev")
+        .env("CORRAL_URL", format!("http://{}", c.coord.http))
+        .env("CORRAL_TOKEN", &c.coord.admin_token)
+        .env("CORRAL_CONFIG", c.dir.path().join("cli.json"))
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    assert!(out.status.success(), "sftp: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("/tmp/b.bin"), "ls shows the renamed file: {out:?}");
+    let out = ssh(&c, &files, "dev", &["ls /tmp/a.bin /tmp/b.bin /tmp/made 2>&1 | grep -c 'No such file'"])?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3", "all three are gone: {out:?}");
+
     // A dev environment stays up: it is still running after all this.
     let r = run(&c.client, "dev").await?;
     assert_eq!(r.jobs[0].state, JobState::Running);
