@@ -38,31 +38,8 @@ pub fn bind(state: &State, addr: SocketAddr) -> anyhow::Result<quinn::Endpoint> 
     let mut transport = quinn::TransportConfig::default();
     transport.max_idle_timeout(Some(Duration::from_secs(30).try_into()?));
     config.transport_config(Arc::new(transport));
-    let socket =
-        std::net::UdpSocket::bind(addr).with_context(|| format!("cannot listen for agents (QUIC) on {addr}"))?;
-    // Every agent's packets arrive on this one socket. With the kernel's default buffer (208 KiB)
-    // thousands of nodes reporting at once overflow it; each lost packet waits for QUIC's
-    // retransmission, and enough of them in a row look like a silent node.
-    let udp = quinn::udp::UdpSocketState::new((&socket).into()).context("cannot set up the QUIC socket")?;
-    let _ = udp.set_recv_buffer_size((&socket).into(), UDP_BUFFER);
-    let _ = udp.set_send_buffer_size((&socket).into(), UDP_BUFFER);
-    match udp.recv_buffer_size((&socket).into()) {
-        // Linux reports twice what it reserves for data.
-        Ok(got) if got < UDP_BUFFER => tracing::warn!(
-            bytes = got,
-            "the QUIC socket's receive buffer is small: with many nodes, raise the limit (sysctl -w net.core.rmem_max={UDP_BUFFER})"
-        ),
-        Ok(got) => tracing::debug!(bytes = got, "QUIC socket receive buffer"),
-        Err(e) => tracing::debug!("cannot read the QUIC socket's receive buffer size: {e}"),
-    }
-    let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
-    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, runtime)
-        .with_context(|| format!("cannot listen for agents (QUIC) on {addr}"))
+    quinn::Endpoint::server(config, addr).with_context(|| format!("cannot listen for agents (QUIC) on {addr}"))
 }
-
-/// The QUIC socket's buffers, each way: 4 MiB. The kernel caps them at `net.core.rmem_max` /
-/// `wmem_max` (often 208 KiB): a coordinator for thousands of nodes should raise those.
-const UDP_BUFFER: usize = 4 << 20;
 
 pub async fn serve(endpoint: quinn::Endpoint, state: Arc<State>, shutdown: CancellationToken, tasks: TaskTracker) {
     loop {
