@@ -1,0 +1,107 @@
+//! API tokens (by hash; the admin's is made at first start) and join tokens: a join token may name
+//! a fleet, expire and count its uses; spending one says why it cannot enroll.
+
+use rusqlite::{OptionalExtension, params};
+
+use corral_proto::api;
+
+use super::{Result, Store, now_ms};
+
+impl Store {
+    pub fn ensure_api_token(&self, hash: &str, name: &str) -> Result<()> {
+        self.conn().execute("INSERT OR IGNORE INTO api_tokens VALUES (?1, ?2, ?3)", params![hash, name, now_ms()])?;
+        Ok(())
+    }
+
+    pub fn api_token_name(&self, hash: &str) -> Result<Option<String>> {
+        Ok(self.conn().query_row("SELECT name FROM api_tokens WHERE hash = ?1", [hash], |r| r.get(0)).optional()?)
+    }
+
+    /// Adds a join token unless it is known (a revoked one stays revoked).
+    pub fn ensure_join_token(&self, hash: &str, fleet: Option<&str>) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR IGNORE INTO join_tokens (hash, fleet, created_ms) VALUES (?1, ?2, ?3)",
+            params![hash, fleet, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Consumes one use of a join token. `Ok(None)`: no such valid token. `Ok(Some(fleet))`: accepted.
+    /// Stores a new join token (by the hash of its secret).
+    pub fn create_join_token(
+        &self,
+        hash: &str,
+        fleet: Option<&str>,
+        expires_ms: Option<i64>,
+        uses: Option<u32>,
+    ) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO join_tokens (hash, fleet, created_ms, expires_ms, uses_left) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![hash, fleet, now_ms(), expires_ms, uses],
+        )?;
+        Ok(())
+    }
+
+    /// Every join token, oldest first, by id (the first 12 hex digits of its hash).
+    pub fn join_tokens(&self) -> Result<Vec<api::JoinTokenInfo>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT substr(hash, 1, 12), fleet, created_ms, expires_ms, uses_left, revoked FROM join_tokens ORDER BY created_ms",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(api::JoinTokenInfo {
+                id: r.get(0)?,
+                fleet: r.get(1)?,
+                created_ms: r.get(2)?,
+                expires_ms: r.get(3)?,
+                uses_left: r.get(4)?,
+                revoked: r.get(5)?,
+                token: None,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Revokes the join tokens whose id starts with `id`; returns how many matched (the caller
+    /// refuses an ambiguous id before: see [`Store::join_token_ids_like`]).
+    pub fn revoke_join_token(&self, id: &str) -> Result<usize> {
+        let pattern = format!("{}%", id.to_ascii_lowercase());
+        Ok(self.conn().execute("UPDATE join_tokens SET revoked = 1 WHERE hash LIKE ?1", [pattern])?)
+    }
+
+    /// Ids of the join tokens whose id starts with `id`.
+    pub fn join_token_ids_like(&self, id: &str) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT substr(hash, 1, 12) FROM join_tokens WHERE hash LIKE ?1")?;
+        let rows = stmt.query_map([format!("{}%", id.to_ascii_lowercase())], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+    }
+
+    /// Spends one use of a join token. `Ok(Err(why))`: it cannot enroll; `Ok(Ok(fleet))`: it did,
+    /// into that fleet if it names one.
+    pub fn use_join_token(&self, hash: &str) -> Result<std::result::Result<Option<String>, &'static str>> {
+        let conn = self.conn();
+        #[allow(clippy::type_complexity)] // one row's columns, named right below
+        let row: Option<(Option<String>, Option<i64>, Option<i64>, bool)> = conn
+            .query_row("SELECT fleet, expires_ms, uses_left, revoked FROM join_tokens WHERE hash = ?1", [hash], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()?;
+        let Some((fleet, expires, uses_left, revoked)) = row else {
+            return Ok(Err("wrong join token secret: ask for a new token (`corral token create`)"));
+        };
+        if revoked {
+            return Ok(Err("this join token was revoked: ask for a new token (`corral token create`)"));
+        }
+        if expires.is_some_and(|e| e < now_ms()) {
+            return Ok(Err("this join token expired: ask for a new token (`corral token create`)"));
+        }
+        if uses_left.is_some_and(|u| u <= 0) {
+            return Ok(Err("this join token is used up (it enrolls a set number of hosts): ask for a new token"));
+        }
+        if uses_left.is_some() {
+            conn.execute("UPDATE join_tokens SET uses_left = uses_left - 1 WHERE hash = ?1", [hash])?;
+        }
+        Ok(Ok(fleet))
+    }
+}
