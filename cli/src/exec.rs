@@ -83,24 +83,28 @@ pub async fn exec_tty(client: &Client, run: &str, job: u32, command: &[String]) 
     let feed = tokio::spawn(async move {
         let mut input = detached_stdin();
         let mut buf = vec![0u8; 32 * 1024];
+        // After the input's end the window can still change; the write half stays open until the
+        // command's end (closing it would end the session first).
+        let mut input_open = true;
         loop {
             tokio::select! {
-                n = input.read(&mut buf) => {
-                    let n = n?;
-                    if n == 0 {
+                n = input.read(&mut buf), if input_open => match n? {
+                    0 => {
                         write_frame(&mut tx, &ExecFrame::StdinEnd).await?;
-                        std::future::pending::<()>().await;
+                        input_open = false;
                     }
-                    write_frame(&mut tx, &ExecFrame::Stdin(buf[..n].to_vec())).await?;
-                }
-                _ = resized.recv() => {
+                    n => write_frame(&mut tx, &ExecFrame::Stdin(buf[..n].to_vec())).await?,
+                },
+                signal = resized.recv() => {
+                    if signal.is_none() {
+                        break;
+                    }
                     if let Some(s) = size() {
                         write_frame(&mut tx, &ExecFrame::Resize(s)).await?;
                     }
                 }
             }
         }
-        #[allow(unreachable_code)]
         anyhow::Ok(())
     });
     let mut out = tokio::io::stdout();

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use tokio::io::AsyncWriteExt;
 
-use crate::client::Client;
+use crate::client::{Client, write_private};
 
 /// Where the SSH files are: the user's `~/.ssh`, and Corral's own directory (beside the CLI's
 /// config file) for its config file and, when the user has no usable key, its key.
@@ -122,19 +122,6 @@ fn without_host(text: &str, host: &str) -> String {
         }
     }
     out
-}
-
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// `corral ssh-proxy RUN --key KEY.pub`: the `ProxyCommand` of `ssh RUN`. Pipes this process's

@@ -13,18 +13,25 @@ use crate::harness::*;
 
 const CLI: &str = env!("CARGO_BIN_EXE_corral-test-cli");
 
+/// A program the user runs (ssh, scp, sftp, script), with the CLI's settings in its environment
+/// (the `ProxyCommand` inherits them) and no input unless the test gives some.
+fn user_command(c: &OneNode, program: &str) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env("CORRAL_URL", format!("http://{}", c.coord.http))
+        .env("CORRAL_TOKEN", &c.coord.admin_token)
+        .env("CORRAL_CONFIG", c.dir.path().join("cli.json"))
+        .stdin(std::process::Stdio::null());
+    cmd
+}
+
 /// `ssh -F <home>/.ssh/config HOST ARGS...` as a user would type `ssh HOST`, with the CLI's
 /// settings in ssh's environment (the `ProxyCommand` inherits it).
 fn ssh(c: &OneNode, files: &SshFiles, host: &str, args: &[&str]) -> anyhow::Result<Output> {
-    let out = Command::new("ssh")
+    let out = user_command(c, "ssh")
         .arg("-F")
         .arg(files.user.join("config"))
         .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=20", host])
         .args(args)
-        .env("CORRAL_URL", format!("http://{}", c.coord.http))
-        .env("CORRAL_TOKEN", &c.coord.admin_token)
-        .env("CORRAL_CONFIG", c.dir.path().join("cli.json"))
-        .stdin(std::process::Stdio::null())
         .output()?;
     Ok(out)
 }
@@ -74,13 +81,10 @@ async fn ssh_with_the_system_client_reaches_a_dev_environment() -> anyhow::Resul
     assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
 
     // No command: a login shell, here in a terminal (`-tt`), fed from input.
-    let mut shell = Command::new("ssh")
+    let mut shell = user_command(&c, "ssh")
         .arg("-F")
         .arg(files.user.join("config"))
         .args(["-o", "BatchMode=yes", "-tt", "dev"])
-        .env("CORRAL_URL", format!("http://{}", c.coord.http))
-        .env("CORRAL_TOKEN", &c.coord.admin_token)
-        .env("CORRAL_CONFIG", c.dir.path().join("cli.json"))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -100,31 +104,23 @@ async fn ssh_with_the_system_client_reaches_a_dev_environment() -> anyhow::Resul
     let made = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&other).status()?;
     assert!(made.success());
     let proxy = format!("ProxyCommand={CLI} ssh-proxy dev --key {}.pub", key.display());
-    let out = Command::new("ssh")
+    let out = user_command(&c, "ssh")
         .args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none"])
         .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", &proxy, "-i"])
         .arg(&other)
         .args(["root@dev", "echo", "in"])
-        .env("CORRAL_URL", format!("http://{}", c.coord.http))
-        .env("CORRAL_TOKEN", &c.coord.admin_token)
-        .env("CORRAL_CONFIG", c.dir.path().join("cli.json"))
-        .stdin(std::process::Stdio::null())
         .output()?;
     assert_ne!(out.status.code(), Some(0), "a key the node was not given logs in: {out:?}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("in"), "{out:?}");
 
     // `ssh -L` (what IDEs use for the container's ports) reaches a server inside the container.
     let local = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut forward = Command::new("ssh")
+    let mut forward = user_command(&c, "ssh")
         .arg("-F")
         .arg(files.user.join("config"))
         .args(["-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes", "-N", "-L"])
         .arg(format!("{local}:localhost:8000"))
         .arg("dev")
-        .env("CORRAL_URL", format!("http://{}", c.coord.http))
-        .env("CORRAL_TOKEN", &c.coord.admin_token)
-        .env("CORRAL_CONFIG", c.dir.path().join("cli.json"))
-        .stdin(std::process::Stdio::null())
         .spawn()?;
     let url = format!("http://127.0.0.1:{local}/");
     let body = wait_for("the page through ssh -L", Duration::from_secs(20), || async {
@@ -143,14 +139,10 @@ async fn ssh_with_the_system_client_reaches_a_dev_environment() -> anyhow::Resul
     let up = c.dir.path().join("up.bin");
     std::fs::write(&up, &payload)?;
     let scp = |from: &str, to: &str| -> anyhow::Result<Output> {
-        Ok(Command::new("scp")
+        Ok(user_command(&c, "scp")
             .arg("-F")
             .arg(files.user.join("config"))
             .args(["-o", "BatchMode=yes", "-q", from, to])
-            .env("CORRAL_URL", format!("http://{}", c.coord.http))
-            .env("CORRAL_TOKEN", &c.coord.admin_token)
-            .env("CORRAL_CONFIG", c.dir.path().join("cli.json"))
-            .stdin(std::process::Stdio::null())
             .output()?)
     };
     let out = scp(&up.display().to_string(), "dev:/tmp/up.bin")?;
@@ -173,16 +165,12 @@ async fn ssh_with_the_system_client_reaches_a_dev_environment() -> anyhow::Resul
             up.display()
         ),
     )?;
-    let out = Command::new("sftp")
+    let out = user_command(&c, "sftp")
         .arg("-F")
         .arg(files.user.join("config"))
         .args(["-o", "BatchMode=yes", "-b"])
         .arg(&batch)
         .arg("dev")
-        .env("CORRAL_URL", format!("http://{}", c.coord.http))
-        .env("CORRAL_TOKEN", &c.coord.admin_token)
-        .env("CORRAL_CONFIG", c.dir.path().join("cli.json"))
-        .stdin(std::process::Stdio::null())
         .output()?;
     assert!(out.status.success(), "sftp: {out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("/tmp/b.bin"), "ls shows the renamed file: {out:?}");
@@ -229,13 +217,7 @@ async fn exec_with_a_terminal_gives_the_command_a_tty() -> anyhow::Result<()> {
         .await?;
     // `script` gives the CLI a terminal of its own, as a user's shell would.
     let command = format!("{CLI} exec -t term -- sh -c 'test -t 0 && tty && exit 5'");
-    let out = Command::new("script")
-        .args(["-qec", &command, "/dev/null"])
-        .env("CORRAL_URL", format!("http://{}", c.coord.http))
-        .env("CORRAL_TOKEN", &c.coord.admin_token)
-        .env("CORRAL_CONFIG", c.dir.path().join("cli.json"))
-        .stdin(std::process::Stdio::null())
-        .output()?;
+    let out = user_command(&c, "script").args(["-qec", &command, "/dev/null"]).output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("/dev/pts/"), "the command has a terminal: {stdout:?} {out:?}");
     assert_eq!(out.status.code(), Some(5), "the command's exit code: {out:?}");
