@@ -23,10 +23,10 @@ struct Args {
     #[arg(long, env = "CORRAL_STATE_DIR")]
     state_dir: Option<PathBuf>,
     /// Name of this node (default: the host name).
-    #[arg(long)]
+    #[arg(long, env = "CORRAL_NODE_NAME")]
     name: Option<String>,
     /// Fleet to join, when the token does not name one.
-    #[arg(long)]
+    #[arg(long, env = "CORRAL_FLEET")]
     fleet: Option<String>,
     /// NVML library to load (default: the system's libnvidia-ml.so.1).
     #[arg(long, env = "CORRAL_NVML_LIBRARY")]

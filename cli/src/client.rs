@@ -14,6 +14,10 @@ pub struct CliConfig {
     pub url: Option<String>,
     pub token: Option<String>,
     pub project: Option<String>,
+    /// The coordinator's own CA (PEM), pinned by `corral config --ca-hash`; absent when the
+    /// coordinator's certificate is one this host trusts anyway (or it serves plain HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<String>,
 }
 
 pub fn config_path() -> Option<PathBuf> {
@@ -85,16 +89,31 @@ impl Client {
             .ok()
             .or(file.project)
             .unwrap_or_else(|| corral_proto::api::DEFAULT_PROJECT.to_owned());
-        Ok(Self::new(&url, &token, &project))
+        let ca = match std::env::var_os("CORRAL_CA_CERT") {
+            Some(path) => Some(
+                std::fs::read_to_string(&path)
+                    .with_context(|| format!("CORRAL_CA_CERT: cannot read {}", PathBuf::from(&path).display()))?,
+            ),
+            None => file.ca_cert,
+        };
+        match ca {
+            Some(pem) => Self::with_ca(&url, &token, &project, &pem),
+            None => Ok(Self::new(&url, &token, &project)),
+        }
     }
 
+    /// Plain HTTP, or HTTPS with a certificate this host trusts.
     pub fn new(url: &str, token: &str, project: &str) -> Self {
-        Self {
-            http: reqwest::Client::new(),
-            url: url.trim_end_matches('/').to_owned(),
-            token: token.to_owned(),
-            project: project.to_owned(),
-        }
+        Self::with_http(reqwest::Client::new(), url, token, project)
+    }
+
+    /// HTTPS with a certificate from the coordinator's own CA, given as PEM.
+    pub fn with_ca(url: &str, token: &str, project: &str, ca_pem: &str) -> anyhow::Result<Self> {
+        Ok(Self::with_http(crate::tls::pinned_client(ca_pem)?, url, token, project))
+    }
+
+    fn with_http(http: reqwest::Client, url: &str, token: &str, project: &str) -> Self {
+        Self { http, url: url.trim_end_matches('/').to_owned(), token: token.to_owned(), project: project.to_owned() }
     }
 
     pub fn project_path(&self, rest: &str) -> String {

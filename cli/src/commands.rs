@@ -36,22 +36,42 @@ pub fn validate(files: &[PathBuf], out: Out<'_>) -> anyhow::Result<i32> {
     Ok(if failed == 0 { 0 } else { 1 })
 }
 
-pub fn config(
-    url: Option<String>,
-    token: Option<String>,
-    project: Option<String>,
-    out: Out<'_>,
-) -> anyhow::Result<i32> {
+/// What `corral config` changes.
+pub struct ConfigChange {
+    pub url: Option<String>,
+    pub token: Option<String>,
+    pub project: Option<String>,
+    pub ca_hash: Option<String>,
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+pub async fn config(change: ConfigChange, out: Out<'_>) -> anyhow::Result<i32> {
     let mut cfg = CliConfig::load()?;
-    if url.is_none() && token.is_none() && project.is_none() {
+    let ConfigChange { url, token, project, ca_hash, ca_file } = change;
+    if url.is_none() && token.is_none() && project.is_none() && ca_hash.is_none() && ca_file.is_none() {
         writeln!(out, "url: {}", cfg.url.as_deref().unwrap_or("(not set)"))?;
         writeln!(out, "token: {}", if cfg.token.is_some() { "(set)" } else { "(not set)" })?;
         writeln!(out, "project: {}", cfg.project.as_deref().unwrap_or(api::DEFAULT_PROJECT))?;
+        match cfg.ca_cert.as_deref().map(crate::tls::ca_hash) {
+            Some(Ok(hash)) => writeln!(out, "ca: {hash} (pinned)")?,
+            _ => writeln!(out, "ca: (the system's)")?,
+        }
         return Ok(0);
     }
     cfg.url = url.or(cfg.url);
     cfg.token = token.or(cfg.token);
     cfg.project = project.or(cfg.project);
+    if let Some(hash) = ca_hash {
+        let url = cfg.url.as_deref().context("--ca-hash needs the coordinator's --url")?;
+        cfg.ca_cert = Some(crate::tls::fetch_ca(url, &hash).await?);
+        writeln!(out, "pinned the coordinator's CA {hash}")?;
+    }
+    if let Some(path) = ca_file {
+        let pem = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let hash = crate::tls::ca_hash(&pem).with_context(|| format!("{} is not a PEM certificate", path.display()))?;
+        cfg.ca_cert = Some(pem);
+        writeln!(out, "pinned the coordinator's CA {hash}")?;
+    }
     let path = cfg.save()?;
     writeln!(out, "saved {}", path.display())?;
     Ok(0)

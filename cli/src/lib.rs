@@ -8,6 +8,7 @@ pub mod commands;
 pub mod exec;
 pub mod output;
 pub mod ssh;
+pub mod tls;
 
 use clap::{Parser, Subcommand};
 
@@ -125,6 +126,13 @@ pub enum Command {
         token: Option<String>,
         #[arg(long)]
         project: Option<String>,
+        /// Trust the coordinator's own CA with this SHA-256 (it prints it at start): fetched from
+        /// the URL once, kept only when the hash matches.
+        #[arg(long, conflicts_with = "ca_file")]
+        ca_hash: Option<String>,
+        /// Trust the coordinator's own CA from this PEM file (its data dir's ca.pem).
+        #[arg(long)]
+        ca_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -220,7 +228,9 @@ pub async fn run(cli: Cli, out: &mut (dyn std::io::Write + Send)) -> anyhow::Res
     use commands::*;
     match cli.command {
         Command::Validate { files } => validate(&files, out),
-        Command::Config { url, token, project } => config(url, token, project, out),
+        Command::Config { url, token, project, ca_hash, ca_file } => {
+            config(ConfigChange { url, token, project, ca_hash, ca_file }, out).await
+        }
         Command::Apply { file, yes, detach, name } => {
             apply(&client::Client::from_env()?, &file, yes, detach, name, out).await
         }

@@ -26,24 +26,41 @@ use crate::secrets::{now_ms, random_hex, sha256_hex};
 
 mod cluster;
 mod exec;
+mod install;
 mod models;
 mod proxy;
+mod tls;
 mod tokens;
 
+pub use install::AgentDist;
 pub use proxy::Balancer;
 
 type AppState = Arc<State>;
 
-pub async fn serve(listener: tokio::net::TcpListener, state: AppState, shutdown: CancellationToken) {
+/// Serves the API on `listener`, over TLS when given its configuration.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Option<rustls::ServerConfig>,
+    state: AppState,
+    shutdown: CancellationToken,
+) {
     let app = router(state);
-    // Without TCP_NODELAY a response written in two parts (head, body) waits on the client's
-    // delayed ACK: tens of milliseconds on proxied requests.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY: {e}");
+    let result = match tls {
+        Some(config) => match tls::TlsListener::new(listener, config, shutdown.child_token()) {
+            Ok(listener) => axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await,
+            Err(e) => Err(e),
+        },
+        None => {
+            // Without TCP_NODELAY a response written in two parts (head, body) waits on the
+            // client's delayed ACK: tens of milliseconds on proxied requests.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!("cannot set TCP_NODELAY: {e}");
+                }
+            });
+            axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
         }
-    });
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+    };
     if let Err(e) = result {
         tracing::error!("http server failed: {e}");
     }
@@ -71,6 +88,13 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/api/health", get(|| async { "ok" }))
+        .route("/api/time", get(install::time))
+        .route("/api/join/check", get(install::check))
+        .route("/api/join/node", get(install::joined_node))
+        .route("/ca.pem", get(install::ca_pem))
+        .route("/install.sh", get(install::install_sh))
+        .route("/uninstall.sh", get(install::uninstall_sh))
+        .route("/download/{file}", get(install::download))
         .route("/proxy/services/{project}/{name}", any(proxy::service))
         .route("/proxy/services/{project}/{name}/", any(proxy::service))
         .route("/proxy/services/{project}/{name}/{*rest}", any(proxy::service))

@@ -65,6 +65,21 @@ pub struct Config {
     /// With a domain, a request whose `Host` is `<run>.<domain>` goes to the service `<run>` of the
     /// default project (a wildcard DNS record points `*.<domain>` at the coordinator).
     pub services_domain: Option<String>,
+    /// How the HTTP API is served.
+    pub http_tls: HttpTls,
+    /// The agent binary served to installing hosts (`/download/corral-agent-<arch>`).
+    pub agent_binary: Option<PathBuf>,
+}
+
+/// TLS for the HTTP API.
+#[derive(Clone, Debug)]
+pub enum HttpTls {
+    /// Plain HTTP: on loopback, or behind a proxy that terminates TLS.
+    Off,
+    /// A certificate from the coordinator's own CA, also naming these host names and addresses.
+    Own(Vec<String>),
+    /// The operator's certificate chain and private key, PEM files.
+    Files { cert: PathBuf, key: PathBuf },
 }
 
 impl Default for Config {
@@ -76,6 +91,8 @@ impl Default for Config {
             heartbeat_secs: 5,
             node_timeout: Duration::from_secs(10),
             services_domain: None,
+            http_tls: HttpTls::Own(Vec::new()),
+            agent_binary: None,
         }
     }
 }
@@ -121,9 +138,19 @@ pub struct State {
     pub updates: std::sync::mpsc::Sender<agents::QueuedReport>,
     /// Reports queued and not yet applied (bounded by [`agents::UPDATES_QUEUED`]).
     pub updates_waiting: std::sync::atomic::AtomicUsize,
+    /// Whether the HTTP API is served over TLS.
+    pub https: bool,
+    /// The UDP port agents dial, once bound.
+    pub quic_port: std::sync::OnceLock<u16>,
+    /// Agent binaries for installing hosts.
+    pub agent_dist: Arc<http::AgentDist>,
 }
 
 impl State {
+    pub fn quic_port(&self) -> u16 {
+        self.quic_port.get().copied().unwrap_or(self.config.quic_listen.port())
+    }
+
     /// Records a job's end (the first word stands), gives its resources back to the scheduler and
     /// wakes it. Returns false when the job had already ended.
     pub fn finish_job(
@@ -296,6 +323,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         activity: Arc::default(),
         updates,
         updates_waiting: std::sync::atomic::AtomicUsize::new(0),
+        https: !matches!(config.http_tls, HttpTls::Off),
+        quic_port: std::sync::OnceLock::new(),
+        agent_dist: Arc::new(http::AgentDist::new(config.agent_binary.clone())),
     });
     // Nodes with jobs get the full timeout to come back after a coordinator restart, and dev
     // environments their full inactivity time.
@@ -330,6 +360,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         agents::bind(&state, config.quic_listen)?
     };
     let quic_addr = endpoint.local_addr().context("quic endpoint has no address")?;
+    let _ = state.quic_port.set(quic_addr.port());
     agents_runtime.spawn(tasks.track_future(agents::serve(
         endpoint,
         state.clone(),
@@ -341,7 +372,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http_listen))?;
     let http_addr = listener.local_addr()?;
-    tasks.spawn(http::serve(listener, state.clone(), shutdown.child_token()));
+    let tls = match &config.http_tls {
+        HttpTls::Off => None,
+        HttpTls::Own(names) => Some(state.pki.https_server_config(names).context("cannot make the HTTPS certificate")?),
+        HttpTls::Files { cert, key } => {
+            Some(pki::https_server_config_from_files(cert, key).context("cannot use the given HTTPS certificate")?)
+        }
+    };
+    tasks.spawn(http::serve(listener, tls, state.clone(), shutdown.child_token()));
     tasks.spawn(scheduler::run(state.clone(), shutdown.child_token()));
     tasks.spawn(lifecycle::watch_nodes(state.clone(), shutdown.child_token()));
     tasks.spawn(probes::run(state.clone(), shutdown.child_token()));

@@ -31,6 +31,23 @@ struct Args {
     /// point a wildcard DNS record `*.<DOMAIN>` at this host).
     #[arg(long, env = "CORRAL_SERVICES_DOMAIN")]
     services_domain: Option<String>,
+    /// Another host name or IP address for the HTTPS certificate (repeatable); the host's name,
+    /// `localhost` and the listen address are always in it.
+    #[arg(long = "tls-san", value_name = "NAME")]
+    tls_sans: Vec<String>,
+    /// Serve HTTPS with this certificate chain (PEM) instead of one from Corral's own CA.
+    #[arg(long, requires = "tls_key", env = "CORRAL_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert", env = "CORRAL_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP (behind a proxy that terminates TLS).
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_sans"])]
+    no_tls: bool,
+    /// The agent binary installing hosts download [default: corral-agent beside this program].
+    /// Binaries for other architectures sit beside it as corral-agent-<arch> (aarch64, ...).
+    #[arg(long, env = "CORRAL_AGENT_BINARY")]
+    agent_binary: Option<PathBuf>,
 }
 
 fn parse_secs(s: &str) -> Result<u64, String> {
@@ -43,12 +60,36 @@ async fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG").unwrap_or_else(|_| "info".into()))
         .init();
     let args = Args::parse();
+    let services_domain = args.services_domain.map(|d| d.trim_matches('.').to_ascii_lowercase());
+    let http_tls = if args.no_tls {
+        corral_coordinator::HttpTls::Off
+    } else if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        corral_coordinator::HttpTls::Files { cert, key }
+    } else {
+        let mut names = args.tls_sans;
+        if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+            names.push(host.trim().to_owned());
+        }
+        if !args.http_listen.ip().is_unspecified() {
+            names.push(args.http_listen.ip().to_string());
+        }
+        if let Some(domain) = &services_domain {
+            names.push(format!("*.{domain}"));
+        }
+        corral_coordinator::HttpTls::Own(names)
+    };
+    let agent_binary = args.agent_binary.or_else(|| {
+        let beside = std::env::current_exe().ok()?.parent()?.join("corral-agent");
+        beside.exists().then_some(beside)
+    });
     let config = corral_coordinator::Config {
         data_dir: args.data_dir.unwrap_or_else(|| corral_proto::paths::default_dir("corral")),
         http_listen: args.http_listen,
         quic_listen: args.quic_listen,
         node_timeout: std::time::Duration::from_secs(args.node_timeout),
-        services_domain: args.services_domain.map(|d| d.trim_matches('.').to_ascii_lowercase()),
+        services_domain,
+        http_tls,
+        agent_binary,
         ..Default::default()
     };
     let shutdown = CancellationToken::new();
@@ -59,12 +100,19 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let scheme = if matches!(config.http_tls, corral_coordinator::HttpTls::Off) { "http" } else { "https" };
+    let url = format!("{scheme}://{}", running.http_addr);
     println!("corral coordinator {}", corral_coordinator::VERSION);
-    println!("  HTTP API:    http://{}", running.http_addr);
+    println!("  HTTP API:    {url}");
     println!("  agents dial: {} (QUIC)", running.quic_addr);
+    println!("  CA hash:     {}", running.join_token.ca_hash);
     println!("  admin token: {}  (also in {})", running.admin_token, config.data_dir.join("admin-token").display());
     println!("  join token:  {}  (also in {})", running.join_token, config.data_dir.join("join-token").display());
-    println!("enroll a node:  corral-agent --coordinator HOST:{} --token <join token>", running.quic_addr.port());
+    println!("use the CLI:     corral config --url {url} --token <admin token> --ca-hash {}", running.join_token.ca_hash);
+    println!("enroll a host:   curl -fsSLk {url}/install.sh | sh -s -- --token <join token>");
+    if config.agent_binary.is_none() {
+        println!("  (no agent binary to serve: start with --agent-binary PATH for the install script)");
+    }
 
     wait_for_signal().await;
     tracing::info!("shutting down");

@@ -146,6 +146,53 @@ impl Pki {
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(config)
     }
+
+    /// The HTTPS API's TLS configuration with a certificate from this CA, minted on every start. It
+    /// names `corral-coordinator` (what Corral's own clients check, whatever address they dial),
+    /// `localhost`, the loopback addresses and `names` (host names and IP addresses clients use).
+    pub fn https_server_config(&self, names: &[String]) -> Result<rustls::ServerConfig, PkiError> {
+        let mut sans = vec![COORDINATOR_SERVER_NAME.to_owned(), "localhost".into(), "127.0.0.1".into(), "::1".into()];
+        for name in names {
+            if !sans.contains(name) {
+                sans.push(name.clone());
+            }
+        }
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(sans)?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, COORDINATOR_SERVER_NAME);
+        params.distinguished_name = dn;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        https_config(vec![cert.der().clone(), self.ca_der.clone()], key)
+    }
+}
+
+/// The HTTPS API's TLS configuration with the operator's own certificate chain and key (PEM files).
+pub fn https_server_config_from_files(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, PkiError> {
+    use rustls_pki_types::pem::PemObject;
+    let certs = CertificateDer::pem_slice_iter(read(cert)?.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| PkiError::Tls(format!("{}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(PkiError::Tls(format!("{} holds no certificate", cert.display())));
+    }
+    let key = PrivateKeyDer::from_pem_slice(read(key)?.as_bytes())
+        .map_err(|e| PkiError::Tls(format!("{}: no private key in it ({e})", key.display())))?;
+    https_config(certs, key)
+}
+
+fn https_config(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<rustls::ServerConfig, PkiError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| PkiError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| PkiError::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 /// The first certificate in a PEM text, as DER.

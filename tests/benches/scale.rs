@@ -124,6 +124,7 @@ async fn main() -> anyhow::Result<()> {
             .arg("--data-dir")
             .arg(dir.path().join("coord"))
             .args(["--http-listen", &format!("127.0.0.1:{http}"), "--quic-listen", &format!("127.0.0.1:{quic}")])
+            .arg("--no-tls")
             .env("CORRAL_LOG", &log_level)
             // The log goes to stdout.
             .stdout(log.try_clone()?)

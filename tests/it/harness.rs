@@ -85,6 +85,8 @@ pub struct Coordinator {
     pub quic: SocketAddr,
     pub admin_token: String,
     pub join_token: corral_proto::token::JoinToken,
+    /// Serves HTTPS with a certificate from its own CA (`data/ca.pem`).
+    pub https: bool,
     shutdown: CancellationToken,
     running: Option<corral_coordinator::Running>,
 }
@@ -105,19 +107,42 @@ impl Coordinator {
         quic: SocketAddr,
         node_timeout: Duration,
     ) -> anyhow::Result<Self> {
-        init_tracing();
-        let shutdown = CancellationToken::new();
-        let config = corral_coordinator::Config {
+        Self::start_config(corral_coordinator::Config {
             data_dir: data.to_owned(),
             http_listen: http,
             quic_listen: quic,
             heartbeat_secs: 1,
             node_timeout,
             services_domain: Some("svc.corral.test".to_owned()),
-        };
+            http_tls: corral_coordinator::HttpTls::Off,
+            agent_binary: None,
+        })
+        .await
+    }
+
+    /// Serving HTTPS from its own CA, and `agent_binary` to installing hosts.
+    pub async fn start_https(data: &Path, agent_binary: Option<PathBuf>) -> anyhow::Result<Self> {
+        Self::start_config(corral_coordinator::Config {
+            data_dir: data.to_owned(),
+            http_listen: "127.0.0.1:0".parse()?,
+            quic_listen: "127.0.0.1:0".parse()?,
+            heartbeat_secs: 1,
+            http_tls: corral_coordinator::HttpTls::Own(Vec::new()),
+            agent_binary,
+            ..Default::default()
+        })
+        .await
+    }
+
+    pub async fn start_config(config: corral_coordinator::Config) -> anyhow::Result<Self> {
+        init_tracing();
+        let shutdown = CancellationToken::new();
+        let data = config.data_dir.clone();
+        let https = !matches!(config.http_tls, corral_coordinator::HttpTls::Off);
         let running = corral_coordinator::start(config, shutdown.clone()).await?;
         Ok(Self {
-            data: data.to_owned(),
+            https,
+            data,
             http: running.http_addr,
             quic: running.quic_addr,
             admin_token: running.admin_token.clone(),
@@ -127,8 +152,17 @@ impl Coordinator {
         })
     }
 
+    pub fn url(&self) -> String {
+        format!("{}://{}", if self.https { "https" } else { "http" }, self.http)
+    }
+
     pub fn client(&self) -> Client {
-        Client::new(&format!("http://{}", self.http), &self.admin_token, "main")
+        if self.https {
+            let ca = std::fs::read_to_string(self.data.join("ca.pem")).expect("the coordinator's ca.pem");
+            Client::with_ca(&self.url(), &self.admin_token, "main", &ca).expect("a client pinning the CA")
+        } else {
+            Client::new(&self.url(), &self.admin_token, "main")
+        }
     }
 
     /// Stops it the way SIGTERM does, and waits for its tasks.

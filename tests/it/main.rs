@@ -6,6 +6,7 @@ mod devenv;
 mod enroll;
 mod gpu;
 mod harness;
+mod install;
 mod multinode;
 mod netns;
 mod reconcile;

@@ -73,6 +73,8 @@ impl CoordinatorProc {
                 .arg("--data-dir")
                 .arg(data)
                 .args(["--http-listen", &format!("127.0.0.1:{http}"), "--quic-listen", &format!("127.0.0.1:{quic}")])
+                // benchmarks compare with earlier runs over plain HTTP
+                .arg("--no-tls")
                 .args(extra)
                 .env("CORRAL_LOG", "warn")
                 .stdout(Stdio::null())

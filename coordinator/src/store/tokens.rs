@@ -77,31 +77,58 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
     }
 
+    /// Whether a join token exists and is not revoked (spent or expired ones still count: the host
+    /// that just used it may ask how it joined).
+    pub fn join_token_known(&self, hash: &str) -> Result<bool> {
+        let revoked: Option<bool> = self
+            .conn()
+            .query_row("SELECT revoked FROM join_tokens WHERE hash = ?1", [hash], |r| r.get(0))
+            .optional()?;
+        Ok(revoked == Some(false))
+    }
+
+    /// Whether a join token could enroll a host now: `Ok(Err(why))` when it could not. Spends nothing.
+    pub fn check_join_token(&self, hash: &str) -> Result<std::result::Result<(), &'static str>> {
+        Ok(join_token_usable(&self.conn(), hash)?.map(|_| ()))
+    }
+
     /// Spends one use of a join token. `Ok(Err(why))`: it cannot enroll; `Ok(Ok(fleet))`: it did,
     /// into that fleet if it names one.
     pub fn use_join_token(&self, hash: &str) -> Result<std::result::Result<Option<String>, &'static str>> {
         let conn = self.conn();
-        #[allow(clippy::type_complexity)] // one row's columns, named right below
-        let row: Option<(Option<String>, Option<i64>, Option<i64>, bool)> = conn
-            .query_row("SELECT fleet, expires_ms, uses_left, revoked FROM join_tokens WHERE hash = ?1", [hash], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
-            .optional()?;
-        let Some((fleet, expires, uses_left, revoked)) = row else {
-            return Ok(Err("wrong join token secret: ask for a new token (`corral token create`)"));
+        let (fleet, counted) = match join_token_usable(&conn, hash)? {
+            Ok(usable) => usable,
+            Err(why) => return Ok(Err(why)),
         };
-        if revoked {
-            return Ok(Err("this join token was revoked: ask for a new token (`corral token create`)"));
-        }
-        if expires.is_some_and(|e| e < now_ms()) {
-            return Ok(Err("this join token expired: ask for a new token (`corral token create`)"));
-        }
-        if uses_left.is_some_and(|u| u <= 0) {
-            return Ok(Err("this join token is used up (it enrolls a set number of hosts): ask for a new token"));
-        }
-        if uses_left.is_some() {
+        if counted {
             conn.execute("UPDATE join_tokens SET uses_left = uses_left - 1 WHERE hash = ?1", [hash])?;
         }
         Ok(Ok(fleet))
     }
+}
+
+/// A join token's fleet and whether its uses are counted, or why it cannot enroll.
+fn join_token_usable(
+    conn: &rusqlite::Connection,
+    hash: &str,
+) -> Result<std::result::Result<(Option<String>, bool), &'static str>> {
+    #[allow(clippy::type_complexity)] // one row's columns, named right below
+    let row: Option<(Option<String>, Option<i64>, Option<i64>, bool)> = conn
+        .query_row("SELECT fleet, expires_ms, uses_left, revoked FROM join_tokens WHERE hash = ?1", [hash], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?;
+    let Some((fleet, expires, uses_left, revoked)) = row else {
+        return Ok(Err("wrong join token secret: ask for a new token (`corral token create`)"));
+    };
+    if revoked {
+        return Ok(Err("this join token was revoked: ask for a new token (`corral token create`)"));
+    }
+    if expires.is_some_and(|e| e < now_ms()) {
+        return Ok(Err("this join token expired: ask for a new token (`corral token create`)"));
+    }
+    if uses_left.is_some_and(|u| u <= 0) {
+        return Ok(Err("this join token is used up (it enrolls a set number of hosts): ask for a new token"));
+    }
+    Ok(Ok((fleet, uses_left.is_some())))
 }

@@ -34,6 +34,7 @@ impl Cluster {
             http_listen: "127.0.0.1:0".parse()?,
             quic_listen: "127.0.0.1:0".parse()?,
             heartbeat_secs: 1,
+            http_tls: corral_coordinator::HttpTls::Off,
             ..corral_coordinator::Config::default()
         };
         let running = corral_coordinator::start(config, shutdown.clone()).await?;

@@ -1,0 +1,89 @@
+#!/bin/sh
+# Removes what Corral's install script put on this host: the agent service, its binary, its
+# configuration, its state (the node's identity) and the containers it ran.
+#
+#   corral-agent-uninstall [--keep-state] [--keep-containers]
+#
+# The coordinator still lists the node until `corral node remove NODE`.
+set -eu
+
+PREFIX=/usr/local/bin
+STATE_DIR=/var/lib/corral-agent
+CONF_DIR=/etc/corral
+UNIT=/etc/systemd/system/corral-agent.service
+KEEP_STATE=0
+KEEP_CONTAINERS=0
+
+say() { printf 'corral-uninstall: %s\n' "$*"; }
+die() {
+  printf 'corral-uninstall: error: %s\n' "$*" >&2
+  exit 1
+}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --keep-state) KEEP_STATE=1; shift ;;
+    --keep-containers) KEEP_CONTAINERS=1; shift ;;
+    --prefix) PREFIX="${2:-}"; shift 2 ;;
+    --state-dir) STATE_DIR="${2:-}"; shift 2 ;;
+    -h | --help)
+      sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+      exit 0
+      ;;
+    *) die "unknown option \"$1\" (--keep-state, --keep-containers)" ;;
+  esac
+done
+[ "$(id -u)" = 0 ] || die "run as root"
+
+if [ -f "$CONF_DIR/agent.env" ]; then
+  STATE_DIR=$(sed -n 's/^CORRAL_STATE_DIR=//p' "$CONF_DIR/agent.env" | head -n 1)
+  STATE_DIR=${STATE_DIR:-/var/lib/corral-agent}
+fi
+
+if [ -f "$UNIT" ] && command -v systemctl >/dev/null 2>&1; then
+  systemctl disable --now corral-agent >/dev/null 2>&1 || true
+  rm -f "$UNIT"
+  systemctl daemon-reload || true
+  say "stopped and removed the corral-agent service"
+fi
+# agents started with --foreground (no pgrep on minimal hosts: /proc says it)
+agents() {
+  for d in /proc/[0-9]*; do
+    [ "$(cat "$d/comm" 2>/dev/null)" != corral-agent ] || echo "${d#/proc/}"
+  done
+}
+pids=$(agents)
+if [ -n "$pids" ]; then
+  kill $pids 2>/dev/null || true
+  i=0
+  while [ -n "$(agents)" ] && [ $i -lt 40 ]; do
+    sleep 0.25
+    i=$((i + 1))
+  done
+  say "stopped the running agent"
+fi
+
+if [ "$KEEP_CONTAINERS" = 0 ]; then
+  SOCK=${DOCKER_HOST:-unix:///var/run/docker.sock}
+  SOCK=${SOCK#unix://}
+  if command -v docker >/dev/null 2>&1; then
+    ids=$(docker ps -aq --filter label=corral.job 2>/dev/null || true)
+    [ -z "$ids" ] || docker rm -f $ids >/dev/null
+  elif [ -S "$SOCK" ] && command -v curl >/dev/null 2>&1; then
+    ids=$(curl -fsS --unix-socket "$SOCK" 'http://localhost/containers/json?all=1&filters=%7B%22label%22%3A%5B%22corral.job%22%5D%7D' |
+      grep -o '"Id":"[0-9a-f]*"' | cut -d'"' -f4 || true)
+    for id in $ids; do
+      curl -fsS --unix-socket "$SOCK" -X DELETE "http://localhost/containers/$id?force=1" >/dev/null
+    done
+  fi
+  say "removed the containers Corral ran ($(echo $ids | wc -w))"
+fi
+
+rm -f "$PREFIX/corral-agent" "$PREFIX/corral-agent.prev" "$PREFIX/corral-agent.new" "$CONF_DIR/agent.env"
+rmdir "$CONF_DIR" 2>/dev/null || true
+if [ "$KEEP_STATE" = 0 ]; then
+  rm -rf "$STATE_DIR"
+  say "removed $STATE_DIR (this host's node identity)"
+fi
+say "removed $PREFIX/corral-agent; run \`corral node remove NODE\` to forget the node"
+rm -f "$PREFIX/corral-agent-uninstall"

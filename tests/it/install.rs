@@ -1,0 +1,251 @@
+//! The install command on a fresh host: a container of the busybox image plus curl (no Rust, no
+//! Corral), on the host network so it reaches the coordinator on loopback, with the machine's Docker
+//! socket as its Docker. The install script comes from the coordinator over HTTPS, checks the CA
+//! against the token, downloads the agent, joins, and the node runs a task.
+
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use corral_proto::api;
+
+use crate::harness::{Coordinator, apply, ensure_image, nodes_ready, repo_root, wait_for, write_config};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_corral-test-agent");
+const CLI: &str = env!("CARGO_BIN_EXE_corral-test-cli");
+const HOST_IMAGE: &str = "corral-test/host:latest";
+
+/// Builds the fresh-host image once per test process.
+fn ensure_host_image() {
+    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+    let r = DONE.get_or_init(|| {
+        ensure_image();
+        let out = Command::new("bash")
+            .arg(repo_root().join("scripts/build-host-image.sh"))
+            .arg(AGENT)
+            .output()
+            .map_err(|e| format!("cannot run scripts/build-host-image.sh: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("scripts/build-host-image.sh failed:\n{}", String::from_utf8_lossy(&out.stderr)))
+        }
+    });
+    if let Err(e) = r {
+        panic!("{e}");
+    }
+}
+
+/// Fresh-host containers, and the job containers of the nodes they became: removed on drop.
+#[derive(Default)]
+struct Hosts {
+    names: Vec<String>,
+    nodes: Vec<String>,
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        let mut ids = self.names.clone();
+        for node in &self.nodes {
+            if let Ok(out) = Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=corral.node={node}")]).output() {
+                ids.extend(String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned));
+            }
+        }
+        if !ids.is_empty() {
+            let _ = Command::new("docker").arg("rm").arg("-f").args(&ids).output();
+        }
+    }
+}
+
+impl Hosts {
+    fn name(&mut self, what: &str) -> String {
+        let name = format!("corral-test-host-{}-{what}", std::process::id());
+        let _ = Command::new("docker").args(["rm", "-f", &name]).output();
+        self.names.push(name.clone());
+        name
+    }
+
+    /// `curl URL/install.sh | sh -s -- ARGS` on a new fresh host; returns its output when it ends.
+    fn install_once(&mut self, what: &str, url: &str, args: &str, docker: bool) -> anyhow::Result<Output> {
+        let name = self.name(what);
+        let mut cmd = Command::new("docker");
+        cmd.args(["run", "--name", &name, "--network", "host"]);
+        if docker {
+            cmd.args(["-v", "/var/run/docker.sock:/var/run/docker.sock"]);
+        }
+        let script = format!(
+            "curl -fsSLk {url}/install.sh | sh -s -- {args}; echo \"install-exit=$?\"; ls /usr/local/bin /etc/corral 2>&1"
+        );
+        Ok(cmd.args([HOST_IMAGE, "sh", "-c", &script]).output()?)
+    }
+}
+
+fn docker(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("docker").args(args).output().context("cannot run docker")?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        bail!("docker {args:?} failed: {text}");
+    }
+    Ok(text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_install_command_joins_a_fresh_host_that_then_runs_a_task_and_uninstalls() -> anyhow::Result<()> {
+    ensure_host_image();
+    let dir = tempfile::tempdir()?;
+    let coord = Coordinator::start_https(&dir.path().join("coord"), Some(AGENT.into())).await?;
+    let client = coord.client();
+    let mut hosts = Hosts::default();
+    let host = hosts.name("a");
+    let node_name = format!("fresh-{}", std::process::id());
+    // The host keeps running after its agent stops (`sleep`), as a machine would.
+    let script = format!(
+        "curl -fsSLk {}/install.sh | sh -s -- --token {} --name {node_name} --foreground --min-disk-gib 1; exec sleep 600",
+        coord.url(),
+        coord.join_token
+    );
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &host,
+        "--network",
+        "host",
+        "-v",
+        "/var/run/docker.sock:/var/run/docker.sock",
+        HOST_IMAGE,
+        "sh",
+        "-c",
+        &script,
+    ])?;
+
+    let nodes = nodes_ready(&client, 1).await.with_context(|| docker(&["logs", &host]).unwrap_or_default())?;
+    let node = nodes.iter().find(|n| n.name == node_name).context("the fresh host joined under its name")?;
+    hosts.nodes.push(node.id.to_string());
+    // The script prints the node as the coordinator sees it.
+    let printed = wait_for("the install script to print the node", Duration::from_secs(30), || async {
+        let logs = docker(&["logs", &host])?;
+        Ok(logs.contains("docker:").then_some(logs))
+    })
+    .await?;
+    assert!(printed.contains("CA matches the token, token accepted"), "{printed}");
+    assert!(printed.contains(&format!("installed corral-agent {}", env!("CARGO_PKG_VERSION"))), "{printed}");
+    assert!(printed.contains(&format!("node {node_name} ({})", node.id)), "{printed}");
+    assert!(printed.contains("gpus:   none"), "{printed}");
+
+    // The node runs a task (the CLI talks HTTPS to the coordinator, pinning its CA).
+    let file = write_config(
+        dir.path(),
+        "hello",
+        &format!("type: task\nname: fresh-hello\nimage: {}\ncommands:\n  - echo hello from a fresh host\n", crate::harness::IMAGE),
+    );
+    let (code, out) = apply(&client, &file, false).await?;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("hello from a fresh host"), "{out}");
+
+    // The uninstall script removes the agent, its files and its containers (a running one here).
+    let file = write_config(
+        dir.path(),
+        "sleep",
+        &format!("type: task\nname: fresh-sleep\nimage: {}\ncommands:\n  - sleep 600\n", crate::harness::IMAGE),
+    );
+    let (code, out) = apply(&client, &file, true).await?;
+    assert_eq!(code, 0, "{out}");
+    crate::harness::wait_state(&client, "fresh-sleep", |r| r.state == corral_proto::job::JobState::Running, Duration::from_secs(30))
+        .await?;
+    let job_containers = docker(&["ps", "-aq", "--filter", &format!("label=corral.node={}", node.id)])?;
+    assert!(!job_containers.trim().is_empty(), "the task's container is there before uninstalling");
+    let out = docker(&["exec", &host, "/usr/local/bin/corral-agent-uninstall"])?;
+    assert!(out.contains("removed the containers Corral ran (1)"), "{out}");
+    assert!(out.contains("removed /var/lib/corral-agent"), "{out}");
+    let left = docker(&["exec", &host, "sh", "-c", "ls /usr/local/bin /etc; grep -l corral-agent /proc/[0-9]*/comm || echo no-agent"])?;
+    assert!(!left.contains("corral-agent\n") && !left.contains("corral\n"), "{left}");
+    assert!(left.contains("no-agent"), "{left}");
+    assert_eq!(docker(&["ps", "-aq", "--filter", &format!("label=corral.node={}", node.id)])?.trim(), "");
+    wait_for("the node to go offline", Duration::from_secs(20), || async {
+        let nodes: Vec<api::Node> = client.get("/api/nodes").await?;
+        Ok(nodes.iter().any(|n| n.id == node.id && n.status == api::NodeStatus::Offline).then_some(()))
+    })
+    .await?;
+    coord.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_ca_hash_or_a_revoked_token_installs_nothing() -> anyhow::Result<()> {
+    ensure_host_image();
+    let dir = tempfile::tempdir()?;
+    let coord = Coordinator::start_https(&dir.path().join("coord"), Some(AGENT.into())).await?;
+    let mut hosts = Hosts::default();
+
+    // One hex digit of the CA hash changed: the script stops before downloading anything.
+    let good = coord.join_token.to_string();
+    let flipped = if coord.join_token.ca_hash.starts_with('0') { "1" } else { "0" };
+    let tampered = good.replacen(&format!(".{}", &coord.join_token.ca_hash[..1]), &format!(".{flipped}"), 1);
+    assert_ne!(tampered, good);
+    let out = hosts.install_once("tampered", &coord.url(), &format!("--token {tampered} --foreground"), true)?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("it is not the coordinator the token was made for"), "{text}");
+    assert!(text.contains("install-exit=1"), "{text}");
+    assert!(!text.contains("corral-agent"), "nothing installed: {text}");
+    assert!(text.contains("/etc/corral: No such file"), "{text}");
+
+    // A revoked token: refused by the coordinator, by name.
+    let client = coord.client();
+    let created: api::JoinTokenInfo = client.post("/api/tokens", &api::CreateJoinToken::default()).await?;
+    let token = created.token.context("a new token comes with its secret")?;
+    let _: serde_json::Value = client.post(&format!("/api/tokens/{}/revoke", created.id), &()).await?;
+    let out = hosts.install_once("revoked", &coord.url(), &format!("--token {token} --foreground"), true)?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("the coordinator refuses this token: 403 /api/join/check: this join token was revoked"), "{text}");
+    assert!(text.contains("install-exit=1") && !text.contains("corral-agent"), "{text}");
+
+    // No Docker on the host: the preflight says so.
+    let out = hosts.install_once("nodocker", &coord.url(), &format!("--token {good} --foreground"), false)?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("Docker is not running here"), "{text}");
+    assert!(text.contains("install-exit=1") && !text.contains("corral-agent"), "{text}");
+    coord.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_pins_the_coordinators_ca_by_its_hash() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let coord = Coordinator::start_https(&dir.path().join("coord"), None).await?;
+    let config = dir.path().join("cli.json");
+    let cli = |args: &[&str]| {
+        Command::new(CLI).args(args).env("CORRAL_CONFIG", &config).env_remove("CORRAL_URL").env_remove("CORRAL_TOKEN").output()
+    };
+    let text = |o: &Output| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+
+    // A wrong hash: refused, nothing pinned.
+    let wrong = "ab".repeat(32);
+    let out = cli(&["config", "--url", &coord.url(), "--token", &coord.admin_token, "--ca-hash", &wrong])?;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("it is not the coordinator you meant"), "{}", text(&out));
+    // Without the CA, the system's roots do not trust the coordinator.
+    let out = cli(&["config", "--url", &coord.url(), "--token", &coord.admin_token])?;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = cli(&["node", "list"])?;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("cannot reach the coordinator"), "{}", text(&out));
+
+    // The right hash: pinned, and every command works over HTTPS.
+    let out = cli(&["config", "--ca-hash", &coord.join_token.ca_hash])?;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&format!("pinned the coordinator's CA {}", coord.join_token.ca_hash)), "{}", text(&out));
+    let out = cli(&["node", "list", "--json"])?;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(serde_json::from_slice::<Vec<api::Node>>(&out.stdout)?.len(), 0);
+    let out = cli(&["config"])?;
+    assert!(text(&out).contains(&format!("ca: {} (pinned)", coord.join_token.ca_hash)), "{}", text(&out));
+
+    // Plain HTTP to the HTTPS port gets nothing.
+    let plain = corral_cli::client::Client::new(&format!("http://{}", coord.http), &coord.admin_token, "main");
+    assert!(plain.get::<Vec<api::Node>>("/api/nodes").await.is_err());
+    coord.stop().await;
+    Ok(())
+}
