@@ -90,10 +90,15 @@ impl Jobs {
         self.changed.notify_one();
     }
 
-    fn record(&self, update: JobUpdate) {
+    fn record(&self, mut update: JobUpdate) {
         if let Some(t) = self.lock().get_mut(&update.job_id) {
             if t.update.reason.is_some() {
                 return; // the first final word stands
+            }
+            // A status message stands until another replaces it (as the coordinator keeps it), so
+            // one that was not sent yet survives the next update.
+            if update.message.is_none() {
+                update.message = t.update.message.take();
             }
             t.update = update;
             t.dirty = true;
@@ -190,7 +195,7 @@ impl Jobs {
         self.progress(&id, JobState::Pulling);
         // A stop during a long pull ends the job at once.
         let pulled = tokio::select! {
-            r = self.shim.ensure_image(&spec.image) => Ok(r),
+            r = self.obtain_image(&id, &spec.image) => Ok(r),
             (_, reason) = stop_requested(&mut stop) => Err(reason),
         };
         let failure = match pulled {
@@ -213,6 +218,84 @@ impl Jobs {
         self.progress(&id, JobState::Running);
         let deadline = spec.max_duration_secs.map(|m| now_unix().saturating_add(m as i64));
         self.supervise(id, deadline, stop, spec.stop_grace_secs).await;
+    }
+
+    /// The job's image: already here; or from the coordinator's store, when it has it (sites with no
+    /// registry), with progress in the job's status; or pulled from its registry.
+    async fn obtain_image(self: &Arc<Self>, id: &JobId, image: &str) -> Result<(), ShimError> {
+        if self.shim.image_present(image).await? {
+            return Ok(());
+        }
+        let conn = self.conn.borrow().clone();
+        if let Some(conn) = conn {
+            if self.fetch_image(&conn, id, image).await? {
+                return Ok(());
+            }
+        }
+        self.shim.ensure_image(image).await
+    }
+
+    /// Loads `image` from the coordinator's store. `Ok(false)`: it has no such image.
+    async fn fetch_image(self: &Arc<Self>, conn: &quinn::Connection, id: &JobId, image: &str) -> Result<bool, ShimError> {
+        use corral_proto::wire::io::read_frame;
+        use corral_proto::wire::{AgentMessage, CoordinatorMessage, ImageReply};
+        let unavailable =
+            |why: String| ShimError::ImageUnavailable { image: image.to_owned(), reason: format!("fetching it from the coordinator: {why}") };
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| unavailable(e.to_string()))?;
+        write_frame(&mut send, &AgentMessage::FetchImage { image: image.to_owned() })
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let _ = send.finish();
+        let size = match read_frame::<CoordinatorMessage, _>(&mut recv).await.map_err(|e| unavailable(e.to_string()))? {
+            Some(CoordinatorMessage::ImageReply(ImageReply::Stored { size })) => size,
+            Some(CoordinatorMessage::ImageReply(ImageReply::NotStored)) => return Ok(false),
+            other => return Err(unavailable(format!("unexpected answer {other:?}"))),
+        };
+        tracing::info!(job = %id, image, size, "loading the image from the coordinator");
+        let mib = size as f64 / (1 << 20) as f64;
+        let report = move |done: u64| {
+            let pct = if size == 0 { 100 } else { done * 100 / size };
+            format!("loading the image from the coordinator: {pct}% of {mib:.1} MiB")
+        };
+        let (this, job) = (self.clone(), id.clone());
+        let mut reported = std::time::Instant::now();
+        // The tar as it arrives, its progress in the job's status about once a second; a stream
+        // cut short is an error, so Docker never loads half an image as a whole one.
+        let tar = futures_util::stream::unfold(Some((recv, 0u64)), move |state| {
+            let (this, job) = (this.clone(), job.clone());
+            let progress = if reported.elapsed() >= Duration::from_secs(1) {
+                reported = std::time::Instant::now();
+                state.as_ref().map(|(_, done)| report(*done))
+            } else {
+                None
+            };
+            async move {
+                let (mut recv, done) = state?;
+                if let Some(message) = progress {
+                    let update =
+                        JobUpdate { job_id: job, state: JobState::Pulling, exit_code: None, reason: None, message: Some(message) };
+                    this.record(update);
+                }
+                match recv.read_chunk(256 * 1024, true).await {
+                    Ok(Some(chunk)) => {
+                        let done = done + chunk.bytes.len() as u64;
+                        Some((Ok(chunk.bytes), Some((recv, done))))
+                    }
+                    Ok(None) if done == size => None,
+                    Ok(None) => Some((Err(std::io::Error::other(format!("cut off after {done} of {size} bytes"))), None)),
+                    Err(e) => Some((Err(std::io::Error::other(e)), None)),
+                }
+            }
+        });
+        self.shim.load_image(image, tar).await?;
+        self.record(JobUpdate {
+            job_id: id.clone(),
+            state: JobState::Pulling,
+            exit_code: None,
+            reason: None,
+            message: Some(format!("loaded the image from the coordinator ({mib:.1} MiB)")),
+        });
+        Ok(true)
     }
 
     /// Follows a started container to its end: exit, stop request, or time limit.

@@ -137,6 +137,11 @@ impl Client {
         serde_json::from_slice(&body).with_context(|| format!("unexpected answer from the coordinator ({status})"))
     }
 
+    /// POSTs a raw body (a stream: an image tarball).
+    pub async fn post_body<T: DeserializeOwned>(&self, path: &str, body: reqwest::Body) -> anyhow::Result<T> {
+        self.send(self.http.post(format!("{}{path}", self.url)).body(body)).await
+    }
+
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.send(self.http.get(format!("{}{path}", self.url))).await
     }

@@ -227,6 +227,7 @@ async fn attach(client: &Client, run: &str, out: Out<'_>) -> anyhow::Result<i32>
                 {
                     let line = match (&j.state, &j.status_message, &j.node_name) {
                         (JobState::Pending, Some(m), _) => format!("pending: {m}"),
+                        (JobState::Pulling, Some(m), _) => format!("pulling: {m}"),
                         (JobState::Running, _, Some(n)) => format!("running on {n}"),
                         (s, _, _) => s.to_string(),
                     };

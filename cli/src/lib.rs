@@ -6,6 +6,7 @@ pub mod client;
 pub mod cluster;
 pub mod commands;
 pub mod exec;
+pub mod images;
 pub mod output;
 pub mod ssh;
 pub mod tls;
@@ -101,6 +102,11 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Images kept by the coordinator, for nodes that reach no registry.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
     /// Fleets: named groups of nodes (`placement: cluster` for multi-node runs).
     Fleet {
         #[command(subcommand)]
@@ -174,6 +180,27 @@ pub enum NodeCommand {
         #[arg(short = 'y', long)]
         yes: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Store an image in the coordinator: from the local Docker (`docker save`), or a tarball it
+    /// wrote. Nodes that lack it then load it from the coordinator; layers are stored once.
+    Push {
+        /// The image, e.g. `team/train:1.2`.
+        #[arg(required_unless_present = "file")]
+        image: Option<String>,
+        /// A `docker save` tarball instead of the local Docker.
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+    },
+    /// The stored images.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a stored image (nodes keep their copies).
+    Rm { image: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -261,6 +288,7 @@ pub async fn run(cli: Cli, out: &mut (dyn std::io::Write + Send)) -> anyhow::Res
         }
         Command::Node { command } => cluster::node(&client::Client::from_env()?, command, out).await,
         Command::Fleet { command } => cluster::fleet(&client::Client::from_env()?, command, out).await,
+        Command::Image { command } => images::image(&client::Client::from_env()?, command, out).await,
         Command::Token { command } => cluster::token(&client::Client::from_env()?, command, out).await,
     }
 }

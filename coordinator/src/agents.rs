@@ -18,7 +18,7 @@ use corral_proto::inventory::HostInventory;
 use corral_proto::job::{JobState, TerminationReason};
 use corral_proto::wire::io::{read_frame, write_frame};
 use corral_proto::wire::{
-    AgentMessage, ContainerReport, CoordinatorMessage, EnrollRequest, Enrollment, Hello, JobUpdate, LogFrame, Refusal,
+    AgentMessage, ContainerReport, CoordinatorMessage, EnrollRequest, Enrollment, Hello, ImageReply, JobUpdate, LogFrame, Refusal,
     RefusalCode, Welcome, negotiate,
 };
 
@@ -265,6 +265,28 @@ async fn session(
         })
     };
 
+    // Streams the agent opens: image fetches.
+    let image_server = {
+        let (conn, state, done) = (conn.clone(), state.clone(), session_done.clone());
+        let node_name = node.name.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    stream = conn.accept_bi() => {
+                        let Ok((send, recv)) = stream else { break };
+                        let (state2, node_name) = (state.clone(), node_name.clone());
+                        state.tasks.spawn(async move {
+                            if let Err(e) = serve_image(&state2, send, recv).await {
+                                tracing::warn!(node = %node_name, "image transfer ended: {e:#}");
+                            }
+                        });
+                    }
+                    () = done.cancelled() => break,
+                }
+            }
+        })
+    };
+
     let result = async {
         loop {
             let msg = tokio::select! {
@@ -284,6 +306,7 @@ async fn session(
     session_done.cancel();
     let _ = writer.await;
     let _ = log_acceptor.await;
+    let _ = image_server.await;
     {
         let mut sessions = state.sessions.lock().unwrap_or_else(|e| e.into_inner());
         if sessions.get(&node.id).is_some_and(|s| s.conn_id == conn_id) {
@@ -307,6 +330,10 @@ fn handle_message(
         AgentMessage::Hello(_) => return Ok(()),
         AgentMessage::Heartbeat { seq } => {
             let _ = tx.try_send(CoordinatorMessage::HeartbeatAck { seq });
+            return Ok(());
+        }
+        AgentMessage::FetchImage { .. } => {
+            tracing::warn!(node = %node.name, "an image fetch on the control stream, ignored");
             return Ok(());
         }
         AgentMessage::TunnelReply(_) => {
@@ -586,6 +613,25 @@ fn stop_request_final(job: &JobRow) -> CoordinatorMessage {
 
 /// One job's output from the agent. Only a job placed on this node may be written to: the job id
 /// comes from the peer and names a file.
+/// Answers a `FetchImage` stream: the image as a `docker load` tar, or `NotStored`.
+async fn serve_image(state: &State, mut send: quinn::SendStream, mut recv: quinn::RecvStream) -> anyhow::Result<()> {
+    let Some(AgentMessage::FetchImage { image }) = read_frame::<AgentMessage, _>(&mut recv).await? else {
+        anyhow::bail!("a stream that did not start with FetchImage");
+    };
+    let stored = state.store.image(&crate::images::normalize(&image))?;
+    let plan = stored.as_ref().map(|i| state.images.plan(i)).transpose()?;
+    let Some((files, manifest, size)) = plan else {
+        write_frame(&mut send, &CoordinatorMessage::ImageReply(ImageReply::NotStored)).await?;
+        send.finish()?;
+        return Ok(());
+    };
+    tracing::info!(image, size, "sending an image");
+    write_frame(&mut send, &CoordinatorMessage::ImageReply(ImageReply::Stored { size })).await?;
+    crate::images::ImageStore::send(&files, &manifest, &mut send).await?;
+    send.finish()?;
+    Ok(())
+}
+
 async fn receive_logs(state: &State, node: &NodeId, mut stream: quinn::RecvStream) -> anyhow::Result<()> {
     let Some(LogFrame::Open { job_id }) = read_frame::<LogFrame, _>(&mut stream).await? else {
         anyhow::bail!("log stream did not start with Open");

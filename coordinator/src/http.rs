@@ -26,6 +26,7 @@ use crate::secrets::{now_ms, random_hex, sha256_hex};
 
 mod cluster;
 mod exec;
+mod images;
 mod install;
 mod models;
 mod proxy;
@@ -78,6 +79,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/nodes", get(cluster::list_nodes))
         .route("/api/nodes/{name}", delete(tokens::remove_node))
         .route("/api/tokens", post(tokens::create).get(tokens::list))
+        .route("/api/images", post(images::push).get(images::list).delete(images::remove))
         .route("/api/tokens/{id}/revoke", post(tokens::revoke))
         .route("/api/nodes/cordon", post(cluster::cordon_many))
         .route("/api/nodes/{name}/cordon", post(cluster::cordon))

@@ -21,6 +21,7 @@ pub mod admission;
 pub mod agents;
 pub mod autoscale;
 pub mod http;
+pub mod images;
 pub mod lifecycle;
 pub mod logs;
 pub mod pki;
@@ -144,6 +145,8 @@ pub struct State {
     pub quic_port: std::sync::OnceLock<u16>,
     /// Agent binaries for installing hosts.
     pub agent_dist: Arc<http::AgentDist>,
+    /// Images pushed to the coordinator, for nodes with no registry.
+    pub images: images::ImageStore,
 }
 
 impl State {
@@ -301,6 +304,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .with_context(|| format!("cannot open the database in {}", dir.display()))?;
     let pki = Pki::load_or_create(dir).context("cannot set up the certificate authority")?;
     let logs = LogStore::new(&dir.join("logs")).context("cannot create the log dir")?;
+    let images = images::ImageStore::open(&dir.join("images")).context("cannot open the image store")?;
 
     let (admin_token, join_token) = bootstrap_tokens(dir, &store, &pki.ca_hash())?;
 
@@ -326,6 +330,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         https: !matches!(config.http_tls, HttpTls::Off),
         quic_port: std::sync::OnceLock::new(),
         agent_dist: Arc::new(http::AgentDist::new(config.agent_binary.clone())),
+        images,
     });
     // Nodes with jobs get the full timeout to come back after a coordinator restart, and dev
     // environments their full inactivity time.

@@ -72,6 +72,10 @@ ALTER TABLE runs ADD COLUMN replicas INTEGER;
 CREATE INDEX runs_by_replicas ON runs(replicas) WHERE replicas IS NOT NULL;
 CREATE INDEX jobs_by_node ON jobs(node_id, state) WHERE node_id IS NOT NULL;
 "#,
+    r#"
+CREATE TABLE images (name TEXT PRIMARY KEY, config TEXT NOT NULL, layers TEXT NOT NULL,
+    size INTEGER NOT NULL, pushed_ms INTEGER NOT NULL);
+"#,
 ];
 
 /// What [`Store::insert_run`] stores.
@@ -90,6 +94,7 @@ pub struct NewRun<'a> {
     pub replacing_service: bool,
 }
 
+mod images;
 mod services;
 mod tokens;
 

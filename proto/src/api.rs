@@ -155,6 +155,17 @@ pub struct CreateJoinToken {
     pub uses: Option<u32>,
 }
 
+/// An image in the coordinator's own store (`corral image push`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ImageInfo {
+    /// As Docker names it: `team/app:1`, `busybox:latest`.
+    pub name: String,
+    /// Bytes of its config and layers (layers shared with other images count in each).
+    pub size: u64,
+    pub layers: u32,
+    pub pushed_ms: i64,
+}
+
 /// A join token as `corral token list` shows it: never its secret, which only its creation returns.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct JoinTokenInfo {

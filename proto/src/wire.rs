@@ -177,6 +177,12 @@ pub enum AgentMessage {
     },
     /// The answer to `OpenTunnel`, first frame back on the tunnel's stream.
     TunnelReply(TunnelReply),
+    /// First frame of a bi-stream the agent opens: send `image` from the coordinator's image store
+    /// (`corral image push`). The answer is [`CoordinatorMessage::ImageReply`]; after
+    /// [`ImageReply::Stored`] the stream carries the image as a `docker load` tar.
+    FetchImage {
+        image: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,6 +219,16 @@ pub enum CoordinatorMessage {
         job_id: JobId,
         authorized_keys: Vec<String>,
     },
+    /// The answer to [`AgentMessage::FetchImage`].
+    ImageReply(ImageReply),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ImageReply {
+    /// The tar follows: this many bytes.
+    Stored { size: u64 },
+    /// The coordinator's store does not have it: pull it from a registry.
+    NotStored,
 }
 
 /// A command to run in a job's running container (`corral exec`).

@@ -1,5 +1,7 @@
 //! The verbs on one job's container: create and start, logs, wait, stop, kill, remove.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use bollard::container::LogOutput;
@@ -65,17 +67,45 @@ impl Shim {
     /// The container's stdout and stderr, merged in the order written, from the start; follows a
     /// running container until it exits. The stream owns its own handle, so it may outlive `self`.
     pub fn logs(&self, container: &str) -> impl Stream<Item = Result<Bytes, ShimError>> + Send + use<> {
-        let shim = self.clone();
-        let container = container.to_owned();
-        stream::once(async move {
-            let docker = shim.client().await?.clone();
-            let options = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).build();
-            let lines = docker.logs(&container, Some(options));
-            Ok(lines.map(move |chunk| {
-                chunk.map(LogOutput::into_bytes).map_err(|e| shim.container_error("reading logs of", &container, e))
-            }))
+        // The last byte followed (256: none yet), for the check at the end.
+        let last = Arc::new(AtomicU16::new(256));
+        let (shim, name) = (self.clone(), container.to_owned());
+        let followed = {
+            let (shim, container, last) = (shim.clone(), name.clone(), last.clone());
+            stream::once(async move {
+                let docker = shim.client().await?.clone();
+                let options = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).build();
+                let lines = docker.logs(&container, Some(options));
+                Ok(lines.map(move |chunk| {
+                    let bytes = chunk
+                        .map(LogOutput::into_bytes)
+                        .map_err(|e| shim.container_error("reading logs of", &container, e))?;
+                    if let Some(&b) = bytes.last() {
+                        last.store(u16::from(b), Ordering::Relaxed);
+                    }
+                    Ok(bytes)
+                }))
+            })
+            .try_flatten()
+        };
+        // Docker's follow ends when the container exits, and can end before the output's last
+        // line is written when that line has no newline (`printf done`): read it back once.
+        let tail = stream::once(async move {
+            let after_newline = matches!(last.load(Ordering::Relaxed), 256 | 0x0a);
+            if !after_newline {
+                return None;
+            }
+            let docker = shim.client().await.ok()?.clone();
+            let options = LogsOptionsBuilder::default().stdout(true).stderr(true).tail("1").build();
+            let entries: Vec<_> = docker.logs(&name, Some(options)).collect().await;
+            let mut bytes = Vec::new();
+            for entry in entries {
+                bytes.extend_from_slice(&entry.ok()?.into_bytes());
+            }
+            (!bytes.is_empty() && !bytes.ends_with(b"\n")).then(|| Ok(Bytes::from(bytes)))
         })
-        .try_flatten()
+        .filter_map(std::future::ready);
+        followed.chain(tail)
     }
 
     /// Waits until the container is not running and returns its exit code (at once if it already

@@ -1,12 +1,56 @@
 //! Making sure a job's image is on the host: use it if present, pull it otherwise.
 
-use bollard::query_parameters::CreateImageOptionsBuilder;
-use futures_util::StreamExt;
+use bollard::query_parameters::{CreateImageOptionsBuilder, ImportImageOptionsBuilder};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 
 use crate::Shim;
 use crate::error::{ShimError, daemon_message, status_of};
 
 impl Shim {
+    /// Whether Docker has `image`.
+    pub async fn image_present(&self, image: &str) -> Result<bool, ShimError> {
+        let docker = self.client().await?;
+        match docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(e) if status_of(&e) == Some(404) => Ok(false),
+            Err(e) => Err(self.classify(e, |source| ShimError::Daemon { op: "inspecting an image", source })),
+        }
+    }
+
+    /// `docker load` of a tar streamed in; then `image` must be present.
+    pub async fn load_image<S>(&self, image: &str, tar: S) -> Result<(), ShimError>
+    where
+        S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    {
+        let docker = self.client().await?;
+        let mut steps = docker.import_image_stream(ImportImageOptionsBuilder::default().quiet(true).build(), tar, None);
+        while let Some(step) = steps.next().await {
+            let unavailable = |reason: String| ShimError::ImageUnavailable { image: image.to_owned(), reason };
+            match step {
+                Ok(info) => {
+                    if let Some(detail) = info.error_detail {
+                        let msg = detail.message.unwrap_or_else(|| "unknown error".into());
+                        return Err(unavailable(format!("loading it from the coordinator failed: {msg}")));
+                    }
+                }
+                Err(e) => {
+                    return Err(self.classify(e, |e| {
+                        unavailable(format!("loading it from the coordinator failed: {}", daemon_message(&e)))
+                    }));
+                }
+            }
+        }
+        if self.image_present(image).await? {
+            Ok(())
+        } else {
+            Err(ShimError::ImageUnavailable {
+                image: image.to_owned(),
+                reason: "the coordinator's copy was loaded but Docker does not list it".into(),
+            })
+        }
+    }
+
     /// Ok when `image` is present or could be pulled. An image that is absent and cannot be pulled
     /// (unknown repository, no registry access, denied) is [`ShimError::ImageUnavailable`].
     pub async fn ensure_image(&self, image: &str) -> Result<(), ShimError> {

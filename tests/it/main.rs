@@ -6,6 +6,7 @@ mod devenv;
 mod enroll;
 mod gpu;
 mod harness;
+mod images;
 mod install;
 mod multinode;
 mod netns;

@@ -116,6 +116,12 @@ fn golden() -> Vec<(String, Vec<u8>)> {
     // Added after the exec frames: appended, so no earlier frame's bytes move.
     let ssh =
         [CoordinatorMessage::OpenSsh { job_id: "j1".into(), authorized_keys: vec!["ssh-ed25519 AAAA u@h".into()] }];
+    // Added after SSH: the image store.
+    let images_agent = [AgentMessage::FetchImage { image: "team/app:1".into() }];
+    let images_coord = [
+        CoordinatorMessage::ImageReply(ImageReply::Stored { size: 1_000_000 }),
+        CoordinatorMessage::ImageReply(ImageReply::NotStored),
+    ];
     let mut out = Vec::new();
     for m in agent {
         out.push((format!("{m:?}"), encode(&m).expect("encodes")));
@@ -130,6 +136,12 @@ fn golden() -> Vec<(String, Vec<u8>)> {
         out.push((format!("{m:?}"), encode(&m).expect("encodes")));
     }
     for m in ssh {
+        out.push((format!("{m:?}"), encode(&m).expect("encodes")));
+    }
+    for m in images_agent {
+        out.push((format!("{m:?}"), encode(&m).expect("encodes")));
+    }
+    for m in images_coord {
         out.push((format!("{m:?}"), encode(&m).expect("encodes")));
     }
     out
@@ -162,6 +174,9 @@ const GOLDEN: &[&str] = &[
     "4352524c0001000000040402650a",
     "4352524c00010000000305010e",
     "4352524c00010000001a09026a3101147373682d65643235353139204141414120754068",
+    "4352524c00010000000c060a7465616d2f6170703a31",
+    "4352524c0001000000050a00c0843d",
+    "4352524c0001000000020a01",
 ];
 
 #[test]
@@ -261,3 +276,4 @@ proptest! {
         let _ = decode_frame::<LogFrame>(&bytes);
     }
 }
+

@@ -31,6 +31,18 @@ async fn logs_follow_a_running_container_until_it_exits() -> anyhow::Result<()> 
 }
 
 #[tokio::test]
+async fn a_last_line_without_a_newline_is_not_lost() -> anyhow::Result<()> {
+    // Docker's follow can end before such a line is in the log (the shim reads it back).
+    let shim = shim()?;
+    let (spec, _cleanup) = job("partial", &["echo first", "sleep 1", "printf 'no newline'"]);
+    let id = shim.create_and_start(&spec, &RunOptions::default()).await?;
+    let text = logs(&shim, &id).await?;
+    assert_eq!(text, "first\nno newline");
+    assert_eq!(wait(&shim, &id).await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
 async fn the_first_failing_command_ends_the_job_with_its_code() -> anyhow::Result<()> {
     let shim = shim()?;
     let (spec, _cleanup) = job("exit", &["echo a", "exit 3", "echo never"]);

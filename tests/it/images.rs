@@ -1,0 +1,123 @@
+//! Images without a registry: `corral image push` stores an image in the coordinator, and a node
+//! that lacks it loads it from there over its QUIC link. No registry is reachable on this machine,
+//! so a job that runs the image proves it came from the coordinator.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use corral_proto::api;
+use corral_proto::job::JobState;
+
+use crate::harness::{IMAGE, OneNode, apply, wait_state, write_config};
+
+const CLI: &str = env!("CARGO_BIN_EXE_corral-test-cli");
+
+fn docker(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("docker").args(args).output().context("cannot run docker")?;
+    if !out.status.success() {
+        bail!("docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Removes the test's images from the local Docker, also when the test fails.
+struct Images(Vec<String>);
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        for i in &self.0 {
+            let _ = Command::new("docker").args(["rmi", "-f", i]).output();
+        }
+    }
+}
+
+/// A small image of its own (the test image plus a marker file), built locally.
+fn build_image(name: &str, marker: &str) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("marker"), marker)?;
+    std::fs::write(dir.path().join("Dockerfile"), format!("FROM {IMAGE}\nCOPY marker /marker\n"))?;
+    let out = Command::new("docker")
+        .args(["build", "-q", "-t", name])
+        .arg(dir.path())
+        .env("DOCKER_BUILDKIT", "0")
+        .output()?;
+    if !out.status.success() {
+        bail!("docker build: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_image_runs_on_a_node_that_never_had_it() -> anyhow::Result<()> {
+    let c = OneNode::start().await?;
+    let pid = std::process::id();
+    let (name, other) = (format!("corral-test/pushed-{pid}:1"), format!("corral-test/pushed-file-{pid}"));
+    let _cleanup = Images(vec![name.clone(), format!("{other}:latest")]);
+    build_image(&name, "from the coordinator's store")?;
+    build_image(&other, "pushed as a tarball")?;
+    let cli = |args: &[&str]| {
+        Command::new(CLI)
+            .args(args)
+            .env("CORRAL_URL", c.coord.url())
+            .env("CORRAL_TOKEN", &c.coord.admin_token)
+            .env("CORRAL_CONFIG", c.dir.path().join("cli.json"))
+            .output()
+    };
+
+    // Straight from the local Docker, and from a `docker save` file.
+    let out = cli(&["image", "push", &name])?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(&format!("pushed {name} (")), "{text}");
+    let tar = c.dir.path().join("other.tar");
+    docker(&["save", "-o", tar.to_str().context("utf-8 path")?, &other])?;
+    let out = cli(&["image", "push", "--file", tar.to_str().context("utf-8 path")?])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let images: Vec<api::ImageInfo> = c.client.get("/api/images").await?;
+    let names: Vec<&str> = images.iter().map(|i| i.name.as_str()).collect();
+    assert!(names.contains(&name.as_str()) && names.contains(&format!("{other}:latest").as_str()), "{names:?}");
+    // The two share the test image's layer: stored once.
+    let blobs = std::fs::read_dir(c.coord.data.join("images/blobs"))?.count();
+    let layers: u32 = images.iter().map(|i| i.layers).sum();
+    assert!(blobs < layers as usize + images.len(), "{blobs} blobs for {layers} layers + {} configs", images.len());
+
+    // The node's Docker no longer has it, and no registry is reachable: only the coordinator can
+    // give it.
+    docker(&["rmi", "-f", &name])?;
+    let file = write_config(
+        c.dir.path(),
+        "pushed",
+        &format!("type: task\nname: pushed\nimage: {name}\ncommands:\n  - cat /marker; echo\n"),
+    );
+    let (code, out) = apply(&c.client, &file, false).await?;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("from the coordinator's store"), "{out}");
+    let run = wait_state(&c.client, "pushed", |r| r.state == JobState::Done, Duration::from_secs(10)).await?;
+    let message = run.jobs[0].status_message.clone().unwrap_or_default();
+    assert!(message.contains("loaded the image from the coordinator"), "{message}");
+
+    // An image neither here nor in the store: a registry pull, which fails here, and says so.
+    let file = write_config(
+        c.dir.path(),
+        "absent",
+        &format!("type: task\nname: absent\nimage: corral-test/never-pushed-{pid}\ncommands:\n  - echo never\n"),
+    );
+    let (code, _) = apply(&c.client, &file, false).await?;
+    assert_ne!(code, 0);
+    let run = wait_state(&c.client, "absent", |r| r.state.is_finished(), Duration::from_secs(30)).await?;
+    let message = run.jobs[0].status_message.clone().unwrap_or_default();
+    assert!(message.contains("could not be pulled"), "{message}");
+
+    // rm forgets it; a file that is not a `docker save` tar is refused by name.
+    let out = cli(&["image", "rm", &name])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let images: Vec<api::ImageInfo> = c.client.get("/api/images").await?;
+    assert!(images.iter().all(|i| i.name != name));
+    std::fs::write(c.dir.path().join("junk.tar"), "junk")?;
+    let out = cli(&["image", "push", "--file", c.dir.path().join("junk.tar").to_str().context("utf-8 path")?])?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a `docker save` tar"), "{}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
