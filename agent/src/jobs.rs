@@ -227,20 +227,27 @@ impl Jobs {
             return Ok(());
         }
         let conn = self.conn.borrow().clone();
-        if let Some(conn) = conn {
-            if self.fetch_image(&conn, id, image).await? {
-                return Ok(());
-            }
+        if let Some(conn) = conn
+            && self.fetch_image(&conn, id, image).await?
+        {
+            return Ok(());
         }
         self.shim.ensure_image(image).await
     }
 
     /// Loads `image` from the coordinator's store. `Ok(false)`: it has no such image.
-    async fn fetch_image(self: &Arc<Self>, conn: &quinn::Connection, id: &JobId, image: &str) -> Result<bool, ShimError> {
+    async fn fetch_image(
+        self: &Arc<Self>,
+        conn: &quinn::Connection,
+        id: &JobId,
+        image: &str,
+    ) -> Result<bool, ShimError> {
         use corral_proto::wire::io::read_frame;
         use corral_proto::wire::{AgentMessage, CoordinatorMessage, ImageReply};
-        let unavailable =
-            |why: String| ShimError::ImageUnavailable { image: image.to_owned(), reason: format!("fetching it from the coordinator: {why}") };
+        let unavailable = |why: String| ShimError::ImageUnavailable {
+            image: image.to_owned(),
+            reason: format!("fetching it from the coordinator: {why}"),
+        };
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| unavailable(e.to_string()))?;
         write_frame(&mut send, &AgentMessage::FetchImage { image: image.to_owned() })
             .await
@@ -254,7 +261,7 @@ impl Jobs {
         tracing::info!(job = %id, image, size, "loading the image from the coordinator");
         let mib = size as f64 / (1 << 20) as f64;
         let report = move |done: u64| {
-            let pct = if size == 0 { 100 } else { done * 100 / size };
+            let pct = (done * 100).checked_div(size).unwrap_or(100);
             format!("loading the image from the coordinator: {pct}% of {mib:.1} MiB")
         };
         let (this, job) = (self.clone(), id.clone());
@@ -272,8 +279,13 @@ impl Jobs {
             async move {
                 let (mut recv, done) = state?;
                 if let Some(message) = progress {
-                    let update =
-                        JobUpdate { job_id: job, state: JobState::Pulling, exit_code: None, reason: None, message: Some(message) };
+                    let update = JobUpdate {
+                        job_id: job,
+                        state: JobState::Pulling,
+                        exit_code: None,
+                        reason: None,
+                        message: Some(message),
+                    };
                     this.record(update);
                 }
                 match recv.read_chunk(256 * 1024, true).await {
@@ -282,7 +294,9 @@ impl Jobs {
                         Some((Ok(chunk.bytes), Some((recv, done))))
                     }
                     Ok(None) if done == size => None,
-                    Ok(None) => Some((Err(std::io::Error::other(format!("cut off after {done} of {size} bytes"))), None)),
+                    Ok(None) => {
+                        Some((Err(std::io::Error::other(format!("cut off after {done} of {size} bytes"))), None))
+                    }
                     Err(e) => Some((Err(std::io::Error::other(e)), None)),
                 }
             }

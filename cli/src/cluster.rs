@@ -63,7 +63,10 @@ pub async fn token(client: &Client, command: TokenCommand, out: Out<'_>) -> anyh
                 t.id,
                 if terms.is_empty() { String::new() } else { format!(": {}", terms.join(", ")) }
             );
-            eprintln!("enroll a host (as root): curl -fsSLk {}/install.sh | sh -s -- --token <the token above>", client.url);
+            eprintln!(
+                "enroll a host (as root): curl -fsSLk {}/install.sh | sh -s -- --token <the token above>",
+                client.url
+            );
             Ok(0)
         }
         TokenCommand::List { json } => {

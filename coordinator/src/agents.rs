@@ -18,8 +18,8 @@ use corral_proto::inventory::HostInventory;
 use corral_proto::job::{JobState, TerminationReason};
 use corral_proto::wire::io::{read_frame, write_frame};
 use corral_proto::wire::{
-    AgentMessage, ContainerReport, CoordinatorMessage, EnrollRequest, Enrollment, Hello, ImageReply, JobUpdate, LogFrame, Refusal,
-    RefusalCode, Welcome, negotiate,
+    AgentMessage, ContainerReport, CoordinatorMessage, EnrollRequest, Enrollment, Hello, ImageReply, JobUpdate,
+    LogFrame, Refusal, RefusalCode, Welcome, negotiate,
 };
 
 use crate::secrets::{random_hex, sha256_hex};
@@ -620,14 +620,14 @@ async fn serve_image(state: &State, mut send: quinn::SendStream, mut recv: quinn
     };
     let stored = state.store.image(&crate::images::normalize(&image))?;
     let plan = stored.as_ref().map(|i| state.images.plan(i)).transpose()?;
-    let Some((files, manifest, size)) = plan else {
+    let Some(tar) = plan else {
         write_frame(&mut send, &CoordinatorMessage::ImageReply(ImageReply::NotStored)).await?;
         send.finish()?;
         return Ok(());
     };
-    tracing::info!(image, size, "sending an image");
-    write_frame(&mut send, &CoordinatorMessage::ImageReply(ImageReply::Stored { size })).await?;
-    crate::images::ImageStore::send(&files, &manifest, &mut send).await?;
+    tracing::info!(image, size = tar.size, "sending an image");
+    write_frame(&mut send, &CoordinatorMessage::ImageReply(ImageReply::Stored { size: tar.size })).await?;
+    tar.send(&mut send).await?;
     send.finish()?;
     Ok(())
 }

@@ -96,7 +96,12 @@ impl ImageStore {
             let mut archive = tar::Archive::new(std::fs::File::open(tar_path)?);
             for entry in archive.entries().map_err(|e| invalid(e.to_string()))? {
                 let mut entry = entry.map_err(|e| invalid(e.to_string()))?;
-                let path = entry.path().map_err(|e| invalid(e.to_string()))?.to_string_lossy().trim_start_matches("./").to_owned();
+                let path = entry
+                    .path()
+                    .map_err(|e| invalid(e.to_string()))?
+                    .to_string_lossy()
+                    .trim_start_matches("./")
+                    .to_owned();
                 let kind = entry.header().entry_type();
                 if kind.is_symlink() || kind.is_hard_link() {
                     if let Some(target) = entry.link_name().map_err(|e| invalid(e.to_string()))? {
@@ -216,8 +221,8 @@ impl ImageStore {
     }
 
     /// The `docker load` tar of `image`: `manifest.json`, the config as `<digest>.json`, each layer as
-    /// `<digest>/layer.tar`. Returns its files and its exact size in bytes.
-    pub fn plan(&self, image: &StoredImage) -> std::io::Result<(Vec<(String, PathBuf, u64)>, Vec<u8>, u64)> {
+    /// `<digest>/layer.tar`.
+    pub fn plan(&self, image: &StoredImage) -> std::io::Result<LoadTar> {
         let manifest = serde_json::json!([{
             "Config": format!("{}.json", image.config),
             "RepoTags": [image.name],
@@ -240,19 +245,26 @@ impl ImageStore {
             total += padded(len);
             sized.push((name, path, len));
         }
-        Ok((sized, manifest, total))
+        Ok(LoadTar { files: sized, manifest, size: total })
     }
+}
 
-    /// Writes the tar [`ImageStore::plan`] describes.
-    pub async fn send<W: AsyncWrite + Unpin>(
-        files: &[(String, PathBuf, u64)],
-        manifest: &[u8],
-        out: &mut W,
-    ) -> std::io::Result<()> {
+/// A `docker load` tar to send: its files (name in the tar, blob, length), its manifest, and its
+/// exact size in bytes.
+pub struct LoadTar {
+    files: Vec<(String, PathBuf, u64)>,
+    manifest: Vec<u8>,
+    pub size: u64,
+}
+
+impl LoadTar {
+    /// Writes the tar.
+    pub async fn send<W: AsyncWrite + Unpin>(&self, out: &mut W) -> std::io::Result<()> {
+        let manifest = &self.manifest;
         out.write_all(&tar_header("manifest.json", manifest.len() as u64)?).await?;
         out.write_all(manifest).await?;
         out.write_all(&padding(manifest.len() as u64)).await?;
-        for (name, path, len) in files {
+        for (name, path, len) in &self.files {
             out.write_all(&tar_header(name, *len)?).await?;
             let mut file = tokio::io::AsyncReadExt::take(tokio::fs::File::open(path).await?, *len);
             tokio::io::copy(&mut file, out).await?;
@@ -344,10 +356,10 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path().join("images/blobs"))?.count(), 5);
         let b = store.image("team/b:latest")?.expect("stored under its normalized name");
 
-        let (files, manifest, size) = images.plan(&b)?;
+        let tar = images.plan(&b)?;
         let mut out = Vec::new();
-        ImageStore::send(&files, &manifest, &mut out).await?;
-        assert_eq!(out.len() as u64, size, "the announced size is the bytes sent");
+        tar.send(&mut out).await?;
+        assert_eq!(out.len() as u64, tar.size, "the announced size is the bytes sent");
         let mut archive = tar::Archive::new(out.as_slice());
         let mut seen = HashMap::new();
         for e in archive.entries()? {

@@ -108,7 +108,10 @@ async fn main() -> ExitCode {
     println!("  CA hash:     {}", running.join_token.ca_hash);
     println!("  admin token: {}  (also in {})", running.admin_token, config.data_dir.join("admin-token").display());
     println!("  join token:  {}  (also in {})", running.join_token, config.data_dir.join("join-token").display());
-    println!("use the CLI:     corral config --url {url} --token <admin token> --ca-hash {}", running.join_token.ca_hash);
+    println!(
+        "use the CLI:     corral config --url {url} --token <admin token> --ca-hash {}",
+        running.join_token.ca_hash
+    );
     println!("enroll a host:   curl -fsSLk {url}/install.sh | sh -s -- --token <join token>");
     if config.agent_binary.is_none() {
         println!("  (no agent binary to serve: start with --agent-binary PATH for the install script)");

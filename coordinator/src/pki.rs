@@ -183,7 +183,10 @@ pub fn https_server_config_from_files(cert: &Path, key: &Path) -> Result<rustls:
     https_config(certs, key)
 }
 
-fn https_config(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<rustls::ServerConfig, PkiError> {
+fn https_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<rustls::ServerConfig, PkiError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

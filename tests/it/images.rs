@@ -118,6 +118,10 @@ async fn a_pushed_image_runs_on_a_node_that_never_had_it() -> anyhow::Result<()>
     std::fs::write(c.dir.path().join("junk.tar"), "junk")?;
     let out = cli(&["image", "push", "--file", c.dir.path().join("junk.tar").to_str().context("utf-8 path")?])?;
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not a `docker save` tar"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a `docker save` tar"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }

@@ -49,7 +49,9 @@ impl Drop for Hosts {
     fn drop(&mut self) {
         let mut ids = self.names.clone();
         for node in &self.nodes {
-            if let Ok(out) = Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=corral.node={node}")]).output() {
+            if let Ok(out) =
+                Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=corral.node={node}")]).output()
+            {
                 ids.extend(String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned));
             }
         }
@@ -139,7 +141,10 @@ async fn the_install_command_joins_a_fresh_host_that_then_runs_a_task_and_uninst
     let file = write_config(
         dir.path(),
         "hello",
-        &format!("type: task\nname: fresh-hello\nimage: {}\ncommands:\n  - echo hello from a fresh host\n", crate::harness::IMAGE),
+        &format!(
+            "type: task\nname: fresh-hello\nimage: {}\ncommands:\n  - echo hello from a fresh host\n",
+            crate::harness::IMAGE
+        ),
     );
     let (code, out) = apply(&client, &file, false).await?;
     assert_eq!(code, 0, "{out}");
@@ -153,14 +158,25 @@ async fn the_install_command_joins_a_fresh_host_that_then_runs_a_task_and_uninst
     );
     let (code, out) = apply(&client, &file, true).await?;
     assert_eq!(code, 0, "{out}");
-    crate::harness::wait_state(&client, "fresh-sleep", |r| r.state == corral_proto::job::JobState::Running, Duration::from_secs(30))
-        .await?;
+    crate::harness::wait_state(
+        &client,
+        "fresh-sleep",
+        |r| r.state == corral_proto::job::JobState::Running,
+        Duration::from_secs(30),
+    )
+    .await?;
     let job_containers = docker(&["ps", "-aq", "--filter", &format!("label=corral.node={}", node.id)])?;
     assert!(!job_containers.trim().is_empty(), "the task's container is there before uninstalling");
     let out = docker(&["exec", &host, "/usr/local/bin/corral-agent-uninstall"])?;
     assert!(out.contains("removed the containers Corral ran (1)"), "{out}");
     assert!(out.contains("removed /var/lib/corral-agent"), "{out}");
-    let left = docker(&["exec", &host, "sh", "-c", "ls /usr/local/bin /etc; grep -l corral-agent /proc/[0-9]*/comm || echo no-agent"])?;
+    let left = docker(&[
+        "exec",
+        &host,
+        "sh",
+        "-c",
+        "ls /usr/local/bin /etc; grep -l corral-agent /proc/[0-9]*/comm || echo no-agent",
+    ])?;
     assert!(!left.contains("corral-agent\n") && !left.contains("corral\n"), "{left}");
     assert!(left.contains("no-agent"), "{left}");
     assert_eq!(docker(&["ps", "-aq", "--filter", &format!("label=corral.node={}", node.id)])?.trim(), "");
@@ -199,7 +215,10 @@ async fn a_tampered_ca_hash_or_a_revoked_token_installs_nothing() -> anyhow::Res
     let _: serde_json::Value = client.post(&format!("/api/tokens/{}/revoke", created.id), &()).await?;
     let out = hosts.install_once("revoked", &coord.url(), &format!("--token {token} --foreground"), true)?;
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("the coordinator refuses this token: 403 /api/join/check: this join token was revoked"), "{text}");
+    assert!(
+        text.contains("the coordinator refuses this token: 403 /api/join/check: this join token was revoked"),
+        "{text}"
+    );
     assert!(text.contains("install-exit=1") && !text.contains("corral-agent"), "{text}");
 
     // No Docker on the host: the preflight says so.
@@ -217,7 +236,12 @@ async fn the_cli_pins_the_coordinators_ca_by_its_hash() -> anyhow::Result<()> {
     let coord = Coordinator::start_https(&dir.path().join("coord"), None).await?;
     let config = dir.path().join("cli.json");
     let cli = |args: &[&str]| {
-        Command::new(CLI).args(args).env("CORRAL_CONFIG", &config).env_remove("CORRAL_URL").env_remove("CORRAL_TOKEN").output()
+        Command::new(CLI)
+            .args(args)
+            .env("CORRAL_CONFIG", &config)
+            .env_remove("CORRAL_URL")
+            .env_remove("CORRAL_TOKEN")
+            .output()
     };
     let text = |o: &Output| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
 
@@ -236,7 +260,11 @@ async fn the_cli_pins_the_coordinators_ca_by_its_hash() -> anyhow::Result<()> {
     // The right hash: pinned, and every command works over HTTPS.
     let out = cli(&["config", "--ca-hash", &coord.join_token.ca_hash])?;
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains(&format!("pinned the coordinator's CA {}", coord.join_token.ca_hash)), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("pinned the coordinator's CA {}", coord.join_token.ca_hash)),
+        "{}",
+        text(&out)
+    );
     let out = cli(&["node", "list", "--json"])?;
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(serde_json::from_slice::<Vec<api::Node>>(&out.stdout)?.len(), 0);

@@ -70,7 +70,10 @@ pub(super) async fn remove(Extract(state): Extract<AppState>, Query(q): Query<Na
         .await
         .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     if !removed {
-        return Err(err(StatusCode::NOT_FOUND, format!("no image {:?} in the store (see `corral image list`)", q.name)));
+        return Err(err(
+            StatusCode::NOT_FOUND,
+            format!("no image {:?} in the store (see `corral image list`)", q.name),
+        ));
     }
     Ok(Json(crate::images::normalize(&q.name)))
 }

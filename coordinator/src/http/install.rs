@@ -60,9 +60,8 @@ impl AgentDist {
         let Some(path) = self.path_for(arch) else {
             return Err("this coordinator serves no agent binary: start it with --agent-binary PATH".into());
         };
-        let bytes = std::fs::read(&path).map_err(|e| {
-            format!("no agent binary for {arch}: cannot read {} ({e}); put it there", path.display())
-        })?;
+        let bytes = std::fs::read(&path)
+            .map_err(|e| format!("no agent binary for {arch}: cannot read {} ({e}); put it there", path.display()))?;
         let binary = Arc::new(AgentBinary { sha256: sha256_hex(&bytes), bytes: bytes.into() });
         self.loaded.lock().expect("agent dist lock").insert(arch.to_owned(), binary.clone());
         Ok(binary)
@@ -83,9 +82,11 @@ pub(super) async fn install_sh(Extract(state): Extract<AppState>, headers: Heade
         return Err(err(StatusCode::BAD_REQUEST, "the request has no usable Host header"));
     }
     let scheme = if state.https { "https" } else { "http" };
-    let script = INSTALL_SH
-        .replacen("@CORRAL_URL@", &format!("{scheme}://{host}"), 1)
-        .replacen("@CORRAL_QUIC_PORT@", &state.quic_port().to_string(), 1);
+    let script = INSTALL_SH.replacen("@CORRAL_URL@", &format!("{scheme}://{host}"), 1).replacen(
+        "@CORRAL_QUIC_PORT@",
+        &state.quic_port().to_string(),
+        1,
+    );
     Ok(([(header::CONTENT_TYPE, "text/x-shellscript")], script).into_response())
 }
 
@@ -126,7 +127,10 @@ fn join_token(state: &crate::State, headers: &HeaderMap) -> Result<JoinToken, Er
         .and_then(|t| t.parse().ok())
         .ok_or_else(|| err(StatusCode::UNAUTHORIZED, "a join token is needed as bearer token"))?;
     if token.ca_hash != state.pki.ca_hash() {
-        return Err(err(StatusCode::UNAUTHORIZED, "this join token was made for another coordinator (its CA hash differs)"));
+        return Err(err(
+            StatusCode::UNAUTHORIZED,
+            "this join token was made for another coordinator (its CA hash differs)",
+        ));
     }
     Ok(token)
 }

@@ -12,7 +12,13 @@ impl Store {
     pub fn put_image(&self, image: &StoredImage, size: u64) -> Result<()> {
         self.conn().execute(
             "INSERT OR REPLACE INTO images (name, config, layers, size, pushed_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![image.name, image.config, serde_json::to_string(&image.layers).map_err(|source| corrupt(&image.name, source))?, size as i64, now_ms()],
+            params![
+                image.name,
+                image.config,
+                serde_json::to_string(&image.layers).map_err(|source| corrupt(&image.name, source))?,
+                size as i64,
+                now_ms()
+            ],
         )?;
         Ok(())
     }
@@ -23,13 +29,11 @@ impl Store {
             .query_row("SELECT config, layers FROM images WHERE name = ?1", [name], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         match row {
-            Some((config, layers)) => {
-                Ok(Some(StoredImage {
+            Some((config, layers)) => Ok(Some(StoredImage {
                 name: name.to_owned(),
                 config,
                 layers: serde_json::from_str(&layers).map_err(|source| corrupt(name, source))?,
-            }))
-            }
+            })),
             None => Ok(None),
         }
     }
@@ -42,7 +46,8 @@ impl Store {
     pub fn stored_images(&self) -> Result<Vec<StoredImage>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached("SELECT name, config, layers FROM images")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
+        let rows =
+            stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
         let mut out = Vec::new();
         for row in rows {
             let (name, config, layers) = row?;

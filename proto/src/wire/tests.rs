@@ -276,4 +276,3 @@ proptest! {
         let _ = decode_frame::<LogFrame>(&bytes);
     }
 }
-
