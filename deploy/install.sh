@@ -89,6 +89,7 @@ for tool in sha256sum base64 uname sed cut tr df; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool is missing on this host"
 done
 [ -n "$BUNDLE" ] || command -v curl >/dev/null 2>&1 || die "curl is missing on this host (or install from a bundle: --bundle FILE)"
+command -v tar >/dev/null 2>&1 || [ -z "$BUNDLE" ] || die "tar is missing on this host (needed for --bundle)"
 
 # host and port of the URL (IPv6 in brackets stays bracketed)
 HOSTPORT=${URL#*://}
@@ -130,7 +131,11 @@ fetch() {
 fetch_err() { cat "$1.err" 2>/dev/null || echo "cannot reach $URL"; }
 
 # --- the coordinator: who it is, and whether the token works --------------------------------------
-if [ -z "$BUNDLE" ]; then
+HAVE_CURL=0
+command -v curl >/dev/null 2>&1 && HAVE_CURL=1
+if [ "$HAVE_CURL" = 0 ]; then
+  warn "no curl: the coordinator's CA is checked by the agent when it first connects"
+else
   fetch /ca.pem "$WORK/ca.pem" || die "cannot fetch the coordinator's CA: $(fetch_err "$WORK/ca.pem")"
   GOT=$(sed -e '/-----/d' "$WORK/ca.pem" | tr -d '\r\n ' | base64 -d | sha256sum | cut -d' ' -f1)
   if [ "$GOT" != "$CA_HASH" ]; then
@@ -182,7 +187,7 @@ if [ "$PREFLIGHT" = 1 ]; then
   if [ "$FREE_KIB" -lt $((MIN_DISK_GIB * 1024 * 1024)) ]; then
     die "only $((FREE_KIB / 1024)) MiB free under $STATE_DIR; at least $MIN_DISK_GIB GiB is needed for images and job data (--min-disk-gib to change)"
   fi
-  if [ -z "$BUNDLE" ]; then
+  if [ "$HAVE_CURL" = 1 ]; then
     fetch /api/time "$WORK/time" || die "cannot read the coordinator's clock: $(fetch_err "$WORK/time")"
     SKEW=$(($(date +%s) - $(cat "$WORK/time")))
     [ "$SKEW" -lt 0 ] && SKEW=$((-SKEW))
@@ -194,13 +199,17 @@ fi
 # --- the binary ---------------------------------------------------------------------------------
 if [ -n "$BUNDLE" ]; then
   [ -f "$BUNDLE" ] || die "--bundle $BUNDLE: no such file"
-  tar -xzf "$BUNDLE" -C "$WORK" || die "--bundle $BUNDLE: not a Corral bundle (tar.gz)"
-  SRC=$(find "$WORK" -path "*/bin/$ARCH/corral-agent" | head -n 1)
-  [ -n "$SRC" ] || die "the bundle has no agent for $ARCH"
-  BUNDLE_DIR=${SRC%/bin/*}
-  (cd "$BUNDLE_DIR" && sha256sum -c SHA256SUMS >/dev/null) || die "the bundle's checksums do not match: it is damaged"
-  cp "$SRC" "$WORK/corral-agent"
-  cp "$BUNDLE_DIR/uninstall.sh" "$WORK/uninstall.sh"
+  MEMBER=$(tar -tzf "$BUNDLE" 2>/dev/null | grep "/bin/$ARCH/corral-agent\$" | head -n 1 || true)
+  [ -n "$MEMBER" ] || die "--bundle $BUNDLE: not a Corral bundle (tar.gz), or it has no agent for $ARCH"
+  ROOT=${MEMBER%%/*}
+  mkdir -p "$WORK/bundle"
+  tar -xzf "$BUNDLE" -C "$WORK/bundle" "$ROOT/bin/$ARCH/corral-agent" "$ROOT/uninstall.sh" "$ROOT/SHA256SUMS" ||
+    die "--bundle $BUNDLE: cannot extract the agent"
+  (cd "$WORK/bundle/$ROOT" && grep -E "  (bin/$ARCH/corral-agent|uninstall.sh)\$" SHA256SUMS | sha256sum -c >/dev/null) ||
+    die "the bundle's checksums do not match: it is damaged"
+  cp "$WORK/bundle/$ROOT/bin/$ARCH/corral-agent" "$WORK/corral-agent"
+  cp "$WORK/bundle/$ROOT/uninstall.sh" "$WORK/uninstall.sh"
+  say "the agent comes from $BUNDLE (nothing downloaded)"
 else
   fetch "/download/corral-agent-$ARCH" "$WORK/corral-agent" || die "cannot download the agent: $(fetch_err "$WORK/corral-agent")"
   fetch "/download/corral-agent-$ARCH.sha256" "$WORK/sha256" || die "cannot download the agent's digest: $(fetch_err "$WORK/sha256")"
@@ -232,7 +241,7 @@ if [ "$UPGRADE" = 1 ]; then say "upgraded $PREFIX/corral-agent to $VERSION"; els
 # --- run it -------------------------------------------------------------------------------------
 show_node() {
   # The node as the coordinator sees it, once it has joined and reported its hardware.
-  if ! command -v curl >/dev/null 2>&1; then
+  if [ "$HAVE_CURL" = 0 ]; then
     say "the agent is joining: \`corral node list\` shows it"
     return 0
   fi

@@ -2,6 +2,7 @@
 //! coordinator's HTTP API only ([`client`]). Each verb lives in [`commands`].
 
 pub mod attach;
+pub mod bundle;
 pub mod client;
 pub mod cluster;
 pub mod commands;
@@ -102,6 +103,11 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Offline bundles: everything a site with no network needs, in one file.
+    Bundle {
+        #[command(subcommand)]
+        command: BundleCommand,
+    },
     /// Images kept by the coordinator, for nodes that reach no registry.
     Image {
         #[command(subcommand)]
@@ -179,6 +185,23 @@ pub enum NodeCommand {
         node: String,
         #[arg(short = 'y', long)]
         yes: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BundleCommand {
+    /// Write one file with the agent, coordinator and CLI, the install script and, with --image,
+    /// images: `install.sh --bundle FILE` installs from it with no network.
+    Create {
+        /// The file to write.
+        #[arg(short, long, default_value = "corral-bundle.tar.gz")]
+        output: std::path::PathBuf,
+        /// Where corral, corral-agent and corral-coordinator are [default: beside this program].
+        #[arg(long)]
+        bin_dir: Option<std::path::PathBuf>,
+        /// An image from the local Docker to include (repeatable).
+        #[arg(long = "image", value_name = "IMAGE")]
+        images: Vec<String>,
     },
 }
 
@@ -288,6 +311,9 @@ pub async fn run(cli: Cli, out: &mut (dyn std::io::Write + Send)) -> anyhow::Res
         }
         Command::Node { command } => cluster::node(&client::Client::from_env()?, command, out).await,
         Command::Fleet { command } => cluster::fleet(&client::Client::from_env()?, command, out).await,
+        Command::Bundle { command: BundleCommand::Create { output, bin_dir, images } } => {
+            bundle::create(&output, bin_dir, &images, out)
+        }
         Command::Image { command } => images::image(&client::Client::from_env()?, command, out).await,
         Command::Token { command } => cluster::token(&client::Client::from_env()?, command, out).await,
     }

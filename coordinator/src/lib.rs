@@ -20,6 +20,7 @@ pub mod activity;
 pub mod admission;
 pub mod agents;
 pub mod autoscale;
+pub mod cli;
 pub mod http;
 pub mod images;
 pub mod lifecycle;

@@ -15,6 +15,7 @@ use crate::harness::{Coordinator, apply, ensure_image, nodes_ready, repo_root, w
 
 const AGENT: &str = env!("CARGO_BIN_EXE_corral-test-agent");
 const CLI: &str = env!("CARGO_BIN_EXE_corral-test-cli");
+const COORDINATOR: &str = env!("CARGO_BIN_EXE_corral-test-coordinator");
 const HOST_IMAGE: &str = "corral-test/host:latest";
 
 /// Builds the fresh-host image once per test process.
@@ -25,6 +26,7 @@ fn ensure_host_image() {
         let out = Command::new("bash")
             .arg(repo_root().join("scripts/build-host-image.sh"))
             .arg(AGENT)
+            .arg(COORDINATOR)
             .output()
             .map_err(|e| format!("cannot run scripts/build-host-image.sh: {e}"))?;
         if out.status.success() {
@@ -275,5 +277,123 @@ async fn the_cli_pins_the_coordinators_ca_by_its_hash() -> anyhow::Result<()> {
     let plain = corral_cli::client::Client::new(&format!("http://{}", coord.http), &coord.admin_token, "main");
     assert!(plain.get::<Vec<api::Node>>("/api/nodes").await.is_err());
     coord.stop().await;
+    Ok(())
+}
+
+/// A Docker network with no way out, removed on drop (after the containers on it).
+struct Airgap {
+    network: String,
+    hosts: Hosts,
+}
+
+impl Drop for Airgap {
+    fn drop(&mut self) {
+        // The containers first: a network with endpoints cannot be removed.
+        std::mem::take(&mut self.hosts);
+        let _ = Command::new("docker").args(["network", "rm", &self.network]).output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_installs_coordinator_and_agent_with_no_network_beyond_their_own() -> anyhow::Result<()> {
+    ensure_host_image();
+    let dir = tempfile::tempdir()?;
+    // A release directory: the three binaries under their release names.
+    let bin = dir.path().join("release");
+    std::fs::create_dir_all(&bin)?;
+    for (from, to) in [(AGENT, "corral-agent"), (COORDINATOR, "corral-coordinator"), (CLI, "corral")] {
+        if std::fs::hard_link(from, bin.join(to)).is_err() {
+            std::fs::copy(from, bin.join(to))?;
+        }
+    }
+    let bundle = dir.path().join("corral.tar.gz");
+    let out = Command::new(CLI)
+        .args(["bundle", "create", "-o"])
+        .arg(&bundle)
+        .arg("--bin-dir")
+        .arg(&bin)
+        .args(["--image", crate::harness::IMAGE])
+        .output()?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("agent, coordinator and CLI for x86_64, 1 image(s)"), "{text}");
+
+    let pid = std::process::id();
+    let mut gap = Airgap { network: format!("corral-test-airgap-{pid}"), hosts: Hosts::default() };
+    let _ = Command::new("docker").args(["network", "rm", &gap.network]).output();
+    docker(&["network", "create", "--internal", &gap.network])?;
+    let mount = format!("{}:/corral.tar.gz:ro", bundle.display());
+    let root = format!("/opt/corral-{}", env!("CARGO_PKG_VERSION"));
+
+    // The coordinator, from the bundle, on the isolated network.
+    let coord = gap.hosts.name("airgap-coord");
+    let start = format!(
+        "mkdir -p /opt && tar -xzf /corral.tar.gz -C /opt && exec {root}/bin/x86_64/corral-coordinator \
+         --data-dir /var/lib/corral --http-listen 0.0.0.0:7070 --quic-listen 0.0.0.0:7071"
+    );
+    docker(&["run", "-d", "--name", &coord, "--network", &gap.network, "-v", &mount, HOST_IMAGE, "sh", "-c", &start])?;
+    let ip = docker(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", &coord])?;
+    let ip = ip.trim().to_owned();
+    let token = wait_for("the coordinator's join token", Duration::from_secs(60), || async {
+        Ok(docker(&["exec", &coord, "cat", "/var/lib/corral/join-token"]).ok().map(|t| t.trim().to_owned()))
+    })
+    .await
+    .with_context(|| docker(&["logs", &coord]).unwrap_or_default())?;
+
+    // A host on the same network: the install script and the agent come from the bundle.
+    let host = gap.hosts.name("airgap-host");
+    let install = format!(
+        "tar -xzf /corral.tar.gz -C /tmp {root_rel}/install.sh && sh /tmp/{root_rel}/install.sh --bundle /corral.tar.gz \
+         --url https://{ip}:7070 --token {token} --name airgapped --foreground --min-disk-gib 1; exec sleep 600",
+        root_rel = root.trim_start_matches("/opt/"),
+    );
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &host,
+        "--network",
+        &gap.network,
+        "-v",
+        &mount,
+        "-v",
+        "/var/run/docker.sock:/var/run/docker.sock",
+        HOST_IMAGE,
+        "sh",
+        "-c",
+        &install,
+    ])?;
+
+    // The bundled CLI, inside the isolated network, sees the node and runs a task on it.
+    let cli = |cmd: &str| {
+        docker(&[
+            "exec",
+            &coord,
+            "sh",
+            "-c",
+            &format!(
+                "export CORRAL_URL=https://127.0.0.1:7070 CORRAL_TOKEN=$(cat /var/lib/corral/admin-token) \
+                 CORRAL_CA_CERT=/var/lib/corral/ca.pem CORRAL_CONFIG=/tmp/cli.json; {root}/bin/x86_64/corral {cmd}"
+            ),
+        ])
+    };
+    let nodes = wait_for("the airgapped node", Duration::from_secs(60), || async {
+        let nodes: Vec<api::Node> = serde_json::from_str(&cli("node list --json")?)?;
+        Ok(nodes.into_iter().find(|n| n.name == "airgapped" && n.status == api::NodeStatus::Ready))
+    })
+    .await
+    .with_context(|| docker(&["logs", &host]).unwrap_or_default())?;
+    gap.hosts.nodes.push(nodes.id.to_string());
+    let logs = docker(&["logs", &host])?;
+    assert!(logs.contains("the agent comes from /corral.tar.gz (nothing downloaded)"), "{logs}");
+    assert!(logs.contains("CA matches the token"), "{logs}");
+
+    let pushed = cli(&format!("image push --file {root}/images/corral-test_busybox_latest.tar"))?;
+    assert!(pushed.contains("pushed corral-test/busybox:latest"), "{pushed}");
+    let run = cli(&format!(
+        "apply -y -f /dev/stdin <<'EOF'\ntype: task\nname: airgapped\nimage: {}\ncommands:\n  - echo hello from the airgap\nEOF",
+        crate::harness::IMAGE
+    ))?;
+    assert!(run.contains("hello from the airgap"), "{run}");
     Ok(())
 }

@@ -1,0 +1,148 @@
+//! The `corral-coordinator` command line, as a library function so that test harnesses can run the
+//! same binary behaviour under another name: parse flags, set up logging, run until
+//! SIGINT/SIGTERM, drain.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "corral-coordinator",
+    version,
+    about = "Corral's coordinator: state, scheduler, agent endpoint, HTTP API"
+)]
+struct Args {
+    /// Where the database, the CA, tokens and logs live [default: /var/lib/corral as root,
+    /// ~/.local/share/corral otherwise].
+    #[arg(long, env = "CORRAL_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address of the HTTP API (the CLI's endpoint).
+    #[arg(long, env = "CORRAL_HTTP_LISTEN", default_value = "127.0.0.1:7070")]
+    http_listen: SocketAddr,
+    /// UDP address agents dial (QUIC).
+    #[arg(long, env = "CORRAL_QUIC_LISTEN", default_value = "0.0.0.0:7071")]
+    quic_listen: SocketAddr,
+    /// A node silent this long (e.g. `10s`, `1m`) is unreachable; its jobs are interrupted.
+    #[arg(long, env = "CORRAL_NODE_TIMEOUT", default_value = "10s", value_parser = parse_secs)]
+    node_timeout: u64,
+    /// Serve each service of the default project at `<run>.<DOMAIN>` too (by the `Host` header;
+    /// point a wildcard DNS record `*.<DOMAIN>` at this host).
+    #[arg(long, env = "CORRAL_SERVICES_DOMAIN")]
+    services_domain: Option<String>,
+    /// Another host name or IP address for the HTTPS certificate (repeatable); the host's name,
+    /// `localhost` and the listen address are always in it.
+    #[arg(long = "tls-san", value_name = "NAME")]
+    tls_sans: Vec<String>,
+    /// Serve HTTPS with this certificate chain (PEM) instead of one from Corral's own CA.
+    #[arg(long, requires = "tls_key", env = "CORRAL_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert", env = "CORRAL_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP (behind a proxy that terminates TLS).
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_sans"])]
+    no_tls: bool,
+    /// The agent binary installing hosts download [default: corral-agent beside this program].
+    /// Binaries for other architectures sit beside it as corral-agent-<arch> (aarch64, ...).
+    #[arg(long, env = "CORRAL_AGENT_BINARY")]
+    agent_binary: Option<PathBuf>,
+}
+
+fn parse_secs(s: &str) -> Result<u64, String> {
+    corral_proto::config::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration (use e.g. 10s, 1m)"))
+}
+
+/// The `corral-coordinator` command.
+pub async fn main<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG").unwrap_or_else(|_| "info".into()))
+        .init();
+    let args = Args::parse_from(args);
+    let services_domain = args.services_domain.map(|d| d.trim_matches('.').to_ascii_lowercase());
+    let http_tls = if args.no_tls {
+        crate::HttpTls::Off
+    } else if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        crate::HttpTls::Files { cert, key }
+    } else {
+        let mut names = args.tls_sans;
+        if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+            names.push(host.trim().to_owned());
+        }
+        if !args.http_listen.ip().is_unspecified() {
+            names.push(args.http_listen.ip().to_string());
+        }
+        if let Some(domain) = &services_domain {
+            names.push(format!("*.{domain}"));
+        }
+        crate::HttpTls::Own(names)
+    };
+    let agent_binary = args.agent_binary.or_else(|| {
+        let beside = std::env::current_exe().ok()?.parent()?.join("corral-agent");
+        beside.exists().then_some(beside)
+    });
+    let config = crate::Config {
+        data_dir: args.data_dir.unwrap_or_else(|| corral_proto::paths::default_dir("corral")),
+        http_listen: args.http_listen,
+        quic_listen: args.quic_listen,
+        node_timeout: std::time::Duration::from_secs(args.node_timeout),
+        services_domain,
+        http_tls,
+        agent_binary,
+        ..Default::default()
+    };
+    let shutdown = CancellationToken::new();
+    let running = match crate::start(config.clone(), shutdown.clone()).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let scheme = if matches!(config.http_tls, crate::HttpTls::Off) { "http" } else { "https" };
+    let url = format!("{scheme}://{}", running.http_addr);
+    println!("corral coordinator {}", crate::VERSION);
+    println!("  HTTP API:    {url}");
+    println!("  agents dial: {} (QUIC)", running.quic_addr);
+    println!("  CA hash:     {}", running.join_token.ca_hash);
+    println!("  admin token: {}  (also in {})", running.admin_token, config.data_dir.join("admin-token").display());
+    println!("  join token:  {}  (also in {})", running.join_token, config.data_dir.join("join-token").display());
+    println!(
+        "use the CLI:     corral config --url {url} --token <admin token> --ca-hash {}",
+        running.join_token.ca_hash
+    );
+    println!("enroll a host:   curl -fsSLk {url}/install.sh | sh -s -- --token <join token>");
+    if config.agent_binary.is_none() {
+        println!("  (no agent binary to serve: start with --agent-binary PATH for the install script)");
+    }
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    if tokio::time::timeout(crate::SHUTDOWN_GRACE, running.wait()).await.is_err() {
+        tracing::warn!("tasks did not stop within the grace period");
+    }
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
