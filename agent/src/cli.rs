@@ -31,6 +31,12 @@ struct Args {
     /// NVML library to load (default: the system's libnvidia-ml.so.1).
     #[arg(long, env = "CORRAL_NVML_LIBRARY")]
     nvml_library: Option<PathBuf>,
+    /// Connect once with this node's identity and exit: 0 when the coordinator accepts it.
+    #[arg(long)]
+    check: bool,
+    /// Never replace this binary with the one the coordinator serves.
+    #[arg(long, env = "CORRAL_NO_SELF_UPGRADE")]
+    no_self_upgrade: bool,
 }
 
 /// The `corral-agent` command: flags, logging, run until SIGINT/SIGTERM.
@@ -50,10 +56,20 @@ where
             return ExitCode::from(2);
         }
     };
+    let state_dir = args.state_dir.clone().unwrap_or_else(|| corral_proto::paths::default_dir("corral-agent"));
+    if args.check {
+        return check(&state_dir, &args.coordinator).await;
+    }
+    if !args.no_self_upgrade
+        && let Err(e) = crate::upgrade::enable(&state_dir)
+    {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let config = crate::Config {
         coordinator: args.coordinator,
         token,
-        state_dir: args.state_dir.unwrap_or_else(|| corral_proto::paths::default_dir("corral-agent")),
+        state_dir,
         name: args.name,
         fleet: args.fleet,
         nvml_library: args.nvml_library,
@@ -74,6 +90,31 @@ where
     });
     match crate::run(config, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--check`: the node's identity, accepted by the coordinator?
+async fn check(state_dir: &std::path::Path, coordinator: &str) -> ExitCode {
+    let identity = match crate::identity::Identity::load(state_dir) {
+        Ok(Some(id)) => id,
+        Ok(None) => {
+            eprintln!("error: no node identity in {}: this host has not enrolled", state_dir.display());
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match crate::link::probe(&identity, coordinator).await {
+        Ok(welcome) => {
+            println!("node {} is accepted by the coordinator at {coordinator}", welcome.node_id);
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

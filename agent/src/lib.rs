@@ -5,7 +5,8 @@
 //! - [`link`]: enrollment and the QUIC session (commands in, reports and heartbeats out);
 //! - [`jobs`]: containers through the shim, their supervision and their log streams;
 //! - [`tunnel`]: byte pipes from the coordinator into containers' ports, over the session's streams;
-//! - [`ssh`]: an SSH server for each job's container, on such a stream (no sshd in the image).
+//! - [`ssh`]: an SSH server for each job's container, on such a stream (no sshd in the image);
+//! - [`upgrade`]: replacing its own binary with the one the coordinator serves.
 //!
 //! Tasks: the link task owns the session; one task per job supervises its container and one ships
 //! its output; per session one task accepts tunnels, and one task per tunnel pipes it. All stop on the root `CancellationToken`; containers keep running when the agent
@@ -20,6 +21,7 @@ pub mod link;
 pub mod sftp;
 pub mod ssh;
 pub mod tunnel;
+pub mod upgrade;
 
 use std::path::PathBuf;
 

@@ -92,7 +92,7 @@ pub async fn enroll(
     let hello = Hello {
         protocol_min: PROTOCOL_MIN,
         protocol_max: PROTOCOL_MAX,
-        agent_version: VERSION.to_owned(),
+        agent_version: crate::upgrade::agent_version(),
         enroll: Some(EnrollRequest {
             secret: token.secret.clone(),
             csr_der: csr.der().to_vec(),
@@ -141,7 +141,7 @@ pub async fn enroll_in_memory(
     let hello = Hello {
         protocol_min: PROTOCOL_MIN,
         protocol_max: PROTOCOL_MAX,
-        agent_version: VERSION.to_owned(),
+        agent_version: crate::upgrade::agent_version(),
         enroll: Some(EnrollRequest {
             secret: token.secret.clone(),
             csr_der: csr.der().to_vec(),
@@ -220,7 +220,7 @@ pub async fn handshake(
         let hello = Hello {
             protocol_min: PROTOCOL_MIN,
             protocol_max: PROTOCOL_MAX,
-            agent_version: VERSION.to_owned(),
+            agent_version: crate::upgrade::agent_version(),
             enroll: None,
         };
         write_frame(&mut send, &AgentMessage::Hello(hello)).await?;
@@ -282,6 +282,7 @@ async fn session(
     let (conn, mut send, recv, welcome) = handshake(endpoint, config, addr).await?;
     let remote = conn.remote_address();
     tracing::info!(node = %welcome.node_id, coordinator = %remote, "connected");
+    crate::upgrade::confirm();
     write_frame(&mut send, &AgentMessage::Inventory(inventory.clone())).await?;
     write_frame(&mut send, &AgentMessage::Containers(jobs.report())).await?;
     jobs.set_connection(Some(conn.clone()));
@@ -313,7 +314,7 @@ async fn session(
                         _ => Err(anyhow::anyhow!("the coordinator closed the session")),
                     };
                 };
-                handle(jobs, msg);
+                handle(jobs, &conn, msg);
             }
             () = jobs.changed.notified() => {
                 for update in jobs.take_dirty() {
@@ -342,7 +343,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// Acts on a command. Work that waits on Docker runs in its own task, so the session keeps reading.
-fn handle(jobs: &Arc<Jobs>, msg: CoordinatorMessage) {
+fn handle(jobs: &Arc<Jobs>, conn: &quinn::Connection, msg: CoordinatorMessage) {
     match msg {
         CoordinatorMessage::StartJob(spec) => {
             tracing::info!(job = %spec.job_id, run = %spec.run_name, image = %spec.image, "starting job");
@@ -358,6 +359,9 @@ fn handle(jobs: &Arc<Jobs>, msg: CoordinatorMessage) {
             tokio::spawn(async move { jobs.forget(&job_id).await });
         }
         CoordinatorMessage::HeartbeatAck { .. } => {}
+        CoordinatorMessage::Upgrade { version, sha256, size } => {
+            crate::upgrade::requested(conn.clone(), version, sha256, size);
+        }
         other => tracing::warn!("unexpected message: {other:?}"),
     }
 }

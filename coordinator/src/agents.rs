@@ -216,11 +216,16 @@ async fn session(
 
     let (tx, mut rx) = mpsc::channel::<CoordinatorMessage>(COMMAND_QUEUE);
     let conn_id = CONN_IDS.fetch_add(1, Ordering::Relaxed);
-    state
-        .sessions
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(node.id.clone(), Session { conn_id, name: node.name.clone(), tx: tx.clone(), conn: conn.clone() });
+    state.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(
+        node.id.clone(),
+        Session {
+            conn_id,
+            name: node.name.clone(),
+            tx: tx.clone(),
+            conn: conn.clone(),
+            agent_version: hello.agent_version.clone(),
+        },
+    );
     tracing::info!(node = %node.name, %remote, "agent connected");
     let node = Arc::new(node.without_inventory());
     state.heard_from(&node.id);
@@ -276,8 +281,8 @@ async fn session(
                         let Ok((send, recv)) = stream else { break };
                         let (state2, node_name) = (state.clone(), node_name.clone());
                         state.tasks.spawn(async move {
-                            if let Err(e) = serve_image(&state2, send, recv).await {
-                                tracing::warn!(node = %node_name, "image transfer ended: {e:#}");
+                            if let Err(e) = serve_stream(&state2, send, recv).await {
+                                tracing::warn!(node = %node_name, "transfer ended: {e:#}");
                             }
                         });
                     }
@@ -332,8 +337,8 @@ fn handle_message(
             let _ = tx.try_send(CoordinatorMessage::HeartbeatAck { seq });
             return Ok(());
         }
-        AgentMessage::FetchImage { .. } => {
-            tracing::warn!(node = %node.name, "an image fetch on the control stream, ignored");
+        AgentMessage::FetchImage { .. } | AgentMessage::FetchAgent { .. } => {
+            tracing::warn!(node = %node.name, "a fetch on the control stream, ignored");
             return Ok(());
         }
         AgentMessage::TunnelReply(_) => {
@@ -613,10 +618,19 @@ fn stop_request_final(job: &JobRow) -> CoordinatorMessage {
 
 /// One job's output from the agent. Only a job placed on this node may be written to: the job id
 /// comes from the peer and names a file.
-/// Answers a `FetchImage` stream: the image as a `docker load` tar, or `NotStored`.
-async fn serve_image(state: &State, mut send: quinn::SendStream, mut recv: quinn::RecvStream) -> anyhow::Result<()> {
-    let Some(AgentMessage::FetchImage { image }) = read_frame::<AgentMessage, _>(&mut recv).await? else {
-        anyhow::bail!("a stream that did not start with FetchImage");
+/// Answers a stream an agent opened: `FetchImage` (the image as a `docker load` tar, or
+/// `NotStored`) or `FetchAgent` (the binary's bytes, or nothing).
+async fn serve_stream(state: &State, mut send: quinn::SendStream, mut recv: quinn::RecvStream) -> anyhow::Result<()> {
+    let image = match read_frame::<AgentMessage, _>(&mut recv).await? {
+        Some(AgentMessage::FetchImage { image }) => image,
+        Some(AgentMessage::FetchAgent { sha256 }) => {
+            if let Some(binary) = state.agent_dist.by_digest(&sha256) {
+                send.write_all(&binary.bytes).await?;
+            }
+            send.finish()?;
+            return Ok(());
+        }
+        _ => anyhow::bail!("a stream that did not start with FetchImage or FetchAgent"),
     };
     let stored = state.store.image(&crate::images::normalize(&image))?;
     let plan = stored.as_ref().map(|i| state.images.plan(i)).transpose()?;

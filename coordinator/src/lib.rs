@@ -32,6 +32,7 @@ pub mod scheduler;
 pub mod secrets;
 pub mod store;
 pub mod tunnel;
+pub mod upgrade;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -69,8 +70,11 @@ pub struct Config {
     pub services_domain: Option<String>,
     /// How the HTTP API is served.
     pub http_tls: HttpTls,
-    /// The agent binary served to installing hosts (`/download/corral-agent-<arch>`).
+    /// The agent binary served to installing hosts (`/download/corral-agent-<arch>`); agents that
+    /// run another binary upgrade to it, one node at a time.
     pub agent_binary: Option<PathBuf>,
+    /// How long a node has to come back on the new binary before its upgrade counts as failed.
+    pub upgrade_timeout: Duration,
 }
 
 /// TLS for the HTTP API.
@@ -95,6 +99,7 @@ impl Default for Config {
             services_domain: None,
             http_tls: HttpTls::Own(Vec::new()),
             agent_binary: None,
+            upgrade_timeout: Duration::from_secs(180),
         }
     }
 }
@@ -107,6 +112,8 @@ pub struct Session {
     pub name: String,
     pub tx: mpsc::Sender<CoordinatorMessage>,
     pub conn: quinn::Connection,
+    /// As the agent said in its Hello: `0.1.0+<binary digest>` for agents that upgrade themselves.
+    pub agent_version: String,
 }
 
 pub struct State {
@@ -390,6 +397,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     tasks.spawn(lifecycle::watch_nodes(state.clone(), shutdown.child_token()));
     tasks.spawn(probes::run(state.clone(), shutdown.child_token()));
     tasks.spawn(autoscale::run(state.clone(), shutdown.child_token()));
+    tasks.spawn(upgrade::run(state.clone(), shutdown.child_token()));
 
     let agents_runtime = AgentsRuntime(Some(agents_runtime));
     Ok(Running { http_addr, quic_addr, admin_token, join_token, state, tasks, agents_runtime })

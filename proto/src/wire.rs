@@ -183,6 +183,12 @@ pub enum AgentMessage {
     FetchImage {
         image: String,
     },
+    /// First frame of a bi-stream the agent opens after [`CoordinatorMessage::Upgrade`]: send the
+    /// agent binary with this SHA-256. The coordinator answers with the binary's bytes, or closes
+    /// the stream at once when it serves no such binary.
+    FetchAgent {
+        sha256: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,6 +227,13 @@ pub enum CoordinatorMessage {
     },
     /// The answer to [`AgentMessage::FetchImage`].
     ImageReply(ImageReply),
+    /// Upgrade to the agent binary the coordinator serves: fetch it ([`AgentMessage::FetchAgent`]),
+    /// check its digest, swap it in and restart; running containers are left alone.
+    Upgrade {
+        version: String,
+        sha256: String,
+        size: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

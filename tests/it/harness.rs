@@ -116,6 +116,7 @@ impl Coordinator {
             services_domain: Some("svc.corral.test".to_owned()),
             http_tls: corral_coordinator::HttpTls::Off,
             agent_binary: None,
+            upgrade_timeout: Duration::from_secs(180),
         })
         .await
     }
@@ -239,10 +240,17 @@ fn node_id_of(state: &Path) -> Option<String> {
 }
 
 /// Removes every container labelled with the agent's node id when dropped.
-struct ContainerGuard {
+pub struct ContainerGuard {
     state: PathBuf,
     /// A stopped agent leaves its containers to the agent that takes over its state dir.
     armed: bool,
+}
+
+impl ContainerGuard {
+    /// Removes, when dropped, the containers of the node enrolled from `state`.
+    pub fn for_state(state: &Path) -> Self {
+        Self { state: state.to_owned(), armed: true }
+    }
 }
 
 impl Drop for ContainerGuard {

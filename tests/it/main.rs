@@ -14,3 +14,4 @@ mod reconcile;
 mod restart;
 mod services;
 mod tasks;
+mod upgrade;

@@ -22,18 +22,26 @@ use crate::secrets::sha256_hex;
 pub const INSTALL_SH: &str = include_str!("../../../deploy/install.sh");
 pub const UNINSTALL_SH: &str = include_str!("../../../deploy/uninstall.sh");
 
-/// One agent binary as served: its bytes and their SHA-256.
-#[derive(Clone)]
+/// One agent binary as served: its bytes, their SHA-256, and its version (`corral-agent --version`,
+/// asked of binaries for this coordinator's architecture).
 pub struct AgentBinary {
     pub bytes: Bytes,
     pub sha256: String,
+    pub version: Option<String>,
+}
+
+struct Loaded {
+    binary: Arc<AgentBinary>,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
 }
 
 /// The agent binaries this coordinator serves: the one it was given for its own architecture, and
-/// `corral-agent-<arch>` files beside it for others. Read once, on first request.
+/// `corral-agent-<arch>` files beside it for others. Read on first request and again whenever the
+/// file changes (a new binary dropped in place starts a rollout: [`crate::upgrade`]).
 pub struct AgentDist {
     binary: Option<PathBuf>,
-    loaded: Mutex<HashMap<String, Arc<AgentBinary>>>,
+    loaded: Mutex<HashMap<String, Loaded>>,
 }
 
 impl AgentDist {
@@ -50,22 +58,46 @@ impl AgentDist {
     }
 
     /// The binary for `arch` (`x86_64`, `aarch64`, as `uname -m` says), or why there is none.
+    /// Blocks (reads and hashes the file when it changed).
     pub fn get(&self, arch: &str) -> Result<Arc<AgentBinary>, String> {
         if !arch.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') || arch.is_empty() {
             return Err(format!("{arch:?} is not an architecture name (x86_64, aarch64)"));
         }
-        if let Some(found) = self.loaded.lock().expect("agent dist lock").get(arch) {
-            return Ok(found.clone());
-        }
         let Some(path) = self.path_for(arch) else {
             return Err("this coordinator serves no agent binary: start it with --agent-binary PATH".into());
         };
-        let bytes = std::fs::read(&path)
-            .map_err(|e| format!("no agent binary for {arch}: cannot read {} ({e}); put it there", path.display()))?;
-        let binary = Arc::new(AgentBinary { sha256: sha256_hex(&bytes), bytes: bytes.into() });
-        self.loaded.lock().expect("agent dist lock").insert(arch.to_owned(), binary.clone());
+        let unreadable = |e: std::io::Error| {
+            format!("no agent binary for {arch}: cannot read {} ({e}); put it there", path.display())
+        };
+        let meta = std::fs::metadata(&path).map_err(unreadable)?;
+        let modified = meta.modified().ok();
+        if let Some(found) = self.loaded.lock().expect("agent dist lock").get(arch)
+            && found.len == meta.len()
+            && found.modified == modified
+        {
+            return Ok(found.binary.clone());
+        }
+        let bytes = std::fs::read(&path).map_err(unreadable)?;
+        let version = (arch == std::env::consts::ARCH).then(|| binary_version(&path)).flatten();
+        let binary = Arc::new(AgentBinary { sha256: sha256_hex(&bytes), bytes: bytes.into(), version });
+        let loaded = Loaded { binary: binary.clone(), len: meta.len(), modified };
+        self.loaded.lock().expect("agent dist lock").insert(arch.to_owned(), loaded);
         Ok(binary)
     }
+
+    /// A binary already loaded, by its SHA-256 (what an upgrading agent asks for).
+    pub fn by_digest(&self, sha256: &str) -> Option<Arc<AgentBinary>> {
+        let loaded = self.loaded.lock().expect("agent dist lock");
+        loaded.values().find(|l| l.binary.sha256 == sha256).map(|l| l.binary.clone())
+    }
+}
+
+/// `corral-agent 0.1.0` → `0.1.0`.
+fn binary_version(path: &FsPath) -> Option<String> {
+    let out = std::process::Command::new(path).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.split_whitespace().nth(1)?;
+    (out.status.success() && text.starts_with("corral-agent ")).then(|| version.to_owned())
 }
 
 /// `GET /ca.pem`: the CA a join token pins (the script hashes it before trusting this server).

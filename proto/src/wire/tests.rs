@@ -122,6 +122,10 @@ fn golden() -> Vec<(String, Vec<u8>)> {
         CoordinatorMessage::ImageReply(ImageReply::Stored { size: 1_000_000 }),
         CoordinatorMessage::ImageReply(ImageReply::NotStored),
     ];
+    // Added after the image store: agent upgrades.
+    let upgrade_agent = [AgentMessage::FetchAgent { sha256: "ab".repeat(32) }];
+    let upgrade_coord =
+        [CoordinatorMessage::Upgrade { version: "0.2.0".into(), sha256: "ab".repeat(32), size: 12_000_000 }];
     let mut out = Vec::new();
     for m in agent {
         out.push((format!("{m:?}"), encode(&m).expect("encodes")));
@@ -142,6 +146,12 @@ fn golden() -> Vec<(String, Vec<u8>)> {
         out.push((format!("{m:?}"), encode(&m).expect("encodes")));
     }
     for m in images_coord {
+        out.push((format!("{m:?}"), encode(&m).expect("encodes")));
+    }
+    for m in upgrade_agent {
+        out.push((format!("{m:?}"), encode(&m).expect("encodes")));
+    }
+    for m in upgrade_coord {
         out.push((format!("{m:?}"), encode(&m).expect("encodes")));
     }
     out
@@ -177,6 +187,8 @@ const GOLDEN: &[&str] = &[
     "4352524c00010000000c060a7465616d2f6170703a31",
     "4352524c0001000000050a00c0843d",
     "4352524c0001000000020a01",
+    "4352524c000100000042074061626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162",
+    "4352524c00010000004c0b05302e322e30406162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616280b6dc05",
 ];
 
 #[test]
