@@ -14,7 +14,8 @@
 #   --name NAME        this node's name (default: the host name)
 #   --fleet FLEET      fleet to join, when the token names none
 #   --foreground       no systemd unit: run the agent in this shell (for containers, or your own
-#                      supervisor); stops with the shell
+#                      supervisor); stops with the shell. Without systemd and without this flag,
+#                      the agent runs detached, logging to /var/log/corral-agent.log
 #   --bundle FILE      install from an offline bundle (`corral bundle create`): nothing is downloaded
 #   --prefix DIR       where the binary goes (default /usr/local/bin)
 #   --state-dir DIR    the agent's identity and state (default /var/lib/corral-agent)
@@ -250,9 +251,14 @@ show_node() {
     if [ -n "$AGENT_PID" ] && ! kill -0 "$AGENT_PID" 2>/dev/null; then
       wait "$AGENT_PID" || true
       AGENT_PID=""
+      if [ -n "${AGENT_LOG:-}" ]; then
+        die "the agent stopped before joining: $(grep -v '^ *$' "$AGENT_LOG" | tail -n 1)"
+      fi
       die "the agent stopped before joining (its error is above)"
     fi
-    if fetch "/api/join/node?name=$NAME" "$WORK/node" -H "Authorization: Bearer $TOKEN" 2>/dev/null; then
+    # the node's id, once the agent has enrolled (its name may differ from --name: made unique)
+    NODE_ID=$(sed -n 's/.*"node_id" *: *"\([^"]*\)".*/\1/p' "$STATE_DIR/node.json" 2>/dev/null || true)
+    if [ -n "$NODE_ID" ] && fetch "/api/join/node?id=$NODE_ID" "$WORK/node" -H "Authorization: Bearer $TOKEN" 2>/dev/null; then
       say "joined:"
       sed 's/^/  /' "$WORK/node"
       return 0
@@ -304,5 +310,23 @@ elif [ "$FOREGROUND" = 1 ]; then
   AGENT_PID=""
   exit "$status"
 else
-  die "no systemd on this host: re-run with --foreground (the agent then runs in this shell), installed files stay"
+  # No systemd: detached from this shell (an SSH session may end), restarted by nobody.
+  warn "no systemd here: the agent runs detached (log: /var/log/corral-agent.log) and does not restart after a reboot or a crash; --foreground runs it under your own supervisor"
+  for d in /proc/[0-9]*; do
+    # an agent an earlier run of this script left running: the new binary replaces it
+    [ "$(cat "$d/comm" 2>/dev/null)" != corral-agent ] || kill "${d#/proc/}" 2>/dev/null || true
+  done
+  set -a
+  . "$CONF_DIR/agent.env"
+  set +a
+  mkdir -p /var/log
+  AGENT_LOG=/var/log/corral-agent.log
+  # immune to the hangup the end of an SSH session sends (nohup is not everywhere)
+  (
+    trap '' HUP
+    exec "$PREFIX/corral-agent"
+  ) </dev/null >>"$AGENT_LOG" 2>&1 &
+  AGENT_PID=$!
+  show_node || die "the node did not join within 60 s: see /var/log/corral-agent.log"
+  AGENT_PID=""
 fi

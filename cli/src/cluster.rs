@@ -215,13 +215,27 @@ pub async fn apply_fleet(
     source: String,
     out: Out<'_>,
 ) -> anyhow::Result<i32> {
-    let f: api::Fleet =
+    let ssh = configuration.ssh_config.clone();
+    let mut f: api::Fleet =
         client.post(&client.project_path("fleets"), &SubmitFleet { configuration, source: Some(source) }).await?;
     writeln!(out, "fleet {} applied (placement: {:?})", f.name, f.placement)?;
+    let mut failed = 0;
+    if let Some(ssh) = ssh {
+        failed = crate::sshfleet::enroll(client, &f.name, &ssh, out).await?;
+        f = client.get(&client.project_path(&format!("fleets/{}", f.name))).await?;
+    }
     if f.nodes.is_empty() {
-        writeln!(out, "no nodes yet: start `corral-agent --fleet {}` on each host", f.name)?;
+        writeln!(
+            out,
+            "no nodes yet: run the install command on each host with a token for this fleet (corral token create --fleet {})",
+            f.name
+        )?;
     } else {
         writeln!(out, "nodes: {} ({} ready)", f.nodes.join(", "), f.ready_nodes)?;
+    }
+    if failed > 0 {
+        writeln!(out, "{failed} host(s) not enrolled: fix what is said above and apply again")?;
+        return Ok(1);
     }
     Ok(0)
 }

@@ -10,6 +10,7 @@ pub mod exec;
 pub mod images;
 pub mod output;
 pub mod ssh;
+pub mod sshfleet;
 pub mod tls;
 
 use clap::{Parser, Subcommand};

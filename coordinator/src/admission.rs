@@ -96,15 +96,28 @@ fn check_task(task: &TaskConfig) -> Result<(), String> {
 }
 
 /// What an on-prem fleet can be today: a named group of enrolled nodes, with `placement`. Nodes join
-/// it with `corral-agent --fleet NAME` (or a join token scoped to it).
+/// it with a join token scoped to it: the install script on each host, or `corral apply` of an
+/// `ssh_config` fleet, which runs that script on each host over SSH.
 pub fn check_fleet(cfg: &FleetConfig) -> Result<&FleetConfig, String> {
     let p = &cfg.provisioning;
+    let ssh = cfg.ssh_config.as_ref();
     let unsupported = [
         ("name", cfg.name.is_none(), "a fleet needs a name (nodes join it by name)"),
+        ("ssh_config.hosts", ssh.is_some_and(|s| s.hosts.is_empty()), "list the hosts to enroll"),
         (
-            "ssh_config",
-            cfg.ssh_config.is_some(),
-            "enrolling hosts over SSH is not supported yet; run `corral-agent --fleet NAME` on each host",
+            "ssh_config.ssh_key",
+            ssh.is_some_and(|s| s.ssh_key.is_some() || s.hosts.iter().any(|h| h.ssh_key.is_some())),
+            "inline keys are not supported: use identity_file",
+        ),
+        (
+            "ssh_config.hosts.blocks",
+            ssh.is_some_and(|s| s.hosts.iter().any(|h| h.blocks.is_some())),
+            "splitting a host into blocks is not supported yet",
+        ),
+        (
+            "ssh_config.network",
+            ssh.is_some_and(|s| s.network.is_some()),
+            "not supported yet: multi-node runs use each node's address as the coordinator sees it",
         ),
         (
             "backends",
@@ -140,6 +153,13 @@ mod tests {
             panic!("a fleet")
         };
         assert!(check_fleet(&f).expect_err("refused").starts_with("resources:"));
+        let ssh = "type: fleet\nname: rack\nssh_config:\n  user: ubuntu\n  hosts:\n    - 10.0.0.1\n    - hostname: 10.0.0.2\n      port: 2222\n";
+        let Configuration::Fleet(f) = parse(ssh) else { panic!("a fleet") };
+        assert!(check_fleet(&f).is_ok());
+        let Configuration::Fleet(f) = parse("type: fleet\nname: rack\nssh_config:\n  hosts: []\n") else {
+            panic!("a fleet")
+        };
+        assert!(check_fleet(&f).expect_err("refused").starts_with("ssh_config.hosts:"));
     }
 
     #[test]

@@ -397,3 +397,129 @@ async fn a_bundle_installs_coordinator_and_agent_with_no_network_beyond_their_ow
     assert!(run.contains("hello from the airgap"), "{run}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ssh_config_fleet_enrolls_its_hosts_over_ssh_and_says_why_one_could_not() -> anyhow::Result<()> {
+    ensure_host_image();
+    let dir = tempfile::tempdir()?;
+    let coord = Coordinator::start_config(corral_coordinator::Config {
+        data_dir: dir.path().join("coord"),
+        http_listen: "0.0.0.0:0".parse()?,
+        quic_listen: "0.0.0.0:0".parse()?,
+        heartbeat_secs: 1,
+        http_tls: corral_coordinator::HttpTls::Own(Vec::new()),
+        agent_binary: Some(AGENT.into()),
+        ..Default::default()
+    })
+    .await?;
+
+    // The user's key, and three hosts running sshd that accept it (root on two, `ubuntu` without
+    // sudo on the third).
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join(".ssh"))?;
+    let key = home.join(".ssh/id_ed25519");
+    let made = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).output()?;
+    anyhow::ensure!(made.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&made.stderr));
+    let public = format!("{}.pub", key.display());
+    let mut hosts = Hosts::default();
+    let mut ips = Vec::new();
+    for what in ["ssh-a", "ssh-b", "ssh-c"] {
+        let name = hosts.name(what);
+        docker(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "-v",
+            "/var/run/docker.sock:/var/run/docker.sock",
+            HOST_IMAGE,
+            "/usr/sbin/sshd",
+            "-D",
+            "-e",
+        ])?;
+        docker(&["cp", &public, &format!("{name}:/root/.ssh/authorized_keys")])?;
+        docker(&["cp", &public, &format!("{name}:/home/ubuntu/.ssh/authorized_keys")])?;
+        ips.push(docker(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &name])?.trim().to_owned());
+    }
+    // The hosts sit on Docker's default bridge; they reach the coordinator at the bridge's gateway.
+    let gateway = docker(&["inspect", "-f", "{{.NetworkSettings.Gateway}}", &hosts.names[0]])?.trim().to_owned();
+    let url = format!("https://{gateway}:{}", coord.http.port());
+    // ssh reads known_hosts from the user's real home whatever $HOME says: a wrapper keeps this
+    // test's host keys to itself.
+    let wrapper = dir.path().join("ssh");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nexec ssh -o UserKnownHostsFile={} \"$@\"\n", dir.path().join("known_hosts").display()),
+    )?;
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let cli = |file: &std::path::Path| {
+        Command::new(CLI)
+            .args(["apply", "-y", "-f"])
+            .arg(file)
+            .env("HOME", &home)
+            .env("CORRAL_SSH", &wrapper)
+            .env("CORRAL_URL", &url)
+            .env("CORRAL_TOKEN", &coord.admin_token)
+            .env("CORRAL_CA_CERT", coord.data.join("ca.pem"))
+            .env("CORRAL_CONFIG", dir.path().join("cli.json"))
+            .output()
+    };
+
+    let fleet = crate::harness::write_config(
+        dir.path(),
+        "onprem",
+        &format!(
+            "type: fleet\nname: onprem\nssh_config:\n  user: root\n  identity_file: {}\n  hosts:\n    - {}\n    - hostname: {}\n      port: 22\n",
+            key.display(),
+            ips[0],
+            ips[1]
+        ),
+    );
+    let out = cli(&fleet)?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("enrolling 2 host(s) over SSH into fleet onprem: {}, {}", ips[0], ips[1])),
+        "{text}"
+    );
+    // Node names are host names made DNS-safe: 172.17.0.2 joins as 172-17-0-2.
+    for ip in &ips[..2] {
+        assert!(text.contains(&format!("✓ {ip}")), "{text}");
+        assert!(
+            text.contains(&format!("node {} (", ip.replace('.', "-"))),
+            "the node as the coordinator sees it: {text}"
+        );
+    }
+    let client = coord.client();
+    let nodes: Vec<api::Node> = client.get("/api/nodes").await?;
+    for ip in &ips[..2] {
+        let name = ip.replace('.', "-");
+        let n = nodes.iter().find(|n| n.name == name).with_context(|| format!("node {name} in {nodes:?}"))?;
+        assert_eq!(n.fleet.as_deref(), Some("onprem"));
+        assert_eq!(n.status, api::NodeStatus::Ready);
+        hosts.nodes.push(n.id.to_string());
+    }
+
+    // A user that is not root and may not sudo, and a host with no SSH server: each said by name;
+    // nothing else fails.
+    let fleet = crate::harness::write_config(
+        dir.path(),
+        "more",
+        &format!(
+            "type: fleet\nname: more\nssh_config:\n  identity_file: {}\n  hosts:\n    - hostname: {}\n      user: ubuntu\n    - hostname: 127.0.0.1\n      port: 1\n",
+            key.display(),
+            ips[2]
+        ),
+    );
+    let out = cli(&fleet)?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("✗ {}: corral: user ubuntu is not root and cannot sudo without a password", ips[2])),
+        "{text}"
+    );
+    assert!(text.contains("✗ 127.0.0.1: cannot connect over SSH"), "{text}");
+    assert!(text.contains("2 host(s) not enrolled"), "{text}");
+    coord.stop().await;
+    Ok(())
+}

@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
+use corral_proto::ids::NodeId;
 use corral_proto::resources::GB;
 use corral_proto::token::JoinToken;
 
@@ -179,10 +180,10 @@ pub(super) async fn check(Extract(state): Extract<AppState>, headers: HeaderMap)
 
 #[derive(Deserialize)]
 pub(super) struct NodeQuery {
-    name: String,
+    id: String,
 }
 
-/// `GET /api/join/node?name=N` with the join token as bearer: the node as the coordinator sees it,
+/// `GET /api/join/node?id=N` with the join token as bearer: the node as the coordinator sees it,
 /// in plain text for the install script to print. 404 until the node has joined and reported.
 pub(super) async fn joined_node(
     Extract(state): Extract<AppState>,
@@ -193,9 +194,9 @@ pub(super) async fn joined_node(
     if !state.store.join_token_known(&sha256_hex(token.secret.as_bytes()))? {
         return Err(err(StatusCode::UNAUTHORIZED, "unknown or revoked join token"));
     }
-    let node = state.store.node_by_name(&q.name)?.filter(|n| !n.revoked);
+    let node = state.store.node(&NodeId::from(q.id.as_str()))?.filter(|n| !n.revoked);
     let Some((node, inv)) = node.and_then(|n| n.inventory.clone().map(|i| (n, i))) else {
-        return Err(err(StatusCode::NOT_FOUND, format!("node {:?} has not joined yet", q.name)));
+        return Err(err(StatusCode::NOT_FOUND, format!("node {:?} has not joined yet", q.id)));
     };
     let connected = state.connected_nodes().contains(&node.id);
     let gib = |b: u64| format!("{:.1} GiB", b as f64 / GB as f64);
