@@ -63,14 +63,19 @@ if [ -n "$pids" ]; then
   say "stopped the running agent"
 fi
 
-if [ "$KEEP_CONTAINERS" = 0 ]; then
+# This node's containers (the label its agent put on them), not any other Corral node's on the
+# same Docker.
+NODE_ID=$(sed -n 's/.*"node_id" *: *"\([^"]*\)".*/\1/p' "$STATE_DIR/node.json" 2>/dev/null || true)
+if [ "$KEEP_CONTAINERS" = 0 ] && [ -n "$NODE_ID" ]; then
   SOCK=${DOCKER_HOST:-unix:///var/run/docker.sock}
   SOCK=${SOCK#unix://}
+  ids=""
   if command -v docker >/dev/null 2>&1; then
-    ids=$(docker ps -aq --filter label=corral.job 2>/dev/null || true)
+    ids=$(docker ps -aq --filter "label=corral.node=$NODE_ID" 2>/dev/null || true)
     [ -z "$ids" ] || docker rm -f $ids >/dev/null
   elif [ -S "$SOCK" ] && command -v curl >/dev/null 2>&1; then
-    ids=$(curl -fsS --unix-socket "$SOCK" 'http://localhost/containers/json?all=1&filters=%7B%22label%22%3A%5B%22corral.job%22%5D%7D' |
+    ids=$(curl -fsS --unix-socket "$SOCK" -G 'http://localhost/containers/json?all=1' \
+      --data-urlencode "filters={\"label\":[\"corral.node=$NODE_ID\"]}" |
       grep -o '"Id":"[0-9a-f]*"' | cut -d'"' -f4 || true)
     for id in $ids; do
       curl -fsS --unix-socket "$SOCK" -X DELETE "http://localhost/containers/$id?force=1" >/dev/null

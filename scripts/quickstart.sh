@@ -45,10 +45,10 @@ if ! running coordinator; then
     >"$state/coordinator.log" 2>&1 &
   echo $! >"$state/coordinator.pid"
   for _ in $(seq 1 100); do
-    [ -s "$state/coordinator/join-token" ] && curl -fsS "http://$http/api/health" >/dev/null 2>&1 && break
+    [ -s "$state/coordinator/join-token" ] && curl -fsSk "https://$http/api/health" >/dev/null 2>&1 && break
     sleep 0.1
   done
-  curl -fsS "http://$http/api/health" >/dev/null || { cat "$state/coordinator.log"; exit 1; }
+  curl -fsSk "https://$http/api/health" >/dev/null || { cat "$state/coordinator.log"; exit 1; }
 fi
 if ! running agent; then
   echo "==> starting a local agent (state in .corral/agent, log in .corral/agent.log)"
@@ -57,7 +57,9 @@ if ! running agent; then
   echo $! >"$state/agent.pid"
 fi
 
-"$bin/corral" config --url "http://$http" --token "$(cat "$state/coordinator/admin-token")" >/dev/null
+# The coordinator serves HTTPS with a certificate from its own CA: the CLI pins that CA.
+"$bin/corral" config --url "https://$http" --token "$(cat "$state/coordinator/admin-token")" \
+  --ca-file "$state/coordinator/ca.pem" >/dev/null
 for _ in $(seq 1 100); do
   "$bin/corral" node list --json 2>/dev/null | grep -q '"status": "ready"' && break
   sleep 0.2

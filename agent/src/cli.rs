@@ -31,6 +31,10 @@ struct Args {
     /// NVML library to load (default: the system's libnvidia-ml.so.1).
     #[arg(long, env = "CORRAL_NVML_LIBRARY")]
     nvml_library: Option<PathBuf>,
+    /// Pull Docker Hub images through this mirror first (`host[:port]`), e.g. a registry in the
+    /// site's own network; images pushed to the coordinator (`corral image push`) need none.
+    #[arg(long, env = "CORRAL_REGISTRY_MIRROR")]
+    registry_mirror: Option<String>,
     /// Connect once with this node's identity and exit: 0 when the coordinator accepts it.
     #[arg(long)]
     check: bool,
@@ -73,6 +77,7 @@ where
         name: args.name,
         fleet: args.fleet,
         nvml_library: args.nvml_library,
+        registry_mirror: args.registry_mirror,
     };
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();

@@ -46,11 +46,13 @@ pub struct Config {
     pub fleet: Option<String>,
     /// NVML library to load instead of the loader's default `libnvidia-ml.so.1`.
     pub nvml_library: Option<PathBuf>,
+    /// A mirror of Docker Hub (`host[:port]`) to pull images through first.
+    pub registry_mirror: Option<String>,
 }
 
 /// Enrolls if needed, re-adopts this node's containers and keeps the link up until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let shim = Shim::connect().context("the agent needs Docker")?;
+    let shim = Shim::connect().context("the agent needs Docker")?.with_registry_mirror(config.registry_mirror.clone());
     let docker = shim.docker_info().await.context("the agent needs Docker")?;
     let gpu_passthrough = if docker.nvidia_runtime { GpuPassthrough::DeviceRequests } else { GpuPassthrough::EnvOnly };
     let nvml = config.nvml_library.clone();

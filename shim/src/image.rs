@@ -1,6 +1,6 @@
 //! Making sure a job's image is on the host: use it if present, pull it otherwise.
 
-use bollard::query_parameters::{CreateImageOptionsBuilder, ImportImageOptionsBuilder};
+use bollard::query_parameters::{CreateImageOptionsBuilder, ImportImageOptionsBuilder, TagImageOptionsBuilder};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
@@ -63,17 +63,39 @@ impl Shim {
             }
         }
 
-        tracing::info!(image, "pulling image");
-        let (name, tag) = split_reference(image);
-        let options = CreateImageOptionsBuilder::default().from_image(name).tag(tag).build();
-        let mut progress = docker.create_image(Some(options), None, None);
-        while let Some(step) = progress.next().await {
-            if let Err(e) = step {
-                let e = self.classify(e, |e| ShimError::ImageUnavailable {
+        // Docker Hub images through the mirror first, when one is set; the registry itself next.
+        let mut failures = Vec::new();
+        let mut pulled = false;
+        if let Some(mirrored) = self.inner.mirror.as_deref().and_then(|m| mirror_reference(image, m)) {
+            tracing::info!(image, %mirrored, "pulling image through the registry mirror");
+            match self.pull(&docker, &mirrored).await {
+                Ok(()) => {
+                    let (repo, tag) = split_reference(image);
+                    let options = TagImageOptionsBuilder::default().repo(repo).tag(tag).build();
+                    match docker.tag_image(&mirrored, Some(options)).await {
+                        Ok(()) => pulled = true,
+                        Err(e) => failures.push(format!("tagging {mirrored} as {image}: {}", daemon_message(&e))),
+                    }
+                }
+                Err(e) => match e {
+                    ShimError::Unreachable { .. } => return Err(e),
+                    other => failures.push(format!("from the mirror ({mirrored}): {}", pull_reason(&other))),
+                },
+            }
+        }
+        if !pulled {
+            tracing::info!(image, "pulling image");
+            if let Err(e) = self.pull(&docker, image).await {
+                let e = match e {
+                    ShimError::Unreachable { .. } => return Err(e),
+                    other => other,
+                };
+                let reason = pull_reason(&e);
+                failures.push(if failures.is_empty() { reason } else { format!("from the registry: {reason}") });
+                return Err(ShimError::ImageUnavailable {
                     image: image.to_owned(),
-                    reason: format!("it is not present locally and could not be pulled: {}", daemon_message(&e)),
+                    reason: format!("it is not present locally and could not be pulled: {}", failures.join("; ")),
                 });
-                return Err(e);
             }
         }
 
@@ -88,6 +110,44 @@ impl Shim {
             Err(e) => Err(self.classify(e, |source| ShimError::Daemon { op: "inspecting an image", source })),
         }
     }
+}
+
+impl Shim {
+    async fn pull(&self, docker: &bollard::Docker, image: &str) -> Result<(), ShimError> {
+        let (name, tag) = split_reference(image);
+        let options = CreateImageOptionsBuilder::default().from_image(name).tag(tag).build();
+        let mut progress = docker.create_image(Some(options), None, None);
+        while let Some(step) = progress.next().await {
+            if let Err(e) = step {
+                return Err(self.classify(e, |e| ShimError::ImageUnavailable {
+                    image: image.to_owned(),
+                    reason: daemon_message(&e),
+                }));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn pull_reason(e: &ShimError) -> String {
+    match e {
+        ShimError::ImageUnavailable { reason, .. } => reason.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A Docker Hub image's name on a mirror of Docker Hub (`busybox` → `MIRROR/library/busybox`);
+/// `None` for images of other registries (the daemon's own settings cover those).
+pub fn mirror_reference(image: &str, mirror: &str) -> Option<String> {
+    let image = image.strip_prefix("docker.io/").unwrap_or(image);
+    let first = image.split('/').next()?;
+    let has_registry = image.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    if has_registry || image.contains('@') {
+        return None;
+    }
+    let mirror = mirror.trim_end_matches('/');
+    let mirror = mirror.strip_prefix("https://").or_else(|| mirror.strip_prefix("http://")).unwrap_or(mirror);
+    Some(if image.contains('/') { format!("{mirror}/{image}") } else { format!("{mirror}/library/{image}") })
 }
 
 /// `repo[:tag]` or `repo@digest` as the pull API wants it: name and tag apart, the tag `latest` when
@@ -115,5 +175,22 @@ mod tests {
         assert_eq!(split_reference("host:5000/team/img"), ("host:5000/team/img", "latest"));
         assert_eq!(split_reference("host:5000/team/img:1.2"), ("host:5000/team/img", "1.2"));
         assert_eq!(split_reference("img@sha256:abc"), ("img", "sha256:abc"));
+    }
+
+    #[test]
+    fn docker_hub_images_map_onto_the_mirror_and_others_do_not() {
+        let m = "mirror.local:5000";
+        assert_eq!(mirror_reference("busybox", m).as_deref(), Some("mirror.local:5000/library/busybox"));
+        assert_eq!(
+            mirror_reference("docker.io/library/ubuntu:22.04", m).as_deref(),
+            Some("mirror.local:5000/library/ubuntu:22.04")
+        );
+        assert_eq!(
+            mirror_reference("team/app:1", "https://mirror.local:5000/").as_deref(),
+            Some("mirror.local:5000/team/app:1")
+        );
+        assert_eq!(mirror_reference("ghcr.io/team/app", m), None);
+        assert_eq!(mirror_reference("localhost/app", m), None);
+        assert_eq!(mirror_reference("reg:5000/app", m), None);
     }
 }

@@ -52,6 +52,8 @@ struct Inner {
     /// Speaks bollard's newest API version; replaced by `negotiated` once the daemon has answered.
     initial: Docker,
     negotiated: OnceCell<Docker>,
+    /// A mirror of Docker Hub to pull through first (`host[:port]`).
+    mirror: Option<String>,
 }
 
 impl Shim {
@@ -67,7 +69,14 @@ impl Shim {
         let host = host.trim().to_owned();
         let initial =
             open(&host, API_DEFAULT_VERSION).map_err(|source| ShimError::Unreachable { host: host.clone(), source })?;
-        Ok(Self { inner: Arc::new(Inner { host, initial, negotiated: OnceCell::new() }) })
+        Ok(Self { inner: Arc::new(Inner { host, initial, negotiated: OnceCell::new(), mirror: None }) })
+    }
+
+    /// Pulls Docker Hub images through `mirror` (`host[:port]`) first, the registry itself next.
+    pub fn with_registry_mirror(self, mirror: Option<String>) -> Self {
+        let inner = &self.inner;
+        let (host, initial) = (inner.host.clone(), inner.initial.clone());
+        Self { inner: Arc::new(Inner { host, initial, negotiated: OnceCell::new(), mirror }) }
     }
 
     /// The daemon's address, as it appears in messages.

@@ -12,10 +12,16 @@ async fn two_nodes(node_timeout: Duration) -> anyhow::Result<(tempfile::TempDir,
     let dir = tempfile::tempdir()?;
     let any = "127.0.0.1:0".parse()?;
     let coord = Coordinator::start_with(&dir.path().join("coord"), any, any, node_timeout).await?;
-    let a =
-        Agent::start(&coord, &dir.path().join("a"), AgentOptions { name: "node-a".into(), nvml: None, fleet: None });
-    let b =
-        Agent::start(&coord, &dir.path().join("b"), AgentOptions { name: "node-b".into(), nvml: None, fleet: None });
+    let a = Agent::start(
+        &coord,
+        &dir.path().join("a"),
+        AgentOptions { name: "node-a".into(), nvml: None, fleet: None, ..Default::default() },
+    );
+    let b = Agent::start(
+        &coord,
+        &dir.path().join("b"),
+        AgentOptions { name: "node-b".into(), nvml: None, fleet: None, ..Default::default() },
+    );
     nodes_ready(&coord.client(), 2).await?;
     Ok((dir, coord, a, b))
 }
@@ -54,7 +60,11 @@ async fn a_lost_node_s_job_is_retried_elsewhere_and_the_old_copy_is_killed_on_re
 
     // The node returns: its old copy is stopped, the retry keeps running.
     let gone_state = gone.state.clone();
-    let _back = Agent::start(&coord, &gone_state, AgentOptions { name: first_node.clone(), nvml: None, fleet: None });
+    let _back = Agent::start(
+        &coord,
+        &gone_state,
+        AgentOptions { name: first_node.clone(), nvml: None, fleet: None, ..Default::default() },
+    );
     wait_for("the stale copy to be removed", Duration::from_secs(30), || async {
         Ok((!docker_exists(&old_container)).then_some(()))
     })
@@ -98,7 +108,7 @@ async fn higher_priority_runs_first() -> anyhow::Result<()> {
     let _node = Agent::start(
         &coord,
         &dir.path().join("gpu"),
-        AgentOptions { name: "gpu-node".into(), nvml: Some(nvml), fleet: None },
+        AgentOptions { name: "gpu-node".into(), nvml: Some(nvml), fleet: None, ..Default::default() },
     );
     nodes_ready(&client, 1).await?;
     let task = |name: &str, priority: u8| {
@@ -135,7 +145,8 @@ async fn rack() -> anyhow::Result<(tempfile::TempDir, Coordinator, Agent, Agent)
     let fleet = write_config(dir.path(), "rack", "type: fleet\nname: rack\nplacement: cluster\n");
     let mut out = Vec::new();
     corral_cli::commands::apply(&client, &fleet, true, true, None, &mut out).await?;
-    let opts = |name: &str| AgentOptions { name: name.into(), nvml: None, fleet: Some("rack".into()) };
+    let opts =
+        |name: &str| AgentOptions { name: name.into(), nvml: None, fleet: Some("rack".into()), ..Default::default() };
     let a = Agent::start(&coord, &dir.path().join("a"), opts("node-a"));
     let b = Agent::start(&coord, &dir.path().join("b"), opts("node-b"));
     nodes_ready(&client, 2).await?;

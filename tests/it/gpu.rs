@@ -17,7 +17,7 @@ async fn gpu_task_waits_then_runs_on_the_gpu_node() -> anyhow::Result<()> {
     let _cpu_node = Agent::start(
         &coord,
         &dir.path().join("cpu"),
-        AgentOptions { name: "cpu-node".into(), nvml: None, fleet: None },
+        AgentOptions { name: "cpu-node".into(), nvml: None, fleet: None, ..Default::default() },
     );
     nodes_ready(&client, 1).await?;
 
@@ -37,7 +37,7 @@ async fn gpu_task_waits_then_runs_on_the_gpu_node() -> anyhow::Result<()> {
     let gpu_node = Agent::start(
         &coord,
         &dir.path().join("gpu"),
-        AgentOptions { name: "gpu-node".into(), nvml: Some(nvml), fleet: None },
+        AgentOptions { name: "gpu-node".into(), nvml: Some(nvml), fleet: None, ..Default::default() },
     );
     let nodes = nodes_ready(&client, 2).await?;
     let gpu =
@@ -71,7 +71,7 @@ async fn two_gpu_tasks_never_share_a_gpu() -> anyhow::Result<()> {
     let _node = Agent::start(
         &coord,
         &dir.path().join("gpu"),
-        AgentOptions { name: "gpu-node".into(), nvml: Some(nvml), fleet: None },
+        AgentOptions { name: "gpu-node".into(), nvml: Some(nvml), fleet: None, ..Default::default() },
     );
     nodes_ready(&client, 1).await?;
     for name in ["job-a", "job-b", "job-c"] {

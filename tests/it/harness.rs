@@ -188,10 +188,12 @@ pub struct Agent {
     guard: ContainerGuard,
 }
 
+#[derive(Default)]
 pub struct AgentOptions {
     pub name: String,
     pub nvml: Option<PathBuf>,
     pub fleet: Option<String>,
+    pub registry_mirror: Option<String>,
 }
 
 impl Agent {
@@ -204,6 +206,7 @@ impl Agent {
             fleet: opts.fleet,
             // A path that does not exist means "no NVIDIA GPUs on this host".
             nvml_library: Some(opts.nvml.unwrap_or_else(|| state.join("no-libnvidia-ml.so"))),
+            registry_mirror: opts.registry_mirror,
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(corral_agent::run(config, shutdown.clone()));
@@ -391,7 +394,7 @@ impl OneNode {
         let agent = Agent::start(
             &coord,
             &dir.path().join("agent"),
-            AgentOptions { name: "node-a".into(), nvml: None, fleet: None },
+            AgentOptions { name: "node-a".into(), nvml: None, fleet: None, ..Default::default() },
         );
         let client = coord.client();
         nodes_ready(&client, 1).await?;

@@ -125,3 +125,42 @@ async fn a_pushed_image_runs_on_a_node_that_never_had_it() -> anyhow::Result<()>
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_mirror_is_tried_first_and_named_when_it_fails() -> anyhow::Result<()> {
+    use crate::harness::{Agent, AgentOptions, Coordinator, nodes_ready};
+    crate::harness::ensure_image();
+    let dir = tempfile::tempdir()?;
+    let coord = Coordinator::start(&dir.path().join("coord")).await?;
+    let _agent = Agent::start(
+        &coord,
+        &dir.path().join("agent"),
+        AgentOptions { name: "mirrored".into(), registry_mirror: Some("127.0.0.1:9".into()), ..Default::default() },
+    );
+    let client = coord.client();
+    nodes_ready(&client, 1).await?;
+
+    // An image the node has runs without asking anyone.
+    let file = write_config(
+        dir.path(),
+        "here",
+        &format!("type: task\nname: here\nimage: {IMAGE}\ncommands:\n  - echo local\n"),
+    );
+    let (code, out) = apply(&client, &file, false).await?;
+    assert_eq!(code, 0, "{out}");
+
+    // One nobody has: the mirror first (a Docker Hub name maps onto it), then the registry, both said.
+    let missing = format!("corral-test/mirror-absent-{}", std::process::id());
+    let file = write_config(
+        dir.path(),
+        "absent",
+        &format!("type: task\nname: absent\nimage: {missing}\ncommands:\n  - echo never\n"),
+    );
+    let (code, _) = apply(&client, &file, false).await?;
+    assert_ne!(code, 0);
+    let run = wait_state(&client, "absent", |r| r.state.is_finished(), Duration::from_secs(60)).await?;
+    let message = run.jobs[0].status_message.clone().unwrap_or_default();
+    assert!(message.contains(&format!("from the mirror (127.0.0.1:9/{missing}): ")), "{message}");
+    assert!(message.contains("; from the registry: "), "{message}");
+    Ok(())
+}

@@ -51,8 +51,11 @@ async fn abort_while_the_node_is_away_ends_the_run_and_the_container_goes_when_i
     assert_eq!(r.state, JobState::Aborted);
     assert!(docker_running(&container), "nobody could kill it yet");
 
-    let _agent =
-        Agent::start(&coord, &agent.state.clone(), AgentOptions { name: "node-a".into(), nvml: None, fleet: None });
+    let _agent = Agent::start(
+        &coord,
+        &agent.state.clone(),
+        AgentOptions { name: "node-a".into(), nvml: None, fleet: None, ..Default::default() },
+    );
     wait_for("the stranded container to be removed", Duration::from_secs(30), || async {
         Ok((!docker_exists(&container)).then_some(()))
     })
@@ -73,8 +76,11 @@ async fn a_container_corral_does_not_know_is_removed() -> anyhow::Result<()> {
         .args(["--label", &format!("corral.node={node}"), IMAGE, "sleep", "600"])
         .output()?;
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    let _agent =
-        Agent::start(&coord, &agent.state.clone(), AgentOptions { name: "node-a".into(), nvml: None, fleet: None });
+    let _agent = Agent::start(
+        &coord,
+        &agent.state.clone(),
+        AgentOptions { name: "node-a".into(), nvml: None, fleet: None, ..Default::default() },
+    );
     let gone = wait_for("the unknown container to be removed", Duration::from_secs(30), || async {
         Ok((!docker_exists(&ghost)).then_some(()))
     })

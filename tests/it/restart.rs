@@ -49,8 +49,11 @@ async fn agent_restart_keeps_the_container_and_readopts_it() -> anyhow::Result<(
 
     agent.stop().await?;
     assert!(docker_running(&container), "the container outlives the agent");
-    let _agent =
-        Agent::start(&coord, &agent.state.clone(), AgentOptions { name: "node-a".into(), nvml: None, fleet: None });
+    let _agent = Agent::start(
+        &coord,
+        &agent.state.clone(),
+        AgentOptions { name: "node-a".into(), nvml: None, fleet: None, ..Default::default() },
+    );
     let done = wait_state(&client, "survivor", |r| r.state.is_finished(), Duration::from_secs(60)).await?;
     assert_eq!(done.state, JobState::Done, "{done:?}");
     let text = wait_for("the full log", Duration::from_secs(10), || async {
@@ -78,8 +81,11 @@ async fn a_vanished_container_fails_its_job() -> anyhow::Result<()> {
     let container = format!("corral-{}", r.jobs[0].id);
     let rm = std::process::Command::new("docker").args(["rm", "-f", &container]).output()?;
     assert!(rm.status.success());
-    let _agent =
-        Agent::start(&coord, &agent.state.clone(), AgentOptions { name: "node-a".into(), nvml: None, fleet: None });
+    let _agent = Agent::start(
+        &coord,
+        &agent.state.clone(),
+        AgentOptions { name: "node-a".into(), nvml: None, fleet: None, ..Default::default() },
+    );
     let r = wait_state(&client, "doomed", |r| r.state.is_finished(), Duration::from_secs(30)).await?;
     assert_eq!(r.state, JobState::Failed);
     assert_eq!(r.jobs[0].termination_reason, Some(corral_proto::job::TerminationReason::ContainerLost));
