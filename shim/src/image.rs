@@ -68,7 +68,7 @@ impl Shim {
         let mut pulled = false;
         if let Some(mirrored) = self.inner.mirror.as_deref().and_then(|m| mirror_reference(image, m)) {
             tracing::info!(image, %mirrored, "pulling image through the registry mirror");
-            match self.pull(&docker, &mirrored).await {
+            match self.pull(docker, &mirrored).await {
                 Ok(()) => {
                     let (repo, tag) = split_reference(image);
                     let options = TagImageOptionsBuilder::default().repo(repo).tag(tag).build();
@@ -85,7 +85,7 @@ impl Shim {
         }
         if !pulled {
             tracing::info!(image, "pulling image");
-            if let Err(e) = self.pull(&docker, image).await {
+            if let Err(e) = self.pull(docker, image).await {
                 let e = match e {
                     ShimError::Unreachable { .. } => return Err(e),
                     other => other,
