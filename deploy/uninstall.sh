@@ -49,7 +49,9 @@ fi
 # agents started with --foreground (no pgrep on minimal hosts: /proc says it)
 agents() {
   for d in /proc/[0-9]*; do
-    [ "$(cat "$d/comm" 2>/dev/null)" != corral-agent ] || echo "${d#/proc/}"
+    [ "$(cat "$d/comm" 2>/dev/null)" = corral-agent ] || continue
+    # an exited one its parent has not reaped yet is gone already
+    grep -q '^State:[[:space:]]*Z' "$d/status" 2>/dev/null || echo "${d#/proc/}"
   done
 }
 pids=$(agents)

@@ -113,6 +113,7 @@ async fn the_install_command_joins_a_fresh_host_that_then_runs_a_task_and_uninst
     docker(&[
         "run",
         "-d",
+        "--init",
         "--name",
         &host,
         "--network",
@@ -167,6 +168,26 @@ async fn the_install_command_joins_a_fresh_host_that_then_runs_a_task_and_uninst
         Duration::from_secs(30),
     )
     .await?;
+    // Running the install command again upgrades in place: same node, its task untouched (here
+    // without --foreground: no systemd in the container, so the agent runs detached).
+    let again = docker(&[
+        "exec",
+        &host,
+        "sh",
+        "-c",
+        &format!(
+            "curl -fsSLk {}/install.sh | sh -s -- --token {} --name {node_name} --min-disk-gib 1 2>&1",
+            coord.url(),
+            coord.join_token
+        ),
+    ])?;
+    assert!(again.contains("upgraded /usr/local/bin/corral-agent to corral-agent"), "{again}");
+    assert!(again.contains(&format!("node {node_name} ({})", node.id)), "{again}");
+    let nodes: Vec<api::Node> = client.get("/api/nodes").await?;
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    let run = crate::harness::run(&client, "fresh-sleep").await?;
+    assert_eq!(run.state, corral_proto::job::JobState::Running);
+
     let job_containers = docker(&["ps", "-aq", "--filter", &format!("label=corral.node={}", node.id)])?;
     assert!(!job_containers.trim().is_empty(), "the task's container is there before uninstalling");
     let out = docker(&["exec", &host, "/usr/local/bin/corral-agent-uninstall"])?;
@@ -177,10 +198,10 @@ async fn the_install_command_joins_a_fresh_host_that_then_runs_a_task_and_uninst
         &host,
         "sh",
         "-c",
-        "ls /usr/local/bin /etc; grep -l corral-agent /proc/[0-9]*/comm || echo no-agent",
+        "ls /usr/local/bin /etc; for d in /proc/[0-9]*; do [ \"$(cat $d/comm)\" = corral-agent ] && grep State $d/status; done; echo listed",
     ])?;
     assert!(!left.contains("corral-agent\n") && !left.contains("corral\n"), "{left}");
-    assert!(left.contains("no-agent"), "{left}");
+    assert!(left.contains("listed") && !left.contains("State"), "no agent process left: {left}");
     assert_eq!(docker(&["ps", "-aq", "--filter", &format!("label=corral.node={}", node.id)])?.trim(), "");
     wait_for("the node to go offline", Duration::from_secs(20), || async {
         let nodes: Vec<api::Node> = client.get("/api/nodes").await?;
