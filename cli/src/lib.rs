@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod commands;
 pub mod exec;
 pub mod images;
+pub mod offers;
 pub mod output;
 pub mod ssh;
 pub mod sshfleet;
@@ -104,6 +105,32 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// What runs could be placed on: on-prem nodes (price 0), then cloud instance types that fit,
+    /// by price.
+    Offer {
+        /// e.g. `A100:8`, `24GB..`, `H100,A100:2..`.
+        #[arg(long)]
+        gpu: Option<String>,
+        /// e.g. `8..`, `arm:4`.
+        #[arg(long)]
+        cpu: Option<String>,
+        /// e.g. `64GB..`.
+        #[arg(long)]
+        memory: Option<String>,
+        /// Spot instances, at their current price.
+        #[arg(long)]
+        spot: bool,
+        /// US dollars per hour at most.
+        #[arg(long)]
+        max_price: Option<f64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cloud backends.
+    Backend {
+        #[command(subcommand)]
+        command: BackendCommand,
+    },
     /// Offline bundles: everything a site with no network needs, in one file.
     Bundle {
         #[command(subcommand)]
@@ -186,6 +213,15 @@ pub enum NodeCommand {
         node: String,
         #[arg(short = 'y', long)]
         yes: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BackendCommand {
+    /// The configured backends, their regions, and whether they answer.
+    List {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -312,6 +348,12 @@ pub async fn run(cli: Cli, out: &mut (dyn std::io::Write + Send)) -> anyhow::Res
         }
         Command::Node { command } => cluster::node(&client::Client::from_env()?, command, out).await,
         Command::Fleet { command } => cluster::fleet(&client::Client::from_env()?, command, out).await,
+        Command::Offer { gpu, cpu, memory, spot, max_price, json } => {
+            offers::offer(&client::Client::from_env()?, gpu, cpu, memory, spot, max_price, json, out).await
+        }
+        Command::Backend { command: BackendCommand::List { json } } => {
+            offers::backend_list(&client::Client::from_env()?, json, out).await
+        }
         Command::Bundle { command: BundleCommand::Create { output, bin_dir, images } } => {
             bundle::create(&output, bin_dir, &images, out)
         }

@@ -50,6 +50,22 @@ struct Args {
     /// Binaries for other architectures sit beside it as corral-agent-<arch> (aarch64, ...).
     #[arg(long, env = "CORRAL_AGENT_BINARY")]
     agent_binary: Option<PathBuf>,
+    /// Rent instances from AWS in this region (repeatable). Credentials come from the usual chain:
+    /// AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or the instance role.
+    #[arg(long = "aws-region", value_name = "REGION", env = "CORRAL_AWS_REGIONS", value_delimiter = ',')]
+    aws_regions: Vec<String>,
+    /// The subnet AWS instances are launched in (default: the region's default VPC).
+    #[arg(long, env = "CORRAL_AWS_SUBNET")]
+    aws_subnet: Option<String>,
+    /// The security group of AWS instances (they need no inbound port: agents dial out).
+    #[arg(long, env = "CORRAL_AWS_SECURITY_GROUP")]
+    aws_security_group: Option<String>,
+    /// The AMI of AWS instances (default: one with Docker and the NVIDIA drivers, per region).
+    #[arg(long, env = "CORRAL_AWS_AMI")]
+    aws_ami: Option<String>,
+    /// An EC2 key pair for SSH into instances (not needed by Corral).
+    #[arg(long, env = "CORRAL_AWS_KEY_NAME")]
+    aws_key_name: Option<String>,
 }
 
 fn parse_secs(s: &str) -> Result<u64, String> {
@@ -88,6 +104,13 @@ where
         let beside = std::env::current_exe().ok()?.parent()?.join("corral-agent");
         beside.exists().then_some(beside)
     });
+    let aws = (!args.aws_regions.is_empty()).then(|| crate::backends::AwsSettings {
+        regions: args.aws_regions,
+        subnet_id: args.aws_subnet,
+        security_group_id: args.aws_security_group,
+        ami: args.aws_ami,
+        key_name: args.aws_key_name,
+    });
     let config = crate::Config {
         data_dir: args.data_dir.unwrap_or_else(|| corral_proto::paths::default_dir("corral")),
         http_listen: args.http_listen,
@@ -96,6 +119,7 @@ where
         services_domain,
         http_tls,
         agent_binary,
+        aws,
         ..Default::default()
     };
     let shutdown = CancellationToken::new();

@@ -24,6 +24,7 @@ use corral_proto::job::TerminationReason;
 use crate::State;
 use crate::secrets::{now_ms, random_hex, sha256_hex};
 
+mod backends;
 mod cluster;
 mod exec;
 mod images;
@@ -79,6 +80,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/nodes", get(cluster::list_nodes))
         .route("/api/nodes/{name}", delete(tokens::remove_node))
         .route("/api/tokens", post(tokens::create).get(tokens::list))
+        .route("/api/backends", get(backends::list))
+        .route("/api/offers", get(backends::offers))
         .route("/api/images", post(images::push).get(images::list).delete(images::remove))
         .route("/api/tokens/{id}/revoke", post(tokens::revoke))
         .route("/api/nodes/cordon", post(cluster::cordon_many))

@@ -20,6 +20,7 @@ pub mod activity;
 pub mod admission;
 pub mod agents;
 pub mod autoscale;
+pub mod backends;
 pub mod cli;
 pub mod http;
 pub mod images;
@@ -75,6 +76,8 @@ pub struct Config {
     pub agent_binary: Option<PathBuf>,
     /// How long a node has to come back on the new binary before its upgrade counts as failed.
     pub upgrade_timeout: Duration,
+    /// The AWS backend, when configured.
+    pub aws: Option<backends::AwsSettings>,
 }
 
 /// TLS for the HTTP API.
@@ -100,6 +103,7 @@ impl Default for Config {
             http_tls: HttpTls::Own(Vec::new()),
             agent_binary: None,
             upgrade_timeout: Duration::from_secs(180),
+            aws: None,
         }
     }
 }
@@ -155,6 +159,8 @@ pub struct State {
     pub agent_dist: Arc<http::AgentDist>,
     /// Images pushed to the coordinator, for nodes with no registry.
     pub images: images::ImageStore,
+    /// Cloud backends and the price catalog.
+    pub backends: backends::Backends,
 }
 
 impl State {
@@ -313,6 +319,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let pki = Pki::load_or_create(dir).context("cannot set up the certificate authority")?;
     let logs = LogStore::new(&dir.join("logs")).context("cannot create the log dir")?;
     let images = images::ImageStore::open(&dir.join("images")).context("cannot open the image store")?;
+    let backends = backends::Backends::start(config.aws.clone()).await?;
 
     let (admin_token, join_token) = bootstrap_tokens(dir, &store, &pki.ca_hash())?;
 
@@ -339,6 +346,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         quic_port: std::sync::OnceLock::new(),
         agent_dist: Arc::new(http::AgentDist::new(config.agent_binary.clone())),
         images,
+        backends,
     });
     // Nodes with jobs get the full timeout to come back after a coordinator restart, and dev
     // environments their full inactivity time.

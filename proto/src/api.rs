@@ -155,6 +155,45 @@ pub struct CreateJoinToken {
     pub uses: Option<u32>,
 }
 
+/// Something a run could be placed on: an on-prem node (price 0) or a cloud instance type, as
+/// `corral offer` lists them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Offer {
+    /// `on-prem`, or the cloud backend (`aws`).
+    pub backend: String,
+    /// The node's name, or the instance type.
+    pub name: String,
+    /// The cloud region (none on-prem).
+    pub region: Option<String>,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    /// e.g. `x86_64`, `aarch64`.
+    pub arch: String,
+    pub gpu_count: u32,
+    /// e.g. `A100`.
+    pub gpu_name: Option<String>,
+    pub gpu_memory_bytes: Option<u64>,
+    pub spot: bool,
+    /// US dollars per hour; `None` where the catalog has no price.
+    pub price: Option<f64>,
+}
+
+/// `GET /api/offers`: what fits, and what could not be asked (a region that failed).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Offers {
+    pub offers: Vec<Offer>,
+    pub warnings: Vec<String>,
+}
+
+/// A configured cloud backend and whether it works.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackendInfo {
+    pub name: String,
+    pub regions: Vec<String>,
+    /// `None` when it answers; else what is wrong, as the cloud said it.
+    pub error: Option<String>,
+}
+
 /// An image in the coordinator's own store (`corral image push`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ImageInfo {

@@ -68,11 +68,8 @@ fn build_image(dir: &Path, name: &str, mib: usize) -> anyhow::Result<()> {
     }
     std::fs::write(ctx.join("weights.bin"), data)?;
     std::fs::write(ctx.join("Dockerfile"), format!("FROM {BASE}\nCOPY weights.bin /weights.bin\n"))?;
-    let out = Command::new("docker")
-        .args(["build", "-q", "-t", name])
-        .arg(&ctx)
-        .env("DOCKER_BUILDKIT", "0")
-        .output()?;
+    let out =
+        Command::new("docker").args(["build", "-q", "-t", name]).arg(&ctx).env("DOCKER_BUILDKIT", "0").output()?;
     if !out.status.success() {
         bail!("docker build: {}", String::from_utf8_lossy(&out.stderr));
     }

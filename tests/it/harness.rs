@@ -117,6 +117,7 @@ impl Coordinator {
             http_tls: corral_coordinator::HttpTls::Off,
             agent_binary: None,
             upgrade_timeout: Duration::from_secs(180),
+            aws: None,
         })
         .await
     }

@@ -1,6 +1,7 @@
 //! End-to-end tests: a real coordinator (SQLite file, QUIC, HTTP), real agents and the CLI's own
 //! command functions, against the real Docker engine. Docker missing is a failure, never a skip.
 
+mod aws;
 mod cluster;
 mod devenv;
 mod enroll;
