@@ -104,13 +104,17 @@ where
         let beside = std::env::current_exe().ok()?.parent()?.join("corral-agent");
         beside.exists().then_some(beside)
     });
-    let aws = (!args.aws_regions.is_empty()).then(|| crate::backends::AwsSettings {
-        regions: args.aws_regions,
-        subnet_id: args.aws_subnet,
-        security_group_id: args.aws_security_group,
-        ami: args.aws_ami,
-        key_name: args.aws_key_name,
-    });
+    let aws = if args.aws_regions.is_empty() {
+        None
+    } else {
+        Some(crate::backends::AwsSettings {
+            regions: args.aws_regions,
+            subnet_id: args.aws_subnet,
+            security_group_id: args.aws_security_group,
+            ami: args.aws_ami,
+            key_name: args.aws_key_name,
+        })
+    };
     let config = crate::Config {
         data_dir: args.data_dir.unwrap_or_else(|| corral_proto::paths::default_dir("corral")),
         http_listen: args.http_listen,
