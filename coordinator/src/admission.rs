@@ -119,16 +119,22 @@ pub fn check_fleet(cfg: &FleetConfig) -> Result<&FleetConfig, String> {
             ssh.is_some_and(|s| s.network.is_some()),
             "not supported yet: multi-node runs use each node's address as the coordinator sees it",
         ),
+        ("backends", p.backends.iter().any(|b| b != "aws"), "the only cloud backend is aws"),
         (
-            "backends",
-            !p.backends.is_empty() || !p.regions.is_empty() || !p.instance_types.is_empty(),
-            "cloud fleets are not supported yet",
+            "nodes",
+            p.backends.iter().any(|b| b == "aws") && cfg.nodes.is_none(),
+            "an aws fleet needs nodes: MIN..MAX (how many instances)",
+        ),
+        (
+            "regions",
+            p.backends.is_empty() && (!p.regions.is_empty() || !p.instance_types.is_empty()),
+            "regions and instance_types choose cloud instances: add backends: [aws]",
         ),
         ("env", !cfg.env.is_empty(), "fleet-wide environment variables are not supported yet"),
         (
             "resources",
-            cfg.resources.is_some(),
-            "fleet resources select cloud instances; on-prem nodes join with `corral-agent --fleet NAME`",
+            cfg.resources.is_some() && p.backends.is_empty(),
+            "fleet resources choose cloud instances (backends: [aws]); on-prem nodes join with a join token",
         ),
     ];
     match unsupported.iter().find(|(_, used, _)| *used) {

@@ -63,6 +63,13 @@ struct Args {
     /// The AMI of AWS instances (default: one with Docker and the NVIDIA drivers, per region).
     #[arg(long, env = "CORRAL_AWS_AMI")]
     aws_ami: Option<String>,
+    /// The URL cloud instances reach this coordinator at (their install command fetches from it),
+    /// e.g. https://coord.example:7070.
+    #[arg(long, env = "CORRAL_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// How often elastic fleets are compared with the cloud (e.g. 10s).
+    #[arg(long, default_value = "10s", value_parser = parse_secs)]
+    elastic_every: u64,
     /// An EC2 key pair for SSH into instances (not needed by Corral).
     #[arg(long, env = "CORRAL_AWS_KEY_NAME")]
     aws_key_name: Option<String>,
@@ -124,6 +131,8 @@ where
         http_tls,
         agent_binary,
         aws,
+        public_url: args.public_url.map(|u| u.trim_end_matches('/').to_owned()),
+        elastic_every: std::time::Duration::from_secs(args.elastic_every.max(1)),
         ..Default::default()
     };
     let shutdown = CancellationToken::new();

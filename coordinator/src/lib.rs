@@ -22,6 +22,8 @@ pub mod agents;
 pub mod autoscale;
 pub mod backends;
 pub mod cli;
+#[cfg(feature = "aws")]
+pub mod elastic;
 pub mod http;
 pub mod images;
 pub mod lifecycle;
@@ -78,6 +80,10 @@ pub struct Config {
     pub upgrade_timeout: Duration,
     /// The AWS backend, when configured.
     pub aws: Option<backends::AwsSettings>,
+    /// The URL instances reach the coordinator at (their install command's), for elastic fleets.
+    pub public_url: Option<String>,
+    /// How often elastic fleets are reconciled with the cloud.
+    pub elastic_every: Duration,
 }
 
 /// TLS for the HTTP API.
@@ -104,6 +110,8 @@ impl Default for Config {
             agent_binary: None,
             upgrade_timeout: Duration::from_secs(180),
             aws: None,
+            public_url: None,
+            elastic_every: Duration::from_secs(10),
         }
     }
 }
@@ -406,6 +414,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     tasks.spawn(probes::run(state.clone(), shutdown.child_token()));
     tasks.spawn(autoscale::run(state.clone(), shutdown.child_token()));
     tasks.spawn(upgrade::run(state.clone(), shutdown.child_token()));
+    #[cfg(feature = "aws")]
+    tasks.spawn(elastic::run(state.clone(), shutdown.child_token()));
 
     let agents_runtime = AgentsRuntime(Some(agents_runtime));
     Ok(Running { http_addr, quic_addr, admin_token, join_token, state, tasks, agents_runtime })

@@ -404,6 +404,16 @@ impl Store {
         Ok(rows)
     }
 
+    /// Every fleet of every project: (project, name, configuration).
+    pub fn all_fleets(&self) -> Result<Vec<(String, String, corral_proto::config::FleetConfig)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT project, name, configuration FROM fleets ORDER BY project, name")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, json_col(r, 2)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
     pub fn delete_fleet(&self, project: &str, name: &str) -> Result<bool> {
         let n = self.conn().execute("DELETE FROM fleets WHERE project = ?1 AND name = ?2", params![project, name])?;
         Ok(n == 1)

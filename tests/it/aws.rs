@@ -170,3 +170,165 @@ async fn an_aws_backend_that_does_not_answer_is_reported_not_fatal() -> anyhow::
     );
     Ok(())
 }
+
+/// An EC2 query to the emulator (moto checks no signature; the credential scope names the region).
+async fn ec2(moto: &Moto, query: &str) -> anyhow::Result<String> {
+    let auth =
+        "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=0";
+    let resp = reqwest::Client::new()
+        .get(format!("{}/?Version=2016-11-15&{query}", moto.url))
+        .header("Authorization", auth)
+        .send()
+        .await?;
+    Ok(resp.text().await?)
+}
+
+/// Every `<tag>value</tag>` in an XML answer.
+fn xml_values(xml: &str, tag: &str) -> Vec<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    xml.split(&open).skip(1).filter_map(|rest| rest.split(&close).next().map(str::to_owned)).collect()
+}
+
+/// The fleet's live instances, as the emulator has them.
+async fn fleet_instances(moto: &Moto, fleet: &str) -> anyhow::Result<Vec<String>> {
+    let xml = ec2(
+        moto,
+        &format!(
+            "Action=DescribeInstances&Filter.1.Name=tag:corral:fleet&Filter.1.Value.1={fleet}\
+             &Filter.2.Name=instance-state-name&Filter.2.Value.1=pending&Filter.2.Value.2=running"
+        ),
+    )
+    .await?;
+    Ok(xml_values(&xml, "instanceId"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_elastic_fleet_launches_its_minimum_its_instance_joins_and_a_restart_launches_nothing_more()
+-> anyhow::Result<()> {
+    let moto = moto().await?;
+    let dir = tempfile::tempdir()?;
+    let ami = xml_values(&ec2(&moto, "Action=DescribeImages").await?, "imageId")
+        .into_iter()
+        .next()
+        .context("an AMI in the emulator")?;
+    let http = format!("127.0.0.1:{}", free_port()?);
+    let quic = format!("127.0.0.1:{}", free_port()?);
+    let data = dir.path().join("coord");
+    let start = || -> anyhow::Result<Proc> {
+        Ok(Proc(
+            Command::new(COORDINATOR)
+                .args(["--http-listen", &http, "--quic-listen", &quic, "--no-tls", "--aws-region", "us-east-1"])
+                .args(["--aws-ami", &ami, "--public-url", &format!("http://{http}"), "--elastic-every", "1s"])
+                .arg("--data-dir")
+                .arg(&data)
+                .env("AWS_ENDPOINT_URL", &moto.url)
+                .env("AWS_ACCESS_KEY_ID", "testing")
+                .env("AWS_SECRET_ACCESS_KEY", "testing")
+                .env("AWS_EC2_METADATA_DISABLED", "true")
+                .env("HOME", dir.path())
+                .env("CORRAL_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()?,
+        ))
+    };
+    let health = format!("http://{http}/api/health");
+    let mut coord = start()?;
+    wait_until(Duration::from_secs(60), async || reqwest::get(&health).await.is_ok()).await?;
+    let c = Coord {
+        _proc: Proc(Command::new("true").spawn()?),
+        http: http.clone(),
+        quic: quic.clone(),
+        data: data.clone(),
+    };
+
+    let fleet = crate::harness::write_config(
+        dir.path(),
+        "gpus",
+        "type: fleet\nname: gpus\nnodes: 1..3\nbackends: [aws]\nresources:\n  gpu: A100:8\n",
+    );
+    let out = cli(&c, &["apply", "-y", "-f", fleet.to_str().context("utf-8 path")?])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // One instance (the minimum), of the cheapest type with 8 A100s, tagged as the fleet's.
+    let ids = wait_for_instances(&moto, "gpus", 1).await?;
+    let xml = ec2(&moto, &format!("Action=DescribeInstances&InstanceId.1={}", ids[0])).await?;
+    assert_eq!(xml_values(&xml, "instanceType").first().map(String::as_str), Some("p4d.24xlarge"), "{xml}");
+    let user_data = xml_values(
+        &ec2(&moto, &format!("Action=DescribeInstanceAttribute&InstanceId={}&Attribute=userData", ids[0])).await?,
+        "value",
+    )
+    .into_iter()
+    .next()
+    .context("user data recorded")?;
+    let decoded = Command::new("sh").arg("-c").arg(format!("printf %s '{user_data}' | base64 -d")).output()?;
+    let script = String::from_utf8(decoded.stdout)?;
+    assert!(
+        script.contains(&format!("curl -fsSLk 'http://{http}/install.sh' | sh -s -- --token 'corral1.")),
+        "{script}"
+    );
+    let token = script.split("--token '").nth(1).and_then(|s| s.split('\'').next()).context("a token")?.to_owned();
+    let node = script.split("--name '").nth(1).and_then(|s| s.split('\'').next()).context("a node name")?.to_owned();
+    assert!(node.starts_with("gpus-"), "{node}");
+
+    // Emulated instances do not boot: a real agent with that token plays the instance.
+    let state = dir.path().join("agent");
+    let _agent = Proc(
+        Command::new(AGENT)
+            .args(["--coordinator", &quic, "--token", &token, "--name", &node, "--no-self-upgrade"])
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--nvml-library")
+            .arg(state.join("no-libnvidia-ml.so"))
+            .env("CORRAL_LOG", "warn")
+            .spawn()?,
+    );
+    let client = corral_cli::client::Client::new(
+        &format!("http://{http}"),
+        std::fs::read_to_string(data.join("admin-token"))?.trim(),
+        "main",
+    );
+    wait_until(Duration::from_secs(30), async || {
+        client.get::<Vec<api::Node>>("/api/nodes").await.is_ok_and(|nodes| {
+            nodes
+                .iter()
+                .any(|n| n.name == node && n.fleet.as_deref() == Some("gpus") && n.status == api::NodeStatus::Ready)
+        })
+    })
+    .await
+    .context("the instance's node joined its fleet")?;
+    // The token was for that one instance.
+    let again = cli(&c, &["token", "list", "--json"])?;
+    let tokens: Vec<api::JoinTokenInfo> = serde_json::from_slice(&again.stdout)?;
+    assert!(tokens.iter().any(|t| t.fleet.as_deref() == Some("gpus") && t.uses_left == Some(0)), "{tokens:?}");
+
+    // A coordinator restart reads the instances back from the cloud: nothing more is launched.
+    drop(coord);
+    coord = start()?;
+    wait_until(Duration::from_secs(60), async || reqwest::get(&health).await.is_ok()).await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(fleet_instances(&moto, "gpus").await?, ids, "no second instance");
+
+    // Deleting the fleet terminates its instances.
+    let out = cli(&c, &["fleet", "delete", "gpus", "-y"])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until(Duration::from_secs(30), async || fleet_instances(&moto, "gpus").await.is_ok_and(|i| i.is_empty()))
+        .await
+        .context("the fleet's instance terminated")?;
+    drop(coord);
+    Ok(())
+}
+
+async fn wait_for_instances(moto: &Moto, fleet: &str, n: usize) -> anyhow::Result<Vec<String>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ids = fleet_instances(moto, fleet).await?;
+        if ids.len() >= n {
+            return Ok(ids);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no {n} instance(s) of fleet {fleet} after 60 s: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -118,6 +118,8 @@ impl Coordinator {
             agent_binary: None,
             upgrade_timeout: Duration::from_secs(180),
             aws: None,
+            public_url: None,
+            elastic_every: Duration::from_secs(10),
         })
         .await
     }

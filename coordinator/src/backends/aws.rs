@@ -142,3 +142,118 @@ async fn describe_types(ec2: &aws_sdk_ec2::Client) -> Result<Vec<InstanceType>, 
     }
     Ok(out)
 }
+
+/// An instance Corral launched, as `DescribeInstances` shows it (by its tags).
+#[derive(Clone, Debug)]
+pub struct Instance {
+    pub region: String,
+    pub id: String,
+    pub fleet: String,
+    /// The name its agent enrolls under (`corral:node`).
+    pub node: String,
+    /// `pending`, `running`, ...
+    pub state: String,
+    pub launched: Option<std::time::SystemTime>,
+}
+
+/// What to launch.
+pub struct Launch<'a> {
+    pub region: &'a str,
+    pub instance_type: &'a str,
+    pub spot: bool,
+    pub user_data: &'a str,
+    /// Tags, Corral's own among them.
+    pub tags: &'a [(String, String)],
+}
+
+impl Aws {
+    fn region(&self, name: &str) -> Result<&Region, String> {
+        self.regions.iter().find(|r| r.name == name).ok_or_else(|| format!("region {name} is not configured"))
+    }
+
+    /// The AMI for `region`: `--aws-ami`, or none (then say how to set one).
+    fn ami(&self) -> Result<String, String> {
+        self.settings.ami.clone().ok_or_else(|| "no AMI: start the coordinator with --aws-ami (an image with Docker and, for GPUs, the NVIDIA driver and container toolkit)".into())
+    }
+
+    /// `RunInstances` of one instance; returns its id. The error says what EC2 said (capacity,
+    /// limits, permissions).
+    pub async fn launch(&self, l: &Launch<'_>) -> Result<String, String> {
+        use aws_sdk_ec2::types::{InstanceMarketOptionsRequest, MarketType, ResourceType, Tag, TagSpecification};
+        let r = self.region(l.region)?;
+        let tags = TagSpecification::builder()
+            .resource_type(ResourceType::Instance)
+            .set_tags(Some(l.tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()))
+            .build();
+        let mut req = r
+            .ec2
+            .run_instances()
+            .image_id(self.ami()?)
+            .instance_type(l.instance_type.into())
+            .min_count(1)
+            .max_count(1)
+            .user_data(aws_smithy_types::base64::encode(l.user_data.as_bytes()))
+            .tag_specifications(tags)
+            .set_subnet_id(self.settings.subnet_id.clone())
+            .set_key_name(self.settings.key_name.clone());
+        if let Some(sg) = &self.settings.security_group_id {
+            req = req.security_group_ids(sg);
+        }
+        if l.spot {
+            req = req
+                .instance_market_options(InstanceMarketOptionsRequest::builder().market_type(MarketType::Spot).build());
+        }
+        let out = req.send().await.map_err(said)?;
+        out.instances()
+            .first()
+            .and_then(|i| i.instance_id())
+            .map(str::to_owned)
+            .ok_or_else(|| "RunInstances answered without an instance".into())
+    }
+
+    /// Every live instance tagged as this coordinator's, in every region.
+    pub async fn instances(&self, coordinator: &str) -> Result<Vec<Instance>, String> {
+        use aws_sdk_ec2::types::Filter;
+        let mut out = Vec::new();
+        for r in &self.regions {
+            let mut pages = r
+                .ec2
+                .describe_instances()
+                .filters(Filter::builder().name("tag:corral:coordinator").values(coordinator).build())
+                .filters(Filter::builder().name("instance-state-name").values("pending").values("running").build())
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| format!("{}: {}", r.name, said(e)))?;
+                for i in page.reservations().iter().flat_map(|res| res.instances()) {
+                    let tag = |k: &str| {
+                        i.tags().iter().find(|t| t.key() == Some(k)).and_then(|t| t.value()).map(str::to_owned)
+                    };
+                    let (Some(id), Some(fleet), Some(node)) =
+                        (i.instance_id(), tag("corral:fleet"), tag("corral:node"))
+                    else {
+                        continue;
+                    };
+                    out.push(Instance {
+                        region: r.name.clone(),
+                        id: id.to_owned(),
+                        fleet,
+                        node,
+                        state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_owned()).unwrap_or_default(),
+                        launched: i.launch_time().and_then(|t| std::time::SystemTime::try_from(*t).ok()),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn terminate(&self, region: &str, ids: &[String]) -> Result<(), String> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let r = self.region(region)?;
+        r.ec2.terminate_instances().set_instance_ids(Some(ids.to_vec())).send().await.map_err(said)?;
+        Ok(())
+    }
+}
