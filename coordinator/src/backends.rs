@@ -178,6 +178,22 @@ impl InstanceType {
     }
 }
 
+/// An offer seen as a host, to ask whether a job would fit on it.
+pub fn offer_as_host(o: &api::Offer) -> HostInventory {
+    InstanceType {
+        name: o.name.clone(),
+        vcpus: o.cpus,
+        memory_mib: o.memory_bytes >> 20,
+        arch: o.arch.clone(),
+        gpu_name: o.gpu_name.clone(),
+        gpu_vendor: None,
+        gpu_count: o.gpu_count,
+        gpu_memory_mib: o.gpu_memory_bytes.unwrap_or(0) >> 20,
+        spot: o.spot,
+    }
+    .as_host()
+}
+
 /// What `corral offer` asks for.
 pub struct OfferQuery {
     pub spec: ResourcesSpec,

@@ -70,6 +70,9 @@ struct Args {
     /// How often elastic fleets are compared with the cloud (e.g. 10s).
     #[arg(long, default_value = "10s", value_parser = parse_secs)]
     elastic_every: u64,
+    /// A cloud instance whose agent has not enrolled this long after launch is terminated.
+    #[arg(long, default_value = "10m", value_parser = parse_secs)]
+    enroll_timeout: u64,
     /// An EC2 key pair for SSH into instances (not needed by Corral).
     #[arg(long, env = "CORRAL_AWS_KEY_NAME")]
     aws_key_name: Option<String>,
@@ -133,6 +136,7 @@ where
         aws,
         public_url: args.public_url.map(|u| u.trim_end_matches('/').to_owned()),
         elastic_every: std::time::Duration::from_secs(args.elastic_every.max(1)),
+        enroll_timeout: std::time::Duration::from_secs(args.enroll_timeout),
         ..Default::default()
     };
     let shutdown = CancellationToken::new();

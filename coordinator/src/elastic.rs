@@ -6,15 +6,22 @@
 //! join token for that instance alone (one use, one hour, its fleet) and the node name it is tagged
 //! with; offers are tried cheapest first, the next one on a capacity error.
 //!
-//! Not yet: growing for queued work, idle termination, terminating instances that never enroll.
+//! A fleet grows (to MAX) for queued work that fits its offers, one instance at a time while none
+//! is still booting; an instance idle past the fleet's `idle_duration` (default 3 days) is
+//! terminated unless that takes the fleet below MIN; an instance whose node has not enrolled
+//! within `enroll_timeout` is terminated and its instance type avoided for an hour.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
 use corral_proto::api;
-use corral_proto::config::{FleetConfig, SpotPolicy};
-use corral_proto::resources::ResourcesSpec;
+use corral_proto::config::{FleetConfig, IdleDuration, SpotPolicy};
+use corral_proto::resources::{Memory, ResourcesSpec, fit};
 
 use crate::State;
 use crate::backends::OfferQuery;
@@ -23,6 +30,10 @@ use crate::secrets::{now_ms, random_hex, sha256_hex};
 
 /// Tries this many offers per launch before giving up for the pass.
 const OFFERS_TRIED: usize = 5;
+/// dstack's default for fleets.
+const DEFAULT_IDLE: Duration = Duration::from_secs(3 * 24 * 3600);
+/// An instance type whose instance never enrolled is avoided this long.
+const AVOID_FOR: Duration = Duration::from_secs(3600);
 
 /// The tag value that marks this coordinator's instances (from its CA: stable across restarts).
 pub fn coordinator_tag(state: &State) -> String {
@@ -73,21 +84,41 @@ fn is_aws_fleet(cfg: &FleetConfig) -> bool {
     cfg.provisioning.backends.iter().any(|b| b == "aws")
 }
 
+/// What the controller remembers between passes (lost on restart: then idle times start over).
+#[derive(Default)]
+struct Memo {
+    /// Since when each enrolled node of an elastic fleet has run nothing.
+    idle_since: HashMap<String, Instant>,
+    /// (region, instance type) whose instance did not enroll: avoided for a while.
+    avoid: HashMap<(String, String), Instant>,
+}
+
 pub async fn run(state: Arc<State>, shutdown: CancellationToken) {
     let Some(aws) = state.backends.aws.as_ref() else { return };
     let mut tick = tokio::time::interval(state.config.elastic_every);
+    let mut memo = Memo::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        if let Err(e) = reconcile(&state, aws).await {
+        if let Err(e) = reconcile(&state, aws, &mut memo).await {
             tracing::warn!("elastic fleets: {e}");
         }
     }
 }
 
-async fn reconcile(state: &State, aws: &Aws) -> Result<(), String> {
+/// Whether a queued job could run on one of the fleet's offers (and names no other fleet).
+fn wants(job: &crate::store::JobRow, fleet: &str, offers: &[api::Offer]) -> bool {
+    let Ok(admitted) = crate::admission::check(&job.configuration) else { return false };
+    let fleets = &admitted.task.provisioning.fleets;
+    if !fleets.is_empty() && !fleets.iter().any(|f| f.name == fleet) {
+        return false;
+    }
+    offers.iter().any(|o| fit(&admitted.task.resources, &crate::backends::offer_as_host(o), 0, Memory(0), &[]).is_ok())
+}
+
+async fn reconcile(state: &State, aws: &Aws, memo: &mut Memo) -> Result<(), String> {
     let fleets: Vec<_> = state
         .store
         .all_fleets()
@@ -102,24 +133,79 @@ async fn reconcile(state: &State, aws: &Aws) -> Result<(), String> {
         tracing::info!(instance = %i.id, fleet = %i.fleet, "terminating an instance of a deleted fleet");
         aws.terminate(&i.region, std::slice::from_ref(&i.id)).await?;
     }
+    memo.avoid.retain(|_, at| at.elapsed() < AVOID_FOR);
+    let nodes: HashMap<String, crate::store::NodeRow> = state
+        .store
+        .nodes()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|n| !n.revoked)
+        .map(|n| (n.name.clone(), n))
+        .collect();
+    let placed = state.store.placed_jobs().map_err(|e| e.to_string())?;
+    let queued = state.store.queued_jobs().map_err(|e| e.to_string())?;
     for (_, name, cfg) in &fleets {
-        let live = instances.iter().filter(|i| i.fleet == *name).count() as u32;
-        let min = cfg.nodes.map_or(0, |n| n.min.max(n.target));
-        if live >= min {
-            continue;
+        let (min, max) = cfg.nodes.map_or((0, None), |n| (n.min.max(n.target), n.max));
+        let mut live: Vec<_> = instances.iter().filter(|i| i.fleet == *name).collect();
+
+        // Instances that never enrolled.
+        let mut booting = 0;
+        for i in live.clone() {
+            if nodes.contains_key(&i.node) {
+                continue;
+            }
+            let age = i.launched.and_then(|t| SystemTime::now().duration_since(t).ok()).unwrap_or_default();
+            if age > state.config.enroll_timeout {
+                tracing::warn!(fleet = %name, instance = %i.id, instance_type = %i.instance_type, "the instance did not enroll within {:?}: terminating it, avoiding its type for an hour", state.config.enroll_timeout);
+                aws.terminate(&i.region, std::slice::from_ref(&i.id)).await?;
+                memo.avoid.insert((i.region.clone(), i.instance_type.clone()), Instant::now());
+                live.retain(|l| l.id != i.id);
+            } else {
+                booting += 1;
+            }
         }
-        if let Err(e) = launch(state, aws, name, cfg, &tag).await {
+
+        // Idle instances above the minimum.
+        let idle_limit = match cfg.provisioning.idle_duration {
+            Some(IdleDuration::Off) => None,
+            Some(IdleDuration::Secs(s)) => Some(Duration::from_secs(s)),
+            None => Some(DEFAULT_IDLE),
+        };
+        for i in live.clone() {
+            let Some(node) = nodes.get(&i.node) else { continue };
+            let busy = placed.iter().any(|j| j.node_id.as_ref() == Some(&node.id));
+            if busy {
+                memo.idle_since.remove(&i.node);
+                continue;
+            }
+            let since = *memo.idle_since.entry(i.node.clone()).or_insert_with(Instant::now);
+            if live.len() as u32 > min && idle_limit.is_some_and(|limit| since.elapsed() >= limit) {
+                tracing::info!(fleet = %name, instance = %i.id, node = %i.node, "terminating an idle instance");
+                aws.terminate(&i.region, std::slice::from_ref(&i.id)).await?;
+                memo.idle_since.remove(&i.node);
+                live.retain(|l| l.id != i.id);
+            }
+        }
+
+        let count = live.len() as u32;
+        let reason = if count < min {
+            "below the fleet's minimum"
+        } else if booting == 0 && max.is_none_or(|m| count < m) {
+            let offers = fleet_offers(state, cfg, memo).await;
+            if queued.iter().any(|j| wants(j, name, &offers)) { "queued work fits" } else { continue }
+        } else {
+            continue;
+        };
+        if let Err(e) = launch(state, aws, name, cfg, &tag, memo, reason).await {
             tracing::warn!(fleet = %name, "cannot launch an instance: {e}");
         }
     }
     Ok(())
 }
 
-async fn launch(state: &State, aws: &Aws, fleet: &str, cfg: &FleetConfig, tag: &str) -> Result<(), String> {
-    let url =
-        state.config.public_url.clone().ok_or(
-            "the coordinator has no --public-url: instances need an address to reach it at (https://HOST:7070)",
-        )?;
+/// The fleet's AWS offers, cheapest first: its resources, spot policy, max price, regions and
+/// instance types; types that recently failed to enroll left out.
+async fn fleet_offers(state: &State, cfg: &FleetConfig, memo: &Memo) -> Vec<api::Offer> {
     let p = &cfg.provisioning;
     let spot = p.spot_policy == Some(SpotPolicy::Spot);
     let spec = cfg.resources.clone().unwrap_or(ResourcesSpec { disk: None, ..ResourcesSpec::default() });
@@ -130,8 +216,27 @@ async fn launch(state: &State, aws: &Aws, fleet: &str, cfg: &FleetConfig, tag: &
         .filter(|o| o.backend == "aws" && o.price.is_some())
         .filter(|o| p.regions.is_empty() || o.region.as_ref().is_some_and(|r| p.regions.contains(r)))
         .filter(|o| p.instance_types.is_empty() || p.instance_types.contains(&o.name))
+        .filter(|o| !memo.avoid.contains_key(&(o.region.clone().unwrap_or_default(), o.name.clone())))
         .collect();
     crate::backends::sort_offers(&mut offers);
+    offers
+}
+
+async fn launch(
+    state: &State,
+    aws: &Aws,
+    fleet: &str,
+    cfg: &FleetConfig,
+    tag: &str,
+    memo: &Memo,
+    reason: &str,
+) -> Result<(), String> {
+    let url =
+        state.config.public_url.clone().ok_or(
+            "the coordinator has no --public-url: instances need an address to reach it at (https://HOST:7070)",
+        )?;
+    let spot = cfg.provisioning.spot_policy == Some(SpotPolicy::Spot);
+    let offers = fleet_offers(state, cfg, memo).await;
 
     // A token for this instance alone; its node name, tagged, so the instance and node are one.
     let secret = random_hex(16);
@@ -158,7 +263,7 @@ async fn launch(state: &State, aws: &Aws, fleet: &str, cfg: &FleetConfig, tag: &
         }
     })
     .await?;
-    tracing::info!(fleet, %node, instance = %id, instance_type = %offer.name, region = ?offer.region, price = ?offer.price, "launched an instance");
+    tracing::info!(fleet, %node, instance = %id, instance_type = %offer.name, region = ?offer.region, price = ?offer.price, reason, "launched an instance");
     Ok(())
 }
 

@@ -84,6 +84,8 @@ pub struct Config {
     pub public_url: Option<String>,
     /// How often elastic fleets are reconciled with the cloud.
     pub elastic_every: Duration,
+    /// A cloud instance whose node has not enrolled this long after launch is terminated.
+    pub enroll_timeout: Duration,
 }
 
 /// TLS for the HTTP API.
@@ -112,6 +114,7 @@ impl Default for Config {
             aws: None,
             public_url: None,
             elastic_every: Duration::from_secs(10),
+            enroll_timeout: Duration::from_secs(600),
         }
     }
 }

@@ -332,3 +332,119 @@ async fn wait_for_instances(moto: &Moto, fleet: &str, n: usize) -> anyhow::Resul
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// The instance types of `ids`, in order.
+async fn instance_types(moto: &Moto, ids: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for id in ids {
+        let xml = ec2(moto, &format!("Action=DescribeInstances&InstanceId.1={id}")).await?;
+        out.push(xml_values(&xml, "instanceType").into_iter().next().unwrap_or_default());
+    }
+    Ok(out)
+}
+
+async fn user_data_args(moto: &Moto, id: &str) -> anyhow::Result<(String, String)> {
+    let xml = ec2(moto, &format!("Action=DescribeInstanceAttribute&InstanceId={id}&Attribute=userData")).await?;
+    let data = xml_values(&xml, "value").into_iter().next().context("user data recorded")?;
+    let decoded = Command::new("sh").arg("-c").arg(format!("printf %s '{data}' | base64 -d")).output()?;
+    let script = String::from_utf8(decoded.stdout)?;
+    let arg =
+        |flag: &str| script.split(&format!("{flag} '")).nth(1).and_then(|s| s.split('\'').next()).map(str::to_owned);
+    Ok((arg("--token").context("a token")?, arg("--name").context("a name")?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_grows_for_queued_work_replaces_an_instance_that_never_enrolls_and_sheds_idle_ones()
+-> anyhow::Result<()> {
+    let moto = moto().await?;
+    let dir = tempfile::tempdir()?;
+    let ami =
+        xml_values(&ec2(&moto, "Action=DescribeImages").await?, "imageId").into_iter().next().context("an AMI")?;
+    let (http, quic) = (format!("127.0.0.1:{}", free_port()?), format!("127.0.0.1:{}", free_port()?));
+    let data = dir.path().join("coord");
+    let _coord = Proc(
+        Command::new(COORDINATOR)
+            .args(["--http-listen", &http, "--quic-listen", &quic, "--no-tls", "--aws-region", "us-east-1"])
+            .args(["--aws-ami", &ami, "--public-url", &format!("http://{http}"), "--elastic-every", "1s"])
+            .args(["--enroll-timeout", "4s"])
+            .arg("--data-dir")
+            .arg(&data)
+            .env("AWS_ENDPOINT_URL", &moto.url)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("HOME", dir.path())
+            .env("CORRAL_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let health = format!("http://{http}/api/health");
+    wait_until(Duration::from_secs(60), async || reqwest::get(&health).await.is_ok()).await?;
+    let c = Coord {
+        _proc: Proc(Command::new("true").spawn()?),
+        http: http.clone(),
+        quic: quic.clone(),
+        data: data.clone(),
+    };
+    let apply = |name: &str, text: &str| -> anyhow::Result<()> {
+        let file = crate::harness::write_config(dir.path(), name, text);
+        let out = cli(&c, &["apply", "-y", "-d", "-f", file.to_str().context("utf-8 path")?])?;
+        anyhow::ensure!(out.status.success(), "apply {name}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
+    };
+    apply(
+        "grow",
+        "type: fleet\nname: grow\nnodes: 0..2\nbackends: [aws]\nidle_duration: 3s\nresources:\n  gpu: A100:8\n",
+    )?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(fleet_instances(&moto, "grow").await?.is_empty(), "minimum 0, nothing queued: nothing launched");
+
+    // Work that fits the fleet's offers: an instance, the cheapest with 8 A100s.
+    apply(
+        "big",
+        &format!(
+            "type: task\nname: big\nimage: {}\nresources:\n  gpu: A100:8\ncommands:\n  - echo hi\n",
+            crate::harness::IMAGE
+        ),
+    )?;
+    let first = wait_for_instances(&moto, "grow", 1).await?;
+    assert_eq!(instance_types(&moto, &first).await?, ["p4d.24xlarge"]);
+
+    // It never enrolls: terminated after the timeout, and the next offer is tried.
+    let second = wait_until_instances(&moto, "grow", |ids| ids.len() == 1 && ids != first.as_slice()).await?;
+    assert_eq!(instance_types(&moto, &second).await?, ["p4de.24xlarge"], "the type that failed is avoided");
+
+    // The work goes away; the instance's node joins, runs nothing, and is shed once idle (min 0).
+    let out = cli(&c, &["stop", "big", "-y", "--abort"])?;
+    anyhow::ensure!(out.status.success(), "stop: {}", String::from_utf8_lossy(&out.stderr));
+    let (token, node) = user_data_args(&moto, &second[0]).await?;
+    let state = dir.path().join("agent");
+    let _agent = Proc(
+        Command::new(AGENT)
+            .args(["--coordinator", &quic, "--token", &token, "--name", &node, "--no-self-upgrade"])
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--nvml-library")
+            .arg(state.join("no-libnvidia-ml.so"))
+            .env("CORRAL_LOG", "warn")
+            .spawn()?,
+    );
+    wait_until_instances(&moto, "grow", |ids| ids.is_empty()).await.context("the idle instance terminated")?;
+    Ok(())
+}
+
+async fn wait_until_instances(
+    moto: &Moto,
+    fleet: &str,
+    done: impl Fn(&[String]) -> bool,
+) -> anyhow::Result<Vec<String>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ids = fleet_instances(moto, fleet).await?;
+        if done(&ids) {
+            return Ok(ids);
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "fleet {fleet} not as expected after 60 s: {ids:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -120,6 +120,7 @@ impl Coordinator {
             aws: None,
             public_url: None,
             elastic_every: Duration::from_secs(10),
+            enroll_timeout: Duration::from_secs(600),
         })
         .await
     }

@@ -153,6 +153,7 @@ pub struct Instance {
     pub node: String,
     /// `pending`, `running`, ...
     pub state: String,
+    pub instance_type: String,
     pub launched: Option<std::time::SystemTime>,
 }
 
@@ -240,6 +241,7 @@ impl Aws {
                         fleet,
                         node,
                         state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_owned()).unwrap_or_default(),
+                        instance_type: i.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
                         launched: i.launch_time().and_then(|t| std::time::SystemTime::try_from(*t).ok()),
                     });
                 }
