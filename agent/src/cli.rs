@@ -35,6 +35,10 @@ struct Args {
     /// site's own network; images pushed to the coordinator (`corral image push`) need none.
     #[arg(long, env = "CORRAL_REGISTRY_MIRROR")]
     registry_mirror: Option<String>,
+    /// The instance metadata service to watch for spot interruptions [default: EC2's,
+    /// http://169.254.169.254; where none answers, nothing is watched].
+    #[arg(long, env = "CORRAL_IMDS_URL")]
+    imds_url: Option<String>,
     /// Connect once with this node's identity and exit: 0 when the coordinator accepts it.
     #[arg(long)]
     check: bool,
@@ -78,6 +82,7 @@ where
         fleet: args.fleet,
         nvml_library: args.nvml_library,
         registry_mirror: args.registry_mirror,
+        imds_url: args.imds_url,
     };
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();

@@ -52,6 +52,8 @@ pub struct Jobs {
     shutdown: CancellationToken,
     /// The SSH server's settings (its host key), once the agent has loaded them.
     ssh: std::sync::OnceLock<Arc<russh::server::Config>>,
+    /// A spot interruption notice (action, time), repeated on every connection.
+    interruption: Mutex<Option<(String, String)>>,
 }
 
 impl Jobs {
@@ -65,7 +67,18 @@ impl Jobs {
             conn: watch::Sender::new(None),
             shutdown,
             ssh: std::sync::OnceLock::new(),
+            interruption: Mutex::new(None),
         })
+    }
+
+    /// The cloud takes this instance back: the link reports it.
+    pub fn set_interruption(&self, action: String, time: String) {
+        *self.interruption.lock().unwrap_or_else(|e| e.into_inner()) = Some((action, time));
+        self.changed.notify_one();
+    }
+
+    pub fn interruption(&self) -> Option<(String, String)> {
+        self.interruption.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Lets `OpenSsh` streams be served, with this host key and settings.

@@ -19,6 +19,7 @@ pub mod inventory;
 pub mod jobs;
 pub mod link;
 pub mod sftp;
+pub mod spot;
 pub mod ssh;
 pub mod tunnel;
 pub mod upgrade;
@@ -48,6 +49,8 @@ pub struct Config {
     pub nvml_library: Option<PathBuf>,
     /// A mirror of Docker Hub (`host[:port]`) to pull images through first.
     pub registry_mirror: Option<String>,
+    /// The instance metadata service to watch for spot interruptions (`None`: EC2's address).
+    pub imds_url: Option<String>,
 }
 
 /// Enrolls if needed, re-adopts this node's containers and keeps the link up until `shutdown`.
@@ -75,6 +78,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let jobs = Jobs::new(shim, identity.node.node_id.clone(), gpu_passthrough, shutdown.clone());
     jobs.set_ssh_config(ssh::server_config(&config.state_dir).context("cannot set up the SSH host key")?);
     let adopted = jobs.adopt().await.context("cannot list this node's containers")?;
+    let imds = config.imds_url.clone().unwrap_or_else(|| spot::DEFAULT_IMDS.to_owned());
+    tokio::spawn(spot::watch(imds, jobs.clone(), shutdown.clone()));
     if adopted > 0 {
         tracing::info!(containers = adopted, "re-adopted containers from an earlier run");
     }

@@ -291,6 +291,11 @@ async fn session(
     let _tunnels_guard = AbortOnDrop(tunnels.abort_handle());
 
     let mut heartbeat = tokio::time::interval(Duration::from_secs(welcome.heartbeat_secs.max(1) as u64));
+    // A notice is said once per connection (again after a reconnect: the coordinator may not have it).
+    let mut notice_sent = false;
+    if jobs.interruption().is_some() {
+        jobs.changed.notify_one();
+    }
     let mut seq = 0u64;
     // Frames are read by a task of their own: a read must never be cut short by another branch of
     // the select below, or the stream would lose its place between frames.
@@ -319,6 +324,10 @@ async fn session(
             () = jobs.changed.notified() => {
                 for update in jobs.take_dirty() {
                     write_frame(&mut send, &AgentMessage::JobUpdate(update)).await?;
+                }
+                if !notice_sent && let Some((action, time)) = jobs.interruption() {
+                    write_frame(&mut send, &AgentMessage::InterruptionNotice { action, time }).await?;
+                    notice_sent = true;
                 }
             }
             _ = heartbeat.tick() => {

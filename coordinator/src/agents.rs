@@ -337,6 +337,10 @@ fn handle_message(
             let _ = tx.try_send(CoordinatorMessage::HeartbeatAck { seq });
             return Ok(());
         }
+        AgentMessage::InterruptionNotice { action, time } => {
+            crate::lifecycle::spot_interrupted(state, &node.id, &node.name, &action, &time)?;
+            return Ok(());
+        }
         AgentMessage::FetchImage { .. } | AgentMessage::FetchAgent { .. } => {
             tracing::warn!(node = %node.name, "a fetch on the control stream, ignored");
             return Ok(());

@@ -217,6 +217,35 @@ fn node_unreachable(state: &State, node: &NodeId) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The cloud takes the node's instance back (a spot interruption notice): the node is cordoned, its
+/// jobs end `interrupted` now (retried elsewhere when their `retry` covers `interruption`) and their
+/// containers get SIGTERM while the instance still lives. Returns how many jobs it had.
+pub fn spot_interrupted(
+    state: &State,
+    node: &NodeId,
+    name: &str,
+    action: &str,
+    time: &str,
+) -> Result<usize, StoreError> {
+    state.store.set_cordoned(node, true)?;
+    state.node_changed(node);
+    let jobs: Vec<JobRow> = state.store.placed_jobs_on(node)?;
+    tracing::warn!(node = %name, jobs = jobs.len(), %action, %time, "spot interruption notice");
+    let message = format!("spot interruption: the cloud will {action} node {name} at {time}");
+    let tx = state.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(node).map(|s| s.tx.clone());
+    for job in &jobs {
+        state.finish_job(&job.id, TerminationReason::Interrupted, None, Some(&message))?;
+        if let Some(tx) = &tx {
+            let _ = tx.try_send(corral_proto::wire::CoordinatorMessage::StopJob {
+                job_id: job.id.clone(),
+                abort: false,
+                reason: TerminationReason::Interrupted,
+            });
+        }
+    }
+    Ok(jobs.len())
+}
+
 /// Removes a node from the cluster (`corral node remove`): its certificate is revoked, so the
 /// agent is cut off now and refused from now on, and its jobs are interrupted (retried elsewhere
 /// when their `retry` covers `interruption`). Returns how many jobs it had.

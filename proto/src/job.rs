@@ -126,6 +126,8 @@ pub enum TerminationReason {
     Redeployed,
     /// A dev environment had no SSH, exec or port connection for its `inactivity_duration`.
     InactivityDurationExceeded,
+    /// The cloud is taking the node's instance back (a spot interruption notice).
+    Interrupted,
 }
 
 impl TerminationReason {
@@ -146,6 +148,7 @@ impl TerminationReason {
             Self::ScaledDown => "scaled_down",
             Self::Redeployed => "redeployed",
             Self::InactivityDurationExceeded => "inactivity_duration_exceeded",
+            Self::Interrupted => "interrupted",
         }
     }
 
@@ -166,6 +169,7 @@ impl TerminationReason {
             Self::ScaledDown,
             Self::Redeployed,
             Self::InactivityDurationExceeded,
+            Self::Interrupted,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)
@@ -177,7 +181,9 @@ impl TerminationReason {
     pub fn retry_event(&self) -> Option<crate::config::RetryEvent> {
         use crate::config::RetryEvent;
         match self {
-            Self::NodeUnreachable | Self::ContainerLost | Self::GangMemberFailed => Some(RetryEvent::Interruption),
+            Self::NodeUnreachable | Self::ContainerLost | Self::GangMemberFailed | Self::Interrupted => {
+                Some(RetryEvent::Interruption)
+            }
             Self::ContainerExitedWithError
             | Self::ImageUnavailable
             | Self::ContainerCreationFailed

@@ -189,6 +189,14 @@ pub enum AgentMessage {
     FetchAgent {
         sha256: String,
     },
+    /// The cloud announced it takes this node's instance back (a spot interruption notice from
+    /// the instance metadata service): its jobs are interrupted now, to run elsewhere.
+    InterruptionNotice {
+        /// `terminate`, `stop` or `hibernate`.
+        action: String,
+        /// When, as the cloud said it (RFC 3339).
+        time: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -448,3 +448,96 @@ async fn wait_until_instances(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// A stand-in for EC2's instance metadata service: tokens, and a spot notice once `notice` is set.
+async fn fake_imds(notice: std::sync::Arc<std::sync::atomic::AtomicBool>) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let notice = notice.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf);
+                let (status, body) = if head.starts_with("PUT /latest/api/token") {
+                    ("200 OK", "token-1".to_owned())
+                } else if head.starts_with("GET /latest/meta-data/spot/instance-action")
+                    && head.to_ascii_lowercase().contains("x-aws-ec2-metadata-token: token-1")
+                    && notice.load(std::sync::atomic::Ordering::SeqCst)
+                {
+                    ("200 OK", r#"{"action": "terminate", "time": "2026-11-27T12:02:00Z"}"#.to_owned())
+                } else {
+                    ("404 Not Found", String::new())
+                };
+                let reply =
+                    format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                let _ = s.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    Ok(format!("http://{addr}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spot_interruption_notice_interrupts_the_nodes_jobs_and_they_run_elsewhere() -> anyhow::Result<()> {
+    use crate::harness::{
+        Agent, AgentOptions, Coordinator, IMAGE, apply, ensure_image, nodes_ready, wait_for, wait_state, write_config,
+    };
+    use corral_proto::job::JobState;
+    ensure_image();
+    let dir = tempfile::tempdir()?;
+    let coord = Coordinator::start(&dir.path().join("coord")).await?;
+    let client = coord.client();
+    let notice = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let imds = fake_imds(notice.clone()).await?;
+    let _spot = Agent::start(
+        &coord,
+        &dir.path().join("spot"),
+        AgentOptions { name: "spot-node".into(), imds_url: Some(imds), ..Default::default() },
+    );
+    nodes_ready(&client, 1).await?;
+    let file = write_config(
+        dir.path(),
+        "resilient",
+        &format!(
+            "type: task\nname: resilient\nimage: {IMAGE}\nretry:\n  on_events: [interruption]\n  duration: 1h\ncommands:\n  - sleep 600\n"
+        ),
+    );
+    assert_eq!(apply(&client, &file, true).await?.0, 0);
+    let first = wait_state(&client, "resilient", |r| r.state == JobState::Running, Duration::from_secs(30)).await?;
+    assert_eq!(first.jobs[0].node_name.as_deref(), Some("spot-node"));
+
+    // Another node, then the notice: the job is interrupted and runs again there.
+    let _other = Agent::start(
+        &coord,
+        &dir.path().join("other"),
+        AgentOptions { name: "on-demand".into(), ..Default::default() },
+    );
+    nodes_ready(&client, 2).await?;
+    notice.store(true, std::sync::atomic::Ordering::SeqCst);
+    let again = wait_state(
+        &client,
+        "resilient",
+        |r| r.state == JobState::Running && r.jobs[0].submission == 1,
+        Duration::from_secs(30),
+    )
+    .await?;
+    assert_eq!(again.jobs[0].node_name.as_deref(), Some("on-demand"), "retried on the other node");
+    // The interrupted copy was told to stop while its instance still lived.
+    let old = format!("corral-{}", first.jobs[0].id);
+    wait_for("the interrupted container to stop", Duration::from_secs(30), || async {
+        Ok((!crate::harness::docker_running(&old)).then_some(()))
+    })
+    .await?;
+    let nodes: Vec<api::Node> = client.get("/api/nodes").await?;
+    assert!(nodes.iter().any(|n| n.name == "spot-node" && n.cordoned), "the interrupted node takes no new work");
+    Ok(())
+}

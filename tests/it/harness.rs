@@ -198,6 +198,7 @@ pub struct AgentOptions {
     pub nvml: Option<PathBuf>,
     pub fleet: Option<String>,
     pub registry_mirror: Option<String>,
+    pub imds_url: Option<String>,
 }
 
 impl Agent {
@@ -211,6 +212,8 @@ impl Agent {
             // A path that does not exist means "no NVIDIA GPUs on this host".
             nvml_library: Some(opts.nvml.unwrap_or_else(|| state.join("no-libnvidia-ml.so"))),
             registry_mirror: opts.registry_mirror,
+            // Nothing answers there: no metadata service in tests unless one is given.
+            imds_url: Some(opts.imds_url.unwrap_or_else(|| "http://127.0.0.1:9".into())),
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(corral_agent::run(config, shutdown.clone()));

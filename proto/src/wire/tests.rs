@@ -126,6 +126,9 @@ fn golden() -> Vec<(String, Vec<u8>)> {
     let upgrade_agent = [AgentMessage::FetchAgent { sha256: "ab".repeat(32) }];
     let upgrade_coord =
         [CoordinatorMessage::Upgrade { version: "0.2.0".into(), sha256: "ab".repeat(32), size: 12_000_000 }];
+    // Added after upgrades: spot interruptions.
+    let interruption =
+        [AgentMessage::InterruptionNotice { action: "terminate".into(), time: "2026-11-27T12:00:00Z".into() }];
     let mut out = Vec::new();
     for m in agent {
         out.push((format!("{m:?}"), encode(&m).expect("encodes")));
@@ -152,6 +155,9 @@ fn golden() -> Vec<(String, Vec<u8>)> {
         out.push((format!("{m:?}"), encode(&m).expect("encodes")));
     }
     for m in upgrade_coord {
+        out.push((format!("{m:?}"), encode(&m).expect("encodes")));
+    }
+    for m in interruption {
         out.push((format!("{m:?}"), encode(&m).expect("encodes")));
     }
     out
@@ -189,6 +195,7 @@ const GOLDEN: &[&str] = &[
     "4352524c0001000000020a01",
     "4352524c000100000042074061626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162",
     "4352524c00010000004c0b05302e322e30406162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616280b6dc05",
+    "4352524c00010000002008097465726d696e61746514323032362d31312d32375431323a30303a30305a",
 ];
 
 #[test]
