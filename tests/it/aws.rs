@@ -52,36 +52,68 @@ async fn moto() -> anyhow::Result<Moto> {
     Ok(Moto { _proc: proc, url: format!("http://{addr}") })
 }
 
+/// The coordinator as a process with the AWS backend in `us-east-1`, its SDK pointed at `endpoint`
+/// (and instances told to fetch the install script from it), restartable on the same data.
 struct Coord {
-    _proc: Proc,
+    proc: Option<Proc>,
     http: String,
     quic: String,
     data: PathBuf,
+    home: PathBuf,
+    endpoint: String,
+    extra: Vec<String>,
 }
 
-/// The coordinator as a process with the AWS backend in `us-east-1`, its SDK pointed at `endpoint`.
+impl Coord {
+    async fn start(dir: &Path, endpoint: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        let mut c = Self {
+            proc: None,
+            http: format!("127.0.0.1:{}", free_port()?),
+            quic: format!("127.0.0.1:{}", free_port()?),
+            data: dir.join("coord"),
+            home: dir.to_owned(),
+            endpoint: endpoint.to_owned(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        c.restart().await?;
+        Ok(c)
+    }
+
+    async fn restart(&mut self) -> anyhow::Result<()> {
+        self.proc = None;
+        self.proc = Some(Proc(
+            Command::new(COORDINATOR)
+                .args([
+                    "--http-listen",
+                    &self.http,
+                    "--quic-listen",
+                    &self.quic,
+                    "--no-tls",
+                    "--aws-region",
+                    "us-east-1",
+                ])
+                .args(["--public-url", &format!("http://{}", self.http)])
+                .args(&self.extra)
+                .arg("--data-dir")
+                .arg(&self.data)
+                .env("AWS_ENDPOINT_URL", &self.endpoint)
+                .env("AWS_ACCESS_KEY_ID", "testing")
+                .env("AWS_SECRET_ACCESS_KEY", "testing")
+                .env("AWS_EC2_METADATA_DISABLED", "true")
+                .env("HOME", &self.home)
+                .env("CORRAL_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()?,
+        ));
+        let url = format!("http://{}/api/health", self.http);
+        wait_until(Duration::from_secs(60), async || reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()))
+            .await
+            .context("the coordinator did not start")
+    }
+}
+
 async fn coordinator(dir: &Path, endpoint: &str) -> anyhow::Result<Coord> {
-    let (http, quic) = (format!("127.0.0.1:{}", free_port()?), format!("127.0.0.1:{}", free_port()?));
-    let data = dir.join("coord");
-    let proc = Proc(
-        Command::new(COORDINATOR)
-            .args(["--http-listen", &http, "--quic-listen", &quic, "--no-tls", "--aws-region", "us-east-1"])
-            .arg("--data-dir")
-            .arg(&data)
-            .env("AWS_ENDPOINT_URL", endpoint)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("HOME", dir)
-            .env("CORRAL_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()?,
-    );
-    let url = format!("http://{http}/api/health");
-    wait_until(Duration::from_secs(60), async || reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()))
-        .await
-        .context("the coordinator did not start")?;
-    Ok(Coord { _proc: proc, http, quic, data })
+    Coord::start(dir, endpoint, &[]).await
 }
 
 fn cli(c: &Coord, args: &[&str]) -> anyhow::Result<Output> {
@@ -143,6 +175,11 @@ async fn offers_put_on_prem_nodes_first_then_aws_instance_types_by_price() -> an
     // ...unless it costs more than asked.
     let cheap = offers(&c, &["--gpu", "A100:8", "--max-price", "30"])?;
     assert!(cheap.iter().all(|o| o.name != "p4d.24xlarge"), "{cheap:?}");
+
+    // Spot: only types sold as spot, at the current spot price (the emulator's), not the catalog's.
+    let spot = offers(&c, &["--gpu", "A100:8", "--spot"])?;
+    let p4d = spot.iter().find(|o| o.name == "p4d.24xlarge").context("p4d.24xlarge as spot")?;
+    assert!(p4d.spot && p4d.price.is_some_and(|p| p < 1.0), "{p4d:?}");
 
     // A table for people.
     let out = cli(&c, &["offer", "--gpu", "A100:8"])?;
@@ -211,35 +248,8 @@ async fn an_elastic_fleet_launches_its_minimum_its_instance_joins_and_a_restart_
         .into_iter()
         .next()
         .context("an AMI in the emulator")?;
-    let http = format!("127.0.0.1:{}", free_port()?);
-    let quic = format!("127.0.0.1:{}", free_port()?);
-    let data = dir.path().join("coord");
-    let start = || -> anyhow::Result<Proc> {
-        Ok(Proc(
-            Command::new(COORDINATOR)
-                .args(["--http-listen", &http, "--quic-listen", &quic, "--no-tls", "--aws-region", "us-east-1"])
-                .args(["--aws-ami", &ami, "--public-url", &format!("http://{http}"), "--elastic-every", "1s"])
-                .arg("--data-dir")
-                .arg(&data)
-                .env("AWS_ENDPOINT_URL", &moto.url)
-                .env("AWS_ACCESS_KEY_ID", "testing")
-                .env("AWS_SECRET_ACCESS_KEY", "testing")
-                .env("AWS_EC2_METADATA_DISABLED", "true")
-                .env("HOME", dir.path())
-                .env("CORRAL_LOG", "warn")
-                .stdout(Stdio::null())
-                .spawn()?,
-        ))
-    };
-    let health = format!("http://{http}/api/health");
-    let mut coord = start()?;
-    wait_until(Duration::from_secs(60), async || reqwest::get(&health).await.is_ok()).await?;
-    let c = Coord {
-        _proc: Proc(Command::new("true").spawn()?),
-        http: http.clone(),
-        quic: quic.clone(),
-        data: data.clone(),
-    };
+    let mut c = Coord::start(dir.path(), &moto.url, &["--aws-ami", &ami, "--elastic-every", "1s"]).await?;
+    let (http, quic, data) = (c.http.clone(), c.quic.clone(), c.data.clone());
 
     let fleet = crate::harness::write_config(
         dir.path(),
@@ -302,9 +312,7 @@ async fn an_elastic_fleet_launches_its_minimum_its_instance_joins_and_a_restart_
     assert!(tokens.iter().any(|t| t.fleet.as_deref() == Some("gpus") && t.uses_left == Some(0)), "{tokens:?}");
 
     // A coordinator restart reads the instances back from the cloud: nothing more is launched.
-    drop(coord);
-    coord = start()?;
-    wait_until(Duration::from_secs(60), async || reqwest::get(&health).await.is_ok()).await?;
+    c.restart().await?;
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(fleet_instances(&moto, "gpus").await?, ids, "no second instance");
 
@@ -314,7 +322,6 @@ async fn an_elastic_fleet_launches_its_minimum_its_instance_joins_and_a_restart_
     wait_until(Duration::from_secs(30), async || fleet_instances(&moto, "gpus").await.is_ok_and(|i| i.is_empty()))
         .await
         .context("the fleet's instance terminated")?;
-    drop(coord);
     Ok(())
 }
 
@@ -360,32 +367,10 @@ async fn a_fleet_grows_for_queued_work_replaces_an_instance_that_never_enrolls_a
     let dir = tempfile::tempdir()?;
     let ami =
         xml_values(&ec2(&moto, "Action=DescribeImages").await?, "imageId").into_iter().next().context("an AMI")?;
-    let (http, quic) = (format!("127.0.0.1:{}", free_port()?), format!("127.0.0.1:{}", free_port()?));
-    let data = dir.path().join("coord");
-    let _coord = Proc(
-        Command::new(COORDINATOR)
-            .args(["--http-listen", &http, "--quic-listen", &quic, "--no-tls", "--aws-region", "us-east-1"])
-            .args(["--aws-ami", &ami, "--public-url", &format!("http://{http}"), "--elastic-every", "1s"])
-            .args(["--enroll-timeout", "4s"])
-            .arg("--data-dir")
-            .arg(&data)
-            .env("AWS_ENDPOINT_URL", &moto.url)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("HOME", dir.path())
-            .env("CORRAL_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()?,
-    );
-    let health = format!("http://{http}/api/health");
-    wait_until(Duration::from_secs(60), async || reqwest::get(&health).await.is_ok()).await?;
-    let c = Coord {
-        _proc: Proc(Command::new("true").spawn()?),
-        http: http.clone(),
-        quic: quic.clone(),
-        data: data.clone(),
-    };
+    let c =
+        Coord::start(dir.path(), &moto.url, &["--aws-ami", &ami, "--elastic-every", "1s", "--enroll-timeout", "4s"])
+            .await?;
+    let quic = c.quic.clone();
     let apply = |name: &str, text: &str| -> anyhow::Result<()> {
         let file = crate::harness::write_config(dir.path(), name, text);
         let out = cli(&c, &["apply", "-y", "-d", "-f", file.to_str().context("utf-8 path")?])?;
@@ -539,5 +524,25 @@ async fn a_spot_interruption_notice_interrupts_the_nodes_jobs_and_they_run_elsew
     .await?;
     let nodes: Vec<api::Node> = client.get("/api/nodes").await?;
     assert!(nodes.iter().any(|n| n.name == "spot-node" && n.cordoned), "the interrupted node takes no new work");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spot_fleet_launches_spot_instances() -> anyhow::Result<()> {
+    let moto = moto().await?;
+    let dir = tempfile::tempdir()?;
+    let ami =
+        xml_values(&ec2(&moto, "Action=DescribeImages").await?, "imageId").into_iter().next().context("an AMI")?;
+    let c = Coord::start(dir.path(), &moto.url, &["--aws-ami", &ami, "--elastic-every", "1s"]).await?;
+    let file = crate::harness::write_config(
+        dir.path(),
+        "cheap",
+        "type: fleet\nname: cheap\nnodes: 1\nbackends: [aws]\nspot_policy: spot\nresources:\n  gpu: A100:8\n",
+    );
+    let out = cli(&c, &["apply", "-y", "-f", file.to_str().context("utf-8 path")?])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ids = wait_for_instances(&moto, "cheap", 1).await?;
+    let xml = ec2(&moto, &format!("Action=DescribeInstances&InstanceId.1={}", ids[0])).await?;
+    assert_eq!(xml_values(&xml, "instanceLifecycle").first().map(String::as_str), Some("spot"), "{xml}");
     Ok(())
 }
