@@ -33,7 +33,8 @@ pub async fn image(client: &Client, command: ImageCommand, out: Out<'_>) -> anyh
             Ok(0)
         }
         ImageCommand::Rm { image } => {
-            let name: String = client.delete(&format!("/api/images?name={}", encode(&image))).await?;
+            let name: String =
+                client.delete(&format!("/api/images?name={}", crate::client::query_value(&image))).await?;
             writeln!(out, "removed {name} (layers no other image uses are gone too)")?;
             Ok(0)
         }
@@ -42,16 +43,6 @@ pub async fn image(client: &Client, command: ImageCommand, out: Out<'_>) -> anyh
 
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
-}
-
-/// Query-string encoding for image names (`/`, `:`, `@` and the rest).
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// A reader as a stream of chunks for a request body; it ends after the first error.

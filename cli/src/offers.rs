@@ -9,16 +9,6 @@ use crate::output::table;
 
 type Out<'a> = &'a mut (dyn Write + Send);
 
-/// Query-string encoding of a value (`A100:8`, `24GB..`).
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 fn gib(bytes: u64) -> String {
     let g = bytes as f64 / (1u64 << 30) as f64;
     if g >= 10.0 { format!("{g:.0}GB") } else { format!("{g:.1}GB") }
@@ -38,7 +28,7 @@ pub async fn offer(
     let mut query = Vec::new();
     for (k, v) in [("gpu", gpu), ("cpu", cpu), ("memory", memory)] {
         if let Some(v) = v {
-            query.push(format!("{k}={}", encode(&v)));
+            query.push(format!("{k}={}", crate::client::query_value(&v)));
         }
     }
     if spot {

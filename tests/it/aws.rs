@@ -126,6 +126,26 @@ fn cli(c: &Coord, args: &[&str]) -> anyhow::Result<Output> {
         .output()?)
 }
 
+/// `corral apply -y [-d] -f NAME.dstack.yml` with `text`; fails with the CLI's error.
+fn apply(c: &Coord, dir: &Path, name: &str, text: &str, detach: bool) -> anyhow::Result<()> {
+    let file = crate::harness::write_config(dir, name, text);
+    let mut args = vec!["apply", "-y", "-f", file.to_str().context("utf-8 path")?];
+    if detach {
+        args.push("-d");
+    }
+    let out = cli(c, &args)?;
+    anyhow::ensure!(out.status.success(), "apply {name}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// An AMI the emulator knows (launches need one).
+async fn emulator_ami(moto: &Moto) -> anyhow::Result<String> {
+    xml_values(&ec2(moto, "Action=DescribeImages").await?, "imageId")
+        .into_iter()
+        .next()
+        .context("an AMI in the emulator")
+}
+
 fn offers(c: &Coord, args: &[&str]) -> anyhow::Result<Vec<api::Offer>> {
     let mut all = vec!["offer", "--json"];
     all.extend_from_slice(args);
@@ -244,20 +264,17 @@ async fn an_elastic_fleet_launches_its_minimum_its_instance_joins_and_a_restart_
 -> anyhow::Result<()> {
     let moto = moto().await?;
     let dir = tempfile::tempdir()?;
-    let ami = xml_values(&ec2(&moto, "Action=DescribeImages").await?, "imageId")
-        .into_iter()
-        .next()
-        .context("an AMI in the emulator")?;
+    let ami = emulator_ami(&moto).await?;
     let mut c = Coord::start(dir.path(), &moto.url, &["--aws-ami", &ami, "--elastic-every", "1s"]).await?;
     let (http, quic, data) = (c.http.clone(), c.quic.clone(), c.data.clone());
 
-    let fleet = crate::harness::write_config(
+    apply(
+        &c,
         dir.path(),
         "gpus",
         "type: fleet\nname: gpus\nnodes: 1..3\nbackends: [aws]\nresources:\n  gpu: A100:8\n",
-    );
-    let out = cli(&c, &["apply", "-y", "-f", fleet.to_str().context("utf-8 path")?])?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        false,
+    )?;
 
     // One instance (the minimum), of the cheapest type with 8 A100s, tagged as the fleet's.
     let ids = wait_for_instances(&moto, "gpus", 1).await?;
@@ -365,18 +382,12 @@ async fn a_fleet_grows_for_queued_work_replaces_an_instance_that_never_enrolls_a
 -> anyhow::Result<()> {
     let moto = moto().await?;
     let dir = tempfile::tempdir()?;
-    let ami =
-        xml_values(&ec2(&moto, "Action=DescribeImages").await?, "imageId").into_iter().next().context("an AMI")?;
+    let ami = emulator_ami(&moto).await?;
     let c =
         Coord::start(dir.path(), &moto.url, &["--aws-ami", &ami, "--elastic-every", "1s", "--enroll-timeout", "4s"])
             .await?;
     let quic = c.quic.clone();
-    let apply = |name: &str, text: &str| -> anyhow::Result<()> {
-        let file = crate::harness::write_config(dir.path(), name, text);
-        let out = cli(&c, &["apply", "-y", "-d", "-f", file.to_str().context("utf-8 path")?])?;
-        anyhow::ensure!(out.status.success(), "apply {name}: {}", String::from_utf8_lossy(&out.stderr));
-        Ok(())
-    };
+    let apply = |name: &str, text: &str| apply(&c, dir.path(), name, text, true);
     apply(
         "grow",
         "type: fleet\nname: grow\nnodes: 0..2\nbackends: [aws]\nidle_duration: 3s\nresources:\n  gpu: A100:8\n",
@@ -531,16 +542,10 @@ async fn a_spot_interruption_notice_interrupts_the_nodes_jobs_and_they_run_elsew
 async fn a_spot_fleet_launches_spot_instances() -> anyhow::Result<()> {
     let moto = moto().await?;
     let dir = tempfile::tempdir()?;
-    let ami =
-        xml_values(&ec2(&moto, "Action=DescribeImages").await?, "imageId").into_iter().next().context("an AMI")?;
+    let ami = emulator_ami(&moto).await?;
     let c = Coord::start(dir.path(), &moto.url, &["--aws-ami", &ami, "--elastic-every", "1s"]).await?;
-    let file = crate::harness::write_config(
-        dir.path(),
-        "cheap",
-        "type: fleet\nname: cheap\nnodes: 1\nbackends: [aws]\nspot_policy: spot\nresources:\n  gpu: A100:8\n",
-    );
-    let out = cli(&c, &["apply", "-y", "-f", file.to_str().context("utf-8 path")?])?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let fleet = "type: fleet\nname: cheap\nnodes: 1\nbackends: [aws]\nspot_policy: spot\nresources:\n  gpu: A100:8\n";
+    apply(&c, dir.path(), "cheap", fleet, false)?;
     let ids = wait_for_instances(&moto, "cheap", 1).await?;
     let xml = ec2(&moto, &format!("Action=DescribeInstances&InstanceId.1={}", ids[0])).await?;
     assert_eq!(xml_values(&xml, "instanceLifecycle").first().map(String::as_str), Some("spot"), "{xml}");
