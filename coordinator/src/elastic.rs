@@ -134,6 +134,10 @@ async fn reconcile(state: &State, aws: &Aws, memo: &mut Memo) -> Result<(), Stri
         aws.terminate(&i.region, std::slice::from_ref(&i.id)).await?;
     }
     memo.avoid.retain(|_, at| at.elapsed() < AVOID_FOR);
+    if fleets.is_empty() {
+        // Nothing to keep: spare the store's node and job lists.
+        return Ok(());
+    }
     let nodes: HashMap<String, crate::store::NodeRow> = state
         .store
         .nodes()
