@@ -38,7 +38,33 @@ pub fn bind(state: &State, addr: SocketAddr) -> anyhow::Result<quinn::Endpoint> 
     let mut transport = quinn::TransportConfig::default();
     transport.max_idle_timeout(Some(Duration::from_secs(30).try_into()?));
     config.transport_config(Arc::new(transport));
-    quinn::Endpoint::server(config, addr).with_context(|| format!("cannot listen for agents (QUIC) on {addr}"))
+    let socket = std::net::UdpSocket::bind(addr).with_context(|| format!("cannot listen for agents (QUIC) on {addr}"))?;
+    enlarge_receive_buffer(&socket);
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, Arc::new(quinn::TokioRuntime))
+        .with_context(|| format!("cannot listen for agents (QUIC) on {addr}"))
+}
+
+/// The receive buffer the agents' socket asks for. Every node's datagrams arrive at this one
+/// socket: when thousands of nodes answer at once (80,000 jobs starting), the kernel's default
+/// (208 KiB, a few hundred datagrams) overflows and drops them, and each drop costs a
+/// retransmission a round trip or more later.
+const RECEIVE_BUFFER: usize = 4 << 20;
+
+fn enlarge_receive_buffer(socket: &std::net::UdpSocket) {
+    let sock = socket2::SockRef::from(socket);
+    let _ = sock.set_recv_buffer_size(RECEIVE_BUFFER);
+    match sock.recv_buffer_size() {
+        // Linux grants at most `net.core.rmem_max` and reports twice what it granted.
+        Ok(got) if got >= RECEIVE_BUFFER => {}
+        // Harmless for a few nodes, so said quietly; a large cluster's operator finds it here.
+        Ok(got) => tracing::info!(
+            "the agents' UDP receive buffer is {} KiB (asked for {} KiB): with thousands of nodes, \
+             datagrams may be dropped; raise the limit with `sysctl -w net.core.rmem_max={RECEIVE_BUFFER}`",
+            got / 1024,
+            RECEIVE_BUFFER / 1024
+        ),
+        Err(e) => tracing::warn!("cannot read the agents' UDP receive buffer size: {e}"),
+    }
 }
 
 pub async fn serve(endpoint: quinn::Endpoint, state: Arc<State>, shutdown: CancellationToken, tasks: TaskTracker) {
@@ -414,9 +440,12 @@ pub fn apply_updates(state: &State, rx: std::sync::mpsc::Receiver<QueuedReport>,
 #[derive(Default)]
 struct Batch {
     progress: Vec<(JobId, JobState, Option<String>)>,
-    /// Where each job's entry is in `progress`: a job's reports in one batch (pulling, then
-    /// running) become one write, of the last state and the last message.
-    at: HashMap<JobId, usize>,
+    /// Where each job's entry is in `progress`, and whether its run was already counted as
+    /// started: a job's reports in one batch (pulling, then running) become one write, of the last
+    /// state and the last message, after one lookup.
+    at: HashMap<JobId, (usize, bool)>,
+    /// The run of each entry in `progress` whose gang has a job waiting for it to start.
+    runs: Vec<Option<RunId>>,
     started: Vec<RunId>,
 }
 
@@ -451,6 +480,22 @@ impl Batch {
         tx: &mpsc::Sender<CoordinatorMessage>,
         u: JobUpdate,
     ) -> anyhow::Result<()> {
+        if let Some((i, started)) = self.at.get_mut(&u.job_id) {
+            // Checked with the batch's first report of this job.
+            if u.state == JobState::Running && !*started {
+                *started = true;
+                if let Some(run) = self.runs[*i].clone() {
+                    self.started.push(run);
+                }
+                state.activity.started(&u.job_id);
+            }
+            let entry = &mut self.progress[*i];
+            entry.1 = u.state;
+            if u.message.is_some() {
+                entry.2 = u.message;
+            }
+            return Ok(());
+        }
         let Some(job) = placed_here(state, node, tx, &u.job_id)? else { return Ok(()) };
         if job.state.is_finished() {
             // The job ended here (stopped while it was being placed, say) but its container lives:
@@ -463,24 +508,18 @@ impl Batch {
             });
             return Ok(());
         }
+        // A gang member running may let the others start (`startup_order`); one that was running
+        // already did. Its siblings are placed with it, so whether any waits is known now.
+        let started = job.state == JobState::Running || u.state == JobState::Running;
         if u.state == JobState::Running && job.state != JobState::Running {
-            // A gang member running may let the others start (`startup_order`).
-            self.started.push(job.run_id);
+            if job.held_sibling {
+                self.started.push(job.run_id.clone());
+            }
             state.activity.started(&u.job_id);
         }
-        match self.at.get(&u.job_id) {
-            Some(&i) => {
-                let entry = &mut self.progress[i];
-                entry.1 = u.state;
-                if u.message.is_some() {
-                    entry.2 = u.message;
-                }
-            }
-            None => {
-                self.at.insert(u.job_id.clone(), self.progress.len());
-                self.progress.push((u.job_id, u.state, u.message));
-            }
-        }
+        self.at.insert(u.job_id.clone(), (self.progress.len(), started));
+        self.runs.push(job.held_sibling.then_some(job.run_id));
+        self.progress.push((u.job_id, u.state, u.message));
         Ok(())
     }
 
@@ -488,9 +527,13 @@ impl Batch {
         if !self.progress.is_empty() {
             state.store.set_progress_many(&self.progress)?;
             self.progress.clear();
+            self.runs.clear();
             self.at.clear();
         }
-        for run in std::mem::take(&mut self.started) {
+        let mut started = std::mem::take(&mut self.started);
+        started.sort_unstable();
+        started.dedup();
+        for run in started {
             crate::lifecycle::start_allowed(state, &run)?;
         }
         Ok(())

@@ -97,6 +97,8 @@ pub struct NewRun<'a> {
 mod fleets;
 mod images;
 mod services;
+#[cfg(test)]
+mod tests;
 mod tokens;
 
 pub use services::ActiveService;
@@ -112,6 +114,8 @@ pub struct JobBrief {
     pub node_id: Option<NodeId>,
     pub state: JobState,
     pub termination_reason: Option<TerminationReason>,
+    /// Another job of its run is placed but not started (`startup_order` holds it back).
+    pub held_sibling: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -454,8 +458,11 @@ impl Store {
     /// What an agent's progress report needs of a job, without reading its configuration or spec.
     pub fn job_brief(&self, id: &JobId) -> Result<Option<JobBrief>> {
         let conn = self.conn();
-        let mut stmt =
-            conn.prepare_cached("SELECT run_id, node_id, state, termination_reason FROM jobs WHERE id = ?1")?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT run_id, node_id, state, termination_reason, \
+             EXISTS (SELECT 1 FROM jobs g WHERE g.run_id = j.run_id AND g.state = 'provisioning' AND g.id <> j.id) \
+             FROM jobs j WHERE id = ?1",
+        )?;
         let row = stmt
             .query_row([&id.0], |r| {
                 let (state, reason): (String, Option<String>) = (r.get(2)?, r.get(3)?);
@@ -464,6 +471,7 @@ impl Store {
                     node_id: r.get::<_, Option<String>>(1)?.map(NodeId),
                     state: JobState::parse(&state).unwrap_or(JobState::Failed),
                     termination_reason: reason.as_deref().and_then(TerminationReason::parse),
+                    held_sibling: r.get(4)?,
                 })
             })
             .optional()?;
@@ -534,21 +542,29 @@ impl Store {
     /// not at all: a job that is no longer queued (stopped meanwhile) voids its gang. Returns, per
     /// gang, whether it was assigned.
     pub fn assign_gangs(&self, gangs: &[Vec<(NodeId, JobSpec)>]) -> Result<Vec<bool>> {
+        // One job; false (nothing written) when it is no longer queued.
+        fn assign(tx: &Connection, node: &NodeId, spec: &JobSpec) -> Result<bool> {
+            let n = tx
+                .prepare_cached(
+                    "UPDATE jobs SET state = 'provisioning', node_id = ?2, allocation = ?3, spec = ?4, \
+                     status_message = NULL WHERE id = ?1 AND state IN ('submitted', 'pending')",
+                )?
+                .execute(params![spec.job_id.0, node.0, json(&spec.allocation), json(spec)])?;
+            Ok(n == 1)
+        }
         let mut conn = self.conn();
         let mut tx = conn.transaction()?;
         let mut out = Vec::with_capacity(gangs.len());
         for gang in gangs {
+            if let [(node, spec)] = gang.as_slice() {
+                // One job is all or nothing already: no savepoint needed.
+                out.push(assign(&tx, node, spec)?);
+                continue;
+            }
             let sp = tx.savepoint()?;
             let mut all = true;
-            {
-                let mut stmt = sp.prepare_cached(
-                    "UPDATE jobs SET state = 'provisioning', node_id = ?2, allocation = ?3, spec = ?4, status_message = NULL \
-                     WHERE id = ?1 AND state IN ('submitted', 'pending')",
-                )?;
-                for (node, spec) in gang {
-                    let n = stmt.execute(params![spec.job_id.0, node.0, json(&spec.allocation), json(spec)])?;
-                    all &= n == 1;
-                }
+            for (node, spec) in gang {
+                all &= assign(&sp, node, spec)?;
             }
             if all {
                 sp.commit()?;

@@ -21,7 +21,8 @@
 //! `CORRAL_BENCH_KILL` (10 nodes killed at the end, to time how long the coordinator takes to call
 //! them offline; 0 skips it), `CORRAL_BENCH_LATE` (100 more nodes enrolled once all are connected,
 //! to time enrollment against a full node table; 0 skips it), `CORRAL_BENCH_LOG` (the
-//! coordinator's log filter, `warn`; its log is kept in the temp dir when anything went wrong),
+//! coordinator's log filter, `warn`; its log is kept in the temp dir when it is set or anything
+//! went wrong),
 //! `CORRAL_BIN_DIR` (where the release binaries are).
 //!
 //! Both processes share this machine's cores, so the round trips include the hollow side's own
@@ -368,6 +369,13 @@ async fn main() -> anyhow::Result<()> {
             rate,
             goal(rate >= 20_000.0 && p.complete)
         );
+        let at = |m: Option<Duration>| m.map_or("—".to_owned(), |d| format!("{:.2} s", d.as_secs_f64()));
+        println!(
+            "| the same: 50 % / 90 % / 99 % of them placed after | {} / {} / {} | — |",
+            at(p.milestones[0]),
+            at(p.milestones[1]),
+            at(p.milestones[2])
+        );
         println!(
             "| coordinator RSS after placement (peak) | {:.0} MiB ({:.0}) | {} ≤ 1 GiB |",
             mib(status_kib(pid, "VmRSS:")?),
@@ -388,7 +396,7 @@ async fn main() -> anyhow::Result<()> {
     for w in warnings.iter().take(10) {
         eprintln!("coordinator: {w}");
     }
-    if end.errors > 0 || !warnings.is_empty() {
+    if end.errors > 0 || !warnings.is_empty() || std::env::var_os("CORRAL_BENCH_LOG").is_some() {
         let keep = std::env::temp_dir().join(format!("corral-scale-{}.log", std::process::id()));
         if std::fs::copy(&log_path, &keep).is_ok() {
             eprintln!("coordinator log kept in {}", keep.display());
@@ -406,6 +414,9 @@ struct Placement {
     placed_in: Duration,
     /// Every job that fits was placed (rather than the wait timing out).
     complete: bool,
+    /// When half, 90 % and 99 % of them had been: a slow tail (a stalled session, retransmissions)
+    /// shows apart from a slow pace.
+    milestones: [Option<Duration>; 3],
 }
 
 /// Cordons every node, queues `jobs` single-GPU runs, uncordons every node in one request and times
@@ -444,14 +455,21 @@ async fn place_queued(
     let placing = Instant::now();
     let _: Vec<String> = client.post("/api/nodes/cordon", &cordon(false)).await?;
     let mut complete = false;
+    let mut milestones = [None; 3];
     while placing.elapsed() < Duration::from_secs(300) {
-        if fleet.stats().jobs_running >= running_before + fits {
+        let placed = fleet.jobs_running().saturating_sub(running_before);
+        for (m, share) in milestones.iter_mut().zip([0.5, 0.9, 0.99]) {
+            if m.is_none() && placed as f64 >= fits as f64 * share {
+                *m = Some(placing.elapsed());
+            }
+        }
+        if placed >= fits {
             complete = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let placed_in = placing.elapsed();
-    let placed = fleet.stats().jobs_running - running_before;
-    Ok(Placement { submitted_in, placed, placed_in, complete })
+    let placed = fleet.jobs_running() - running_before;
+    Ok(Placement { submitted_in, placed, placed_in, complete, milestones })
 }

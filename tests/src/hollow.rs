@@ -281,6 +281,12 @@ impl HollowFleet {
         }
     }
 
+    /// Jobs running on the fleet now: [`Self::stats`]' count without its walk over every node, for
+    /// polling.
+    pub fn jobs_running(&self) -> usize {
+        usize::try_from(self.shared.jobs_running.load(Relaxed)).unwrap_or(0)
+    }
+
     /// The heartbeat round trips measured so far (all nodes), leaving them in place.
     pub fn heartbeat_rtts(&self) -> Vec<Duration> {
         let us = lock(&self.shared.rtts_us);

@@ -1,0 +1,78 @@
+use corral_proto::config::Configuration;
+use corral_proto::ids::{JobId, NodeId, RunId};
+use corral_proto::job::{JobSpec, JobState};
+use corral_proto::resources::Allocation;
+
+use super::{NewRun, Store};
+
+fn task() -> Configuration {
+    corral_proto::config::parse("type: task\nimage: busybox\ncommands: [echo hi]\n", "t.dstack.yml")
+        .expect("a valid configuration")
+}
+
+fn spec(job: &str, run: &str, node: &str) -> JobSpec {
+    JobSpec {
+        job_id: JobId(job.into()),
+        run_id: RunId(run.into()),
+        run_name: "train".into(),
+        project: "main".into(),
+        node_id: NodeId(node.into()),
+        image: "busybox".into(),
+        commands: vec!["echo hi".into()],
+        env: vec![("CORRAL_NODE_RANK".into(), "0".into())],
+        working_dir: None,
+        allocation: Allocation { cpus: 2, gpu_indices: vec![3], ..Allocation::default() },
+        max_duration_secs: Some(60),
+        stop_grace_secs: 10,
+        host_network: false,
+    }
+}
+
+fn insert(store: &Store, run: &str, jobs: &[&str]) {
+    let jobs: Vec<JobId> = jobs.iter().map(|j| JobId((*j).into())).collect();
+    let stored = store
+        .insert_run(&NewRun {
+            id: &RunId(run.into()),
+            project: "main",
+            name: run,
+            configuration: &task(),
+            source: None,
+            jobs: &jobs,
+            replicas: None,
+            replacing_service: false,
+        })
+        .expect("insert");
+    assert!(stored);
+}
+
+#[test]
+fn a_gang_is_assigned_whole_or_not_at_all_with_its_specs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("state.db")).expect("open");
+    insert(&store, "r1", &["a0", "a1"]);
+    insert(&store, "r2", &["b0", "b1"]);
+    insert(&store, "r3", &["c0"]);
+    // One rank of r2 ends before its gang is written: r2 gets nothing, the others are placed.
+    assert!(store.finish(&JobId("b1".into()), corral_proto::job::TerminationReason::StoppedByUser, None, None).expect("finish"));
+    let gangs = vec![
+        vec![(NodeId("n1".into()), spec("a0", "r1", "n1")), (NodeId("n2".into()), spec("a1", "r1", "n2"))],
+        vec![(NodeId("n1".into()), spec("b0", "r2", "n1")), (NodeId("n2".into()), spec("b1", "r2", "n2"))],
+        vec![(NodeId("n3".into()), spec("c0", "r3", "n3"))],
+    ];
+    assert_eq!(store.assign_gangs(&gangs).expect("assign"), vec![true, false, true]);
+
+    let job = |id: &str| store.job(&JobId(id.into())).expect("read").expect("stored");
+    for (id, node) in [("a0", "n1"), ("a1", "n2"), ("c0", "n3")] {
+        let j = job(id);
+        assert_eq!(j.state, JobState::Provisioning, "{id}");
+        assert_eq!(j.node_id, Some(NodeId(node.into())));
+        assert_eq!(j.spec.as_ref().map(|s| &s.job_id), Some(&JobId(id.into())));
+        assert_eq!(j.allocation.map(|a| a.gpu_indices), Some(vec![3]));
+    }
+    let b0 = job("b0");
+    assert_eq!(b0.state, JobState::Submitted);
+    assert_eq!((b0.node_id, b0.spec), (None, None));
+    // A job that is no longer queued is not assigned again, and its spec stays.
+    assert_eq!(store.assign_gangs(&[vec![(NodeId("n9".into()), spec("c0", "r3", "n9"))]]).expect("assign"), vec![false]);
+    assert_eq!(job("c0").spec.map(|s| s.node_id), Some(NodeId("n3".into())));
+}
