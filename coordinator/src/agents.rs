@@ -440,10 +440,10 @@ pub fn apply_updates(state: &State, rx: std::sync::mpsc::Receiver<QueuedReport>,
 #[derive(Default)]
 struct Batch {
     progress: Vec<(JobId, JobState, Option<String>)>,
-    /// Where each job's entry is in `progress`, and whether its run was already counted as
-    /// started: a job's reports in one batch (pulling, then running) become one write, of the last
-    /// state and the last message, after one lookup.
-    at: HashMap<JobId, (usize, bool)>,
+    /// Where each job's entry is in `progress`, the node that reported it, and whether its run was
+    /// already counted as started: a job's reports from its node in one batch (pulling, then
+    /// running) become one write, of the last state and the last message, after one lookup.
+    at: HashMap<JobId, (usize, NodeId, bool)>,
     /// The run of each entry in `progress` whose gang has a job waiting for it to start.
     runs: Vec<Option<RunId>>,
     started: Vec<RunId>,
@@ -480,8 +480,8 @@ impl Batch {
         tx: &mpsc::Sender<CoordinatorMessage>,
         u: JobUpdate,
     ) -> anyhow::Result<()> {
-        if let Some((i, started)) = self.at.get_mut(&u.job_id) {
-            // Checked with the batch's first report of this job.
+        if let Some((i, _, started)) = self.at.get_mut(&u.job_id).filter(|(_, from, _)| *from == node.id) {
+            // Checked with the batch's first report of this job from this node.
             if u.state == JobState::Running && !*started {
                 *started = true;
                 if let Some(run) = self.runs[*i].clone() {
@@ -517,7 +517,7 @@ impl Batch {
             }
             state.activity.started(&u.job_id);
         }
-        self.at.insert(u.job_id.clone(), (self.progress.len(), started));
+        self.at.insert(u.job_id.clone(), (self.progress.len(), node.id.clone(), started));
         self.runs.push(job.held_sibling.then_some(job.run_id));
         self.progress.push((u.job_id, u.state, u.message));
         Ok(())
