@@ -38,7 +38,8 @@ pub fn bind(state: &State, addr: SocketAddr) -> anyhow::Result<quinn::Endpoint> 
     let mut transport = quinn::TransportConfig::default();
     transport.max_idle_timeout(Some(Duration::from_secs(30).try_into()?));
     config.transport_config(Arc::new(transport));
-    let socket = std::net::UdpSocket::bind(addr).with_context(|| format!("cannot listen for agents (QUIC) on {addr}"))?;
+    let socket =
+        std::net::UdpSocket::bind(addr).with_context(|| format!("cannot listen for agents (QUIC) on {addr}"))?;
     enlarge_receive_buffer(&socket);
     quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, Arc::new(quinn::TokioRuntime))
         .with_context(|| format!("cannot listen for agents (QUIC) on {addr}"))

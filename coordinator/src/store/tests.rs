@@ -53,7 +53,11 @@ fn a_gang_is_assigned_whole_or_not_at_all_with_its_specs() {
     insert(&store, "r2", &["b0", "b1"]);
     insert(&store, "r3", &["c0"]);
     // One rank of r2 ends before its gang is written: r2 gets nothing, the others are placed.
-    assert!(store.finish(&JobId("b1".into()), corral_proto::job::TerminationReason::StoppedByUser, None, None).expect("finish"));
+    assert!(
+        store
+            .finish(&JobId("b1".into()), corral_proto::job::TerminationReason::StoppedByUser, None, None)
+            .expect("finish")
+    );
     let gangs = vec![
         vec![(NodeId("n1".into()), spec("a0", "r1", "n1")), (NodeId("n2".into()), spec("a1", "r1", "n2"))],
         vec![(NodeId("n1".into()), spec("b0", "r2", "n1")), (NodeId("n2".into()), spec("b1", "r2", "n2"))],
@@ -73,6 +77,9 @@ fn a_gang_is_assigned_whole_or_not_at_all_with_its_specs() {
     assert_eq!(b0.state, JobState::Submitted);
     assert_eq!((b0.node_id, b0.spec), (None, None));
     // A job that is no longer queued is not assigned again, and its spec stays.
-    assert_eq!(store.assign_gangs(&[vec![(NodeId("n9".into()), spec("c0", "r3", "n9"))]]).expect("assign"), vec![false]);
+    assert_eq!(
+        store.assign_gangs(&[vec![(NodeId("n9".into()), spec("c0", "r3", "n9"))]]).expect("assign"),
+        vec![false]
+    );
     assert_eq!(job("c0").spec.map(|s| s.node_id), Some(NodeId("n3".into())));
 }
