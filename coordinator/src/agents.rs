@@ -441,13 +441,22 @@ pub fn apply_updates(state: &State, rx: std::sync::mpsc::Receiver<QueuedReport>,
 #[derive(Default)]
 struct Batch {
     progress: Vec<(JobId, JobState, Option<String>)>,
-    /// Where each job's entry is in `progress`, the node that reported it, and whether its run was
-    /// already counted as started: a job's reports from its node in one batch (pulling, then
-    /// running) become one write, of the last state and the last message, after one lookup.
-    at: HashMap<JobId, (usize, NodeId, bool)>,
-    /// The run of each entry in `progress` whose gang has a job waiting for it to start.
-    runs: Vec<Option<RunId>>,
+    /// The jobs with an entry in `progress`: a job's reports from its node in one batch (pulling,
+    /// then running) become one write, of the last state and the last message, after one lookup.
+    seen: HashMap<JobId, Seen>,
     started: Vec<RunId>,
+}
+
+/// What a batch knows of a job it holds reports of.
+struct Seen {
+    /// Its entry in `progress`.
+    index: usize,
+    /// The node that reported it, where it is placed (checked with its first report).
+    node: NodeId,
+    /// Stored as running, or reported so in this batch.
+    running: bool,
+    /// Its run, when a gang sibling waits for it to start (`startup_order`).
+    held_run: Option<RunId>,
 }
 
 impl Batch {
@@ -481,46 +490,41 @@ impl Batch {
         tx: &mpsc::Sender<CoordinatorMessage>,
         u: JobUpdate,
     ) -> anyhow::Result<()> {
-        if let Some((i, _, started)) = self.at.get_mut(&u.job_id).filter(|(_, from, _)| *from == node.id) {
-            // Checked with the batch's first report of this job from this node.
-            if u.state == JobState::Running && !*started {
-                *started = true;
-                if let Some(run) = self.runs[*i].clone() {
-                    self.started.push(run);
-                }
-                state.activity.started(&u.job_id);
+        if self.seen.get(&u.job_id).is_none_or(|seen| seen.node != node.id) {
+            let Some(job) = placed_here(state, node, tx, &u.job_id)? else { return Ok(()) };
+            if job.state.is_finished() {
+                // The job ended here (stopped while it was being placed, say) but its container
+                // lives: it holds resources nobody accounts for. Stop it.
+                tracing::warn!(job = %u.job_id, node = %node.name, "container alive for a finished job; stopping it");
+                let _ = tx.try_send(CoordinatorMessage::StopJob {
+                    job_id: u.job_id,
+                    abort: true,
+                    reason: job.termination_reason.unwrap_or(TerminationReason::AbortedByUser),
+                });
+                return Ok(());
             }
-            let entry = &mut self.progress[*i];
-            entry.1 = u.state;
-            if u.message.is_some() {
-                entry.2 = u.message;
-            }
-            return Ok(());
+            let seen = Seen {
+                index: self.progress.len(),
+                node: node.id.clone(),
+                running: job.state == JobState::Running,
+                // Its siblings are placed with it, so whether any waits is known now.
+                held_run: job.held_sibling.then_some(job.run_id),
+            };
+            self.progress.push((u.job_id.clone(), job.state, None));
+            self.seen.insert(u.job_id.clone(), seen);
         }
-        let Some(job) = placed_here(state, node, tx, &u.job_id)? else { return Ok(()) };
-        if job.state.is_finished() {
-            // The job ended here (stopped while it was being placed, say) but its container lives:
-            // it holds resources nobody accounts for. Stop it.
-            tracing::warn!(job = %u.job_id, node = %node.name, "container alive for a finished job; stopping it");
-            let _ = tx.try_send(CoordinatorMessage::StopJob {
-                job_id: u.job_id,
-                abort: true,
-                reason: job.termination_reason.unwrap_or(TerminationReason::AbortedByUser),
-            });
-            return Ok(());
-        }
-        // A gang member running may let the others start (`startup_order`); one that was running
-        // already did. Its siblings are placed with it, so whether any waits is known now.
-        let started = job.state == JobState::Running || u.state == JobState::Running;
-        if u.state == JobState::Running && job.state != JobState::Running {
-            if job.held_sibling {
-                self.started.push(job.run_id.clone());
-            }
+        let Some(seen) = self.seen.get_mut(&u.job_id) else { return Ok(()) };
+        if u.state == JobState::Running && !seen.running {
+            // A gang member running may let the others start.
+            seen.running = true;
+            self.started.extend(seen.held_run.clone());
             state.activity.started(&u.job_id);
         }
-        self.at.insert(u.job_id.clone(), (self.progress.len(), node.id.clone(), started));
-        self.runs.push(job.held_sibling.then_some(job.run_id));
-        self.progress.push((u.job_id, u.state, u.message));
+        let entry = &mut self.progress[seen.index];
+        entry.1 = u.state;
+        if u.message.is_some() {
+            entry.2 = u.message;
+        }
         Ok(())
     }
 
@@ -528,8 +532,7 @@ impl Batch {
         if !self.progress.is_empty() {
             state.store.set_progress_many(&self.progress)?;
             self.progress.clear();
-            self.runs.clear();
-            self.at.clear();
+            self.seen.clear();
         }
         let mut started = std::mem::take(&mut self.started);
         started.sort_unstable();

@@ -431,7 +431,7 @@ async fn place_queued(
 
     let cordon = |cordoned| api::CordonNodes { cordoned, all: true, ..Default::default() };
     let _: Vec<String> = client.post("/api/nodes/cordon", &cordon(true)).await?;
-    let running_before = fleet.stats().jobs_running;
+    let running_before = fleet.jobs_running();
     let fits = (fleet.stats().connected * 8).saturating_sub(running_before).min(jobs);
 
     eprintln!("{} submitting {jobs} runs, {concurrency} at a time…", utc());
