@@ -24,6 +24,7 @@
 mod common;
 mod fields;
 mod fleet;
+pub mod limits;
 mod mounts;
 mod resources;
 mod run;
@@ -115,11 +116,18 @@ const TYPES: [&str; 7] = ["task", "service", "dev-environment", "fleet", "gatewa
 
 /// Parses one `.dstack.yml` file. `file` is used in error messages only.
 pub fn parse(text: &str, file: &str) -> Result<Configuration, ConfigError> {
-    parse_tree(text).map_err(|issue| issue.into_error(file))
+    let doc = yaml::load(text).map_err(|issue| issue.into_error(file))?;
+    let configuration = parse_tree(&doc).map_err(|issue| issue.into_error(file))?;
+    // The limits are checked on the typed configuration, the same check the coordinator runs on
+    // what it is sent; the field path it names leads back to where the file wrote it.
+    configuration.check_limits().map_err(|e| {
+        let mark = yaml::locate(&doc, &e.field).mark;
+        Issue::invalid(mark, e.field, e.message).into_error(file)
+    })?;
+    Ok(configuration)
 }
 
-fn parse_tree(text: &str) -> Res<Configuration> {
-    let doc = yaml::load(text)?;
+fn parse_tree(doc: &yaml::Node) -> Res<Configuration> {
     let Value::Map(entries) = &doc.value else {
         let message = if doc.is_null() {
             "the file is empty; a configuration starts with `type: task` (or service, dev-environment, fleet)"
@@ -139,10 +147,10 @@ fn parse_tree(text: &str) -> Res<Configuration> {
     let kind = fields::choice(type_node, "type", &TYPES)?;
     let unsupported = |why: &str| Err(Issue::unsupported(type_node.mark, "type", why));
     match kind {
-        "task" => run::task(&doc).map(Configuration::Task),
-        "service" => service::service(&doc).map(Configuration::Service),
-        "dev-environment" => run::dev_environment(&doc).map(Configuration::DevEnvironment),
-        "fleet" => fleet::fleet(&doc).map(Configuration::Fleet),
+        "task" => run::task(doc).map(Configuration::Task),
+        "service" => service::service(doc).map(Configuration::Service),
+        "dev-environment" => run::dev_environment(doc).map(Configuration::DevEnvironment),
+        "fleet" => fleet::fleet(doc).map(Configuration::Fleet),
         "gateway" => unsupported("`gateway` is not needed: the Corral coordinator proxies services itself"),
         "volume" => unsupported(
             "network volumes need a cloud backend, which Corral does not have yet; \

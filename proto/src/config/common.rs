@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::fields::{Issue, Object, Res, at, boolean, bounded, choice, list, number, string, strings};
+use super::limits::MAX_FLEET_NODES;
 use super::values::{Duration, duration, secs};
 use super::yaml::{Node, Value};
 
@@ -229,7 +230,7 @@ fn instance_selector(node: &Node, path: &str) -> Res<InstanceSelector> {
     }
     Ok(InstanceSelector::FleetInstance {
         fleet: o.require("fleet", fleet_ref)?,
-        instance: o.require("instance", |n, p| bounded(n, p, 0, u32::MAX.into()))?,
+        instance: o.require("instance", |n, p| bounded(n, p, 0, MAX_FLEET_NODES.into()))?,
     })
 }
 

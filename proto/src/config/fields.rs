@@ -198,12 +198,7 @@ pub(crate) fn integer(node: &Node, path: &str) -> Res<i64> {
 pub(crate) fn bounded<T: TryFrom<i64>>(node: &Node, path: &str, min: i64, max: i64) -> Res<T> {
     let v = integer(node, path)?;
     if v < min || v > max {
-        let message = if max == i64::MAX || max as u64 >= u32::MAX as u64 {
-            format!("must be at least {min}, found {v}")
-        } else {
-            format!("must be between {min} and {max}, found {v}")
-        };
-        return Err(Issue::invalid(node.mark, path, message));
+        return Err(Issue::invalid(node.mark, path, super::limits::out_of_range(min, max, v)));
     }
     T::try_from(v).map_err(|_| Issue::invalid(node.mark, path, format!("{v} is out of range")))
 }

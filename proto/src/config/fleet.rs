@@ -8,6 +8,7 @@ use crate::resources::ResourcesSpec;
 use super::EnvVar;
 use super::common::{self, Provisioning, RetrySpec, each};
 use super::fields::{Issue, Object, Res, bounded, choice, integer, string};
+use super::limits::{MAX_BLOCKS, MAX_FLEET_NODES, out_of_range};
 use super::resources::resources;
 use super::values::{env, port, resource_name};
 use super::yaml::{Node, Value};
@@ -138,7 +139,7 @@ pub(crate) fn fleet(doc: &Node) -> Res<FleetConfig> {
 }
 
 fn nodes(node: &Node, path: &str) -> Res<FleetNodes> {
-    let count = |n: &Node, p: &str| bounded::<u32>(n, p, 0, u32::MAX.into());
+    let count = |n: &Node, p: &str| bounded::<u32>(n, p, 0, MAX_FLEET_NODES.into());
     let spec = match &node.value {
         Value::Map(_) => {
             let o = Object::new(node, path, "nodes", &["min", "target", "max"])?;
@@ -166,8 +167,8 @@ fn blocks(node: &Node, path: &str) -> Res<Blocks> {
         return Ok(Blocks::Auto);
     }
     let n = integer(node, path).map_err(|e| Issue { message: "expected a number of blocks or `auto`".into(), ..e })?;
-    if n < 1 || n > i64::from(u32::MAX) {
-        return Err(Issue::invalid(node.mark, path, "must be at least 1"));
+    if n < 1 || n > i64::from(MAX_BLOCKS) {
+        return Err(Issue::invalid(node.mark, path, out_of_range(1, MAX_BLOCKS.into(), n)));
     }
     Ok(Blocks::Count(n as u32))
 }

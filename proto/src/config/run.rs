@@ -7,6 +7,7 @@ use crate::resources::ResourcesSpec;
 
 use super::common::{self, Provisioning, RegistryAuth, RetrySpec, UtilizationPolicy, each};
 use super::fields::{Issue, Object, Res, bounded, choice, string};
+use super::limits::{MAX_NODES, MAX_PRIORITY};
 use super::mounts::{self, FileMapping, InstanceMount, RepoSpec};
 use super::resources::resources;
 use super::values::{Duration, duration, env, off_duration, ports, python_version, resource_name};
@@ -265,7 +266,7 @@ pub(crate) fn common(o: &Object) -> Res<Common> {
         env: o.map("env", env)?.unwrap_or_default(),
         shell: o.map("shell", shell)?,
         resources: o.map("resources", resources)?.unwrap_or_default(),
-        priority: o.map("priority", |n, p| bounded(n, p, 0, 100))?,
+        priority: o.map("priority", |n, p| bounded(n, p, 0, MAX_PRIORITY.into()))?,
         volumes: o.map("volumes", |n, p| each(n, p, mounts::volume))?.unwrap_or_default(),
         repos,
         files: o.map("files", |n, p| each(n, p, mounts::file))?.unwrap_or_default(),
@@ -332,7 +333,7 @@ pub(crate) fn task(doc: &Node) -> Res<TaskConfig> {
         max_duration_secs: c.max_duration_secs,
         stop_duration_secs: c.stop_duration_secs,
         resources: c.resources,
-        nodes: o.map("nodes", |n, p| bounded(n, p, 1, u32::MAX.into()))?.unwrap_or(1),
+        nodes: o.map("nodes", |n, p| bounded(n, p, 1, MAX_NODES.into()))?.unwrap_or(1),
         priority: c.priority,
         python: c.python,
         nvcc: c.nvcc,

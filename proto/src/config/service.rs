@@ -8,6 +8,7 @@ use crate::resources::{Range, ResourcesSpec};
 use super::EnvVar;
 use super::common::{self, Provisioning, RegistryAuth, RetrySpec, UtilizationPolicy, each};
 use super::fields::{Issue, Object, Res, boolean, bounded, choice, number, string};
+use super::limits::{MAX_BURST, MAX_READY_AFTER};
 use super::mounts::{FileMapping, InstanceMount, RepoSpec};
 use super::resources::count_range;
 use super::run::{RUN_FIELDS, common, require_commands_or_image};
@@ -365,7 +366,7 @@ fn probe(node: &Node, path: &str) -> Res<ProbeSpec> {
         body,
         timeout_secs: o.map("timeout", at_least_1s)?.unwrap_or(10),
         interval_secs: o.map("interval", at_least_1s)?.unwrap_or(15),
-        ready_after: o.map("ready_after", |n, p| bounded(n, p, 1, u32::MAX.into()))?.unwrap_or(1),
+        ready_after: o.map("ready_after", |n, p| bounded(n, p, 1, MAX_READY_AFTER.into()))?.unwrap_or(1),
         until_ready: o.boolean("until_ready")?.unwrap_or(false),
     })
 }
@@ -428,6 +429,6 @@ fn rate_limit(node: &Node, path: &str) -> Res<RateLimit> {
     if !(1.0 / 60.0..=(i64::MAX / 60) as f64).contains(&rps) {
         return Err(Issue::invalid(o.key_mark("rps"), o.path("rps"), "must be at least 1/60 (one request a minute)"));
     }
-    let burst = o.map("burst", |n, p| bounded(n, p, 0, i64::MAX))?.unwrap_or(0);
+    let burst = o.map("burst", |n, p| bounded(n, p, 0, MAX_BURST as i64))?.unwrap_or(0);
     Ok(RateLimit { prefix, key, rps, burst })
 }

@@ -66,6 +66,32 @@ impl Node {
     }
 }
 
+/// The node a field path (`resources.gpu.count`, `env[2]`, `probes[0].url`) names in `doc`, or the
+/// deepest of its parents the document has (a field left to its default is not in the file). An
+/// index into a mapping (`env[2]` of `env: {A: 1, ...}`) is its entry's key.
+pub(crate) fn locate<'a>(doc: &'a Node, path: &str) -> &'a Node {
+    let mut node = doc;
+    for part in path.split('.') {
+        let (key, indices) = part.split_at(part.find('[').unwrap_or(part.len()));
+        if !key.is_empty() {
+            let Value::Map(entries) = &node.value else { return node };
+            let Some((_, value)) = entries.iter().find(|(k, _)| k.text == key) else { return node };
+            node = value;
+        }
+        for index in indices.split('[').skip(1) {
+            let Some(i) = index.strip_suffix(']').and_then(|i| i.parse::<usize>().ok()) else { return node };
+            let next = match &node.value {
+                Value::Seq(items) => items.get(i),
+                Value::Map(entries) => entries.get(i).map(|(k, _)| k),
+                _ => None,
+            };
+            let Some(next) = next else { return node };
+            node = next;
+        }
+    }
+    node
+}
+
 /// Nesting deeper than this is refused (no configuration needs more than a handful of levels).
 const MAX_DEPTH: usize = 64;
 /// Nodes in the whole tree, aliases expanded.
@@ -339,6 +365,16 @@ mod tests {
         assert!(load(&bomb).unwrap_err().message.contains("more than"));
         let deep = "[".repeat(200) + &"]".repeat(200);
         assert!(load(&deep).is_err());
+    }
+
+    #[test]
+    fn field_paths_lead_to_their_nodes() {
+        let doc = load("type: task\nenv:\n  A: 1\n  B: 2\nports: [1, 2]\nresources:\n  gpu: A100:2\n").unwrap();
+        assert_eq!(locate(&doc, "env[1]").mark, Mark { line: 4, column: 3 });
+        assert_eq!(locate(&doc, "ports[1]").mark, Mark { line: 5, column: 12 });
+        assert_eq!(locate(&doc, "resources.gpu.count").mark, Mark { line: 7, column: 8 });
+        assert_eq!(locate(&doc, "ports[9]").mark, Mark { line: 5, column: 8 });
+        assert_eq!(locate(&doc, "max_duration").mark, doc.mark);
     }
 
     #[test]
