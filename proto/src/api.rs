@@ -3,13 +3,60 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Configuration;
+use crate::config::limits::{LimitError, MAX_DURATION_SECS};
+use crate::config::{Configuration, is_valid_name};
 use crate::ids::{JobId, NodeId, RunId};
 use crate::inventory::HostInventory;
 use crate::job::{JobState, TerminationReason};
 use crate::resources::Allocation;
 
 pub const DEFAULT_PROJECT: &str = "main";
+
+/// The largest JSON request body the API reads: a run or fleet submission carries the
+/// configuration twice (typed, and the file's text). Above it the coordinator answers
+/// `413 Payload Too Large`; the CLI checks before it sends. Streamed uploads (`corral image push`)
+/// are not bound by it.
+pub const MAX_BODY_BYTES: usize = 2 << 20;
+
+/// What a name in an API path names, for its rule and its message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameKind {
+    Run,
+    Fleet,
+    Project,
+    Node,
+}
+
+impl NameKind {
+    fn word(self) -> &'static str {
+        match self {
+            Self::Run => "run",
+            Self::Fleet => "fleet",
+            Self::Project => "project",
+            Self::Node => "node",
+        }
+    }
+}
+
+/// Checks a name taken from a request: runs, fleets and projects follow dstack's rule
+/// ([`is_valid_name`]); node names are what the coordinator makes of a host name (lowercase
+/// letters, digits and hyphens, 1 to 63 of them). `Err` is the message a client sees.
+pub fn check_name(kind: NameKind, name: &str) -> Result<(), String> {
+    let (valid, rule) = match kind {
+        NameKind::Node => (
+            (1..=63).contains(&name.len())
+                && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+            "1 to 63 lowercase letters, digits and hyphens",
+        ),
+        _ => (is_valid_name(name), "2 to 41 lowercase letters, digits and hyphens, starting with a letter"),
+    };
+    if valid {
+        return Ok(());
+    }
+    let shown: String = name.chars().take(64).collect();
+    let more = if shown.len() < name.len() { "..." } else { "" };
+    Err(format!("not a valid {} name: {shown:?}{more} (use {rule})", kind.word()))
+}
 
 /// `POST /api/projects/{project}/runs`
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -19,6 +66,20 @@ pub struct SubmitRun {
     pub source: Option<String>,
     /// Set when the user did not name the run; the coordinator picks a name.
     pub name: Option<String>,
+}
+
+impl SubmitRun {
+    /// The configuration's limits ([`Configuration::check_limits`]) and the name's rule: what the
+    /// coordinator checks before it admits a run, whoever sent it.
+    pub fn check(&self) -> Result<(), LimitError> {
+        self.configuration.check_limits()?;
+        match &self.name {
+            Some(name) => {
+                check_name(NameKind::Run, name).map_err(|message| LimitError { field: "name".into(), message })
+            }
+            None => Ok(()),
+        }
+    }
 }
 
 /// `GET /api/projects/{project}/runs/plan`-style preview, and the reply to a submission.
@@ -100,6 +161,13 @@ pub struct SubmitFleet {
     pub source: Option<String>,
 }
 
+impl SubmitFleet {
+    /// The fleet configuration's limits ([`crate::config::FleetConfig::check_limits`]).
+    pub fn check(&self) -> Result<(), LimitError> {
+        self.configuration.check_limits()
+    }
+}
+
 /// A fleet: a named group of nodes; `placement: cluster` marks nodes that reach each other.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Fleet {
@@ -134,11 +202,38 @@ pub struct CordonNodes {
     pub all: bool,
 }
 
+impl CordonNodes {
+    /// Each node and fleet named follows its rule.
+    pub fn check(&self) -> Result<(), LimitError> {
+        let bad = |field: String| move |message| LimitError { field, message };
+        for (i, node) in self.nodes.iter().enumerate() {
+            check_name(NameKind::Node, node).map_err(bad(format!("nodes[{i}]")))?;
+        }
+        match &self.fleet {
+            Some(fleet) => check_name(NameKind::Fleet, fleet).map_err(bad("fleet".into())),
+            None => Ok(()),
+        }
+    }
+}
+
 /// `POST /api/nodes/{name}/drain`: cordon, then stop what still runs after the deadline.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct DrainNode {
     /// Seconds to wait for jobs to end by themselves; then they are stopped. `None`: wait for ever.
     pub deadline_secs: Option<u64>,
+}
+
+impl DrainNode {
+    /// The deadline is at most a year, as every duration ([`MAX_DURATION_SECS`]).
+    pub fn check(&self) -> Result<(), LimitError> {
+        match self.deadline_secs {
+            Some(s) if s > MAX_DURATION_SECS => Err(LimitError {
+                field: "deadline_secs".into(),
+                message: format!("must be at most {MAX_DURATION_SECS} (a year), found {s}"),
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// `POST /api/tokens`: a join token for enrolling nodes.
@@ -218,4 +313,31 @@ pub struct JoinTokenInfo {
     /// The token itself (`corral1.<ca hash>.<secret>`), only in the answer to its creation.
     #[serde(default)]
     pub token: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_in_paths() {
+        assert_eq!(check_name(NameKind::Run, "train-1"), Ok(()));
+        assert_eq!(check_name(NameKind::Node, "10-0-0-1"), Ok(()));
+        assert_eq!(
+            check_name(NameKind::Run, "../../../nodes/node2/cordon?x="),
+            Err("not a valid run name: \"../../../nodes/node2/cordon?x=\" (use 2 to 41 lowercase letters, digits and hyphens, starting with a letter)".into())
+        );
+        let e = check_name(NameKind::Node, "gpu/1").expect_err("refused");
+        assert_eq!(e, "not a valid node name: \"gpu/1\" (use 1 to 63 lowercase letters, digits and hyphens)");
+        assert!(check_name(NameKind::Fleet, &"a".repeat(100)).expect_err("refused").contains("\"... (use"));
+        assert!(check_name(NameKind::Node, "").is_err());
+    }
+
+    #[test]
+    fn request_checks() {
+        let drain = DrainNode { deadline_secs: Some(u64::MAX) };
+        assert_eq!(drain.check().expect_err("refused").field, "deadline_secs");
+        let cordon = CordonNodes { cordoned: true, nodes: vec!["a".into(), "../x".into()], ..Default::default() };
+        assert_eq!(cordon.check().expect_err("refused").field, "nodes[1]");
+    }
 }
