@@ -3,25 +3,27 @@
 //! repeat it. Docker is the truth about containers; this map is rebuilt from it on start.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use corral_proto::ids::{JobId, NodeId};
 use corral_proto::job::{JobSpec, JobState, TerminationReason};
 use corral_proto::wire::io::write_frame;
-use corral_proto::wire::{ContainerReport, JobUpdate, LogFrame};
+use corral_proto::wire::{ContainerReport, JobUpdate};
 use corral_shim::{GpuPassthrough, RunOptions, Shim, ShimError, container_name};
 
-/// How long a job's final update waits for its log to be shipped.
+use crate::output::Spool;
+
+/// How long a job's final update waits for its log to be confirmed stored.
 const LOG_DRAIN_WAIT: Duration = Duration::from_secs(10);
-/// How long a container is kept for its log after the coordinator said to forget it.
-const FORGET_WAIT: Duration = Duration::from_secs(600);
-/// Largest log chunk sent in one frame.
-const LOG_CHUNK: usize = 64 * 1024;
+/// How long an ended container's output may take to reach its end in the spool.
+const OUTPUT_END_WAIT: Duration = Duration::from_secs(30);
+/// How often a container kept for its unconfirmed log is said to be waiting.
+const FORGET_NAG: Duration = Duration::from_secs(600);
 /// Stop grace for an adopted container that carries no grace label.
 const DEFAULT_GRACE_SECS: u64 = 10;
 
@@ -33,8 +35,13 @@ struct Tracked {
     /// Not yet sent on the current connection.
     dirty: bool,
     stop: watch::Sender<StopRequest>,
-    /// True once the container's whole output is at the coordinator (or there is no container).
+    /// True once the coordinator confirmed the container's whole output stored (or there is no
+    /// container).
     shipped: watch::Sender<bool>,
+    /// The container's output on this host's disk, until the coordinator has it all.
+    spool: Option<Arc<Spool>>,
+    /// A `ForgetJob` is being carried out (it waits for the log).
+    forgetting: bool,
     /// Where this host reaches the container, once a tunnel asked (it does not change while the
     /// container runs, and asking Docker costs a round trip per tunnel).
     address: Option<std::net::IpAddr>,
@@ -44,6 +51,8 @@ pub struct Jobs {
     shim: Shim,
     node: NodeId,
     gpu_passthrough: GpuPassthrough,
+    /// Where jobs' output is spooled (`<state dir>/logs`).
+    spool_dir: PathBuf,
     jobs: Mutex<HashMap<JobId, Tracked>>,
     /// Poked when an update is waiting to be sent.
     pub changed: Notify,
@@ -57,11 +66,18 @@ pub struct Jobs {
 }
 
 impl Jobs {
-    pub fn new(shim: Shim, node: NodeId, gpu_passthrough: GpuPassthrough, shutdown: CancellationToken) -> Arc<Self> {
+    pub fn new(
+        shim: Shim,
+        node: NodeId,
+        gpu_passthrough: GpuPassthrough,
+        spool_dir: PathBuf,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
         Arc::new(Self {
             shim,
             node,
             gpu_passthrough,
+            spool_dir,
             jobs: Mutex::new(HashMap::new()),
             changed: Notify::new(),
             conn: watch::Sender::new(None),
@@ -161,6 +177,16 @@ impl Jobs {
             };
             let grace = c.stop_grace_secs.unwrap_or(DEFAULT_GRACE_SECS);
             let rx = self.track(&c.job_id, JobState::Running);
+            // What the container wrote while no agent listened is read back from Docker's log
+            // driver: all of it past what the spool already has.
+            match Spool::open(&self.spool_dir, &c.job_id) {
+                Ok(spool) => {
+                    let skip = spool.progress().len;
+                    tokio::spawn(spool.clone().fill(self.shim.logs(&container_name(&c.job_id)), skip));
+                    self.set_spool(&c.job_id, spool);
+                }
+                Err(e) => tracing::error!(job = %c.job_id, "cannot spool the output of an adopted container: {e}"),
+            }
             let this = self.clone();
             tokio::spawn(async move { this.supervise(c.job_id, deadline, rx, grace).await });
         }
@@ -170,7 +196,15 @@ impl Jobs {
     fn track(&self, id: &JobId, state: JobState) -> watch::Receiver<StopRequest> {
         let (stop, rx) = watch::channel(None);
         let update = JobUpdate { job_id: id.clone(), state, exit_code: None, reason: None, message: None };
-        let tracked = Tracked { update, dirty: true, stop, shipped: watch::Sender::new(false), address: None };
+        let tracked = Tracked {
+            update,
+            dirty: true,
+            stop,
+            shipped: watch::Sender::new(false),
+            spool: None,
+            forgetting: false,
+            address: None,
+        };
         self.lock().insert(id.clone(), tracked);
         self.changed.notify_one();
         rx
@@ -180,6 +214,14 @@ impl Jobs {
         if let Some(t) = self.lock().get(id) {
             t.shipped.send_replace(true);
         }
+    }
+
+    /// Ships the spool from now on (a shipper task per job, for as long as it takes).
+    fn set_spool(self: &Arc<Self>, id: &JobId, spool: Arc<Spool>) {
+        if let Some(t) = self.lock().get_mut(id) {
+            t.spool = Some(spool.clone());
+        }
+        tokio::spawn(self.clone().ship_logs(id.clone(), spool));
     }
 
     /// Starts a job; a job already known is left alone (the coordinator may repeat itself).
@@ -223,10 +265,25 @@ impl Jobs {
             self.mark_shipped(&id);
             return self.finish(&id, reason, None, message);
         }
+        let spool = match Spool::create(&self.spool_dir, &id) {
+            Ok(s) => s,
+            Err(e) => {
+                self.mark_shipped(&id);
+                let message = format!("cannot spool the job's output in {}: {e}", self.spool_dir.display());
+                return self.finish(&id, TerminationReason::AgentError, None, Some(message));
+            }
+        };
         let opts = RunOptions { gpu_passthrough: self.gpu_passthrough };
-        if let Err(e) = self.shim.create_and_start(&spec, &opts).await {
-            self.mark_shipped(&id);
-            return self.finish(&id, TerminationReason::ContainerCreationFailed, None, Some(e.to_string()));
+        match self.shim.create_and_start_attached(&spec, &opts).await {
+            Ok((_, output)) => {
+                tokio::spawn(spool.clone().fill(output, 0));
+                self.set_spool(&id, spool);
+            }
+            Err(e) => {
+                spool.remove();
+                self.mark_shipped(&id);
+                return self.finish(&id, TerminationReason::ContainerCreationFailed, None, Some(e.to_string()));
+            }
         }
         self.progress(&id, JobState::Running);
         let deadline = spec.max_duration_secs.map(|m| now_unix().saturating_add(m as i64));
@@ -335,7 +392,6 @@ impl Jobs {
     ) {
         let container = container_name(&id);
         let grace = Duration::from_secs(grace_secs);
-        let shipper = tokio::spawn(self.clone().ship_logs(id.clone()));
         let until_deadline = async {
             match deadline {
                 Some(d) => tokio::time::sleep(Duration::from_secs(d.saturating_sub(now_unix()).max(0) as u64)).await,
@@ -364,9 +420,22 @@ impl Jobs {
                 (reason, self.exit_code(&container).await, None)
             }
         };
+        // The output ends with the container; a reader that never saw its end (Docker's follow can
+        // hang on a removed daemon) is closed after a while, so the log can still be confirmed.
+        let (spool, mut shipped) = match self.lock().get(&id) {
+            Some(t) => (t.spool.clone(), t.shipped.subscribe()),
+            None => return,
+        };
+        if let Some(spool) = spool {
+            let mut progress = spool.subscribe();
+            if tokio::time::timeout(OUTPUT_END_WAIT, progress.wait_for(|p| p.closed)).await.is_err() {
+                tracing::warn!(job = %id, "the container's output did not end with it; closing its log");
+                spool.close();
+            }
+        }
         // Ship the tail of the output before saying the job ended, but never wait long: the
         // coordinator records the end either way, and the shipper goes on.
-        let _ = tokio::time::timeout(LOG_DRAIN_WAIT, shipper).await;
+        let _ = tokio::time::timeout(LOG_DRAIN_WAIT, shipped.wait_for(|s| *s)).await;
         self.finish(&id, ending.0, ending.1, ending.2);
     }
 
@@ -424,13 +493,17 @@ impl Jobs {
     /// Kills and removes every container of this node's jobs (the node was removed from the
     /// cluster). Returns how many there were.
     pub async fn remove_all(&self) -> usize {
-        let ids: Vec<JobId> = self.lock().drain().map(|(id, _)| id).collect();
-        for id in &ids {
+        let jobs: Vec<(JobId, Option<Arc<Spool>>)> = self.lock().drain().map(|(id, t)| (id, t.spool)).collect();
+        for (id, spool) in &jobs {
             let name = container_name(id);
             let _ = self.shim.kill(&name).await;
             let _ = self.shim.remove(&name).await;
+            match spool {
+                Some(spool) => spool.remove(),
+                None => Spool::discard(&self.spool_dir, id),
+            }
         }
-        ids.len()
+        jobs.len()
     }
 
     /// Asks a job to stop. Unknown jobs (a container the coordinator no longer wants) are removed.
@@ -440,35 +513,47 @@ impl Jobs {
             let name = container_name(id);
             let _ = self.shim.kill(&name).await;
             let _ = self.shim.remove(&name).await;
+            Spool::discard(&self.spool_dir, id);
         }
     }
 
-    /// The coordinator has recorded the job's end: remove the container once its output has
-    /// reached the coordinator (a replay after a reconnect may still be running).
+    /// The coordinator has recorded the job's end: remove the container once the coordinator has
+    /// confirmed its whole output stored (a replay after a reconnect may still be running). Until
+    /// then the container and its spool stay, however long that takes: output is never dropped.
     pub async fn forget(&self, id: &JobId) {
-        let shipped = match self.lock().get(id) {
+        let shipped = match self.lock().get_mut(id) {
             Some(t) if t.update.reason.is_none() => return, // still running here: not ours to drop
-            Some(t) => Some(t.shipped.subscribe()),
+            Some(t) if t.forgetting => return,              // a repeated ForgetJob: one is waiting
+            Some(t) => {
+                t.forgetting = true;
+                Some(t.shipped.subscribe())
+            }
             None => None,
         };
-        if let Some(mut shipped) = shipped
-            && tokio::time::timeout(FORGET_WAIT, shipped.wait_for(|s| *s)).await.is_err()
-        {
-            tracing::warn!(job = %id, "removing the container before its whole log was shipped");
+        if let Some(mut shipped) = shipped {
+            while tokio::time::timeout(FORGET_NAG, shipped.wait_for(|s| *s)).await.is_err() {
+                tracing::warn!(job = %id, "keeping the container: the coordinator has not confirmed its whole log yet");
+            }
         }
         if let Err(e) = self.shim.remove(&container_name(id)).await {
             tracing::warn!(job = %id, "cannot remove container: {e}");
+            if let Some(t) = self.lock().get_mut(id) {
+                t.forgetting = false;
+            }
             return;
         }
-        self.lock().remove(id);
+        let spool = self.lock().remove(id).and_then(|t| t.spool);
+        match spool {
+            Some(spool) => spool.remove(),
+            None => Spool::discard(&self.spool_dir, id),
+        }
     }
 
-    /// Streams the container's output to the coordinator, one QUIC stream per job. When the
-    /// connection drops it waits for the next one and replays from the start; the coordinator keeps
-    /// only the bytes it does not have.
-    async fn ship_logs(self: Arc<Self>, id: JobId) {
-        let container = container_name(&id);
+    /// Ships the job's spooled output to the coordinator until it confirms all of it stored: on
+    /// every connection, from the offset the coordinator has, again after any failure.
+    async fn ship_logs(self: Arc<Self>, id: JobId, spool: Arc<Spool>) {
         let mut conn_rx = self.conn.subscribe();
+        let mut backoff = Duration::from_millis(500);
         loop {
             let conn = loop {
                 if let Some(c) = conn_rx.borrow_and_update().clone() {
@@ -479,44 +564,23 @@ impl Jobs {
                     () = self.shutdown.cancelled() => return,
                 }
             };
-            match self.ship_once(&conn, &id, &container).await {
+            match crate::output::ship(&conn, &id, &spool).await {
                 Ok(()) => {
                     self.mark_shipped(&id);
                     return;
                 }
                 Err(e) => {
                     tracing::debug!(job = %id, "log stream interrupted: {e:#}");
-                    // Wait for a different connection before replaying.
+                    // On a new connection at once; on this one again after a while (the
+                    // coordinator may be out of disk space).
                     tokio::select! {
                         r = conn_rx.changed() => if r.is_err() { return },
+                        () = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(Duration::from_secs(10)),
                         () = self.shutdown.cancelled() => return,
                     }
                 }
             }
         }
-    }
-
-    async fn ship_once(&self, conn: &quinn::Connection, id: &JobId, container: &str) -> anyhow::Result<()> {
-        let mut send = conn.open_uni().await?;
-        write_frame(&mut send, &LogFrame::Open { job_id: id.clone() }).await?;
-        let mut offset = 0u64;
-        let mut logs = std::pin::pin!(self.shim.logs(container));
-        while let Some(chunk) = logs.next().await {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) if e.is_not_found() => break,
-                Err(e) => return Err(e.into()),
-            };
-            for piece in chunk.chunks(LOG_CHUNK) {
-                write_frame(&mut send, &LogFrame::Chunk { offset, data: piece.to_vec() }).await?;
-                offset += piece.len() as u64;
-            }
-        }
-        write_frame(&mut send, &LogFrame::End { total: offset }).await?;
-        send.finish()?;
-        // Wait until the coordinator has read everything (it closes its side at the end).
-        let _ = tokio::time::timeout(Duration::from_secs(30), send.stopped()).await;
-        Ok(())
     }
 }
 

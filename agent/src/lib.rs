@@ -4,6 +4,7 @@
 //! - [`identity`]: the node's key and certificate, and TLS that pins the coordinator's CA;
 //! - [`link`]: enrollment and the QUIC session (commands in, reports and heartbeats out);
 //! - [`jobs`]: containers through the shim, their supervision and their log streams;
+//! - [`output`]: each job's output spooled on disk and shipped until the coordinator confirms it;
 //! - [`tunnel`]: byte pipes from the coordinator into containers' ports, over the session's streams;
 //! - [`ssh`]: an SSH server for each job's container, on such a stream (no sshd in the image);
 //! - [`upgrade`]: replacing its own binary with the one the coordinator serves.
@@ -18,6 +19,7 @@ pub mod identity;
 pub mod inventory;
 pub mod jobs;
 pub mod link;
+pub mod output;
 pub mod sftp;
 pub mod spot;
 pub mod ssh;
@@ -75,7 +77,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             link::enroll(&config.coordinator, token, &config.state_dir, &name, config.fleet.clone()).await?
         }
     };
-    let jobs = Jobs::new(shim, identity.node.node_id.clone(), gpu_passthrough, shutdown.clone());
+    let spool = config.state_dir.join("logs");
+    let jobs = Jobs::new(shim, identity.node.node_id.clone(), gpu_passthrough, spool, shutdown.clone());
     jobs.set_ssh_config(ssh::server_config(&config.state_dir).context("cannot set up the SSH host key")?);
     let adopted = jobs.adopt().await.context("cannot list this node's containers")?;
     let imds = config.imds_url.clone().unwrap_or_else(|| spot::DEFAULT_IMDS.to_owned());

@@ -43,14 +43,28 @@ pub fn endpoint() -> anyhow::Result<quinn::Endpoint> {
 /// port) is one.
 const MAX_TUNNELS: u32 = 1024;
 
-/// QUIC over `tls`: 30 s idle timeout, and a keep-alive every 5 s when asked.
+/// How long the link may be silent before the agent counts it lost. Well under the
+/// coordinator's node timeout (10 s by default): after a coordinator restart the agent must be back
+/// before the coordinator would miss it. A restarted coordinator usually answers sooner still,
+/// with a stateless reset.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(6);
+/// Keep-alives on an idle link, a few per idle timeout.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// How long one attempt to connect may take (a coordinator that is down does not answer at all).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest wait between attempts to reconnect.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// QUIC over `tls`. A session (`keep_alive`) has a keep-alive every 2 s and a 6 s idle timeout;
+/// anything else (enrollment, a probe, simulated nodes that must fall silent when killed) 15 s.
 pub fn quic_config(tls: rustls::ClientConfig, keep_alive: bool) -> anyhow::Result<quinn::ClientConfig> {
     let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
     let mut transport = quinn::TransportConfig::default();
-    transport.max_idle_timeout(Some(Duration::from_secs(30).try_into()?));
+    let idle = if keep_alive { IDLE_TIMEOUT } else { Duration::from_secs(15) };
+    transport.max_idle_timeout(Some(idle.try_into()?));
     transport.max_concurrent_bidi_streams(MAX_TUNNELS.into());
     if keep_alive {
-        transport.keep_alive_interval(Some(Duration::from_secs(5)));
+        transport.keep_alive_interval(Some(KEEP_ALIVE));
     }
     config.transport_config(Arc::new(transport));
     Ok(config)
@@ -198,13 +212,21 @@ pub async fn run(
             backoff = Duration::from_millis(500);
         }
         tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(jitter(backoff)) => {}
             () = shutdown.cancelled() => break,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(15));
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
     endpoint.close(0u32.into(), b"agent shutting down");
     Ok(())
+}
+
+/// `d` give or take a quarter, so that a thousand nodes that lost their coordinator at once do not
+/// come back in the same instant.
+pub fn jitter(d: Duration) -> Duration {
+    let mut byte = [0u8; 1];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut byte);
+    d.mul_f64(0.75 + f64::from(byte[0]) / 510.0)
 }
 
 /// Dials the coordinator with the node's certificate and exchanges Hello/Welcome.
@@ -226,6 +248,11 @@ pub async fn handshake(
         write_frame(&mut send, &AgentMessage::Hello(hello)).await?;
         let answer = read_frame::<CoordinatorMessage, _>(&mut recv).await?;
         anyhow::Ok((conn, send, recv, answer))
+    };
+    let attempt = async {
+        tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {}s", CONNECT_TIMEOUT.as_secs())))
     };
     let (conn, send, recv, answer) = attempt.await.map_err(|e| explain(e, remote))?;
     match answer {

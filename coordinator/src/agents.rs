@@ -41,8 +41,23 @@ pub fn bind(state: &State, addr: SocketAddr) -> anyhow::Result<quinn::Endpoint> 
     let socket =
         std::net::UdpSocket::bind(addr).with_context(|| format!("cannot listen for agents (QUIC) on {addr}"))?;
     enlarge_receive_buffer(&socket);
-    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, Arc::new(quinn::TokioRuntime))
+    let endpoint_config = endpoint_config(&state.config.data_dir)?;
+    quinn::Endpoint::new(endpoint_config, Some(config), socket, Arc::new(quinn::TokioRuntime))
         .with_context(|| format!("cannot listen for agents (QUIC) on {addr}"))
+}
+
+/// The endpoint's stateless-reset key is kept in the data dir (`quic-reset-key`): after a restart
+/// the coordinator answers an agent's packets for a connection it no longer has with a reset the
+/// agent can verify (the token is derived from this key and the connection id), so the agent
+/// reconnects at once instead of waiting out its idle timeout.
+fn endpoint_config(dir: &std::path::Path) -> anyhow::Result<quinn::EndpointConfig> {
+    let (secret, _) = crate::read_or_create(&dir.join("quic-reset-key"), || Ok(random_hex(32)))?;
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let mut config = quinn::EndpointConfig::new(Arc::new(key));
+    // Every node's first packet after a restart asks for a reset: 10,000 of them must not wait
+    // behind a rate limit meant for one peer (a reset is always smaller than what caused it).
+    config.min_reset_interval(Duration::from_micros(50));
+    Ok(config)
 }
 
 /// The receive buffer the agents' socket asks for. Every node's datagrams arrive at this one
@@ -297,18 +312,18 @@ async fn session(
         })
     };
 
-    // Streams the agent opens: image fetches.
+    // Streams the agent opens: job logs, image and binary fetches.
     let image_server = {
         let (conn, state, done) = (conn.clone(), state.clone(), session_done.clone());
-        let node_name = node.name.clone();
+        let (node_name, node_id) = (node.name.clone(), node.id.clone());
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     stream = conn.accept_bi() => {
                         let Ok((send, recv)) = stream else { break };
-                        let (state2, node_name) = (state.clone(), node_name.clone());
+                        let (state2, node_name, node_id) = (state.clone(), node_name.clone(), node_id.clone());
                         state.tasks.spawn(async move {
-                            if let Err(e) = serve_stream(&state2, send, recv).await {
+                            if let Err(e) = serve_stream(&state2, &node_id, send, recv).await {
                                 tracing::warn!(node = %node_name, "transfer ended: {e:#}");
                             }
                         });
@@ -368,7 +383,7 @@ fn handle_message(
             crate::lifecycle::spot_interrupted(state, &node.id, &node.name, &action, &time)?;
             return Ok(());
         }
-        AgentMessage::FetchImage { .. } | AgentMessage::FetchAgent { .. } => {
+        AgentMessage::FetchImage { .. } | AgentMessage::FetchAgent { .. } | AgentMessage::OpenLog { .. } => {
             tracing::warn!(node = %node.name, "a fetch on the control stream, ignored");
             return Ok(());
         }
@@ -669,10 +684,17 @@ fn stop_request_final(job: &JobRow) -> CoordinatorMessage {
 
 /// One job's output from the agent. Only a job placed on this node may be written to: the job id
 /// comes from the peer and names a file.
-/// Answers a stream an agent opened: `FetchImage` (the image as a `docker load` tar, or
-/// `NotStored`) or `FetchAgent` (the binary's bytes, or nothing).
-async fn serve_stream(state: &State, mut send: quinn::SendStream, mut recv: quinn::RecvStream) -> anyhow::Result<()> {
+/// Answers a stream an agent opened: `OpenLog` (a job's output, acknowledged once stored),
+/// `FetchImage` (the image as a `docker load` tar, or `NotStored`) or `FetchAgent` (the binary's
+/// bytes, or nothing).
+async fn serve_stream(
+    state: &State,
+    node: &NodeId,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> anyhow::Result<()> {
     let image = match read_frame::<AgentMessage, _>(&mut recv).await? {
+        Some(AgentMessage::OpenLog { job_id }) => return store_log(state, node, job_id, send, recv).await,
         Some(AgentMessage::FetchImage { image }) => image,
         Some(AgentMessage::FetchAgent { sha256 }) => {
             if let Some(binary) = state.agent_dist.by_digest(&sha256) {
@@ -697,6 +719,48 @@ async fn serve_stream(state: &State, mut send: quinn::SendStream, mut recv: quin
     Ok(())
 }
 
+/// One job's output on an acknowledged log stream: says how much is stored, appends what follows,
+/// and at the end confirms the whole output synced to disk, after which the agent may remove the
+/// container. Only a job placed on this node may be written to: the job id comes from the peer
+/// and names a file.
+async fn store_log(
+    state: &State,
+    node: &NodeId,
+    job_id: JobId,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> anyhow::Result<()> {
+    let placed_here = state.store.job(&job_id)?.is_some_and(|j| j.node_id.as_ref() == Some(node));
+    if !placed_here {
+        // Nothing to keep, so nothing for the agent to keep either.
+        tracing::warn!(job = %job_id, "discarding the log of a job not placed on this node");
+        write_frame(&mut send, &CoordinatorMessage::LogStored { offset: 0, complete: true }).await?;
+        let _ = send.finish();
+        return Ok(());
+    }
+    let log = state.logs.job(&job_id);
+    write_frame(&mut send, &CoordinatorMessage::LogStored { offset: log.stored(), complete: log.is_complete() })
+        .await?;
+    while let Some(frame) = read_frame::<LogFrame, _>(&mut recv).await? {
+        match frame {
+            LogFrame::Chunk { offset, data } => {
+                log.append(offset, &data).with_context(|| format!("cannot store logs of job {job_id}"))?
+            }
+            LogFrame::End { total } => {
+                let complete = log.finish_synced(total).with_context(|| format!("cannot sync logs of job {job_id}"))?;
+                write_frame(&mut send, &CoordinatorMessage::LogStored { offset: log.stored(), complete }).await?;
+                let _ = send.finish();
+                // The agent reads the answer before it closes the stream.
+                let _ = send.stopped().await;
+                return Ok(());
+            }
+            LogFrame::Open { .. } => anyhow::bail!("an Open on an acknowledged log stream"),
+        }
+    }
+    Ok(())
+}
+
+/// A log stream of an agent that does not wait for acknowledgement (older agents).
 async fn receive_logs(state: &State, node: &NodeId, mut stream: quinn::RecvStream) -> anyhow::Result<()> {
     let Some(LogFrame::Open { job_id }) = read_frame::<LogFrame, _>(&mut stream).await? else {
         anyhow::bail!("log stream did not start with Open");

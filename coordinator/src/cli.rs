@@ -29,6 +29,10 @@ struct Args {
     /// A node silent this long (e.g. `10s`, `1m`) is unreachable; its jobs are interrupted.
     #[arg(long, env = "CORRAL_NODE_TIMEOUT", default_value = "10s", value_parser = parse_secs)]
     node_timeout: u64,
+    /// After this coordinator starts, every node it knew gets this long (at least the node
+    /// timeout) to reconnect before it counts as unreachable: a restart is not a node loss.
+    #[arg(long, env = "CORRAL_RESTART_GRACE", default_value = "30s", value_parser = parse_secs)]
+    restart_grace: u64,
     /// Serve each service of the default project at `<run>.<DOMAIN>` too (by the `Host` header;
     /// point a wildcard DNS record `*.<DOMAIN>` at this host).
     #[arg(long, env = "CORRAL_SERVICES_DOMAIN")]
@@ -88,6 +92,10 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    // Whatever this process creates is the coordinator's alone: the data dir holds the CA key, the
+    // tokens and job environments. Files are created 0600 in any case (`datadir`); the umask also
+    // covers what a library makes (SQLite's journals) and what a later change forgets.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG").unwrap_or_else(|_| "info".into()))
         .init();
@@ -130,6 +138,7 @@ where
         http_listen: args.http_listen,
         quic_listen: args.quic_listen,
         node_timeout: std::time::Duration::from_secs(args.node_timeout),
+        restart_grace: std::time::Duration::from_secs(args.restart_grace),
         services_domain,
         http_tls,
         agent_binary,

@@ -22,6 +22,7 @@ pub mod agents;
 pub mod autoscale;
 pub mod backends;
 pub mod cli;
+pub mod datadir;
 #[cfg(feature = "aws")]
 pub mod elastic;
 pub mod http;
@@ -68,6 +69,9 @@ pub struct Config {
     pub heartbeat_secs: u32,
     /// A node not heard from for this long is unreachable; its jobs are interrupted.
     pub node_timeout: Duration,
+    /// After a start, how long every node the store knows has to reconnect before it counts as
+    /// unreachable (at least `node_timeout`).
+    pub restart_grace: Duration,
     /// With a domain, a request whose `Host` is `<run>.<domain>` goes to the service `<run>` of the
     /// default project (a wildcard DNS record points `*.<domain>` at the coordinator).
     pub services_domain: Option<String>,
@@ -107,6 +111,7 @@ impl Default for Config {
             quic_listen: SocketAddr::from(([0, 0, 0, 0], 7071)),
             heartbeat_secs: 5,
             node_timeout: Duration::from_secs(10),
+            restart_grace: Duration::from_secs(30),
             services_domain: None,
             http_tls: HttpTls::Own(Vec::new()),
             agent_binary: None,
@@ -276,7 +281,7 @@ impl Running {
     }
 }
 
-fn read_or_create(path: &Path, create: impl FnOnce() -> anyhow::Result<String>) -> anyhow::Result<(String, bool)> {
+pub(crate) fn read_or_create(path: &Path, create: impl FnOnce() -> anyhow::Result<String>) -> anyhow::Result<(String, bool)> {
     if let Ok(s) = std::fs::read_to_string(path)
         && !s.trim().is_empty()
     {
@@ -324,7 +329,7 @@ fn bootstrap_tokens(dir: &Path, store: &Store, ca_hash: &str) -> anyhow::Result<
 /// accepts connections; cancel `shutdown` to stop it, then [`Running::wait`].
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let dir = &config.data_dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the data dir {}", dir.display()))?;
+    datadir::prepare(dir).context("cannot set up the data dir")?;
     let store = Store::open(&dir.join("corral.db"))
         .with_context(|| format!("cannot open the database in {}", dir.display()))?;
     let pki = Pki::load_or_create(dir).context("cannot set up the certificate authority")?;
@@ -359,11 +364,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         images,
         backends,
     });
-    // Nodes with jobs get the full timeout to come back after a coordinator restart, and dev
-    // environments their full inactivity time.
+    // A restart is not a node loss: nodes with jobs get the restart grace to come back (their
+    // agents notice the restart within seconds, by a stateless reset or their idle timeout), and
+    // dev environments their full inactivity time.
+    let grace = tokio::time::Instant::now() + config.restart_grace.saturating_sub(config.node_timeout);
     for job in state.store.placed_jobs()? {
         if let Some(node) = &job.node_id {
-            state.heard_from(node);
+            state.heard.lock().unwrap_or_else(|e| e.into_inner()).insert(node.clone(), grace);
         }
         if let Some(limit) = scheduler::inactivity_limit(&job.configuration) {
             state.activity.watch(&job.id, limit);

@@ -3,7 +3,7 @@
 //! replays a log after a reconnect adds only the bytes the coordinator does not have yet.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,6 +53,22 @@ impl JobLog {
         self.len.send_modify(|_| {});
     }
 
+    /// Like [`JobLog::finish`], after syncing the file to disk: `Ok(true)` when the whole output
+    /// (`total` bytes) is stored and will survive a crash of this host.
+    pub fn finish_synced(&self, total: u64) -> std::io::Result<bool> {
+        {
+            let guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
+            match guard.as_ref() {
+                Some(f) => f.sync_all()?,
+                // Nothing appended by this process: what is there may not have been synced yet.
+                None if self.path.exists() => File::open(&self.path)?.sync_all()?,
+                None => {}
+            }
+        }
+        self.finish(total);
+        Ok(self.is_complete())
+    }
+
     /// Appends the part of `data` (which starts at `offset` of the job's output) not stored yet.
     pub fn append(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
         let mut guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
@@ -71,7 +87,7 @@ impl JobLog {
         }
         let fresh = &data[(have - offset) as usize..];
         if guard.is_none() {
-            *guard = Some(OpenOptions::new().create(true).append(true).open(&self.path)?);
+            *guard = Some(crate::datadir::private_file().create(true).append(true).open(&self.path)?);
         }
         if let Some(f) = guard.as_mut() {
             f.write_all(fresh)?;
@@ -97,7 +113,7 @@ impl JobLog {
 
 impl LogStore {
     pub fn new(dir: &Path) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        crate::datadir::create_dir_all(dir)?;
         Ok(Self { dir: dir.to_owned(), jobs: Mutex::new(HashMap::new()) })
     }
 

@@ -197,6 +197,14 @@ pub enum AgentMessage {
         /// When, as the cloud said it (RFC 3339).
         time: String,
     },
+    /// First frame of a bi-stream the agent opens for one job's output. The coordinator answers
+    /// [`CoordinatorMessage::LogStored`] with what it already has; the agent then sends
+    /// [`LogFrame::Chunk`]s from there and [`LogFrame::End`], and the coordinator answers
+    /// `LogStored { complete: true }` once the whole output is on its disk (fsync'd). Only then may
+    /// the agent remove the container and its spooled output.
+    OpenLog {
+        job_id: JobId,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -241,6 +249,12 @@ pub enum CoordinatorMessage {
         version: String,
         sha256: String,
         size: u64,
+    },
+    /// On a log stream ([`AgentMessage::OpenLog`]): the coordinator has the job's output up to
+    /// `offset`, synced to disk; `complete` once `LogFrame::End` matched it.
+    LogStored {
+        offset: u64,
+        complete: bool,
     },
 }
 

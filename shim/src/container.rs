@@ -7,7 +7,7 @@ use std::time::Duration;
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, KillContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, KillContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
     WaitContainerOptionsBuilder,
 };
 use bytes::Bytes;
@@ -18,6 +18,9 @@ use crate::Shim;
 use crate::error::{ShimError, daemon_message, status_of};
 use crate::spec::{RunOptions, container_config, container_name};
 
+/// A container's output as it is written: stdout and stderr merged, in order.
+pub type Output = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, ShimError>> + Send>>;
+
 /// How long `stop` waits for the container to be gone after SIGKILL before it reports failure.
 /// The daemon itself waits for a killed container, so this is a backstop.
 const AFTER_KILL: Duration = Duration::from_secs(30);
@@ -27,6 +30,34 @@ impl Shim {
     /// The image must be present ([`Shim::ensure_image`]). If the start fails, the container is
     /// removed again so that a retry does not collide with it.
     pub async fn create_and_start(&self, spec: &JobSpec, opts: &RunOptions) -> Result<String, ShimError> {
+        Ok(self.create_start(spec, opts, false).await?.0)
+    }
+
+    /// Like [`Shim::create_and_start`], attached to the container's stdout and stderr before it
+    /// starts: the stream carries every byte it writes, from the first, in the order written, and
+    /// ends when the container exits. Docker's log driver and its rotation play no part: nothing is
+    /// cut, split or dropped, whatever the host's log options (a reader that falls behind slows the
+    /// container's writes instead).
+    pub async fn create_and_start_attached(
+        &self,
+        spec: &JobSpec,
+        opts: &RunOptions,
+    ) -> Result<(String, Output), ShimError> {
+        let (id, output) = self.create_start(spec, opts, true).await?;
+        let output = output.ok_or_else(|| ShimError::Unexpected {
+            op: "attaching to",
+            subject: container_name(&spec.job_id),
+            detail: "no output stream".to_owned(),
+        })?;
+        Ok((id, output))
+    }
+
+    async fn create_start(
+        &self,
+        spec: &JobSpec,
+        opts: &RunOptions,
+        attach: bool,
+    ) -> Result<(String, Option<Output>), ShimError> {
         let docker = self.client().await?;
         let name = container_name(&spec.job_id);
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
@@ -49,6 +80,30 @@ impl Shim {
             tracing::warn!(job = %spec.job_id, container = %name, warning, "docker warned on create");
         }
 
+        let output = if attach {
+            let options = AttachContainerOptionsBuilder::default().stdout(true).stderr(true).stream(true).build();
+            match docker.attach_container(&created.id, Some(options)).await {
+                Ok(attached) => {
+                    let (shim, container) = (self.clone(), name.clone());
+                    let output: Output = Box::pin(attached.output.map(move |chunk| {
+                        chunk
+                            .map(LogOutput::into_bytes)
+                            .map_err(|e| shim.container_error("reading the output of", &container, e))
+                    }));
+                    Some(output)
+                }
+                Err(e) => {
+                    let err = self.container_error("attaching to", &name, e);
+                    if let Err(cleanup) = self.remove(&created.id).await {
+                        tracing::warn!(job = %spec.job_id, container = %name, error = %cleanup, "removing unstarted container");
+                    }
+                    return Err(err);
+                }
+            }
+        } else {
+            None
+        };
+
         if let Err(e) = docker.start_container(&created.id, None).await {
             let err = self.classify(e, |source| ShimError::Start {
                 job: spec.job_id.clone(),
@@ -61,7 +116,7 @@ impl Shim {
             return Err(err);
         }
         tracing::info!(job = %spec.job_id, container = %name, id = %created.id, "container started");
-        Ok(created.id)
+        Ok((created.id, output))
     }
 
     /// The container's stdout and stderr, merged in the order written, from the start; follows a

@@ -26,6 +26,7 @@ mod image;
 mod list;
 pub mod spec;
 
+pub use container::Output;
 pub use error::ShimError;
 pub use exec::{Exec, ExecOutput};
 pub use files::PathStat;

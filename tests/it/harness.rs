@@ -113,6 +113,7 @@ impl Coordinator {
             quic_listen: quic,
             heartbeat_secs: 1,
             node_timeout,
+            restart_grace: Duration::from_secs(30),
             services_domain: Some("svc.corral.test".to_owned()),
             http_tls: corral_coordinator::HttpTls::Off,
             agent_binary: None,

@@ -129,6 +129,9 @@ fn golden() -> Vec<(String, Vec<u8>)> {
     // Added after upgrades: spot interruptions.
     let interruption =
         [AgentMessage::InterruptionNotice { action: "terminate".into(), time: "2026-11-27T12:00:00Z".into() }];
+    // Added after spot interruptions: acknowledged log streams.
+    let log_agent = [AgentMessage::OpenLog { job_id: "j1".into() }];
+    let log_coord = [CoordinatorMessage::LogStored { offset: 303, complete: true }];
     let mut out = Vec::new();
     for m in agent {
         out.push((format!("{m:?}"), encode(&m).expect("encodes")));
@@ -158,6 +161,12 @@ fn golden() -> Vec<(String, Vec<u8>)> {
         out.push((format!("{m:?}"), encode(&m).expect("encodes")));
     }
     for m in interruption {
+        out.push((format!("{m:?}"), encode(&m).expect("encodes")));
+    }
+    for m in log_agent {
+        out.push((format!("{m:?}"), encode(&m).expect("encodes")));
+    }
+    for m in log_coord {
         out.push((format!("{m:?}"), encode(&m).expect("encodes")));
     }
     out
@@ -196,6 +205,8 @@ const GOLDEN: &[&str] = &[
     "4352524c000100000042074061626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162",
     "4352524c00010000004c0b05302e322e30406162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616280b6dc05",
     "4352524c00010000002008097465726d696e61746514323032362d31312d32375431323a30303a30305a",
+    "4352524c00010000000409026a31",
+    "4352524c0001000000040caf0201",
 ];
 
 #[test]

@@ -104,11 +104,11 @@ pub(super) async fn run(
             backoff = Duration::from_millis(500);
         }
         tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(link::jitter(backoff)) => {}
             () = kill.cancelled() => break,
             () = shutdown.cancelled() => break,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(15));
+        backoff = (backoff * 2).min(link::MAX_BACKOFF);
     }
     shared.jobs_running.fetch_sub(jobs.running, Relaxed);
 }
