@@ -2,6 +2,8 @@
 //!
 //! Files: `node.key` (the node's private key, 0600), `node.pem` (its certificate, signed by the
 //! coordinator's CA), `ca.pem` (the CA itself), `node.json` (node id and coordinator address).
+//! The state dir is 0700 and every file in it 0600: the node's key is its credential, and the
+//! rest is nobody else's business. An older state dir is tightened when it is loaded.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -54,6 +56,36 @@ fn first_cert(path: &Path, pem: &str) -> Result<CertificateDer<'static>, Identit
         .map_err(|e| IdentityError::Damaged { path: path.to_owned(), detail: e.to_string() })
 }
 
+/// Writes a file created 0600 (an existing one is truncated and keeps its mode: [`make_private`]).
+fn write_private(path: &Path, text: &str) -> Result<(), IdentityError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f =
+        fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(io(path))?;
+    f.write_all(text.as_bytes()).map_err(io(path))
+}
+
+/// Removes the group and other bits of the state dir and of the identity files in it.
+fn make_private(dir: &Path) -> Result<(), IdentityError> {
+    use std::os::unix::fs::PermissionsExt;
+    for path in std::iter::once(dir.to_owned()).chain(FILES.iter().map(|f| dir.join(f))) {
+        let mode = match fs::symlink_metadata(&path) {
+            Ok(m) if !m.file_type().is_symlink() => m.permissions().mode() & 0o7777,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io(&path)(e)),
+        };
+        if mode & 0o077 != 0 {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode & !0o077)).map_err(io(&path))?;
+            tracing::info!(path = %path.display(), "made private to the agent's user");
+        }
+    }
+    Ok(())
+}
+
+/// The identity files of a state dir.
+const FILES: [&str; 4] = ["node.key", "node.pem", "ca.pem", "node.json"];
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, bytes).as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -65,6 +97,7 @@ impl Identity {
         if !node_path.exists() {
             return Ok(None);
         }
+        make_private(dir)?;
         let node: NodeFile = serde_json::from_str(&fs::read_to_string(&node_path).map_err(io(&node_path))?)
             .map_err(|e| IdentityError::Damaged { path: node_path.clone(), detail: e.to_string() })?;
         let key_path = dir.join("node.key");
@@ -86,25 +119,21 @@ impl Identity {
         cert_pem: &str,
         ca_pem: &str,
     ) -> Result<(), IdentityError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        fs::create_dir_all(dir).map_err(io(dir))?;
-        let key_path = dir.join("node.key");
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&key_path)
-            .map_err(io(&key_path))?;
-        f.write_all(key.serialize_pem().as_bytes()).map_err(io(&key_path))?;
-        for (name, text) in [("node.pem", cert_pem), ("ca.pem", ca_pem)] {
-            let p = dir.join(name);
-            fs::write(&p, text).map_err(io(&p))?;
+        use std::os::unix::fs::DirBuilderExt;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(io(parent))?;
         }
-        let p = dir.join("node.json");
+        match fs::DirBuilder::new().mode(0o700).create(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io(dir)(e)),
+            _ => make_private(dir)?,
+        }
+        let key_path = dir.join("node.key");
+        write_private(&key_path, &key.serialize_pem())?;
+        for (name, text) in [("node.pem", cert_pem), ("ca.pem", ca_pem)] {
+            write_private(&dir.join(name), text)?;
+        }
         let json = serde_json::to_string_pretty(node).map_err(|e| IdentityError::Tls(e.to_string()))?;
-        fs::write(&p, json).map_err(io(&p))
+        write_private(&dir.join("node.json"), &json)
     }
 
     /// An identity held in memory only (no state dir), from what enrollment returned. For simulated
@@ -225,5 +254,41 @@ impl ServerCertVerifier for PinnedCaVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> String {
+        format!("{:o}", fs::metadata(path).expect("metadata").permissions().mode() & 0o777)
+    }
+
+    #[test]
+    fn the_state_dir_is_private_and_an_old_one_is_tightened() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("state");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["node".to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert")
+            .pem();
+        let node = NodeFile { node_id: NodeId("n1".into()), coordinator: "127.0.0.1:7071".into() };
+        Identity::save(&dir, &node, &key, &cert, &cert).expect("save");
+        assert_eq!(mode(&dir), "700");
+        for f in FILES {
+            assert_eq!(mode(&dir.join(f)), "600", "{f}");
+        }
+
+        // A state dir an older agent left readable to everyone.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+        fs::set_permissions(dir.join("node.pem"), fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert!(Identity::load(&dir).expect("load").is_some());
+        assert_eq!(mode(&dir), "700");
+        assert_eq!(mode(&dir.join("node.pem")), "600");
     }
 }

@@ -65,11 +65,11 @@ fn is_digest(s: &str) -> bool {
 
 impl ImageStore {
     pub fn open(dir: &Path) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir.join("blobs"))?;
+        crate::datadir::create_dir_all(&dir.join("blobs"))?;
         let tmp = dir.join("tmp");
         // Uploads cut off by a restart.
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp)?;
+        crate::datadir::create_dir_all(&tmp)?;
         Ok(Self { dir: dir.to_owned() })
     }
 
@@ -87,7 +87,7 @@ impl ImageStore {
     pub fn import(&self, store: &Store, tar_path: &Path) -> Result<Vec<api::ImageInfo>, ImageError> {
         let invalid = |what: String| ImageError::Invalid(format!("not a `docker save` tar: {what}"));
         let staging = self.dir.join("tmp").join(format!("import-{}", random_hex(8)));
-        std::fs::create_dir_all(&staging)?;
+        crate::datadir::create_dir_all(&staging)?;
         let result = (|| {
             // Every regular file, hashed while copied out; links resolved afterwards.
             let mut files: HashMap<String, (String, u64)> = HashMap::new();
@@ -126,7 +126,7 @@ impl ImageStore {
                     continue;
                 }
                 let out_path = staging.join(random_hex(8));
-                let mut out = std::fs::File::create(&out_path)?;
+                let mut out = crate::datadir::private_file().write(true).create_new(true).open(&out_path)?;
                 let mut digest = Digest::new(&SHA256);
                 let mut buf = vec![0u8; 256 * 1024];
                 let mut size = 0u64;

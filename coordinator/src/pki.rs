@@ -44,11 +44,8 @@ fn read(path: &Path) -> Result<String, PkiError> {
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| PkiError::Io { path: path.display().to_string(), source };
-    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(io)?;
-    f.write_all(contents.as_bytes()).map_err(io)
+    crate::datadir::write_private(path, contents.as_bytes())
+        .map_err(|source| PkiError::Io { path: path.display().to_string(), source })
 }
 
 fn ca_params() -> CertificateParams {
@@ -75,8 +72,7 @@ impl Pki {
             let key = KeyPair::generate()?;
             let cert = ca_params().self_signed(&key)?;
             write_private(&key_path, &key.serialize_pem())?;
-            fs::write(&cert_path, cert.pem())
-                .map_err(|source| PkiError::Io { path: cert_path.display().to_string(), source })?;
+            write_private(&cert_path, &cert.pem())?;
             (cert.pem(), key)
         };
         let ca_der = pem_to_der(&ca_pem)

@@ -19,6 +19,12 @@ use crate::secrets::now_ms;
 pub enum StoreError {
     #[error("database error")]
     Sql(#[from] rusqlite::Error),
+    #[error("cannot create the database {path}")]
+    Create {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("stored {what} is unreadable")]
     Corrupt {
         what: String,
@@ -228,6 +234,11 @@ fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Self> {
+        // SQLite makes the WAL and the shared-memory file with the database's own mode: a database
+        // created 0600 keeps the job environments in all three out of other users' reach.
+        if let Err(e) = crate::datadir::private_file().write(true).create(true).truncate(false).open(path) {
+            return Err(StoreError::Create { path: path.to_owned(), source: e });
+        }
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;

@@ -30,7 +30,13 @@ pub(super) async fn push(Extract(state): Extract<AppState>, body: Body) -> Resul
     let path = state.images.upload_path();
     let io = |e: std::io::Error| err(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot store the upload: {e}"));
     let received = async {
-        let mut file = tokio::fs::File::create(&path).await.map_err(io)?;
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(crate::datadir::FILE_MODE)
+            .open(&path)
+            .await
+            .map_err(io)?;
         let mut stream = body.into_data_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| err(StatusCode::BAD_REQUEST, format!("the upload was cut off: {e}")))?;

@@ -83,3 +83,18 @@ fn a_gang_is_assigned_whole_or_not_at_all_with_its_specs() {
     );
     assert_eq!(job("c0").spec.map(|s| s.node_id), Some(NodeId("n3".into())));
 }
+
+#[test]
+fn the_database_and_its_wal_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("corral.db");
+    let store = Store::open(&path).expect("open");
+    // A write, so that SQLite makes the WAL and its shared-memory index (with the umask of the
+    // test process, 022 as a rule: were it copied from there, they would be 0644).
+    insert(&store, "r1", &["a0"]);
+    for name in ["corral.db", "corral.db-wal", "corral.db-shm"] {
+        let meta = std::fs::metadata(dir.path().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(format!("{:o}", meta.permissions().mode() & 0o777), "600", "{name}");
+    }
+}
