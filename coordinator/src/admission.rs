@@ -14,8 +14,10 @@ pub struct Admitted {
     pub replicas: Option<u32>,
 }
 
-/// `Err` names the first unsupported field and says why.
+/// `Err` names the first unsupported field, or the first past a limit, and says why.
 pub fn check(cfg: &Configuration) -> Result<Admitted, String> {
+    // Counts and sizes first: a run of 2^32 nodes is refused before anything is made for it.
+    cfg.check_limits().map_err(|e| e.to_string())?;
     match cfg {
         Configuration::Task(t) => {
             check_task(t)?;
@@ -99,6 +101,7 @@ fn check_task(task: &TaskConfig) -> Result<(), String> {
 /// it with a join token scoped to it: the install script on each host, or `corral apply` of an
 /// `ssh_config` fleet, which runs that script on each host over SSH.
 pub fn check_fleet(cfg: &FleetConfig) -> Result<&FleetConfig, String> {
+    cfg.check_limits().map_err(|e| e.to_string())?;
     let p = &cfg.provisioning;
     let ssh = cfg.ssh_config.as_ref();
     let unsupported = [
@@ -199,5 +202,24 @@ mod tests {
         assert!(dev.task.commands.len() == 2, "then it stays up: {:?}", dev.task.commands);
         let e = check(&parse("type: dev-environment\nide: vscode\n")).expect_err("refused");
         assert!(e.starts_with("image:"), "{e}");
+    }
+
+    #[test]
+    fn specs_past_a_limit_are_refused_with_the_parser_s_words() {
+        // What a client that skips the CLI could send: the parser would have refused both.
+        let Configuration::Task(mut t) = parse("type: task\nimage: busybox\ncommands: [x]\n") else { panic!("a task") };
+        t.nodes = u32::MAX;
+        let e = check(&Configuration::Task(t)).expect_err("refused");
+        assert_eq!(e, "nodes: must be between 1 and 1024, found 4294967295");
+        let svc = "type: service\nimage: busybox\nport: 80\ncommands: [x]\n";
+        let Configuration::Service(mut s) = parse(svc) else { panic!("a service") };
+        s.replicas = corral_proto::resources::Range::exactly(100_000);
+        assert_eq!(
+            check(&Configuration::Service(s)).expect_err("refused"),
+            "replicas: at most 1024 replicas, found 100000"
+        );
+        let Configuration::Fleet(mut f) = parse("type: fleet\nname: rack\n") else { panic!("a fleet") };
+        f.nodes = Some(corral_proto::config::FleetNodes { min: 0, target: 0, max: Some(u32::MAX) });
+        assert!(check_fleet(&f).expect_err("refused").starts_with("nodes.max: must be between 0 and 1024"));
     }
 }

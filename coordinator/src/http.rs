@@ -9,7 +9,8 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, Request, State as Extract};
+use axum::extract::rejection::RawPathParamsRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, RawPathParams, Request, State as Extract};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -17,7 +18,7 @@ use axum::routing::{any, delete, get, post};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use corral_proto::api::{self, ApiError, StopRun, SubmitRun};
+use corral_proto::api::{self, ApiError, NameKind, StopRun, SubmitRun};
 use corral_proto::ids::{JobId, NodeId, RunId};
 use corral_proto::job::TerminationReason;
 
@@ -90,6 +91,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/nodes/{name}/drain", post(cluster::drain))
         .route("/api/projects/{project}/fleets", post(cluster::put_fleet).get(cluster::list_fleets))
         .route("/api/projects/{project}/fleets/{name}", get(cluster::get_fleet).delete(cluster::delete_fleet))
+        .route_layer(middleware::from_fn(check_path_names))
+        .layer(DefaultBodyLimit::max(api::MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/api/health", get(|| async { "ok" }))
@@ -104,6 +107,7 @@ pub fn router(state: AppState) -> Router {
         .route("/proxy/services/{project}/{name}/", any(proxy::service))
         .route("/proxy/services/{project}/{name}/{*rest}", any(proxy::service))
         .route("/proxy/models/{project}/{*rest}", any(models::models))
+        .route_layer(middleware::from_fn(check_path_names))
         .merge(api)
         .layer(middleware::from_fn_with_state(state.clone(), proxy::by_host))
         .with_state(state)
@@ -136,6 +140,42 @@ async fn authenticate(Extract(state): Extract<AppState>, req: Request, next: Nex
         return Err(err(StatusCode::UNAUTHORIZED, "invalid token"));
     }
     Ok(next.run(req).await)
+}
+
+/// Refuses a request whose path names a run, fleet, project or node by a name that cannot be one,
+/// before a handler sees it. A name is one path segment, and a client that encodes `/` as `%2F`
+/// gets it back decoded here: `corral stop '../../nodes/x/cordon'` must reach no other route and
+/// no lookup, only this 400.
+async fn check_path_names(
+    params: Result<RawPathParams, RawPathParamsRejection>,
+    req: Request,
+    next: Next,
+) -> Result<Response, Response> {
+    let params = match params {
+        Ok(params) => params,
+        Err(RawPathParamsRejection::MissingPathParams(_)) => return Ok(next.run(req).await),
+        Err(e) => return Err(e.into_response()),
+    };
+    let path = req.uri().path();
+    for (key, value) in &params {
+        if let Some(kind) = path_name_kind(path, key) {
+            api::check_name(kind, value).map_err(|e| err(StatusCode::BAD_REQUEST, e).into_response())?;
+        }
+    }
+    Ok(next.run(req).await)
+}
+
+/// What the `{key}` parameter of a request for `path` names, when it is a name with a rule. The
+/// literal segments of the (still encoded) path say which route it is: a parameter is one segment.
+fn path_name_kind(path: &str, key: &str) -> Option<NameKind> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (key, segments.as_slice()) {
+        ("project", _) => Some(NameKind::Project),
+        ("name", ["api", "projects", _, "runs", ..] | ["proxy", "services", ..]) => Some(NameKind::Run),
+        ("name", ["api", "projects", _, "fleets", ..]) => Some(NameKind::Fleet),
+        ("name", ["api", "nodes", ..]) => Some(NameKind::Node),
+        _ => None,
+    }
 }
 
 /// The token of an `Authorization: Bearer` header.
@@ -177,16 +217,11 @@ async fn submit_run(
     Json(req): Json<SubmitRun>,
 ) -> Result<Json<api::Run>, Error> {
     check_project(&state, &project)?;
+    // The same limits `corral validate` checks: a client that skips the CLI meets them here.
+    req.check().map_err(|e| err(StatusCode::BAD_REQUEST, e.to_string()))?;
     let admitted = crate::admission::check(&req.configuration).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
     let name = req.name.clone().or_else(|| admitted.task.name.clone()).unwrap_or_else(generated_name);
-    if !corral_proto::config::is_valid_name(&name) {
-        return Err(err(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "name: {name:?} is not a valid run name: use 2 to 41 lowercase letters, digits and hyphens, starting with a letter"
-            ),
-        ));
-    }
+    api::check_name(NameKind::Run, &name).map_err(|e| err(StatusCode::BAD_REQUEST, format!("name: {e}")))?;
     // Applying a service again deploys the new configuration next to the running one, which
     // leaves once the new replicas are ready (a rolling update).
     let replacing = admitted.replicas.is_some() && !state.store.active_deployments(&project, &name)?.is_empty();
@@ -371,5 +406,22 @@ fn job_log_finished(state: &State, id: &JobId, complete: bool) -> bool {
         }
         Ok(Some(_)) => false,
         _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_in_routes_have_their_rules() {
+        let kind = |path, key| path_name_kind(path, key);
+        assert_eq!(kind("/api/projects/main/runs/..%2F..%2Fnodes%2Fx%2Fcordon/stop", "name"), Some(NameKind::Run));
+        assert_eq!(kind("/api/projects/main/runs/train/stop", "project"), Some(NameKind::Project));
+        assert_eq!(kind("/proxy/services/main/llama/v1/models", "name"), Some(NameKind::Run));
+        assert_eq!(kind("/api/projects/main/fleets/rack", "name"), Some(NameKind::Fleet));
+        assert_eq!(kind("/api/nodes/node-2/cordon", "name"), Some(NameKind::Node));
+        assert_eq!(kind("/api/tokens/abcd/revoke", "id"), None);
+        assert_eq!(kind("/download/corral-agent", "file"), None);
     }
 }

@@ -75,6 +75,7 @@ pub(super) async fn cordon_many(
     Extract(state): Extract<AppState>,
     Json(sel): Json<CordonNodes>,
 ) -> Result<Json<Vec<String>>, Error> {
+    sel.check().map_err(|e| err(StatusCode::BAD_REQUEST, e.to_string()))?;
     let chosen = usize::from(sel.all) + usize::from(sel.fleet.is_some()) + usize::from(!sel.nodes.is_empty());
     if chosen != 1 {
         return Err(err(StatusCode::BAD_REQUEST, "name nodes, or give either `fleet` or `all` (one of the three)"));
@@ -99,6 +100,9 @@ pub(super) async fn drain(
     Path(name): Path<String>,
     body: Option<Json<DrainNode>>,
 ) -> Result<Json<()>, Error> {
+    if let Some(Json(b)) = &body {
+        b.check().map_err(|e| err(StatusCode::BAD_REQUEST, e.to_string()))?;
+    }
     let node = set_cordon(&state, &name, true)?;
     if let Some(secs) = body.and_then(|b| b.deadline_secs) {
         let state2 = state.clone();
