@@ -114,7 +114,7 @@ pub async fn attach(
     extra: Vec<PortMapping>,
     out: Out<'_>,
 ) -> anyhow::Result<i32> {
-    let path = client.project_path(&format!("runs/{run}"));
+    let path = client.project_api(&["runs", run])?;
     let mut said = String::new();
     let r = loop {
         let r: api::Run = client.get(&path).await?;

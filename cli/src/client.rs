@@ -2,11 +2,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use corral_proto::api::ApiError;
+use corral_proto::api::{ApiError, MAX_BODY_BYTES, NameKind};
 
 /// `~/.config/corral/config.json` (or `$XDG_CONFIG_HOME/corral/config.json`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -50,6 +50,33 @@ impl CliConfig {
         }
         write_private(&path, &serde_json::to_string_pretty(self)?)?;
         Ok(path)
+    }
+}
+
+/// An API path (`/api/projects/main/runs/train/stop`) from its segments, each percent-encoded as one
+/// segment: a name a user typed (`a/../b?x#%`) stays one segment and cannot reach another route.
+/// Every path with a name in it is built here.
+pub fn api_path(segments: &[&str]) -> anyhow::Result<String> {
+    // A URL parser drops or resolves `.` and `..` however they are encoded, and an empty segment
+    // is no name: none of them can be sent as one.
+    if let Some(bad) = segments.iter().find(|s| s.is_empty() || **s == "." || **s == "..") {
+        bail!("{bad:?} is not a valid name");
+    }
+    let mut url = reqwest::Url::parse("http://corral.invalid/").context("the base of API paths")?;
+    url.path_segments_mut().map_err(|()| anyhow!("an http URL has path segments"))?.pop_if_empty().extend(segments);
+    Ok(url.path().to_owned())
+}
+
+/// The message for a request body past [`MAX_BODY_BYTES`], before it is sent or as the coordinator's
+/// `413` answer.
+fn too_large(bytes: Option<usize>) -> anyhow::Error {
+    let limit = MAX_BODY_BYTES as f64 / (1 << 20) as f64;
+    match bytes {
+        Some(n) => anyhow!(
+            "configuration too large (limit {limit} MB): the request would be {:.1} MB; move large commands or values into files in the image",
+            n as f64 / (1 << 20) as f64
+        ),
+        None => anyhow!("configuration too large (limit {limit} MB): the coordinator refused the request (413)"),
     }
 }
 
@@ -99,6 +126,7 @@ impl Client {
             .ok()
             .or(file.project)
             .unwrap_or_else(|| corral_proto::api::DEFAULT_PROJECT.to_owned());
+        corral_proto::api::check_name(NameKind::Project, &project).map_err(|e| anyhow!("project: {e}"))?;
         let ca = match std::env::var_os("CORRAL_CA_CERT") {
             Some(path) => Some(
                 std::fs::read_to_string(&path)
@@ -126,8 +154,21 @@ impl Client {
         Self { http, url: url.trim_end_matches('/').to_owned(), token: token.to_owned(), project: project.to_owned() }
     }
 
+    /// A fixed path under the project (`runs`, `fleets`); a path with a name in it is
+    /// [`Client::project_api`]'s.
     pub fn project_path(&self, rest: &str) -> String {
-        format!("/api/projects/{}/{rest}", self.project)
+        match api_path(&["api", "projects", &self.project]) {
+            Ok(base) => format!("{base}/{rest}"),
+            // from_env checked the project; a client made with `new` and a bad one gets 404s.
+            Err(_) => format!("/api/projects/{}/{rest}", self.project),
+        }
+    }
+
+    /// `/api/projects/{project}/` and `segments`, each encoded as one segment ([`api_path`]).
+    pub fn project_api(&self, segments: &[&str]) -> anyhow::Result<String> {
+        let all: Vec<&str> =
+            ["api", "projects", self.project.as_str()].into_iter().chain(segments.iter().copied()).collect();
+        api_path(&all)
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {
@@ -137,6 +178,9 @@ impl Client {
             .await
             .with_context(|| format!("cannot reach the coordinator at {}", self.url))?;
         let status = resp.status();
+        if status == reqwest::StatusCode::PAYLOAD_TOO_LARGE {
+            return Err(too_large(None));
+        }
         let body = resp.bytes().await.context("the coordinator's answer was cut off")?;
         if !status.is_success() {
             match serde_json::from_slice::<ApiError>(&body) {
@@ -160,21 +204,29 @@ impl Client {
         self.send(self.http.delete(format!("{}{path}", self.url))).await
     }
 
+    /// POSTs `body` as JSON. A body past the coordinator's limit is refused here: sent, it would
+    /// be cut off by a `413` the CLI could not read (`Broken pipe`).
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
-        self.send(self.http.post(format!("{}{path}", self.url)).json(body)).await
+        let json = serde_json::to_vec(body).context("cannot encode the request")?;
+        if json.len() > MAX_BODY_BYTES {
+            return Err(too_large(Some(json.len())));
+        }
+        let req =
+            self.http.post(format!("{}{path}", self.url)).header(reqwest::header::CONTENT_TYPE, "application/json");
+        self.send(req.body(json)).await
     }
 
     /// Opens a byte pipe to `port` of job `job` of a run's containers, through the coordinator.
     pub async fn tunnel(&self, run: &str, job: u32, port: u16) -> anyhow::Result<reqwest::Upgraded> {
         let query = [("port", port.to_string()), ("job", job.to_string())];
-        self.upgrade(&format!("runs/{run}/tunnel"), &query, corral_proto::api::TUNNEL_PROTOCOL).await
+        self.upgrade(&self.project_api(&["runs", run, "tunnel"])?, &query, corral_proto::api::TUNNEL_PROTOCOL).await
     }
 
     /// Has the run's node serve SSH for job `job`'s container, letting in `public_key` (an OpenSSH
     /// public key line); the connection then carries SSH.
     pub async fn ssh(&self, run: &str, job: u32, public_key: &str) -> anyhow::Result<reqwest::Upgraded> {
         let query = [("key", public_key.to_owned()), ("job", job.to_string())];
-        self.upgrade(&format!("runs/{run}/ssh"), &query, corral_proto::api::TUNNEL_PROTOCOL).await
+        self.upgrade(&self.project_api(&["runs", run, "ssh"])?, &query, corral_proto::api::TUNNEL_PROTOCOL).await
     }
 
     /// Starts `command` in job `job` of a run; the connection then carries `wire::ExecFrame`s.
@@ -194,12 +246,12 @@ impl Client {
         if let Some((rows, cols)) = tty {
             query.extend([("rows", rows.to_string()), ("cols", cols.to_string())]);
         }
-        self.upgrade(&format!("runs/{run}/exec"), &query, corral_proto::api::EXEC_PROTOCOL).await
+        self.upgrade(&self.project_api(&["runs", run, "exec"])?, &query, corral_proto::api::EXEC_PROTOCOL).await
     }
 
-    /// A project path upgraded to `protocol` (`101 Switching Protocols`), or the coordinator's error.
+    /// An API path upgraded to `protocol` (`101 Switching Protocols`), or the coordinator's error.
     async fn upgrade(&self, path: &str, query: &[(&str, String)], protocol: &str) -> anyhow::Result<reqwest::Upgraded> {
-        let url = format!("{}{}", self.url, self.project_path(path));
+        let url = format!("{}{path}", self.url);
         let resp = self
             .http
             .get(url)
@@ -223,7 +275,7 @@ impl Client {
 
     /// Opens a log stream from `offset`.
     pub async fn logs(&self, run: &str, job: u32, offset: u64, follow: bool) -> anyhow::Result<reqwest::Response> {
-        let url = format!("{}{}", self.url, self.project_path(&format!("runs/{run}/logs")));
+        let url = format!("{}{}", self.url, self.project_api(&["runs", run, "logs"])?);
         let resp = self
             .http
             .get(url)
@@ -241,5 +293,57 @@ impl Client {
             }
         }
         Ok(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_is_one_segment_however_it_is_spelled() {
+        let name = "../../../nodes/node2/cordon?x=#y%2F z";
+        let path = api_path(&["api", "projects", "main", "runs", name, "stop"]).expect("a path");
+        assert_eq!(path, "/api/projects/main/runs/..%2F..%2F..%2Fnodes%2Fnode2%2Fcordon%3Fx=%23y%252F%20z/stop");
+        // As the coordinator reads it: six segments, the fifth the name as typed.
+        let url = reqwest::Url::parse(&format!("http://127.0.0.1:7070{path}")).expect("a URL");
+        assert_eq!((url.query(), url.fragment()), (None, None));
+        let segments: Vec<&str> = url.path_segments().expect("segments").collect();
+        assert_eq!(segments.len(), 6, "{segments:?}");
+        let decoded = percent_decode(segments[4]);
+        assert_eq!(decoded, name);
+        let client = Client::new("http://127.0.0.1:7070/", "t", "main");
+        assert_eq!(client.project_api(&["runs", "a/b", "logs"]).expect("a path"), "/api/projects/main/runs/a%2Fb/logs");
+    }
+
+    /// `%2F` → `/`, as the coordinator's router decodes a segment (ASCII is enough here).
+    fn percent_decode(s: &str) -> String {
+        let (mut out, mut rest) = (String::new(), s);
+        while let Some(i) = rest.find('%') {
+            out.push_str(&rest[..i]);
+            let byte = rest.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()).expect("two hex digits");
+            out.push(char::from(byte));
+            rest = &rest[i + 3..];
+        }
+        out + rest
+    }
+
+    #[test]
+    fn dot_segments_and_empty_names_are_refused() {
+        for bad in ["..", ".", ""] {
+            let e = api_path(&["api", "nodes", bad, "cordon"]).expect_err("refused");
+            assert_eq!(e.to_string(), format!("{bad:?} is not a valid name"));
+        }
+        assert!(api_path(&["api", "nodes", "...", "cordon"]).is_ok(), "three dots are a name like any other");
+    }
+
+    #[test]
+    fn too_large_says_the_limit() {
+        assert!(
+            too_large(Some(3 << 20))
+                .to_string()
+                .starts_with("configuration too large (limit 2 MB): the request would be 3.0 MB")
+        );
+        assert!(too_large(None).to_string().starts_with("configuration too large (limit 2 MB)"));
     }
 }

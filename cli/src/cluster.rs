@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use corral_proto::api::{self, DrainNode, SubmitFleet};
 use corral_proto::config::FleetConfig;
 
-use crate::client::Client;
+use crate::client::{Client, api_path};
 use crate::commands::{confirm, node_list};
 use crate::output::{ago, table};
 use crate::{FleetCommand, NodeCommand, NodeSelection, TokenCommand};
@@ -27,7 +27,7 @@ pub async fn node(client: &Client, command: NodeCommand, out: Out<'_>) -> anyhow
             {
                 return Ok(1);
             }
-            let jobs: usize = client.delete(&format!("/api/nodes/{node}")).await?;
+            let jobs: usize = client.delete(&api_path(&["api", "nodes", &node])?).await?;
             writeln!(out, "node {node} removed: its agent is refused from now on ({jobs} job(s) interrupted)")?;
             writeln!(out, "to enroll the host again, remove the agent's state dir and run it with a new join token")?;
             Ok(0)
@@ -100,7 +100,7 @@ pub async fn token(client: &Client, command: TokenCommand, out: Out<'_>) -> anyh
             Ok(0)
         }
         TokenCommand::Revoke { id } => {
-            let revoked: String = client.post(&format!("/api/tokens/{id}/revoke"), &()).await?;
+            let revoked: String = client.post(&api_path(&["api", "tokens", &id, "revoke"])?, &()).await?;
             writeln!(out, "token {revoked} revoked: it enrolls no more nodes (enrolled ones stay)")?;
             Ok(0)
         }
@@ -145,7 +145,7 @@ async fn drain(client: &Client, node: &str, deadline: Option<&str>, out: Out<'_>
             corral_proto::config::parse_duration(d).with_context(|| format!("--deadline {d:?}: use e.g. 90s, 10m, 1h"))
         })
         .transpose()?;
-    let _: () = client.post(&format!("/api/nodes/{node}/drain"), &DrainNode { deadline_secs }).await?;
+    let _: () = client.post(&api_path(&["api", "nodes", node, "drain"])?, &DrainNode { deadline_secs }).await?;
     writeln!(out, "node {node} cordoned; waiting for its jobs to end")?;
     let mut last = u32::MAX;
     loop {
@@ -168,7 +168,7 @@ async fn drain(client: &Client, node: &str, deadline: Option<&str>, out: Out<'_>
 pub async fn fleet(client: &Client, command: FleetCommand, out: Out<'_>) -> anyhow::Result<i32> {
     match command {
         FleetCommand::List { json } => {
-            let fleets: Vec<api::Fleet> = client.get(&client.project_path("fleets")).await?;
+            let fleets: Vec<api::Fleet> = client.get(&client.project_api(&["fleets"])?).await?;
             if json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&fleets)?)?;
                 return Ok(0);
@@ -187,7 +187,7 @@ pub async fn fleet(client: &Client, command: FleetCommand, out: Out<'_>) -> anyh
             Ok(0)
         }
         FleetCommand::Get { name, json } => {
-            let f: api::Fleet = client.get(&client.project_path(&format!("fleets/{name}"))).await?;
+            let f: api::Fleet = client.get(&client.project_api(&["fleets", &name])?).await?;
             if json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&f)?)?;
             } else {
@@ -201,7 +201,7 @@ pub async fn fleet(client: &Client, command: FleetCommand, out: Out<'_>) -> anyh
             if !yes && !confirm(&format!("Delete fleet {name}? (its nodes stay enrolled)"))? {
                 return Ok(1);
             }
-            let _: () = client.delete(&client.project_path(&format!("fleets/{name}"))).await?;
+            let _: () = client.delete(&client.project_api(&["fleets", &name])?).await?;
             writeln!(out, "fleet {name} deleted")?;
             Ok(0)
         }
@@ -217,12 +217,12 @@ pub async fn apply_fleet(
 ) -> anyhow::Result<i32> {
     let ssh = configuration.ssh_config.clone();
     let mut f: api::Fleet =
-        client.post(&client.project_path("fleets"), &SubmitFleet { configuration, source: Some(source) }).await?;
+        client.post(&client.project_api(&["fleets"])?, &SubmitFleet { configuration, source: Some(source) }).await?;
     writeln!(out, "fleet {} applied (placement: {:?})", f.name, f.placement)?;
     let mut failed = 0;
     if let Some(ssh) = ssh {
         failed = crate::sshfleet::enroll(client, &f.name, &ssh, out).await?;
-        f = client.get(&client.project_path(&format!("fleets/{}", f.name))).await?;
+        f = client.get(&client.project_api(&["fleets", &f.name])?).await?;
     }
     if f.nodes.is_empty() {
         writeln!(

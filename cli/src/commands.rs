@@ -12,7 +12,7 @@ use corral_proto::config::{self, Configuration};
 use corral_proto::job::JobState;
 use corral_proto::resources::{Memory, describe_gpu, fit};
 
-use crate::client::{CliConfig, Client};
+use crate::client::{CliConfig, Client, api_path};
 use crate::output::{self, ago, table};
 
 type Out<'a> = &'a mut (dyn Write + Send);
@@ -193,10 +193,10 @@ pub async fn apply(
         return Ok(1);
     }
     let run: api::Run =
-        client.post(&client.project_path("runs"), &SubmitRun { configuration, source: Some(source), name }).await?;
+        client.post(&client.project_api(&["runs"])?, &SubmitRun { configuration, source: Some(source), name }).await?;
     eprintln!("submitted run {}", run.name);
     if let Some(svc) = &service {
-        let url = format!("{}/proxy/services/{}/{}/", client.url, client.project, run.name);
+        let url = format!("{}{}/", client.url, api_path(&["proxy", "services", &client.project, &run.name])?);
         let replicas = svc.replicas.max.unwrap_or(1);
         let auth = if svc.auth { " (send `Authorization: Bearer <your Corral token>`)" } else { "" };
         eprintln!("Service:   {url}{auth}, {replicas} replica(s) on port {}", svc.port);
@@ -216,13 +216,14 @@ pub async fn apply(
 /// Streams a run's logs until it ends, reporting state changes on stderr, and returns the exit code
 /// of its job.
 async fn attach(client: &Client, run: &str, out: Out<'_>) -> anyhow::Result<i32> {
+    let path = client.project_api(&["runs", run])?;
     let watcher = {
         let client = client.clone();
         let run = run.to_owned();
         tokio::spawn(async move {
             let mut last = String::new();
             loop {
-                if let Ok(r) = client.get::<api::Run>(&client.project_path(&format!("runs/{run}"))).await
+                if let Ok(r) = client.get::<api::Run>(&path).await
                     && let Some(j) = r.jobs.first()
                 {
                     let line = match (&j.state, &j.status_message, &j.node_name) {
@@ -258,8 +259,9 @@ async fn attach(client: &Client, run: &str, out: Out<'_>) -> anyhow::Result<i32>
 
 async fn wait_finished(client: &Client, run: &str, patience: Duration) -> anyhow::Result<api::Run> {
     let deadline = tokio::time::Instant::now() + patience;
+    let path = client.project_api(&["runs", run])?;
     loop {
-        let r: api::Run = client.get(&client.project_path(&format!("runs/{run}"))).await?;
+        let r: api::Run = client.get(&path).await?;
         if r.state.is_finished() || tokio::time::Instant::now() >= deadline {
             return Ok(r);
         }
@@ -310,7 +312,7 @@ pub async fn logs(client: &Client, run: &str, job: u32, follow: bool, out: Out<'
 }
 
 pub async fn ps(client: &Client, all: bool, json: bool, out: Out<'_>) -> anyhow::Result<i32> {
-    let runs: Vec<api::Run> = client.get(&format!("{}?all={all}", client.project_path("runs"))).await?;
+    let runs: Vec<api::Run> = client.get(&format!("{}?all={all}", client.project_api(&["runs"])?)).await?;
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&runs)?)?;
         return Ok(0);
@@ -348,7 +350,7 @@ pub async fn stop(client: &Client, run: &str, yes: bool, abort: bool, out: Out<'
     if !yes && !confirm(&format!("{verb} run {run}?"))? {
         return Ok(1);
     }
-    let stopping: api::Run = client.post(&client.project_path(&format!("runs/{run}/stop")), &StopRun { abort }).await?;
+    let stopping: api::Run = client.post(&client.project_api(&["runs", run, "stop"])?, &StopRun { abort }).await?;
     // Wait for the end: the grace period (`stop_duration`, dstack's default 5 minutes, capped at
     // 10 here) plus time for the node to report.
     let grace = match &stopping.configuration {
