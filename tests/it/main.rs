@@ -9,6 +9,7 @@ mod gpu;
 mod harness;
 mod images;
 mod install;
+mod limits;
 mod multinode;
 mod netns;
 mod reconcile;
