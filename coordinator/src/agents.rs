@@ -46,14 +46,20 @@ pub fn bind(state: &State, addr: SocketAddr) -> anyhow::Result<quinn::Endpoint> 
         .with_context(|| format!("cannot listen for agents (QUIC) on {addr}"))
 }
 
-/// The endpoint's stateless-reset key is kept in the data dir (`quic-reset-key`): after a restart
-/// the coordinator answers an agent's packets for a connection it no longer has with a reset the
-/// agent can verify (the token is derived from this key and the connection id), so the agent
-/// reconnects at once instead of waiting out its idle timeout.
+/// The endpoint's keys are kept in the data dir (`quic-reset-key`): after a restart the coordinator
+/// still recognizes the connection ids it issued before (they carry a check made with the key) and
+/// answers an agent's packets for a connection it no longer has with a stateless reset the agent
+/// can verify (its token is derived from the key and the connection id). The agent reconnects at
+/// once instead of waiting out its idle timeout.
 fn endpoint_config(dir: &std::path::Path) -> anyhow::Result<quinn::EndpointConfig> {
     let (secret, _) = crate::read_or_create(&dir.join("quic-reset-key"), || Ok(random_hex(32)))?;
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
     let mut config = quinn::EndpointConfig::new(Arc::new(key));
+    let digest = ring::digest::digest(&ring::digest::SHA256, format!("connection ids {secret}").as_bytes());
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&digest.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
     // Every node's first packet after a restart asks for a reset: 10,000 of them must not wait
     // behind a rate limit meant for one peer (a reset is always smaller than what caused it).
     config.min_reset_interval(Duration::from_micros(50));

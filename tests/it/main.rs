@@ -5,6 +5,7 @@ mod aws;
 mod cluster;
 mod devenv;
 mod enroll;
+mod faults;
 mod gpu;
 mod harness;
 mod images;

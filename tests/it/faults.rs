@@ -1,0 +1,404 @@
+//! The fault suite: each case breaks something under load — a `kill -9` of the coordinator, a full
+//! disk, output larger than Docker keeps — and prints what it checked and the numbers
+//! (docs/reliability.md keeps them). The daemons are real processes here, so a kill is a real one.
+//! `CORRAL_FAULT_RUNS` sets how many runs the hollow nodes hold through the coordinator's crash
+//! (default 1,000); `CORRAL_FAULT_OUTPUT_MB` the size of the big-output case (default 200).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use corral_cli::client::Client;
+use corral_proto::api;
+use corral_proto::job::JobState;
+use corral_tests::hollow::{HollowFleet, HollowOptions, h100_host};
+use corral_tests::procs::{Proc, free_port, wait_until};
+
+use crate::harness::{IMAGE, ensure_image, wait_for};
+
+const COORDINATOR: &str = env!("CARGO_BIN_EXE_corral-test-coordinator");
+const AGENT: &str = env!("CARGO_BIN_EXE_corral-test-agent");
+
+/// `corral-coordinator` as a process that can be killed and started again on the same data dir
+/// and ports.
+struct Coord {
+    proc: Option<Proc>,
+    http: String,
+    quic: String,
+    data: PathBuf,
+    log: PathBuf,
+    extra: Vec<String>,
+}
+
+impl Coord {
+    async fn start(dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let mut c = Self {
+            proc: None,
+            http: format!("127.0.0.1:{}", free_port()?),
+            quic: format!("127.0.0.1:{}", free_port()?),
+            data: dir.join("coord"),
+            log: dir.join("coordinator.log"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        c.restart().await?;
+        Ok(c)
+    }
+
+    async fn restart(&mut self) -> anyhow::Result<()> {
+        self.proc = None;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        self.proc = Some(Proc(
+            Command::new(COORDINATOR)
+                .args(["--http-listen", &self.http, "--quic-listen", &self.quic, "--no-tls"])
+                .args(&self.extra)
+                .arg("--data-dir")
+                .arg(&self.data)
+                .env("CORRAL_LOG", "info")
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()?,
+        ));
+        let url = format!("http://{}/api/health", self.http);
+        wait_until(Duration::from_secs(60), async || reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()))
+            .await
+            .context("the coordinator did not start")
+    }
+
+    /// SIGKILL: no shutdown, no goodbye to the agents.
+    fn kill9(&mut self) {
+        self.proc = None;
+    }
+
+    fn client(&self) -> anyhow::Result<Client> {
+        let token = std::fs::read_to_string(self.data.join("admin-token"))?;
+        Ok(Client::new(&format!("http://{}", self.http), token.trim(), "main"))
+    }
+
+    fn join_token(&self) -> anyhow::Result<String> {
+        Ok(std::fs::read_to_string(self.data.join("join-token"))?.trim().to_owned())
+    }
+
+    /// The agent binary as a process, enrolled with this coordinator; its containers are removed
+    /// when the returned guard goes.
+    fn agent(&self, dir: &Path, name: &str, fleet: &str) -> anyhow::Result<AgentProc> {
+        let state = dir.join(name);
+        std::fs::create_dir_all(&state)?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.log")))?;
+        let proc = Proc(
+            Command::new(AGENT)
+                .args(["--coordinator", &self.quic, "--token", &self.join_token()?, "--name", name, "--fleet", fleet])
+                // The coordinator serves the tests' own agent binary, which is not this one.
+                .arg("--no-self-upgrade")
+                .arg("--state-dir")
+                .arg(&state)
+                .arg("--nvml-library")
+                .arg(state.join("no-libnvidia-ml.so"))
+                .env("CORRAL_LOG", "info")
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()?,
+        );
+        Ok(AgentProc { _proc: proc, state })
+    }
+}
+
+struct AgentProc {
+    _proc: Proc,
+    state: PathBuf,
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        corral_tests::procs::remove_node_containers(&self.state);
+    }
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+async fn submit(client: &Client, text: &str, name: &str) -> anyhow::Result<()> {
+    let configuration = corral_proto::config::parse(text, name).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let submit = api::SubmitRun { configuration, source: None, name: None };
+    let _: api::Run = client.post(&client.project_path("runs"), &submit).await?;
+    Ok(())
+}
+
+async fn all_runs(client: &Client) -> anyhow::Result<Vec<api::Run>> {
+    client.get(&format!("{}?all=true", client.project_path("runs"))).await
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Docker's view of a container: (running, started at).
+fn docker_state(container: &str) -> Option<(bool, String)> {
+    let out = Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Running}} {{.State.StartedAt}}", container])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (running, started) = text.trim().split_once(' ')?;
+    out.status.success().then(|| (running == "true", started.to_owned()))
+}
+
+/// `kill -9` of the coordinator with runs in flight: hollow nodes hold `CORRAL_FAULT_RUNS` runs, a
+/// real agent runs real containers, some of which end (one with an error) while the coordinator
+/// is down. After the restart nothing may be lost: no container killed, no run in a wrong state,
+/// every log whole, the real exit codes recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_kill_9_under_load_loses_nothing() -> anyhow::Result<()> {
+    ensure_image();
+    let dir = tempfile::tempdir()?;
+    if std::env::var_os("CORRAL_FAULT_KEEP").is_some() {
+        println!("faults: keeping {}", dir.path().display());
+    }
+    let mut coord = Coord::start(dir.path(), &[]).await?;
+    let client = coord.client()?;
+    let agent = coord.agent(dir.path(), "real", "real")?;
+    crate::harness::nodes_ready(&client, 1).await?;
+
+    let hollow_runs = env_usize("CORRAL_FAULT_RUNS", 1000);
+    let token: corral_proto::token::JoinToken = coord.join_token()?.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let quic = coord.quic.parse()?;
+    let opts = HollowOptions { run_time: None, concurrency: 64, name_prefix: "hollow".into(), fleet: None };
+    let fleet = HollowFleet::start(quic, &token, hollow_runs.div_ceil(8), h100_host, opts).await?;
+    fleet.wait_connected(hollow_runs.div_ceil(8), Duration::from_secs(60)).await?;
+
+    // Real jobs: `long-*` outlive the outage; `short-*` end during it, each after printing 1,000
+    // numbered lines; `bad` ends during it with exit code 3.
+    let (long, short) = (4usize, 4usize);
+    let end_at = now_unix() + 25;
+    let wait_until_end = format!("while [ $(date +%s) -lt {end_at} ]; do sleep 0.2; done");
+    let real = |name: &str, tail: &str| {
+        format!(
+            "type: task\nname: {name}\nimage: {IMAGE}\nfleets: [real]\nresources:\n  cpu: 0\ncommands:\n  - echo start {name}\n  - {tail}\n"
+        )
+    };
+    for i in 0..long {
+        submit(&client, &real(&format!("long-{i}"), "sleep 600"), "long").await?;
+    }
+    for i in 0..short {
+        let tail = format!("{wait_until_end}; seq 1 1000; echo end short-{i}");
+        submit(&client, &real(&format!("short-{i}"), &tail), "short").await?;
+    }
+    submit(&client, &real("bad", &format!("{wait_until_end}; echo failing; exit 3")), "bad").await?;
+    let hollow = "type: task\nname: h\nimage: busybox\ncommands:\n  - sleep 600\nresources:\n  gpu: H100:1\n";
+    let started = Instant::now();
+    for chunk in (0..hollow_runs).collect::<Vec<_>>().chunks(50) {
+        let submits = chunk.iter().map(|i| {
+            let text = hollow.replace("name: h", &format!("name: h{i:05}"));
+            let client = client.clone();
+            async move { submit(&client, &text, "hollow").await }
+        });
+        for r in futures_util::future::join_all(submits).await {
+            r?;
+        }
+    }
+    let total = hollow_runs + long + short + 1;
+    wait_for(&format!("{total} runs running"), Duration::from_secs(120), || async {
+        let runs = all_runs(&client).await?;
+        let running = runs.iter().filter(|r| r.state == JobState::Running).count();
+        Ok((running == total).then_some(()))
+    })
+    .await?;
+    println!("faults: {total} runs running {:.1}s after the first submission", started.elapsed().as_secs_f64());
+    anyhow::ensure!(now_unix() + 2 < end_at, "submitting took too long for the outage to come before the short jobs end");
+
+    // What the real containers are before the crash, to tell a restarted or killed one after.
+    let before = all_runs(&client).await?;
+    let containers: Vec<(String, String, String)> = before
+        .iter()
+        .filter(|r| r.name.starts_with("long-"))
+        .map(|r| {
+            let c = format!("corral-{}", r.jobs[0].id);
+            let started = docker_state(&c).map(|s| s.1).unwrap_or_default();
+            (r.name.clone(), c, started)
+        })
+        .collect();
+
+    // The crash: 2 s before the short jobs end, back 3 s after.
+    while now_unix() + 2 < end_at {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    coord.kill9();
+    let killed_at = Instant::now();
+    while now_unix() < end_at + 3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let down = killed_at.elapsed();
+    coord.restart().await?;
+    let restarted = Instant::now();
+
+    // Every node back: the real agent, then the hollow ones.
+    let ready = async |name: Option<&str>| -> anyhow::Result<usize> {
+        let nodes: Vec<api::Node> = client.get("/api/nodes").await?;
+        Ok(nodes.iter().filter(|n| n.status == api::NodeStatus::Ready && name.is_none_or(|x| n.name == x)).count())
+    };
+    wait_for("the real agent connected again", Duration::from_secs(60), || async {
+        Ok((ready(Some("real")).await? == 1).then_some(()))
+    })
+    .await?;
+    let agent_back = restarted.elapsed();
+    wait_for("every node connected again", Duration::from_secs(60), || async {
+        Ok((ready(None).await? == 1 + hollow_runs.div_ceil(8)).then_some(()))
+    })
+    .await?;
+    let reconnected = restarted.elapsed();
+
+    // Reconciled: the short jobs done with their whole output, `bad` failed with its own code,
+    // everything else still running.
+    let expected_log =
+        |i: usize| format!("start short-{i}\n{}end short-{i}\n", (1..=1000).map(|n| format!("{n}\n")).collect::<String>());
+    wait_for("every run reconciled", Duration::from_secs(60), || async {
+        let runs = all_runs(&client).await?;
+        let settled = runs.iter().all(|r| match r.name.as_str() {
+            n if n.starts_with("short-") => r.state == JobState::Done,
+            "bad" => r.state == JobState::Failed,
+            _ => r.state == JobState::Running,
+        });
+        Ok(settled.then_some(()))
+    })
+    .await
+    .with_context(|| format!("after the restart: {:#?}", "see the runs"))?;
+    let reconciled = restarted.elapsed();
+
+    let runs = all_runs(&client).await?;
+    let mut wrong = Vec::new();
+    for r in &runs {
+        let ok = match r.name.as_str() {
+            n if n.starts_with("short-") => r.state == JobState::Done && r.jobs[0].exit_code == Some(0),
+            "bad" => r.state == JobState::Failed && r.jobs[0].exit_code == Some(3),
+            _ => r.state == JobState::Running && r.jobs.len() == 1 && r.jobs[0].submission == 0,
+        };
+        if !ok {
+            wrong.push(format!("{}: {} {:?} {:?}", r.name, r.state, r.jobs[0].exit_code, r.jobs[0].termination_reason));
+        }
+    }
+    let mut lost_bytes = 0i64;
+    for i in 0..short {
+        let want = expected_log(i);
+        let got = wait_for(&format!("the whole log of short-{i}"), Duration::from_secs(30), || async {
+            let text = crate::harness::logs(&client, &format!("short-{i}")).await?;
+            Ok((text.len() >= want.len()).then_some(text))
+        })
+        .await
+        .unwrap_or_default();
+        lost_bytes += want.len() as i64 - got.len() as i64;
+        assert_eq!(got, want, "the log of short-{i}, which ended while the coordinator was down");
+    }
+    let bad_log = crate::harness::logs(&client, "bad").await?;
+    assert_eq!(bad_log, "start bad\nfailing\n");
+    let mut killed = Vec::new();
+    for (name, container, started) in &containers {
+        match docker_state(container) {
+            Some((true, now)) if &now == started => {}
+            other => killed.push(format!("{name}: {other:?}")),
+        }
+    }
+    let hollow_running = fleet.jobs_running();
+    println!(
+        "faults: coordinator kill -9 with {total} runs in flight ({hollow_runs} on {} hollow nodes, {} real \
+         containers): down {:.1}s; the real agent back {:.1}s and every node {:.1}s after the restart, all \
+         reconciled after {:.1}s; runs in a wrong state {}, containers killed {}, log bytes lost {lost_bytes}, hollow jobs running {hollow_running}",
+        hollow_runs.div_ceil(8),
+        long + short + 1,
+        down.as_secs_f64(),
+        agent_back.as_secs_f64(),
+        reconnected.as_secs_f64(),
+        reconciled.as_secs_f64(),
+        wrong.len(),
+        killed.len(),
+    );
+    assert!(wrong.is_empty(), "runs in a wrong state after the restart: {wrong:#?}");
+    assert!(killed.is_empty(), "containers killed or restarted by the coordinator's crash: {killed:#?}");
+    assert_eq!(hollow_running, hollow_runs, "the hollow nodes' jobs all still run");
+
+    fleet.shutdown().await;
+    drop(agent);
+    if std::env::var_os("CORRAL_FAULT_KEEP").is_some() {
+        let _ = dir.keep();
+    }
+    Ok(())
+}
+
+/// The numbered lines `seq 1 n` prints.
+fn seq_output(n: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 1..=n {
+        out.extend_from_slice(i.to_string().as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+/// The smallest `n` for which `seq 1 n` prints at least `bytes`.
+fn seq_lines_for(bytes: u64) -> u64 {
+    let (mut n, mut total) = (0u64, 0u64);
+    while total < bytes {
+        n += 1;
+        total += n.to_string().len() as u64 + 1;
+    }
+    n
+}
+
+/// Output larger than the host's Docker keeps (json-file rotated at 10 MB × 3 on these machines),
+/// a 10 MB line without a newline, and the last bytes of a container: `corral logs` returns what
+/// the container wrote, byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_output_arrives_whole_whatever_docker_keeps() -> anyhow::Result<()> {
+    let crate::harness::OneNode { dir, coord: _coord, agent: _agent, client } =
+        crate::harness::OneNode::start().await?;
+    let mb = env_usize("CORRAL_FAULT_OUTPUT_MB", 200) as u64;
+    let lines = seq_lines_for(mb * 1_000_000);
+    let line = 10_000_000usize;
+    let script = format!("head -c {line} /dev/zero | tr '\\000' x; seq 1 {lines}; printf 'no newline at the end'");
+    let mut want = vec![b'x'; line];
+    want.extend_from_slice(&seq_output(lines));
+    want.extend_from_slice(b"no newline at the end");
+
+    // Raw Docker, side by side: the same command, its output read by an attached client.
+    let raw = Instant::now();
+    let status = Command::new("docker")
+        .args(["run", "--rm", IMAGE, "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .status()?;
+    anyhow::ensure!(status.success(), "docker run failed");
+    let raw = raw.elapsed();
+
+    // In YAML's single quotes, a quote is written twice.
+    let yaml = format!("type: task\nname: big\nimage: {IMAGE}\ncommands:\n  - '{}'\n", script.replace('\'', "''"));
+    let file = crate::harness::write_config(dir.path(), "big", &yaml);
+    let began = Instant::now();
+    let (code, _) = crate::harness::apply(&client, &file, true).await?;
+    assert_eq!(code, 0);
+    crate::harness::wait_state(&client, "big", |r| r.state.is_finished(), Duration::from_secs(600)).await?;
+    let mut got = Vec::new();
+    let _ = wait_for("the whole log", Duration::from_secs(120), || async {
+        let mut out = Vec::new();
+        corral_cli::commands::logs(&client, "big", 0, false, &mut out).await?;
+        Ok((out.len() >= want.len()).then_some(out))
+    })
+    .await
+    .map(|out| got = out);
+    if got.is_empty() {
+        corral_cli::commands::logs(&client, "big", 0, false, &mut got).await?;
+    }
+    let corral = began.elapsed();
+    println!(
+        "faults: big output: {:.1} MB (a {line}-byte line, {lines} lines, no final newline): stored {} of {} bytes; \
+         docker run attached {:.1}s, corral run to a whole log {:.1}s ({:.2}x)",
+        want.len() as f64 / 1e6,
+        got.len(),
+        want.len(),
+        raw.as_secs_f64(),
+        corral.as_secs_f64(),
+        corral.as_secs_f64() / raw.as_secs_f64(),
+    );
+    assert_eq!(got.len(), want.len(), "bytes stored");
+    assert!(got == want, "the stored log differs from what the container wrote");
+    Ok(())
+}
