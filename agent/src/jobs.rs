@@ -24,6 +24,10 @@ const LOG_DRAIN_WAIT: Duration = Duration::from_secs(10);
 const OUTPUT_END_WAIT: Duration = Duration::from_secs(30);
 /// How often a container kept for its unconfirmed log is said to be waiting.
 const FORGET_NAG: Duration = Duration::from_secs(600);
+/// Transfers of an image from the coordinator tried before the job fails.
+const IMAGE_FETCH_ATTEMPTS: u32 = 5;
+/// How long a job that needs an image waits for a link to the coordinator to fetch it over.
+const IMAGE_LINK_WAIT: Duration = Duration::from_secs(60);
 /// Stop grace for an adopted container that carries no grace label.
 const DEFAULT_GRACE_SECS: u64 = 10;
 
@@ -296,11 +300,34 @@ impl Jobs {
         if self.shim.image_present(image).await? {
             return Ok(());
         }
-        let conn = self.conn.borrow().clone();
-        if let Some(conn) = conn
-            && self.fetch_image(&conn, id, image).await?
-        {
-            return Ok(());
+        // A transfer cut short (the link dropped, the coordinator restarted) starts again on the
+        // next connection; a link that is down is waited for a while, since in a site without a
+        // registry the coordinator is the only place the image can come from.
+        let mut conn_rx = self.conn.subscribe();
+        for attempt in 1..=IMAGE_FETCH_ATTEMPTS {
+            let wait = conn_rx.wait_for(Option::is_some);
+            let conn = match tokio::time::timeout(IMAGE_LINK_WAIT, wait).await {
+                Ok(Ok(conn)) => conn.clone(),
+                _ => break,
+            };
+            let Some(conn) = conn else { break };
+            match self.fetch_image(&conn, id, image).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => break,
+                Err(e) if attempt < IMAGE_FETCH_ATTEMPTS => {
+                    tracing::warn!(job = %id, image, attempt, "image transfer interrupted, trying again: {e}");
+                    self.record(JobUpdate {
+                        job_id: id.clone(),
+                        state: JobState::Pulling,
+                        exit_code: None,
+                        reason: None,
+                        message: Some(format!("the image transfer was interrupted ({e}); trying again")),
+                    });
+                    // On the next connection, or this one again after a moment.
+                    let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+                }
+                Err(e) => return Err(e),
+            }
         }
         self.shim.ensure_image(image).await
     }

@@ -402,3 +402,121 @@ async fn big_output_arrives_whole_whatever_docker_keeps() -> anyhow::Result<()> 
     assert!(got == want, "the stored log differs from what the container wrote");
     Ok(())
 }
+
+/// Removes a locally built image, also when the test fails.
+struct LocalImage(String);
+
+impl Drop for LocalImage {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
+    }
+}
+
+/// A `Write` into a buffer another task can read while it is written.
+#[derive(Clone, Default)]
+struct SharedBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl SharedBuf {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+}
+
+/// `kill -9` of the coordinator while a node loads an image from it, and again while a user
+/// follows a run's log: the image transfer starts over on the next connection and the job runs;
+/// the follower, reconnecting, prints every line once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_kill_9_during_an_image_transfer_and_a_log_follow() -> anyhow::Result<()> {
+    ensure_image();
+    let dir = tempfile::tempdir()?;
+    let mut coord = Coord::start(dir.path(), &[]).await?;
+    let client = coord.client()?;
+    let agent = coord.agent(dir.path(), "real", "real")?;
+    crate::harness::nodes_ready(&client, 1).await?;
+
+    // An image of 150 MB that only the coordinator has.
+    let image = LocalImage(format!("corral-test/fault-transfer-{}:1", std::process::id()));
+    let ctx = dir.path().join("image");
+    std::fs::create_dir_all(&ctx)?;
+    let blob = std::fs::File::create(ctx.join("blob"))?;
+    let made = Command::new("head").args(["-c", "150000000", "/dev/urandom"]).stdout(blob).status()?;
+    anyhow::ensure!(made.success(), "cannot write the image's data");
+    std::fs::write(ctx.join("Dockerfile"), format!("FROM {IMAGE}\nCOPY blob /blob\n"))?;
+    let built = Command::new("docker").args(["build", "-q", "-t", &image.0]).arg(&ctx).env("DOCKER_BUILDKIT", "0").output()?;
+    anyhow::ensure!(built.status.success(), "docker build: {}", String::from_utf8_lossy(&built.stderr));
+    let token = std::fs::read_to_string(coord.data.join("admin-token"))?;
+    let pushed = Command::new(env!("CARGO_BIN_EXE_corral-test-cli"))
+        .args(["image", "push", &image.0])
+        .env("CORRAL_URL", format!("http://{}", coord.http))
+        .env("CORRAL_TOKEN", token.trim())
+        .env("CORRAL_CONFIG", dir.path().join("cli.json"))
+        .output()?;
+    anyhow::ensure!(pushed.status.success(), "image push: {}", String::from_utf8_lossy(&pushed.stderr));
+    let removed = Command::new("docker").args(["rmi", "-f", &image.0]).output()?;
+    anyhow::ensure!(removed.status.success(), "docker rmi: {}", String::from_utf8_lossy(&removed.stderr));
+
+    let lines = 40;
+    let text = format!(
+        "type: task\nname: pulled\nimage: {}\nfleets: [real]\nresources:\n  cpu: 0\ncommands:\n  - for i in $(seq 1 {lines}); do echo line-$i; sleep 0.25; done\n",
+        image.0
+    );
+    submit(&client, &text, "pulled").await?;
+    wait_for("the image transfer under way", Duration::from_secs(60), || async {
+        let run = crate::harness::run(&client, "pulled").await?;
+        let message = run.jobs[0].status_message.clone().unwrap_or_default();
+        Ok(message.contains("loading the image from the coordinator").then_some(()))
+    })
+    .await?;
+    coord.kill9();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    coord.restart().await?;
+    let restarted = Instant::now();
+    let run = crate::harness::wait_state(&client, "pulled", |r| r.state == JobState::Running, Duration::from_secs(120))
+        .await?;
+    let transfer = restarted.elapsed();
+    let message = run.jobs[0].status_message.clone().unwrap_or_default();
+    assert!(message.contains("loaded the image from the coordinator"), "{message}");
+    let agent_log = std::fs::read_to_string(dir.path().join("real.log"))?;
+    assert!(agent_log.contains("image transfer interrupted, trying again"), "the kill came after the transfer");
+
+    // Follow the log, and kill the coordinator under the follower.
+    let out = SharedBuf::default();
+    let follower = {
+        let (client, mut out) = (client.clone(), out.clone());
+        tokio::spawn(async move { corral_cli::commands::logs(&client, "pulled", 0, true, &mut out).await })
+    };
+    wait_for("the follower to print line-5", Duration::from_secs(30), || async {
+        Ok(out.text().contains("line-5\n").then_some(()))
+    })
+    .await?;
+    coord.kill9();
+    let seen_before = out.text().lines().count();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    coord.restart().await?;
+    let followed = tokio::time::timeout(Duration::from_secs(90), follower).await.context("the follower never ended")?;
+    followed??;
+    let want: String = (1..=lines).map(|i| format!("line-{i}\n")).collect();
+    let got = out.text();
+    println!(
+        "faults: coordinator kill -9 during a 150 MB image transfer: the job ran {:.1}s after the restart; \
+         during a log follow ({seen_before} of {lines} lines seen): {} of {lines} lines printed, {} repeated",
+        transfer.as_secs_f64(),
+        got.lines().count(),
+        got.lines().count().saturating_sub(lines),
+    );
+    assert_eq!(got, want, "what the follower printed across the coordinator's restart");
+    let done = crate::harness::run(&client, "pulled").await?;
+    assert_eq!((done.state, done.jobs[0].exit_code), (JobState::Done, Some(0)));
+    drop(agent);
+    Ok(())
+}
