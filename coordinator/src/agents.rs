@@ -445,16 +445,34 @@ pub fn apply_updates(state: &State, rx: std::sync::mpsc::Receiver<QueuedReport>,
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
         };
         let more = std::iter::from_fn(|| rx.try_recv().ok()).take(BATCH - 1);
+        let mut reporters = Vec::new();
         for q in std::iter::once(first).chain(more) {
             state.updates_waiting.fetch_sub(1, Ordering::Relaxed);
-            let node = q.node.name.clone();
+            let node = q.node.clone();
+            if !reporters.contains(&node.id) {
+                reporters.push(node.id.clone());
+            }
             if let Err(e) = batch.apply(state, q) {
-                tracing::error!(%node, "applying an agent's report failed: {e:#}");
+                tracing::error!(node = %node.name, "applying an agent's report failed: {e:#}");
+                repeat_reports(state, &node.id);
             }
         }
         if let Err(e) = batch.flush(state) {
             tracing::error!("recording jobs' progress failed: {e:#}");
+            for node in &reporters {
+                repeat_reports(state, node);
+            }
         }
+    }
+}
+
+/// A report could not be recorded (the disk is full, the database busy): the node's session is
+/// reset, so that its agent reconnects and repeats everything it knows — nothing an agent said is
+/// lost to a failed write.
+fn repeat_reports(state: &State, node: &NodeId) {
+    let session = state.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(node).map(|s| s.conn.clone());
+    if let Some(conn) = session {
+        conn.close(4u32.into(), b"the coordinator could not record a report; reconnect and repeat it");
     }
 }
 

@@ -124,6 +124,14 @@ impl IntoResponse for Error {
 impl From<crate::store::StoreError> for Error {
     fn from(e: crate::store::StoreError) -> Self {
         tracing::error!("store: {e:#}");
+        if e.is_disk_full() {
+            // Nothing was written; what is stored stays. The operator frees space, the user retries.
+            return Self(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "the coordinator's disk is full: nothing was changed; free space in its data dir and try again"
+                    .to_owned(),
+            );
+        }
         Self(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: {e}"))
     }
 }

@@ -89,8 +89,14 @@ impl JobLog {
         if guard.is_none() {
             *guard = Some(crate::datadir::private_file().create(true).append(true).open(&self.path)?);
         }
-        if let Some(f) = guard.as_mut() {
-            f.write_all(fresh)?;
+        if let Some(f) = guard.as_mut()
+            && let Err(e) = f.write_all(fresh)
+        {
+            // A full disk can take part of a write: cut the file back to what is counted, so the
+            // agent's retry appends where the log really ends.
+            let _ = f.set_len(have);
+            *guard = None;
+            return Err(e);
         }
         self.len.send_replace(end);
         Ok(())

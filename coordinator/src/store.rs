@@ -33,6 +33,13 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// The database could not grow: the data dir's disk is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Self::Sql(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DiskFull)
+    }
+}
+
 type Result<T> = std::result::Result<T, StoreError>;
 
 /// Each entry is applied once, in order; `PRAGMA user_version` counts how many have been.
@@ -82,6 +89,11 @@ CREATE INDEX jobs_by_node ON jobs(node_id, state) WHERE node_id IS NOT NULL;
 CREATE TABLE images (name TEXT PRIMARY KEY, config TEXT NOT NULL, layers TEXT NOT NULL,
     size INTEGER NOT NULL, pushed_ms INTEGER NOT NULL);
 "#,
+    // The coordinator's own join token (the data dir's `join-token`), so that a revoked one stays
+    // revoked whatever the file says later.
+    r#"
+ALTER TABLE join_tokens ADD COLUMN is_default INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// What [`Store::insert_run`] stores.
@@ -108,6 +120,7 @@ mod tests;
 mod tokens;
 
 pub use services::ActiveService;
+pub use tokens::DefaultToken;
 
 pub struct Store {
     conn: Mutex<Connection>,
@@ -407,8 +420,19 @@ impl Store {
         Ok(())
     }
 
-    pub fn node_seen(&self, id: &NodeId) -> Result<()> {
-        self.conn().execute("UPDATE nodes SET last_seen_ms = ?2 WHERE id = ?1", params![id.0, now_ms()])?;
+    /// When nodes were last heard from (wall-clock ms), in one transaction.
+    pub fn nodes_seen(&self, seen: &[(NodeId, i64)]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            // Never backwards: a connection (`node_connected`) may have written a later time.
+            let mut stmt =
+                tx.prepare_cached("UPDATE nodes SET last_seen_ms = max(ifnull(last_seen_ms, 0), ?2) WHERE id = ?1")?;
+            for (id, ms) in seen {
+                stmt.execute(params![id.0, ms])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 

@@ -520,3 +520,122 @@ async fn coordinator_kill_9_during_an_image_transfer_and_a_log_follow() -> anyho
     drop(agent);
     Ok(())
 }
+
+/// A small tmpfs mounted for the test (the tests run as root, as CI does), unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(path)?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(path)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "cannot mount a tmpfs for the full-disk case (it needs root, as CI has): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(Self(path.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).output();
+    }
+}
+
+/// Fills the file system holding `path` with one file until a write fails for lack of space.
+fn fill_disk(path: &Path) -> anyhow::Result<u64> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    let chunk = vec![0u8; 64 * 1024];
+    let mut written = 0u64;
+    loop {
+        match f.write(&chunk) {
+            Ok(0) => break,
+            Ok(n) => written += n as u64,
+            Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(written)
+}
+
+/// The coordinator's disk fills while a job writes output: new work is refused with a clear
+/// error, the job's output waits on its node, and once there is space again the log arrives
+/// whole and the job is recorded with its real exit code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_new_work_and_loses_nothing() -> anyhow::Result<()> {
+    ensure_image();
+    let dir = tempfile::tempdir()?;
+    let disk = Tmpfs::mount(&dir.path().join("coord"), "48m")?;
+    let mut coord = Coord::start(dir.path(), &[]).await?;
+    let client = coord.client()?;
+    let agent = coord.agent(dir.path(), "real", "real")?;
+    crate::harness::nodes_ready(&client, 1).await?;
+
+    let lines = 300_000u64;
+    let writer = |name: &str, tail: &str| {
+        format!(
+            "type: task\nname: {name}\nimage: {IMAGE}\nfleets: [real]\nresources:\n  cpu: 0\ncommands:\n  - echo begin\n  - {tail}\n"
+        )
+    };
+    submit(&client, &writer("writer", &format!("sleep 4; seq 1 {lines}; echo end")), "writer").await?;
+    let run = crate::harness::wait_state(&client, "writer", |r| r.state == JobState::Running, Duration::from_secs(60))
+        .await?;
+    let filler = disk.0.join("filler");
+    let filled = fill_disk(&filler)?;
+    let container = format!("corral-{}", run.jobs[0].id);
+    wait_for("the job's container to exit", Duration::from_secs(60), || async {
+        Ok(docker_state(&container).is_some_and(|(running, _)| !running).then_some(()))
+    })
+    .await?;
+
+    // Full: new work is refused, saying why.
+    let refused = submit(&client, &writer("later", "echo later"), "later").await;
+    let refusal = format!("{:#}", refused.as_ref().err().context("a run was accepted on a full disk")?);
+    assert!(refusal.contains("disk is full"), "{refusal}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut want = String::from("begin\n");
+    for i in 1..=lines {
+        want.push_str(&format!("{i}\n"));
+    }
+    want.push_str("end\n");
+    let held = crate::harness::logs(&client, "writer").await.unwrap_or_default();
+    assert!(held.len() < want.len(), "the disk filled too late: the whole log was stored already");
+    let state_while_full = crate::harness::run(&client, "writer").await?.state;
+
+    // Space again: everything converges.
+    std::fs::remove_file(&filler)?;
+    let freed = Instant::now();
+    wait_for("the job recorded and its whole log stored", Duration::from_secs(90), || async {
+        let r = crate::harness::run(&client, "writer").await?;
+        if r.state != JobState::Done {
+            return Ok(None);
+        }
+        let text = crate::harness::logs(&client, "writer").await?;
+        Ok((text.len() >= want.len()).then_some(()))
+    })
+    .await?;
+    let converged = freed.elapsed();
+    let r = crate::harness::run(&client, "writer").await?;
+    assert_eq!(r.jobs[0].exit_code, Some(0));
+    let text = crate::harness::logs(&client, "writer").await?;
+    assert!(text == want, "the log after the disk was freed differs from what the job wrote");
+    submit(&client, &writer("later", "echo later"), "later").await?;
+    println!(
+        "faults: coordinator disk full ({:.1} MB filler on a 48 MB tmpfs): new run refused ({refusal}); \
+         {} of {} log bytes stored while full, the run {state_while_full} meanwhile; after freeing, the run \
+         done with its log whole in {:.1}s; log bytes lost 0",
+        filled as f64 / 1e6,
+        held.len(),
+        want.len(),
+        converged.as_secs_f64(),
+    );
+    drop(agent);
+    coord.kill9();
+    drop(disk);
+    Ok(())
+}
