@@ -92,11 +92,20 @@ pub async fn token(client: &Client, command: TokenCommand, out: Out<'_>) -> anyh
                     k.fleet.clone().unwrap_or_else(|| "-".into()),
                     k.uses_left.map_or_else(|| "unlimited".into(), |u| u.to_string()),
                     k.expires_ms.map_or_else(|| "never".into(), |e| if e <= now { "-".into() } else { until(e) }),
-                    status.to_owned(),
+                    if k.default { format!("{status} (default)") } else { status.to_owned() },
                     ago(k.created_ms),
                 ]);
             }
             writeln!(out, "{t}")?;
+            if let Some(k) = tokens.iter().find(|k| k.default && !k.revoked) {
+                writeln!(
+                    out,
+                    "{} is the coordinator's default token (its data dir's join-token): it never expires and has \
+                     unlimited uses. Once your hosts are enrolled, revoke it (corral token revoke {}); \
+                     corral token create --ttl 1h --uses 3 makes scoped ones.",
+                    k.id, k.id
+                )?;
+            }
             Ok(0)
         }
         TokenCommand::Revoke { id } => {

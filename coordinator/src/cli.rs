@@ -163,12 +163,29 @@ where
     println!("  agents dial: {} (QUIC)", running.quic_addr);
     println!("  CA hash:     {}", running.join_token.ca_hash);
     println!("  admin token: {}  (also in {})", running.admin_token, config.data_dir.join("admin-token").display());
-    println!("  join token:  {}  (also in {})", running.join_token, config.data_dir.join("join-token").display());
+    let join_hash = crate::secrets::sha256_hex(running.join_token.secret.as_bytes());
+    let join_usable = running.state.store.join_token_known(&join_hash).unwrap_or(true);
+    if join_usable {
+        println!("  join token:  {}  (also in {})", running.join_token, config.data_dir.join("join-token").display());
+        println!(
+            "               it never expires and has unlimited uses: once your hosts are enrolled, \
+             revoke it (corral token revoke {}); corral token create --ttl 1h --uses 3 makes scoped ones",
+            &join_hash[..12]
+        );
+    } else {
+        println!(
+            "  join token:  the default one ({}) is revoked; make a new one with `corral token create`",
+            &join_hash[..12]
+        );
+    }
     println!(
         "use the CLI:     corral config --url {url} --token <admin token> --ca-hash {}",
         running.join_token.ca_hash
     );
-    println!("enroll a host:   curl -fsSLk {url}/install.sh | sh -s -- --token <join token>");
+    println!(
+        "enroll a host:   curl -fsSLk {url}/install.sh | sh -s -- --token <{}>",
+        if join_usable { "join token" } else { "a token from corral token create" }
+    );
     if config.agent_binary.is_none() {
         println!("  (no agent binary to serve: start with --agent-binary PATH for the install script)");
     }

@@ -34,6 +34,7 @@ pub mod placement;
 pub mod probes;
 pub mod scheduler;
 pub mod secrets;
+pub mod seen;
 pub mod store;
 pub mod tunnel;
 pub mod upgrade;
@@ -321,7 +322,9 @@ fn bootstrap_tokens(dir: &Path, store: &Store, ca_hash: &str) -> anyhow::Result<
             t
         }
     };
-    store.ensure_join_token(&sha256_hex(join_token.secret.as_bytes()), None)?;
+    if store.ensure_default_join_token(&sha256_hex(join_token.secret.as_bytes()))? == store::DefaultToken::Revoked {
+        tracing::warn!("the default join token is revoked and enrolls no host: make one with `corral token create`");
+    }
     Ok((admin_token, join_token))
 }
 
@@ -421,6 +424,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     tasks.spawn(http::serve(listener, tls, state.clone(), shutdown.child_token()));
     tasks.spawn(scheduler::run(state.clone(), shutdown.child_token()));
     tasks.spawn(lifecycle::watch_nodes(state.clone(), shutdown.child_token()));
+    tasks.spawn(seen::run(state.clone(), shutdown.child_token()));
     tasks.spawn(probes::run(state.clone(), shutdown.child_token()));
     tasks.spawn(autoscale::run(state.clone(), shutdown.child_token()));
     tasks.spawn(upgrade::run(state.clone(), shutdown.child_token()));

@@ -310,6 +310,10 @@ pub struct JoinTokenInfo {
     pub expires_ms: Option<i64>,
     pub uses_left: Option<i64>,
     pub revoked: bool,
+    /// The coordinator's own token, made at its first start (the data dir's `join-token`): it
+    /// never expires and enrolls any number of hosts until it is revoked.
+    #[serde(default)]
+    pub default: bool,
     /// The token itself (`corral1.<ca hash>.<secret>`), only in the answer to its creation.
     #[serde(default)]
     pub token: Option<String>,

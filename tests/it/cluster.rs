@@ -216,3 +216,36 @@ async fn no_capacity_fails_only_when_retry_says_so() -> anyhow::Result<()> {
     assert_eq!(run(&c.client, "patient").await?.state, JobState::Pending, "without retry a run waits");
     Ok(())
 }
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_seen_follows_heartbeats_and_survives_a_restart() -> anyhow::Result<()> {
+    // The temp dir outlives the coordinator and the agent (bindings drop in reverse order).
+    let OneNode { dir: _dir, mut agent, coord, client } = OneNode::start().await?;
+    let seen = |nodes: &[corral_proto::api::Node]| nodes.first().and_then(|n| n.last_seen_ms).unwrap_or(0);
+    let connected = seen(&nodes_ready(&client, 1).await?);
+    // Heartbeats every second (the harness's): three of them move SEEN on from the connection.
+    let fresh = wait_for("last_seen to follow the heartbeats", Duration::from_secs(15), || async {
+        let nodes: Vec<corral_proto::api::Node> = client.get("/api/nodes").await?;
+        Ok((seen(&nodes) >= connected + 3_000).then(|| seen(&nodes)))
+    })
+    .await?;
+    assert!(wall_ms() - fresh < 3_000, "a ready node was seen {} ms ago", wall_ms() - fresh);
+
+    // The last time heard is in the store for the next start (written at disconnection and on
+    // shutdown, not only every 30 s).
+    agent.stop().await?;
+    let stopped = wall_ms();
+    let data = coord.data.clone();
+    coord.stop().await;
+    let coord = Coordinator::start(&data).await?;
+    let nodes: Vec<corral_proto::api::Node> = coord.client().get("/api/nodes").await?;
+    assert_eq!(nodes[0].status, corral_proto::api::NodeStatus::Offline);
+    // (Within a few ms: the monotonic clock is read as wall-clock time at two moments.)
+    assert!(seen(&nodes) >= fresh - 50, "stored {} < {fresh} (connected at {connected})", seen(&nodes));
+    assert!(stopped - seen(&nodes) < 3_000, "stored {} ms before the agent stopped", stopped - seen(&nodes));
+    Ok(())
+}

@@ -135,6 +135,57 @@ async fn join_tokens_are_scoped_by_fleet_uses_time_and_revocation() -> anyhow::R
     Ok(())
 }
 
+/// `corral token list`, as printed.
+async fn token_list(client: &corral_cli::client::Client) -> anyhow::Result<String> {
+    let mut out = Vec::new();
+    corral_cli::cluster::token(client, corral_cli::TokenCommand::List { json: false }, &mut out).await?;
+    Ok(String::from_utf8(out)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_default_token_stays_revoked_across_restarts() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("coord");
+    let coord = Coordinator::start(&data).await?;
+    let client = coord.client();
+
+    // The coordinator's own token, as `token list` shows it: no end, no count, and said so.
+    let tokens: Vec<corral_proto::api::JoinTokenInfo> = client.get("/api/tokens").await?;
+    let default = tokens.iter().find(|t| t.default).expect("the default token is marked");
+    assert_eq!((default.expires_ms, default.uses_left, default.revoked), (None, None, false));
+    let listing = token_list(&client).await?;
+    assert!(listing.contains("valid (default)"), "{listing}");
+    assert!(listing.contains("never expires and has unlimited uses"), "{listing}");
+    assert!(listing.contains(&format!("corral token revoke {}", default.id)), "{listing}");
+
+    let mut out = Vec::new();
+    let revoke = corral_cli::TokenCommand::Revoke { id: default.id.clone() };
+    assert_eq!(corral_cli::cluster::token(&client, revoke, &mut out).await?, 0);
+    let err = enroll_with(&coord, coord.join_token.clone(), &dir.path().join("a")).await.expect_err("revoked");
+    assert!(format!("{err:#}").contains("revoked"), "{err:#}");
+
+    // A restart reads the same token from the data dir and leaves it revoked.
+    let token = coord.join_token.clone();
+    coord.stop().await;
+    let coord = Coordinator::start(&data).await?;
+    assert!(coord.join_token == token, "the token file is kept");
+    let err = enroll_with(&coord, token, &dir.path().join("b")).await.expect_err("still revoked");
+    assert!(format!("{err:#}").contains("revoked"), "{err:#}");
+    let listing = token_list(&coord.client()).await?;
+    assert!(listing.contains("revoked (default)") && !listing.contains("never expires"), "{listing}");
+
+    // Nor does removing the file bring an open token back: the one made in its place is revoked.
+    coord.stop().await;
+    std::fs::remove_file(data.join("join-token"))?;
+    let coord = Coordinator::start(&data).await?;
+    let err = enroll_with(&coord, coord.join_token.clone(), &dir.path().join("c")).await.expect_err("revoked too");
+    assert!(format!("{err:#}").contains("revoked"), "{err:#}");
+    // A token made by hand enrolls.
+    let made = create_token(&coord.client(), None, None, Some(1)).await?;
+    enroll_with(&coord, made, &dir.path().join("d")).await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_node_is_cut_off_and_refused_and_its_job_interrupted() -> anyhow::Result<()> {
     let c = OneNode::start().await?;

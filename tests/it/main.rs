@@ -3,6 +3,7 @@
 
 mod aws;
 mod cluster;
+mod datadir;
 mod devenv;
 mod enroll;
 mod faults;

@@ -16,12 +16,15 @@ use crate::store::NodeRow;
 pub(super) async fn list_nodes(Extract(state): Extract<AppState>) -> Result<Json<Vec<api::Node>>, Error> {
     let placed = state.store.placed_jobs()?;
     let connected = state.connected_nodes();
+    // Connected nodes' heartbeats are in memory only (see `seen`).
+    let heard = crate::seen::last_seen_ms(&state);
     let nodes = state
         .store
         .nodes()?
         .into_iter()
         .map(|n| {
             let jobs: Vec<_> = placed.iter().filter(|j| j.node_id.as_ref() == Some(&n.id)).collect();
+            let last_seen_ms = n.last_seen_ms.max(heard.get(&n.id).copied());
             api::Node {
                 status: if connected.contains(&n.id) { NodeStatus::Ready } else { NodeStatus::Offline },
                 busy_gpus: jobs
@@ -36,7 +39,7 @@ pub(super) async fn list_nodes(Extract(state): Extract<AppState>) -> Result<Json
                 address: n.address,
                 agent_version: n.agent_version,
                 enrolled_at_ms: n.enrolled_ms,
-                last_seen_ms: n.last_seen_ms,
+                last_seen_ms,
                 inventory: n.inventory,
                 cordoned: n.cordoned,
             }

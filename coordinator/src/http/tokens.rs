@@ -41,6 +41,7 @@ pub(super) async fn create(
         expires_ms,
         uses_left: req.uses.map(i64::from),
         revoked: false,
+        default: false,
         token: Some(token.to_string()),
     }))
 }

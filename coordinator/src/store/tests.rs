@@ -98,3 +98,26 @@ fn the_database_and_its_wal_are_private_whatever_the_umask() {
         assert_eq!(format!("{:o}", meta.permissions().mode() & 0o777), "600", "{name}");
     }
 }
+
+#[test]
+fn a_revoked_default_join_token_stays_revoked() {
+    use super::DefaultToken;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("corral.db")).expect("open");
+    let (first, second) = ("a".repeat(64), "b".repeat(64));
+    assert_eq!(store.ensure_default_join_token(&first).expect("ensure"), DefaultToken::Valid);
+    assert_eq!(store.ensure_default_join_token(&first).expect("again"), DefaultToken::Valid);
+    assert_eq!(store.use_join_token(&first).expect("use"), Ok(None), "unlimited, no fleet");
+    store.create_join_token(&"c".repeat(64), None, None, None).expect("create");
+    let listed = store.join_tokens().expect("list");
+    assert_eq!(listed.iter().map(|t| t.default).collect::<Vec<_>>(), [true, false]);
+    assert_eq!((listed[0].expires_ms, listed[0].uses_left), (None, None), "never expires, unlimited uses");
+
+    assert_eq!(store.revoke_join_token(&first[..12]).expect("revoke"), 1);
+    assert_eq!(store.ensure_default_join_token(&first).expect("after a restart"), DefaultToken::Revoked);
+    assert!(store.use_join_token(&first).expect("use").is_err_and(|why| why.contains("revoked")));
+    // The token file removed (or the CA made anew): its replacement is revoked from the start.
+    assert_eq!(store.ensure_default_join_token(&second).expect("a new file"), DefaultToken::Revoked);
+    assert!(store.use_join_token(&second).expect("use").is_err_and(|why| why.contains("revoked")));
+    assert_eq!(store.use_join_token(&"c".repeat(64)).expect("use"), Ok(None), "tokens made by hand still work");
+}

@@ -7,6 +7,14 @@ use corral_proto::api;
 
 use super::{Result, Store, now_ms};
 
+/// Whether the coordinator's own join token enrolls hosts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DefaultToken {
+    Valid,
+    /// Revoked by the operator (`corral token revoke`): it stays so across restarts.
+    Revoked,
+}
+
 impl Store {
     pub fn ensure_api_token(&self, hash: &str, name: &str) -> Result<()> {
         self.conn().execute("INSERT OR IGNORE INTO api_tokens VALUES (?1, ?2, ?3)", params![hash, name, now_ms()])?;
@@ -17,16 +25,38 @@ impl Store {
         Ok(self.conn().query_row("SELECT name FROM api_tokens WHERE hash = ?1", [hash], |r| r.get(0)).optional()?)
     }
 
-    /// Adds a join token unless it is known (a revoked one stays revoked).
-    pub fn ensure_join_token(&self, hash: &str, fleet: Option<&str>) -> Result<()> {
-        self.conn().execute(
-            "INSERT OR IGNORE INTO join_tokens (hash, fleet, created_ms) VALUES (?1, ?2, ?3)",
-            params![hash, fleet, now_ms()],
-        )?;
-        Ok(())
+    /// Records the coordinator's own join token (no fleet, no expiry, no count) unless it is known,
+    /// and answers whether it is revoked. A revoked one stays revoked, and so does one that replaces
+    /// it (the file removed, the CA made anew): once the operator revoked the default token, no start
+    /// brings one back; `corral token create` makes the next.
+    pub fn ensure_default_join_token(&self, hash: &str) -> Result<DefaultToken> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let known: Option<bool> =
+            tx.query_row("SELECT revoked FROM join_tokens WHERE hash = ?1", [hash], |r| r.get(0)).optional()?;
+        let revoked = match known {
+            // Marked as the default too, for a database older than the mark.
+            Some(revoked) => {
+                tx.execute("UPDATE join_tokens SET is_default = 1 WHERE hash = ?1", [hash])?;
+                revoked
+            }
+            None => {
+                let revoked_before: bool = tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM join_tokens WHERE is_default = 1 AND revoked = 1)",
+                    [],
+                    |r| r.get(0),
+                )?;
+                tx.execute(
+                    "INSERT INTO join_tokens (hash, created_ms, revoked, is_default) VALUES (?1, ?2, ?3, 1)",
+                    params![hash, now_ms(), revoked_before],
+                )?;
+                revoked_before
+            }
+        };
+        tx.commit()?;
+        Ok(if revoked { DefaultToken::Revoked } else { DefaultToken::Valid })
     }
 
-    /// Consumes one use of a join token. `Ok(None)`: no such valid token. `Ok(Some(fleet))`: accepted.
     /// Stores a new join token (by the hash of its secret).
     pub fn create_join_token(
         &self,
@@ -46,7 +76,8 @@ impl Store {
     pub fn join_tokens(&self) -> Result<Vec<api::JoinTokenInfo>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT substr(hash, 1, 12), fleet, created_ms, expires_ms, uses_left, revoked FROM join_tokens ORDER BY created_ms",
+            "SELECT substr(hash, 1, 12), fleet, created_ms, expires_ms, uses_left, revoked, is_default FROM join_tokens \
+             ORDER BY created_ms",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(api::JoinTokenInfo {
@@ -56,6 +87,7 @@ impl Store {
                 expires_ms: r.get(3)?,
                 uses_left: r.get(4)?,
                 revoked: r.get(5)?,
+                default: r.get(6)?,
                 token: None,
             })
         })?;
