@@ -1,6 +1,7 @@
 //! The AWS backend against a real EC2 emulator: `moto_server` (PyPI `moto[server,ec2]`), started
 //! here on loopback; the coordinator, a real process, points the AWS SDK at it with
-//! `AWS_ENDPOINT_URL`. `.ci/run` installs moto into `target/moto`; `MOTO_SERVER` names another.
+//! `AWS_ENDPOINT_URL`. `scripts/test-deps.sh` installs moto into `target/moto`; `MOTO_SERVER` names
+//! another.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -27,7 +28,7 @@ fn moto_server() -> PathBuf {
     }
     panic!(
         "moto_server is missing: python3 -m venv target/moto && target/moto/bin/pip install 'moto[server,ec2]' \
-         (what .ci/run does), or set MOTO_SERVER"
+         (what scripts/test-deps.sh does), or set MOTO_SERVER"
     );
 }
 
