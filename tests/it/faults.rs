@@ -85,28 +85,69 @@ impl Coord {
     fn agent(&self, dir: &Path, name: &str, fleet: &str) -> anyhow::Result<AgentProc> {
         let state = dir.join(name);
         std::fs::create_dir_all(&state)?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.log")))?;
-        let proc = Proc(
-            Command::new(AGENT)
-                .args(["--coordinator", &self.quic, "--token", &self.join_token()?, "--name", name, "--fleet", fleet])
+        let mut agent = AgentProc {
+            proc: None,
+            state,
+            log: dir.join(format!("{name}.log")),
+            args: vec![
+                "--coordinator".into(),
+                self.quic.clone(),
+                "--token".into(),
+                self.join_token()?,
+                "--name".into(),
+                name.into(),
+                "--fleet".into(),
+                fleet.into(),
                 // The coordinator serves the tests' own agent binary, which is not this one.
-                .arg("--no-self-upgrade")
-                .arg("--state-dir")
-                .arg(&state)
-                .arg("--nvml-library")
-                .arg(state.join("no-libnvidia-ml.so"))
-                .env("CORRAL_LOG", "info")
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()?,
-        );
-        Ok(AgentProc { _proc: proc, state })
+                "--no-self-upgrade".into(),
+            ],
+        };
+        agent.restart()?;
+        Ok(agent)
     }
 }
 
 struct AgentProc {
-    _proc: Proc,
+    proc: Option<Proc>,
     state: PathBuf,
+    log: PathBuf,
+    args: Vec<String>,
+}
+
+impl AgentProc {
+    /// Starts the agent again on its state dir (it is enrolled: the token is not used again).
+    fn restart(&mut self) -> anyhow::Result<()> {
+        self.proc = None;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        self.proc = Some(Proc(
+            Command::new(AGENT)
+                .args(&self.args)
+                .arg("--state-dir")
+                .arg(&self.state)
+                .arg("--nvml-library")
+                .arg(self.state.join("no-libnvidia-ml.so"))
+                .env("CORRAL_LOG", "info")
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()?,
+        ));
+        Ok(())
+    }
+
+    fn pid(&self) -> u32 {
+        self.proc.as_ref().map_or(0, Proc::pid)
+    }
+
+    /// SIGKILL of the agent alone: its containers keep running.
+    fn kill9(&mut self) {
+        self.proc = None;
+    }
+
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill").args([&format!("-{signal}"), &self.pid().to_string()]).status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} failed");
+        Ok(())
+    }
 }
 
 impl Drop for AgentProc {
@@ -637,5 +678,139 @@ async fn a_full_disk_refuses_new_work_and_loses_nothing() -> anyhow::Result<()> 
     drop(agent);
     coord.kill9();
     drop(disk);
+    Ok(())
+}
+
+/// `kill -9` of an agent while its jobs run, some of which end (one with an error) before it is
+/// back: the containers keep running, the agent re-adopts them, what they wrote while no agent
+/// listened comes from Docker's log, and every run ends with its own exit code and whole log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_kill_9_loses_no_job_and_no_output() -> anyhow::Result<()> {
+    ensure_image();
+    let dir = tempfile::tempdir()?;
+    let coord = Coord::start(dir.path(), &[]).await?;
+    let client = coord.client()?;
+    let mut agent = coord.agent(dir.path(), "real", "real")?;
+    crate::harness::nodes_ready(&client, 1).await?;
+
+    let end_at = now_unix() + 8;
+    let wait = |t: u64| format!("while [ $(date +%s) -lt {t} ]; do sleep 0.2; done");
+    let real = |name: &str, tail: &str| {
+        format!(
+            "type: task\nname: {name}\nimage: {IMAGE}\nfleets: [real]\nresources:\n  cpu: 0\ncommands:\n  - echo begin {name}\n  - {tail}\n"
+        )
+    };
+    let numbered = "seq 1 20000";
+    submit(&client, &real("during", &format!("{}; {numbered}; echo end during", wait(end_at))), "during").await?;
+    submit(&client, &real("after", &format!("{}; {numbered}; echo end after", wait(end_at + 10))), "after").await?;
+    submit(&client, &real("bad", &format!("{}; echo failing; exit 3", wait(end_at))), "bad").await?;
+    wait_for("3 runs running", Duration::from_secs(60), || async {
+        let runs = all_runs(&client).await?;
+        Ok((runs.iter().filter(|r| r.state == JobState::Running).count() == 3).then_some(()))
+    })
+    .await?;
+    anyhow::ensure!(now_unix() + 2 < end_at, "the jobs started too late for the agent's outage");
+    while now_unix() + 2 < end_at {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    agent.kill9();
+    let killed = Instant::now();
+    while now_unix() < end_at + 3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    agent.restart()?;
+    let down = killed.elapsed();
+    let restarted = Instant::now();
+
+    let seq: String = (1..=20000).map(|n| format!("{n}\n")).collect();
+    let want = |name: &str| format!("begin {name}\n{seq}end {name}\n");
+    wait_for("every run ended with its whole log", Duration::from_secs(90), || async {
+        let runs = all_runs(&client).await?;
+        if !runs.iter().all(|r| r.state.is_finished()) {
+            return Ok(None);
+        }
+        for name in ["during", "after"] {
+            if crate::harness::logs(&client, name).await?.len() < want(name).len() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(()))
+    })
+    .await?;
+    let converged = restarted.elapsed();
+    let mut wrong = Vec::new();
+    for r in all_runs(&client).await? {
+        let expected = if r.name == "bad" { (JobState::Failed, Some(3)) } else { (JobState::Done, Some(0)) };
+        if (r.state.clone(), r.jobs[0].exit_code) != expected || r.jobs.len() != 1 {
+            wrong.push(format!("{}: {} {:?} {:?}", r.name, r.state, r.jobs[0].exit_code, r.jobs[0].termination_reason));
+        }
+    }
+    for name in ["during", "after"] {
+        assert!(crate::harness::logs(&client, name).await? == want(name), "the log of {name}");
+    }
+    assert_eq!(crate::harness::logs(&client, "bad").await?, "begin bad\nfailing\n");
+    println!(
+        "faults: agent kill -9 with 3 jobs running (2 ending while it was down, one with exit code 3): down \
+         {:.1}s, every run ended with its whole log {:.1}s after the agent's restart; runs in a wrong state {}, \
+         log bytes lost 0",
+        down.as_secs_f64(),
+        converged.as_secs_f64(),
+        wrong.len(),
+    );
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    Ok(())
+}
+
+/// A partition of one agent longer than the node timeout (`SIGSTOP`): its job is declared lost and
+/// runs again on the other node (its `retry` covers interruptions); when the agent comes back its
+/// stale copy is stopped, and the new one is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_agent_s_job_moves_and_its_stale_copy_goes() -> anyhow::Result<()> {
+    ensure_image();
+    let dir = tempfile::tempdir()?;
+    let coord = Coord::start(dir.path(), &[]).await?;
+    let client = coord.client()?;
+    let agents = [coord.agent(dir.path(), "node-a", "real")?, coord.agent(dir.path(), "node-b", "real")?];
+    crate::harness::nodes_ready(&client, 2).await?;
+    let text = format!(
+        "type: task\nname: moving\nimage: {IMAGE}\nfleets: [real]\nresources:\n  cpu: 0\nretry:\n  on_events: [interruption]\ncommands:\n  - echo attempt\n  - sleep 600\n"
+    );
+    submit(&client, &text, "moving").await?;
+    let first = crate::harness::wait_state(&client, "moving", |r| r.state == JobState::Running, Duration::from_secs(60))
+        .await?;
+    let node = first.jobs[0].node_name.clone().context("placed nowhere")?;
+    let (stopped, other) = if node == "node-a" { (&agents[0], "node-b") } else { (&agents[1], "node-a") };
+    let stale = format!("corral-{}", first.jobs[0].id);
+
+    stopped.signal("STOP")?;
+    let cut = Instant::now();
+    let moved = crate::harness::wait_state(
+        &client,
+        "moving",
+        |r| r.state == JobState::Running && r.jobs.iter().any(|j| j.submission == 1 && j.state == JobState::Running),
+        Duration::from_secs(60),
+    )
+    .await?;
+    let elsewhere = cut.elapsed();
+    let new = moved.jobs.iter().find(|j| j.submission == 1).context("no second attempt")?;
+    assert_eq!(new.node_name.as_deref(), Some(other));
+    let new_container = format!("corral-{}", new.id);
+
+    stopped.signal("CONT")?;
+    let back = Instant::now();
+    wait_for("the stale copy stopped", Duration::from_secs(60), || async {
+        Ok(docker_state(&stale).is_none_or(|(running, _)| !running).then_some(()))
+    })
+    .await?;
+    let cleaned = back.elapsed();
+    let still = docker_state(&new_container).is_some_and(|(running, _)| running);
+    println!(
+        "faults: agent partitioned (SIGSTOP) past the 10 s node timeout: its job running on {other} {:.1}s after \
+         the cut; the stale copy stopped {:.1}s after the agent came back; the new copy untouched: {still}",
+        elsewhere.as_secs_f64(),
+        cleaned.as_secs_f64(),
+    );
+    assert!(still, "the new copy must keep running");
+    let _ = corral_cli::commands::stop(&client, "moving", true, true, &mut Vec::new()).await;
     Ok(())
 }
