@@ -75,6 +75,9 @@ if [ "$KEEP_CONTAINERS" = 0 ] && [ -n "$NODE_ID" ]; then
   if command -v docker >/dev/null 2>&1; then
     ids=$(docker ps -aq --filter "label=corral.node=$NODE_ID" 2>/dev/null || true)
     [ -z "$ids" ] || docker rm -f $ids >/dev/null
+    # The runs' own networks on this host.
+    nets=$(docker network ls -q --filter "label=corral.node=$NODE_ID" 2>/dev/null || true)
+    [ -z "$nets" ] || docker network rm $nets >/dev/null 2>&1 || true
   elif [ -S "$SOCK" ] && command -v curl >/dev/null 2>&1; then
     ids=$(curl -fsS --unix-socket "$SOCK" -G 'http://localhost/containers/json?all=1' \
       --data-urlencode "filters={\"label\":[\"corral.node=$NODE_ID\"]}" |

@@ -279,9 +279,18 @@ impl Jobs {
         };
         let opts = RunOptions { gpu_passthrough: self.gpu_passthrough };
         match self.shim.create_and_start_attached(&spec, &opts).await {
-            Ok((_, output)) => {
+            Ok((_, output, note)) => {
                 tokio::spawn(spool.clone().fill(output, 0));
                 self.set_spool(&id, spool);
+                if let Some(note) = note {
+                    self.record(JobUpdate {
+                        job_id: id.clone(),
+                        state: JobState::Running,
+                        exit_code: None,
+                        reason: None,
+                        message: Some(note),
+                    });
+                }
             }
             Err(e) => {
                 spool.remove();

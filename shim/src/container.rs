@@ -16,7 +16,8 @@ use futures_util::{Stream, StreamExt, TryStreamExt, stream};
 
 use crate::Shim;
 use crate::error::{ShimError, daemon_message, status_of};
-use crate::spec::{RunOptions, container_config, container_name};
+use crate::network::Attachment;
+use crate::spec::{LABEL_RUN, RunOptions, container_config, container_name};
 
 /// A container's output as it is written: stdout and stderr merged, in order.
 pub type Output = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, ShimError>> + Send>>;
@@ -33,6 +34,19 @@ impl Shim {
         Ok(self.create_start(spec, opts, false).await?.0)
     }
 
+    /// The container of `spec` joins its run's own network on this host (or the host's network
+    /// for multi-node runs); `Some` note when it had to make do with Docker's default bridge.
+    async fn network_for(&self, spec: &JobSpec) -> Result<(Option<String>, Option<String>), ShimError> {
+        Ok(match self.run_network(spec).await? {
+            Attachment::Host => (Some("host".to_owned()), None),
+            Attachment::Run(name) => (Some(name), None),
+            Attachment::DefaultBridge(note) => {
+                tracing::warn!(job = %spec.job_id, "{note}");
+                (None, Some(note))
+            }
+        })
+    }
+
     /// Like [`Shim::create_and_start`], attached to the container's stdout and stderr before it
     /// starts: the stream carries every byte it writes, from the first, in the order written, and
     /// ends when the container exits. Docker's log driver and its rotation play no part: nothing is
@@ -42,14 +56,14 @@ impl Shim {
         &self,
         spec: &JobSpec,
         opts: &RunOptions,
-    ) -> Result<(String, Output), ShimError> {
-        let (id, output) = self.create_start(spec, opts, true).await?;
+    ) -> Result<(String, Output, Option<String>), ShimError> {
+        let (id, output, note) = self.create_start(spec, opts, true).await?;
         let output = output.ok_or_else(|| ShimError::Unexpected {
             op: "attaching to",
             subject: container_name(&spec.job_id),
             detail: "no output stream".to_owned(),
         })?;
-        Ok((id, output))
+        Ok((id, output, note))
     }
 
     async fn create_start(
@@ -57,12 +71,20 @@ impl Shim {
         spec: &JobSpec,
         opts: &RunOptions,
         attach: bool,
-    ) -> Result<(String, Option<Output>), ShimError> {
+    ) -> Result<(String, Option<Output>, Option<String>), ShimError> {
         let docker = self.client().await?;
         let name = container_name(&spec.job_id);
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        let networks = self.lock_networks().await;
+        let (network, note) = self.network_for(spec).await?;
+        let mut config = container_config(spec, opts);
+        if let Some(host) = config.host_config.as_mut() {
+            host.network_mode = network;
+        }
+        let created = docker.create_container(Some(options), config).await;
+        drop(networks);
         let created =
-            docker.create_container(Some(options), container_config(spec, opts)).await.map_err(
+            created.map_err(
                 |e| match status_of(&e) {
                     Some(404) => ShimError::ImageUnavailable {
                         image: spec.image.clone(),
@@ -116,7 +138,7 @@ impl Shim {
             return Err(err);
         }
         tracing::info!(job = %spec.job_id, container = %name, id = %created.id, "container started");
-        Ok((created.id, output))
+        Ok((created.id, output, note))
     }
 
     /// The container's stdout and stderr, merged in the order written, from the start; follows a
@@ -216,10 +238,23 @@ impl Shim {
     }
 
     /// Removes the container, running or not, with its anonymous volumes. Ok when it is already gone.
+    /// The run's network goes with its last container on this host.
     pub async fn remove(&self, container: &str) -> Result<(), ShimError> {
         let docker = self.client().await?;
+        let run = match docker.inspect_container(container, None).await {
+            Ok(c) => c.config.and_then(|c| c.labels).and_then(|mut l| l.remove(LABEL_RUN)),
+            Err(_) => None,
+        };
         let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
-        match docker.remove_container(container, Some(options)).await {
+        let networks = self.lock_networks().await;
+        let removed = docker.remove_container(container, Some(options)).await;
+        if removed.is_ok()
+            && let Some(run) = run
+        {
+            self.release_run_network(&run).await;
+        }
+        drop(networks);
+        match removed {
             Ok(()) => Ok(()),
             Err(e) if status_of(&e) == Some(404) => Ok(()),
             // Someone else is removing it already; the outcome is the one asked for.

@@ -24,6 +24,7 @@ mod exec;
 mod files;
 mod image;
 mod list;
+pub mod network;
 pub mod spec;
 
 pub use container::Output;
@@ -55,6 +56,10 @@ struct Inner {
     negotiated: OnceCell<Docker>,
     /// A mirror of Docker Hub to pull through first (`host[:port]`).
     mirror: Option<String>,
+    /// Held while a run's network is looked up and a container attached to it, or the network
+    /// removed: Docker 20.10 lets two creations of one name both succeed, and a removal between a
+    /// lookup and a create would leave the create without its network.
+    networks: tokio::sync::Mutex<()>,
 }
 
 impl Shim {
@@ -70,14 +75,18 @@ impl Shim {
         let host = host.trim().to_owned();
         let initial =
             open(&host, API_DEFAULT_VERSION).map_err(|source| ShimError::Unreachable { host: host.clone(), source })?;
-        Ok(Self { inner: Arc::new(Inner { host, initial, negotiated: OnceCell::new(), mirror: None }) })
+        Ok(Self { inner: Arc::new(Inner { host, initial, negotiated: OnceCell::new(), mirror: None, networks: Default::default() }) })
     }
 
     /// Pulls Docker Hub images through `mirror` (`host[:port]`) first, the registry itself next.
     pub fn with_registry_mirror(self, mirror: Option<String>) -> Self {
         let inner = &self.inner;
         let (host, initial) = (inner.host.clone(), inner.initial.clone());
-        Self { inner: Arc::new(Inner { host, initial, negotiated: OnceCell::new(), mirror }) }
+        Self { inner: Arc::new(Inner { host, initial, negotiated: OnceCell::new(), mirror, networks: Default::default() }) }
+    }
+
+    pub(crate) async fn lock_networks(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.networks.lock().await
     }
 
     /// The daemon's address, as it appears in messages.

@@ -281,7 +281,16 @@ impl Drop for ContainerGuard {
                 let _ = std::process::Command::new("docker").arg("rm").arg("-f").args(&ids).output();
             }
         }
+        remove_node_networks(&node);
     }
+}
+
+/// Removes the runs' networks a node left behind.
+pub fn remove_node_networks(node: &str) {
+    let _ = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("docker network ls -q --filter label=corral.node={node} | xargs -r docker network rm >/dev/null 2>&1"))
+        .status();
 }
 
 impl Drop for Agent {

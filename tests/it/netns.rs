@@ -123,7 +123,10 @@ impl Drop for NodeContainers {
             };
             let _ = Command::new("sh")
                 .arg("-c")
-                .arg(format!("docker ps -aq --filter label=corral.node={node} | xargs -r docker rm -f"))
+                .arg(format!(
+                    "docker ps -aq --filter label=corral.node={node} | xargs -r docker rm -f; \
+                     docker network ls -q --filter label=corral.node={node} | xargs -r docker network rm >/dev/null 2>&1"
+                ))
                 .output();
         }
     }

@@ -162,3 +162,56 @@ async fn max_duration_stops_the_task() -> anyhow::Result<()> {
     assert_eq!(r.jobs[0].termination_reason, Some(TerminationReason::MaxDurationExceeded));
     Ok(())
 }
+
+/// Each run has a Docker network of its own on a node: another run's container cannot reach it
+/// directly (a service is reached only through the coordinator, which checks its `auth`), the
+/// host can, and the network goes with the run's last container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_cannot_reach_each_other_directly() -> anyhow::Result<()> {
+    let c = OneNode::start().await?;
+    let server = write_config(
+        c.dir.path(),
+        "server",
+        &format!(
+            "type: task\nname: server\nimage: {IMAGE}\ncommands:\n  - mkdir -p /www && echo served > /www/index.html\n  - busybox httpd -f -p 8000 -h /www\n"
+        ),
+    );
+    apply(&c.client, &server, true).await?;
+    let r = wait_state(&c.client, "server", |r| r.state == JobState::Running, Duration::from_secs(30)).await?;
+    let container = format!("corral-{}", r.jobs[0].id);
+    let inspect = |format: &str| {
+        std::process::Command::new("docker")
+            .args(["inspect", "-f", format, &container])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let network = inspect("{{.HostConfig.NetworkMode}}")?;
+    assert_eq!(network, format!("corral-run-{}", r.id), "the run's own network");
+    let ip = inspect("{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}")?;
+    // The host reaches it (the agent's tunnels come from here).
+    let served = wait_for("the server to answer the host", Duration::from_secs(30), || async {
+        let body = reqwest::get(format!("http://{ip}:8000/")).await?.text().await?;
+        Ok(body.contains("served").then_some(body))
+    })
+    .await?;
+    assert_eq!(served, "served\n");
+
+    let client = write_config(
+        c.dir.path(),
+        "client",
+        &format!(
+            "type: task\nname: client\nimage: {IMAGE}\ncommands:\n  - if wget -q -T 3 -O- http://{ip}:8000/; then echo reached; else echo isolated; fi\n"
+        ),
+    );
+    let (code, out) = apply(&c.client, &client, false).await?;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("isolated") && !out.contains("served"), "another run reached the server: {out}");
+
+    corral_cli::commands::stop(&c.client, "server", true, true, &mut Vec::new()).await?;
+    wait_for("the run's network removed", Duration::from_secs(60), || async {
+        let out = std::process::Command::new("docker").args(["network", "inspect", &network]).output()?;
+        Ok((!out.status.success()).then_some(()))
+    })
+    .await?;
+    Ok(())
+}

@@ -127,7 +127,10 @@ pub fn remove_node_containers(state: &Path) {
     if let Some(id) = v["node_id"].as_str() {
         let _ = Command::new("sh")
             .arg("-c")
-            .arg(format!("docker ps -aq --filter label=corral.node={id} | xargs -r docker rm -f >/dev/null"))
+            .arg(format!(
+                "docker ps -aq --filter label=corral.node={id} | xargs -r docker rm -f >/dev/null; \
+                 docker network ls -q --filter label=corral.node={id} | xargs -r docker network rm >/dev/null 2>&1"
+            ))
             .status();
     }
 }
