@@ -83,7 +83,8 @@ impl Spool {
                     Ok(c) => c,
                     Err(e) if e.is_not_found() => break,
                     Err(e) => {
-                        let note = format!("\n[corral: the container's output could not be read past this point: {e}]\n");
+                        let note =
+                            format!("\n[corral: the container's output could not be read past this point: {e}]\n");
                         self.append(&mut file, note.as_bytes()).await?;
                         break;
                     }

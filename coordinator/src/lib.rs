@@ -282,7 +282,10 @@ impl Running {
     }
 }
 
-pub(crate) fn read_or_create(path: &Path, create: impl FnOnce() -> anyhow::Result<String>) -> anyhow::Result<(String, bool)> {
+pub(crate) fn read_or_create(
+    path: &Path,
+    create: impl FnOnce() -> anyhow::Result<String>,
+) -> anyhow::Result<(String, bool)> {
     if let Ok(s) = std::fs::read_to_string(path)
         && !s.trim().is_empty()
     {

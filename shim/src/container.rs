@@ -7,8 +7,8 @@ use std::time::Duration;
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, KillContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    WaitContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, KillContainerOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use bytes::Bytes;
 use corral_proto::job::JobSpec;
@@ -83,21 +83,18 @@ impl Shim {
         }
         let created = docker.create_container(Some(options), config).await;
         drop(networks);
-        let created =
-            created.map_err(
-                |e| match status_of(&e) {
-                    Some(404) => ShimError::ImageUnavailable {
-                        image: spec.image.clone(),
-                        reason: format!("it is not present locally ({})", daemon_message(&e)),
-                    },
-                    Some(409) => ShimError::ContainerExists { job: spec.job_id.clone(), name: name.clone(), source: e },
-                    _ => self.classify(e, |source| ShimError::Create {
-                        job: spec.job_id.clone(),
-                        image: spec.image.clone(),
-                        source,
-                    }),
-                },
-            )?;
+        let created = created.map_err(|e| match status_of(&e) {
+            Some(404) => ShimError::ImageUnavailable {
+                image: spec.image.clone(),
+                reason: format!("it is not present locally ({})", daemon_message(&e)),
+            },
+            Some(409) => ShimError::ContainerExists { job: spec.job_id.clone(), name: name.clone(), source: e },
+            _ => self.classify(e, |source| ShimError::Create {
+                job: spec.job_id.clone(),
+                image: spec.image.clone(),
+                source,
+            }),
+        })?;
         for warning in &created.warnings {
             tracing::warn!(job = %spec.job_id, container = %name, warning, "docker warned on create");
         }

@@ -75,14 +75,24 @@ impl Shim {
         let host = host.trim().to_owned();
         let initial =
             open(&host, API_DEFAULT_VERSION).map_err(|source| ShimError::Unreachable { host: host.clone(), source })?;
-        Ok(Self { inner: Arc::new(Inner { host, initial, negotiated: OnceCell::new(), mirror: None, networks: Default::default() }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                host,
+                initial,
+                negotiated: OnceCell::new(),
+                mirror: None,
+                networks: Default::default(),
+            }),
+        })
     }
 
     /// Pulls Docker Hub images through `mirror` (`host[:port]`) first, the registry itself next.
     pub fn with_registry_mirror(self, mirror: Option<String>) -> Self {
         let inner = &self.inner;
         let (host, initial) = (inner.host.clone(), inner.initial.clone());
-        Self { inner: Arc::new(Inner { host, initial, negotiated: OnceCell::new(), mirror, networks: Default::default() }) }
+        Self {
+            inner: Arc::new(Inner { host, initial, negotiated: OnceCell::new(), mirror, networks: Default::default() }),
+        }
     }
 
     pub(crate) async fn lock_networks(&self) -> tokio::sync::MutexGuard<'_, ()> {

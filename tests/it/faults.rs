@@ -247,7 +247,10 @@ async fn coordinator_kill_9_under_load_loses_nothing() -> anyhow::Result<()> {
     })
     .await?;
     println!("faults: {total} runs running {:.1}s after the first submission", started.elapsed().as_secs_f64());
-    anyhow::ensure!(now_unix() + 2 < end_at, "submitting took too long for the outage to come before the short jobs end");
+    anyhow::ensure!(
+        now_unix() + 2 < end_at,
+        "submitting took too long for the outage to come before the short jobs end"
+    );
 
     // What the real containers are before the crash, to tell a restarted or killed one after.
     let before = all_runs(&client).await?;
@@ -292,8 +295,9 @@ async fn coordinator_kill_9_under_load_loses_nothing() -> anyhow::Result<()> {
 
     // Reconciled: the short jobs done with their whole output, `bad` failed with its own code,
     // everything else still running.
-    let expected_log =
-        |i: usize| format!("start short-{i}\n{}end short-{i}\n", (1..=1000).map(|n| format!("{n}\n")).collect::<String>());
+    let expected_log = |i: usize| {
+        format!("start short-{i}\n{}end short-{i}\n", (1..=1000).map(|n| format!("{n}\n")).collect::<String>())
+    };
     wait_for("every run reconciled", Duration::from_secs(60), || async {
         let runs = all_runs(&client).await?;
         let settled = runs.iter().all(|r| match r.name.as_str() {
@@ -403,10 +407,8 @@ async fn big_output_arrives_whole_whatever_docker_keeps() -> anyhow::Result<()> 
 
     // Raw Docker, side by side: the same command, its output read by an attached client.
     let raw = Instant::now();
-    let status = Command::new("docker")
-        .args(["run", "--rm", IMAGE, "sh", "-c", &script])
-        .stdout(Stdio::null())
-        .status()?;
+    let status =
+        Command::new("docker").args(["run", "--rm", IMAGE, "sh", "-c", &script]).stdout(Stdio::null()).status()?;
     anyhow::ensure!(status.success(), "docker run failed");
     let raw = raw.elapsed();
 
@@ -493,7 +495,8 @@ async fn coordinator_kill_9_during_an_image_transfer_and_a_log_follow() -> anyho
     let made = Command::new("head").args(["-c", "150000000", "/dev/urandom"]).stdout(blob).status()?;
     anyhow::ensure!(made.success(), "cannot write the image's data");
     std::fs::write(ctx.join("Dockerfile"), format!("FROM {IMAGE}\nCOPY blob /blob\n"))?;
-    let built = Command::new("docker").args(["build", "-q", "-t", &image.0]).arg(&ctx).env("DOCKER_BUILDKIT", "0").output()?;
+    let built =
+        Command::new("docker").args(["build", "-q", "-t", &image.0]).arg(&ctx).env("DOCKER_BUILDKIT", "0").output()?;
     anyhow::ensure!(built.status.success(), "docker build: {}", String::from_utf8_lossy(&built.stderr));
     let token = std::fs::read_to_string(coord.data.join("admin-token"))?;
     let pushed = Command::new(env!("CARGO_BIN_EXE_corral-test-cli"))
@@ -776,8 +779,9 @@ async fn a_partitioned_agent_s_job_moves_and_its_stale_copy_goes() -> anyhow::Re
         "type: task\nname: moving\nimage: {IMAGE}\nfleets: [real]\nresources:\n  cpu: 0\nretry:\n  on_events: [interruption]\ncommands:\n  - echo attempt\n  - sleep 600\n"
     );
     submit(&client, &text, "moving").await?;
-    let first = crate::harness::wait_state(&client, "moving", |r| r.state == JobState::Running, Duration::from_secs(60))
-        .await?;
+    let first =
+        crate::harness::wait_state(&client, "moving", |r| r.state == JobState::Running, Duration::from_secs(60))
+            .await?;
     let node = first.jobs[0].node_name.clone().context("placed nowhere")?;
     let (stopped, other) = if node == "node-a" { (&agents[0], "node-b") } else { (&agents[1], "node-a") };
     let stale = format!("corral-{}", first.jobs[0].id);

@@ -289,7 +289,9 @@ impl Drop for ContainerGuard {
 pub fn remove_node_networks(node: &str) {
     let _ = std::process::Command::new("sh")
         .arg("-c")
-        .arg(format!("docker network ls -q --filter label=corral.node={node} | xargs -r docker network rm >/dev/null 2>&1"))
+        .arg(format!(
+            "docker network ls -q --filter label=corral.node={node} | xargs -r docker network rm >/dev/null 2>&1"
+        ))
         .status();
 }
 

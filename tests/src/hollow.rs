@@ -14,14 +14,14 @@
 //! - on `StartJob` reports `pulling` then `running` at once, and `done` (exit code 0) after
 //!   [`HollowOptions::run_time`] when set; on `StopJob` it reports the end with the reason given
 //!   (exit code 143, or 137 for an abort); `ForgetJob` drops a finished job;
-//! - redials with the agent's backoff (0.5 s → 15 s) when its session drops; gives up only when
+//! - redials with the agent's backoff (0.5 s → 5 s, with jitter) when its session drops; gives up only when
 //!   refused for good (revoked, unknown).
 //!
 //! [`HollowFleet::kill`] simulates the loss of a host: the node stops sending at once and neither
 //! closes its connection nor finishes its streams, so the coordinator hears nothing more and ends
-//! the session on its QUIC idle timeout (30 s). Hollow nodes therefore dial without QUIC keep-alives;
-//! at the default heartbeat interval (5 s) a real agent's keep-alive (5 s, restarted by every packet
-//! received, so by each `HeartbeatAck`) almost never fires, so the traffic is the same. One
+//! the session on its QUIC idle timeout (15 s for a dial without keep-alives). Hollow nodes therefore
+//! dial without QUIC keep-alives; a real agent sends one every 2 s on an idle link (6 s idle
+//! timeout), a little more traffic than hollow nodes make between their heartbeats. One
 //! difference from a dead host remains: a killed node's QUIC stack still acknowledges what the
 //! coordinator sends it, which restarts the coordinator's idle timer each time it sends something.
 //!
