@@ -16,7 +16,7 @@ use corral_proto::wire::io::write_frame;
 use corral_proto::wire::{ContainerReport, JobUpdate};
 use corral_shim::{GpuPassthrough, RunOptions, Shim, ShimError, container_name};
 
-use crate::output::Spool;
+use crate::output::{OVERLAP_WINDOW, Spool, after_overlap};
 
 /// How long a job's final update waits for its log to be confirmed stored.
 const LOG_DRAIN_WAIT: Duration = Duration::from_secs(10);
@@ -182,11 +182,20 @@ impl Jobs {
             let grace = c.stop_grace_secs.unwrap_or(DEFAULT_GRACE_SECS);
             let rx = self.track(&c.job_id, JobState::Running);
             // What the container wrote while no agent listened is read back from Docker's log
-            // driver: all of it past what the spool already has.
+            // driver, from a little before the spool's last write (by time, so a rotated log
+            // lines up too); the part the spool has is taken off where the two meet.
             match Spool::open(&self.spool_dir, &c.job_id) {
                 Ok(spool) => {
-                    let skip = spool.progress().len;
-                    tokio::spawn(spool.clone().fill(self.shim.logs(&container_name(&c.job_id)), skip));
+                    let name = container_name(&c.job_id);
+                    let tail = if spool.progress().len > 0 { spool.tail(OVERLAP_WINDOW).ok() } else { None };
+                    let since = spool.modified_unix().map(|t| i32::try_from(t.saturating_sub(2)).unwrap_or(0));
+                    let output: corral_shim::Output = match (tail, since) {
+                        (Some(tail), Some(since)) => {
+                            Box::pin(after_overlap(Box::pin(self.shim.logs_since(&name, Some(since))), tail))
+                        }
+                        _ => Box::pin(self.shim.logs(&name)),
+                    };
+                    tokio::spawn(spool.clone().fill(output, 0));
                     self.set_spool(&c.job_id, spool);
                 }
                 Err(e) => tracing::error!(job = %c.job_id, "cannot spool the output of an adopted container: {e}"),
@@ -314,7 +323,8 @@ impl Jobs {
         // registry the coordinator is the only place the image can come from.
         let mut conn_rx = self.conn.subscribe();
         for attempt in 1..=IMAGE_FETCH_ATTEMPTS {
-            let wait = conn_rx.wait_for(Option::is_some);
+            // A live connection: the one a transfer just failed on may not be cleared yet.
+            let wait = conn_rx.wait_for(|c| c.as_ref().is_some_and(|c| c.close_reason().is_none()));
             let conn = match tokio::time::timeout(IMAGE_LINK_WAIT, wait).await {
                 Ok(Ok(conn)) => conn.clone(),
                 _ => break,
@@ -334,6 +344,7 @@ impl Jobs {
                     });
                     // On the next connection, or this one again after a moment.
                     let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -463,10 +474,15 @@ impl Jobs {
             None => return,
         };
         if let Some(spool) = spool {
+            // Closed only after the output has been silent a while: a re-adopted container's
+            // log read back from Docker may take long, but it keeps moving.
             let mut progress = spool.subscribe();
-            if tokio::time::timeout(OUTPUT_END_WAIT, progress.wait_for(|p| p.closed)).await.is_err() {
-                tracing::warn!(job = %id, "the container's output did not end with it; closing its log");
-                spool.close();
+            while !progress.borrow_and_update().closed {
+                if tokio::time::timeout(OUTPUT_END_WAIT, progress.changed()).await.is_err() {
+                    tracing::warn!(job = %id, "the container's output did not end with it; closing its log");
+                    spool.close();
+                    break;
+                }
             }
         }
         // Ship the tail of the output before saying the job ended, but never wait long: the

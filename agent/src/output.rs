@@ -29,6 +29,8 @@ const ACK_WAIT: Duration = Duration::from_secs(60);
 pub struct Progress {
     pub len: u64,
     pub closed: bool,
+    /// Bytes read from the container's output, those skipped included (a sign of life).
+    pub read: u64,
 }
 
 /// One job's spooled output.
@@ -44,7 +46,7 @@ impl Spool {
         create_private_dir(dir)?;
         let path = dir.join(file_name(job));
         let len = std::fs::metadata(&path).map_or(0, |m| m.len());
-        Ok(Arc::new(Self { path, progress: watch::Sender::new(Progress { len, closed: false }) }))
+        Ok(Arc::new(Self { path, progress: watch::Sender::new(Progress { len, closed: false, read: 0 }) }))
     }
 
     /// A fresh spool for a container that is about to start: anything under its name is stale.
@@ -79,6 +81,10 @@ impl Spool {
         let result = async {
             let mut file = tokio::fs::File::from_std(open_private(&self.path, false)?);
             while let Some(chunk) = output.next().await {
+                if self.progress().closed {
+                    // Closed by the supervisor: nothing may land after the shipper's end.
+                    break;
+                }
                 let chunk = match chunk {
                     Ok(c) => c,
                     Err(e) if e.is_not_found() => break,
@@ -89,6 +95,7 @@ impl Spool {
                         break;
                     }
                 };
+                self.progress.send_modify(|p| p.read += chunk.len() as u64);
                 let fresh = if skip >= chunk.len() as u64 {
                     skip -= chunk.len() as u64;
                     continue;
@@ -122,6 +129,23 @@ impl Spool {
         self.progress.send_modify(|p| p.closed = true);
     }
 
+    /// When the spool was last written, in seconds since the epoch.
+    pub fn modified_unix(&self) -> Option<i64> {
+        let modified = std::fs::metadata(&self.path).ok()?.modified().ok()?;
+        Some(modified.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64)
+    }
+
+    /// The spool's last `max` bytes.
+    pub fn tail(&self, max: usize) -> std::io::Result<Vec<u8>> {
+        use std::io::{Read, Seek};
+        let mut f = std::fs::File::open(&self.path)?;
+        let len = f.metadata()?.len();
+        f.seek(SeekFrom::Start(len.saturating_sub(max as u64)))?;
+        let mut out = Vec::new();
+        f.read_to_end(&mut out)?;
+        Ok(out)
+    }
+
     /// Removes the spool of a job this agent no longer tracks, if there is one.
     pub fn discard(dir: &Path, job: &JobId) {
         let _ = std::fs::remove_file(dir.join(file_name(job)));
@@ -134,6 +158,94 @@ impl Spool {
             tracing::warn!(path = %self.path.display(), "cannot remove a spooled log: {e}");
         }
     }
+}
+
+/// How much of a spool's end is compared with Docker's log of a re-adopted container.
+pub const OVERLAP_WINDOW: usize = 1 << 20;
+/// Bytes that must match for a place in Docker's log to count as where the spool ends.
+const ANCHOR: usize = 64;
+/// How far into Docker's log the spool's end is looked for before everything is kept.
+const SCAN_LIMIT: usize = 256 << 20;
+
+/// A re-adopted container's output read back from Docker's log from a little before the spool's
+/// last write (`tail` is the spool's end): the part the spool already has is taken off where the
+/// two meet, so that what the container wrote while no agent listened follows the spool exactly.
+/// Where no meeting point is found, everything read back is kept: a repeat, never a loss.
+pub fn after_overlap<S>(output: S, tail: Vec<u8>) -> impl Stream<Item = Result<Bytes, ShimError>> + Send
+where
+    S: Stream<Item = Result<Bytes, ShimError>> + Send + Unpin,
+{
+    enum Phase<S> {
+        Meet(S, Vec<u8>),
+        Rest(S),
+        Fail(ShimError),
+        Done,
+    }
+    futures_util::stream::unfold(Phase::Meet(output, tail), |phase| async move {
+        match phase {
+            Phase::Meet(mut output, tail) => {
+                let mut buf = Vec::new();
+                let mut next = None;
+                let mut from = 0;
+                let met = loop {
+                    if let Some(j) = meeting(&tail, &buf, from) {
+                        break Some(j);
+                    }
+                    from = buf.len() + 1;
+                    if buf.len() >= SCAN_LIMIT {
+                        break None;
+                    }
+                    match tokio::time::timeout(Duration::from_secs(2), output.next()).await {
+                        Ok(Some(Ok(b))) => buf.extend_from_slice(&b),
+                        Ok(Some(Err(e))) => {
+                            next = Some(Phase::Fail(e));
+                            break None;
+                        }
+                        Ok(None) => {
+                            next = Some(Phase::Done);
+                            break None;
+                        }
+                        // Quiet for a while: all there is to compare has come.
+                        Err(_) => break None,
+                    }
+                };
+                let met = met.or_else(|| Some(short_meeting(&tail, &buf)).filter(|&k| k > 0));
+                if met.is_none() && !tail.is_empty() {
+                    tracing::warn!(
+                        "the spooled output's end was not found in Docker's log: {} bytes read back are kept, \
+                         some may repeat",
+                        buf.len()
+                    );
+                }
+                let fresh = Bytes::from(buf.split_off(met.unwrap_or(0)));
+                Some((Ok(fresh), next.unwrap_or(Phase::Rest(output))))
+            }
+            Phase::Rest(mut output) => output.next().await.map(|item| (item, Phase::Rest(output))),
+            Phase::Fail(e) => Some((Err(e), Phase::Done)),
+            Phase::Done => None,
+        }
+    })
+}
+
+/// The first place `j ≥ from` in `read` where the `ANCHOR` bytes before it end `spooled`, and so
+/// does all that comes before it (up to the length of `spooled`): where the spool ends.
+fn meeting(spooled: &[u8], read: &[u8], from: usize) -> Option<usize> {
+    if spooled.is_empty() {
+        return Some(0);
+    }
+    let anchor = ANCHOR.min(spooled.len());
+    let end = &spooled[spooled.len() - anchor..];
+    let last = end[anchor - 1];
+    (from.max(anchor)..=read.len()).find(|&j| {
+        let m = j.min(spooled.len());
+        read[j - 1] == last && &read[j - anchor..j] == end && spooled.ends_with(&read[j - m..j])
+    })
+}
+
+/// A meeting shorter than the anchor, at the very start of `read`: only when no longer one is.
+fn short_meeting(spooled: &[u8], read: &[u8]) -> usize {
+    let most = ANCHOR.min(spooled.len()).min(read.len() + 1);
+    (1..most).rev().find(|&k| spooled.ends_with(&read[..k])).unwrap_or(0)
 }
 
 /// Sends the spool to the coordinator on one stream of `conn`, from the offset the coordinator
@@ -221,6 +333,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn meeting_finds_where_the_spool_ends_in_docker_s_log() {
+        let spooled: Vec<u8> = (0..500_000).flat_map(|i| format!("{i}\n").into_bytes()).collect();
+        // Docker's log from further back than the window compared, past the spool's end.
+        let tail = &spooled[spooled.len() - 100_000..];
+        let mut read = spooled[spooled.len() - 1_000_000..].to_vec();
+        read.extend_from_slice(b"500000\n500001\n");
+        let j = meeting(tail, &read, 0).expect("found");
+        assert!(read[j..] == *b"500000\n500001\n", "met at {j} of {}", read.len());
+        // From within the window, and a spool that ends in the middle of a line.
+        assert_eq!(short_meeting(b"abc\nde", b"c\ndef\n"), 4);
+        assert_eq!(meeting(b"", b"new", 0), Some(0));
+        // A short match at the start does not win over the real, longer one.
+        let mut early = b"9\n".to_vec();
+        early.extend_from_slice(&read);
+        let j = meeting(tail, &early, 0).expect("found");
+        assert!(early[j..] == *b"500000\n500001\n", "met at {j} of {}", early.len());
+        // Not there (yet): nothing is taken off.
+        assert_eq!(
+            meeting(&spooled, b"something else entirely, longer than the anchor of sixty-four bytes ...", 0),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn after_overlap_keeps_only_what_is_new() {
+        let chunks: Vec<Result<Bytes, ShimError>> =
+            vec![Ok(Bytes::from_static(b"lo wor")), Ok(Bytes::from_static(b"ld\nand more\n"))];
+        let out = after_overlap(futures_util::stream::iter(chunks), b"hello wor".to_vec());
+        let got: Vec<u8> = out.map(|c| c.expect("ok")).collect::<Vec<_>>().await.concat();
+        assert_eq!(got, b"ld\nand more\n");
+    }
+
+    #[test]
     fn job_ids_never_leave_the_spool_dir() {
         assert_eq!(file_name(&JobId::from("a1b2-c3_d")), "a1b2-c3_d.log");
         assert_eq!(file_name(&JobId::from("../x")), "x2e2e2f78.log");
@@ -235,7 +380,7 @@ mod tests {
         let chunks: Vec<Result<Bytes, ShimError>> =
             vec![Ok(Bytes::from_static(b"hello ")), Ok(Bytes::from_static(b"world"))];
         spool.clone().fill(futures_util::stream::iter(chunks), 0).await;
-        assert_eq!(spool.progress(), Progress { len: 11, closed: true });
+        assert_eq!(spool.progress(), Progress { len: 11, closed: true, read: 11 });
 
         // An agent restart: the spool is kept, and the output read again from the start adds
         // only what is new.
@@ -245,7 +390,7 @@ mod tests {
             vec![Ok(Bytes::from_static(b"hello wo")), Ok(Bytes::from_static(b"rld and more\n"))];
         again.clone().fill(futures_util::stream::iter(replay), 11).await;
         assert_eq!(std::fs::read(again.path()).expect("read"), b"hello world and more\n");
-        assert_eq!(again.progress(), Progress { len: 21, closed: true });
+        assert_eq!(again.progress(), Progress { len: 21, closed: true, read: 21 });
 
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(again.path()).expect("stat").permissions().mode() & 0o777;

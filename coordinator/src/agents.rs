@@ -26,6 +26,9 @@ use crate::secrets::{random_hex, sha256_hex};
 use crate::store::{JobRow, NodeRow};
 use crate::{Session, State, VERSION};
 
+/// Bi-streams one agent may have open at once (its jobs' logs, fetches).
+const AGENT_STREAMS: u32 = 8192;
+
 /// Commands queued for one node before the sender has to wait.
 const COMMAND_QUEUE: usize = 256;
 
@@ -37,6 +40,9 @@ pub fn bind(state: &State, addr: SocketAddr) -> anyhow::Result<quinn::Endpoint> 
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport.max_idle_timeout(Some(Duration::from_secs(30).try_into()?));
+    // Streams an agent opens: one per job's log for the job's whole life, plus image and binary
+    // fetches. quinn's default (100) would make the 101st job on a node wait for a stream.
+    transport.max_concurrent_bidi_streams(AGENT_STREAMS.into());
     config.transport_config(Arc::new(transport));
     let socket =
         std::net::UdpSocket::bind(addr).with_context(|| format!("cannot listen for agents (QUIC) on {addr}"))?;
@@ -771,7 +777,11 @@ async fn store_log(
                 log.append(offset, &data).with_context(|| format!("cannot store logs of job {job_id}"))?
             }
             LogFrame::End { total } => {
-                let complete = log.finish_synced(total).with_context(|| format!("cannot sync logs of job {job_id}"))?;
+                // Syncing a large log takes a while: never on the thread that carries heartbeats.
+                let syncing = log.clone();
+                let complete = tokio::task::spawn_blocking(move || syncing.finish_synced(total))
+                    .await?
+                    .with_context(|| format!("cannot sync logs of job {job_id}"))?;
                 write_frame(&mut send, &CoordinatorMessage::LogStored { offset: log.stored(), complete }).await?;
                 let _ = send.finish();
                 // The agent reads the answer before it closes the stream.

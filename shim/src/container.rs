@@ -141,6 +141,23 @@ impl Shim {
     /// The container's stdout and stderr, merged in the order written, from the start; follows a
     /// running container until it exits. The stream owns its own handle, so it may outlive `self`.
     pub fn logs(&self, container: &str) -> impl Stream<Item = Result<Bytes, ShimError>> + Send + use<> {
+        self.logs_since(container, None)
+    }
+
+    /// Like [`Shim::logs`], only what Docker logged at or after `since` (seconds since the epoch),
+    /// when given: Docker's log, rotated or not, read from a point in time rather than a byte.
+    pub fn logs_since(
+        &self,
+        container: &str,
+        since: Option<i32>,
+    ) -> impl Stream<Item = Result<Bytes, ShimError>> + Send + use<> {
+        // With `since`, entries carry Docker's timestamp ("<RFC 3339> "), taken off here.
+        let strip = move |bytes: Bytes| -> Bytes {
+            match (since, bytes.iter().position(|&b| b == b' ')) {
+                (Some(_), Some(i)) => bytes.slice(i + 1..),
+                _ => bytes,
+            }
+        };
         // The last byte followed (256: none yet), for the check at the end.
         let last = Arc::new(AtomicU16::new(256));
         let (shim, name) = (self.clone(), container.to_owned());
@@ -148,11 +165,17 @@ impl Shim {
             let (shim, container, last) = (shim.clone(), name.clone(), last.clone());
             stream::once(async move {
                 let docker = shim.client().await?.clone();
-                let options = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).build();
+                let options = LogsOptionsBuilder::default()
+                    .follow(true)
+                    .stdout(true)
+                    .stderr(true)
+                    .since(since.unwrap_or(0))
+                    .timestamps(since.is_some())
+                    .build();
                 let lines = docker.logs(&container, Some(options));
                 Ok(lines.map(move |chunk| {
                     let bytes = chunk
-                        .map(LogOutput::into_bytes)
+                        .map(|c| strip(c.into_bytes()))
                         .map_err(|e| shim.container_error("reading logs of", &container, e))?;
                     if let Some(&b) = bytes.last() {
                         last.store(u16::from(b), Ordering::Relaxed);
@@ -170,11 +193,12 @@ impl Shim {
                 return None;
             }
             let docker = shim.client().await.ok()?.clone();
-            let options = LogsOptionsBuilder::default().stdout(true).stderr(true).tail("1").build();
+            let options =
+                LogsOptionsBuilder::default().stdout(true).stderr(true).tail("1").timestamps(since.is_some()).build();
             let entries: Vec<_> = docker.logs(&name, Some(options)).collect().await;
             let mut bytes = Vec::new();
             for entry in entries {
-                bytes.extend_from_slice(&entry.ok()?.into_bytes());
+                bytes.extend_from_slice(&strip(entry.ok()?.into_bytes()));
             }
             (!bytes.is_empty() && !bytes.ends_with(b"\n")).then(|| Ok(Bytes::from(bytes)))
         })
@@ -243,14 +267,12 @@ impl Shim {
             Err(_) => None,
         };
         let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
-        let networks = self.lock_networks().await;
         let removed = docker.remove_container(container, Some(options)).await;
         if removed.is_ok()
             && let Some(run) = run
         {
             self.release_run_network(&run).await;
         }
-        drop(networks);
         match removed {
             Ok(()) => Ok(()),
             Err(e) if status_of(&e) == Some(404) => Ok(()),

@@ -68,9 +68,22 @@ impl Shim {
         }
     }
 
-    /// Removes the run's network on this host once no container is attached to it any more.
+    /// Removes the run's network on this host once no container of the run is left, in any state:
+    /// Docker would also remove a network that a created, not yet started container is to join.
     pub(crate) async fn release_run_network(&self, run: &str) {
         let Ok(docker) = self.client().await else { return };
+        let _networks = self.lock_networks().await;
+        let filters = HashMap::from([("label".to_owned(), vec![format!("{LABEL_RUN}={run}")])]);
+        let options =
+            bollard::query_parameters::ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        match docker.list_containers(Some(options)).await {
+            Ok(left) if left.is_empty() => {}
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(run, "cannot list the run's containers: {}", daemon_message(&e));
+                return;
+            }
+        }
         let name = format!("corral-run-{run}");
         match docker.remove_network(&name).await {
             Ok(()) => tracing::debug!(network = %name, "removed the run's network"),

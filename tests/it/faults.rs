@@ -696,7 +696,7 @@ async fn agent_kill_9_loses_no_job_and_no_output() -> anyhow::Result<()> {
     let mut agent = coord.agent(dir.path(), "real", "real")?;
     crate::harness::nodes_ready(&client, 1).await?;
 
-    let end_at = now_unix() + 8;
+    let end_at = now_unix() + 14;
     let wait = |t: u64| format!("while [ $(date +%s) -lt {t} ]; do sleep 0.2; done");
     let real = |name: &str, tail: &str| {
         format!(
@@ -705,7 +705,15 @@ async fn agent_kill_9_loses_no_job_and_no_output() -> anyhow::Result<()> {
     };
     let numbered = "seq 1 20000";
     submit(&client, &real("during", &format!("{}; {numbered}; echo end during", wait(end_at))), "during").await?;
-    submit(&client, &real("after", &format!("{}; {numbered}; echo end after", wait(end_at + 10))), "after").await?;
+    // `after` writes 39 MB before the kill, more than Docker keeps (10 MB × 3 here): its log read
+    // back after the restart must still line up.
+    let big = 5_000_000;
+    submit(
+        &client,
+        &real("after", &format!("seq 1 {big}; {}; {numbered}; echo end after", wait(end_at + 10))),
+        "after",
+    )
+    .await?;
     submit(&client, &real("bad", &format!("{}; echo failing; exit 3", wait(end_at))), "bad").await?;
     wait_for("3 runs running", Duration::from_secs(60), || async {
         let runs = all_runs(&client).await?;
@@ -726,7 +734,11 @@ async fn agent_kill_9_loses_no_job_and_no_output() -> anyhow::Result<()> {
     let restarted = Instant::now();
 
     let seq: String = (1..=20000).map(|n| format!("{n}\n")).collect();
-    let want = |name: &str| format!("begin {name}\n{seq}end {name}\n");
+    let big_seq: String = (1..=big).map(|n| format!("{n}\n")).collect();
+    let want = |name: &str| {
+        let before = if name == "after" { big_seq.as_str() } else { "" };
+        format!("begin {name}\n{before}{seq}end {name}\n")
+    };
     wait_for("every run ended with its whole log", Duration::from_secs(90), || async {
         let runs = all_runs(&client).await?;
         if !runs.iter().all(|r| r.state.is_finished()) {
@@ -749,11 +761,22 @@ async fn agent_kill_9_loses_no_job_and_no_output() -> anyhow::Result<()> {
         }
     }
     for name in ["during", "after"] {
-        assert!(crate::harness::logs(&client, name).await? == want(name), "the log of {name}");
+        let (got, want) = (crate::harness::logs(&client, name).await?, want(name));
+        let at = got.bytes().zip(want.bytes()).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
+        let around = |t: &str| t.get(at.saturating_sub(40)..(at + 40).min(t.len())).unwrap_or("").to_owned();
+        assert!(
+            got == want,
+            "the log of {name}: {} bytes, want {}; first difference at {at}: {:?} vs {:?}",
+            got.len(),
+            want.len(),
+            around(&got),
+            around(&want)
+        );
     }
     assert_eq!(crate::harness::logs(&client, "bad").await?, "begin bad\nfailing\n");
     println!(
-        "faults: agent kill -9 with 3 jobs running (2 ending while it was down, one with exit code 3): down \
+        "faults: agent kill -9 with 3 jobs running (2 ending while it was down, one with exit code 3, one with \
+         39 MB written before it): down \
          {:.1}s, every run ended with its whole log {:.1}s after the agent's restart; runs in a wrong state {}, \
          log bytes lost 0",
         down.as_secs_f64(),
