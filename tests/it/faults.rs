@@ -669,6 +669,8 @@ async fn a_full_disk_refuses_new_work_and_loses_nothing() -> anyhow::Result<()> 
     let text = crate::harness::logs(&client, "writer").await?;
     assert!(text == want, "the log after the disk was freed differs from what the job wrote");
     submit(&client, &writer("later", "echo later"), "later").await?;
+    // Ended before the agent goes, so that its container is not left behind half made.
+    crate::harness::wait_state(&client, "later", |r| r.state.is_finished(), Duration::from_secs(60)).await?;
     println!(
         "faults: coordinator disk full ({:.1} MB filler on a 48 MB tmpfs): new run refused ({refusal}); \
          {} of {} log bytes stored while full, the run {state_while_full} meanwhile; after freeing, the run \
