@@ -158,6 +158,10 @@ impl Jobs {
 
     /// Re-adopts the containers Docker has for this node (after an agent restart).
     pub async fn adopt(self: &Arc<Self>) -> Result<usize, ShimError> {
+        let pruned = self.shim.prune_run_networks(&self.node).await;
+        if pruned > 0 {
+            tracing::info!(networks = pruned, "removed run networks no container uses");
+        }
         let found = self.shim.list(Some(&self.node)).await?;
         let n = found.len();
         for c in found {

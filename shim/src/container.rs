@@ -271,7 +271,7 @@ impl Shim {
         if removed.is_ok()
             && let Some(run) = run
         {
-            self.release_run_network(&run).await;
+            let _ = self.release_run_network(&run).await;
         }
         match removed {
             Ok(()) => Ok(()),

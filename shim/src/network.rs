@@ -68,28 +68,50 @@ impl Shim {
         }
     }
 
+    /// Removes this node's run networks that no container uses any more (left by an agent that
+    /// stopped between removing a run's last container and its network). Returns how many.
+    pub async fn prune_run_networks(&self, node: &corral_proto::ids::NodeId) -> usize {
+        let Ok(docker) = self.client().await else { return 0 };
+        let filters = HashMap::from([("label".to_owned(), vec![format!("{LABEL_NODE}={node}")])]);
+        let options = bollard::query_parameters::ListNetworksOptionsBuilder::default().filters(&filters).build();
+        let Ok(networks) = docker.list_networks(Some(options)).await else { return 0 };
+        let mut pruned = 0;
+        for run in networks.iter().filter_map(|n| n.labels.as_ref()?.get(LABEL_RUN).cloned()) {
+            if self.release_run_network(&run).await {
+                pruned += 1;
+            }
+        }
+        pruned
+    }
+
     /// Removes the run's network on this host once no container of the run is left, in any state:
     /// Docker would also remove a network that a created, not yet started container is to join.
-    pub(crate) async fn release_run_network(&self, run: &str) {
-        let Ok(docker) = self.client().await else { return };
+    pub(crate) async fn release_run_network(&self, run: &str) -> bool {
+        let Ok(docker) = self.client().await else { return false };
         let _networks = self.lock_networks().await;
         let filters = HashMap::from([("label".to_owned(), vec![format!("{LABEL_RUN}={run}")])]);
         let options =
             bollard::query_parameters::ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
         match docker.list_containers(Some(options)).await {
             Ok(left) if left.is_empty() => {}
-            Ok(_) => return,
+            Ok(_) => return false,
             Err(e) => {
                 tracing::warn!(run, "cannot list the run's containers: {}", daemon_message(&e));
-                return;
+                return false;
             }
         }
         let name = format!("corral-run-{run}");
         match docker.remove_network(&name).await {
-            Ok(()) => tracing::debug!(network = %name, "removed the run's network"),
+            Ok(()) => {
+                tracing::debug!(network = %name, "removed the run's network");
+                true
+            }
             // Still in use by another job of the run, or gone already.
-            Err(e) if matches!(status_of(&e), Some(403 | 404 | 409)) => {}
-            Err(e) => tracing::warn!(network = %name, "cannot remove the run's network: {}", daemon_message(&e)),
+            Err(e) if matches!(status_of(&e), Some(403 | 404 | 409)) => false,
+            Err(e) => {
+                tracing::warn!(network = %name, "cannot remove the run's network: {}", daemon_message(&e));
+                false
+            }
         }
     }
 }

@@ -176,6 +176,7 @@ async fn offers_put_on_prem_nodes_first_then_aws_instance_types_by_price() -> an
     let c = coordinator(dir.path(), &moto.url).await?;
     let state = dir.path().join("agent");
     let token = std::fs::read_to_string(c.data.join("join-token"))?;
+    let _containers = crate::harness::ContainerGuard::for_state(&state);
     let _agent = agent(&c.quic, token.trim(), "rack-1", &state)?;
     wait_until(Duration::from_secs(30), async || offers(&c, &[]).is_ok_and(|o| o.iter().any(|o| o.name == "rack-1")))
         .await
@@ -305,6 +306,7 @@ async fn an_elastic_fleet_launches_its_minimum_its_instance_joins_and_a_restart_
 
     // Emulated instances do not boot: a real agent with that token plays the instance.
     let state = dir.path().join("agent");
+    let _containers = crate::harness::ContainerGuard::for_state(&state);
     let _agent = agent(&quic, &token, &node, &state)?;
     let client = corral_cli::client::Client::new(
         &format!("http://{http}"),
@@ -412,6 +414,7 @@ async fn a_fleet_grows_for_queued_work_replaces_an_instance_that_never_enrolls_a
     anyhow::ensure!(out.status.success(), "stop: {}", String::from_utf8_lossy(&out.stderr));
     let (token, node) = user_data_args(&moto, &second[0]).await?;
     let state = dir.path().join("agent");
+    let _containers = crate::harness::ContainerGuard::for_state(&state);
     let _agent = agent(&quic, &token, &node, &state)?;
     wait_until_instances(&moto, "grow", |ids| ids.is_empty()).await.context("the idle instance terminated")?;
     Ok(())

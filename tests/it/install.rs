@@ -60,6 +60,9 @@ impl Drop for Hosts {
         if !ids.is_empty() {
             let _ = Command::new("docker").arg("rm").arg("-f").args(&ids).output();
         }
+        for node in &self.nodes {
+            crate::harness::remove_node_networks(node);
+        }
     }
 }
 

@@ -68,7 +68,8 @@ fn unique_job_id(tag: &str) -> JobId {
 /// A job running `commands` in the test image, and the guard that removes its container.
 fn job(tag: &str, commands: &[&str]) -> (JobSpec, Cleanup) {
     let job_id = unique_job_id(tag);
-    let cleanup = Cleanup(container_name(&job_id));
+    let cleanup =
+        Cleanup(container_name(&job_id), corral_shim::network::network_name(&format!("run-{job_id}").as_str().into()));
     let spec = JobSpec {
         node_id: format!("node-{job_id}").as_str().into(),
         run_id: format!("run-{job_id}").as_str().into(),
@@ -87,13 +88,14 @@ fn job(tag: &str, commands: &[&str]) -> (JobSpec, Cleanup) {
     (spec, cleanup)
 }
 
-/// Removes a test's container when the test ends, passed or failed. Through the CLI, because
-/// `Drop` cannot await and may run while the test's runtime is gone.
-struct Cleanup(String);
+/// Removes a test's container and its run's network when the test ends, passed or failed.
+/// Through the CLI, because `Drop` cannot await and may run while the test's runtime is gone.
+struct Cleanup(String, String);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = Command::new("docker").args(["rm", "--force", "--volumes", &self.0]).output();
+        let _ = Command::new("docker").args(["network", "rm", &self.1]).output();
     }
 }
 
