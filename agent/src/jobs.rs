@@ -199,7 +199,7 @@ impl Jobs {
                         }
                         _ => Box::pin(self.shim.logs(&name)),
                     };
-                    tokio::spawn(spool.clone().fill(output, 0));
+                    tokio::spawn(spool.clone().fill(output));
                     self.set_spool(&c.job_id, spool);
                 }
                 Err(e) => tracing::error!(job = %c.job_id, "cannot spool the output of an adopted container: {e}"),
@@ -255,6 +255,11 @@ impl Jobs {
         self.record(JobUpdate { job_id: id.clone(), state, exit_code: None, reason: None, message: None });
     }
 
+    /// A job still under way, with a word for its status.
+    fn note(&self, id: &JobId, state: JobState, message: String) {
+        self.record(JobUpdate { job_id: id.clone(), state, exit_code: None, reason: None, message: Some(message) });
+    }
+
     fn finish(&self, id: &JobId, reason: TerminationReason, exit_code: Option<i64>, message: Option<String>) {
         tracing::info!(job = %id, %reason, ?exit_code, "job ended");
         let update =
@@ -293,16 +298,10 @@ impl Jobs {
         let opts = RunOptions { gpu_passthrough: self.gpu_passthrough };
         match self.shim.create_and_start_attached(&spec, &opts).await {
             Ok((_, output, note)) => {
-                tokio::spawn(spool.clone().fill(output, 0));
+                tokio::spawn(spool.clone().fill(output));
                 self.set_spool(&id, spool);
                 if let Some(note) = note {
-                    self.record(JobUpdate {
-                        job_id: id.clone(),
-                        state: JobState::Running,
-                        exit_code: None,
-                        reason: None,
-                        message: Some(note),
-                    });
+                    self.note(&id, JobState::Running, note);
                 }
             }
             Err(e) => {
@@ -339,13 +338,7 @@ impl Jobs {
                 Ok(false) => break,
                 Err(e) if attempt < IMAGE_FETCH_ATTEMPTS => {
                     tracing::warn!(job = %id, image, attempt, "image transfer interrupted, trying again: {e}");
-                    self.record(JobUpdate {
-                        job_id: id.clone(),
-                        state: JobState::Pulling,
-                        exit_code: None,
-                        reason: None,
-                        message: Some(format!("the image transfer was interrupted ({e}); trying again")),
-                    });
+                    self.note(id, JobState::Pulling, format!("the image transfer was interrupted ({e}); trying again"));
                     // On the next connection, or this one again after a moment.
                     let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -400,14 +393,7 @@ impl Jobs {
             async move {
                 let (mut recv, done) = state?;
                 if let Some(message) = progress {
-                    let update = JobUpdate {
-                        job_id: job,
-                        state: JobState::Pulling,
-                        exit_code: None,
-                        reason: None,
-                        message: Some(message),
-                    };
-                    this.record(update);
+                    this.note(&job, JobState::Pulling, message);
                 }
                 match recv.read_chunk(256 * 1024, true).await {
                     Ok(Some(chunk)) => {
@@ -423,13 +409,7 @@ impl Jobs {
             }
         });
         self.shim.load_image(image, tar).await?;
-        self.record(JobUpdate {
-            job_id: id.clone(),
-            state: JobState::Pulling,
-            exit_code: None,
-            reason: None,
-            message: Some(format!("loaded the image from the coordinator ({mib:.1} MiB)")),
-        });
+        self.note(id, JobState::Pulling, format!("loaded the image from the coordinator ({mib:.1} MiB)"));
         Ok(true)
     }
 

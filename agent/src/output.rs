@@ -29,8 +29,6 @@ const ACK_WAIT: Duration = Duration::from_secs(60);
 pub struct Progress {
     pub len: u64,
     pub closed: bool,
-    /// Bytes read from the container's output, those skipped included (a sign of life).
-    pub read: u64,
 }
 
 /// One job's spooled output.
@@ -46,7 +44,7 @@ impl Spool {
         create_private_dir(dir)?;
         let path = dir.join(file_name(job));
         let len = std::fs::metadata(&path).map_or(0, |m| m.len());
-        Ok(Arc::new(Self { path, progress: watch::Sender::new(Progress { len, closed: false, read: 0 }) }))
+        Ok(Arc::new(Self { path, progress: watch::Sender::new(Progress { len, closed: false }) }))
     }
 
     /// A fresh spool for a container that is about to start: anything under its name is stale.
@@ -69,11 +67,9 @@ impl Spool {
         &self.path
     }
 
-    /// Appends the container's output as it comes, leaving out its first `skip` bytes (already
-    /// here: an adopted container's output read again from Docker), then syncs and closes the
-    /// spool. A read that fails ends the spool with a line saying so, so the user knows where the
+    /// Appends the container's output as it comes, then syncs and closes the spool. A read that fails ends the spool with a line saying so, so the user knows where the
     /// output stops and why.
-    pub async fn fill<S>(self: Arc<Self>, output: S, mut skip: u64)
+    pub async fn fill<S>(self: Arc<Self>, output: S)
     where
         S: Stream<Item = Result<Bytes, ShimError>> + Send,
     {
@@ -95,16 +91,7 @@ impl Spool {
                         break;
                     }
                 };
-                self.progress.send_modify(|p| p.read += chunk.len() as u64);
-                let fresh = if skip >= chunk.len() as u64 {
-                    skip -= chunk.len() as u64;
-                    continue;
-                } else {
-                    let from = skip as usize;
-                    skip = 0;
-                    chunk.slice(from..)
-                };
-                self.append(&mut file, &fresh).await?;
+                self.append(&mut file, &chunk).await?;
             }
             file.sync_all().await?;
             std::io::Result::Ok(())
@@ -373,14 +360,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn fill_skips_what_is_spooled_and_keeps_every_byte() {
+    async fn a_reopened_spool_adds_only_what_is_new_and_keeps_every_byte() {
         let dir = tempfile::tempdir().expect("tempdir");
         let job = JobId::from("j1");
         let spool = Spool::create(dir.path(), &job).expect("spool");
         let chunks: Vec<Result<Bytes, ShimError>> =
             vec![Ok(Bytes::from_static(b"hello ")), Ok(Bytes::from_static(b"world"))];
-        spool.clone().fill(futures_util::stream::iter(chunks), 0).await;
-        assert_eq!(spool.progress(), Progress { len: 11, closed: true, read: 11 });
+        spool.clone().fill(futures_util::stream::iter(chunks)).await;
+        assert_eq!(spool.progress(), Progress { len: 11, closed: true });
 
         // An agent restart: the spool is kept, and the output read again from the start adds
         // only what is new.
@@ -388,9 +375,10 @@ mod tests {
         assert_eq!(again.progress().len, 11);
         let replay: Vec<Result<Bytes, ShimError>> =
             vec![Ok(Bytes::from_static(b"hello wo")), Ok(Bytes::from_static(b"rld and more\n"))];
-        again.clone().fill(futures_util::stream::iter(replay), 11).await;
+        let tail = again.tail(OVERLAP_WINDOW).expect("tail");
+        again.clone().fill(after_overlap(futures_util::stream::iter(replay), tail)).await;
         assert_eq!(std::fs::read(again.path()).expect("read"), b"hello world and more\n");
-        assert_eq!(again.progress(), Progress { len: 21, closed: true, read: 21 });
+        assert_eq!(again.progress(), Progress { len: 21, closed: true });
 
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(again.path()).expect("stat").permissions().mode() & 0o777;

@@ -4,187 +4,21 @@
 //! `CORRAL_FAULT_RUNS` sets how many runs the hollow nodes hold through the coordinator's crash
 //! (default 1,000); `CORRAL_FAULT_OUTPUT_MB` the size of the big-output case (default 200).
 
+mod cluster;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use corral_cli::client::Client;
 use corral_proto::api;
 use corral_proto::job::JobState;
 use corral_tests::hollow::{HollowFleet, HollowOptions, h100_host};
-use corral_tests::procs::{Proc, free_port, wait_until};
 
 use crate::harness::{IMAGE, ensure_image, wait_for};
 
-const COORDINATOR: &str = env!("CARGO_BIN_EXE_corral-test-coordinator");
-const AGENT: &str = env!("CARGO_BIN_EXE_corral-test-agent");
-
-/// `corral-coordinator` as a process that can be killed and started again on the same data dir
-/// and ports.
-struct Coord {
-    proc: Option<Proc>,
-    http: String,
-    quic: String,
-    data: PathBuf,
-    log: PathBuf,
-    extra: Vec<String>,
-}
-
-impl Coord {
-    async fn start(dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
-        let mut c = Self {
-            proc: None,
-            http: format!("127.0.0.1:{}", free_port()?),
-            quic: format!("127.0.0.1:{}", free_port()?),
-            data: dir.join("coord"),
-            log: dir.join("coordinator.log"),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        c.restart().await?;
-        Ok(c)
-    }
-
-    async fn restart(&mut self) -> anyhow::Result<()> {
-        self.proc = None;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        self.proc = Some(Proc(
-            Command::new(COORDINATOR)
-                .args(["--http-listen", &self.http, "--quic-listen", &self.quic, "--no-tls"])
-                .args(&self.extra)
-                .arg("--data-dir")
-                .arg(&self.data)
-                .env("CORRAL_LOG", "info")
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()?,
-        ));
-        let url = format!("http://{}/api/health", self.http);
-        wait_until(Duration::from_secs(60), async || reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()))
-            .await
-            .context("the coordinator did not start")
-    }
-
-    /// SIGKILL: no shutdown, no goodbye to the agents.
-    fn kill9(&mut self) {
-        self.proc = None;
-    }
-
-    fn client(&self) -> anyhow::Result<Client> {
-        let token = std::fs::read_to_string(self.data.join("admin-token"))?;
-        Ok(Client::new(&format!("http://{}", self.http), token.trim(), "main"))
-    }
-
-    fn join_token(&self) -> anyhow::Result<String> {
-        Ok(std::fs::read_to_string(self.data.join("join-token"))?.trim().to_owned())
-    }
-
-    /// The agent binary as a process, enrolled with this coordinator; its containers are removed
-    /// when the returned guard goes.
-    fn agent(&self, dir: &Path, name: &str, fleet: &str) -> anyhow::Result<AgentProc> {
-        let state = dir.join(name);
-        std::fs::create_dir_all(&state)?;
-        let mut agent = AgentProc {
-            proc: None,
-            state,
-            log: dir.join(format!("{name}.log")),
-            args: vec![
-                "--coordinator".into(),
-                self.quic.clone(),
-                "--token".into(),
-                self.join_token()?,
-                "--name".into(),
-                name.into(),
-                "--fleet".into(),
-                fleet.into(),
-                // The coordinator serves the tests' own agent binary, which is not this one.
-                "--no-self-upgrade".into(),
-            ],
-        };
-        agent.restart()?;
-        Ok(agent)
-    }
-}
-
-struct AgentProc {
-    proc: Option<Proc>,
-    state: PathBuf,
-    log: PathBuf,
-    args: Vec<String>,
-}
-
-impl AgentProc {
-    /// Starts the agent again on its state dir (it is enrolled: the token is not used again).
-    fn restart(&mut self) -> anyhow::Result<()> {
-        self.proc = None;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        self.proc = Some(Proc(
-            Command::new(AGENT)
-                .args(&self.args)
-                .arg("--state-dir")
-                .arg(&self.state)
-                .arg("--nvml-library")
-                .arg(self.state.join("no-libnvidia-ml.so"))
-                .env("CORRAL_LOG", "info")
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()?,
-        ));
-        Ok(())
-    }
-
-    fn pid(&self) -> u32 {
-        self.proc.as_ref().map_or(0, Proc::pid)
-    }
-
-    /// SIGKILL of the agent alone: its containers keep running.
-    fn kill9(&mut self) {
-        self.proc = None;
-    }
-
-    fn signal(&self, signal: &str) -> anyhow::Result<()> {
-        let status = Command::new("kill").args([&format!("-{signal}"), &self.pid().to_string()]).status()?;
-        anyhow::ensure!(status.success(), "kill -{signal} failed");
-        Ok(())
-    }
-}
-
-impl Drop for AgentProc {
-    fn drop(&mut self) {
-        corral_tests::procs::remove_node_containers(&self.state);
-    }
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-async fn submit(client: &Client, text: &str, name: &str) -> anyhow::Result<()> {
-    let configuration = corral_proto::config::parse(text, name).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let submit = api::SubmitRun { configuration, source: None, name: None };
-    let _: api::Run = client.post(&client.project_path("runs"), &submit).await?;
-    Ok(())
-}
-
-async fn all_runs(client: &Client) -> anyhow::Result<Vec<api::Run>> {
-    client.get(&format!("{}?all=true", client.project_path("runs"))).await
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-/// Docker's view of a container: (running, started at).
-fn docker_state(container: &str) -> Option<(bool, String)> {
-    let out = Command::new("docker")
-        .args(["inspect", "-f", "{{.State.Running}} {{.State.StartedAt}}", container])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let (running, started) = text.trim().split_once(' ')?;
-    out.status.success().then(|| (running == "true", started.to_owned()))
-}
+use cluster::*;
 
 /// `kill -9` of the coordinator with runs in flight: hollow nodes hold `CORRAL_FAULT_RUNS` runs, a
 /// real agent runs real containers, some of which end (one with an error) while the coordinator
@@ -192,15 +26,11 @@ fn docker_state(container: &str) -> Option<(bool, String)> {
 /// every log whole, the real exit codes recorded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinator_kill_9_under_load_loses_nothing() -> anyhow::Result<()> {
-    ensure_image();
     let dir = tempfile::tempdir()?;
     if std::env::var_os("CORRAL_FAULT_KEEP").is_some() {
         println!("faults: keeping {}", dir.path().display());
     }
-    let mut coord = Coord::start(dir.path(), &[]).await?;
-    let client = coord.client()?;
-    let agent = coord.agent(dir.path(), "real", "real")?;
-    crate::harness::nodes_ready(&client, 1).await?;
+    let (mut coord, client, agent) = one_agent(dir.path()).await?;
 
     let hollow_runs = env_usize("CORRAL_FAULT_RUNS", 1000);
     let token: corral_proto::token::JoinToken = coord.join_token()?.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -213,12 +43,8 @@ async fn coordinator_kill_9_under_load_loses_nothing() -> anyhow::Result<()> {
     // numbered lines; `bad` ends during it with exit code 3.
     let (long, short) = (4usize, 4usize);
     let end_at = now_unix() + 25;
-    let wait_until_end = format!("while [ $(date +%s) -lt {end_at} ]; do sleep 0.2; done");
-    let real = |name: &str, tail: &str| {
-        format!(
-            "type: task\nname: {name}\nimage: {IMAGE}\nfleets: [real]\nresources:\n  cpu: 0\ncommands:\n  - echo start {name}\n  - {tail}\n"
-        )
-    };
+    let wait_until_end = shell_wait_until(end_at);
+    let real = |name: &str, tail: &str| real(name, &format!("start {name}"), tail);
     for i in 0..long {
         submit(&client, &real(&format!("long-{i}"), "sleep 600"), "long").await?;
     }
@@ -265,14 +91,10 @@ async fn coordinator_kill_9_under_load_loses_nothing() -> anyhow::Result<()> {
         .collect();
 
     // The crash: 2 s before the short jobs end, back 3 s after.
-    while now_unix() + 2 < end_at {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    sleep_until_unix(end_at - 2).await;
     coord.kill9();
     let killed_at = Instant::now();
-    while now_unix() < end_at + 3 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    sleep_until_unix(end_at + 3).await;
     let down = killed_at.elapsed();
     coord.restart().await?;
     let restarted = Instant::now();
@@ -480,12 +302,8 @@ impl SharedBuf {
 /// the follower, reconnecting, prints every line once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinator_kill_9_during_an_image_transfer_and_a_log_follow() -> anyhow::Result<()> {
-    ensure_image();
     let dir = tempfile::tempdir()?;
-    let mut coord = Coord::start(dir.path(), &[]).await?;
-    let client = coord.client()?;
-    let agent = coord.agent(dir.path(), "real", "real")?;
-    crate::harness::nodes_ready(&client, 1).await?;
+    let (mut coord, client, agent) = one_agent(dir.path()).await?;
 
     // An image of 150 MB that only the coordinator has.
     let image = LocalImage(format!("corral-test/fault-transfer-{}:1", std::process::id()));
@@ -510,10 +328,8 @@ async fn coordinator_kill_9_during_an_image_transfer_and_a_log_follow() -> anyho
     anyhow::ensure!(removed.status.success(), "docker rmi: {}", String::from_utf8_lossy(&removed.stderr));
 
     let lines = 40;
-    let text = format!(
-        "type: task\nname: pulled\nimage: {}\nfleets: [real]\nresources:\n  cpu: 0\ncommands:\n  - for i in $(seq 1 {lines}); do echo line-$i; sleep 0.25; done\n",
-        image.0
-    );
+    let text =
+        real_task("pulled", &image.0, "", &[&format!("for i in $(seq 1 {lines}); do echo line-$i; sleep 0.25; done")]);
     submit(&client, &text, "pulled").await?;
     wait_for("the image transfer under way", Duration::from_secs(60), || async {
         let run = crate::harness::run(&client, "pulled").await?;
@@ -612,20 +428,12 @@ fn fill_disk(path: &Path) -> anyhow::Result<u64> {
 /// whole and the job is recorded with its real exit code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_new_work_and_loses_nothing() -> anyhow::Result<()> {
-    ensure_image();
     let dir = tempfile::tempdir()?;
     let disk = Tmpfs::mount(&dir.path().join("coord"), "48m")?;
-    let mut coord = Coord::start(dir.path(), &[]).await?;
-    let client = coord.client()?;
-    let agent = coord.agent(dir.path(), "real", "real")?;
-    crate::harness::nodes_ready(&client, 1).await?;
+    let (mut coord, client, agent) = one_agent(dir.path()).await?;
 
     let lines = 300_000u64;
-    let writer = |name: &str, tail: &str| {
-        format!(
-            "type: task\nname: {name}\nimage: {IMAGE}\nfleets: [real]\nresources:\n  cpu: 0\ncommands:\n  - echo begin\n  - {tail}\n"
-        )
-    };
+    let writer = |name: &str, tail: &str| real(name, "begin", tail);
     submit(&client, &writer("writer", &format!("sleep 4; seq 1 {lines}; echo end")), "writer").await?;
     let run = crate::harness::wait_state(&client, "writer", |r| r.state == JobState::Running, Duration::from_secs(60))
         .await?;
@@ -691,20 +499,12 @@ async fn a_full_disk_refuses_new_work_and_loses_nothing() -> anyhow::Result<()> 
 /// listened comes from Docker's log, and every run ends with its own exit code and whole log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_kill_9_loses_no_job_and_no_output() -> anyhow::Result<()> {
-    ensure_image();
     let dir = tempfile::tempdir()?;
-    let coord = Coord::start(dir.path(), &[]).await?;
-    let client = coord.client()?;
-    let mut agent = coord.agent(dir.path(), "real", "real")?;
-    crate::harness::nodes_ready(&client, 1).await?;
+    let (_coord, client, mut agent) = one_agent(dir.path()).await?;
 
     let end_at = now_unix() + 14;
-    let wait = |t: u64| format!("while [ $(date +%s) -lt {t} ]; do sleep 0.2; done");
-    let real = |name: &str, tail: &str| {
-        format!(
-            "type: task\nname: {name}\nimage: {IMAGE}\nfleets: [real]\nresources:\n  cpu: 0\ncommands:\n  - echo begin {name}\n  - {tail}\n"
-        )
-    };
+    let wait = shell_wait_until;
+    let real = |name: &str, tail: &str| real(name, &format!("begin {name}"), tail);
     let numbered = "seq 1 20000";
     submit(&client, &real("during", &format!("{}; {numbered}; echo end during", wait(end_at))), "during").await?;
     // `after` writes 39 MB before the kill, more than Docker keeps (10 MB × 3 here): its log read
@@ -723,14 +523,10 @@ async fn agent_kill_9_loses_no_job_and_no_output() -> anyhow::Result<()> {
     })
     .await?;
     anyhow::ensure!(now_unix() + 2 < end_at, "the jobs started too late for the agent's outage");
-    while now_unix() + 2 < end_at {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    sleep_until_unix(end_at - 2).await;
     agent.kill9();
     let killed = Instant::now();
-    while now_unix() < end_at + 3 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    sleep_until_unix(end_at + 3).await;
     agent.restart()?;
     let down = killed.elapsed();
     let restarted = Instant::now();
@@ -800,9 +596,7 @@ async fn a_partitioned_agent_s_job_moves_and_its_stale_copy_goes() -> anyhow::Re
     let client = coord.client()?;
     let agents = [coord.agent(dir.path(), "node-a", "real")?, coord.agent(dir.path(), "node-b", "real")?];
     crate::harness::nodes_ready(&client, 2).await?;
-    let text = format!(
-        "type: task\nname: moving\nimage: {IMAGE}\nfleets: [real]\nresources:\n  cpu: 0\nretry:\n  on_events: [interruption]\ncommands:\n  - echo attempt\n  - sleep 600\n"
-    );
+    let text = real_task("moving", IMAGE, "retry:\n  on_events: [interruption]\n", &["echo attempt", "sleep 600"]);
     submit(&client, &text, "moving").await?;
     let first =
         crate::harness::wait_state(&client, "moving", |r| r.state == JobState::Running, Duration::from_secs(60))
