@@ -13,7 +13,7 @@ use corral_proto::inventory::HostInventory;
 use corral_proto::token::JoinToken;
 use corral_proto::wire::io::{read_frame, write_frame};
 use corral_proto::wire::{
-    AgentMessage, COORDINATOR_SERVER_NAME, CoordinatorMessage, EnrollRequest, Hello, PROTOCOL_MAX, PROTOCOL_MIN,
+    AgentMessage, COORDINATOR_SERVER_NAME, CoordinatorMessage, EnrollRequest, Hello, PROTOCOL_MAX, AGENT_PROTOCOL_MIN,
     RefusalCode, Welcome,
 };
 
@@ -104,7 +104,7 @@ pub async fn enroll(
     let csr = rcgen::CertificateParams::new(Vec::<String>::new())?.serialize_request(&key)?;
     let (mut send, mut recv) = conn.open_bi().await?;
     let hello = Hello {
-        protocol_min: PROTOCOL_MIN,
+        protocol_min: AGENT_PROTOCOL_MIN,
         protocol_max: PROTOCOL_MAX,
         agent_version: crate::upgrade::agent_version(),
         enroll: Some(EnrollRequest {
@@ -153,7 +153,7 @@ pub async fn enroll_in_memory(
     let csr = rcgen::CertificateParams::new(Vec::<String>::new())?.serialize_request(&key)?;
     let (mut send, mut recv) = conn.open_bi().await?;
     let hello = Hello {
-        protocol_min: PROTOCOL_MIN,
+        protocol_min: AGENT_PROTOCOL_MIN,
         protocol_max: PROTOCOL_MAX,
         agent_version: crate::upgrade::agent_version(),
         enroll: Some(EnrollRequest {
@@ -240,7 +240,7 @@ pub async fn handshake(
         let conn = endpoint.connect_with(config, remote, COORDINATOR_SERVER_NAME)?.await?;
         let (mut send, mut recv) = conn.open_bi().await?;
         let hello = Hello {
-            protocol_min: PROTOCOL_MIN,
+            protocol_min: AGENT_PROTOCOL_MIN,
             protocol_max: PROTOCOL_MAX,
             agent_version: crate::upgrade::agent_version(),
             enroll: None,

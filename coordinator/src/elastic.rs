@@ -110,7 +110,7 @@ pub async fn run(state: Arc<State>, shutdown: CancellationToken) {
 
 /// Whether a queued job could run on one of the fleet's offers (and names no other fleet).
 fn wants(job: &crate::store::JobRow, fleet: &str, offers: &[api::Offer]) -> bool {
-    let Ok(admitted) = crate::admission::check(&job.configuration) else { return false };
+    let Ok(admitted) = corral_proto::admission::check(&job.configuration) else { return false };
     let fleets = &admitted.task.provisioning.fleets;
     if !fleets.is_empty() && !fleets.iter().any(|f| f.name == fleet) {
         return false;

@@ -227,7 +227,7 @@ async fn submit_run(
     check_project(&state, &project)?;
     // The same limits `corral validate` checks: a client that skips the CLI meets them here.
     req.check().map_err(|e| err(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let admitted = crate::admission::check(&req.configuration).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
+    let admitted = corral_proto::admission::check(&req.configuration).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
     let name = req.name.clone().or_else(|| admitted.task.name.clone()).unwrap_or_else(generated_name);
     api::check_name(NameKind::Run, &name).map_err(|e| err(StatusCode::BAD_REQUEST, format!("name: {e}")))?;
     // Applying a service again deploys the new configuration next to the running one, which

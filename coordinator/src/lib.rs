@@ -17,7 +17,6 @@
 //! command channels lives in memory ([`State::sessions`]) and is rebuilt as agents reconnect.
 
 pub mod activity;
-pub mod admission;
 pub mod agents;
 pub mod autoscale;
 pub mod backends;

@@ -29,6 +29,93 @@ pub struct JobSpec {
     pub stop_grace_secs: u64,
     /// Share the host's network (multi-node jobs: ranks reach each other at the nodes' addresses).
     pub host_network: bool,
+    /// Everything else about the container (protocol 2). Last, so that an agent of protocol 1
+    /// still reads the fields above; the coordinator sends a protocol-1 agent only jobs whose
+    /// `container` is the default ([`ContainerSpec::needs_protocol_2`]).
+    #[serde(default)]
+    pub container: ContainerSpec,
+}
+
+/// How a job's container is made, beyond its image and commands: the shell, the user, mounts,
+/// what is put in it before it starts, devices.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ContainerSpec {
+    /// Runs `commands`: `bash`, `sh` or an absolute path. `None`: `bash` when the image has it,
+    /// `sh` otherwise.
+    pub shell: Option<String>,
+    /// `name`, `uid` or `uid:gid` (Docker's `--user`); `None`: the image's.
+    pub user: Option<String>,
+    pub privileged: bool,
+    /// Replaces the image's entrypoint (split as a shell would); `commands`, when given, become
+    /// its arguments.
+    pub entrypoint: Option<Vec<String>>,
+    /// Credentials for pulling `image` from its registry.
+    pub registry_auth: Option<RegistryCredentials>,
+    pub mounts: Vec<Mount>,
+    /// Put in the container before it starts, in order.
+    pub uploads: Vec<Upload>,
+    /// Git repositories cloned on the node and put in the container before it starts.
+    pub clones: Vec<GitClone>,
+    /// `"3.12"`: the commands run with this Python (a `uv` venv at `DSTACK_VENV_DIR`, or the
+    /// image's own `python3` when its version matches).
+    pub python: Option<String>,
+    /// Host device paths given to the container (TPU chips: `/dev/accel0`, `/dev/vfio/0`).
+    pub devices: Vec<String>,
+    /// Start `dockerd` in the container before the commands (`docker: true`; runs privileged).
+    pub docker: bool,
+}
+
+impl ContainerSpec {
+    /// Whether an agent must speak protocol 2 to run this: anything but the default.
+    pub fn needs_protocol_2(&self) -> bool {
+        *self != Self::default()
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for RegistryCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryCredentials").field("username", &self.username).finish_non_exhaustive()
+    }
+}
+
+/// Something mounted into a job's container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mount {
+    /// A directory or file of the host (an instance volume). `optional`: skipped when the host
+    /// path does not exist; otherwise the job fails naming it.
+    Host { host_path: String, path: String, optional: bool },
+    /// A named volume: a Docker volume on this node (`docker_name`), made when missing.
+    Volume { name: String, docker_name: String, path: String },
+}
+
+/// A tar archive the coordinator keeps (by its SHA-256), unpacked in the container at `path`
+/// before the container starts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upload {
+    pub sha256: String,
+    pub size: u64,
+    /// Absolute, or relative to the working directory.
+    pub path: String,
+    /// `false`: a file or directory already at `path` in the image makes the job fail;
+    /// `true`: it is left as it is and nothing is unpacked (a repo's `if_exists: skip`).
+    pub skip_if_exists: bool,
+}
+
+/// A repository the node clones (`repos: [{url: ...}]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitClone {
+    pub url: String,
+    pub branch: Option<String>,
+    pub hash: Option<String>,
+    pub path: String,
+    pub skip_if_exists: bool,
 }
 
 /// Where a job is in its life. Terminal states carry why the job ended.

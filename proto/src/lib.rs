@@ -9,6 +9,7 @@
 //! Pure and deterministic: no sockets, no async runtime, no Docker ([`paths`] alone reads the
 //! environment, to pick the daemons' default state dirs).
 
+pub mod admission;
 pub mod api;
 pub mod config;
 pub mod ids;

@@ -24,8 +24,15 @@ pub const HEADER_LEN: usize = 10;
 /// The largest payload either side accepts.
 pub const MAX_FRAME_LEN: u32 = 4 << 20;
 /// Protocol (message set) versions this build speaks, oldest to newest.
+/// The oldest protocol the coordinator accepts. Protocol 1 agents read a [`JobSpec`] without its
+/// trailing `container` (postcard leaves trailing bytes unread), so they are sent only jobs that
+/// need none of it.
 pub const PROTOCOL_MIN: u16 = 1;
-pub const PROTOCOL_MAX: u16 = 1;
+/// Protocol 2: [`JobSpec::container`] (shell, user, mounts, uploads, devices, ...).
+pub const PROTOCOL_MAX: u16 = 2;
+/// The oldest protocol this build's agent speaks: it needs `JobSpec::container`, which a
+/// protocol 1 coordinator does not send.
+pub const AGENT_PROTOCOL_MIN: u16 = 2;
 /// The name the coordinator's QUIC certificate carries; agents verify it whatever address they dial.
 pub const COORDINATOR_SERVER_NAME: &str = "corral-coordinator";
 

@@ -164,6 +164,7 @@ mod tests {
             max_duration_secs: Some(3600),
             stop_grace_secs: 10,
             host_network: false,
+            container: Default::default(),
         }
     }
 

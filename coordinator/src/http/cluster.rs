@@ -153,7 +153,7 @@ pub(super) async fn put_fleet(
     Json(req): Json<SubmitFleet>,
 ) -> Result<Json<api::Fleet>, Error> {
     check_project(&state, &project)?;
-    let cfg = crate::admission::check_fleet(&req.configuration).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
+    let cfg = corral_proto::admission::check_fleet(&req.configuration).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
     let name = cfg.name.clone().unwrap_or_default();
     state.store.put_fleet(&project, &name, cfg)?;
     // Which nodes are a cluster may have changed: refresh them for the scheduler.

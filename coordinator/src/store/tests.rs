@@ -25,6 +25,7 @@ fn spec(job: &str, run: &str, node: &str) -> JobSpec {
         max_duration_secs: Some(60),
         stop_grace_secs: 10,
         host_network: false,
+        container: Default::default(),
     }
 }
 

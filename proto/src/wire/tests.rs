@@ -5,6 +5,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::inventory::{DockerInfo, GpuInfo, TpuInfo};
+use crate::job::{ContainerSpec, Mount};
 use crate::resources::{Allocation, GpuVendor, Memory};
 
 fn hex(bytes: &[u8]) -> String {
@@ -50,6 +51,7 @@ fn job_spec() -> JobSpec {
         max_duration_secs: Some(60),
         stop_grace_secs: 10,
         host_network: true,
+        container: ContainerSpec::default(),
     }
 }
 
@@ -305,4 +307,43 @@ proptest! {
         let _ = decode_frame::<CoordinatorMessage>(&bytes);
         let _ = decode_frame::<LogFrame>(&bytes);
     }
+}
+
+/// `JobSpec` as protocol 1 agents know it: the same fields without `container`.
+#[derive(Debug, PartialEq, Deserialize)]
+struct JobSpecV1 {
+    job_id: JobId,
+    run_id: crate::ids::RunId,
+    run_name: String,
+    project: String,
+    node_id: NodeId,
+    image: String,
+    commands: Vec<String>,
+    env: Vec<(String, String)>,
+    working_dir: Option<String>,
+    allocation: Allocation,
+    max_duration_secs: Option<u64>,
+    stop_grace_secs: u64,
+    host_network: bool,
+}
+
+#[derive(Debug, PartialEq, Deserialize)]
+enum CoordinatorMessageV1 {
+    Welcome(Welcome),
+    Enrolled(Enrollment),
+    Refused(Refusal),
+    StartJob(Box<JobSpecV1>),
+}
+
+#[test]
+fn a_protocol_1_agent_reads_a_protocol_2_start_job() {
+    let mut spec = job_spec();
+    spec.container.mounts.push(Mount::Host { host_path: "/data".into(), path: "/d".into(), optional: false });
+    let frame = encode(&CoordinatorMessage::StartJob(Box::new(spec.clone()))).expect("encodes");
+    let (old, _): (CoordinatorMessageV1, usize) = decode_frame(&frame).expect("decodes").expect("complete");
+    let CoordinatorMessageV1::StartJob(old) = old else { panic!("not a StartJob: {old:?}") };
+    assert_eq!((old.job_id, old.image, old.commands, old.host_network), (spec.job_id, spec.image, spec.commands, true));
+    // What it cannot read is what the coordinator keeps from it.
+    assert!(spec.container.needs_protocol_2());
+    assert!(!ContainerSpec::default().needs_protocol_2());
 }

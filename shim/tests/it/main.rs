@@ -84,6 +84,7 @@ fn job(tag: &str, commands: &[&str]) -> (JobSpec, Cleanup) {
         max_duration_secs: None,
         stop_grace_secs: 2,
         host_network: false,
+        container: Default::default(),
     };
     (spec, cleanup)
 }

@@ -2,7 +2,7 @@
 //! a field whose feature Corral does not have yet is refused here, by name, rather than silently
 //! ignored — running without it would not be what the user asked for.
 
-use corral_proto::config::{Configuration, FleetConfig, ServiceConfig, SpotPolicy, TaskConfig};
+use crate::config::{Configuration, FleetConfig, ServiceConfig, SpotPolicy, TaskConfig};
 
 /// An admitted run: what each of its jobs runs, and how many jobs it starts with — a task's `nodes`
 /// (one gang), or a service's replicas (each placed on its own).
@@ -151,7 +151,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Configuration {
-        corral_proto::config::parse(text, "t.yml").expect("valid")
+        crate::config::parse(text, "t.yml").expect("valid")
     }
 
     #[test]
