@@ -11,7 +11,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use corral_proto::ids::{JobId, NodeId};
-use corral_proto::job::{JobSpec, JobState, TerminationReason};
+use corral_proto::job::{JobSpec, JobState, RegistryCredentials, TerminationReason};
 use corral_proto::wire::io::write_frame;
 use corral_proto::wire::{ContainerReport, JobUpdate};
 use corral_shim::{GpuPassthrough, RunOptions, Shim, ShimError, container_name};
@@ -272,7 +272,7 @@ impl Jobs {
         self.progress(&id, JobState::Pulling);
         // A stop during a long pull ends the job at once.
         let pulled = tokio::select! {
-            r = self.obtain_image(&id, &spec.image) => Ok(r),
+            r = self.obtain_image(&id, &spec.image, spec.container.registry_auth.as_ref()) => Ok(r),
             (_, reason) = stop_requested(&mut stop) => Err(reason),
         };
         let failure = match pulled {
@@ -317,7 +317,12 @@ impl Jobs {
 
     /// The job's image: already here; or from the coordinator's store, when it has it (sites with no
     /// registry), with progress in the job's status; or pulled from its registry.
-    async fn obtain_image(self: &Arc<Self>, id: &JobId, image: &str) -> Result<(), ShimError> {
+    async fn obtain_image(
+        self: &Arc<Self>,
+        id: &JobId,
+        image: &str,
+        auth: Option<&RegistryCredentials>,
+    ) -> Result<(), ShimError> {
         if self.shim.image_present(image).await? {
             return Ok(());
         }
@@ -346,7 +351,7 @@ impl Jobs {
                 Err(e) => return Err(e),
             }
         }
-        self.shim.ensure_image(image).await
+        self.shim.ensure_image_with(image, auth).await
     }
 
     /// Loads `image` from the coordinator's store. `Ok(false)`: it has no such image.

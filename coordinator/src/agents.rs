@@ -281,6 +281,7 @@ async fn session(
             tx: tx.clone(),
             conn: conn.clone(),
             agent_version: hello.agent_version.clone(),
+            protocol,
         },
     );
     tracing::info!(node = %node.name, %remote, "agent connected");
@@ -668,7 +669,11 @@ fn reconcile(
                 // when the run's startup order lets it start now.
                 let gang = state.store.latest_jobs(&job.run_id)?;
                 if let Some(spec) = job.spec.as_ref().filter(|_| crate::lifecycle::may_start(job, &gang)) {
-                    let _ = tx.try_send(CoordinatorMessage::StartJob(Box::new(spec.clone())));
+                    let msg = CoordinatorMessage::StartJob(Box::new(spec.clone()));
+                    let protocol = state.session(&node.id).map_or(0, |s| s.protocol);
+                    if crate::understood(&node.name, protocol, &msg) {
+                        let _ = tx.try_send(msg);
+                    }
                 }
             }
             JobState::Terminating => {

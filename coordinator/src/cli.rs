@@ -80,6 +80,13 @@ struct Args {
     /// An EC2 key pair for SSH into instances (not needed by Corral).
     #[arg(long, env = "CORRAL_AWS_KEY_NAME")]
     aws_key_name: Option<String>,
+    /// The image of runs that name none (dstack's default; a registry mirror's or one pushed with
+    /// `corral image push` serves it in an air-gapped site).
+    #[arg(long, env = "CORRAL_BASE_IMAGE", default_value = crate::container::BASE_IMAGE)]
+    base_image: String,
+    /// The image of runs that name none and set `nvcc: true` (it has the CUDA compiler).
+    #[arg(long, env = "CORRAL_BASE_IMAGE_DEVEL", default_value = crate::container::BASE_IMAGE_DEVEL)]
+    base_image_devel: String,
 }
 
 fn parse_secs(s: &str) -> Result<u64, String> {
@@ -146,6 +153,7 @@ where
         public_url: args.public_url.map(|u| u.trim_end_matches('/').to_owned()),
         elastic_every: std::time::Duration::from_secs(args.elastic_every.max(1)),
         enroll_timeout: std::time::Duration::from_secs(args.enroll_timeout),
+        base_images: crate::container::BaseImages { base: args.base_image, devel: args.base_image_devel },
         ..Default::default()
     };
     let shutdown = CancellationToken::new();

@@ -21,6 +21,7 @@ pub mod agents;
 pub mod autoscale;
 pub mod backends;
 pub mod cli;
+pub mod container;
 pub mod datadir;
 #[cfg(feature = "aws")]
 pub mod elastic;
@@ -90,6 +91,8 @@ pub struct Config {
     pub elastic_every: Duration,
     /// A cloud instance whose node has not enrolled this long after launch is terminated.
     pub enroll_timeout: Duration,
+    /// What runs with no `image` get.
+    pub base_images: container::BaseImages,
 }
 
 /// TLS for the HTTP API.
@@ -120,6 +123,7 @@ impl Default for Config {
             public_url: None,
             elastic_every: Duration::from_secs(10),
             enroll_timeout: Duration::from_secs(600),
+            base_images: container::BaseImages::default(),
         }
     }
 }
@@ -134,6 +138,25 @@ pub struct Session {
     pub conn: quinn::Connection,
     /// As the agent said in its Hello: `0.1.0+<binary digest>` for agents that upgrade themselves.
     pub agent_version: String,
+    /// The protocol agreed in its Hello.
+    pub protocol: u16,
+}
+
+/// Whether an agent of `protocol` can carry out `msg`. A job that needs protocol 2 is not sent to
+/// an older agent: it stays placed (`provisioning`) and is sent when the node reconnects after its
+/// upgrade (reconciliation sends placed jobs the agent does not have).
+pub(crate) fn understood(node: &str, protocol: u16, msg: &CoordinatorMessage) -> bool {
+    match msg {
+        CoordinatorMessage::StartJob(spec) if protocol < 2 && spec.container.needs_protocol_2() => {
+            tracing::warn!(
+                node,
+                job = %spec.job_id,
+                "the node's agent speaks protocol {protocol}: the job waits for it to upgrade (it needs protocol 2)"
+            );
+            false
+        }
+        _ => true,
+    }
 }
 
 pub struct State {
@@ -235,6 +258,9 @@ impl State {
         let Some(s) = self.session(node) else {
             return false;
         };
+        if !understood(&s.name, s.protocol, &msg) {
+            return false;
+        }
         match s.tx.try_send(msg) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {

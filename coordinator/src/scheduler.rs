@@ -425,7 +425,7 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
         .iter()
         .map(|(key, allocs)| {
             let q = &sched.queue[key];
-            gang_specs(q, &key.2, allocs, &sched.addresses)
+            gang_specs(q, &key.2, allocs, &sched.addresses, &state.config)
         })
         .collect();
     let decided = began.elapsed();
@@ -477,6 +477,7 @@ fn gang_specs(
     run_id: &RunId,
     allocs: &[(NodeId, Allocation)],
     addresses: &HashMap<NodeId, String>,
+    config: &crate::Config,
 ) -> Vec<(NodeId, JobSpec)> {
     let n = allocs.len();
     let ips: Vec<String> = allocs.iter().map(|(node, _)| addresses.get(node).cloned().unwrap_or_default()).collect();
@@ -519,7 +520,7 @@ fn gang_specs(
                 run_name: q.run_name.clone(),
                 project: q.project.clone(),
                 node_id: node.clone(),
-                image: q.task.image.clone().unwrap_or_default(),
+                image: crate::container::image(&q.task, &config.base_images),
                 commands,
                 env,
                 working_dir: q.task.working_dir.clone(),
@@ -527,6 +528,7 @@ fn gang_specs(
                 max_duration_secs: q.task.max_duration_secs,
                 stop_grace_secs: q.task.stop_duration_secs.unwrap_or(UNBOUNDED_STOP_GRACE_SECS),
                 host_network: n > 1,
+                container: crate::container::container(&q.task),
             };
             (node.clone(), spec)
         })

@@ -54,28 +54,17 @@ fn check_service(s: &ServiceConfig) -> Result<u32, String> {
 
 fn check_task(task: &TaskConfig) -> Result<(), String> {
     let refuse = |field: &str, why: &str| Err(format!("{field}: {why}"));
-    if task.image.is_none() {
-        if task.python.is_some() || task.nvcc {
-            return refuse("python", "Corral ships no base images yet: set `image:` to an image that has Python");
+    // With no `image`, the coordinator's base image runs (dstack's, or the site's `--base-image`).
+    if let Some(ep) = &task.entrypoint {
+        if shlex::split(ep).is_none_or(|words| words.is_empty()) {
+            return refuse("entrypoint", "cannot be split into words (an unclosed quote?)");
         }
-        return refuse("image", "is required (Corral has no default image yet)");
     }
     if let Some(e) = task.env.iter().find(|e| e.value.is_none()) {
         return Err(format!("env.{}: has no value (set it in the environment of `corral apply`)", e.name));
     }
     let unsupported = [
-        ("user", task.user.is_some(), "running as another user is not supported yet"),
-        ("privileged", task.privileged, "privileged containers are not supported yet"),
-        ("entrypoint", task.entrypoint.is_some(), "overriding the entrypoint is not supported yet"),
-        (
-            "shell",
-            task.shell.as_deref().is_some_and(|s| s != "sh" && s != "/bin/sh"),
-            "only /bin/sh runs commands for now",
-        ),
-        ("registry_auth", task.registry_auth.is_some(), "private registry credentials are not supported yet"),
         ("volumes", !task.volumes.is_empty(), "volumes are not supported yet"),
-        ("repos", !task.repos.is_empty(), "repos are not uploaded to nodes yet; bake the code into the image"),
-        ("files", !task.files.is_empty(), "files are not uploaded to nodes yet; bake them into the image"),
         ("utilization_policy", task.utilization_policy.is_some(), "GPU utilization policies are not supported yet"),
         (
             "instances",
@@ -188,8 +177,11 @@ mod tests {
     #[test]
     fn plain_tasks_are_admitted_and_others_refused_by_field() {
         assert!(check(&parse("type: task\nimage: busybox\ncommands: [\"echo\"]\n")).is_ok());
-        let e = check(&parse("type: task\npython: \"3.12\"\ncommands: [\"echo\"]\n")).expect_err("refused");
-        assert!(e.starts_with("python:"), "{e}");
+        assert!(check(&parse("type: task\npython: \"3.12\"\ncommands: [\"echo\"]\n")).is_ok(), "the base image runs it");
+        let run_as = "type: task\nimage: busybox\nuser: 1000:1000\nprivileged: true\nshell: bash\ncommands: [id]\n";
+        assert!(check(&parse(run_as)).is_ok());
+        let e = check(&parse("type: task\nimage: busybox\nentrypoint: \"sh -c 'echo\"\n")).expect_err("refused");
+        assert!(e.starts_with("entrypoint:"), "{e}");
         assert!(check(&parse("type: task\nimage: busybox\nnodes: 2\ncommands: [\"echo\"]\n")).is_ok());
         assert!(check(&parse("type: task\nimage: busybox\nretry: true\ncommands: [\"echo\"]\n")).is_ok());
         let e = check(&parse("type: task\nimage: busybox\nvolumes: [\"/data:/data\"]\ncommands: [\"echo\"]\n"))
@@ -200,8 +192,7 @@ mod tests {
         assert_eq!(dev.jobs, 1);
         assert_eq!(dev.task.commands.first().map(String::as_str), Some("touch /ready"), "init runs first");
         assert!(dev.task.commands.len() == 2, "then it stays up: {:?}", dev.task.commands);
-        let e = check(&parse("type: dev-environment\nide: vscode\n")).expect_err("refused");
-        assert!(e.starts_with("image:"), "{e}");
+        assert!(check(&parse("type: dev-environment\nide: vscode\n")).is_ok(), "in the base image");
     }
 
     #[test]
@@ -213,13 +204,13 @@ mod tests {
         assert_eq!(e, "nodes: must be between 1 and 1024, found 4294967295");
         let svc = "type: service\nimage: busybox\nport: 80\ncommands: [x]\n";
         let Configuration::Service(mut s) = parse(svc) else { panic!("a service") };
-        s.replicas = corral_proto::resources::Range::exactly(100_000);
+        s.replicas = crate::resources::Range::exactly(100_000);
         assert_eq!(
             check(&Configuration::Service(s)).expect_err("refused"),
             "replicas: at most 1024 replicas, found 100000"
         );
         let Configuration::Fleet(mut f) = parse("type: fleet\nname: rack\n") else { panic!("a fleet") };
-        f.nodes = Some(corral_proto::config::FleetNodes { min: 0, target: 0, max: Some(u32::MAX) });
+        f.nodes = Some(crate::config::FleetNodes { min: 0, target: 0, max: Some(u32::MAX) });
         assert!(check_fleet(&f).expect_err("refused").starts_with("nodes.max: must be between 0 and 1024"));
     }
 }

@@ -1,7 +1,9 @@
 //! Making sure a job's image is on the host: use it if present, pull it otherwise.
 
 use bollard::query_parameters::{CreateImageOptionsBuilder, ImportImageOptionsBuilder, TagImageOptionsBuilder};
+use bollard::auth::DockerCredentials;
 use bytes::Bytes;
+use corral_proto::job::RegistryCredentials;
 use futures_util::{Stream, StreamExt};
 
 use crate::Shim;
@@ -54,6 +56,12 @@ impl Shim {
     /// Ok when `image` is present or could be pulled. An image that is absent and cannot be pulled
     /// (unknown repository, no registry access, denied) is [`ShimError::ImageUnavailable`].
     pub async fn ensure_image(&self, image: &str) -> Result<(), ShimError> {
+        self.ensure_image_with(image, None).await
+    }
+
+    /// Like [`Shim::ensure_image`], with credentials for the image's own registry (`registry_auth`;
+    /// the mirror, which serves public images, never sees them).
+    pub async fn ensure_image_with(&self, image: &str, auth: Option<&RegistryCredentials>) -> Result<(), ShimError> {
         let docker = self.client().await?;
         match docker.inspect_image(image).await {
             Ok(_) => return Ok(()),
@@ -68,7 +76,7 @@ impl Shim {
         let mut pulled = false;
         if let Some(mirrored) = self.inner.mirror.as_deref().and_then(|m| mirror_reference(image, m)) {
             tracing::info!(image, %mirrored, "pulling image through the registry mirror");
-            match self.pull(docker, &mirrored).await {
+            match self.pull(docker, &mirrored, None).await {
                 Ok(()) => {
                     let (repo, tag) = split_reference(image);
                     let options = TagImageOptionsBuilder::default().repo(repo).tag(tag).build();
@@ -85,7 +93,7 @@ impl Shim {
         }
         if !pulled {
             tracing::info!(image, "pulling image");
-            if let Err(e) = self.pull(docker, image).await {
+            if let Err(e) = self.pull(docker, image, auth).await {
                 let e = match e {
                     ShimError::Unreachable { .. } => return Err(e),
                     other => other,
@@ -113,10 +121,20 @@ impl Shim {
 }
 
 impl Shim {
-    async fn pull(&self, docker: &bollard::Docker, image: &str) -> Result<(), ShimError> {
+    async fn pull(
+        &self,
+        docker: &bollard::Docker,
+        image: &str,
+        auth: Option<&RegistryCredentials>,
+    ) -> Result<(), ShimError> {
         let (name, tag) = split_reference(image);
         let options = CreateImageOptionsBuilder::default().from_image(name).tag(tag).build();
-        let mut progress = docker.create_image(Some(options), None, None);
+        let credentials = auth.map(|a| DockerCredentials {
+            username: Some(a.username.clone()),
+            password: Some(a.password.clone()),
+            ..Default::default()
+        });
+        let mut progress = docker.create_image(Some(options), None, credentials);
         while let Some(step) = progress.next().await {
             if let Err(e) = step {
                 return Err(self.classify(e, |e| ShimError::ImageUnavailable {

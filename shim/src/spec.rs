@@ -69,14 +69,11 @@ pub(crate) fn container_config(spec: &JobSpec, opts: &RunOptions) -> ContainerCr
         // `stop` with the default disposition, and zombies are reaped.
         init: Some(true),
         network_mode: spec.host_network.then(|| "host".to_owned()),
+        privileged: spec.container.privileged.then_some(true),
         ..Default::default()
     };
 
-    let (entrypoint, cmd) = if spec.commands.is_empty() {
-        (None, None)
-    } else {
-        (Some(vec!["/bin/sh".to_owned(), "-c".to_owned()]), Some(vec![script(&spec.commands)]))
-    };
+    let (entrypoint, cmd) = command(spec);
 
     ContainerCreateBody {
         image: Some(spec.image.clone()),
@@ -84,6 +81,7 @@ pub(crate) fn container_config(spec: &JobSpec, opts: &RunOptions) -> ContainerCr
         cmd,
         env: Some(environment(spec, &gpus)),
         working_dir: spec.working_dir.clone().filter(|d| !d.is_empty()),
+        user: spec.container.user.clone(),
         labels: Some(labels(spec)),
         tty: Some(false),
         attach_stdin: Some(false),
@@ -93,14 +91,76 @@ pub(crate) fn container_config(spec: &JobSpec, opts: &RunOptions) -> ContainerCr
     }
 }
 
-/// The commands as one `sh` script: in order, and the first failure ends it with its exit code.
-pub(crate) fn script(commands: &[String]) -> String {
+/// The container's entrypoint and command. With `commands`, the shell runs them as one script
+/// (after the given `entrypoint`, they are its arguments instead); without, the image's own (or
+/// the given entrypoint with no arguments).
+fn command(spec: &JobSpec) -> (Option<Vec<String>>, Option<Vec<String>>) {
+    let c = &spec.container;
+    if let Some(entrypoint) = &c.entrypoint {
+        return (Some(entrypoint.clone()), Some(spec.commands.clone()));
+    }
+    if spec.commands.is_empty() {
+        return (None, None);
+    }
+    let script = script(&spec.commands, c.python.as_deref());
+    let shell = |path: &str| (Some(vec![path.to_owned(), "-c".to_owned()]), Some(vec![script.clone()]));
+    match c.shell.as_deref() {
+        Some("bash") => shell("/bin/bash"),
+        Some("sh") => shell("/bin/sh"),
+        Some(path) => shell(path),
+        // `bash` when the image has it, `sh` otherwise: `sh` looks, and runs the script (`$1`)
+        // with the one it found.
+        None => (
+            Some(vec!["/bin/sh".to_owned(), "-c".to_owned(), PICK_SHELL.to_owned(), "corral-shell".to_owned()]),
+            Some(vec![script]),
+        ),
+    }
+}
+
+const PICK_SHELL: &str =
+    r#"if command -v bash >/dev/null 2>&1; then exec bash -c "$1"; else exec /bin/sh -c "$1"; fi"#;
+
+/// The commands as one script: in order, and the first failure ends it with its exit code. With
+/// `python`, that Python comes first on the `PATH` ([`python_prelude`]).
+pub(crate) fn script(commands: &[String], python: Option<&str>) -> String {
     let mut s = String::from("set -e\n");
+    if let Some(version) = python {
+        s.push_str(&python_prelude(version));
+    }
     for c in commands {
         s.push_str(c);
         s.push('\n');
     }
     s
+}
+
+/// Where `python: "3.X"` puts its virtual environment (dstack's `DSTACK_VENV_DIR`).
+pub const VENV_DIR: &str = "/dstack/venv";
+
+/// What gives the commands Python `version`, as dstack's base image does: a virtual environment
+/// made by `uv` for that version at `DSTACK_VENV_DIR`, activated. Where `uv` is missing or cannot
+/// make it (no network to fetch that Python), the image's own `python3` when its version is the
+/// one asked for; otherwise the job fails, saying which version and what to do. The version was
+/// checked by the parser (`3.9` to `3.15`), so it is safe to write into the script as it is.
+pub(crate) fn python_prelude(version: &str) -> String {
+    format!(
+        r#"export DSTACK_VENV_DIR="${{DSTACK_VENV_DIR:-{VENV_DIR}}}"
+if [ -x "$DSTACK_VENV_DIR/bin/python" ] && "$DSTACK_VENV_DIR/bin/python" -c 'import sys; sys.exit(sys.version_info[:2] != ({tuple}))' 2>/dev/null; then
+  . "$DSTACK_VENV_DIR/bin/activate"
+elif command -v uv >/dev/null 2>&1 && uv venv --quiet --seed --python {version} "$DSTACK_VENV_DIR" >/tmp/corral-uv.log 2>&1; then
+  . "$DSTACK_VENV_DIR/bin/activate"
+elif command -v python3 >/dev/null 2>&1 && [ "$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" = "{version}" ]; then
+  :
+else
+  echo "corral: this run asks for Python {version} (python: "{version}"), and the image has no way to give it:" >&2
+  if command -v uv >/dev/null 2>&1; then echo "  uv could not make a {version} virtual environment: $(tail -n 3 /tmp/corral-uv.log 2>/dev/null)" >&2; else echo "  it has no uv" >&2; fi
+  if command -v python3 >/dev/null 2>&1; then echo "  and its python3 is $(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" >&2; else echo "  and no python3" >&2; fi
+  echo "  Use an image with Python {version} (image: ...), a python: that the image has, or let nodes reach the Python downloads uv uses (or a mirror: UV_PYTHON_INSTALL_MIRROR)." >&2
+  exit 1
+fi
+"#,
+        tuple = version.replace('.', ", "),
+    )
 }
 
 fn environment(spec: &JobSpec, gpus: &str) -> Vec<String> {
@@ -171,8 +231,53 @@ mod tests {
     #[test]
     fn commands_run_as_one_script_that_stops_at_the_first_failure() {
         let c = container_config(&spec(), &RunOptions::default());
-        assert_eq!(c.entrypoint, Some(vec!["/bin/sh".to_owned(), "-c".to_owned()]));
+        let entrypoint = c.entrypoint.unwrap_or_default();
+        assert_eq!(entrypoint[..2], ["/bin/sh", "-c"]);
+        assert!(entrypoint[2].contains("command -v bash"), "{entrypoint:?}");
         assert_eq!(c.cmd, Some(vec!["set -e\necho a\necho b\n".to_owned()]));
+    }
+
+    #[test]
+    fn a_named_shell_runs_the_script() {
+        for (shell, path) in [("bash", "/bin/bash"), ("sh", "/bin/sh"), ("/usr/bin/zsh", "/usr/bin/zsh")] {
+            let mut s = spec();
+            s.container.shell = Some(shell.to_owned());
+            let c = container_config(&s, &RunOptions::default());
+            assert_eq!(c.entrypoint, Some(vec![path.to_owned(), "-c".to_owned()]), "{shell}");
+            assert_eq!(c.cmd, Some(vec!["set -e\necho a\necho b\n".to_owned()]));
+        }
+    }
+
+    #[test]
+    fn an_entrypoint_takes_the_commands_as_arguments() {
+        let mut s = spec();
+        s.container.entrypoint = Some(vec!["python3".to_owned(), "-u".to_owned()]);
+        let c = container_config(&s, &RunOptions::default());
+        assert_eq!(c.entrypoint, Some(vec!["python3".to_owned(), "-u".to_owned()]));
+        assert_eq!(c.cmd, Some(vec!["echo a".to_owned(), "echo b".to_owned()]));
+    }
+
+    #[test]
+    fn python_comes_before_the_commands() {
+        let mut s = spec();
+        s.container.python = Some("3.11".to_owned());
+        let script = container_config(&s, &RunOptions::default()).cmd.unwrap_or_default().concat();
+        assert!(script.starts_with("set -e\nexport DSTACK_VENV_DIR="), "{script}");
+        assert!(script.contains("uv venv --quiet --seed --python 3.11"), "{script}");
+        assert!(script.contains("sys.version_info[:2] != (3, 11)"), "{script}");
+        assert!(script.ends_with("fi\necho a\necho b\n"), "{script}");
+    }
+
+    #[test]
+    fn user_and_privileged_reach_docker() {
+        let mut s = spec();
+        s.container.user = Some("1000:1000".to_owned());
+        s.container.privileged = true;
+        let c = container_config(&s, &RunOptions::default());
+        assert_eq!(c.user.as_deref(), Some("1000:1000"));
+        assert_eq!(c.host_config.and_then(|h| h.privileged), Some(true));
+        let c = container_config(&spec(), &RunOptions::default());
+        assert_eq!((c.user, c.host_config.and_then(|h| h.privileged)), (None, None));
     }
 
     #[test]

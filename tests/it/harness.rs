@@ -122,6 +122,7 @@ impl Coordinator {
             public_url: None,
             elastic_every: Duration::from_secs(10),
             enroll_timeout: Duration::from_secs(600),
+            ..Default::default()
         })
         .await
     }

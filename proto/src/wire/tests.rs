@@ -185,7 +185,8 @@ const GOLDEN: &[&str] = &[
     "4352524c00010000000c0001026e3105302e312e3005",
     "4352524c00010000000801026e3101430141",
     "4352524c0001000000050201026e6f",
-    "4352524c00010000003d03026a3102723105747261696e046d61696e026e310762757379626f7801076563686f206869010141013101022f7702808080800400020001013c0a01",
+    // Protocol 2: the protocol 1 frame (below, `START_JOB_V1`) with `container` after it.
+    "4352524c00010000004803026a3102723105747261696e046d61696e026e310762757379626f7801076563686f206869010141013101022f7702808080800400020001013c0a010000000000000000000000",
     "4352524c00010000000604026a310004",
     "4352524c00010000000405026a31",
     "4352524c0001000000020607",
@@ -335,8 +336,15 @@ enum CoordinatorMessageV1 {
     StartJob(Box<JobSpecV1>),
 }
 
+/// `StartJob(job_spec())` as protocol 1 encoded it.
+const START_JOB_V1: &str = "4352524c00010000003d03026a3102723105747261696e046d61696e026e310762757379626f7801076563686f206869010141013101022f7702808080800400020001013c0a01";
+
 #[test]
 fn a_protocol_1_agent_reads_a_protocol_2_start_job() {
+    // The payload of protocol 1 is the start of protocol 2's.
+    let frame = hex(&encode(&CoordinatorMessage::StartJob(Box::new(job_spec()))).expect("encodes"));
+    assert!(frame[20..].starts_with(&START_JOB_V1[20..]), "{frame}");
+
     let mut spec = job_spec();
     spec.container.mounts.push(Mount::Host { host_path: "/data".into(), path: "/d".into(), optional: false });
     let frame = encode(&CoordinatorMessage::StartJob(Box::new(spec.clone()))).expect("encodes");
