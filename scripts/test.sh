@@ -8,4 +8,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/test-deps.sh
 bash scripts/build-test-image.sh >/dev/null
+bash scripts/build-test-python-image.sh >/dev/null
 cargo test --workspace --locked "$@"

@@ -30,8 +30,9 @@ static NO_GPUS_LOGGED: AtomicBool = AtomicBool::new(false);
 ///
 /// NVML is loaded from `nvml_path` when given (the agent's `--nvml-library`, or
 /// `$CORRAL_NVML_LIBRARY`), else from the loader's default search. Without it the host reports no NVIDIA GPUs,
-/// and says why in the log the first time only.
-pub fn collect(docker: DockerInfo, nvml_path: Option<&Path>) -> HostInventory {
+/// and says why in the log the first time only. TPU chips are looked for under `device_root`'s
+/// `dev` and `sys` (the agent's `--device-root`), or `/dev` and `/sys`.
+pub fn collect(docker: DockerInfo, nvml_path: Option<&Path>, device_root: Option<&Path>) -> HostInventory {
     let mut inventory = collect_host();
     inventory.docker = docker;
 
@@ -48,8 +49,24 @@ pub fn collect(docker: DockerInfo, nvml_path: Option<&Path>) -> HostInventory {
         }
     }
 
-    inventory.tpus = collect_tpus(Path::new("/dev"), Path::new("/sys"));
+    inventory.tpus = match device_root {
+        Some(root) => collect_tpus(&root.join("dev"), &root.join("sys")),
+        None => collect_tpus(Path::new("/dev"), Path::new("/sys")),
+    };
     inventory
+}
+
+/// The host's interface addresses as `ip/prefix` (`10.0.0.5/24`), loopback first as the OS lists
+/// them, for fleets that pick a node's address by network.
+pub fn interface_addresses() -> Vec<String> {
+    let networks = sysinfo::Networks::new_with_refreshed_list();
+    let mut out: Vec<String> = networks
+        .iter()
+        .flat_map(|(_, data)| data.ip_networks().iter().map(|n| format!("{}/{}", n.addr, n.prefix)))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 fn log_no_gpus(error: NvmlUnavailable, configured: bool) {
@@ -66,7 +83,7 @@ fn log_no_gpus(error: NvmlUnavailable, configured: bool) {
 
 /// `{:#}` of the error chain, skipping a cause the message before it already quotes (nvml-wrapper's
 /// errors both print and return their source).
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -193,7 +210,7 @@ mod tests {
         let docker = DockerInfo { version: "28.0.1".to_owned(), nvidia_runtime: false };
 
         let (first, second) = tracing::subscriber::with_default(subscriber, || {
-            (collect(docker.clone(), None), collect(docker.clone(), None))
+            (collect(docker.clone(), None, None), collect(docker.clone(), None, None))
         });
 
         assert_eq!(first.docker, docker);

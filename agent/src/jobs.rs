@@ -18,6 +18,10 @@ use corral_shim::{GpuPassthrough, RunOptions, Shim, ShimError, container_name};
 
 use crate::output::{OVERLAP_WINDOW, Spool, after_overlap};
 
+mod uploads;
+mod utilization;
+mod volumes;
+
 /// How long a job's final update waits for its log to be confirmed stored.
 const LOG_DRAIN_WAIT: Duration = Duration::from_secs(10);
 /// How long an ended container's output may take to reach its end in the spool.
@@ -67,6 +71,10 @@ pub struct Jobs {
     ssh: std::sync::OnceLock<Arc<russh::server::Config>>,
     /// A spot interruption notice (action, time), repeated on every connection.
     interruption: Mutex<Option<(String, String)>>,
+    /// Reads GPU utilization for jobs with a `utilization_policy`.
+    utilization: std::sync::OnceLock<Arc<utilization::Sampler>>,
+    /// This host's named volumes, measured and waiting to be sent (`volumes`).
+    volume_report: Mutex<Option<Vec<corral_proto::wire::VolumeReport>>>,
 }
 
 impl Jobs {
@@ -88,6 +96,8 @@ impl Jobs {
             shutdown,
             ssh: std::sync::OnceLock::new(),
             interruption: Mutex::new(None),
+            utilization: std::sync::OnceLock::new(),
+            volume_report: Mutex::new(None),
         })
     }
 
@@ -204,6 +214,9 @@ impl Jobs {
                 }
                 Err(e) => tracing::error!(job = %c.job_id, "cannot spool the output of an adopted container: {e}"),
             }
+            if let Some((policy, gpus)) = c.utilization.clone().filter(|_| c.running) {
+                self.watch_utilization(&c.job_id, policy, gpus);
+            }
             let this = self.clone();
             tokio::spawn(async move { this.supervise(c.job_id, deadline, rx, grace).await });
         }
@@ -287,6 +300,32 @@ impl Jobs {
             self.mark_shipped(&id);
             return self.finish(&id, reason, None, message);
         }
+        // Host paths checked, named volumes made; optional paths that are missing are left out.
+        let mut spec = spec;
+        match self.prepare_mounts(&mut spec).await {
+            Ok(None) => {}
+            Ok(Some(note)) => self.note(&id, JobState::Pulling, note),
+            Err(message) => {
+                self.mark_shipped(&id);
+                return self.finish(&id, TerminationReason::ContainerCreationFailed, None, Some(message));
+            }
+        }
+        // The run's uploads and clones, ready to be put into the container before it starts.
+        let prepared = tokio::select! {
+            r = self.prepare(&spec) => r.map_err(|m| (TerminationReason::ContainerCreationFailed, Some(m))),
+            (_, reason) = stop_requested(&mut stop) => Err((reason, None)),
+        };
+        let mut prepared = match prepared {
+            Ok(p) => p,
+            Err((reason, message)) => {
+                self.mark_shipped(&id);
+                return self.finish(&id, reason, None, message);
+            }
+        };
+        let mut spec = spec;
+        if let Some(dir) = prepared.working_dir.take() {
+            spec.working_dir = Some(dir);
+        }
         let spool = match Spool::create(&self.spool_dir, &id) {
             Ok(s) => s,
             Err(e) => {
@@ -296,7 +335,9 @@ impl Jobs {
             }
         };
         let opts = RunOptions { gpu_passthrough: self.gpu_passthrough };
-        match self.shim.create_and_start_attached(&spec, &opts).await {
+        let started = self.shim.create_and_start_prepared(&spec, &opts, &prepared.archives).await;
+        drop(prepared);
+        match started {
             Ok((_, output, note)) => {
                 tokio::spawn(spool.clone().fill(output));
                 self.set_spool(&id, spool);
@@ -307,12 +348,19 @@ impl Jobs {
             Err(e) => {
                 spool.remove();
                 self.mark_shipped(&id);
-                return self.finish(&id, TerminationReason::ContainerCreationFailed, None, Some(e.to_string()));
+                return self.finish(&id, TerminationReason::ContainerCreationFailed, None, Some(crate::inventory::error_chain(&e)));
             }
         }
         self.progress(&id, JobState::Running);
+        if let Some(policy) = spec.container.utilization_policy.clone() {
+            self.watch_utilization(&id, policy, spec.allocation.gpus());
+        }
         let deadline = spec.max_duration_secs.map(|m| now_unix().saturating_add(m as i64));
+        let this = volumes::mounts_volume(&spec).then(|| self.clone());
         self.supervise(id, deadline, stop, spec.stop_grace_secs).await;
+        if let Some(this) = this {
+            this.refresh_volumes();
+        }
     }
 
     /// The job's image: already here; or from the coordinator's store, when it has it (sites with no

@@ -113,7 +113,8 @@ pub struct Client {
 }
 
 impl Client {
-    /// From the config file, overridden by `CORRAL_URL`, `CORRAL_TOKEN` and `CORRAL_PROJECT`.
+    /// From the config file, overridden by `CORRAL_URL`, `CORRAL_TOKEN`, `CORRAL_PROJECT` and
+    /// `CORRAL_CA_CERT` (a PEM file, or the PEM itself).
     pub fn from_env() -> anyhow::Result<Self> {
         let file = CliConfig::load()?;
         let url = std::env::var("CORRAL_URL").ok().or(file.url).context(
@@ -127,7 +128,9 @@ impl Client {
             .or(file.project)
             .unwrap_or_else(|| corral_proto::api::DEFAULT_PROJECT.to_owned());
         corral_proto::api::check_name(NameKind::Project, &project).map_err(|e| anyhow!("project: {e}"))?;
+        // A path, or the PEM itself (as a run with `dstack: true` is given it).
         let ca = match std::env::var_os("CORRAL_CA_CERT") {
+            Some(pem) if pem.to_string_lossy().starts_with("-----BEGIN") => Some(pem.to_string_lossy().into_owned()),
             Some(path) => Some(
                 std::fs::read_to_string(&path)
                     .with_context(|| format!("CORRAL_CA_CERT: cannot read {}", PathBuf::from(&path).display()))?,
@@ -194,6 +197,29 @@ impl Client {
     /// POSTs a raw body (a stream: an image tarball).
     pub async fn post_body<T: DeserializeOwned>(&self, path: &str, body: reqwest::Body) -> anyhow::Result<T> {
         self.send(self.http.post(format!("{}{path}", self.url)).body(body)).await
+    }
+
+    /// PUTs a raw body of `len` bytes (a stream: an upload's tar). Every refusal, `413` included,
+    /// is the coordinator's own words.
+    pub async fn put_body<T: DeserializeOwned>(&self, path: &str, body: reqwest::Body, len: u64) -> anyhow::Result<T> {
+        let resp = self
+            .http
+            .put(format!("{}{path}", self.url))
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .bearer_auth(&self.token)
+            .body(body)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the coordinator at {}", self.url))?;
+        let status = resp.status();
+        let body = resp.bytes().await.context("the coordinator's answer was cut off")?;
+        if !status.is_success() {
+            match serde_json::from_slice::<ApiError>(&body) {
+                Ok(e) => bail!("{}", e.error),
+                Err(_) => bail!("the coordinator answered {status}: {}", String::from_utf8_lossy(&body)),
+            }
+        }
+        serde_json::from_slice(&body).with_context(|| format!("unexpected answer from the coordinator ({status})"))
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {

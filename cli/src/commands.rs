@@ -22,11 +22,42 @@ fn parse_file(path: &Path) -> anyhow::Result<Configuration> {
     config::parse(&text, &path.display().to_string()).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+/// dstack's `- NAME` env form takes the value from where `apply` runs.
+fn env_from_shell(configuration: &mut Configuration, file: &Path) -> anyhow::Result<()> {
+    let env = match configuration {
+        Configuration::Task(t) => &mut t.env,
+        Configuration::Service(s) => &mut s.env,
+        Configuration::DevEnvironment(d) => &mut d.env,
+        Configuration::Fleet(f) => &mut f.env,
+        _ => return Ok(()),
+    };
+    for var in env {
+        if var.value.is_none() {
+            let v = std::env::var(&var.name).with_context(|| {
+                format!("{}: env {}: not set in this shell (export it or give a value)", file.display(), var.name)
+            })?;
+            var.value = Some(v);
+        }
+    }
+    Ok(())
+}
+
+/// What `apply` would meet, without a coordinator: the parser, the values `env` takes from this
+/// shell, and what a coordinator of this version admits (`corral_proto::admission`).
 pub fn validate(files: &[PathBuf], out: Out<'_>) -> anyhow::Result<i32> {
     let mut failed = 0;
     for f in files {
-        match parse_file(f) {
-            Ok(_) => writeln!(out, "{}: ok", f.display())?,
+        let checked = parse_file(f).and_then(|mut configuration| {
+            env_from_shell(&mut configuration, f)?;
+            let admitted = match &configuration {
+                Configuration::Fleet(fleet) => corral_proto::admission::check_fleet(fleet).map(|_| ()),
+                Configuration::Volume(volume) => corral_proto::admission::check_volume(volume).map(|_| ()),
+                other => corral_proto::admission::check(other).map(|_| ()),
+            };
+            admitted.map_err(|why| anyhow::anyhow!("{}: a coordinator would refuse it: {why}", f.display()))
+        });
+        match checked {
+            Ok(()) => writeln!(out, "{}: ok", f.display())?,
             Err(e) => {
                 eprintln!("{e:#}");
                 failed += 1;
@@ -130,27 +161,16 @@ pub async fn apply(
     if let Configuration::Fleet(fleet) = configuration {
         return crate::cluster::apply_fleet(client, fleet, source, out).await;
     }
-    let env = match &mut configuration {
-        Configuration::Task(t) => &mut t.env,
-        Configuration::Service(s) => &mut s.env,
-        Configuration::DevEnvironment(d) => &mut d.env,
-        Configuration::Fleet(_) => unreachable!("fleets are applied above"),
-    };
-    // dstack's `- NAME` env form takes the value from where `apply` runs.
-    for var in env {
-        if var.value.is_none() {
-            let v = std::env::var(&var.name).with_context(|| {
-                format!("{}: env {}: not set in this shell (export it or give a value)", file.display(), var.name)
-            })?;
-            var.value = Some(v);
-        }
+    if let Configuration::Volume(volume) = configuration {
+        return crate::volumes::apply_volume(client, volume, source, out).await;
     }
+    env_from_shell(&mut configuration, file)?;
     // What each job runs (a service's replicas each run its replica task).
     let (task, service) = match &configuration {
         Configuration::Task(t) => (t.clone(), None),
         Configuration::Service(s) => (s.replica_task(), Some(s.clone())),
         Configuration::DevEnvironment(d) => (d.as_task(), None),
-        Configuration::Fleet(_) => unreachable!("fleets are applied above"),
+        Configuration::Fleet(_) | Configuration::Volume(_) => unreachable!("fleets and volumes are applied above"),
     };
     let dev = matches!(configuration, Configuration::DevEnvironment(_));
     let run_name = name.clone().or(task.name.clone());
@@ -175,7 +195,7 @@ pub async fn apply(
     }
     eprintln!("Run:       {}", run_name.as_deref().unwrap_or("(name picked by the coordinator)"));
     eprintln!("Project:   {}", client.project);
-    eprintln!("Image:     {}", task.image.as_deref().unwrap_or("-"));
+    eprintln!("Image:     {}", task.image.as_deref().unwrap_or("the coordinator's base image (dstack's default)"));
     eprintln!("Resources: {}", resources_line(&task.resources));
     if let Some(m) = task.max_duration_secs {
         eprintln!("Max time:  {m}s");
@@ -191,6 +211,12 @@ pub async fn apply(
     if !yes && !confirm("Submit the run?")? {
         eprintln!("not submitted");
         return Ok(1);
+    }
+    // The local repo and files go to the coordinator first; the run names them by digest.
+    crate::uploads::upload(client, file, &mut configuration).await?;
+    if configuration.schedule().is_some() {
+        // Registered, not started: the coordinator submits it at its times.
+        return crate::schedules::register(client, SubmitRun { configuration, source: Some(source), name }, out).await;
     }
     let run: api::Run =
         client.post(&client.project_api(&["runs"])?, &SubmitRun { configuration, source: Some(source), name }).await?;
@@ -341,6 +367,18 @@ pub async fn ps(client: &Client, all: bool, json: bool, out: Out<'_>) -> anyhow:
             ]);
         }
     }
+    // Scheduled runs, with their next start (the runs they started are rows above).
+    for s in crate::schedules::list(client).await? {
+        t.add_row(vec![
+            s.name.clone(),
+            "-".into(),
+            "-".into(),
+            "scheduled".into(),
+            ago(s.created_at_ms),
+            String::new(),
+            format!("{} (cron {})", crate::schedules::next_start(&s), s.cron.join(", ")),
+        ]);
+    }
     writeln!(out, "{t}")?;
     Ok(0)
 }
@@ -349,6 +387,17 @@ pub async fn stop(client: &Client, run: &str, yes: bool, abort: bool, out: Out<'
     let verb = if abort { "Abort" } else { "Stop" };
     if !yes && !confirm(&format!("{verb} run {run}?"))? {
         return Ok(1);
+    }
+    // A stopped run is not started again by its schedule: the schedule goes first.
+    if crate::schedules::remove(client, run).await? {
+        writeln!(out, "schedule of {run} removed")?;
+        let active = match client.get::<api::Run>(&client.project_api(&["runs", run])?).await {
+            Ok(r) => !r.state.is_finished(),
+            Err(_) => false, // it never started
+        };
+        if !active {
+            return Ok(0);
+        }
     }
     let stopping: api::Run = client.post(&client.project_api(&["runs", run, "stop"])?, &StopRun { abort }).await?;
     // Wait for the end: the grace period (`stop_duration`, dstack's default 5 minutes, capped at
@@ -391,7 +440,11 @@ pub async fn node_list(client: &Client, json: bool, out: Out<'_>) -> anyhow::Res
         t.add_row(vec![
             n.name.clone(),
             n.fleet.clone().unwrap_or_else(|| "-".into()),
-            if n.cordoned { format!("{status},cordoned") } else { status },
+            match (n.cordoned, n.refused.is_some()) {
+                (_, true) => format!("{status},refused"),
+                (true, _) => format!("{status},cordoned"),
+                _ => status,
+            },
             cpu,
             mem,
             disk,
@@ -402,5 +455,9 @@ pub async fn node_list(client: &Client, json: bool, out: Out<'_>) -> anyhow::Res
         ]);
     }
     writeln!(out, "{t}")?;
+    for n in nodes.iter().filter(|n| n.refused.is_some()) {
+        let why = n.refused.as_deref().unwrap_or_default();
+        writeln!(out, "{} is refused by fleet {}: {why}", n.name, n.fleet.as_deref().unwrap_or("-"))?;
+    }
     Ok(0)
 }

@@ -87,6 +87,10 @@ struct Args {
     /// The image of runs that name none and set `nvcc: true` (it has the CUDA compiler).
     #[arg(long, env = "CORRAL_BASE_IMAGE_DEVEL", default_value = crate::container::BASE_IMAGE_DEVEL)]
     base_image_devel: String,
+    /// The image of `docker: true` runs (Docker inside the container; it must have `dockerd` and
+    /// `start-dockerd`, as dstack's has).
+    #[arg(long, env = "CORRAL_DIND_IMAGE", default_value = crate::container::DIND_IMAGE)]
+    dind_image: String,
 }
 
 fn parse_secs(s: &str) -> Result<u64, String> {
@@ -153,7 +157,11 @@ where
         public_url: args.public_url.map(|u| u.trim_end_matches('/').to_owned()),
         elastic_every: std::time::Duration::from_secs(args.elastic_every.max(1)),
         enroll_timeout: std::time::Duration::from_secs(args.enroll_timeout),
-        base_images: crate::container::BaseImages { base: args.base_image, devel: args.base_image_devel },
+        base_images: crate::container::BaseImages {
+            base: args.base_image,
+            devel: args.base_image_devel,
+            dind: args.dind_image,
+        },
         ..Default::default()
     };
     let shutdown = CancellationToken::new();

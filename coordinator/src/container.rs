@@ -10,16 +10,20 @@ pub const BASE_IMAGE: &str = "dstackai/base:0.15-base-ubuntu24.04";
 /// dstack's default image with the CUDA compiler (`nvcc: true`).
 pub const BASE_IMAGE_DEVEL: &str = "dstackai/base:0.15-devel-ubuntu24.04";
 
-/// The images a run with no `image` gets (`--base-image`, `--base-image-devel`).
+/// dstack's docker-in-docker image (`docker: true`): it has `dockerd` and `start-dockerd`.
+pub const DIND_IMAGE: &str = "dstackai/dind";
+
+/// The images a run with no `image` gets (`--base-image`, `--base-image-devel`, `--dind-image`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BaseImages {
     pub base: String,
     pub devel: String,
+    pub dind: String,
 }
 
 impl Default for BaseImages {
     fn default() -> Self {
-        Self { base: BASE_IMAGE.to_owned(), devel: BASE_IMAGE_DEVEL.to_owned() }
+        Self { base: BASE_IMAGE.to_owned(), devel: BASE_IMAGE_DEVEL.to_owned(), dind: DIND_IMAGE.to_owned() }
     }
 }
 
@@ -27,6 +31,7 @@ impl Default for BaseImages {
 pub fn image(task: &TaskConfig, base: &BaseImages) -> String {
     match &task.image {
         Some(image) => image.clone(),
+        None if task.docker => base.dind.clone(),
         None if task.nvcc => base.devel.clone(),
         None => base.base.clone(),
     }
@@ -38,7 +43,9 @@ pub fn container(task: &TaskConfig) -> ContainerSpec {
     ContainerSpec {
         shell: task.shell.clone(),
         user: task.user.clone(),
-        privileged: task.privileged,
+        // Docker inside needs it (dstack: `docker` overrides `privileged`).
+        privileged: task.privileged || task.docker,
+        docker: task.docker,
         // Admission checked that it splits.
         entrypoint: task.entrypoint.as_deref().and_then(shlex::split),
         registry_auth: task
@@ -47,9 +54,43 @@ pub fn container(task: &TaskConfig) -> ContainerSpec {
             .map(|a| RegistryCredentials { username: a.username.clone(), password: a.password.clone() }),
         // The base image has no Python of its own to speak of: without `python`, dstack gives it
         // its default version. With an image of the user's, `python` is not allowed.
-        python: task.python.clone().or_else(|| task.image.is_none().then(|| DEFAULT_PYTHON.to_owned())),
+        // No venv with an entrypoint or Docker inside, as in dstack.
+        python: task.python.clone().or_else(|| {
+            (task.image.is_none() && task.entrypoint.is_none() && !task.docker).then(|| DEFAULT_PYTHON.to_owned())
+        }),
+        // The agent samples the job's GPUs and stops it (see agent/src/jobs/utilization.rs).
+        utilization_policy: task.utilization_policy.clone(),
         ..ContainerSpec::default()
     }
+}
+
+/// What `dstack: true` gives a job: where the coordinator's API is, as its node reaches it (the
+/// `--public-url`, or the address the node's agent connected to with the API's port), the
+/// project, and the CA of an HTTPS API (PEM, which `corral` reads from `CORRAL_CA_CERT`). No
+/// token: a run that calls the API brings its own (`env: [CORRAL_TOKEN]`), as in dstack.
+pub fn server_env(state: &crate::State, node: &corral_proto::ids::NodeId, project: &str) -> Vec<(String, String)> {
+    let https = state.https;
+    let url = state.config.public_url.clone().unwrap_or_else(|| {
+        let listen = state.config.http_listen.ip();
+        let ip = if listen.is_unspecified() {
+            state.session(node).and_then(|s| s.conn.local_ip()).unwrap_or(listen)
+        } else {
+            listen
+        };
+        let port = state.http_port.get().copied().unwrap_or(state.config.http_listen.port());
+        let host = std::net::SocketAddr::new(ip, port);
+        format!("{}://{host}", if https { "https" } else { "http" })
+    });
+    let mut env = vec![
+        ("CORRAL_URL".to_owned(), url.clone()),
+        ("CORRAL_PROJECT".to_owned(), project.to_owned()),
+        ("DSTACK_SERVER_URL".to_owned(), url),
+        ("DSTACK_PROJECT".to_owned(), project.to_owned()),
+    ];
+    if https && matches!(state.config.http_tls, crate::HttpTls::Own(_)) {
+        env.push(("CORRAL_CA_CERT".to_owned(), state.pki.ca_pem().to_owned()));
+    }
+    env
 }
 
 /// The Python a run in the base image gets when it names none (dstack's default).
@@ -72,8 +113,16 @@ mod tests {
         assert_eq!(image(&task("type: task\ncommands: [x]\n"), &base), BASE_IMAGE);
         assert_eq!(image(&task("type: task\npython: 3.11\nnvcc: true\ncommands: [x]\n"), &base), BASE_IMAGE_DEVEL);
         assert_eq!(image(&task("type: task\nimage: alpine\ncommands: [x]\n"), &base), "alpine");
-        let mirror = BaseImages { base: "registry.local/base:1".into(), devel: "registry.local/devel:1".into() };
+        let mirror = BaseImages {
+            base: "registry.local/base:1".into(),
+            devel: "registry.local/devel:1".into(),
+            dind: "registry.local/dind".into(),
+        };
         assert_eq!(image(&task("type: task\ncommands: [x]\n"), &mirror), "registry.local/base:1");
+        let dind = task("type: task\ndocker: true\ncommands: [docker ps]\n");
+        assert_eq!(image(&dind, &base), DIND_IMAGE);
+        let c = container(&dind);
+        assert!(c.docker && c.privileged && c.python.is_none(), "{c:?}");
     }
 
     #[test]

@@ -25,19 +25,24 @@ pub mod container;
 pub mod datadir;
 #[cfg(feature = "aws")]
 pub mod elastic;
+pub mod fleet_nodes;
 pub mod http;
 pub mod images;
 pub mod lifecycle;
 pub mod logs;
+pub mod node_groups;
 pub mod pki;
 pub mod placement;
 pub mod probes;
 pub mod scheduler;
+pub mod schedules;
 pub mod secrets;
 pub mod seen;
 pub mod store;
 pub mod tunnel;
 pub mod upgrade;
+pub mod uploads;
+pub mod volumes;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -93,6 +98,9 @@ pub struct Config {
     pub enroll_timeout: Duration,
     /// What runs with no `image` get.
     pub base_images: container::BaseImages,
+    /// The time scheduled runs read: the system's, but in tests, which move it to put a cron's
+    /// time seconds away rather than wait for it.
+    pub schedule_clock: schedules::Clock,
 }
 
 /// TLS for the HTTP API.
@@ -124,6 +132,7 @@ impl Default for Config {
             elastic_every: Duration::from_secs(10),
             enroll_timeout: Duration::from_secs(600),
             base_images: container::BaseImages::default(),
+            schedule_clock: schedules::Clock::default(),
         }
     }
 }
@@ -194,12 +203,18 @@ pub struct State {
     pub https: bool,
     /// The UDP port agents dial, once bound.
     pub quic_port: std::sync::OnceLock<u16>,
+    /// The TCP port of the HTTP API, once bound.
+    pub http_port: std::sync::OnceLock<u16>,
     /// Agent binaries for installing hosts.
     pub agent_dist: Arc<http::AgentDist>,
     /// Images pushed to the coordinator, for nodes with no registry.
     pub images: images::ImageStore,
+    /// Runs' local repos and files, as `corral apply` uploaded them.
+    pub uploads: uploads::UploadStore,
     /// Cloud backends and the price catalog.
     pub backends: backends::Backends,
+    /// Connected agents' interface addresses, for fleets' `ssh_config.network`.
+    pub interfaces: fleet_nodes::Interfaces,
 }
 
 impl State {
@@ -366,6 +381,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let pki = Pki::load_or_create(dir).context("cannot set up the certificate authority")?;
     let logs = LogStore::new(&dir.join("logs")).context("cannot create the log dir")?;
     let images = images::ImageStore::open(&dir.join("images")).context("cannot open the image store")?;
+    let uploads = uploads::UploadStore::open(&dir.join("uploads")).context("cannot open the upload store")?;
     let backends = backends::Backends::start(config.aws.clone()).await?;
 
     let (admin_token, join_token) = bootstrap_tokens(dir, &store, &pki.ca_hash())?;
@@ -391,9 +407,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         updates_waiting: std::sync::atomic::AtomicUsize::new(0),
         https: !matches!(config.http_tls, HttpTls::Off),
         quic_port: std::sync::OnceLock::new(),
+        http_port: std::sync::OnceLock::new(),
         agent_dist: Arc::new(http::AgentDist::new(config.agent_binary.clone())),
         images,
+        uploads,
         backends,
+        interfaces: fleet_nodes::Interfaces::default(),
     });
     // A restart is not a node loss: nodes with jobs get the restart grace to come back (their
     // agents notice the restart within seconds, by a stateless reset or their idle timeout), and
@@ -442,6 +461,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http_listen))?;
     let http_addr = listener.local_addr()?;
+    let _ = state.http_port.set(http_addr.port());
     let tls = match &config.http_tls {
         HttpTls::Off => None,
         HttpTls::Own(names) => Some(state.pki.https_server_config(names).context("cannot make the HTTPS certificate")?),
@@ -455,6 +475,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     tasks.spawn(seen::run(state.clone(), shutdown.child_token()));
     tasks.spawn(probes::run(state.clone(), shutdown.child_token()));
     tasks.spawn(autoscale::run(state.clone(), shutdown.child_token()));
+    tasks.spawn(schedules::run(state.clone(), shutdown.child_token()));
     tasks.spawn(upgrade::run(state.clone(), shutdown.child_token()));
     #[cfg(feature = "aws")]
     tasks.spawn(elastic::run(state.clone(), shutdown.child_token()));

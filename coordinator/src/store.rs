@@ -94,6 +94,26 @@ CREATE TABLE images (name TEXT PRIMARY KEY, config TEXT NOT NULL, layers TEXT NO
     r#"
 ALTER TABLE join_tokens ADD COLUMN is_default INTEGER NOT NULL DEFAULT 0;
 "#,
+    // Scheduled runs (`schedule:`): what is submitted, and when next (`NULL` while its run is
+    // active).
+    r#"
+CREATE TABLE schedules (
+    project TEXT NOT NULL REFERENCES projects(name), name TEXT NOT NULL, request TEXT NOT NULL,
+    created_ms INTEGER NOT NULL, next_ms INTEGER, run_id TEXT, error TEXT, PRIMARY KEY (project, name));
+CREATE INDEX schedules_by_next ON schedules(next_ms);
+"#,
+    // Named volumes (`type: volume`, `volumes: [name:/path]`).
+    r#"
+CREATE TABLE volumes (
+    project TEXT NOT NULL REFERENCES projects(name), name TEXT NOT NULL, configuration TEXT,
+    backend TEXT, node_id TEXT, volume_id TEXT, region TEXT, availability_zone TEXT, size INTEGER,
+    status TEXT NOT NULL, status_message TEXT, created_ms INTEGER NOT NULL, PRIMARY KEY (project, name));
+"#,
+    // A service with replica groups: each group's desired replica count (a JSON list; `NULL`: each
+    // group's initial count), next to their sum in `replicas`.
+    r#"
+ALTER TABLE runs ADD COLUMN group_replicas TEXT;
+"#,
 ];
 
 /// What [`Store::insert_run`] stores.
@@ -106,6 +126,9 @@ pub struct NewRun<'a> {
     pub source: Option<&'a str>,
     /// One job per rank (a task) or per replica it starts with (a service).
     pub jobs: &'a [JobId],
+    /// The number of each of `jobs`; empty: 0, 1, 2, ... (a service with replica groups starts
+    /// numbers from each group's block).
+    pub job_nums: &'a [u32],
     /// A service's desired replica count.
     pub replicas: Option<u32>,
     /// A new deployment of an active service of that name: stored next to it.
@@ -114,13 +137,17 @@ pub struct NewRun<'a> {
 
 mod fleets;
 mod images;
+mod schedules;
 mod services;
 #[cfg(test)]
 mod tests;
 mod tokens;
+mod volumes;
 
+pub use schedules::ScheduleRow;
 pub use services::ActiveService;
 pub use tokens::DefaultToken;
+pub use volumes::VolumeRow;
 
 pub struct Store {
     conn: Mutex<Connection>,
@@ -446,7 +473,7 @@ impl Store {
     /// Stores a run and its jobs (state `submitted`) in one transaction. `Ok(false)`: a run of that
     /// name is still active in the project, and nothing was stored.
     pub fn insert_run(&self, run: &NewRun<'_>) -> Result<bool> {
-        let NewRun { id, project, name, configuration: cfg, source, jobs, replicas, replacing_service } = *run;
+        let NewRun { id, project, name, configuration: cfg, source, jobs, job_nums, replicas, replacing_service } = *run;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         // Checked in the same transaction as the insert, so two submissions cannot both win. A
@@ -474,7 +501,7 @@ impl Store {
         for (num, job) in jobs.iter().enumerate() {
             tx.execute(
                 "INSERT INTO jobs (id, run_id, job_num, state, submitted_ms) VALUES (?1, ?2, ?3, 'submitted', ?4)",
-                params![job.0, id.0, num as u32, now],
+                params![job.0, id.0, job_nums.get(num).copied().unwrap_or(num as u32), now],
             )?;
         }
         tx.commit()?;
@@ -789,6 +816,7 @@ impl Store {
                     status_message: j.status_message.clone(),
                     submitted_at_ms: j.submitted_ms,
                     submission: j.submission,
+                    image: j.spec.as_ref().map(|s| s.image.clone()),
                     started_at_ms: j.started_ms,
                     finished_at_ms: j.finished_ms,
                 })

@@ -10,12 +10,15 @@ use crate::inventory::HostInventory;
 use crate::job::{JobState, TerminationReason};
 use crate::resources::Allocation;
 
+mod volumes;
+pub use volumes::{SubmitVolume, Volume, VolumeStatus};
+
 pub const DEFAULT_PROJECT: &str = "main";
 
 /// The largest JSON request body the API reads: a run or fleet submission carries the
 /// configuration twice (typed, and the file's text). Above it the coordinator answers
-/// `413 Payload Too Large`; the CLI checks before it sends. Streamed uploads (`corral image push`)
-/// are not bound by it.
+/// `413 Payload Too Large`; the CLI checks before it sends. Streamed uploads (`corral image push`,
+/// `PUT /api/uploads/{sha256}`) are not bound by it.
 pub const MAX_BODY_BYTES: usize = 2 << 20;
 
 /// What a name in an API path names, for its rule and its message.
@@ -25,6 +28,7 @@ pub enum NameKind {
     Fleet,
     Project,
     Node,
+    Volume,
 }
 
 impl NameKind {
@@ -34,6 +38,7 @@ impl NameKind {
             Self::Fleet => "fleet",
             Self::Project => "project",
             Self::Node => "node",
+            Self::Volume => "volume",
         }
     }
 }
@@ -113,6 +118,32 @@ pub struct Job {
     /// 0 for the first attempt; each retry counts one up.
     #[serde(default)]
     pub submission: u32,
+    /// The image it runs, once placed (the coordinator's base image for a run that names none).
+    #[serde(default)]
+    pub image: Option<String>,
+}
+
+/// A scheduled run (`schedule:`): `POST /api/projects/{project}/schedules` (a [`SubmitRun`] whose
+/// configuration has a `schedule`) registers one and answers it, `GET` lists them, and `DELETE
+/// .../schedules/{name}` removes one (the runs it started stay).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScheduledRun {
+    pub name: String,
+    pub project: String,
+    /// The cron expressions, UTC.
+    pub cron: Vec<String>,
+    /// `task`, `service` or `dev-environment`.
+    pub kind: String,
+    /// When the coordinator submits it next; `None` while the run it started last is active (the
+    /// next time is reckoned once that run ends).
+    pub next_start_ms: Option<i64>,
+    /// The coordinator's clock when it answered, for "in 5m" whatever the client's clock says.
+    pub now_ms: i64,
+    /// The run it started last.
+    pub last_run: Option<RunId>,
+    /// Why the last start failed, when it did.
+    pub last_error: Option<String>,
+    pub created_at_ms: i64,
 }
 
 /// `POST /api/projects/{project}/runs/{name}/stop`
@@ -146,6 +177,10 @@ pub struct Node {
     /// Takes no new jobs (`corral node cordon` / `drain`).
     #[serde(default)]
     pub cordoned: bool,
+    /// Why its fleet takes no jobs on it (it lacks the fleet's `resources`, cannot be split into
+    /// its `blocks`, has no address in its `ssh_config.network`).
+    #[serde(default)]
+    pub refused: Option<String>,
 }
 
 /// Every error the API returns: `{"error": "..."}` with a fitting status code.
@@ -298,6 +333,46 @@ pub struct ImageInfo {
     pub size: u64,
     pub layers: u32,
     pub pushed_ms: i64,
+}
+
+/// `POST /api/uploads/check`: which of these uploads (SHA-256s of the tars `corral apply` would
+/// send) the coordinator lacks. Answered with [`MissingUploads`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CheckUploads {
+    pub sha256: Vec<String>,
+}
+
+impl CheckUploads {
+    /// As many as one run can name (its repo and its `files`), each a digest.
+    pub fn check(&self) -> Result<(), LimitError> {
+        use crate::config::limits::{MAX_FILES, MAX_REPOS};
+        if self.sha256.len() > MAX_FILES + MAX_REPOS {
+            return Err(LimitError {
+                field: "sha256".into(),
+                message: format!("at most {} uploads, found {}", MAX_FILES + MAX_REPOS, self.sha256.len()),
+            });
+        }
+        match self.sha256.iter().position(|d| !crate::config::UploadRef::is_digest(d)) {
+            Some(i) => Err(LimitError { field: format!("sha256[{i}]"), message: "not 64 lowercase hex digits".into() }),
+            None => Ok(()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MissingUploads {
+    pub missing: Vec<String>,
+}
+
+/// The answer to `PUT /api/uploads/{sha256}` (the body is the tar, streamed; at most
+/// [`crate::config::limits::MAX_UPLOAD_BYTES`]): stored, its digest checked.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoredUpload {
+    pub sha256: String,
+    pub size: u64,
+    /// False when the store already had it (nothing was written).
+    #[serde(default)]
+    pub new: bool,
 }
 
 /// A join token as `corral token list` shows it: never its secret, which only its creation returns.

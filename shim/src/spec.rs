@@ -18,6 +18,9 @@ pub const LABEL_RUN_NAME: &str = "corral.run_name";
 pub const LABEL_MAX_DURATION: &str = "corral.max_duration";
 /// Seconds between SIGTERM and SIGKILL when the job is stopped (its `stop_duration`).
 pub const LABEL_STOP_GRACE: &str = "corral.stop_grace";
+/// `MIN/WINDOW_SECS/GPU,GPU` (`10/300/0,1`), present only when the job has a `utilization_policy`:
+/// a restarted agent goes on sampling those GPUs.
+pub const LABEL_UTILIZATION: &str = "corral.utilization_policy";
 
 /// How allocated GPUs reach the container.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -45,13 +48,15 @@ pub fn container_name(job: &JobId) -> String {
 /// Docker's configuration for the container that runs `spec`.
 pub(crate) fn container_config(spec: &JobSpec, opts: &RunOptions) -> ContainerCreateBody {
     let alloc = &spec.allocation;
-    let gpus = alloc.gpu_indices.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    // NVIDIA GPUs only: TPU chips share `gpu_indices` and reach the container as `devices`.
+    let nvidia = alloc.gpus();
+    let gpus = nvidia.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
 
-    let device_requests = (opts.gpu_passthrough == GpuPassthrough::DeviceRequests && !alloc.gpu_indices.is_empty())
+    let device_requests = (opts.gpu_passthrough == GpuPassthrough::DeviceRequests && !nvidia.is_empty())
         .then(|| {
             vec![DeviceRequest {
                 driver: Some("nvidia".to_owned()),
-                device_ids: Some(alloc.gpu_indices.iter().map(u32::to_string).collect()),
+                device_ids: Some(nvidia.iter().map(u32::to_string).collect()),
                 capabilities: Some(vec![vec!["gpu".to_owned()]]),
                 ..Default::default()
             }]
@@ -70,6 +75,8 @@ pub(crate) fn container_config(spec: &JobSpec, opts: &RunOptions) -> ContainerCr
         init: Some(true),
         network_mode: spec.host_network.then(|| "host".to_owned()),
         privileged: spec.container.privileged.then_some(true),
+        mounts: crate::volume::container_mounts(spec),
+        devices: crate::devices::mappings(&spec.container.devices),
         ..Default::default()
     };
 
@@ -102,7 +109,12 @@ fn command(spec: &JobSpec) -> (Option<Vec<String>>, Option<Vec<String>>) {
     if spec.commands.is_empty() {
         return (None, None);
     }
-    let script = script(&spec.commands, c.python.as_deref());
+    let mut script = script(&spec.commands, c.python.as_deref());
+    if c.docker {
+        // dstack's docker-in-docker image waits for its `dockerd` (and says so when the
+        // container is not privileged).
+        script.insert_str("set -e\n".len(), "start-dockerd\n");
+    }
     let shell = |path: &str| (Some(vec![path.to_owned(), "-c".to_owned()]), Some(vec![script.clone()]));
     match c.shell.as_deref() {
         Some("bash") => shell("/bin/bash"),
@@ -191,6 +203,10 @@ fn labels(spec: &JobSpec) -> HashMap<String, String> {
     if let Some(secs) = spec.max_duration_secs {
         labels.insert(LABEL_MAX_DURATION.to_owned(), secs.to_string());
     }
+    if let Some(p) = &spec.container.utilization_policy {
+        let gpus = spec.allocation.gpus().iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        labels.insert(LABEL_UTILIZATION.to_owned(), format!("{}/{}/{gpus}", p.min_gpu_utilization, p.time_window_secs));
+    }
     labels
 }
 
@@ -269,6 +285,16 @@ mod tests {
     }
 
     #[test]
+    fn docker_inside_starts_dockerd_before_the_commands() {
+        let mut s = spec();
+        s.container.docker = true;
+        s.container.privileged = true;
+        let c = container_config(&s, &RunOptions::default());
+        assert_eq!(c.cmd, Some(vec!["set -e\nstart-dockerd\necho a\necho b\n".to_owned()]));
+        assert_eq!(c.host_config.and_then(|h| h.privileged), Some(true));
+    }
+
+    #[test]
     fn user_and_privileged_reach_docker() {
         let mut s = spec();
         s.container.user = Some("1000:1000".to_owned());
@@ -301,6 +327,12 @@ mod tests {
         }
         let unlimited = container_config(&JobSpec { max_duration_secs: None, ..spec() }, &RunOptions::default());
         assert!(!unlimited.labels.unwrap_or_default().contains_key(LABEL_MAX_DURATION));
+        assert!(!labels.contains_key(LABEL_UTILIZATION));
+        let mut watched = spec();
+        watched.container.utilization_policy =
+            Some(corral_proto::config::UtilizationPolicy { min_gpu_utilization: 10, time_window_secs: 300 });
+        let labels = container_config(&watched, &RunOptions::default()).labels.unwrap_or_default();
+        assert_eq!(labels.get(LABEL_UTILIZATION).map(String::as_str), Some("10/300/0,1"));
     }
 
     #[test]

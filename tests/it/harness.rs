@@ -42,6 +42,34 @@ pub fn ensure_image() {
     }
 }
 
+/// The image with Python 3 and bash (scripts/build-test-python-image.sh), built once per test
+/// process; returns its name and its Python's version (`3.11`).
+pub fn python_image() -> (&'static str, String) {
+    const PYTHON_IMAGE: &str = "corral-test/python:latest";
+    static DONE: OnceLock<Result<String, String>> = OnceLock::new();
+    let r = DONE.get_or_init(|| {
+        ensure_image();
+        let script = repo_root().join("scripts/build-test-python-image.sh");
+        let out = std::process::Command::new("bash").arg(&script).output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "scripts/build-test-python-image.sh failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let label = std::process::Command::new("docker")
+            .args(["image", "inspect", "--format", "{{ index .Config.Labels \"corral.python\" }}", PYTHON_IMAGE])
+            .output()
+            .map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&label.stdout).trim().to_owned())
+    });
+    match r {
+        Ok(version) => (PYTHON_IMAGE, version.clone()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
 /// Builds the fake NVML library (two A100s by default) once per test process.
 pub fn fake_nvml() -> PathBuf {
     static LIB: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -201,6 +229,8 @@ pub struct AgentOptions {
     pub fleet: Option<String>,
     pub registry_mirror: Option<String>,
     pub imds_url: Option<String>,
+    /// TPU device nodes under `<root>/dev` (the agent's `--device-root`).
+    pub device_root: Option<PathBuf>,
 }
 
 impl Agent {
@@ -216,6 +246,7 @@ impl Agent {
             registry_mirror: opts.registry_mirror,
             // Nothing answers there: no metadata service in tests unless one is given.
             imds_url: Some(opts.imds_url.unwrap_or_else(|| "http://127.0.0.1:9".into())),
+            device_root: opts.device_root,
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(corral_agent::run(config, shutdown.clone()));
@@ -408,9 +439,24 @@ pub struct OneNode {
 
 impl OneNode {
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// With the coordinator's configuration changed by `configure` first.
+    pub async fn start_with(configure: impl FnOnce(&mut corral_coordinator::Config)) -> anyhow::Result<Self> {
         ensure_image();
         let dir = tempfile::tempdir()?;
-        let coord = Coordinator::start(&dir.path().join("coord")).await?;
+        let mut config = corral_coordinator::Config {
+            data_dir: dir.path().join("coord"),
+            http_listen: "127.0.0.1:0".parse()?,
+            quic_listen: "127.0.0.1:0".parse()?,
+            heartbeat_secs: 1,
+            services_domain: Some("svc.corral.test".to_owned()),
+            http_tls: corral_coordinator::HttpTls::Off,
+            ..Default::default()
+        };
+        configure(&mut config);
+        let coord = Coordinator::start_config(config).await?;
         let agent = Agent::start(
             &coord,
             &dir.path().join("agent"),

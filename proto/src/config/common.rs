@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::fields::{Issue, Object, Res, at, boolean, bounded, choice, list, number, string, strings};
+use super::fields::{Issue, Object, Res, at, bounded, choice, list, number, string, strings};
 use super::limits::MAX_FLEET_NODES;
 use super::values::{Duration, duration, secs};
 use super::yaml::{Node, Value};
@@ -193,7 +193,7 @@ fn idle_duration(node: &Node, path: &str) -> Res<Option<IdleDuration>> {
     })
 }
 
-fn tags(node: &Node, path: &str) -> Res<BTreeMap<String, String>> {
+pub(crate) fn tags(node: &Node, path: &str) -> Res<BTreeMap<String, String>> {
     let Value::Map(entries) = &node.value else {
         return Err(Issue::invalid(
             node.mark,
@@ -279,17 +279,6 @@ pub(crate) fn utilization_policy(node: &Node, path: &str) -> Res<UtilizationPoli
         min_gpu_utilization: o.require("min_gpu_utilization", |n, p| bounded(n, p, 0, 100))?,
         time_window_secs,
     })
-}
-
-/// `docker: true` and friends: a boolean that Corral refuses when true.
-pub(crate) fn refuse_true(o: &Object, key: &str, why: &str) -> Res<()> {
-    let Some(node) = o.get(key) else {
-        return Ok(());
-    };
-    if boolean(node, &o.path(key))? {
-        return Err(Issue::unsupported(node.mark, o.path(key), why));
-    }
-    Ok(())
 }
 
 /// A list of strings, for fields such as `commands`.

@@ -7,8 +7,8 @@ use crate::resources::ResourcesSpec;
 
 use super::common::{self, Provisioning, RegistryAuth, RetrySpec, UtilizationPolicy, each};
 use super::fields::{Issue, Object, Res, bounded, choice, string};
-use super::limits::{MAX_NODES, MAX_PRIORITY};
-use super::mounts::{self, FileMapping, InstanceMount, RepoSpec};
+use super::limits::MAX_PRIORITY;
+use super::mounts::{self, FileMapping, RepoSpec, VolumeMount};
 use super::resources::resources;
 use super::values::{Duration, duration, env, off_duration, ports, python_version, resource_name};
 use super::yaml::Node;
@@ -102,13 +102,18 @@ pub struct TaskConfig {
     pub python: Option<String>,
     /// Use the base image that has the CUDA compiler.
     pub nvcc: bool,
+    /// Docker inside the container: dstack's docker-in-docker image, privileged, `dockerd`
+    /// started before the commands.
+    pub docker: bool,
+    /// The coordinator's API is made known inside the run (its URL, project and CA; no token).
+    pub dstack: bool,
     pub user: Option<String>,
     pub privileged: bool,
     pub entrypoint: Option<String>,
     /// `sh`, `bash`, or an absolute path; `None`: `/bin/sh` with an image, `/bin/bash` without.
     pub shell: Option<String>,
     pub registry_auth: Option<RegistryAuth>,
-    pub volumes: Vec<InstanceMount>,
+    pub volumes: Vec<VolumeMount>,
     pub repos: Vec<RepoSpec>,
     pub files: Vec<FileMapping>,
     pub retry: Option<RetrySpec>,
@@ -116,6 +121,14 @@ pub struct TaskConfig {
     pub startup_order: StartupOrder,
     pub stop_criteria: StopCriteria,
     pub provisioning: Provisioning,
+    /// When the coordinator starts the run by itself (UTC); `None`: when applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<super::Schedule>,
+    /// Heterogeneous nodes (`groups:`): the gang's ranks, group by group, each with its group's
+    /// commands, resources and ports ([`TaskConfig::for_rank`]); `nodes` is their total. Empty:
+    /// every rank runs `commands` with `resources`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<super::NodeGroup>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,16 +160,20 @@ pub struct DevEnvironmentConfig {
     pub stop_duration_secs: Option<u64>,
     pub python: Option<String>,
     pub nvcc: bool,
+    pub docker: bool,
+    pub dstack: bool,
     pub user: Option<String>,
     pub privileged: bool,
     pub shell: Option<String>,
     pub registry_auth: Option<RegistryAuth>,
-    pub volumes: Vec<InstanceMount>,
+    pub volumes: Vec<VolumeMount>,
     pub repos: Vec<RepoSpec>,
     pub files: Vec<FileMapping>,
     pub retry: Option<RetrySpec>,
     pub utilization_policy: Option<UtilizationPolicy>,
     pub provisioning: Provisioning,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<super::Schedule>,
 }
 
 impl DevEnvironmentConfig {
@@ -179,6 +196,8 @@ impl DevEnvironmentConfig {
             priority: self.priority,
             python: self.python.clone(),
             nvcc: self.nvcc,
+            docker: self.docker,
+            dstack: self.dstack,
             user: self.user.clone(),
             privileged: self.privileged,
             entrypoint: None,
@@ -192,6 +211,8 @@ impl DevEnvironmentConfig {
             startup_order: StartupOrder::Any,
             stop_criteria: StopCriteria::AllDone,
             provisioning: self.provisioning.clone(),
+            schedule: self.schedule.clone(),
+            groups: Vec::new(),
         }
     }
 }
@@ -207,11 +228,13 @@ pub(crate) struct Common {
     pub registry_auth: Option<RegistryAuth>,
     pub python: Option<String>,
     pub nvcc: bool,
+    pub docker: bool,
+    pub dstack: bool,
     pub env: Vec<EnvVar>,
     pub shell: Option<String>,
     pub resources: ResourcesSpec,
     pub priority: Option<u8>,
-    pub volumes: Vec<InstanceMount>,
+    pub volumes: Vec<VolumeMount>,
     pub repos: Vec<RepoSpec>,
     pub files: Vec<FileMapping>,
     pub setup: Vec<String>,
@@ -222,17 +245,11 @@ pub(crate) struct Common {
     pub startup_order: StartupOrder,
     pub stop_criteria: StopCriteria,
     pub provisioning: Provisioning,
+    pub schedule: Option<super::Schedule>,
 }
 
 /// Reads the fields in [`RUN_FIELDS`], refusing those Corral does not have.
 pub(crate) fn common(o: &Object) -> Res<Common> {
-    common::refuse_true(
-        o,
-        "docker",
-        "Docker inside the container needs dstack's docker-in-docker base image, which Corral does not provide yet",
-    )?;
-    common::refuse_true(o, "dstack", "Corral does not expose its coordinator inside runs")?;
-    o.refuse("schedule", "scheduled runs are not supported yet: Corral starts a run when it is applied")?;
     // `home_dir` and `single_branch` have no effect in dstack 0.22.5; `backend_options` apply to
     // vast.ai offers only, which Corral never has. They are accepted and ignored.
     let image = o.string("image")?;
@@ -243,6 +260,18 @@ pub(crate) fn common(o: &Object) -> Res<Common> {
             "python",
             "`image` and `python` are mutually exclusive: the image decides which Python there is",
         ));
+    }
+    let nvcc = o.boolean("nvcc")?.unwrap_or(false);
+    let docker = o.boolean("docker")?.unwrap_or(false);
+    // dstack's rule: the docker-in-docker image is the image.
+    for (field, set) in [("image", image.is_some()), ("python", python.is_some()), ("nvcc", nvcc)] {
+        if docker && set {
+            return Err(Issue::invalid(
+                o.key_mark("docker"),
+                "docker",
+                format!("`docker: true` runs dstack's docker-in-docker image: it cannot be combined with `{field}`"),
+            ));
+        }
     }
     let repos = o.map("repos", |n, p| each(n, p, mounts::repo))?.unwrap_or_default();
     if repos.len() > 1 {
@@ -262,7 +291,9 @@ pub(crate) fn common(o: &Object) -> Res<Common> {
         working_dir: o.string("working_dir")?,
         registry_auth: o.map("registry_auth", common::registry_auth)?,
         python,
-        nvcc: o.boolean("nvcc")?.unwrap_or(false),
+        nvcc,
+        docker,
+        dstack: o.boolean("dstack")?.unwrap_or(false),
         env: o.map("env", env)?.unwrap_or_default(),
         shell: o.map("shell", shell)?,
         resources: o.map("resources", resources)?.unwrap_or_default(),
@@ -294,6 +325,7 @@ pub(crate) fn common(o: &Object) -> Res<Common> {
             })?
             .unwrap_or_default(),
         provisioning: common::provisioning(o)?,
+        schedule: o.map("schedule", super::schedule::schedule)?,
     })
 }
 
@@ -316,13 +348,12 @@ pub(crate) fn require_commands_or_image(o: &Object, commands: &[String], image: 
 pub(crate) fn task(doc: &Node) -> Res<TaskConfig> {
     let known: Vec<&str> = RUN_FIELDS.iter().copied().chain(["nodes", "groups", "ports", "commands"]).collect();
     let o = super::object(doc, "task", &known)?;
-    o.refuse(
-        "groups",
-        "heterogeneous node groups are not supported yet; use `nodes` with one set of `commands` and `resources`",
-    )?;
     let c = common(&o)?;
     let commands = common::commands(&o, "commands")?;
-    require_commands_or_image(&o, &commands, &c.image)?;
+    let (groups, nodes) = super::groups::task_groups(&o, &commands, &c)?;
+    if groups.is_empty() {
+        require_commands_or_image(&o, &commands, &c.image)?;
+    }
     Ok(TaskConfig {
         name: c.name,
         image: c.image,
@@ -333,10 +364,12 @@ pub(crate) fn task(doc: &Node) -> Res<TaskConfig> {
         max_duration_secs: c.max_duration_secs,
         stop_duration_secs: c.stop_duration_secs,
         resources: c.resources,
-        nodes: o.map("nodes", |n, p| bounded(n, p, 1, MAX_NODES.into()))?.unwrap_or(1),
+        nodes,
         priority: c.priority,
         python: c.python,
         nvcc: c.nvcc,
+        docker: c.docker,
+        dstack: c.dstack,
         user: c.user,
         privileged: c.privileged,
         entrypoint: c.entrypoint,
@@ -350,6 +383,8 @@ pub(crate) fn task(doc: &Node) -> Res<TaskConfig> {
         startup_order: c.startup_order,
         stop_criteria: c.stop_criteria,
         provisioning: c.provisioning,
+        schedule: c.schedule,
+        groups,
     })
 }
 
@@ -406,6 +441,8 @@ pub(crate) fn dev_environment(doc: &Node) -> Res<DevEnvironmentConfig> {
         stop_duration_secs: c.stop_duration_secs,
         python: c.python,
         nvcc: c.nvcc,
+        docker: c.docker,
+        dstack: c.dstack,
         user: c.user,
         privileged: c.privileged,
         shell: c.shell,
@@ -416,5 +453,6 @@ pub(crate) fn dev_environment(doc: &Node) -> Res<DevEnvironmentConfig> {
         retry: c.retry,
         utilization_policy: c.utilization_policy,
         provisioning: c.provisioning,
+        schedule: c.schedule,
     })
 }

@@ -9,7 +9,7 @@ use super::EnvVar;
 use super::common::{self, Provisioning, RegistryAuth, RetrySpec, UtilizationPolicy, each};
 use super::fields::{Issue, Object, Res, boolean, bounded, choice, number, string};
 use super::limits::{MAX_BURST, MAX_READY_AFTER};
-use super::mounts::{FileMapping, InstanceMount, RepoSpec};
+use super::mounts::{FileMapping, RepoSpec, VolumeMount};
 use super::resources::count_range;
 use super::run::{RUN_FIELDS, common, require_commands_or_image};
 use super::values::{parse_port_mapping, port, secs};
@@ -43,17 +43,27 @@ pub struct ServiceConfig {
     pub priority: Option<u8>,
     pub python: Option<String>,
     pub nvcc: bool,
+    pub docker: bool,
+    pub dstack: bool,
     pub user: Option<String>,
     pub privileged: bool,
     pub entrypoint: Option<String>,
     pub shell: Option<String>,
     pub registry_auth: Option<RegistryAuth>,
-    pub volumes: Vec<InstanceMount>,
+    pub volumes: Vec<VolumeMount>,
     pub repos: Vec<RepoSpec>,
     pub files: Vec<FileMapping>,
     pub retry: Option<RetrySpec>,
     pub utilization_policy: Option<UtilizationPolicy>,
     pub provisioning: Provisioning,
+    /// When the coordinator starts the service by itself (UTC); `None`: when applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<super::Schedule>,
+    /// Replica groups (`replicas:` as a list): each with its own count or autoscaled range,
+    /// commands, resources and container ([`ServiceConfig::replica_task_of`]). With groups,
+    /// `replicas` is their sum and `scaling` is `None`. Empty: one group of `replicas`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<super::ReplicaGroup>,
 }
 
 impl ServiceConfig {
@@ -74,6 +84,8 @@ impl ServiceConfig {
             priority: self.priority,
             python: self.python.clone(),
             nvcc: self.nvcc,
+            docker: self.docker,
+            dstack: self.dstack,
             user: self.user.clone(),
             privileged: self.privileged,
             entrypoint: self.entrypoint.clone(),
@@ -87,6 +99,8 @@ impl ServiceConfig {
             startup_order: super::StartupOrder::Any,
             stop_criteria: super::StopCriteria::AllDone,
             provisioning: self.provisioning.clone(),
+            schedule: self.schedule.clone(),
+            groups: Vec::new(),
         }
     }
 }
@@ -164,15 +178,9 @@ const SERVICE_FIELDS: [&str; 12] = [
     "commands",
 ];
 
-const GROUPS: &str = "replica groups (heterogeneous services) are not supported yet; use one `replicas` count or range with top-level `commands` and `resources`";
-
 pub(crate) fn service(doc: &Node) -> Res<ServiceConfig> {
     let known: Vec<&str> = RUN_FIELDS.iter().copied().chain(SERVICE_FIELDS).collect();
     let o = super::object(doc, "service", &known)?;
-    o.refuse("groups", GROUPS)?;
-    if let Some(n) = o.get("replicas").filter(|n| matches!(n.value, Value::Seq(_))) {
-        return Err(Issue::unsupported(n.mark, "replicas", GROUPS));
-    }
     if let Some(g) = o.get("gateway").filter(|g| !matches!(g.value, Value::Bool(false))) {
         return Err(Issue::unsupported(
             g.mark,
@@ -184,22 +192,9 @@ pub(crate) fn service(doc: &Node) -> Res<ServiceConfig> {
     o.map("https", |n, p| if matches!(n.value, Value::Str(ref s) if s == "auto") { Ok(true) } else { boolean(n, p) })?;
     let c = common(&o)?;
     let commands = common::commands(&o, "commands")?;
-    require_commands_or_image(&o, &commands, &c.image)?;
-    let replicas = o.map("replicas", replicas)?.unwrap_or(Range::exactly(1));
-    let scaling = o.map("scaling", scaling)?;
-    if replicas.min != replicas.max && scaling.is_none() {
-        return Err(Issue::invalid(
-            o.key_mark("replicas"),
-            "replicas",
-            "a range of replicas needs `scaling` (e.g. `scaling: {metric: rps, target: 10}`)",
-        ));
-    }
-    if replicas.min == replicas.max && scaling.is_some() {
-        return Err(Issue::invalid(
-            o.key_mark("scaling"),
-            "scaling",
-            "`scaling` needs `replicas` to be a range, e.g. `0..4`",
-        ));
+    let (groups, replicas, scaling) = super::groups::service_groups(&o, &commands, &c)?;
+    if groups.is_empty() {
+        require_commands_or_image(&o, &commands, &c.image)?;
     }
     let probes = o.map("probes", |n, p| each(n, p, probe))?;
     let list = probes.as_deref().unwrap_or_default();
@@ -236,6 +231,8 @@ pub(crate) fn service(doc: &Node) -> Res<ServiceConfig> {
         priority: c.priority,
         python: c.python,
         nvcc: c.nvcc,
+        docker: c.docker,
+        dstack: c.dstack,
         user: c.user,
         privileged: c.privileged,
         entrypoint: c.entrypoint,
@@ -247,6 +244,8 @@ pub(crate) fn service(doc: &Node) -> Res<ServiceConfig> {
         retry: c.retry,
         utilization_policy: c.utilization_policy,
         provisioning: c.provisioning,
+        schedule: c.schedule,
+        groups,
     })
 }
 
@@ -265,7 +264,7 @@ fn service_port(node: &Node, path: &str) -> Res<u16> {
     }
 }
 
-fn replicas(node: &Node, path: &str) -> Res<Range<u32>> {
+pub(crate) fn replicas(node: &Node, path: &str) -> Res<Range<u32>> {
     let mut r = count_range(node, path)?;
     if r.max.is_none() {
         return Err(Issue::invalid(node.mark, path, "give the maximum number of replicas, e.g. `0..4`"));
@@ -274,7 +273,7 @@ fn replicas(node: &Node, path: &str) -> Res<Range<u32>> {
     Ok(r)
 }
 
-fn scaling(node: &Node, path: &str) -> Res<ScalingSpec> {
+pub(crate) fn scaling(node: &Node, path: &str) -> Res<ScalingSpec> {
     let o = Object::new(node, path, "scaling", &["metric", "target", "window", "scale_up_delay", "scale_down_delay"])?;
     o.require("metric", |n, p| choice(n, p, &["rps"]))?;
     let target = o.require("target", number)?;
@@ -303,16 +302,19 @@ fn model(node: &Node, path: &str) -> Res<ModelSpec> {
     }
     let o = Object::new(node, path, "model", &["type", "name", "format", "prefix", "chat_template", "eos_token"])?;
     o.map("type", |n, p| choice(n, p, &["chat"]))?;
-    if o.require("format", |n, p| choice(n, p, &["openai", "tgi"]))? == "tgi" {
-        return Err(Issue::unsupported(
-            o.key_mark("format"),
-            o.path("format"),
-            "`tgi` needs dstack's gateway to translate the TGI API; TGI also serves an OpenAI API, use `format: openai`",
-        ));
-    }
+    // TGI (1.4 and later) serves OpenAI's chat API itself at `/v1`: the proxy passes requests
+    // to it as they are, where dstack's gateway translated them to TGI's `/generate`.
+    let tgi = o.require("format", |n, p| choice(n, p, &["openai", "tgi"]))? == "tgi";
     for key in ["chat_template", "eos_token"] {
-        if o.has(key) {
+        if o.has(key) && !tgi {
             return Err(Issue::invalid(o.key_mark(key), o.path(key), "only used with `format: tgi`"));
+        }
+        if o.has(key) {
+            return Err(Issue::unsupported(
+                o.key_mark(key),
+                o.path(key),
+                "TGI's own chat API applies the model's template: Corral does not rewrite prompts, so a custom template or end token cannot be given here (set it in TGI's launcher instead)",
+            ));
         }
     }
     Ok(ModelSpec { name: o.require("name", string)?, prefix: o.string("prefix")?.unwrap_or_else(|| "/v1".into()) })

@@ -123,6 +123,7 @@ fn admit(conf: &Configuration) -> Result<(), String> {
         Configuration::Service(s) => from_apply(&mut s.env),
         Configuration::DevEnvironment(d) => from_apply(&mut d.env),
         Configuration::Fleet(f) => from_apply(&mut f.env),
+        Configuration::Volume(_) => {}
     }
     match &conf {
         Configuration::Fleet(f) => corral_proto::admission::check_fleet(f).map(|_| ()),
