@@ -68,9 +68,10 @@ impl Drop for Forwarder {
 }
 
 /// The ports a run's configuration asks to forward.
-fn configured_ports(cfg: &Configuration) -> Vec<PortMapping> {
+fn configured_ports(cfg: &Configuration, job: u32) -> Vec<PortMapping> {
     match cfg {
-        Configuration::Task(t) => t.ports.clone(),
+        // A task with node groups: the ports of the job's own group.
+        Configuration::Task(t) => t.for_rank(job).ports,
         Configuration::DevEnvironment(d) => d.ports.clone(),
         Configuration::Service(s) => vec![PortMapping { local: Some(s.port), container: s.port }],
         Configuration::Fleet(_) => Vec::new(),
@@ -137,7 +138,7 @@ pub async fn attach(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let mut mappings = configured_ports(&r.configuration);
+    let mut mappings = configured_ports(&r.configuration, job);
     mappings.extend(extra);
     let fwd = Forwarder::start(client, run, job, &mappings).await?;
     for (local, port) in &fwd.ports {

@@ -119,7 +119,7 @@ pub(crate) fn confirm(question: &str) -> anyhow::Result<bool> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
-fn resources_line(r: &corral_proto::resources::ResourcesSpec) -> String {
+pub(crate) fn resources_line(r: &corral_proto::resources::ResourcesSpec) -> String {
     let mut parts = vec![format!("cpu={}", r.cpu.count)];
     if r.memory.min.is_some() || r.memory.max.is_some() {
         parts.push(format!("mem={}", r.memory));
@@ -196,7 +196,9 @@ pub async fn apply(
     eprintln!("Run:       {}", run_name.as_deref().unwrap_or("(name picked by the coordinator)"));
     eprintln!("Project:   {}", client.project);
     eprintln!("Image:     {}", task.image.as_deref().unwrap_or("the coordinator's base image (dstack's default)"));
-    eprintln!("Resources: {}", resources_line(&task.resources));
+    if !crate::groups::plan(&configuration) {
+        eprintln!("Resources: {}", resources_line(&task.resources));
+    }
     if let Some(m) = task.max_duration_secs {
         eprintln!("Max time:  {m}s");
     }
@@ -223,7 +225,11 @@ pub async fn apply(
     eprintln!("submitted run {}", run.name);
     if let Some(svc) = &service {
         let url = format!("{}{}/", client.url, api_path(&["proxy", "services", &client.project, &run.name])?);
-        let replicas = svc.replicas.max.unwrap_or(1);
+        let replicas = if svc.groups.is_empty() {
+            svc.replicas.max.unwrap_or(1).to_string()
+        } else {
+            format!("{} to {}", svc.replicas.min.unwrap_or(0), svc.replicas.max.unwrap_or(0))
+        };
         let auth = if svc.auth { " (send `Authorization: Bearer <your Corral token>`)" } else { "" };
         eprintln!("Service:   {url}{auth}, {replicas} replica(s) on port {}", svc.port);
     }

@@ -7,6 +7,7 @@ pub mod client;
 pub mod cluster;
 pub mod commands;
 pub mod exec;
+pub mod groups;
 pub mod images;
 pub mod offers;
 pub mod output;

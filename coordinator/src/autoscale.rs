@@ -29,6 +29,8 @@ use crate::State;
 use crate::secrets::{now_ms, random_hex};
 use crate::store::{ActiveService, JobRow};
 
+mod groups;
+
 /// Seconds of request counts kept per service (the longest `window`).
 const KEPT_SECS: u64 = 300;
 /// A replica that failed is replaced no sooner than this after its end.
@@ -52,6 +54,8 @@ pub struct Autoscaler {
     rolling: Mutex<HashSet<String>>,
     /// Replicas of retired deployments: out of rotation, about to stop.
     draining: Mutex<HashSet<JobId>>,
+    /// As `pending`, per replica group (run, group index).
+    group_pending: Mutex<HashMap<(RunId, usize), (u32, Instant)>>,
 }
 
 fn unix_secs() -> u64 {
@@ -172,7 +176,12 @@ pub fn reconcile(state: &Arc<State>) -> anyhow::Result<()> {
     let live: std::collections::HashSet<&RunId> = services.iter().map(|s| &s.run).collect();
     state.autoscaler.traffic().retain(|id, _| live.contains(id));
     state.autoscaler.pending.lock().unwrap_or_else(|e| e.into_inner()).retain(|id, _| live.contains(id));
+    state.autoscaler.group_pending.lock().unwrap_or_else(|e| e.into_inner()).retain(|(id, _), _| live.contains(id));
     for s in &services {
+        if !s.config.groups.is_empty() {
+            groups::reconcile(state, s)?;
+            continue;
+        }
         let want = state.autoscaler.decide(&s.run, &s.config, s.replicas);
         if want != s.replicas {
             tracing::info!(service = %s.name, from = s.replicas, to = want, "scaling service");
@@ -187,12 +196,25 @@ pub fn reconcile(state: &Arc<State>) -> anyhow::Result<()> {
 /// Starts or stops replicas until `desired` are active.
 fn converge(state: &State, run: &RunId, desired: u32) -> anyhow::Result<()> {
     let jobs = state.store.latest_jobs(run)?;
-    let active: Vec<&JobRow> = jobs.iter().filter(|j| !j.state.is_finished()).collect();
+    converge_block(state, run, &jobs, 0..u32::MAX, desired)
+}
+
+/// Starts or stops replicas numbered in `block` (all of them, or one replica group's) until
+/// `desired` of them are active.
+fn converge_block(
+    state: &State,
+    run: &RunId,
+    jobs: &[JobRow],
+    block: std::ops::Range<u32>,
+    desired: u32,
+) -> anyhow::Result<()> {
+    let jobs: Vec<&JobRow> = jobs.iter().filter(|j| block.contains(&j.job_num)).collect();
+    let active: Vec<&JobRow> = jobs.iter().copied().filter(|j| !j.state.is_finished()).collect();
     let desired = desired as usize;
     if active.len() < desired {
         let now = now_ms();
         let mut slots: Vec<(u32, u32, i64)> = Vec::new();
-        for num in 0u32.. {
+        for num in block {
             if slots.len() == desired - active.len() {
                 break;
             }
@@ -279,7 +301,7 @@ async fn newest_ready(state: &State, s: &ActiveService) -> anyhow::Result<bool> 
         .into_iter()
         .filter(|j| j.state == JobState::Running && state.probes.is_ready(&j.id, probes))
         .collect();
-    if ready.len() < s.replicas.max(1) as usize {
+    if !groups::enough_ready(state, s, &ready)? {
         return Ok(false);
     }
     for j in &ready {

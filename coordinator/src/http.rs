@@ -297,6 +297,7 @@ fn find_run(state: &State, project: &str, name: &str) -> Result<api::Run, Error>
     let Some((id, _, _)) = state.store.run_by_name(project, name)? else {
         return Err(err(
             StatusCode::NOT_FOUND,
+        job_nums: &admitted.job_nums,
             format!("no run named {name:?} in project {project:?} (see `corral ps -a`)"),
         ));
     };

@@ -4,6 +4,8 @@
 
 use crate::config::{Configuration, FleetConfig, ServiceConfig, SpotPolicy, TaskConfig};
 
+mod groups;
+
 /// An admitted run: what each of its jobs runs, and how many jobs it starts with — a task's `nodes`
 /// (one gang), or a service's replicas (each placed on its own).
 #[derive(Debug)]
@@ -14,6 +16,9 @@ pub struct Admitted {
     pub replicas: Option<u32>,
 }
 
+    /// The number of each job it starts with, when they are not `0..jobs`: a service with replica
+    /// groups starts the lowest numbers of each group's block.
+    pub job_nums: Vec<u32>,
 /// `Err` names the first unsupported field, or the first past a limit, and says why.
 pub fn check(cfg: &Configuration) -> Result<Admitted, String> {
     // Counts and sizes first: a run of 2^32 nodes is refused before anything is made for it.
@@ -21,18 +26,26 @@ pub fn check(cfg: &Configuration) -> Result<Admitted, String> {
     match cfg {
         Configuration::Task(t) => {
             check_task(t)?;
-            Ok(Admitted { task: t.clone(), jobs: t.nodes.max(1), replicas: None })
+            groups::check_task_groups(t, check_task)?;
+            Ok(Admitted { task: t.clone(), jobs: t.nodes.max(1), replicas: None, job_nums: Vec::new() })
+        }
+        Configuration::Service(s) if !s.groups.is_empty() => {
+            check_service(s)?;
+            let job_nums = groups::check_service_groups(s, check_task)?;
+            let n = job_nums.len() as u32;
+            Ok(Admitted { task: s.replica_task_of(job_nums.first().copied().unwrap_or(0)), jobs: n, replicas: Some(n), job_nums })
         }
         Configuration::Service(s) => {
             let replicas = check_service(s)?;
             let task = s.replica_task();
+            groups::check_replica_refs("commands", &s.commands)?;
             check_task(&task)?;
-            Ok(Admitted { task, jobs: replicas, replicas: Some(replicas) })
+            Ok(Admitted { task, jobs: replicas, replicas: Some(replicas), job_nums: Vec::new() })
         }
         Configuration::DevEnvironment(d) => {
             let task = d.as_task();
             check_task(&task)?;
-            Ok(Admitted { task, jobs: 1, replicas: None })
+            Ok(Admitted { task, jobs: 1, replicas: None, job_nums: Vec::new() })
         }
         Configuration::Fleet(_) => Err("type: fleet — apply fleets with `corral apply`, not as a run".to_owned()),
     }

@@ -24,6 +24,7 @@
 mod common;
 mod fields;
 mod fleet;
+mod groups;
 pub mod limits;
 mod mounts;
 mod resources;
@@ -46,6 +47,9 @@ pub use resources::{
 };
 pub use run::{DevEnvironmentConfig, Ide, StartupOrder, StopCriteria, TaskConfig};
 pub use service::{HttpMethod, ModelSpec, ProbeSpec, RateLimit, RateLimitKey, ScalingSpec, ServiceConfig};
+pub use groups::{
+    GroupRef, NodeGroup, RankGroup, RefMember, ReplicaGroup, RouterType, group_refs, substitute_node_addresses,
+};
 pub use values::{PYTHON_VERSIONS, is_valid_name, parse_duration, parse_port_mapping};
 
 use fields::{Issue, Object, Res};

@@ -63,6 +63,30 @@ impl Store {
         Ok(())
     }
 
+    /// A service with replica groups: each group's desired count; `None` when none was written
+    /// (each group still has its initial count).
+    pub fn group_replicas(&self, run: &RunId) -> Result<Option<Vec<u32>>> {
+        let text: Option<Option<String>> = self
+            .conn()
+            .query_row("SELECT group_replicas FROM runs WHERE id = ?1", [&run.0], |r| r.get(0))
+            .optional()?;
+        match text.flatten() {
+            Some(t) => Ok(Some(from_json("group replica counts", &t)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Sets each group's desired count, and the service's (their sum), while the service is
+    /// active.
+    pub fn set_group_replicas(&self, run: &RunId, counts: &[u32]) -> Result<()> {
+        let total: u32 = counts.iter().sum();
+        self.conn().execute(
+            "UPDATE runs SET group_replicas = ?2, replicas = ?3 WHERE id = ?1 AND replicas IS NOT NULL",
+            params![run.0, super::json(&counts), total],
+        )?;
+        Ok(())
+    }
+
     /// Queues new replicas of an active service: `(replica number, submission, not before ms)`
     /// each, in one transaction; `Ok(false)` (and nothing added) when the service is no longer
     /// active or a replica number is taken by then.

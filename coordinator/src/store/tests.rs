@@ -39,6 +39,7 @@ fn insert(store: &Store, run: &str, jobs: &[&str]) {
             configuration: &task(),
             source: None,
             jobs: &jobs,
+            job_nums: &[],
             replicas: None,
             replacing_service: false,
         })

@@ -125,6 +125,7 @@ impl Configuration {
                     env: &t.env,
                     ports: &t.ports,
                     durations: &[("max_duration", t.max_duration_secs), ("stop_duration", t.stop_duration_secs)],
+                groups::task(t)?;
                     resources: &t.resources,
                     priority: t.priority,
                     volumes: &t.volumes,
@@ -151,6 +152,7 @@ impl Configuration {
                     env: &s.env,
                     ports: &[],
                     durations: &[("max_duration", s.max_duration_secs), ("stop_duration", s.stop_duration_secs)],
+                groups::service(s)?;
                     resources: &s.resources,
                     priority: s.priority,
                     volumes: &s.volumes,
@@ -616,3 +618,6 @@ fn secs_text(s: u64) -> String {
 
 #[cfg(test)]
 mod tests;
+mod groups;
+pub use groups::MAX_GROUPS;
+
