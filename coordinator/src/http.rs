@@ -242,6 +242,7 @@ async fn submit_run(
         configuration: &req.configuration,
         source: req.source.as_deref(),
         jobs: &jobs,
+        job_nums: &admitted.job_nums,
         replicas: admitted.replicas,
         replacing_service: replacing,
     })?;
@@ -297,7 +298,6 @@ fn find_run(state: &State, project: &str, name: &str) -> Result<api::Run, Error>
     let Some((id, _, _)) = state.store.run_by_name(project, name)? else {
         return Err(err(
             StatusCode::NOT_FOUND,
-        job_nums: &admitted.job_nums,
             format!("no run named {name:?} in project {project:?} (see `corral ps -a`)"),
         ));
     };

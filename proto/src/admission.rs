@@ -14,11 +14,11 @@ pub struct Admitted {
     pub jobs: u32,
     /// A service's desired replica count (it starts with `jobs`); `None` for a task.
     pub replicas: Option<u32>,
-}
-
     /// The number of each job it starts with, when they are not `0..jobs`: a service with replica
     /// groups starts the lowest numbers of each group's block.
     pub job_nums: Vec<u32>,
+}
+
 /// `Err` names the first unsupported field, or the first past a limit, and says why.
 pub fn check(cfg: &Configuration) -> Result<Admitted, String> {
     // Counts and sizes first: a run of 2^32 nodes is refused before anything is made for it.

@@ -111,6 +111,7 @@ impl Configuration {
         match self {
             Self::Task(t) => {
                 number(&"nodes", u64::from(t.nodes), 1, MAX_NODES.into())?;
+                groups::task(t)?;
                 run(&Run {
                     name: t.name.as_deref(),
                     strings: &[
@@ -125,7 +126,6 @@ impl Configuration {
                     env: &t.env,
                     ports: &t.ports,
                     durations: &[("max_duration", t.max_duration_secs), ("stop_duration", t.stop_duration_secs)],
-                groups::task(t)?;
                     resources: &t.resources,
                     priority: t.priority,
                     volumes: &t.volumes,
@@ -138,6 +138,7 @@ impl Configuration {
             }
             Self::Service(s) => {
                 service(s)?;
+                groups::service(s)?;
                 run(&Run {
                     name: s.name.as_deref(),
                     strings: &[
@@ -152,7 +153,6 @@ impl Configuration {
                     env: &s.env,
                     ports: &[],
                     durations: &[("max_duration", s.max_duration_secs), ("stop_duration", s.stop_duration_secs)],
-                groups::service(s)?;
                     resources: &s.resources,
                     priority: s.priority,
                     volumes: &s.volumes,
@@ -616,8 +616,8 @@ fn secs_text(s: u64) -> String {
     format!("{s}s")
 }
 
-#[cfg(test)]
-mod tests;
 mod groups;
 pub use groups::MAX_GROUPS;
 
+#[cfg(test)]
+mod tests;
