@@ -801,7 +801,7 @@ impl Store {
             state,
             submitted_at_ms: submitted,
             finished_at_ms: finished,
-            configuration: first.configuration.clone(),
+            configuration: first.configuration.redacted(),
             jobs: jobs
                 .iter()
                 .map(|j| api::Job {

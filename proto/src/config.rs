@@ -29,8 +29,10 @@ pub mod limits;
 mod mounts;
 mod resources;
 mod run;
+mod schedule;
 mod service;
 mod values;
+mod volume;
 mod yaml;
 
 use serde::{Deserialize, Serialize};
@@ -40,17 +42,19 @@ pub use common::{
     SpotPolicy, UtilizationPolicy,
 };
 pub use fleet::{Blocks, FleetConfig, FleetNodes, Placement, SshConfig, SshHost, SshKey, SshProxy};
-pub use mounts::{FileMapping, InstanceMount, RepoExistsAction, RepoSpec};
+pub use mounts::{FileMapping, InstanceMount, NamedMount, RepoExistsAction, RepoSpec, UploadRef, VolumeMount};
 pub use resources::{
     TB, format_gpu, format_memory, format_range, parse_count_range, parse_cpu, parse_gpu, parse_memory,
     parse_memory_range,
 };
-pub use run::{DevEnvironmentConfig, Ide, StartupOrder, StopCriteria, TaskConfig};
-pub use service::{HttpMethod, ModelSpec, ProbeSpec, RateLimit, RateLimitKey, ScalingSpec, ServiceConfig};
 pub use groups::{
     GroupRef, NodeGroup, RankGroup, RefMember, ReplicaGroup, RouterType, group_refs, substitute_node_addresses,
 };
+pub use run::{DevEnvironmentConfig, Ide, StartupOrder, StopCriteria, TaskConfig};
+pub use schedule::{Schedule, cron as parse_cron};
+pub use service::{HttpMethod, ModelSpec, ProbeSpec, RateLimit, RateLimitKey, ScalingSpec, ServiceConfig};
 pub use values::{PYTHON_VERSIONS, is_valid_name, parse_duration, parse_port_mapping};
+pub use volume::{VolumeBackend, VolumeConfig};
 
 use fields::{Issue, Object, Res};
 use yaml::Value;
@@ -63,9 +67,30 @@ pub enum Configuration {
     Service(ServiceConfig),
     DevEnvironment(DevEnvironmentConfig),
     Fleet(FleetConfig),
+    /// A named volume (`corral apply` registers or creates it; runs mount it by name).
+    Volume(VolumeConfig),
 }
 
+/// What [`Configuration::redacted`] puts in place of a secret.
+pub const REDACTED: &str = "<redacted>";
+
 impl Configuration {
+    /// The configuration as the API shows it: registry passwords replaced by `<redacted>` (the
+    /// coordinator keeps them to pull the image; nobody reads them back).
+    pub fn redacted(&self) -> Self {
+        let mut c = self.clone();
+        let auth = match &mut c {
+            Self::Task(t) => t.registry_auth.as_mut(),
+            Self::Service(s) => s.registry_auth.as_mut(),
+            Self::DevEnvironment(d) => d.registry_auth.as_mut(),
+            _ => None,
+        };
+        if let Some(a) = auth {
+            a.password = REDACTED.to_owned();
+        }
+        c
+    }
+
     /// The `type:` value this configuration was written with.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -73,6 +98,17 @@ impl Configuration {
             Self::Service(_) => "service",
             Self::DevEnvironment(_) => "dev-environment",
             Self::Fleet(_) => "fleet",
+            Self::Volume(_) => "volume",
+        }
+    }
+
+    /// The `schedule:` field of a run configuration: when the coordinator starts it by itself.
+    pub fn schedule(&self) -> Option<&Schedule> {
+        match self {
+            Self::Task(c) => c.schedule.as_ref(),
+            Self::Service(c) => c.schedule.as_ref(),
+            Self::DevEnvironment(c) => c.schedule.as_ref(),
+            _ => None,
         }
     }
 
@@ -83,6 +119,7 @@ impl Configuration {
             Self::Service(c) => c.name.as_deref(),
             Self::DevEnvironment(c) => c.name.as_deref(),
             Self::Fleet(c) => c.name.as_deref(),
+            Self::Volume(c) => c.name.as_deref(),
         }
     }
 }
@@ -156,10 +193,7 @@ fn parse_tree(doc: &yaml::Node) -> Res<Configuration> {
         "dev-environment" => run::dev_environment(doc).map(Configuration::DevEnvironment),
         "fleet" => fleet::fleet(doc).map(Configuration::Fleet),
         "gateway" => unsupported("`gateway` is not needed: the Corral coordinator proxies services itself"),
-        "volume" => unsupported(
-            "network volumes need a cloud backend, which Corral does not have yet; \
-             mount a host directory with `volumes: [/host/path:/container/path]` instead",
-        ),
+        "volume" => volume::volume(doc).map(Configuration::Volume),
         _ => unsupported("`preset` (dstack's model endpoint presets) is not supported by Corral"),
     }
 }

@@ -215,3 +215,71 @@ async fn dstack_true_lets_a_run_call_the_coordinator_s_api() -> anyhow::Result<(
     assert!(out.contains("\"name\":\"self-aware\"") && out.contains("\"state\":\"running\""), "output was: {out}");
     Ok(())
 }
+
+/// A registry on loopback that asks for Basic credentials and records the ones it is sent
+/// (Docker treats 127.0.0.0/8 as an insecure registry: plain HTTP). It has no images.
+async fn credential_recording_registry() -> anyhow::Result<(u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut len = 0;
+                while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < buf.len() {
+                    match conn.read(&mut buf[len..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => len += n,
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf[..len]).into_owned();
+                let auth = head
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().starts_with("authorization:").then(|| l[14..].trim().to_owned()));
+                let reply = match auth {
+                    None => "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"corral-test\"\r\nDocker-Distribution-API-Version: registry/2.0\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned(),
+                    Some(a) => {
+                        if let Ok(mut seen) = record.lock() {
+                            seen.push(a);
+                        }
+                        let body = r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#;
+                        format!("HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nDocker-Distribution-API-Version: registry/2.0\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+                    }
+                };
+                let _ = conn.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    Ok((port, seen))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_auth_reaches_the_registry_and_is_never_shown() -> anyhow::Result<()> {
+    let c = OneNode::start().await?;
+    let (port, seen) = credential_recording_registry().await?;
+    let file = write_config(
+        c.dir.path(),
+        "private",
+        &format!(
+            "type: task\nname: private\nimage: 127.0.0.1:{port}/team/private:1\nregistry_auth:\n  username: alice\n  password: s3cret\ncommands: [\"echo never\"]\n"
+        ),
+    );
+    let (code, out) = apply(&c.client, &file, false).await?;
+    assert_ne!(code, 0, "output was: {out}");
+    let r = run(&c.client, "private").await?;
+    assert_eq!(r.jobs[0].termination_reason, Some(corral_proto::job::TerminationReason::ImageUnavailable), "{r:?}");
+    // Docker sent the run's credentials to the image's registry ...
+    let sent = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    assert!(sent.iter().any(|a| a == "Basic YWxpY2U6czNjcmV0"), "the registry saw {sent:?}");
+    // ... and the API never shows the password.
+    let json = serde_json::to_string(&r)?;
+    assert!(!json.contains("s3cret") && json.contains("alice"), "{json}");
+    let mut ps = Vec::new();
+    corral_cli::commands::ps(&c.client, true, true, &mut ps).await?;
+    assert!(!String::from_utf8_lossy(&ps).contains("s3cret"));
+    Ok(())
+}
