@@ -74,7 +74,7 @@ fn configured_ports(cfg: &Configuration, job: u32) -> Vec<PortMapping> {
         Configuration::Task(t) => t.for_rank(job).ports,
         Configuration::DevEnvironment(d) => d.ports.clone(),
         Configuration::Service(s) => vec![PortMapping { local: Some(s.port), container: s.port }],
-        Configuration::Fleet(_) => Vec::new(),
+        Configuration::Fleet(_) | Configuration::Volume(_) => Vec::new(),
     }
 }
 
