@@ -316,6 +316,7 @@ async fn session(
     // Tunnels into containers ride streams the coordinator opens on this connection.
     let tunnels = tokio::spawn(crate::tunnel::serve(conn.clone(), jobs.clone()));
     let _tunnels_guard = AbortOnDrop(tunnels.abort_handle());
+    jobs.refresh_volumes();
 
     let mut heartbeat = tokio::time::interval(Duration::from_secs(welcome.heartbeat_secs.max(1) as u64));
     // A notice is said once per connection (again after a reconnect: the coordinator may not have it).
@@ -355,6 +356,9 @@ async fn session(
                 if !notice_sent && let Some((action, time)) = jobs.interruption() {
                     write_frame(&mut send, &AgentMessage::InterruptionNotice { action, time }).await?;
                     notice_sent = true;
+                }
+                if let Some(volumes) = jobs.take_volume_report() {
+                    write_frame(&mut send, &AgentMessage::Volumes(volumes)).await?;
                 }
             }
             _ = heartbeat.tick() => {
@@ -401,3 +405,7 @@ fn handle(jobs: &Arc<Jobs>, conn: &quinn::Connection, msg: CoordinatorMessage) {
         other => tracing::warn!("unexpected message: {other:?}"),
     }
 }
+        CoordinatorMessage::DeleteVolume { docker_name } => {
+            let jobs = jobs.clone();
+            tokio::spawn(async move { jobs.delete_volume(&docker_name).await });
+        }

@@ -15,6 +15,8 @@ pub mod ssh;
 pub mod sshfleet;
 pub mod tls;
 
+pub mod uploads;
+pub mod volumes;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -148,6 +150,11 @@ pub enum Command {
         command: FleetCommand,
     },
     /// The `ProxyCommand` of `ssh RUN` (written by `attach`): pipes SSH to the run's container.
+    /// Named volumes (`type: volume`; `volumes: [name:/path]` in a run): they outlive runs.
+    Volume {
+        #[command(subcommand)]
+        command: VolumeCommand,
+    },
     #[command(hide = true)]
     SshProxy {
         run: String,
@@ -307,6 +314,22 @@ pub enum FleetCommand {
 }
 
 fn parse_port(text: &str) -> Result<corral_proto::config::PortMapping, String> {
+#[derive(Subcommand, Debug)]
+pub enum VolumeCommand {
+    /// Volumes: name, project, node, size, status, and the runs that mount them.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a volume no run uses, with its data: its node removes the Docker volume (an EBS
+    /// volume is deleted in the cloud).
+    Delete {
+        name: String,
+        #[arg(short = 'y', long)]
+        yes: bool,
+    },
+}
+
     corral_proto::config::parse_port_mapping(text)
         .ok_or_else(|| format!("{text:?} is not a port mapping: use LOCAL:CONTAINER, PORT or *:CONTAINER"))
 }
@@ -360,6 +383,7 @@ pub async fn run(cli: Cli, out: &mut (dyn std::io::Write + Send)) -> anyhow::Res
         }
         Command::Image { command } => images::image(&client::Client::from_env()?, command, out).await,
         Command::Token { command } => cluster::token(&client::Client::from_env()?, command, out).await,
+        Command::Volume { command } => volumes::volume(&client::Client::from_env()?, command, out).await,
     }
 }
 

@@ -413,6 +413,14 @@ fn handle_message(
     };
     // Everything that touches the store goes to the updates thread, in arrival order, so that a
     // flood of reports (80,000 jobs starting) never holds up this thread's heartbeats; it is
+        AgentMessage::Volumes(volumes) => Report::Volumes(volumes),
+        AgentMessage::Interfaces { addresses } => {
+            // Memory only (sent on every connection, before the inventory that makes the scheduler
+            // read the node again).
+            state.interfaces.set(&node.id, addresses.into_iter().take(256).collect());
+            state.node_changed(&node.id);
+            return Ok(());
+        }
     // applied here only when that queue is full.
     let q = QueuedReport { node: node.clone(), tx: tx.clone(), report };
     let waiting = state.updates_waiting.fetch_add(1, Ordering::Relaxed);
@@ -440,6 +448,7 @@ enum Report {
 }
 
 /// How many reports may wait for the updates thread (memory is taken only as they come).
+    Volumes(Vec<corral_proto::wire::VolumeReport>),
 pub const UPDATES_QUEUED: usize = 1_000_000;
 /// Reports applied in one transaction at most.
 const BATCH: usize = 1_024;
@@ -529,6 +538,7 @@ impl Batch {
                 }
             }
         }
+                    Report::Volumes(volumes) => crate::volumes::reported(state, &node.id, &tx, &volumes),
     }
 
     /// A job's progress: queued for the batch's transaction.

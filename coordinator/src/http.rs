@@ -36,6 +36,8 @@ mod tls;
 mod tokens;
 
 pub use install::AgentDist;
+mod uploads;
+mod volumes;
 pub use proxy::Balancer;
 
 type AppState = Arc<State>;
@@ -102,6 +104,8 @@ pub fn router(state: AppState) -> Router {
         .route("/ca.pem", get(install::ca_pem))
         .route("/install.sh", get(install::install_sh))
         .route("/uninstall.sh", get(install::uninstall_sh))
+        .route("/api/projects/{project}/volumes", post(volumes::put_volume).get(volumes::list_volumes))
+        .route("/api/projects/{project}/volumes/{name}", get(volumes::get_volume).delete(volumes::delete_volume))
         .route("/download/{file}", get(install::download))
         .route("/proxy/services/{project}/{name}", any(proxy::service))
         .route("/proxy/services/{project}/{name}/", any(proxy::service))
@@ -199,6 +203,7 @@ pub(crate) fn check_project(state: &State, project: &str) -> Result<(), Error> {
     }
 }
 
+        ("name", ["api", "projects", _, "volumes", ..]) => Some(NameKind::Volume),
 /// Node names for run views, looked up by id as the view needs them.
 fn node_name(state: &State) -> impl Fn(&NodeId) -> Option<String> + '_ {
     move |id| state.store.node_name(id).ok().flatten()
@@ -434,3 +439,4 @@ mod tests {
         assert_eq!(kind("/download/corral-agent", "file"), None);
     }
 }
+        assert_eq!(kind("/api/projects/main/volumes/data", "name"), Some(NameKind::Volume));

@@ -107,6 +107,8 @@ struct Queued {
     not_before_ms: Option<i64>,
     /// A dev environment's `inactivity_duration`.
     inactivity: Option<Duration>,
+    /// The named volumes its jobs mount (they decide where it goes).
+    volumes: crate::volumes::RunVolumes,
 }
 
 pub struct Scheduler {
@@ -121,6 +123,8 @@ pub struct Scheduler {
     /// Shapes that did not fit since that pass, and why: while the index has not changed, they
     /// still do not, so a pass needs to look at fresh entries only.
     failed: HashMap<u64, Arc<str>>,
+    /// Where named volumes are: runs that mount one are placed on its node.
+    pub(crate) volumes: crate::volumes::Homes,
 }
 
 impl Default for Scheduler {
@@ -139,6 +143,7 @@ impl Scheduler {
             fresh: Vec::new(),
             full_pass: None,
             failed: HashMap::new(),
+            volumes: crate::volumes::Homes::default(),
         }
     }
 
@@ -162,6 +167,7 @@ impl Scheduler {
         }
         self.index = index;
         // The queue: entries whose jobs are all still queued stay as they are (their configuration
+        self.volumes = crate::volumes::Homes::load(&state.store)?;
         // is not read again); the runs of the other queued jobs are read from the store.
         let queued = state.store.queued_job_ids()?;
         let still: std::collections::HashSet<&JobId> = queued.iter().map(|(j, _)| j).collect();
@@ -187,7 +193,7 @@ impl Scheduler {
             Configuration::Task(task) => (task.clone(), None),
             Configuration::Service(svc) => (svc.replica_task(), Some(job.job_num)),
             Configuration::DevEnvironment(d) => (d.as_task(), None),
-            Configuration::Fleet(_) => return,
+            Configuration::Fleet(_) | Configuration::Volume(_) => return,
         };
         let key = (Reverse(task.priority.unwrap_or(0)), job.submitted_ms, job.run_id.clone(), replica.unwrap_or(0));
         if replica.is_some() {
@@ -204,11 +210,15 @@ impl Scheduler {
             };
             let shape = {
                 use std::hash::{Hash, Hasher};
+                instances: task.provisioning.instances.clone(),
+                pinned: Vec::new(),
                 let mut h = std::collections::hash_map::DefaultHasher::new();
+            let volumes = crate::volumes::RunVolumes::of(&task, &job.project, task.nodes);
                 format!("{request:?}").hash(&mut h);
                 h.finish()
             };
             Queued {
+                volumes.hash(&mut h);
                 run_name: job.run_name.clone(),
                 project: job.project.clone(),
                 jobs: Vec::new(),
@@ -221,6 +231,7 @@ impl Scheduler {
             }
         });
         let rank = job.job_num as usize;
+                volumes,
         if entry.jobs.len() <= rank {
             entry.jobs.resize(rank + 1, JobId(String::new()));
         }
@@ -340,7 +351,7 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
     let mut waits: Vec<(JobId, String)> = Vec::new();
     let mut rewrites = 0usize;
     let now = crate::secrets::now_ms();
-    let Scheduler { index, queue, failed, .. } = &mut *sched;
+    let Scheduler { index, queue, failed, volumes, .. } = &mut *sched;
     let mut placed_jobs = 0usize;
     let mut visit = |key: &QueueKey, q: &mut Queued| {
         if q.not_before_ms.is_some_and(|t| t > now) {
@@ -357,7 +368,7 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
         }
         let outcome = match failed.get(&q.shape) {
             Some(reason) => Err(reason.clone()),
-            None => index.place(&q.request).map_err(Arc::<str>::from),
+            None => crate::volumes::place(index, volumes, &q.request, &mut q.volumes).map_err(Arc::<str>::from),
         };
         match outcome {
             Ok(allocs) => {
@@ -448,6 +459,7 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
         let ordered = gang.len() > 1 && !matches!(order, Some(StartupOrder::Any) | None);
         for (node, spec) in gang {
             tracing::trace!(job = %spec.job_id, run = %spec.run_name, %node, gpus = ?spec.allocation.gpu_indices, "job placed");
+        crate::volumes::placed(state, &gang);
             if !ordered {
                 state.send(&node, CoordinatorMessage::StartJob(Box::new(spec)));
             }
@@ -534,3 +546,6 @@ fn gang_specs(
         })
         .collect()
 }
+            // The local repo and files (from the upload store) and the repo cloned on the node.
+            (spec.container.uploads, spec.container.clones) = crate::uploads::container_parts(&q.task);
+            spec.container.mounts = crate::volumes::mounts(&q.task, &q.volumes, rank);

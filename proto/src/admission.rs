@@ -5,6 +5,8 @@
 use crate::config::{Configuration, FleetConfig, ServiceConfig, SpotPolicy, TaskConfig};
 
 mod groups;
+mod volumes;
+pub use volumes::{NODE_RANK, check_volume, expand as volume_name};
 
 /// An admitted run: what each of its jobs runs, and how many jobs it starts with — a task's `nodes`
 /// (one gang), or a service's replicas (each placed on its own).
@@ -48,6 +50,7 @@ pub fn check(cfg: &Configuration) -> Result<Admitted, String> {
             Ok(Admitted { task, jobs: 1, replicas: None, job_nums: Vec::new() })
         }
         Configuration::Fleet(_) => Err("type: fleet — apply fleets with `corral apply`, not as a run".to_owned()),
+        Configuration::Volume(_) => Err("type: volume — apply volumes with `corral apply`, not as a run".to_owned()),
     }
 }
 
@@ -77,13 +80,7 @@ fn check_task(task: &TaskConfig) -> Result<(), String> {
         return Err(format!("env.{}: has no value (set it in the environment of `corral apply`)", e.name));
     }
     let unsupported = [
-        ("volumes", !task.volumes.is_empty(), "volumes are not supported yet"),
-        ("utilization_policy", task.utilization_policy.is_some(), "GPU utilization policies are not supported yet"),
-        (
-            "instances",
-            !task.provisioning.instances.is_empty(),
-            "choosing nodes by name is not supported yet; use fleets",
-        ),
+    volumes::check_mounts(task)?;
         (
             "backends",
             !task.provisioning.backends.is_empty()
@@ -197,9 +194,9 @@ mod tests {
         assert!(e.starts_with("entrypoint:"), "{e}");
         assert!(check(&parse("type: task\nimage: busybox\nnodes: 2\ncommands: [\"echo\"]\n")).is_ok());
         assert!(check(&parse("type: task\nimage: busybox\nretry: true\ncommands: [\"echo\"]\n")).is_ok());
-        let e = check(&parse("type: task\nimage: busybox\nvolumes: [\"/data:/data\"]\ncommands: [\"echo\"]\n"))
-            .expect_err("refused");
-        assert!(e.starts_with("volumes:"), "{e}");
+        assert!(check(&parse("type: task\nimage: busybox\nvolumes: [\"/data:/data\"]\ncommands: [\"echo\"]\n")).is_ok());
+        let e = check(&parse("type: volume\nname: data\n")).expect_err("not a run");
+        assert!(e.starts_with("type: volume"), "{e}");
         let dev = check(&parse("type: dev-environment\nimage: busybox\nide: vscode\ninit: [\"touch /ready\"]\n"))
             .expect("a dev environment is admitted");
         assert_eq!(dev.jobs, 1);

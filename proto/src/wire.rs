@@ -212,6 +212,24 @@ pub enum AgentMessage {
     OpenLog {
         job_id: JobId,
     },
+    /// First frame of a bi-stream the agent opens: send the upload with this SHA-256 from the
+    /// coordinator's upload store (a local repo or `files` entry that `corral apply` sent). The
+    /// answer is [`CoordinatorMessage::ImageReply`]: after [`ImageReply::Stored`] the stream
+    /// carries the upload's tar, `size` bytes; `NotStored` when the store lacks it.
+    FetchUpload {
+        sha256: String,
+    },
+    /// The Docker volumes Corral made on this host (its named volumes), with their size where the
+    /// agent can measure it: sent on every connection and after a job that mounted one ended or a
+    /// volume was deleted. Protocol 2.
+    Volumes(Vec<VolumeReport>),
+    /// Protocol 2: the host's interface addresses (`ip/prefix`, as `ip addr` shows them), sent
+    /// before `Inventory` on every connection, for fleets that choose a node's address by
+    /// `ssh_config.network`. A message of its own rather than a field of [`HostInventory`]: a
+    /// protocol 1 agent's inventory must still decode (postcard has no optional trailing fields).
+    Interfaces {
+        addresses: Vec<String>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -248,7 +266,7 @@ pub enum CoordinatorMessage {
         job_id: JobId,
         authorized_keys: Vec<String>,
     },
-    /// The answer to [`AgentMessage::FetchImage`].
+    /// The answer to [`AgentMessage::FetchImage`] and [`AgentMessage::FetchUpload`].
     ImageReply(ImageReply),
     /// Upgrade to the agent binary the coordinator serves: fetch it ([`AgentMessage::FetchAgent`]),
     /// check its digest, swap it in and restart; running containers are left alone.
@@ -262,6 +280,11 @@ pub enum CoordinatorMessage {
     LogStored {
         offset: u64,
         complete: bool,
+    },
+    /// Remove this named volume's Docker volume from the node (`corral volume delete`); the agent
+    /// answers with a fresh [`AgentMessage::Volumes`]. Protocol 2 sessions only.
+    DeleteVolume {
+        docker_name: String,
     },
 }
 
@@ -322,6 +345,15 @@ pub enum LogFrame {
     Chunk { offset: u64, data: Vec<u8> },
     /// The container exited and all of its output was sent.
     End { total: u64 },
+}
+
+/// One of Corral's Docker volumes on a host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeReport {
+    pub docker_name: String,
+    /// Bytes of its files; `None` when the agent cannot read them (Docker's data root is not
+    /// where it can reach).
+    pub size: Option<u64>,
 }
 
 /// Chooses the newest protocol both sides speak.

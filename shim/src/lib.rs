@@ -27,6 +27,8 @@ mod list;
 pub mod network;
 pub mod spec;
 
+pub mod volume;
+pub mod uploads;
 pub use container::Output;
 pub use error::ShimError;
 pub use exec::{Exec, ExecOutput};

@@ -13,9 +13,10 @@ use crate::resources::{CpuSpec, GpuSpec, Memory, Range, ResourcesSpec};
 
 use super::common::{FleetRef, IdleDuration, InstanceSelector, Provisioning, RetrySpec, UtilizationPolicy};
 use super::fleet::{Blocks, FleetConfig};
-use super::mounts::{FileMapping, InstanceMount, RepoSpec};
+use super::mounts::{FileMapping, RepoSpec, VolumeMount};
 use super::resources::{TB, format_memory, format_range};
 use super::service::{ProbeSpec, RateLimit, ServiceConfig};
+use super::volume::VolumeConfig;
 use super::{Configuration, EnvVar, PortMapping, is_valid_name};
 
 /// Nodes of one multi-node task (`nodes`): each is a job, placed together as one gang.
@@ -204,7 +205,29 @@ impl FleetConfig {
                 if let Some(v) = v {
                     number(&format_args!("nodes.{key}"), v.into(), 0, MAX_FLEET_NODES.into())?;
                 }
+            Self::Volume(v) => v.check_limits(),
+        }
+    }
+}
+
+impl VolumeConfig {
+    /// The volume's part of [`Configuration::check_limits`].
+    pub fn check_limits(&self) -> Checked {
+        name("name", self.name.as_deref())?;
+        for (field, value) in
+            [("region", &self.region), ("availability_zone", &self.availability_zone), ("volume_id", &self.volume_id)]
+        {
+            string(&field, value.as_deref())?;
+        }
+        if let Some(size) = self.size {
+            memory_range("size", &Range { min: Some(size), max: None }, MAX_DISK_BYTES)?;
+        }
+        count("tags", self.tags.len(), MAX_LIST_ITEMS, "tags")?;
+        for (k, v) in &self.tags {
+            string(&"tags", Some(k))?;
+            string(&"tags", Some(v))?;
             }
+        Ok(())
             if n.target < n.min || n.max.is_some_and(|m| m < n.target) {
                 return fail("nodes", "need `min` <= `target` <= `max`");
             }
@@ -250,7 +273,7 @@ struct Run<'a> {
     durations: &'a [(&'a str, Option<u64>)],
     resources: &'a ResourcesSpec,
     priority: Option<u8>,
-    volumes: &'a [InstanceMount],
+    volumes: &'a [VolumeMount],
     repos: &'a [RepoSpec],
     files: &'a [FileMapping],
     retry: Option<&'a RetrySpec>,
@@ -275,8 +298,16 @@ fn run(r: &Run) -> Checked {
     }
     count("volumes", r.volumes.len(), MAX_VOLUMES, "volumes")?;
     for (i, v) in r.volumes.iter().enumerate() {
-        string(&format_args!("volumes[{i}]"), Some(&v.instance_path))?;
-        string(&format_args!("volumes[{i}]"), Some(&v.path))?;
+        match v {
+            VolumeMount::Instance(m) => string(&format_args!("volumes[{i}]"), Some(&m.instance_path))?,
+            VolumeMount::Named(m) => {
+                count(&format!("volumes[{i}].name"), m.names.len(), MAX_LIST_ITEMS, "names")?;
+                for n in &m.names {
+                    string(&format_args!("volumes[{i}].name"), Some(n))?;
+                }
+            }
+        }
+        string(&format_args!("volumes[{i}]"), Some(v.path()))?;
     }
     count("repos", r.repos.len(), MAX_REPOS, "repo (as in dstack)")?;
     for (i, repo) in r.repos.iter().enumerate() {

@@ -1,9 +1,9 @@
-//! What a run brings into its container besides the image: host directories (`volumes`), a Git repo
-//! (`repos`) and local files (`files`).
+//! What a run brings into its container besides the image: host directories and named volumes
+//! (`volumes`), a Git repo (`repos`) and local files (`files`).
 
 use serde::{Deserialize, Serialize};
 
-use super::fields::{Issue, Object, Res, choice, string};
+use super::fields::{Issue, Object, Res, choice, string, strings};
 use super::yaml::{Node, Value};
 
 /// A host directory mounted into the container (dstack's instance volume).
@@ -41,27 +41,79 @@ pub struct FileMapping {
     pub path: String,
 }
 
-/// One entry of `volumes`: a host mount (`/host:/container` or `{instance_path:, path:}`) is taken; a
-/// network volume (`name:/path` or `{name:, path:}`) is refused.
-pub(crate) fn volume(node: &Node, path: &str) -> Res<InstanceMount> {
-    let network = |why: &str| {
-        Issue::unsupported(
-            node.mark,
-            path,
-            format!(
-                "network volumes need a cloud backend, which Corral does not have yet ({why}); mount a host directory with `/host/path:/container/path` instead"
-            ),
-        )
-    };
+/// An upload in the coordinator's store: a tar archive named by its SHA-256 (lowercase hex),
+/// whose entries all sit under one top-level name, which the node replaces with the destination
+/// path. At most [`super::limits::MAX_UPLOAD_BYTES`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRef {
+    pub sha256: String,
+    pub size: u64,
+}
+
+impl UploadRef {
+    /// Whether `s` can name an upload: 64 lowercase hex digits (it names a file in the store).
+    pub fn is_digest(s: &str) -> bool {
+        s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    }
+}
+
+/// One entry of `volumes`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VolumeMount {
+    /// A host directory or file (`/host:/container`, `{instance_path, path}`).
+    Instance(InstanceMount),
+    /// A named volume (`name:/container`, `{name, path}`): Corral keeps it, on one node (a Docker
+    /// volume) or in the cloud (an EBS volume).
+    Named(NamedMount),
+}
+
+impl VolumeMount {
+    /// Where it appears in the container.
+    pub fn path(&self) -> &str {
+        match self {
+            Self::Instance(m) => &m.path,
+            Self::Named(m) => &m.path,
+        }
+    }
+}
+
+/// A named volume mounted at `path`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamedMount {
+    /// The volume's name; with several (dstack's list form), one of them is mounted: the first
+    /// that is where the run is placed. May hold `${{ dstack.node_rank }}` (one volume per node).
+    pub names: Vec<String>,
+    pub path: String,
+}
+
+/// One entry of `volumes`: a host path (it has a `/`) or a volume name, then `:` and the path in
+/// the container; or the same as a mapping.
+pub(crate) fn volume(node: &Node, path: &str) -> Res<VolumeMount> {
     let mount = if let Value::Map(_) = node.value {
         let o = Object::new(node, path, "volume", &["name", "path", "instance_path", "optional"])?;
         if o.has("name") {
-            return Err(network("`name` names a network volume"));
-        }
-        InstanceMount {
-            instance_path: o.require("instance_path", string)?,
-            path: o.require("path", string)?,
-            optional: o.boolean("optional")?.unwrap_or(false),
+            if o.has("instance_path") {
+                return Err(Issue::invalid(o.key_mark("instance_path"), o.path("instance_path"), "set either `name` (a volume) or `instance_path` (a host path), not both"));
+            }
+            if let Some(n) = o.get("optional") {
+                return Err(Issue::invalid(n.mark, o.path("optional"), "`optional` is for host paths (`instance_path`)"));
+            }
+            let names = o.require("name", |n, p| match &n.value {
+                Value::Seq(_) => strings(n, p),
+                _ => string(n, p).map(|s| vec![s]),
+            })?;
+            let names = names.into_iter().map(|v| volume_name(node, &format!("{path}.name"), v)).collect::<Res<Vec<_>>>()?;
+            if names.is_empty() {
+                return Err(Issue::invalid(node.mark, o.path("name"), "name at least one volume"));
+            }
+            VolumeMount::Named(NamedMount { names, path: o.require("path", string)? })
+        } else {
+            VolumeMount::Instance(InstanceMount {
+                instance_path: o.require("instance_path", string)?,
+                path: o.require("path", string)?,
+                optional: o.boolean("optional")?.unwrap_or(false),
+            })
         }
     } else {
         let s = string(node, path)?;
@@ -69,15 +121,21 @@ pub(crate) fn volume(node: &Node, path: &str) -> Res<InstanceMount> {
             return Err(Issue::invalid(
                 node.mark,
                 path,
-                format!("expected `/host/path:/container/path`, found \"{s}\""),
+                format!("expected `/host/path:/container/path` or `volume-name:/container/path`, found \"{s}\""),
             ));
         };
-        if !src.contains('/') {
-            return Err(network(&format!("`{src}` is a volume name, not a host path")));
+        if src.contains('/') {
+            VolumeMount::Instance(InstanceMount { instance_path: src.to_owned(), path: dest.to_owned(), optional: false })
+        } else {
+            let name = volume_name(node, path, src.to_owned())?;
+            VolumeMount::Named(NamedMount { names: vec![name], path: dest.to_owned() })
         }
-        InstanceMount { instance_path: src.to_owned(), path: dest.to_owned(), optional: false }
     };
-    for p in [&mount.instance_path, &mount.path] {
+    let paths: Vec<&String> = match &mount {
+        VolumeMount::Instance(m) => vec![&m.instance_path, &m.path],
+        VolumeMount::Named(m) => vec![&m.path],
+    };
+    for p in paths {
         if !p.starts_with('/') || p.split('/').any(|part| part == "..") {
             return Err(Issue::invalid(node.mark, path, format!("\"{p}\" must be an absolute path without `..`")));
         }
@@ -91,6 +149,19 @@ pub(crate) fn repo(node: &Node, path: &str) -> Res<RepoSpec> {
         local_path: None,
         url: None,
         branch: None,
+/// A volume name as a run names it: a valid name, or one with an interpolation (checked once it
+/// is expanded, when the run is placed).
+fn volume_name(node: &Node, path: &str, name: String) -> Res<String> {
+    if name.contains("${{") || super::values::is_valid_name(&name) {
+        return Ok(name);
+    }
+    Err(Issue::invalid(
+        node.mark,
+        path,
+        format!("\"{name}\" is not a valid volume name: use 2 to 41 lowercase letters, digits and hyphens, starting with a letter"),
+    ))
+}
+
         hash: None,
         path: ".".into(),
         if_exists: RepoExistsAction::Error,

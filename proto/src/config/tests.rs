@@ -262,12 +262,10 @@ fn refusals_name_the_field() {
     assert!(e.unsupported);
     assert_eq!(at(&e), (1, 7, "type"));
     assert!(e.message.contains("proxies services itself"));
-    let e = err("type: task\ncommands: [x]\nvolumes:\n  - /data:/data\n  - name: my-volume\n    path: /v\n");
-    assert!(e.unsupported);
-    assert_eq!(at(&e), (5, 5, "volumes[1]"));
-    assert!(e.message.starts_with("network volumes need a cloud backend"));
-    let e = err("type: task\ncommands: [x]\nvolumes: [my-volume:/data]\n");
-    assert_eq!((e.field.as_str(), e.unsupported), ("volumes[0]", true));
+    let e = err("type: volume\nname: v1\nbackend: runpod\nregion: EU-SE-1\nsize: 100GB\n");
+    assert_eq!((at(&e), e.unsupported), ((3, 1, "backend"), true));
+    let e = err("type: task\ncommands: [x]\nvolumes: [My_Volume:/data]\n");
+    assert_eq!((e.field.as_str(), e.unsupported), ("volumes[0]", false));
     let e = err("type: task\ncommands: [x]\ndocker: true\n");
     assert_eq!((at(&e), e.unsupported), ((3, 9, "docker"), true));
     task("type: task\ncommands: [x]\ndocker: false\n");
@@ -297,7 +295,19 @@ fn repos_files_and_mounts() {
     assert_eq!(t.files[1].path, "/root/.ssh/id_rsa");
     assert_eq!(
         t.volumes[1],
-        InstanceMount { instance_path: "/cache".into(), path: "/root/.cache".into(), optional: true }
+        VolumeMount::Instance(InstanceMount {
+            instance_path: "/cache".into(),
+            path: "/root/.cache".into(),
+            optional: true
+        })
+    );
+    let t = task(
+        "type: task\ncommands: [x]\nvolumes:\n  - my-volume:/data\n  - {name: [east-vol, west-vol], path: /v}\n",
+    );
+    assert_eq!(t.volumes[0], VolumeMount::Named(NamedMount { names: vec!["my-volume".into()], path: "/data".into() }));
+    assert_eq!(
+        t.volumes[1],
+        VolumeMount::Named(NamedMount { names: vec!["east-vol".into(), "west-vol".into()], path: "/v".into() })
     );
     let t = task("type: task\ncommands: [x]\nrepos: [https://github.com/dstackai/dstack]\n");
     assert_eq!(t.repos[0].url.as_deref(), Some("https://github.com/dstackai/dstack"));

@@ -355,3 +355,45 @@ fn a_protocol_1_agent_reads_a_protocol_2_start_job() {
     assert!(spec.container.needs_protocol_2());
     assert!(!ContainerSpec::default().needs_protocol_2());
 }
+
+/// Protocol 2: an agent's interface addresses (`ssh_config.network`), a message of its own so that
+/// a protocol 1 agent's `Inventory` still decodes.
+#[test]
+fn interfaces_golden_bytes() {
+    let m = AgentMessage::Interfaces { addresses: vec!["10.0.0.1/24".into()] };
+    let bytes = encode(&m).expect("encodes");
+    assert_eq!(hex(&bytes), "4352524c00010000000e0c010b31302e302e302e312f3234");
+    let (back, _): (AgentMessage, usize) = decode_frame(&bytes).expect("valid").expect("complete");
+    assert_eq!(back, m);
+}
+
+/// Protocol 2: an agent fetches a run's upload (its local repo or `files`) from the coordinator.
+#[test]
+fn fetch_upload_golden_bytes() {
+    let m = AgentMessage::FetchUpload { sha256: "ab".repeat(32) };
+    let bytes = encode(&m).expect("encodes");
+    assert_eq!(hex(&bytes), format!("4352524c000100000042{}{}", "0a40", "6162".repeat(32)));
+    let (back, _): (AgentMessage, usize) = decode_frame(&bytes).expect("valid").expect("complete");
+    assert_eq!(back, m);
+}
+
+/// Protocol 2: an agent's named volumes (with their sizes), and the coordinator asking it to
+/// remove one (`corral volume delete`).
+#[test]
+fn volume_messages_golden_bytes() {
+    let name = "corral-vol-main-data";
+    let name_hex: String = hex(name.as_bytes());
+    let report = AgentMessage::Volumes(vec![
+        VolumeReport { docker_name: name.into(), size: Some(4096) },
+        VolumeReport { docker_name: name.into(), size: None },
+    ]);
+    let bytes = encode(&report).expect("encodes");
+    assert_eq!(hex(&bytes), format!("4352524c0001000000300b0214{name_hex}01802014{name_hex}00"));
+    let (back, _): (AgentMessage, usize) = decode_frame(&bytes).expect("valid").expect("complete");
+    assert_eq!(back, report);
+    let delete = CoordinatorMessage::DeleteVolume { docker_name: name.into() };
+    let bytes = encode(&delete).expect("encodes");
+    assert_eq!(hex(&bytes), format!("4352524c0001000000160d14{name_hex}"));
+    let (back, _): (CoordinatorMessage, usize) = decode_frame(&bytes).expect("valid").expect("complete");
+    assert_eq!(back, delete);
+}

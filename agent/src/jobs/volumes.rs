@@ -1,0 +1,141 @@
+//! A job's mounts on this host: its host paths are checked (a missing optional one is left out
+//! and said in the job's status; a missing required one fails the job, naming it), its named
+//! volumes made as Docker volumes before the container. And this host's report of its named
+//! volumes (with their sizes) to the coordinator: on every connection, after a job that mounted
+//! one ended, and after `corral volume delete` removed one.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use corral_proto::job::{JobSpec, Mount};
+use corral_proto::wire::VolumeReport;
+
+use super::Jobs;
+
+/// Files counted when measuring a volume; past this its size is reported unknown rather than
+/// taking the host's disk for minutes.
+const SIZE_WALK_LIMIT: u64 = 1_000_000;
+
+impl Jobs {
+    /// Gets the job's mounts ready. `Ok` carries what its status should say (host paths left out);
+    /// `Err` the reason the job fails.
+    pub(super) async fn prepare_mounts(&self, spec: &mut JobSpec) -> Result<Option<String>, String> {
+        let mut skipped = Vec::new();
+        let mut kept = Vec::with_capacity(spec.container.mounts.len());
+        for m in std::mem::take(&mut spec.container.mounts) {
+            match &m {
+                Mount::Host { host_path, optional, .. } => {
+                    if !tokio::fs::try_exists(host_path).await.unwrap_or(false) {
+                        if *optional {
+                            skipped.push(host_path.clone());
+                            continue;
+                        }
+                        return Err(format!(
+                            "volumes: the host path {host_path} does not exist on this node: create it there, or \
+                             mark the volume `optional: true` to run without it"
+                        ));
+                    }
+                }
+                Mount::Volume { name, docker_name, .. } => {
+                    self.shim
+                        .ensure_volume(docker_name, name, &spec.project, &self.node)
+                        .await
+                        .map_err(|e| format!("volumes: cannot make the volume {name}: {e}"))?;
+                }
+            }
+            kept.push(m);
+        }
+        spec.container.mounts = kept;
+        Ok((!skipped.is_empty()).then(|| {
+            format!(
+                "optional volume(s) not mounted: the host path {} does not exist on this node",
+                skipped.join(", ")
+            )
+        }))
+    }
+
+    /// Measures this host's named volumes and queues the report for the coordinator.
+    pub fn refresh_volumes(self: &Arc<Self>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let volumes = match this.shim.named_volumes().await {
+                Ok(v) => v,
+                Err(e) => return tracing::warn!("cannot list this host's volumes: {e}"),
+            };
+            let sizes = tokio::task::spawn_blocking(move || {
+                volumes
+                    .into_iter()
+                    .map(|v| VolumeReport { size: size_of(&v.mountpoint), docker_name: v.docker_name })
+                    .collect::<Vec<_>>()
+            })
+            .await;
+            if let Ok(report) = sizes {
+                *this.volume_report.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
+                this.changed.notify_one();
+            }
+        });
+    }
+
+    /// The volume report not yet sent, if any.
+    pub fn take_volume_report(&self) -> Option<Vec<VolumeReport>> {
+        self.volume_report.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Removes a named volume (`corral volume delete`), then reports what is left.
+    pub async fn delete_volume(self: &Arc<Self>, docker_name: &str) {
+        match self.shim.remove_volume(docker_name).await {
+            Ok(()) => tracing::info!(volume = docker_name, "volume removed"),
+            Err(e) => tracing::error!(volume = docker_name, "cannot remove the volume: {e}"),
+        }
+        self.refresh_volumes();
+    }
+}
+
+/// Whether a job mounts a named volume (its end changes what the volume holds).
+pub(super) fn mounts_volume(spec: &JobSpec) -> bool {
+    spec.container.mounts.iter().any(|m| matches!(m, Mount::Volume { .. }))
+}
+
+/// Bytes of the files under `dir`; `None` when it cannot be read (Docker's data root is out of
+/// this agent's reach) or holds too many files to count.
+fn size_of(dir: &Path) -> Option<u64> {
+    let mut total = 0u64;
+    let mut seen = 0u64;
+    let mut stack = vec![std::fs::read_dir(dir).ok()?];
+    while let Some(entries) = stack.last_mut() {
+        let Some(entry) = entries.next() else {
+            stack.pop();
+            continue;
+        };
+        seen += 1;
+        if seen > SIZE_WALK_LIMIT {
+            return None;
+        }
+        let Ok(entry) = entry else { continue };
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() {
+            if let Ok(d) = std::fs::read_dir(entry.path()) {
+                stack.push(d);
+            }
+        } else {
+            total = total.saturating_add(meta.len());
+        }
+    }
+    Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_count_the_files_below() {
+        let dir = std::env::temp_dir().join(format!("corral-size-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("a/b")).expect("dirs");
+        std::fs::write(dir.join("one"), [0u8; 100]).expect("file");
+        std::fs::write(dir.join("a/b/two"), [0u8; 23]).expect("file");
+        assert_eq!(size_of(&dir), Some(123));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        assert_eq!(size_of(&dir), None, "gone: unknown");
+    }
+}
