@@ -264,6 +264,13 @@ show_node() {
     # the node's id, once the agent has enrolled (its name may differ from --name: made unique)
     NODE_ID=$(sed -n 's/.*"node_id" *: *"\([^"]*\)".*/\1/p' "$STATE_DIR/node.json" 2>/dev/null || true)
     if [ -n "$NODE_ID" ] && fetch "/api/join/node?id=$NODE_ID" "$WORK/node" -H "Authorization: Bearer $TOKEN" 2>/dev/null; then
+      # the host joined, but its fleet takes no jobs on it (it lacks the fleet's resources, ...)
+      REFUSED=$(sed -n 's/^refused: //p' "$WORK/node")
+      if [ -n "$REFUSED" ]; then
+        sed '1d; s/^/  /' "$WORK/node" >&2
+        warn "the agent stays enrolled and connected, with no jobs: fix the fleet and apply it again, or \`corral node remove\` the node"
+        return 0
+      fi
       say "joined:"
       sed 's/^/  /' "$WORK/node"
       return 0
@@ -305,6 +312,7 @@ elif [ "$FOREGROUND" = 1 ]; then
   "$PREFIX/corral-agent" &
   AGENT_PID=$!
   show_node || warn "the node did not report within 60 s; the agent keeps trying"
+  [ -z "${REFUSED:-}" ] || warn "the fleet refuses this host: $REFUSED"
   say "the agent runs in the foreground (Ctrl-C stops it; its containers keep running)"
   trap 'kill -TERM "$AGENT_PID" 2>/dev/null' INT TERM
   status=0
@@ -335,3 +343,4 @@ else
   show_node || die "the node did not join within 60 s: see /var/log/corral-agent.log"
   AGENT_PID=""
 fi
+[ -z "${REFUSED:-}" ] || die "the fleet refuses this host: $REFUSED"

@@ -39,6 +39,9 @@ struct Args {
     /// http://169.254.169.254; where none answers, nothing is watched].
     #[arg(long, env = "CORRAL_IMDS_URL")]
     imds_url: Option<String>,
+    /// Look for TPU device nodes under DIR/dev and DIR/sys instead of /dev and /sys.
+    #[arg(long, env = "CORRAL_DEVICE_ROOT", value_name = "DIR")]
+    device_root: Option<PathBuf>,
     /// Connect once with this node's identity and exit: 0 when the coordinator accepts it.
     #[arg(long)]
     check: bool,
@@ -83,6 +86,7 @@ where
         nvml_library: args.nvml_library,
         registry_mirror: args.registry_mirror,
         imds_url: args.imds_url,
+        device_root: args.device_root,
     };
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();

@@ -53,6 +53,9 @@ pub struct Config {
     pub registry_mirror: Option<String>,
     /// The instance metadata service to watch for spot interruptions (`None`: EC2's address).
     pub imds_url: Option<String>,
+    /// Where TPU chips' device nodes are looked for: `<root>/dev` and `<root>/sys` instead of
+    /// `/dev` and `/sys` (a host that mounts them elsewhere; tests).
+    pub device_root: Option<PathBuf>,
 }
 
 /// Enrolls if needed, re-adopts this node's containers and keeps the link up until `shutdown`.
@@ -60,8 +63,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let shim = Shim::connect().context("the agent needs Docker")?.with_registry_mirror(config.registry_mirror.clone());
     let docker = shim.docker_info().await.context("the agent needs Docker")?;
     let gpu_passthrough = if docker.nvidia_runtime { GpuPassthrough::DeviceRequests } else { GpuPassthrough::EnvOnly };
-    let nvml = config.nvml_library.clone();
-    let inventory = tokio::task::spawn_blocking(move || inventory::collect(docker, nvml.as_deref())).await?;
+    let (nvml, devices) = (config.nvml_library.clone(), config.device_root.clone());
+    let inventory =
+        tokio::task::spawn_blocking(move || inventory::collect(docker, nvml.as_deref(), devices.as_deref())).await?;
     if !inventory.gpus.is_empty() && gpu_passthrough == GpuPassthrough::EnvOnly {
         tracing::warn!(
             "this host has GPUs but Docker has no nvidia runtime: jobs see GPU indices in their env only (install the NVIDIA Container Toolkit)"

@@ -310,6 +310,10 @@ async fn session(
     let remote = conn.remote_address();
     tracing::info!(node = %welcome.node_id, coordinator = %remote, "connected");
     crate::upgrade::confirm();
+    // Before the inventory, which makes the coordinator look at the node again (its fleet may
+    // choose its address by `ssh_config.network`). Read again on every connection.
+    let addresses = tokio::task::spawn_blocking(crate::inventory::interface_addresses).await.unwrap_or_default();
+    write_frame(&mut send, &AgentMessage::Interfaces { addresses }).await?;
     write_frame(&mut send, &AgentMessage::Inventory(inventory.clone())).await?;
     write_frame(&mut send, &AgentMessage::Containers(jobs.report())).await?;
     jobs.set_connection(Some(conn.clone()));

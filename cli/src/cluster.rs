@@ -225,9 +225,13 @@ pub async fn apply_fleet(
     out: Out<'_>,
 ) -> anyhow::Result<i32> {
     let ssh = configuration.ssh_config.clone();
+    let notes = corral_proto::admission::fleet_notes(&configuration);
     let mut f: api::Fleet =
         client.post(&client.project_api(&["fleets"])?, &SubmitFleet { configuration, source: Some(source) }).await?;
     writeln!(out, "fleet {} applied (placement: {:?})", f.name, f.placement)?;
+    for note in notes {
+        writeln!(out, "note: {note}")?;
+    }
     let mut failed = 0;
     if let Some(ssh) = ssh {
         failed = crate::sshfleet::enroll(client, &f.name, &ssh, out).await?;

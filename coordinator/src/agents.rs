@@ -241,7 +241,7 @@ async fn enroll(
     Ok(())
 }
 
-fn sanitize_name(hostname: &str) -> String {
+pub(crate) fn sanitize_name(hostname: &str) -> String {
     let s: String = hostname
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_lowercase() } else { '-' })

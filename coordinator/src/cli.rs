@@ -91,6 +91,10 @@ struct Args {
     /// `start-dockerd`, as dstack's has).
     #[arg(long, env = "CORRAL_DIND_IMAGE", default_value = crate::container::DIND_IMAGE)]
     dind_image: String,
+    /// Give TPU jobs their chips' devices and the host's network but not privileged mode (dstack
+    /// runs them privileged), for nodes whose Docker refuses privileged containers.
+    #[arg(long, env = "CORRAL_NO_TPU_PRIVILEGED")]
+    no_tpu_privileged: bool,
 }
 
 fn parse_secs(s: &str) -> Result<u64, String> {
@@ -162,6 +166,7 @@ where
             devel: args.base_image_devel,
             dind: args.dind_image,
         },
+        tpu_privileged: !args.no_tpu_privileged,
         ..Default::default()
     };
     let shutdown = CancellationToken::new();

@@ -98,6 +98,9 @@ pub struct Config {
     pub enroll_timeout: Duration,
     /// What runs with no `image` get.
     pub base_images: container::BaseImages,
+    /// TPU jobs run privileged, as dstack runs them (`false`: only their chips' devices and the
+    /// host's network, for nodes whose Docker refuses privileged containers).
+    pub tpu_privileged: bool,
     /// The time scheduled runs read: the system's, but in tests, which move it to put a cron's
     /// time seconds away rather than wait for it.
     pub schedule_clock: schedules::Clock,
@@ -132,6 +135,7 @@ impl Default for Config {
             elastic_every: Duration::from_secs(10),
             enroll_timeout: Duration::from_secs(600),
             base_images: container::BaseImages::default(),
+            tpu_privileged: true,
             schedule_clock: schedules::Clock::default(),
         }
     }

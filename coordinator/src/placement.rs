@@ -10,9 +10,13 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use corral_proto::config::InstanceSelector;
 use corral_proto::ids::NodeId;
 use corral_proto::inventory::HostInventory;
-use corral_proto::resources::{Allocation, Memory, Range, ResourcesSpec, fit};
+use corral_proto::resources::{Allocation, Memory, Range, ResourcesSpec, TPU_INDEX_BASE, fit};
+
+mod select;
+pub use select::NodeProfile;
 
 pub struct NodeSlot {
     pub id: NodeId,
@@ -25,6 +29,8 @@ pub struct NodeSlot {
     pub inventory: HostInventory,
     pub connected: bool,
     pub cordoned: bool,
+    /// What its fleet says of it beyond its hardware ([`NodeProfile`]).
+    pub profile: NodeProfile,
     used_cpus: u32,
     used_memory: Memory,
     used_gpus: Vec<u32>,
@@ -32,11 +38,19 @@ pub struct NodeSlot {
 
 impl NodeSlot {
     fn schedulable(&self) -> bool {
-        self.connected && !self.cordoned
+        self.connected && !self.cordoned && self.profile.refused.is_none()
     }
 
+    /// Free NVIDIA GPUs (TPU chips, reserved from [`TPU_INDEX_BASE`] on, are not counted).
     fn free_gpus(&self) -> usize {
-        self.inventory.gpus.len().saturating_sub(self.used_gpus.len())
+        let used = self.used_gpus.iter().filter(|&&g| g < TPU_INDEX_BASE).count();
+        self.inventory.gpus.len().saturating_sub(used)
+    }
+
+    /// Whether `req.instances` (if any) names this node.
+    fn named_by(&self, req: &Request) -> bool {
+        req.instances.is_empty()
+            || req.instances.iter().any(|s| select::matches(s, &self.name, self.fleet.as_deref(), &self.profile))
     }
 
     pub fn used_gpus(&self) -> &[u32] {
@@ -54,7 +68,8 @@ impl NodeSlot {
         let gpb = inv.gpus.len() as u64 / b;
         let cpb = (u64::from(inv.cpu_cores) / b).max(1);
         let mpb = inv.memory.0 / b;
-        let want_gpus = u64::from(spec.gpu.as_ref().map_or(0, |g| g.min_count()));
+        // TPU chips are not divided into blocks: they are taken as the spec names them.
+        let want_gpus = u64::from(spec.gpu.as_ref().filter(|g| !g.is_tpu()).map_or(0, |g| g.min_count()));
         let want_cpus = u64::from(spec.cpu.count.min.unwrap_or(1));
         let want_mem = spec.memory.min.map_or(0, |m| m.0);
         let k = [
@@ -88,13 +103,14 @@ pub struct Request {
 
 impl Request {
     fn min_gpus(&self) -> usize {
-        self.resources.gpu.as_ref().map_or(0, |g| g.min_count() as usize)
+        self.resources.gpu.as_ref().filter(|g| !g.is_tpu()).map_or(0, |g| g.min_count() as usize)
     }
 }
 
 #[derive(Default)]
 pub struct Index {
     slots: Vec<NodeSlot>,
+    /// The NVIDIA GPUs one member needs (a TPU request needs chips, not GPUs).
     pos: HashMap<NodeId, usize>,
     /// `buckets[k]`: schedulable nodes with exactly `k` free GPUs, by slot number.
     buckets: Vec<BTreeSet<usize>>,
@@ -180,6 +196,7 @@ impl Index {
             }
         }
     }
+                    profile: NodeProfile::default(),
 
     fn update(&mut self, id: &NodeId, f: impl FnOnce(&mut NodeSlot)) {
         if let Some(&i) = self.pos.get(id) {
@@ -207,6 +224,15 @@ impl Index {
             for g in &a.gpu_indices {
                 if !s.used_gpus.contains(g) {
                     s.used_gpus.push(*g);
+    /// Sets what the node's fleet says of it (a refusal takes it out of placement).
+    pub fn set_profile(&mut self, id: &NodeId, profile: NodeProfile) {
+        if self.node(id).is_some_and(|s| s.profile == profile) {
+            return;
+        }
+        self.generation += 1;
+        self.update(id, |s| s.profile = profile);
+    }
+
                 }
             }
         });
@@ -236,7 +262,9 @@ impl Index {
 
     fn eligible(&self, i: usize, req: &Request) -> bool {
         let s = &self.slots[i];
-        s.schedulable() && (req.fleets.is_empty() || s.fleet.as_ref().is_some_and(|f| req.fleets.contains(f)))
+        s.schedulable()
+            && (req.fleets.is_empty() || s.fleet.as_ref().is_some_and(|f| req.fleets.contains(f)))
+            && s.named_by(req)
     }
 
     /// The tightest node (not in `skip`) where one member of `req` fits, and what it would get:
@@ -316,7 +344,15 @@ impl Index {
         let usable: Vec<&&NodeSlot> = candidates.iter().filter(|s| s.schedulable()).collect();
         if usable.is_empty() {
             let offline = candidates.iter().filter(|s| !s.connected).count();
-            return format!("no node{scope} is ready: {offline} offline, {} cordoned", candidates.len() - offline);
+            let refused: Vec<&&NodeSlot> =
+                candidates.iter().filter(|s| s.connected && s.profile.refused.is_some()).collect();
+            let cordoned = candidates.len() - offline - refused.len();
+            let mut why = format!("no node{scope} is ready: {offline} offline, {cordoned} cordoned");
+            if let Some(first) = refused.first() {
+                let reason = first.profile.refused.as_deref().unwrap_or_default();
+                why.push_str(&format!(", {} refused by its fleet (e.g. {}: {reason})", refused.len(), first.name));
+            }
+            return why;
         }
         if req.nodes > 1 {
             let cluster = usable.iter().filter(|s| s.cluster).count();
@@ -340,9 +376,13 @@ impl Index {
                 }
                 if let Some(m) = &g.memory {
                     kind.push(m.to_string());
+            .filter(|s| s.named_by(req))
                 }
                 let kind = if kind.is_empty() { String::new() } else { format!(" {}", kind.join(" ")) };
                 format!("{}{kind} GPU(s)", g.min_count())
+        if !req.instances.is_empty() {
+            scope.push_str(&format!(" named in `instances` ({})", select::describe(&req.instances)));
+        }
             }
             _ => format!("cpu {} and memory {}", req.resources.cpu.count, req.resources.memory),
         };
@@ -363,3 +403,7 @@ impl Index {
 
 #[cfg(test)]
 mod tests;
+            Some(g) if g.is_tpu() => {
+                let names = if g.names.is_empty() { format!("{} chip(s)", g.min_count()) } else { g.names.join("/") };
+                format!("TPU {names}")
+            }

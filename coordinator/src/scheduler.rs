@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use corral_proto::config::{Blocks, Configuration, Placement, RetryEvent, StartupOrder, TaskConfig};
+use corral_proto::config::{Configuration, RetryEvent, StartupOrder, TaskConfig};
 use corral_proto::ids::{JobId, NodeId, RunId};
 use corral_proto::job::{JobSpec, TerminationReason};
 use corral_proto::resources::Allocation;
@@ -153,12 +153,13 @@ impl Scheduler {
         let mut index = Index::new();
         self.addresses.clear();
         for n in state.store.nodes()? {
-            let Some(inv) = n.inventory else { continue };
-            let (cluster, blocks) = fleet_shape(state, n.fleet.as_deref(), &inv);
-            index.upsert(&n.id, &n.name, n.fleet.clone(), cluster, blocks, inv);
+            let Some(inv) = n.inventory.clone() else { continue };
+            let shape = crate::fleet_nodes::shape(state, &n, &inv);
+            index.upsert(&n.id, &n.name, n.fleet.clone(), shape.cluster, shape.blocks, inv);
+            index.set_profile(&n.id, shape.profile);
             index.set_connected(&n.id, connected.contains(&n.id));
             index.set_cordoned(&n.id, n.cordoned);
-            if let Some(a) = n.address {
+            if let Some(a) = shape.address.or(n.address) {
                 self.addresses.insert(n.id, a);
             }
         }
@@ -266,13 +267,16 @@ impl Scheduler {
         let Some(n) = state.store.node(node)? else {
             return Ok(());
         };
-        if let Some(inv) = n.inventory {
-            let (cluster, blocks) = fleet_shape(state, n.fleet.as_deref(), &inv);
-            self.index.upsert(&n.id, &n.name, n.fleet.clone(), cluster, blocks, inv);
+        let mut address = None;
+        if let Some(inv) = n.inventory.clone() {
+            let shape = crate::fleet_nodes::shape(state, &n, &inv);
+            self.index.upsert(&n.id, &n.name, n.fleet.clone(), shape.cluster, shape.blocks, inv);
+            self.index.set_profile(&n.id, shape.profile);
+            address = shape.address;
         }
         self.index.set_connected(&n.id, state.session(&n.id).is_some());
         self.index.set_cordoned(&n.id, n.cordoned);
-        if let Some(a) = n.address {
+        if let Some(a) = address.or(n.address) {
             self.addresses.insert(n.id, a);
         }
         Ok(())
@@ -286,17 +290,6 @@ pub fn inactivity_limit(cfg: &Configuration) -> Option<Duration> {
         Configuration::DevEnvironment(d) => d.inactivity_duration_secs.map(Duration::from_secs),
         _ => None,
     }
-}
-
-/// What a node's fleet says about it: whether it is part of a cluster, and into how many blocks
-/// it is split. A missing or unreadable fleet configuration means neither.
-fn fleet_shape(state: &State, fleet: Option<&str>, inv: &corral_proto::inventory::HostInventory) -> (bool, u32) {
-    let Some(cfg) = fleet.and_then(|f| state.store.fleet_config(f).ok().flatten()) else { return (false, 1) };
-    let blocks = match cfg.blocks {
-        Blocks::Auto => (inv.gpus.len() as u32).max(1),
-        Blocks::Count(n) => n.max(1),
-    };
-    (cfg.placement == Placement::Cluster, blocks)
 }
 
 /// One pass: places what fits, records why the rest waits. Passes are serialized by the
@@ -436,7 +429,15 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
         .iter()
         .map(|(key, allocs)| {
             let q = &sched.queue[key];
-            gang_specs(q, &key.2, allocs, &sched.addresses, &state.config)
+            let mut gang = gang_specs(q, &key.2, allocs, &sched.addresses, &state.config);
+            // The fleet's `env`, TPU devices (see `fleet_nodes`).
+            crate::fleet_nodes::decorate(&mut gang, &sched.index, state.config.tpu_privileged);
+            if q.task.dstack {
+                for (node, spec) in &mut gang {
+                    spec.env.extend(crate::container::server_env(state, node, &q.project));
+                }
+            }
+            gang
         })
         .collect();
     let decided = began.elapsed();

@@ -111,16 +111,6 @@ pub fn check_fleet(cfg: &FleetConfig) -> Result<&FleetConfig, String> {
             ssh.is_some_and(|s| s.ssh_key.is_some() || s.hosts.iter().any(|h| h.ssh_key.is_some())),
             "inline keys are not supported: use identity_file",
         ),
-        (
-            "ssh_config.hosts.blocks",
-            ssh.is_some_and(|s| s.hosts.iter().any(|h| h.blocks.is_some())),
-            "splitting a host into blocks is not supported yet",
-        ),
-        (
-            "ssh_config.network",
-            ssh.is_some_and(|s| s.network.is_some()),
-            "not supported yet: multi-node runs use each node's address as the coordinator sees it",
-        ),
         ("backends", p.backends.iter().any(|b| b != "aws"), "the only cloud backend is aws"),
         (
             "nodes",
@@ -129,25 +119,48 @@ pub fn check_fleet(cfg: &FleetConfig) -> Result<&FleetConfig, String> {
         ),
         (
             "regions",
-            p.backends.is_empty() && (!p.regions.is_empty() || !p.instance_types.is_empty()),
-            "regions and instance_types choose cloud instances: add backends: [aws]",
+            ssh.is_some() && !p.regions.is_empty(),
+            "an ssh_config fleet's hosts are listed: regions choose cloud instances (dstack refuses it too)",
         ),
-        ("env", !cfg.env.is_empty(), "fleet-wide environment variables are not supported yet"),
         (
-            "resources",
-            cfg.resources.is_some() && p.backends.is_empty(),
-            "fleet resources choose cloud instances (backends: [aws]); on-prem nodes join with a join token",
+            "instance_types",
+            ssh.is_some() && !p.instance_types.is_empty(),
+            "an ssh_config fleet's hosts are listed: instance_types choose cloud instances (dstack refuses it too)",
         ),
     ];
     match unsupported.iter().find(|(_, used, _)| *used) {
         Some((field, _, why)) => Err(format!("{field}: {why}")),
         None => Ok(cfg),
+    if let Some(e) = cfg.env.iter().find(|e| e.value.is_none()) {
+        return Err(format!("env.{}: has no value (set it in the environment of `corral apply`)", e.name));
+    }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+/// What a coordinator does not do with an admitted fleet's fields, said when it is applied:
+/// `regions` and `instance_types` of a fleet without backends choose cloud instances, and its
+/// nodes are hosts that join with a token.
+pub fn fleet_notes(cfg: &FleetConfig) -> Vec<String> {
+    let p = &cfg.provisioning;
+    let mut notes = Vec::new();
+    if p.backends.is_empty() && cfg.ssh_config.is_none() {
+        let unused: Vec<&str> = [("regions", !p.regions.is_empty()), ("instance_types", !p.instance_types.is_empty())]
+            .into_iter()
+            .filter_map(|(f, used)| used.then_some(f))
+            .collect();
+        if !unused.is_empty() {
+            notes.push(format!(
+                "{} ignored: they choose cloud instances, and this fleet has no backends (its nodes join with a join token; add `backends: [aws]` to provision)",
+                unused.join(" and ")
+            ));
+        }
+    }
+    notes
+}
+
 
     fn parse(text: &str) -> Configuration {
         crate::config::parse(text, "t.yml").expect("valid")
@@ -160,7 +173,7 @@ mod tests {
         let Configuration::Fleet(f) = parse("type: fleet\nname: rack\nnodes: 2\nresources:\n  gpu: 24GB\n") else {
             panic!("a fleet")
         };
-        assert!(check_fleet(&f).expect_err("refused").starts_with("resources:"));
+        assert!(check_fleet(&f).is_ok(), "on-prem hosts that lack the resources are refused as they join");
         let ssh = "type: fleet\nname: rack\nssh_config:\n  user: ubuntu\n  hosts:\n    - 10.0.0.1\n    - hostname: 10.0.0.2\n      port: 2222\n";
         let Configuration::Fleet(f) = parse(ssh) else { panic!("a fleet") };
         assert!(check_fleet(&f).is_ok());
@@ -224,3 +237,21 @@ mod tests {
         assert!(check_fleet(&f).expect_err("refused").starts_with("nodes.max: must be between 0 and 1024"));
     }
 }
+
+    #[test]
+    fn fleet_env_blocks_network_and_ignored_cloud_fields() {
+        let yaml = "type: fleet\nname: rack\nblocks: auto\nenv: [HTTP_PROXY=http://p:3128]\nresources:\n  gpu: A100:8\nssh_config:\n  user: u\n  identity_file: k\n  network: 10.0.0.0/24\n  hosts:\n    - hostname: 10.0.0.1\n      blocks: 4\n";
+        let Configuration::Fleet(f) = parse(yaml) else { panic!("a fleet") };
+        assert!(check_fleet(&f).is_ok());
+        assert!(fleet_notes(&f).is_empty());
+        let ssh_regions = "type: fleet\nname: rack\nregions: [us-east-1]\nssh_config:\n  user: u\n  identity_file: k\n  hosts: [a]\n";
+        let Configuration::Fleet(f) = parse(ssh_regions) else { panic!("a fleet") };
+        assert!(check_fleet(&f).expect_err("refused").starts_with("regions: an ssh_config fleet"));
+        let Configuration::Fleet(f) = parse("type: fleet\nname: rack\nnodes: 2\ninstance_types: [g6.8xlarge]\n") else {
+            panic!("a fleet")
+        };
+        assert!(check_fleet(&f).is_ok());
+        assert!(fleet_notes(&f)[0].starts_with("instance_types ignored: they choose cloud instances"));
+        let run = "type: task\nimage: busybox\ninstances: [node-b, {hostname: 10.0.0.2}]\ncommands: [x]\n";
+        assert!(check(&parse(run)).is_ok());
+    }

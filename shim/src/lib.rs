@@ -20,6 +20,7 @@ use tokio::sync::OnceCell;
 
 mod container;
 pub mod error;
+mod devices;
 mod exec;
 mod files;
 mod image;

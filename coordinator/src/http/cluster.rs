@@ -25,6 +25,7 @@ pub(super) async fn list_nodes(Extract(state): Extract<AppState>) -> Result<Json
         .map(|n| {
             let jobs: Vec<_> = placed.iter().filter(|j| j.node_id.as_ref() == Some(&n.id)).collect();
             let last_seen_ms = n.last_seen_ms.max(heard.get(&n.id).copied());
+            let refused = crate::fleet_nodes::refusal(&state, &n);
             api::Node {
                 status: if connected.contains(&n.id) { NodeStatus::Ready } else { NodeStatus::Offline },
                 busy_gpus: jobs
@@ -42,6 +43,7 @@ pub(super) async fn list_nodes(Extract(state): Extract<AppState>) -> Result<Json
                 last_seen_ms,
                 inventory: n.inventory,
                 cordoned: n.cordoned,
+                refused,
             }
         })
         .collect();

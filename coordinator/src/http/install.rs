@@ -223,5 +223,9 @@ pub(super) async fn joined_node(
     if let (Some(driver), Some(cuda)) = (&inv.gpu_driver_version, &inv.cuda_version) {
         out.push_str(&format!("  driver: {driver}, CUDA {cuda}\n"));
     }
+    // Its fleet's word first, for the script to stop on (`refused: ...`).
+    if let Some(why) = crate::fleet_nodes::refusal(&state, &node) {
+        out = format!("refused: {why}\n{out}");
+    }
     Ok(out)
 }

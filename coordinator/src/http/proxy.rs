@@ -52,6 +52,8 @@ pub struct Balancer {
     routes: Mutex<HashMap<ServiceKey, (tokio::time::Instant, Arc<Route>)>>,
     /// Tokens found valid lately (by hash), so that a request does not read the store for them.
     tokens: Mutex<HashMap<String, tokio::time::Instant>>,
+    /// Services' `rate_limits`.
+    limits: super::ratelimit::RateLimits,
 }
 
 impl Balancer {
@@ -143,6 +145,16 @@ async fn serve_service(state: &State, mut req: Request) -> Result<Response, Erro
         return Err(err(StatusCode::NOT_FOUND, format!("no service named {name:?} in project {project:?}")));
     };
     let cfg = &route.service.config;
+    // Before auth, as nginx's `limit_req` is: a flood costs no token lookups.
+    if !cfg.rate_limits.is_empty() {
+        let peer = super::ratelimit::peer(req.extensions());
+        let seen_as = format!("/{}", below.unwrap_or_default());
+        if let Err(limited) =
+            state.balancer.limits.check(&route.service.run, &cfg.rate_limits, &seen_as, peer, req.headers())
+        {
+            return Ok(too_many_requests(name, &limited));
+        }
+    }
     if cfg.auth {
         if !authorized(state, req.headers())? {
             let mut e = err(
@@ -168,6 +180,22 @@ async fn serve_service(state: &State, mut req: Request) -> Result<Response, Erro
         ));
     }
     to_replicas(state, &route.service, route.ready.clone(), req).await
+}
+
+/// `429 Too Many Requests`, with `Retry-After` (whole seconds) and which limit it met.
+fn too_many_requests(name: &str, limited: &super::ratelimit::Limited) -> Response {
+    let secs = limited.retry_after_secs();
+    let burst = if limited.burst > 0 { format!(" + burst {}", limited.burst) } else { String::new() };
+    let mut r = err(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!(
+            "service {name:?}: rate limit for {} exceeded ({} requests per second{burst}); retry after {secs} s",
+            limited.prefix, limited.rps
+        ),
+    )
+    .into_response();
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    r
 }
 
 /// Whether the request carries a valid Corral token. A valid one is remembered for

@@ -173,3 +173,145 @@ proptest! {
         }
     }
 }
+
+fn tpu_host(chips: usize, pci: &str) -> HostInventory {
+    HostInventory {
+        tpus: (0..chips)
+            .map(|i| corral_proto::inventory::TpuInfo {
+                device: format!("/dev/vfio/{i}"),
+                pci_device_id: Some(pci.to_owned()),
+            })
+            .collect(),
+        ..host(&[], 96)
+    }
+}
+
+fn tpu_req(name: &str) -> Request {
+    let gpu = GpuSpec { vendor: Some(GpuVendor::Google), names: vec![name.to_owned()], ..Default::default() };
+    Request { resources: ResourcesSpec { gpu: Some(gpu), ..Default::default() }, ..gpu_req(&[], 0) }
+}
+
+#[test]
+fn tpu_jobs_go_where_the_chips_are_and_never_share_one() {
+    let mut ix = Index::new();
+    node(&mut ix, "gpu-box", host(&[A100; 8], 64), None, false);
+    let v4 = node(&mut ix, "v4", tpu_host(4, "0x005e"), None, false);
+    let v5e = node(&mut ix, "v5e", tpu_host(8, "0x0063"), None, false);
+    // The generation picks the node; a TPU job takes chips, not GPUs.
+    let p = ix.place(&tpu_req("v5litepod-4")).expect("fits");
+    assert_eq!(p[0].0, v5e);
+    assert_eq!(p[0].1.tpu_chips(), vec![0, 1, 2, 3]);
+    assert!(p[0].1.gpus().is_empty());
+    let q = ix.place(&tpu_req("tpu-v5e-4")).expect("the other half");
+    assert_eq!((q[0].0.clone(), q[0].1.tpu_chips()), (v5e.clone(), vec![4, 5, 6, 7]));
+    // Every v5e chip is held: the next waits, and says why.
+    let why = ix.place(&tpu_req("v5litepod-1")).expect_err("busy");
+    assert!(why.contains("TPU v5litepod-1") && why.contains("busy"), "{why}");
+    // v3-8 is four chips of v2/v3: none here; v4-8 is four v4 chips.
+    assert!(ix.place(&tpu_req("v3-8")).expect_err("no v3").contains("no node has TPU v3-8"));
+    let r = ix.place(&tpu_req("v4-8")).expect("the v4 node");
+    assert_eq!((r[0].0.clone(), r[0].1.tpu_chips().len()), (v4, 4));
+    // Released chips are placed again; the GPU node's GPUs were never touched.
+    ix.release(&v5e, &p[0].1);
+    assert_eq!(ix.place(&tpu_req("v5litepod-2")).expect("freed")[0].1.tpu_chips(), vec![0, 1]);
+    let gpus = ix.node(&NodeId::from("gpu-box")).expect("node").used_gpus().len();
+    assert_eq!(gpus, 0);
+    assert!(ix.place(&gpu_req(&["A100"], 8)).is_ok(), "GPU jobs still see all 8 GPUs");
+}
+
+#[test]
+fn instances_restrict_a_run_to_the_named_nodes() {
+    use corral_proto::config::{FleetRef, InstanceSelector};
+    let mut ix = Index::new();
+    let a = node(&mut ix, "a", host(&[], 8), Some("rack"), false);
+    let b = node(&mut ix, "b", host(&[], 8), Some("rack"), false);
+    ix.set_profile(&b, NodeProfile { instance: Some(1), hostnames: vec!["10.0.0.2".into()], ..Default::default() });
+    ix.set_profile(&a, NodeProfile { instance: Some(0), hostnames: vec!["10.0.0.1".into()], ..Default::default() });
+    let only = |sel: InstanceSelector| Request { instances: vec![sel], ..gpu_req(&[], 0) };
+    for sel in [
+        InstanceSelector::Name("b".into()),
+        InstanceSelector::Name("rack-1".into()),
+        InstanceSelector::Hostname("10.0.0.2".into()),
+        InstanceSelector::FleetInstance { fleet: FleetRef { project: None, name: "rack".into() }, instance: 1 },
+    ] {
+        for _ in 0..3 {
+            let p = ix.place(&only(sel.clone())).expect("fits on b");
+            assert_eq!(p[0].0, b, "{sel:?}");
+            ix.release(&p[0].0, &p[0].1);
+        }
+    }
+    let why = ix.place(&only(InstanceSelector::Name("c".into()))).expect_err("no such node");
+    assert_eq!(why, "no nodes named in `instances` (c) (see `corral node list`)");
+    ix.set_cordoned(&b, true);
+    let why = ix.place(&only(InstanceSelector::Name("b".into()))).expect_err("cordoned");
+    assert!(why.starts_with("no node named in `instances` (b) is ready"), "{why}");
+}
+
+#[test]
+fn refused_nodes_take_nothing_and_say_why() {
+    let mut ix = Index::new();
+    let a = node(&mut ix, "a", host(&[], 8), Some("rack"), false);
+    ix.set_profile(&a, NodeProfile { refused: Some("cpu: the fleet wants 16.., the host has 8".into()), ..Default::default() });
+    let why = ix.place(&gpu_req(&[], 0)).expect_err("refused");
+    assert!(why.contains("1 refused by its fleet (e.g. a: cpu: the fleet wants 16.., the host has 8)"), "{why}");
+    ix.set_profile(&a, NodeProfile::default());
+    assert!(ix.place(&gpu_req(&[], 0)).is_ok(), "taken again once its fleet fits it");
+}
+
+#[test]
+fn cpu_blocks_let_jobs_share_a_host_without_gpus() {
+    let mut ix = Index::new();
+    let id = NodeId::from("cpu");
+    ix.upsert(&id, "cpu", Some("shared".into()), false, 2, host(&[], 8));
+    ix.set_connected(&id, true);
+    let first = ix.place(&gpu_req(&[], 0)).expect("one block");
+    assert_eq!((first[0].1.cpus, first[0].1.memory), (4, Memory::gb(256)));
+    assert!(ix.place(&gpu_req(&[], 0)).is_ok(), "the second block");
+    assert!(ix.place(&gpu_req(&[], 0)).is_err(), "both blocks are taken");
+}
+
+/// A gang of node groups: a CPU head and GPU workers, each rank with its own resources.
+fn grouped(head: ResourcesSpec, workers: u32, gpus: u32) -> Request {
+    let worker = gpu_req(&[], gpus).resources;
+    let mut ranks = vec![head.clone()];
+    ranks.extend(std::iter::repeat_n(worker, workers as usize));
+    Request { resources: head, nodes: 1 + workers, ranks, ..gpu_req(&[], 0) }
+}
+
+#[test]
+fn each_rank_of_a_grouped_gang_gets_its_own_resources() {
+    let mut ix = Index::new();
+    let cpu = node(&mut ix, "cpu", host(&[], 8), Some("rack"), true);
+    let g1 = node(&mut ix, "g1", host(&[A100; 4], 32), Some("rack"), true);
+    let g2 = node(&mut ix, "g2", host(&[A100; 4], 32), Some("rack"), true);
+    let head = ResourcesSpec { cpu: CpuSpec { arch: None, count: Range::exactly(2) }, ..Default::default() };
+    let p = ix.place(&grouped(head.clone(), 2, 4)).expect("fits");
+    assert_eq!(p.len(), 3, "in rank order");
+    assert_eq!((&p[0].0, p[0].1.cpus, p[0].1.gpu_indices.len()), (&cpu, 2, 0), "the head: 2 CPUs, no GPU");
+    let workers: BTreeSet<&NodeId> = [&p[1].0, &p[2].0].into_iter().collect();
+    assert_eq!(workers, BTreeSet::from([&g1, &g2]), "each worker on a GPU node");
+    assert!(p[1..].iter().all(|(_, a)| a.gpu_indices.len() == 4));
+}
+
+#[test]
+fn a_gpu_rank_is_not_left_without_the_gpu_node_a_cpu_rank_could_have_taken() {
+    // Only GPU nodes: the CPU head must not take the node a worker needs whole.
+    let mut ix = Index::new();
+    node(&mut ix, "g1", host(&[A100; 4], 32), Some("rack"), true);
+    node(&mut ix, "g2", host(&[A100; 2], 32), Some("rack"), true);
+    let head = ResourcesSpec::default();
+    let p = ix.place(&grouped(head, 1, 4)).expect("the worker takes the 4-GPU node, the head the other");
+    assert_eq!(p[1].0, NodeId::from("g1"));
+    assert_eq!(p[0].0, NodeId::from("g2"));
+}
+
+#[test]
+fn a_grouped_gang_that_cannot_fit_names_the_rank_that_does_not() {
+    let mut ix = Index::new();
+    node(&mut ix, "a", host(&[], 8), Some("rack"), true);
+    node(&mut ix, "b", host(&[], 8), Some("rack"), true);
+    let why = ix.place(&grouped(ResourcesSpec::default(), 1, 2)).expect_err("no GPU node");
+    assert!(why.contains("no node in") || why.contains("no node has"), "{why}");
+    assert!(why.ends_with("(rank 1 of the gang)"), "{why}");
+    assert!(ix.nodes().all(|s| s.used_gpus().is_empty()), "nothing reserved");
+}
