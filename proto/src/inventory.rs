@@ -51,7 +51,7 @@ pub struct GpuInfo {
 pub struct TpuInfo {
     /// `/dev/accel0` or `/dev/vfio/0`.
     pub device: String,
-    /// The PCI device id from sysfs, when known (e.g. `0x0062` for v5e).
+    /// The PCI device id from sysfs, when known (e.g. `0x0063` for v5e, `0x0062` for v5p).
     pub pci_device_id: Option<String>,
 }
 

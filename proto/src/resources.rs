@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::inventory::{GpuInfo, HostInventory};
 
+pub mod tpu;
+pub use tpu::TPU_INDEX_BASE;
+
 /// A closed or half-open range such as `8..`, `..2`, `1..2`, or an exact value (`min == max`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Range<T> {
@@ -110,6 +113,11 @@ impl GpuSpec {
         self.count.min.unwrap_or(1)
     }
 
+    /// Google TPUs (`v5litepod-8`, `tpu:4`): chips from the host's TPU list ([`tpu`]), not GPUs.
+    pub fn is_tpu(&self) -> bool {
+        self.vendor == Some(GpuVendor::Google) && self.count.max != Some(0)
+    }
+
     /// Whether one device satisfies the per-GPU part of the spec (vendor, name, memory).
     pub fn accepts(&self, gpu: &GpuInfo) -> bool {
         if let Some(v) = self.vendor
@@ -193,8 +201,21 @@ pub struct Allocation {
     pub cpus: u32,
     pub memory: Memory,
     pub shm_size: Option<Memory>,
-    /// Indices of the node's GPUs (as NVML numbers them) reserved for this job alone.
+    /// Indices of the node's GPUs (as NVML numbers them) reserved for this job alone; TPU chips
+    /// from [`TPU_INDEX_BASE`] on ([`tpu`]).
     pub gpu_indices: Vec<u32>,
+}
+
+impl Allocation {
+    /// The NVIDIA GPU indices: what Docker's device requests and `CUDA_VISIBLE_DEVICES` name.
+    pub fn gpus(&self) -> Vec<u32> {
+        self.gpu_indices.iter().copied().filter(|&i| i < TPU_INDEX_BASE).collect()
+    }
+
+    /// The TPU chips, as positions in the host's [`HostInventory::tpus`].
+    pub fn tpu_chips(&self) -> Vec<usize> {
+        self.gpu_indices.iter().filter_map(|&i| i.checked_sub(TPU_INDEX_BASE)).map(|i| i as usize).collect()
+    }
 }
 
 /// Why a node cannot take a job, in words a user can act on.
@@ -235,7 +256,9 @@ pub fn fit(
         return Err(format!("needs {min} disk, host has {}", host.disk));
     }
     let mut gpu_indices = Vec::new();
-    if let Some(gpu) = &spec.gpu {
+    if let Some(gpu) = spec.gpu.as_ref().filter(|g| g.is_tpu()) {
+        gpu_indices = tpu::fit_tpus(gpu, host, used_gpus)?;
+    } else if let Some(gpu) = &spec.gpu {
         let want = gpu.min_count();
         if want > 0 || gpu.count.max.is_some_and(|m| m > 0) {
             let matching: Vec<&GpuInfo> = host.gpus.iter().filter(|g| gpu.accepts(g)).collect();
