@@ -42,6 +42,9 @@ fn request() -> Request {
         },
         nodes: 1,
         fleets: vec![],
+        instances: vec![],
+        pinned: vec![],
+        ranks: vec![],
     }
 }
 

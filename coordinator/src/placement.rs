@@ -99,9 +99,18 @@ pub struct Request {
     pub nodes: u32,
     /// Only nodes of these fleets; empty: any fleet.
     pub fleets: Vec<String>,
+    /// Only the nodes these name (a run's `instances`); empty: any node.
+    pub instances: Vec<InstanceSelector>,
+    /// Per rank, the only nodes it may go to (where its named volumes are); a rank with `None`,
+    /// or past the end, may go anywhere.
+    pub pinned: Vec<Option<Vec<NodeId>>>,
+    /// Per rank, what it needs, when the ranks differ (a task's node `groups`); empty: every rank
+    /// needs `resources`.
+    pub ranks: Vec<ResourcesSpec>,
 }
 
 impl Request {
+    /// The NVIDIA GPUs one member needs (a TPU request needs chips, not GPUs).
     fn min_gpus(&self) -> usize {
         self.resources.gpu.as_ref().filter(|g| !g.is_tpu()).map_or(0, |g| g.min_count() as usize)
     }
@@ -110,7 +119,6 @@ impl Request {
 #[derive(Default)]
 pub struct Index {
     slots: Vec<NodeSlot>,
-    /// The NVIDIA GPUs one member needs (a TPU request needs chips, not GPUs).
     pos: HashMap<NodeId, usize>,
     /// `buckets[k]`: schedulable nodes with exactly `k` free GPUs, by slot number.
     buckets: Vec<BTreeSet<usize>>,
@@ -188,6 +196,7 @@ impl Index {
                     inventory,
                     connected: false,
                     cordoned: false,
+                    profile: NodeProfile::default(),
                     used_cpus: 0,
                     used_memory: Memory(0),
                     used_gpus: Vec::new(),
@@ -196,7 +205,6 @@ impl Index {
             }
         }
     }
-                    profile: NodeProfile::default(),
 
     fn update(&mut self, id: &NodeId, f: impl FnOnce(&mut NodeSlot)) {
         if let Some(&i) = self.pos.get(id) {
@@ -216,14 +224,6 @@ impl Index {
         self.update(id, |s| s.cordoned = cordoned);
     }
 
-    /// Records an allocation made earlier (on start, from the store).
-    pub fn reserve(&mut self, id: &NodeId, a: &Allocation) {
-        self.update(id, |s| {
-            s.used_cpus += a.cpus;
-            s.used_memory = Memory(s.used_memory.0 + a.memory.0);
-            for g in &a.gpu_indices {
-                if !s.used_gpus.contains(g) {
-                    s.used_gpus.push(*g);
     /// Sets what the node's fleet says of it (a refusal takes it out of placement).
     pub fn set_profile(&mut self, id: &NodeId, profile: NodeProfile) {
         if self.node(id).is_some_and(|s| s.profile == profile) {
@@ -233,6 +233,14 @@ impl Index {
         self.update(id, |s| s.profile = profile);
     }
 
+    /// Records an allocation made earlier (on start, from the store).
+    pub fn reserve(&mut self, id: &NodeId, a: &Allocation) {
+        self.update(id, |s| {
+            s.used_cpus += a.cpus;
+            s.used_memory = Memory(s.used_memory.0 + a.memory.0);
+            for g in &a.gpu_indices {
+                if !s.used_gpus.contains(g) {
+                    s.used_gpus.push(*g);
                 }
             }
         });
@@ -269,13 +277,22 @@ impl Index {
 
     /// The tightest node (not in `skip`) where one member of `req` fits, and what it would get:
     /// the first fit in the lowest bucket that has one.
-    fn best_fit(&self, req: &Request, skip: &[usize], fleet: Option<&str>) -> Option<(usize, Allocation)> {
+    fn best_fit(
+        &self,
+        req: &Request,
+        skip: &[usize],
+        fleet: Option<&str>,
+        only: Option<&[NodeId]>,
+    ) -> Option<(usize, Allocation)> {
         for bucket in self.buckets.iter().skip(req.min_gpus()) {
             for &i in bucket {
                 if skip.contains(&i) || !self.eligible(i, req) {
                     continue;
                 }
                 let s = &self.slots[i];
+                if only.is_some_and(|o| !o.contains(&s.id)) {
+                    continue;
+                }
                 if fleet.is_some_and(|f| s.fleet.as_deref() != Some(f)) {
                     continue;
                 }
@@ -291,7 +308,8 @@ impl Index {
 
     /// Places a request: reserves and returns one allocation per node, or says why it waits.
     pub fn place(&mut self, req: &Request) -> Result<Vec<(NodeId, Allocation)>, String> {
-        let picked = if req.nodes <= 1 { self.best_fit(req, &[], None).map(|p| vec![p]) } else { self.place_gang(req) };
+        let picked =
+            if req.nodes <= 1 { self.best_fit(req, &[], None, pinned(req, 0)).map(|p| vec![p]) } else { self.place_gang(req) };
         let Some(picked) = picked else {
             return Err(self.explain(req));
         };
@@ -316,28 +334,47 @@ impl Index {
         fleets.sort_unstable();
         fleets.dedup();
         'fleets: for fleet in fleets {
-            let mut chosen: Vec<(usize, Allocation)> = Vec::new();
-            for _ in 0..req.nodes {
-                let skip: Vec<usize> = chosen.iter().map(|c| c.0).collect();
-                match self.best_fit(req, &skip, Some(fleet)) {
-                    Some(p) => chosen.push(p),
+            // Ranks pinned to nodes (by their volumes) choose first, so that another rank does not
+            // take the node one of them needs; the answer is in rank order.
+            // Ranks that differ (node groups): those that need more GPUs choose before those
+            // that need fewer, which take the nodes with the fewest free GPUs first anyway.
+            let mut ranks: Vec<usize> = (0..req.nodes as usize).collect();
+            let gpus = |r: usize| req.ranks.get(r).and_then(|spec| spec.gpu.as_ref()).filter(|g| !g.is_tpu()).map_or(0, |g| g.min_count());
+            ranks.sort_by_key(|&r| (pinned(req, r).is_none(), std::cmp::Reverse(gpus(r))));
+            let mut chosen: Vec<Option<(usize, Allocation)>> = vec![None; ranks.len()];
+            for rank in ranks {
+                let skip: Vec<usize> = chosen.iter().flatten().map(|c| c.0).collect();
+                let own = rank_request(req, rank);
+                match self.best_fit(own.as_ref().unwrap_or(req), &skip, Some(fleet), pinned(req, rank)) {
+                    Some(p) => chosen[rank] = Some(p),
                     None => continue 'fleets,
                 }
             }
-            return Some(chosen);
+            return chosen.into_iter().collect();
         }
         None
     }
 
     /// Why nothing fits, in words a user can act on, counting nodes rather than listing them.
     pub fn explain(&self, req: &Request) -> String {
+        // Ranks that differ: the one the fewest nodes could take speaks for the gang.
+        let hardest = (0..req.ranks.len()).filter_map(|r| rank_request(req, r).map(|q| (r, q))).min_by_key(|(_, q)| {
+            self.slots.iter().filter(|s| s.schedulable() && fit(&q.resources, &s.inventory, 0, Memory(0), &[]).is_ok()).count()
+        });
+        if let Some((rank, q)) = hardest {
+            return format!("{} (rank {rank} of the gang)", self.explain(&Request { nodes: req.nodes, ..q }));
+        }
         let candidates: Vec<&NodeSlot> = self
             .slots
             .iter()
             .filter(|s| req.fleets.is_empty() || s.fleet.as_ref().is_some_and(|f| req.fleets.contains(f)))
+            .filter(|s| s.named_by(req))
             .collect();
-        let scope =
+        let mut scope =
             if req.fleets.is_empty() { String::new() } else { format!(" in fleet(s) {}", req.fleets.join(", ")) };
+        if !req.instances.is_empty() {
+            scope.push_str(&format!(" named in `instances` ({})", select::describe(&req.instances)));
+        }
         if candidates.is_empty() {
             return format!("no nodes{scope} (see `corral node list`)");
         }
@@ -367,6 +404,10 @@ impl Index {
         let empty_fit = |s: &NodeSlot| fit(&req.resources, &s.inventory, 0, Memory(0), &[]).is_ok();
         let could = usable.iter().filter(|s| empty_fit(s)).count();
         let what = match &req.resources.gpu {
+            Some(g) if g.is_tpu() => {
+                let names = if g.names.is_empty() { format!("{} chip(s)", g.min_count()) } else { g.names.join("/") };
+                format!("TPU {names}")
+            }
             Some(g) if g.min_count() > 0 => {
                 let mut kind: Vec<String> = Vec::new();
                 if !g.names.is_empty() {
@@ -376,13 +417,9 @@ impl Index {
                 }
                 if let Some(m) = &g.memory {
                     kind.push(m.to_string());
-            .filter(|s| s.named_by(req))
                 }
                 let kind = if kind.is_empty() { String::new() } else { format!(" {}", kind.join(" ")) };
                 format!("{}{kind} GPU(s)", g.min_count())
-        if !req.instances.is_empty() {
-            scope.push_str(&format!(" named in `instances` ({})", select::describe(&req.instances)));
-        }
             }
             _ => format!("cpu {} and memory {}", req.resources.cpu.count, req.resources.memory),
         };
@@ -401,9 +438,24 @@ impl Index {
     }
 }
 
+/// Rank `rank`'s own request, when the ranks of `req` differ: one node with that rank's resources,
+/// of the same fleets and instances.
+fn rank_request(req: &Request, rank: usize) -> Option<Request> {
+    let resources = req.ranks.get(rank)?.clone();
+    Some(Request {
+        resources,
+        nodes: 1,
+        fleets: req.fleets.clone(),
+        instances: req.instances.clone(),
+        pinned: Vec::new(),
+        ranks: Vec::new(),
+    })
+}
+
+/// The nodes rank `rank` of `req` may go to, when it is pinned.
+fn pinned(req: &Request, rank: usize) -> Option<&[NodeId]> {
+    req.pinned.get(rank).and_then(|p| p.as_deref())
+}
+
 #[cfg(test)]
 mod tests;
-            Some(g) if g.is_tpu() => {
-                let names = if g.names.is_empty() { format!("{} chip(s)", g.min_count()) } else { g.names.join("/") };
-                format!("TPU {names}")
-            }

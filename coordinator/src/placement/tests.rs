@@ -40,6 +40,9 @@ fn gpu_req(names: &[&str], count: u32) -> Request {
         },
         nodes: 1,
         fleets: vec![],
+        instances: vec![],
+        pinned: vec![],
+        ranks: vec![],
     }
 }
 
