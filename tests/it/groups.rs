@@ -118,3 +118,56 @@ async fn every_replica_group_answers_through_the_proxy() -> anyhow::Result<()> {
     assert_eq!(seen, want, "both groups' replicas take requests, each running its own group's commands");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scaled_group_grows_and_shrinks_on_its_own_and_a_grouped_service_rolls() -> anyhow::Result<()> {
+    use corral_proto::job::TerminationReason;
+    let c = OneNode::start().await?;
+    let service = |version: &str| {
+        format!(
+            "type: service\nname: tiers\nimage: {IMAGE}\nport: 8000\nauth: false\nreplicas:\n  - name: steady\n    count: 1\n    resources: {{cpu: 1}}\n    commands:\n{}  - name: burst\n    count: 0..1\n    scaling: {{metric: rps, target: 1, window: 30s, scale_up_delay: 1s, scale_down_delay: 2s}}\n    resources: {{cpu: 1}}\n    commands:\n{}",
+            httpd(&format!("steady {version}")),
+            httpd(&format!("burst {version}")),
+        )
+    };
+    let (code, out) = apply(&c.client, &write_config(c.dir.path(), "tiers-v1", &service("v1")), true).await?;
+    assert_eq!(code, 0, "{out}");
+    let running = |r: &corral_proto::api::Run, num: u32| {
+        r.jobs.iter().any(|j| j.job_num == num && j.state == JobState::Running)
+    };
+    let r = wait_state(&c.client, "tiers", |r| running(r, 0), Duration::from_secs(30)).await?;
+    assert_eq!(r.jobs.len(), 1, "the scaled group starts at its minimum, none: {:?}", r.jobs);
+
+    // 60 requests: 2 a second over the 30 s window against a target of 1: the burst group grows
+    // to its maximum (replica number 1, its block's first); the steady one keeps its count.
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/proxy/services/main/tiers/", c.coord.http);
+    for _ in 0..60 {
+        let resp = http.get(&url).send().await?;
+        assert_eq!(resp.status(), 200);
+    }
+    wait_state(&c.client, "tiers", |r| running(r, 0) && running(r, 1), Duration::from_secs(30)).await?;
+
+    // Idle: the burst group goes back to none, the steady one stays.
+    let idle = wait_state(
+        &c.client,
+        "tiers",
+        |r| r.jobs.iter().any(|j| j.job_num == 1 && j.termination_reason == Some(TerminationReason::ScaledDown)),
+        Duration::from_secs(90),
+    )
+    .await?;
+    assert!(running(&idle, 0), "the steady group is not scaled: {:?}", idle.jobs);
+
+    // Applied again: the new deployment's groups come up next to the old one, which then leaves.
+    let (code, out) = apply(&c.client, &write_config(c.dir.path(), "tiers-v2", &service("v2")), true).await?;
+    assert_eq!(code, 0, "{out}");
+    wait_for("the old deployment to be replaced", Duration::from_secs(60), || async {
+        let runs: Vec<corral_proto::api::Run> = c.client.get(&c.client.project_path("runs?all=true")).await?;
+        let old = runs.iter().filter(|r| r.name == "tiers" && r.state.is_finished()).count();
+        Ok((old == 1).then_some(()))
+    })
+    .await?;
+    let body = http.get(&url).send().await?.text().await?;
+    assert_eq!(body, "steady v2\n");
+    Ok(())
+}
