@@ -73,7 +73,10 @@ groups:
     assert!(head_log.contains("head ran rank=0 group=head of=2 shared=everyone\n"), "{head_log}");
     assert!(!head_log.contains("worker ran"), "the head runs its own group's commands only: {head_log}");
     let worker_log = log(1).await?;
-    assert!(worker_log.contains(&format!("worker ran rank=1 group=workers head={head} master={head}\n")), "{worker_log}");
+    assert!(
+        worker_log.contains(&format!("worker ran rank=1 group=workers head={head} master={head}\n")),
+        "{worker_log}"
+    );
     assert!(!worker_log.contains("head ran"), "{worker_log}");
     Ok(())
 }
@@ -93,8 +96,7 @@ async fn every_replica_group_answers_through_the_proxy() -> anyhow::Result<()> {
     );
     let (code, out) = apply(&c.client, &write_config(c.dir.path(), "mixed", &text), true).await?;
     assert_eq!(code, 0, "{out}");
-    let running =
-        |r: &corral_proto::api::Run| r.jobs.len() == 2 && r.jobs.iter().all(|j| j.state == JobState::Running);
+    let running = |r: &corral_proto::api::Run| r.jobs.len() == 2 && r.jobs.iter().all(|j| j.state == JobState::Running);
     let run = wait_state(&c.client, "mixed", running, Duration::from_secs(30)).await?;
     // Each group's replicas are numbered from its own block: `small` owns 0, `big` 1 and 2.
     let nums: BTreeSet<u32> = run.jobs.iter().map(|j| j.job_num).collect();
@@ -132,9 +134,8 @@ async fn a_scaled_group_grows_and_shrinks_on_its_own_and_a_grouped_service_rolls
     };
     let (code, out) = apply(&c.client, &write_config(c.dir.path(), "tiers-v1", &service("v1")), true).await?;
     assert_eq!(code, 0, "{out}");
-    let running = |r: &corral_proto::api::Run, num: u32| {
-        r.jobs.iter().any(|j| j.job_num == num && j.state == JobState::Running)
-    };
+    let running =
+        |r: &corral_proto::api::Run, num: u32| r.jobs.iter().any(|j| j.job_num == num && j.state == JobState::Running);
     let r = wait_state(&c.client, "tiers", |r| running(r, 0), Duration::from_secs(30)).await?;
     assert_eq!(r.jobs.len(), 1, "the scaled group starts at its minimum, none: {:?}", r.jobs);
 

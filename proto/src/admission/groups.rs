@@ -89,12 +89,17 @@ mod tests {
 
     #[test]
     fn routers_and_replica_addresses_are_refused_by_name() {
-        let e = admit("type: service\nimage: i\nport: 80\nreplicas:\n  - count: 1\n    router: {type: sglang}\n  - count: 1\n")
-            .expect_err("refused");
+        let e = admit(
+            "type: service\nimage: i\nport: 80\nreplicas:\n  - count: 1\n    router: {type: sglang}\n  - count: 1\n",
+        )
+        .expect_err("refused");
         assert!(e.starts_with("replicas[0].router: the SGLang router needs"), "{e}");
         let e = admit("type: service\nimage: i\nport: 80\nreplicas:\n  - count: 1\n  - count: 1\n    commands: ['x ${{ groups[0].replicas[0].IP_ADDRESS }}']\n")
             .expect_err("refused");
-        assert!(e.starts_with("replicas[1].commands[0]: ${{ groups[0].replicas[0].IP_ADDRESS }}: replica addresses"), "{e}");
+        assert!(
+            e.starts_with("replicas[1].commands[0]: ${{ groups[0].replicas[0].IP_ADDRESS }}: replica addresses"),
+            "{e}"
+        );
         let e = admit("type: service\nport: 80\nreplicas:\n  - count: 1\n    image: i\n    commands: [x]\nenv: [A]\n")
             .expect_err("refused");
         assert!(e.contains("env.A: has no value"), "{e}");

@@ -175,7 +175,10 @@ pub(crate) fn task_groups(o: &Object, commands: &[String], c: &super::run::Commo
             let message = if key == "nodes" {
                 "`nodes` and `groups` are mutually exclusive: give each group its `nodes`".to_owned()
             } else {
-                format!("not allowed with `groups`: give each group its own `{}`", if key == "entrypoint" { "commands" } else { key })
+                format!(
+                    "not allowed with `groups`: give each group its own `{}`",
+                    if key == "entrypoint" { "commands" } else { key }
+                )
             };
             return Err(Issue::invalid(o.key_mark(key), key, message));
         }
@@ -214,7 +217,11 @@ pub(crate) fn service_groups(
     check_env_refs(o, &c.env)?;
     let listed = o.get("replicas").filter(|n| matches!(n.value, Value::Seq(_)));
     if listed.is_some() && o.has("groups") {
-        return Err(Issue::invalid(o.key_mark("groups"), "groups", "`replicas` (as a list) and `groups` are the same field: give one"));
+        return Err(Issue::invalid(
+            o.key_mark("groups"),
+            "groups",
+            "`replicas` (as a list) and `groups` are the same field: give one",
+        ));
     }
     let key = if listed.is_some() { "replicas" } else { "groups" };
     let Some(groups) = o.map(key, replica_groups)? else {
@@ -228,7 +235,11 @@ pub(crate) fn service_groups(
             ));
         }
         if replicas.min == replicas.max && scaling.is_some() {
-            return Err(Issue::invalid(o.key_mark("scaling"), "scaling", "`scaling` needs `replicas` to be a range, e.g. `0..4`"));
+            return Err(Issue::invalid(
+                o.key_mark("scaling"),
+                "scaling",
+                "`scaling` needs `replicas` to be a range, e.g. `0..4`",
+            ));
         }
         check_refs(o.key_mark("commands"), "commands", commands, RefMember::Replicas, &[replicas.min.unwrap_or(0)])?;
         return Ok((Vec::new(), replicas, scaling));
@@ -283,7 +294,10 @@ pub(crate) fn service_groups(
             return Err(Issue::invalid(
                 o.key_mark(key),
                 format!("{}.commands", at(key, i)),
-                format!("replica group \"{}\" has nothing to run: give it `commands` or an `image`, or the service an `image`", g.name),
+                format!(
+                    "replica group \"{}\" has nothing to run: give it `commands` or an `image`, or the service an `image`",
+                    g.name
+                ),
             ));
         }
     }
@@ -294,10 +308,18 @@ pub(crate) fn service_groups(
     let sum = |f: fn(&ReplicaGroup) -> u32| groups.iter().fold(0u64, |n, g| n + u64::from(f(g)));
     let (min, max) = (sum(|g| g.replicas.min.unwrap_or(0)), sum(|g| g.replicas.max.unwrap_or(0)));
     if max > u64::from(MAX_REPLICAS) {
-        return Err(Issue::invalid(o.key_mark(key), key, format!("at most {MAX_REPLICAS} replicas in all groups together, found {max}")));
+        return Err(Issue::invalid(
+            o.key_mark(key),
+            key,
+            format!("at most {MAX_REPLICAS} replicas in all groups together, found {max}"),
+        ));
     }
     if max == 0 {
-        return Err(Issue::invalid(o.key_mark(key), key, "the groups allow no replica at all: give one a count above 0"));
+        return Err(Issue::invalid(
+            o.key_mark(key),
+            key,
+            "the groups allow no replica at all: give one a count above 0",
+        ));
     }
     Ok((groups, Range { min: Some(min as u32), max: Some(max as u32) }, None))
 }
@@ -384,7 +406,11 @@ pub(crate) fn replica_groups(node: &Node, path: &str) -> Res<Vec<ReplicaGroup>> 
         let o = Object::new(n, p, "replica group", &REPLICA_GROUP_FIELDS)?;
         // `count` is dstack's other name for `replicas` (the one its docs use).
         if o.has("count") && o.has("replicas") {
-            return Err(Issue::invalid(o.key_mark("count"), o.path("count"), "`count` and `replicas` are the same field: give one"));
+            return Err(Issue::invalid(
+                o.key_mark("count"),
+                o.path("count"),
+                "`count` and `replicas` are the same field: give one",
+            ));
         }
         let key = if o.has("count") { "count" } else { "replicas" };
         let count = o.require(key, replicas)?;
@@ -397,22 +423,38 @@ pub(crate) fn replica_groups(node: &Node, path: &str) -> Res<Vec<ReplicaGroup>> 
             ));
         }
         if count.min == count.max && scaling.is_some() {
-            return Err(Issue::invalid(o.key_mark("scaling"), o.path("scaling"), "`scaling` needs the group's replicas to be a range, e.g. `1..4`"));
+            return Err(Issue::invalid(
+                o.key_mark("scaling"),
+                o.path("scaling"),
+                "`scaling` needs the group's replicas to be a range, e.g. `1..4`",
+            ));
         }
         let image = o.string("image")?;
         let python = o.map("python", python_version)?;
         if image.is_some() && python.is_some() {
-            return Err(Issue::invalid(o.key_mark("python"), o.path("python"), "`image` and `python` are mutually exclusive within a replica group"));
+            return Err(Issue::invalid(
+                o.key_mark("python"),
+                o.path("python"),
+                "`image` and `python` are mutually exclusive within a replica group",
+            ));
         }
         let docker = o.boolean("docker")?;
         if docker == Some(true) {
             for (other, set) in [("image", image.is_some()), ("python", python.is_some()), ("nvcc", o.has("nvcc"))] {
                 if set {
-                    return Err(Issue::invalid(o.key_mark("docker"), o.path("docker"), format!("`{other}` and `docker` are mutually exclusive within a replica group")));
+                    return Err(Issue::invalid(
+                        o.key_mark("docker"),
+                        o.path("docker"),
+                        format!("`{other}` and `docker` are mutually exclusive within a replica group"),
+                    ));
                 }
             }
             if o.boolean("privileged")? == Some(false) {
-                return Err(Issue::invalid(o.key_mark("privileged"), o.path("privileged"), "`docker: true` needs privileged mode; remove `privileged: false`"));
+                return Err(Issue::invalid(
+                    o.key_mark("privileged"),
+                    o.path("privileged"),
+                    "`docker: true` needs privileged mode; remove `privileged: false`",
+                ));
             }
         }
         let router = o.map("router", |n, p| {
@@ -423,7 +465,11 @@ pub(crate) fn replica_groups(node: &Node, path: &str) -> Res<Vec<ReplicaGroup>> 
             })
         })?;
         if router.is_some() && count != Range::exactly(1) {
-            return Err(Issue::invalid(o.key_mark(key), o.path(key), "the replica group with `router` must have exactly 1 replica (dstack's rule)"));
+            return Err(Issue::invalid(
+                o.key_mark(key),
+                o.path(key),
+                "the replica group with `router` must have exactly 1 replica (dstack's rule)",
+            ));
         }
         Ok(ReplicaGroup {
             name: o.map("name", group_name)?.unwrap_or_default(),
@@ -444,7 +490,11 @@ pub(crate) fn replica_groups(node: &Node, path: &str) -> Res<Vec<ReplicaGroup>> 
     let groups = name_groups(node, path, groups, |g| &mut g.name)?;
     if let Some(second) = groups.iter().filter(|g| g.router.is_some()).nth(1) {
         let i = groups.iter().position(|g| std::ptr::eq(g, second)).unwrap_or(0);
-        return Err(Issue::invalid(node.mark, format!("{}.router", at(path, i)), "at most one replica group may have a `router`"));
+        return Err(Issue::invalid(
+            node.mark,
+            format!("{}.router", at(path, i)),
+            "at most one replica group may have a `router`",
+        ));
     }
     Ok(groups)
 }
@@ -469,7 +519,9 @@ fn group_name(node: &Node, path: &str) -> Res<String> {
     Err(Issue::invalid(
         node.mark,
         path,
-        format!("\"{name}\" is not a group name: use 1 to 40 lowercase letters, digits and hyphens, not starting with a hyphen"),
+        format!(
+            "\"{name}\" is not a group name: use 1 to 40 lowercase letters, digits and hyphens, not starting with a hyphen"
+        ),
     ))
 }
 
@@ -490,7 +542,11 @@ fn name_groups<G>(node: &Node, path: &str, mut groups: Vec<G>, name: impl Fn(&mu
                 Value::Seq(items) => items.get(i).map_or(node.mark, |item| item.mark),
                 _ => node.mark,
             };
-            return Err(Issue::invalid(mark, format!("{}.name", at(path, i)), format!("the group name \"{n}\" is used twice: give each group its own")));
+            return Err(Issue::invalid(
+                mark,
+                format!("{}.name", at(path, i)),
+                format!("the group name \"{n}\" is used twice: give each group its own"),
+            ));
         }
         seen.push(n.clone());
     }
@@ -559,7 +615,9 @@ fn parse_ref(inner: &str) -> Option<(usize, RefMember, usize)> {
     if rest != ".IP_ADDRESS" {
         return None;
     }
-    let number = |t: &str| (!t.is_empty() && t.len() <= 6 && t.bytes().all(|b| b.is_ascii_digit())).then(|| t.parse().ok()).flatten();
+    let number = |t: &str| {
+        (!t.is_empty() && t.len() <= 6 && t.bytes().all(|b| b.is_ascii_digit())).then(|| t.parse().ok()).flatten()
+    };
     let member = match member {
         "nodes" => RefMember::Nodes,
         "replicas" => RefMember::Replicas,
@@ -581,18 +639,35 @@ pub(crate) fn check_refs(mark: Mark, path: &str, commands: &[String], member: Re
                 return Err(Issue::invalid(
                     mark,
                     &field,
-                    format!("{text}: a {} has {}, not {}", if member == RefMember::Nodes { "task" } else { "service" }, member.word(), r.member.word()),
+                    format!(
+                        "{text}: a {} has {}, not {}",
+                        if member == RefMember::Nodes { "task" } else { "service" },
+                        member.word(),
+                        r.member.word()
+                    ),
                 ));
             }
             match sizes.get(r.group) {
                 None => {
-                    return Err(Issue::invalid(mark, &field, format!("{text}: there is no group {} (the run has {})", r.group, sizes.len())));
+                    return Err(Issue::invalid(
+                        mark,
+                        &field,
+                        format!("{text}: there is no group {} (the run has {})", r.group, sizes.len()),
+                    ));
                 }
                 Some(0) if member == RefMember::Replicas => {
-                    return Err(Issue::invalid(mark, &field, format!("{text}: the group scales to zero, so no replica is sure to be there")));
+                    return Err(Issue::invalid(
+                        mark,
+                        &field,
+                        format!("{text}: the group scales to zero, so no replica is sure to be there"),
+                    ));
                 }
                 Some(&n) if r.index >= n as usize => {
-                    return Err(Issue::invalid(mark, &field, format!("{text}: out of range, group {} has {n}", r.group)));
+                    return Err(Issue::invalid(
+                        mark,
+                        &field,
+                        format!("{text}: out of range, group {} has {n}", r.group),
+                    ));
                 }
                 Some(_) => {}
             }

@@ -93,7 +93,9 @@ fn address_references_are_checked_against_the_groups() {
     let e = error("type: task\nimage: i\nenv: ['HEAD=${{ groups[0].nodes[0].IP_ADDRESS }}']\ncommands: [x]\n");
     assert!(e.contains("env.HEAD: group address references are only substituted in commands"), "{e}");
     // A plain multi-node task is group 0 (dstack's rule), and `$${{` is an escape.
-    task("type: task\nimage: i\nnodes: 2\ncommands: ['echo ${{ groups[0].nodes[1].IP_ADDRESS }} $${{ groups[9].x }}']\n");
+    task(
+        "type: task\nimage: i\nnodes: 2\ncommands: ['echo ${{ groups[0].nodes[1].IP_ADDRESS }} $${{ groups[9].x }}']\n",
+    );
 }
 
 #[test]
@@ -102,7 +104,10 @@ fn addresses_are_substituted_where_the_references_are() {
     let s = "ray --address=${{ groups[0].nodes[0].IP_ADDRESS }}:6379 --peer ${{groups[1].nodes[1].IP_ADDRESS}} ${{ env.X }}";
     assert_eq!(substitute_node_addresses(s, &ips), "ray --address=10.0.0.1:6379 --peer 10.0.0.3 ${{ env.X }}");
     assert_eq!(substitute_node_addresses("no refs", &ips), "no refs");
-    assert_eq!(substitute_node_addresses("$${{ groups[0].nodes[0].IP_ADDRESS }}", &ips), "$${{ groups[0].nodes[0].IP_ADDRESS }}");
+    assert_eq!(
+        substitute_node_addresses("$${{ groups[0].nodes[0].IP_ADDRESS }}", &ips),
+        "$${{ groups[0].nodes[0].IP_ADDRESS }}"
+    );
 }
 
 const PD: &str = "type: service
@@ -153,9 +158,13 @@ fn replica_groups_own_blocks_of_replica_numbers() {
 
 #[test]
 fn a_service_whose_groups_all_scale_to_zero_starts_with_one_replica() {
-    let s = service("type: service\nimage: i\nport: 80\nreplicas:\n  - count: 0..2\n    scaling: {metric: rps, target: 1}\n  - count: 0..3\n    scaling: {metric: rps, target: 1}\n");
+    let s = service(
+        "type: service\nimage: i\nport: 80\nreplicas:\n  - count: 0..2\n    scaling: {metric: rps, target: 1}\n  - count: 0..3\n    scaling: {metric: rps, target: 1}\n",
+    );
     assert_eq!(s.initial_replica_numbers(), [0]);
-    let s = service("type: service\nport: 80\ngroups:\n  - count: 2\n    image: a\n  - count: 1\n    image: b\n    privileged: true\n");
+    let s = service(
+        "type: service\nport: 80\ngroups:\n  - count: 2\n    image: a\n  - count: 1\n    image: b\n    privileged: true\n",
+    );
     assert_eq!(s.initial_replica_numbers(), [0, 1, 2]);
     let b = s.replica_task_of(2);
     assert_eq!((b.image.as_deref(), b.privileged), (Some("b"), true));
@@ -170,7 +179,9 @@ fn replica_group_mistakes_are_refused_with_the_field() {
     assert!(e.contains("replicas[0].count: a range of replicas needs `scaling` in the group"), "{e}");
     let e = error(&format!("{base}replicas:\n  - count: 2\n    router: {{type: sglang}}\n"));
     assert!(e.contains("must have exactly 1 replica"), "{e}");
-    let e = error(&format!("{base}replicas:\n  - count: 1\n    router: {{}}\n  - count: 1\n    router: {{type: dynamo}}\n"));
+    let e = error(&format!(
+        "{base}replicas:\n  - count: 1\n    router: {{}}\n  - count: 1\n    router: {{type: dynamo}}\n"
+    ));
     assert!(e.contains("replicas[1].router: at most one replica group"), "{e}");
     let e = error(&format!("{base}replicas:\n  - count: 1\n    image: j\n"));
     assert!(e.contains("replicas[0].image: `image` is set for the service and for group \"0\""), "{e}");
@@ -182,7 +193,9 @@ fn replica_group_mistakes_are_refused_with_the_field() {
     assert!(e.contains("`count` and `replicas` are the same field"), "{e}");
     let e = error(&format!("{base}replicas:\n  - count: 1\n    docker: true\n    privileged: false\n"));
     assert!(e.contains("needs privileged mode"), "{e}");
-    let e = error(&format!("{base}replicas:\n  - count: 0..1\n    scaling: {{metric: rps, target: 1}}\n    commands: ['x ${{{{ groups[0].replicas[0].IP_ADDRESS }}}}']\n"));
+    let e = error(&format!(
+        "{base}replicas:\n  - count: 0..1\n    scaling: {{metric: rps, target: 1}}\n    commands: ['x ${{{{ groups[0].replicas[0].IP_ADDRESS }}}}']\n"
+    ));
     assert!(e.contains("the group scales to zero"), "{e}");
     let e = error(&format!("{base}groups:\n  - count: 1\nreplicas:\n  - count: 1\n"));
     assert!(e.contains("are the same field: give one"), "{e}");

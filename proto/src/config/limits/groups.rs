@@ -54,7 +54,10 @@ pub(super) fn service(s: &ServiceConfig) -> Checked {
             if !(sc.target > 0.0 && sc.target <= MAX_SCALING_TARGET) {
                 return fail(
                     format!("{at}.scaling.target"),
-                    format!("must be more than 0 and at most {MAX_SCALING_TARGET} requests a second, found {}", sc.target),
+                    format!(
+                        "must be more than 0 and at most {MAX_SCALING_TARGET} requests a second, found {}",
+                        sc.target
+                    ),
                 );
             }
             duration(&format!("{at}.scaling.window"), sc.window_secs)?;
