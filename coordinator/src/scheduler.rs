@@ -192,7 +192,7 @@ impl Scheduler {
     fn enqueue_job(&mut self, mut job: JobRow) {
         let (task, replica) = match &job.configuration {
             Configuration::Task(task) => (task.clone(), None),
-            Configuration::Service(svc) => (svc.replica_task(), Some(job.job_num)),
+            Configuration::Service(svc) => (svc.replica_task_of(job.job_num), Some(job.job_num)),
             Configuration::DevEnvironment(d) => (d.as_task(), None),
             Configuration::Fleet(_) | Configuration::Volume(_) => return,
         };
@@ -204,8 +204,10 @@ impl Scheduler {
             self.fresh.push(key.clone());
         }
         let entry = self.queue.entry(key).or_insert_with(|| {
+            let (resources, ranks) = crate::node_groups::rank_resources(&task);
             let request = Request {
-                resources: task.resources.clone(),
+                resources,
+                ranks,
                 nodes: task.nodes.max(1),
                 fleets: task.provisioning.fleets.iter().map(|f| f.name.clone()).collect(),
             };
@@ -495,6 +497,7 @@ fn gang_specs(
     let n = allocs.len();
     let ips: Vec<String> = allocs.iter().map(|(node, _)| addresses.get(node).cloned().unwrap_or_default()).collect();
     let gpus_per_node = allocs.first().map_or(0, |(_, a)| a.gpu_indices.len());
+    let by_group = crate::node_groups::addresses_by_group(&q.task, &ips);
     let gpus_total: usize = allocs.iter().map(|(_, a)| a.gpu_indices.len()).sum();
     let hostfile: String =
         ips.iter().zip(allocs).map(|(ip, (_, a))| format!("{ip} slots={}\n", a.gpu_indices.len().max(1))).collect();
@@ -511,7 +514,8 @@ fn gang_specs(
                 ("JOB_ID", job_id.to_string()),
                 ("NODE_RANK", rank.to_string()),
                 ("NODES_NUM", n.to_string()),
-                ("GPUS_PER_NODE", gpus_per_node.to_string()),
+                // With node groups, a node's own (the groups may ask for different GPUs).
+                ("GPUS_PER_NODE", if q.task.groups.is_empty() { gpus_per_node } else { allocation.gpu_indices.len() }.to_string()),
                 ("GPUS_NUM", gpus_total.to_string()),
             ];
             if n > 1 {
@@ -523,7 +527,8 @@ fn gang_specs(
                 env.push((format!("CORRAL_{name}"), value.clone()));
                 env.push((format!("DSTACK_{name}"), value));
             }
-            let mut commands = q.task.commands.clone();
+            env.extend(crate::node_groups::group_vars(&q.task, rank as u32));
+            let mut commands = crate::node_groups::rank_commands(&q.task, rank as u32, &by_group);
             if n > 1 && !commands.is_empty() {
                 commands.insert(0, format!("printf '%s' '{hostfile}' > {MPI_HOSTFILE}"));
             }
