@@ -14,6 +14,7 @@ pub mod output;
 pub mod ssh;
 pub mod sshfleet;
 pub mod tls;
+pub mod uploads;
 
 pub mod uploads;
 pub mod volumes;

@@ -399,7 +399,10 @@ fn handle_message(
             crate::lifecycle::spot_interrupted(state, &node.id, &node.name, &action, &time)?;
             return Ok(());
         }
-        AgentMessage::FetchImage { .. } | AgentMessage::FetchAgent { .. } | AgentMessage::OpenLog { .. } => {
+        AgentMessage::FetchImage { .. }
+        | AgentMessage::FetchAgent { .. }
+        | AgentMessage::OpenLog { .. }
+        | AgentMessage::FetchUpload { .. } => {
             tracing::warn!(node = %node.name, "a fetch on the control stream, ignored");
             return Ok(());
         }

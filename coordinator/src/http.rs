@@ -34,6 +34,7 @@ mod models;
 mod proxy;
 mod tls;
 mod tokens;
+mod uploads;
 
 pub use install::AgentDist;
 mod uploads;
@@ -86,6 +87,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/backends", get(backends::list))
         .route("/api/offers", get(backends::offers))
         .route("/api/images", post(images::push).get(images::list).delete(images::remove))
+        .route("/api/uploads/check", post(uploads::check))
+        .route("/api/uploads/{sha256}", axum::routing::put(uploads::put))
         .route("/api/tokens/{id}/revoke", post(tokens::revoke))
         .route("/api/nodes/cordon", post(cluster::cordon_many))
         .route("/api/nodes/{name}/cordon", post(cluster::cordon))
@@ -233,6 +236,8 @@ async fn submit_run(
     // The same limits `corral validate` checks: a client that skips the CLI meets them here.
     req.check().map_err(|e| err(StatusCode::BAD_REQUEST, e.to_string()))?;
     let admitted = corral_proto::admission::check(&req.configuration).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
+    // A local repo or file runs only with its upload in the store.
+    crate::uploads::check_present(&state.uploads, &req.configuration).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
     let name = req.name.clone().or_else(|| admitted.task.name.clone()).unwrap_or_else(generated_name);
     api::check_name(NameKind::Run, &name).map_err(|e| err(StatusCode::BAD_REQUEST, format!("name: {e}")))?;
     // Applying a service again deploys the new configuration next to the running one, which

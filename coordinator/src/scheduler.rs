@@ -532,7 +532,7 @@ fn gang_specs(
             if n > 1 && !commands.is_empty() {
                 commands.insert(0, format!("printf '%s' '{hostfile}' > {MPI_HOSTFILE}"));
             }
-            let spec = JobSpec {
+            let mut spec = JobSpec {
                 job_id,
                 run_id: run_id.clone(),
                 run_name: q.run_name.clone(),
@@ -548,10 +548,9 @@ fn gang_specs(
                 host_network: n > 1,
                 container: crate::container::container(&q.task),
             };
+            // The local repo and files (from the upload store) and the repo cloned on the node.
+            (spec.container.uploads, spec.container.clones) = crate::uploads::container_parts(&q.task);
             (node.clone(), spec)
         })
         .collect()
 }
-            // The local repo and files (from the upload store) and the repo cloned on the node.
-            (spec.container.uploads, spec.container.clones) = crate::uploads::container_parts(&q.task);
-            spec.container.mounts = crate::volumes::mounts(&q.task, &q.volumes, rank);

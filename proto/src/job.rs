@@ -103,9 +103,15 @@ pub struct Upload {
     pub size: u64,
     /// Absolute, or relative to the working directory.
     pub path: String,
-    /// `false`: a file or directory already at `path` in the image makes the job fail;
-    /// `true`: it is left as it is and nothing is unpacked (a repo's `if_exists: skip`).
+    /// `false`: a file, or a directory that is not empty, already at `path` in the image makes
+    /// the job fail (dstack's `if_exists: error`); `true`: it is left as it is and nothing is
+    /// unpacked (a repo's `if_exists: skip`).
     pub skip_if_exists: bool,
+    /// `files`: what the image has at `path` is replaced, whatever `skip_if_exists` says (dstack
+    /// replaces it too). The upload's files overwrite the image's; a directory keeps the image's
+    /// other files.
+    #[serde(default)]
+    pub replace: bool,
 }
 
 /// A repository the node clones (`repos: [{url: ...}]`).

@@ -18,6 +18,7 @@ use crate::Shim;
 use crate::error::{ShimError, daemon_message, status_of};
 use crate::network::Attachment;
 use crate::spec::{LABEL_RUN, RunOptions, container_config, container_name};
+use crate::uploads::Archive;
 
 /// A container's output as it is written: stdout and stderr merged, in order.
 pub type Output = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, ShimError>> + Send>>;
@@ -31,7 +32,7 @@ impl Shim {
     /// The image must be present ([`Shim::ensure_image`]). If the start fails, the container is
     /// removed again so that a retry does not collide with it.
     pub async fn create_and_start(&self, spec: &JobSpec, opts: &RunOptions) -> Result<String, ShimError> {
-        Ok(self.create_start(spec, opts, false).await?.0)
+        Ok(self.create_start(spec, opts, false, &[]).await?.0)
     }
 
     /// The container of `spec` joins its run's own network on this host (or the host's network
@@ -57,7 +58,19 @@ impl Shim {
         spec: &JobSpec,
         opts: &RunOptions,
     ) -> Result<(String, Output, Option<String>), ShimError> {
-        let (id, output, note) = self.create_start(spec, opts, true).await?;
+        self.create_and_start_prepared(spec, opts, &[]).await
+    }
+
+    /// Like [`Shim::create_and_start_attached`], with `archives` unpacked in the container after
+    /// it is created and before it starts (a run's repo and files, [`crate::uploads`]). A failure
+    /// to put one removes the container, and its message names the archive and the path.
+    pub async fn create_and_start_prepared(
+        &self,
+        spec: &JobSpec,
+        opts: &RunOptions,
+        archives: &[Archive],
+    ) -> Result<(String, Output, Option<String>), ShimError> {
+        let (id, output, note) = self.create_start(spec, opts, true, archives).await?;
         let output = output.ok_or_else(|| ShimError::Unexpected {
             op: "attaching to",
             subject: container_name(&spec.job_id),
@@ -71,6 +84,7 @@ impl Shim {
         spec: &JobSpec,
         opts: &RunOptions,
         attach: bool,
+        archives: &[Archive],
     ) -> Result<(String, Option<Output>, Option<String>), ShimError> {
         let docker = self.client().await?;
         let name = container_name(&spec.job_id);
@@ -97,6 +111,13 @@ impl Shim {
         })?;
         for warning in &created.warnings {
             tracing::warn!(job = %spec.job_id, container = %name, warning, "docker warned on create");
+        }
+        // The run's repo and files, before anything in the container runs.
+        if let Err(e) = self.put_archives(&created.id, spec.container.user.as_deref(), archives).await {
+            if let Err(cleanup) = self.remove(&created.id).await {
+                tracing::warn!(job = %spec.job_id, container = %name, error = %cleanup, "removing unstarted container");
+            }
+            return Err(e);
         }
 
         let output = if attach {

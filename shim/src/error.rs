@@ -85,6 +85,11 @@ pub enum ShimError {
     /// Docker answered, but not with something the shim can use.
     #[error("unexpected answer from docker while {op} {subject}: {detail}")]
     Unexpected { op: &'static str, subject: String, detail: String },
+
+    /// What the job needs in its container before it starts could not be put there (a run's
+    /// repo or files: `why` names which, and the path).
+    #[error("{why}")]
+    Prepare { container: String, why: String },
 }
 
 impl ShimError {

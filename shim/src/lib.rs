@@ -27,6 +27,7 @@ mod image;
 mod list;
 pub mod network;
 pub mod spec;
+pub mod uploads;
 
 pub mod volume;
 pub mod uploads;

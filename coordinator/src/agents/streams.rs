@@ -1,5 +1,5 @@
 //! The streams an agent opens on its connection: job logs (acknowledged once stored) and fetches
-//! of images and agent binaries.
+//! of images, uploads and agent binaries.
 
 use anyhow::Context;
 
@@ -21,6 +21,7 @@ pub(super) async fn serve_stream(
     let image = match read_frame::<AgentMessage, _>(&mut recv).await? {
         Some(AgentMessage::OpenLog { job_id }) => return store_log(state, node, job_id, send, recv).await,
         Some(AgentMessage::FetchImage { image }) => image,
+        Some(AgentMessage::FetchUpload { sha256 }) => return send_upload(state, &sha256, send).await,
         Some(AgentMessage::FetchAgent { sha256 }) => {
             if let Some(binary) = state.agent_dist.by_digest(&sha256) {
                 send.write_all(&binary.bytes).await?;
@@ -28,7 +29,7 @@ pub(super) async fn serve_stream(
             send.finish()?;
             return Ok(());
         }
-        _ => anyhow::bail!("a stream that did not start with FetchImage or FetchAgent"),
+        _ => anyhow::bail!("a stream that did not start with OpenLog, FetchImage, FetchUpload or FetchAgent"),
     };
     let stored = state.store.image(&crate::images::normalize(&image))?;
     let plan = stored.as_ref().map(|i| state.images.plan(i)).transpose()?;
@@ -40,6 +41,25 @@ pub(super) async fn serve_stream(
     tracing::info!(image, size = tar.size, "sending an image");
     write_frame(&mut send, &CoordinatorMessage::ImageReply(ImageReply::Stored { size: tar.size })).await?;
     tar.send(&mut send).await?;
+    send.finish()?;
+    Ok(())
+}
+
+/// An upload from the store: `ImageReply::Stored { size }` and its bytes, or `NotStored`.
+async fn send_upload(state: &State, sha256: &str, mut send: quinn::SendStream) -> anyhow::Result<()> {
+    let file = match state.uploads.path(sha256) {
+        Some(path) => tokio::fs::File::open(&path).await.ok(),
+        None => None,
+    };
+    let Some(mut file) = file else {
+        write_frame(&mut send, &CoordinatorMessage::ImageReply(ImageReply::NotStored)).await?;
+        send.finish()?;
+        return Ok(());
+    };
+    let size = file.metadata().await?.len();
+    tracing::info!(sha256, size, "sending an upload");
+    write_frame(&mut send, &CoordinatorMessage::ImageReply(ImageReply::Stored { size })).await?;
+    tokio::io::copy(&mut file, &mut send).await?;
     send.finish()?;
     Ok(())
 }

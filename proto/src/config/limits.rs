@@ -46,6 +46,10 @@ pub const MAX_VOLUMES: usize = 64;
 pub const MAX_FILES: usize = 64;
 /// Entries of `repos` (one, as in dstack).
 pub const MAX_REPOS: usize = 1;
+/// Bytes of one upload (a local repo, or one entry of `files`, as the tar `corral apply` sends):
+/// 2 GiB. dstack's 2 MB default is too small for code with its data, and an upload travels
+/// whole through the coordinator's disk; larger data belongs in a volume or the image.
+pub const MAX_UPLOAD_BYTES: u64 = 2 << 30;
 /// Items of the other lists: `fleets`, `instances`, `backends`, `regions`, `availability_zones`,
 /// `instance_types`, `tags`, `retry.on_events`, `resources.gpu.name`.
 pub const MAX_LIST_ITEMS: usize = 64;
@@ -281,6 +285,24 @@ struct Run<'a> {
     provisioning: &'a Provisioning,
 }
 
+/// An upload a client names: a digest that can name a file, a size within [`MAX_UPLOAD_BYTES`].
+fn upload_ref(field: &dyn std::fmt::Display, upload: Option<&super::UploadRef>) -> Checked {
+    let Some(u) = upload else { return Ok(()) };
+    if !super::UploadRef::is_digest(&u.sha256) {
+        return Err(LimitError {
+            field: field.to_string(),
+            message: "the upload's sha256 must be 64 lowercase hex digits".into(),
+        });
+    }
+    if u.size > MAX_UPLOAD_BYTES {
+        return Err(LimitError {
+            field: field.to_string(),
+            message: format!("an upload is at most {} (2 GiB), found {} bytes", MAX_UPLOAD_BYTES, u.size),
+        });
+    }
+    Ok(())
+}
+
 fn run(r: &Run) -> Checked {
     name("name", r.name)?;
     for (field, value) in r.strings {
@@ -315,11 +337,13 @@ fn run(r: &Run) -> Checked {
             string(&format_args!("repos[{i}]"), v.as_deref())?;
         }
         string(&format_args!("repos[{i}].path"), Some(&repo.path))?;
+        upload_ref(&format_args!("repos[{i}]"), repo.upload.as_ref())?;
     }
     count("files", r.files.len(), MAX_FILES, "files")?;
     for (i, f) in r.files.iter().enumerate() {
         string(&format_args!("files[{i}]"), Some(&f.local_path))?;
         string(&format_args!("files[{i}]"), Some(&f.path))?;
+        upload_ref(&format_args!("files[{i}]"), f.upload.as_ref())?;
     }
     if let Some(retry_spec) = r.retry {
         retry(retry_spec)?;

@@ -32,6 +32,9 @@ pub struct RepoSpec {
     /// Where in the container; relative paths are relative to the working directory.
     pub path: String,
     pub if_exists: RepoExistsAction,
+    /// A local repo as `corral apply` uploaded it (never in a file: the CLI fills it in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<UploadRef>,
 }
 
 /// A local file or directory that the CLI uploads into the container.
@@ -39,6 +42,9 @@ pub struct RepoSpec {
 pub struct FileMapping {
     pub local_path: String,
     pub path: String,
+    /// The file or directory as `corral apply` uploaded it (never in a file: the CLI fills it in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<UploadRef>,
 }
 
 /// An upload in the coordinator's store: a tar archive named by its SHA-256 (lowercase hex),
@@ -143,12 +149,6 @@ pub(crate) fn volume(node: &Node, path: &str) -> Res<VolumeMount> {
     Ok(mount)
 }
 
-/// `.`, `..:/my-repo`, `https://github.com/org/repo`, `git@github.com:org/repo.git:/path`, or a mapping.
-pub(crate) fn repo(node: &Node, path: &str) -> Res<RepoSpec> {
-    let mut spec = RepoSpec {
-        local_path: None,
-        url: None,
-        branch: None,
 /// A volume name as a run names it: a valid name, or one with an interpolation (checked once it
 /// is expanded, when the run is placed).
 fn volume_name(node: &Node, path: &str, name: String) -> Res<String> {
@@ -162,9 +162,16 @@ fn volume_name(node: &Node, path: &str, name: String) -> Res<String> {
     ))
 }
 
+/// `.`, `..:/my-repo`, `https://github.com/org/repo`, `git@github.com:org/repo.git:/path`, or a mapping.
+pub(crate) fn repo(node: &Node, path: &str) -> Res<RepoSpec> {
+    let mut spec = RepoSpec {
+        local_path: None,
+        url: None,
+        branch: None,
         hash: None,
         path: ".".into(),
         if_exists: RepoExistsAction::Error,
+        upload: None,
     };
     if let Value::Map(_) = node.value {
         let known = ["local_path", "url", "branch", "hash", "path", "if_exists"];
@@ -186,7 +193,7 @@ fn volume_name(node: &Node, path: &str, name: String) -> Res<String> {
                 let joined = format!("{}:{}", parts[0], parts[1]);
                 parts.splice(0..2, [joined]);
                 is_url = true;
-            } else if parts[0].len() == 1 && parts[1].starts_with(['\\', '/']) {
+            } else if is_drive(&parts[0]) && parts[1].starts_with(['\\', '/']) {
                 let joined = format!("{}:{}", parts[0], parts[1]);
                 parts.splice(0..2, [joined]);
             }
@@ -218,22 +225,31 @@ fn volume_name(node: &Node, path: &str, name: String) -> Res<String> {
     }
 }
 
+/// A Windows drive letter (`C` of `C:\\path`), as dstack tells it from `.:/path`.
+fn is_drive(s: &str) -> bool {
+    s.len() == 1 && s.bytes().all(|b| b.is_ascii_alphabetic())
+}
+
 /// `train.py`, `../configs:~/configs`, or `{local_path:, path:}`.
 pub(crate) fn file(node: &Node, path: &str) -> Res<FileMapping> {
     if let Value::Map(_) = node.value {
         let o = Object::new(node, path, "file mapping", &["local_path", "path"])?;
-        return Ok(FileMapping { local_path: o.require("local_path", string)?, path: o.require("path", string)? });
+        return Ok(FileMapping {
+            local_path: o.require("local_path", string)?,
+            path: o.require("path", string)?,
+            upload: None,
+        });
     }
     let s = string(node, path)?;
     let mut parts: Vec<&str> = s.split(':').collect();
     let joined;
-    if parts.len() > 1 && parts[0].len() == 1 && parts[1].starts_with(['\\', '/']) {
+    if parts.len() > 1 && is_drive(parts[0]) && parts[1].starts_with(['\\', '/']) {
         joined = format!("{}:{}", parts[0], parts[1]);
         parts.splice(0..2, [joined.as_str()]);
     }
     match parts.as_slice() {
-        [one] => Ok(FileMapping { local_path: (*one).to_owned(), path: (*one).to_owned() }),
-        [local, dest] => Ok(FileMapping { local_path: (*local).to_owned(), path: (*dest).to_owned() }),
+        [one] => Ok(FileMapping { local_path: (*one).to_owned(), path: (*one).to_owned(), upload: None }),
+        [local, dest] => Ok(FileMapping { local_path: (*local).to_owned(), path: (*dest).to_owned(), upload: None }),
         _ => Err(Issue::invalid(node.mark, path, format!("cannot read \"{s}\" as `local/path[:container/path]`"))),
     }
 }

@@ -291,7 +291,7 @@ fn repos_files_and_mounts() {
          volumes:\n  - /mnt/data:/data\n  - {instance_path: /cache, path: /root/.cache, optional: true}\n",
     );
     assert_eq!((t.repos[0].local_path.as_deref(), t.repos[0].path.as_str()), (Some(".."), "/my-repo"));
-    assert_eq!(t.files[0], FileMapping { local_path: "train.py".into(), path: "train.py".into() });
+    assert_eq!(t.files[0], FileMapping { local_path: "train.py".into(), path: "train.py".into(), upload: None });
     assert_eq!(t.files[1].path, "/root/.ssh/id_rsa");
     assert_eq!(
         t.volumes[1],
@@ -311,6 +311,11 @@ fn repos_files_and_mounts() {
     );
     let t = task("type: task\ncommands: [x]\nrepos: [https://github.com/dstackai/dstack]\n");
     assert_eq!(t.repos[0].url.as_deref(), Some("https://github.com/dstackai/dstack"));
+    // `.` is no drive letter: `.:/bin` is the directory `.` at `/bin` (`C:/x` is a Windows path).
+    let t = task("type: task\ncommands: [x]\nrepos: ['.:/bin']\nfiles: ['.:/w', 'C:/x']\n");
+    assert_eq!((t.repos[0].local_path.as_deref(), t.repos[0].path.as_str()), (Some("."), "/bin"));
+    assert_eq!((t.files[0].local_path.as_str(), t.files[0].path.as_str()), (".", "/w"));
+    assert_eq!((t.files[1].local_path.as_str(), t.files[1].path.as_str()), ("C:/x", "C:/x"));
     let t = task("type: task\ncommands: [x]\nretry: true\nfleets: [a, team/b]\n");
     assert_eq!(t.retry.map(|r| r.on_events.len()), Some(3));
     assert_eq!(t.provisioning.fleets[1], FleetRef { project: Some("team".into()), name: "b".into() });
