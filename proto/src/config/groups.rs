@@ -170,8 +170,10 @@ pub(crate) fn task_groups(o: &Object, commands: &[String], c: &super::run::Commo
         check_refs(o.key_mark("commands"), "commands", commands, RefMember::Nodes, &[nodes])?;
         return Ok((Vec::new(), nodes));
     };
+    // dstack's rule: an empty `commands` or `ports` list is as good as none.
+    let empty_list = |key: &str| o.get(key).is_some_and(|n| matches!(&n.value, Value::Seq(items) if items.is_empty()));
     for key in ["nodes", "commands", "ports", "entrypoint"] {
-        if o.has(key) {
+        if o.has(key) && !empty_list(key) {
             let message = if key == "nodes" {
                 "`nodes` and `groups` are mutually exclusive: give each group its `nodes`".to_owned()
             } else {
@@ -234,6 +236,13 @@ pub(crate) fn service_groups(
                 "a range of replicas needs `scaling` (e.g. `scaling: {metric: rps, target: 10}`)",
             ));
         }
+        if replicas.max == Some(0) && scaling.is_some() {
+            return Err(Issue::invalid(
+                o.key_mark("replicas"),
+                "replicas",
+                "an autoscaled service needs a maximum above 0, e.g. `0..4`",
+            ));
+        }
         if replicas.min == replicas.max && scaling.is_some() {
             return Err(Issue::invalid(
                 o.key_mark("scaling"),
@@ -244,8 +253,9 @@ pub(crate) fn service_groups(
         check_refs(o.key_mark("commands"), "commands", commands, RefMember::Replicas, &[replicas.min.unwrap_or(0)])?;
         return Ok((Vec::new(), replicas, scaling));
     };
+    let empty_list = |key: &str| o.get(key).is_some_and(|n| matches!(&n.value, Value::Seq(items) if items.is_empty()));
     for field in ["scaling", "commands"] {
-        if o.has(field) {
+        if o.has(field) && !empty_list(field) {
             return Err(Issue::invalid(
                 o.key_mark(field),
                 field,

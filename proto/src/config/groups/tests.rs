@@ -68,6 +68,7 @@ fn task_group_mistakes_are_refused_with_the_field() {
     assert!(e.contains("nodes: `nodes` and `groups` are mutually exclusive"), "{e}");
     let e = error("type: task\nimage: i\ncommands: [x]\ngroups:\n  - commands: [x]\n");
     assert!(e.starts_with("t.yml:3:1: commands: not allowed with `groups`"), "{e}");
+    task("type: task\nimage: i\ncommands: []\nports: []\ngroups:\n  - commands: [x]\n"); // empty is none, as in dstack
     let e = error("type: task\ngroups:\n  - name: a\n    nodes: 1\n");
     assert!(e.contains("groups[0].commands: node group \"a\" has nothing to run"), "{e}");
     let e = error("type: task\nimage: i\ngroups:\n  - name: a\n  - name: a\n");
