@@ -11,6 +11,7 @@ pub mod groups;
 pub mod images;
 pub mod offers;
 pub mod output;
+pub mod schedules;
 pub mod ssh;
 pub mod sshfleet;
 pub mod tls;

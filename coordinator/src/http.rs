@@ -32,6 +32,8 @@ mod images;
 mod install;
 mod models;
 mod proxy;
+mod ratelimit;
+mod schedules;
 mod tls;
 mod tokens;
 mod uploads;
@@ -50,10 +52,14 @@ pub async fn serve(
     state: AppState,
     shutdown: CancellationToken,
 ) {
+    // The peer's address reaches handlers (services' `rate_limits` count per client IP).
     let app = router(state);
     let result = match tls {
         Some(config) => match tls::TlsListener::new(listener, config, shutdown.child_token()) {
-            Ok(listener) => axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await,
+            Ok(listener) => {
+                let app = app.into_make_service_with_connect_info::<ratelimit::PeerAddr>();
+                axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
+            }
             Err(e) => Err(e),
         },
         None => {
@@ -64,6 +70,7 @@ pub async fn serve(
                     tracing::debug!("cannot set TCP_NODELAY: {e}");
                 }
             });
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
             axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
         }
     };
@@ -77,6 +84,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/projects/{project}/runs", post(submit_run).get(list_runs))
         .route("/api/projects/{project}/runs/{name}", get(get_run))
         .route("/api/projects/{project}/runs/{name}/stop", post(stop_run))
+        .route("/api/projects/{project}/schedules", post(schedules::register).get(schedules::list))
+        .route("/api/projects/{project}/schedules/{name}", delete(schedules::remove))
         .route("/api/projects/{project}/runs/{name}/logs", get(run_logs))
         .route("/api/projects/{project}/runs/{name}/tunnel", get(proxy::port_tunnel))
         .route("/api/projects/{project}/runs/{name}/exec", get(exec::exec))
@@ -121,6 +130,13 @@ pub fn router(state: AppState) -> Router {
 }
 
 pub struct Error(StatusCode, String);
+
+impl Error {
+    /// What the client is told.
+    pub(crate) fn message(&self) -> &str {
+        &self.1
+    }
+}
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
@@ -186,7 +202,7 @@ fn path_name_kind(path: &str, key: &str) -> Option<NameKind> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (key, segments.as_slice()) {
         ("project", _) => Some(NameKind::Project),
-        ("name", ["api", "projects", _, "runs", ..] | ["proxy", "services", ..]) => Some(NameKind::Run),
+        ("name", ["api", "projects", _, "runs" | "schedules", ..] | ["proxy", "services", ..]) => Some(NameKind::Run),
         ("name", ["api", "projects", _, "fleets", ..]) => Some(NameKind::Fleet),
         ("name", ["api", "nodes", ..]) => Some(NameKind::Node),
         _ => None,
@@ -221,7 +237,7 @@ const ANIMALS: &[&str] = &[
     "wombat",
 ];
 
-fn generated_name() -> String {
+pub(crate) fn generated_name() -> String {
     let r = random_hex(4);
     let n = u32::from_str_radix(&r, 16).unwrap_or(0) as usize;
     format!("{}-{}-{}", ADJECTIVES[n % ADJECTIVES.len()], ANIMALS[(n / 16) % ANIMALS.len()], n % 100)
@@ -233,6 +249,36 @@ async fn submit_run(
     Json(req): Json<SubmitRun>,
 ) -> Result<Json<api::Run>, Error> {
     check_project(&state, &project)?;
+    // A scheduled configuration is registered, not started (`POST .../schedules`); and a name that
+    // has a schedule is that schedule's to start.
+    if req.configuration.schedule().is_some() {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            format!("the configuration has a `schedule`: register it with POST /api/projects/{project}/schedules (what `corral apply` does)"),
+        ));
+    }
+    if let Some(name) = req.name.as_deref().or(req.configuration.name())
+        && state.store.schedule(&project, name)?.is_some()
+    {
+        return Err(err(
+            StatusCode::CONFLICT,
+            format!("{name:?} is a scheduled run: `corral stop {name}` removes its schedule, or apply it under another name"),
+        ));
+    }
+    let run_id = submit(&state, &project, &req)?;
+    // Wait for a placement pass, so that `apply` shows where the run went. The run is stored and
+    // queued either way: a slow or failed pass only means the answer says `submitted`.
+    state.passes.run_after(&state.wake_scheduler, Duration::from_secs(2)).await;
+    let run = state
+        .store
+        .run_view(&run_id, &node_name(&state))?
+        .ok_or_else(|| err(StatusCode::INTERNAL_SERVER_ERROR, "run vanished"))?;
+    Ok(Json(run))
+}
+
+/// Stores a run and queues it: what `POST /runs` does before it waits for a placement pass, and what
+/// a scheduled run does at its time ([`crate::schedules`]), so that both are the same run.
+pub(crate) fn submit(state: &State, project: &str, req: &SubmitRun) -> Result<RunId, Error> {
     // The same limits `corral validate` checks: a client that skips the CLI meets them here.
     req.check().map_err(|e| err(StatusCode::BAD_REQUEST, e.to_string()))?;
     let admitted = corral_proto::admission::check(&req.configuration).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
@@ -242,12 +288,12 @@ async fn submit_run(
     api::check_name(NameKind::Run, &name).map_err(|e| err(StatusCode::BAD_REQUEST, format!("name: {e}")))?;
     // Applying a service again deploys the new configuration next to the running one, which
     // leaves once the new replicas are ready (a rolling update).
-    let replacing = admitted.replicas.is_some() && !state.store.active_deployments(&project, &name)?.is_empty();
+    let replacing = admitted.replicas.is_some() && !state.store.active_deployments(project, &name)?.is_empty();
     let run_id = RunId(random_hex(8));
     let jobs: Vec<JobId> = (0..admitted.jobs).map(|_| JobId(random_hex(8))).collect();
     let stored = state.store.insert_run(&crate::store::NewRun {
         id: &run_id,
-        project: &project,
+        project,
         name: &name,
         configuration: &req.configuration,
         source: req.source.as_deref(),
@@ -269,14 +315,7 @@ async fn submit_run(
             tracing::error!("cannot queue run {name}: {e:#}");
         }
     }
-    // Wait for a placement pass, so that `apply` shows where the run went. The run is stored and
-    // queued either way: a slow or failed pass only means the answer says `submitted`.
-    state.passes.run_after(&state.wake_scheduler, Duration::from_secs(2)).await;
-    let run = state
-        .store
-        .run_view(&run_id, &node_name(&state))?
-        .ok_or_else(|| err(StatusCode::INTERNAL_SERVER_ERROR, "run vanished"))?;
-    Ok(Json(run))
+    Ok(run_id)
 }
 
 #[derive(Deserialize)]
@@ -330,6 +369,10 @@ async fn stop_run(
     body: Option<Json<StopRun>>,
 ) -> Result<Json<api::Run>, Error> {
     let abort = body.is_some_and(|b| b.abort);
+    // A run stopped by the user is not started again by its schedule (as in dstack).
+    if state.store.delete_schedule(&project, &name)? {
+        tracing::info!(run = %name, project = %project, "schedule removed");
+    }
     let run = find_run(&state, &project, &name)?;
     let reason = if abort { TerminationReason::AbortedByUser } else { TerminationReason::StoppedByUser };
     // A service ends first, so that no replica is started again meanwhile; so do the deployments

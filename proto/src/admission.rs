@@ -57,9 +57,10 @@ pub fn check(cfg: &Configuration) -> Result<Admitted, String> {
 /// The service-only fields; returns the number of replicas it starts with (an autoscaled service
 /// starts with its minimum, and with one when that is zero, so that it comes up when applied).
 fn check_service(s: &ServiceConfig) -> Result<u32, String> {
-    let unsupported = [("rate_limits", !s.rate_limits.is_empty(), "rate limits are not supported yet")];
-    if let Some((field, _, why)) = unsupported.iter().find(|(_, used, _)| *used) {
-        return Err(format!("{field}: {why}"));
+    // As dstack: a scheduled service starts its replicas at its times, and one that may scale to
+    // zero would have nothing to start.
+    if s.schedule.is_some() && s.replicas.min == Some(0) {
+        return Err("schedule: a scheduled service cannot scale to zero (give `replicas` a minimum of 1)".to_owned());
     }
     match (&s.scaling, s.replicas.max.unwrap_or(1)) {
         (_, 0) => Err("replicas: a service needs at least one replica".to_owned()),
@@ -191,8 +192,11 @@ pub fn fleet_notes(cfg: &FleetConfig) -> Vec<String> {
         let scaled = "type: service\nimage: busybox\nport: 80\nreplicas: 0..2\nscaling: {metric: rps, target: 5}\ncommands: [\"x\"]\n";
         let a = check(&parse(scaled)).expect("admitted");
         assert_eq!((a.jobs, a.replicas), (1, Some(1)), "an autoscaled service starts with one replica");
-        let model = "type: service\nimage: busybox\nport: 80\nrate_limits: [{rps: 5}]\ncommands: [\"x\"]\n";
-        assert!(check(&parse(model)).expect_err("refused").starts_with("rate_limits:"));
+        let limited = "type: service\nimage: busybox\nport: 80\nrate_limits: [{rps: 5}]\ncommands: [\"x\"]\n";
+        assert!(check(&parse(limited)).is_ok());
+        let zero = "type: service\nimage: busybox\nport: 80\nreplicas: 0..2\nscaling: {metric: rps, target: 1}\n\
+                    schedule: {cron: \"0 8 * * *\"}\ncommands: [\"x\"]\n";
+        assert!(check(&parse(zero)).expect_err("refused").starts_with("schedule:"));
         let vols = "type: service\nimage: busybox\nport: 80\nvolumes: [\"/a:/b\"]\ncommands: [\"x\"]\n";
         assert!(check(&parse(vols)).expect_err("refused").starts_with("volumes:"));
     }

@@ -83,6 +83,10 @@ pub const MAX_READY_AFTER: u32 = 1000;
 pub const MAX_RATE_LIMITS: usize = 64;
 /// `rate_limits[].burst`.
 pub const MAX_BURST: u64 = 1_000_000;
+/// Expressions in `schedule.cron`.
+pub const MAX_CRONS: usize = 32;
+/// Bytes of one `schedule.cron` expression.
+pub const MAX_CRON_BYTES: usize = 256;
 
 /// A value past one of the limits: the path of the field (`nodes`, `env[3]`, `resources.gpu`) and
 /// what is wrong with it.
@@ -113,6 +117,9 @@ pub(crate) fn out_of_range(min: i64, max: i64, found: i64) -> String {
 impl Configuration {
     /// Checks every count and size against the limits above; `Err` names the first field past one.
     pub fn check_limits(&self) -> Result<(), LimitError> {
+        if let Some(s) = self.schedule() {
+            s.check()?;
+        }
         match self {
             Self::Task(t) => {
                 number(&"nodes", u64::from(t.nodes), 1, MAX_NODES.into())?;
