@@ -236,3 +236,73 @@ async fn a_tpu_job_gets_its_chips_and_the_next_waits_for_them() -> anyhow::Resul
     corral_cli::commands::stop(&c.client, "v5p", true, true, &mut out).await?;
     Ok(())
 }
+
+/// `ssh_config.network`: two hosts (network namespaces) that the coordinator sees on one network
+/// and that also have addresses on a second; the fleet names the second, so multi-node jobs get
+/// those. The fleet is stored through the API (no SSH here): its hosts are the nodes' names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_s_network_gives_multi_node_jobs_their_addresses() -> anyhow::Result<()> {
+    use crate::netns::{Hosts, NodeContainers};
+    ensure_image();
+    let dir = tempfile::tempdir()?;
+    let mut hosts = Hosts::create(2)?;
+    let coord = Coordinator::start_on(&dir.path().join("coord"), "127.0.0.1:0".parse()?, "0.0.0.0:0".parse()?).await?;
+    let client = coord.client();
+    // The second network: 10.214.<k>.0/24 beside the hosts' 10.213.<k>.0/24.
+    let second: Vec<String> = hosts.addresses.iter().map(|a| a.replacen("10.213.", "10.214.", 1)).collect();
+    for (i, a) in second.iter().enumerate() {
+        hosts.add_address(i, &format!("{a}/24"))?;
+    }
+    let network = format!("{}.0/24", second[0].rsplit_once('.').map_or("", |(net, _)| net));
+    let yaml = format!(
+        "type: fleet\nname: rack\nplacement: cluster\nssh_config:\n  user: root\n  identity_file: ~/.ssh/id\n  network: {network}\n  hosts:\n    - host-0\n    - host-1\n"
+    );
+    let corral_proto::config::Configuration::Fleet(configuration) = corral_proto::config::parse(&yaml, "rack.yml")?
+    else {
+        anyhow::bail!("a fleet");
+    };
+    let _: api::Fleet =
+        client.post(&client.project_api(&["fleets"])?, &api::SubmitFleet { configuration, source: None }).await?;
+
+    let states = [dir.path().join("h0"), dir.path().join("h1")];
+    let _cleanup = NodeContainers(states.to_vec());
+    let dial = format!("{}:{}", hosts.gateway, coord.quic.port());
+    for (i, state) in states.iter().enumerate() {
+        hosts.start_agent(i, &dial, &coord.join_token.to_string(), state, &format!("host-{i}"), "rack")?;
+    }
+    let nodes = nodes_ready(&client, 2).await?;
+    for n in &nodes {
+        assert_eq!(n.refused, None, "{n:?}");
+        assert!(hosts.addresses.contains(n.address.as_ref().expect("address")), "seen on the first network: {n:?}");
+    }
+    let task = write_config(
+        dir.path(),
+        "ranks",
+        &format!(
+            "type: task\nname: ranks\nimage: {IMAGE}\nnodes: 2\ncommands:\n  - echo \"master=$DSTACK_MASTER_NODE_IP ips=$(echo $DSTACK_NODES_IPS)\"\n"
+        ),
+    );
+    let (code, out) = apply(&client, &task, true).await?;
+    assert_eq!(code, 0, "{out}");
+    let done = done(&client, "ranks").await?;
+    assert_eq!(done.state, JobState::Done, "{done:?}");
+    let address_of = |job: usize| {
+        let name = done.jobs[job].node_name.clone().unwrap_or_default();
+        let i: usize = name.trim_start_matches("host-").parse().unwrap_or(0);
+        second[i].clone()
+    };
+    let log = logs(&client, "ranks").await?;
+    let want = format!("master={} ips={} {}\n", address_of(0), address_of(0), address_of(1));
+    assert!(log.contains(&want), "want {want:?} in {log:?}");
+
+    // dstack's instance name `<fleet>-<index of its host>` picks host-1.
+    let pinned = write_config(
+        dir.path(),
+        "pinned",
+        &format!("type: task\nname: pinned\nimage: {IMAGE}\ninstances: [rack-1]\ncommands: [\"echo here\"]\n"),
+    );
+    apply(&client, &pinned, true).await?;
+    let r = crate::fleetnodes::done(&client, "pinned").await?;
+    assert_eq!(r.jobs[0].node_name.as_deref(), Some("host-1"), "{r:?}");
+    Ok(())
+}

@@ -64,6 +64,13 @@ impl Hosts {
         Ok(hosts)
     }
 
+    /// Gives host `i` another address (`10.0.0.5/24`) on its interface, as a host on a second
+    /// network has.
+    pub fn add_address(&self, i: usize, cidr: &str) -> anyhow::Result<()> {
+        let dev = format!("crv{}{i}", self.bridge.trim_start_matches("crb"));
+        ip(&["-n", &self.namespaces[i], "addr", "add", cidr, "dev", &dev])
+    }
+
     /// Starts the real agent binary on host `i`.
     pub fn start_agent(
         &mut self,
