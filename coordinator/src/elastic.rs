@@ -115,7 +115,13 @@ fn wants(job: &crate::store::JobRow, fleet: &str, offers: &[api::Offer]) -> bool
     if !fleets.is_empty() && !fleets.iter().any(|f| f.name == fleet) {
         return false;
     }
-    offers.iter().any(|o| fit(&admitted.task.resources, &crate::backends::offer_as_host(o), 0, Memory(0), &[]).is_ok())
+    // The job's own resources: a rank of a task with node groups, a replica of a replica group.
+    let resources = match &job.configuration {
+        corral_proto::config::Configuration::Task(t) => t.for_rank(job.job_num).resources,
+        corral_proto::config::Configuration::Service(s) => s.replica_task_of(job.job_num).resources,
+        _ => admitted.task.resources,
+    };
+    offers.iter().any(|o| fit(&resources, &crate::backends::offer_as_host(o), 0, Memory(0), &[]).is_ok())
 }
 
 async fn reconcile(state: &State, aws: &Aws, memo: &mut Memo) -> Result<(), String> {
