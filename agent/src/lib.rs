@@ -83,6 +83,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     let spool = config.state_dir.join("logs");
     let jobs = Jobs::new(shim, identity.node.node_id.clone(), gpu_passthrough, spool, shutdown.clone());
+    jobs.set_nvml_library(config.nvml_library.clone());
     jobs.set_ssh_config(ssh::server_config(&config.state_dir).context("cannot set up the SSH host key")?);
     let adopted = jobs.adopt().await.context("cannot list this node's containers")?;
     let imds = config.imds_url.clone().unwrap_or_else(|| spot::DEFAULT_IMDS.to_owned());

@@ -93,12 +93,15 @@ fn replica_ended(
     svc: &corral_proto::config::ServiceConfig,
     reason: TerminationReason,
 ) -> Result<(), StoreError> {
-    let Some(event) = reason.retry_event() else {
-        return Ok(()); // stopped, scaled down, or done
-    };
-    if svc.retry.as_ref().is_some_and(|r| r.on_events.contains(&event)) {
-        state.autoscaler.wake.notify_one();
-        return Ok(());
+    // `utilization_policy` ends the whole service, never retried (as in dstack, where the run fails).
+    if reason != TerminationReason::TerminatedDueToUtilizationPolicy {
+        let Some(event) = reason.retry_event() else {
+            return Ok(()); // stopped, scaled down, or done
+        };
+        if svc.retry.as_ref().is_some_and(|r| r.on_events.contains(&event)) {
+            state.autoscaler.wake.notify_one();
+            return Ok(());
+        }
     }
     if state.store.replicas(&job.run_id)?.is_none() {
         return Ok(());
@@ -129,7 +132,8 @@ pub fn job_ended(state: &State, job: &JobRow, reason: TerminationReason) -> Resu
             state.stop_job(&other.id, TerminationReason::Done, false)?;
         }
     }
-    let failed = reason.retry_event().is_some();
+    // A rank stopped by `utilization_policy` ends the run too (dstack terminates the whole run).
+    let failed = reason.retry_event().is_some() || reason == TerminationReason::TerminatedDueToUtilizationPolicy;
     if failed {
         for other in latest.iter().filter(|j| j.id != job.id && !j.state.is_finished()) {
             tracing::info!(job = %other.id, run = %job.run_name, "stopping the rest of the gang");

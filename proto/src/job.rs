@@ -64,6 +64,10 @@ pub struct ContainerSpec {
     pub devices: Vec<String>,
     /// Start `dockerd` in the container before the commands (`docker: true`; runs privileged).
     pub docker: bool,
+    /// `utilization_policy`: the agent samples the job's GPUs and stops the job
+    /// (`terminated_due_to_utilization_policy`) once one of them stayed below the minimum for
+    /// the whole window.
+    pub utilization_policy: Option<crate::config::UtilizationPolicy>,
 }
 
 impl ContainerSpec {
@@ -221,6 +225,9 @@ pub enum TerminationReason {
     InactivityDurationExceeded,
     /// The cloud is taking the node's instance back (a spot interruption notice).
     Interrupted,
+    /// A GPU of the job stayed below `utilization_policy.min_gpu_utilization` for its whole
+    /// `time_window` (the agent's sampler decided; the message names the GPU).
+    TerminatedDueToUtilizationPolicy,
 }
 
 impl TerminationReason {
@@ -242,6 +249,7 @@ impl TerminationReason {
             Self::Redeployed => "redeployed",
             Self::InactivityDurationExceeded => "inactivity_duration_exceeded",
             Self::Interrupted => "interrupted",
+            Self::TerminatedDueToUtilizationPolicy => "terminated_due_to_utilization_policy",
         }
     }
 
@@ -263,6 +271,7 @@ impl TerminationReason {
             Self::Redeployed,
             Self::InactivityDurationExceeded,
             Self::Interrupted,
+            Self::TerminatedDueToUtilizationPolicy,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)
@@ -288,7 +297,8 @@ impl TerminationReason {
             | Self::NoCapacity
             | Self::ScaledDown
             | Self::Redeployed
-            | Self::InactivityDurationExceeded => None,
+            | Self::InactivityDurationExceeded
+            | Self::TerminatedDueToUtilizationPolicy => None,
         }
     }
 
@@ -300,7 +310,8 @@ impl TerminationReason {
             | Self::MaxDurationExceeded
             | Self::ScaledDown
             | Self::Redeployed
-            | Self::InactivityDurationExceeded => JobState::Stopped,
+            | Self::InactivityDurationExceeded
+            | Self::TerminatedDueToUtilizationPolicy => JobState::Stopped,
             Self::AbortedByUser => JobState::Aborted,
             _ => JobState::Failed,
         }

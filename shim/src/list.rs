@@ -9,7 +9,7 @@ use corral_proto::ids::{JobId, NodeId, RunId};
 
 use crate::Shim;
 use crate::error::ShimError;
-use crate::spec::{LABEL_JOB, LABEL_MAX_DURATION, LABEL_NODE, LABEL_RUN, LABEL_STOP_GRACE};
+use crate::spec::{LABEL_JOB, LABEL_MAX_DURATION, LABEL_NODE, LABEL_RUN, LABEL_STOP_GRACE, LABEL_UTILIZATION};
 
 /// One container that Corral created, running or exited.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +27,8 @@ pub struct ManagedContainer {
     pub max_duration_secs: Option<u64>,
     /// The job's stop grace, from its label; `None` for containers made before the label existed.
     pub stop_grace_secs: Option<u64>,
+    /// The job's `utilization_policy` and the GPUs it samples, from its label.
+    pub utilization: Option<(corral_proto::config::UtilizationPolicy, Vec<u32>)>,
 }
 
 /// Where one container is in its life, as the daemon reports it.
@@ -130,7 +132,24 @@ fn managed(id: &str, inspected: &ContainerInspectResponse) -> Option<ManagedCont
             v.parse().inspect_err(|_| tracing::warn!(container = %id, value = %v, "unparsable max duration label")).ok()
         }),
         stop_grace_secs: label(LABEL_STOP_GRACE).and_then(|v| v.parse().ok()),
+        utilization: label(LABEL_UTILIZATION).and_then(|v| {
+            let parsed = utilization_label(v);
+            if parsed.is_none() {
+                tracing::warn!(container = %id, value = %v, "unparsable utilization policy label");
+            }
+            parsed
+        }),
     })
+}
+
+/// `10/300/0,1` → the policy and the GPUs (none: `10/300/`).
+fn utilization_label(v: &str) -> Option<(corral_proto::config::UtilizationPolicy, Vec<u32>)> {
+    let mut parts = v.splitn(3, '/');
+    let min_gpu_utilization = parts.next()?.parse().ok().filter(|m| *m <= 100)?;
+    let time_window_secs = parts.next()?.parse().ok()?;
+    let gpus = parts.next()?;
+    let gpus = if gpus.is_empty() { Vec::new() } else { gpus.split(',').map(|g| g.parse().ok()).collect::<Option<_>>()? };
+    Some((corral_proto::config::UtilizationPolicy { min_gpu_utilization, time_window_secs }, gpus))
 }
 
 fn state(inspected: &ContainerInspectResponse) -> ContainerState {
@@ -245,8 +264,22 @@ mod tests {
                 started_at_unix: Some(1_714_564_800),
                 max_duration_secs: Some(60),
                 stop_grace_secs: Some(30),
+                utilization: None,
             })
         );
+    }
+
+    #[test]
+    fn the_utilization_label_gives_the_policy_and_gpus() {
+        let policy = |m, w| corral_proto::config::UtilizationPolicy { min_gpu_utilization: m, time_window_secs: w };
+        assert_eq!(utilization_label("10/300/0,1"), Some((policy(10, 300), vec![0, 1])));
+        assert_eq!(utilization_label("0/3600/"), Some((policy(0, 3600), vec![])));
+        for bad in ["", "10", "10/300", "101/300/0", "10/x/0", "10/300/0,,1", "10/300/-1"] {
+            assert_eq!(utilization_label(bad), None, "{bad}");
+        }
+        let labels = [(LABEL_JOB, "j1"), (LABEL_RUN, "r1"), (LABEL_NODE, "n1"), (LABEL_UTILIZATION, "10/300/3")];
+        let c = managed("abc", &inspected(&labels, ContainerStateStatusEnum::RUNNING, true));
+        assert_eq!(c.and_then(|c| c.utilization), Some((policy(10, 300), vec![3])));
     }
 
     #[test]

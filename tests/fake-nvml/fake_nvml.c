@@ -5,6 +5,12 @@
  * at most FAKE_NVML_MAX_GPUS) "NVIDIA A100-SXM4-80GB" with 81920 MiB each, driver 550.54.15,
  * CUDA 12.4.
  *
+ * GPU utilization (nvmlDeviceGetUtilizationRates) is read on every call from a file, one line per
+ * GPU in index order: a percentage, or `error` for a GPU whose reading fails (NVML_ERROR_UNKNOWN).
+ * The file is FAKE_NVML_UTILIZATION_FILE, else `utilization` next to this library (so that a test
+ * with its own copy of the library changes only its own GPUs); a GPU without a line, or no file,
+ * reads 0 %. Memory utilization reads the same as the GPU's.
+ *
  * nvml-wrapper resolves every symbol when it opens the library but keeps each lookup as a
  * `Result`, so a symbol missing here only fails the call that needs it. The exception is
  * `nvmlShutdown`, which its `Drop` calls unconditionally, so it must exist.
@@ -12,6 +18,8 @@
  * Build: tests/fake-nvml/build.sh OUTDIR  (or: cc -shared -fPIC -o libnvidia-ml.so.1 fake_nvml.c)
  */
 
+#define _GNU_SOURCE
+#include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +57,11 @@ typedef struct {
     unsigned long long free;
     unsigned long long used;
 } nvmlMemory_t;
+
+typedef struct {
+    unsigned int gpu;
+    unsigned int memory;
+} nvmlUtilization_t;
 
 typedef struct {
     unsigned int version;
@@ -254,5 +267,52 @@ nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_t *me
     memory->reserved = FAKE_RESERVED;
     memory->used = 0;
     memory->free = FAKE_MEMORY - FAKE_RESERVED;
+    return NVML_SUCCESS;
+}
+
+/* The utilization file's path: FAKE_NVML_UTILIZATION_FILE, else `utilization` in this library's
+ * directory. 0 when there is none. */
+static int utilization_path(char *buf, size_t size) {
+    const char *v = getenv("FAKE_NVML_UTILIZATION_FILE");
+    if (v != NULL && *v != '\0') {
+        return snprintf(buf, size, "%s", v) < (int)size;
+    }
+    Dl_info info;
+    if (dladdr((void *)&utilization_path, &info) == 0 || info.dli_fname == NULL) {
+        return 0;
+    }
+    const char *slash = strrchr(info.dli_fname, '/');
+    if (slash == NULL) {
+        return snprintf(buf, size, "utilization") < (int)size;
+    }
+    return snprintf(buf, size, "%.*s/utilization", (int)(slash - info.dli_fname), info.dli_fname) < (int)size;
+}
+
+nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t device, nvmlUtilization_t *utilization) {
+    if (!valid(device) || utilization == NULL) {
+        return NVML_ERROR_INVALID_ARGUMENT;
+    }
+    unsigned int percent = 0;
+    char path[4096];
+    FILE *f = utilization_path(path, sizeof path) ? fopen(path, "r") : NULL;
+    if (f != NULL) {
+        char line[64];
+        unsigned int i = 0;
+        while (fgets(line, sizeof line, f) != NULL) {
+            if (i++ != device->index) {
+                continue;
+            }
+            if (strncmp(line, "error", 5) == 0) {
+                fclose(f);
+                return NVML_ERROR_UNKNOWN;
+            }
+            long n = strtol(line, NULL, 10);
+            percent = n < 0 ? 0 : n > 100 ? 100 : (unsigned int)n;
+            break;
+        }
+        fclose(f);
+    }
+    utilization->gpu = percent;
+    utilization->memory = percent;
     return NVML_SUCCESS;
 }

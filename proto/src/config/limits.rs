@@ -61,6 +61,8 @@ pub const MAX_PRIORITY: u8 = 100;
 /// `retry.duration`, `utilization_policy.time_window`, probe timeouts and intervals, scaling
 /// delays): a year.
 pub const MAX_DURATION_SECS: u64 = 365 * 24 * 3600;
+/// `utilization_policy.time_window` is at least 5 minutes, as in dstack.
+pub const MIN_UTILIZATION_WINDOW_SECS: u64 = 300;
 /// CPUs asked for (`resources.cpu`, either end of a range).
 pub const MAX_CPUS: u32 = 4096;
 /// GPUs asked for on one node (`resources.gpu` count, either end of a range).
@@ -358,6 +360,9 @@ fn run(r: &Run) -> Checked {
     if let Some(u) = r.utilization {
         number(&"utilization_policy.min_gpu_utilization", u.min_gpu_utilization.into(), 0, 100)?;
         duration("utilization_policy.time_window", Some(u.time_window_secs))?;
+        if u.time_window_secs < MIN_UTILIZATION_WINDOW_SECS {
+            return fail("utilization_policy.time_window", "must be at least 5m");
+        }
     }
     provisioning(r.provisioning)
 }

@@ -190,6 +190,25 @@ fn a_typed_spec_meets_the_same_limits_with_the_same_words() {
     assert_eq!(e.to_string(), "replicas: at most 1024 replicas, found 4294967295");
 }
 
+#[test]
+fn a_utilization_window_is_5m_to_a_year_in_the_file_and_over_the_api() {
+    let e = err(&task("utilization_policy:\n  min_gpu_utilization: 10\n  time_window: 4m\n"));
+    assert_eq!((e.field.as_str(), e.message.as_str()), ("utilization_policy.time_window", "must be at least 5m"));
+    let mut t = parsed_task(&task("utilization_policy:\n  min_gpu_utilization: 10\n  time_window: 5m\n"));
+    Configuration::Task(t.clone()).check_limits().expect("5m is the least");
+    // What a client that skipped the parser may send.
+    let policy = t.utilization_policy.as_mut().expect("parsed");
+    policy.time_window_secs = 60;
+    let e = Configuration::Task(t.clone()).check_limits().expect_err("refused");
+    assert_eq!(e.to_string(), "utilization_policy.time_window: must be at least 5m");
+    t.utilization_policy.as_mut().expect("parsed").time_window_secs = u64::MAX;
+    let e = Configuration::Task(t.clone()).check_limits().expect_err("refused");
+    assert_eq!(e.field, "utilization_policy.time_window");
+    t.utilization_policy.as_mut().expect("parsed").min_gpu_utilization = 101;
+    let e = Configuration::Task(t).check_limits().expect_err("refused");
+    assert_eq!(e.field, "utilization_policy.min_gpu_utilization");
+}
+
 proptest! {
     /// Any number for `nodes`: a task with that many nodes when it is within the limit, else an
     /// error naming `nodes`; never a panic.
