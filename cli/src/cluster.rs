@@ -18,6 +18,7 @@ type Out<'a> = &'a mut (dyn Write + Send);
 pub async fn node(client: &Client, command: NodeCommand, out: Out<'_>) -> anyhow::Result<i32> {
     match command {
         NodeCommand::List { json } => node_list(client, json, out).await,
+        NodeCommand::Get { node, json } => crate::nodeinfo::node_get(client, &node, json, out).await,
         NodeCommand::Cordon(which) => cordon(client, which, true, out).await,
         NodeCommand::Uncordon(which) => cordon(client, which, false, out).await,
         NodeCommand::Drain { node, deadline } => drain(client, &node, deadline.as_deref(), out).await,

@@ -9,6 +9,7 @@ pub mod commands;
 pub mod exec;
 pub mod groups;
 pub mod images;
+pub mod nodeinfo;
 pub mod offers;
 pub mod output;
 pub mod schedules;
@@ -16,9 +17,8 @@ pub mod ssh;
 pub mod sshfleet;
 pub mod tls;
 pub mod uploads;
-
-pub mod uploads;
 pub mod volumes;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -151,12 +151,12 @@ pub enum Command {
         #[command(subcommand)]
         command: FleetCommand,
     },
-    /// The `ProxyCommand` of `ssh RUN` (written by `attach`): pipes SSH to the run's container.
     /// Named volumes (`type: volume`; `volumes: [name:/path]` in a run): they outlive runs.
     Volume {
         #[command(subcommand)]
         command: VolumeCommand,
     },
+    /// The `ProxyCommand` of `ssh RUN` (written by `attach`): pipes SSH to the run's container.
     #[command(hide = true)]
     SshProxy {
         run: String,
@@ -203,6 +203,13 @@ pub struct NodeSelection {
 #[derive(Subcommand, Debug)]
 pub enum NodeCommand {
     List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One node: its hardware, its jobs, and why its fleet refuses it when it does.
+    Get {
+        /// Its name (or id).
+        node: String,
         #[arg(long)]
         json: bool,
     },
@@ -315,7 +322,6 @@ pub enum FleetCommand {
     },
 }
 
-fn parse_port(text: &str) -> Result<corral_proto::config::PortMapping, String> {
 #[derive(Subcommand, Debug)]
 pub enum VolumeCommand {
     /// Volumes: name, project, node, size, status, and the runs that mount them.
@@ -332,6 +338,7 @@ pub enum VolumeCommand {
     },
 }
 
+fn parse_port(text: &str) -> Result<corral_proto::config::PortMapping, String> {
     corral_proto::config::parse_port_mapping(text)
         .ok_or_else(|| format!("{text:?} is not a port mapping: use LOCAL:CONTAINER, PORT or *:CONTAINER"))
 }
@@ -384,8 +391,8 @@ pub async fn run(cli: Cli, out: &mut (dyn std::io::Write + Send)) -> anyhow::Res
             bundle::create(&output, bin_dir, &images, out)
         }
         Command::Image { command } => images::image(&client::Client::from_env()?, command, out).await,
-        Command::Token { command } => cluster::token(&client::Client::from_env()?, command, out).await,
         Command::Volume { command } => volumes::volume(&client::Client::from_env()?, command, out).await,
+        Command::Token { command } => cluster::token(&client::Client::from_env()?, command, out).await,
     }
 }
 

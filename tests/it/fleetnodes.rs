@@ -110,6 +110,10 @@ async fn a_host_short_of_the_fleet_s_resources_is_refused_saying_why() -> anyhow
     corral_cli::commands::node_list(&c.client, false, &mut out).await?;
     let out = String::from_utf8(out)?;
     assert!(out.contains("ready,refused") && out.contains(&format!("node-a is refused by fleet rack: {why}")), "{out}");
+    let mut out = Vec::new();
+    corral_cli::nodeinfo::node_get(&c.client, "node-a", false, &mut out).await?;
+    let out = String::from_utf8(out)?;
+    assert!(out.contains("status:  ready, refused\n") && out.contains(&format!("refused: {why}\n")), "{out}");
     // What the install script (and so `corral apply` of an ssh fleet) reads once the host joined.
     let url = format!("{}/api/join/node?id={}", c.coord.url(), nodes[0].id);
     let text = reqwest::Client::new().get(url).bearer_auth(c.coord.join_token.to_string()).send().await?.text().await?;
