@@ -56,13 +56,13 @@ pub fn collect(docker: DockerInfo, nvml_path: Option<&Path>, device_root: Option
     inventory
 }
 
-/// The host's interface addresses as `ip/prefix` (`10.0.0.5/24`), loopback first as the OS lists
-/// them, for fleets that pick a node's address by network.
+/// The host's interface addresses as `ip/prefix` (`10.0.0.5/24`), sorted, for fleets that pick a
+/// node's address by network.
 pub fn interface_addresses() -> Vec<String> {
     let networks = sysinfo::Networks::new_with_refreshed_list();
     let mut out: Vec<String> = networks
-        .iter()
-        .flat_map(|(_, data)| data.ip_networks().iter().map(|n| format!("{}/{}", n.addr, n.prefix)))
+        .values()
+        .flat_map(|data| data.ip_networks().iter().map(|n| format!("{}/{}", n.addr, n.prefix)))
         .collect();
     out.sort();
     out.dedup();
@@ -160,6 +160,13 @@ mod tests {
         assert!(host.memory.bytes() >= 64 * 1024 * 1024, "{}", host.memory);
         assert!(host.disk.bytes() > 0, "no filesystem found for {DOCKER_ROOT} or /");
         assert!(!host.hostname.is_empty() && !host.os.is_empty());
+    }
+
+    #[test]
+    fn interface_addresses_have_their_prefix_and_include_loopback() {
+        let addresses = interface_addresses();
+        assert!(addresses.iter().any(|a| a == "127.0.0.1/8"), "{addresses:?}");
+        assert!(addresses.iter().all(|a| a.split_once('/').is_some_and(|(ip, p)| ip.parse::<std::net::IpAddr>().is_ok() && p.parse::<u8>().is_ok())), "{addresses:?}");
     }
 
     #[test]
