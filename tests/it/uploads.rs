@@ -210,3 +210,42 @@ async fn a_repo_by_url_is_cloned_on_the_node() -> anyhow::Result<()> {
     assert!(!message.contains("hunter2"), "{message}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coordinator_keeps_only_whole_uploads_and_runs_only_stored_ones() -> anyhow::Result<()> {
+    let c = OneNode::start().await?;
+    // A body whose digest is not the one named is not kept.
+    let named = "ab".repeat(32);
+    let path = format!("/api/uploads/{named}");
+    let e = c
+        .client
+        .put_body::<corral_proto::api::StoredUpload>(&path, reqwest::Body::from(&b"some bytes"[..]), 10)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains(&format!("not {named}: it changed or was damaged on the way")), "{e}");
+    let missing: corral_proto::api::MissingUploads =
+        c.client.post("/api/uploads/check", &corral_proto::api::CheckUploads { sha256: vec![named.clone()] }).await?;
+    assert_eq!(missing.missing, vec![named.clone()]);
+    let kept: Vec<_> = std::fs::read_dir(c.dir.path().join("coord/uploads"))?.flatten().map(|e| e.file_name()).collect();
+    assert_eq!(kept, ["tmp"], "nothing kept");
+    assert_eq!(std::fs::read_dir(c.dir.path().join("coord/uploads/tmp"))?.count(), 0, "the partial upload is gone");
+
+    // A client that names no upload, or one the store lacks, is refused at submission.
+    let text = format!("type: task\nname: raw\nimage: {IMAGE}\nfiles: [a.txt]\ncommands: [\"true\"]\n");
+    let Configuration::Task(mut task) = config::parse(&text, "raw.yml").expect("parses") else { panic!("a task") };
+    let submit = |t: &corral_proto::config::TaskConfig| corral_proto::api::SubmitRun {
+        configuration: Configuration::Task(t.clone()),
+        source: None,
+        name: None,
+    };
+    let runs = c.client.project_api(&["runs"])?;
+    let e = c.client.post::<_, corral_proto::api::Run>(&runs, &submit(&task)).await.err().expect("refused");
+    assert!(e.to_string().starts_with("files[0] (a.txt): not uploaded"), "{e}");
+    task.files[0].upload = Some(config::UploadRef { sha256: named.clone(), size: 10 });
+    let e = c.client.post::<_, corral_proto::api::Run>(&runs, &submit(&task)).await.err().expect("refused");
+    assert!(e.to_string().contains(&format!("the coordinator has no upload {named}")), "{e}");
+    assert!(run(&c.client, "raw").await.is_err(), "nothing was stored");
+    Ok(())
+}
