@@ -261,7 +261,11 @@ pub async fn upload(client: &Client, config_file: &Path, cfg: &mut Configuration
     let mut wanted = Vec::new();
     for (i, r) in repos.iter().enumerate() {
         if let Some(local) = &r.local_path {
-            wanted.push(Wanted { what: format!("repos[{i}] ({local})"), path: resolve(local, base)?, slot: Slot::Repo(i) });
+            wanted.push(Wanted {
+                what: format!("repos[{i}] ({local})"),
+                path: resolve(local, base)?,
+                slot: Slot::Repo(i),
+            });
         }
     }
     for (i, f) in files.iter().enumerate() {
@@ -305,7 +309,8 @@ pub async fn upload(client: &Client, config_file: &Path, cfg: &mut Configuration
 async fn send(client: &Client, p: &Packed) -> anyhow::Result<()> {
     let bar = if std::io::stderr().is_terminal() && p.size > 1 << 20 {
         let bar = indicatif::ProgressBar::new(p.size);
-        if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
         {
             bar.set_style(style);
         }
@@ -338,7 +343,13 @@ async fn send(client: &Client, p: &Packed) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let stored = stored?;
     if stored.sha256 != p.sha256 || stored.size != p.size {
-        bail!("the coordinator stored {} bytes as {}, not {} bytes as {}", stored.size, stored.sha256, p.size, p.sha256);
+        bail!(
+            "the coordinator stored {} bytes as {}, not {} bytes as {}",
+            stored.size,
+            stored.sha256,
+            p.size,
+            p.sha256
+        );
     }
     Ok(())
 }
@@ -440,7 +451,10 @@ mod tests {
 
     #[test]
     fn local_paths_are_relative_to_the_configuration() {
-        assert_eq!(resolve("..", Path::new("/work/proj/examples")).expect("resolves"), Path::new("/work/proj/examples/.."));
+        assert_eq!(
+            resolve("..", Path::new("/work/proj/examples")).expect("resolves"),
+            Path::new("/work/proj/examples/..")
+        );
         assert_eq!(resolve("/abs", Path::new("/x")).expect("resolves"), Path::new("/abs"));
     }
 }

@@ -90,7 +90,8 @@ pub fn owner_of(passwd: &str, group: &str, user: &str) -> Option<(u64, u64)> {
         None => (user, None),
     };
     let who = if who.is_empty() { "root" } else { who };
-    let entry = passwd.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| f.len() >= 4 && (f[0] == who || f[2] == who));
+    let entry =
+        passwd.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| f.len() >= 4 && (f[0] == who || f[2] == who));
     let uid = match who.parse::<u64>() {
         Ok(uid) => uid,
         Err(_) if who == "root" => 0,
@@ -99,7 +100,9 @@ pub fn owner_of(passwd: &str, group: &str, user: &str) -> Option<(u64, u64)> {
     let gid = match grp {
         Some(g) => match g.parse::<u64>() {
             Ok(gid) => gid,
-            Err(_) => group.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| f.len() >= 3 && f[0] == g)?[2].parse().ok()?,
+            Err(_) => group.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| f.len() >= 3 && f[0] == g)?[2]
+                .parse()
+                .ok()?,
         },
         // Docker's rule: the user's primary group, else 0.
         None => entry.and_then(|f| f.get(3)?.parse().ok()).unwrap_or(0),
@@ -135,7 +138,8 @@ pub fn rewrite(src: impl Read, dest: &str, owner: (u64, u64), out: impl Write) -
             }
             Some(_) => {}
         }
-        let name: Vec<&str> = std::iter::once(dest).filter(|d| !d.is_empty()).chain(rest.iter().map(String::as_str)).collect();
+        let name: Vec<&str> =
+            std::iter::once(dest).filter(|d| !d.is_empty()).chain(rest.iter().map(String::as_str)).collect();
         if name.is_empty() {
             continue;
         }
@@ -240,7 +244,11 @@ impl Shim {
             let group = String::from_utf8_lossy(&self.read_file(container, "/etc/group").await.unwrap_or_default())
                 .into_owned();
             owner_of(&passwd, &group, &user).unwrap_or_else(|| {
-                tracing::warn!(container, user, "the user is not in the image's passwd: the repo and files stay root's");
+                tracing::warn!(
+                    container,
+                    user,
+                    "the user is not in the image's passwd: the repo and files stay root's"
+                );
                 (0, 0)
             })
         };

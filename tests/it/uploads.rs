@@ -61,7 +61,10 @@ async fn a_local_repo_arrives_as_git_sees_it_and_is_sent_once() -> anyhow::Resul
     let mut cfg = parsed(&file);
     let said = corral_cli::uploads::upload(&c.client, &file, &mut cfg).await?;
     assert_eq!(said.len(), 1);
-    assert!(said[0].starts_with("repos[0] (.): 4 files,") && said[0].ends_with("already on the coordinator"), "{said:?}");
+    assert!(
+        said[0].starts_with("repos[0] (.): 4 files,") && said[0].ends_with("already on the coordinator"),
+        "{said:?}"
+    );
     let (code, out) = apply(&c.client, &file, false).await?;
     assert_eq!(code, 0, "output: {out}");
     assert_eq!(std::fs::metadata(&stored[0])?.modified()?, written, "not written again");
@@ -149,10 +152,7 @@ async fn an_upload_past_the_limit_is_refused_before_it_is_sent() -> anyhow::Resu
         &format!("type: task\nname: big\nimage: {IMAGE}\nfiles: [\"weights.bin:/w.bin\"]\ncommands: [\"true\"]\n"),
     );
     let e = apply(&c.client, &file, true).await.err().expect("refused").to_string();
-    assert!(
-        e.starts_with("files[0] (weights.bin): 2.0 GiB to upload, more than the limit of 2 GiB"),
-        "message: {e}"
-    );
+    assert!(e.starts_with("files[0] (weights.bin): 2.0 GiB to upload, more than the limit of 2 GiB"), "message: {e}");
     assert!(run(&c.client, "big").await.is_err(), "nothing was submitted");
     Ok(())
 }
@@ -228,7 +228,8 @@ async fn the_coordinator_keeps_only_whole_uploads_and_runs_only_stored_ones() ->
     let missing: corral_proto::api::MissingUploads =
         c.client.post("/api/uploads/check", &corral_proto::api::CheckUploads { sha256: vec![named.clone()] }).await?;
     assert_eq!(missing.missing, vec![named.clone()]);
-    let kept: Vec<_> = std::fs::read_dir(c.dir.path().join("coord/uploads"))?.flatten().map(|e| e.file_name()).collect();
+    let kept: Vec<_> =
+        std::fs::read_dir(c.dir.path().join("coord/uploads"))?.flatten().map(|e| e.file_name()).collect();
     assert_eq!(kept, ["tmp"], "nothing kept");
     assert_eq!(std::fs::read_dir(c.dir.path().join("coord/uploads/tmp"))?.count(), 0, "the partial upload is gone");
 

@@ -66,7 +66,12 @@ impl Jobs {
         if c.uploads.is_empty() && c.clones.is_empty() {
             return Ok(prepared);
         }
-        let relative = c.uploads.iter().map(|u| &u.path).chain(c.clones.iter().map(|g| &g.path)).any(|p| !p.starts_with(['/', '~']));
+        let relative = c
+            .uploads
+            .iter()
+            .map(|u| &u.path)
+            .chain(c.clones.iter().map(|g| &g.path))
+            .any(|p| !p.starts_with(['/', '~']));
         if relative && spec.working_dir.as_deref().is_none_or(str::is_empty) {
             let image_dir = self.shim.image_working_dir(&spec.image).await.map_err(|e| e.to_string())?;
             if image_dir.is_none() {
@@ -113,7 +118,10 @@ impl Jobs {
         let path = cache.join(&u.sha256);
         if std::fs::metadata(&path).is_ok_and(|m| m.len() == u.size) {
             // Used now: kept for another day.
-            let _ = std::fs::File::options().append(true).open(&path).and_then(|f| f.set_modified(std::time::SystemTime::now()));
+            let _ = std::fs::File::options()
+                .append(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
             return Ok(path);
         }
         let mut conn_rx = self.conn.subscribe();
@@ -198,7 +206,8 @@ async fn fetch(conn: &quinn::Connection, cache: &Path, u: &Upload) -> Result<(),
 fn evict(cache: &Path) {
     let Ok(entries) = std::fs::read_dir(cache) else { return };
     for entry in entries.flatten() {
-        let old = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().unwrap_or_default() > CACHE_KEEP);
+        let old =
+            entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().unwrap_or_default() > CACHE_KEEP);
         if old {
             let _ = std::fs::remove_file(entry.path());
         }

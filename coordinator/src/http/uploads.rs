@@ -80,7 +80,9 @@ pub(super) async fn put(
         if got != sha256 {
             return Err(err(
                 StatusCode::BAD_REQUEST,
-                format!("the upload's SHA-256 is {got}, not {sha256}: it changed or was damaged on the way; apply again"),
+                format!(
+                    "the upload's SHA-256 is {got}, not {sha256}: it changed or was damaged on the way; apply again"
+                ),
             ));
         }
         Ok(size)
