@@ -302,12 +302,19 @@ impl Jobs {
         }
         // Host paths checked, named volumes made; optional paths that are missing are left out.
         let mut spec = spec;
-        match self.prepare_mounts(&mut spec).await {
+        let ebs = volumes::ebs_volumes(&spec);
+        // Whatever way the job ends from here, its EBS volumes are unmounted after it.
+        let _unmount = volumes::EbsMounts::new(&self, ebs.clone());
+        let mounted = tokio::select! {
+            r = self.prepare_mounts(&mut spec) => r.map_err(|m| (TerminationReason::ContainerCreationFailed, Some(m))),
+            (_, reason) = stop_requested(&mut stop) => Err((reason, None)),
+        };
+        match mounted {
             Ok(None) => {}
             Ok(Some(note)) => self.note(&id, JobState::Pulling, note),
-            Err(message) => {
+            Err((reason, message)) => {
                 self.mark_shipped(&id);
-                return self.finish(&id, TerminationReason::ContainerCreationFailed, None, Some(message));
+                return self.finish(&id, reason, None, message);
             }
         }
         // The run's uploads and clones, ready to be put into the container before it starts.
@@ -356,7 +363,7 @@ impl Jobs {
             self.watch_utilization(&id, policy, spec.allocation.gpus());
         }
         let deadline = spec.max_duration_secs.map(|m| now_unix().saturating_add(m as i64));
-        let this = volumes::mounts_volume(&spec).then(|| self.clone());
+        let this = (volumes::mounts_volume(&spec) || !ebs.is_empty()).then(|| self.clone());
         self.supervise(id, deadline, stop, spec.stop_grace_secs).await;
         if let Some(this) = this {
             this.refresh_volumes();

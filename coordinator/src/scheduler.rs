@@ -167,6 +167,7 @@ impl Scheduler {
             index.reserve(&node, &a);
         }
         self.index = index;
+        self.volumes.reload(&state.store)?;
         // The queue: entries whose jobs are all still queued stay as they are (their configuration
         self.volumes = crate::volumes::Homes::load(&state.store)?;
         // is not read again); the runs of the other queued jobs are read from the store.

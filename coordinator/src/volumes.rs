@@ -32,8 +32,9 @@ pub struct RunVolumes {
     project: String,
     /// Per rank, per named mount: the names it may mount (one, or dstack's list of alternatives).
     ranks: Vec<Vec<Vec<String>>>,
-    /// Per rank, the name chosen for each named mount when the run was placed.
-    chosen: Vec<Vec<String>>,
+    /// Per rank, the volume chosen for each named mount when the run was placed: its name, and
+    /// its EBS id for a cloud volume.
+    chosen: Vec<Vec<(String, Option<String>)>>,
 }
 
 impl RunVolumes {
@@ -72,8 +73,8 @@ enum Home {
     Node(NodeId),
     /// Being deleted: runs that mount it wait.
     Deleting,
-    /// An EBS volume: attached to an AWS instance of its zone where a run mounts it.
-    Cloud,
+    /// An EBS volume (its id): attached to an AWS instance of its zone where a run mounts it.
+    Cloud(String),
 }
 
 /// Where every named volume that exists somewhere is, by (project, name). A volume that is not
@@ -86,12 +87,24 @@ pub struct Homes {
 }
 
 impl Homes {
+    /// Reads every volume's home from the store again; the EBS volumes' nodes (which only the
+    /// cloud knows) are kept.
+    pub fn reload(&mut self, store: &Store) -> Result<(), StoreError> {
+        let cloud = std::mem::take(&mut self.cloud);
+        *self = Self::load(store)?;
+        self.cloud = cloud;
+        Ok(())
+    }
+
     pub fn load(store: &Store) -> Result<Self, StoreError> {
         let mut map = HashMap::new();
         for v in store.volumes(None)? {
             let home = match (v.status, &v.node_id) {
                 (VolumeStatus::Deleting, _) => Home::Deleting,
-                _ if v.backend.is_some() => Home::Cloud,
+                _ if v.backend.is_some() => match &v.volume_id {
+                    Some(id) if v.status == VolumeStatus::Active => Home::Cloud(id.clone()),
+                    _ => Home::Deleting,
+                },
                 (_, Some(node)) => Home::Node(node.clone()),
                 _ => continue,
             };
@@ -152,18 +165,20 @@ pub(crate) fn place(
             mounts
                 .iter()
                 .map(|names| {
-                    let here = names.iter().find(|n| homes.get(&vols.project, n) == Some(&Home::Node(node.clone())));
-                    let name = match here {
-                        Some(n) => n.clone(),
-                        None => {
-                            // None of them is here, so one that exists nowhere yet: made here.
-                            let new = names.iter().find(|n| homes.get(&vols.project, n).is_none());
-                            let name = new.unwrap_or(&names[0]).clone();
-                            homes.set(&vols.project, &name, Some(Home::Node(node.clone())));
-                            name
+                    let here = names.iter().find_map(|n| match homes.get(&vols.project, n) {
+                        Some(Home::Node(at)) if at == node => Some((n.clone(), None)),
+                        Some(Home::Cloud(id)) if homes.cloud_nodes(&vols.project, n).contains(node) => {
+                            Some((n.clone(), Some(id.clone())))
                         }
-                    };
-                    name
+                        _ => None,
+                    });
+                    here.unwrap_or_else(|| {
+                        // None of them is here, so one that exists nowhere yet: made here.
+                        let new = names.iter().find(|n| homes.get(&vols.project, n).is_none());
+                        let name = new.unwrap_or(&names[0]).clone();
+                        homes.set(&vols.project, &name, Some(Home::Node(node.clone())));
+                        (name, None)
+                    })
                 })
                 .collect()
         })
@@ -183,20 +198,20 @@ fn allowed_nodes(homes: &Homes, project: &str, mounts: &[Vec<String>]) -> Result
                 None => anywhere = true,
                 Some(Home::Node(n)) => nodes.push(n.clone()),
                 Some(Home::Deleting) => {}
-                Some(Home::Cloud) => nodes.extend(homes.cloud_nodes(project, name)),
+                Some(Home::Cloud(_)) => nodes.extend(homes.cloud_nodes(project, name)),
             }
         }
         if anywhere {
             continue;
         }
-        if nodes.is_empty() && names.iter().any(|n| homes.get(project, n) == Some(&Home::Cloud)) {
+        if nodes.is_empty() && names.iter().any(|n| matches!(homes.get(project, n), Some(Home::Cloud(_)))) {
             return Err(format!(
                 "volume {} is an EBS volume: it attaches only to a ready node of an aws fleet in its availability zone",
                 names.join(" / ")
             ));
         }
         if nodes.is_empty() {
-            return Err(format!("volume {} is being deleted (`corral volume list`)", names.join(" / ")));
+            return Err(format!("volume {} is being deleted or not ready (`corral volume list`)", names.join(" / ")));
         }
         allowed = Some(match allowed {
             None => nodes,
@@ -238,10 +253,13 @@ pub fn mounts(task: &TaskConfig, vols: &RunVolumes, rank: usize) -> Vec<Mount> {
                 path: m.path.clone(),
                 optional: m.optional,
             }),
-            VolumeMount::Named(m) => chosen.next().map(|name| Mount::Volume {
-                name: name.clone(),
-                docker_name: docker_name(&vols.project, name),
-                path: m.path.clone(),
+            VolumeMount::Named(m) => chosen.next().map(|(name, ebs)| match ebs {
+                Some(volume_id) => Mount::Ebs { name: name.clone(), volume_id: volume_id.clone(), path: m.path.clone() },
+                None => Mount::Volume {
+                    name: name.clone(),
+                    docker_name: docker_name(&vols.project, name),
+                    path: m.path.clone(),
+                },
             }),
         })
         .collect()
@@ -257,7 +275,7 @@ pub fn placed(state: &State, gang: &[(NodeId, JobSpec)]) {
             .iter()
             .filter_map(|m| match m {
                 Mount::Volume { name, docker_name, .. } => Some((spec.project.as_str(), name.as_str(), docker_name.as_str())),
-                Mount::Host { .. } => None,
+                Mount::Host { .. } | Mount::Ebs { .. } => None,
             })
             .collect();
         if volumes.is_empty() {
@@ -309,7 +327,7 @@ pub fn users(state: &State) -> Result<HashMap<(String, String), Vec<String>>, St
     };
     for job in state.store.placed_jobs()? {
         for m in job.spec.iter().flat_map(|s| &s.container.mounts) {
-            if let Mount::Volume { name, .. } = m {
+            if let Mount::Volume { name, .. } | Mount::Ebs { name, .. } = m {
                 add(&job.project, name, &job.run_name);
             }
         }
@@ -397,7 +415,9 @@ pub async fn delete(state: &State, project: &str, name: &str) -> Result<bool, De
         }
         Err(e) => {
             state.store.set_volume_status(project, name, VolumeStatus::Active, Some(&e))?;
-            sched.volumes.set(project, name, Some(Home::Cloud));
+            if let Some(id) = v.volume_id.clone() {
+                sched.volumes.set(project, name, Some(Home::Cloud(id)));
+            }
             Err(DeleteError::Cloud(e))
         }
     }
@@ -426,6 +446,8 @@ async fn cloud_delete(state: &State, v: &VolumeRow) -> Result<(), String> {
 
 #[cfg(feature = "aws")]
 mod ebs;
+#[cfg(feature = "aws")]
+pub use ebs::run as ebs_reconciler;
 
 #[cfg(not(feature = "aws"))]
 const NO_AWS: &str = "this coordinator was built without the aws feature: it has no EBS volumes";

@@ -97,6 +97,10 @@ pub enum Mount {
     Host { host_path: String, path: String, optional: bool },
     /// A named volume: a Docker volume on this node (`docker_name`), made when missing.
     Volume { name: String, docker_name: String, path: String },
+    /// A named EBS volume the coordinator attaches to this node's instance: the agent waits for its
+    /// device, makes an ext4 file system on it when it has none, mounts it on the host and binds
+    /// that into the container.
+    Ebs { name: String, volume_id: String, path: String },
 }
 
 /// A tar archive the coordinator keeps (by its SHA-256), unpacked in the container at `path`

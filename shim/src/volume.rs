@@ -30,19 +30,21 @@ pub(crate) fn container_mounts(spec: &JobSpec) -> Option<Vec<DockerMount>> {
         .container
         .mounts
         .iter()
-        .map(|m| match m {
-            Mount::Host { host_path, path, .. } => DockerMount {
+        .filter_map(|m| match m {
+            Mount::Host { host_path, path, .. } => Some(DockerMount {
                 typ: Some(MountType::BIND),
                 source: Some(host_path.clone()),
                 target: Some(path.clone()),
                 ..Default::default()
-            },
-            Mount::Volume { docker_name, path, .. } => DockerMount {
+            }),
+            Mount::Volume { docker_name, path, .. } => Some(DockerMount {
                 typ: Some(MountType::VOLUME),
                 source: Some(docker_name.clone()),
                 target: Some(path.clone()),
                 ..Default::default()
-            },
+            }),
+            // The agent mounts it on the host and passes it on as a host path.
+            Mount::Ebs { .. } => None,
         })
         .collect();
     (!mounts.is_empty()).then_some(mounts)

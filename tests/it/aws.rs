@@ -33,12 +33,12 @@ fn moto_server() -> PathBuf {
 }
 
 /// `moto_server` on a loopback port of its own, killed on drop.
-struct Moto {
+pub(crate) struct Moto {
     _proc: Proc,
-    url: String,
+    pub(crate) url: String,
 }
 
-async fn moto() -> anyhow::Result<Moto> {
+pub(crate) async fn moto() -> anyhow::Result<Moto> {
     let port = free_port()?;
     let proc = Proc(
         Command::new(moto_server())
@@ -55,18 +55,18 @@ async fn moto() -> anyhow::Result<Moto> {
 
 /// The coordinator as a process with the AWS backend in `us-east-1`, its SDK pointed at `endpoint`
 /// (and instances told to fetch the install script from it), restartable on the same data.
-struct Coord {
+pub(crate) struct Coord {
     proc: Option<Proc>,
-    http: String,
-    quic: String,
-    data: PathBuf,
+    pub(crate) http: String,
+    pub(crate) quic: String,
+    pub(crate) data: PathBuf,
     home: PathBuf,
     endpoint: String,
     extra: Vec<String>,
 }
 
 impl Coord {
-    async fn start(dir: &Path, endpoint: &str, extra: &[&str]) -> anyhow::Result<Self> {
+    pub(crate) async fn start(dir: &Path, endpoint: &str, extra: &[&str]) -> anyhow::Result<Self> {
         let mut c = Self {
             proc: None,
             http: format!("127.0.0.1:{}", free_port()?),
@@ -117,7 +117,7 @@ async fn coordinator(dir: &Path, endpoint: &str) -> anyhow::Result<Coord> {
     Coord::start(dir, endpoint, &[]).await
 }
 
-fn cli(c: &Coord, args: &[&str]) -> anyhow::Result<Output> {
+pub(crate) fn cli(c: &Coord, args: &[&str]) -> anyhow::Result<Output> {
     let token = std::fs::read_to_string(c.data.join("admin-token"))?;
     Ok(Command::new(CLI)
         .args(args)
@@ -128,7 +128,7 @@ fn cli(c: &Coord, args: &[&str]) -> anyhow::Result<Output> {
 }
 
 /// `corral apply -y [-d] -f NAME.dstack.yml` with `text`; fails with the CLI's error.
-fn apply(c: &Coord, dir: &Path, name: &str, text: &str, detach: bool) -> anyhow::Result<()> {
+pub(crate) fn apply(c: &Coord, dir: &Path, name: &str, text: &str, detach: bool) -> anyhow::Result<()> {
     let file = crate::harness::write_config(dir, name, text);
     let mut args = vec!["apply", "-y", "-f", file.to_str().context("utf-8 path")?];
     if detach {
@@ -140,7 +140,7 @@ fn apply(c: &Coord, dir: &Path, name: &str, text: &str, detach: bool) -> anyhow:
 }
 
 /// A real agent process: an on-prem node, or the node an (emulated, never booting) instance would be.
-fn agent(quic: &str, token: &str, name: &str, state: &Path) -> anyhow::Result<Proc> {
+pub(crate) fn agent(quic: &str, token: &str, name: &str, state: &Path) -> anyhow::Result<Proc> {
     Ok(Proc(
         Command::new(AGENT)
             .args(["--coordinator", quic, "--token", token, "--name", name, "--no-self-upgrade"])
@@ -154,7 +154,7 @@ fn agent(quic: &str, token: &str, name: &str, state: &Path) -> anyhow::Result<Pr
 }
 
 /// An AMI the emulator knows (launches need one).
-async fn emulator_ami(moto: &Moto) -> anyhow::Result<String> {
+pub(crate) async fn emulator_ami(moto: &Moto) -> anyhow::Result<String> {
     xml_values(&ec2(moto, "Action=DescribeImages").await?, "imageId")
         .into_iter()
         .next()
@@ -236,7 +236,7 @@ async fn an_aws_backend_that_does_not_answer_is_reported_not_fatal() -> anyhow::
 }
 
 /// An EC2 query to the emulator (moto checks no signature; the credential scope names the region).
-async fn ec2(moto: &Moto, query: &str) -> anyhow::Result<String> {
+pub(crate) async fn ec2(moto: &Moto, query: &str) -> anyhow::Result<String> {
     let auth =
         "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=0";
     let resp = reqwest::Client::new()
@@ -248,7 +248,7 @@ async fn ec2(moto: &Moto, query: &str) -> anyhow::Result<String> {
 }
 
 /// Every `<tag>value</tag>` in an XML answer.
-fn xml_values(xml: &str, tag: &str) -> Vec<String> {
+pub(crate) fn xml_values(xml: &str, tag: &str) -> Vec<String> {
     let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
     xml.split(&open).skip(1).filter_map(|rest| rest.split(&close).next().map(str::to_owned)).collect()
 }
@@ -341,7 +341,7 @@ async fn an_elastic_fleet_launches_its_minimum_its_instance_joins_and_a_restart_
     Ok(())
 }
 
-async fn wait_for_instances(moto: &Moto, fleet: &str, n: usize) -> anyhow::Result<Vec<String>> {
+pub(crate) async fn wait_for_instances(moto: &Moto, fleet: &str, n: usize) -> anyhow::Result<Vec<String>> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let ids = fleet_instances(moto, fleet).await?;
@@ -366,7 +366,7 @@ async fn instance_types(moto: &Moto, ids: &[String]) -> anyhow::Result<Vec<Strin
     Ok(out)
 }
 
-async fn user_data_args(moto: &Moto, id: &str) -> anyhow::Result<(String, String)> {
+pub(crate) async fn user_data_args(moto: &Moto, id: &str) -> anyhow::Result<(String, String)> {
     let xml = ec2(moto, &format!("Action=DescribeInstanceAttribute&InstanceId={id}&Attribute=userData")).await?;
     let data = xml_values(&xml, "value").into_iter().next().context("user data recorded")?;
     let decoded = Command::new("sh").arg("-c").arg(format!("printf %s '{data}' | base64 -d")).output()?;

@@ -5,6 +5,7 @@ mod aws;
 mod cluster;
 mod datadir;
 mod devenv;
+mod ebs;
 mod enroll;
 mod faults;
 mod fleetnodes;

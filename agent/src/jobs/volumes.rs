@@ -4,7 +4,7 @@
 //! volumes (with their sizes) to the coordinator: on every connection, after a job that mounted
 //! one ended, and after `corral volume delete` removed one.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use corral_proto::job::{JobSpec, Mount};
@@ -41,6 +41,11 @@ impl Jobs {
                         .ensure_volume(docker_name, name, &spec.project, &self.node)
                         .await
                         .map_err(|e| format!("volumes: cannot make the volume {name}: {e}"))?;
+                }
+                Mount::Ebs { name, volume_id, path } => {
+                    let at = self.mount_ebs(name, volume_id).await?;
+                    kept.push(Mount::Host { host_path: at.display().to_string(), path: path.clone(), optional: false });
+                    continue;
                 }
             }
             kept.push(m);
@@ -93,7 +98,119 @@ impl Jobs {
 
 /// Whether a job mounts a named volume (its end changes what the volume holds).
 pub(super) fn mounts_volume(spec: &JobSpec) -> bool {
-    spec.container.mounts.iter().any(|m| matches!(m, Mount::Volume { .. }))
+    spec.container.mounts.iter().any(|m| matches!(m, Mount::Volume { .. } | Mount::Ebs { .. }))
+}
+
+/// The EBS volumes a job mounts (to unmount when it ends).
+pub(super) fn ebs_volumes(spec: &JobSpec) -> Vec<String> {
+    spec.container
+        .mounts
+        .iter()
+        .filter_map(|m| match m {
+            Mount::Ebs { volume_id, .. } => Some(volume_id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Jobs {
+    /// Where this host mounts an EBS volume.
+    fn ebs_mountpoint(&self, volume_id: &str) -> PathBuf {
+        self.spool_dir.parent().unwrap_or(Path::new("/")).join("volumes").join(volume_id)
+    }
+
+    /// Waits for the EBS volume's device (the coordinator attaches it to this instance), makes an
+    /// ext4 file system on it when it has none, and mounts it under the state dir.
+    async fn mount_ebs(&self, name: &str, volume_id: &str) -> Result<PathBuf, String> {
+        let at = self.ebs_mountpoint(volume_id);
+        if is_mounted(&at) {
+            return Ok(at);
+        }
+        // Nitro instances name an EBS volume's NVMe device by its id, without the dash.
+        let device = PathBuf::from(format!(
+            "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{}",
+            volume_id.replace('-', "")
+        ));
+        let deadline = tokio::time::Instant::now() + EBS_DEVICE_WAIT;
+        while !tokio::fs::try_exists(&device).await.unwrap_or(false) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "volumes: the EBS volume {name} ({volume_id}) did not appear on this node within {} min                      (looked for {})",
+                    EBS_DEVICE_WAIT.as_secs() / 60,
+                    device.display()
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        let fs = run("blkid", &["-o", "value", "-s", "TYPE", &device.display().to_string()]).await.unwrap_or_default();
+        if fs.trim().is_empty() {
+            run("mkfs.ext4", &["-q", &device.display().to_string()])
+                .await
+                .map_err(|e| format!("volumes: cannot make a file system on {name} ({volume_id}): {e}"))?;
+        }
+        tokio::fs::create_dir_all(&at).await.map_err(|e| format!("volumes: cannot create {}: {e}", at.display()))?;
+        run("mount", &[&device.display().to_string(), &at.display().to_string()])
+            .await
+            .map_err(|e| format!("volumes: cannot mount {name} ({volume_id}): {e}"))?;
+        Ok(at)
+    }
+
+    /// Unmounts the EBS volumes a job mounted (before the coordinator detaches them).
+    async fn unmount_ebs(&self, volumes: &[String]) {
+        for id in volumes {
+            let at = self.ebs_mountpoint(id);
+            if is_mounted(&at)
+                && let Err(e) = run("umount", &[&at.display().to_string()]).await
+            {
+                tracing::warn!(volume = %id, "cannot unmount the EBS volume: {e}");
+            }
+        }
+    }
+}
+
+/// Unmounts a job's EBS volumes when dropped (the job ended, whichever way).
+pub(super) struct EbsMounts {
+    jobs: Arc<Jobs>,
+    volumes: Vec<String>,
+}
+
+impl EbsMounts {
+    pub(super) fn new(jobs: &Arc<Jobs>, volumes: Vec<String>) -> Self {
+        Self { jobs: jobs.clone(), volumes }
+    }
+}
+
+impl Drop for EbsMounts {
+    fn drop(&mut self) {
+        if self.volumes.is_empty() {
+            return;
+        }
+        let (jobs, volumes) = (self.jobs.clone(), std::mem::take(&mut self.volumes));
+        tokio::spawn(async move { jobs.unmount_ebs(&volumes).await });
+    }
+}
+
+/// How long a job waits for its EBS volume's device to appear.
+const EBS_DEVICE_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+fn is_mounted(at: &Path) -> bool {
+    let target = at.display().to_string();
+    std::fs::read_to_string("/proc/mounts")
+        .is_ok_and(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some(target.as_str())))
+}
+
+/// Runs a host command; `Err` carries what it said.
+async fn run(program: &str, args: &[&str]) -> Result<String, String> {
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("{program}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
 }
 
 /// Bytes of the files under `dir`; `None` when it cannot be read (Docker's data root is out of

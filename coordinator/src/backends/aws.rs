@@ -51,6 +51,11 @@ impl Aws {
         Self { settings, regions }
     }
 
+    /// The EC2 client of a configured region (EBS volumes make their own calls with it).
+    pub fn ec2(&self, region: &str) -> Result<&aws_sdk_ec2::Client, String> {
+        self.region(region).map(|r| &r.ec2)
+    }
+
     pub fn region_names(&self) -> Vec<String> {
         self.regions.iter().map(|r| r.name.clone()).collect()
     }
