@@ -423,6 +423,29 @@ pub async fn delete(state: &State, project: &str, name: &str) -> Result<bool, De
     }
 }
 
+/// Whether this coordinator can make a cloud volume in `region` (before anything is stored).
+pub fn cloud_ready(state: &State, region: Option<&str>) -> Result<(), String> {
+    #[cfg(feature = "aws")]
+    {
+        let aws = state.backends.aws.as_ref().ok_or_else(|| {
+            "backend: this coordinator has no AWS backend (start it with --aws-region REGION)".to_owned()
+        })?;
+        let region = region.unwrap_or_default();
+        if !aws.region_names().iter().any(|r| r == region) {
+            return Err(format!(
+                "region: {region} is not one of this coordinator's AWS regions ({}): add --aws-region {region}",
+                aws.region_names().join(", ")
+            ));
+        }
+        Ok(())
+    }
+    #[cfg(not(feature = "aws"))]
+    {
+        let _ = (state, region);
+        Err(NO_AWS.to_owned())
+    }
+}
+
 /// Creates (or registers) a cloud volume once its configuration is stored.
 pub async fn cloud_apply(state: &State, v: &VolumeRow) -> Result<(), String> {
     #[cfg(feature = "aws")]

@@ -29,9 +29,12 @@ pub(super) async fn put_volume(
             format!("volume {name:?} exists with another backend: delete it first (`corral volume delete {name}`)"),
         ));
     }
+    if cfg.backend.is_some() {
+        volumes::cloud_ready(&state, cfg.region.as_deref()).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
+    }
     let row = state.store.put_volume(&project, &name, cfg)?;
     if cfg.backend.is_some() {
-        crate::volumes::cloud_apply(&state, &row).await.map_err(|e| err(StatusCode::BAD_GATEWAY, e))?;
+        volumes::cloud_apply(&state, &row).await.map_err(|e| err(StatusCode::BAD_GATEWAY, e))?;
     }
     tracing::info!(volume = %name, %project, "volume applied");
     let row = state.store.volume(&project, &name)?.ok_or_else(|| err(StatusCode::INTERNAL_SERVER_ERROR, "volume vanished"))?;
