@@ -34,6 +34,7 @@ pub mod node_groups;
 pub mod pki;
 pub mod placement;
 pub mod probes;
+pub mod router_groups;
 pub mod scheduler;
 pub mod schedules;
 pub mod secrets;
@@ -480,6 +481,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     tasks.spawn(probes::run(state.clone(), shutdown.child_token()));
     tasks.spawn(autoscale::run(state.clone(), shutdown.child_token()));
     tasks.spawn(schedules::run(state.clone(), shutdown.child_token()));
+    tasks.spawn(router_groups::run(state.clone(), shutdown.child_token()));
     tasks.spawn(upgrade::run(state.clone(), shutdown.child_token()));
     #[cfg(feature = "aws")]
     tasks.spawn(elastic::run(state.clone(), shutdown.child_token()));

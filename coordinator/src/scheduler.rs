@@ -435,6 +435,8 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
             let mut gang = gang_specs(q, &key.2, allocs, &sched.addresses, &state.config);
             // The fleet's `env`, TPU devices (see `fleet_nodes`).
             crate::fleet_nodes::decorate(&mut gang, &sched.index, state.config.tpu_privileged);
+            // A Dynamo worker replica: the router's address (see `router_groups`).
+            crate::router_groups::decorate(state, &q.project, &q.run_name, &key.2, key.3, &mut gang);
             if q.task.dstack {
                 for (node, spec) in &mut gang {
                     spec.env.extend(crate::container::server_env(state, node, &q.project));

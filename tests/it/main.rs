@@ -21,6 +21,7 @@ mod ratelimits;
 mod reconcile;
 mod runfields;
 mod restart;
+mod routers;
 mod schedules;
 mod services;
 mod tasks;

@@ -173,6 +173,10 @@ async fn serve_service(state: &State, mut req: Request) -> Result<Response, Erro
     let strip = cfg.strip_prefix || req.extensions().get::<ByHost>().is_some();
     let target = if strip { format!("/{}{query}", below.unwrap_or_default()) } else { format!("{path}{query}") };
     *req.uri_mut() = target.parse::<Uri>().map_err(|e| err(StatusCode::BAD_REQUEST, format!("bad path: {e}")))?;
+    // A service with a router takes only the router's inference paths (dstack's rule).
+    if !crate::router_groups::path_allowed(cfg, &format!("/{}", below.unwrap_or_default())) {
+        return Err(err(StatusCode::FORBIDDEN, format!("path not allowed for service {name:?}: it has a router")));
+    }
     if !route.active {
         return Err(err(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -323,6 +327,7 @@ fn ready_replicas(state: &State, project: &str, name: &str) -> Result<Vec<(NodeI
             if j.state == JobState::Running
                 && state.probes.is_ready(&j.id, probes)
                 && !state.autoscaler.is_draining(&j.id)
+                && crate::router_groups::takes_traffic(&d.config, j.job_num)
                 && let Some(node) = j.node_id
             {
                 out.push((node, j.id, d.config.port));

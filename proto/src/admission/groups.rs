@@ -1,8 +1,8 @@
 //! Admission of heterogeneous runs: a task's node `groups` and a service's replica groups. What
 //! each group runs is checked as any run is; what Corral cannot do for groups yet is refused by
-//! name.
+//! name. A group's `router` is admitted: the coordinator's `router_groups` does what dstack does.
 
-use crate::config::{RefMember, RouterType, ServiceConfig, TaskConfig, group_refs};
+use crate::config::{RefMember, ServiceConfig, TaskConfig, group_refs};
 
 /// A task with groups: each group's ranks are checked as the task they run.
 pub(super) fn check_task_groups(t: &TaskConfig, check: fn(&TaskConfig) -> Result<(), String>) -> Result<(), String> {
@@ -21,9 +21,6 @@ pub(super) fn check_service_groups(
     check: fn(&TaskConfig) -> Result<(), String>,
 ) -> Result<Vec<u32>, String> {
     for (i, (first, g)) in s.group_blocks().into_iter().enumerate() {
-        if let Some(router) = g.router {
-            return Err(format!("replicas[{i}].router: {}", router_refusal(router)));
-        }
         check_replica_refs(&format!("replicas[{i}].commands"), &g.commands)?;
         check(&s.replica_task_of(first)).map_err(|e| format!("replicas[{i}] ({}): {e}", g.name))?;
     }
@@ -42,23 +39,6 @@ pub(super) fn check_replica_refs(field: &str, commands: &[String]) -> Result<(),
         }
     }
     Ok(())
-}
-
-/// Why a router type does not run on Corral yet: what it needs that Corral lacks.
-fn router_refusal(router: RouterType) -> &'static str {
-    match router {
-        RouterType::Sglang => {
-            "the SGLang router needs the coordinator to register each worker replica with it (dstack's worker \
-             sync: the worker's address, role and bootstrap port sent to the router's `/workers` API) and the \
-             replicas to reach one another's addresses across nodes; Corral does neither yet. Without `router`, \
-             Corral's proxy balances requests over every group's replicas itself"
-        }
-        RouterType::Dynamo => {
-            "the Dynamo frontend needs each worker replica to be given its address (`DSTACK_ROUTER_INTERNAL_IP`) \
-             and to reach it across nodes; Corral's service replicas run on per-run networks that other nodes \
-             cannot reach, so it does not run yet"
-        }
-    }
 }
 
 #[cfg(test)]
@@ -88,12 +68,11 @@ mod tests {
     }
 
     #[test]
-    fn routers_and_replica_addresses_are_refused_by_name() {
-        let e = admit(
-            "type: service\nimage: i\nport: 80\nreplicas:\n  - count: 1\n    router: {type: sglang}\n  - count: 1\n",
-        )
-        .expect_err("refused");
-        assert!(e.starts_with("replicas[0].router: the SGLang router needs"), "{e}");
+    fn routers_are_admitted_and_replica_addresses_refused_by_name() {
+        for router in ["sglang", "dynamo"] {
+            let svc = format!("type: service\nimage: i\nport: 80\nreplicas:\n  - count: 1\n    router: {{type: {router}}}\n  - count: 1\n");
+            admit(&svc).expect("a router group runs (see the coordinator's router_groups)");
+        }
         let e = admit("type: service\nimage: i\nport: 80\nreplicas:\n  - count: 1\n  - count: 1\n    commands: ['x ${{ groups[0].replicas[0].IP_ADDRESS }}']\n")
             .expect_err("refused");
         assert!(
