@@ -116,3 +116,42 @@ impl Store {
         Ok(n == 1)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use corral_proto::config::parse;
+
+    use super::*;
+
+    fn request(cron: &str) -> SubmitRun {
+        let text = format!("type: task\nimage: busybox\ncommands: [x]\nschedule: {{cron: \"{cron}\"}}\n");
+        SubmitRun { configuration: parse(&text, "t.yml").expect("parses"), source: None, name: Some("nightly".into()) }
+    }
+
+    #[test]
+    fn a_start_is_claimed_once_and_a_re_apply_or_removal_wins() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Store::open(&dir.path().join("corral.db")).expect("open");
+        store.put_schedule("main", "nightly", &request("0 1 * * *"), Some(1_000)).expect("put");
+        assert!(store.due_schedules(999).expect("due").is_empty());
+        let due = store.due_schedules(5_000).expect("due");
+        assert_eq!(due.len(), 1, "a time long past is due, once");
+        assert!(store.claim_schedule("main", "nightly", 1_000).expect("claim"));
+        assert!(!store.claim_schedule("main", "nightly", 1_000).expect("claim"), "claimed once");
+        assert!(store.due_schedules(5_000).expect("due").is_empty());
+        store.schedule_started("main", "nightly", Some(&RunId("r1".into())), None).expect("started");
+        let waiting = store.schedules_waiting_on_runs().expect("waiting");
+        assert_eq!(waiting[0].run, Some(RunId("r1".into())));
+
+        // The next time is set only while none is (a re-apply's stands).
+        store.put_schedule("main", "nightly", &request("0 2 * * *"), Some(9_000)).expect("re-apply");
+        store.set_schedule_next("main", "nightly", Some(7_000)).expect("next");
+        let s = store.schedule("main", "nightly").expect("read").expect("there");
+        assert_eq!((s.next_ms, s.run), (Some(9_000), Some(RunId("r1".into()))), "the re-apply keeps its last run");
+        // Claimed against a time that is no longer the schedule's: nothing starts.
+        assert!(!store.claim_schedule("main", "nightly", 1_000).expect("claim"));
+        assert!(store.delete_schedule("main", "nightly").expect("delete"));
+        assert!(!store.delete_schedule("main", "nightly").expect("delete"));
+        assert!(store.due_schedules(i64::MAX).expect("due").is_empty());
+    }
+}
