@@ -544,6 +544,31 @@ async fn an_ssh_config_fleet_enrolls_its_hosts_over_ssh_and_says_why_one_could_n
     );
     assert!(text.contains("✗ 127.0.0.1: cannot connect over SSH"), "{text}");
     assert!(text.contains("2 host(s) not enrolled"), "{text}");
+
+    // A host short of the fleet's resources joins, and the fleet refuses it: `apply` says why.
+    let fleet = crate::harness::write_config(
+        dir.path(),
+        "big",
+        &format!(
+            "type: fleet\nname: big\nresources:\n  gpu: A100:8\nssh_config:\n  user: root\n  identity_file: {}\n  hosts:\n    - {}\n",
+            key.display(),
+            ips[2]
+        ),
+    );
+    let out = cli(&fleet)?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "✗ {}: error: the fleet refuses this host: gpu: the fleet wants A100:8, the host has no GPUs",
+            ips[2]
+        )),
+        "{text}"
+    );
+    let nodes: Vec<api::Node> = client.get("/api/nodes").await?;
+    let refused = nodes.iter().find(|n| n.name == ips[2].replace('.', "-")).context("the refused node")?;
+    hosts.nodes.push(refused.id.to_string());
+    assert_eq!(refused.refused.as_deref(), Some("gpu: the fleet wants A100:8, the host has no GPUs"));
     coord.stop().await;
     Ok(())
 }
