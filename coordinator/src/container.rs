@@ -152,7 +152,7 @@ mod tests {
         let c = container(&task(
             "type: task\nimage: a\ncommands: [x]\nutilization_policy: {min_gpu_utilization: 10, time_window: 1h}\n",
         ));
-        let p = c.utilization_policy.expect("sent");
+        let p = c.utilization_policy.clone().expect("sent");
         assert_eq!((p.min_gpu_utilization, p.time_window_secs), (10, 3600));
         assert!(c.needs_protocol_2(), "a protocol 1 agent could not enforce it");
         assert_eq!(container(&task("type: task\nimage: a\ncommands: [x]\n")).utilization_policy, None);
