@@ -156,4 +156,5 @@ mod tests {
         assert_eq!((p.min_gpu_utilization, p.time_window_secs), (10, 3600));
         assert!(c.needs_protocol_2(), "a protocol 1 agent could not enforce it");
         assert_eq!(container(&task("type: task\nimage: a\ncommands: [x]\n")).utilization_policy, None);
-    }}
+    }
+}
