@@ -93,10 +93,9 @@ pub fn decorate(state: &State, project: &str, name: &str, run: &RunId, num: u32,
         Some(cfg) => cfg,
         None => {
             let cfg = match state.store.run_by_name(project, name) {
-                Ok(Some((id, Configuration::Service(s), _))) if id == *run => s
-                    .router_group()
-                    .is_some_and(|(_, g)| g.router == Some(RouterType::Dynamo))
-                    .then(|| Arc::new(s)),
+                Ok(Some((id, Configuration::Service(s), _))) if id == *run => {
+                    s.router_group().is_some_and(|(_, g)| g.router == Some(RouterType::Dynamo)).then(|| Arc::new(s))
+                }
                 Ok(_) => None,
                 Err(e) => {
                     tracing::warn!(%run, "cannot read the run for its router: {e:#}");
@@ -202,7 +201,8 @@ fn normalize(url: &str) -> String {
 /// target it lacks is added, and each it lists that is not a target is removed (by id; one
 /// without an id cannot be, and is left). Both in URL order.
 pub fn calls(current: &[Listed], target: &[Worker]) -> Vec<Call> {
-    let listed: BTreeMap<String, Option<&String>> = current.iter().map(|l| (normalize(&l.url), l.id.as_ref())).collect();
+    let listed: BTreeMap<String, Option<&String>> =
+        current.iter().map(|l| (normalize(&l.url), l.id.as_ref())).collect();
     let wanted: BTreeMap<String, &Worker> = target.iter().map(|w| (normalize(&w.url), w)).collect();
     let mut out: Vec<Call> =
         wanted.iter().filter(|(url, _)| !listed.contains_key(*url)).map(|(_, w)| Call::Add(w.body())).collect();
@@ -308,7 +308,14 @@ async fn sync(state: &State, service: &ActiveService) -> anyhow::Result<()> {
 }
 
 /// `GET path` on a replica's port, answered `200` with JSON.
-async fn get_json(state: &State, node: &NodeId, job: &JobId, port: u16, path: &str, limit: usize) -> anyhow::Result<Value> {
+async fn get_json(
+    state: &State,
+    node: &NodeId,
+    job: &JobId,
+    port: u16,
+    path: &str,
+    limit: usize,
+) -> anyhow::Result<Value> {
     let (status, body) = request(state, node, job, port, Method::GET, path, None, limit).await?;
     anyhow::ensure!(status == StatusCode::OK, "answered {status}");
     Ok(serde_json::from_slice(&body)?)
@@ -340,7 +347,9 @@ async fn request(
         let bytes = axum::body::to_bytes(Body::new(resp.into_body()), limit).await?;
         anyhow::Ok((status, bytes))
     };
-    tokio::time::timeout(REQUEST_TIMEOUT, once).await.map_err(|_| anyhow::anyhow!("no answer within {REQUEST_TIMEOUT:?}"))?
+    tokio::time::timeout(REQUEST_TIMEOUT, once)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {REQUEST_TIMEOUT:?}"))?
 }
 
 #[cfg(test)]

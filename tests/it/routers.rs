@@ -133,7 +133,8 @@ replicas:
     .await?;
     assert!(log.contains(&format!("frontend here\nreached the router at corral-{router}\n")), "{log}");
     let http = reqwest::Client::new();
-    let body = http.get(format!("http://{}/proxy/services/main/dyn/v1/models", c.coord.http)).send().await?.text().await?;
+    let body =
+        http.get(format!("http://{}/proxy/services/main/dyn/v1/models", c.coord.http)).send().await?.text().await?;
     assert_eq!(body, "frontend here\n", "requests go to the frontend");
     Ok(())
 }

@@ -24,7 +24,9 @@ fn only_the_router_group_takes_requests_and_only_on_inference_paths() {
     for refused in ["/workers", "/", "/v1", "/generate/x", "/server_info"] {
         assert!(!path_allowed(&s, refused), "{refused}");
     }
-    let plain = service("type: service\nimage: i\nport: 80\nreplicas:\n  - count: 1\n    commands: [a]\n  - count: 1\n    commands: [b]\n");
+    let plain = service(
+        "type: service\nimage: i\nport: 80\nreplicas:\n  - count: 1\n    commands: [a]\n  - count: 1\n    commands: [b]\n",
+    );
     assert!((0..2).all(|n| takes_traffic(&plain, n)) && path_allowed(&plain, "/workers"));
 }
 
@@ -42,15 +44,21 @@ fn workers_are_what_their_server_info_says_once_ready() {
         prefill.body(),
         json!({"url": url, "worker_type": "prefill", "connection_mode": "http", "runtime_type": "sglang", "bootstrap_port": 8998})
     );
-    let decode = worker_from_server_info(url, &json!({"status": "ready", "disaggregation_mode": "decode"})).expect("ready");
-    assert_eq!(decode.body(), json!({"url": url, "worker_type": "decode", "connection_mode": "http", "runtime_type": "sglang"}));
-    let regular = worker_from_server_info(url, &json!({"status": "ready", "disaggregation_mode": "null"})).expect("ready");
+    let decode =
+        worker_from_server_info(url, &json!({"status": "ready", "disaggregation_mode": "decode"})).expect("ready");
+    assert_eq!(
+        decode.body(),
+        json!({"url": url, "worker_type": "decode", "connection_mode": "http", "runtime_type": "sglang"})
+    );
+    let regular =
+        worker_from_server_info(url, &json!({"status": "ready", "disaggregation_mode": "null"})).expect("ready");
     assert_eq!(regular.worker_type, "regular");
 }
 
 #[test]
 fn registration_calls_add_new_workers_and_remove_ended_ones() {
-    let w = |host: &str| Worker { url: format!("http://{host}:8000"), worker_type: "regular".into(), bootstrap_port: None };
+    let w =
+        |host: &str| Worker { url: format!("http://{host}:8000"), worker_type: "regular".into(), bootstrap_port: None };
     let answer = json!({"workers": [
         {"id": "w1", "url": "http://corral-a:8000/", "worker_type": "regular"},
         {"id": "w2", "url": "http://corral-gone:8000"},
