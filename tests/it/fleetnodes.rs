@@ -2,6 +2,8 @@
 //! that lacks them, `blocks` sharing a host, a run's `instances`, and TPU chips found on a host.
 
 use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 use std::time::Duration;
 
 use corral_proto::api;
@@ -259,7 +261,7 @@ async fn the_fleet_s_network_gives_multi_node_jobs_their_addresses() -> anyhow::
     }
     let network = format!("{}.0/24", second[0].rsplit_once('.').map_or("", |(net, _)| net));
     let yaml = format!(
-        "type: fleet\nname: rack\nplacement: cluster\nssh_config:\n  user: root\n  identity_file: ~/.ssh/id\n  network: {network}\n  hosts:\n    - host-0\n    - host-1\n"
+        "type: fleet\nname: rack\nplacement: cluster\nssh_config:\n  user: root\n  identity_file: ~/.ssh/id\n  network: {network}\n  hosts:\n    - host-0\n    - hostname: host-1\n      blocks: 2\n"
     );
     let corral_proto::config::Configuration::Fleet(configuration) = corral_proto::config::parse(&yaml, "rack.yml")?
     else {
@@ -308,5 +310,9 @@ async fn the_fleet_s_network_gives_multi_node_jobs_their_addresses() -> anyhow::
     apply(&client, &pinned, true).await?;
     let r = crate::fleetnodes::done(&client, "pinned").await?;
     assert_eq!(r.jobs[0].node_name.as_deref(), Some("host-1"), "{r:?}");
+    // host-1's own `blocks: 2`: the job got one of its two blocks.
+    let inv = nodes.iter().find(|n| n.name == "host-1").and_then(|n| n.inventory.clone()).context("host-1")?;
+    let a = r.jobs[0].allocation.clone().context("allocation")?;
+    assert_eq!((a.cpus, a.memory.bytes()), (inv.cpu_cores / 2, inv.memory.bytes() / 2), "{a:?}");
     Ok(())
 }
