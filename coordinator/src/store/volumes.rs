@@ -184,3 +184,55 @@ impl Store {
         Ok(n == 1)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Store::open(&dir.path().join("corral.db")).expect("a store");
+        (dir, store)
+    }
+
+    fn config(text: &str) -> VolumeConfig {
+        match corral_proto::config::parse(text, "v.yml").expect("valid") {
+            corral_proto::config::Configuration::Volume(v) => v,
+            other => panic!("not a volume: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_registered_volume_is_made_where_first_used_and_goes_once_its_node_removed_it() {
+        let (_dir, s) = store();
+        let v = s.put_volume("main", "data", &config("type: volume\nname: data\n")).expect("stored");
+        assert_eq!((v.status, v.node_id.clone()), (VolumeStatus::Pending, None));
+        let (a, b) = (NodeId("a".into()), NodeId("b".into()));
+        s.volumes_placed(&a, &[("main", "data", "corral-vol-main-data")]).expect("placed");
+        // A later placement elsewhere (which the scheduler never makes) does not move it.
+        s.volumes_placed(&b, &[("main", "data", "corral-vol-main-data")]).expect("placed");
+        let v = s.volume("main", "data").expect("read").expect("there");
+        assert_eq!((v.status, v.node_id.as_ref()), (VolumeStatus::Active, Some(&a)));
+        assert!(v.configuration.is_some(), "applying again keeps what was applied");
+        let present = vec![("corral-vol-main-data".to_owned(), Some(4096))];
+        assert!(s.volumes_reported(&a, &present).expect("reported").0.is_empty());
+        assert_eq!(s.volume("main", "data").expect("read").expect("there").size, Some(4096));
+        s.set_volume_status("main", "data", VolumeStatus::Deleting, None).expect("marked");
+        let (gone, left) = s.volumes_reported(&a, &present).expect("reported");
+        assert!(gone.is_empty() && left.len() == 1, "still on its node: asked again");
+        let (gone, _) = s.volumes_reported(&a, &[]).expect("reported");
+        assert_eq!(gone.len(), 1);
+        assert!(s.volume("main", "data").expect("read").is_none(), "gone once its node no longer has it");
+    }
+
+    #[test]
+    fn a_run_s_first_use_makes_a_row_and_projects_keep_their_own() {
+        let (_dir, s) = store();
+        let a = NodeId("a".into());
+        s.volumes_placed(&a, &[("main", "cache", "corral-vol-main-cache")]).expect("placed");
+        let rows = s.volumes(Some("main")).expect("listed");
+        assert_eq!((rows.len(), rows[0].configuration.is_none()), (1, true));
+        assert_eq!(rows[0].volume_id.as_deref(), Some("corral-vol-main-cache"));
+        assert!(s.volumes(Some("other")).expect("listed").is_empty());
+    }
+}
