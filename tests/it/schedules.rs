@@ -124,7 +124,8 @@ async fn a_time_missed_while_the_coordinator_was_down_starts_once_after_a_restar
     clock.set_ahead_ms(minute + 150_000 - now_ms());
     let coord = Coordinator::start_config(config()).await?;
     let client = coord.client();
-    let _agent = Agent::start(&coord, &dir.path().join("agent"), AgentOptions { name: "node-a".into(), ..Default::default() });
+    let _agent =
+        Agent::start(&coord, &dir.path().join("agent"), AgentOptions { name: "node-a".into(), ..Default::default() });
     nodes_ready(&client, 1).await?;
     let s = wait_for("the missed start, made and ended", Duration::from_secs(40), || async {
         Ok(schedule(&client, "report").await?.filter(|s| s.last_run.is_some() && s.next_start_ms.is_some()))

@@ -23,8 +23,8 @@ use axum::serve::IncomingStream;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
-use governor::state::keyed::ShrinkableKeyedStateStore;
 use governor::state::StateStore;
+use governor::state::keyed::ShrinkableKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
 use corral_proto::config::{RateLimit, RateLimitKey};
@@ -148,7 +148,10 @@ impl<C: Clock + Clone> RateLimits<C> {
         }
         let made: Vec<Limit<C>> = limits
             .iter()
-            .map(|spec| Limit { spec: spec.clone(), limiter: quota(spec).map(|q| RateLimiter::new(q, BoundedStore::new(MAX_KEYS), self.clock.clone())) })
+            .map(|spec| Limit {
+                spec: spec.clone(),
+                limiter: quota(spec).map(|q| RateLimiter::new(q, BoundedStore::new(MAX_KEYS), self.clock.clone())),
+            })
             .collect();
         let made = Arc::new(made);
         services.insert(run.clone(), made.clone());
@@ -158,7 +161,12 @@ impl<C: Clock + Clone> RateLimits<C> {
 
 /// The limit whose prefix is the longest one `path` starts with (nginx's prefix locations).
 fn longest_prefix(limits: &[RateLimit], path: &str) -> Option<usize> {
-    limits.iter().enumerate().filter(|(_, l)| path.starts_with(l.prefix.as_str())).max_by_key(|(_, l)| l.prefix.len()).map(|(i, _)| i)
+    limits
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| path.starts_with(l.prefix.as_str()))
+        .max_by_key(|(_, l)| l.prefix.len())
+        .map(|(i, _)| i)
 }
 
 /// dstack's rate in nginx's terms: `round(rps × 60)` requests a minute, one every `60 s / that`,
@@ -319,7 +327,8 @@ mod tests {
     #[test]
     fn a_header_key_counts_by_value_and_skips_requests_without_it() {
         let c = Case::new();
-        let specs = [RateLimit { prefix: "/".into(), key: RateLimitKey::Header("X-Api-Key".into()), rps: 1.0, burst: 0 }];
+        let specs =
+            [RateLimit { prefix: "/".into(), key: RateLimitKey::Header("X-Api-Key".into()), rps: 1.0, burst: 0 }];
         let with = |v: &str| {
             let mut h = HeaderMap::new();
             h.insert("x-api-key", v.parse().expect("a header value"));

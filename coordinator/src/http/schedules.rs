@@ -27,8 +27,7 @@ pub(super) async fn register(
             format!("the configuration has no `schedule`: submit it with POST /api/projects/{project}/runs"),
         ));
     };
-    let name =
-        req.name.clone().or_else(|| req.configuration.name().map(str::to_owned)).unwrap_or_else(generated_name);
+    let name = req.name.clone().or_else(|| req.configuration.name().map(str::to_owned)).unwrap_or_else(generated_name);
     api::check_name(NameKind::Run, &name).map_err(|e| err(StatusCode::BAD_REQUEST, format!("name: {e}")))?;
     let existing = state.store.schedule(&project, &name)?;
     let last_run = match &existing {
@@ -48,7 +47,10 @@ pub(super) async fn register(
     req.name = Some(name.clone());
     state.store.put_schedule(&project, &name, &req, next)?;
     tracing::info!(run = %name, project = %project, next_ms = ?next, "scheduled run registered");
-    let row = state.store.schedule(&project, &name)?.ok_or_else(|| err(StatusCode::INTERNAL_SERVER_ERROR, "schedule vanished"))?;
+    let row = state
+        .store
+        .schedule(&project, &name)?
+        .ok_or_else(|| err(StatusCode::INTERNAL_SERVER_ERROR, "schedule vanished"))?;
     Ok(Json(view(&state, &row)))
 }
 

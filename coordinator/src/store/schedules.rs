@@ -53,13 +53,15 @@ impl Store {
 
     pub fn schedule(&self, project: &str, name: &str) -> Result<Option<ScheduleRow>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM schedules WHERE project = ?1 AND name = ?2"))?;
+        let mut stmt =
+            conn.prepare_cached(&format!("SELECT {COLUMNS} FROM schedules WHERE project = ?1 AND name = ?2"))?;
         Ok(stmt.query_row(params![project, name], row).optional()?)
     }
 
     pub fn schedules(&self, project: &str) -> Result<Vec<ScheduleRow>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM schedules WHERE project = ?1 ORDER BY name"))?;
+        let mut stmt =
+            conn.prepare_cached(&format!("SELECT {COLUMNS} FROM schedules WHERE project = ?1 ORDER BY name"))?;
         let rows = stmt.query_map([project], row)?.collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
@@ -112,7 +114,8 @@ impl Store {
 
     /// Removes a schedule (the runs it started stay, as runs do). `false`: there was none.
     pub fn delete_schedule(&self, project: &str, name: &str) -> Result<bool> {
-        let n = self.conn().execute("DELETE FROM schedules WHERE project = ?1 AND name = ?2", params![project, name])?;
+        let n =
+            self.conn().execute("DELETE FROM schedules WHERE project = ?1 AND name = ?2", params![project, name])?;
         Ok(n == 1)
     }
 }

@@ -46,7 +46,10 @@ impl Schedule {
             return fail("schedule.cron".into(), "at least one cron expression must be given".into());
         }
         if self.cron.len() > MAX_CRONS {
-            return fail("schedule.cron".into(), format!("at most {MAX_CRONS} cron expressions, found {}", self.cron.len()));
+            return fail(
+                "schedule.cron".into(),
+                format!("at most {MAX_CRONS} cron expressions, found {}", self.cron.len()),
+            );
         }
         for (i, c) in self.cron.iter().enumerate() {
             if let Err(message) = cron(c) {
@@ -199,7 +202,11 @@ pub(crate) fn schedule(node: &Node, path: &str) -> Res<Schedule> {
         return Err(Issue::invalid(o.key_mark("cron"), o.path("cron"), "at least one cron expression must be given"));
     }
     if exprs.len() > MAX_CRONS {
-        return Err(Issue::invalid(o.key_mark("cron"), o.path("cron"), format!("at most {MAX_CRONS} cron expressions")));
+        return Err(Issue::invalid(
+            o.key_mark("cron"),
+            o.path("cron"),
+            format!("at most {MAX_CRONS} cron expressions"),
+        ));
     }
     for (i, mark, expr) in &exprs {
         cron(expr).map_err(|why| Issue::invalid(*mark, field(*i), why))?;
@@ -279,7 +286,10 @@ mod tests {
         assert_eq!(e("0 0 * * fri-mon"), "day of week \"fri-mon\": the range fri-mon runs backwards");
         assert_eq!(e("*/0 * * * *"), "minute \"*/0\": step \"0\" must be a whole number from 1 to 59");
         assert_eq!(e("x * * * *"), "minute \"x\": \"x\" is not a number (use 0-59, `*`, `a-b`, `*/n`)");
-        assert_eq!(e("0 0 * * funday"), "day of week \"funday\": \"funday\" is neither a number nor a name (use 0-6 or mon-sun)");
+        assert_eq!(
+            e("0 0 * * funday"),
+            "day of week \"funday\": \"funday\" is neither a number nor a name (use 0-6 or mon-sun)"
+        );
         assert_eq!(e("1,,2 * * * *"), "minute \"1,,2\": an empty item (use `*`, a number, `a-b` or a list `a,b`)");
         assert_eq!(e("0 0 31 2 *"), "\"0 0 31 2 *\" never matches a date");
     }
