@@ -67,8 +67,29 @@ pub fn shape(state: &State, node: &NodeRow, inv: &HostInventory) -> Shape {
 
 /// Why the node's fleet refuses it, if it does (for the API: the node list, the install script).
 pub fn refusal(state: &State, node: &NodeRow) -> Option<String> {
-    let inv = node.inventory.as_ref()?;
-    shape(state, node, inv).profile.refused
+    Refusals::new(state).of(node)
+}
+
+/// [`refusal`] for many nodes, reading each fleet's configuration once.
+pub struct Refusals<'a> {
+    state: &'a State,
+    fleets: HashMap<String, Option<FleetConfig>>,
+}
+
+impl<'a> Refusals<'a> {
+    pub fn new(state: &'a State) -> Self {
+        Self { state, fleets: HashMap::new() }
+    }
+
+    pub fn of(&mut self, node: &NodeRow) -> Option<String> {
+        let inv = node.inventory.as_ref()?;
+        let state = self.state;
+        let cfg = node.fleet.as_ref().and_then(|f| {
+            self.fleets.entry(f.clone()).or_insert_with(|| state.store.fleet_config(f).ok().flatten()).as_ref()
+        });
+        let interfaces = state.interfaces.get(&node.id);
+        shape_of(cfg, &node.name, node.address.as_deref(), inv, interfaces.as_deref()).profile.refused
+    }
 }
 
 /// The node name `corral apply` gets for an `ssh_config` host (as the coordinator sanitizes it).

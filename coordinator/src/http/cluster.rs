@@ -18,6 +18,7 @@ pub(super) async fn list_nodes(Extract(state): Extract<AppState>) -> Result<Json
     let connected = state.connected_nodes();
     // Connected nodes' heartbeats are in memory only (see `seen`).
     let heard = crate::seen::last_seen_ms(&state);
+    let mut refusals = crate::fleet_nodes::Refusals::new(&state);
     let nodes = state
         .store
         .nodes()?
@@ -25,7 +26,7 @@ pub(super) async fn list_nodes(Extract(state): Extract<AppState>) -> Result<Json
         .map(|n| {
             let jobs: Vec<_> = placed.iter().filter(|j| j.node_id.as_ref() == Some(&n.id)).collect();
             let last_seen_ms = n.last_seen_ms.max(heard.get(&n.id).copied());
-            let refused = crate::fleet_nodes::refusal(&state, &n);
+            let refused = refusals.of(&n);
             api::Node {
                 status: if connected.contains(&n.id) { NodeStatus::Ready } else { NodeStatus::Offline },
                 busy_gpus: jobs
