@@ -445,7 +445,8 @@ mod tests {
         let big = dir.path().join("big.bin");
         // Sparse: no disk used, and refused on its size alone.
         std::fs::File::create(&big).expect("creates").set_len(MAX_UPLOAD_BYTES + 1).expect("sized");
-        let e = pack(&big, "files[0] (big.bin)").err().expect("refused").to_string();
+        let Err(e) = pack(&big, "files[0] (big.bin)") else { panic!("refused") };
+        let e = e.to_string();
         assert!(e.starts_with("files[0] (big.bin): 2.0 GiB to upload, more than the limit of 2 GiB"), "{e}");
     }
 

@@ -151,7 +151,7 @@ async fn an_upload_past_the_limit_is_refused_before_it_is_sent() -> anyhow::Resu
         "big",
         &format!("type: task\nname: big\nimage: {IMAGE}\nfiles: [\"weights.bin:/w.bin\"]\ncommands: [\"true\"]\n"),
     );
-    let e = apply(&c.client, &file, true).await.err().expect("refused").to_string();
+    let e = apply(&c.client, &file, true).await.expect_err("refused").to_string();
     assert!(e.starts_with("files[0] (weights.bin): 2.0 GiB to upload, more than the limit of 2 GiB"), "message: {e}");
     assert!(run(&c.client, "big").await.is_err(), "nothing was submitted");
     Ok(())
@@ -221,8 +221,7 @@ async fn the_coordinator_keeps_only_whole_uploads_and_runs_only_stored_ones() ->
         .client
         .put_body::<corral_proto::api::StoredUpload>(&path, reqwest::Body::from(&b"some bytes"[..]), 10)
         .await
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(e.contains(&format!("not {named}: it changed or was damaged on the way")), "{e}");
     let missing: corral_proto::api::MissingUploads =
@@ -242,10 +241,10 @@ async fn the_coordinator_keeps_only_whole_uploads_and_runs_only_stored_ones() ->
         name: None,
     };
     let runs = c.client.project_api(&["runs"])?;
-    let e = c.client.post::<_, corral_proto::api::Run>(&runs, &submit(&task)).await.err().expect("refused");
+    let e = c.client.post::<_, corral_proto::api::Run>(&runs, &submit(&task)).await.expect_err("refused");
     assert!(e.to_string().starts_with("files[0] (a.txt): not uploaded"), "{e}");
     task.files[0].upload = Some(config::UploadRef { sha256: named.clone(), size: 10 });
-    let e = c.client.post::<_, corral_proto::api::Run>(&runs, &submit(&task)).await.err().expect("refused");
+    let e = c.client.post::<_, corral_proto::api::Run>(&runs, &submit(&task)).await.expect_err("refused");
     assert!(e.to_string().contains(&format!("the coordinator has no upload {named}")), "{e}");
     assert!(run(&c.client, "raw").await.is_err(), "nothing was stored");
     Ok(())

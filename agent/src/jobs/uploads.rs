@@ -172,7 +172,10 @@ async fn fetch(conn: &quinn::Connection, cache: &Path, u: &Upload) -> Result<(),
     if size != u.size {
         return Err(Fetch::Failed(format!("the coordinator has {size} bytes of it, the run says {}", u.size)));
     }
-    let tmp = cache.join(format!(".{}.{}", u.sha256, std::process::id()));
+    // Two jobs may fetch the same upload at once: each into a file of its own.
+    static FETCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = FETCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = cache.join(format!(".{}.{}.{n}", u.sha256, std::process::id()));
     let result = async {
         let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| failed(&e))?;
         let mut digest = Digest::new(&SHA256);
