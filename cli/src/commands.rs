@@ -183,6 +183,9 @@ pub async fn apply(
         let verdict = match (&n.inventory, n.status) {
             (_, api::NodeStatus::Offline) => "offline".to_owned(),
             (None, _) => "no inventory yet".to_owned(),
+            (Some(_), _) if n.refused.is_some() => {
+                format!("no: refused by its fleet: {}", n.refused.as_deref().unwrap_or_default())
+            }
             (Some(inv), _) => match fit(&task.resources, inv, 0, Memory(0), &n.busy_gpus) {
                 Ok(a) => {
                     fitting += 1;
