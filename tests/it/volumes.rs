@@ -198,3 +198,49 @@ async fn a_named_volume_lives_on_its_node_outlives_runs_and_is_deleted_once_unus
     drop((a, b));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_deleted_while_its_node_is_away_goes_when_the_node_returns() -> anyhow::Result<()> {
+    let OneNode { dir, coord, mut agent, client } = OneNode::start().await?;
+    let name = unique("away");
+    let docker_name = format!("corral-vol-main-{name}");
+    let _cleanup = DockerVolumes(vec![docker_name.clone()]);
+    let write = write_config(
+        dir.path(),
+        "first",
+        &format!("type: task\nname: first\nimage: {IMAGE}\nvolumes: [\"{name}:/data\"]\ncommands:\n  - echo old > /data/f\n"),
+    );
+    let (code, out) = apply(&client, &write, false).await?;
+    assert_eq!(code, 0, "{out}");
+    agent.stop().await?;
+    wait_for("the node to be offline", Duration::from_secs(10), || async {
+        let nodes: Vec<api::Node> = client.get("/api/nodes").await?;
+        Ok(nodes.iter().all(|n| n.status == api::NodeStatus::Offline).then_some(()))
+    })
+    .await?;
+
+    // Asked while the node is away: marked, and runs that mount the name wait for it.
+    let left: Option<api::Volume> = client.delete(&client.project_api(&["volumes", &name])?).await?;
+    assert_eq!(left.map(|v| v.status), Some(api::VolumeStatus::Deleting));
+    assert!(docker_volume_exists(&docker_name), "nobody could remove it yet");
+    let read = write_config(
+        dir.path(),
+        "second",
+        &format!("type: task\nname: second\nimage: {IMAGE}\nvolumes: [\"{name}:/data\"]\ncommands:\n  - test ! -e /data/f\n  - echo fresh\n"),
+    );
+    apply(&client, &read, true).await?;
+    let waiting = wait_state(&client, "second", |r| r.state == JobState::Pending, Duration::from_secs(10)).await?;
+    let why = waiting.jobs[0].status_message.clone().unwrap_or_default();
+    assert!(why.contains("being deleted"), "{why}");
+
+    // Back: its agent removes the Docker volume, the volume leaves the list, and the waiting run
+    // gets a new, empty one.
+    let _back = Agent::start(&coord, &agent.state.clone(), AgentOptions { name: "node-a".into(), ..Default::default() });
+    let done = wait_state(&client, "second", |r| r.state.is_finished(), Duration::from_secs(60)).await?;
+    assert_eq!(done.state, JobState::Done, "{done:?}");
+    assert!(logs(&client, "second").await?.contains("fresh"));
+    let listed = volumes(&client).await?;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].status, api::VolumeStatus::Active);
+    Ok(())
+}
