@@ -29,7 +29,38 @@ pub(crate) fn mappings(devices: &[String]) -> Option<Vec<DeviceMapping>> {
 
 #[cfg(test)]
 mod tests {
+    use corral_proto::job::JobSpec;
+    use corral_proto::resources::{Allocation, TPU_INDEX_BASE};
+
     use super::*;
+    use crate::spec::{RunOptions, container_config};
+
+    #[test]
+    fn tpu_chips_reach_docker_as_devices_not_as_nvidia_gpus() {
+        let mut spec = JobSpec {
+            job_id: "j1".into(),
+            run_id: "r1".into(),
+            run_name: "tpu".to_owned(),
+            project: "main".to_owned(),
+            node_id: "n1".into(),
+            image: "corral-test/busybox:latest".to_owned(),
+            commands: vec!["ls /dev/accel0".to_owned()],
+            env: vec![],
+            working_dir: None,
+            allocation: Allocation { cpus: 1, gpu_indices: vec![TPU_INDEX_BASE], ..Allocation::default() },
+            max_duration_secs: None,
+            stop_grace_secs: 10,
+            host_network: true,
+            container: Default::default(),
+        };
+        spec.container.devices = vec!["/tmp/t/dev/accel0:/dev/accel0".to_owned()];
+        let c = container_config(&spec, &RunOptions::default());
+        let host = c.host_config.expect("host config");
+        assert_eq!(host.device_requests, None, "no NVIDIA device request for a TPU chip");
+        assert!(!c.env.unwrap_or_default().iter().any(|e| e.starts_with("CUDA_VISIBLE_DEVICES=")));
+        let devices = host.devices.expect("devices");
+        assert_eq!(devices[0].path_in_container.as_deref(), Some("/dev/accel0"));
+    }
 
     #[test]
     fn docker_device_syntax() {
