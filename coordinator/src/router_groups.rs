@@ -266,14 +266,18 @@ async fn sync(state: &State, service: &ActiveService) -> anyhow::Result<()> {
         // Not serving yet (starting): the next round asks again.
         Err(e) => anyhow::bail!("the router does not answer GET /workers yet: {e:#}"),
     };
-    let mut target = Vec::new();
+    let mut asks = Vec::new();
     for j in jobs.iter().filter(running).filter(|j| !takes_traffic(cfg, j.job_num)) {
         if !state.probes.is_ready(&j.id, probes) || state.autoscaler.is_draining(&j.id) {
             continue;
         }
         let Some(node) = &j.node_id else { continue };
         if *node != router_node {
-            if said_elsewhere().lock().unwrap_or_else(|e| e.into_inner()).insert(j.id.clone()) {
+            let mut said = said_elsewhere().lock().unwrap_or_else(|e| e.into_inner());
+            if said.len() > 100_000 {
+                said.clear();
+            }
+            if said.insert(j.id.clone()) {
                 tracing::warn!(
                     service = %service.name, job = %j.id, %node, router_node = %router_node,
                     "worker replica runs on another node than the service's router: not registered \
@@ -283,11 +287,18 @@ async fn sync(state: &State, service: &ActiveService) -> anyhow::Result<()> {
             continue;
         }
         let url = format!("http://{}:{}", container_host(&j.id), cfg.port);
-        match get_json(state, node, &j.id, cfg.port, "/server_info", MAX_SERVER_INFO_BYTES).await {
-            Ok(info) => target.extend(worker_from_server_info(&url, &info)),
-            Err(e) => tracing::debug!(job = %j.id, "worker not ready (GET /server_info): {e:#}"),
-        }
+        asks.push(async move {
+            match get_json(state, node, &j.id, cfg.port, "/server_info", MAX_SERVER_INFO_BYTES).await {
+                Ok(info) => worker_from_server_info(&url, &info),
+                Err(e) => {
+                    tracing::debug!(job = %j.id, "worker not ready (GET /server_info): {e:#}");
+                    None
+                }
+            }
+        });
     }
+    // All workers at once: one slow worker does not hold up the others' registration.
+    let target: Vec<Worker> = futures_util::future::join_all(asks).await.into_iter().flatten().collect();
     for call in calls(&current, &target) {
         let (method, path, body) = match &call {
             Call::Add(body) => (Method::POST, "/workers".to_owned(), Some(body.clone())),
