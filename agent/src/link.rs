@@ -316,11 +316,11 @@ async fn session(
     write_frame(&mut send, &AgentMessage::Interfaces { addresses }).await?;
     write_frame(&mut send, &AgentMessage::Inventory(inventory.clone())).await?;
     write_frame(&mut send, &AgentMessage::Containers(jobs.report())).await?;
+    jobs.refresh_volumes();
     jobs.set_connection(Some(conn.clone()));
     // Tunnels into containers ride streams the coordinator opens on this connection.
     let tunnels = tokio::spawn(crate::tunnel::serve(conn.clone(), jobs.clone()));
     let _tunnels_guard = AbortOnDrop(tunnels.abort_handle());
-    jobs.refresh_volumes();
 
     let mut heartbeat = tokio::time::interval(Duration::from_secs(welcome.heartbeat_secs.max(1) as u64));
     // A notice is said once per connection (again after a reconnect: the coordinator may not have it).
@@ -357,12 +357,12 @@ async fn session(
                 for update in jobs.take_dirty() {
                     write_frame(&mut send, &AgentMessage::JobUpdate(update)).await?;
                 }
+                if let Some(volumes) = jobs.take_volume_report() {
+                    write_frame(&mut send, &AgentMessage::Volumes(volumes)).await?;
+                }
                 if !notice_sent && let Some((action, time)) = jobs.interruption() {
                     write_frame(&mut send, &AgentMessage::InterruptionNotice { action, time }).await?;
                     notice_sent = true;
-                }
-                if let Some(volumes) = jobs.take_volume_report() {
-                    write_frame(&mut send, &AgentMessage::Volumes(volumes)).await?;
                 }
             }
             _ = heartbeat.tick() => {
@@ -406,10 +406,10 @@ fn handle(jobs: &Arc<Jobs>, conn: &quinn::Connection, msg: CoordinatorMessage) {
         CoordinatorMessage::Upgrade { version, sha256, size } => {
             crate::upgrade::requested(conn.clone(), version, sha256, size);
         }
-        other => tracing::warn!("unexpected message: {other:?}"),
-    }
-}
         CoordinatorMessage::DeleteVolume { docker_name } => {
             let jobs = jobs.clone();
             tokio::spawn(async move { jobs.delete_volume(&docker_name).await });
         }
+        other => tracing::warn!("unexpected message: {other:?}"),
+    }
+}

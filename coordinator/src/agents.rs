@@ -413,9 +413,6 @@ fn handle_message(
         AgentMessage::Inventory(inv) => Report::Inventory(Box::new(inv)),
         AgentMessage::Containers(reports) => Report::Containers(reports),
         AgentMessage::JobUpdate(update) => Report::Job(update),
-    };
-    // Everything that touches the store goes to the updates thread, in arrival order, so that a
-    // flood of reports (80,000 jobs starting) never holds up this thread's heartbeats; it is
         AgentMessage::Volumes(volumes) => Report::Volumes(volumes),
         AgentMessage::Interfaces { addresses } => {
             // Memory only (sent on every connection, before the inventory that makes the scheduler
@@ -424,6 +421,9 @@ fn handle_message(
             state.node_changed(&node.id);
             return Ok(());
         }
+    };
+    // Everything that touches the store goes to the updates thread, in arrival order, so that a
+    // flood of reports (80,000 jobs starting) never holds up this thread's heartbeats; it is
     // applied here only when that queue is full.
     let q = QueuedReport { node: node.clone(), tx: tx.clone(), report };
     let waiting = state.updates_waiting.fetch_add(1, Ordering::Relaxed);
@@ -448,10 +448,10 @@ enum Report {
     Job(JobUpdate),
     Inventory(Box<HostInventory>),
     Containers(Vec<ContainerReport>),
+    Volumes(Vec<corral_proto::wire::VolumeReport>),
 }
 
 /// How many reports may wait for the updates thread (memory is taken only as they come).
-    Volumes(Vec<corral_proto::wire::VolumeReport>),
 pub const UPDATES_QUEUED: usize = 1_000_000;
 /// Reports applied in one transaction at most.
 const BATCH: usize = 1_024;
@@ -538,10 +538,10 @@ impl Batch {
                         Ok(())
                     }
                     Report::Containers(reports) => reconcile(state, &node, &tx, &reports),
+                    Report::Volumes(volumes) => crate::volumes::reported(state, &node.id, &tx, &volumes),
                 }
             }
         }
-                    Report::Volumes(volumes) => crate::volumes::reported(state, &node.id, &tx, &volumes),
     }
 
     /// A job's progress: queued for the batch's transaction.

@@ -485,10 +485,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     tasks.spawn(upgrade::run(state.clone(), shutdown.child_token()));
     #[cfg(feature = "aws")]
     tasks.spawn(elastic::run(state.clone(), shutdown.child_token()));
-
-    let agents_runtime = AgentsRuntime(Some(agents_runtime));
     #[cfg(feature = "aws")]
     tasks.spawn(volumes::ebs_reconciler(state.clone(), shutdown.child_token()));
+
+    let agents_runtime = AgentsRuntime(Some(agents_runtime));
     Ok(Running { http_addr, quic_addr, admin_token, join_token, state, tasks, agents_runtime })
 }
 

@@ -169,7 +169,6 @@ impl Scheduler {
         self.index = index;
         self.volumes.reload(&state.store)?;
         // The queue: entries whose jobs are all still queued stay as they are (their configuration
-        self.volumes = crate::volumes::Homes::load(&state.store)?;
         // is not read again); the runs of the other queued jobs are read from the store.
         let queued = state.store.queued_job_ids()?;
         let still: std::collections::HashSet<&JobId> = queued.iter().map(|(j, _)| j).collect();
@@ -211,18 +210,18 @@ impl Scheduler {
                 ranks,
                 nodes: task.nodes.max(1),
                 fleets: task.provisioning.fleets.iter().map(|f| f.name.clone()).collect(),
-            };
-            let shape = {
-                use std::hash::{Hash, Hasher};
                 instances: task.provisioning.instances.clone(),
                 pinned: Vec::new(),
-                let mut h = std::collections::hash_map::DefaultHasher::new();
+            };
             let volumes = crate::volumes::RunVolumes::of(&task, &job.project, task.nodes);
+            let shape = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
                 format!("{request:?}").hash(&mut h);
+                volumes.hash(&mut h);
                 h.finish()
             };
             Queued {
-                volumes.hash(&mut h);
                 run_name: job.run_name.clone(),
                 project: job.project.clone(),
                 jobs: Vec::new(),
@@ -232,10 +231,10 @@ impl Scheduler {
                 reason: None,
                 not_before_ms: job.not_before_ms,
                 inactivity: inactivity_limit(&job.configuration),
+                volumes,
             }
         });
         let rank = job.job_num as usize;
-                volumes,
         if entry.jobs.len() <= rank {
             entry.jobs.resize(rank + 1, JobId(String::new()));
         }
@@ -462,10 +461,10 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
             }
             continue;
         }
+        crate::volumes::placed(state, &gang);
         let ordered = gang.len() > 1 && !matches!(order, Some(StartupOrder::Any) | None);
         for (node, spec) in gang {
             tracing::trace!(job = %spec.job_id, run = %spec.run_name, %node, gpus = ?spec.allocation.gpu_indices, "job placed");
-        crate::volumes::placed(state, &gang);
             if !ordered {
                 state.send(&node, CoordinatorMessage::StartJob(Box::new(spec)));
             }
@@ -553,6 +552,7 @@ fn gang_specs(
             };
             // The local repo and files (from the upload store) and the repo cloned on the node.
             (spec.container.uploads, spec.container.clones) = crate::uploads::container_parts(&q.task);
+            spec.container.mounts = crate::volumes::mounts(&q.task, &q.volumes, rank);
             (node.clone(), spec)
         })
         .collect()

@@ -38,9 +38,9 @@ pub fn check(cfg: &Configuration) -> Result<Admitted, String> {
             Ok(Admitted { task: s.replica_task_of(job_nums.first().copied().unwrap_or(0)), jobs: n, replicas: Some(n), job_nums })
         }
         Configuration::Service(s) => {
+            groups::check_replica_refs("commands", &s.commands)?;
             let replicas = check_service(s)?;
             let task = s.replica_task();
-            groups::check_replica_refs("commands", &s.commands)?;
             check_task(&task)?;
             Ok(Admitted { task, jobs: replicas, replicas: Some(replicas), job_nums: Vec::new() })
         }
@@ -80,8 +80,8 @@ fn check_task(task: &TaskConfig) -> Result<(), String> {
     if let Some(e) = task.env.iter().find(|e| e.value.is_none()) {
         return Err(format!("env.{}: has no value (set it in the environment of `corral apply`)", e.name));
     }
-    let unsupported = [
     volumes::check_mounts(task)?;
+    let unsupported = [
         (
             "backends",
             !task.provisioning.backends.is_empty()
@@ -118,6 +118,8 @@ pub fn check_fleet(cfg: &FleetConfig) -> Result<&FleetConfig, String> {
             p.backends.iter().any(|b| b == "aws") && cfg.nodes.is_none(),
             "an aws fleet needs nodes: MIN..MAX (how many instances)",
         ),
+        // As dstack: an SSH fleet's hosts are given, so the fields that choose cloud instances
+        // are refused rather than ignored.
         (
             "regions",
             ssh.is_some() && !p.regions.is_empty(),
@@ -129,18 +131,15 @@ pub fn check_fleet(cfg: &FleetConfig) -> Result<&FleetConfig, String> {
             "an ssh_config fleet's hosts are listed: instance_types choose cloud instances (dstack refuses it too)",
         ),
     ];
-    match unsupported.iter().find(|(_, used, _)| *used) {
-        Some((field, _, why)) => Err(format!("{field}: {why}")),
-        None => Ok(cfg),
     if let Some(e) = cfg.env.iter().find(|e| e.value.is_none()) {
         return Err(format!("env.{}: has no value (set it in the environment of `corral apply`)", e.name));
     }
+    match unsupported.iter().find(|(_, used, _)| *used) {
+        Some((field, _, why)) => Err(format!("{field}: {why}")),
+        None => Ok(cfg),
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
 /// What a coordinator does not do with an admitted fleet's fields, said when it is applied:
 /// `regions` and `instance_types` of a fleet without backends choose cloud instances, and its
 /// nodes are hosts that join with a token.
@@ -162,6 +161,9 @@ pub fn fleet_notes(cfg: &FleetConfig) -> Vec<String> {
     notes
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     fn parse(text: &str) -> Configuration {
         crate::config::parse(text, "t.yml").expect("valid")
@@ -197,8 +199,8 @@ pub fn fleet_notes(cfg: &FleetConfig) -> Vec<String> {
         let zero = "type: service\nimage: busybox\nport: 80\nreplicas: 0..2\nscaling: {metric: rps, target: 1}\n\
                     schedule: {cron: \"0 8 * * *\"}\ncommands: [\"x\"]\n";
         assert!(check(&parse(zero)).expect_err("refused").starts_with("schedule:"));
-        let vols = "type: service\nimage: busybox\nport: 80\nvolumes: [\"/a:/b\"]\ncommands: [\"x\"]\n";
-        assert!(check(&parse(vols)).expect_err("refused").starts_with("volumes:"));
+        let vols = "type: service\nimage: busybox\nport: 80\nvolumes: [\"/a:/b\", \"cache:/c\"]\ncommands: [\"x\"]\n";
+        assert!(check(&parse(vols)).is_ok(), "host paths and named volumes are mounted");
     }
 
     #[test]
@@ -240,7 +242,6 @@ pub fn fleet_notes(cfg: &FleetConfig) -> Vec<String> {
         f.nodes = Some(crate::config::FleetNodes { min: 0, target: 0, max: Some(u32::MAX) });
         assert!(check_fleet(&f).expect_err("refused").starts_with("nodes.max: must be between 0 and 1024"));
     }
-}
 
     #[test]
     fn fleet_env_blocks_network_and_ignored_cloud_fields() {
@@ -259,3 +260,4 @@ pub fn fleet_notes(cfg: &FleetConfig) -> Vec<String> {
         let run = "type: task\nimage: busybox\ninstances: [node-b, {hostname: 10.0.0.2}]\ncommands: [x]\n";
         assert!(check(&parse(run)).is_ok());
     }
+}

@@ -27,10 +27,9 @@ mod image;
 mod list;
 pub mod network;
 pub mod spec;
-pub mod uploads;
-
 pub mod volume;
 pub mod uploads;
+
 pub use container::Output;
 pub use error::ShimError;
 pub use exec::{Exec, ExecOutput};
