@@ -5,7 +5,7 @@
 #![no_main]
 
 use corral_proto::api::{
-    CordonNodes, CreateJoinToken, DrainNode, NameKind, StopRun, SubmitFleet, SubmitRun, check_name,
+    CordonNodes, CreateJoinToken, DrainNode, NameKind, StopRun, SubmitFleet, SubmitRun, SubmitVolume, check_name,
 };
 use corral_proto::config::Configuration;
 use corral_proto::config::limits::{MAX_NODES, MAX_REPLICAS};
@@ -24,6 +24,11 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(fleet) = serde_json::from_slice::<SubmitFleet>(data) {
         let _ = fleet.check();
     }
+    if let Ok(volume) = serde_json::from_slice::<SubmitVolume>(data)
+        && volume.check().is_ok()
+    {
+        let _ = corral_proto::admission::check_volume(&volume.configuration);
+    }
     if let Ok(sel) = serde_json::from_slice::<CordonNodes>(data) {
         let _ = sel.check();
     }
@@ -33,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = serde_json::from_slice::<StopRun>(data);
     let _ = serde_json::from_slice::<CreateJoinToken>(data);
     if let Ok(name) = std::str::from_utf8(data) {
-        for kind in [NameKind::Run, NameKind::Fleet, NameKind::Project, NameKind::Node] {
+        for kind in [NameKind::Run, NameKind::Fleet, NameKind::Project, NameKind::Node, NameKind::Volume] {
             let _ = check_name(kind, name);
         }
     }
