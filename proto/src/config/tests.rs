@@ -266,9 +266,12 @@ fn refusals_name_the_field() {
     assert_eq!((at(&e), e.unsupported), ((3, 1, "backend"), true));
     let e = err("type: task\ncommands: [x]\nvolumes: [My_Volume:/data]\n");
     assert_eq!((e.field.as_str(), e.unsupported), ("volumes[0]", false));
-    let e = err("type: task\ncommands: [x]\ndocker: true\n");
-    assert_eq!((at(&e), e.unsupported), ((3, 9, "docker"), true));
-    task("type: task\ncommands: [x]\ndocker: false\n");
+    assert!(task("type: task\ncommands: [x]\ndocker: true\n").docker);
+    assert!(!task("type: task\ncommands: [x]\ndocker: false\n").docker);
+    // dstack's rule: Docker inside runs its own image.
+    let e = err("type: task\nimage: alpine\ncommands: [x]\ndocker: true\n");
+    assert_eq!((at(&e), e.unsupported), ((4, 1, "docker"), false));
+    assert!(task("type: task\ncommands: [x]\ndstack: true\n").dstack);
 }
 
 #[test]
