@@ -174,6 +174,10 @@ impl Jobs {
         }
         let found = self.shim.list(Some(&self.node)).await?;
         let n = found.len();
+        // The EBS volumes re-adopted containers have mounted: unmounted when each ends.
+        let untracked: Vec<String> =
+            found.iter().filter(|c| !self.lock().contains_key(&c.job_id)).map(|c| container_name(&c.job_id)).collect();
+        let mut ebs = self.adopted_ebs(&untracked).await;
         for c in found {
             if self.lock().contains_key(&c.job_id) {
                 continue;
@@ -218,7 +222,11 @@ impl Jobs {
                 self.watch_utilization(&c.job_id, policy, gpus);
             }
             let this = self.clone();
-            tokio::spawn(async move { this.supervise(c.job_id, deadline, rx, grace).await });
+            let unmount = ebs.remove(&container_name(&c.job_id));
+            tokio::spawn(async move {
+                let _unmount = unmount;
+                this.supervise(c.job_id, deadline, rx, grace).await
+            });
         }
         Ok(n)
     }

@@ -94,6 +94,14 @@ impl Shim {
         }
     }
 
+    /// The host paths bound into a container (an agent that restarts finds its jobs' mounted
+    /// EBS volumes by them). A container Docker cannot inspect has none.
+    pub async fn bind_sources(&self, container: &str) -> Vec<PathBuf> {
+        let Ok(docker) = self.client().await else { return Vec::new() };
+        let Ok(inspected) = docker.inspect_container(container, None).await else { return Vec::new() };
+        inspected.mounts.unwrap_or_default().into_iter().filter_map(|m| m.source.map(PathBuf::from)).collect()
+    }
+
     /// Corral's named volumes on this host.
     pub async fn named_volumes(&self) -> Result<Vec<NamedVolume>, ShimError> {
         let docker = self.client().await?;

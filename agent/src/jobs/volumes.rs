@@ -4,6 +4,7 @@
 //! volumes (with their sizes) to the coordinator: on every connection, after a job that mounted
 //! one ended, and after `corral volume delete` removed one.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -153,6 +154,34 @@ impl Jobs {
             .await
             .map_err(|e| format!("volumes: cannot mount {name} ({volume_id}): {e}"))?;
         Ok(at)
+    }
+
+    /// After an agent restart: the EBS volumes a re-adopted container has mounted, unmounted when
+    /// it ends (the guard), and those mounted for no container any more unmounted now.
+    pub(super) async fn adopted_ebs(self: &Arc<Self>, containers: &[String]) -> HashMap<String, EbsMounts> {
+        let root = self.ebs_mountpoint("");
+        let mut guards = HashMap::new();
+        let mut in_use = Vec::new();
+        for c in containers {
+            let ids: Vec<String> = self
+                .shim
+                .bind_sources(c)
+                .await
+                .into_iter()
+                .filter(|p| p.parent() == Some(root.as_path()))
+                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .collect();
+            in_use.extend(ids.iter().cloned());
+            guards.insert(c.clone(), EbsMounts::new(self, ids));
+        }
+        let Ok(entries) = std::fs::read_dir(&root) else { return guards };
+        let stale: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|id| !in_use.contains(id) && is_mounted(&self.ebs_mountpoint(id)))
+            .collect();
+        self.unmount_ebs(&stale).await;
+        guards
     }
 
     /// Unmounts the EBS volumes a job mounted (before the coordinator detaches them).
