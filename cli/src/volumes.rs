@@ -15,7 +15,12 @@ type Out<'a> = &'a mut (dyn std::io::Write + Send);
 /// How long `delete` waits for a node to say it removed the volume.
 const DELETE_WAIT: Duration = Duration::from_secs(60);
 
-pub async fn apply_volume(client: &Client, configuration: VolumeConfig, source: String, out: Out<'_>) -> anyhow::Result<i32> {
+pub async fn apply_volume(
+    client: &Client,
+    configuration: VolumeConfig,
+    source: String,
+    out: Out<'_>,
+) -> anyhow::Result<i32> {
     let v: api::Volume =
         client.post(&client.project_api(&["volumes"])?, &SubmitVolume { configuration, source: Some(source) }).await?;
     match (v.backend, &v.node) {
@@ -49,7 +54,9 @@ pub async fn volume(client: &Client, command: VolumeCommand, out: Out<'_>) -> an
             let mut t = table(&["NAME", "PROJECT", "BACKEND", "NODE", "SIZE", "STATUS", "IN USE BY", "CREATED"]);
             for v in &volumes {
                 let backend = match v.backend {
-                    Some(VolumeBackend::Aws) => format!("aws ({})", v.availability_zone.as_deref().or(v.region.as_deref()).unwrap_or("-")),
+                    Some(VolumeBackend::Aws) => {
+                        format!("aws ({})", v.availability_zone.as_deref().or(v.region.as_deref()).unwrap_or("-"))
+                    }
                     None => "docker".to_owned(),
                 };
                 let mut status = v.status.as_str().to_owned();
@@ -89,7 +96,10 @@ pub async fn volume(client: &Client, command: VolumeCommand, out: Out<'_>) -> an
                         return Ok(0);
                     }
                     Some(w) if w.status != VolumeStatus::Deleting => {
-                        anyhow::bail!("volume {name} was not deleted: {}", w.status_message.as_deref().unwrap_or("see `corral volume list`"));
+                        anyhow::bail!(
+                            "volume {name} was not deleted: {}",
+                            w.status_message.as_deref().unwrap_or("see `corral volume list`")
+                        );
                     }
                     Some(_) if tokio::time::Instant::now() >= deadline => {
                         writeln!(out, "volume {name} is being deleted: node {node} removes it when it is back")?;

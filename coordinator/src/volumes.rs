@@ -218,8 +218,9 @@ fn allowed_nodes(homes: &Homes, project: &str, mounts: &[Vec<String>]) -> Result
             Some(before) => {
                 let both: Vec<NodeId> = before.into_iter().filter(|n| nodes.contains(n)).collect();
                 if both.is_empty() {
-                    return Err("its volumes are on different nodes: a job can mount only volumes of one node"
-                        .to_owned());
+                    return Err(
+                        "its volumes are on different nodes: a job can mount only volumes of one node".to_owned()
+                    );
                 }
                 both
             }
@@ -248,13 +249,13 @@ pub fn mounts(task: &TaskConfig, vols: &RunVolumes, rank: usize) -> Vec<Mount> {
     task.volumes
         .iter()
         .filter_map(|v| match v {
-            VolumeMount::Instance(m) => Some(Mount::Host {
-                host_path: m.instance_path.clone(),
-                path: m.path.clone(),
-                optional: m.optional,
-            }),
+            VolumeMount::Instance(m) => {
+                Some(Mount::Host { host_path: m.instance_path.clone(), path: m.path.clone(), optional: m.optional })
+            }
             VolumeMount::Named(m) => chosen.next().map(|(name, ebs)| match ebs {
-                Some(volume_id) => Mount::Ebs { name: name.clone(), volume_id: volume_id.clone(), path: m.path.clone() },
+                Some(volume_id) => {
+                    Mount::Ebs { name: name.clone(), volume_id: volume_id.clone(), path: m.path.clone() }
+                }
                 None => Mount::Volume {
                     name: name.clone(),
                     docker_name: docker_name(&vols.project, name),
@@ -274,7 +275,9 @@ pub fn placed(state: &State, gang: &[(NodeId, JobSpec)]) {
             .mounts
             .iter()
             .filter_map(|m| match m {
-                Mount::Volume { name, docker_name, .. } => Some((spec.project.as_str(), name.as_str(), docker_name.as_str())),
+                Mount::Volume { name, docker_name, .. } => {
+                    Some((spec.project.as_str(), name.as_str(), docker_name.as_str()))
+                }
                 Mount::Host { .. } | Mount::Ebs { .. } => None,
             })
             .collect();
@@ -514,7 +517,14 @@ mod tests {
     }
 
     fn request(nodes: u32) -> Request {
-        Request { resources: ResourcesSpec::default(), nodes, fleets: vec![], instances: vec![], pinned: vec![], ranks: vec![] }
+        Request {
+            resources: ResourcesSpec::default(),
+            nodes,
+            fleets: vec![],
+            instances: vec![],
+            pinned: vec![],
+            ranks: vec![],
+        }
     }
 
     #[test]
@@ -574,12 +584,11 @@ mod tests {
         homes.set("main", "shard-1", Some(Home::Node(NodeId("a".into()))));
         let mut vols = RunVolumes::of(&t, "main", 2);
         let p = place(&mut ix, &mut homes, &request(2), &mut vols).expect("fits");
-        assert_eq!((p[0].0 .0.as_str(), p[1].0 .0.as_str()), ("c", "a"), "rank order is kept");
-        assert_eq!(mounts(&t, &vols, 1)[0], Mount::Volume {
-            name: "shard-1".into(),
-            docker_name: "corral-vol-main-shard-1".into(),
-            path: "/d".into()
-        });
+        assert_eq!((p[0].0.0.as_str(), p[1].0.0.as_str()), ("c", "a"), "rank order is kept");
+        assert_eq!(
+            mounts(&t, &vols, 1)[0],
+            Mount::Volume { name: "shard-1".into(), docker_name: "corral-vol-main-shard-1".into(), path: "/d".into() }
+        );
     }
 
     #[test]

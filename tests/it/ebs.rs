@@ -62,7 +62,10 @@ async fn an_ebs_volume_is_created_attached_to_the_run_s_instance_detached_after_
         &c,
         dir.path(),
         "train",
-        &format!("type: task\nname: train\nimage: {}\nvolumes: [\"ckpt:/ckpt\"]\ncommands: [\"ls /ckpt\"]\n", crate::harness::IMAGE),
+        &format!(
+            "type: task\nname: train\nimage: {}\nvolumes: [\"ckpt:/ckpt\"]\ncommands: [\"ls /ckpt\"]\n",
+            crate::harness::IMAGE
+        ),
         true,
     )?;
     wait_until(Duration::from_secs(60), async || {

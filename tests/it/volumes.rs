@@ -90,7 +90,10 @@ async fn a_missing_optional_host_path_is_skipped_and_a_required_one_fails_the_jo
     let required = write_config(
         c.dir.path(),
         "required",
-        &format!("type: task\nname: required\nimage: {IMAGE}\nvolumes:\n  - {}:/data\ncommands:\n  - echo never\n", missing.display()),
+        &format!(
+            "type: task\nname: required\nimage: {IMAGE}\nvolumes:\n  - {}:/data\ncommands:\n  - echo never\n",
+            missing.display()
+        ),
     );
     let (code, out) = apply(&c.client, &required, false).await?;
     assert_ne!(code, 0, "output was: {out}");
@@ -137,7 +140,9 @@ async fn a_named_volume_lives_on_its_node_outlives_runs_and_is_deleted_once_unus
     let write = write_config(
         dir.path(),
         "writer",
-        &format!("type: task\nname: writer\nimage: {IMAGE}\nvolumes: [\"{name}:/data\"]\ncommands:\n  - printf '{payload}' > /data/ckpt\n"),
+        &format!(
+            "type: task\nname: writer\nimage: {IMAGE}\nvolumes: [\"{name}:/data\"]\ncommands:\n  - printf '{payload}' > /data/ckpt\n"
+        ),
     );
     let (code, out) = apply(&client, &write, false).await?;
     assert_eq!(code, 0, "{out}");
@@ -151,7 +156,9 @@ async fn a_named_volume_lives_on_its_node_outlives_runs_and_is_deleted_once_unus
         let read = write_config(
             dir.path(),
             &reader,
-            &format!("type: task\nname: {reader}\nimage: {IMAGE}\nvolumes:\n  - name: {name}\n    path: /mnt/v\ncommands:\n  - cat /mnt/v/ckpt\n"),
+            &format!(
+                "type: task\nname: {reader}\nimage: {IMAGE}\nvolumes:\n  - name: {name}\n    path: /mnt/v\ncommands:\n  - cat /mnt/v/ckpt\n"
+            ),
         );
         let (code, out) = apply(&client, &read, false).await?;
         assert_eq!(code, 0, "{out}");
@@ -208,7 +215,9 @@ async fn a_volume_deleted_while_its_node_is_away_goes_when_the_node_returns() ->
     let write = write_config(
         dir.path(),
         "first",
-        &format!("type: task\nname: first\nimage: {IMAGE}\nvolumes: [\"{name}:/data\"]\ncommands:\n  - echo old > /data/f\n"),
+        &format!(
+            "type: task\nname: first\nimage: {IMAGE}\nvolumes: [\"{name}:/data\"]\ncommands:\n  - echo old > /data/f\n"
+        ),
     );
     let (code, out) = apply(&client, &write, false).await?;
     assert_eq!(code, 0, "{out}");
@@ -226,7 +235,9 @@ async fn a_volume_deleted_while_its_node_is_away_goes_when_the_node_returns() ->
     let read = write_config(
         dir.path(),
         "second",
-        &format!("type: task\nname: second\nimage: {IMAGE}\nvolumes: [\"{name}:/data\"]\ncommands:\n  - test ! -e /data/f\n  - echo fresh\n"),
+        &format!(
+            "type: task\nname: second\nimage: {IMAGE}\nvolumes: [\"{name}:/data\"]\ncommands:\n  - test ! -e /data/f\n  - echo fresh\n"
+        ),
     );
     apply(&client, &read, true).await?;
     let waiting = wait_state(&client, "second", |r| r.state == JobState::Pending, Duration::from_secs(10)).await?;
@@ -235,7 +246,8 @@ async fn a_volume_deleted_while_its_node_is_away_goes_when_the_node_returns() ->
 
     // Back: its agent removes the Docker volume, the volume leaves the list, and the waiting run
     // gets a new, empty one.
-    let _back = Agent::start(&coord, &agent.state.clone(), AgentOptions { name: "node-a".into(), ..Default::default() });
+    let _back =
+        Agent::start(&coord, &agent.state.clone(), AgentOptions { name: "node-a".into(), ..Default::default() });
     let done = wait_state(&client, "second", |r| r.state.is_finished(), Duration::from_secs(60)).await?;
     assert_eq!(done.state, JobState::Done, "{done:?}");
     assert!(logs(&client, "second").await?.contains("fresh"));

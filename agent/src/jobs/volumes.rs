@@ -53,10 +53,7 @@ impl Jobs {
         }
         spec.container.mounts = kept;
         Ok((!skipped.is_empty()).then(|| {
-            format!(
-                "optional volume(s) not mounted: the host path {} does not exist on this node",
-                skipped.join(", ")
-            )
+            format!("optional volume(s) not mounted: the host path {} does not exist on this node", skipped.join(", "))
         }))
     }
 
@@ -128,10 +125,8 @@ impl Jobs {
             return Ok(at);
         }
         // Nitro instances name an EBS volume's NVMe device by its id, without the dash.
-        let device = PathBuf::from(format!(
-            "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{}",
-            volume_id.replace('-', "")
-        ));
+        let device =
+            PathBuf::from(format!("/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{}", volume_id.replace('-', "")));
         let deadline = tokio::time::Instant::now() + EBS_DEVICE_WAIT;
         while !tokio::fs::try_exists(&device).await.unwrap_or(false) {
             if tokio::time::Instant::now() >= deadline {

@@ -37,7 +37,10 @@ pub(super) async fn put_volume(
         volumes::cloud_apply(&state, &row).await.map_err(|e| err(StatusCode::BAD_GATEWAY, e))?;
     }
     tracing::info!(volume = %name, %project, "volume applied");
-    let row = state.store.volume(&project, &name)?.ok_or_else(|| err(StatusCode::INTERNAL_SERVER_ERROR, "volume vanished"))?;
+    let row = state
+        .store
+        .volume(&project, &name)?
+        .ok_or_else(|| err(StatusCode::INTERNAL_SERVER_ERROR, "volume vanished"))?;
     Ok(Json(volumes::view(&state, row, &volumes::users(&state)?)))
 }
 

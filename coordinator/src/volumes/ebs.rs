@@ -27,8 +27,10 @@ use crate::store::VolumeRow;
 const EVERY: Duration = Duration::from_secs(3);
 /// The device names offered to `AttachVolume` (Nitro instances show NVMe names whatever is asked;
 /// the agent finds the volume by its id).
-const DEVICES: [&str; 10] =
-    ["/dev/sdf", "/dev/sdg", "/dev/sdh", "/dev/sdi", "/dev/sdj", "/dev/sdk", "/dev/sdl", "/dev/sdm", "/dev/sdn", "/dev/sdo"];
+const DEVICES: [&str; 10] = [
+    "/dev/sdf", "/dev/sdg", "/dev/sdh", "/dev/sdi", "/dev/sdj", "/dev/sdk", "/dev/sdl", "/dev/sdm", "/dev/sdn",
+    "/dev/sdo",
+];
 
 fn said(e: impl std::error::Error) -> String {
     DisplayErrorContext(e).to_string()
@@ -122,7 +124,11 @@ fn unreachable_config(v: &VolumeRow) -> corral_proto::config::VolumeConfig {
 }
 
 async fn first_zone(ec2: &aws_sdk_ec2::Client) -> Result<String, String> {
-    let zones = ec2.describe_availability_zones().send().await.map_err(|e| format!("DescribeAvailabilityZones: {}", said(e)))?;
+    let zones = ec2
+        .describe_availability_zones()
+        .send()
+        .await
+        .map_err(|e| format!("DescribeAvailabilityZones: {}", said(e)))?;
     zones
         .availability_zones()
         .iter()
@@ -143,7 +149,12 @@ pub(super) async fn delete(state: &State, v: &VolumeRow) -> Result<(), String> {
     let ec2 = aws(state)?.ec2(region_of(v)?)?;
     // Detached first (no job uses it: the caller checked), then deleted once EC2 says it is free.
     for _ in 0..60 {
-        let d = ec2.describe_volumes().volume_ids(&id).send().await.map_err(|e| format!("DescribeVolumes {id}: {}", said(e)))?;
+        let d = ec2
+            .describe_volumes()
+            .volume_ids(&id)
+            .send()
+            .await
+            .map_err(|e| format!("DescribeVolumes {id}: {}", said(e)))?;
         let Some(vol) = d.volumes().first() else { return Ok(()) };
         let attached = vol.attachments().iter().any(|a| a.state() != Some(&VolumeAttachmentState::Detached));
         if !attached {
@@ -195,8 +206,14 @@ async fn reconcile(state: &State) -> Result<(), String> {
     }
     let aws = aws(state)?;
     let tag = crate::elastic::coordinator_tag(state);
-    let nodes: HashMap<String, NodeId> =
-        state.store.nodes().map_err(|e| e.to_string())?.into_iter().filter(|n| !n.revoked).map(|n| (n.name, n.id)).collect();
+    let nodes: HashMap<String, NodeId> = state
+        .store
+        .nodes()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|n| !n.revoked)
+        .map(|n| (n.name, n.id))
+        .collect();
     // Where each placed job that mounts an EBS volume wants it.
     let mut wanted: HashMap<String, NodeId> = HashMap::new();
     for job in state.store.placed_jobs().map_err(|e| e.to_string())? {
@@ -216,9 +233,19 @@ async fn reconcile(state: &State) -> Result<(), String> {
         let instances = instances(ec2, &tag).await?;
         for v in volumes.iter().filter(|v| v.region.as_deref() == Some(region)) {
             let id = v.volume_id.clone().unwrap_or_default();
-            let d = ec2.describe_volumes().volume_ids(&id).send().await.map_err(|e| format!("DescribeVolumes {id}: {}", said(e)))?;
+            let d = ec2
+                .describe_volumes()
+                .volume_ids(&id)
+                .send()
+                .await
+                .map_err(|e| format!("DescribeVolumes {id}: {}", said(e)))?;
             let Some(vol) = d.volumes().first() else {
-                let _ = state.store.set_volume_status(&v.project, &v.name, VolumeStatus::Failed, Some("the EBS volume is gone from the cloud"));
+                let _ = state.store.set_volume_status(
+                    &v.project,
+                    &v.name,
+                    VolumeStatus::Failed,
+                    Some("the EBS volume is gone from the cloud"),
+                );
                 continue;
             };
             let zone = vol.availability_zone().unwrap_or_default();
@@ -241,7 +268,12 @@ async fn reconcile(state: &State) -> Result<(), String> {
                 }
                 // No placed job wants it there any more.
                 tracing::info!(volume = %v.name, ebs = %id, instance, "detaching EBS volume");
-                ec2.detach_volume().volume_id(&id).instance_id(*instance).send().await.map_err(|e| format!("DetachVolume {id}: {}", said(e)))?;
+                ec2.detach_volume()
+                    .volume_id(&id)
+                    .instance_id(*instance)
+                    .send()
+                    .await
+                    .map_err(|e| format!("DetachVolume {id}: {}", said(e)))?;
             }
             match &want {
                 Some((node, instance)) if attached.is_empty() => {

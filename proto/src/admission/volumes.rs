@@ -116,7 +116,9 @@ mod tests {
 
     #[test]
     fn mount_names_take_only_the_node_rank() {
-        let t = task("type: task\nimage: i\ncommands: [x]\nvolumes:\n  - name: data-${{ dstack.node_rank }}\n    path: /d\n");
+        let t = task(
+            "type: task\nimage: i\ncommands: [x]\nvolumes:\n  - name: data-${{ dstack.node_rank }}\n    path: /d\n",
+        );
         assert!(check_mounts(&t).is_ok());
         assert_eq!(expand("data-${{ dstack.node_rank }}", 3), "data-3");
         let t = task("type: task\nimage: i\ncommands: [x]\nvolumes:\n  - name: d-${{ run.name }}\n    path: /d\n");

@@ -70,10 +70,7 @@ pub(crate) fn volume(doc: &Node) -> Res<VolumeConfig> {
             ));
         }
     };
-    o.refuse(
-        "auto_cleanup_duration",
-        "volumes are not deleted automatically: they stay until `corral volume delete`",
-    )?;
+    o.refuse("auto_cleanup_duration", "volumes are not deleted automatically: they stay until `corral volume delete`")?;
     for k8s in ["claim_name", "storage_class_name", "access_modes", "read_only"] {
         o.refuse(k8s, "is a field of the kubernetes backend, which Corral does not have")?;
     }
