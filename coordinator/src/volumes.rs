@@ -149,8 +149,14 @@ pub(crate) fn place(
         return index.place(request);
     }
     let mut pinned = Vec::with_capacity(vols.ranks.len());
-    for mounts in &vols.ranks {
-        pinned.push(allowed_nodes(homes, &vols.project, mounts)?);
+    for (rank, mounts) in vols.ranks.iter().enumerate() {
+        // A rank pinned already (a router's worker on its router's node) keeps to those nodes too.
+        let before = request.pinned.get(rank).cloned().flatten();
+        let pin = match (before, allowed_nodes(homes, &vols.project, mounts)?) {
+            (Some(a), Some(b)) => Some(a.into_iter().filter(|n| b.contains(n)).collect()),
+            (a, b) => a.or(b),
+        };
+        pinned.push(pin);
     }
     let mut req = request.clone();
     req.pinned = pinned;
@@ -603,6 +609,18 @@ mod tests {
         let p = place(&mut ix, &mut homes, &request(1), &mut vols).expect("fits");
         assert_eq!(p[0].0, NodeId("b".into()));
         assert!(matches!(&mounts(&t, &vols, 0)[0], Mount::Volume { name, .. } if name == "west"));
+    }
+
+    #[test]
+    fn a_rank_pinned_already_keeps_to_its_nodes() {
+        let t = task("type: task\nimage: i\ncommands: [x]\nvolumes: [\"fresh:/d\"]\n");
+        let mut ix = index(&["a", "b"]);
+        let mut homes = Homes::default();
+        let req = Request { pinned: vec![Some(vec![NodeId("b".into())])], ..request(1) };
+        let p = place(&mut ix, &mut homes, &req, &mut RunVolumes::of(&t, "main", 1)).expect("fits");
+        assert_eq!(p[0].0, NodeId("b".into()), "a new volume is made on the node the rank was pinned to");
+        homes.set("main", "fresh", Some(Home::Node(NodeId("a".into()))));
+        assert!(place(&mut ix, &mut homes, &req, &mut RunVolumes::of(&t, "main", 1)).is_err(), "no node is both");
     }
 
     #[test]
