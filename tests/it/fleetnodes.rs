@@ -13,7 +13,7 @@ use crate::harness::*;
 
 /// A coordinator and agents in fleets; drops agents first (their guards remove the containers).
 struct Cluster {
-    agents: Vec<Agent>,
+    _agents: Vec<Agent>,
     coord: Coordinator,
     client: corral_cli::client::Client,
     dir: tempfile::TempDir,
@@ -59,7 +59,7 @@ impl Cluster {
                 )
             })
             .collect();
-        Ok(Self { agents, coord, client, dir })
+        Ok(Self { _agents: agents, coord, client, dir })
     }
 
     fn task(&self, name: &str, body: &str) -> PathBuf {
