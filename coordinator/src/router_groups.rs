@@ -15,10 +15,10 @@
 //!
 //! A worker's address, as the router's container reaches it, is its container's name
 //! (`corral-<job>`) on the run's Docker network (`corral-run-<run>`, see `shim::network`), which
-//! Docker's DNS resolves for containers of that network. A run's network is per node: the router
-//! reaches only the workers on its own node. A worker placed on another node is not registered
-//! (the coordinator says so in its log, once per replica); Corral has no network that spans nodes
-//! for service replicas yet.
+//! Docker's DNS resolves for containers of that network. A run's network is per node, so the
+//! scheduler places each worker replica on its router's node ([`pin`]); one that still runs
+//! elsewhere (a run whose named volumes pin it) is not registered, and the coordinator's log says
+//! so once per replica. Corral has no network that spans nodes for service replicas yet.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -82,35 +82,63 @@ pub fn dynamo_env(cfg: &ServiceConfig, num: u32, router_job: Option<&JobId>) -> 
     Some(vec![("DSTACK_ROUTER_INTERNAL_IP".to_owned(), host.clone()), ("CORRAL_ROUTER_ADDRESS".to_owned(), host)])
 }
 
-/// Adds the router's address to the spec of a placed Dynamo worker replica (replica `num` of the
-/// run `run`, the service `name` of `project`). What each run is is read once and remembered, so
-/// that placing other runs costs a map lookup.
-pub fn decorate(state: &State, project: &str, name: &str, run: &RunId, num: u32, gang: &mut [(NodeId, JobSpec)]) {
-    static DYNAMO: OnceLock<Mutex<HashMap<RunId, Option<Arc<ServiceConfig>>>>> = OnceLock::new();
-    let known = DYNAMO.get_or_init(Default::default);
-    let cached = known.lock().unwrap_or_else(|e| e.into_inner()).get(run).cloned();
-    let cfg = match cached {
-        Some(cfg) => cfg,
-        None => {
-            let cfg = match state.store.run_by_name(project, name) {
-                Ok(Some((id, Configuration::Service(s), _))) if id == *run => {
-                    s.router_group().is_some_and(|(_, g)| g.router == Some(RouterType::Dynamo)).then(|| Arc::new(s))
-                }
-                Ok(_) => None,
-                Err(e) => {
-                    tracing::warn!(%run, "cannot read the run for its router: {e:#}");
-                    return;
-                }
-            };
-            let mut known = known.lock().unwrap_or_else(|e| e.into_inner());
-            if known.len() > 100_000 {
-                known.clear();
-            }
-            known.insert(run.clone(), cfg.clone());
-            cfg
+/// The service `name` of `project` when `run` is its run and has a router group (what each run is
+/// is read once and remembered, so that placing other runs costs a map lookup).
+fn routed(state: &State, project: &str, name: &str, run: &RunId) -> Option<Arc<ServiceConfig>> {
+    static ROUTED: OnceLock<Mutex<HashMap<RunId, Option<Arc<ServiceConfig>>>>> = OnceLock::new();
+    let known = ROUTED.get_or_init(Default::default);
+    if let Some(cfg) = known.lock().unwrap_or_else(|e| e.into_inner()).get(run) {
+        return cfg.clone();
+    }
+    let cfg = match state.store.run_by_name(project, name) {
+        Ok(Some((id, Configuration::Service(s), _))) if id == *run => s.router_group().is_some().then(|| Arc::new(s)),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(%run, "cannot read the run for its router: {e:#}");
+            return None;
         }
     };
-    let Some(cfg) = cfg else { return };
+    let mut known = known.lock().unwrap_or_else(|e| e.into_inner());
+    if known.len() > 100_000 {
+        known.clear();
+    }
+    known.insert(run.clone(), cfg.clone());
+    cfg
+}
+
+/// Where worker replica `num` of a router service may be placed: on its router's node (the run's
+/// network, which the router reaches it on, is per node), or not yet (`Err`: why it waits).
+/// `None`: any node (not a router service, or the router itself).
+pub fn pin(state: &State, project: &str, name: &str, run: &RunId, num: u32) -> Option<Result<NodeId, String>> {
+    let cfg = routed(state, project, name, run)?;
+    if takes_traffic(&cfg, num) {
+        return None;
+    }
+    let jobs = match state.store.latest_jobs(run) {
+        Ok(jobs) => jobs,
+        Err(e) => return Some(Err(format!("cannot read the service's router replica: {e:#}"))),
+    };
+    let Some(router) = jobs.iter().find(|j| takes_traffic(&cfg, j.job_num)) else {
+        return Some(Err("waiting for the service's router replica: its workers run on its node".to_owned()));
+    };
+    Some(match (&router.state, &router.node_id) {
+        (s, _) if s.is_finished() => {
+            Err(format!("the service's router replica has ended ({s}): its workers run on its node"))
+        }
+        (_, Some(node)) => Ok(node.clone()),
+        (_, None) => {
+            Err("waiting for the service's router replica to be placed: its workers run on its node".to_owned())
+        }
+    })
+}
+
+/// Adds the router's address to the spec of a placed Dynamo worker replica (replica `num` of the
+/// run `run`, the service `name` of `project`).
+pub fn decorate(state: &State, project: &str, name: &str, run: &RunId, num: u32, gang: &mut [(NodeId, JobSpec)]) {
+    let Some(cfg) = routed(state, project, name, run) else { return };
+    if cfg.router_group().is_none_or(|(_, g)| g.router != Some(RouterType::Dynamo)) {
+        return;
+    }
     let router_job = match state.store.latest_jobs(run) {
         Ok(jobs) => jobs.into_iter().find(|j| takes_traffic(&cfg, j.job_num)).map(|j| j.id),
         Err(e) => {

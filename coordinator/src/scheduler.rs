@@ -361,9 +361,19 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
             // a later pass or the resync sees the whole gang.
             return;
         }
-        let outcome = match failed.get(&q.shape) {
-            Some(reason) => Err(reason.clone()),
-            None => crate::volumes::place(index, volumes, &q.request, &mut q.volumes).map_err(Arc::<str>::from),
+        // A router service's worker replica goes on its router's node (see `router_groups`): its
+        // outcome is its own, not its shape's.
+        let pin = crate::router_groups::pin(state, &q.project, &q.run_name, &key.2, key.3);
+        let outcome = match (&pin, failed.get(&q.shape)) {
+            (Some(Err(why)), _) => Err(Arc::<str>::from(why.as_str())),
+            (Some(Ok(node)), _) => {
+                let mut request = q.request.clone();
+                request.pinned = vec![Some(vec![node.clone()])];
+                crate::volumes::place(index, volumes, &request, &mut q.volumes)
+                    .map_err(|why| Arc::<str>::from(format!("{why} (on its router's node {node})")))
+            }
+            (None, Some(reason)) => Err(reason.clone()),
+            (None, None) => crate::volumes::place(index, volumes, &q.request, &mut q.volumes).map_err(Arc::<str>::from),
         };
         match outcome {
             Ok(allocs) => {
@@ -371,7 +381,9 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
                 placed.push((key.clone(), allocs));
             }
             Err(reason) => {
-                failed.entry(q.shape).or_insert_with(|| reason.clone());
+                if pin.is_none() {
+                    failed.entry(q.shape).or_insert_with(|| reason.clone());
+                }
                 if capacity_deadline(&q.task, key.1).is_some_and(|d| now > d) {
                     expired.push((key.clone(), format!("no capacity within the retry duration: {reason}")));
                     return;

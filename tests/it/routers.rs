@@ -138,3 +138,74 @@ replicas:
     assert_eq!(body, "frontend here\n", "requests go to the frontend");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_service_s_workers_run_on_the_router_s_node() -> anyhow::Result<()> {
+    use crate::netns::{Hosts, NodeContainers};
+    ensure_image();
+    let dir = tempfile::tempdir()?;
+    let mut hosts = Hosts::create(2)?;
+    let coord = Coordinator::start_on(&dir.path().join("coord"), "127.0.0.1:0".parse()?, "0.0.0.0:0".parse()?).await?;
+    let client = coord.client();
+    let fleet = write_config(dir.path(), "rack", "type: fleet\nname: rack\n");
+    let (code, out) = apply(&client, &fleet, true).await?;
+    assert_eq!(code, 0, "{out}");
+    let states = [dir.path().join("h0"), dir.path().join("h1")];
+    let _cleanup = NodeContainers(states.to_vec());
+    let dial = format!("{}:{}", hosts.gateway, coord.quic.port());
+    for (i, state) in states.iter().enumerate() {
+        hosts.start_agent(i, &dial, &coord.join_token.to_string(), state, &format!("host-{i}"), "rack")?;
+    }
+    nodes_ready(&client, 2).await?;
+
+    // Each node has the test machine's CPUs (two), each replica takes one: the router and one
+    // worker fill the router's node, and the second worker waits for room there rather than run
+    // on the other node, where the router could not reach it.
+    let text = format!(
+        "type: service
+name: pd
+image: {IMAGE}
+port: 8000
+auth: false
+replicas:
+  - name: router
+    count: 1
+    router:
+      type: sglang
+    resources:
+      cpu: 1
+    commands:
+      - echo {ROUTER_SCRIPT} | base64 -d > /h.sh
+      - chmod +x /h.sh
+      - nc -ll -p 8000 -e /h.sh
+  - name: workers
+    count: 2
+    resources:
+      cpu: 1
+    commands:
+      - mkdir -p /www
+      - echo \"worker $CORRAL_JOB_ID\" > /www/index.html
+      - echo '{{\"status\":\"ready\"}}' > /www/server_info
+      - httpd -f -p 8000 -h /www
+"
+    );
+    let (code, out) = apply(&client, &write_config(dir.path(), "pd", &text), true).await?;
+    assert_eq!(code, 0, "{out}");
+    let placed = |r: &corral_proto::api::Run| {
+        let router = r.jobs.iter().find(|j| j.job_num == 0 && j.state == JobState::Running);
+        let worker = r.jobs.iter().find(|j| j.job_num > 0 && j.state == JobState::Running);
+        let waiting = r.jobs.iter().find(|j| {
+            j.job_num > 0
+                && j.state == JobState::Pending
+                && j.status_message.as_deref().is_some_and(|m| m.contains("router's node"))
+        });
+        router.is_some() && worker.is_some() && waiting.is_some()
+    };
+    let run = wait_state(&client, "pd", placed, Duration::from_secs(60)).await?;
+    let router = run.jobs.iter().find(|j| j.job_num == 0).expect("router");
+    let worker = run.jobs.iter().find(|j| j.job_num > 0 && j.state == JobState::Running).expect("worker");
+    assert_eq!(worker.node_id, router.node_id, "the worker runs where its router is: {run:#?}");
+    // (The registration itself is `an_sglang_router_gets_every_worker_and_all_requests`: these
+    // namespaced agents reach the node's containers through no tunnel.)
+    Ok(())
+}
