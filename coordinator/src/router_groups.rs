@@ -16,9 +16,9 @@
 //! A worker's address, as the router's container reaches it, is its container's name
 //! (`corral-<job>`) on the run's Docker network (`corral-run-<run>`, see `shim::network`), which
 //! Docker's DNS resolves for containers of that network. A run's network is per node, so the
-//! scheduler places each worker replica on its router's node ([`pin`]); one that still runs
-//! elsewhere (a run whose named volumes pin it) is not registered, and the coordinator's log says
-//! so once per replica. Corral has no network that spans nodes for service replicas yet.
+//! scheduler places each worker replica on its router's node ([`pin`]; with named volumes, only
+//! where both allow); were one to run elsewhere, it would not be registered, and the coordinator's
+//! log says so once per replica. Corral has no network that spans nodes for service replicas yet.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
