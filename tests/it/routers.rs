@@ -20,7 +20,7 @@ fn running(r: &corral_proto::api::Run, n: usize) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_sglang_router_gets_every_worker_and_all_requests() -> anyhow::Result<()> {
+async fn an_sglang_router_gets_its_worker_and_every_request() -> anyhow::Result<()> {
     let c = OneNode::start().await?;
     let text = format!(
         "type: service
@@ -205,7 +205,7 @@ replicas:
     let router = run.jobs.iter().find(|j| j.job_num == 0).expect("router");
     let worker = run.jobs.iter().find(|j| j.job_num > 0 && j.state == JobState::Running).expect("worker");
     assert_eq!(worker.node_id, router.node_id, "the worker runs where its router is: {run:#?}");
-    // (The registration itself is `an_sglang_router_gets_every_worker_and_all_requests`: these
+    // (The registration itself is `an_sglang_router_gets_its_worker_and_every_request`: these
     // namespaced agents reach the node's containers through no tunnel.)
     Ok(())
 }
