@@ -81,14 +81,17 @@ fn check_task(task: &TaskConfig) -> Result<(), String> {
         return Err(format!("env.{}: has no value (set it in the environment of `corral apply`)", e.name));
     }
     volumes::check_mounts(task)?;
+    let p = &task.provisioning;
+    let cloud = "choosing cloud instances per run is not supported yet: runs go to enrolled nodes, and an AWS fleet (`type: fleet` with `backends: [aws]`) grows for runs that fit its offers";
     let unsupported = [
+        ("backends", !p.backends.is_empty(), cloud),
+        ("regions", !p.regions.is_empty(), cloud),
+        ("instance_types", !p.instance_types.is_empty(), cloud),
+        ("spot_policy", p.spot_policy == Some(SpotPolicy::Spot), cloud),
         (
-            "backends",
-            !task.provisioning.backends.is_empty()
-                || !task.provisioning.regions.is_empty()
-                || !task.provisioning.instance_types.is_empty()
-                || task.provisioning.spot_policy == Some(SpotPolicy::Spot),
-            "cloud backends are not supported yet: tasks run on enrolled nodes",
+            "resources.gpu.compute_capability",
+            task.resources.gpu.as_ref().is_some_and(|g| g.compute_capability.is_some()),
+            "nodes do not report their GPUs' compute capability yet, so it cannot be matched: name the GPU models instead",
         ),
     ];
     if let Some((field, _, why)) = unsupported.iter().find(|(_, used, _)| *used) {
@@ -201,6 +204,15 @@ mod tests {
         assert!(check(&parse(zero)).expect_err("refused").starts_with("schedule:"));
         let vols = "type: service\nimage: busybox\nport: 80\nvolumes: [\"/a:/b\", \"cache:/c\"]\ncommands: [\"x\"]\n";
         assert!(check(&parse(vols)).is_ok(), "host paths and named volumes are mounted");
+    }
+
+    #[test]
+    fn what_no_node_can_say_is_refused_by_name() {
+        let cc = "type: task\nimage: busybox\nresources: {gpu: {name: A100, compute_capability: \"8.0\"}}\ncommands: [x]\n";
+        let e = check(&parse(cc)).expect_err("refused");
+        assert!(e.starts_with("resources.gpu.compute_capability:"), "{e}");
+        let e = check(&parse("type: task\nimage: busybox\nregions: [us-east-1]\ncommands: [x]\n")).expect_err("refused");
+        assert!(e.starts_with("regions:"), "{e}");
     }
 
     #[test]
