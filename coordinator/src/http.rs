@@ -37,10 +37,9 @@ mod schedules;
 mod tls;
 mod tokens;
 mod uploads;
+mod volumes;
 
 pub use install::AgentDist;
-mod uploads;
-mod volumes;
 pub use proxy::Balancer;
 
 type AppState = Arc<State>;
@@ -105,6 +104,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/nodes/{name}/drain", post(cluster::drain))
         .route("/api/projects/{project}/fleets", post(cluster::put_fleet).get(cluster::list_fleets))
         .route("/api/projects/{project}/fleets/{name}", get(cluster::get_fleet).delete(cluster::delete_fleet))
+        .route("/api/projects/{project}/volumes", post(volumes::put_volume).get(volumes::list_volumes))
+        .route("/api/projects/{project}/volumes/{name}", get(volumes::get_volume).delete(volumes::delete_volume))
         .route_layer(middleware::from_fn(check_path_names))
         .layer(DefaultBodyLimit::max(api::MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
@@ -116,8 +117,6 @@ pub fn router(state: AppState) -> Router {
         .route("/ca.pem", get(install::ca_pem))
         .route("/install.sh", get(install::install_sh))
         .route("/uninstall.sh", get(install::uninstall_sh))
-        .route("/api/projects/{project}/volumes", post(volumes::put_volume).get(volumes::list_volumes))
-        .route("/api/projects/{project}/volumes/{name}", get(volumes::get_volume).delete(volumes::delete_volume))
         .route("/download/{file}", get(install::download))
         .route("/proxy/services/{project}/{name}", any(proxy::service))
         .route("/proxy/services/{project}/{name}/", any(proxy::service))
@@ -204,6 +203,7 @@ fn path_name_kind(path: &str, key: &str) -> Option<NameKind> {
         ("project", _) => Some(NameKind::Project),
         ("name", ["api", "projects", _, "runs" | "schedules", ..] | ["proxy", "services", ..]) => Some(NameKind::Run),
         ("name", ["api", "projects", _, "fleets", ..]) => Some(NameKind::Fleet),
+        ("name", ["api", "projects", _, "volumes", ..]) => Some(NameKind::Volume),
         ("name", ["api", "nodes", ..]) => Some(NameKind::Node),
         _ => None,
     }
@@ -222,7 +222,6 @@ pub(crate) fn check_project(state: &State, project: &str) -> Result<(), Error> {
     }
 }
 
-        ("name", ["api", "projects", _, "volumes", ..]) => Some(NameKind::Volume),
 /// Node names for run views, looked up by id as the view needs them.
 fn node_name(state: &State) -> impl Fn(&NodeId) -> Option<String> + '_ {
     move |id| state.store.node_name(id).ok().flatten()
@@ -482,9 +481,9 @@ mod tests {
         assert_eq!(kind("/api/projects/main/runs/train/stop", "project"), Some(NameKind::Project));
         assert_eq!(kind("/proxy/services/main/llama/v1/models", "name"), Some(NameKind::Run));
         assert_eq!(kind("/api/projects/main/fleets/rack", "name"), Some(NameKind::Fleet));
+        assert_eq!(kind("/api/projects/main/volumes/data", "name"), Some(NameKind::Volume));
         assert_eq!(kind("/api/nodes/node-2/cordon", "name"), Some(NameKind::Node));
         assert_eq!(kind("/api/tokens/abcd/revoke", "id"), None);
         assert_eq!(kind("/download/corral-agent", "file"), None);
     }
 }
-        assert_eq!(kind("/api/projects/main/volumes/data", "name"), Some(NameKind::Volume));

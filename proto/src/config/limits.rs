@@ -205,19 +205,6 @@ impl Configuration {
                 provisioning: &d.provisioning,
             }),
             Self::Fleet(f) => f.check_limits(),
-        }
-    }
-}
-
-impl FleetConfig {
-    /// The fleet's part of [`Configuration::check_limits`].
-    pub fn check_limits(&self) -> Result<(), LimitError> {
-        name("name", self.name.as_deref())?;
-        if let Some(n) = &self.nodes {
-            for (key, v) in [("min", Some(n.min)), ("target", Some(n.target)), ("max", n.max)] {
-                if let Some(v) = v {
-                    number(&format_args!("nodes.{key}"), v.into(), 0, MAX_FLEET_NODES.into())?;
-                }
             Self::Volume(v) => v.check_limits(),
         }
     }
@@ -239,8 +226,21 @@ impl VolumeConfig {
         for (k, v) in &self.tags {
             string(&"tags", Some(k))?;
             string(&"tags", Some(v))?;
-            }
+        }
         Ok(())
+    }
+}
+
+impl FleetConfig {
+    /// The fleet's part of [`Configuration::check_limits`].
+    pub fn check_limits(&self) -> Result<(), LimitError> {
+        name("name", self.name.as_deref())?;
+        if let Some(n) = &self.nodes {
+            for (key, v) in [("min", Some(n.min)), ("target", Some(n.target)), ("max", n.max)] {
+                if let Some(v) = v {
+                    number(&format_args!("nodes.{key}"), v.into(), 0, MAX_FLEET_NODES.into())?;
+                }
+            }
             if n.target < n.min || n.max.is_some_and(|m| m < n.target) {
                 return fail("nodes", "need `min` <= `target` <= `max`");
             }
