@@ -26,17 +26,18 @@ fn own_fake_nvml(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(dir.join("libnvidia-ml.so.1"))
 }
 
-/// What each node's GPUs read, by node name: one percentage per GPU, in index order.
+/// What each node's GPUs read, by node name: one percentage per GPU, in index order (`None`: the
+/// reading fails).
 struct Gpus {
     dirs: HashMap<String, PathBuf>,
-    percents: HashMap<String, [u32; 2]>,
+    percents: HashMap<String, [Option<u32>; 2]>,
 }
 
 impl Gpus {
-    fn set(&mut self, node: &str, gpu: u32, percent: u32) -> anyhow::Result<()> {
+    fn set(&mut self, node: &str, gpu: u32, percent: Option<u32>) -> anyhow::Result<()> {
         let p = self.percents.get_mut(node).context("a node of the test")?;
         p[gpu as usize] = percent;
-        let text: String = p.iter().map(|p| format!("{p}\n")).collect();
+        let text: String = p.iter().map(|p| p.map_or("error\n".to_owned(), |p| format!("{p}\n"))).collect();
         // Written whole, then renamed: the library never reads half a file.
         let dir = &self.dirs[node];
         std::fs::write(dir.join("utilization.tmp"), text)?;
@@ -76,8 +77,8 @@ async fn an_idle_gpu_stops_its_gang_after_the_window_and_a_busy_one_keeps_runnin
         let nvml_dir = dir.path().join(format!("nvml-{name}"));
         let nvml = own_fake_nvml(&nvml_dir)?;
         gpus.dirs.insert(name.to_owned(), nvml_dir);
-        gpus.percents.insert(name.to_owned(), [3, 3]);
-        gpus.set(name, 0, 3)?;
+        gpus.percents.insert(name.to_owned(), [Some(3), Some(3)]);
+        gpus.set(name, 0, Some(3))?;
         let opts =
             AgentOptions { name: name.into(), nvml: Some(nvml), fleet: Some("rack".into()), ..Default::default() };
         agents.push(Agent::start(&coord, &dir.path().join(name), opts));
@@ -95,7 +96,7 @@ async fn an_idle_gpu_stops_its_gang_after_the_window_and_a_busy_one_keeps_runnin
     let (idle_node, idle_gpu) = placed(&idle, 0)?;
     // Rank 1 of `idle` works from the start: only rank 0 idles.
     let (worker_node, worker_gpu) = placed(&idle, 1)?;
-    gpus.set(&worker_node, worker_gpu, 80)?;
+    gpus.set(&worker_node, worker_gpu, Some(80))?;
 
     // Two minutes into its window (twelve low samples), `busy`'s GPU gets to work.
     let started = busy.jobs[0].started_at_ms.context("busy started")?;
@@ -104,7 +105,7 @@ async fn an_idle_gpu_stops_its_gang_after_the_window_and_a_busy_one_keeps_runnin
         Ok((now - started >= 120_000).then_some(()))
     })
     .await?;
-    gpus.set(&busy_node, busy_gpu, 50)?;
+    gpus.set(&busy_node, busy_gpu, Some(50))?;
 
     let idle = wait_state(&client, "idle", |r| r.state.is_finished(), Duration::from_secs(7 * 60)).await?;
     let rank = |n: u32| idle.jobs.iter().find(|j| j.job_num == n).context("rank");
@@ -141,7 +142,28 @@ async fn an_idle_gpu_stops_its_gang_after_the_window_and_a_busy_one_keeps_runnin
     assert!(note.contains("the job has no GPUs"), "{note}");
     assert_eq!(cpu.state, JobState::Running);
 
-    for name in ["busy", "cpu"] {
+    // GPUs NVML cannot read: the job is told, once, and not stopped for it.
+    for node in ["node-a", "node-b"] {
+        for gpu in 0..2 {
+            if (node, gpu) != (busy_node.as_str(), busy_gpu) {
+                gpus.set(node, gpu, None)?;
+            }
+        }
+    }
+    apply(&client, &write_config(dir.path(), "blind", &task("blind", "resources:\n  gpu: 1\n")), true).await?;
+    let blind = wait_state(
+        &client,
+        "blind",
+        |r| r.jobs[0].status_message.as_deref().is_some_and(|m| m.contains("utilization_policy")),
+        Duration::from_secs(60),
+    )
+    .await?;
+    let note = blind.jobs[0].status_message.clone().unwrap_or_default();
+    assert!(note.contains("cannot read GPU utilization (GPU "), "{note}");
+    assert!(note.contains("the job is not stopped while readings are missing"), "{note}");
+    assert_eq!(blind.state, JobState::Running);
+
+    for name in ["busy", "cpu", "blind"] {
         corral_cli::commands::stop(&client, name, true, true, &mut out).await?;
     }
     drop(agents);
