@@ -146,9 +146,10 @@ impl Sampler {
             None => Nvml::init(),
         };
         let nvml = Arc::new(nvml.map_err(|e| {
-            let library = self.library.as_ref().map_or(crate::inventory::DEFAULT_NVML_LIBRARY.into(), |p| {
-                p.display().to_string()
-            });
+            let library = self
+                .library
+                .as_ref()
+                .map_or(crate::inventory::DEFAULT_NVML_LIBRARY.into(), |p| p.display().to_string());
             format!("cannot load {library}: {e}")
         })?);
         *slot = Some(nvml.clone());
@@ -211,7 +212,8 @@ impl Jobs {
     async fn sample_until_low(self: Arc<Self>, id: JobId, policy: UtilizationPolicy, gpus: Vec<u32>) {
         if gpus.is_empty() {
             // dstack finds no GPU metrics for such a job and never stops it; say so.
-            let note = "utilization_policy: the job has no GPUs, so there is no utilization to measure and it is not applied";
+            let note =
+                "utilization_policy: the job has no GPUs, so there is no utilization to measure and it is not applied";
             self.note_beside(&id, note.to_owned());
             return;
         }
@@ -411,12 +413,7 @@ mod tests {
     /// What the rule means, said the slow way: at sample `i`, GPU `g` is low for the window when
     /// there is an earlier sample `j` at least a window before, every reading of `g` from `j` to
     /// `i` is below the minimum, and no two samples in between are more than `MAX_GAP` apart.
-    fn reference(
-        min: u32,
-        window_ms: u64,
-        samples: &[(u64, Vec<(u32, Option<u32>)>)],
-        i: usize,
-    ) -> Option<(u32, u32)> {
+    fn reference(min: u32, window_ms: u64, samples: &[(u64, Vec<(u32, Option<u32>)>)], i: usize) -> Option<(u32, u32)> {
         let gap_ms = MAX_GAP.as_millis() as u64;
         let reading = |k: usize, g: u32| samples[k].1.iter().find(|(x, _)| *x == g).and_then(|(_, r)| *r);
         samples[i].1.iter().find_map(|&(g, _)| {
