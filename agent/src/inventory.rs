@@ -166,7 +166,12 @@ mod tests {
     fn interface_addresses_have_their_prefix_and_include_loopback() {
         let addresses = interface_addresses();
         assert!(addresses.iter().any(|a| a == "127.0.0.1/8"), "{addresses:?}");
-        assert!(addresses.iter().all(|a| a.split_once('/').is_some_and(|(ip, p)| ip.parse::<std::net::IpAddr>().is_ok() && p.parse::<u8>().is_ok())), "{addresses:?}");
+        assert!(
+            addresses.iter().all(|a| a
+                .split_once('/')
+                .is_some_and(|(ip, p)| ip.parse::<std::net::IpAddr>().is_ok() && p.parse::<u8>().is_ok())),
+            "{addresses:?}"
+        );
     }
 
     #[test]

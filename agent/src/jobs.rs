@@ -363,7 +363,12 @@ impl Jobs {
             Err(e) => {
                 spool.remove();
                 self.mark_shipped(&id);
-                return self.finish(&id, TerminationReason::ContainerCreationFailed, None, Some(crate::inventory::error_chain(&e)));
+                return self.finish(
+                    &id,
+                    TerminationReason::ContainerCreationFailed,
+                    None,
+                    Some(crate::inventory::error_chain(&e)),
+                );
             }
         }
         self.progress(&id, JobState::Running);

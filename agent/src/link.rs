@@ -13,7 +13,7 @@ use corral_proto::inventory::HostInventory;
 use corral_proto::token::JoinToken;
 use corral_proto::wire::io::{read_frame, write_frame};
 use corral_proto::wire::{
-    AgentMessage, COORDINATOR_SERVER_NAME, CoordinatorMessage, EnrollRequest, Hello, PROTOCOL_MAX, AGENT_PROTOCOL_MIN,
+    AGENT_PROTOCOL_MIN, AgentMessage, COORDINATOR_SERVER_NAME, CoordinatorMessage, EnrollRequest, Hello, PROTOCOL_MAX,
     RefusalCode, Welcome,
 };
 

@@ -253,7 +253,9 @@ async fn submit_run(
     if req.configuration.schedule().is_some() {
         return Err(err(
             StatusCode::BAD_REQUEST,
-            format!("the configuration has a `schedule`: register it with POST /api/projects/{project}/schedules (what `corral apply` does)"),
+            format!(
+                "the configuration has a `schedule`: register it with POST /api/projects/{project}/schedules (what `corral apply` does)"
+            ),
         ));
     }
     if let Some(name) = req.name.as_deref().or(req.configuration.name())
@@ -261,7 +263,9 @@ async fn submit_run(
     {
         return Err(err(
             StatusCode::CONFLICT,
-            format!("{name:?} is a scheduled run: `corral stop {name}` removes its schedule, or apply it under another name"),
+            format!(
+                "{name:?} is a scheduled run: `corral stop {name}` removes its schedule, or apply it under another name"
+            ),
         ));
     }
     let run_id = submit(&state, &project, &req)?;

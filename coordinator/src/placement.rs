@@ -308,8 +308,11 @@ impl Index {
 
     /// Places a request: reserves and returns one allocation per node, or says why it waits.
     pub fn place(&mut self, req: &Request) -> Result<Vec<(NodeId, Allocation)>, String> {
-        let picked =
-            if req.nodes <= 1 { self.best_fit(req, &[], None, pinned(req, 0)).map(|p| vec![p]) } else { self.place_gang(req) };
+        let picked = if req.nodes <= 1 {
+            self.best_fit(req, &[], None, pinned(req, 0)).map(|p| vec![p])
+        } else {
+            self.place_gang(req)
+        };
         let Some(picked) = picked else {
             return Err(self.explain(req));
         };
@@ -339,7 +342,9 @@ impl Index {
             // Ranks that differ (node groups): those that need more GPUs choose before those
             // that need fewer, which take the nodes with the fewest free GPUs first anyway.
             let mut ranks: Vec<usize> = (0..req.nodes as usize).collect();
-            let gpus = |r: usize| req.ranks.get(r).and_then(|spec| spec.gpu.as_ref()).filter(|g| !g.is_tpu()).map_or(0, |g| g.min_count());
+            let gpus = |r: usize| {
+                req.ranks.get(r).and_then(|spec| spec.gpu.as_ref()).filter(|g| !g.is_tpu()).map_or(0, |g| g.min_count())
+            };
             ranks.sort_by_key(|&r| (pinned(req, r).is_none(), std::cmp::Reverse(gpus(r))));
             let mut chosen: Vec<Option<(usize, Allocation)>> = vec![None; ranks.len()];
             for rank in ranks {
@@ -359,7 +364,10 @@ impl Index {
     pub fn explain(&self, req: &Request) -> String {
         // Ranks that differ: the one the fewest nodes could take speaks for the gang.
         let hardest = (0..req.ranks.len()).filter_map(|r| rank_request(req, r).map(|q| (r, q))).min_by_key(|(_, q)| {
-            self.slots.iter().filter(|s| s.schedulable() && fit(&q.resources, &s.inventory, 0, Memory(0), &[]).is_ok()).count()
+            self.slots
+                .iter()
+                .filter(|s| s.schedulable() && fit(&q.resources, &s.inventory, 0, Memory(0), &[]).is_ok())
+                .count()
         });
         if let Some((rank, q)) = hardest {
             return format!("{} (rank {rank} of the gang)", self.explain(&Request { nodes: req.nodes, ..q }));

@@ -529,7 +529,10 @@ fn gang_specs(
                 ("NODE_RANK", rank.to_string()),
                 ("NODES_NUM", n.to_string()),
                 // With node groups, a node's own (the groups may ask for different GPUs).
-                ("GPUS_PER_NODE", if q.task.groups.is_empty() { gpus_per_node } else { allocation.gpu_indices.len() }.to_string()),
+                (
+                    "GPUS_PER_NODE",
+                    if q.task.groups.is_empty() { gpus_per_node } else { allocation.gpu_indices.len() }.to_string(),
+                ),
                 ("GPUS_NUM", gpus_total.to_string()),
             ];
             if n > 1 {

@@ -473,7 +473,8 @@ impl Store {
     /// Stores a run and its jobs (state `submitted`) in one transaction. `Ok(false)`: a run of that
     /// name is still active in the project, and nothing was stored.
     pub fn insert_run(&self, run: &NewRun<'_>) -> Result<bool> {
-        let NewRun { id, project, name, configuration: cfg, source, jobs, job_nums, replicas, replacing_service } = *run;
+        let NewRun { id, project, name, configuration: cfg, source, jobs, job_nums, replicas, replacing_service } =
+            *run;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         // Checked in the same transaction as the insert, so two submissions cannot both win. A

@@ -35,7 +35,12 @@ pub fn check(cfg: &Configuration) -> Result<Admitted, String> {
             check_service(s)?;
             let job_nums = groups::check_service_groups(s, check_task)?;
             let n = job_nums.len() as u32;
-            Ok(Admitted { task: s.replica_task_of(job_nums.first().copied().unwrap_or(0)), jobs: n, replicas: Some(n), job_nums })
+            Ok(Admitted {
+                task: s.replica_task_of(job_nums.first().copied().unwrap_or(0)),
+                jobs: n,
+                replicas: Some(n),
+                job_nums,
+            })
         }
         Configuration::Service(s) => {
             groups::check_replica_refs("commands", &s.commands)?;
@@ -208,24 +213,31 @@ mod tests {
 
     #[test]
     fn what_no_node_can_say_is_refused_by_name() {
-        let cc = "type: task\nimage: busybox\nresources: {gpu: {name: A100, compute_capability: \"8.0\"}}\ncommands: [x]\n";
+        let cc =
+            "type: task\nimage: busybox\nresources: {gpu: {name: A100, compute_capability: \"8.0\"}}\ncommands: [x]\n";
         let e = check(&parse(cc)).expect_err("refused");
         assert!(e.starts_with("resources.gpu.compute_capability:"), "{e}");
-        let e = check(&parse("type: task\nimage: busybox\nregions: [us-east-1]\ncommands: [x]\n")).expect_err("refused");
+        let e =
+            check(&parse("type: task\nimage: busybox\nregions: [us-east-1]\ncommands: [x]\n")).expect_err("refused");
         assert!(e.starts_with("regions:"), "{e}");
     }
 
     #[test]
     fn plain_tasks_are_admitted_and_others_refused_by_field() {
         assert!(check(&parse("type: task\nimage: busybox\ncommands: [\"echo\"]\n")).is_ok());
-        assert!(check(&parse("type: task\npython: \"3.12\"\ncommands: [\"echo\"]\n")).is_ok(), "the base image runs it");
+        assert!(
+            check(&parse("type: task\npython: \"3.12\"\ncommands: [\"echo\"]\n")).is_ok(),
+            "the base image runs it"
+        );
         let run_as = "type: task\nimage: busybox\nuser: 1000:1000\nprivileged: true\nshell: bash\ncommands: [id]\n";
         assert!(check(&parse(run_as)).is_ok());
         let e = check(&parse("type: task\nimage: busybox\nentrypoint: \"sh -c 'echo\"\n")).expect_err("refused");
         assert!(e.starts_with("entrypoint:"), "{e}");
         assert!(check(&parse("type: task\nimage: busybox\nnodes: 2\ncommands: [\"echo\"]\n")).is_ok());
         assert!(check(&parse("type: task\nimage: busybox\nretry: true\ncommands: [\"echo\"]\n")).is_ok());
-        assert!(check(&parse("type: task\nimage: busybox\nvolumes: [\"/data:/data\"]\ncommands: [\"echo\"]\n")).is_ok());
+        assert!(
+            check(&parse("type: task\nimage: busybox\nvolumes: [\"/data:/data\"]\ncommands: [\"echo\"]\n")).is_ok()
+        );
         let e = check(&parse("type: volume\nname: data\n")).expect_err("not a run");
         assert!(e.starts_with("type: volume"), "{e}");
         let dev = check(&parse("type: dev-environment\nimage: busybox\nide: vscode\ninit: [\"touch /ready\"]\n"))
@@ -261,7 +273,8 @@ mod tests {
         let Configuration::Fleet(f) = parse(yaml) else { panic!("a fleet") };
         assert!(check_fleet(&f).is_ok());
         assert!(fleet_notes(&f).is_empty());
-        let ssh_regions = "type: fleet\nname: rack\nregions: [us-east-1]\nssh_config:\n  user: u\n  identity_file: k\n  hosts: [a]\n";
+        let ssh_regions =
+            "type: fleet\nname: rack\nregions: [us-east-1]\nssh_config:\n  user: u\n  identity_file: k\n  hosts: [a]\n";
         let Configuration::Fleet(f) = parse(ssh_regions) else { panic!("a fleet") };
         assert!(check_fleet(&f).expect_err("refused").starts_with("regions: an ssh_config fleet"));
         let Configuration::Fleet(f) = parse("type: fleet\nname: rack\nnodes: 2\ninstance_types: [g6.8xlarge]\n") else {

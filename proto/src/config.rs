@@ -42,13 +42,13 @@ pub use common::{
     SpotPolicy, UtilizationPolicy,
 };
 pub use fleet::{Blocks, FleetConfig, FleetNodes, Placement, SshConfig, SshHost, SshKey, SshProxy};
+pub use groups::{
+    GroupRef, NodeGroup, RankGroup, RefMember, ReplicaGroup, RouterType, group_refs, substitute_node_addresses,
+};
 pub use mounts::{FileMapping, InstanceMount, NamedMount, RepoExistsAction, RepoSpec, UploadRef, VolumeMount};
 pub use resources::{
     TB, format_gpu, format_memory, format_range, parse_count_range, parse_cpu, parse_gpu, parse_memory,
     parse_memory_range,
-};
-pub use groups::{
-    GroupRef, NodeGroup, RankGroup, RefMember, ReplicaGroup, RouterType, group_refs, substitute_node_addresses,
 };
 pub use run::{DevEnvironmentConfig, Ide, StartupOrder, StopCriteria, TaskConfig};
 pub use schedule::{Schedule, cron as parse_cron};

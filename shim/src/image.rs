@@ -1,7 +1,7 @@
 //! Making sure a job's image is on the host: use it if present, pull it otherwise.
 
-use bollard::query_parameters::{CreateImageOptionsBuilder, ImportImageOptionsBuilder, TagImageOptionsBuilder};
 use bollard::auth::DockerCredentials;
+use bollard::query_parameters::{CreateImageOptionsBuilder, ImportImageOptionsBuilder, TagImageOptionsBuilder};
 use bytes::Bytes;
 use corral_proto::job::RegistryCredentials;
 use futures_util::{Stream, StreamExt};

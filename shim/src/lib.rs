@@ -19,16 +19,16 @@ use corral_proto::inventory::DockerInfo;
 use tokio::sync::OnceCell;
 
 mod container;
-pub mod error;
 mod devices;
+pub mod error;
 mod exec;
 mod files;
 mod image;
 mod list;
 pub mod network;
 pub mod spec;
-pub mod volume;
 pub mod uploads;
+pub mod volume;
 
 pub use container::Output;
 pub use error::ShimError;

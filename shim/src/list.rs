@@ -148,7 +148,8 @@ fn utilization_label(v: &str) -> Option<(corral_proto::config::UtilizationPolicy
     let min_gpu_utilization = parts.next()?.parse().ok().filter(|m| *m <= 100)?;
     let time_window_secs = parts.next()?.parse().ok()?;
     let gpus = parts.next()?;
-    let gpus = if gpus.is_empty() { Vec::new() } else { gpus.split(',').map(|g| g.parse().ok()).collect::<Option<_>>()? };
+    let gpus =
+        if gpus.is_empty() { Vec::new() } else { gpus.split(',').map(|g| g.parse().ok()).collect::<Option<_>>()? };
     Some((corral_proto::config::UtilizationPolicy { min_gpu_utilization, time_window_secs }, gpus))
 }
 

@@ -52,15 +52,14 @@ pub(crate) fn container_config(spec: &JobSpec, opts: &RunOptions) -> ContainerCr
     let nvidia = alloc.gpus();
     let gpus = nvidia.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
 
-    let device_requests = (opts.gpu_passthrough == GpuPassthrough::DeviceRequests && !nvidia.is_empty())
-        .then(|| {
-            vec![DeviceRequest {
-                driver: Some("nvidia".to_owned()),
-                device_ids: Some(nvidia.iter().map(u32::to_string).collect()),
-                capabilities: Some(vec![vec!["gpu".to_owned()]]),
-                ..Default::default()
-            }]
-        });
+    let device_requests = (opts.gpu_passthrough == GpuPassthrough::DeviceRequests && !nvidia.is_empty()).then(|| {
+        vec![DeviceRequest {
+            driver: Some("nvidia".to_owned()),
+            device_ids: Some(nvidia.iter().map(u32::to_string).collect()),
+            capabilities: Some(vec![vec!["gpu".to_owned()]]),
+            ..Default::default()
+        }]
+    });
 
     let host_config = HostConfig {
         nano_cpus: (alloc.cpus > 0).then(|| i64::from(alloc.cpus) * 1_000_000_000),
@@ -129,8 +128,7 @@ fn command(spec: &JobSpec) -> (Option<Vec<String>>, Option<Vec<String>>) {
     }
 }
 
-const PICK_SHELL: &str =
-    r#"if command -v bash >/dev/null 2>&1; then exec bash -c "$1"; else exec /bin/sh -c "$1"; fi"#;
+const PICK_SHELL: &str = r#"if command -v bash >/dev/null 2>&1; then exec bash -c "$1"; else exec /bin/sh -c "$1"; fi"#;
 
 /// The commands as one script: in order, and the first failure ends it with its exit code. With
 /// `python`, that Python comes first on the `PATH` ([`python_prelude`]).

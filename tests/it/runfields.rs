@@ -106,7 +106,11 @@ async fn a_run_without_an_image_runs_in_the_base_image_with_its_python() -> anyh
     assert_eq!(image_of(&c.client, "plain").await?, python);
 
     // `nvcc: true` takes the devel image.
-    let file = write_config(c.dir.path(), "devel", "type: task\nname: devel\nnvcc: true\npython: \"3.12\"\ncommands: [\"echo devel\"]\n");
+    let file = write_config(
+        c.dir.path(),
+        "devel",
+        "type: task\nname: devel\nnvcc: true\npython: \"3.12\"\ncommands: [\"echo devel\"]\n",
+    );
     let (_, _) = apply(&c.client, &file, false).await?;
     assert_eq!(image_of(&c.client, "devel").await?, IMAGE);
     Ok(())
@@ -137,15 +141,27 @@ async fn user_privileged_shell_and_entrypoint_shape_the_container() -> anyhow::R
     let (python, _) = python_image();
     let cases = [
         // `user`: a uid and gid.
-        ("user", format!("image: {IMAGE}\nuser: \"1234:2345\"\ncommands: [\"echo uid=$(id -u) gid=$(id -g)\"]\n"), "uid=1234 gid=2345"),
+        (
+            "user",
+            format!("image: {IMAGE}\nuser: \"1234:2345\"\ncommands: [\"echo uid=$(id -u) gid=$(id -g)\"]\n"),
+            "uid=1234 gid=2345",
+        ),
         // `shell: sh` in an image that has bash.
         ("sh", format!("image: {python}\nshell: sh\ncommands: [\"echo shell=${{BASH_VERSION:-sh}}\"]\n"), "shell=sh"),
         // `shell: bash` by name.
-        ("bash", format!("image: {python}\nshell: bash\ncommands: [\"echo shell=${{BASH_VERSION:+bash}}\"]\n"), "shell=bash"),
+        (
+            "bash",
+            format!("image: {python}\nshell: bash\ncommands: [\"echo shell=${{BASH_VERSION:+bash}}\"]\n"),
+            "shell=bash",
+        ),
         // An image without bash: `sh` runs the commands.
         ("nobash", format!("image: {IMAGE}\ncommands: [\"echo shell=${{BASH_VERSION:-sh}}\"]\n"), "shell=sh"),
         // `entrypoint`: the commands are its arguments.
-        ("entry", format!("image: {IMAGE}\nentrypoint: echo 'from the entrypoint:'\ncommands: [\"a b\", \"c\"]\n"), "from the entrypoint: a b c"),
+        (
+            "entry",
+            format!("image: {IMAGE}\nentrypoint: echo 'from the entrypoint:'\ncommands: [\"a b\", \"c\"]\n"),
+            "from the entrypoint: a b c",
+        ),
     ];
     for (name, body, expected) in &cases {
         let file = write_config(c.dir.path(), name, &format!("type: task\nname: {name}\n{body}"));
@@ -155,7 +171,13 @@ async fn user_privileged_shell_and_entrypoint_shape_the_container() -> anyhow::R
     }
     // `privileged`: every capability. A host whose Docker may not grant them (a sandbox without
     // them itself) refuses the container, and the user reads Docker's own words.
-    let file = write_config(c.dir.path(), "privileged", &format!("type: task\nname: privileged\nimage: {IMAGE}\nprivileged: true\ncommands: [\"grep CapEff /proc/self/status\"]\n"));
+    let file = write_config(
+        c.dir.path(),
+        "privileged",
+        &format!(
+            "type: task\nname: privileged\nimage: {IMAGE}\nprivileged: true\ncommands: [\"grep CapEff /proc/self/status\"]\n"
+        ),
+    );
     let (code, out) = apply(&c.client, &file, false).await?;
     if privileged_allowed() {
         assert_eq!(code, 0, "output was: {out}");
@@ -166,7 +188,11 @@ async fn user_privileged_shell_and_entrypoint_shape_the_container() -> anyhow::R
         refused_for_caps(&c.client, "privileged").await?;
     }
     // Without `privileged`, the default capabilities only.
-    let file = write_config(c.dir.path(), "plaincaps", &format!("type: task\nname: plaincaps\nimage: {IMAGE}\ncommands: [\"grep CapEff /proc/self/status\"]\n"));
+    let file = write_config(
+        c.dir.path(),
+        "plaincaps",
+        &format!("type: task\nname: plaincaps\nimage: {IMAGE}\ncommands: [\"grep CapEff /proc/self/status\"]\n"),
+    );
     let (_, out) = apply(&c.client, &file, false).await?;
     assert!(out.contains("CapEff:\t00000000a80425fb"), "output was: {out}");
     Ok(())
@@ -175,7 +201,11 @@ async fn user_privileged_shell_and_entrypoint_shape_the_container() -> anyhow::R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_true_runs_the_dind_image_privileged_with_dockerd_started_first() -> anyhow::Result<()> {
     let c = with_base_images().await?;
-    let file = write_config(c.dir.path(), "dind", "type: task\nname: dind\ndocker: true\ncommands: [\"echo then the commands\"]\n");
+    let file = write_config(
+        c.dir.path(),
+        "dind",
+        "type: task\nname: dind\ndocker: true\ncommands: [\"echo then the commands\"]\n",
+    );
     let (code, out) = apply(&c.client, &file, false).await?;
     assert_eq!(image_of(&c.client, "dind").await?, dind_image());
     if privileged_allowed() {
@@ -237,9 +267,9 @@ async fn credential_recording_registry() -> anyhow::Result<(u16, std::sync::Arc<
                     }
                 }
                 let head = String::from_utf8_lossy(&buf[..len]).into_owned();
-                let auth = head
-                    .lines()
-                    .find_map(|l| l.to_ascii_lowercase().starts_with("authorization:").then(|| l[14..].trim().to_owned()));
+                let auth = head.lines().find_map(|l| {
+                    l.to_ascii_lowercase().starts_with("authorization:").then(|| l[14..].trim().to_owned())
+                });
                 let reply = match auth {
                     None => "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"corral-test\"\r\nDocker-Distribution-API-Version: registry/2.0\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned(),
                     Some(a) => {

@@ -254,7 +254,10 @@ fn instances_restrict_a_run_to_the_named_nodes() {
 fn refused_nodes_take_nothing_and_say_why() {
     let mut ix = Index::new();
     let a = node(&mut ix, "a", host(&[], 8), Some("rack"), false);
-    ix.set_profile(&a, NodeProfile { refused: Some("cpu: the fleet wants 16.., the host has 8".into()), ..Default::default() });
+    ix.set_profile(
+        &a,
+        NodeProfile { refused: Some("cpu: the fleet wants 16.., the host has 8".into()), ..Default::default() },
+    );
     let why = ix.place(&gpu_req(&[], 0)).expect_err("refused");
     assert!(why.contains("1 refused by its fleet (e.g. a: cpu: the fleet wants 16.., the host has 8)"), "{why}");
     ix.set_profile(&a, NodeProfile::default());

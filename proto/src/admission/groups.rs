@@ -70,7 +70,9 @@ mod tests {
     #[test]
     fn routers_are_admitted_and_replica_addresses_refused_by_name() {
         for router in ["sglang", "dynamo"] {
-            let svc = format!("type: service\nimage: i\nport: 80\nreplicas:\n  - count: 1\n    router: {{type: {router}}}\n  - count: 1\n");
+            let svc = format!(
+                "type: service\nimage: i\nport: 80\nreplicas:\n  - count: 1\n    router: {{type: {router}}}\n  - count: 1\n"
+            );
             admit(&svc).expect("a router group runs (see the coordinator's router_groups)");
         }
         let e = admit("type: service\nimage: i\nport: 80\nreplicas:\n  - count: 1\n  - count: 1\n    commands: ['x ${{ groups[0].replicas[0].IP_ADDRESS }}']\n")

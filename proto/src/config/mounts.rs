@@ -100,16 +100,25 @@ pub(crate) fn volume(node: &Node, path: &str) -> Res<VolumeMount> {
         let o = Object::new(node, path, "volume", &["name", "path", "instance_path", "optional"])?;
         if o.has("name") {
             if o.has("instance_path") {
-                return Err(Issue::invalid(o.key_mark("instance_path"), o.path("instance_path"), "set either `name` (a volume) or `instance_path` (a host path), not both"));
+                return Err(Issue::invalid(
+                    o.key_mark("instance_path"),
+                    o.path("instance_path"),
+                    "set either `name` (a volume) or `instance_path` (a host path), not both",
+                ));
             }
             if let Some(n) = o.get("optional") {
-                return Err(Issue::invalid(n.mark, o.path("optional"), "`optional` is for host paths (`instance_path`)"));
+                return Err(Issue::invalid(
+                    n.mark,
+                    o.path("optional"),
+                    "`optional` is for host paths (`instance_path`)",
+                ));
             }
             let names = o.require("name", |n, p| match &n.value {
                 Value::Seq(_) => strings(n, p),
                 _ => string(n, p).map(|s| vec![s]),
             })?;
-            let names = names.into_iter().map(|v| volume_name(node, &format!("{path}.name"), v)).collect::<Res<Vec<_>>>()?;
+            let names =
+                names.into_iter().map(|v| volume_name(node, &format!("{path}.name"), v)).collect::<Res<Vec<_>>>()?;
             if names.is_empty() {
                 return Err(Issue::invalid(node.mark, o.path("name"), "name at least one volume"));
             }
@@ -131,7 +140,11 @@ pub(crate) fn volume(node: &Node, path: &str) -> Res<VolumeMount> {
             ));
         };
         if src.contains('/') {
-            VolumeMount::Instance(InstanceMount { instance_path: src.to_owned(), path: dest.to_owned(), optional: false })
+            VolumeMount::Instance(InstanceMount {
+                instance_path: src.to_owned(),
+                path: dest.to_owned(),
+                optional: false,
+            })
         } else {
             let name = volume_name(node, path, src.to_owned())?;
             VolumeMount::Named(NamedMount { names: vec![name], path: dest.to_owned() })
@@ -158,7 +171,9 @@ fn volume_name(node: &Node, path: &str, name: String) -> Res<String> {
     Err(Issue::invalid(
         node.mark,
         path,
-        format!("\"{name}\" is not a valid volume name: use 2 to 41 lowercase letters, digits and hyphens, starting with a letter"),
+        format!(
+            "\"{name}\" is not a valid volume name: use 2 to 41 lowercase letters, digits and hyphens, starting with a letter"
+        ),
     ))
 }
 

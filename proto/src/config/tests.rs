@@ -304,9 +304,8 @@ fn repos_files_and_mounts() {
             optional: true
         })
     );
-    let t = task(
-        "type: task\ncommands: [x]\nvolumes:\n  - my-volume:/data\n  - {name: [east-vol, west-vol], path: /v}\n",
-    );
+    let t =
+        task("type: task\ncommands: [x]\nvolumes:\n  - my-volume:/data\n  - {name: [east-vol, west-vol], path: /v}\n");
     assert_eq!(t.volumes[0], VolumeMount::Named(NamedMount { names: vec!["my-volume".into()], path: "/data".into() }));
     assert_eq!(
         t.volumes[1],

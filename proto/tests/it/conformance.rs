@@ -138,7 +138,11 @@ fn admit(conf: &Configuration) -> Result<(), String> {
 fn dstack_corpus_runs_on_a_coordinator() {
     let dir = corpus_dir();
     let types = manifest(&dir);
-    assert!(types.len() > 200, "no corpus manifest at {} (see dstack_corpus_is_accepted_or_refused_by_name)", dir.display());
+    assert!(
+        types.len() > 200,
+        "no corpus manifest at {} (see dstack_corpus_is_accepted_or_refused_by_name)",
+        dir.display()
+    );
     let mut admitted = 0;
     let mut refused: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, kind) in &types {
@@ -163,7 +167,10 @@ fn dstack_corpus_runs_on_a_coordinator() {
         }
     }
     let total = admitted + refused.values().map(Vec::len).sum::<usize>();
-    println!("admission: {admitted} of {total} run and fleet configurations ({:.1} %)", 100.0 * admitted as f64 / total as f64);
+    println!(
+        "admission: {admitted} of {total} run and fleet configurations ({:.1} %)",
+        100.0 * admitted as f64 / total as f64
+    );
     for (field, files) in &refused {
         println!("  {:3}  {field}", files.len());
         for f in files {
