@@ -22,6 +22,8 @@ mod uploads;
 mod utilization;
 mod volumes;
 
+/// How far before the spool's last write a re-adopted container's log is read back from Docker.
+const READ_BACK_MARGIN_SECS: i64 = 15;
 /// How long a job's final update waits for its log to be confirmed stored.
 const LOG_DRAIN_WAIT: Duration = Duration::from_secs(10);
 /// How long an ended container's output may take to reach its end in the spool.
@@ -206,7 +208,9 @@ impl Jobs {
                 Ok(spool) => {
                     let name = container_name(&c.job_id);
                     let tail = if spool.progress().len > 0 { spool.tail(OVERLAP_WINDOW).ok() } else { None };
-                    let since = spool.modified_unix().map(|t| i32::try_from(t.saturating_sub(2)).unwrap_or(0));
+                    // Docker's log can be seconds ahead of the spool (its timestamps are when the
+                    // daemon read the output, the spool's when the agent did), so from well before.
+                    let since = spool.modified_unix().map(|t| t.saturating_sub(READ_BACK_MARGIN_SECS));
                     let output: corral_shim::Output = match (tail, since) {
                         (Some(tail), Some(since)) => {
                             Box::pin(after_overlap(Box::pin(self.shim.logs_since(&name, Some(since))), tail))

@@ -73,7 +73,7 @@ impl Spool {
     where
         S: Stream<Item = Result<Bytes, ShimError>> + Send,
     {
-        let mut output = std::pin::pin!(output);
+        let mut output = std::pin::pin!(coalesce(output));
         let result = async {
             let mut file = tokio::fs::File::from_std(open_private(&self.path, false)?);
             while let Some(chunk) = output.next().await {
@@ -147,6 +147,40 @@ impl Spool {
     }
 }
 
+/// Output chunks joined into one, at most this many at a time.
+const COALESCE: usize = 256;
+
+/// The chunks of `output` that are ready together joined into one: a container that writes many
+/// short lines (Docker's log gives one chunk per line) costs one write to the spool and one frame
+/// to the coordinator per batch, not per line. An error is passed on after the bytes before it.
+fn coalesce<S>(output: S) -> impl Stream<Item = Result<Bytes, ShimError>> + Send
+where
+    S: Stream<Item = Result<Bytes, ShimError>> + Send,
+{
+    output.ready_chunks(COALESCE).flat_map(|items| {
+        if items.len() == 1 {
+            return futures_util::stream::iter(items);
+        }
+        let mut out = Vec::with_capacity(1);
+        let mut joined = bytes::BytesMut::new();
+        for item in items {
+            match item {
+                Ok(b) => joined.extend_from_slice(&b),
+                Err(e) => {
+                    if !joined.is_empty() {
+                        out.push(Ok(joined.split().freeze()));
+                    }
+                    out.push(Err(e));
+                }
+            }
+        }
+        if !joined.is_empty() {
+            out.push(Ok(joined.freeze()));
+        }
+        futures_util::stream::iter(out)
+    })
+}
+
 /// How much of a spool's end is compared with Docker's log of a re-adopted container.
 pub const OVERLAP_WINDOW: usize = 1 << 20;
 /// Bytes that must match for a place in Docker's log to count as where the spool ends.
@@ -157,7 +191,8 @@ const SCAN_LIMIT: usize = 256 << 20;
 /// A re-adopted container's output read back from Docker's log from a little before the spool's
 /// last write (`tail` is the spool's end): the part the spool already has is taken off where the
 /// two meet, so that what the container wrote while no agent listened follows the spool exactly.
-/// Where no meeting point is found, everything read back is kept: a repeat, never a loss.
+/// Where no meeting point is found, everything read back is kept after a line in the log that
+/// says output is missing there (Docker rotated it away) or may repeat.
 pub fn after_overlap<S>(output: S, tail: Vec<u8>) -> impl Stream<Item = Result<Bytes, ShimError>> + Send
 where
     S: Stream<Item = Result<Bytes, ShimError>> + Send + Unpin,
@@ -168,6 +203,8 @@ where
         Fail(ShimError),
         Done,
     }
+    // One comparison per batch, not per line.
+    let output = Box::pin(coalesce(output));
     futures_util::stream::unfold(Phase::Meet(output, tail), |phase| async move {
         match phase {
             Phase::Meet(mut output, tail) => {
@@ -197,14 +234,22 @@ where
                     }
                 };
                 let met = met.or_else(|| Some(short_meeting(&tail, &buf)).filter(|&k| k > 0));
+                let mut fresh = Vec::new();
                 if met.is_none() && !tail.is_empty() {
-                    tracing::warn!(
-                        "the spooled output's end was not found in Docker's log: {} bytes read back are kept, \
-                         some may repeat",
-                        buf.len()
-                    );
+                    // Read back from well before the spool's end: Docker's log no longer reaches
+                    // back that far (it keeps its newest files only), or it is too long to search.
+                    let note = if buf.len() >= SCAN_LIMIT {
+                        "some output may repeat here: the agent restarted and what it had saved could not be \
+                         found in Docker's log"
+                    } else {
+                        "some output is missing here: the agent restarted, and Docker's log no longer held what \
+                         the container wrote just before (it keeps only its newest log files)"
+                    };
+                    tracing::warn!(read_back = buf.len(), "{note}");
+                    fresh.extend_from_slice(format!("\n[corral: {note}]\n").as_bytes());
                 }
-                let fresh = Bytes::from(buf.split_off(met.unwrap_or(0)));
+                fresh.extend_from_slice(&buf[met.unwrap_or(0)..]);
+                let fresh = Bytes::from(fresh);
                 Some((Ok(fresh), next.unwrap_or(Phase::Rest(output))))
             }
             Phase::Rest(mut output) => output.next().await.map(|item| (item, Phase::Rest(output))),
@@ -350,6 +395,41 @@ mod tests {
         let out = after_overlap(futures_util::stream::iter(chunks), b"hello wor".to_vec());
         let got: Vec<u8> = out.map(|c| c.expect("ok")).collect::<Vec<_>>().await.concat();
         assert_eq!(got, b"ld\nand more\n");
+    }
+
+    #[tokio::test]
+    async fn output_docker_no_longer_has_is_said_where_it_is_missing() {
+        // The spool ends at line 10; Docker's log (rotated meanwhile) starts at line 500.
+        let spooled: Vec<u8> = (1..=10).flat_map(|n| format!("line {n}\n").into_bytes()).collect();
+        let docker: Vec<u8> = (500..=600).flat_map(|n| format!("line {n}\n").into_bytes()).collect();
+        let chunks: Vec<Result<Bytes, ShimError>> = docker.chunks(7).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        let out = after_overlap(futures_util::stream::iter(chunks), spooled);
+        let got = String::from_utf8(out.map(|c| c.expect("ok")).collect::<Vec<_>>().await.concat()).expect("utf-8");
+        let (note, rest) = got.split_once("]\n").expect("a note first");
+        assert!(note.starts_with("\n[corral: some output is missing here"), "{note}");
+        assert!(note.contains("Docker's log no longer held"), "{note}");
+        assert_eq!(rest.as_bytes(), docker, "everything Docker still had follows the note");
+    }
+
+    #[tokio::test]
+    async fn short_chunks_ready_together_are_written_as_one() {
+        let lines: Vec<Result<Bytes, ShimError>> = (0..1000).map(|n| Ok(Bytes::from(format!("{n}\n")))).collect();
+        let want: Vec<u8> = (0..1000).flat_map(|n| format!("{n}\n").into_bytes()).collect();
+        let batches: Vec<Bytes> = coalesce(futures_util::stream::iter(lines)).map(|c| c.expect("ok")).collect().await;
+        assert_eq!(batches.len(), 1000_usize.div_ceil(COALESCE), "one batch per {COALESCE} ready chunks");
+        assert_eq!(batches.concat(), want);
+        // An error ends the batch before it and is passed on, in order.
+        let mixed: Vec<Result<Bytes, ShimError>> = vec![
+            Ok(Bytes::from_static(b"a")),
+            Ok(Bytes::from_static(b"b")),
+            Err(ShimError::Unexpected { op: "reading", subject: "c".into(), detail: "gone".into() }),
+            Ok(Bytes::from_static(b"d")),
+        ];
+        let out: Vec<_> = coalesce(futures_util::stream::iter(mixed)).collect().await;
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0].as_ref().expect("ok"), &Bytes::from_static(b"ab"));
+        assert!(out[1].is_err());
+        assert_eq!(out[2].as_ref().expect("ok"), &Bytes::from_static(b"d"));
     }
 
     #[test]

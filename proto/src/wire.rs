@@ -113,6 +113,7 @@ pub struct EnrollRequest {
     /// The secret part of the join token.
     pub secret: String,
     /// A PKCS#10 certificate signing request for the node's key (DER).
+    #[serde(with = "serde_bytes")]
     pub csr_der: Vec<u8>,
     pub hostname: String,
     /// A fleet the agent asks to join (the token's fleet wins when it names one).
@@ -316,12 +317,12 @@ pub struct TermSize {
 /// the exit code from the container. The stream ends after `Exit`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ExecFrame {
-    Stdin(Vec<u8>),
+    Stdin(#[serde(with = "serde_bytes")] Vec<u8>),
     /// No more input (the command sees end of file).
     StdinEnd,
     Resize(TermSize),
-    Stdout(Vec<u8>),
-    Stderr(Vec<u8>),
+    Stdout(#[serde(with = "serde_bytes")] Vec<u8>),
+    Stderr(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The command ended; `None` when its code could not be read.
     Exit {
         code: Option<i64>,
@@ -342,7 +343,11 @@ pub enum LogFrame {
     Open { job_id: JobId },
     /// Output bytes starting at `offset` in the job's log. After a reconnect the agent replays from
     /// an earlier offset; the coordinator keeps only the bytes it does not have yet.
-    Chunk { offset: u64, data: Vec<u8> },
+    Chunk {
+        offset: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
     /// The container exited and all of its output was sent.
     End { total: u64 },
 }

@@ -1,18 +1,17 @@
-//! The verbs on one job's container: create and start, logs, wait, stop, kill, remove.
+//! The verbs on one job's container: create and start, wait, stop, kill, remove (its logs:
+//! [`crate::logs`]).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, KillContainerOptionsBuilder, LogsOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, KillContainerOptionsBuilder,
     RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use bytes::Bytes;
 use corral_proto::job::JobSpec;
-use futures_util::{Stream, StreamExt, TryStreamExt, stream};
+use futures_util::{Stream, StreamExt};
 
 use crate::Shim;
 use crate::error::{ShimError, daemon_message, status_of};
@@ -157,74 +156,6 @@ impl Shim {
         }
         tracing::info!(job = %spec.job_id, container = %name, id = %created.id, "container started");
         Ok((created.id, output, note))
-    }
-
-    /// The container's stdout and stderr, merged in the order written, from the start; follows a
-    /// running container until it exits. The stream owns its own handle, so it may outlive `self`.
-    pub fn logs(&self, container: &str) -> impl Stream<Item = Result<Bytes, ShimError>> + Send + use<> {
-        self.logs_since(container, None)
-    }
-
-    /// Like [`Shim::logs`], only what Docker logged at or after `since` (seconds since the epoch),
-    /// when given: Docker's log, rotated or not, read from a point in time rather than a byte.
-    pub fn logs_since(
-        &self,
-        container: &str,
-        since: Option<i32>,
-    ) -> impl Stream<Item = Result<Bytes, ShimError>> + Send + use<> {
-        // With `since`, entries carry Docker's timestamp ("<RFC 3339> "), taken off here.
-        let strip = move |bytes: Bytes| -> Bytes {
-            match (since, bytes.iter().position(|&b| b == b' ')) {
-                (Some(_), Some(i)) => bytes.slice(i + 1..),
-                _ => bytes,
-            }
-        };
-        // The last byte followed (256: none yet), for the check at the end.
-        let last = Arc::new(AtomicU16::new(256));
-        let (shim, name) = (self.clone(), container.to_owned());
-        let followed = {
-            let (shim, container, last) = (shim.clone(), name.clone(), last.clone());
-            stream::once(async move {
-                let docker = shim.client().await?.clone();
-                let options = LogsOptionsBuilder::default()
-                    .follow(true)
-                    .stdout(true)
-                    .stderr(true)
-                    .since(since.unwrap_or(0))
-                    .timestamps(since.is_some())
-                    .build();
-                let lines = docker.logs(&container, Some(options));
-                Ok(lines.map(move |chunk| {
-                    let bytes = chunk
-                        .map(|c| strip(c.into_bytes()))
-                        .map_err(|e| shim.container_error("reading logs of", &container, e))?;
-                    if let Some(&b) = bytes.last() {
-                        last.store(u16::from(b), Ordering::Relaxed);
-                    }
-                    Ok(bytes)
-                }))
-            })
-            .try_flatten()
-        };
-        // Docker's follow ends when the container exits, and can end before the output's last
-        // line is written when that line has no newline (`printf done`): read it back once.
-        let tail = stream::once(async move {
-            let after_newline = matches!(last.load(Ordering::Relaxed), 256 | 0x0a);
-            if !after_newline {
-                return None;
-            }
-            let docker = shim.client().await.ok()?.clone();
-            let options =
-                LogsOptionsBuilder::default().stdout(true).stderr(true).tail("1").timestamps(since.is_some()).build();
-            let entries: Vec<_> = docker.logs(&name, Some(options)).collect().await;
-            let mut bytes = Vec::new();
-            for entry in entries {
-                bytes.extend_from_slice(&strip(entry.ok()?.into_bytes()));
-            }
-            (!bytes.is_empty() && !bytes.ends_with(b"\n")).then(|| Ok(Bytes::from(bytes)))
-        })
-        .filter_map(std::future::ready);
-        followed.chain(tail)
     }
 
     /// Waits until the container is not running and returns its exit code (at once if it already

@@ -25,6 +25,7 @@ mod exec;
 mod files;
 mod image;
 mod list;
+mod logs;
 pub mod network;
 pub mod spec;
 pub mod uploads;

@@ -194,6 +194,16 @@ fn unix_seconds(ts: &str) -> Option<i64> {
     Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + min * 60 + sec - offset)
 }
 
+/// Docker's UTC timestamps (`2024-05-01T12:00:00.123456789Z`) to the nanosecond: seconds since
+/// the epoch and nanoseconds.
+pub(crate) fn unix_nanos(ts: &str) -> Option<(i64, u32)> {
+    let secs = unix_seconds(ts)?;
+    let fraction = ts.get(19..)?.strip_prefix('.').unwrap_or("");
+    let digits: String = fraction.chars().take_while(char::is_ascii_digit).take(9).collect();
+    let nanos = if digits.is_empty() { 0 } else { format!("{digits:0<9}").parse().ok()? };
+    Some((secs, nanos))
+}
+
 /// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -220,6 +230,11 @@ mod tests {
         assert_eq!(unix_seconds("0001-01-01T00:00:00Z"), None);
         assert_eq!(unix_seconds(""), None);
         assert_eq!(unix_seconds("2024-05-01 12:00:00Z"), None);
+        assert_eq!(unix_nanos("2024-05-01T12:00:00.123456789Z"), Some((1_714_564_800, 123_456_789)));
+        // Docker leaves trailing zeros off the fraction.
+        assert_eq!(unix_nanos("2024-05-01T12:00:00.12Z"), Some((1_714_564_800, 120_000_000)));
+        assert_eq!(unix_nanos("2024-05-01T12:00:00Z"), Some((1_714_564_800, 0)));
+        assert_eq!(unix_nanos("x"), None);
         assert_eq!(unix_seconds("2024-05-01T12:00:00"), None);
     }
 

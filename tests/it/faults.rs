@@ -502,14 +502,14 @@ async fn agent_kill_9_loses_no_job_and_no_output() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (_coord, client, mut agent) = one_agent(dir.path()).await?;
 
-    let end_at = now_unix() + 14;
+    let end_at = now_unix() + 20;
     let wait = shell_wait_until;
     let real = |name: &str, tail: &str| real(name, &format!("begin {name}"), tail);
     let numbered = "seq 1 20000";
     submit(&client, &real("during", &format!("{}; {numbered}; echo end during", wait(end_at))), "during").await?;
-    // `after` writes 39 MB before the kill, more than Docker keeps (10 MB × 3 here): its log read
-    // back after the restart must still line up.
-    let big = 5_000_000;
+    // `after` writes a million lines before the kill, more than Docker keeps (10 MB × 3 of JSON
+    // here, about 380,000 short lines): its log read back after the restart must still line up.
+    let big = 1_000_000;
     submit(
         &client,
         &real("after", &format!("seq 1 {big}; {}; {numbered}; echo end after", wait(end_at + 10))),
@@ -522,7 +522,13 @@ async fn agent_kill_9_loses_no_job_and_no_output() -> anyhow::Result<()> {
         Ok((runs.iter().filter(|r| r.state == JobState::Running).count() == 3).then_some(()))
     })
     .await?;
-    anyhow::ensure!(now_unix() + 2 < end_at, "the jobs started too late for the agent's outage");
+    // Docker's log driver takes seconds for a million lines: all of them stored before the kill.
+    let begin_and_big = format!("begin after\n{}", (1..=big).map(|n| format!("{n}\n")).collect::<String>());
+    wait_for("`after` wrote its million lines", Duration::from_secs(60), || async {
+        Ok((crate::harness::logs(&client, "after").await?.len() >= begin_and_big.len()).then_some(()))
+    })
+    .await?;
+    anyhow::ensure!(now_unix() + 2 < end_at, "the jobs wrote their output too late for the agent's outage");
     sleep_until_unix(end_at - 2).await;
     agent.kill9();
     let killed = Instant::now();
@@ -532,9 +538,9 @@ async fn agent_kill_9_loses_no_job_and_no_output() -> anyhow::Result<()> {
     let restarted = Instant::now();
 
     let seq: String = (1..=20000).map(|n| format!("{n}\n")).collect();
-    let big_seq: String = (1..=big).map(|n| format!("{n}\n")).collect();
+    let big_seq = &begin_and_big["begin after\n".len()..];
     let want = |name: &str| {
-        let before = if name == "after" { big_seq.as_str() } else { "" };
+        let before = if name == "after" { big_seq } else { "" };
         format!("begin {name}\n{before}{seq}end {name}\n")
     };
     wait_for("every run ended with its whole log", Duration::from_secs(90), || async {
@@ -574,7 +580,7 @@ async fn agent_kill_9_loses_no_job_and_no_output() -> anyhow::Result<()> {
     assert_eq!(crate::harness::logs(&client, "bad").await?, "begin bad\nfailing\n");
     println!(
         "faults: agent kill -9 with 3 jobs running (2 ending while it was down, one with exit code 3, one with \
-         39 MB written before it): down \
+         a million lines written before it): down \
          {:.1}s, every run ended with its whole log {:.1}s after the agent's restart; runs in a wrong state {}, \
          log bytes lost 0",
         down.as_secs_f64(),

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use corral_shim::{RunOptions, ShimError};
 
+use anyhow::Context;
+
 use crate::{DEADLINE, TEST_IMAGE, job, logs, shim, until_running, wait};
 
 #[tokio::test]
@@ -161,5 +163,53 @@ async fn a_container_that_cannot_start_is_removed_again() -> anyhow::Result<()> 
     // And a retry is not refused as a duplicate.
     let again = shim.create_and_start(&spec, &RunOptions::default()).await;
     assert!(matches!(again, Err(ShimError::Start { .. })), "{again:?}");
+    Ok(())
+}
+
+/// Docker's follow of a json-file log that rotates while it is still sending the backlog to a
+/// slow reader stops seeing the log: `logs_since` reads again from where it got to, so every
+/// line the container writes arrives once, in order.
+#[tokio::test]
+async fn a_log_read_back_slowly_across_a_rotation_misses_no_line() -> anyhow::Result<()> {
+    let shim = shim()?;
+    let name = format!("{}-rotating", crate::unique_job_id("logs").0);
+    let _cleanup = crate::Cleanup(name.clone(), String::new());
+    let from = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64 - 15;
+    // A million lines rotate a 10 MB × 3 JSON log many times (it keeps about 380,000 of them).
+    let script = "seq 1 1000000; sleep 6; seq 1 20000; echo end";
+    let run = std::process::Command::new("docker")
+        .args(["run", "-d", "--name", &name, "--log-driver", "json-file", "--log-opt", "max-size=10m"])
+        .args(["--log-opt", "max-file=3", TEST_IMAGE, "sh", "-c", script])
+        .output()?;
+    anyhow::ensure!(run.status.success(), "docker run: {}", String::from_utf8_lossy(&run.stderr));
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let tail = std::process::Command::new("docker").args(["logs", "--tail", "1", &name]).output()?;
+        if String::from_utf8_lossy(&tail.stdout).trim() == "1000000" {
+            break;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the container did not write its million lines");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut stream = std::pin::pin!(shim.logs_since(&name, Some(from)));
+    // A reader that takes nothing for a while (an agent busy catching up): the container writes
+    // again, and its log rotates, while Docker is still sending the backlog.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let mut text = Vec::new();
+    tokio::time::timeout(DEADLINE, async {
+        while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+            text.extend_from_slice(&chunk?);
+        }
+        anyhow::Ok(())
+    })
+    .await??;
+    let text = String::from_utf8(text)?;
+    let second: String = (1..=20000).map(|n| format!("{n}\n")).collect();
+    let first = text.strip_suffix(&format!("{second}end\n")).context("the lines written after the rotation")?;
+    // What Docker still kept of the first million: a run of lines ending at 1000000, none twice.
+    let numbers: Vec<u64> = first.lines().map(str::parse).collect::<Result<_, _>>()?;
+    anyhow::ensure!(numbers.len() > 100_000, "only {} lines of the first million", numbers.len());
+    anyhow::ensure!(numbers.last() == Some(&1_000_000), "ends at {:?}", numbers.last());
+    anyhow::ensure!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "the first million's lines are not one run");
     Ok(())
 }

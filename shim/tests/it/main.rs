@@ -91,7 +91,7 @@ fn job(tag: &str, commands: &[&str]) -> (JobSpec, Cleanup) {
 
 /// Removes a test's container and its run's network when the test ends, passed or failed.
 /// Through the CLI, because `Drop` cannot await and may run while the test's runtime is gone.
-struct Cleanup(String, String);
+pub(crate) struct Cleanup(pub(crate) String, pub(crate) String);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
