@@ -341,7 +341,6 @@ impl Jobs {
                 return self.finish(&id, reason, None, message);
             }
         };
-        let mut spec = spec;
         if let Some(dir) = prepared.working_dir.take() {
             spec.working_dir = Some(dir);
         }

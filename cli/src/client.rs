@@ -222,6 +222,10 @@ impl Client {
         serde_json::from_slice(&body).with_context(|| format!("unexpected answer from the coordinator ({status})"))
     }
 
+    pub async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
+        self.send(self.http.put(format!("{}{path}", self.url)).json(body)).await
+    }
+
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.send(self.http.get(format!("{}{path}", self.url))).await
     }

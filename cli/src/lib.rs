@@ -13,6 +13,7 @@ pub mod nodeinfo;
 pub mod offers;
 pub mod output;
 pub mod schedules;
+pub mod secrets;
 pub mod ssh;
 pub mod sshfleet;
 pub mod tls;
@@ -150,6 +151,12 @@ pub enum Command {
     Fleet {
         #[command(subcommand)]
         command: FleetCommand,
+    },
+    /// The project's secrets, for `${{ secrets.NAME }}` in a run's `env` and `registry_auth`:
+    /// stored encrypted, never shown again.
+    Secret {
+        #[command(subcommand)]
+        command: SecretCommand,
     },
     /// Named volumes (`type: volume`; `volumes: [name:/path]` in a run): they outlive runs.
     Volume {
@@ -323,6 +330,25 @@ pub enum FleetCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum SecretCommand {
+    /// Set a secret: VALUE, else the file of `--from-file`, else standard input (one line, or all
+    /// of it when not a terminal).
+    Set {
+        name: String,
+        value: Option<String>,
+        #[arg(long, value_name = "FILE", conflicts_with = "value")]
+        from_file: Option<std::path::PathBuf>,
+    },
+    /// The project's secrets: names and dates, never values.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a secret (runs that name it can no longer start).
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum VolumeCommand {
     /// Volumes: name, project, node, size, status, and the runs that mount them.
     List {
@@ -391,6 +417,7 @@ pub async fn run(cli: Cli, out: &mut (dyn std::io::Write + Send)) -> anyhow::Res
             bundle::create(&output, bin_dir, &images, out)
         }
         Command::Image { command } => images::image(&client::Client::from_env()?, command, out).await,
+        Command::Secret { command } => secrets::secret(&client::Client::from_env()?, command, out).await,
         Command::Volume { command } => volumes::volume(&client::Client::from_env()?, command, out).await,
         Command::Token { command } => cluster::token(&client::Client::from_env()?, command, out).await,
     }

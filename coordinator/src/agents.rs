@@ -684,7 +684,9 @@ fn reconcile(
                 if let Some(spec) = job.spec.as_ref().filter(|_| crate::lifecycle::may_start(job, &gang)) {
                     let msg = CoordinatorMessage::StartJob(Box::new(spec.clone()));
                     let protocol = state.session(&node.id).map_or(0, |s| s.protocol);
-                    if crate::understood(&node.name, protocol, &msg) {
+                    if crate::understood(&node.name, protocol, &msg)
+                        && let Some(msg) = state.with_secrets(msg)
+                    {
                         let _ = tx.try_send(msg);
                     }
                 }

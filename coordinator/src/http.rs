@@ -34,6 +34,7 @@ mod models;
 mod proxy;
 mod ratelimit;
 mod schedules;
+mod secrets;
 mod tls;
 mod tokens;
 mod uploads;
@@ -104,6 +105,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/nodes/{name}/drain", post(cluster::drain))
         .route("/api/projects/{project}/fleets", post(cluster::put_fleet).get(cluster::list_fleets))
         .route("/api/projects/{project}/fleets/{name}", get(cluster::get_fleet).delete(cluster::delete_fleet))
+        .route("/api/projects/{project}/secrets", get(secrets::list))
+        .route("/api/projects/{project}/secrets/{name}", axum::routing::put(secrets::set).delete(secrets::remove))
         .route("/api/projects/{project}/volumes", post(volumes::put_volume).get(volumes::list_volumes))
         .route("/api/projects/{project}/volumes/{name}", get(volumes::get_volume).delete(volumes::delete_volume))
         .route_layer(middleware::from_fn(check_path_names))
@@ -287,6 +290,9 @@ pub(crate) fn submit(state: &State, project: &str, req: &SubmitRun) -> Result<Ru
     let admitted = corral_proto::admission::check(&req.configuration).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
     // A local repo or file runs only with its upload in the store.
     crate::uploads::check_present(&state.uploads, &req.configuration).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
+    // Every `${{ secrets.NAME }}` set in the project, and only where it is expanded.
+    crate::vault::check_run(state, project, &req.configuration, &admitted.task.commands)
+        .map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
     let name = req.name.clone().or_else(|| admitted.task.name.clone()).unwrap_or_else(generated_name);
     api::check_name(NameKind::Run, &name).map_err(|e| err(StatusCode::BAD_REQUEST, format!("name: {e}")))?;
     // Applying a service again deploys the new configuration next to the running one, which

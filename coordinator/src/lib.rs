@@ -43,6 +43,7 @@ pub mod store;
 pub mod tunnel;
 pub mod upgrade;
 pub mod uploads;
+pub mod vault;
 pub mod volumes;
 
 use std::collections::HashMap;
@@ -220,6 +221,8 @@ pub struct State {
     pub backends: backends::Backends,
     /// Connected agents' interface addresses, for fleets' `ssh_config.network`.
     pub interfaces: fleet_nodes::Interfaces,
+    /// Seals and opens the projects' secrets.
+    pub vault: vault::Vault,
 }
 
 impl State {
@@ -272,6 +275,22 @@ impl State {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(node).cloned()
     }
 
+    /// A `StartJob` with the project's secrets expanded into it (only what is sent carries them);
+    /// `None` when one is no longer set: the job waits, and starts once it is set again (the node's
+    /// next reconciliation sends it).
+    pub(crate) fn with_secrets(&self, msg: CoordinatorMessage) -> Option<CoordinatorMessage> {
+        match msg {
+            CoordinatorMessage::StartJob(spec) => match vault::with_secrets(self, &spec) {
+                Ok(spec) => Some(CoordinatorMessage::StartJob(Box::new(spec))),
+                Err(e) => {
+                    tracing::error!(job = %spec.job_id, run = %spec.run_name, "the job cannot start: {e}");
+                    None
+                }
+            },
+            other => Some(other),
+        }
+    }
+
     /// Sends a command to a node if it is connected. A command that cannot be sent now is not lost:
     /// reconciliation on the node's next connection sends what is still needed.
     pub fn send(&self, node: &NodeId, msg: CoordinatorMessage) -> bool {
@@ -281,6 +300,9 @@ impl State {
         if !understood(&s.name, s.protocol, &msg) {
             return false;
         }
+        let Some(msg) = self.with_secrets(msg) else {
+            return false;
+        };
         match s.tx.try_send(msg) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -387,6 +409,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let logs = LogStore::new(&dir.join("logs")).context("cannot create the log dir")?;
     let images = images::ImageStore::open(&dir.join("images")).context("cannot open the image store")?;
     let uploads = uploads::UploadStore::open(&dir.join("uploads")).context("cannot open the upload store")?;
+    let vault = vault::Vault::open_or_create(dir).context("cannot open the secrets' key")?;
     let backends = backends::Backends::start(config.aws.clone()).await?;
 
     let (admin_token, join_token) = bootstrap_tokens(dir, &store, &pki.ca_hash())?;
@@ -418,6 +441,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         uploads,
         backends,
         interfaces: fleet_nodes::Interfaces::default(),
+        vault,
     });
     // A restart is not a node loss: nodes with jobs get the restart grace to come back (their
     // agents notice the restart within seconds, by a stateless reset or their idle timeout), and

@@ -114,6 +114,12 @@ CREATE TABLE volumes (
     r#"
 ALTER TABLE runs ADD COLUMN group_replicas TEXT;
 "#,
+    // A project's secrets (`corral secret set`), sealed with the data dir's key ([`crate::vault`]).
+    r#"
+CREATE TABLE secrets (
+    project TEXT NOT NULL REFERENCES projects(name), name TEXT NOT NULL, sealed BLOB NOT NULL,
+    created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL, PRIMARY KEY (project, name));
+"#,
 ];
 
 /// What [`Store::insert_run`] stores.
@@ -138,6 +144,7 @@ pub struct NewRun<'a> {
 mod fleets;
 mod images;
 mod schedules;
+mod secrets;
 mod services;
 #[cfg(test)]
 mod tests;
@@ -145,6 +152,7 @@ mod tokens;
 mod volumes;
 
 pub use schedules::ScheduleRow;
+pub use secrets::SecretRow;
 pub use services::ActiveService;
 pub use tokens::DefaultToken;
 pub use volumes::VolumeRow;

@@ -77,10 +77,10 @@ fn check_service(s: &ServiceConfig) -> Result<u32, String> {
 fn check_task(task: &TaskConfig) -> Result<(), String> {
     let refuse = |field: &str, why: &str| Err(format!("{field}: {why}"));
     // With no `image`, the coordinator's base image runs (dstack's, or the site's `--base-image`).
-    if let Some(ep) = &task.entrypoint {
-        if shlex::split(ep).is_none_or(|words| words.is_empty()) {
-            return refuse("entrypoint", "cannot be split into words (an unclosed quote?)");
-        }
+    if let Some(ep) = &task.entrypoint
+        && shlex::split(ep).is_none_or(|words| words.is_empty())
+    {
+        return refuse("entrypoint", "cannot be split into words (an unclosed quote?)");
     }
     if let Some(e) = task.env.iter().find(|e| e.value.is_none()) {
         return Err(format!("env.{}: has no value (set it in the environment of `corral apply`)", e.name));

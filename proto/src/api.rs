@@ -335,6 +335,20 @@ pub struct ImageInfo {
     pub pushed_ms: i64,
 }
 
+/// A project's secret as the API shows it: never its value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Secret {
+    pub name: String,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// `PUT /api/projects/{project}/secrets/{name}`: the value to seal.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct SetSecret {
+    pub value: String,
+}
+
 /// `POST /api/uploads/check`: which of these uploads (SHA-256s of the tars `corral apply` would
 /// send) the coordinator lacks. Answered with [`MissingUploads`].
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

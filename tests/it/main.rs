@@ -23,6 +23,7 @@ mod restart;
 mod routers;
 mod runfields;
 mod schedules;
+mod secrets;
 mod services;
 mod tasks;
 mod upgrade;

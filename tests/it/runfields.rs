@@ -248,7 +248,8 @@ async fn dstack_true_lets_a_run_call_the_coordinator_s_api() -> anyhow::Result<(
 
 /// A registry on loopback that asks for Basic credentials and records the ones it is sent
 /// (Docker treats 127.0.0.0/8 as an insecure registry: plain HTTP). It has no images.
-async fn credential_recording_registry() -> anyhow::Result<(u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>)> {
+pub(crate) async fn credential_recording_registry()
+-> anyhow::Result<(u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();

@@ -413,13 +413,16 @@ mod tests {
     /// What the rule means, said the slow way: at sample `i`, GPU `g` is low for the window when
     /// there is an earlier sample `j` at least a window before, every reading of `g` from `j` to
     /// `i` is below the minimum, and no two samples in between are more than `MAX_GAP` apart.
-    fn reference(min: u32, window_ms: u64, samples: &[(u64, Vec<(u32, Option<u32>)>)], i: usize) -> Option<(u32, u32)> {
+    /// Samples as (time in ms, per GPU its reading).
+    type Samples = [(u64, Vec<(u32, Option<u32>)>)];
+
+    fn reference(min: u32, window_ms: u64, samples: &Samples, i: usize) -> Option<(u32, u32)> {
         let gap_ms = MAX_GAP.as_millis() as u64;
         let reading = |k: usize, g: u32| samples[k].1.iter().find(|(x, _)| *x == g).and_then(|(_, r)| *r);
         samples[i].1.iter().find_map(|&(g, _)| {
             let mut j = i;
             loop {
-                if !reading(j, g).is_some_and(|r| r < min) {
+                if reading(j, g).is_none_or(|r| r >= min) {
                     return None;
                 }
                 let earlier_ok = j > 0

@@ -1,0 +1,248 @@
+//! A project's secrets: sealed at rest with a key of the data dir's own (ChaCha20-Poly1305 from
+//! `ring`), never returned by the API, and expanded as `${{ secrets.NAME }}` only into the
+//! `StartJob` sent to the node that runs the job: the stored run and job keep the reference.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Context;
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+
+use corral_proto::config::Configuration;
+use corral_proto::job::JobSpec;
+
+use crate::State;
+
+/// The key's file in the data dir, private to the coordinator's user.
+pub const KEY_FILE: &str = "secrets.key";
+/// The longest secret value.
+pub const MAX_VALUE: usize = 64 * 1024;
+/// The longest secret name.
+const MAX_NAME: usize = 128;
+
+pub struct Vault {
+    key: LessSafeKey,
+    rng: SystemRandom,
+}
+
+impl Vault {
+    /// The data dir's key, made (32 random bytes, mode 0600) on first start.
+    pub fn open_or_create(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join(KEY_FILE);
+        let rng = SystemRandom::new();
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut b = vec![0u8; 32];
+                rng.fill(&mut b).map_err(|_| anyhow::anyhow!("the system random number generator failed"))?;
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .with_context(|| format!("cannot create {}", path.display()))?;
+                f.write_all(&b)?;
+                f.sync_all()?;
+                b
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let key = UnboundKey::new(&CHACHA20_POLY1305, &bytes)
+            .map_err(|_| anyhow::anyhow!("{} is not a 32-byte key", path.display()))?;
+        Ok(Self { key: LessSafeKey::new(key), rng })
+    }
+
+    /// `value` sealed for `project`'s secret `name`: the nonce, then the ciphertext and its tag.
+    pub fn seal(&self, project: &str, name: &str, value: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill(&mut nonce).map_err(|_| anyhow::anyhow!("the system random number generator failed"))?;
+        let mut sealed = value.to_vec();
+        self.key
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), aad(project, name), &mut sealed)
+            .map_err(|_| anyhow::anyhow!("sealing a secret failed"))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    /// The value sealed by [`Vault::seal`]; `None` when it was sealed under another key, project
+    /// or name, or altered.
+    pub fn open(&self, project: &str, name: &str, sealed: &[u8]) -> Option<Vec<u8>> {
+        let (nonce, rest) = sealed.split_at_checked(NONCE_LEN)?;
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut buf = rest.to_vec();
+        let plain = self.key.open_in_place(nonce, aad(project, name), &mut buf).ok()?;
+        Some(plain.to_vec())
+    }
+}
+
+/// What a sealed value is bound to: moved to another project or name, it does not open.
+fn aad(project: &str, name: &str) -> Aad<Vec<u8>> {
+    Aad::from(format!("{project}\0{name}").into_bytes())
+}
+
+/// Whether `name` may name a secret: 1 to 128 of `A-Z a-z 0-9 _ -`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// One `${{ secrets.NAME }}` in a string: its byte range and the name.
+struct Reference<'a> {
+    range: std::ops::Range<usize>,
+    name: &'a str,
+}
+
+/// The `${{ secrets.NAME }}` references in `s` (spaces allowed inside the braces; `$${{` is an
+/// escape, as in dstack).
+fn references(s: &str) -> Vec<Reference<'_>> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(pos) = s[from..].find("${{") {
+        let start = from + pos;
+        from = start + 3;
+        if start > 0 && s.as_bytes()[start - 1] == b'$' {
+            continue;
+        }
+        let Some(len) = s[from..].find("}}") else { break };
+        let inner = s[from..from + len].trim();
+        if let Some(name) = inner.strip_prefix("secrets.") {
+            out.push(Reference { range: start..from + len + 2, name: name.trim() });
+        }
+        from += len + 2;
+    }
+    out
+}
+
+/// `s` with each secret reference replaced by its value; `Err` names a secret `value` lacks.
+fn expand(s: &str, value: &impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let refs = references(s);
+    if refs.is_empty() {
+        return Ok(s.to_owned());
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut at = 0;
+    for r in refs {
+        out.push_str(&s[at..r.range.start]);
+        out.push_str(&value(r.name).ok_or_else(|| r.name.to_owned())?);
+        at = r.range.end;
+    }
+    out.push_str(&s[at..]);
+    Ok(out)
+}
+
+/// The secrets a run's configuration names, each once, in order.
+pub fn used(cfg: &Configuration) -> Vec<String> {
+    let text = serde_json::to_string(cfg).unwrap_or_default();
+    let mut names: Vec<String> = Vec::new();
+    for r in references(&text) {
+        if !names.iter().any(|n| n == r.name) {
+            names.push(r.name.to_owned());
+        }
+    }
+    names
+}
+
+/// Checks at apply that every secret the run names is set in `project`, and that it names them
+/// only where they are expanded (`env` and `registry_auth`, as in dstack). The error says which
+/// and what to do.
+pub fn check_run(state: &State, project: &str, cfg: &Configuration, commands: &[String]) -> Result<(), String> {
+    if let Some(r) = commands.iter().find_map(|c| references(c).into_iter().next()) {
+        return Err(format!(
+            "commands: ${{{{ secrets.{0} }}}} is expanded only in env and registry_auth: put it in env \
+             (`env: [{0}=${{{{ secrets.{0} }}}}]`) and use ${0} in the commands",
+            r.name
+        ));
+    }
+    for name in used(cfg) {
+        if !valid_name(&name) {
+            return Err(format!("${{{{ secrets.{name} }}}}: not a secret name (letters, digits, _ and -)"));
+        }
+        match state.store.sealed_secret(project, &name) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(format!(
+                    "secret {name:?} is not set in project {project:?}: set it with `corral secret set {name}` \
+                     (the value is read from stdin)"
+                ));
+            }
+            Err(e) => return Err(format!("cannot read the project's secrets: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// The spec to send to the node: its `env` values and `registry_auth` with the project's secrets
+/// in. `Err` says which secret is gone (deleted after the run was applied).
+pub fn with_secrets(state: &State, spec: &JobSpec) -> Result<JobSpec, String> {
+    let names_any = spec.env.iter().any(|(_, v)| v.contains("${{"))
+        || spec
+            .container
+            .registry_auth
+            .as_ref()
+            .is_some_and(|a| a.username.contains("${{") || a.password.contains("${{"));
+    if !names_any {
+        return Ok(spec.clone());
+    }
+    let value = |name: &str| {
+        let sealed = state.store.sealed_secret(&spec.project, name).ok().flatten()?;
+        let plain = state.vault.open(&spec.project, name, &sealed)?;
+        String::from_utf8(plain).ok()
+    };
+    let gone = |name: String| {
+        format!(
+            "secret {name:?} of project {:?} is no longer set: `corral secret set {name}`, then apply again",
+            spec.project
+        )
+    };
+    let mut out = spec.clone();
+    for (_, v) in &mut out.env {
+        *v = expand(v, &value).map_err(gone)?;
+    }
+    if let Some(auth) = &mut out.container.registry_auth {
+        auth.username = expand(&auth.username, &value).map_err(gone)?;
+        auth.password = expand(&auth.password, &value).map_err(gone)?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_value_opens_only_as_what_it_was_sealed_for() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vault = Vault::open_or_create(dir.path()).expect("vault");
+        let sealed = vault.seal("main", "HF_TOKEN", b"hf_abc").expect("seal");
+        assert!(!sealed.windows(6).any(|w| w == b"hf_abc"), "the value is not in the sealed bytes");
+        assert_eq!(vault.open("main", "HF_TOKEN", &sealed).as_deref(), Some(&b"hf_abc"[..]));
+        assert_eq!(vault.open("other", "HF_TOKEN", &sealed), None, "another project");
+        assert_eq!(vault.open("main", "OTHER", &sealed), None, "another name");
+        let mut altered = sealed.clone();
+        let last = altered.len() - 1;
+        altered[last] ^= 1;
+        assert_eq!(vault.open("main", "HF_TOKEN", &altered), None, "altered");
+        assert_eq!(vault.open("main", "HF_TOKEN", b"short"), None);
+        // The same key after a restart; private to the coordinator's user.
+        let again = Vault::open_or_create(dir.path()).expect("reopen");
+        assert_eq!(again.open("main", "HF_TOKEN", &sealed).as_deref(), Some(&b"hf_abc"[..]));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE)).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn references_expand_and_escapes_stay() {
+        let value = |n: &str| (n == "A").then(|| "1".to_owned());
+        assert_eq!(expand("x=${{ secrets.A }}-${{secrets.A}}", &value), Ok("x=1-1".to_owned()));
+        assert_eq!(expand("$${{ secrets.A }} ${{ env.B }}", &value), Ok("$${{ secrets.A }} ${{ env.B }}".to_owned()));
+        assert_eq!(expand("${{ secrets.B }}", &value), Err("B".to_owned()));
+        assert_eq!(expand("no reference", &value), Ok("no reference".to_owned()));
+        assert_eq!(expand("${{ secrets.A", &value), Ok("${{ secrets.A".to_owned()), "unclosed: not a reference");
+        assert!(valid_name("HF_TOKEN-2") && !valid_name("") && !valid_name("a.b") && !valid_name(&"x".repeat(129)));
+    }
+}

@@ -1,0 +1,126 @@
+//! A project's secrets: `corral secret set|list|delete`, `${{ secrets.NAME }}` in a run's `env`
+//! and `registry_auth` reaching the container and the registry, and nowhere else.
+
+use corral_cli::SecretCommand;
+use corral_proto::job::TerminationReason;
+
+use crate::harness::*;
+
+async fn secret(client: &corral_cli::client::Client, command: SecretCommand) -> anyhow::Result<String> {
+    let mut out = Vec::new();
+    corral_cli::secrets::secret(client, command, &mut out).await?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Every file of the coordinator's data dir but the jobs' logs (a job may print its secret).
+fn state_files_contain(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                if path.file_name().is_some_and(|n| n != "logs") {
+                    stack.push(path);
+                }
+            } else if std::fs::read(&path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_reaches_the_container_and_the_registry_and_nothing_else() -> anyhow::Result<()> {
+    let c = OneNode::start().await?;
+    let value = "hf_Zq8sW3cretValue";
+    let said =
+        secret(&c.client, SecretCommand::Set { name: "HF_TOKEN".into(), value: Some(value.into()), from_file: None })
+            .await?;
+    assert_eq!(said, "secret HF_TOKEN set in project main: use it as ${{ secrets.HF_TOKEN }}\n");
+    let file = c.dir.path().join("registry-password");
+    std::fs::write(&file, "s3cret-from-file")?;
+    secret(&c.client, SecretCommand::Set { name: "REG_PASS".into(), value: None, from_file: Some(file) }).await?;
+
+    let text = format!(
+        "type: task\nname: uses-secret\nimage: {IMAGE}\nenv:\n  - TOKEN=${{{{ secrets.HF_TOKEN }}}}\n  - BOTH=a-${{{{secrets.HF_TOKEN}}}}-b\ncommands:\n  - echo \"token is [$TOKEN] [$BOTH]\"\n"
+    );
+    let (code, out) = apply(&c.client, &write_config(c.dir.path(), "uses-secret", &text), false).await?;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(logs(&c.client, "uses-secret").await?, format!("token is [{value}] [a-{value}-b]\n"));
+
+    // `registry_auth` from a secret: the registry sees the value, as Docker's Basic header.
+    let (port, seen) = crate::runfields::credential_recording_registry().await?;
+    let private = format!(
+        "type: task\nname: private\nimage: 127.0.0.1:{port}/team/private:1\nregistry_auth:\n  username: alice\n  password: ${{{{ secrets.REG_PASS }}}}\ncommands: [\"echo never\"]\n"
+    );
+    let (code, _) = apply(&c.client, &write_config(c.dir.path(), "private", &private), false).await?;
+    assert_ne!(code, 0);
+    let r = run(&c.client, "private").await?;
+    assert_eq!(r.jobs[0].termination_reason, Some(TerminationReason::ImageUnavailable), "{r:?}");
+    let sent = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    // base64("alice:s3cret-from-file"): the file's bytes as they are.
+    assert!(sent.iter().any(|a| a == "Basic YWxpY2U6czNjcmV0LWZyb20tZmlsZQ=="), "the registry saw {sent:?}");
+
+    // Nowhere else: not in the API's runs, not in `corral secret list`, not in the state on disk.
+    let mut ps = Vec::new();
+    corral_cli::commands::ps(&c.client, true, true, &mut ps).await?;
+    let runs = serde_json::to_string(&run(&c.client, "uses-secret").await?)?;
+    for shown in [String::from_utf8_lossy(&ps).into_owned(), runs] {
+        assert!(!shown.contains(value) && !shown.contains("s3cret-from-file"), "{shown}");
+    }
+    let list = secret(&c.client, SecretCommand::List { json: true }).await?;
+    let listed: Vec<corral_proto::api::Secret> = serde_json::from_str(&list)?;
+    assert_eq!(listed.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["HF_TOKEN", "REG_PASS"]);
+    assert!(!list.contains(value));
+    let coord = c.dir.path().join("coord");
+    assert_eq!(state_files_contain(&coord, value.as_bytes()), Vec::<std::path::PathBuf>::new());
+    assert_eq!(state_files_contain(&coord, b"s3cret-from-file"), Vec::<std::path::PathBuf>::new());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(coord.join("secrets.key"))?.permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the key is private to the coordinator's user");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_naming_a_secret_it_cannot_have_is_refused_saying_what_to_do() -> anyhow::Result<()> {
+    let c = OneNode::start().await?;
+    let submit = |text: String| {
+        let client = c.client.clone();
+        async move {
+            let configuration =
+                corral_proto::config::parse(&text, "run.dstack.yml").map_err(|e| anyhow::anyhow!("{e}"))?;
+            let req = corral_proto::api::SubmitRun { configuration, source: None, name: None };
+            client.post::<_, corral_proto::api::Run>(&client.project_path("runs"), &req).await.map(|_| ())
+        }
+    };
+    let missing =
+        submit(format!("type: task\nimage: {IMAGE}\nenv:\n  - T=${{{{ secrets.NOT_SET }}}}\ncommands: [env]\n")).await;
+    let e = missing.expect_err("refused").to_string();
+    assert!(
+        e.contains("secret \"NOT_SET\" is not set in project \"main\"") && e.contains("corral secret set NOT_SET"),
+        "{e}"
+    );
+
+    secret(&c.client, SecretCommand::Set { name: "KEY".into(), value: Some("v".into()), from_file: None }).await?;
+    let in_commands = submit(format!("type: task\nimage: {IMAGE}\ncommands:\n  - echo ${{{{ secrets.KEY }}}}\n")).await;
+    let e = in_commands.expect_err("refused").to_string();
+    assert!(e.contains("expanded only in env and registry_auth") && e.contains("KEY=${{ secrets.KEY }}"), "{e}");
+
+    let bad =
+        secret(&c.client, SecretCommand::Set { name: "no.dots".into(), value: Some("v".into()), from_file: None });
+    assert!(bad.await.expect_err("refused").to_string().contains("a secret's name is 1 to 128 of"));
+
+    assert_eq!(secret(&c.client, SecretCommand::Delete { name: "KEY".into() }).await?, "secret KEY deleted\n");
+    let again = secret(&c.client, SecretCommand::Delete { name: "KEY".into() }).await;
+    assert!(again.expect_err("gone").to_string().contains("no secret \"KEY\" in project \"main\""));
+    let after =
+        submit(format!("type: task\nimage: {IMAGE}\nenv:\n  - T=${{{{ secrets.KEY }}}}\ncommands: [env]\n")).await;
+    assert!(after.is_err(), "a deleted secret is refused at apply");
+    // The refused submissions made no run.
+    let runs: Vec<corral_proto::api::Run> =
+        c.client.get(&format!("{}?all=true", c.client.project_path("runs"))).await?;
+    assert!(runs.is_empty(), "{runs:?}");
+    Ok(())
+}
