@@ -90,7 +90,8 @@ pub fn valid_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// One `${{ secrets.NAME }}` in a string: its byte range and the name.
+/// One `${{ secrets.NAME }}` (or, with `ns`, `${{ env.NAME }}`) in a string: its byte range and
+/// the name.
 struct Reference<'a> {
     range: std::ops::Range<usize>,
     name: &'a str,
@@ -99,6 +100,11 @@ struct Reference<'a> {
 /// The `${{ secrets.NAME }}` references in `s` (spaces allowed inside the braces; `$${{` is an
 /// escape, as in dstack).
 fn references(s: &str) -> Vec<Reference<'_>> {
+    references_in(s, "secrets.")
+}
+
+/// The `${{ <ns>NAME }}` references in `s`.
+fn references_in<'a>(s: &'a str, ns: &str) -> Vec<Reference<'a>> {
     let mut out = Vec::new();
     let mut from = 0;
     while let Some(pos) = s[from..].find("${{") {
@@ -109,7 +115,7 @@ fn references(s: &str) -> Vec<Reference<'_>> {
         }
         let Some(len) = s[from..].find("}}") else { break };
         let inner = s[from..from + len].trim();
-        if let Some(name) = inner.strip_prefix("secrets.") {
+        if let Some(name) = inner.strip_prefix(ns) {
             out.push(Reference { range: start..from + len + 2, name: name.trim() });
         }
         from += len + 2;
@@ -119,7 +125,12 @@ fn references(s: &str) -> Vec<Reference<'_>> {
 
 /// `s` with each secret reference replaced by its value; `Err` names a secret `value` lacks.
 fn expand(s: &str, value: &impl Fn(&str) -> Option<String>) -> Result<String, String> {
-    let refs = references(s);
+    expand_in(s, "secrets.", value)
+}
+
+/// `s` with each `${{ <ns>NAME }}` replaced by `value(NAME)`; `Err` names one it lacks.
+fn expand_in(s: &str, ns: &str, value: &impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let refs = references_in(s, ns);
     if refs.is_empty() {
         return Ok(s.to_owned());
     }
@@ -156,6 +167,17 @@ pub fn check_run(state: &State, project: &str, cfg: &Configuration, commands: &[
              (`env: [{0}=${{{{ secrets.{0} }}}}]`) and use ${0} in the commands",
             r.name
         ));
+    }
+    if let Some(auth) = registry_auth(cfg) {
+        for r in [&auth.username, &auth.password].into_iter().flat_map(|f| references_in(f, "env.")) {
+            if !run_env(cfg).iter().any(|e| e.name == r.name) {
+                return Err(format!(
+                    "registry_auth: ${{{{ env.{0} }}}} names no variable of the run's env: add it (`env: [{0}]` takes \
+                     it from the shell of `corral apply`)",
+                    r.name
+                ));
+            }
+        }
     }
     for name in used(cfg) {
         if !valid_name(&name) {
@@ -202,11 +224,35 @@ pub fn with_secrets(state: &State, spec: &JobSpec) -> Result<JobSpec, String> {
     for (_, v) in &mut out.env {
         *v = expand(v, &value).map_err(gone)?;
     }
+    // `${{ env.NAME }}` in `registry_auth` is the job's variable, its secrets in (as in dstack).
+    let env = out.env.clone();
+    let var = |name: &str| env.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    let unset = |name: String| format!("registry_auth: ${{{{ env.{name} }}}}: the job has no variable {name}");
     if let Some(auth) = &mut out.container.registry_auth {
-        auth.username = expand(&auth.username, &value).map_err(gone)?;
-        auth.password = expand(&auth.password, &value).map_err(gone)?;
+        for field in [&mut auth.username, &mut auth.password] {
+            *field = expand(field, &value).map_err(gone)?;
+            *field = expand_in(field, "env.", &var).map_err(unset)?;
+        }
     }
     Ok(out)
+}
+
+fn registry_auth(cfg: &Configuration) -> Option<&corral_proto::config::RegistryAuth> {
+    match cfg {
+        Configuration::Task(t) => t.registry_auth.as_ref(),
+        Configuration::Service(s) => s.registry_auth.as_ref(),
+        Configuration::DevEnvironment(d) => d.registry_auth.as_ref(),
+        Configuration::Fleet(_) | Configuration::Volume(_) => None,
+    }
+}
+
+fn run_env(cfg: &Configuration) -> &[corral_proto::config::EnvVar] {
+    match cfg {
+        Configuration::Task(t) => &t.env,
+        Configuration::Service(s) => &s.env,
+        Configuration::DevEnvironment(d) => &d.env,
+        Configuration::Fleet(_) | Configuration::Volume(_) => &[],
+    }
 }
 
 #[cfg(test)]
@@ -242,6 +288,8 @@ mod tests {
         assert_eq!(expand("$${{ secrets.A }} ${{ env.B }}", &value), Ok("$${{ secrets.A }} ${{ env.B }}".to_owned()));
         assert_eq!(expand("${{ secrets.B }}", &value), Err("B".to_owned()));
         assert_eq!(expand("no reference", &value), Ok("no reference".to_owned()));
+        assert_eq!(expand_in("u=${{ env.A }}", "env.", &value), Ok("u=1".to_owned()));
+        assert_eq!(expand("${{ env.A }}", &value), Ok("${{ env.A }}".to_owned()), "secrets only");
         assert_eq!(expand("${{ secrets.A", &value), Ok("${{ secrets.A".to_owned()), "unclosed: not a reference");
         assert!(valid_name("HF_TOKEN-2") && !valid_name("") && !valid_name("a.b") && !valid_name(&"x".repeat(129)));
     }

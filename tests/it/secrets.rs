@@ -50,10 +50,11 @@ async fn a_secret_reaches_the_container_and_the_registry_and_nothing_else() -> a
     assert_eq!(code, 0, "{out}");
     assert_eq!(logs(&c.client, "uses-secret").await?, format!("token is [{value}] [a-{value}-b]\n"));
 
-    // `registry_auth` from a secret: the registry sees the value, as Docker's Basic header.
+    // `registry_auth` from a secret and the run's `env` (as NVIDIA's NIM configurations write it):
+    // the registry sees the values, as Docker's Basic header.
     let (port, seen) = crate::runfields::credential_recording_registry().await?;
     let private = format!(
-        "type: task\nname: private\nimage: 127.0.0.1:{port}/team/private:1\nregistry_auth:\n  username: alice\n  password: ${{{{ secrets.REG_PASS }}}}\ncommands: [\"echo never\"]\n"
+        "type: task\nname: private\nimage: 127.0.0.1:{port}/team/private:1\nenv:\n  - REG_USER=alice\nregistry_auth:\n  username: ${{{{ env.REG_USER }}}}\n  password: ${{{{ secrets.REG_PASS }}}}\ncommands: [\"echo never\"]\n"
     );
     let (code, _) = apply(&c.client, &write_config(c.dir.path(), "private", &private), false).await?;
     assert_ne!(code, 0);
@@ -107,6 +108,13 @@ async fn a_run_naming_a_secret_it_cannot_have_is_refused_saying_what_to_do() -> 
     let in_commands = submit(format!("type: task\nimage: {IMAGE}\ncommands:\n  - echo ${{{{ secrets.KEY }}}}\n")).await;
     let e = in_commands.expect_err("refused").to_string();
     assert!(e.contains("expanded only in env and registry_auth") && e.contains("KEY=${{ secrets.KEY }}"), "{e}");
+
+    let no_var = submit(format!(
+        "type: task\nimage: {IMAGE}\nregistry_auth:\n  username: u\n  password: ${{{{ env.NGC_API_KEY }}}}\ncommands: [env]\n"
+    ))
+    .await;
+    let e = no_var.expect_err("refused").to_string();
+    assert!(e.contains("registry_auth: ${{ env.NGC_API_KEY }} names no variable of the run's env"), "{e}");
 
     let bad =
         secret(&c.client, SecretCommand::Set { name: "no.dots".into(), value: Some("v".into()), from_file: None });
