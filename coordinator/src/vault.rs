@@ -105,22 +105,10 @@ fn references(s: &str) -> Vec<Reference<'_>> {
 
 /// The `${{ <ns>NAME }}` references in `s`.
 fn references_in<'a>(s: &'a str, ns: &str) -> Vec<Reference<'a>> {
-    let mut out = Vec::new();
-    let mut from = 0;
-    while let Some(pos) = s[from..].find("${{") {
-        let start = from + pos;
-        from = start + 3;
-        if start > 0 && s.as_bytes()[start - 1] == b'$' {
-            continue;
-        }
-        let Some(len) = s[from..].find("}}") else { break };
-        let inner = s[from..from + len].trim();
-        if let Some(name) = inner.strip_prefix(ns) {
-            out.push(Reference { range: start..from + len + 2, name: name.trim() });
-        }
-        from += len + 2;
-    }
-    out
+    corral_proto::config::interpolations(s)
+        .into_iter()
+        .filter_map(|(range, inner)| Some(Reference { range, name: inner.strip_prefix(ns)?.trim() }))
+        .collect()
 }
 
 /// `s` with each secret reference replaced by its value; `Err` names a secret `value` lacks.

@@ -124,6 +124,25 @@ impl Configuration {
     }
 }
 
+/// The `${{ … }}` interpolations in `s`, dstack's grammar: each one's byte range and what is
+/// inside the braces, trimmed. `$${{` is an escape; an unclosed one ends the list.
+pub fn interpolations(s: &str) -> Vec<(std::ops::Range<usize>, &str)> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(pos) = s[from..].find("${{") {
+        let start = from + pos;
+        from = start + 3;
+        if start > 0 && s.as_bytes()[start - 1] == b'$' {
+            continue;
+        }
+        let Some(close) = s[from..].find("}}") else { break };
+        let end = from + close + 2;
+        out.push((start..end, s[from..from + close].trim()));
+        from = end;
+    }
+    out
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnvVar {
     pub name: String,

@@ -595,23 +595,13 @@ pub struct GroupRef {
 /// `Err` names a reference in the `groups` namespace that is not one of those.
 pub fn group_refs(s: &str) -> Result<Vec<GroupRef>, String> {
     let mut out = Vec::new();
-    let mut from = 0;
-    while let Some(pos) = s[from..].find("${{") {
-        let start = from + pos;
-        from = start + 3;
-        if start > 0 && s.as_bytes()[start - 1] == b'$' {
-            continue;
-        }
-        let Some(close) = s[from..].find("}}") else { break };
-        let inner = s[from..from + close].trim();
-        let end = from + close + 2;
+    for (range, inner) in super::interpolations(s) {
         let root = inner.split(['.', '[']).next().unwrap_or_default();
         if root != "groups" {
             continue;
         }
         let parsed = parse_ref(inner).ok_or_else(|| format!("illegal reference name: {inner}"))?;
-        out.push(GroupRef { start, end, group: parsed.0, member: parsed.1, index: parsed.2 });
-        from = end;
+        out.push(GroupRef { start: range.start, end: range.end, group: parsed.0, member: parsed.1, index: parsed.2 });
     }
     Ok(out)
 }
