@@ -203,8 +203,6 @@ where
         Fail(ShimError),
         Done,
     }
-    // One comparison per batch, not per line.
-    let output = Box::pin(coalesce(output));
     futures_util::stream::unfold(Phase::Meet(output, tail), |phase| async move {
         match phase {
             Phase::Meet(mut output, tail) => {
