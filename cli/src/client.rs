@@ -157,6 +157,11 @@ impl Client {
         Self { http, url: url.trim_end_matches('/').to_owned(), token: token.to_owned(), project: project.to_owned() }
     }
 
+    /// The coordinator's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     /// A fixed path under the project (`runs`, `fleets`); a path with a name in it is
     /// [`Client::project_api`]'s.
     pub fn project_path(&self, rest: &str) -> String {

@@ -38,7 +38,10 @@ pub async fn node(client: &Client, command: NodeCommand, out: Out<'_>) -> anyhow
 
 pub async fn token(client: &Client, command: TokenCommand, out: Out<'_>) -> anyhow::Result<i32> {
     match command {
-        TokenCommand::Create { fleet, ttl, uses } => {
+        TokenCommand::Create { service: Some(run), .. } => crate::teams::create_service_token(client, &run, out).await,
+        TokenCommand::List { service: true, json } => crate::teams::list_service_tokens(client, json, out).await,
+        TokenCommand::Revoke { id, service: true } => crate::teams::revoke_service_token(client, &id, out).await,
+        TokenCommand::Create { service: None, fleet, ttl, uses } => {
             let ttl_secs = ttl
                 .as_deref()
                 .map(|d| {
@@ -70,7 +73,7 @@ pub async fn token(client: &Client, command: TokenCommand, out: Out<'_>) -> anyh
             );
             Ok(0)
         }
-        TokenCommand::List { json } => {
+        TokenCommand::List { service: false, json } => {
             let tokens: Vec<api::JoinTokenInfo> = client.get("/api/tokens").await?;
             if json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&tokens)?)?;
@@ -109,7 +112,7 @@ pub async fn token(client: &Client, command: TokenCommand, out: Out<'_>) -> anyh
             }
             Ok(0)
         }
-        TokenCommand::Revoke { id } => {
+        TokenCommand::Revoke { id, service: false } => {
             let revoked: String = client.post(&api_path(&["api", "tokens", &id, "revoke"])?, &()).await?;
             writeln!(out, "token {revoked} revoked: it enrolls no more nodes (enrolled ones stay)")?;
             Ok(0)

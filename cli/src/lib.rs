@@ -16,6 +16,7 @@ pub mod schedules;
 pub mod secrets;
 pub mod ssh;
 pub mod sshfleet;
+pub mod teams;
 pub mod tls;
 pub mod uploads;
 pub mod volumes;
@@ -106,7 +107,24 @@ pub enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
-    /// Join tokens for enrolling hosts.
+    /// Who this token is: the user, its global role and its projects.
+    Whoami {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Users and their tokens (global admins).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Projects and their members: each run, fleet, volume and secret belongs to one.
+    Project {
+        #[command(subcommand)]
+        command: ProjectCommand,
+    },
+    /// The audit trail: who applied, stopped, deleted or changed what, and when.
+    Event(EventArgs),
+    /// Join tokens for enrolling hosts; `--service RUN`: tokens that call one service.
     Token {
         #[command(subcommand)]
         command: TokenCommand,
@@ -288,9 +306,101 @@ pub enum ImageCommand {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum TokenCommand {
-    /// Make a join token for enrolling hosts (`corral-agent --token ...`); prints it.
+pub enum UserCommand {
+    /// Make a user; prints its token once.
     Create {
+        name: String,
+        /// `admin` (manages users, nodes, join tokens and images, and every project) or `user`
+        /// (the rights its projects give it).
+        #[arg(long, default_value = "user")]
+        role: String,
+    },
+    /// Users, their global roles and projects.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a user: its token stops working, its memberships go.
+    Delete { name: String },
+    /// A new token for a user (yourself, or anyone for a global admin); the old one stops working.
+    Token {
+        name: String,
+        /// Make the new token (tokens are kept hashed: one cannot be shown again).
+        #[arg(long)]
+        rotate: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProjectCommand {
+    /// Make a project, with you as its admin.
+    Create { name: String },
+    /// Your projects and your role in each (a global admin sees all).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a project with its finished runs, logs, secrets and members (it must have no active
+    /// run, fleet or volume).
+    Delete {
+        name: String,
+        #[arg(short = 'y', long)]
+        yes: bool,
+    },
+    /// A project's members and their roles.
+    Member {
+        #[command(subcommand)]
+        command: MemberCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MemberCommand {
+    /// Add a user to a project, or change its role: `user` (runs, stops, logs, attaches),
+    /// `manager` (also members, fleets, volumes and secrets), `admin` (all of it).
+    Add {
+        project: String,
+        user: String,
+        #[arg(long, default_value = "user")]
+        role: String,
+    },
+    Remove {
+        project: String,
+        user: String,
+    },
+    List {
+        project: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EventArgs {
+    /// This project's events [default: the current project].
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Every project's and the cluster's (global admins).
+    #[arg(long, conflicts_with = "project")]
+    pub all: bool,
+    /// Only the last this long, e.g. 1h, 7d.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// At most this many, the newest.
+    #[arg(long, default_value_t = 200)]
+    pub limit: u32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Make a join token for enrolling hosts (`corral-agent --token ...`), or with `--service RUN`
+    /// a token that calls that service of the project and nothing else; prints it.
+    Create {
+        /// A token for calling this service (`auth: true`), not a join token.
+        #[arg(long, value_name = "RUN", conflicts_with_all = ["fleet", "ttl", "uses"])]
+        service: Option<String>,
         /// Hosts enrolled with it join this fleet.
         #[arg(long)]
         fleet: Option<String>,
@@ -301,13 +411,21 @@ pub enum TokenCommand {
         #[arg(long)]
         uses: Option<u32>,
     },
-    /// Join tokens (never their secrets): fleet, uses left, expiry, status.
+    /// Join tokens (never their secrets): fleet, uses left, expiry, status; `--service`: the
+    /// project's service tokens.
     List {
+        #[arg(long)]
+        service: bool,
         #[arg(long)]
         json: bool,
     },
-    /// Stop a join token from enrolling more hosts (the ID from `list`, or its first digits).
-    Revoke { id: String },
+    /// Stop a join token from enrolling more hosts (the ID from `list`, or its first digits);
+    /// `--service`: revoke a service token.
+    Revoke {
+        id: String,
+        #[arg(long)]
+        service: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -420,6 +538,10 @@ pub async fn run(cli: Cli, out: &mut (dyn std::io::Write + Send)) -> anyhow::Res
         Command::Secret { command } => secrets::secret(&client::Client::from_env()?, command, out).await,
         Command::Volume { command } => volumes::volume(&client::Client::from_env()?, command, out).await,
         Command::Token { command } => cluster::token(&client::Client::from_env()?, command, out).await,
+        Command::Whoami { json } => teams::whoami(&client::Client::from_env()?, json, out).await,
+        Command::User { command } => teams::user(&client::Client::from_env()?, command, out).await,
+        Command::Project { command } => teams::project(&client::Client::from_env()?, command, out).await,
+        Command::Event(args) => teams::events(&client::Client::from_env()?, args, out).await,
     }
 }
 

@@ -77,6 +77,9 @@ struct Args {
     /// A cloud instance whose agent has not enrolled this long after launch is terminated.
     #[arg(long, default_value = "10m", value_parser = parse_secs)]
     enroll_timeout: u64,
+    /// How long the audit trail (`corral event`) keeps what happened, e.g. 30d, 1y.
+    #[arg(long, env = "CORRAL_EVENTS_RETENTION", default_value = "30d", value_parser = parse_secs)]
+    events_retention: u64,
     /// An EC2 key pair for SSH into instances (not needed by Corral).
     #[arg(long, env = "CORRAL_AWS_KEY_NAME")]
     aws_key_name: Option<String>,
@@ -161,6 +164,7 @@ where
         public_url: args.public_url.map(|u| u.trim_end_matches('/').to_owned()),
         elastic_every: std::time::Duration::from_secs(args.elastic_every.max(1)),
         enroll_timeout: std::time::Duration::from_secs(args.enroll_timeout),
+        events_retention: std::time::Duration::from_secs(args.events_retention.max(3600)),
         base_images: crate::container::BaseImages {
             base: args.base_image,
             devel: args.base_image_devel,

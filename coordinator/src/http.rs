@@ -1,7 +1,7 @@
 //! The HTTP API. Handlers parse the request, call the store, and answer JSON; every error is
-//! `{"error": "..."}` with a status that fits. All routes but `/api/health` need a bearer token;
-//! under `/proxy/services/` each service's `auth` decides ([`proxy`]); `/proxy/models/` checks it
-//! itself ([`models`]).
+//! `{"error": "..."}` with a status that fits. Each route is added with the rule that says who may
+//! call it, applied before its handler ([`access`]); under `/proxy/services/` each service's `auth`
+//! decides ([`proxy`]), and `/proxy/models/` checks the caller itself ([`models`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +14,6 @@ use axum::extract::{DefaultBodyLimit, Path, Query, RawPathParams, Request, State
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, delete, get, post};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -23,8 +22,9 @@ use corral_proto::ids::{JobId, NodeId, RunId};
 use corral_proto::job::TerminationReason;
 
 use crate::State;
-use crate::secrets::{now_ms, random_hex, sha256_hex};
+use crate::secrets::{now_ms, random_hex};
 
+pub mod access;
 mod backends;
 mod cluster;
 mod exec;
@@ -35,6 +35,7 @@ mod proxy;
 mod ratelimit;
 mod schedules;
 mod secrets;
+mod teams;
 mod tls;
 mod tokens;
 mod uploads;
@@ -79,56 +80,99 @@ pub async fn serve(
     }
 }
 
+/// Every route, with its rule ([`access::Rule`]) and action, and the middleware that applies them.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/api/projects/{project}/runs", post(submit_run).get(list_runs))
-        .route("/api/projects/{project}/runs/{name}", get(get_run))
-        .route("/api/projects/{project}/runs/{name}/stop", post(stop_run))
-        .route("/api/projects/{project}/schedules", post(schedules::register).get(schedules::list))
-        .route("/api/projects/{project}/schedules/{name}", delete(schedules::remove))
-        .route("/api/projects/{project}/runs/{name}/logs", get(run_logs))
-        .route("/api/projects/{project}/runs/{name}/tunnel", get(proxy::port_tunnel))
-        .route("/api/projects/{project}/runs/{name}/exec", get(exec::exec))
-        .route("/api/projects/{project}/runs/{name}/ssh", get(proxy::ssh_tunnel))
-        .route("/api/nodes", get(cluster::list_nodes))
-        .route("/api/nodes/{name}", delete(tokens::remove_node))
-        .route("/api/tokens", post(tokens::create).get(tokens::list))
-        .route("/api/backends", get(backends::list))
-        .route("/api/offers", get(backends::offers))
-        .route("/api/images", post(images::push).get(images::list).delete(images::remove))
-        .route("/api/uploads/check", post(uploads::check))
-        .route("/api/uploads/{sha256}", axum::routing::put(uploads::put))
-        .route("/api/tokens/{id}/revoke", post(tokens::revoke))
-        .route("/api/nodes/cordon", post(cluster::cordon_many))
-        .route("/api/nodes/{name}/cordon", post(cluster::cordon))
-        .route("/api/nodes/{name}/uncordon", post(cluster::uncordon))
-        .route("/api/nodes/{name}/drain", post(cluster::drain))
-        .route("/api/projects/{project}/fleets", post(cluster::put_fleet).get(cluster::list_fleets))
-        .route("/api/projects/{project}/fleets/{name}", get(cluster::get_fleet).delete(cluster::delete_fleet))
-        .route("/api/projects/{project}/secrets", get(secrets::list))
-        .route("/api/projects/{project}/secrets/{name}", axum::routing::put(secrets::set).delete(secrets::remove))
-        .route("/api/projects/{project}/volumes", post(volumes::put_volume).get(volumes::list_volumes))
-        .route("/api/projects/{project}/volumes/{name}", get(volumes::get_volume).delete(volumes::delete_volume))
-        .route_layer(middleware::from_fn(check_path_names))
-        .layer(DefaultBodyLimit::max(api::MAX_BODY_BYTES))
-        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
-    Router::new()
-        .route("/api/health", get(|| async { "ok" }))
-        .route("/api/time", get(install::time))
-        .route("/api/join/check", get(install::check))
-        .route("/api/join/node", get(install::joined_node))
-        .route("/ca.pem", get(install::ca_pem))
-        .route("/install.sh", get(install::install_sh))
-        .route("/uninstall.sh", get(install::uninstall_sh))
-        .route("/download/{file}", get(install::download))
-        .route("/proxy/services/{project}/{name}", any(proxy::service))
-        .route("/proxy/services/{project}/{name}/", any(proxy::service))
-        .route("/proxy/services/{project}/{name}/{*rest}", any(proxy::service))
-        .route("/proxy/models/{project}/{*rest}", any(models::models))
+    router_and_table(state).0
+}
+
+/// Every route as the router serves it: method, path pattern, rule and action (for the
+/// authorization matrix test, and for the docs).
+pub fn route_table(state: AppState) -> Vec<access::Route> {
+    router_and_table(state).1
+}
+
+fn router_and_table(state: AppState) -> (Router, Vec<access::Route>) {
+    use access::Method::{Any, Delete, Get, Post, Put};
+    use access::Rule::{Admin, Open, Project, SelfOrAdmin, Token, User};
+    use corral_proto::api::ProjectRole::{Admin as ProjectAdmin, Manager, User as Member};
+    let (api, mut table) = access::Routes::new()
+        .route(Get, "/api/whoami", Token, "whoami", teams::whoami)
+        .route(Post, "/api/users", Admin, "user.create", teams::create_user)
+        .route(Get, "/api/users", Admin, "user.list", teams::list_users)
+        .route(Delete, "/api/users/{user}", Admin, "user.delete", teams::delete_user)
+        .route(Post, "/api/users/{user}/token", SelfOrAdmin, "user.token", teams::rotate_token)
+        .route(Post, "/api/projects", User, "project.create", teams::create_project)
+        .route(Get, "/api/projects", User, "project.list", teams::list_projects)
+        .route(Delete, "/api/projects/{project}", Project(ProjectAdmin), "project.delete", teams::delete_project)
+        .route(Get, "/api/projects/{project}/members", Project(Member), "member.list", teams::list_members)
+        .route(Put, "/api/projects/{project}/members/{user}", Project(Manager), "member.set", teams::set_member)
+        .route(Delete, "/api/projects/{project}/members/{user}", Project(Manager), "member.remove", teams::remove_member)
+        .route(Post, "/api/projects/{project}/service-tokens", Project(Member), "service-token.create", teams::create_service_token)
+        .route(Get, "/api/projects/{project}/service-tokens", Project(Member), "service-token.list", teams::list_service_tokens)
+        .route(Delete, "/api/projects/{project}/service-tokens/{id}", Project(Member), "service-token.delete", teams::delete_service_token)
+        .route(Get, "/api/projects/{project}/events", Project(Member), "event.list", teams::project_events)
+        .route(Get, "/api/events", Admin, "event.list", teams::all_events)
+        .route(Post, "/api/projects/{project}/runs", Project(Member), "run.apply", submit_run)
+        .route(Get, "/api/projects/{project}/runs", Project(Member), "run.list", list_runs)
+        .route(Get, "/api/projects/{project}/runs/{name}", Project(Member), "run.get", get_run)
+        .route(Post, "/api/projects/{project}/runs/{name}/stop", Project(Member), "run.stop", stop_run)
+        .route(Get, "/api/projects/{project}/runs/{name}/logs", Project(Member), "run.logs", run_logs)
+        .route(Get, "/api/projects/{project}/runs/{name}/tunnel", Project(Member), "run.tunnel", proxy::port_tunnel)
+        .route(Get, "/api/projects/{project}/runs/{name}/exec", Project(Member), "run.exec", exec::exec)
+        .route(Get, "/api/projects/{project}/runs/{name}/ssh", Project(Member), "run.ssh", proxy::ssh_tunnel)
+        .route(Post, "/api/projects/{project}/schedules", Project(Member), "schedule.apply", schedules::register)
+        .route(Get, "/api/projects/{project}/schedules", Project(Member), "schedule.list", schedules::list)
+        .route(Delete, "/api/projects/{project}/schedules/{name}", Project(Member), "schedule.delete", schedules::remove)
+        .route(Post, "/api/projects/{project}/fleets", Project(Manager), "fleet.apply", cluster::put_fleet)
+        .route(Get, "/api/projects/{project}/fleets", Project(Member), "fleet.list", cluster::list_fleets)
+        .route(Get, "/api/projects/{project}/fleets/{name}", Project(Member), "fleet.get", cluster::get_fleet)
+        .route(Delete, "/api/projects/{project}/fleets/{name}", Project(Manager), "fleet.delete", cluster::delete_fleet)
+        .route(Get, "/api/projects/{project}/secrets", Project(Manager), "secret.list", secrets::list)
+        .route(Put, "/api/projects/{project}/secrets/{name}", Project(Manager), "secret.set", secrets::set)
+        .route(Delete, "/api/projects/{project}/secrets/{name}", Project(Manager), "secret.delete", secrets::remove)
+        .route(Post, "/api/projects/{project}/volumes", Project(Manager), "volume.apply", volumes::put_volume)
+        .route(Get, "/api/projects/{project}/volumes", Project(Member), "volume.list", volumes::list_volumes)
+        .route(Get, "/api/projects/{project}/volumes/{name}", Project(Member), "volume.get", volumes::get_volume)
+        .route(Delete, "/api/projects/{project}/volumes/{name}", Project(Manager), "volume.delete", volumes::delete_volume)
+        .route(Get, "/api/nodes", User, "node.list", cluster::list_nodes)
+        .route(Delete, "/api/nodes/{name}", Admin, "node.remove", tokens::remove_node)
+        .route(Post, "/api/nodes/cordon", Admin, "node.cordon", cluster::cordon_many)
+        .route(Post, "/api/nodes/{name}/cordon", Admin, "node.cordon", cluster::cordon)
+        .route(Post, "/api/nodes/{name}/uncordon", Admin, "node.uncordon", cluster::uncordon)
+        .route(Post, "/api/nodes/{name}/drain", Admin, "node.drain", cluster::drain)
+        .route(Post, "/api/tokens", Admin, "token.create", tokens::create)
+        .route(Get, "/api/tokens", Admin, "token.list", tokens::list)
+        .route(Post, "/api/tokens/{id}/revoke", Admin, "token.revoke", tokens::revoke)
+        .route(Get, "/api/backends", User, "backend.list", backends::list)
+        .route(Get, "/api/offers", User, "offer.list", backends::offers)
+        .route(Post, "/api/images", Admin, "image.push", images::push)
+        .route(Get, "/api/images", User, "image.list", images::list)
+        .route(Delete, "/api/images", Admin, "image.remove", images::remove)
+        .route(Post, "/api/uploads/check", User, "upload.check", uploads::check)
+        .route(Put, "/api/uploads/{sha256}", User, "upload.put", uploads::put)
+        .finish(&state);
+    let api = api.route_layer(middleware::from_fn(check_path_names)).layer(DefaultBodyLimit::max(api::MAX_BODY_BYTES));
+    let (open, open_table) = access::Routes::new()
+        .route(Get, "/api/health", Open, "health", || async { "ok" })
+        .route(Get, "/api/time", Open, "time", install::time)
+        .route(Get, "/api/join/check", Open, "join.check", install::check)
+        .route(Get, "/api/join/node", Open, "join.node", install::joined_node)
+        .route(Get, "/ca.pem", Open, "ca", install::ca_pem)
+        .route(Get, "/install.sh", Open, "install", install::install_sh)
+        .route(Get, "/uninstall.sh", Open, "uninstall", install::uninstall_sh)
+        .route(Get, "/download/{file}", Open, "download", install::download)
+        .route(Any, "/proxy/services/{project}/{name}", Open, "service.call", proxy::service)
+        .route(Any, "/proxy/services/{project}/{name}/", Open, "service.call", proxy::service)
+        .route(Any, "/proxy/services/{project}/{name}/{*rest}", Open, "service.call", proxy::service)
+        .route(Any, "/proxy/models/{project}/{*rest}", Open, "model.call", models::models)
+        .finish(&state);
+    table.extend(open_table);
+    let router = open
         .route_layer(middleware::from_fn(check_path_names))
         .merge(api)
         .layer(middleware::from_fn_with_state(state.clone(), proxy::by_host))
-        .with_state(state)
+        .with_state(state);
+    (router, table)
 }
 
 pub struct Error(StatusCode, String);
@@ -165,16 +209,6 @@ pub(crate) fn err(status: StatusCode, msg: impl Into<String>) -> Error {
     Error(status, msg.into())
 }
 
-async fn authenticate(Extract(state): Extract<AppState>, req: Request, next: Next) -> Result<Response, Error> {
-    let Some(token) = bearer_token(req.headers()) else {
-        return Err(err(StatusCode::UNAUTHORIZED, "missing bearer token: set CORRAL_TOKEN or run `corral config`"));
-    };
-    if state.store.api_token_name(&sha256_hex(token.as_bytes()))?.is_none() {
-        return Err(err(StatusCode::UNAUTHORIZED, "invalid token"));
-    }
-    Ok(next.run(req).await)
-}
-
 /// Refuses a request whose path names a run, fleet, project or node by a name that cannot be one,
 /// before a handler sees it. A name is one path segment, and a client that encodes `/` as `%2F`
 /// gets it back decoded here: `corral stop '../../nodes/x/cordon'` must reach no other route and
@@ -208,6 +242,7 @@ fn path_name_kind(path: &str, key: &str) -> Option<NameKind> {
         ("name", ["api", "projects", _, "fleets", ..]) => Some(NameKind::Fleet),
         ("name", ["api", "projects", _, "volumes", ..]) => Some(NameKind::Volume),
         ("name", ["api", "nodes", ..]) => Some(NameKind::Node),
+        ("user", _) => Some(NameKind::User),
         _ => None,
     }
 }
@@ -249,7 +284,7 @@ async fn submit_run(
     Extract(state): Extract<AppState>,
     Path(project): Path<String>,
     Json(req): Json<SubmitRun>,
-) -> Result<Json<api::Run>, Error> {
+) -> Result<Response, Error> {
     check_project(&state, &project)?;
     // A scheduled configuration is registered, not started (`POST .../schedules`); and a name that
     // has a schedule is that schedule's to start.
@@ -279,7 +314,8 @@ async fn submit_run(
         .store
         .run_view(&run_id, &node_name(&state))?
         .ok_or_else(|| err(StatusCode::INTERNAL_SERVER_ERROR, "run vanished"))?;
-    Ok(Json(run))
+    let name = run.name.clone();
+    Ok(access::naming(run, &name))
 }
 
 /// Stores a run and queues it: what `POST /runs` does before it waits for a placement pass, and what

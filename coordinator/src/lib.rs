@@ -106,6 +106,8 @@ pub struct Config {
     /// The time scheduled runs read: the system's, but in tests, which move it to put a cron's
     /// time seconds away rather than wait for it.
     pub schedule_clock: schedules::Clock,
+    /// How long the audit trail keeps an event.
+    pub events_retention: Duration,
 }
 
 /// TLS for the HTTP API.
@@ -139,6 +141,7 @@ impl Default for Config {
             base_images: container::BaseImages::default(),
             tpu_privileged: true,
             schedule_clock: schedules::Clock::default(),
+            events_retention: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -377,7 +380,11 @@ pub(crate) fn read_or_create(
 /// restored from elsewhere), and a join token naming another CA (a regenerated CA) is replaced.
 fn bootstrap_tokens(dir: &Path, store: &Store, ca_hash: &str) -> anyhow::Result<(String, JoinToken)> {
     let (admin_token, created) = read_or_create(&dir.join("admin-token"), || Ok(format!("crl_{}", random_hex(20))))?;
-    store.ensure_api_token(&sha256_hex(admin_token.as_bytes()), "admin")?;
+    match store.bootstrap_admin(&sha256_hex(admin_token.as_bytes()))? {
+        store::Bootstrap::Known => {}
+        store::Bootstrap::Created => tracing::info!("made the global admin `admin`"),
+        store::Bootstrap::Added => tracing::warn!("the data dir's admin-token was unknown to the database: it is the admin's again"),
+    }
     if created {
         tracing::info!(path = %dir.join("admin-token").display(), "created the admin API token");
     }
@@ -396,6 +403,22 @@ fn bootstrap_tokens(dir: &Path, store: &Store, ca_hash: &str) -> anyhow::Result<
         tracing::warn!("the default join token is revoked and enrolls no host: make one with `corral token create`");
     }
     Ok((admin_token, join_token))
+}
+
+/// Forgets the audit trail's events older than the retention, hourly.
+async fn prune_events(state: Arc<State>, shutdown: CancellationToken) {
+    loop {
+        let keep_ms = i64::try_from(state.config.events_retention.as_millis()).unwrap_or(i64::MAX);
+        match state.store.prune_events(secrets::now_ms().saturating_sub(keep_ms)) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(events = n, "forgot events past the retention"),
+            Err(e) => tracing::warn!("cannot prune events: {e:#}"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+    }
 }
 
 /// Opens the data dir, binds both listeners and spawns every task. Returns once the coordinator
@@ -505,6 +528,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     tasks.spawn(probes::run(state.clone(), shutdown.child_token()));
     tasks.spawn(autoscale::run(state.clone(), shutdown.child_token()));
     tasks.spawn(schedules::run(state.clone(), shutdown.child_token()));
+    tasks.spawn(prune_events(state.clone(), shutdown.child_token()));
     tasks.spawn(router_groups::run(state.clone(), shutdown.child_token()));
     tasks.spawn(upgrade::run(state.clone(), shutdown.child_token()));
     #[cfg(feature = "aws")]

@@ -123,6 +123,17 @@ impl LogStore {
         Ok(Self { dir: dir.to_owned(), jobs: Mutex::new(HashMap::new()) })
     }
 
+    /// Forgets a job's log and removes its file (its project was deleted).
+    pub fn remove(&self, id: &JobId) {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        let path = self.dir.join(format!("{}.log", id.as_str()));
+        if let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), "cannot remove a log: {e}");
+        }
+    }
+
     pub fn job(&self, id: &JobId) -> Arc<JobLog> {
         let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
         jobs.entry(id.clone())

@@ -120,7 +120,29 @@ CREATE TABLE secrets (
     project TEXT NOT NULL REFERENCES projects(name), name TEXT NOT NULL, sealed BLOB NOT NULL,
     created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL, PRIMARY KEY (project, name));
 "#,
+    // Users (the admin token's holder becomes the global admin `admin`), projects' members with
+    // their roles, tokens for calling one service, and the audit trail ([`access`]).
+    r#"
+CREATE TABLE users (name TEXT PRIMARY KEY, global_role TEXT NOT NULL, created_ms INTEGER NOT NULL);
+ALTER TABLE api_tokens ADD COLUMN user TEXT REFERENCES users(name);
+ALTER TABLE api_tokens ADD COLUMN service_project TEXT;
+ALTER TABLE api_tokens ADD COLUMN service_run TEXT;
+CREATE INDEX api_tokens_by_user ON api_tokens(user);
+INSERT INTO users (name, global_role, created_ms) SELECT name, 'admin', MIN(created_ms) FROM api_tokens WHERE name = 'admin' GROUP BY name;
+UPDATE api_tokens SET user = name WHERE name = 'admin';
+CREATE TABLE members (
+    project TEXT NOT NULL REFERENCES projects(name), user TEXT NOT NULL REFERENCES users(name),
+    role TEXT NOT NULL, PRIMARY KEY (project, user));
+CREATE INDEX members_by_user ON members(user);
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ms INTEGER NOT NULL, user TEXT, project TEXT,
+    action TEXT NOT NULL, object TEXT, detail TEXT);
+CREATE INDEX events_by_ms ON events(ms);
+"#,
 ];
+
+/// The states a job ends in, as an SQL list.
+const FINISHED_STATES: &str = "('done', 'failed', 'stopped', 'aborted')";
 
 /// What [`Store::insert_run`] stores.
 #[derive(Clone, Copy)]
@@ -141,6 +163,7 @@ pub struct NewRun<'a> {
     pub replacing_service: bool,
 }
 
+mod access;
 mod fleets;
 mod images;
 mod schedules;
@@ -151,6 +174,7 @@ mod tests;
 mod tokens;
 mod volumes;
 
+pub use access::{Bootstrap, Caller};
 pub use schedules::ScheduleRow;
 pub use secrets::SecretRow;
 pub use services::ActiveService;

@@ -29,6 +29,7 @@ pub enum NameKind {
     Project,
     Node,
     Volume,
+    User,
 }
 
 impl NameKind {
@@ -39,6 +40,7 @@ impl NameKind {
             Self::Project => "project",
             Self::Node => "node",
             Self::Volume => "volume",
+            Self::User => "user",
         }
     }
 }
@@ -433,4 +435,156 @@ mod tests {
         let cordon = CordonNodes { cordoned: true, nodes: vec!["a".into(), "../x".into()], ..Default::default() };
         assert_eq!(cordon.check().expect_err("refused").field, "nodes[1]");
     }
+}
+
+/// A user's role in the whole cluster: a global `admin` manages users, nodes, join tokens and
+/// images, and has every right in every project; a `user` has the rights its projects give it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GlobalRole {
+    #[default]
+    User,
+    Admin,
+}
+
+/// A member's role in a project (dstack's): a `user` runs, stops, reads the logs of and attaches
+/// to the project's runs; a `manager` also manages its members, fleets, volumes and secrets; an
+/// `admin` also grants `admin` and deletes the project. Each role has the rights of those before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProjectRole {
+    User,
+    Manager,
+    Admin,
+}
+
+impl ProjectRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Manager => "manager",
+            Self::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::User, Self::Manager, Self::Admin].into_iter().find(|r| r.as_str() == text)
+    }
+}
+
+impl GlobalRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::User, Self::Admin].into_iter().find(|r| r.as_str() == text)
+    }
+}
+
+/// `GET /api/users`: a user and its projects (never its token: only a hash is kept).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub name: String,
+    pub role: GlobalRole,
+    pub created_ms: i64,
+    pub projects: Vec<Membership>,
+}
+
+/// A project a user is a member of, and its role there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    pub project: String,
+    pub role: ProjectRole,
+}
+
+/// `POST /api/users`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CreateUser {
+    pub name: String,
+    #[serde(default)]
+    pub role: GlobalRole,
+}
+
+/// The answer to making a user or a new token for one: the token, shown this once.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UserToken {
+    pub user: String,
+    pub token: String,
+}
+
+/// `GET /api/whoami`: who the token is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoAmI {
+    /// The user; `None` for a service token.
+    pub user: Option<String>,
+    pub role: Option<GlobalRole>,
+    pub projects: Vec<Membership>,
+    /// A service token's service, as `project/run`.
+    pub service: Option<String>,
+}
+
+/// `GET /api/projects`: a project, with the asking user's role in it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Project {
+    pub name: String,
+    pub created_ms: i64,
+    pub members: u32,
+    /// The asker's role; `None` for a global admin who is not a member.
+    pub role: Option<ProjectRole>,
+}
+
+/// `POST /api/projects`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CreateProject {
+    pub name: String,
+}
+
+/// `GET /api/projects/{project}/members`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub user: String,
+    pub role: ProjectRole,
+}
+
+/// `PUT /api/projects/{project}/members/{user}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SetMember {
+    pub role: ProjectRole,
+}
+
+/// A token that can call one service (`auth: true`) and nothing else.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceToken {
+    /// The first 12 hex digits of the token's SHA-256: what `corral token revoke --service` takes.
+    pub id: String,
+    pub run: String,
+    pub created_ms: i64,
+    /// The token, only in the answer to its creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// `POST /api/projects/{project}/service-tokens`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CreateServiceToken {
+    pub run: String,
+}
+
+/// An entry of the audit trail: who did what, when, where.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: i64,
+    pub ms: i64,
+    /// Who: a user, `service:PROJECT/RUN`, or `None` for the coordinator itself.
+    pub user: Option<String>,
+    pub project: Option<String>,
+    /// What, e.g. `run.apply`, `member.set`, `secret.delete`, `node.enroll`.
+    pub action: String,
+    /// The run, user, node... it was done to.
+    pub object: Option<String>,
+    pub detail: Option<String>,
 }

@@ -78,7 +78,7 @@ async fn create_token(
 ) -> anyhow::Result<JoinToken> {
     let mut out = Vec::new();
     let command =
-        corral_cli::TokenCommand::Create { fleet: fleet.map(str::to_owned), ttl: ttl.map(str::to_owned), uses };
+        corral_cli::TokenCommand::Create { service: None, fleet: fleet.map(str::to_owned), ttl: ttl.map(str::to_owned), uses };
     assert_eq!(corral_cli::cluster::token(client, command, &mut out).await?, 0);
     Ok(String::from_utf8(out)?.trim().parse()?)
 }
@@ -111,14 +111,14 @@ async fn join_tokens_are_scoped_by_fleet_uses_time_and_revocation() -> anyhow::R
     assert!(tokens.iter().all(|t| t.token.is_none()), "a listing never shows a secret");
     let id = tokens.last().map(|t| t.id.clone()).unwrap_or_default();
     let mut out = Vec::new();
-    corral_cli::cluster::token(&client, corral_cli::TokenCommand::Revoke { id: id[..6].to_owned() }, &mut out).await?;
+    corral_cli::cluster::token(&client, corral_cli::TokenCommand::Revoke { id: id[..6].to_owned(), service: false }, &mut out).await?;
     assert!(String::from_utf8_lossy(&out).contains(&format!("token {id} revoked")));
     let err = enroll_with(&coord, revoked, &dir.path().join("d")).await.expect_err("revoked");
     assert!(format!("{err:#}").contains("revoked"), "{err:#}");
 
     // The listing says which is which.
     let mut out = Vec::new();
-    corral_cli::cluster::token(&client, corral_cli::TokenCommand::List { json: false }, &mut out).await?;
+    corral_cli::cluster::token(&client, corral_cli::TokenCommand::List { service: false, json: false }, &mut out).await?;
     let listing = String::from_utf8_lossy(&out);
     for status in ["used up", "expired", "revoked", "valid"] {
         assert!(listing.contains(status), "{status} missing from:\n{listing}");
@@ -138,7 +138,7 @@ async fn join_tokens_are_scoped_by_fleet_uses_time_and_revocation() -> anyhow::R
 /// `corral token list`, as printed.
 async fn token_list(client: &corral_cli::client::Client) -> anyhow::Result<String> {
     let mut out = Vec::new();
-    corral_cli::cluster::token(client, corral_cli::TokenCommand::List { json: false }, &mut out).await?;
+    corral_cli::cluster::token(client, corral_cli::TokenCommand::List { service: false, json: false }, &mut out).await?;
     Ok(String::from_utf8(out)?)
 }
 
@@ -159,7 +159,7 @@ async fn a_revoked_default_token_stays_revoked_across_restarts() -> anyhow::Resu
     assert!(listing.contains(&format!("corral token revoke {}", default.id)), "{listing}");
 
     let mut out = Vec::new();
-    let revoke = corral_cli::TokenCommand::Revoke { id: default.id.clone() };
+    let revoke = corral_cli::TokenCommand::Revoke { id: default.id.clone(), service: false };
     assert_eq!(corral_cli::cluster::token(&client, revoke, &mut out).await?, 0);
     let err = enroll_with(&coord, coord.join_token.clone(), &dir.path().join("a")).await.expect_err("revoked");
     assert!(format!("{err:#}").contains("revoked"), "{err:#}");

@@ -200,6 +200,12 @@ impl Coordinator {
         }
     }
 
+    /// Every route of its API with its rule.
+    pub fn route_table(&self) -> Vec<corral_coordinator::http::access::Route> {
+        let state = self.running.as_ref().map(|r| r.state.clone()).expect("a running coordinator");
+        corral_coordinator::http::route_table(state)
+    }
+
     /// Stops it the way SIGTERM does, and waits for its tasks.
     pub async fn stop(mut self) {
         self.shutdown.cancel();

@@ -25,6 +25,7 @@ mod runfields;
 mod schedules;
 mod secrets;
 mod services;
+mod teams;
 mod tasks;
 mod upgrade;
 mod uploads;

@@ -154,7 +154,7 @@ pub(super) async fn put_fleet(
     Extract(state): Extract<AppState>,
     Path(project): Path<String>,
     Json(req): Json<SubmitFleet>,
-) -> Result<Json<api::Fleet>, Error> {
+) -> Result<axum::response::Response, Error> {
     check_project(&state, &project)?;
     let cfg = corral_proto::admission::check_fleet(&req.configuration).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
     let name = cfg.name.clone().unwrap_or_default();
@@ -165,7 +165,8 @@ pub(super) async fn put_fleet(
     }
     tracing::info!(fleet = %name, placement = ?cfg.placement, "fleet applied");
     let created = state.store.fleets(&project)?.into_iter().find(|f| f.0 == name).map_or(0, |f| f.2);
-    Ok(Json(fleet_view(&state, &project, name, cfg.clone(), created)?))
+    let view = fleet_view(&state, &project, name.clone(), cfg.clone(), created)?;
+    Ok(super::access::naming(view, &name))
 }
 
 pub(super) async fn list_fleets(

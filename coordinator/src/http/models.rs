@@ -1,7 +1,8 @@
 //! The OpenAI-compatible model route: `/proxy/models/<project>/v1/...` serves every running service
 //! of the project that has a `model`, picking the service by the request's `model` field, so that
 //! one base URL (`http://COORDINATOR/proxy/models/<project>/v1`) reaches all of a project's models.
-//! `GET .../v1/models` lists them. A valid Corral token is always needed.
+//! `GET .../v1/models` lists them. A token of a project member, or a service's token (for that
+//! service's model), is always needed.
 
 use axum::Json;
 use axum::body::Body;
@@ -29,12 +30,16 @@ async fn serve(state: &State, req: Request) -> Result<Response, Error> {
     let rest = path.strip_prefix("/proxy/models/").unwrap_or_default();
     let (project, below) = rest.split_once('/').unwrap_or((rest, ""));
     check_project(state, project)?;
-    if !authorized(state, req.headers())? {
-        return Err(err(
-            StatusCode::UNAUTHORIZED,
-            "the model route needs a Corral token: send `Authorization: Bearer <token>`",
-        ));
-    }
+    authorized(state, req.headers(), project, None).map_err(|e| {
+        if e.0 == StatusCode::UNAUTHORIZED {
+            err(
+                StatusCode::UNAUTHORIZED,
+                "the model route needs the Corral token of a project member or a service token: send `Authorization: Bearer <token>`",
+            )
+        } else {
+            e
+        }
+    })?;
     let Some(api_path) = below.strip_prefix("v1") else {
         return Err(err(
             StatusCode::NOT_FOUND,
@@ -70,6 +75,8 @@ async fn serve(state: &State, req: Request) -> Result<Response, Error> {
             format!("no running service in project {project:?} serves model {model:?}"),
         ));
     };
+    // A service token calls its own service only.
+    authorized(state, &parts.headers, project, Some(&service.name))?;
     let prefix = service.config.model.as_ref().map_or("/v1", |m| m.prefix.as_str()).trim_end_matches('/');
     let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
     parts.uri = format!("{prefix}{api_path}{query}")

@@ -156,13 +156,22 @@ async fn serve_service(state: &State, mut req: Request) -> Result<Response, Erro
         }
     }
     if cfg.auth {
-        if !authorized(state, req.headers())? {
-            let mut e = err(
-                StatusCode::UNAUTHORIZED,
-                format!("service {name:?} needs a Corral token: send `Authorization: Bearer <token>`"),
-            )
-            .into_response();
-            e.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        if let Err(refused) = authorized(state, req.headers(), project, Some(name)) {
+            let unauthorized = refused.0 == StatusCode::UNAUTHORIZED;
+            let mut e = if unauthorized {
+                err(
+                    StatusCode::UNAUTHORIZED,
+                    format!(
+                        "service {name:?} needs a Corral token of a member of project {project} or one made for it (`corral token create --service {name}`): send `Authorization: Bearer <token>`"
+                    ),
+                )
+                .into_response()
+            } else {
+                refused.into_response()
+            };
+            if unauthorized {
+                e.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
             return Ok(e);
         }
         // The token is the coordinator's business, not the application's.
@@ -202,24 +211,24 @@ fn too_many_requests(name: &str, limited: &super::ratelimit::Limited) -> Respons
     r
 }
 
-/// Whether the request carries a valid Corral token. A valid one is remembered for
-/// [`ROUTE_TTL`], so that a busy service reads the store for it at most that often.
-pub(super) fn authorized(state: &State, headers: &HeaderMap) -> Result<bool, Error> {
-    let Some(token) = bearer_token(headers) else { return Ok(false) };
-    let hash = sha256_hex(token.as_bytes());
+/// Whether the request may call the service `project/run` (`run`: `None` for the project's model
+/// route): `Err` is the refusal to answer (`401` without a valid token, `403` for a token of no
+/// member). A token let in is remembered for [`ROUTE_TTL`] per service, so that a busy service
+/// reads the store for it at most that often.
+pub(super) fn authorized(state: &State, headers: &HeaderMap, project: &str, run: Option<&str>) -> Result<(), Error> {
+    let token = bearer_token(headers).unwrap_or_default();
+    let key = format!("{}\0{project}\0{}", sha256_hex(token.as_bytes()), run.unwrap_or_default());
     let tokens = &state.balancer.tokens;
-    if tokens.lock().unwrap_or_else(|e| e.into_inner()).get(&hash).is_some_and(|at| at.elapsed() < ROUTE_TTL) {
-        return Ok(true);
+    if tokens.lock().unwrap_or_else(|e| e.into_inner()).get(&key).is_some_and(|at| at.elapsed() < ROUTE_TTL) {
+        return Ok(());
     }
-    let valid = state.store.api_token_name(&hash)?.is_some();
-    if valid {
-        let mut tokens = tokens.lock().unwrap_or_else(|e| e.into_inner());
-        if tokens.len() > 10_000 {
-            tokens.retain(|_, at| at.elapsed() < ROUTE_TTL);
-        }
-        tokens.insert(hash, tokio::time::Instant::now());
+    super::access::may_call_service(state, headers, project, run)?;
+    let mut tokens = tokens.lock().unwrap_or_else(|e| e.into_inner());
+    if tokens.len() > 10_000 {
+        tokens.retain(|_, at| at.elapsed() < ROUTE_TTL);
     }
-    Ok(valid)
+    tokens.insert(key, tokio::time::Instant::now());
+    Ok(())
 }
 
 /// Sends a request (its path already the replica's) to one of a service's ready replicas (`ready`

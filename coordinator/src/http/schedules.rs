@@ -16,7 +16,7 @@ pub(super) async fn register(
     Extract(state): Extract<AppState>,
     Path(project): Path<String>,
     Json(mut req): Json<SubmitRun>,
-) -> Result<Json<api::ScheduledRun>, Error> {
+) -> Result<axum::response::Response, Error> {
     check_project(&state, &project)?;
     req.check().map_err(|e| err(StatusCode::BAD_REQUEST, e.to_string()))?;
     // What a start would refuse is refused now, not at 3 a.m.
@@ -51,7 +51,9 @@ pub(super) async fn register(
         .store
         .schedule(&project, &name)?
         .ok_or_else(|| err(StatusCode::INTERNAL_SERVER_ERROR, "schedule vanished"))?;
-    Ok(Json(view(&state, &row)))
+    let view = view(&state, &row);
+    let name = view.name.clone();
+    Ok(super::access::naming(view, &name))
 }
 
 /// `GET`: the project's scheduled runs.

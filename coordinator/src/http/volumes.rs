@@ -16,7 +16,7 @@ pub(super) async fn put_volume(
     Extract(state): Extract<AppState>,
     Path(project): Path<String>,
     Json(req): Json<SubmitVolume>,
-) -> Result<Json<api::Volume>, Error> {
+) -> Result<axum::response::Response, Error> {
     check_project(&state, &project)?;
     req.check().map_err(|e| err(StatusCode::BAD_REQUEST, e.to_string()))?;
     let cfg = corral_proto::admission::check_volume(&req.configuration).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
@@ -41,7 +41,9 @@ pub(super) async fn put_volume(
         .store
         .volume(&project, &name)?
         .ok_or_else(|| err(StatusCode::INTERNAL_SERVER_ERROR, "volume vanished"))?;
-    Ok(Json(volumes::view(&state, row, &volumes::users(&state)?)))
+    let view = volumes::view(&state, row, &volumes::users(&state)?);
+    let name = view.name.clone();
+    Ok(super::access::naming(view, &name))
 }
 
 pub(super) async fn list_volumes(

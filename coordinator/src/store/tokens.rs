@@ -1,4 +1,4 @@
-//! API tokens (by hash; the admin's is made at first start) and join tokens: a join token may name
+//! Join tokens: a join token may name
 //! a fleet, expire and count its uses; spending one says why it cannot enroll.
 
 use rusqlite::{OptionalExtension, params};
@@ -16,15 +16,6 @@ pub enum DefaultToken {
 }
 
 impl Store {
-    pub fn ensure_api_token(&self, hash: &str, name: &str) -> Result<()> {
-        self.conn().execute("INSERT OR IGNORE INTO api_tokens VALUES (?1, ?2, ?3)", params![hash, name, now_ms()])?;
-        Ok(())
-    }
-
-    pub fn api_token_name(&self, hash: &str) -> Result<Option<String>> {
-        Ok(self.conn().query_row("SELECT name FROM api_tokens WHERE hash = ?1", [hash], |r| r.get(0)).optional()?)
-    }
-
     /// Records the coordinator's own join token (no fleet, no expiry, no count) unless it is known,
     /// and answers whether it is revoked. A revoked one stays revoked, and so does one that replaces
     /// it (the file removed, the CA made anew): once the operator revoked the default token, no start
