@@ -157,6 +157,11 @@ impl Client {
         Self { http, url: url.trim_end_matches('/').to_owned(), token: token.to_owned(), project: project.to_owned() }
     }
 
+    /// The API token it sends.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     /// The coordinator's URL.
     pub fn url(&self) -> &str {
         &self.url

@@ -11,9 +11,12 @@ use corral_proto::api::{self, ProjectRole};
 
 use crate::harness::*;
 
-async fn said(f: impl std::future::Future<Output = anyhow::Result<i32>>, out: Vec<u8>) -> anyhow::Result<String> {
-    f.await?;
-    Ok(String::from_utf8_lossy(&out).into_owned())
+/// What a CLI command printed, or its error.
+macro_rules! said {
+    ($f:path, $client:expr, $command:expr) => {{
+        let mut out = Vec::new();
+        $f($client, $command, &mut out).await.map(|_| String::from_utf8_lossy(&out).into_owned())
+    }};
 }
 
 async fn make_user(admin: &Client, name: &str) -> anyhow::Result<String> {
@@ -243,5 +246,194 @@ async fn every_route_refuses_whom_its_rule_refuses() -> anyhow::Result<()> {
     }
     assert!(checked > 400, "only {checked} requests");
     coord.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_shares_a_cluster_with_roles_and_service_tokens() -> anyhow::Result<()> {
+    let c = OneNode::start().await?;
+    let url = c.coord.url();
+    let admin = &c.client;
+    let alice_token = said!(corral_cli::teams::user, admin, UserCommand::Create { name: "alice".into(), role: "user".into() })?;
+    let alice = Client::new(&url, alice_token.trim(), "research");
+    let bob_token = said!(corral_cli::teams::user, admin, UserCommand::Create { name: "bob".into(), role: "user".into() })?;
+    let bob = Client::new(&url, bob_token.trim(), "research");
+    let carol_token = make_user(admin, "carol").await?;
+
+    // alice makes a project and is its admin; she adds bob as a user.
+    let out = said!(corral_cli::teams::project, &alice, ProjectCommand::Create { name: "research".into() })?;
+    assert_eq!(out, "project research created, with you as its admin\n");
+    let add = MemberCommand::Add { project: "research".into(), user: "bob".into(), role: "user".into() };
+    assert_eq!(said!(corral_cli::teams::project, &alice, ProjectCommand::Member { command: add })?, "bob is a user of project research\n");
+    let me = said!(corral_cli::teams::whoami, &bob, false)?;
+    assert!(me.starts_with("user:     bob (user)\nprojects: research (user)\n"), "{me}");
+
+    // bob runs a service in research; his runs are not main's, where he is no member.
+    let text = format!(
+        "type: service\nname: web\nimage: {IMAGE}\nport: 8000\ncommands:\n  - mkdir -p /www\n  - echo hello from research > /www/index.html\n  - httpd -f -p 8000 -h /www\n"
+    );
+    let (code, out) = apply(&bob, &write_config(c.dir.path(), "web", &text), true).await?;
+    assert_eq!(code, 0, "{out}");
+    let in_main = Client::new(&url, bob_token.trim(), "main");
+    let e = corral_cli::commands::ps(&in_main, false, false, &mut Vec::new()).await.expect_err("bob is no member of main");
+    assert!(format!("{e:#}").contains("run.list: bob is not a member of project main"), "{e:#}");
+    let mut ps = Vec::new();
+    corral_cli::commands::ps(&bob, false, true, &mut ps).await?;
+    let runs: Vec<api::Run> = serde_json::from_slice(&ps)?;
+    assert_eq!(runs.iter().map(|r| (r.name.as_str(), r.project.as_str())).collect::<Vec<_>>(), [("web", "research")]);
+
+    // `auth: true`: members of research and the service's own tokens get in; others do not.
+    let service_url = format!("{url}/proxy/services/research/web/index.html");
+    let http = reqwest::Client::new();
+    let answer = |token: Option<String>| {
+        let (http, service_url) = (http.clone(), service_url.clone());
+        async move {
+            let mut req = http.get(&service_url);
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let resp = req.send().await?;
+            anyhow::Ok((resp.status().as_u16(), resp.text().await?))
+        }
+    };
+    let up = wait_for("the service to answer bob", Duration::from_secs(30), || async {
+        let (status, body) = answer(Some(bob.token().to_owned())).await?;
+        Ok((status == 200).then_some(body))
+    })
+    .await?;
+    assert_eq!(up, "hello from research\n");
+    assert_eq!(answer(Some(c.coord.admin_token.clone())).await?.0, 200, "a global admin calls every service");
+    assert_eq!(answer(None).await?.0, 401);
+    let (status, body) = answer(Some(carol_token.clone())).await?;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("not a member of project research"), "{body}");
+
+    let mut out = Vec::new();
+    corral_cli::cluster::token(&bob, corral_cli::TokenCommand::Create { service: Some("web".into()), fleet: None, ttl: None, uses: None }, &mut out).await?;
+    let service_token = String::from_utf8(out)?.trim().to_owned();
+    assert_eq!(answer(Some(service_token.clone())).await?, (200, "hello from research\n".to_owned()));
+    // ... and it can do nothing else.
+    let as_service = Client::new(&url, &service_token, "research");
+    let e = corral_cli::commands::ps(&as_service, false, false, &mut Vec::new()).await.expect_err("a service token lists nothing");
+    assert!(format!("{e:#}").contains("only calls the service research/web"), "{e:#}");
+
+    // A user of the project neither sees nor sets its secrets: that is a manager's.
+    let set = SecretCommand::Set { name: "HF_TOKEN".into(), value: Some("x".into()), from_file: None };
+    let e = corral_cli::secrets::secret(&bob, set, &mut Vec::new()).await.expect_err("bob is a user");
+    assert!(format!("{e:#}").contains("secret.set in project research needs the manager role; bob is a user"), "{e:#}");
+
+    // Removed from the project, bob's token no longer calls its service; a rotated token replaces the old.
+    let remove = MemberCommand::Remove { project: "research".into(), user: "bob".into() };
+    said!(corral_cli::teams::project, &alice, ProjectCommand::Member { command: remove })?;
+    wait_for("bob to be refused", Duration::from_secs(5), || async {
+        Ok((answer(Some(bob.token().to_owned())).await?.0 == 403).then_some(()))
+    })
+    .await?;
+    let rotated = said!(corral_cli::teams::user, &bob, UserCommand::Token { name: "bob".into(), rotate: true })?;
+    let e = corral_cli::teams::whoami(&bob, false, &mut Vec::new()).await.expect_err("the old token is gone");
+    assert!(format!("{e:#}").contains("invalid token"), "{e:#}");
+    let bob = Client::new(&url, rotated.trim(), "research");
+    assert!(said!(corral_cli::teams::whoami, &bob, false)?.contains("projects: -"));
+    let e = corral_cli::teams::user(&bob, UserCommand::Token { name: "alice".into(), rotate: true }, &mut Vec::new())
+        .await
+        .expect_err("bob is not alice");
+    assert!(format!("{e:#}").contains("user.token for another user needs a global admin"), "{e:#}");
+
+    // The audit trail says who did what, in order, and never a secret's value.
+    corral_cli::secrets::secret(&alice, SecretCommand::Set { name: "HF_TOKEN".into(), value: Some("hf_v4lue".into()), from_file: None }, &mut Vec::new()).await?;
+    let args = corral_cli::EventArgs { project: Some("research".into()), all: false, since: Some("1h".into()), limit: 100, json: true };
+    let events: Vec<api::Event> = serde_json::from_str(&said!(corral_cli::teams::events, &alice, args)?)?;
+    let seen: Vec<(Option<&str>, &str, Option<&str>)> =
+        events.iter().map(|e| (e.user.as_deref(), e.action.as_str(), e.object.as_deref())).collect();
+    assert_eq!(
+        seen,
+        [
+            (Some("alice"), "project.create", Some("research")),
+            (Some("alice"), "member.set", Some("bob")),
+            (Some("bob"), "run.apply", Some("web")),
+            (Some("bob"), "service-token.create", Some("web")),
+            (Some("alice"), "member.remove", Some("bob")),
+            (Some("alice"), "secret.set", Some("HF_TOKEN")),
+        ],
+        "{events:#?}"
+    );
+    assert_eq!(events[1].detail.as_deref(), Some("role user (was not a member)"));
+    assert!(!serde_json::to_string(&events)?.contains("hf_v4lue"));
+    let all = corral_cli::EventArgs { project: None, all: true, since: None, limit: 100, json: true };
+    let e = corral_cli::teams::events(&alice, all, &mut Vec::new()).await.expect_err("alice is no global admin");
+    assert!(format!("{e:#}").contains("needs a global admin"), "{e:#}");
+    let all = corral_cli::EventArgs { project: None, all: true, since: None, limit: 100, json: true };
+    let events: Vec<api::Event> = serde_json::from_str(&said!(corral_cli::teams::events, admin, all)?)?;
+    let made: Vec<_> = events.iter().filter(|e| e.action == "user.create").filter_map(|e| e.object.as_deref()).collect();
+    assert_eq!(made, ["alice", "bob", "carol"]);
+    assert!(events.iter().any(|e| e.action == "user.token" && e.user.as_deref() == Some("bob")));
+    Ok(())
+}
+
+/// A database written by the release before users (`tests/fixtures/before-users`: a finished run
+/// that printed a secret, a run waiting for a GPU, the secret, a join token with 3 uses) is
+/// migrated at start: the admin token keeps working, its runs stay in `main`, and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_from_before_users_starts_and_loses_nothing() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    ensure_image();
+    let fixture = repo_root().join("tests/fixtures/before-users");
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("coord");
+    std::fs::create_dir_all(data.join("logs"))?;
+    for name in ["admin-token", "secrets.key"] {
+        std::fs::copy(fixture.join(name), data.join(name))?;
+        std::fs::set_permissions(data.join(name), std::fs::Permissions::from_mode(0o600))?;
+    }
+    for entry in std::fs::read_dir(fixture.join("logs"))? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), data.join("logs").join(entry.file_name()))?;
+    }
+    let db = rusqlite::Connection::open(data.join("corral.db"))?;
+    db.execute_batch(&std::fs::read_to_string(fixture.join("corral.sql"))?)?;
+    assert_eq!(db.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))?, 11, "the fixture is the release's schema");
+    drop(db);
+    std::fs::set_permissions(data.join("corral.db"), std::fs::Permissions::from_mode(0o600))?;
+
+    let coord = Coordinator::start(&data).await?;
+    let admin_token = std::fs::read_to_string(fixture.join("admin-token"))?;
+    assert_eq!(coord.admin_token, admin_token.trim(), "the data dir's admin token is kept");
+    let admin = coord.client();
+    let me: api::WhoAmI = admin.get("/api/whoami").await?;
+    assert_eq!((me.user.as_deref(), me.role), (Some("admin"), Some(api::GlobalRole::Admin)));
+    let users: Vec<api::User> = admin.get("/api/users").await?;
+    assert_eq!(users.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(), ["admin"]);
+
+    let mut ps = Vec::new();
+    corral_cli::commands::ps(&admin, true, true, &mut ps).await?;
+    let runs: Vec<api::Run> = serde_json::from_slice(&ps)?;
+    let mut seen: Vec<(String, String, corral_proto::job::JobState)> =
+        runs.iter().map(|r| (r.name.clone(), r.project.clone(), r.state.clone())).collect();
+    seen.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        seen,
+        [
+            ("greet".to_owned(), "main".to_owned(), corral_proto::job::JobState::Done),
+            ("waits-for-gpu".to_owned(), "main".to_owned(), corral_proto::job::JobState::Pending)
+        ]
+    );
+    assert_eq!(logs(&admin, "greet").await?, "greeting is hello-from-the-release-before-users\nsecond line\n");
+    let secrets: Vec<api::Secret> = admin.get("/api/projects/main/secrets").await?;
+    assert_eq!(secrets.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["GREETING"]);
+    let joins: Vec<api::JoinTokenInfo> = admin.get("/api/tokens").await?;
+    assert!(joins.iter().any(|t| t.id == "c11fb45fb886" && t.uses_left == Some(3)), "{joins:?}");
+
+    // The secret, sealed by the release before, still opens: a new run prints it.
+    let agent_dir = dir.path().join("agent");
+    let _agent = Agent::start(&coord, &agent_dir, AgentOptions { name: "after".into(), ..Default::default() });
+    wait_for("the new node", Duration::from_secs(30), || async {
+        let nodes: Vec<api::Node> = admin.get("/api/nodes").await?;
+        Ok(nodes.iter().any(|n| n.name == "after" && n.status == api::NodeStatus::Ready && n.inventory.is_some()).then_some(()))
+    })
+    .await?;
+    let text = format!("type: task\nname: again\nimage: {IMAGE}\nenv:\n  - G=${{{{ secrets.GREETING }}}}\ncommands:\n  - echo \"$G\"\n");
+    let (code, out) = apply(&admin, &write_config(dir.path(), "again", &text), false).await?;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(logs(&admin, "again").await?, "hello-from-the-release-before-users\n");
     Ok(())
 }
