@@ -62,7 +62,17 @@ pub struct Shape {
 pub fn shape(state: &State, node: &NodeRow, inv: &HostInventory) -> Shape {
     let cfg = node.fleet.as_deref().and_then(|f| state.store.fleet_config(f).ok().flatten());
     let interfaces = state.interfaces.get(&node.id);
-    shape_of(cfg.as_ref(), &node.name, node.address.as_deref(), inv, interfaces.as_deref())
+    let mut shape = shape_of(cfg.as_ref(), &node.name, node.address.as_deref(), inv, interfaces.as_deref());
+    if let Some(fleet) = &node.fleet {
+        match state.store.fleet_projects(fleet) {
+            Ok(projects) => shape.profile.projects = projects,
+            Err(e) => {
+                // Not knowing whose it is, the node takes no jobs rather than anyone's.
+                shape.profile.refused = Some(format!("cannot read which project fleet {fleet} is in: {e}"));
+            }
+        }
+    }
+    shape
 }
 
 /// Why the node's fleet refuses it, if it does (for the API: the node list, the install script).
@@ -158,6 +168,7 @@ pub fn shape_of(
         hostnames: lower(hostnames),
         refused,
         env: cfg.env.iter().filter_map(|e| Some((e.name.clone(), e.value.clone()?))).collect(),
+        projects: Vec::new(),
     };
     Shape { cluster: cfg.placement == Placement::Cluster, blocks, profile, address }
 }

@@ -47,6 +47,12 @@ impl NodeSlot {
         self.inventory.gpus.len().saturating_sub(used)
     }
 
+    /// Whether the node is open to the request's project: it is in no project's fleet, or in one
+    /// of that project's.
+    fn open_to(&self, req: &Request) -> bool {
+        self.profile.projects.is_empty() || req.project.as_ref().is_none_or(|p| self.profile.projects.contains(p))
+    }
+
     /// Whether `req.instances` (if any) names this node.
     fn named_by(&self, req: &Request) -> bool {
         req.instances.is_empty()
@@ -107,6 +113,8 @@ pub struct Request {
     /// Per rank, what it needs, when the ranks differ (a task's node `groups`); empty: every rank
     /// needs `resources`.
     pub ranks: Vec<ResourcesSpec>,
+    /// The run's project: nodes of another project's fleets are not its. `None`: any node.
+    pub project: Option<String>,
 }
 
 impl Request {
@@ -272,6 +280,7 @@ impl Index {
         let s = &self.slots[i];
         s.schedulable()
             && (req.fleets.is_empty() || s.fleet.as_ref().is_some_and(|f| req.fleets.contains(f)))
+            && s.open_to(req)
             && s.named_by(req)
     }
 
@@ -378,12 +387,20 @@ impl Index {
             .filter(|s| req.fleets.is_empty() || s.fleet.as_ref().is_some_and(|f| req.fleets.contains(f)))
             .filter(|s| s.named_by(req))
             .collect();
+        let others = candidates.iter().filter(|s| !s.open_to(req)).count();
+        let candidates: Vec<&NodeSlot> = candidates.into_iter().filter(|s| s.open_to(req)).collect();
         let mut scope =
             if req.fleets.is_empty() { String::new() } else { format!(" in fleet(s) {}", req.fleets.join(", ")) };
         if !req.instances.is_empty() {
             scope.push_str(&format!(" named in `instances` ({})", select::describe(&req.instances)));
         }
         if candidates.is_empty() {
+            if others > 0 {
+                let project = req.project.as_deref().unwrap_or_default();
+                return format!(
+                    "no nodes{scope} for project {project}: {others} node(s) are in other projects' fleets (see `corral node list`)"
+                );
+            }
             return format!("no nodes{scope} (see `corral node list`)");
         }
         let usable: Vec<&&NodeSlot> = candidates.iter().filter(|s| s.schedulable()).collect();
@@ -457,6 +474,7 @@ fn rank_request(req: &Request, rank: usize) -> Option<Request> {
         instances: req.instances.clone(),
         pinned: Vec::new(),
         ranks: Vec::new(),
+        project: req.project.clone(),
     })
 }
 

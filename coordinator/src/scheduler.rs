@@ -212,6 +212,7 @@ impl Scheduler {
                 fleets: task.provisioning.fleets.iter().map(|f| f.name.clone()).collect(),
                 instances: task.provisioning.instances.clone(),
                 pinned: Vec::new(),
+                project: Some(job.project.clone()),
             };
             let volumes = crate::volumes::RunVolumes::of(&task, &job.project, task.nodes);
             let shape = {

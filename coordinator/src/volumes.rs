@@ -530,6 +530,7 @@ mod tests {
             instances: vec![],
             pinned: vec![],
             ranks: vec![],
+            project: None,
         }
     }
 

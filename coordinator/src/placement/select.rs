@@ -17,6 +17,8 @@ pub struct NodeProfile {
     pub refused: Option<String>,
     /// The fleet's `env`: given to every job on the node (a run's own variable of a name wins).
     pub env: Vec<(String, String)>,
+    /// The projects whose fleet the node is in: only their runs go there. Empty: any project's.
+    pub projects: Vec<String>,
 }
 
 /// Whether the node `name` of `fleet` with `profile` is one that `selector` names, as dstack

@@ -43,6 +43,7 @@ fn gpu_req(names: &[&str], count: u32) -> Request {
         instances: vec![],
         pinned: vec![],
         ranks: vec![],
+        project: None,
     }
 }
 
@@ -320,4 +321,18 @@ fn a_grouped_gang_that_cannot_fit_names_the_rank_that_does_not() {
     assert!(why.contains("no node in") || why.contains("no node has"), "{why}");
     assert!(why.ends_with("(rank 1 of the gang)"), "{why}");
     assert!(ix.nodes().all(|s| s.used_gpus().is_empty()), "nothing reserved");
+}
+
+#[test]
+fn a_project_s_fleet_takes_only_that_project_s_runs() {
+    let mut ix = Index::new();
+    let theirs = node(&mut ix, "rack-1", host(&[A100; 8], 64), Some("rack"), false);
+    ix.set_profile(&theirs, NodeProfile { projects: vec!["vision".into()], ..NodeProfile::default() });
+    let req = |project: &str, gpus| Request { project: Some(project.to_owned()), ..gpu_req(&[], gpus) };
+    let why = ix.place(&req("speech", 1)).expect_err("rack is vision's");
+    assert_eq!(why, "no nodes for project speech: 1 node(s) are in other projects' fleets (see `corral node list`)");
+    assert_eq!(ix.place(&req("vision", 1)).expect("vision's own fleet")[0].0, theirs);
+    // A node in no project's fleet takes anyone's runs.
+    let open = node(&mut ix, "spare", host(&[A100; 1], 8), None, false);
+    assert_eq!(ix.place(&req("speech", 1)).expect("the open node")[0].0, open);
 }

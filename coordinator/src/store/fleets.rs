@@ -43,6 +43,14 @@ impl Store {
 
     /// A fleet's configuration by name (fleet names are looked up across projects: nodes name
     /// their fleet without a project).
+    /// The projects that have a fleet of this name: the nodes of that fleet are theirs.
+    pub fn fleet_projects(&self, name: &str) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT project FROM fleets WHERE name = ?1 ORDER BY project")?;
+        let rows = stmt.query_map([name], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     pub fn fleet_config(&self, name: &str) -> Result<Option<FleetConfig>> {
         let cfg: Option<String> = self
             .conn()
