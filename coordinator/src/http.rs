@@ -327,7 +327,7 @@ pub(crate) fn submit(state: &State, project: &str, req: &SubmitRun) -> Result<Ru
     // A local repo or file runs only with its upload in the store.
     crate::uploads::check_present(&state.uploads, &req.configuration).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
     // Every `${{ secrets.NAME }}` set in the project, and only where it is expanded.
-    crate::vault::check_run(state, project, &req.configuration, &admitted.task.commands)
+    crate::vault::check_run(state, project, &req.configuration)
         .map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
     let name = req.name.clone().or_else(|| admitted.task.name.clone()).unwrap_or_else(generated_name);
     api::check_name(NameKind::Run, &name).map_err(|e| err(StatusCode::BAD_REQUEST, format!("name: {e}")))?;

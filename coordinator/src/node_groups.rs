@@ -30,13 +30,27 @@ pub fn addresses_by_group(task: &TaskConfig, ips: &[String]) -> Vec<Vec<String>>
         .collect()
 }
 
-/// Rank `rank`'s commands: its group's, with the gang's node addresses put in.
+/// Rank `rank`'s commands: its group's, with the gang's node addresses put in, and
+/// `${{ run.args }}` empty (dstack's run arguments: `corral apply` takes none).
 pub fn rank_commands(task: &TaskConfig, rank: u32, addresses: &[Vec<String>]) -> Vec<String> {
     let commands = match task.rank_group(rank).group {
         Some(g) => &g.commands,
         None => &task.commands,
     };
-    commands.iter().map(|c| substitute_node_addresses(c, addresses)).collect()
+    commands.iter().map(|c| without_run_args(&substitute_node_addresses(c, addresses))).collect()
+}
+
+fn without_run_args(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut at = 0;
+    for (range, inner) in corral_proto::config::interpolations(s) {
+        if inner == "run.args" {
+            out.push_str(&s[at..range.start]);
+            at = range.end;
+        }
+    }
+    out.push_str(&s[at..]);
+    out
 }
 
 /// The variables that say which group a rank is in (Corral's own; dstack has none): its name and
@@ -92,6 +106,8 @@ mod tests {
         let plain = task("type: task\nimage: i\nnodes: 2\ncommands: ['ping ${{ groups[0].nodes[1].IP_ADDRESS }}']\n");
         let by_group = addresses_by_group(&plain, &ips[..2]);
         assert_eq!(rank_commands(&plain, 0, &by_group), ["ping 10.0.0.2"], "a plain gang is group 0");
+        let args = task("type: task\nimage: i\ncommands: ['python train.py --merge ${{ run.args }}', 'echo $${{ run.args }}']\n");
+        assert_eq!(rank_commands(&args, 0, &[]), ["python train.py --merge ", "echo $${{ run.args }}"]);
         assert!(group_vars(&plain, 0).is_empty());
     }
 }

@@ -135,6 +135,12 @@ fn start_due(state: &Arc<State>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The job's variables, its secrets in: what `${{ env.NAME }}` in a probe's header names.
+fn job_env(state: &State, job: &JobId) -> anyhow::Result<Vec<(String, String)>> {
+    let spec = state.store.job(job)?.and_then(|j| j.spec).ok_or_else(|| anyhow::anyhow!("the job has no spec yet"))?;
+    Ok(crate::vault::with_secrets(state, &spec).map_err(anyhow::Error::msg)?.env)
+}
+
 /// One probe request through a tunnel; `Ok` on a 2xx answer.
 async fn once(state: &State, node: &NodeId, job: &JobId, port: u16, probe: &ProbeSpec) -> anyhow::Result<()> {
     let tunnel = crate::tunnel::open(state, node, job, port).await?;
@@ -148,8 +154,9 @@ async fn once(state: &State, node: &NodeId, job: &JobId, port: u16, probe: &Prob
         HttpMethod::Head => Method::HEAD,
     };
     let mut req = Request::builder().method(method).uri(&probe.url).header("host", "localhost");
+    let env = if probe.headers.iter().any(|(_, v)| v.contains("${{")) { job_env(state, job)? } else { Vec::new() };
     for (k, v) in &probe.headers {
-        req = req.header(k, v);
+        req = req.header(k, crate::vault::with_env(v, &env).map_err(|name| anyhow::anyhow!("probe header {k}: the job has no variable {name}"))?);
     }
     let req = req.body(probe.body.clone().map(Body::from).unwrap_or_else(Body::empty))?;
     let resp = sender.send_request(req).await?;

@@ -148,14 +148,8 @@ pub fn used(cfg: &Configuration) -> Vec<String> {
 /// Checks at apply that every secret the run names is set in `project`, and that it names them
 /// only where they are expanded (`env` and `registry_auth`, as in dstack). The error says which
 /// and what to do.
-pub fn check_run(state: &State, project: &str, cfg: &Configuration, commands: &[String]) -> Result<(), String> {
-    if let Some(r) = commands.iter().find_map(|c| references(c).into_iter().next()) {
-        return Err(format!(
-            "commands: ${{{{ secrets.{0} }}}} is expanded only in env and registry_auth: put it in env \
-             (`env: [{0}=${{{{ secrets.{0} }}}}]`) and use ${0} in the commands",
-            r.name
-        ));
-    }
+/// (Where each interpolation may stand is admission's: `corral_proto::admission`.)
+pub fn check_run(state: &State, project: &str, cfg: &Configuration) -> Result<(), String> {
     if let Some(auth) = registry_auth(cfg) {
         for r in [&auth.username, &auth.password].into_iter().flat_map(|f| references_in(f, "env.")) {
             if !run_env(cfg).iter().any(|e| e.name == r.name) {
@@ -223,6 +217,13 @@ pub fn with_secrets(state: &State, spec: &JobSpec) -> Result<JobSpec, String> {
         }
     }
     Ok(out)
+}
+
+/// `s` with each `${{ env.NAME }}` replaced by the variable `NAME` of `env`; `Err` names one it
+/// lacks.
+pub fn with_env(s: &str, env: &[(String, String)]) -> Result<String, String> {
+    let var = |name: &str| env.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    expand_in(s, "env.", &var)
 }
 
 fn registry_auth(cfg: &Configuration) -> Option<&corral_proto::config::RegistryAuth> {

@@ -5,6 +5,7 @@
 use crate::config::{Configuration, FleetConfig, ServiceConfig, SpotPolicy, TaskConfig};
 
 mod groups;
+mod interpolations;
 mod volumes;
 pub use volumes::{NODE_RANK, check_volume, expand as volume_name};
 
@@ -25,6 +26,7 @@ pub struct Admitted {
 pub fn check(cfg: &Configuration) -> Result<Admitted, String> {
     // Counts and sizes first: a run of 2^32 nodes is refused before anything is made for it.
     cfg.check_limits().map_err(|e| e.to_string())?;
+    interpolations::check(cfg)?;
     match cfg {
         Configuration::Task(t) => {
             check_task(t)?;

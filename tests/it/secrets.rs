@@ -116,6 +116,14 @@ async fn a_run_naming_a_secret_it_cannot_have_is_refused_saying_what_to_do() -> 
     let e = no_var.expect_err("refused").to_string();
     assert!(e.contains("registry_auth: ${{ env.NGC_API_KEY }} names no variable of the run's env"), "{e}");
 
+    // No interpolation reaches a container as written: one Corral does not expand there is refused.
+    let unknown = submit(format!("type: task\nimage: {IMAGE}\nenv:\n  - N=${{{{ run.name }}}}\ncommands: [env]\n")).await;
+    let e = unknown.expect_err("refused").to_string();
+    assert!(e.contains("env[0]: ${{ run.name }}: not expanded here") && e.contains("$DSTACK_RUN_NAME"), "{e}");
+    let unknown = submit(format!("type: task\nimage: {IMAGE}\nworking_dir: /w/${{{{ inputs.x }}}}\ncommands: [env]\n")).await;
+    let e = unknown.expect_err("refused").to_string();
+    assert!(e.contains("working_dir: ${{ inputs.x }}: not an interpolation Corral knows"), "{e}");
+
     let bad =
         secret(&c.client, SecretCommand::Set { name: "no.dots".into(), value: Some("v".into()), from_file: None });
     assert!(bad.await.expect_err("refused").to_string().contains("a secret's name is 1 to 128 of"));
@@ -130,5 +138,64 @@ async fn a_run_naming_a_secret_it_cannot_have_is_refused_saying_what_to_do() -> 
     let runs: Vec<corral_proto::api::Run> =
         c.client.get(&format!("{}?all=true", c.client.project_path("runs"))).await?;
     assert!(runs.is_empty(), "{runs:?}");
+    Ok(())
+}
+
+/// A probe's header may name the run's variables (`${{ env.KEY }}`, dstack's form), a secret's
+/// value among them: the replica sees the value, and is ready only then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_header_carries_the_run_s_variable() -> anyhow::Result<()> {
+    let (python, _) = python_image();
+    let c = OneNode::start().await?;
+    secret(&c.client, SecretCommand::Set { name: "PROBE_KEY".into(), value: Some("k3y-v4lue".into()), from_file: None })
+        .await?;
+    let text = format!(
+        r#"type: service
+name: keyed
+image: {python}
+port: 8000
+auth: false
+probes:
+  - type: http
+    url: /ready
+    interval: 1s
+    headers:
+      - name: X-Key
+        value: ${{{{ env.KEY }}}}
+env:
+  - KEY=${{{{ secrets.PROBE_KEY }}}}
+  - |
+    SERVER=import socket, os
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(('', 8000))
+    s.listen(8)
+    while True:
+        c, _ = s.accept()
+        lines = c.recv(65536).decode().split('\r\n')
+        path = lines[0].split(' ')[1]
+        key = next((l.split(':', 1)[1].strip() for l in lines if l.lower().startswith('x-key:')), None)
+        open('/tmp/seen', 'a').write(path + ' ' + str(key) + '\n')
+        status = '200 OK' if path != '/ready' or key == os.environ['KEY'] else '403 Forbidden'
+        c.sendall(('HTTP/1.1 ' + status + '\r\nContent-Length: 7\r\nConnection: close\r\n\r\nserved\n').encode())
+        c.close()
+commands:
+  - python3 -c "$SERVER"
+"#
+    );
+    let (code, out) = apply(&c.client, &write_config(c.dir.path(), "keyed", &text), true).await?;
+    assert_eq!(code, 0, "{out}");
+    let running = |r: &corral_proto::api::Run| r.jobs.iter().any(|j| j.state == corral_proto::job::JobState::Running);
+    wait_state(&c.client, "keyed", running, std::time::Duration::from_secs(60)).await?;
+    // A request waits for a ready replica: it is served once the probe, with its header, passed.
+    let url = format!("http://{}/proxy/services/main/keyed/hello", c.coord.http);
+    let body = tokio::time::timeout(std::time::Duration::from_secs(60), async { reqwest::get(&url).await?.text().await })
+        .await??;
+    assert_eq!(body, "served\n", "{:?} {}", run(&c.client, "keyed").await?.jobs, logs(&c.client, "keyed").await?);
+    let mut seen = Vec::new();
+    let cat = vec!["cat".to_owned(), "/tmp/seen".to_owned()];
+    corral_cli::exec::exec(&c.client, "keyed", 0, &cat, None, &mut seen, &mut Vec::new()).await?;
+    let seen = String::from_utf8(seen)?;
+    assert!(seen.lines().any(|l| l == "/ready k3y-v4lue"), "{seen}");
     Ok(())
 }

@@ -437,3 +437,37 @@ async fn a_database_from_before_users_starts_and_loses_nothing() -> anyhow::Resu
     assert_eq!(logs(&admin, "again").await?, "hello-from-the-release-before-users\n");
     Ok(())
 }
+
+/// A fleet belongs to a project: its nodes take that project's runs, and another project's runs
+/// wait saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_s_fleet_runs_only_that_project_s_runs() -> anyhow::Result<()> {
+    ensure_image();
+    let dir = tempfile::tempdir()?;
+    let coord = Coordinator::start(&dir.path().join("coord")).await?;
+    let admin = coord.client();
+    let _: api::Project = admin.post("/api/projects", &api::CreateProject { name: "vision".into() }).await?;
+    let vision = Client::new(&coord.url(), &coord.admin_token, "vision");
+    let fleet = write_config(dir.path(), "rack", "type: fleet\nname: rack\n");
+    apply(&vision, &fleet, true).await?;
+    let _agent = Agent::start(
+        &coord,
+        &dir.path().join("agent"),
+        AgentOptions { name: "rack-1".into(), fleet: Some("rack".into()), ..Default::default() },
+    );
+    nodes_ready(&admin, 1).await?;
+
+    let task = |name: &str| format!("type: task\nname: {name}\nimage: {IMAGE}\ncommands: [\"echo ran\"]\n");
+    apply(&admin, &write_config(dir.path(), "elsewhere", &task("elsewhere")), true).await?;
+    let waiting = wait_state(&admin, "elsewhere", |r| r.jobs[0].status_message.is_some(), Duration::from_secs(10)).await?;
+    assert_eq!(waiting.state, corral_proto::job::JobState::Pending);
+    assert_eq!(
+        waiting.jobs[0].status_message.as_deref(),
+        Some("no nodes for project main: 1 node(s) are in other projects' fleets (see `corral node list`)")
+    );
+    let (code, out) = apply(&vision, &write_config(dir.path(), "own", &task("own")), false).await?;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(logs(&vision, "own").await?, "ran\n");
+    assert_eq!(run(&vision, "own").await?.jobs[0].node_name.as_deref(), Some("rack-1"));
+    Ok(())
+}
