@@ -61,7 +61,12 @@ pub async fn user(client: &Client, command: UserCommand, out: Out<'_>) -> anyhow
             }
             let mut t = table(&["NAME", "ROLE", "PROJECTS", "CREATED"]);
             for u in &users {
-                t.add_row(vec![u.name.clone(), u.role.as_str().to_owned(), memberships(&u.projects), ago(u.created_ms)]);
+                t.add_row(vec![
+                    u.name.clone(),
+                    u.role.as_str().to_owned(),
+                    memberships(&u.projects),
+                    ago(u.created_ms),
+                ]);
             }
             writeln!(out, "{t}")?;
         }
@@ -86,7 +91,12 @@ pub async fn project(client: &Client, command: ProjectCommand, out: Out<'_>) -> 
     match command {
         ProjectCommand::Create { name } => {
             let p: api::Project = client.post("/api/projects", &api::CreateProject { name }).await?;
-            writeln!(out, "project {} created{}", p.name, if p.role.is_some() { ", with you as its admin" } else { "" })?;
+            writeln!(
+                out,
+                "project {} created{}",
+                p.name,
+                if p.role.is_some() { ", with you as its admin" } else { "" }
+            )?;
             eprintln!("use it with `export CORRAL_PROJECT={}` or `corral config --project {}`", p.name, p.name);
         }
         ProjectCommand::List { json: j } => {
@@ -102,7 +112,11 @@ pub async fn project(client: &Client, command: ProjectCommand, out: Out<'_>) -> 
             writeln!(out, "{t}")?;
         }
         ProjectCommand::Delete { name, yes } => {
-            if !yes && !crate::commands::confirm(&format!("Delete project {name} with its finished runs, logs and secrets?"))? {
+            if !yes
+                && !crate::commands::confirm(&format!(
+                    "Delete project {name} with its finished runs, logs and secrets?"
+                ))?
+            {
                 writeln!(out, "nothing deleted")?;
                 return Ok(1);
             }
@@ -117,9 +131,11 @@ pub async fn project(client: &Client, command: ProjectCommand, out: Out<'_>) -> 
 async fn member(client: &Client, command: MemberCommand, out: Out<'_>) -> anyhow::Result<i32> {
     match command {
         MemberCommand::Add { project, user, role } => {
-            let role = ProjectRole::parse(&role).with_context(|| format!("--role {role:?}: use user, manager or admin"))?;
-            let m: api::Member =
-                client.put(&api_path(&["api", "projects", &project, "members", &user])?, &api::SetMember { role }).await?;
+            let role =
+                ProjectRole::parse(&role).with_context(|| format!("--role {role:?}: use user, manager or admin"))?;
+            let m: api::Member = client
+                .put(&api_path(&["api", "projects", &project, "members", &user])?, &api::SetMember { role })
+                .await?;
             writeln!(out, "{} is a {} of project {project}", m.user, m.role.as_str())?;
         }
         MemberCommand::Remove { project, user } => {
@@ -176,7 +192,8 @@ pub async fn revoke_service_token(client: &Client, id: &str, out: Out<'_>) -> an
 pub async fn events(client: &Client, args: EventArgs, out: Out<'_>) -> anyhow::Result<i32> {
     let since_ms = match &args.since {
         Some(d) => {
-            let secs = corral_proto::config::parse_duration(d).with_context(|| format!("--since {d:?}: use e.g. 30m, 1h, 7d"))?;
+            let secs = corral_proto::config::parse_duration(d)
+                .with_context(|| format!("--since {d:?}: use e.g. 30m, 1h, 7d"))?;
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
             now - (secs as i64).saturating_mul(1000)
         }

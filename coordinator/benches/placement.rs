@@ -45,6 +45,7 @@ fn request() -> Request {
         instances: vec![],
         pinned: vec![],
         ranks: vec![],
+        project: None,
     }
 }
 

@@ -106,10 +106,34 @@ fn router_and_table(state: AppState) -> (Router, Vec<access::Route>) {
         .route(Delete, "/api/projects/{project}", Project(ProjectAdmin), "project.delete", teams::delete_project)
         .route(Get, "/api/projects/{project}/members", Project(Member), "member.list", teams::list_members)
         .route(Put, "/api/projects/{project}/members/{user}", Project(Manager), "member.set", teams::set_member)
-        .route(Delete, "/api/projects/{project}/members/{user}", Project(Manager), "member.remove", teams::remove_member)
-        .route(Post, "/api/projects/{project}/service-tokens", Project(Member), "service-token.create", teams::create_service_token)
-        .route(Get, "/api/projects/{project}/service-tokens", Project(Member), "service-token.list", teams::list_service_tokens)
-        .route(Delete, "/api/projects/{project}/service-tokens/{id}", Project(Member), "service-token.delete", teams::delete_service_token)
+        .route(
+            Delete,
+            "/api/projects/{project}/members/{user}",
+            Project(Manager),
+            "member.remove",
+            teams::remove_member,
+        )
+        .route(
+            Post,
+            "/api/projects/{project}/service-tokens",
+            Project(Member),
+            "service-token.create",
+            teams::create_service_token,
+        )
+        .route(
+            Get,
+            "/api/projects/{project}/service-tokens",
+            Project(Member),
+            "service-token.list",
+            teams::list_service_tokens,
+        )
+        .route(
+            Delete,
+            "/api/projects/{project}/service-tokens/{id}",
+            Project(Member),
+            "service-token.delete",
+            teams::delete_service_token,
+        )
         .route(Get, "/api/projects/{project}/events", Project(Member), "event.list", teams::project_events)
         .route(Get, "/api/events", Admin, "event.list", teams::all_events)
         .route(Post, "/api/projects/{project}/runs", Project(Member), "run.apply", submit_run)
@@ -122,7 +146,13 @@ fn router_and_table(state: AppState) -> (Router, Vec<access::Route>) {
         .route(Get, "/api/projects/{project}/runs/{name}/ssh", Project(Member), "run.ssh", proxy::ssh_tunnel)
         .route(Post, "/api/projects/{project}/schedules", Project(Member), "schedule.apply", schedules::register)
         .route(Get, "/api/projects/{project}/schedules", Project(Member), "schedule.list", schedules::list)
-        .route(Delete, "/api/projects/{project}/schedules/{name}", Project(Member), "schedule.delete", schedules::remove)
+        .route(
+            Delete,
+            "/api/projects/{project}/schedules/{name}",
+            Project(Member),
+            "schedule.delete",
+            schedules::remove,
+        )
         .route(Post, "/api/projects/{project}/fleets", Project(Manager), "fleet.apply", cluster::put_fleet)
         .route(Get, "/api/projects/{project}/fleets", Project(Member), "fleet.list", cluster::list_fleets)
         .route(Get, "/api/projects/{project}/fleets/{name}", Project(Member), "fleet.get", cluster::get_fleet)
@@ -133,7 +163,13 @@ fn router_and_table(state: AppState) -> (Router, Vec<access::Route>) {
         .route(Post, "/api/projects/{project}/volumes", Project(Manager), "volume.apply", volumes::put_volume)
         .route(Get, "/api/projects/{project}/volumes", Project(Member), "volume.list", volumes::list_volumes)
         .route(Get, "/api/projects/{project}/volumes/{name}", Project(Member), "volume.get", volumes::get_volume)
-        .route(Delete, "/api/projects/{project}/volumes/{name}", Project(Manager), "volume.delete", volumes::delete_volume)
+        .route(
+            Delete,
+            "/api/projects/{project}/volumes/{name}",
+            Project(Manager),
+            "volume.delete",
+            volumes::delete_volume,
+        )
         .route(Get, "/api/nodes", User, "node.list", cluster::list_nodes)
         .route(Delete, "/api/nodes/{name}", Admin, "node.remove", tokens::remove_node)
         .route(Post, "/api/nodes/cordon", Admin, "node.cordon", cluster::cordon_many)
@@ -327,8 +363,7 @@ pub(crate) fn submit(state: &State, project: &str, req: &SubmitRun) -> Result<Ru
     // A local repo or file runs only with its upload in the store.
     crate::uploads::check_present(&state.uploads, &req.configuration).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
     // Every `${{ secrets.NAME }}` set in the project, and only where it is expanded.
-    crate::vault::check_run(state, project, &req.configuration)
-        .map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
+    crate::vault::check_run(state, project, &req.configuration).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
     let name = req.name.clone().or_else(|| admitted.task.name.clone()).unwrap_or_else(generated_name);
     api::check_name(NameKind::Run, &name).map_err(|e| err(StatusCode::BAD_REQUEST, format!("name: {e}")))?;
     // Applying a service again deploys the new configuration next to the running one, which

@@ -383,7 +383,9 @@ fn bootstrap_tokens(dir: &Path, store: &Store, ca_hash: &str) -> anyhow::Result<
     match store.bootstrap_admin(&sha256_hex(admin_token.as_bytes()))? {
         store::Bootstrap::Known => {}
         store::Bootstrap::Created => tracing::info!("made the global admin `admin`"),
-        store::Bootstrap::Added => tracing::warn!("the data dir's admin-token was unknown to the database: it is the admin's again"),
+        store::Bootstrap::Added => {
+            tracing::warn!("the data dir's admin-token was unknown to the database: it is the admin's again")
+        }
     }
     if created {
         tracing::info!(path = %dir.join("admin-token").display(), "created the admin API token");

@@ -106,7 +106,9 @@ mod tests {
         let plain = task("type: task\nimage: i\nnodes: 2\ncommands: ['ping ${{ groups[0].nodes[1].IP_ADDRESS }}']\n");
         let by_group = addresses_by_group(&plain, &ips[..2]);
         assert_eq!(rank_commands(&plain, 0, &by_group), ["ping 10.0.0.2"], "a plain gang is group 0");
-        let args = task("type: task\nimage: i\ncommands: ['python train.py --merge ${{ run.args }}', 'echo $${{ run.args }}']\n");
+        let args = task(
+            "type: task\nimage: i\ncommands: ['python train.py --merge ${{ run.args }}', 'echo $${{ run.args }}']\n",
+        );
         assert_eq!(rank_commands(&args, 0, &[]), ["python train.py --merge ", "echo $${{ run.args }}"]);
         assert!(group_vars(&plain, 0).is_empty());
     }

@@ -156,7 +156,11 @@ async fn once(state: &State, node: &NodeId, job: &JobId, port: u16, probe: &Prob
     let mut req = Request::builder().method(method).uri(&probe.url).header("host", "localhost");
     let env = if probe.headers.iter().any(|(_, v)| v.contains("${{")) { job_env(state, job)? } else { Vec::new() };
     for (k, v) in &probe.headers {
-        req = req.header(k, crate::vault::with_env(v, &env).map_err(|name| anyhow::anyhow!("probe header {k}: the job has no variable {name}"))?);
+        req = req.header(
+            k,
+            crate::vault::with_env(v, &env)
+                .map_err(|name| anyhow::anyhow!("probe header {k}: the job has no variable {name}"))?,
+        );
     }
     let req = req.body(probe.body.clone().map(Body::from).unwrap_or_else(Body::empty))?;
     let resp = sender.send_request(req).await?;

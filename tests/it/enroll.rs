@@ -77,8 +77,12 @@ async fn create_token(
     uses: Option<u32>,
 ) -> anyhow::Result<JoinToken> {
     let mut out = Vec::new();
-    let command =
-        corral_cli::TokenCommand::Create { service: None, fleet: fleet.map(str::to_owned), ttl: ttl.map(str::to_owned), uses };
+    let command = corral_cli::TokenCommand::Create {
+        service: None,
+        fleet: fleet.map(str::to_owned),
+        ttl: ttl.map(str::to_owned),
+        uses,
+    };
     assert_eq!(corral_cli::cluster::token(client, command, &mut out).await?, 0);
     Ok(String::from_utf8(out)?.trim().parse()?)
 }
@@ -111,14 +115,20 @@ async fn join_tokens_are_scoped_by_fleet_uses_time_and_revocation() -> anyhow::R
     assert!(tokens.iter().all(|t| t.token.is_none()), "a listing never shows a secret");
     let id = tokens.last().map(|t| t.id.clone()).unwrap_or_default();
     let mut out = Vec::new();
-    corral_cli::cluster::token(&client, corral_cli::TokenCommand::Revoke { id: id[..6].to_owned(), service: false }, &mut out).await?;
+    corral_cli::cluster::token(
+        &client,
+        corral_cli::TokenCommand::Revoke { id: id[..6].to_owned(), service: false },
+        &mut out,
+    )
+    .await?;
     assert!(String::from_utf8_lossy(&out).contains(&format!("token {id} revoked")));
     let err = enroll_with(&coord, revoked, &dir.path().join("d")).await.expect_err("revoked");
     assert!(format!("{err:#}").contains("revoked"), "{err:#}");
 
     // The listing says which is which.
     let mut out = Vec::new();
-    corral_cli::cluster::token(&client, corral_cli::TokenCommand::List { service: false, json: false }, &mut out).await?;
+    corral_cli::cluster::token(&client, corral_cli::TokenCommand::List { service: false, json: false }, &mut out)
+        .await?;
     let listing = String::from_utf8_lossy(&out);
     for status in ["used up", "expired", "revoked", "valid"] {
         assert!(listing.contains(status), "{status} missing from:\n{listing}");
@@ -138,7 +148,8 @@ async fn join_tokens_are_scoped_by_fleet_uses_time_and_revocation() -> anyhow::R
 /// `corral token list`, as printed.
 async fn token_list(client: &corral_cli::client::Client) -> anyhow::Result<String> {
     let mut out = Vec::new();
-    corral_cli::cluster::token(client, corral_cli::TokenCommand::List { service: false, json: false }, &mut out).await?;
+    corral_cli::cluster::token(client, corral_cli::TokenCommand::List { service: false, json: false }, &mut out)
+        .await?;
     Ok(String::from_utf8(out)?)
 }
 

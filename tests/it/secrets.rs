@@ -117,10 +117,12 @@ async fn a_run_naming_a_secret_it_cannot_have_is_refused_saying_what_to_do() -> 
     assert!(e.contains("registry_auth: ${{ env.NGC_API_KEY }} names no variable of the run's env"), "{e}");
 
     // No interpolation reaches a container as written: one Corral does not expand there is refused.
-    let unknown = submit(format!("type: task\nimage: {IMAGE}\nenv:\n  - N=${{{{ run.name }}}}\ncommands: [env]\n")).await;
+    let unknown =
+        submit(format!("type: task\nimage: {IMAGE}\nenv:\n  - N=${{{{ run.name }}}}\ncommands: [env]\n")).await;
     let e = unknown.expect_err("refused").to_string();
     assert!(e.contains("env[0]: ${{ run.name }}: not expanded here") && e.contains("$DSTACK_RUN_NAME"), "{e}");
-    let unknown = submit(format!("type: task\nimage: {IMAGE}\nworking_dir: /w/${{{{ inputs.x }}}}\ncommands: [env]\n")).await;
+    let unknown =
+        submit(format!("type: task\nimage: {IMAGE}\nworking_dir: /w/${{{{ inputs.x }}}}\ncommands: [env]\n")).await;
     let e = unknown.expect_err("refused").to_string();
     assert!(e.contains("working_dir: ${{ inputs.x }}: not an interpolation Corral knows"), "{e}");
 
@@ -147,8 +149,11 @@ async fn a_run_naming_a_secret_it_cannot_have_is_refused_saying_what_to_do() -> 
 async fn a_probe_header_carries_the_run_s_variable() -> anyhow::Result<()> {
     let (python, _) = python_image();
     let c = OneNode::start().await?;
-    secret(&c.client, SecretCommand::Set { name: "PROBE_KEY".into(), value: Some("k3y-v4lue".into()), from_file: None })
-        .await?;
+    secret(
+        &c.client,
+        SecretCommand::Set { name: "PROBE_KEY".into(), value: Some("k3y-v4lue".into()), from_file: None },
+    )
+    .await?;
     let text = format!(
         r#"type: service
 name: keyed
@@ -189,8 +194,9 @@ commands:
     wait_state(&c.client, "keyed", running, std::time::Duration::from_secs(60)).await?;
     // A request waits for a ready replica: it is served once the probe, with its header, passed.
     let url = format!("http://{}/proxy/services/main/keyed/hello", c.coord.http);
-    let body = tokio::time::timeout(std::time::Duration::from_secs(60), async { reqwest::get(&url).await?.text().await })
-        .await??;
+    let body =
+        tokio::time::timeout(std::time::Duration::from_secs(60), async { reqwest::get(&url).await?.text().await })
+            .await??;
     assert_eq!(body, "served\n", "{:?} {}", run(&c.client, "keyed").await?.jobs, logs(&c.client, "keyed").await?);
     let mut seen = Vec::new();
     let cat = vec!["cat".to_owned(), "/tmp/seen".to_owned()];

@@ -20,7 +20,8 @@ macro_rules! said {
 }
 
 async fn make_user(admin: &Client, name: &str) -> anyhow::Result<String> {
-    let made: api::UserToken = admin.post("/api/users", &api::CreateUser { name: name.into(), role: Default::default() }).await?;
+    let made: api::UserToken =
+        admin.post("/api/users", &api::CreateUser { name: name.into(), role: Default::default() }).await?;
     Ok(made.token)
 }
 
@@ -175,7 +176,11 @@ async fn every_route_refuses_whom_its_rule_refuses() -> anyhow::Result<()> {
     }
     // A service of alpha (pending: there is no node) and a token for it.
     let alpha = Client::new(&coord.url(), &coord.admin_token, "alpha");
-    let web = write_config(dir.path(), "web", &format!("type: service\nname: web\nimage: {IMAGE}\nport: 80\ncommands: [\"true\"]\n"));
+    let web = write_config(
+        dir.path(),
+        "web",
+        &format!("type: service\nname: web\nimage: {IMAGE}\nport: 80\ncommands: [\"true\"]\n"),
+    );
     apply(&alpha, &web, true).await?;
     let service: api::ServiceToken =
         alpha.post("/api/projects/alpha/service-tokens", &api::CreateServiceToken { run: "web".into() }).await?;
@@ -231,7 +236,8 @@ async fn every_route_refuses_whom_its_rule_refuses() -> anyhow::Result<()> {
             let resp = req.send().await?;
             let status = resp.status().as_u16();
             let body = resp.text().await?;
-            let what = format!("{} {} as {who:?} ({:?}): {status} {body}", route.method.as_str(), route.path, route.rule);
+            let what =
+                format!("{} {} as {who:?} ({:?}): {status} {body}", route.method.as_str(), route.path, route.rule);
             match who {
                 Who::NoToken | Who::WrongToken => assert_eq!(status, 401, "{what}"),
                 _ if passes(route.rule, who) => assert!(status != 401 && status != 403, "{what}"),
@@ -254,9 +260,11 @@ async fn a_team_shares_a_cluster_with_roles_and_service_tokens() -> anyhow::Resu
     let c = OneNode::start().await?;
     let url = c.coord.url();
     let admin = &c.client;
-    let alice_token = said!(corral_cli::teams::user, admin, UserCommand::Create { name: "alice".into(), role: "user".into() })?;
+    let alice_token =
+        said!(corral_cli::teams::user, admin, UserCommand::Create { name: "alice".into(), role: "user".into() })?;
     let alice = Client::new(&url, alice_token.trim(), "research");
-    let bob_token = said!(corral_cli::teams::user, admin, UserCommand::Create { name: "bob".into(), role: "user".into() })?;
+    let bob_token =
+        said!(corral_cli::teams::user, admin, UserCommand::Create { name: "bob".into(), role: "user".into() })?;
     let bob = Client::new(&url, bob_token.trim(), "research");
     let carol_token = make_user(admin, "carol").await?;
 
@@ -264,7 +272,10 @@ async fn a_team_shares_a_cluster_with_roles_and_service_tokens() -> anyhow::Resu
     let out = said!(corral_cli::teams::project, &alice, ProjectCommand::Create { name: "research".into() })?;
     assert_eq!(out, "project research created, with you as its admin\n");
     let add = MemberCommand::Add { project: "research".into(), user: "bob".into(), role: "user".into() };
-    assert_eq!(said!(corral_cli::teams::project, &alice, ProjectCommand::Member { command: add })?, "bob is a user of project research\n");
+    assert_eq!(
+        said!(corral_cli::teams::project, &alice, ProjectCommand::Member { command: add })?,
+        "bob is a user of project research\n"
+    );
     let me = said!(corral_cli::teams::whoami, &bob, false)?;
     assert!(me.starts_with("user:     bob (user)\nprojects: research (user)\n"), "{me}");
 
@@ -275,7 +286,8 @@ async fn a_team_shares_a_cluster_with_roles_and_service_tokens() -> anyhow::Resu
     let (code, out) = apply(&bob, &write_config(c.dir.path(), "web", &text), true).await?;
     assert_eq!(code, 0, "{out}");
     let in_main = Client::new(&url, bob_token.trim(), "main");
-    let e = corral_cli::commands::ps(&in_main, false, false, &mut Vec::new()).await.expect_err("bob is no member of main");
+    let e =
+        corral_cli::commands::ps(&in_main, false, false, &mut Vec::new()).await.expect_err("bob is no member of main");
     assert!(format!("{e:#}").contains("run.list: bob is not a member of project main"), "{e:#}");
     let mut ps = Vec::new();
     corral_cli::commands::ps(&bob, false, true, &mut ps).await?;
@@ -309,12 +321,19 @@ async fn a_team_shares_a_cluster_with_roles_and_service_tokens() -> anyhow::Resu
     assert!(body.contains("not a member of project research"), "{body}");
 
     let mut out = Vec::new();
-    corral_cli::cluster::token(&bob, corral_cli::TokenCommand::Create { service: Some("web".into()), fleet: None, ttl: None, uses: None }, &mut out).await?;
+    corral_cli::cluster::token(
+        &bob,
+        corral_cli::TokenCommand::Create { service: Some("web".into()), fleet: None, ttl: None, uses: None },
+        &mut out,
+    )
+    .await?;
     let service_token = String::from_utf8(out)?.trim().to_owned();
     assert_eq!(answer(Some(service_token.clone())).await?, (200, "hello from research\n".to_owned()));
     // ... and it can do nothing else.
     let as_service = Client::new(&url, &service_token, "research");
-    let e = corral_cli::commands::ps(&as_service, false, false, &mut Vec::new()).await.expect_err("a service token lists nothing");
+    let e = corral_cli::commands::ps(&as_service, false, false, &mut Vec::new())
+        .await
+        .expect_err("a service token lists nothing");
     assert!(format!("{e:#}").contains("only calls the service research/web"), "{e:#}");
 
     // A user of the project neither sees nor sets its secrets: that is a manager's.
@@ -340,8 +359,19 @@ async fn a_team_shares_a_cluster_with_roles_and_service_tokens() -> anyhow::Resu
     assert!(format!("{e:#}").contains("user.token for another user needs a global admin"), "{e:#}");
 
     // The audit trail says who did what, in order, and never a secret's value.
-    corral_cli::secrets::secret(&alice, SecretCommand::Set { name: "HF_TOKEN".into(), value: Some("hf_v4lue".into()), from_file: None }, &mut Vec::new()).await?;
-    let args = corral_cli::EventArgs { project: Some("research".into()), all: false, since: Some("1h".into()), limit: 100, json: true };
+    corral_cli::secrets::secret(
+        &alice,
+        SecretCommand::Set { name: "HF_TOKEN".into(), value: Some("hf_v4lue".into()), from_file: None },
+        &mut Vec::new(),
+    )
+    .await?;
+    let args = corral_cli::EventArgs {
+        project: Some("research".into()),
+        all: false,
+        since: Some("1h".into()),
+        limit: 100,
+        json: true,
+    };
     let events: Vec<api::Event> = serde_json::from_str(&said!(corral_cli::teams::events, &alice, args)?)?;
     let seen: Vec<(Option<&str>, &str, Option<&str>)> =
         events.iter().map(|e| (e.user.as_deref(), e.action.as_str(), e.object.as_deref())).collect();
@@ -364,7 +394,8 @@ async fn a_team_shares_a_cluster_with_roles_and_service_tokens() -> anyhow::Resu
     assert!(format!("{e:#}").contains("needs a global admin"), "{e:#}");
     let all = corral_cli::EventArgs { project: None, all: true, since: None, limit: 100, json: true };
     let events: Vec<api::Event> = serde_json::from_str(&said!(corral_cli::teams::events, admin, all)?)?;
-    let made: Vec<_> = events.iter().filter(|e| e.action == "user.create").filter_map(|e| e.object.as_deref()).collect();
+    let made: Vec<_> =
+        events.iter().filter(|e| e.action == "user.create").filter_map(|e| e.object.as_deref()).collect();
     assert_eq!(made, ["alice", "bob", "carol"]);
     assert!(events.iter().any(|e| e.action == "user.token" && e.user.as_deref() == Some("bob")));
     Ok(())
@@ -391,7 +422,11 @@ async fn a_database_from_before_users_starts_and_loses_nothing() -> anyhow::Resu
     }
     let db = rusqlite::Connection::open(data.join("corral.db"))?;
     db.execute_batch(&std::fs::read_to_string(fixture.join("corral.sql"))?)?;
-    assert_eq!(db.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))?, 11, "the fixture is the release's schema");
+    assert_eq!(
+        db.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))?,
+        11,
+        "the fixture is the release's schema"
+    );
     drop(db);
     std::fs::set_permissions(data.join("corral.db"), std::fs::Permissions::from_mode(0o600))?;
 
@@ -428,10 +463,15 @@ async fn a_database_from_before_users_starts_and_loses_nothing() -> anyhow::Resu
     let _agent = Agent::start(&coord, &agent_dir, AgentOptions { name: "after".into(), ..Default::default() });
     wait_for("the new node", Duration::from_secs(30), || async {
         let nodes: Vec<api::Node> = admin.get("/api/nodes").await?;
-        Ok(nodes.iter().any(|n| n.name == "after" && n.status == api::NodeStatus::Ready && n.inventory.is_some()).then_some(()))
+        Ok(nodes
+            .iter()
+            .any(|n| n.name == "after" && n.status == api::NodeStatus::Ready && n.inventory.is_some())
+            .then_some(()))
     })
     .await?;
-    let text = format!("type: task\nname: again\nimage: {IMAGE}\nenv:\n  - G=${{{{ secrets.GREETING }}}}\ncommands:\n  - echo \"$G\"\n");
+    let text = format!(
+        "type: task\nname: again\nimage: {IMAGE}\nenv:\n  - G=${{{{ secrets.GREETING }}}}\ncommands:\n  - echo \"$G\"\n"
+    );
     let (code, out) = apply(&admin, &write_config(dir.path(), "again", &text), false).await?;
     assert_eq!(code, 0, "{out}");
     assert_eq!(logs(&admin, "again").await?, "hello-from-the-release-before-users\n");
@@ -459,7 +499,8 @@ async fn a_project_s_fleet_runs_only_that_project_s_runs() -> anyhow::Result<()>
 
     let task = |name: &str| format!("type: task\nname: {name}\nimage: {IMAGE}\ncommands: [\"echo ran\"]\n");
     apply(&admin, &write_config(dir.path(), "elsewhere", &task("elsewhere")), true).await?;
-    let waiting = wait_state(&admin, "elsewhere", |r| r.jobs[0].status_message.is_some(), Duration::from_secs(10)).await?;
+    let waiting =
+        wait_state(&admin, "elsewhere", |r| r.jobs[0].status_message.is_some(), Duration::from_secs(10)).await?;
     assert_eq!(waiting.state, corral_proto::job::JobState::Pending);
     assert_eq!(
         waiting.jobs[0].status_message.as_deref(),

@@ -118,12 +118,25 @@ pub struct Routes {
     table: Vec<Route>,
 }
 
+impl Default for Routes {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Routes {
     pub fn new() -> Self {
         Self { router: Router::new(), table: Vec::new() }
     }
 
-    pub fn route<H, T>(mut self, method: Method, path: &'static str, rule: Rule, action: &'static str, handler: H) -> Self
+    pub fn route<H, T>(
+        mut self,
+        method: Method,
+        path: &'static str,
+        rule: Rule,
+        action: &'static str,
+        handler: H,
+    ) -> Self
     where
         H: Handler<T, AppState>,
         T: 'static,
@@ -136,10 +149,8 @@ impl Routes {
     /// The router, every route behind [`authorize`], and its table.
     pub fn finish(self, state: &AppState) -> (Router<AppState>, Vec<Route>) {
         let table = Arc::new(Table::new(&self.table));
-        let router = self.router.route_layer(middleware::from_fn_with_state(
-            Authz { state: state.clone(), table },
-            authorize,
-        ));
+        let router =
+            self.router.route_layer(middleware::from_fn_with_state(Authz { state: state.clone(), table }, authorize));
         (router, self.table)
     }
 }
@@ -275,7 +286,12 @@ pub(crate) fn decide(
         return Ok(());
     }
     let needs_admin = || {
-        err(StatusCode::FORBIDDEN, format!("{action} needs a global admin; {name} is a user (`corral user create NAME --role admin` makes one)"))
+        err(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{action} needs a global admin; {name} is a user (`corral user create NAME --role admin` makes one)"
+            ),
+        )
     };
     match route.rule {
         Rule::Open | Rule::Token | Rule::User => Ok(()),
@@ -333,7 +349,9 @@ pub(crate) fn may_call_service(
         let what = run.map_or_else(|| format!("the models of project {project}"), |r| format!("service {project}/{r}"));
         Err(err(
             StatusCode::FORBIDDEN,
-            format!("{what}: this token is not a member of project {project}, nor a token made for this service (`corral token create --service RUN`)"),
+            format!(
+                "{what}: this token is not a member of project {project}, nor a token made for this service (`corral token create --service RUN`)"
+            ),
         ))
     }
 }
@@ -366,18 +384,18 @@ mod tests {
     #[test]
     fn roles_order_and_refusals_say_what_is_missing() {
         assert_eq!(status(&user("alice"), Rule::Project(ProjectRole::User), Some("alpha"), None), None);
-        let said = status(&user("alice"), Rule::Project(ProjectRole::Manager), Some("alpha"), None).unwrap();
+        let said = status(&user("alice"), Rule::Project(ProjectRole::Manager), Some("alpha"), None).expect("refused");
         assert!(said.contains("needs the manager role; alice is a user"), "{said}");
         assert_eq!(status(&user("bob"), Rule::Project(ProjectRole::Manager), Some("alpha"), None), None);
-        let said = status(&user("bob"), Rule::Project(ProjectRole::Admin), Some("alpha"), None).unwrap();
+        let said = status(&user("bob"), Rule::Project(ProjectRole::Admin), Some("alpha"), None).expect("refused");
         assert!(said.contains("needs the admin role; bob is a manager"), "{said}");
-        let said = status(&user("bob"), Rule::Project(ProjectRole::User), Some("beta"), None).unwrap();
+        let said = status(&user("bob"), Rule::Project(ProjectRole::User), Some("beta"), None).expect("refused");
         assert!(said.contains("bob is not a member of project beta"), "{said}");
         let admin = Caller::User { name: "root".into(), role: GlobalRole::Admin };
         for rule in [Rule::Admin, Rule::SelfOrAdmin, Rule::Project(ProjectRole::Admin)] {
             assert_eq!(status(&admin, rule, Some("beta"), Some("x")), None);
         }
-        assert!(status(&user("alice"), Rule::Admin, None, None).unwrap().contains("needs a global admin"));
+        assert!(status(&user("alice"), Rule::Admin, None, None).expect("refused").contains("needs a global admin"));
         assert_eq!(status(&user("alice"), Rule::SelfOrAdmin, None, Some("alice")), None);
         assert!(status(&user("alice"), Rule::SelfOrAdmin, None, Some("bob")).is_some());
     }
@@ -387,7 +405,7 @@ mod tests {
         let service = Caller::Service { project: "alpha".into(), run: "llm".into() };
         assert_eq!(status(&service, Rule::Token, None, None), None);
         for rule in [Rule::User, Rule::Admin, Rule::Project(ProjectRole::User)] {
-            let said = status(&service, rule, Some("alpha"), None).unwrap();
+            let said = status(&service, rule, Some("alpha"), None).expect("refused");
             assert!(said.contains("only calls the service alpha/llm"), "{said}");
         }
     }

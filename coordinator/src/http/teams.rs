@@ -3,10 +3,10 @@
 //! route's rule ([`super::access`]); what is left here are the rules about the change itself (the
 //! last admin stays, a manager does not make admins).
 
+use axum::Json;
 use axum::extract::{Extension, Path, Query, State as Extract};
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::Json;
 use serde::Deserialize;
 
 use corral_proto::api::{self, GlobalRole, NameKind, ProjectRole};
@@ -37,7 +37,10 @@ fn user_name(caller: &Caller) -> Option<&str> {
     }
 }
 
-pub(super) async fn whoami(Extract(state): Extract<AppState>, Extension(caller): Extension<Caller>) -> Result<Json<api::WhoAmI>, Error> {
+pub(super) async fn whoami(
+    Extract(state): Extract<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<api::WhoAmI>, Error> {
     Ok(Json(match caller {
         Caller::User { name, role } => {
             api::WhoAmI { projects: state.store.memberships(&name)?, user: Some(name), role: Some(role), service: None }
@@ -50,14 +53,24 @@ pub(super) async fn whoami(Extract(state): Extract<AppState>, Extension(caller):
 
 // --- users ---
 
-pub(super) async fn create_user(Extract(state): Extract<AppState>, Json(req): Json<api::CreateUser>) -> Result<Response, Error> {
+pub(super) async fn create_user(
+    Extract(state): Extract<AppState>,
+    Json(req): Json<api::CreateUser>,
+) -> Result<Response, Error> {
     check(NameKind::User, &req.name)?;
     let token = new_token();
     if !state.store.create_user(&req.name, req.role, &sha256_hex(token.as_bytes()))? {
-        return Err(err(StatusCode::CONFLICT, format!("user {:?} exists (`corral user token {} --rotate` gives it a new token)", req.name, req.name)));
+        return Err(err(
+            StatusCode::CONFLICT,
+            format!("user {:?} exists (`corral user token {} --rotate` gives it a new token)", req.name, req.name),
+        ));
     }
     tracing::info!(user = %req.name, role = req.role.as_str(), "user created");
-    let audit = Audit { object: Some(req.name.clone()), detail: Some(format!("role {}", req.role.as_str())), ..Audit::default() };
+    let audit = Audit {
+        object: Some(req.name.clone()),
+        detail: Some(format!("role {}", req.role.as_str())),
+        ..Audit::default()
+    };
     Ok(with_audit(api::UserToken { user: req.name, token }, audit))
 }
 
@@ -86,7 +99,10 @@ pub(super) async fn delete_user(
 
 /// `POST /api/users/{user}/token`: a new token for the user; its old ones stop working. A new
 /// token for `admin` is also written to the data dir's `admin-token`, which stays the admin's.
-pub(super) async fn rotate_token(Extract(state): Extract<AppState>, Path(user): Path<String>) -> Result<Json<api::UserToken>, Error> {
+pub(super) async fn rotate_token(
+    Extract(state): Extract<AppState>,
+    Path(user): Path<String>,
+) -> Result<Json<api::UserToken>, Error> {
     let token = new_token();
     if user == "admin" {
         let path = state.config.data_dir.join("admin-token");
@@ -139,7 +155,10 @@ pub(super) async fn list_projects(
     Ok(Json(projects))
 }
 
-pub(super) async fn delete_project(Extract(state): Extract<AppState>, Path(project): Path<String>) -> Result<Json<String>, Error> {
+pub(super) async fn delete_project(
+    Extract(state): Extract<AppState>,
+    Path(project): Path<String>,
+) -> Result<Json<String>, Error> {
     check_project(&state, &project)?;
     if project == "main" {
         return Err(err(StatusCode::CONFLICT, "project main is the default project and stays"));
@@ -162,23 +181,40 @@ pub(super) async fn delete_project(Extract(state): Extract<AppState>, Path(proje
 
 // --- members ---
 
-pub(super) async fn list_members(Extract(state): Extract<AppState>, Path(project): Path<String>) -> Result<Json<Vec<api::Member>>, Error> {
+pub(super) async fn list_members(
+    Extract(state): Extract<AppState>,
+    Path(project): Path<String>,
+) -> Result<Json<Vec<api::Member>>, Error> {
     check_project(&state, &project)?;
     Ok(Json(state.store.members(&project)?))
 }
 
 /// Whether the caller may change what `user` is in the project: a manager adds and changes users
 /// and managers; making, changing or removing an admin takes a project or global admin.
-fn may_touch(state: &AppState, caller: &Caller, project: &str, target: Option<ProjectRole>, new: Option<ProjectRole>) -> Result<(), Error> {
+fn may_touch(
+    state: &AppState,
+    caller: &Caller,
+    project: &str,
+    target: Option<ProjectRole>,
+    new: Option<ProjectRole>,
+) -> Result<(), Error> {
     let (name, global) = match caller {
         Caller::User { name, role } => (name.as_str(), *role),
         Caller::Service { .. } => return Err(err(StatusCode::FORBIDDEN, "a service token manages no members")),
     };
     let concerns_admin = target == Some(ProjectRole::Admin) || new == Some(ProjectRole::Admin);
-    if !concerns_admin || global == GlobalRole::Admin || state.store.member_role(project, name)? == Some(ProjectRole::Admin) {
+    if !concerns_admin
+        || global == GlobalRole::Admin
+        || state.store.member_role(project, name)? == Some(ProjectRole::Admin)
+    {
         return Ok(());
     }
-    Err(err(StatusCode::FORBIDDEN, format!("member.set: making, changing or removing an admin of project {project} needs its admin role; {name} is a manager")))
+    Err(err(
+        StatusCode::FORBIDDEN,
+        format!(
+            "member.set: making, changing or removing an admin of project {project} needs its admin role; {name} is a manager"
+        ),
+    ))
 }
 
 pub(super) async fn set_member(
@@ -189,7 +225,10 @@ pub(super) async fn set_member(
 ) -> Result<Response, Error> {
     check_project(&state, &project)?;
     if state.store.user_role(&user)?.is_none() {
-        return Err(err(StatusCode::NOT_FOUND, format!("no user named {user:?} (a global admin makes one: `corral user create {user}`)")));
+        return Err(err(
+            StatusCode::NOT_FOUND,
+            format!("no user named {user:?} (a global admin makes one: `corral user create {user}`)"),
+        ));
     }
     let before = state.store.member_role(&project, &user)?;
     may_touch(&state, &caller, &project, before, Some(req.role))?;
@@ -205,7 +244,10 @@ pub(super) async fn set_member(
 fn last_admin_stays(state: &AppState, project: &str, user: &str) -> Result<(), Error> {
     let admins = state.store.members(project)?.into_iter().filter(|m| m.role == ProjectRole::Admin).count();
     if admins <= 1 {
-        return Err(err(StatusCode::CONFLICT, format!("{user} is the last admin of project {project}: make another admin first")));
+        return Err(err(
+            StatusCode::CONFLICT,
+            format!("{user} is the last admin of project {project}: make another admin first"),
+        ));
     }
     Ok(())
 }
@@ -238,21 +280,31 @@ pub(super) async fn create_service_token(
     check_project(&state, &project)?;
     check(NameKind::Run, &req.run)?;
     let Some((_, configuration, _)) = state.store.run_by_name(&project, &req.run)? else {
-        return Err(err(StatusCode::NOT_FOUND, format!("no run named {:?} in project {project} (see `corral ps -a`)", req.run)));
+        return Err(err(
+            StatusCode::NOT_FOUND,
+            format!("no run named {:?} in project {project} (see `corral ps -a`)", req.run),
+        ));
     };
     if !matches!(configuration, corral_proto::config::Configuration::Service(_)) {
-        return Err(err(StatusCode::BAD_REQUEST, format!("{} is not a service: a service token calls a service", req.run)));
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            format!("{} is not a service: a service token calls a service", req.run),
+        ));
     }
     let token = new_token();
     let hash = sha256_hex(token.as_bytes());
     state.store.create_service_token(&hash, &project, &req.run)?;
     tracing::info!(%project, run = %req.run, id = &hash[..12], "service token created");
-    let audit = Audit { object: Some(req.run.clone()), detail: Some(format!("id {}", &hash[..12])), ..Audit::default() };
+    let audit =
+        Audit { object: Some(req.run.clone()), detail: Some(format!("id {}", &hash[..12])), ..Audit::default() };
     let made = api::ServiceToken { id: hash[..12].to_owned(), run: req.run, created_ms: now_ms(), token: Some(token) };
     Ok(with_audit(made, audit))
 }
 
-pub(super) async fn list_service_tokens(Extract(state): Extract<AppState>, Path(project): Path<String>) -> Result<Json<Vec<api::ServiceToken>>, Error> {
+pub(super) async fn list_service_tokens(
+    Extract(state): Extract<AppState>,
+    Path(project): Path<String>,
+) -> Result<Json<Vec<api::ServiceToken>>, Error> {
     check_project(&state, &project)?;
     Ok(Json(state.store.service_tokens(&project)?))
 }
@@ -262,7 +314,10 @@ pub(super) async fn delete_service_token(
     Path((project, id)): Path<(String, String)>,
 ) -> Result<Json<String>, Error> {
     if id.len() < 4 || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(err(StatusCode::BAD_REQUEST, format!("{id:?} is not a token id: give at least 4 hex digits from `corral token list --service`")));
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            format!("{id:?} is not a token id: give at least 4 hex digits from `corral token list --service`"),
+        ));
     }
     match state.store.delete_service_token(&project, &id)?.as_slice() {
         [] => Err(err(StatusCode::NOT_FOUND, format!("no service token with id {id} in project {project}"))),
@@ -298,6 +353,9 @@ pub(super) async fn project_events(
     Ok(Json(state.store.events(Some(&project), q.since_ms, q.limit.min(MAX_EVENTS))?))
 }
 
-pub(super) async fn all_events(Extract(state): Extract<AppState>, Query(q): Query<EventQuery>) -> Result<Json<Vec<api::Event>>, Error> {
+pub(super) async fn all_events(
+    Extract(state): Extract<AppState>,
+    Query(q): Query<EventQuery>,
+) -> Result<Json<Vec<api::Event>>, Error> {
     Ok(Json(state.store.events(None, q.since_ms, q.limit.min(MAX_EVENTS))?))
 }

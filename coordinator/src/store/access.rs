@@ -11,9 +11,15 @@ use super::{Result, Store, now_ms};
 /// Who a token is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Caller {
-    User { name: String, role: GlobalRole },
+    User {
+        name: String,
+        role: GlobalRole,
+    },
     /// A token made with `corral token create --service RUN`: it calls that service, nothing else.
-    Service { project: String, run: String },
+    Service {
+        project: String,
+        run: String,
+    },
 }
 
 impl Caller {
@@ -38,11 +44,13 @@ pub enum Bootstrap {
 }
 
 fn role_of(text: &str) -> rusqlite::Result<ProjectRole> {
-    ProjectRole::parse(text).ok_or_else(|| rusqlite::Error::InvalidColumnType(0, text.to_owned(), rusqlite::types::Type::Text))
+    ProjectRole::parse(text)
+        .ok_or_else(|| rusqlite::Error::InvalidColumnType(0, text.to_owned(), rusqlite::types::Type::Text))
 }
 
 fn global_role_of(text: &str) -> rusqlite::Result<GlobalRole> {
-    GlobalRole::parse(text).ok_or_else(|| rusqlite::Error::InvalidColumnType(0, text.to_owned(), rusqlite::types::Type::Text))
+    GlobalRole::parse(text)
+        .ok_or_else(|| rusqlite::Error::InvalidColumnType(0, text.to_owned(), rusqlite::types::Type::Text))
 }
 
 impl Store {
@@ -57,7 +65,10 @@ impl Store {
         }
         let now = now_ms();
         let made = tx.execute("INSERT OR IGNORE INTO users VALUES ('admin', 'admin', ?1)", [now])?;
-        tx.execute("INSERT INTO api_tokens (hash, name, created_ms, user) VALUES (?1, 'admin', ?2, 'admin')", params![hash, now])?;
+        tx.execute(
+            "INSERT INTO api_tokens (hash, name, created_ms, user) VALUES (?1, 'admin', ?2, 'admin')",
+            params![hash, now],
+        )?;
         tx.commit()?;
         Ok(if made > 0 { Bootstrap::Created } else { Bootstrap::Added })
     }
@@ -95,7 +106,10 @@ impl Store {
         if tx.execute("INSERT OR IGNORE INTO users VALUES (?1, ?2, ?3)", params![name, role.as_str(), now])? == 0 {
             return Ok(false);
         }
-        tx.execute("INSERT INTO api_tokens (hash, name, created_ms, user) VALUES (?1, ?2, ?3, ?2)", params![token_hash, name, now])?;
+        tx.execute(
+            "INSERT INTO api_tokens (hash, name, created_ms, user) VALUES (?1, ?2, ?3, ?2)",
+            params![token_hash, name, now],
+        )?;
         tx.commit()?;
         Ok(true)
     }
@@ -122,7 +136,10 @@ impl Store {
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut stmt = conn.prepare_cached("SELECT user, project, role FROM members ORDER BY project")?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, api::Membership { project: r.get(1)?, role: role_of(&r.get::<_, String>(2)?)? }))
+            Ok((
+                r.get::<_, String>(0)?,
+                api::Membership { project: r.get(1)?, role: role_of(&r.get::<_, String>(2)?)? },
+            ))
         })?;
         for row in rows {
             let (user, membership) = row?;
@@ -166,7 +183,10 @@ impl Store {
             return Ok(false);
         }
         tx.execute("DELETE FROM api_tokens WHERE user = ?1", [name])?;
-        tx.execute("INSERT INTO api_tokens (hash, name, created_ms, user) VALUES (?1, ?2, ?3, ?2)", params![hash, name, now_ms()])?;
+        tx.execute(
+            "INSERT INTO api_tokens (hash, name, created_ms, user) VALUES (?1, ?2, ?3, ?2)",
+            params![hash, name, now_ms()],
+        )?;
         tx.commit()?;
         Ok(true)
     }
@@ -177,7 +197,9 @@ impl Store {
     pub fn create_project(&self, name: &str, owner: Option<&str>) -> Result<bool> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        if tx.execute("INSERT OR IGNORE INTO projects (name, created_ms) VALUES (?1, ?2)", params![name, now_ms()])? == 0 {
+        if tx.execute("INSERT OR IGNORE INTO projects (name, created_ms) VALUES (?1, ?2)", params![name, now_ms()])?
+            == 0
+        {
             return Ok(false);
         }
         if let Some(owner) = owner {
@@ -227,8 +249,7 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let jobs = {
-            let mut stmt =
-                tx.prepare("SELECT j.id FROM jobs j JOIN runs r ON r.id = j.run_id WHERE r.project = ?1")?;
+            let mut stmt = tx.prepare("SELECT j.id FROM jobs j JOIN runs r ON r.id = j.run_id WHERE r.project = ?1")?;
             stmt.query_map([project], |r| Ok(corral_proto::ids::JobId(r.get(0)?)))?
                 .collect::<rusqlite::Result<Vec<_>>>()?
         };
@@ -251,7 +272,8 @@ impl Store {
     pub fn members(&self, project: &str) -> Result<Vec<api::Member>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached("SELECT user, role FROM members WHERE project = ?1 ORDER BY user")?;
-        let rows = stmt.query_map([project], |r| Ok(api::Member { user: r.get(0)?, role: role_of(&r.get::<_, String>(1)?)? }))?;
+        let rows = stmt
+            .query_map([project], |r| Ok(api::Member { user: r.get(0)?, role: role_of(&r.get::<_, String>(1)?)? }))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -297,13 +319,15 @@ impl Store {
         let tx = conn.transaction()?;
         let pattern = format!("{}%", id.to_ascii_lowercase());
         let ids = {
-            let mut stmt = tx.prepare(
-                "SELECT substr(hash, 1, 12) FROM api_tokens WHERE service_project = ?1 AND hash LIKE ?2",
-            )?;
+            let mut stmt =
+                tx.prepare("SELECT substr(hash, 1, 12) FROM api_tokens WHERE service_project = ?1 AND hash LIKE ?2")?;
             stmt.query_map(params![project, pattern], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>()?
         };
         if ids.len() == 1 {
-            tx.execute("DELETE FROM api_tokens WHERE service_project = ?1 AND hash LIKE ?2", params![project, pattern])?;
+            tx.execute(
+                "DELETE FROM api_tokens WHERE service_project = ?1 AND hash LIKE ?2",
+                params![project, pattern],
+            )?;
         }
         tx.commit()?;
         Ok(ids)

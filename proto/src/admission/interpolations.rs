@@ -33,9 +33,9 @@ fn walk(v: &Value, path: &mut String) -> Result<(), String> {
             path.truncate(len);
             r
         }),
-        Value::String(s) => {
-            interpolations(s).into_iter().try_for_each(|(_, inner)| allowed(path, inner).map_err(|why| format!("{}: ${{{{ {inner} }}}}: {why}", shown(path))))
-        }
+        Value::String(s) => interpolations(s).into_iter().try_for_each(|(_, inner)| {
+            allowed(path, inner).map_err(|why| format!("{}: ${{{{ {inner} }}}}: {why}", shown(path)))
+        }),
         _ => Ok(()),
     };
     path.truncate(len);
@@ -79,9 +79,7 @@ fn allowed(path: &str, inner: &str) -> Result<(), String> {
             )
         }
         "env" => "the run's variables are expanded only in registry_auth and probes' headers: elsewhere use the variable itself ($NAME in commands; `env: [NAME]` takes it from the shell of `corral apply`)".to_owned(),
-        "dstack" | "run" => format!(
-            "not expanded here: Corral expands ${{{{ dstack.node_rank }}}} in volume names and ${{{{ run.args }}}} in commands; in commands use the variables ($DSTACK_NODE_RANK, $DSTACK_RUN_NAME, $DSTACK_PROJECT)"
-        ),
+        "dstack" | "run" => "not expanded here: Corral expands ${{ dstack.node_rank }} in volume names and ${{ run.args }} in commands; in commands use the variables ($DSTACK_NODE_RANK, $DSTACK_RUN_NAME, $DSTACK_PROJECT)".to_owned(),
         _ => "not an interpolation Corral knows: it expands ${{ secrets.NAME }}, ${{ env.NAME }}, ${{ groups[i].nodes[j].IP_ADDRESS }}, ${{ run.args }} and ${{ dstack.node_rank }} (write $${{ for a literal ${{)".to_owned(),
     })
 }
@@ -98,13 +96,17 @@ mod tests {
     fn each_interpolation_is_expanded_where_it_stands_or_refused_by_field() {
         let ok = "type: task\nimage: i\nenv:\n  - T=${{ secrets.HF }}\nregistry_auth:\n  username: ${{ env.U }}\n  password: ${{ secrets.P }}\ncommands: ['run ${{ run.args }}', 'echo $${{ literal }}']\nvolumes:\n  - name: d-${{ dstack.node_rank }}\n    path: /d\n";
         assert_eq!(checked(ok), Ok(()));
-        let e = checked("type: task\nimage: i\ncommands: ['echo ${{ secrets.HF }}']\n").unwrap_err();
+        let e = checked("type: task\nimage: i\ncommands: ['echo ${{ secrets.HF }}']\n").expect_err("refused");
         assert!(e.starts_with("commands[0]: ${{ secrets.HF }}: a secret is expanded only in env"), "{e}");
-        let e = checked("type: task\nimage: i\nenv:\n  - N=${{ run.name }}\ncommands: [x]\n").unwrap_err();
+        let e = checked("type: task\nimage: i\nenv:\n  - N=${{ run.name }}\ncommands: [x]\n").expect_err("refused");
         assert!(e.starts_with("env[0]: ${{ run.name }}: not expanded here"), "{e}");
-        let e = checked("type: task\nimage: i\nenv:\n  - N=${{ env.HOME }}\ncommands: [x]\n").unwrap_err();
-        assert!(e.starts_with("env[0]: ${{ env.HOME }}: the run's variables are expanded only in registry_auth"), "{e}");
-        let e = checked("type: task\nimage: i\nworking_dir: /w/${{ what.ever }}\ncommands: [x]\n").unwrap_err();
+        let e = checked("type: task\nimage: i\nenv:\n  - N=${{ env.HOME }}\ncommands: [x]\n").expect_err("refused");
+        assert!(
+            e.starts_with("env[0]: ${{ env.HOME }}: the run's variables are expanded only in registry_auth"),
+            "{e}"
+        );
+        let e =
+            checked("type: task\nimage: i\nworking_dir: /w/${{ what.ever }}\ncommands: [x]\n").expect_err("refused");
         assert!(e.starts_with("working_dir: ${{ what.ever }}: not an interpolation Corral knows"), "{e}");
         let probe = "type: service\nimage: i\nport: 80\ncommands: [x]\nenv: [KEY=k]\nprobes:\n  - type: http\n    url: /h\n    headers:\n      - name: X-Key\n        value: ${{ env.KEY }}\n";
         assert_eq!(checked(probe), Ok(()));
