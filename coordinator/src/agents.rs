@@ -211,7 +211,8 @@ async fn enroll(
     let node_id = NodeId(format!("n{}", random_hex(6)));
     // The request is checked (and signed) before a use of the token is spent on it.
     let signed = state.pki.sign_node(&req.csr_der, node_id.as_str());
-    let token_fleet = match state.store.use_join_token(&sha256_hex(req.secret.as_bytes()))? {
+    let token_hash = sha256_hex(req.secret.as_bytes());
+    let token_fleet = match state.store.use_join_token(&token_hash)? {
         Ok(fleet) => fleet,
         Err(why) => return refuse(conn, send, RefusalCode::WrongSecret, why.to_owned()).await,
     };
@@ -230,6 +231,10 @@ async fn enroll(
     let fleet = token_fleet.or_else(|| req.fleet.clone());
     state.store.add_node(&node_id, &name, fleet.as_deref(), &fingerprint)?;
     tracing::info!(node = %name, id = %node_id, remote = %conn.remote_address(), "node enrolled");
+    let detail = format!("with join token {} from {}", &token_hash[..12], conn.remote_address());
+    if let Err(e) = state.store.record_event(None, None, "node.enroll", Some(&name), Some(&detail)) {
+        tracing::error!(node = %name, "cannot record the enrollment: {e:#}");
+    }
     let reply = CoordinatorMessage::Enrolled(Enrollment {
         node_id,
         certificate_pem: cert_pem,

@@ -397,6 +397,8 @@ async fn a_team_shares_a_cluster_with_roles_and_service_tokens() -> anyhow::Resu
     let made: Vec<_> =
         events.iter().filter(|e| e.action == "user.create").filter_map(|e| e.object.as_deref()).collect();
     assert_eq!(made, ["alice", "bob", "carol"]);
+    let enrolled = events.iter().find(|e| e.action == "node.enroll").expect("the node's enrollment is recorded");
+    assert_eq!((enrolled.user.as_deref(), enrolled.object.as_deref()), (None, Some("node-a")));
     assert!(events.iter().any(|e| e.action == "user.token" && e.user.as_deref() == Some("bob")));
     Ok(())
 }

@@ -89,6 +89,12 @@ pub(super) async fn delete_user(
     if user_name(&caller) == Some(user.as_str()) {
         return Err(err(StatusCode::CONFLICT, "a user cannot delete itself: another global admin can"));
     }
+    if user == "admin" {
+        return Err(err(
+            StatusCode::CONFLICT,
+            "admin is the data dir's admin-token, which it gets back at every start: rotate its token instead (`corral user token admin --rotate`)",
+        ));
+    }
     if role == GlobalRole::Admin && state.store.global_admins()? <= 1 {
         return Err(err(StatusCode::CONFLICT, format!("{user} is the last global admin: make another first")));
     }
@@ -103,6 +109,9 @@ pub(super) async fn rotate_token(
     Extract(state): Extract<AppState>,
     Path(user): Path<String>,
 ) -> Result<Json<api::UserToken>, Error> {
+    if state.store.user_role(&user)?.is_none() {
+        return Err(err(StatusCode::NOT_FOUND, format!("no user named {user:?} (see `corral user list`)")));
+    }
     let token = new_token();
     if user == "admin" {
         let path = state.config.data_dir.join("admin-token");
