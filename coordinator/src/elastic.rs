@@ -108,8 +108,12 @@ pub async fn run(state: Arc<State>, shutdown: CancellationToken) {
     }
 }
 
-/// Whether a queued job could run on one of the fleet's offers (and names no other fleet).
-fn wants(job: &crate::store::JobRow, fleet: &str, offers: &[api::Offer]) -> bool {
+/// Whether a queued job of the fleet's project could run on one of the fleet's offers (and names
+/// no other fleet): a fleet's nodes take only its project's runs.
+fn wants(job: &crate::store::JobRow, project: &str, fleet: &str, offers: &[api::Offer]) -> bool {
+    if job.project != project {
+        return false;
+    }
     let Ok(admitted) = corral_proto::admission::check(&job.configuration) else { return false };
     let fleets = &admitted.task.provisioning.fleets;
     if !fleets.is_empty() && !fleets.iter().any(|f| f.name == fleet) {
@@ -154,7 +158,7 @@ async fn reconcile(state: &State, aws: &Aws, memo: &mut Memo) -> Result<(), Stri
         .collect();
     let placed = state.store.placed_jobs().map_err(|e| e.to_string())?;
     let queued = state.store.queued_jobs().map_err(|e| e.to_string())?;
-    for (_, name, cfg) in &fleets {
+    for (project, name, cfg) in &fleets {
         let (min, max) = cfg.nodes.map_or((0, None), |n| (n.min.max(n.target), n.max));
         let mut live: Vec<_> = instances.iter().filter(|i| i.fleet == *name).collect();
 
@@ -202,7 +206,7 @@ async fn reconcile(state: &State, aws: &Aws, memo: &mut Memo) -> Result<(), Stri
             "below the fleet's minimum"
         } else if booting == 0 && max.is_none_or(|m| count < m) {
             let offers = fleet_offers(state, cfg, memo).await;
-            if queued.iter().any(|j| wants(j, name, &offers)) { "queued work fits" } else { continue }
+            if queued.iter().any(|j| wants(j, project, name, &offers)) { "queued work fits" } else { continue }
         } else {
             continue;
         };

@@ -37,7 +37,12 @@ pub fn rank_commands(task: &TaskConfig, rank: u32, addresses: &[Vec<String>]) ->
         Some(g) => &g.commands,
         None => &task.commands,
     };
-    commands.iter().map(|c| without_run_args(&substitute_node_addresses(c, addresses))).collect()
+    commands
+        .iter()
+        .map(|c| {
+            corral_proto::config::unescape_interpolations(&without_run_args(&substitute_node_addresses(c, addresses)))
+        })
+        .collect()
 }
 
 fn without_run_args(s: &str) -> String {
@@ -109,7 +114,7 @@ mod tests {
         let args = task(
             "type: task\nimage: i\ncommands: ['python train.py --merge ${{ run.args }}', 'echo $${{ run.args }}']\n",
         );
-        assert_eq!(rank_commands(&args, 0, &[]), ["python train.py --merge ", "echo $${{ run.args }}"]);
+        assert_eq!(rank_commands(&args, 0, &[]), ["python train.py --merge ", "echo ${{ run.args }}"]);
         assert!(group_vars(&plain, 0).is_empty());
     }
 }

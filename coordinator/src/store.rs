@@ -127,6 +127,7 @@ CREATE TABLE users (name TEXT PRIMARY KEY, global_role TEXT NOT NULL, created_ms
 ALTER TABLE api_tokens ADD COLUMN user TEXT REFERENCES users(name);
 ALTER TABLE api_tokens ADD COLUMN service_project TEXT;
 ALTER TABLE api_tokens ADD COLUMN service_run TEXT;
+ALTER TABLE api_tokens ADD COLUMN created_by TEXT;
 CREATE INDEX api_tokens_by_user ON api_tokens(user);
 INSERT INTO users (name, global_role, created_ms) SELECT name, 'admin', MIN(created_ms) FROM api_tokens WHERE name = 'admin' GROUP BY name;
 UPDATE api_tokens SET user = name WHERE name = 'admin';

@@ -204,7 +204,7 @@ pub fn with_secrets(state: &State, spec: &JobSpec) -> Result<JobSpec, String> {
     };
     let mut out = spec.clone();
     for (_, v) in &mut out.env {
-        *v = expand(v, &value).map_err(gone)?;
+        *v = corral_proto::config::unescape_interpolations(&expand(v, &value).map_err(gone)?);
     }
     // `${{ env.NAME }}` in `registry_auth` is the job's variable, its secrets in (as in dstack).
     let env = out.env.clone();
@@ -213,7 +213,7 @@ pub fn with_secrets(state: &State, spec: &JobSpec) -> Result<JobSpec, String> {
     if let Some(auth) = &mut out.container.registry_auth {
         for field in [&mut auth.username, &mut auth.password] {
             *field = expand(field, &value).map_err(gone)?;
-            *field = expand_in(field, "env.", &var).map_err(unset)?;
+            *field = corral_proto::config::unescape_interpolations(&expand_in(field, "env.", &var).map_err(unset)?);
         }
     }
     Ok(out)
@@ -223,7 +223,7 @@ pub fn with_secrets(state: &State, spec: &JobSpec) -> Result<JobSpec, String> {
 /// lacks.
 pub fn with_env(s: &str, env: &[(String, String)]) -> Result<String, String> {
     let var = |name: &str| env.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
-    expand_in(s, "env.", &var)
+    expand_in(s, "env.", &var).map(|s| corral_proto::config::unescape_interpolations(&s))
 }
 
 fn registry_auth(cfg: &Configuration) -> Option<&corral_proto::config::RegistryAuth> {

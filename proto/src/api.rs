@@ -563,6 +563,9 @@ pub struct ServiceToken {
     pub id: String,
     pub run: String,
     pub created_ms: i64,
+    /// Who made it: it stops working when that user leaves the project.
+    #[serde(default)]
+    pub created_by: Option<String>,
     /// The token, only in the answer to its creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,

@@ -143,6 +143,18 @@ pub fn interpolations(s: &str) -> Vec<(std::ops::Range<usize>, &str)> {
     out
 }
 
+/// `s` with each `$${{` (dstack's escape) turned into the literal `${{` it stands for: what the
+/// container gets once the interpolations are expanded.
+pub fn unescape_interpolations(s: &str) -> String {
+    if s.contains("$${{") { s.replace("$${{", "${{") } else { s.to_owned() }
+}
+
+/// Whether `s` has a `${{` that is neither an escape (`$${{`) nor closed by `}}`.
+pub fn has_unclosed_interpolation(s: &str) -> bool {
+    let opened = s.match_indices("${{").filter(|(i, _)| *i == 0 || s.as_bytes()[i - 1] != b'$').count();
+    opened > interpolations(s).len()
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnvVar {
     pub name: String,

@@ -44,11 +44,11 @@ async fn a_secret_reaches_the_container_and_the_registry_and_nothing_else() -> a
     secret(&c.client, SecretCommand::Set { name: "REG_PASS".into(), value: None, from_file: Some(file) }).await?;
 
     let text = format!(
-        "type: task\nname: uses-secret\nimage: {IMAGE}\nenv:\n  - TOKEN=${{{{ secrets.HF_TOKEN }}}}\n  - BOTH=a-${{{{secrets.HF_TOKEN}}}}-b\ncommands:\n  - echo \"token is [$TOKEN] [$BOTH]\"\n"
+        "type: task\nname: uses-secret\nimage: {IMAGE}\nenv:\n  - TOKEN=${{{{ secrets.HF_TOKEN }}}}\n  - BOTH=a-${{{{secrets.HF_TOKEN}}}}-b\n  - LIT=$${{{{ kept }}}}\ncommands:\n  - echo \"token is [$TOKEN] [$BOTH] [$LIT]\"\n"
     );
     let (code, out) = apply(&c.client, &write_config(c.dir.path(), "uses-secret", &text), false).await?;
     assert_eq!(code, 0, "{out}");
-    assert_eq!(logs(&c.client, "uses-secret").await?, format!("token is [{value}] [a-{value}-b]\n"));
+    assert_eq!(logs(&c.client, "uses-secret").await?, format!("token is [{value}] [a-{value}-b] [${{{{ kept }}}}]\n"));
 
     // `registry_auth` from a secret and the run's `env` (as NVIDIA's NIM configurations write it):
     // the registry sees the values, as Docker's Basic header.

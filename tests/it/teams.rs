@@ -329,7 +329,11 @@ async fn a_team_shares_a_cluster_with_roles_and_service_tokens() -> anyhow::Resu
     .await?;
     let service_token = String::from_utf8(out)?.trim().to_owned();
     assert_eq!(answer(Some(service_token.clone())).await?, (200, "hello from research\n".to_owned()));
-    // ... and it can do nothing else.
+    // bob gets into his container (the trail records it) ...
+    let code =
+        corral_cli::exec::exec(&bob, "web", 0, &["true".to_owned()], None, &mut Vec::new(), &mut Vec::new()).await?;
+    assert_eq!(code, 0);
+    // ... and the service token can do nothing else.
     let as_service = Client::new(&url, &service_token, "research");
     let e = corral_cli::commands::ps(&as_service, false, false, &mut Vec::new())
         .await
@@ -346,6 +350,11 @@ async fn a_team_shares_a_cluster_with_roles_and_service_tokens() -> anyhow::Resu
     said!(corral_cli::teams::project, &alice, ProjectCommand::Member { command: remove })?;
     wait_for("bob to be refused", Duration::from_secs(5), || async {
         Ok((answer(Some(bob.token().to_owned())).await?.0 == 403).then_some(()))
+    })
+    .await?;
+    // The service tokens he made left with him.
+    wait_for("bob's service token to be refused", Duration::from_secs(5), || async {
+        Ok((answer(Some(service_token.clone())).await?.0 == 401).then_some(()))
     })
     .await?;
     let rotated = said!(corral_cli::teams::user, &bob, UserCommand::Token { name: "bob".into(), rotate: true })?;
@@ -382,6 +391,7 @@ async fn a_team_shares_a_cluster_with_roles_and_service_tokens() -> anyhow::Resu
             (Some("alice"), "member.set", Some("bob")),
             (Some("bob"), "run.apply", Some("web")),
             (Some("bob"), "service-token.create", Some("web")),
+            (Some("bob"), "run.exec", Some("web")),
             (Some("alice"), "member.remove", Some("bob")),
             (Some("alice"), "secret.set", Some("HF_TOKEN")),
         ],
@@ -508,6 +518,9 @@ async fn a_project_s_fleet_runs_only_that_project_s_runs() -> anyhow::Result<()>
         waiting.jobs[0].status_message.as_deref(),
         Some("no nodes for project main: 1 node(s) are in other projects' fleets (see `corral node list`)")
     );
+    // A fleet's name is the cluster's: another project cannot claim vision's nodes by naming a fleet so.
+    let e = corral_cli::commands::apply(&admin, &fleet, true, true, None, &mut Vec::new()).await.expect_err("taken");
+    assert!(format!("{e:#}").contains("fleet \"rack\" is project vision's"), "{e:#}");
     let (code, out) = apply(&vision, &write_config(dir.path(), "own", &task("own")), false).await?;
     assert_eq!(code, 0, "{out}");
     assert_eq!(logs(&vision, "own").await?, "ran\n");

@@ -234,7 +234,8 @@ async fn authorize(Extract(authz): Extract<Authz>, req: Request, next: Next) -> 
     }
     parts.extensions.insert(caller.clone());
     let response = next.run(Request::from_parts(parts, body)).await;
-    if route.audited() && response.status().is_success() {
+    let done = response.status().is_success() || response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if route.audited() && done {
         let audit = response.extensions().get::<Audit>();
         let object = audit
             .and_then(|a| a.object.as_deref())

@@ -158,6 +158,15 @@ pub(super) async fn put_fleet(
     check_project(&state, &project)?;
     let cfg = corral_proto::admission::check_fleet(&req.configuration).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
     let name = cfg.name.clone().unwrap_or_default();
+    // Nodes name their fleet, not its project: a fleet's name is the cluster's, once.
+    if let Some(owner) = state.store.fleet_projects(&name)?.into_iter().find(|p| *p != project) {
+        return Err(err(
+            StatusCode::CONFLICT,
+            format!(
+                "fleet {name:?} is project {owner}'s (a fleet's name is unique in the cluster): choose another name"
+            ),
+        ));
+    }
     state.store.put_fleet(&project, &name, cfg)?;
     // Which nodes are a cluster may have changed: refresh them for the scheduler.
     for n in state.store.nodes()?.into_iter().filter(|n| n.fleet.as_deref() == Some(name.as_str())) {

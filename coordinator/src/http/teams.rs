@@ -95,6 +95,13 @@ pub(super) async fn delete_user(
             "admin is the data dir's admin-token, which it gets back at every start: rotate its token instead (`corral user token admin --rotate`)",
         ));
     }
+    let sole = state.store.sole_admin_of(&user)?;
+    if !sole.is_empty() {
+        return Err(err(
+            StatusCode::CONFLICT,
+            format!("{user} is the only admin of project(s) {}: make another admin there first", sole.join(", ")),
+        ));
+    }
     if role == GlobalRole::Admin && state.store.global_admins()? <= 1 {
         return Err(err(StatusCode::CONFLICT, format!("{user} is the last global admin: make another first")));
     }
@@ -113,13 +120,25 @@ pub(super) async fn rotate_token(
         return Err(err(StatusCode::NOT_FOUND, format!("no user named {user:?} (see `corral user list`)")));
     }
     let token = new_token();
-    if user == "admin" {
-        let path = state.config.data_dir.join("admin-token");
-        crate::datadir::write_private(&path, format!("{token}\n").as_bytes())
-            .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot write {}: {e:#}", path.display())))?;
-    }
+    // `admin`'s token is also the data dir's admin-token: written beside it first, put in place once
+    // the database took it, so that the file never holds a token the database lacks, or half one.
+    let file = (user == "admin").then(|| state.config.data_dir.join("admin-token"));
+    let cannot = |path: &std::path::Path, e: std::io::Error| {
+        err(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot write {}: {e}", path.display()))
+    };
+    let staged = match &file {
+        Some(path) => {
+            let staged = path.with_extension("new");
+            crate::datadir::write_private(&staged, format!("{token}\n").as_bytes()).map_err(|e| cannot(&staged, e))?;
+            Some(staged)
+        }
+        None => None,
+    };
     if !state.store.replace_user_token(&user, &sha256_hex(token.as_bytes()))? {
         return Err(err(StatusCode::NOT_FOUND, format!("no user named {user:?} (see `corral user list`)")));
+    }
+    if let (Some(staged), Some(path)) = (staged, &file) {
+        std::fs::rename(&staged, path).map_err(|e| cannot(path, e))?;
     }
     tracing::info!(%user, "user token rotated");
     Ok(Json(api::UserToken { user, token }))
@@ -283,6 +302,7 @@ pub(super) async fn remove_member(
 
 pub(super) async fn create_service_token(
     Extract(state): Extract<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(project): Path<String>,
     Json(req): Json<api::CreateServiceToken>,
 ) -> Result<Response, Error> {
@@ -302,11 +322,18 @@ pub(super) async fn create_service_token(
     }
     let token = new_token();
     let hash = sha256_hex(token.as_bytes());
-    state.store.create_service_token(&hash, &project, &req.run)?;
+    let maker = user_name(&caller);
+    state.store.create_service_token(&hash, &project, &req.run, maker)?;
     tracing::info!(%project, run = %req.run, id = &hash[..12], "service token created");
     let audit =
         Audit { object: Some(req.run.clone()), detail: Some(format!("id {}", &hash[..12])), ..Audit::default() };
-    let made = api::ServiceToken { id: hash[..12].to_owned(), run: req.run, created_ms: now_ms(), token: Some(token) };
+    let made = api::ServiceToken {
+        id: hash[..12].to_owned(),
+        run: req.run,
+        created_ms: now_ms(),
+        created_by: maker.map(str::to_owned),
+        token: Some(token),
+    };
     Ok(with_audit(made, audit))
 }
 

@@ -168,7 +168,7 @@ impl Store {
     pub fn delete_user(&self, name: &str) -> Result<bool> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        tx.execute("DELETE FROM api_tokens WHERE user = ?1", [name])?;
+        tx.execute("DELETE FROM api_tokens WHERE user = ?1 OR created_by = ?1", [name])?;
         tx.execute("DELETE FROM members WHERE user = ?1", [name])?;
         let n = tx.execute("DELETE FROM users WHERE name = ?1", [name])?;
         tx.commit()?;
@@ -233,8 +233,8 @@ impl Store {
         let conn = self.conn();
         Ok(conn.query_row(
             &format!(
-                "SELECT (SELECT COUNT(DISTINCT r.id) FROM runs r JOIN jobs j ON j.run_id = r.id \
-                   WHERE r.project = ?1 AND j.state NOT IN {}), \
+                "SELECT (SELECT COUNT(*) FROM runs r WHERE r.project = ?1 AND (r.replicas IS NOT NULL OR EXISTS \
+                   (SELECT 1 FROM jobs j WHERE j.run_id = r.id AND j.state NOT IN {}))), \
                  (SELECT COUNT(*) FROM fleets WHERE project = ?1), (SELECT COUNT(*) FROM volumes WHERE project = ?1)",
                 super::FINISHED_STATES
             ),
@@ -285,17 +285,36 @@ impl Store {
         Ok(())
     }
 
-    /// `false`: the user was not a member.
+    /// Removes a member, and the service tokens it made in the project. `false`: it was none.
     pub fn remove_member(&self, project: &str, user: &str) -> Result<bool> {
-        Ok(self.conn().execute("DELETE FROM members WHERE project = ?1 AND user = ?2", params![project, user])? > 0)
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM api_tokens WHERE service_project = ?1 AND created_by = ?2", params![project, user])?;
+        let n = tx.execute("DELETE FROM members WHERE project = ?1 AND user = ?2", params![project, user])?;
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    /// The projects where `user` is the only admin.
+    pub fn sole_admin_of(&self, user: &str) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT m.project FROM members m WHERE m.user = ?1 AND m.role = 'admin' AND \
+             (SELECT COUNT(*) FROM members o WHERE o.project = m.project AND o.role = 'admin') = 1 ORDER BY m.project",
+        )?;
+        let rows = stmt.query_map([user], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     // --- service tokens ---
 
-    pub fn create_service_token(&self, hash: &str, project: &str, run: &str) -> Result<()> {
+    /// A token for calling `project/run`, made by `created_by` (it goes when its maker leaves the
+    /// project or is deleted).
+    pub fn create_service_token(&self, hash: &str, project: &str, run: &str, created_by: Option<&str>) -> Result<()> {
         self.conn().execute(
-            "INSERT INTO api_tokens (hash, name, created_ms, service_project, service_run) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![hash, format!("service:{project}/{run}"), now_ms(), project, run],
+            "INSERT INTO api_tokens (hash, name, created_ms, service_project, service_run, created_by) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![hash, format!("service:{project}/{run}"), now_ms(), project, run, created_by],
         )?;
         Ok(())
     }
@@ -303,11 +322,17 @@ impl Store {
     pub fn service_tokens(&self, project: &str) -> Result<Vec<api::ServiceToken>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT substr(hash, 1, 12), service_run, created_ms FROM api_tokens WHERE service_project = ?1 \
-             ORDER BY created_ms",
+            "SELECT substr(hash, 1, 12), service_run, created_ms, created_by FROM api_tokens \
+             WHERE service_project = ?1 ORDER BY created_ms",
         )?;
         let rows = stmt.query_map([project], |r| {
-            Ok(api::ServiceToken { id: r.get(0)?, run: r.get(1)?, created_ms: r.get(2)?, token: None })
+            Ok(api::ServiceToken {
+                id: r.get(0)?,
+                run: r.get(1)?,
+                created_ms: r.get(2)?,
+                created_by: r.get(3)?,
+                token: None,
+            })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }

@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use crate::config::{Configuration, interpolations};
+use crate::config::{Configuration, has_unclosed_interpolation, interpolations};
 
 /// `Err` names the first interpolation that would not be expanded, and where it is.
 pub fn check(cfg: &Configuration) -> Result<(), String> {
@@ -33,6 +33,9 @@ fn walk(v: &Value, path: &mut String) -> Result<(), String> {
             path.truncate(len);
             r
         }),
+        Value::String(s) if has_unclosed_interpolation(s) => {
+            Err(format!("{}: a `${{{{` is not closed by `}}}}` (write $${{{{ for a literal ${{{{)", shown(path)))
+        }
         Value::String(s) => interpolations(s).into_iter().try_for_each(|(_, inner)| {
             allowed(path, inner).map_err(|why| format!("{}: ${{{{ {inner} }}}}: {why}", shown(path)))
         }),
@@ -57,8 +60,9 @@ fn allowed(path: &str, inner: &str) -> Result<(), String> {
     let in_env_value = path.ends_with(".value") && field(path.trim_end_matches(".value")) == "env";
     let in_registry_auth = path.contains("registry_auth.");
     let in_commands = field(path) == "commands";
-    let in_probe_header = path.contains("probes[") && path.contains(".headers[");
-    let in_volume_name = path.starts_with("volumes[");
+    // A header is `[name, value]`: only its value is expanded.
+    let in_probe_header = path.contains("probes[") && path.contains(".headers[") && path.ends_with("[1]");
+    let in_volume_name = path.starts_with("volumes[") && (path.contains(".names[") || path.ends_with(".name"));
     let ns = inner.split(['.', '[']).next().unwrap_or_default();
     let ok = match ns {
         "secrets" => in_env_value || in_registry_auth,
@@ -108,6 +112,8 @@ mod tests {
         let e =
             checked("type: task\nimage: i\nworking_dir: /w/${{ what.ever }}\ncommands: [x]\n").expect_err("refused");
         assert!(e.starts_with("working_dir: ${{ what.ever }}: not an interpolation Corral knows"), "{e}");
+        let e = checked("type: task\nimage: i\ncommands: ['echo ${{ secrets.X']\n").expect_err("refused");
+        assert!(e.starts_with("commands[0]: a `${{` is not closed by `}}`"), "{e}");
         let probe = "type: service\nimage: i\nport: 80\ncommands: [x]\nenv: [KEY=k]\nprobes:\n  - type: http\n    url: /h\n    headers:\n      - name: X-Key\n        value: ${{ env.KEY }}\n";
         assert_eq!(checked(probe), Ok(()));
     }
