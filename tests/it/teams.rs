@@ -251,6 +251,10 @@ async fn every_route_refuses_whom_its_rule_refuses() -> anyhow::Result<()> {
         }
     }
     assert!(checked > 400, "only {checked} requests");
+    // A method a route does not have is answered as such, not let through.
+    let patch = http.patch(format!("{}/api/users", coord.url())).bearer_auth(&coord.admin_token).send().await?;
+    assert_eq!(patch.status().as_u16(), 405);
+    assert!(patch.text().await?.contains("PATCH is not allowed on /api/users: use POST or GET"));
     coord.stop().await;
     Ok(())
 }

@@ -206,6 +206,11 @@ async fn authorize(Extract(authz): Extract<Authz>, req: Request, next: Next) -> 
         return err(StatusCode::INTERNAL_SERVER_ERROR, "no route matched").into_response();
     };
     let Some(route) = authz.table.find(&pattern, req.method()).cloned() else {
+        if let Some(routes) = authz.table.by_path.get(pattern.as_str()) {
+            let allowed: Vec<&str> = routes.iter().map(|r| r.method.as_str()).collect();
+            let said = format!("{} is not allowed on {pattern}: use {}", req.method(), allowed.join(" or "));
+            return err(StatusCode::METHOD_NOT_ALLOWED, said).into_response();
+        }
         return err(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("no authorization rule for {} {pattern}: refused", req.method()),
