@@ -349,12 +349,7 @@ pub(super) async fn delete_service_token(
     Extract(state): Extract<AppState>,
     Path((project, id)): Path<(String, String)>,
 ) -> Result<Json<String>, Error> {
-    if id.len() < 4 || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(err(
-            StatusCode::BAD_REQUEST,
-            format!("{id:?} is not a token id: give at least 4 hex digits from `corral token list --service`"),
-        ));
-    }
+    super::tokens::check_token_id(&id, "corral token list --service")?;
     match state.store.delete_service_token(&project, &id)?.as_slice() {
         [] => Err(err(StatusCode::NOT_FOUND, format!("no service token with id {id} in project {project}"))),
         [one] => Ok(Json(one.clone())),

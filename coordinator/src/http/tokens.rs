@@ -50,13 +50,19 @@ pub(super) async fn list(Extract(state): Extract<AppState>) -> Result<Json<Vec<J
     Ok(Json(state.store.join_tokens()?))
 }
 
-pub(super) async fn revoke(Extract(state): Extract<AppState>, Path(id): Path<String>) -> Result<Json<String>, Error> {
+/// A token id as `revoke` takes it: 4 to 64 hex digits, from the list `listed_by` prints.
+pub(super) fn check_token_id(id: &str, listed_by: &str) -> Result<(), Error> {
     if id.len() < 4 || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(err(
             StatusCode::BAD_REQUEST,
-            format!("{id:?} is not a token id: give at least 4 hex digits from `corral token list`"),
+            format!("{id:?} is not a token id: give at least 4 hex digits from `{listed_by}`"),
         ));
     }
+    Ok(())
+}
+
+pub(super) async fn revoke(Extract(state): Extract<AppState>, Path(id): Path<String>) -> Result<Json<String>, Error> {
+    check_token_id(&id, "corral token list")?;
     match state.store.join_token_ids_like(&id)?.as_slice() {
         [] => Err(err(StatusCode::NOT_FOUND, format!("no join token with id {id} (see `corral token list`)"))),
         [one] => {
