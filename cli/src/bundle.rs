@@ -122,7 +122,10 @@ pub fn create(output: &Path, bin_dir: Option<PathBuf>, images: &[String], out: O
         output.display()
     )?;
     if !images.is_empty() {
-        writeln!(out, "then store the images in the coordinator: corral image push --file {root}/images/<image>.tar")?;
+        writeln!(
+            out,
+            "then store the images in the coordinator: corral image push --shared --file {root}/images/<image>.tar"
+        )?;
     }
     Ok(0)
 }

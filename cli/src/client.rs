@@ -204,9 +204,28 @@ impl Client {
         serde_json::from_slice(&body).with_context(|| format!("unexpected answer from the coordinator ({status})"))
     }
 
-    /// POSTs a raw body (a stream: an image tarball).
+    /// POSTs a raw body (a stream: an image tarball). A coordinator that refuses the request (no
+    /// right, no such project) answers before reading the body and closes the connection, which
+    /// the client sees as a write error: then an empty request asks it why.
     pub async fn post_body<T: DeserializeOwned>(&self, path: &str, body: reqwest::Body) -> anyhow::Result<T> {
-        self.send(self.http.post(format!("{}{path}", self.url)).body(body)).await
+        let url = format!("{}{path}", self.url);
+        let sent = self.send::<T>(self.http.post(&url).body(body)).await;
+        let Err(cut_off) = sent else { return sent };
+        if !cut_off.chain().any(|e| e.downcast_ref::<reqwest::Error>().is_some_and(reqwest::Error::is_request)) {
+            return Err(cut_off);
+        }
+        let why = self.http.post(&url).bearer_auth(&self.token).send().await;
+        match why {
+            Ok(resp) if matches!(resp.status().as_u16(), 401 | 403 | 404) => {
+                let status = resp.status();
+                let body = resp.bytes().await.unwrap_or_default();
+                match serde_json::from_slice::<ApiError>(&body) {
+                    Ok(e) => bail!("{}", e.error),
+                    Err(_) => bail!("the coordinator answered {status}: {}", String::from_utf8_lossy(&body)),
+                }
+            }
+            _ => Err(cut_off),
+        }
     }
 
     /// PUTs a raw body of `len` bytes (a stream: an upload's tar). Every refusal, `413` included,

@@ -18,27 +18,35 @@ type Out<'a> = &'a mut (dyn Write + Send);
 
 pub async fn image(client: &Client, command: ImageCommand, out: Out<'_>) -> anyhow::Result<i32> {
     match command {
-        ImageCommand::Push { image, file } => push(client, image.as_deref(), file, out).await,
-        ImageCommand::List { json } => {
-            let images: Vec<api::ImageInfo> = client.get("/api/images").await?;
+        ImageCommand::Push { image, file, shared } => {
+            push(client, &images_path(client, shared)?, image.as_deref(), file, out).await
+        }
+        ImageCommand::List { json, shared } => {
+            let images: Vec<api::ImageInfo> = client.get(&images_path(client, shared)?).await?;
             if json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&images)?)?;
                 return Ok(0);
             }
-            let mut t = table(&["IMAGE", "SIZE", "LAYERS", "PUSHED"]);
+            let mut t = table(&["IMAGE", "PROJECT", "SIZE", "LAYERS", "PUSHED"]);
             for i in &images {
-                t.add_row(vec![i.name.clone(), mib(i.size), i.layers.to_string(), ago(i.pushed_ms)]);
+                let project = i.project.clone().unwrap_or_else(|| "(shared)".to_owned());
+                t.add_row(vec![i.name.clone(), project, mib(i.size), i.layers.to_string(), ago(i.pushed_ms)]);
             }
             writeln!(out, "{t}")?;
             Ok(0)
         }
-        ImageCommand::Rm { image } => {
-            let name: String =
-                client.delete(&format!("/api/images?name={}", crate::client::query_value(&image))).await?;
+        ImageCommand::Rm { image, shared } => {
+            let path = format!("{}?name={}", images_path(client, shared)?, crate::client::query_value(&image));
+            let name: String = client.delete(&path).await?;
             writeln!(out, "removed {name} (layers no other image uses are gone too)")?;
             Ok(0)
         }
     }
+}
+
+/// The project's images, or with `--shared` those every project shares.
+fn images_path(client: &Client, shared: bool) -> anyhow::Result<String> {
+    if shared { Ok("/api/images".to_owned()) } else { client.project_api(&["images"]) }
 }
 
 fn mib(bytes: u64) -> String {
@@ -63,12 +71,18 @@ fn chunks<R: AsyncRead + Unpin + Send + 'static>(
     })
 }
 
-async fn push(client: &Client, image: Option<&str>, file: Option<PathBuf>, out: Out<'_>) -> anyhow::Result<i32> {
+async fn push(
+    client: &Client,
+    path: &str,
+    image: Option<&str>,
+    file: Option<PathBuf>,
+    out: Out<'_>,
+) -> anyhow::Result<i32> {
     let stored: Vec<api::ImageInfo> = match (image, file) {
-        (_, Some(path)) => {
-            let f = tokio::fs::File::open(&path).await.with_context(|| format!("cannot open {}", path.display()))?;
+        (_, Some(file)) => {
+            let f = tokio::fs::File::open(&file).await.with_context(|| format!("cannot open {}", file.display()))?;
             let body = reqwest::Body::wrap_stream(chunks(f));
-            client.post_body("/api/images", body).await.with_context(|| format!("pushing {}", path.display()))?
+            client.post_body(path, body).await.with_context(|| format!("pushing {}", file.display()))?
         }
         (Some(image), None) => {
             // Straight from the local Docker: `docker save` streamed up, never written here.
@@ -79,7 +93,7 @@ async fn push(client: &Client, image: Option<&str>, file: Option<PathBuf>, out: 
                 .spawn()
                 .context("cannot run `docker save` (is the docker CLI installed? or push a tarball with --file)")?;
             let stdout = child.stdout.take().context("docker save has no output")?;
-            let uploaded = client.post_body("/api/images", reqwest::Body::wrap_stream(chunks(stdout))).await;
+            let uploaded = client.post_body(path, reqwest::Body::wrap_stream(chunks(stdout))).await;
             let done = child.wait_with_output().await.context("docker save")?;
             if !done.status.success() {
                 bail!("docker save {image} failed: {}", String::from_utf8_lossy(&done.stderr).trim());
@@ -89,7 +103,11 @@ async fn push(client: &Client, image: Option<&str>, file: Option<PathBuf>, out: 
         (None, None) => bail!("name an image (corral image push IMAGE) or a `docker save` tarball (--file FILE)"),
     };
     for i in &stored {
-        writeln!(out, "pushed {} ({} layer(s), {})", i.name, i.layers, mib(i.size))?;
+        let whose = match &i.project {
+            Some(p) => format!("project {p}"),
+            None => "every project".to_owned(),
+        };
+        writeln!(out, "pushed {} for {whose} ({} layer(s), {})", i.name, i.layers, mib(i.size))?;
     }
     Ok(0)
 }

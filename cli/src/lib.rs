@@ -286,8 +286,9 @@ pub enum BundleCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum ImageCommand {
-    /// Store an image in the coordinator: from the local Docker (`docker save`), or a tarball it
-    /// wrote. Nodes that lack it then load it from the coordinator; layers are stored once.
+    /// Store an image in the coordinator for the project's runs: from the local Docker (`docker
+    /// save`), or a tarball it wrote. Nodes that lack it then load it from the coordinator; layers
+    /// are stored once.
     Push {
         /// The image, e.g. `team/train:1.2`.
         #[arg(required_unless_present = "file")]
@@ -295,14 +296,26 @@ pub enum ImageCommand {
         /// A `docker save` tarball instead of the local Docker.
         #[arg(long)]
         file: Option<std::path::PathBuf>,
+        /// For every project (global admins): e.g. the base image of a site with no registry.
+        #[arg(long)]
+        shared: bool,
     },
-    /// The stored images.
+    /// The images the project's runs can use: its own and the shared ones.
     List {
+        /// As JSON.
         #[arg(long)]
         json: bool,
+        /// Only the shared images.
+        #[arg(long)]
+        shared: bool,
     },
     /// Remove a stored image (nodes keep their copies).
-    Rm { image: String },
+    Rm {
+        image: String,
+        /// A shared image (global admins).
+        #[arg(long)]
+        shared: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -340,7 +353,7 @@ pub enum ProjectCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Delete a project with its finished runs, logs, secrets and members (it must have no active
+    /// Delete a project with its finished runs, logs, secrets, images and members (it must have no active
     /// run, fleet or volume).
     Delete {
         name: String,

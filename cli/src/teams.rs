@@ -114,7 +114,7 @@ pub async fn project(client: &Client, command: ProjectCommand, out: Out<'_>) -> 
         ProjectCommand::Delete { name, yes } => {
             if !yes
                 && !crate::commands::confirm(&format!(
-                    "Delete project {name} with its finished runs, logs and secrets?"
+                    "Delete project {name} with its finished runs, logs, secrets and images?"
                 ))?
             {
                 writeln!(out, "nothing deleted")?;

@@ -690,7 +690,7 @@ fn reconcile(
                     let msg = CoordinatorMessage::StartJob(Box::new(spec.clone()));
                     let protocol = state.session(&node.id).map_or(0, |s| s.protocol);
                     if crate::understood(&node.name, protocol, &msg)
-                        && let Some(msg) = state.with_secrets(msg)
+                        && let Some(msg) = state.for_node(msg)
                     {
                         let _ = tx.try_send(msg);
                     }

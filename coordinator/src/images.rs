@@ -2,7 +2,12 @@
 //! `docker save` tar; the files its `manifest.json` names (the image config and the layers) are
 //! kept once each, by SHA-256, under `images/blobs/`, and each image name is a row pointing at them,
 //! so images that share layers store them once. A node that lacks an image fetches it over its QUIC
-//! link as a `docker load` tar put together from the blobs ([`ImageStore::send`]).
+//! link as a `docker load` tar put together from the blobs ([`LoadTar::send`]).
+//!
+//! An image belongs to a project, or is shared by every project (pushed with `--shared` by a
+//! global admin, as the base image of an air-gapped site is). A job whose project has an image of
+//! the name it asks for is sent `corral.local/<project>/<name>` instead ([`for_node`]): the tar the
+//! node loads is tagged so, and no run of another project on that node finds it by its short name.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -59,6 +64,33 @@ pub fn normalize(name: &str) -> String {
     if last.contains(':') || name.contains('@') { name.to_owned() } else { format!("{name}:latest") }
 }
 
+/// The registry part of a project's image as nodes know it; nothing is ever pulled from it.
+const LOCAL_REGISTRY: &str = "corral.local";
+
+/// How a node's Docker names `name` of `project`'s store.
+pub fn qualified(project: &str, name: &str) -> String {
+    format!("{LOCAL_REGISTRY}/{project}/{name}")
+}
+
+/// The project and name of a [`qualified`] image; `None` for any other name.
+pub fn unqualified(image: &str) -> Option<(&str, &str)> {
+    let rest = image.strip_prefix(LOCAL_REGISTRY)?.strip_prefix('/')?;
+    rest.split_once('/').filter(|(project, name)| !project.is_empty() && !name.is_empty())
+}
+
+/// The job as its node gets it: its image [`qualified`] when its project stores one of that name
+/// (the stored job keeps the name its configuration gave).
+pub fn for_node(
+    store: &Store,
+    mut spec: corral_proto::job::JobSpec,
+) -> crate::store::Result<corral_proto::job::JobSpec> {
+    let name = normalize(&spec.image);
+    if store.image(Some(&spec.project), &name)?.is_some() {
+        spec.image = qualified(&spec.project, &name);
+    }
+    Ok(spec)
+}
+
 fn is_digest(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -83,8 +115,13 @@ impl ImageStore {
     }
 
     /// Imports a `docker save` tar: keeps its config and layers by digest (once each) and records
-    /// every name it carries. Returns what was stored, with the bytes that were new to the store.
-    pub fn import(&self, store: &Store, tar_path: &Path) -> Result<Vec<api::ImageInfo>, ImageError> {
+    /// every name it carries, in `project` (`None`: shared). Returns what was stored.
+    pub fn import(
+        &self,
+        store: &Store,
+        project: Option<&str>,
+        tar_path: &Path,
+    ) -> Result<Vec<api::ImageInfo>, ImageError> {
         let invalid = |what: String| ImageError::Invalid(format!("not a `docker save` tar: {what}"));
         let staging = self.dir.join("tmp").join(format!("import-{}", random_hex(8)));
         crate::datadir::create_dir_all(&staging)?;
@@ -179,9 +216,10 @@ impl ImageStore {
                 }
                 for tag in tags {
                     let image = StoredImage { name: normalize(&tag), config: config.clone(), layers: layers.clone() };
-                    store.put_image(&image, size)?;
+                    store.put_image(project, &image, size)?;
                     stored.push(api::ImageInfo {
                         name: image.name,
+                        project: project.map(str::to_owned),
                         size,
                         layers: layers.len() as u32,
                         pushed_ms: crate::secrets::now_ms(),
@@ -198,16 +236,18 @@ impl ImageStore {
         result
     }
 
-    /// Removes `name`, then every blob no remaining image needs.
-    pub fn remove(&self, store: &Store, name: &str) -> Result<bool, ImageError> {
-        let removed = store.remove_image(&normalize(name))?;
+    /// Removes `name` of `project` (`None`: the shared one), then every blob no remaining image
+    /// needs.
+    pub fn remove(&self, store: &Store, project: Option<&str>, name: &str) -> Result<bool, ImageError> {
+        let removed = store.remove_image(project, &normalize(name))?;
         if removed {
             self.collect(store)?;
         }
         Ok(removed)
     }
 
-    fn collect(&self, store: &Store) -> Result<(), ImageError> {
+    /// Removes every blob no stored image needs.
+    pub fn collect(&self, store: &Store) -> Result<(), ImageError> {
         let used: std::collections::HashSet<String> =
             store.stored_images()?.into_iter().flat_map(|i| std::iter::once(i.config).chain(i.layers)).collect();
         for entry in std::fs::read_dir(self.dir.join("blobs"))? {
@@ -220,12 +260,12 @@ impl ImageStore {
         Ok(())
     }
 
-    /// The `docker load` tar of `image`: `manifest.json`, the config as `<digest>.json`, each layer as
-    /// `<digest>/layer.tar`.
-    pub fn plan(&self, image: &StoredImage) -> std::io::Result<LoadTar> {
+    /// The `docker load` tar of `image`, tagged `tag`: `manifest.json`, the config as
+    /// `<digest>.json`, each layer as `<digest>/layer.tar`.
+    pub fn plan(&self, image: &StoredImage, tag: &str) -> std::io::Result<LoadTar> {
         let manifest = serde_json::json!([{
             "Config": format!("{}.json", image.config),
-            "RepoTags": [image.name],
+            "RepoTags": [tag],
             "Layers": image.layers.iter().map(|l| format!("{l}/layer.tar")).collect::<Vec<_>>(),
         }])
         .to_string()
@@ -345,18 +385,34 @@ mod tests {
         let store = Store::open(&dir.path().join("db"))?;
         let images = ImageStore::open(&dir.path().join("images"))?;
         let base = vec![7u8; 3000];
-        for (name, top) in [("team/a:1", b"aaaa".as_slice()), ("team/b", b"bbbbbbbb".as_slice())] {
+        store.create_project("research", None)?;
+        let shared_and_research = [(None, "team/a:1", b"aaaa".as_slice()), (Some("research"), "team/b", b"bbbbbbbb")];
+        for (project, name, top) in shared_and_research {
             let tar = dir.path().join("in.tar");
             std::fs::write(&tar, saved(name, &[&base, top]))?;
-            let got = images.import(&store, &tar)?;
+            let got = images.import(&store, project, &tar)?;
             assert_eq!(got.len(), 1);
             assert_eq!(got[0].layers, 2);
+            assert_eq!(got[0].project.as_deref(), project);
         }
         // 2 configs + the shared base + 2 tops.
         assert_eq!(std::fs::read_dir(dir.path().join("images/blobs"))?.count(), 5);
-        let b = store.image("team/b:latest")?.expect("stored under its normalized name");
+        assert!(store.image(None, "team/b:latest")?.is_none(), "research's image is not shared");
+        let b = store.image(Some("research"), "team/b:latest")?.expect("stored under its normalized name");
+        let listed = |p| -> anyhow::Result<Vec<(String, Option<String>)>> {
+            Ok(store.image_infos(p)?.into_iter().map(|i| (i.name, i.project)).collect())
+        };
+        assert_eq!(listed(None)?, [("team/a:1".to_owned(), None)]);
+        assert_eq!(listed(Some("main"))?, [("team/a:1".to_owned(), None)]);
+        assert_eq!(
+            listed(Some("research"))?,
+            [("team/a:1".to_owned(), None), ("team/b:latest".to_owned(), Some("research".to_owned()))]
+        );
 
-        let tar = images.plan(&b)?;
+        let tag = qualified("research", &b.name);
+        assert_eq!(tag, "corral.local/research/team/b:latest");
+        assert_eq!(unqualified(&tag), Some(("research", "team/b:latest")));
+        let tar = images.plan(&b, &tag)?;
         let mut out = Vec::new();
         tar.send(&mut out).await?;
         assert_eq!(out.len() as u64, tar.size, "the announced size is the bytes sent");
@@ -369,19 +425,31 @@ mod tests {
             seen.insert(e.path()?.to_string_lossy().into_owned(), data);
         }
         let m: Vec<ManifestEntry> = serde_json::from_slice(&seen["manifest.json"])?;
-        assert_eq!(m[0].repo_tags.as_deref(), Some(&["team/b:latest".to_owned()][..]));
+        assert_eq!(m[0].repo_tags.as_deref(), Some(&[tag][..]), "tagged as the node asked");
         assert_eq!(seen[&m[0].layers[0]], base);
         assert_eq!(seen[&m[0].layers[1]], b"bbbbbbbb");
 
         // Removing one image keeps the layer the other still uses.
-        assert!(images.remove(&store, "team/a:1")?);
-        assert!(!images.remove(&store, "team/a:1")?);
+        assert!(!images.remove(&store, Some("research"), "team/a:1")?, "a shared image is not research's");
+        assert!(images.remove(&store, None, "team/a:1")?);
+        assert!(!images.remove(&store, None, "team/a:1")?);
         assert_eq!(std::fs::read_dir(dir.path().join("images/blobs"))?.count(), 3);
 
         std::fs::write(dir.path().join("bad.tar"), b"not a tar at all, just text")?;
-        let e = images.import(&store, &dir.path().join("bad.tar")).expect_err("refused");
+        let e = images.import(&store, None, &dir.path().join("bad.tar")).expect_err("refused");
         assert!(e.to_string().contains("not a `docker save` tar"), "{e}");
         Ok(())
+    }
+
+    #[test]
+    fn only_corral_local_names_are_unqualified() {
+        assert_eq!(unqualified("corral.local/main/app:1"), Some(("main", "app:1")));
+        assert_eq!(unqualified("corral.local/main/team/app:1"), Some(("main", "team/app:1")));
+        for other in
+            ["app:1", "corral.local/app", "corral.local//app:1", "corral.localhost/main/app:1", "x/corral.local/a/b"]
+        {
+            assert_eq!(unqualified(other), None, "{other}");
+        }
     }
 
     #[test]

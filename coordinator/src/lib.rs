@@ -278,12 +278,15 @@ impl State {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(node).cloned()
     }
 
-    /// A `StartJob` with the project's secrets expanded into it (only what is sent carries them);
-    /// `None` when one is no longer set: the job waits, and starts once it is set again (the node's
-    /// next reconciliation sends it).
-    pub(crate) fn with_secrets(&self, msg: CoordinatorMessage) -> Option<CoordinatorMessage> {
+    /// A `StartJob` as its node gets it: the project's secrets expanded into it (only what is sent
+    /// carries them) and its image named as the project's store has it ([`images::for_node`]);
+    /// `None` when a secret is no longer set: the job waits, and starts once it is set again (the
+    /// node's next reconciliation sends it).
+    pub(crate) fn for_node(&self, msg: CoordinatorMessage) -> Option<CoordinatorMessage> {
         match msg {
-            CoordinatorMessage::StartJob(spec) => match vault::with_secrets(self, &spec) {
+            CoordinatorMessage::StartJob(spec) => match vault::with_secrets(self, &spec).and_then(|spec| {
+                images::for_node(&self.store, spec).map_err(|e| format!("reading its project's images: {e}"))
+            }) {
                 Ok(spec) => Some(CoordinatorMessage::StartJob(Box::new(spec))),
                 Err(e) => {
                     tracing::error!(job = %spec.job_id, run = %spec.run_name, "the job cannot start: {e}");
@@ -303,7 +306,7 @@ impl State {
         if !understood(&s.name, s.protocol, &msg) {
             return false;
         }
-        let Some(msg) = self.with_secrets(msg) else {
+        let Some(msg) = self.for_node(msg) else {
             return false;
         };
         match s.tx.try_send(msg) {

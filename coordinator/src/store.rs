@@ -40,107 +40,7 @@ impl StoreError {
     }
 }
 
-type Result<T> = std::result::Result<T, StoreError>;
-
-/// Each entry is applied once, in order; `PRAGMA user_version` counts how many have been.
-const MIGRATIONS: &[&str] = &[
-    r#"
-CREATE TABLE projects (name TEXT PRIMARY KEY, created_ms INTEGER NOT NULL);
-CREATE TABLE api_tokens (hash TEXT PRIMARY KEY, name TEXT NOT NULL, created_ms INTEGER NOT NULL);
-CREATE TABLE join_tokens (
-    hash TEXT PRIMARY KEY, fleet TEXT, created_ms INTEGER NOT NULL,
-    expires_ms INTEGER, uses_left INTEGER, revoked INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE nodes (
-    id TEXT PRIMARY KEY, name TEXT NOT NULL, fleet TEXT, cert_fingerprint TEXT NOT NULL UNIQUE,
-    enrolled_ms INTEGER NOT NULL, last_seen_ms INTEGER, address TEXT, agent_version TEXT,
-    inventory TEXT, revoked INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE runs (
-    id TEXT PRIMARY KEY, project TEXT NOT NULL REFERENCES projects(name), name TEXT NOT NULL,
-    configuration TEXT NOT NULL, source TEXT, submitted_ms INTEGER NOT NULL);
-CREATE INDEX runs_by_name ON runs(project, name);
-CREATE TABLE jobs (
-    id TEXT PRIMARY KEY, run_id TEXT NOT NULL REFERENCES runs(id), job_num INTEGER NOT NULL,
-    state TEXT NOT NULL, node_id TEXT, allocation TEXT, spec TEXT, exit_code INTEGER,
-    termination_reason TEXT, status_message TEXT, submitted_ms INTEGER NOT NULL,
-    started_ms INTEGER, finished_ms INTEGER);
-CREATE INDEX jobs_by_state ON jobs(state);
-INSERT INTO projects VALUES ('main', 0);
-"#,
-    r#"
-ALTER TABLE nodes ADD COLUMN cordoned INTEGER NOT NULL DEFAULT 0;
-CREATE TABLE fleets (
-    project TEXT NOT NULL REFERENCES projects(name), name TEXT NOT NULL,
-    configuration TEXT NOT NULL, created_ms INTEGER NOT NULL, PRIMARY KEY (project, name));
-"#,
-    r#"
-ALTER TABLE jobs ADD COLUMN submission INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE jobs ADD COLUMN not_before_ms INTEGER;
-CREATE INDEX jobs_by_run ON jobs(run_id, job_num, submission);
-"#,
-    r#"
-CREATE INDEX nodes_by_name ON nodes(name);
-"#,
-    r#"
-ALTER TABLE runs ADD COLUMN replicas INTEGER;
-CREATE INDEX runs_by_replicas ON runs(replicas) WHERE replicas IS NOT NULL;
-CREATE INDEX jobs_by_node ON jobs(node_id, state) WHERE node_id IS NOT NULL;
-"#,
-    r#"
-CREATE TABLE images (name TEXT PRIMARY KEY, config TEXT NOT NULL, layers TEXT NOT NULL,
-    size INTEGER NOT NULL, pushed_ms INTEGER NOT NULL);
-"#,
-    // The coordinator's own join token (the data dir's `join-token`), so that a revoked one stays
-    // revoked whatever the file says later.
-    r#"
-ALTER TABLE join_tokens ADD COLUMN is_default INTEGER NOT NULL DEFAULT 0;
-"#,
-    // Scheduled runs (`schedule:`): what is submitted, and when next (`NULL` while its run is
-    // active).
-    r#"
-CREATE TABLE schedules (
-    project TEXT NOT NULL REFERENCES projects(name), name TEXT NOT NULL, request TEXT NOT NULL,
-    created_ms INTEGER NOT NULL, next_ms INTEGER, run_id TEXT, error TEXT, PRIMARY KEY (project, name));
-CREATE INDEX schedules_by_next ON schedules(next_ms);
-"#,
-    // Named volumes (`type: volume`, `volumes: [name:/path]`).
-    r#"
-CREATE TABLE volumes (
-    project TEXT NOT NULL REFERENCES projects(name), name TEXT NOT NULL, configuration TEXT,
-    backend TEXT, node_id TEXT, volume_id TEXT, region TEXT, availability_zone TEXT, size INTEGER,
-    status TEXT NOT NULL, status_message TEXT, created_ms INTEGER NOT NULL, PRIMARY KEY (project, name));
-"#,
-    // A service with replica groups: each group's desired replica count (a JSON list; `NULL`: each
-    // group's initial count), next to their sum in `replicas`.
-    r#"
-ALTER TABLE runs ADD COLUMN group_replicas TEXT;
-"#,
-    // A project's secrets (`corral secret set`), sealed with the data dir's key ([`crate::vault`]).
-    r#"
-CREATE TABLE secrets (
-    project TEXT NOT NULL REFERENCES projects(name), name TEXT NOT NULL, sealed BLOB NOT NULL,
-    created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL, PRIMARY KEY (project, name));
-"#,
-    // Users (the admin token's holder becomes the global admin `admin`), projects' members with
-    // their roles, tokens for calling one service, and the audit trail ([`access`]).
-    r#"
-CREATE TABLE users (name TEXT PRIMARY KEY, global_role TEXT NOT NULL, created_ms INTEGER NOT NULL);
-ALTER TABLE api_tokens ADD COLUMN user TEXT REFERENCES users(name);
-ALTER TABLE api_tokens ADD COLUMN service_project TEXT;
-ALTER TABLE api_tokens ADD COLUMN service_run TEXT;
-ALTER TABLE api_tokens ADD COLUMN created_by TEXT;
-CREATE INDEX api_tokens_by_user ON api_tokens(user);
-INSERT INTO users (name, global_role, created_ms) SELECT name, 'admin', MIN(created_ms) FROM api_tokens WHERE name = 'admin' GROUP BY name;
-UPDATE api_tokens SET user = name WHERE name = 'admin';
-CREATE TABLE members (
-    project TEXT NOT NULL REFERENCES projects(name), user TEXT NOT NULL REFERENCES users(name),
-    role TEXT NOT NULL, PRIMARY KEY (project, user));
-CREATE INDEX members_by_user ON members(user);
-CREATE TABLE events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, ms INTEGER NOT NULL, user TEXT, project TEXT,
-    action TEXT NOT NULL, object TEXT, detail TEXT);
-CREATE INDEX events_by_ms ON events(ms);
-"#,
-];
+pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// The states a job ends in, as an SQL list.
 const FINISHED_STATES: &str = "('done', 'failed', 'stopped', 'aborted')";
@@ -167,6 +67,7 @@ pub struct NewRun<'a> {
 mod access;
 mod fleets;
 mod images;
+mod migrations;
 mod schedules;
 mod secrets;
 mod services;
@@ -336,7 +237,7 @@ impl Store {
     fn migrate(&self) -> Result<()> {
         let mut conn = self.conn();
         let applied: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        for (i, sql) in migrations::MIGRATIONS.iter().enumerate().skip(applied) {
             let tx = conn.transaction()?;
             tx.execute_batch(sql)?;
             tx.pragma_update(None, "user_version", i + 1)?;
@@ -589,6 +490,16 @@ impl Store {
             "WHERE j.node_id = ?1 AND j.state IN ('provisioning', 'pulling', 'running', 'terminating')",
             [&node.0],
         )
+    }
+
+    /// Whether a job of `project` holds resources on `node` (who may load the project's images).
+    pub fn node_runs_project(&self, node: &NodeId, project: &str) -> Result<bool> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM jobs j JOIN runs r ON r.id = j.run_id WHERE j.node_id = ?1
+               AND r.project = ?2 AND j.state IN ('provisioning', 'pulling', 'running', 'terminating'))",
+        )?;
+        Ok(stmt.query_row(params![node.0, project], |r| r.get(0))?)
     }
 
     /// The running replicas of active services (what readiness probes look at).

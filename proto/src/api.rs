@@ -331,6 +331,9 @@ pub struct BackendInfo {
 pub struct ImageInfo {
     /// As Docker names it: `team/app:1`, `busybox:latest`.
     pub name: String,
+    /// The project it belongs to; `None`: shared by every project (pushed with `--shared`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     /// Bytes of its config and layers (layers shared with other images count in each).
     pub size: u64,
     pub layers: u32,

@@ -307,6 +307,8 @@ async fn coordinator_kill_9_during_an_image_transfer_and_a_log_follow() -> anyho
 
     // An image of 150 MB that only the coordinator has.
     let image = LocalImage(format!("corral-test/fault-transfer-{}:1", std::process::id()));
+    // The node's copy, under the project's name for it.
+    let _loaded = LocalImage(format!("corral.local/main/{}", image.0));
     let ctx = dir.path().join("image");
     std::fs::create_dir_all(&ctx)?;
     let blob = std::fs::File::create(ctx.join("blob"))?;

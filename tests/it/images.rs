@@ -1,6 +1,7 @@
 //! Images without a registry: `corral image push` stores an image in the coordinator, and a node
 //! that lacks it loads it from there over its QUIC link. No registry is reachable on this machine,
-//! so a job that runs the image proves it came from the coordinator.
+//! so a job that runs the image proves it came from the coordinator. An image belongs to a project
+//! (or, `--shared`, to all): another project's runs do not find it, on the node either.
 
 use std::process::Command;
 use std::time::Duration;
@@ -54,49 +55,91 @@ async fn a_pushed_image_runs_on_a_node_that_never_had_it() -> anyhow::Result<()>
     let c = OneNode::start().await?;
     let pid = std::process::id();
     let (name, other) = (format!("corral-test/pushed-{pid}:1"), format!("corral-test/pushed-file-{pid}"));
-    let _cleanup = Images(vec![name.clone(), format!("{other}:latest")]);
+    let loaded = format!("corral.local/main/{name}");
+    let _cleanup = Images(vec![name.clone(), format!("{other}:latest"), loaded.clone()]);
     build_image(&name, "from the coordinator's store")?;
     build_image(&other, "pushed as a tarball")?;
-    let cli = |args: &[&str]| {
+    let cli_as = |token: &str, project: &str, args: &[&str]| {
         Command::new(CLI)
             .args(args)
             .env("CORRAL_URL", c.coord.url())
-            .env("CORRAL_TOKEN", &c.coord.admin_token)
+            .env("CORRAL_TOKEN", token)
+            .env("CORRAL_PROJECT", project)
             .env("CORRAL_CONFIG", c.dir.path().join("cli.json"))
             .output()
     };
+    let cli = |args: &[&str]| cli_as(&c.coord.admin_token, "main", args);
 
-    // Straight from the local Docker, and from a `docker save` file.
+    // Straight from the local Docker, and from a `docker save` file, into project main.
     let out = cli(&["image", "push", &name])?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains(&format!("pushed {name} (")), "{text}");
+    assert!(text.contains(&format!("pushed {name} for project main (")), "{text}");
     let tar = c.dir.path().join("other.tar");
     docker(&["save", "-o", tar.to_str().context("utf-8 path")?, &other])?;
     let out = cli(&["image", "push", "--file", tar.to_str().context("utf-8 path")?])?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let images: Vec<api::ImageInfo> = c.client.get("/api/images").await?;
-    let names: Vec<&str> = images.iter().map(|i| i.name.as_str()).collect();
-    assert!(names.contains(&name.as_str()) && names.contains(&format!("{other}:latest").as_str()), "{names:?}");
+    let images: Vec<api::ImageInfo> = c.client.get("/api/projects/main/images").await?;
+    let names: Vec<(&str, Option<&str>)> = images.iter().map(|i| (i.name.as_str(), i.project.as_deref())).collect();
+    for n in [name.clone(), format!("{other}:latest")] {
+        assert!(names.contains(&(n.as_str(), Some("main"))), "{names:?}");
+    }
+    let shared: Vec<api::ImageInfo> = c.client.get("/api/images").await?;
+    assert!(shared.is_empty(), "a project's images are not shared: {shared:?}");
     // The two share the test image's layer: stored once.
     let blobs = std::fs::read_dir(c.coord.data.join("images/blobs"))?.count();
     let layers: u32 = images.iter().map(|i| i.layers).sum();
     assert!(blobs < layers as usize + images.len(), "{blobs} blobs for {layers} layers + {} configs", images.len());
 
     // The node's Docker no longer has it, and no registry is reachable: only the coordinator can
-    // give it.
+    // give it. The node loads it under the project's name for it.
     docker(&["rmi", "-f", &name])?;
-    let file = write_config(
-        c.dir.path(),
-        "pushed",
-        &format!("type: task\nname: pushed\nimage: {name}\ncommands:\n  - cat /marker; echo\n"),
-    );
+    let config = format!("type: task\nname: pushed\nimage: {name}\ncommands:\n  - cat /marker; echo\n");
+    let file = write_config(c.dir.path(), "pushed", &config);
     let (code, out) = apply(&c.client, &file, false).await?;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("from the coordinator's store"), "{out}");
     let run = wait_state(&c.client, "pushed", |r| r.state == JobState::Done, Duration::from_secs(10)).await?;
     let message = run.jobs[0].status_message.clone().unwrap_or_default();
     assert!(message.contains("loaded the image from the coordinator"), "{message}");
+    assert_eq!(run.jobs[0].image.as_deref(), Some(name.as_str()), "the run shows the name it was given");
+    docker(&["image", "inspect", &loaded]).context("the node's copy is the project's")?;
+    assert!(docker(&["image", "inspect", &name]).is_err(), "and not under the plain name");
+
+    // Another project's run of the same name finds nothing: not in its store, not on the node.
+    let made: api::UserToken =
+        c.client.post("/api/users", &api::CreateUser { name: "rita".into(), role: Default::default() }).await?;
+    let out = cli_as(&made.token, "main", &["project", "create", "research"])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rita = corral_cli::client::Client::new(&c.coord.url(), &made.token, "research");
+    let listed: Vec<api::ImageInfo> = rita.get("/api/projects/research/images").await?;
+    assert!(listed.is_empty(), "{listed:?}");
+    let file = write_config(c.dir.path(), "elsewhere", &config.replace("name: pushed", "name: elsewhere"));
+    let (code, _) = apply(&rita, &file, false).await?;
+    assert_ne!(code, 0);
+    let run = wait_state(&rita, "elsewhere", |r| r.state.is_finished(), Duration::from_secs(30)).await?;
+    let message = run.jobs[0].status_message.clone().unwrap_or_default();
+    assert!(message.contains("could not be pulled"), "{message}");
+    // Nor may its member push or remove main's images.
+    let out = cli_as(&made.token, "main", &["image", "rm", &name])?;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a member of project main"), "{out:?}");
+
+    // Shared by a global admin, it serves every project.
+    docker(&["rmi", "-f", &format!("{other}:latest")])?;
+    let out = cli(&["image", "push", "--shared", "--file", tar.to_str().context("utf-8 path")?])?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains(&format!("pushed {other}:latest for every project (")), "{text}");
+    let out =
+        cli_as(&made.token, "research", &["image", "push", "--shared", "--file", tar.to_str().context("utf-8 path")?])?;
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("image.push"), "{out:?}");
+    let out = cli_as(&made.token, "research", &["image", "list"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("{other}:latest")) && text.contains("(shared)"), "{text}");
+    let shared_config = format!("type: task\nname: shared\nimage: {other}\ncommands:\n  - cat /marker; echo\n");
+    let file = write_config(c.dir.path(), "shared", &shared_config);
+    let (code, out) = apply(&rita, &file, false).await?;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("pushed as a tarball"), "{out}");
 
     // An image neither here nor in the store: a registry pull, which fails here, and says so.
     let file = write_config(
@@ -110,10 +153,23 @@ async fn a_pushed_image_runs_on_a_node_that_never_had_it() -> anyhow::Result<()>
     let message = run.jobs[0].status_message.clone().unwrap_or_default();
     assert!(message.contains("could not be pulled"), "{message}");
 
+    // A project's images go with it, and the layers no other image uses.
+    let own = format!("corral-test/pushed-research-{pid}:1");
+    let _own_cleanup = Images(vec![own.clone()]);
+    build_image(&own, "research's own")?;
+    let blobs = || std::fs::read_dir(c.coord.data.join("images/blobs")).map(|d| d.count());
+    let before = blobs()?;
+    let out = cli_as(&made.token, "research", &["image", "push", &own])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(blobs()?, before + 2, "its config and its top layer are new");
+    let out = cli_as(&made.token, "research", &["project", "delete", "-y", "research"])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(blobs()?, before, "what only research's image used is gone");
+
     // rm forgets it; a file that is not a `docker save` tar is refused by name.
     let out = cli(&["image", "rm", &name])?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let images: Vec<api::ImageInfo> = c.client.get("/api/images").await?;
+    let images: Vec<api::ImageInfo> = c.client.get("/api/projects/main/images").await?;
     assert!(images.iter().all(|i| i.name != name));
     std::fs::write(c.dir.path().join("junk.tar"), "junk")?;
     let out = cli(&["image", "push", "--file", c.dir.path().join("junk.tar").to_str().context("utf-8 path")?])?;

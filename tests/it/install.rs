@@ -412,8 +412,9 @@ async fn a_bundle_installs_coordinator_and_agent_with_no_network_beyond_their_ow
     assert!(logs.contains("the agent comes from /corral.tar.gz (nothing downloaded)"), "{logs}");
     assert!(logs.contains("CA matches the token"), "{logs}");
 
-    let pushed = cli(&format!("image push --file {root}/images/corral-test_busybox_latest.tar"))?;
-    assert!(pushed.contains("pushed corral-test/busybox:latest"), "{pushed}");
+    // As the bundle says: shared, as a site's base image is, for every project's runs.
+    let pushed = cli(&format!("image push --shared --file {root}/images/corral-test_busybox_latest.tar"))?;
+    assert!(pushed.contains("pushed corral-test/busybox:latest for every project"), "{pushed}");
     let run = cli(&format!(
         "apply -y -f /dev/stdin <<'EOF'\ntype: task\nname: airgapped\nimage: {}\ncommands:\n  - echo hello from the airgap\nEOF",
         crate::harness::IMAGE

@@ -94,6 +94,9 @@ GET /api/tokens admin
 POST /api/tokens/{id}/revoke admin
 GET /api/backends user
 GET /api/offers user
+POST /api/projects/{project}/images project:user
+GET /api/projects/{project}/images project:user
+DELETE /api/projects/{project}/images project:user
 POST /api/images admin
 GET /api/images user
 DELETE /api/images admin
@@ -438,6 +441,11 @@ async fn a_database_from_before_users_starts_and_loses_nothing() -> anyhow::Resu
     }
     let db = rusqlite::Connection::open(data.join("corral.db"))?;
     db.execute_batch(&std::fs::read_to_string(fixture.join("corral.sql"))?)?;
+    // An image pushed before images had projects (its blobs are not needed to list it).
+    db.execute(
+        "INSERT INTO images (name, config, layers, size, pushed_ms) VALUES ('team/base:1', ?1, '[]', 1234, 1)",
+        ["ab".repeat(32)],
+    )?;
     assert_eq!(
         db.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))?,
         11,
@@ -454,6 +462,12 @@ async fn a_database_from_before_users_starts_and_loses_nothing() -> anyhow::Resu
     assert_eq!((me.user.as_deref(), me.role), (Some("admin"), Some(api::GlobalRole::Admin)));
     let users: Vec<api::User> = admin.get("/api/users").await?;
     assert_eq!(users.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(), ["admin"]);
+    // It is shared: every project's runs can use it, as before.
+    let shared: Vec<api::ImageInfo> = admin.get("/api/projects/main/images").await?;
+    assert_eq!(
+        shared.iter().map(|i| (i.name.as_str(), i.project.as_deref())).collect::<Vec<_>>(),
+        [("team/base:1", None)]
+    );
 
     let mut ps = Vec::new();
     corral_cli::commands::ps(&admin, true, true, &mut ps).await?;

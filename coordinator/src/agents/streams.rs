@@ -31,8 +31,19 @@ pub(super) async fn serve_stream(
         }
         _ => anyhow::bail!("a stream that did not start with OpenLog, FetchImage, FetchUpload or FetchAgent"),
     };
-    let stored = state.store.image(&crate::images::normalize(&image))?;
-    let plan = stored.as_ref().map(|i| state.images.plan(i)).transpose()?;
+    // A project's image goes only to a node that runs one of that project's jobs, tagged as the
+    // node asked for it; a shared one is tagged with its stored name.
+    let stored = match crate::images::unqualified(&image) {
+        Some((project, name)) if state.store.node_runs_project(node, project)? => {
+            state.store.image(Some(project), name)?.map(|i| (i, image.clone()))
+        }
+        Some(_) => None,
+        None => state.store.image(None, &crate::images::normalize(&image))?.map(|i| {
+            let tag = i.name.clone();
+            (i, tag)
+        }),
+    };
+    let plan = stored.as_ref().map(|(i, tag)| state.images.plan(i, tag)).transpose()?;
     let Some(tar) = plan else {
         write_frame(&mut send, &CoordinatorMessage::ImageReply(ImageReply::NotStored)).await?;
         send.finish()?;

@@ -203,6 +203,11 @@ pub(super) async fn delete_project(
     for job in state.store.delete_project(&project)? {
         state.logs.remove(&job);
     }
+    // The blobs only its images used.
+    let images = state.clone();
+    tokio::task::spawn_blocking(move || images.images.collect(&images.store))
+        .await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     tracing::info!(%project, "project deleted");
     Ok(Json(project))
 }

@@ -243,8 +243,8 @@ impl Store {
         )?)
     }
 
-    /// Deletes a project and what is left of it (finished runs, schedules, secrets, members,
-    /// service tokens). Answers the ids of the jobs it had, whose logs go too.
+    /// Deletes a project and what is left of it (finished runs, schedules, secrets, images,
+    /// members, service tokens). Answers the ids of the jobs it had, whose logs go too.
     pub fn delete_project(&self, project: &str) -> Result<Vec<corral_proto::ids::JobId>> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
@@ -254,7 +254,7 @@ impl Store {
                 .collect::<rusqlite::Result<Vec<_>>>()?
         };
         tx.execute("DELETE FROM jobs WHERE run_id IN (SELECT id FROM runs WHERE project = ?1)", [project])?;
-        for table in ["runs", "schedules", "secrets", "members", "fleets", "volumes"] {
+        for table in ["runs", "schedules", "secrets", "members", "fleets", "volumes", "images"] {
             tx.execute(&format!("DELETE FROM {table} WHERE project = ?1"), [project])?;
         }
         tx.execute("DELETE FROM api_tokens WHERE service_project = ?1", [project])?;

@@ -1,4 +1,5 @@
-//! Images in the coordinator's own store ([`crate::images`]): a name and the blobs it is made of.
+//! Images in the coordinator's own store ([`crate::images`]): a name and the blobs it is made of,
+//! in one project, or shared by every project (`project = ''` in the table).
 
 use rusqlite::{OptionalExtension, params};
 
@@ -7,12 +8,19 @@ use corral_proto::api;
 use super::{Result, Store, StoreError, now_ms};
 use crate::images::StoredImage;
 
+/// The table's `project` of an image in `project`, or of a shared one (`None`).
+fn scope(project: Option<&str>) -> &str {
+    project.unwrap_or("")
+}
+
 impl Store {
-    /// Adds or replaces the image called `image.name`.
-    pub fn put_image(&self, image: &StoredImage, size: u64) -> Result<()> {
+    /// Adds or replaces the image called `image.name` in `project` (`None`: shared).
+    pub fn put_image(&self, project: Option<&str>, image: &StoredImage, size: u64) -> Result<()> {
         self.conn().execute(
-            "INSERT OR REPLACE INTO images (name, config, layers, size, pushed_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT OR REPLACE INTO images (project, name, config, layers, size, pushed_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
+                scope(project),
                 image.name,
                 image.config,
                 serde_json::to_string(&image.layers).map_err(|source| corrupt(&image.name, source))?,
@@ -23,10 +31,15 @@ impl Store {
         Ok(())
     }
 
-    pub fn image(&self, name: &str) -> Result<Option<StoredImage>> {
+    /// The image `name` of `project` (`None`: the shared one), not falling back to the other.
+    pub fn image(&self, project: Option<&str>, name: &str) -> Result<Option<StoredImage>> {
         let row: Option<(String, String)> = self
             .conn()
-            .query_row("SELECT config, layers FROM images WHERE name = ?1", [name], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(
+                "SELECT config, layers FROM images WHERE project = ?1 AND name = ?2",
+                [scope(project), name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()?;
         match row {
             Some((config, layers)) => Ok(Some(StoredImage {
@@ -38,11 +51,11 @@ impl Store {
         }
     }
 
-    pub fn remove_image(&self, name: &str) -> Result<bool> {
-        Ok(self.conn().execute("DELETE FROM images WHERE name = ?1", [name])? > 0)
+    pub fn remove_image(&self, project: Option<&str>, name: &str) -> Result<bool> {
+        Ok(self.conn().execute("DELETE FROM images WHERE project = ?1 AND name = ?2", [scope(project), name])? > 0)
     }
 
-    /// Every stored image's blobs (what the blob collector keeps).
+    /// Every stored image's blobs, of every project (what the blob collector keeps).
     pub fn stored_images(&self) -> Result<Vec<StoredImage>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached("SELECT name, config, layers FROM images")?;
@@ -57,18 +70,29 @@ impl Store {
         Ok(out)
     }
 
-    /// The images as `corral image list` shows them, by name.
-    pub fn image_infos(&self) -> Result<Vec<api::ImageInfo>> {
+    /// The images a run of `project` can use, as `corral image list` shows them: the project's and
+    /// the shared ones, by name (`None`: the shared ones only).
+    pub fn image_infos(&self, project: Option<&str>) -> Result<Vec<api::ImageInfo>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached("SELECT name, layers, size, pushed_ms FROM images ORDER BY name")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
+        let mut stmt = conn.prepare_cached(
+            "SELECT project, name, layers, size, pushed_ms FROM images WHERE project IN ('', ?1)
+             ORDER BY name, project DESC",
+        )?;
+        let rows = stmt.query_map([scope(project)], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (name, layers, size, pushed_ms) = row?;
+            let (project, name, layers, size, pushed_ms) = row?;
             let layers: Vec<String> = serde_json::from_str(&layers).map_err(|source| corrupt(&name, source))?;
-            out.push(api::ImageInfo { name, size: size as u64, layers: layers.len() as u32, pushed_ms });
+            let project = (!project.is_empty()).then_some(project);
+            out.push(api::ImageInfo { name, project, size: size as u64, layers: layers.len() as u32, pushed_ms });
         }
         Ok(out)
     }
