@@ -135,7 +135,8 @@ fn start_due(state: &Arc<State>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The job's variables, its secrets in: what `${{ env.NAME }}` in a probe's header names.
+/// The job's variables, its secrets in: what `${{ env.NAME }}` in a probe's URL, header or body
+/// names.
 fn job_env(state: &State, job: &JobId) -> anyhow::Result<Vec<(String, String)>> {
     let spec = state.store.job(job)?.and_then(|j| j.spec).ok_or_else(|| anyhow::anyhow!("the job has no spec yet"))?;
     Ok(crate::vault::with_secrets(state, &spec).map_err(anyhow::Error::msg)?.env)
@@ -153,16 +154,20 @@ async fn once(state: &State, node: &NodeId, job: &JobId, port: u16, probe: &Prob
         HttpMethod::Patch => Method::PATCH,
         HttpMethod::Head => Method::HEAD,
     };
-    let mut req = Request::builder().method(method).uri(&probe.url).header("host", "localhost");
-    let env = if probe.headers.iter().any(|(_, v)| v.contains("${{")) { job_env(state, job)? } else { Vec::new() };
+    let interpolated = std::iter::once(probe.url.as_str())
+        .chain(probe.body.as_deref())
+        .chain(probe.headers.iter().map(|(_, v)| v.as_str()))
+        .any(|v| v.contains("${{"));
+    let env = if interpolated { job_env(state, job)? } else { Vec::new() };
+    let expand = |what: &str, v: &str| {
+        crate::vault::with_env(v, &env).map_err(|name| anyhow::anyhow!("probe {what}: the job has no variable {name}"))
+    };
+    let mut req = Request::builder().method(method).uri(expand("url", &probe.url)?).header("host", "localhost");
     for (k, v) in &probe.headers {
-        req = req.header(
-            k,
-            crate::vault::with_env(v, &env)
-                .map_err(|name| anyhow::anyhow!("probe header {k}: the job has no variable {name}"))?,
-        );
+        req = req.header(k, expand(&format!("header {k}"), v)?);
     }
-    let req = req.body(probe.body.clone().map(Body::from).unwrap_or_else(Body::empty))?;
+    let body = probe.body.as_deref().map(|b| expand("body", b)).transpose()?;
+    let req = req.body(body.map(Body::from).unwrap_or_else(Body::empty))?;
     let resp = sender.send_request(req).await?;
     anyhow::ensure!(resp.status().is_success(), "answered {}", resp.status());
     Ok(())

@@ -150,11 +150,23 @@ pub fn used(cfg: &Configuration) -> Vec<String> {
 /// and what to do.
 /// (Where each interpolation may stand is admission's: `corral_proto::admission`.)
 pub fn check_run(state: &State, project: &str, cfg: &Configuration) -> Result<(), String> {
+    // `${{ env.NAME }}` in registry_auth and probes: NAME must be one of the run's variables.
+    let mut env_refs: Vec<(String, &str)> = Vec::new();
     if let Some(auth) = registry_auth(cfg) {
-        for r in [&auth.username, &auth.password].into_iter().flat_map(|f| references_in(f, "env.")) {
+        env_refs.extend([&auth.username, &auth.password].into_iter().map(|f| ("registry_auth".to_owned(), f.as_str())));
+    }
+    if let Configuration::Service(s) = cfg {
+        for (i, p) in s.probes.iter().flatten().enumerate() {
+            env_refs.push((format!("probes[{i}].url"), &p.url));
+            env_refs.extend(p.body.as_deref().map(|b| (format!("probes[{i}].body"), b)));
+            env_refs.extend(p.headers.iter().map(|(k, v)| (format!("probes[{i}].headers.{k}"), v.as_str())));
+        }
+    }
+    for (field, value) in env_refs {
+        for r in references_in(value, "env.") {
             if !run_env(cfg).iter().any(|e| e.name == r.name) {
                 return Err(format!(
-                    "registry_auth: ${{{{ env.{0} }}}} names no variable of the run's env: add it (`env: [{0}]` takes \
+                    "{field}: ${{{{ env.{0} }}}} names no variable of the run's env: add it (`env: [{0}]` takes \
                      it from the shell of `corral apply`)",
                     r.name
                 ));

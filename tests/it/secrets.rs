@@ -115,6 +115,12 @@ async fn a_run_naming_a_secret_it_cannot_have_is_refused_saying_what_to_do() -> 
     .await;
     let e = no_var.expect_err("refused").to_string();
     assert!(e.contains("registry_auth: ${{ env.NGC_API_KEY }} names no variable of the run's env"), "{e}");
+    let no_var = submit(format!(
+        "type: service\nimage: {IMAGE}\nport: 80\nprobes:\n  - type: http\n    url: /r?k=${{{{ env.NOPE }}}}\ncommands: [env]\n"
+    ))
+    .await;
+    let e = no_var.expect_err("refused").to_string();
+    assert!(e.contains("probes[0].url: ${{ env.NOPE }} names no variable of the run's env"), "{e}");
 
     // No interpolation reaches a container as written: one Corral does not expand there is refused.
     let unknown =
@@ -146,7 +152,7 @@ async fn a_run_naming_a_secret_it_cannot_have_is_refused_saying_what_to_do() -> 
 /// A probe's header may name the run's variables (`${{ env.KEY }}`, dstack's form), a secret's
 /// value among them: the replica sees the value, and is ready only then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_probe_header_carries_the_run_s_variable() -> anyhow::Result<()> {
+async fn a_probe_s_url_and_header_carry_the_run_s_variable() -> anyhow::Result<()> {
     let (python, _) = python_image();
     let c = OneNode::start().await?;
     secret(
@@ -162,7 +168,7 @@ port: 8000
 auth: false
 probes:
   - type: http
-    url: /ready
+    url: /ready?k=${{{{ env.KEY }}}}
     interval: 1s
     headers:
       - name: X-Key
@@ -181,7 +187,8 @@ env:
         path = lines[0].split(' ')[1]
         key = next((l.split(':', 1)[1].strip() for l in lines if l.lower().startswith('x-key:')), None)
         open('/tmp/seen', 'a').write(path + ' ' + str(key) + '\n')
-        status = '200 OK' if path != '/ready' or key == os.environ['KEY'] else '403 Forbidden'
+        ready = path == '/ready?k=' + os.environ['KEY'] and key == os.environ['KEY']
+        status = '200 OK' if not path.startswith('/ready') or ready else '403 Forbidden'
         c.sendall(('HTTP/1.1 ' + status + '\r\nContent-Length: 7\r\nConnection: close\r\n\r\nserved\n').encode())
         c.close()
 commands:
@@ -202,6 +209,6 @@ commands:
     let cat = vec!["cat".to_owned(), "/tmp/seen".to_owned()];
     corral_cli::exec::exec(&c.client, "keyed", 0, &cat, None, &mut seen, &mut Vec::new()).await?;
     let seen = String::from_utf8(seen)?;
-    assert!(seen.lines().any(|l| l == "/ready k3y-v4lue"), "{seen}");
+    assert!(seen.lines().any(|l| l == "/ready?k=k3y-v4lue k3y-v4lue"), "{seen}");
     Ok(())
 }

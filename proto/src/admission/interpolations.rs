@@ -1,7 +1,7 @@
 //! Every `${{ … }}` of a configuration must be one Corral expands where it stands, as dstack does:
 //! `secrets.NAME` in `env` values and `registry_auth`; `env.NAME` (the run's variable) in
-//! `registry_auth` and probes' header values; `groups[i].nodes[j].IP_ADDRESS` and `run.args` in
-//! commands; `dstack.node_rank` in volume names. Anything else is refused at apply, naming the
+//! `registry_auth` and probes' header values, URLs and bodies; `groups[i].nodes[j].IP_ADDRESS` and
+//! `run.args` in commands; `dstack.node_rank` (and its alias `dstack.job_num`) in volume names. Anything else is refused at apply, naming the
 //! field and what to write instead: none reaches a container as written. `$${{` is an escape.
 
 use serde_json::Value;
@@ -61,15 +61,16 @@ fn allowed(path: &str, inner: &str) -> Result<(), String> {
     let in_registry_auth = path.contains("registry_auth.");
     let in_commands = field(path) == "commands";
     // A header is `[name, value]`: only its value is expanded.
-    let in_probe_header = path.contains("probes[") && path.contains(".headers[") && path.ends_with("[1]");
+    let in_probe = path.contains("probes[")
+        && ((path.contains(".headers[") && path.ends_with("[1]")) || path.ends_with(".url") || path.ends_with(".body"));
     let in_volume_name = path.starts_with("volumes[") && (path.contains(".names[") || path.ends_with(".name"));
     let ns = inner.split(['.', '[']).next().unwrap_or_default();
     let ok = match ns {
         "secrets" => in_env_value || in_registry_auth,
-        "env" => in_registry_auth || in_probe_header,
+        "env" => in_registry_auth || in_probe,
         "groups" => in_commands,
         "run" => inner == "run.args" && in_commands,
-        "dstack" => inner == "dstack.node_rank" && in_volume_name,
+        "dstack" => matches!(inner, "dstack.node_rank" | "dstack.job_num") && in_volume_name,
         _ => false,
     };
     if ok {
@@ -82,7 +83,7 @@ fn allowed(path: &str, inner: &str) -> Result<(), String> {
                 "a secret is expanded only in env and registry_auth: put it in env (`env: [{name}=${{{{ secrets.{name} }}}}]`) and use ${name}"
             )
         }
-        "env" => "the run's variables are expanded only in registry_auth and probes' headers: elsewhere use the variable itself ($NAME in commands; `env: [NAME]` takes it from the shell of `corral apply`)".to_owned(),
+        "env" => "the run's variables are expanded only in registry_auth and probes' headers, URLs and bodies: elsewhere use the variable itself ($NAME in commands; `env: [NAME]` takes it from the shell of `corral apply`)".to_owned(),
         "dstack" | "run" => "not expanded here: Corral expands ${{ dstack.node_rank }} in volume names and ${{ run.args }} in commands; in commands use the variables ($DSTACK_NODE_RANK, $DSTACK_RUN_NAME, $DSTACK_PROJECT)".to_owned(),
         _ => "not an interpolation Corral knows: it expands ${{ secrets.NAME }}, ${{ env.NAME }}, ${{ groups[i].nodes[j].IP_ADDRESS }}, ${{ run.args }} and ${{ dstack.node_rank }} (write $${{ for a literal ${{)".to_owned(),
     })
@@ -116,5 +117,12 @@ mod tests {
         assert!(e.starts_with("commands[0]: a `${{` is not closed by `}}`"), "{e}");
         let probe = "type: service\nimage: i\nport: 80\ncommands: [x]\nenv: [KEY=k]\nprobes:\n  - type: http\n    url: /h\n    headers:\n      - name: X-Key\n        value: ${{ env.KEY }}\n";
         assert_eq!(checked(probe), Ok(()));
+        let probe = probe
+            .replace("url: /h", "url: /h?k=${{ env.KEY }}\n    method: post\n    body: '{\"k\": \"${{ env.KEY }}\"}'");
+        assert_eq!(checked(&probe), Ok(()));
+        let e = checked(&probe.replace("${{ env.KEY }}\"", "${{ secrets.KEY }}\"")).expect_err("refused");
+        assert!(e.contains(".body: ${{ secrets.KEY }}: a secret is expanded only in env"), "{e}");
+        let volume = "type: task\nimage: i\nnodes: 2\ncommands: [x]\nvolumes:\n  - name: d-${{ dstack.job_num }}\n    path: /d\n";
+        assert_eq!(checked(volume), Ok(()));
     }
 }

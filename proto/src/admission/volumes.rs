@@ -33,10 +33,21 @@ pub(super) fn check_mounts(task: &TaskConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// A volume name of a run's configuration for the job of node `rank`.
+/// A volume name of a run's configuration for the job of node `rank`: `${{ dstack.node_rank }}` and
+/// its alias `${{ dstack.job_num }}`, however spaced, are the rank; anything else stays as written
+/// (for [`check_mounts`] to refuse).
 pub fn expand(name: &str, rank: u32) -> String {
-    let rank = rank.to_string();
-    name.replace(NODE_RANK, &rank).replace("${{dstack.node_rank}}", &rank)
+    let mut out = String::with_capacity(name.len());
+    let mut last = 0;
+    for (range, inner) in crate::config::interpolations(name) {
+        if matches!(inner, "dstack.node_rank" | "dstack.job_num") {
+            out.push_str(&name[last..range.start]);
+            out.push_str(&rank.to_string());
+            last = range.end;
+        }
+    }
+    out.push_str(&name[last..]);
+    out
 }
 
 /// A `type: volume` configuration: with no backend, a Docker volume made on the node where a run
@@ -121,6 +132,8 @@ mod tests {
         );
         assert!(check_mounts(&t).is_ok());
         assert_eq!(expand("data-${{ dstack.node_rank }}", 3), "data-3");
+        assert_eq!(expand("d-${{dstack.job_num}}-${{  dstack.node_rank }}", 12), "d-12-12");
+        assert_eq!(expand("d-${{ dstack.other }}", 1), "d-${{ dstack.other }}");
         let t = task("type: task\nimage: i\ncommands: [x]\nvolumes:\n  - name: d-${{ run.name }}\n    path: /d\n");
         assert!(check_mounts(&t).expect_err("refused").starts_with("volumes[0].name:"));
         let t = task("type: task\nimage: i\ncommands: [x]\nvolumes: [\"/a:/d\", \"data:/d\"]\n");
