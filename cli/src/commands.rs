@@ -346,8 +346,10 @@ pub async fn logs(client: &Client, run: &str, job: u32, follow: bool, out: Out<'
     }
 }
 
-pub async fn ps(client: &Client, all: bool, json: bool, out: Out<'_>) -> anyhow::Result<i32> {
-    let runs: Vec<api::Run> = client.get(&format!("{}?all={all}", client.project_api(&["runs"])?)).await?;
+pub async fn ps(client: &Client, all: bool, json: bool, limit: Option<u32>, out: Out<'_>) -> anyhow::Result<i32> {
+    let limit = limit.unwrap_or(api::DEFAULT_PAGE);
+    let runs: Vec<api::Run> =
+        client.get(&format!("{}?all={all}&limit={limit}", client.project_api(&["runs"])?)).await?;
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&runs)?)?;
         return Ok(0);
@@ -389,6 +391,9 @@ pub async fn ps(client: &Client, all: bool, json: bool, out: Out<'_>) -> anyhow:
         ]);
     }
     writeln!(out, "{t}")?;
+    if runs.len() as u32 == limit {
+        writeln!(out, "(the newest {limit} runs; `--limit N` shows up to 1000)")?;
+    }
     Ok(0)
 }
 

@@ -51,12 +51,18 @@ pub enum Command {
         #[arg(short = 'n', long)]
         name: Option<String>,
     },
-    /// List runs (active ones; `-a` for all).
+    /// List runs, newest first: the active ones (`-a`: finished ones too), the newest 100
+    /// (`--limit`).
     Ps {
+        /// Finished runs too.
         #[arg(short = 'a', long)]
         all: bool,
+        /// As JSON.
         #[arg(long)]
         json: bool,
+        /// Show at most this many runs (1 to 1000; default 100).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: Option<u32>,
     },
     /// Print a run's logs; `-f` follows them until the run ends.
     Logs {
@@ -511,7 +517,7 @@ pub async fn run(cli: Cli, out: &mut (dyn std::io::Write + Send)) -> anyhow::Res
         Command::Apply { file, yes, detach, name } => {
             apply(&client::Client::from_env()?, &file, yes, detach, name, out).await
         }
-        Command::Ps { all, json } => ps(&client::Client::from_env()?, all, json, out).await,
+        Command::Ps { all, json, limit } => ps(&client::Client::from_env()?, all, json, limit, out).await,
         Command::Logs { run, follow, job } => {
             logs(&client::Client::from_env()?, &run, job, follow, out).await.map(|_| 0)
         }

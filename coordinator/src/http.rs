@@ -18,11 +18,12 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use corral_proto::api::{self, ApiError, NameKind, StopRun, SubmitRun};
-use corral_proto::ids::{JobId, NodeId, RunId};
+use corral_proto::ids::{JobId, RunId};
 use corral_proto::job::TerminationReason;
 
 use crate::State;
 use crate::secrets::{now_ms, random_hex};
+use crate::store;
 
 pub mod access;
 mod backends;
@@ -300,10 +301,6 @@ pub(crate) fn check_project(state: &State, project: &str) -> Result<(), Error> {
 }
 
 /// Node names for run views, looked up by id as the view needs them.
-fn node_name(state: &State) -> impl Fn(&NodeId) -> Option<String> + '_ {
-    move |id| state.store.node_name(id).ok().flatten()
-}
-
 const ADJECTIVES: &[&str] = &[
     "brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "kind", "lively", "proud", "quick", "silly",
     "witty", "zesty",
@@ -349,10 +346,7 @@ async fn submit_run(
     // Wait for a placement pass, so that `apply` shows where the run went. The run is stored and
     // queued either way: a slow or failed pass only means the answer says `submitted`.
     state.passes.run_after(&state.wake_scheduler, Duration::from_secs(2)).await;
-    let run = state
-        .store
-        .run_view(&run_id, &node_name(&state))?
-        .ok_or_else(|| err(StatusCode::INTERNAL_SERVER_ERROR, "run vanished"))?;
+    let run = state.store.run_view(&run_id)?.ok_or_else(|| err(StatusCode::INTERNAL_SERVER_ERROR, "run vanished"))?;
     let name = run.name.clone();
     Ok(access::naming(run, &name))
 }
@@ -405,24 +399,40 @@ pub(crate) fn submit(state: &State, project: &str, req: &SubmitRun) -> Result<Ru
 struct ListQuery {
     #[serde(default)]
     all: bool,
+    /// At most this many runs (default 100, at most 1,000).
+    limit: Option<u32>,
+    /// The id of the last run of the previous page.
+    after: Option<String>,
 }
 
+/// `GET /api/projects/{project}/runs?all=&limit=&after=`: newest first, a page at a time.
 async fn list_runs(
     Extract(state): Extract<AppState>,
     Path(project): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<api::Run>>, Error> {
     check_project(&state, &project)?;
-    let names = node_name(&state);
-    let mut runs = Vec::new();
-    for id in state.store.run_ids(&project)? {
-        if let Some(run) = state.store.run_view(&id, &names)?
-            && (q.all || !run.state.is_finished())
-        {
-            runs.push(run);
-        }
+    let limit = q.limit.unwrap_or(api::DEFAULT_PAGE);
+    if !(1..=store::MAX_PAGE).contains(&limit) {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "limit={limit}: a page holds 1 to {} runs (the next page: after=<the last run's id>)",
+                store::MAX_PAGE
+            ),
+        ));
     }
-    Ok(Json(runs))
+    let after = q.after.map(RunId);
+    if let Some(after) = &after
+        && !state.store.run_in_project(after, &project)?
+    {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            format!("after={after}: no run with that id in project {project} (pass the id of the last run of a page)"),
+        ));
+    }
+    let page = store::RunPage { project: &project, all: q.all, after: after.as_ref(), limit };
+    Ok(Json(state.store.run_page(page)?))
 }
 
 fn find_run(state: &State, project: &str, name: &str) -> Result<api::Run, Error> {
@@ -433,10 +443,7 @@ fn find_run(state: &State, project: &str, name: &str) -> Result<api::Run, Error>
             format!("no run named {name:?} in project {project:?} (see `corral ps -a`)"),
         ));
     };
-    state
-        .store
-        .run_view(&id, &node_name(state))?
-        .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("run {name:?} has no jobs")))
+    state.store.run_view(&id)?.ok_or_else(|| err(StatusCode::NOT_FOUND, format!("run {name:?} has no jobs")))
 }
 
 async fn get_run(

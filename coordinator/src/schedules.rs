@@ -101,7 +101,7 @@ pub fn pass(state: &State) -> Result<(), StoreError> {
 /// Whether the run has jobs that have not ended (a service: until it is stopped or fails).
 pub(crate) fn run_active(state: &State, run: Option<&RunId>) -> Result<bool, StoreError> {
     let Some(run) = run else { return Ok(false) };
-    Ok(state.store.run_view(run, &|_| None)?.is_some_and(|r| !r.state.is_finished()))
+    Ok(state.store.run_view(run)?.is_some_and(|r| !r.state.is_finished()))
 }
 
 /// The API's view of a stored schedule.

@@ -6,7 +6,6 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use corral_proto::api;
 use corral_proto::config::Configuration;
 use corral_proto::ids::{JobId, NodeId, RunId};
 use corral_proto::inventory::HostInventory;
@@ -68,6 +67,7 @@ mod access;
 mod fleets;
 mod images;
 mod migrations;
+mod run_views;
 mod schedules;
 mod secrets;
 mod services;
@@ -77,6 +77,7 @@ mod tokens;
 mod volumes;
 
 pub use access::{Bootstrap, Caller};
+pub use run_views::{MAX_PAGE, RunPage, run_state};
 pub use schedules::ScheduleRow;
 pub use secrets::SecretRow;
 pub use services::ActiveService;
@@ -672,6 +673,12 @@ impl Store {
         row.map(|(id, cfg, ms)| Ok((RunId(id), from_json("run configuration", &cfg)?, ms))).transpose()
     }
 
+    pub fn run_in_project(&self, id: &RunId, project: &str) -> Result<bool> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM runs WHERE id = ?1 AND project = ?2)")?;
+        Ok(stmt.query_row(params![id.0, project], |r| r.get(0))?)
+    }
+
     pub fn run_ids(&self, project: &str) -> Result<Vec<RunId>> {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT id FROM runs WHERE project = ?1 ORDER BY submitted_ms DESC, rowid DESC")?;
@@ -721,64 +728,4 @@ impl Store {
             [&run.0],
         )
     }
-
-    /// Builds the API view of a run from its jobs.
-    pub fn run_view(&self, id: &RunId, node_names: &dyn Fn(&NodeId) -> Option<String>) -> Result<Option<api::Run>> {
-        let jobs = self.latest_jobs(id)?;
-        let Some(first) = jobs.first() else {
-            return Ok(None);
-        };
-        let (submitted, replicas): (i64, Option<u32>) =
-            self.conn().query_row("SELECT submitted_ms, replicas FROM runs WHERE id = ?1", [&id.0], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?;
-        let state = match replicas {
-            // An active service runs while any replica does, and at zero replicas too.
-            Some(_) if jobs.iter().any(|j| j.state == JobState::Running) => JobState::Running,
-            Some(_) => jobs.iter().find(|j| !j.state.is_finished()).map_or(JobState::Running, |j| j.state.clone()),
-            None => run_state(&jobs),
-        };
-        let finished = if state.is_finished() { jobs.iter().filter_map(|j| j.finished_ms).max() } else { None };
-        Ok(Some(api::Run {
-            id: id.clone(),
-            name: first.run_name.clone(),
-            project: first.project.clone(),
-            state,
-            submitted_at_ms: submitted,
-            finished_at_ms: finished,
-            configuration: first.configuration.redacted(),
-            jobs: jobs
-                .iter()
-                .map(|j| api::Job {
-                    id: j.id.clone(),
-                    job_num: j.job_num,
-                    state: j.state.clone(),
-                    node_name: j.node_id.as_ref().and_then(node_names),
-                    node_id: j.node_id.clone(),
-                    allocation: j.allocation.clone(),
-                    exit_code: j.exit_code,
-                    termination_reason: j.termination_reason,
-                    status_message: j.status_message.clone(),
-                    submitted_at_ms: j.submitted_ms,
-                    submission: j.submission,
-                    image: j.spec.as_ref().map(|s| s.image.clone()),
-                    started_at_ms: j.started_ms,
-                    finished_at_ms: j.finished_ms,
-                })
-                .collect(),
-        }))
-    }
-}
-
-/// A run is as far along as its least advanced job; once all ended, the worst ending wins.
-pub fn run_state(jobs: &[JobRow]) -> JobState {
-    if let Some(active) = jobs.iter().find(|j| !j.state.is_finished()) {
-        return active.state.clone();
-    }
-    for s in [JobState::Failed, JobState::Aborted, JobState::Stopped] {
-        if jobs.iter().any(|j| j.state == s) {
-            return s;
-        }
-    }
-    JobState::Done
 }

@@ -89,6 +89,9 @@ impl SubmitRun {
     }
 }
 
+/// How many items a list answers when the request names no `limit`.
+pub const DEFAULT_PAGE: u32 = 100;
+
 /// `GET /api/projects/{project}/runs/plan`-style preview, and the reply to a submission.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Run {

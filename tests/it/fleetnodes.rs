@@ -172,7 +172,7 @@ async fn instances_place_a_run_on_the_named_node() -> anyhow::Result<()> {
     let reason = pending_reason(&c.client, "nowhere").await?;
     assert_eq!(reason, "no nodes named in `instances` (node-c) (see `corral node list`)");
     let mut ps = Vec::new();
-    corral_cli::commands::ps(&c.client, false, false, &mut ps).await?;
+    corral_cli::commands::ps(&c.client, false, false, None, &mut ps).await?;
     let ps = String::from_utf8(ps)?;
     assert!(ps.contains("no nodes named in `instances` (node-c)"), "ps: {ps}");
     Ok(())

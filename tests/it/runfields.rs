@@ -310,7 +310,7 @@ async fn registry_auth_reaches_the_registry_and_is_never_shown() -> anyhow::Resu
     let json = serde_json::to_string(&r)?;
     assert!(!json.contains("s3cret") && json.contains("alice"), "{json}");
     let mut ps = Vec::new();
-    corral_cli::commands::ps(&c.client, true, true, &mut ps).await?;
+    corral_cli::commands::ps(&c.client, true, true, None, &mut ps).await?;
     assert!(!String::from_utf8_lossy(&ps).contains("s3cret"));
     Ok(())
 }

@@ -30,7 +30,7 @@ fn task(name: &str) -> String {
 
 async fn ps(client: &corral_cli::client::Client, all: bool) -> anyhow::Result<String> {
     let mut out = Vec::new();
-    corral_cli::commands::ps(client, all, false, &mut out).await?;
+    corral_cli::commands::ps(client, all, false, None, &mut out).await?;
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 

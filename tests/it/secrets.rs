@@ -66,7 +66,7 @@ async fn a_secret_reaches_the_container_and_the_registry_and_nothing_else() -> a
 
     // Nowhere else: not in the API's runs, not in `corral secret list`, not in the state on disk.
     let mut ps = Vec::new();
-    corral_cli::commands::ps(&c.client, true, true, &mut ps).await?;
+    corral_cli::commands::ps(&c.client, true, true, None, &mut ps).await?;
     let runs = serde_json::to_string(&run(&c.client, "uses-secret").await?)?;
     for shown in [String::from_utf8_lossy(&ps).into_owned(), runs] {
         assert!(!shown.contains(value) && !shown.contains("s3cret-from-file"), "{shown}");

@@ -267,7 +267,7 @@ async fn a_service_scales_up_under_load_then_to_zero_and_serves_a_cold_request()
     assert_eq!(idle.state, JobState::Running, "a service scaled to zero is still running");
     assert!(idle.jobs.iter().all(|j| j.termination_reason == Some(TerminationReason::ScaledDown)), "{:?}", idle.jobs);
     let mut ps = Vec::new();
-    corral_cli::commands::ps(&c.client, false, false, &mut ps).await?;
+    corral_cli::commands::ps(&c.client, false, false, None, &mut ps).await?;
     assert!(String::from_utf8_lossy(&ps).contains("elastic"));
 
     // A cold request starts a replica and is served by it.

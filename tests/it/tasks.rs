@@ -47,7 +47,7 @@ async fn failing_command_fails_the_run_with_its_code() -> anyhow::Result<()> {
     assert_eq!(r.jobs[0].termination_reason, Some(TerminationReason::ContainerExitedWithError));
 
     let mut ps = Vec::new();
-    corral_cli::commands::ps(&c.client, true, false, &mut ps).await?;
+    corral_cli::commands::ps(&c.client, true, false, None, &mut ps).await?;
     let ps = String::from_utf8(ps)?;
     assert!(ps.contains("fails") && ps.contains("failed") && ps.contains("container_exited_with_error"), "ps -a: {ps}");
     Ok(())
@@ -213,5 +213,52 @@ async fn runs_cannot_reach_each_other_directly() -> anyhow::Result<()> {
         Ok((!out.status.success()).then_some(()))
     })
     .await?;
+    Ok(())
+}
+
+/// `ps -a` shows the newest runs a page at a time, and says so when there may be more; the API
+/// pages on from the last run's id, and refuses a page size or a starting point it cannot use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ps_shows_the_newest_runs_a_page_at_a_time() -> anyhow::Result<()> {
+    let c = OneNode::start().await?;
+    for i in 0..5 {
+        let name = format!("paged-{i}");
+        let file = write_config(
+            c.dir.path(),
+            &name,
+            &format!("type: task\nname: {name}\nimage: {IMAGE}\ncommands: [echo {i}]\n"),
+        );
+        let (code, out) = apply(&c.client, &file, false).await?;
+        assert_eq!(code, 0, "{out}");
+    }
+    let mut ps = Vec::new();
+    corral_cli::commands::ps(&c.client, true, false, Some(3), &mut ps).await?;
+    let ps = String::from_utf8(ps)?;
+    for i in 0..5 {
+        assert_eq!(ps.contains(&format!("paged-{i}")), i >= 2, "ps -a --limit 3 shows the newest 3: {ps}");
+    }
+    assert!(ps.contains("(the newest 3 runs; `--limit N` shows up to 1000)"), "{ps}");
+    let mut ps = Vec::new();
+    corral_cli::commands::ps(&c.client, true, false, None, &mut ps).await?;
+    assert!(!String::from_utf8(ps)?.contains("the newest"), "all five fit the default page");
+
+    let runs = c.client.project_api(&["runs"])?;
+    let names = |page: &[corral_proto::api::Run]| page.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+    let first: Vec<corral_proto::api::Run> = c.client.get(&format!("{runs}?all=true&limit=2")).await?;
+    assert_eq!(names(&first), ["paged-4", "paged-3"]);
+    let after = &first[1].id;
+    let next: Vec<corral_proto::api::Run> = c.client.get(&format!("{runs}?all=true&limit=2&after={after}")).await?;
+    assert_eq!(names(&next), ["paged-2", "paged-1"]);
+    let active: Vec<corral_proto::api::Run> = c.client.get(&runs).await?;
+    assert!(active.is_empty(), "all ended: {:?}", names(&active));
+
+    for (query, says) in [
+        ("limit=0", "limit=0: a page holds 1 to 1000 runs"),
+        ("limit=5000", "limit=5000: a page holds 1 to 1000 runs"),
+        ("after=nope", "after=nope: no run with that id in project main"),
+    ] {
+        let e = c.client.get::<Vec<corral_proto::api::Run>>(&format!("{runs}?{query}")).await.expect_err(query);
+        assert!(e.to_string().contains(says), "{query}: {e}");
+    }
     Ok(())
 }

@@ -293,11 +293,12 @@ async fn a_team_shares_a_cluster_with_roles_and_service_tokens() -> anyhow::Resu
     let (code, out) = apply(&bob, &write_config(c.dir.path(), "web", &text), true).await?;
     assert_eq!(code, 0, "{out}");
     let in_main = Client::new(&url, bob_token.trim(), "main");
-    let e =
-        corral_cli::commands::ps(&in_main, false, false, &mut Vec::new()).await.expect_err("bob is no member of main");
+    let e = corral_cli::commands::ps(&in_main, false, false, None, &mut Vec::new())
+        .await
+        .expect_err("bob is no member of main");
     assert!(format!("{e:#}").contains("run.list: bob is not a member of project main"), "{e:#}");
     let mut ps = Vec::new();
-    corral_cli::commands::ps(&bob, false, true, &mut ps).await?;
+    corral_cli::commands::ps(&bob, false, true, None, &mut ps).await?;
     let runs: Vec<api::Run> = serde_json::from_slice(&ps)?;
     assert_eq!(runs.iter().map(|r| (r.name.as_str(), r.project.as_str())).collect::<Vec<_>>(), [("web", "research")]);
 
@@ -342,7 +343,7 @@ async fn a_team_shares_a_cluster_with_roles_and_service_tokens() -> anyhow::Resu
     assert_eq!(code, 0);
     // ... and the service token can do nothing else.
     let as_service = Client::new(&url, &service_token, "research");
-    let e = corral_cli::commands::ps(&as_service, false, false, &mut Vec::new())
+    let e = corral_cli::commands::ps(&as_service, false, false, None, &mut Vec::new())
         .await
         .expect_err("a service token lists nothing");
     assert!(format!("{e:#}").contains("only calls the service research/web"), "{e:#}");
@@ -470,7 +471,7 @@ async fn a_database_from_before_users_starts_and_loses_nothing() -> anyhow::Resu
     );
 
     let mut ps = Vec::new();
-    corral_cli::commands::ps(&admin, true, true, &mut ps).await?;
+    corral_cli::commands::ps(&admin, true, true, None, &mut ps).await?;
     let runs: Vec<api::Run> = serde_json::from_slice(&ps)?;
     let mut seen: Vec<(String, String, corral_proto::job::JobState)> =
         runs.iter().map(|r| (r.name.clone(), r.project.clone(), r.state.clone())).collect();

@@ -105,7 +105,7 @@ async fn a_missing_optional_host_path_is_skipped_and_a_required_one_fails_the_jo
     assert!(said.contains(&format!("the host path {} does not exist", missing.display())), "status: {said:?}");
     assert!(said.contains("optional: true"), "it says what to do: {said:?}");
     let mut ps = Vec::new();
-    corral_cli::commands::ps(&c.client, true, false, &mut ps).await?;
+    corral_cli::commands::ps(&c.client, true, false, None, &mut ps).await?;
     let ps = String::from_utf8(ps)?;
     assert!(ps.contains(&missing.display().to_string()), "`corral ps -a` names the path: {ps}");
     Ok(())

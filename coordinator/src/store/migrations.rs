@@ -108,4 +108,8 @@ INSERT INTO images_by_project (project, name, config, layers, size, pushed_ms)
 DROP TABLE images;
 ALTER TABLE images_by_project RENAME TO images;
 "#,
+    // Runs listed a page at a time, newest first (`GET .../runs?limit=&after=`).
+    r#"
+CREATE INDEX runs_by_time ON runs(project, submitted_ms);
+"#,
 ];

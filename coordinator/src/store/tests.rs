@@ -123,3 +123,51 @@ fn a_revoked_default_join_token_stays_revoked() {
     assert!(store.use_join_token(&second).expect("use").is_err_and(|why| why.contains("revoked")));
     assert_eq!(store.use_join_token(&"c".repeat(64)).expect("use"), Ok(None), "tokens made by hand still work");
 }
+
+#[test]
+fn runs_are_paged_newest_first_without_gaps_or_repeats() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("state.db")).expect("open");
+    for i in 0..250 {
+        insert(&store, &format!("r{i:03}"), &[&format!("j{i:03}a"), &format!("j{i:03}b")]);
+        if i % 2 == 0 {
+            for j in [format!("j{i:03}a"), format!("j{i:03}b")] {
+                let stopped = corral_proto::job::TerminationReason::StoppedByUser;
+                assert!(store.finish(&JobId(j), stopped, None, None).expect("finish"));
+            }
+        }
+    }
+    let pages = |all: bool, limit: u32| {
+        let mut seen: Vec<Vec<String>> = Vec::new();
+        let mut after: Option<RunId> = None;
+        loop {
+            let page = super::RunPage { project: "main", all, after: after.as_ref(), limit };
+            let runs = store.run_page(page).expect("page");
+            if runs.is_empty() {
+                break;
+            }
+            assert!(runs.iter().all(|r| r.jobs.len() == 2 && (all || !r.state.is_finished())));
+            after = runs.last().map(|r| r.id.clone());
+            seen.push(runs.into_iter().map(|r| r.name).collect());
+        }
+        seen
+    };
+    let all = pages(true, 100);
+    assert_eq!(all.iter().map(Vec::len).collect::<Vec<_>>(), [100, 100, 50]);
+    let names: Vec<String> = all.concat();
+    let newest_first: Vec<String> = (0..250).rev().map(|i| format!("r{i:03}")).collect();
+    assert_eq!(names, newest_first);
+    let active = pages(false, 100).concat();
+    assert_eq!(
+        active,
+        newest_first.iter().filter(|n| n[1..].parse::<u32>().is_ok_and(|i| i % 2 == 1)).cloned().collect::<Vec<_>>()
+    );
+    assert_eq!(pages(true, 7).concat(), newest_first, "any page size");
+
+    let one = store.run_view(&RunId("r001".into())).expect("view").expect("stored");
+    assert_eq!((one.state, one.jobs[0].job_num, one.jobs[1].job_num), (JobState::Submitted, 0, 1));
+    let done = store.run_view(&RunId("r000".into())).expect("view").expect("stored");
+    assert_eq!(done.state, JobState::Stopped);
+    assert!(done.finished_at_ms.is_some());
+    assert!(store.run_view(&RunId("nope".into())).expect("view").is_none());
+}
