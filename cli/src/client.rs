@@ -6,7 +6,7 @@ use anyhow::{Context, anyhow, bail};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use corral_proto::api::{ApiError, MAX_BODY_BYTES, NameKind};
+use corral_proto::api::{self, ApiError, MAX_BODY_BYTES, NameKind};
 
 /// `~/.config/corral/config.json` (or `$XDG_CONFIG_HOME/corral/config.json`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -123,11 +123,9 @@ impl Client {
         let token = std::env::var("CORRAL_TOKEN").ok().or(file.token).context(
             "no API token configured: run `corral config --token TOKEN` or set CORRAL_TOKEN (the admin token is in the coordinator's data dir)",
         )?;
-        let project = std::env::var("CORRAL_PROJECT")
-            .ok()
-            .or(file.project)
-            .unwrap_or_else(|| corral_proto::api::DEFAULT_PROJECT.to_owned());
-        corral_proto::api::check_name(NameKind::Project, &project).map_err(|e| anyhow!("project: {e}"))?;
+        let project =
+            std::env::var("CORRAL_PROJECT").ok().or(file.project).unwrap_or_else(|| api::DEFAULT_PROJECT.to_owned());
+        api::check_name(NameKind::Project, &project).map_err(|e| anyhow!("project: {e}"))?;
         // A path, or the PEM itself (as a run with `dstack: true` is given it).
         let ca = match std::env::var_os("CORRAL_CA_CERT") {
             Some(pem) if pem.to_string_lossy().starts_with("-----BEGIN") => Some(pem.to_string_lossy().into_owned()),
@@ -202,6 +200,21 @@ impl Client {
             }
         }
         serde_json::from_slice(&body).with_context(|| format!("unexpected answer from the coordinator ({status})"))
+    }
+
+    /// Every node, by name, fetched a page of 500 at a time.
+    pub async fn nodes(&self) -> anyhow::Result<Vec<api::Node>> {
+        const PAGE: usize = 500;
+        let mut nodes: Vec<api::Node> = Vec::new();
+        loop {
+            let after = nodes.last().map(|n| format!("&after={}", query_value(&n.name))).unwrap_or_default();
+            let page: Vec<api::Node> = self.get(&format!("/api/nodes?limit={PAGE}{after}")).await?;
+            let last = page.len() < PAGE;
+            nodes.extend(page);
+            if last {
+                return Ok(nodes);
+            }
+        }
     }
 
     /// POSTs a raw body (a stream: an image tarball). A coordinator that refuses the request (no

@@ -162,7 +162,7 @@ async fn drain(client: &Client, node: &str, deadline: Option<&str>, out: Out<'_>
     writeln!(out, "node {node} cordoned; waiting for its jobs to end")?;
     let mut last = u32::MAX;
     loop {
-        let nodes: Vec<api::Node> = client.get("/api/nodes").await?;
+        let nodes: Vec<api::Node> = client.nodes().await?;
         let Some(n) = nodes.iter().find(|n| n.name == node || n.id.as_str() == node) else {
             bail!("node {node} vanished");
         };

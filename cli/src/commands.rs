@@ -176,7 +176,7 @@ pub async fn apply(
     let run_name = name.clone().or(task.name.clone());
 
     // The plan: which nodes could take it now.
-    let nodes: Vec<api::Node> = client.get("/api/nodes").await?;
+    let nodes: Vec<api::Node> = client.nodes().await?;
     let mut plan = table(&["NODE", "STATUS", "FITS"]);
     let mut fitting = 0;
     for n in &nodes {
@@ -432,7 +432,7 @@ pub async fn stop(client: &Client, run: &str, yes: bool, abort: bool, out: Out<'
 }
 
 pub async fn node_list(client: &Client, json: bool, out: Out<'_>) -> anyhow::Result<i32> {
-    let nodes: Vec<api::Node> = client.get("/api/nodes").await?;
+    let nodes: Vec<api::Node> = client.nodes().await?;
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&nodes)?)?;
         return Ok(0);

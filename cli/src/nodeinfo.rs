@@ -13,7 +13,7 @@ use crate::output::ago;
 type Out<'a> = &'a mut (dyn Write + Send);
 
 pub async fn node_get(client: &Client, name: &str, json: bool, out: Out<'_>) -> anyhow::Result<i32> {
-    let nodes: Vec<api::Node> = client.get("/api/nodes").await?;
+    let nodes: Vec<api::Node> = client.nodes().await?;
     let Some(n) = nodes.into_iter().find(|n| n.name == name || n.id.as_str() == name) else {
         bail!("no node named {name:?} (see `corral node list`)");
     };

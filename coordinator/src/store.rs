@@ -43,6 +43,9 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// The states a job ends in, as an SQL list.
 const FINISHED_STATES: &str = "('done', 'failed', 'stopped', 'aborted')";
+/// The states of a job not yet ended, as an SQL list (`IN` this list can use `jobs_by_state`;
+/// `NOT IN` [`FINISHED_STATES`] reads every job).
+const ACTIVE_STATES: &str = "('submitted', 'pending', 'provisioning', 'pulling', 'running', 'terminating')";
 
 /// What [`Store::insert_run`] stores.
 #[derive(Clone, Copy)]
@@ -97,6 +100,13 @@ pub struct JobBrief {
     pub termination_reason: Option<TerminationReason>,
     /// Another job of its run is placed but not started (`startup_order` holds it back).
     pub held_sibling: bool,
+}
+
+/// What is placed on a node ([`Store::node_loads`]).
+#[derive(Clone, Debug, Default)]
+pub struct NodeLoad {
+    pub jobs: u32,
+    pub gpus: Vec<u32>,
 }
 
 #[derive(Clone, Debug)]
@@ -273,6 +283,39 @@ impl Store {
 
     pub fn nodes(&self) -> Result<Vec<NodeRow>> {
         self.query_nodes("WHERE revoked = 0 ORDER BY name", [])
+    }
+
+    /// Up to `limit` nodes by name, after the node named `after`.
+    pub fn nodes_page(&self, after: Option<&str>, limit: u32) -> Result<Vec<NodeRow>> {
+        self.query_nodes(
+            "WHERE revoked = 0 AND (?1 IS NULL OR name > ?1) ORDER BY name LIMIT ?2",
+            params![after, limit],
+        )
+    }
+
+    /// What is placed on each node (of `nodes`, or every node): its jobs' count and GPUs, read
+    /// without their specs.
+    pub fn node_loads(&self, nodes: Option<&[NodeId]>) -> Result<std::collections::HashMap<NodeId, NodeLoad>> {
+        let list =
+            nodes.map(|n| serde_json::Value::from(n.iter().map(|i| i.0.as_str()).collect::<Vec<_>>()).to_string());
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT node_id, allocation FROM jobs WHERE node_id IS NOT NULL
+               AND state IN ('provisioning', 'pulling', 'running', 'terminating')
+               AND (?1 IS NULL OR node_id IN (SELECT value FROM json_each(?1)))",
+        )?;
+        let mut rows = stmt.query([list])?;
+        let mut loads: std::collections::HashMap<NodeId, NodeLoad> = std::collections::HashMap::new();
+        while let Some(r) = rows.next()? {
+            let load = loads.entry(NodeId(r.get(0)?)).or_default();
+            load.jobs += 1;
+            if let Some(a) = r.get::<_, Option<String>>(1)? {
+                let a: Allocation = serde_json::from_str(&a)
+                    .map_err(|source| StoreError::Corrupt { what: "a job's allocation".into(), source })?;
+                load.gpus.extend(a.gpu_indices);
+            }
+        }
+        Ok(loads)
     }
 
     fn query_nodes<P: rusqlite::Params>(&self, filter: &str, p: P) -> Result<Vec<NodeRow>> {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, State as Extract};
+use axum::extract::{Path, Query, State as Extract};
 use axum::http::StatusCode;
 
 use corral_proto::api::{self, CordonNodes, DrainNode, NodeStatus, SubmitFleet};
@@ -13,28 +13,50 @@ use super::{AppState, Error, check_project, err};
 use crate::State;
 use crate::store::NodeRow;
 
-pub(super) async fn list_nodes(Extract(state): Extract<AppState>) -> Result<Json<Vec<api::Node>>, Error> {
-    let placed = state.store.placed_jobs()?;
+#[derive(serde::Deserialize)]
+pub(super) struct NodePage {
+    /// At most this many nodes (1 to 1,000); none: every node.
+    limit: Option<u32>,
+    /// The name of the last node of the previous page.
+    after: Option<String>,
+}
+
+/// `GET /api/nodes?limit=&after=`: nodes by name, a page at a time when `limit` is given.
+pub(super) async fn list_nodes(
+    Extract(state): Extract<AppState>,
+    Query(q): Query<NodePage>,
+) -> Result<Json<Vec<api::Node>>, Error> {
+    let (rows, loads) = match q.limit {
+        Some(limit) if (1..=crate::store::MAX_PAGE).contains(&limit) => {
+            let rows = state.store.nodes_page(q.after.as_deref(), limit)?;
+            let ids: Vec<_> = rows.iter().map(|n| n.id.clone()).collect();
+            (rows, state.store.node_loads(Some(&ids))?)
+        }
+        Some(limit) => {
+            return Err(err(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "limit={limit}: a page holds 1 to {} nodes (the next page: after=<the last node's name>)",
+                    crate::store::MAX_PAGE
+                ),
+            ));
+        }
+        None => (state.store.nodes()?, state.store.node_loads(None)?),
+    };
     let connected = state.connected_nodes();
     // Connected nodes' heartbeats are in memory only (see `seen`).
     let heard = crate::seen::last_seen_ms(&state);
     let mut refusals = crate::fleet_nodes::Refusals::new(&state);
-    let nodes = state
-        .store
-        .nodes()?
+    let nodes = rows
         .into_iter()
         .map(|n| {
-            let jobs: Vec<_> = placed.iter().filter(|j| j.node_id.as_ref() == Some(&n.id)).collect();
+            let load = loads.get(&n.id).cloned().unwrap_or_default();
             let last_seen_ms = n.last_seen_ms.max(heard.get(&n.id).copied());
             let refused = refusals.of(&n);
             api::Node {
                 status: if connected.contains(&n.id) { NodeStatus::Ready } else { NodeStatus::Offline },
-                busy_gpus: jobs
-                    .iter()
-                    .filter_map(|j| j.allocation.as_ref())
-                    .flat_map(|a| a.gpu_indices.clone())
-                    .collect(),
-                running_jobs: jobs.len() as u32,
+                busy_gpus: load.gpus,
+                running_jobs: load.jobs,
                 id: n.id,
                 name: n.name,
                 fleet: n.fleet,

@@ -3,14 +3,14 @@
 //! and the next page starts after the last run of this one (keyset paging: as fast at the
 //! 100,000th run as at the first).
 
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 
 use corral_proto::api;
 use corral_proto::config::Configuration;
 use corral_proto::ids::{JobId, NodeId, RunId};
 use corral_proto::job::{JobState, TerminationReason};
 
-use super::{FINISHED_STATES, Result, Store, StoreError};
+use super::{ACTIVE_STATES, Result, Store, StoreError};
 
 /// The most runs one page holds.
 pub const MAX_PAGE: u32 = 1000;
@@ -32,21 +32,32 @@ impl Store {
     pub fn run_page(&self, page: RunPage<'_>) -> Result<Vec<api::Run>> {
         let ids = {
             let conn = self.conn();
+            // Where the previous page ended: the index gives the range up to it.
+            let after: Option<(i64, i64)> = match page.after {
+                Some(id) => {
+                    let mut stmt = conn.prepare_cached("SELECT submitted_ms, rowid FROM runs WHERE id = ?1")?;
+                    match stmt.query_row([&id.0], |r| Ok((r.get(0)?, r.get(1)?))).optional()? {
+                        Some(at) => Some(at),
+                        None => return Ok(Vec::new()),
+                    }
+                }
+                None => None,
+            };
             // An active run: a service with a replica count, or a run with a job not yet ended.
             let active = if page.all {
                 String::new()
             } else {
                 format!(
-                    "AND (r.replicas IS NOT NULL OR r.id IN (SELECT run_id FROM jobs WHERE state NOT IN {FINISHED_STATES}))"
+                    "AND (r.replicas IS NOT NULL OR r.id IN (SELECT run_id FROM jobs WHERE state IN {ACTIVE_STATES}))"
                 )
             };
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT r.id FROM runs r WHERE r.project = ?1 {active}
-                   AND (?2 IS NULL OR (r.submitted_ms, r.rowid) < (SELECT submitted_ms, rowid FROM runs WHERE id = ?2))
-                 ORDER BY r.submitted_ms DESC, r.rowid DESC LIMIT ?3"
+                   AND (?2 IS NULL OR (r.submitted_ms <= ?2 AND (r.submitted_ms < ?2 OR r.rowid < ?3)))
+                 ORDER BY r.submitted_ms DESC, r.rowid DESC LIMIT ?4"
             ))?;
-            let after = page.after.map(|r| r.0.as_str());
-            let rows = stmt.query_map(params![page.project, after, page.limit.min(MAX_PAGE)], |r| r.get(0))?;
+            let (at_ms, at_row) = (after.map(|a| a.0), after.map(|a| a.1));
+            let rows = stmt.query_map(params![page.project, at_ms, at_row, page.limit.min(MAX_PAGE)], |r| r.get(0))?;
             rows.map(|r| r.map(RunId)).collect::<rusqlite::Result<Vec<_>>>()?
         };
         self.run_views(&ids)

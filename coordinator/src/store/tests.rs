@@ -171,3 +171,33 @@ fn runs_are_paged_newest_first_without_gaps_or_repeats() {
     assert!(done.finished_at_ms.is_some());
     assert!(store.run_view(&RunId("nope".into())).expect("view").is_none());
 }
+
+#[test]
+fn nodes_are_paged_by_name_with_what_is_placed_on_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("state.db")).expect("open");
+    for (id, name) in [("n3", "gpu-c"), ("n1", "gpu-a"), ("n2", "gpu-b")] {
+        store.add_node(&NodeId(id.into()), name, None, &format!("fp-{id}")).expect("add");
+    }
+    insert(&store, "r1", &["a0", "a1"]);
+    insert(&store, "r2", &["b0"]);
+    let gangs = vec![
+        vec![(NodeId("n1".into()), spec("a0", "r1", "n1")), (NodeId("n2".into()), spec("a1", "r1", "n2"))],
+        vec![(NodeId("n1".into()), spec("b0", "r2", "n1"))],
+    ];
+    assert_eq!(store.assign_gangs(&gangs).expect("assign"), vec![true, true]);
+    let names = |page: Vec<super::NodeRow>| page.into_iter().map(|n| n.name).collect::<Vec<_>>();
+    assert_eq!(names(store.nodes_page(None, 2).expect("page")), ["gpu-a", "gpu-b"]);
+    assert_eq!(names(store.nodes_page(Some("gpu-b"), 2).expect("page")), ["gpu-c"]);
+    let loads = store.node_loads(None).expect("loads");
+    let n1 = &loads[&NodeId("n1".into())];
+    assert_eq!((n1.jobs, n1.gpus.clone()), (2, vec![3, 3]));
+    assert!(!loads.contains_key(&NodeId("n3".into())));
+    let some = store.node_loads(Some(&[NodeId("n2".into())])).expect("loads");
+    assert_eq!(some.keys().collect::<Vec<_>>(), [&NodeId("n2".into())]);
+    // The run view names each job's node.
+    let run = store.run_view(&RunId("r1".into())).expect("view").expect("stored");
+    let nodes: Vec<_> = run.jobs.iter().map(|j| j.node_name.as_deref()).collect();
+    assert_eq!(nodes, [Some("gpu-a"), Some("gpu-b")]);
+    assert_eq!(run.jobs[0].image.as_deref(), Some("busybox"));
+}
