@@ -407,6 +407,13 @@ async fn a_team_shares_a_cluster_with_roles_and_service_tokens() -> anyhow::Resu
     );
     assert_eq!(events[1].detail.as_deref(), Some("role user (was not a member)"));
     assert!(!serde_json::to_string(&events)?.contains("hf_v4lue"));
+    // Paged back: the 3 before the newest 3, oldest first.
+    let newest: Vec<api::Event> = alice.get("/api/projects/research/events?limit=3").await?;
+    let before: Vec<api::Event> =
+        alice.get(&format!("/api/projects/research/events?limit=3&before={}", newest[0].id)).await?;
+    let actions = |page: &[api::Event]| page.iter().map(|e| e.action.clone()).collect::<Vec<_>>();
+    assert_eq!(actions(&newest), ["run.exec", "member.remove", "secret.set"]);
+    assert_eq!(actions(&before), ["member.set", "run.apply", "service-token.create"]);
     let all = corral_cli::EventArgs { project: None, all: true, since: None, limit: 100, json: true };
     let e = corral_cli::teams::events(&alice, all, &mut Vec::new()).await.expect_err("alice is no global admin");
     assert!(format!("{e:#}").contains("needs a global admin"), "{e:#}");

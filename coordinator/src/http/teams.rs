@@ -371,6 +371,8 @@ pub(super) struct EventQuery {
     since_ms: i64,
     #[serde(default = "default_limit")]
     limit: u32,
+    /// Events older than this one (its id): the page before the one that started with it.
+    before: Option<i64>,
 }
 
 fn default_limit() -> u32 {
@@ -386,12 +388,12 @@ pub(super) async fn project_events(
     Query(q): Query<EventQuery>,
 ) -> Result<Json<Vec<api::Event>>, Error> {
     check_project(&state, &project)?;
-    Ok(Json(state.store.events(Some(&project), q.since_ms, q.limit.min(MAX_EVENTS))?))
+    Ok(Json(state.store.events(Some(&project), q.since_ms, q.before, q.limit.min(MAX_EVENTS))?))
 }
 
 pub(super) async fn all_events(
     Extract(state): Extract<AppState>,
     Query(q): Query<EventQuery>,
 ) -> Result<Json<Vec<api::Event>>, Error> {
-    Ok(Json(state.store.events(None, q.since_ms, q.limit.min(MAX_EVENTS))?))
+    Ok(Json(state.store.events(None, q.since_ms, q.before, q.limit.min(MAX_EVENTS))?))
 }

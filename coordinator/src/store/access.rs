@@ -377,13 +377,21 @@ impl Store {
     }
 
     /// Events since `since_ms` (of one project, or all), the newest `limit` of them, oldest first.
-    pub fn events(&self, project: Option<&str>, since_ms: i64, limit: u32) -> Result<Vec<api::Event>> {
+    /// The newest `limit` events at or after `since_ms` (and before the event `before`, to page
+    /// back), oldest first.
+    pub fn events(
+        &self,
+        project: Option<&str>,
+        since_ms: i64,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<api::Event>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT id, ms, user, project, action, object, detail FROM events \
-             WHERE ms >= ?1 AND (?2 IS NULL OR project = ?2) ORDER BY id DESC LIMIT ?3",
+             WHERE ms >= ?1 AND (?2 IS NULL OR project = ?2) AND (?4 IS NULL OR id < ?4) ORDER BY id DESC LIMIT ?3",
         )?;
-        let rows = stmt.query_map(params![since_ms, project, limit], |r| {
+        let rows = stmt.query_map(params![since_ms, project, limit, before], |r| {
             Ok(api::Event {
                 id: r.get(0)?,
                 ms: r.get(1)?,

@@ -43,17 +43,28 @@ impl Store {
                 }
                 None => None,
             };
-            // An active run: a service with a replica count, or a run with a job not yet ended.
-            let active = if page.all {
-                String::new()
+            // Active runs are found from their jobs' states (few, by `jobs_by_state`, named: with
+            // statistics SQLite would rather scan every job) and services with a replica count,
+            // then sorted; all runs are read from `runs_by_time` in order. The cursor is a range
+            // of that index; spelled with `?2 IS NULL OR` it would not be.
+            let (from, filter) = if page.all {
+                ("r.project = ?1", String::new())
             } else {
-                format!(
-                    "AND (r.replicas IS NOT NULL OR r.id IN (SELECT run_id FROM jobs WHERE state IN {ACTIVE_STATES}))"
+                (
+                    "+r.project = ?1",
+                    format!(
+                        "AND r.id IN (SELECT run_id FROM jobs INDEXED BY jobs_by_state WHERE state IN {ACTIVE_STATES}
+                           UNION SELECT id FROM runs WHERE replicas IS NOT NULL)"
+                    ),
                 )
             };
+            let cursor = if after.is_some() {
+                "AND r.submitted_ms <= ?2 AND (r.submitted_ms < ?2 OR r.rowid < ?3)"
+            } else {
+                "AND ?2 IS NULL AND ?3 IS NULL"
+            };
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT r.id FROM runs r WHERE r.project = ?1 {active}
-                   AND (?2 IS NULL OR (r.submitted_ms <= ?2 AND (r.submitted_ms < ?2 OR r.rowid < ?3)))
+                "SELECT r.id FROM runs r WHERE {from} {filter} {cursor}
                  ORDER BY r.submitted_ms DESC, r.rowid DESC LIMIT ?4"
             ))?;
             let (at_ms, at_row) = (after.map(|a| a.0), after.map(|a| a.1));
