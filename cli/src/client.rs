@@ -207,9 +207,10 @@ impl Client {
         const PAGE: usize = 500;
         let mut nodes: Vec<api::Node> = Vec::new();
         loop {
-            let after = nodes.last().map(|n| format!("&after={}", query_value(&n.name))).unwrap_or_default();
+            let after = nodes.last().map(|n| format!("&after={}", n.id)).unwrap_or_default();
             let page: Vec<api::Node> = self.get(&format!("/api/nodes?limit={PAGE}{after}")).await?;
-            let last = page.len() < PAGE;
+            // A coordinator from before pages answers every node at once.
+            let last = page.len() != PAGE;
             nodes.extend(page);
             if last {
                 return Ok(nodes);

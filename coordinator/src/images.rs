@@ -6,8 +6,9 @@
 //!
 //! An image belongs to a project, or is shared by every project (pushed with `--shared` by a
 //! global admin, as the base image of an air-gapped site is). A job whose project has an image of
-//! the name it asks for is sent `corral.local/<project>/<name>` instead ([`for_node`]): the tar the
-//! node loads is tagged so, and no run of another project on that node finds it by its short name.
+//! the name it asks for is sent `corral.local/<project>/<config digest>:latest` instead
+//! ([`for_node`]): the tar the node loads is tagged so, no run of another project on that node
+//! finds it by its short name, and no configuration may name `corral.local/` (admission).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -64,18 +65,18 @@ pub fn normalize(name: &str) -> String {
     if last.contains(':') || name.contains('@') { name.to_owned() } else { format!("{name}:latest") }
 }
 
-/// The registry part of a project's image as nodes know it; nothing is ever pulled from it.
-const LOCAL_REGISTRY: &str = "corral.local";
-
-/// How a node's Docker names `name` of `project`'s store.
-pub fn qualified(project: &str, name: &str) -> String {
-    format!("{LOCAL_REGISTRY}/{project}/{name}")
+/// How a node's Docker names `image` of `project`'s store: by its config's digest, so that a push
+/// of new content under the same name, or a new project of an old one's name, is a new image to
+/// the node (a name with a registry's port could not be a path there either).
+pub fn qualified(project: &str, image: &StoredImage) -> String {
+    format!("{}/{project}/{}:latest", api::LOCAL_IMAGE_REGISTRY, image.config)
 }
 
-/// The project and name of a [`qualified`] image; `None` for any other name.
+/// The project and config digest of a [`qualified`] image; `None` for any other name.
 pub fn unqualified(image: &str) -> Option<(&str, &str)> {
-    let rest = image.strip_prefix(LOCAL_REGISTRY)?.strip_prefix('/')?;
-    rest.split_once('/').filter(|(project, name)| !project.is_empty() && !name.is_empty())
+    let rest = image.strip_prefix(api::LOCAL_IMAGE_REGISTRY)?.strip_prefix('/')?;
+    let (project, digest) = rest.strip_suffix(":latest")?.split_once('/')?;
+    (!project.is_empty() && is_digest(digest)).then_some((project, digest))
 }
 
 /// The job as its node gets it: its image [`qualified`] when its project stores one of that name
@@ -84,9 +85,8 @@ pub fn for_node(
     store: &Store,
     mut spec: corral_proto::job::JobSpec,
 ) -> crate::store::Result<corral_proto::job::JobSpec> {
-    let name = normalize(&spec.image);
-    if store.image(Some(&spec.project), &name)?.is_some() {
-        spec.image = qualified(&spec.project, &name);
+    if let Some(image) = store.image(Some(&spec.project), &normalize(&spec.image))? {
+        spec.image = qualified(&spec.project, &image);
     }
     Ok(spec)
 }
@@ -409,9 +409,12 @@ mod tests {
             [("team/a:1".to_owned(), None), ("team/b:latest".to_owned(), Some("research".to_owned()))]
         );
 
-        let tag = qualified("research", &b.name);
-        assert_eq!(tag, "corral.local/research/team/b:latest");
-        assert_eq!(unqualified(&tag), Some(("research", "team/b:latest")));
+        let tag = qualified("research", &b);
+        assert_eq!(tag, format!("corral.local/research/{}:latest", b.config));
+        assert_eq!(unqualified(&tag), Some(("research", b.config.as_str())));
+        let found = store.image_by_config("research", &b.config)?.expect("found by its config");
+        assert_eq!(found.name, "team/b:latest");
+        assert!(store.image_by_config("main", &b.config)?.is_none(), "and only in research");
         let tar = images.plan(&b, &tag)?;
         let mut out = Vec::new();
         tar.send(&mut out).await?;
@@ -443,12 +446,18 @@ mod tests {
 
     #[test]
     fn only_corral_local_names_are_unqualified() {
-        assert_eq!(unqualified("corral.local/main/app:1"), Some(("main", "app:1")));
-        assert_eq!(unqualified("corral.local/main/team/app:1"), Some(("main", "team/app:1")));
-        for other in
-            ["app:1", "corral.local/app", "corral.local//app:1", "corral.localhost/main/app:1", "x/corral.local/a/b"]
-        {
-            assert_eq!(unqualified(other), None, "{other}");
+        let d = "ab".repeat(32);
+        assert_eq!(unqualified(&format!("corral.local/main/{d}:latest")), Some(("main", d.as_str())));
+        for other in [
+            "app:1".to_owned(),
+            format!("corral.local/{d}:latest"),
+            format!("corral.local//{d}:latest"),
+            format!("corral.local/main/{d}"),
+            "corral.local/main/app:latest".to_owned(),
+            format!("corral.localhost/main/{d}:latest"),
+            format!("x/corral.local/main/{d}:latest"),
+        ] {
+            assert_eq!(unqualified(&other), None, "{other}");
         }
     }
 

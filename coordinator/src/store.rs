@@ -282,14 +282,17 @@ impl Store {
     }
 
     pub fn nodes(&self) -> Result<Vec<NodeRow>> {
-        self.query_nodes("WHERE revoked = 0 ORDER BY name", [])
+        self.query_nodes("WHERE revoked = 0 ORDER BY name, id", [])
     }
 
-    /// Up to `limit` nodes by name, after the node named `after`.
-    pub fn nodes_page(&self, after: Option<&str>, limit: u32) -> Result<Vec<NodeRow>> {
+    /// Up to `limit` nodes by name (then id: names may repeat), after the node `after`.
+    pub fn nodes_page(&self, after: Option<&NodeId>, limit: u32) -> Result<Vec<NodeRow>> {
+        let Some(after) = after else {
+            return self.query_nodes("WHERE revoked = 0 ORDER BY name, id LIMIT ?1", [limit]);
+        };
         self.query_nodes(
-            "WHERE revoked = 0 AND (?1 IS NULL OR name > ?1) ORDER BY name LIMIT ?2",
-            params![after, limit],
+            "WHERE revoked = 0 AND (name, id) > (SELECT name, id FROM nodes WHERE id = ?1) ORDER BY name, id LIMIT ?2",
+            params![after.0, limit],
         )
     }
 

@@ -79,6 +79,16 @@ fn check_service(s: &ServiceConfig) -> Result<u32, String> {
 fn check_task(task: &TaskConfig) -> Result<(), String> {
     let refuse = |field: &str, why: &str| Err(format!("{field}: {why}"));
     // With no `image`, the coordinator's base image runs (dstack's, or the site's `--base-image`).
+    if let Some(image) = &task.image
+        && image.trim().starts_with(&format!("{}/", crate::api::LOCAL_IMAGE_REGISTRY))
+    {
+        return refuse(
+            "image",
+            &format!(
+                "{image}: names an image as the coordinator hands it to nodes; write the name it was pushed as (see `corral image list`)"
+            ),
+        );
+    }
     if let Some(ep) = &task.entrypoint
         && shlex::split(ep).is_none_or(|words| words.is_empty())
     {
@@ -227,6 +237,9 @@ mod tests {
     #[test]
     fn plain_tasks_are_admitted_and_others_refused_by_field() {
         assert!(check(&parse("type: task\nimage: busybox\ncommands: [\"echo\"]\n")).is_ok());
+        let e =
+            check(&parse("type: task\nimage: corral.local/other/0123:latest\ncommands: [x]\n")).expect_err("refused");
+        assert!(e.starts_with("image: corral.local/other/0123:latest: names an image as the coordinator"), "{e}");
         assert!(
             check(&parse("type: task\npython: \"3.12\"\ncommands: [\"echo\"]\n")).is_ok(),
             "the base image runs it"

@@ -89,6 +89,11 @@ impl SubmitRun {
     }
 }
 
+/// The registry part of the names a project's stored images have on nodes
+/// (`corral.local/<project>/<config digest>`); nothing is pulled from it, and no configuration
+/// may name it.
+pub const LOCAL_IMAGE_REGISTRY: &str = "corral.local";
+
 /// How many items a list answers when the request names no `limit`.
 pub const DEFAULT_PAGE: u32 = 100;
 

@@ -307,8 +307,6 @@ async fn coordinator_kill_9_during_an_image_transfer_and_a_log_follow() -> anyho
 
     // An image of 150 MB that only the coordinator has.
     let image = LocalImage(format!("corral-test/fault-transfer-{}:1", std::process::id()));
-    // The node's copy, under the project's name for it.
-    let _loaded = LocalImage(format!("corral.local/main/{}", image.0));
     let ctx = dir.path().join("image");
     std::fs::create_dir_all(&ctx)?;
     let blob = std::fs::File::create(ctx.join("blob"))?;
@@ -318,6 +316,10 @@ async fn coordinator_kill_9_during_an_image_transfer_and_a_log_follow() -> anyho
     let built =
         Command::new("docker").args(["build", "-q", "-t", &image.0]).arg(&ctx).env("DOCKER_BUILDKIT", "0").output()?;
     anyhow::ensure!(built.status.success(), "docker build: {}", String::from_utf8_lossy(&built.stderr));
+    // The node's copy, named by the project and the image's config digest (Docker's id of it).
+    let id = Command::new("docker").args(["image", "inspect", "--format", "{{.Id}}", &image.0]).output()?;
+    let id = String::from_utf8_lossy(&id.stdout).trim().trim_start_matches("sha256:").to_owned();
+    let _loaded = LocalImage(format!("corral.local/main/{id}:latest"));
     let token = std::fs::read_to_string(coord.data.join("admin-token"))?;
     let pushed = Command::new(env!("CARGO_BIN_EXE_corral-test-cli"))
         .args(["image", "push", &image.0])

@@ -34,6 +34,12 @@ impl Drop for Images {
     }
 }
 
+/// Docker's id of an image: the SHA-256 of its config, in hex.
+fn image_id(name: &str) -> anyhow::Result<String> {
+    let id = docker(&["image", "inspect", "--format", "{{.Id}}", name])?;
+    Ok(id.trim().trim_start_matches("sha256:").to_owned())
+}
+
 /// A small image of its own (the test image plus a marker file), built locally.
 fn build_image(name: &str, marker: &str) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -55,10 +61,11 @@ async fn a_pushed_image_runs_on_a_node_that_never_had_it() -> anyhow::Result<()>
     let c = OneNode::start().await?;
     let pid = std::process::id();
     let (name, other) = (format!("corral-test/pushed-{pid}:1"), format!("corral-test/pushed-file-{pid}"));
-    let loaded = format!("corral.local/main/{name}");
-    let _cleanup = Images(vec![name.clone(), format!("{other}:latest"), loaded.clone()]);
     build_image(&name, "from the coordinator's store")?;
     build_image(&other, "pushed as a tarball")?;
+    // A node keeps a project's image by its config's digest, which is Docker's id of it.
+    let loaded = format!("corral.local/main/{}:latest", image_id(&name)?);
+    let _cleanup = Images(vec![name.clone(), format!("{other}:latest"), loaded.clone()]);
     let cli_as = |token: &str, project: &str, args: &[&str]| {
         Command::new(CLI)
             .args(args)
@@ -157,6 +164,11 @@ async fn a_pushed_image_runs_on_a_node_that_never_had_it() -> anyhow::Result<()>
     let own = format!("corral-test/pushed-research-{pid}:1");
     let _own_cleanup = Images(vec![own.clone()]);
     build_image(&own, "research's own")?;
+    // A run cannot name another project's image as nodes keep it.
+    let file =
+        write_config(c.dir.path(), "borrow", &config.replace("name: pushed", "name: borrow").replace(&name, &loaded));
+    let e = apply(&rita, &file, false).await.expect_err("refused");
+    assert!(e.to_string().contains("names an image as the coordinator hands it to nodes"), "{e:#}");
     let blobs = || std::fs::read_dir(c.coord.data.join("images/blobs")).map(|d| d.count());
     let before = blobs()?;
     let out = cli_as(&made.token, "research", &["image", "push", &own])?;

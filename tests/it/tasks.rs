@@ -217,7 +217,7 @@ async fn runs_cannot_reach_each_other_directly() -> anyhow::Result<()> {
 }
 
 /// `ps -a` shows the newest runs a page at a time, and says so when there may be more; the API
-/// pages on from the last run's id (nodes: from the last node's name), and refuses a page size or
+/// pages on from the last run's id (nodes: the last node's id), and refuses a page size or
 /// a starting point it cannot use.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_and_nodes_are_listed_a_page_at_a_time() -> anyhow::Result<()> {
@@ -264,8 +264,10 @@ async fn runs_and_nodes_are_listed_a_page_at_a_time() -> anyhow::Result<()> {
 
     let page: Vec<corral_proto::api::Node> = c.client.get("/api/nodes?limit=1").await?;
     assert_eq!(page.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["node-a"]);
-    let rest: Vec<corral_proto::api::Node> = c.client.get("/api/nodes?limit=1&after=node-a").await?;
+    let rest: Vec<corral_proto::api::Node> = c.client.get(&format!("/api/nodes?limit=1&after={}", page[0].id)).await?;
     assert!(rest.is_empty());
+    let e = c.client.get::<Vec<corral_proto::api::Node>>("/api/nodes?after=ab12").await.expect_err("refused");
+    assert!(e.to_string().contains("after=ab12: no node with that id"), "{e}");
     assert_eq!(c.client.nodes().await?.len(), 1);
     let e = c.client.get::<Vec<corral_proto::api::Node>>("/api/nodes?limit=0").await.expect_err("refused");
     assert!(e.to_string().contains("limit=0: a page holds 1 to 1000 nodes"), "{e}");

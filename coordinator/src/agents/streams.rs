@@ -34,8 +34,8 @@ pub(super) async fn serve_stream(
     // A project's image goes only to a node that runs one of that project's jobs, tagged as the
     // node asked for it; a shared one is tagged with its stored name.
     let stored = match crate::images::unqualified(&image) {
-        Some((project, name)) if state.store.node_runs_project(node, project)? => {
-            state.store.image(Some(project), name)?.map(|i| (i, image.clone()))
+        Some((project, config)) if state.store.node_runs_project(node, project)? => {
+            state.store.image_by_config(project, config)?.map(|i| (i, image.clone()))
         }
         Some(_) => None,
         None => state.store.image(None, &crate::images::normalize(&image))?.map(|i| {

@@ -7,6 +7,7 @@ use axum::extract::{Path, Query, State as Extract};
 use axum::http::StatusCode;
 
 use corral_proto::api::{self, CordonNodes, DrainNode, NodeStatus, SubmitFleet};
+use corral_proto::ids::NodeId;
 use corral_proto::job::TerminationReason;
 
 use super::{AppState, Error, check_project, err};
@@ -17,8 +18,8 @@ use crate::store::NodeRow;
 pub(super) struct NodePage {
     /// At most this many nodes (1 to 1,000); none: every node.
     limit: Option<u32>,
-    /// The name of the last node of the previous page.
-    after: Option<String>,
+    /// The id of the last node of the previous page.
+    after: Option<NodeId>,
 }
 
 /// `GET /api/nodes?limit=&after=`: nodes by name, a page at a time when `limit` is given.
@@ -26,22 +27,27 @@ pub(super) async fn list_nodes(
     Extract(state): Extract<AppState>,
     Query(q): Query<NodePage>,
 ) -> Result<Json<Vec<api::Node>>, Error> {
-    let (rows, loads) = match q.limit {
-        Some(limit) if (1..=crate::store::MAX_PAGE).contains(&limit) => {
-            let rows = state.store.nodes_page(q.after.as_deref(), limit)?;
-            let ids: Vec<_> = rows.iter().map(|n| n.id.clone()).collect();
-            (rows, state.store.node_loads(Some(&ids))?)
-        }
-        Some(limit) => {
-            return Err(err(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "limit={limit}: a page holds 1 to {} nodes (the next page: after=<the last node's name>)",
-                    crate::store::MAX_PAGE
-                ),
-            ));
-        }
-        None => (state.store.nodes()?, state.store.node_loads(None)?),
+    let max = crate::store::MAX_PAGE;
+    if let Some(limit) = q.limit.filter(|l| !(1..=max).contains(l)) {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            format!("limit={limit}: a page holds 1 to {max} nodes (the next page: after=<the last node's id>)"),
+        ));
+    }
+    if let Some(after) = &q.after
+        && state.store.node(after)?.is_none_or(|n| n.revoked)
+    {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            format!("after={after}: no node with that id (pass the id of the last node of a page)"),
+        ));
+    }
+    let (rows, loads) = if q.limit.is_none() && q.after.is_none() {
+        (state.store.nodes()?, state.store.node_loads(None)?)
+    } else {
+        let rows = state.store.nodes_page(q.after.as_ref(), q.limit.unwrap_or(u32::MAX))?;
+        let ids: Vec<_> = rows.iter().map(|n| n.id.clone()).collect();
+        (rows, state.store.node_loads(Some(&ids))?)
     };
     let connected = state.connected_nodes();
     // Connected nodes' heartbeats are in memory only (see `seen`).

@@ -51,6 +51,28 @@ impl Store {
         }
     }
 
+    /// `project`'s image whose config blob is `config` (what a node asks for by [`qualified`]
+    /// name).
+    ///
+    /// [`qualified`]: crate::images::qualified
+    pub fn image_by_config(&self, project: &str, config: &str) -> Result<Option<StoredImage>> {
+        let row: Option<(String, String)> = self
+            .conn()
+            .query_row(
+                "SELECT name, layers FROM images WHERE project = ?1 AND config = ?2 AND project <> '' LIMIT 1",
+                [project, config],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        match row {
+            Some((name, layers)) => {
+                let layers = serde_json::from_str(&layers).map_err(|source| corrupt(&name, source))?;
+                Ok(Some(StoredImage { name, config: config.to_owned(), layers }))
+            }
+            None => Ok(None),
+        }
+    }
+
     pub fn remove_image(&self, project: Option<&str>, name: &str) -> Result<bool> {
         Ok(self.conn().execute("DELETE FROM images WHERE project = ?1 AND name = ?2", [scope(project), name])? > 0)
     }

@@ -78,7 +78,7 @@ impl Store {
         Ok(self.run_views(std::slice::from_ref(id))?.pop())
     }
 
-    /// The runs `ids`, in that order; a run with no jobs is left out.
+    /// The runs `ids`, in that order (a service at zero replicas may have no jobs yet).
     pub fn run_views(&self, ids: &[RunId]) -> Result<Vec<api::Run>> {
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -148,9 +148,6 @@ impl Store {
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             let Some((mut run, replicas)) = runs.remove(&id.0) else { continue };
-            if run.jobs.is_empty() {
-                continue;
-            }
             let states: Vec<&JobState> = run.jobs.iter().map(|j| &j.state).collect();
             run.state = match replicas {
                 // An active service runs while any replica does, and at zero replicas too.

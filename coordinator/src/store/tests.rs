@@ -188,7 +188,12 @@ fn nodes_are_paged_by_name_with_what_is_placed_on_them() {
     assert_eq!(store.assign_gangs(&gangs).expect("assign"), vec![true, true]);
     let names = |page: Vec<super::NodeRow>| page.into_iter().map(|n| n.name).collect::<Vec<_>>();
     assert_eq!(names(store.nodes_page(None, 2).expect("page")), ["gpu-a", "gpu-b"]);
-    assert_eq!(names(store.nodes_page(Some("gpu-b"), 2).expect("page")), ["gpu-c"]);
+    assert_eq!(names(store.nodes_page(Some(&NodeId("n2".into())), 2).expect("page")), ["gpu-c"]);
+    // A name may repeat (two hosts of one hostname racing to enroll): ties go by id, none skipped.
+    store.add_node(&NodeId("n0".into()), "gpu-b", None, "fp-n0").expect("add");
+    assert_eq!(names(store.nodes_page(Some(&NodeId("n1".into())), 1).expect("page")), ["gpu-b"]);
+    let after_n0 = store.nodes_page(Some(&NodeId("n0".into())), 1).expect("page");
+    assert_eq!(after_n0.iter().map(|n| n.id.0.as_str()).collect::<Vec<_>>(), ["n2"], "the other gpu-b");
     let loads = store.node_loads(None).expect("loads");
     let n1 = &loads[&NodeId("n1".into())];
     assert_eq!((n1.jobs, n1.gpus.clone()), (2, vec![3, 3]));
