@@ -218,6 +218,23 @@ impl Client {
         }
     }
 
+    /// Every run of the project (finished ones too with `all`), newest first, fetched a page of
+    /// 1,000 at a time.
+    pub async fn runs(&self, all: bool) -> anyhow::Result<Vec<api::Run>> {
+        const PAGE: usize = 1000;
+        let path = self.project_api(&["runs"])?;
+        let mut runs: Vec<api::Run> = Vec::new();
+        loop {
+            let after = runs.last().map(|r| format!("&after={}", r.id)).unwrap_or_default();
+            let page: Vec<api::Run> = self.get(&format!("{path}?all={all}&limit={PAGE}{after}")).await?;
+            let last = page.len() != PAGE;
+            runs.extend(page);
+            if last {
+                return Ok(runs);
+            }
+        }
+    }
+
     /// POSTs a raw body (a stream: an image tarball). A coordinator that refuses the request (no
     /// right, no such project) answers before reading the body and closes the connection, which
     /// the client sees as a write error: then an empty request asks it why.

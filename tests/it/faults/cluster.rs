@@ -163,7 +163,7 @@ pub async fn submit(client: &Client, text: &str, name: &str) -> anyhow::Result<(
 }
 
 pub async fn all_runs(client: &Client) -> anyhow::Result<Vec<api::Run>> {
-    client.get(&format!("{}?all=true", client.project_path("runs"))).await
+    client.runs(true).await
 }
 
 pub fn now_unix() -> u64 {
