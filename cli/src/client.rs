@@ -204,33 +204,32 @@ impl Client {
 
     /// Every node, by name, fetched a page of 500 at a time.
     pub async fn nodes(&self) -> anyhow::Result<Vec<api::Node>> {
-        const PAGE: usize = 500;
-        let mut nodes: Vec<api::Node> = Vec::new();
-        loop {
-            let after = nodes.last().map(|n| format!("&after={}", n.id)).unwrap_or_default();
-            let page: Vec<api::Node> = self.get(&format!("/api/nodes?limit={PAGE}{after}")).await?;
-            // A coordinator from before pages answers every node at once.
-            let last = page.len() != PAGE;
-            nodes.extend(page);
-            if last {
-                return Ok(nodes);
-            }
-        }
+        self.every_page("/api/nodes?", 500, |n: &api::Node| n.id.to_string()).await
     }
 
     /// Every run of the project (finished ones too with `all`), newest first, fetched a page of
     /// 1,000 at a time.
     pub async fn runs(&self, all: bool) -> anyhow::Result<Vec<api::Run>> {
-        const PAGE: usize = 1000;
-        let path = self.project_api(&["runs"])?;
-        let mut runs: Vec<api::Run> = Vec::new();
+        let path = format!("{}?all={all}&", self.project_api(&["runs"])?);
+        self.every_page(&path, 1000, |r: &api::Run| r.id.to_string()).await
+    }
+
+    /// Every item of a paged list (`{path}limit=N&after=ID`), page after page until one is not
+    /// full (a coordinator from before pages answers everything at once).
+    async fn every_page<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        page: usize,
+        id: impl Fn(&T) -> String,
+    ) -> anyhow::Result<Vec<T>> {
+        let mut items: Vec<T> = Vec::new();
         loop {
-            let after = runs.last().map(|r| format!("&after={}", r.id)).unwrap_or_default();
-            let page: Vec<api::Run> = self.get(&format!("{path}?all={all}&limit={PAGE}{after}")).await?;
-            let last = page.len() != PAGE;
-            runs.extend(page);
+            let after = items.last().map(|i| format!("&after={}", query_value(&id(i)))).unwrap_or_default();
+            let got: Vec<T> = self.get(&format!("{path}limit={page}{after}")).await?;
+            let last = got.len() != page;
+            items.extend(got);
             if last {
-                return Ok(runs);
+                return Ok(items);
             }
         }
     }
