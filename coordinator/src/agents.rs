@@ -3,12 +3,11 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
 use quinn::crypto::rustls::QuicServerConfig;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -23,19 +22,16 @@ use corral_proto::wire::{
 };
 
 use crate::secrets::{random_hex, sha256_hex};
+use crate::sessions::{Reset, Session};
 use crate::store::{JobRow, NodeRow};
-use crate::{Session, State, VERSION};
+use crate::{State, VERSION};
 
+mod reconcile;
 mod streams;
 use streams::{receive_logs, serve_stream};
 
 /// Bi-streams one agent may have open at once (its jobs' logs, fetches).
 const AGENT_STREAMS: u32 = 8192;
-
-/// Commands queued for one node before the sender has to wait.
-const COMMAND_QUEUE: usize = 256;
-
-static CONN_IDS: AtomicU64 = AtomicU64::new(1);
 
 pub fn bind(state: &State, addr: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
     let tls = state.pki.quic_server_config()?;
@@ -276,22 +272,10 @@ async fn session(
     write_frame(&mut send, &CoordinatorMessage::Welcome(welcome)).await?;
     state.store.node_connected(&node.id, &remote.ip().to_string(), &hello.agent_version)?;
 
-    let (tx, mut rx) = mpsc::channel::<CoordinatorMessage>(COMMAND_QUEUE);
-    let conn_id = CONN_IDS.fetch_add(1, Ordering::Relaxed);
-    state.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(
-        node.id.clone(),
-        Session {
-            conn_id,
-            name: node.name.clone(),
-            tx: tx.clone(),
-            conn: conn.clone(),
-            agent_version: hello.agent_version.clone(),
-            protocol,
-        },
-    );
+    let (link, mut rx) = Session::new(node.name.clone(), conn.clone(), hello.agent_version.clone(), protocol);
+    state.sessions.open(&node.id, link.clone());
     tracing::info!(node = %node.name, %remote, "agent connected");
     let node = Arc::new(node.without_inventory());
-    state.heard_from(&node.id);
     state.node_changed(&node.id);
 
     let session_done = shutdown.child_token();
@@ -362,7 +346,7 @@ async fn session(
                 () = session_done.cancelled() => None,
             };
             let Some(msg) = msg else { break };
-            handle_message(&state, &node, &tx, msg)?;
+            handle_message(&state, &node, &link, msg)?;
         }
         anyhow::Ok(())
     }
@@ -375,29 +359,19 @@ async fn session(
     let _ = writer.await;
     let _ = log_acceptor.await;
     let _ = image_server.await;
-    {
-        let mut sessions = state.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if sessions.get(&node.id).is_some_and(|s| s.conn_id == conn_id) {
-            sessions.remove(&node.id);
-        }
-    }
+    state.sessions.close(&node.id, &link);
     state.node_changed(&node.id);
     conn.close(0u32.into(), b"session ended");
     tracing::info!(node = %node.name, "agent disconnected");
     result
 }
 
-fn handle_message(
-    state: &State,
-    node: &Arc<NodeRow>,
-    tx: &mpsc::Sender<CoordinatorMessage>,
-    msg: AgentMessage,
-) -> anyhow::Result<()> {
-    state.heard_from(&node.id);
+fn handle_message(state: &State, node: &Arc<NodeRow>, link: &Session, msg: AgentMessage) -> anyhow::Result<()> {
+    state.sessions.heard_from(&node.id);
     let report = match msg {
         AgentMessage::Hello(_) => return Ok(()),
         AgentMessage::Heartbeat { seq } => {
-            let _ = tx.try_send(CoordinatorMessage::HeartbeatAck { seq });
+            let _ = link.send(CoordinatorMessage::HeartbeatAck { seq });
             return Ok(());
         }
         AgentMessage::InterruptionNotice { action, time } => {
@@ -430,7 +404,7 @@ fn handle_message(
     // Everything that touches the store goes to the updates thread, in arrival order, so that a
     // flood of reports (80,000 jobs starting) never holds up this thread's heartbeats; it is
     // applied here only when that queue is full.
-    let q = QueuedReport { node: node.clone(), tx: tx.clone(), report };
+    let q = QueuedReport { node: node.clone(), link: link.clone(), report };
     let waiting = state.updates_waiting.fetch_add(1, Ordering::Relaxed);
     let refused = if waiting < UPDATES_QUEUED { state.updates.send(q).err().map(|e| e.0) } else { Some(q) };
     if let Some(q) = refused {
@@ -445,7 +419,7 @@ fn handle_message(
 /// What an agent reported, waiting for the updates thread.
 pub struct QueuedReport {
     node: Arc<NodeRow>,
-    tx: mpsc::Sender<CoordinatorMessage>,
+    link: Session,
     report: Report,
 }
 
@@ -497,10 +471,7 @@ pub fn apply_updates(state: &State, rx: std::sync::mpsc::Receiver<QueuedReport>,
 /// reset, so that its agent reconnects and repeats everything it knows — nothing an agent said is
 /// lost to a failed write.
 fn repeat_reports(state: &State, node: &NodeId) {
-    let session = state.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(node).map(|s| s.conn.clone());
-    if let Some(conn) = session {
-        conn.close(4u32.into(), b"the coordinator could not record a report; reconnect and repeat it");
-    }
+    state.sessions.reset(node, Reset::Unrecorded);
 }
 
 /// Progress reports not yet written, and the runs whose start may follow from them.
@@ -527,43 +498,37 @@ struct Seen {
 
 impl Batch {
     fn apply(&mut self, state: &State, q: QueuedReport) -> anyhow::Result<()> {
-        let QueuedReport { node, tx, report } = q;
+        let QueuedReport { node, link, report } = q;
         match report {
-            Report::Job(u) if u.reason.is_none() => self.progress(state, &node, &tx, u),
+            Report::Job(u) if u.reason.is_none() => self.progress(state, &node, &link, u),
             other => {
                 // Anything else reads or writes more than a job's state: what came before it
                 // is written first.
                 self.flush(state)?;
                 match other {
-                    Report::Job(u) => apply_update(state, &node, &tx, u),
+                    Report::Job(u) => apply_update(state, &node, &link, u),
                     Report::Inventory(inv) => {
                         tracing::info!(node = %node.name, gpus = inv.gpus.len(), cpus = inv.cpu_cores, "inventory");
                         state.store.set_inventory(&node.id, &inv)?;
                         state.node_changed(&node.id);
                         Ok(())
                     }
-                    Report::Containers(reports) => reconcile(state, &node, &tx, &reports),
-                    Report::Volumes(volumes) => crate::volumes::reported(state, &node.id, &tx, &volumes),
+                    Report::Containers(reports) => reconcile(state, &node, &link, &reports),
+                    Report::Volumes(volumes) => crate::volumes::reported(state, &node.id, &link, &volumes),
                 }
             }
         }
     }
 
     /// A job's progress: queued for the batch's transaction.
-    fn progress(
-        &mut self,
-        state: &State,
-        node: &NodeRow,
-        tx: &mpsc::Sender<CoordinatorMessage>,
-        u: JobUpdate,
-    ) -> anyhow::Result<()> {
+    fn progress(&mut self, state: &State, node: &NodeRow, link: &Session, u: JobUpdate) -> anyhow::Result<()> {
         if self.seen.get(&u.job_id).is_none_or(|seen| seen.node != node.id) {
-            let Some(job) = placed_here(state, node, tx, &u.job_id)? else { return Ok(()) };
+            let Some(job) = placed_here(state, node, link, &u.job_id)? else { return Ok(()) };
             if job.state.is_finished() {
                 // The job ended here (stopped while it was being placed, say) but its container
                 // lives: it holds resources nobody accounts for. Stop it.
                 tracing::warn!(job = %u.job_id, node = %node.name, "container alive for a finished job; stopping it");
-                let _ = tx.try_send(CoordinatorMessage::StopJob {
+                let _ = link.send(CoordinatorMessage::StopJob {
                     job_id: u.job_id,
                     abort: true,
                     reason: job.termination_reason.unwrap_or(TerminationReason::AbortedByUser),
@@ -616,126 +581,91 @@ impl Batch {
 fn placed_here(
     state: &State,
     node: &NodeRow,
-    tx: &mpsc::Sender<CoordinatorMessage>,
+    link: &Session,
     job: &JobId,
 ) -> anyhow::Result<Option<crate::store::JobBrief>> {
     let brief = state.store.job_brief(job)?.filter(|j| j.node_id.as_ref() == Some(&node.id));
     if brief.is_none() {
         tracing::warn!(%job, node = %node.name, "update for a job not placed here; removing its container");
-        discard(tx, job.clone());
+        discard(link, job.clone());
     }
     Ok(brief)
 }
 
 /// A job's end, as its node reported it.
-fn apply_update(
-    state: &State,
-    node: &NodeRow,
-    tx: &mpsc::Sender<CoordinatorMessage>,
-    u: JobUpdate,
-) -> anyhow::Result<()> {
-    if placed_here(state, node, tx, &u.job_id)?.is_none() {
+fn apply_update(state: &State, node: &NodeRow, link: &Session, u: JobUpdate) -> anyhow::Result<()> {
+    if placed_here(state, node, link, &u.job_id)?.is_none() {
         return Ok(());
     }
     if let Some(reason) = u.reason {
         if state.finish_job(&u.job_id, reason, u.exit_code, u.message.as_deref())? {
             tracing::info!(job = %u.job_id, %reason, exit_code = ?u.exit_code, "job finished");
         }
-        let _ = tx.try_send(CoordinatorMessage::ForgetJob { job_id: u.job_id });
+        let _ = link.send(CoordinatorMessage::ForgetJob { job_id: u.job_id });
         state.wake_scheduler.notify_one();
     }
     Ok(())
 }
 
 /// Has the agent kill and remove a container Corral does not want.
-fn discard(tx: &mpsc::Sender<CoordinatorMessage>, job_id: JobId) {
-    let _ = tx.try_send(CoordinatorMessage::StopJob {
+fn discard(link: &Session, job_id: JobId) {
+    let _ = link.send(CoordinatorMessage::StopJob {
         job_id: job_id.clone(),
         abort: true,
         reason: TerminationReason::AbortedByUser,
     });
-    let _ = tx.try_send(CoordinatorMessage::ForgetJob { job_id });
-}
-
-/// The stop a `terminating` job was asked for, to repeat it.
-fn stop_request(job: &JobRow) -> CoordinatorMessage {
-    let reason = job.termination_reason.unwrap_or(TerminationReason::StoppedByUser);
-    CoordinatorMessage::StopJob { job_id: job.id.clone(), abort: reason == TerminationReason::AbortedByUser, reason }
+    let _ = link.send(CoordinatorMessage::ForgetJob { job_id });
 }
 
 /// Converges the node's containers with the jobs placed on it, from the full report the agent sends
-/// on every connection. Runs on every report, so each step must be idempotent.
-fn reconcile(
-    state: &State,
-    node: &NodeRow,
-    tx: &mpsc::Sender<CoordinatorMessage>,
-    reports: &[ContainerReport],
-) -> anyhow::Result<()> {
+/// on every connection: reads what [`reconcile::reconcile`] decides from, and carries it out.
+fn reconcile(state: &State, node: &NodeRow, link: &Session, reports: &[ContainerReport]) -> anyhow::Result<()> {
+    use reconcile::{Action, Known, Placed};
     let reported: HashSet<&JobId> = reports.iter().map(|r| &r.job_id).collect();
-    let placed: Vec<JobRow> = state.store.placed_jobs_on(&node.id)?;
-    for job in &placed {
-        if reported.contains(&job.id) {
-            if job.state == JobState::Terminating {
-                // The stop may not have arrived: ask again, the same way.
-                let _ = tx.try_send(stop_request(job));
+    let jobs: HashMap<JobId, JobRow> =
+        state.store.placed_jobs_on(&node.id)?.into_iter().map(|j| (j.id.clone(), j)).collect();
+    let mut placed = Vec::with_capacity(jobs.len());
+    for job in jobs.values() {
+        let may_start = job.state == JobState::Provisioning
+            && !reported.contains(&job.id)
+            && crate::lifecycle::may_start(job, &state.store.latest_jobs(&job.run_id)?);
+        placed.push(Placed {
+            id: job.id.clone(),
+            state: job.state.clone(),
+            termination_reason: job.termination_reason,
+            may_start,
+        });
+    }
+    placed.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut known = HashMap::new();
+    for r in reports.iter().filter(|r| !jobs.contains_key(&r.job_id)) {
+        let job = state.store.job_brief(&r.job_id)?;
+        let here = job.filter(|j| j.node_id.as_ref() == Some(&node.id) && j.state.is_finished());
+        known.insert(r.job_id.clone(), here.map_or(Known::NotHere, |j| Known::EndedHere(j.termination_reason)));
+    }
+    for action in reconcile::reconcile(&placed, reports, &known) {
+        match action {
+            Action::RepeatStop { job, reason, abort } => {
+                link.send(CoordinatorMessage::StopJob { job_id: job, abort, reason });
             }
-            continue;
-        }
-        match job.state {
-            JobState::Provisioning => {
-                // The start command was lost or never sent: send it (the agent ignores duplicates),
-                // when the run's startup order lets it start now.
-                let gang = state.store.latest_jobs(&job.run_id)?;
-                if let Some(spec) = job.spec.as_ref().filter(|_| crate::lifecycle::may_start(job, &gang)) {
-                    let msg = CoordinatorMessage::StartJob(Box::new(spec.clone()));
-                    let protocol = state.session(&node.id).map_or(0, |s| s.protocol);
-                    if crate::understood(&node.name, protocol, &msg)
-                        && let Some(msg) = state.for_node(msg)
-                    {
-                        let _ = tx.try_send(msg);
-                    }
+            Action::Start(job) => {
+                if let Some(spec) = jobs.get(&job).and_then(|j| j.spec.clone()) {
+                    state.send_on(link, CoordinatorMessage::StartJob(Box::new(spec)));
                 }
             }
-            JobState::Terminating => {
-                let reason = job.termination_reason.unwrap_or(TerminationReason::StoppedByUser);
-                state.finish_job(&job.id, reason, None, Some("the container was gone when the node came back"))?;
+            Action::End { job, reason, message } => {
+                tracing::warn!(%job, node = %node.name, %reason, "{message}");
+                state.finish_job(&job, reason, None, Some(message))?;
             }
-            _ => {
-                tracing::warn!(job = %job.id, node = %node.name, "container vanished; job failed");
-                state.finish_job(
-                    &job.id,
-                    TerminationReason::ContainerLost,
-                    None,
-                    Some("the job's container vanished from the node"),
-                )?;
+            Action::Forget(job) => {
+                link.send(CoordinatorMessage::ForgetJob { job_id: job });
             }
-        }
-    }
-    for r in reports {
-        if placed.iter().any(|j| j.id == r.job_id) {
-            continue;
-        }
-        match state.store.job(&r.job_id)? {
-            // Finished here: the agent reports the end itself (it re-sends its last word on every
-            // connection) and is then told to forget the container.
-            Some(job) if job.node_id.as_ref() == Some(&node.id) && job.state.is_finished() && !r.running => {
-                let _ = tx.try_send(CoordinatorMessage::ForgetJob { job_id: r.job_id.clone() });
+            Action::Kill { job, reason } => {
+                link.send(CoordinatorMessage::StopJob { job_id: job, abort: true, reason });
             }
-            Some(job) if job.node_id.as_ref() == Some(&node.id) && job.state.is_finished() => {
-                let _ = tx.try_send(stop_request_final(&job));
-            }
-            _ => discard(tx, r.job_id.clone()),
+            Action::Discard(job) => discard(link, job),
         }
     }
     state.wake_scheduler.notify_one();
     Ok(())
-}
-
-/// A finished job whose container still runs is stopped without grace: its end is already recorded.
-fn stop_request_final(job: &JobRow) -> CoordinatorMessage {
-    CoordinatorMessage::StopJob {
-        job_id: job.id.clone(),
-        abort: true,
-        reason: job.termination_reason.unwrap_or(TerminationReason::AbortedByUser),
-    }
 }

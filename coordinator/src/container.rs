@@ -73,7 +73,7 @@ pub fn server_env(state: &crate::State, node: &corral_proto::ids::NodeId, projec
     let url = state.config.public_url.clone().unwrap_or_else(|| {
         let listen = state.config.http_listen.ip();
         let ip = if listen.is_unspecified() {
-            state.session(node).and_then(|s| s.conn.local_ip()).unwrap_or(listen)
+            state.sessions.get(node).and_then(|s| s.conn.local_ip()).unwrap_or(listen)
         } else {
             listen
         };

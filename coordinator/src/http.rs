@@ -552,7 +552,7 @@ fn job_log_finished(state: &State, id: &JobId, complete: bool) -> bool {
             }
             // The agent has not sent the end of the output. While its node is connected it will
             // (a replay may take a while); when the node is away, give up after a few seconds.
-            let connected = job.node_id.as_ref().is_some_and(|n| state.session(n).is_some());
+            let connected = job.node_id.as_ref().is_some_and(|n| state.sessions.is_connected(n));
             let waited = job.finished_ms.map_or(i64::MAX, |f| now_ms() - f);
             waited > if connected { 120_000 } else { 3_000 }
         }

@@ -39,6 +39,7 @@ pub mod scheduler;
 pub mod schedules;
 pub mod secrets;
 pub mod seen;
+pub mod sessions;
 pub mod store;
 pub mod tunnel;
 pub mod upgrade;
@@ -46,14 +47,13 @@ pub mod uploads;
 pub mod vault;
 pub mod volumes;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -146,20 +146,6 @@ impl Default for Config {
     }
 }
 
-/// A connected agent: its command channel. `conn_id` tells a newer connection of the same node from
-/// the one it replaced.
-#[derive(Clone)]
-pub struct Session {
-    pub conn_id: u64,
-    pub name: String,
-    pub tx: mpsc::Sender<CoordinatorMessage>,
-    pub conn: quinn::Connection,
-    /// As the agent said in its Hello: `0.1.0+<binary digest>` for agents that upgrade themselves.
-    pub agent_version: String,
-    /// The protocol agreed in its Hello.
-    pub protocol: u16,
-}
-
 /// Whether an agent of `protocol` can carry out `msg`. A job that needs protocol 2 is not sent to
 /// an older agent: it stays placed (`provisioning`) and is sent when the node reconnects after its
 /// upgrade (reconciliation sends placed jobs the agent does not have).
@@ -182,7 +168,8 @@ pub struct State {
     pub store: Store,
     pub pki: Pki,
     pub logs: LogStore,
-    pub sessions: Mutex<HashMap<NodeId, Session>>,
+    /// The connected nodes and the one policy for sending them commands.
+    pub sessions: sessions::Sessions,
     pub wake_scheduler: Notify,
     /// Scheduling passes started, and the number of the last one finished: a submission waits for a
     /// pass that began after it was queued, so passes coalesce under load.
@@ -192,8 +179,6 @@ pub struct State {
     /// Nodes that came, went or changed since the last pass, which reads them again: whoever
     /// notices a change (the agents' thread among them) never waits for a pass to finish.
     pub changed_nodes: Mutex<std::collections::HashSet<NodeId>>,
-    /// When each node was last heard from (any message), for the liveness watch.
-    pub heard: Mutex<HashMap<NodeId, tokio::time::Instant>>,
     /// Every task of this coordinator, drained on shutdown.
     pub tasks: TaskTracker,
     /// Round robin over each service's replicas.
@@ -259,23 +244,10 @@ impl State {
         Ok(true)
     }
 
-    pub fn heard_from(&self, node: &NodeId) {
-        self.heard.lock().unwrap_or_else(|e| e.into_inner()).insert(node.clone(), tokio::time::Instant::now());
-    }
-
     /// Tells the scheduler a node came, went, or changed; its next pass reads the node again.
     pub fn node_changed(&self, id: &NodeId) {
         self.changed_nodes.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone());
         self.wake_scheduler.notify_one();
-    }
-
-    /// The nodes with a live session.
-    pub fn connected_nodes(&self) -> std::collections::HashSet<NodeId> {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
-    }
-
-    pub fn session(&self, node: &NodeId) -> Option<Session> {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(node).cloned()
     }
 
     /// A `StartJob` as its node gets it: the project's secrets expanded into it (only what is sent
@@ -297,29 +269,17 @@ impl State {
         }
     }
 
-    /// Sends a command to a node if it is connected. A command that cannot be sent now is not lost:
+    /// Sends a command to a node if it is connected, as [`sessions`] does, once it is prepared for
+    /// the node ([`State::for_node`]). A command that cannot be sent now is not lost:
     /// reconciliation on the node's next connection sends what is still needed.
     pub fn send(&self, node: &NodeId, msg: CoordinatorMessage) -> bool {
-        let Some(s) = self.session(node) else {
-            return false;
-        };
-        if !understood(&s.name, s.protocol, &msg) {
-            return false;
-        }
-        let Some(msg) = self.for_node(msg) else {
-            return false;
-        };
-        match s.tx.try_send(msg) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                // The node is not keeping up. Dropping the connection makes it reconnect and report
-                // everything, and reconciliation sends what is still needed.
-                tracing::warn!(node = %s.name, "command queue full; resetting the session");
-                s.conn.close(1u32.into(), b"command queue overflow");
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
+        self.sessions.get(node).is_some_and(|s| self.send_on(&s, msg))
+    }
+
+    /// Sends a command on a node's session, prepared for it: not at all when its agent would not
+    /// understand it, or a secret it needs is no longer set.
+    pub fn send_on(&self, session: &sessions::Session, msg: CoordinatorMessage) -> bool {
+        understood(&session.name, session.protocol, &msg) && self.for_node(msg).is_some_and(|msg| session.send(msg))
     }
 }
 
@@ -448,13 +408,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         store,
         pki,
         logs,
-        sessions: Mutex::new(HashMap::new()),
+        sessions: sessions::Sessions::default(),
         wake_scheduler: Notify::new(),
         passes: scheduler::Passes::default(),
         scheduler: Mutex::new(scheduler::Scheduler::new()),
         changed_nodes: Mutex::default(),
         tasks: TaskTracker::new(),
-        heard: Mutex::new(HashMap::new()),
         balancer: http::Balancer::default(),
         probes: probes::Probes::default(),
         autoscaler: Arc::default(),
@@ -477,7 +436,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let grace = tokio::time::Instant::now() + config.restart_grace.saturating_sub(config.node_timeout);
     for job in state.store.placed_jobs()? {
         if let Some(node) = &job.node_id {
-            state.heard.lock().unwrap_or_else(|e| e.into_inner()).insert(node.clone(), grace);
+            state.sessions.expect(node, grace);
         }
         if let Some(limit) = scheduler::inactivity_limit(&job.configuration) {
             state.activity.watch(&job.id, limit);

@@ -8,20 +8,17 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use corral_proto::config::{Configuration, RetryEvent, StartupOrder, StopCriteria};
+use corral_proto::config::{Configuration, StartupOrder, StopCriteria};
 use corral_proto::ids::{JobId, NodeId};
 use corral_proto::job::{JobState, TerminationReason};
 use corral_proto::wire::CoordinatorMessage;
 
 use crate::State;
 use crate::secrets::{now_ms, random_hex};
+use crate::sessions::Reset;
 use crate::store::{JobRow, StoreError};
 
-/// How long a run keeps being retried when `retry` sets no `duration`.
-const DEFAULT_RETRY_WINDOW: Duration = Duration::from_secs(3600);
-/// First backoff before retrying after an error; doubles per attempt up to [`MAX_BACKOFF`].
-const ERROR_BACKOFF: Duration = Duration::from_secs(5);
-const MAX_BACKOFF: Duration = Duration::from_secs(300);
+mod retry;
 
 impl State {
     /// Stops one job wherever it is: a queued job ends at once; a placed one is asked to stop on its
@@ -147,33 +144,23 @@ pub fn job_ended(state: &State, job: &JobRow, reason: TerminationReason) -> Resu
         return Ok(());
     };
     let reasons: Vec<TerminationReason> = latest.iter().filter_map(|j| j.termination_reason).collect();
-    if reasons.iter().any(|r| r.retry_event().is_none() && *r != TerminationReason::Done)
-        || reasons.iter().all(|r| *r == TerminationReason::Done)
-    {
-        return Ok(()); // stopped on purpose, or succeeded
-    }
-    let event = if reasons.iter().any(|r| r.retry_event() == Some(RetryEvent::Error)) {
-        RetryEvent::Error
-    } else {
-        RetryEvent::Interruption
+    let attempt = retry::Attempt {
+        reasons: &reasons,
+        number: latest.iter().map(|j| j.submission).max().unwrap_or(0),
+        first_submitted_ms: state.store.run_submitted_ms(&job.run_id)?.unwrap_or(job.submitted_ms),
+        now_ms: now_ms(),
     };
-    if !policy.on_events.contains(&event) {
-        return Ok(());
-    }
-    let window = policy.duration_secs.map_or(DEFAULT_RETRY_WINDOW, Duration::from_secs);
-    let first_submitted = state.store.run_submitted_ms(&job.run_id)?.unwrap_or(job.submitted_ms);
-    if now_ms() - first_submitted > window.as_millis() as i64 {
-        tracing::info!(run = %job.run_name, "retry window over; the run stays failed");
-        return Ok(());
-    }
-    let attempt = latest.iter().map(|j| j.submission).max().unwrap_or(0);
-    let backoff = match event {
-        RetryEvent::Error => ERROR_BACKOFF.saturating_mul(1 << attempt.min(10)).min(MAX_BACKOFF),
-        _ => Duration::ZERO,
+    let (attempt, event, backoff) = match retry::decide(policy, &attempt) {
+        retry::Decision::Retry { attempt, event, backoff } => (attempt, event, backoff),
+        retry::Decision::WindowOver => {
+            tracing::info!(run = %job.run_name, "retry window over; the run stays failed");
+            return Ok(());
+        }
+        _ => return Ok(()),
     };
     let ids: Vec<JobId> = latest.iter().map(|_| JobId(random_hex(8))).collect();
     if state.store.resubmit(&latest, now_ms() + backoff.as_millis() as i64, &ids)? {
-        tracing::info!(run = %job.run_name, attempt = attempt + 1, ?event, ?backoff, "retrying the run");
+        tracing::info!(run = %job.run_name, attempt, ?event, ?backoff, "retrying the run");
         let mut sched = state.scheduler.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = sched.enqueue(&state.store, &job.run_id) {
             tracing::error!("cannot queue the retry of {}: {e:#}", job.run_name);
@@ -192,11 +179,7 @@ pub async fn watch_nodes(state: Arc<State>, shutdown: CancellationToken) {
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
             () = shutdown.cancelled() => break,
         }
-        let stale: Vec<NodeId> = {
-            let seen = state.heard.lock().unwrap_or_else(|e| e.into_inner());
-            seen.iter().filter(|(_, t)| t.elapsed() > timeout).map(|(n, _)| n.clone()).collect()
-        };
-        for node in stale {
+        for node in state.sessions.silent_for(timeout) {
             if let Err(e) = node_unreachable(&state, &node) {
                 tracing::error!(%node, "cannot handle the loss of the node: {e:#}");
             }
@@ -211,7 +194,7 @@ pub async fn watch_nodes(state: Arc<State>, shutdown: CancellationToken) {
 }
 
 fn node_unreachable(state: &State, node: &NodeId) -> Result<(), StoreError> {
-    let name = disconnect(state, node, 2, "no heartbeat within the node timeout");
+    let name = disconnect(state, node, Reset::Silent);
     let jobs: Vec<JobRow> = state.store.placed_jobs_on(node)?;
     tracing::warn!(node = %name, jobs = jobs.len(), "node unreachable");
     let message = format!("node {name} stopped answering");
@@ -236,11 +219,11 @@ pub fn spot_interrupted(
     let jobs: Vec<JobRow> = state.store.placed_jobs_on(node)?;
     tracing::warn!(node = %name, jobs = jobs.len(), %action, %time, "spot interruption notice");
     let message = format!("spot interruption: the cloud will {action} node {name} at {time}");
-    let tx = state.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(node).map(|s| s.tx.clone());
+    let session = state.sessions.get(node);
     for job in &jobs {
         state.finish_job(&job.id, TerminationReason::Interrupted, None, Some(&message))?;
-        if let Some(tx) = &tx {
-            let _ = tx.try_send(corral_proto::wire::CoordinatorMessage::StopJob {
+        if let Some(s) = &session {
+            s.send(CoordinatorMessage::StopJob {
                 job_id: job.id.clone(),
                 abort: false,
                 reason: TerminationReason::Interrupted,
@@ -255,7 +238,7 @@ pub fn spot_interrupted(
 /// when their `retry` covers `interruption`). Returns how many jobs it had.
 pub fn remove_node(state: &State, node: &NodeId, name: &str) -> Result<usize, StoreError> {
     state.store.revoke_node(node)?;
-    disconnect(state, node, 3, "this node was removed from the cluster; its certificate is revoked");
+    disconnect(state, node, Reset::Removed);
     let jobs: Vec<JobRow> = state.store.placed_jobs_on(node)?;
     tracing::warn!(node = %name, jobs = jobs.len(), "node removed");
     let message = format!("node {name} was removed from the cluster");
@@ -265,14 +248,9 @@ pub fn remove_node(state: &State, node: &NodeId, name: &str) -> Result<usize, St
     Ok(jobs.len())
 }
 
-/// Ends the node's session (closing its connection with `code` and `why`); returns its name.
-fn disconnect(state: &State, node: &NodeId, code: u32, why: &str) -> String {
-    state.heard.lock().unwrap_or_else(|e| e.into_inner()).remove(node);
-    let session = state.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(node);
-    let name = session.as_ref().map_or_else(|| node.to_string(), |s| s.name.clone());
-    if let Some(s) = session {
-        s.conn.close(code.into(), why.as_bytes());
-    }
+/// Ends the node's session, saying why; returns its name.
+fn disconnect(state: &State, node: &NodeId, why: Reset) -> String {
+    let name = state.sessions.cut(node, why).unwrap_or_else(|| node.to_string());
     state.node_changed(node);
     name
 }

@@ -149,7 +149,7 @@ impl Scheduler {
 
     /// Rebuilds the index and the queue from the store.
     fn resync(&mut self, state: &State) -> anyhow::Result<()> {
-        let connected = state.connected_nodes();
+        let connected = state.sessions.connected();
         let mut index = Index::new();
         self.addresses.clear();
         for n in state.store.nodes()? {
@@ -277,7 +277,7 @@ impl Scheduler {
             self.index.set_profile(&n.id, shape.profile);
             address = shape.address;
         }
-        self.index.set_connected(&n.id, state.session(&n.id).is_some());
+        self.index.set_connected(&n.id, state.sessions.is_connected(&n.id));
         self.index.set_cordoned(&n.id, n.cordoned);
         if let Some(a) = address.or(n.address) {
             self.addresses.insert(n.id, a);

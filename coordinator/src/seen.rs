@@ -23,8 +23,8 @@ pub const TICK: Duration = Duration::from_secs(5);
 
 /// When connected nodes were last heard from, as wall-clock milliseconds.
 pub fn last_seen_ms(state: &State) -> HashMap<NodeId, i64> {
-    let connected = state.connected_nodes();
-    let heard = state.heard.lock().unwrap_or_else(|e| e.into_inner());
+    let connected = state.sessions.connected();
+    let heard = state.sessions.heard();
     let (now, now_ms) = (Instant::now(), now_ms());
     connected.into_iter().filter_map(|n| heard.get(&n).map(|&at| (n, wall_ms(at, now, now_ms)))).collect()
 }
@@ -39,15 +39,15 @@ fn wall_ms(at: Instant, now: Instant, now_ms: i64) -> i64 {
 /// once more. A failed write is retried on the next tick. What `heard` holds when this is called
 /// counts as written (a restart's grace for nodes with jobs, which no one heard yet).
 pub fn run(state: Arc<State>, shutdown: CancellationToken) -> impl Future<Output = ()> {
-    let mut writer = Writer::new(state.heard.lock().unwrap_or_else(|e| e.into_inner()).clone());
+    let mut writer = Writer::new(state.sessions.heard());
     async move {
         loop {
             let last = tokio::select! {
                 () = tokio::time::sleep(TICK) => false,
                 () = shutdown.cancelled() => true,
             };
-            let heard = state.heard.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let due = writer.due(&heard, &state.connected_nodes(), last);
+            let heard = state.sessions.heard();
+            let due = writer.due(&heard, &state.sessions.connected(), last);
             if !due.is_empty() {
                 let (now, now_ms) = (Instant::now(), now_ms());
                 let rows: Vec<(NodeId, i64)> =

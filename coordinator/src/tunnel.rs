@@ -56,7 +56,7 @@ pub async fn open_ssh(
 
 /// Opens a bi-stream to the node, sends `first`, and waits for the agent's `TunnelReply`.
 async fn open_stream(state: &State, node: &NodeId, first: CoordinatorMessage) -> Result<Tunnel, TunnelError> {
-    let session = state.session(node).ok_or_else(|| TunnelError::NodeOffline(node.to_string()))?;
+    let session = state.sessions.get(node).ok_or_else(|| TunnelError::NodeOffline(node.to_string()))?;
     let stream_err = |why: String| TunnelError::Stream { node: session.name.clone(), why };
     let attempt = async {
         let (mut send, mut recv) = session.conn.open_bi().await.map_err(|e| stream_err(e.to_string()))?;
@@ -85,7 +85,7 @@ pub async fn open_pipelined(
     job: &JobId,
     port: u16,
 ) -> Result<PipelinedTunnel, TunnelError> {
-    let session = state.session(node).ok_or_else(|| TunnelError::NodeOffline(node.to_string()))?;
+    let session = state.sessions.get(node).ok_or_else(|| TunnelError::NodeOffline(node.to_string()))?;
     let stream_err = |why: String| TunnelError::Stream { node: session.name.clone(), why };
     let (mut send, recv) = session.conn.open_bi().await.map_err(|e| stream_err(e.to_string()))?;
     write_frame(&mut send, &CoordinatorMessage::OpenTunnel { job_id: job.clone(), port })

@@ -65,13 +65,7 @@ pub async fn run(state: Arc<State>, shutdown: CancellationToken) {
         let Some(version) = served.version.clone() else { continue };
         let digest = &served.sha256[..12];
         // (node, name, reported version)
-        let sessions: Vec<(NodeId, String, String)> = state
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(id, s)| (id.clone(), s.name.clone(), s.agent_version.clone()))
-            .collect();
+        let sessions = state.sessions.versions();
         if let Some(f) = &in_flight {
             let now_on = sessions.iter().find(|(id, _, _)| *id == f.node).map(|(_, _, v)| v.as_str());
             if now_on.and_then(|v| v.split_once('+')).is_some_and(|(_, d)| d == digest) {
@@ -97,13 +91,12 @@ pub async fn run(state: Arc<State>, shutdown: CancellationToken) {
             failed.insert(node.clone(), Instant::now());
             continue;
         }
-        let tx = state.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(node).map(|s| s.tx.clone());
         let message = CoordinatorMessage::Upgrade {
             version: version.clone(),
             sha256: served.sha256.clone(),
             size: served.bytes.len() as u64,
         };
-        if tx.is_some_and(|tx| tx.try_send(message).is_ok()) {
+        if state.sessions.send(node, message) {
             tracing::info!(node = %name, from = %reported, to = %format!("{version}+{digest}"), "upgrading the agent");
             in_flight = Some(InFlight { node: node.clone(), name: name.clone(), since: Instant::now() });
         }

@@ -303,7 +303,7 @@ pub fn placed(state: &State, gang: &[(NodeId, JobSpec)]) {
 pub fn reported(
     state: &State,
     node: &NodeId,
-    tx: &tokio::sync::mpsc::Sender<CoordinatorMessage>,
+    link: &crate::sessions::Session,
     reports: &[VolumeReport],
 ) -> anyhow::Result<()> {
     let present: Vec<(String, Option<u64>)> = reports.iter().map(|r| (r.docker_name.clone(), r.size)).collect();
@@ -319,7 +319,7 @@ pub fn reported(
     }
     for v in left {
         if let Some(docker_name) = v.volume_id {
-            let _ = tx.try_send(CoordinatorMessage::DeleteVolume { docker_name });
+            link.send(CoordinatorMessage::DeleteVolume { docker_name });
         }
     }
     Ok(())
@@ -398,7 +398,7 @@ pub async fn delete(state: &State, project: &str, name: &str) -> Result<bool, De
                 sched.volumes.set(project, name, None);
                 return Ok(true);
             };
-            if let Some(s) = state.session(&node)
+            if let Some(s) = state.sessions.get(&node)
                 && s.protocol < 2
             {
                 return Err(DeleteError::OldAgent(s.name));

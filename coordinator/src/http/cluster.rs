@@ -49,7 +49,7 @@ pub(super) async fn list_nodes(
         let ids: Vec<_> = rows.iter().map(|n| n.id.clone()).collect();
         (rows, state.store.node_loads(Some(&ids))?)
     };
-    let connected = state.connected_nodes();
+    let connected = state.sessions.connected();
     // Connected nodes' heartbeats are in memory only (see `seen`).
     let heard = crate::seen::last_seen_ms(&state);
     let mut refusals = crate::fleet_nodes::Refusals::new(&state);
@@ -164,7 +164,7 @@ fn fleet_view(
     cfg: corral_proto::config::FleetConfig,
     created: i64,
 ) -> Result<api::Fleet, Error> {
-    let connected = state.connected_nodes();
+    let connected = state.sessions.connected();
     let members: Vec<NodeRow> =
         state.store.nodes()?.into_iter().filter(|n| n.fleet.as_deref() == Some(name.as_str())).collect();
     Ok(api::Fleet {

@@ -198,7 +198,7 @@ pub(super) async fn joined_node(
     let Some((node, inv)) = node.and_then(|n| n.inventory.clone().map(|i| (n, i))) else {
         return Err(err(StatusCode::NOT_FOUND, format!("node {:?} has not joined yet", q.id)));
     };
-    let connected = state.connected_nodes().contains(&node.id);
+    let connected = state.sessions.connected().contains(&node.id);
     let gib = |b: u64| format!("{:.1} GiB", b as f64 / GB as f64);
     let mut out = format!(
         "node {} ({}), fleet {}, {}\n  cpu:    {} x {} ({})\n  memory: {}\n  disk:   {}\n  docker: {}{}\n",

@@ -146,7 +146,7 @@ async fn a_killed_node_falls_silent_without_closing() -> anyhow::Result<()> {
     // Datagrams the coordinator has received on each node's connection.
     let received = |i: usize| {
         let id = fleet.node(i).and_then(|(_, id)| id.cloned());
-        id.and_then(|id| c.running.state.session(&id)).map(|s| s.conn.stats().udp_rx.datagrams)
+        id.and_then(|id| c.running.state.sessions.get(&id)).map(|s| s.conn.stats().udp_rx.datagrams)
     };
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(fleet.kill(0));
