@@ -97,8 +97,9 @@ impl NodeSlot {
     }
 }
 
-/// What a job asks of the cluster.
-#[derive(Clone, Debug, PartialEq)]
+/// What a job asks of the cluster. Requests alike hash alike: the scheduler keys what did not
+/// fit by it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Request {
     pub resources: ResourcesSpec,
     /// How many nodes, all or none (a gang).

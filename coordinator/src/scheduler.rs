@@ -43,6 +43,9 @@ const JOBS_PER_PASS: usize = 4_096;
 /// Where a multi-node job finds its MPI hostfile.
 const MPI_HOSTFILE: &str = "/tmp/corral-mpi-hostfile";
 
+#[cfg(test)]
+mod tests;
+
 pub async fn run(state: Arc<State>, shutdown: CancellationToken) {
     loop {
         let pass = state.passes.started.fetch_add(1, Ordering::SeqCst) + 1;
@@ -94,8 +97,9 @@ type QueueKey = (Reverse<u8>, i64, RunId, u32);
 struct Queued {
     run_name: String,
     project: String,
-    /// The run's jobs by rank.
-    jobs: Vec<JobId>,
+    /// The run's jobs by rank, as they are queued (a rank still ending from an earlier attempt is
+    /// not, yet).
+    jobs: Vec<Option<JobId>>,
     task: TaskConfig,
     request: Request,
     /// Requests alike share a key: once one fails, the others are not tried again until the
@@ -109,6 +113,74 @@ struct Queued {
     inactivity: Option<Duration>,
     /// The named volumes its jobs mount (they decide where it goes).
     volumes: crate::volumes::RunVolumes,
+    /// A service replica of a router service: it may have to go on its router's node.
+    routed: bool,
+}
+
+impl Queued {
+    fn new(task: TaskConfig, project: &str, run_name: &str) -> Self {
+        let (resources, ranks) = crate::node_groups::rank_resources(&task);
+        let request = Request {
+            resources,
+            ranks,
+            nodes: task.nodes.max(1),
+            fleets: task.provisioning.fleets.iter().map(|f| f.name.clone()).collect(),
+            instances: task.provisioning.instances.clone(),
+            pinned: Vec::new(),
+            project: Some(project.to_owned()),
+        };
+        let volumes = crate::volumes::RunVolumes::of(&task, project, task.nodes);
+        let shape = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (&request, &volumes).hash(&mut h);
+            h.finish()
+        };
+        Self {
+            run_name: run_name.to_owned(),
+            project: project.to_owned(),
+            jobs: Vec::new(),
+            task,
+            request,
+            shape,
+            reason: None,
+            not_before_ms: None,
+            inactivity: None,
+            volumes,
+            routed: false,
+        }
+    }
+
+    /// The run's jobs by rank, once every rank is queued.
+    fn gang(&self) -> Option<Vec<JobId>> {
+        if self.jobs.len() != self.request.nodes as usize {
+            return None;
+        }
+        self.jobs.iter().cloned().collect()
+    }
+}
+
+/// A run a pass placed: its jobs by rank and where each goes (reserved in the index).
+struct Placement {
+    key: QueueKey,
+    jobs: Vec<JobId>,
+    allocs: Vec<(NodeId, Allocation)>,
+}
+
+/// What a pass decides, before anything is written or sent ([`Scheduler::plan`]).
+#[derive(Default)]
+struct Plan {
+    /// Runs placed, in queue order (still in the queue: taken out as their placement is stored).
+    placed: Vec<Placement>,
+    /// Jobs that wait, and why: only reasons not yet written.
+    waits: Vec<(JobId, String)>,
+    /// Jobs of runs that waited past their no-capacity retry window (out of the queue now): they
+    /// fail, with this message.
+    expired: Vec<(JobId, String)>,
+    /// The pass stopped at [`JOBS_PER_PASS`]: another follows at once.
+    more: bool,
+    /// It looked at the whole queue, not only at what was new.
+    full: bool,
 }
 
 pub struct Scheduler {
@@ -174,8 +246,8 @@ impl Scheduler {
         let still: std::collections::HashSet<&JobId> = queued.iter().map(|(j, _)| j).collect();
         let mut covered = std::collections::HashSet::new();
         for (key, q) in std::mem::take(&mut self.queue) {
-            if !q.jobs.is_empty() && q.jobs.iter().all(|j| still.contains(j)) {
-                covered.extend(q.jobs.iter().cloned());
+            if !q.jobs.is_empty() && q.jobs.iter().all(|j| j.as_ref().is_some_and(|j| still.contains(j))) {
+                covered.extend(q.jobs.iter().flatten().cloned());
                 self.queue.insert(key, q);
             }
         }
@@ -200,46 +272,21 @@ impl Scheduler {
         if replica.is_some() {
             job.job_num = 0; // the one job of its queue entry
         }
-        if !self.queue.contains_key(&key) {
-            self.fresh.push(key.clone());
-        }
+        // New, or a gang that may now be whole: the next pass looks at it.
+        self.fresh.push(key.clone());
         let entry = self.queue.entry(key).or_insert_with(|| {
-            let (resources, ranks) = crate::node_groups::rank_resources(&task);
-            let request = Request {
-                resources,
-                ranks,
-                nodes: task.nodes.max(1),
-                fleets: task.provisioning.fleets.iter().map(|f| f.name.clone()).collect(),
-                instances: task.provisioning.instances.clone(),
-                pinned: Vec::new(),
-                project: Some(job.project.clone()),
-            };
-            let volumes = crate::volumes::RunVolumes::of(&task, &job.project, task.nodes);
-            let shape = {
-                use std::hash::{Hash, Hasher};
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                format!("{request:?}").hash(&mut h);
-                volumes.hash(&mut h);
-                h.finish()
-            };
-            Queued {
-                run_name: job.run_name.clone(),
-                project: job.project.clone(),
-                jobs: Vec::new(),
-                task,
-                request,
-                shape,
-                reason: None,
-                not_before_ms: job.not_before_ms,
-                inactivity: inactivity_limit(&job.configuration),
-                volumes,
-            }
+            let routed = matches!(&job.configuration, Configuration::Service(s) if s.router_group().is_some());
+            let mut q = Queued::new(task, &job.project, &job.run_name);
+            q.not_before_ms = job.not_before_ms;
+            q.inactivity = inactivity_limit(&job.configuration);
+            q.routed = routed;
+            q
         });
         let rank = job.job_num as usize;
         if entry.jobs.len() <= rank {
-            entry.jobs.resize(rank + 1, JobId(String::new()));
+            entry.jobs.resize(rank + 1, None);
         }
-        entry.jobs[rank] = job.id;
+        entry.jobs[rank] = Some(job.id);
     }
 
     /// Adds a newly stored run's jobs to the queue.
@@ -315,6 +362,114 @@ fn capacity_deadline(task: &TaskConfig, submitted_ms: i64) -> Option<i64> {
     Some(submitted_ms + retry.duration_secs.unwrap_or(3600) as i64 * 1000)
 }
 
+impl Scheduler {
+    /// Decides one pass, without I/O: which runs go where (their room reserved in the index), which
+    /// wait and why, which waited too long (taken out of the queue). `pins` says where the queue's
+    /// router services' worker replicas must go ([`crate::router_groups::pin`]); an entry it lacks
+    /// may go anywhere.
+    fn plan(
+        &mut self,
+        now_ms: i64,
+        tick: tokio::time::Instant,
+        pins: &HashMap<QueueKey, Result<NodeId, String>>,
+    ) -> Plan {
+        // Over the whole queue when the index changed in a way that can make room (or every
+        // `PERIOD`, for backoffs and retry windows that ran out); otherwise only over what is new,
+        // since what did not fit before still does not.
+        let generation = self.index.generation();
+        let full = self.full_pass.is_none_or(|(g, at)| g != generation || tick.duration_since(at) >= PERIOD);
+        let fresh = std::mem::take(&mut self.fresh);
+        if full {
+            self.failed.clear();
+            self.full_pass = Some((generation, tick));
+        }
+        let mut plan = Plan { full, ..Plan::default() };
+        let mut expired: Vec<(QueueKey, String)> = Vec::new();
+        let (mut placed_jobs, mut rewrites) = (0usize, 0usize);
+        let Scheduler { index, queue, failed, volumes, .. } = self;
+        let mut visit = |key: &QueueKey, q: &mut Queued| {
+            if q.not_before_ms.is_some_and(|t| t > now_ms) {
+                return;
+            }
+            if placed_jobs >= JOBS_PER_PASS {
+                // The rest is for the next pass, which follows at once.
+                return;
+            }
+            // Not all of the run's jobs are queued (a rank still ending from an earlier attempt):
+            // a later pass or the resync sees the whole gang.
+            let Some(jobs) = q.gang() else { return };
+            let pin = pins.get(key);
+            let outcome = match (pin, failed.get(&q.shape)) {
+                (Some(Err(why)), _) => Err(Arc::<str>::from(why.as_str())),
+                (Some(Ok(node)), _) => {
+                    let mut request = q.request.clone();
+                    request.pinned = vec![Some(vec![node.clone()])];
+                    crate::volumes::place(index, volumes, &request, &mut q.volumes)
+                        .map_err(|why| Arc::<str>::from(format!("{why} (on its router's node {node})")))
+                }
+                (None, Some(reason)) => Err(reason.clone()),
+                (None, None) => {
+                    crate::volumes::place(index, volumes, &q.request, &mut q.volumes).map_err(Arc::<str>::from)
+                }
+            };
+            match outcome {
+                Ok(allocs) => {
+                    placed_jobs += allocs.len();
+                    plan.placed.push(Placement { key: key.clone(), jobs, allocs });
+                }
+                Err(reason) => {
+                    // A pinned replica's outcome is its own, not its shape's.
+                    if pin.is_none() {
+                        failed.entry(q.shape).or_insert_with(|| reason.clone());
+                    }
+                    if capacity_deadline(&q.task, key.1).is_some_and(|d| now_ms > d) {
+                        expired.push((key.clone(), format!("no capacity within the retry duration: {reason}")));
+                        return;
+                    }
+                    if q.reason.as_deref() != Some(&*reason) {
+                        if q.reason.is_some() {
+                            if rewrites >= REASON_UPDATES_PER_PASS {
+                                return;
+                            }
+                            rewrites += 1;
+                        }
+                        plan.waits.extend(jobs.into_iter().map(|j| (j, reason.to_string())));
+                        q.reason = Some(reason.to_string());
+                    }
+                }
+            }
+        };
+        if full {
+            for (key, q) in queue.iter_mut() {
+                visit(key, q);
+            }
+        } else {
+            let mut fresh = fresh;
+            fresh.sort_unstable();
+            fresh.dedup();
+            for key in &fresh {
+                if let Some(q) = queue.get_mut(key) {
+                    visit(key, q);
+                }
+            }
+        }
+        for (key, message) in expired {
+            if let Some(q) = queue.remove(&key) {
+                plan.expired.extend(q.jobs.into_iter().flatten().map(|j| (j, message.clone())));
+            }
+        }
+        // A full chunk: the next pass looks at the whole queue, since what this one did not reach
+        // may fit (placing takes room, so it leaves the index generation as it is).
+        plan.more = placed_jobs >= JOBS_PER_PASS;
+        if plan.more {
+            self.full_pass = None;
+        }
+        plan
+    }
+}
+
+/// A pass: plans it under the scheduler's lock ([`Scheduler::plan`]), then records the waits and
+/// placements and sends the nodes their jobs. Returns the jobs whose wait expired.
 fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
     let began = std::time::Instant::now();
     let mut sched = state.scheduler.lock().unwrap_or_else(|e| e.into_inner());
@@ -332,119 +487,34 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
         return Ok(Vec::new());
     }
     let sched = &mut *sched;
-    // Over the whole queue when the index changed in a way that can make room (or every
-    // `PERIOD`, for backoffs and retry windows that ran out); otherwise only over what is new,
-    // since what did not fit before still does not.
-    let generation = sched.index.generation();
-    let full = sched.full_pass.is_none_or(|(g, at)| g != generation || at.elapsed() >= PERIOD);
-    let fresh = std::mem::take(&mut sched.fresh);
-    if full {
-        sched.failed.clear();
-        sched.full_pass = Some((generation, tokio::time::Instant::now()));
-    }
-    let mut expired: Vec<(QueueKey, String)> = Vec::new();
-    let mut placed: Vec<(QueueKey, Vec<(NodeId, Allocation)>)> = Vec::new();
-    let mut waits: Vec<(JobId, String)> = Vec::new();
-    let mut rewrites = 0usize;
-    let now = crate::secrets::now_ms();
-    let Scheduler { index, queue, failed, volumes, .. } = &mut *sched;
-    let mut placed_jobs = 0usize;
-    let mut visit = |key: &QueueKey, q: &mut Queued| {
-        if q.not_before_ms.is_some_and(|t| t > now) {
-            return;
-        }
-        if placed_jobs >= JOBS_PER_PASS {
-            // The rest is for the next pass, which follows at once (see below).
-            return;
-        }
-        if q.jobs.len() != q.request.nodes as usize || q.jobs.iter().any(|j| j.0.is_empty()) {
-            // Not all of the run's jobs are queued (a rank still ending from an earlier attempt);
-            // a later pass or the resync sees the whole gang.
-            return;
-        }
-        // A router service's worker replica goes on its router's node (see `router_groups`): its
-        // outcome is its own, not its shape's.
-        let pin = crate::router_groups::pin(state, &q.project, &q.run_name, &key.2, key.3);
-        let outcome = match (&pin, failed.get(&q.shape)) {
-            (Some(Err(why)), _) => Err(Arc::<str>::from(why.as_str())),
-            (Some(Ok(node)), _) => {
-                let mut request = q.request.clone();
-                request.pinned = vec![Some(vec![node.clone()])];
-                crate::volumes::place(index, volumes, &request, &mut q.volumes)
-                    .map_err(|why| Arc::<str>::from(format!("{why} (on its router's node {node})")))
-            }
-            (None, Some(reason)) => Err(reason.clone()),
-            (None, None) => crate::volumes::place(index, volumes, &q.request, &mut q.volumes).map_err(Arc::<str>::from),
-        };
-        match outcome {
-            Ok(allocs) => {
-                placed_jobs += allocs.len();
-                placed.push((key.clone(), allocs));
-            }
-            Err(reason) => {
-                if pin.is_none() {
-                    failed.entry(q.shape).or_insert_with(|| reason.clone());
-                }
-                if capacity_deadline(&q.task, key.1).is_some_and(|d| now > d) {
-                    expired.push((key.clone(), format!("no capacity within the retry duration: {reason}")));
-                    return;
-                }
-                if q.reason.as_deref() != Some(&*reason) {
-                    if q.reason.is_some() {
-                        if rewrites >= REASON_UPDATES_PER_PASS {
-                            return;
-                        }
-                        rewrites += 1;
-                    }
-                    waits.extend(q.jobs.iter().map(|j| (j.clone(), reason.to_string())));
-                    q.reason = Some(reason.to_string());
-                }
-            }
-        }
-    };
-    if full {
-        for (key, q) in queue.iter_mut() {
-            visit(key, q);
-        }
-    } else {
-        let mut fresh = fresh;
-        fresh.sort_unstable();
-        fresh.dedup();
-        for key in &fresh {
-            if let Some(q) = queue.get_mut(key) {
-                visit(key, q);
-            }
-        }
-    }
-    let chunk_full = placed_jobs >= JOBS_PER_PASS;
-    if chunk_full {
-        // A full chunk: another pass right after this one, with the lock released in between. It
-        // looks at the whole queue: what this pass did not reach may fit (placing takes room, so
-        // it leaves the index generation as it is).
+    // A router service's worker replica goes on its router's node (see `router_groups`).
+    let pins: HashMap<QueueKey, Result<NodeId, String>> = sched
+        .queue
+        .iter()
+        .filter(|(_, q)| q.routed)
+        .filter_map(|(key, q)| {
+            Some((key.clone(), crate::router_groups::pin(state, &q.project, &q.run_name, &key.2, key.3)?))
+        })
+        .collect();
+    let plan = sched.plan(crate::secrets::now_ms(), tokio::time::Instant::now(), &pins);
+    if plan.more {
+        // Another pass right after this one, with the lock released in between.
         state.wake_scheduler.notify_one();
     }
-    if !waits.is_empty() {
-        state.store.set_pending_many(&waits)?;
+    if !plan.waits.is_empty() {
+        state.store.set_pending_many(&plan.waits)?;
     }
-    let mut ended = Vec::new();
-    for (key, message) in expired {
-        if let Some(q) = sched.queue.remove(&key) {
-            ended.extend(q.jobs.into_iter().map(|j| (j, message.clone())));
-        }
-    }
-    if placed.is_empty() {
-        return Ok(ended);
+    if plan.placed.is_empty() {
+        return Ok(plan.expired);
     }
 
-    let placed_count = placed_jobs;
-    if chunk_full {
-        sched.full_pass = None;
-    }
-    let gangs: Vec<Vec<(NodeId, JobSpec)>> = placed
+    let placed_count: usize = plan.placed.iter().map(|p| p.allocs.len()).sum();
+    let gangs: Vec<Vec<(NodeId, JobSpec)>> = plan
+        .placed
         .iter()
-        .map(|(key, allocs)| {
-            let q = &sched.queue[key];
-            let mut gang = gang_specs(q, &key.2, allocs, &sched.addresses, &state.config);
+        .map(|p| {
+            let (key, q) = (&p.key, &sched.queue[&p.key]);
+            let mut gang = gang_specs(q, &key.2, &p.jobs, &p.allocs, &sched.addresses, &state.config);
             // The fleet's `env`, TPU devices (see `fleet_nodes`).
             crate::fleet_nodes::decorate(&mut gang, &sched.index, state.config.tpu_privileged);
             // A Dynamo worker replica: the router's address (see `router_groups`).
@@ -459,8 +529,8 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
         .collect();
     let decided = began.elapsed();
     let assigned = state.store.assign_gangs(&gangs)?;
-    for (((key, allocs), gang), ok) in placed.into_iter().zip(gangs).zip(assigned) {
-        let removed = sched.queue.remove(&key);
+    for ((p, gang), ok) in plan.placed.into_iter().zip(gangs).zip(assigned) {
+        let removed = sched.queue.remove(&p.key);
         let order = removed.as_ref().map(|q| q.task.startup_order);
         if ok && let Some(limit) = removed.as_ref().and_then(|q| q.inactivity) {
             for (_, spec) in &gang {
@@ -469,7 +539,7 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
         }
         if !ok {
             // Stopped while being placed: give the resources back.
-            for (node, a) in &allocs {
+            for (node, a) in &p.allocs {
                 sched.index.release(node, a);
             }
             continue;
@@ -484,7 +554,7 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
         }
         if ordered {
             // `startup_order`: start the side that goes first; the rest follows its `running`.
-            if let Err(e) = crate::lifecycle::start_allowed(state, &key.2) {
+            if let Err(e) = crate::lifecycle::start_allowed(state, &p.key.2) {
                 tracing::error!("cannot start the run's jobs: {e:#}");
             }
         }
@@ -492,12 +562,12 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
     tracing::debug!(
         placed = placed_count,
         queued = sched.queue.len(),
-        full,
+        full = plan.full,
         decide_ms = decided.as_millis() as u64,
         total_ms = began.elapsed().as_millis() as u64,
         "scheduling pass"
     );
-    Ok(ended)
+    Ok(plan.expired)
 }
 
 /// The specs of a placed run's jobs: the task's configuration plus each rank's allocation and the
@@ -505,6 +575,7 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
 fn gang_specs(
     q: &Queued,
     run_id: &RunId,
+    jobs: &[JobId],
     allocs: &[(NodeId, Allocation)],
     addresses: &HashMap<NodeId, String>,
     config: &crate::Config,
@@ -518,9 +589,10 @@ fn gang_specs(
         ips.iter().zip(allocs).map(|(ip, (_, a))| format!("{ip} slots={}\n", a.gpu_indices.len().max(1))).collect();
     allocs
         .iter()
+        .zip(jobs)
         .enumerate()
-        .map(|(rank, (node, allocation))| {
-            let job_id = q.jobs.get(rank).cloned().unwrap_or_else(|| JobId(String::new()));
+        .map(|(rank, ((node, allocation), job_id))| {
+            let job_id = job_id.clone();
             let mut env: Vec<(String, String)> =
                 q.task.env.iter().map(|e| (e.name.clone(), e.value.clone().unwrap_or_default())).collect();
             let mut vars = vec![

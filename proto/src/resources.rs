@@ -9,7 +9,7 @@ pub mod tpu;
 pub use tpu::TPU_INDEX_BASE;
 
 /// A closed or half-open range such as `8..`, `..2`, `1..2`, or an exact value (`min == max`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Range<T> {
     pub min: Option<T>,
     pub max: Option<T>,
@@ -42,7 +42,7 @@ impl<T: std::fmt::Display + PartialEq> std::fmt::Display for Range<T> {
 }
 
 /// Bytes, printed the way dstack prints memory (`80GB`, `512MB`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Memory(pub u64);
 
@@ -71,14 +71,14 @@ impl std::fmt::Display for Memory {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CpuArch {
     X86,
     Arm,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GpuVendor {
     Nvidia,
@@ -88,13 +88,13 @@ pub enum GpuVendor {
     Tenstorrent,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct CpuSpec {
     pub arch: Option<CpuArch>,
     pub count: Range<u32>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct GpuSpec {
     pub vendor: Option<GpuVendor>,
     /// Accepted model names (`A100`, `RTX4090`), matched case-insensitively against the device name.
@@ -172,7 +172,7 @@ pub fn gpu_name_matches(wanted: &str, device: &str) -> bool {
     })
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ResourcesSpec {
     pub cpu: CpuSpec,
     pub memory: Range<Memory>,

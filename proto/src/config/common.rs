@@ -65,13 +65,13 @@ pub enum IdleDuration {
 }
 
 /// `my-fleet`, or `team-a/my-fleet` for a fleet imported from another project.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FleetRef {
     pub project: Option<String>,
     pub name: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InstanceSelector {
     Name(String),
