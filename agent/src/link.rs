@@ -269,22 +269,39 @@ pub async fn handshake(
     }
 }
 
-/// Says in words why a connection with the node's certificate failed, when TLS is the reason.
+/// Says in words why a connection with the node's certificate failed, when TLS is the reason:
+/// read from quinn's error (a TLS alert is a QUIC crypto error), not from its text.
 fn explain(e: anyhow::Error, remote: SocketAddr) -> anyhow::Error {
-    let text = format!("{e:#}");
-    let by_peer = text.contains("by peer");
-    if by_peer && (text.contains("handshake failed") || text.contains("certificate")) {
-        e.context(format!(
+    let tls = e.chain().find_map(|c| c.downcast_ref::<quinn::ConnectionError>()).and_then(tls_refusal);
+    match tls {
+        Some(TlsRefusal::ByPeer) => e.context(format!(
             "the coordinator at {remote} refused this node's certificate: the node was enrolled with another \
              coordinator, or that coordinator's data was reset; enroll again with a join token and a fresh state dir"
-        ))
-    } else if text.contains("invalid peer certificate") {
-        e.context(format!(
+        )),
+        Some(TlsRefusal::OfPeer) => e.context(format!(
             "the coordinator at {remote} presented a certificate not signed by the CA this node enrolled with: \
              is this the right coordinator? (to join another one, enroll again with its join token and a fresh state dir)"
-        ))
-    } else {
-        e.context(format!("cannot talk to the coordinator at {remote}"))
+        )),
+        None => e.context(format!("cannot talk to the coordinator at {remote}")),
+    }
+}
+
+/// Which side's TLS refused the handshake.
+#[derive(Debug, PartialEq, Eq)]
+enum TlsRefusal {
+    /// The coordinator closed the connection with a TLS alert: it refused this node.
+    ByPeer,
+    /// This side's TLS refused the coordinator (its certificate).
+    OfPeer,
+}
+
+fn tls_refusal(e: &quinn::ConnectionError) -> Option<TlsRefusal> {
+    // QUIC carries a TLS alert as a crypto error: codes 0x100 to 0x1ff (RFC 9001, 4.8).
+    let crypto = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+    match e {
+        quinn::ConnectionError::ConnectionClosed(c) if crypto(c.error_code) => Some(TlsRefusal::ByPeer),
+        quinn::ConnectionError::TransportError(t) if crypto(t.code) => Some(TlsRefusal::OfPeer),
+        _ => None,
     }
 }
 

@@ -142,13 +142,17 @@ async fn handle_connection(
 ) -> anyhow::Result<()> {
     let remote = incoming.remote_address();
     let conn = incoming.await.map_err(|e| {
-        let text = e.to_string();
-        let why = if text.contains("by peer") {
-            "the agent refused this coordinator's certificate (it trusts another coordinator's CA)"
-        } else if text.contains("invalid peer certificate") {
-            "refused an agent whose certificate is not signed by this coordinator's CA (enrolled elsewhere?)"
-        } else {
-            "handshake failed"
+        // A TLS alert travels as a QUIC crypto error (codes 0x100 to 0x1ff, RFC 9001 4.8): sent by
+        // the agent when it refused this side, raised here when this side refused the agent's.
+        let crypto = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+        let why = match &e {
+            quinn::ConnectionError::ConnectionClosed(c) if crypto(c.error_code) => {
+                "the agent refused this coordinator's certificate (it trusts another coordinator's CA)"
+            }
+            quinn::ConnectionError::TransportError(t) if crypto(t.code) => {
+                "refused an agent whose certificate is not signed by this coordinator's CA (enrolled elsewhere?)"
+            }
+            _ => "handshake failed",
         };
         anyhow::Error::new(e).context(why)
     })?;

@@ -291,7 +291,7 @@ impl Scheduler {
 
     /// Adds a newly stored run's jobs to the queue.
     pub fn enqueue(&mut self, store: &Store, run: &RunId) -> anyhow::Result<()> {
-        for job in store.jobs_where("WHERE j.run_id = ?1 AND j.state IN ('submitted', 'pending')", [&run.0])? {
+        for job in store.queued_jobs_of(run)? {
             self.enqueue_job(job);
         }
         Ok(())

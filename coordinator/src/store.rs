@@ -1,5 +1,8 @@
 //! The state store: one SQLite file in the data dir (WAL), migrations applied on open. The coordinator
-//! alone writes it. Calls are short and synchronous; the connection sits behind a mutex.
+//! alone writes it. Calls are short and synchronous. Writes go through one connection behind a
+//! mutex; reads that need no transaction go to a small pool of read-only connections (WAL lets
+//! them read while a write is under way), so a token check or a page of runs never waits behind a
+//! scheduling pass's transaction. Callers see typed methods only: no SQL leaves this module.
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -41,11 +44,40 @@ impl StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// The states a job ends in, as an SQL list.
-const FINISHED_STATES: &str = "('done', 'failed', 'stopped', 'aborted')";
-/// The states of a job not yet ended, as an SQL list (`IN` this list can use `jobs_by_state`;
-/// `NOT IN` [`FINISHED_STATES`] reads every job).
-const ACTIVE_STATES: &str = "('submitted', 'pending', 'provisioning', 'pulling', 'running', 'terminating')";
+// The job states as the queries group them, as SQL lists: the one place they are spelled, checked
+// against `JobState` by `store::tests::the_state_lists_are_the_job_states`. Macros, so that a
+// query stays one literal (`concat!`).
+
+/// Waiting for a node.
+macro_rules! queued_states {
+    () => {
+        "('submitted', 'pending')"
+    };
+}
+/// On a node: holding its resources.
+macro_rules! placed_states {
+    () => {
+        "('provisioning', 'pulling', 'running', 'terminating')"
+    };
+}
+/// Not yet ended (`IN` this list can use `jobs_by_state`; `NOT IN` the finished ones reads every job).
+macro_rules! active_states {
+    () => {
+        "('submitted', 'pending', 'provisioning', 'pulling', 'running', 'terminating')"
+    };
+}
+/// Ended.
+macro_rules! finished_states {
+    () => {
+        "('done', 'failed', 'stopped', 'aborted')"
+    };
+}
+// For the test that checks them against `JobState`.
+#[cfg(test)]
+use {active_states, finished_states, placed_states, queued_states};
+
+const FINISHED_STATES: &str = finished_states!();
+const ACTIVE_STATES: &str = active_states!();
 
 /// What [`Store::insert_run`] stores.
 #[derive(Clone, Copy)]
@@ -88,8 +120,15 @@ pub use tokens::DefaultToken;
 pub use volumes::VolumeRow;
 
 pub struct Store {
+    /// The writer (and reads inside a write's transaction).
     conn: Mutex<Connection>,
+    /// Read-only connections, taken round robin.
+    readers: Vec<Mutex<Connection>>,
+    next_reader: std::sync::atomic::AtomicUsize,
 }
+
+/// Read-only connections kept open beside the writer.
+const READERS: usize = 4;
 
 /// A job as the coordinator keeps it.
 #[derive(Clone, Debug)]
@@ -234,9 +273,36 @@ impl Store {
         conn.set_prepared_statement_cache_capacity(128);
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let store = Self { conn: Mutex::new(conn) };
+        let mut store = Self { conn: Mutex::new(conn), readers: Vec::new(), next_reader: Default::default() };
         store.migrate()?;
+        for _ in 0..READERS {
+            let reader = Connection::open(path)?;
+            reader.pragma_update(None, "query_only", "ON")?;
+            reader.pragma_update(None, "cache_size", -16 * 1024)?;
+            reader.set_prepared_statement_cache_capacity(128);
+            reader.busy_timeout(std::time::Duration::from_secs(5))?;
+            store.readers.push(Mutex::new(reader));
+        }
         Ok(store)
+    }
+
+    /// A read-only connection: the first free one from the next in turn, else (all busy) that one
+    /// once it is free. What it reads is every write committed before the call.
+    fn read(&self) -> MutexGuard<'_, Connection> {
+        use std::sync::atomic::Ordering;
+        let n = self.readers.len();
+        if n == 0 {
+            return self.conn();
+        }
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            match self.readers[(start + i) % n].try_lock() {
+                Ok(guard) => return guard,
+                Err(std::sync::TryLockError::Poisoned(e)) => return e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        self.readers[start % n].lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -258,7 +324,7 @@ impl Store {
     }
 
     pub fn project_exists(&self, name: &str) -> Result<bool> {
-        Ok(self.conn().query_row("SELECT 1 FROM projects WHERE name = ?1", [name], |_| Ok(())).optional()?.is_some())
+        Ok(self.read().query_row("SELECT 1 FROM projects WHERE name = ?1", [name], |_| Ok(())).optional()?.is_some())
     }
 
     // --- nodes ---
@@ -301,12 +367,12 @@ impl Store {
     pub fn node_loads(&self, nodes: Option<&[NodeId]>) -> Result<std::collections::HashMap<NodeId, NodeLoad>> {
         let list =
             nodes.map(|n| serde_json::Value::from(n.iter().map(|i| i.0.as_str()).collect::<Vec<_>>()).to_string());
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT node_id, allocation FROM jobs WHERE node_id IS NOT NULL
-               AND state IN ('provisioning', 'pulling', 'running', 'terminating')
-               AND (?1 IS NULL OR node_id IN (SELECT value FROM json_each(?1)))",
-        )?;
+        let conn = self.read();
+        let mut stmt = conn.prepare_cached(concat!(
+            "SELECT node_id, allocation FROM jobs WHERE node_id IS NOT NULL AND state IN ",
+            placed_states!(),
+            " AND (?1 IS NULL OR node_id IN (SELECT value FROM json_each(?1)))"
+        ))?;
         let mut rows = stmt.query([list])?;
         let mut loads: std::collections::HashMap<NodeId, NodeLoad> = std::collections::HashMap::new();
         while let Some(r) = rows.next()? {
@@ -322,7 +388,7 @@ impl Store {
     }
 
     fn query_nodes<P: rusqlite::Params>(&self, filter: &str, p: P) -> Result<Vec<NodeRow>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT id, name, fleet, enrolled_ms, last_seen_ms, address, agent_version, inventory, revoked, cordoned FROM nodes {filter}"
         ))?;
@@ -347,14 +413,14 @@ impl Store {
 
     /// A node's name, by its id (a primary-key lookup: run views call it per job).
     pub fn node_name(&self, id: &NodeId) -> Result<Option<String>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached("SELECT name FROM nodes WHERE id = ?1")?;
         Ok(stmt.query_row([&id.0], |r| r.get(0)).optional()?)
     }
 
     /// The names in use that are `base` or `base-N`, for picking a free one.
     pub fn node_names_like(&self, base: &str) -> Result<Vec<String>> {
-        let conn = self.conn();
+        let conn = self.read();
         // A removed node's name is free again (its host may enroll anew).
         let mut stmt =
             conn.prepare_cached("SELECT name FROM nodes WHERE revoked = 0 AND (name = ?1 OR name LIKE ?1 || '-%')")?;
@@ -463,9 +529,12 @@ impl Store {
         // deployment of an active service goes in next to it (`replacing_service`).
         let active: bool = !replacing_service && tx
             .query_row(
-                "SELECT 1 FROM runs r WHERE r.project = ?1 AND r.name = ?2 AND (r.replicas IS NOT NULL OR EXISTS \
-                 (SELECT 1 FROM jobs j WHERE j.run_id = r.id AND j.state NOT IN ('done', 'failed', 'stopped', 'aborted'))) \
-                 LIMIT 1",
+                concat!(
+                    "SELECT 1 FROM runs r WHERE r.project = ?1 AND r.name = ?2 AND (r.replicas IS NOT NULL OR EXISTS \
+                     (SELECT 1 FROM jobs j WHERE j.run_id = r.id AND j.state NOT IN ",
+                    finished_states!(),
+                    ")) LIMIT 1"
+                ),
                 params![project, name],
                 |_| Ok(()),
             )
@@ -490,9 +559,9 @@ impl Store {
         Ok(true)
     }
 
-    /// Jobs matching an SQL filter over `j` (jobs) and `r` (runs).
-    pub fn jobs_where<P: rusqlite::Params>(&self, filter: &str, p: P) -> Result<Vec<JobRow>> {
-        let conn = self.conn();
+    /// Jobs matching an SQL filter over `j` (jobs) and `r` (runs): the typed methods' one query.
+    fn jobs_where<P: rusqlite::Params>(&self, filter: &str, p: P) -> Result<Vec<JobRow>> {
+        let conn = self.read();
         let mut stmt =
             conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs j JOIN runs r ON r.id = j.run_id {filter}"))?;
         let jobs = stmt.query_map(p, job_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
@@ -501,7 +570,7 @@ impl Store {
 
     /// What an agent's progress report needs of a job, without reading its configuration or spec.
     pub fn job_brief(&self, id: &JobId) -> Result<Option<JobBrief>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached(
             "SELECT run_id, node_id, state, termination_reason, \
              EXISTS (SELECT 1 FROM jobs g WHERE g.run_id = j.run_id AND g.state = 'provisioning' AND g.id <> j.id) \
@@ -528,24 +597,28 @@ impl Store {
 
     /// Jobs waiting for a node, oldest first.
     pub fn queued_jobs(&self) -> Result<Vec<JobRow>> {
-        self.jobs_where("WHERE j.state IN ('submitted', 'pending') ORDER BY j.submitted_ms, j.id", [])
+        self.jobs_where(concat!("WHERE j.state IN ", queued_states!(), " ORDER BY j.submitted_ms, j.id"), [])
+    }
+
+    /// A run's jobs waiting for a node.
+    pub fn queued_jobs_of(&self, run: &RunId) -> Result<Vec<JobRow>> {
+        self.jobs_where(concat!("WHERE j.run_id = ?1 AND j.state IN ", queued_states!()), [&run.0])
     }
 
     /// The jobs holding resources on one node (an index lookup: reconnects and node loss at scale).
     pub fn placed_jobs_on(&self, node: &NodeId) -> Result<Vec<JobRow>> {
-        self.jobs_where(
-            "WHERE j.node_id = ?1 AND j.state IN ('provisioning', 'pulling', 'running', 'terminating')",
-            [&node.0],
-        )
+        self.jobs_where(concat!("WHERE j.node_id = ?1 AND j.state IN ", placed_states!()), [&node.0])
     }
 
     /// Whether a job of `project` holds resources on `node` (who may load the project's images).
     pub fn node_runs_project(&self, node: &NodeId, project: &str) -> Result<bool> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM jobs j JOIN runs r ON r.id = j.run_id WHERE j.node_id = ?1
-               AND r.project = ?2 AND j.state IN ('provisioning', 'pulling', 'running', 'terminating'))",
-        )?;
+        let conn = self.read();
+        let mut stmt = conn.prepare_cached(concat!(
+            "SELECT EXISTS (SELECT 1 FROM jobs j JOIN runs r ON r.id = j.run_id WHERE j.node_id = ?1 \
+                 AND r.project = ?2 AND j.state IN ",
+            placed_states!(),
+            ")"
+        ))?;
         Ok(stmt.query_row(params![node.0, project], |r| r.get(0))?)
     }
 
@@ -553,7 +626,7 @@ impl Store {
     /// Running jobs of active services. From the services' side (`CROSS JOIN` fixes the order):
     /// with 100,000 running tasks, starting from the jobs would read them all every second.
     pub fn running_replicas(&self) -> Result<Vec<JobRow>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {JOB_COLUMNS} FROM runs r CROSS JOIN jobs j ON j.run_id = r.id \
              WHERE r.replicas IS NOT NULL AND j.state = 'running'"
@@ -565,11 +638,12 @@ impl Store {
     /// What placed jobs hold, node by node, without reading their configurations (the scheduler's
     /// resync, with 100,000 jobs).
     pub fn placed_allocations(&self) -> Result<Vec<(NodeId, corral_proto::resources::Allocation)>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
+        let conn = self.read();
+        let mut stmt = conn.prepare_cached(concat!(
             "SELECT node_id, allocation FROM jobs WHERE node_id IS NOT NULL AND allocation IS NOT NULL \
-             AND state IN ('provisioning', 'pulling', 'running', 'terminating')",
-        )?;
+                 AND state IN ",
+            placed_states!()
+        ))?;
         let rows =
             stmt.query_map([], |r| Ok((NodeId(r.get(0)?), json_col(r, 1)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
@@ -577,8 +651,8 @@ impl Store {
 
     /// The ids of the queued jobs and their runs, without reading configurations.
     pub fn queued_job_ids(&self) -> Result<Vec<(JobId, RunId)>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached("SELECT id, run_id FROM jobs WHERE state IN ('submitted', 'pending')")?;
+        let conn = self.read();
+        let mut stmt = conn.prepare_cached(concat!("SELECT id, run_id FROM jobs WHERE state IN ", queued_states!()))?;
         let rows =
             stmt.query_map([], |r| Ok((JobId(r.get(0)?), RunId(r.get(1)?))))?.collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
@@ -586,10 +660,7 @@ impl Store {
 
     /// Jobs holding resources on nodes (placed and not finished).
     pub fn placed_jobs(&self) -> Result<Vec<JobRow>> {
-        self.jobs_where(
-            "WHERE j.node_id IS NOT NULL AND j.state IN ('provisioning', 'pulling', 'running', 'terminating')",
-            [],
-        )
+        self.jobs_where(concat!("WHERE j.node_id IS NOT NULL AND j.state IN ", placed_states!()), [])
     }
 
     /// Assigns placed gangs in one transaction. Each gang (the jobs of one run) is assigned whole or
@@ -599,10 +670,11 @@ impl Store {
         // One job; false (nothing written) when it is no longer queued.
         fn assign(tx: &Connection, node: &NodeId, spec: &JobSpec) -> Result<bool> {
             let n = tx
-                .prepare_cached(
+                .prepare_cached(concat!(
                     "UPDATE jobs SET state = 'provisioning', node_id = ?2, allocation = ?3, spec = ?4, \
-                     status_message = NULL WHERE id = ?1 AND state IN ('submitted', 'pending')",
-                )?
+                         status_message = NULL WHERE id = ?1 AND state IN ",
+                    queued_states!()
+                ))?
                 .execute(params![spec.job_id.0, node.0, json(&spec.allocation), json(spec)])?;
             Ok(n == 1)
         }
@@ -636,9 +708,10 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         {
-            let mut stmt = tx.prepare_cached(
-                "UPDATE jobs SET state = 'pending', status_message = ?2 WHERE id = ?1 AND state IN ('submitted', 'pending')",
-            )?;
+            let mut stmt = tx.prepare_cached(concat!(
+                "UPDATE jobs SET state = 'pending', status_message = ?2 WHERE id = ?1 AND state IN ",
+                queued_states!()
+            ))?;
             for (id, reason) in waits {
                 stmt.execute(params![id.0, reason])?;
             }
@@ -654,12 +727,13 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         {
-            let mut stmt = tx.prepare_cached(
+            let mut stmt = tx.prepare_cached(concat!(
                 "UPDATE jobs SET state = CASE WHEN state = 'terminating' THEN state ELSE ?2 END, \
                  started_ms = CASE WHEN ?2 = 'running' AND started_ms IS NULL THEN ?3 ELSE started_ms END, \
                  status_message = COALESCE(?4, status_message) \
-                 WHERE id = ?1 AND state NOT IN ('done', 'failed', 'stopped', 'aborted')",
-            )?;
+                 WHERE id = ?1 AND state NOT IN ",
+                finished_states!()
+            ))?;
             for (id, state, message) in reports {
                 stmt.execute(params![id.0, state.as_str(), now, message])?;
             }
@@ -677,9 +751,12 @@ impl Store {
         message: Option<&str>,
     ) -> Result<bool> {
         let n = self.conn().execute(
-            "UPDATE jobs SET state = ?2, termination_reason = ?3, exit_code = ?4, status_message = COALESCE(?5, status_message), \
-             finished_ms = ?6, started_ms = CASE WHEN ?4 IS NOT NULL THEN COALESCE(started_ms, ?6) ELSE started_ms END \
-             WHERE id = ?1 AND state NOT IN ('done', 'failed', 'stopped', 'aborted')",
+            concat!(
+                "UPDATE jobs SET state = ?2, termination_reason = ?3, exit_code = ?4, status_message = COALESCE(?5, status_message), \
+                 finished_ms = ?6, started_ms = CASE WHEN ?4 IS NOT NULL THEN COALESCE(started_ms, ?6) ELSE started_ms END \
+                 WHERE id = ?1 AND state NOT IN ",
+                finished_states!()
+            ),
             params![id.0, reason.final_state().as_str(), reason.as_str(), exit_code, message, now_ms()],
         )?;
         Ok(n == 1)
@@ -689,8 +766,10 @@ impl Store {
     /// that reconciliation can repeat the same request. Returns false when the job was not placed.
     pub fn set_terminating(&self, id: &JobId, reason: TerminationReason) -> Result<bool> {
         let n = self.conn().execute(
-            "UPDATE jobs SET state = 'terminating', termination_reason = ?2 \
-             WHERE id = ?1 AND state IN ('provisioning', 'pulling', 'running', 'terminating')",
+            concat!(
+                "UPDATE jobs SET state = 'terminating', termination_reason = ?2 WHERE id = ?1 AND state IN ",
+                placed_states!()
+            ),
             params![id.0, reason.as_str()],
         )?;
         Ok(n == 1)
@@ -699,8 +778,10 @@ impl Store {
     /// Ends a job that was never placed. Returns false when the scheduler placed it meanwhile.
     pub fn cancel_queued(&self, id: &JobId, reason: TerminationReason) -> Result<bool> {
         let n = self.conn().execute(
-            "UPDATE jobs SET state = ?2, termination_reason = ?3, finished_ms = ?4 \
-             WHERE id = ?1 AND state IN ('submitted', 'pending')",
+            concat!(
+                "UPDATE jobs SET state = ?2, termination_reason = ?3, finished_ms = ?4 WHERE id = ?1 AND state IN ",
+                queued_states!()
+            ),
             params![id.0, reason.final_state().as_str(), reason.as_str(), now_ms()],
         )?;
         Ok(n == 1)
@@ -720,13 +801,13 @@ impl Store {
     }
 
     pub fn run_in_project(&self, id: &RunId, project: &str) -> Result<bool> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM runs WHERE id = ?1 AND project = ?2)")?;
         Ok(stmt.query_row(params![id.0, project], |r| r.get(0))?)
     }
 
     pub fn run_ids(&self, project: &str) -> Result<Vec<RunId>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare("SELECT id FROM runs WHERE project = ?1 ORDER BY submitted_ms DESC, rowid DESC")?;
         let ids = stmt.query_map([project], |r| Ok(RunId(r.get(0)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(ids)
@@ -755,13 +836,13 @@ impl Store {
     }
 
     pub fn run_submitted_ms(&self, run: &RunId) -> Result<Option<i64>> {
-        Ok(self.conn().query_row("SELECT submitted_ms FROM runs WHERE id = ?1", [&run.0], |r| r.get(0)).optional()?)
+        Ok(self.read().query_row("SELECT submitted_ms FROM runs WHERE id = ?1", [&run.0], |r| r.get(0)).optional()?)
     }
 
     /// The newest attempt of each of a run's jobs, by rank.
     /// Whether a job of the run is placed and not yet started.
     pub fn has_provisioning(&self, run: &RunId) -> Result<bool> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt =
             conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM jobs WHERE run_id = ?1 AND state = 'provisioning')")?;
         Ok(stmt.query_row([&run.0], |r| r.get(0))?)

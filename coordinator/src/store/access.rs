@@ -75,7 +75,7 @@ impl Store {
 
     /// Who holds the token of this hash.
     pub fn caller(&self, hash: &str) -> Result<Option<Caller>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached(
             "SELECT u.name, u.global_role, t.service_project, t.service_run FROM api_tokens t \
              LEFT JOIN users u ON u.name = t.user WHERE t.hash = ?1",
@@ -115,14 +115,14 @@ impl Store {
     }
 
     pub fn user_role(&self, name: &str) -> Result<Option<GlobalRole>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached("SELECT global_role FROM users WHERE name = ?1")?;
         Ok(stmt.query_row([name], |r| global_role_of(&r.get::<_, String>(0)?)).optional()?)
     }
 
     /// Every user, by name, with its projects.
     pub fn users(&self) -> Result<Vec<api::User>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached("SELECT name, global_role, created_ms FROM users ORDER BY name")?;
         let mut users = stmt
             .query_map([], |r| {
@@ -152,7 +152,7 @@ impl Store {
 
     /// The projects a user is a member of, with its roles.
     pub fn memberships(&self, user: &str) -> Result<Vec<api::Membership>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached("SELECT project, role FROM members WHERE user = ?1 ORDER BY project")?;
         let rows = stmt.query_map([user], |r| {
             Ok(api::Membership { project: r.get(0)?, role: role_of(&r.get::<_, String>(1)?)? })
@@ -161,7 +161,7 @@ impl Store {
     }
 
     pub fn global_admins(&self) -> Result<u32> {
-        Ok(self.conn().query_row("SELECT COUNT(*) FROM users WHERE global_role = 'admin'", [], |r| r.get(0))?)
+        Ok(self.read().query_row("SELECT COUNT(*) FROM users WHERE global_role = 'admin'", [], |r| r.get(0))?)
     }
 
     /// Removes a user with its tokens and memberships. `false`: there was none.
@@ -211,7 +211,7 @@ impl Store {
 
     /// Every project with its member count and `user`'s role in it.
     pub fn projects(&self, user: &str) -> Result<Vec<api::Project>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached(
             "SELECT p.name, p.created_ms, (SELECT COUNT(*) FROM members m WHERE m.project = p.name), \
              (SELECT role FROM members m WHERE m.project = p.name AND m.user = ?1) FROM projects p ORDER BY p.name",
@@ -230,7 +230,7 @@ impl Store {
 
     /// What still lives in a project and keeps it from being deleted: active runs, fleets, volumes.
     pub fn project_contents(&self, project: &str) -> Result<(u32, u32, u32)> {
-        let conn = self.conn();
+        let conn = self.read();
         Ok(conn.query_row(
             &format!(
                 "SELECT (SELECT COUNT(*) FROM runs r WHERE r.project = ?1 AND (r.replicas IS NOT NULL OR EXISTS \
@@ -264,13 +264,13 @@ impl Store {
     }
 
     pub fn member_role(&self, project: &str, user: &str) -> Result<Option<ProjectRole>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached("SELECT role FROM members WHERE project = ?1 AND user = ?2")?;
         Ok(stmt.query_row(params![project, user], |r| role_of(&r.get::<_, String>(0)?)).optional()?)
     }
 
     pub fn members(&self, project: &str) -> Result<Vec<api::Member>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached("SELECT user, role FROM members WHERE project = ?1 ORDER BY user")?;
         let rows = stmt
             .query_map([project], |r| Ok(api::Member { user: r.get(0)?, role: role_of(&r.get::<_, String>(1)?)? }))?;
@@ -297,7 +297,7 @@ impl Store {
 
     /// The projects where `user` is the only admin.
     pub fn sole_admin_of(&self, user: &str) -> Result<Vec<String>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached(
             "SELECT m.project FROM members m WHERE m.user = ?1 AND m.role = 'admin' AND \
              (SELECT COUNT(*) FROM members o WHERE o.project = m.project AND o.role = 'admin') = 1 ORDER BY m.project",
@@ -320,7 +320,7 @@ impl Store {
     }
 
     pub fn service_tokens(&self, project: &str) -> Result<Vec<api::ServiceToken>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached(
             "SELECT substr(hash, 1, 12), service_run, created_ms, created_by FROM api_tokens \
              WHERE service_project = ?1 ORDER BY created_ms",
@@ -386,7 +386,7 @@ impl Store {
         before: Option<i64>,
         limit: u32,
     ) -> Result<Vec<api::Event>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached(
             "SELECT id, ms, user, project, action, object, detail FROM events \
              WHERE ms >= ?1 AND (?2 IS NULL OR project = ?2) AND (?4 IS NULL OR id < ?4) ORDER BY id DESC LIMIT ?3",

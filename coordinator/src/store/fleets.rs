@@ -17,7 +17,7 @@ impl Store {
     }
 
     pub fn fleets(&self, project: &str) -> Result<Vec<(String, FleetConfig, i64)>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt =
             conn.prepare("SELECT name, configuration, created_ms FROM fleets WHERE project = ?1 ORDER BY name")?;
         let rows = stmt
@@ -28,7 +28,7 @@ impl Store {
 
     /// Every fleet of every project: (project, name, configuration).
     pub fn all_fleets(&self) -> Result<Vec<(String, String, FleetConfig)>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare("SELECT project, name, configuration FROM fleets ORDER BY project, name")?;
         let rows = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, json_col(r, 2)?)))?
@@ -45,7 +45,7 @@ impl Store {
     /// their fleet without a project).
     /// The projects that have a fleet of this name: the nodes of that fleet are theirs.
     pub fn fleet_projects(&self, name: &str) -> Result<Vec<String>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached("SELECT project FROM fleets WHERE name = ?1 ORDER BY project")?;
         let rows = stmt.query_map([name], |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

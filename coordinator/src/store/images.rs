@@ -79,7 +79,7 @@ impl Store {
 
     /// Every stored image's blobs, of every project (what the blob collector keeps).
     pub fn stored_images(&self) -> Result<Vec<StoredImage>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached("SELECT name, config, layers FROM images")?;
         let rows =
             stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
@@ -95,7 +95,7 @@ impl Store {
     /// The images a run of `project` can use, as `corral image list` shows them: the project's and
     /// the shared ones, by name (`None`: the shared ones only).
     pub fn image_infos(&self, project: Option<&str>) -> Result<Vec<api::ImageInfo>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached(
             "SELECT project, name, layers, size, pushed_ms FROM images WHERE project IN ('', ?1)
              ORDER BY name, project DESC",

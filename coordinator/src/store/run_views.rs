@@ -31,7 +31,7 @@ impl Store {
     /// A page of a project's runs, newest first.
     pub fn run_page(&self, page: RunPage<'_>) -> Result<Vec<api::Run>> {
         let ids = {
-            let conn = self.conn();
+            let conn = self.read();
             // Where the previous page ended: the index gives the range up to it.
             let after: Option<(i64, i64)> = match page.after {
                 Some(id) => {
@@ -84,7 +84,9 @@ impl Store {
             return Ok(Vec::new());
         }
         let list = serde_json::Value::from(ids.iter().map(|i| i.0.as_str()).collect::<Vec<_>>()).to_string();
-        let conn = self.conn();
+        let conn = self.read();
+        // One snapshot for both queries (a write may commit between them otherwise).
+        let _snapshot = conn.unchecked_transaction()?;
         let mut runs = std::collections::HashMap::with_capacity(ids.len());
         let mut stmt = conn.prepare_cached(
             "SELECT id, name, project, configuration, submitted_ms, replicas FROM runs

@@ -52,14 +52,14 @@ impl Store {
     }
 
     pub fn schedule(&self, project: &str, name: &str) -> Result<Option<ScheduleRow>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt =
             conn.prepare_cached(&format!("SELECT {COLUMNS} FROM schedules WHERE project = ?1 AND name = ?2"))?;
         Ok(stmt.query_row(params![project, name], row).optional()?)
     }
 
     pub fn schedules(&self, project: &str) -> Result<Vec<ScheduleRow>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt =
             conn.prepare_cached(&format!("SELECT {COLUMNS} FROM schedules WHERE project = ?1 ORDER BY name"))?;
         let rows = stmt.query_map([project], row)?.collect::<rusqlite::Result<Vec<_>>>()?;
@@ -68,7 +68,7 @@ impl Store {
 
     /// Those due at `now_ms` (a time missed while the coordinator was down is due once).
     pub fn due_schedules(&self, now_ms: i64) -> Result<Vec<ScheduleRow>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM schedules WHERE next_ms IS NOT NULL AND next_ms <= ?1 ORDER BY next_ms"
         ))?;
@@ -78,7 +78,7 @@ impl Store {
 
     /// Those whose last run may still be active (no next time yet).
     pub fn schedules_waiting_on_runs(&self) -> Result<Vec<ScheduleRow>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM schedules WHERE next_ms IS NULL"))?;
         let rows = stmt.query_map([], row)?.collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)

@@ -26,13 +26,13 @@ impl Store {
     }
 
     pub fn sealed_secret(&self, project: &str, name: &str) -> Result<Option<Vec<u8>>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached("SELECT sealed FROM secrets WHERE project = ?1 AND name = ?2")?;
         Ok(stmt.query_row(params![project, name], |r| r.get(0)).optional()?)
     }
 
     pub fn secrets(&self, project: &str) -> Result<Vec<SecretRow>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt =
             conn.prepare_cached("SELECT name, created_ms, updated_ms FROM secrets WHERE project = ?1 ORDER BY name")?;
         let rows = stmt.query_map(params![project], |r| {

@@ -33,7 +33,7 @@ impl Store {
     }
 
     fn query_services<P: rusqlite::Params>(&self, filter: &str, p: P) -> Result<Vec<ActiveService>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT id, project, name, configuration, replicas, submitted_ms FROM runs WHERE replicas IS NOT NULL {filter}"
         ))?;
@@ -53,7 +53,7 @@ impl Store {
     /// A service's desired replica count; `None` once it was stopped or failed (or for a task).
     pub fn replicas(&self, run: &RunId) -> Result<Option<u32>> {
         let n: Option<Option<u32>> =
-            self.conn().query_row("SELECT replicas FROM runs WHERE id = ?1", [&run.0], |r| r.get(0)).optional()?;
+            self.read().query_row("SELECT replicas FROM runs WHERE id = ?1", [&run.0], |r| r.get(0)).optional()?;
         Ok(n.flatten())
     }
 

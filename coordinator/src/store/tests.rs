@@ -206,3 +206,55 @@ fn nodes_are_paged_by_name_with_what_is_placed_on_them() {
     assert_eq!(nodes, [Some("gpu-a"), Some("gpu-b")]);
     assert_eq!(run.jobs[0].image.as_deref(), Some("busybox"));
 }
+
+/// The SQL state lists are exactly the `JobState`s they name: every state in one of queued, placed
+/// or finished; active is queued and placed.
+#[test]
+fn the_state_lists_are_the_job_states() {
+    use corral_proto::job::JobState::*;
+    let list = |sql: &str| -> Vec<String> {
+        sql.trim_matches(|c| c == '(' || c == ')').split(", ").map(|s| s.trim_matches('\'').to_owned()).collect()
+    };
+    let (queued, placed) = (list(super::queued_states!()), list(super::placed_states!()));
+    let (active, finished) = (list(super::active_states!()), list(super::finished_states!()));
+    for state in [Submitted, Pending, Provisioning, Pulling, Running, Terminating, Done, Failed, Stopped, Aborted] {
+        let name = state.as_str().to_owned();
+        let is_queued = matches!(state, Submitted | Pending);
+        assert_eq!(queued.contains(&name), is_queued, "{name}");
+        assert_eq!(placed.contains(&name), !is_queued && !state.is_finished(), "{name}");
+        assert_eq!(active.contains(&name), !state.is_finished(), "{name}");
+        assert_eq!(finished.contains(&name), state.is_finished(), "{name}");
+    }
+    assert_eq!(queued.len() + placed.len() + finished.len(), 10);
+    assert_eq!(active, [queued, placed].concat());
+}
+
+/// Reads go to the read-only connections: they see every committed write, and they answer while
+/// the writer is held (as a scheduling pass's long transaction holds it).
+#[test]
+fn reads_answer_while_the_writer_is_busy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("state.db")).expect("open");
+    assert!(store.create_project("vision", None).expect("create"));
+    let writer = store.conn();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // Eight at once: more than there are readers, so some wait for a reader, not the writer.
+            std::thread::scope(|inner| {
+                for _ in 0..8 {
+                    inner.spawn(|| tx.send(store.project_exists("vision").expect("read")).expect("send"));
+                }
+            });
+        });
+        let seen: Vec<bool> = (0..8)
+            .map(|_| rx.recv_timeout(std::time::Duration::from_secs(10)).expect("a read waited for the writer"))
+            .collect();
+        assert_eq!(seen, [true; 8]);
+        drop(writer);
+    });
+    // A reader cannot write, should a method ever try.
+    let reader = store.read();
+    let err = reader.execute("DELETE FROM projects", []).expect_err("query_only");
+    assert!(err.to_string().contains("readonly") || err.to_string().contains("read-only"), "{err}");
+}

@@ -65,7 +65,7 @@ impl Store {
 
     /// Every join token, oldest first, by id (the first 12 hex digits of its hash).
     pub fn join_tokens(&self) -> Result<Vec<api::JoinTokenInfo>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached(
             "SELECT substr(hash, 1, 12), fleet, created_ms, expires_ms, uses_left, revoked, is_default FROM join_tokens \
              ORDER BY created_ms",
@@ -94,7 +94,7 @@ impl Store {
 
     /// Ids of the join tokens whose id starts with `id`.
     pub fn join_token_ids_like(&self, id: &str) -> Result<Vec<String>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached("SELECT substr(hash, 1, 12) FROM join_tokens WHERE hash LIKE ?1")?;
         let rows = stmt.query_map([format!("{}%", id.to_ascii_lowercase())], |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
@@ -112,7 +112,7 @@ impl Store {
 
     /// Whether a join token could enroll a host now: `Ok(Err(why))` when it could not. Spends nothing.
     pub fn check_join_token(&self, hash: &str) -> Result<std::result::Result<(), &'static str>> {
-        Ok(join_token_usable(&self.conn(), hash)?.map(|_| ()))
+        Ok(join_token_usable(&self.read(), hash)?.map(|_| ()))
     }
 
     /// Spends one use of a join token. `Ok(Err(why))`: it cannot enroll; `Ok(Ok(fleet))`: it did,

@@ -67,7 +67,7 @@ impl Store {
     }
 
     pub fn volume(&self, project: &str, name: &str) -> Result<Option<VolumeRow>> {
-        let conn = self.conn();
+        let conn = self.read();
         let row = conn
             .query_row(
                 &format!("SELECT {COLUMNS} FROM volumes WHERE project = ?1 AND name = ?2"),
@@ -80,7 +80,7 @@ impl Store {
 
     /// A project's volumes by name; every project's with `None`.
     pub fn volumes(&self, project: Option<&str>) -> Result<Vec<VolumeRow>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare(&format!(
             "SELECT {COLUMNS} FROM volumes WHERE ?1 IS NULL OR project = ?1 ORDER BY project, name"
         ))?;
