@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use corral_coordinator::placement::{Index, Request};
+use corral_coordinator::scheduling::placement::{Index, Request};
 use corral_proto::ids::NodeId;
 use corral_proto::inventory::{GpuInfo, HostInventory};
 use corral_proto::resources::{CpuSpec, GpuSpec, GpuVendor, Memory, Range, ResourcesSpec, fit};

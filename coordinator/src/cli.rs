@@ -143,7 +143,7 @@ where
     let aws = if args.aws_regions.is_empty() {
         None
     } else {
-        Some(crate::backends::AwsSettings {
+        Some(crate::cloud::backends::AwsSettings {
             regions: args.aws_regions,
             subnet_id: args.aws_subnet,
             security_group_id: args.aws_security_group,

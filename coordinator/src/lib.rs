@@ -1,48 +1,35 @@
 //! `corral-coordinator`: keeps the desired state and drives the agents toward it.
 //!
-//! Tasks, all children of one `CancellationToken` and tracked by one `TaskTracker`:
-//! - [`agents`]: the QUIC endpoint. One task per agent connection reads its control stream; a writer
-//!   task drains the node's bounded command channel; one task per log stream appends to [`logs`].
-//!   They run on a runtime of their own (one thread), so that the synchronous store work of the
-//!   API and the scheduler never delays a heartbeat.
-//! - [`scheduler`]: places queued jobs on nodes where they fit; woken by a `Notify` on every change
-//!   that could make room, and every few seconds regardless (level-triggered).
-//! - [`autoscale`]: each active service's replica count (autoscaling on requests per second, scale
-//!   to zero and back), converged every second and when a request waits for a replica.
-//! - [`probes`]: readiness probes of service replicas, through tunnels, every second.
-//! - [`http`]: the HTTP API (axum) for the CLI, and the proxy that carries service traffic and
-//!   forwarded ports into containers through [`tunnel`]s over the agents' own connections.
-//!
-//! State: [`store`] (SQLite) holds runs, jobs, nodes and tokens; the set of connected nodes and their
-//! command channels lives in memory ([`State::sessions`]) and is rebuilt as agents reconnect.
+//! Its parts, one folder each, so that a change has one room to go to:
+//! - [`nodes`]: the QUIC endpoint agents dial ([`nodes::agents`]: one task per connection reads its
+//!   control stream, a writer task drains the node's bounded command channel, one task per log
+//!   stream appends to [`logs`]; on a runtime of its own, so that the synchronous store work of the
+//!   API and the scheduler never delays a heartbeat), the connected nodes and the one policy for
+//!   sending them commands ([`nodes::sessions`]), tunnels into containers.
+//! - [`scheduling`]: the scheduler places queued jobs on nodes where they fit, woken by a `Notify`
+//!   on every change that could make room and every few seconds regardless (level-triggered); a
+//!   pass is planned without I/O and then applied. A job's end, gangs, retries, lost nodes.
+//! - [`services`]: each active service's replica count (autoscaling, scale to zero and back),
+//!   readiness probes through tunnels, router replicas.
+//! - [`api`]: the HTTP API (axum) for the CLI, and the proxy that carries service traffic and
+//!   forwarded ports into containers through tunnels over the agents' own connections.
+//! - [`cloud`]: cloud backends, offers and elastic fleets; [`volumes`]: named volumes.
+//! - [`store`] (SQLite) holds runs, jobs, nodes, users and tokens; which nodes are connected lives
+//!   in memory ([`State::sessions`]) and is rebuilt as agents reconnect.
 
-pub mod activity;
-pub mod agents;
-pub mod autoscale;
-pub mod backends;
+pub mod api;
 pub mod cli;
+pub mod cloud;
 pub mod container;
 pub mod datadir;
-#[cfg(feature = "aws")]
-pub mod elastic;
-pub mod fleet_nodes;
-pub mod http;
 pub mod images;
-pub mod lifecycle;
 pub mod logs;
-pub mod node_groups;
+pub mod nodes;
 pub mod pki;
-pub mod placement;
-pub mod probes;
-pub mod router_groups;
-pub mod scheduler;
-pub mod schedules;
+pub mod scheduling;
 pub mod secrets;
-pub mod seen;
-pub mod sessions;
+pub mod services;
 pub mod store;
-pub mod tunnel;
-pub mod upgrade;
 pub mod uploads;
 pub mod vault;
 pub mod volumes;
@@ -65,6 +52,13 @@ use crate::logs::LogStore;
 use crate::pki::Pki;
 use crate::secrets::{random_hex, sha256_hex};
 use crate::store::Store;
+
+use cloud::backends;
+#[cfg(feature = "aws")]
+use cloud::elastic;
+use nodes::{agents, fleet_nodes, seen, sessions, upgrade};
+use scheduling::{activity, lifecycle, scheduler, schedules};
+use services::{autoscale, probes, router_groups};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -182,7 +176,7 @@ pub struct State {
     /// Every task of this coordinator, drained on shutdown.
     pub tasks: TaskTracker,
     /// Round robin over each service's replicas.
-    pub balancer: http::Balancer,
+    pub balancer: api::Balancer,
     /// Which service replicas passed their readiness probes.
     pub probes: probes::Probes,
     /// Services' request rates and replica counts.
@@ -200,7 +194,7 @@ pub struct State {
     /// The TCP port of the HTTP API, once bound.
     pub http_port: std::sync::OnceLock<u16>,
     /// Agent binaries for installing hosts.
-    pub agent_dist: Arc<http::AgentDist>,
+    pub agent_dist: Arc<api::AgentDist>,
     /// Images pushed to the coordinator, for nodes with no registry.
     pub images: images::ImageStore,
     /// Runs' local repos and files, as `corral apply` uploaded them.
@@ -414,7 +408,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         scheduler: Mutex::new(scheduler::Scheduler::new()),
         changed_nodes: Mutex::default(),
         tasks: TaskTracker::new(),
-        balancer: http::Balancer::default(),
+        balancer: api::Balancer::default(),
         probes: probes::Probes::default(),
         autoscaler: Arc::default(),
         activity: Arc::default(),
@@ -423,7 +417,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         https: !matches!(config.http_tls, HttpTls::Off),
         quic_port: std::sync::OnceLock::new(),
         http_port: std::sync::OnceLock::new(),
-        agent_dist: Arc::new(http::AgentDist::new(config.agent_binary.clone())),
+        agent_dist: Arc::new(api::AgentDist::new(config.agent_binary.clone())),
         images,
         uploads,
         backends,
@@ -485,7 +479,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             Some(pki::https_server_config_from_files(cert, key).context("cannot use the given HTTPS certificate")?)
         }
     };
-    tasks.spawn(http::serve(listener, tls, state.clone(), shutdown.child_token()));
+    tasks.spawn(api::serve(listener, tls, state.clone(), shutdown.child_token()));
     tasks.spawn(scheduler::run(state.clone(), shutdown.child_token()));
     tasks.spawn(lifecycle::watch_nodes(state.clone(), shutdown.child_token()));
     tasks.spawn(seen::run(state.clone(), shutdown.child_token()));

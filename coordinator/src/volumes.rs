@@ -17,7 +17,7 @@ use corral_proto::resources::Allocation;
 use corral_proto::wire::{CoordinatorMessage, VolumeReport};
 
 use crate::State;
-use crate::placement::{Index, Request};
+use crate::scheduling::placement::{Index, Request};
 use crate::store::{Store, StoreError, VolumeRow};
 
 /// The Docker volume that holds a project's named volume.
@@ -303,7 +303,7 @@ pub fn placed(state: &State, gang: &[(NodeId, JobSpec)]) {
 pub fn reported(
     state: &State,
     node: &NodeId,
-    link: &crate::sessions::Session,
+    link: &crate::nodes::sessions::Session,
     reports: &[VolumeReport],
 ) -> anyhow::Result<()> {
     let present: Vec<(String, Option<u64>)> = reports.iter().map(|r| (r.docker_name.clone(), r.size)).collect();

@@ -201,9 +201,9 @@ impl Coordinator {
     }
 
     /// Every route of its API with its rule.
-    pub fn route_table(&self) -> Vec<corral_coordinator::http::access::Route> {
+    pub fn route_table(&self) -> Vec<corral_coordinator::api::access::Route> {
         let state = self.running.as_ref().map(|r| r.state.clone()).expect("a running coordinator");
-        corral_coordinator::http::route_table(state)
+        corral_coordinator::api::route_table(state)
     }
 
     /// Stops it the way SIGTERM does, and waits for its tasks.

@@ -80,7 +80,7 @@ replicas:
     }
     // Every request goes to the router, never to a worker; over a few of the coordinator's rounds
     // (one every 2 s), the worker is registered once, not again every round.
-    let deadline = tokio::time::Instant::now() + corral_coordinator::router_groups::SYNC_PERIOD * 3;
+    let deadline = tokio::time::Instant::now() + corral_coordinator::services::router_groups::SYNC_PERIOD * 3;
     while tokio::time::Instant::now() < deadline {
         let body = http.get(&url).send().await?.text().await?;
         assert!(body.starts_with("router /v1/models\n"), "{body}");

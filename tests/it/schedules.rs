@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use corral_coordinator::schedules::Clock;
+use corral_coordinator::scheduling::schedules::Clock;
 use corral_proto::api;
 use corral_proto::job::JobState;
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use corral_cli::client::Client;
 use corral_cli::{MemberCommand, ProjectCommand, SecretCommand, UserCommand};
-use corral_coordinator::http::access::{Method, Rule};
+use corral_coordinator::api::access::{Method, Rule};
 use corral_proto::api::{self, ProjectRole};
 
 use crate::harness::*;

@@ -1,5 +1,5 @@
 //! Who may do what: users (by the hash of their token), projects and their members, tokens made
-//! for calling one service, and the audit trail of what they did ([`crate::http::access`] decides
+//! for calling one service, and the audit trail of what they did ([`crate::api::access`] decides
 //! from these).
 
 use rusqlite::{OptionalExtension, params};

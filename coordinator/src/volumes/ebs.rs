@@ -40,7 +40,7 @@ fn region_of(v: &VolumeRow) -> Result<&str, String> {
     v.region.as_deref().ok_or_else(|| format!("volume {} has no region", v.name))
 }
 
-fn aws(state: &State) -> Result<&crate::backends::aws::Aws, String> {
+fn aws(state: &State) -> Result<&crate::cloud::backends::aws::Aws, String> {
     state.backends.aws.as_ref().ok_or_else(|| {
         "this coordinator has no AWS backend: start it with --aws-region REGION to use EBS volumes".to_owned()
     })
@@ -67,7 +67,7 @@ pub(super) async fn apply(state: &State, v: &VolumeRow) -> Result<(), String> {
             // Whole GiB, rounded up (admission made sure there is a size).
             let gib = cfg.size.map_or(1, |s| s.0.div_ceil(1 << 30)).max(1);
             let mut tags = vec![
-                Tag::builder().key("corral:coordinator").value(crate::elastic::coordinator_tag(state)).build(),
+                Tag::builder().key("corral:coordinator").value(crate::cloud::elastic::coordinator_tag(state)).build(),
                 Tag::builder().key("corral:project").value(&v.project).build(),
                 Tag::builder().key("corral:volume").value(&v.name).build(),
                 Tag::builder().key("Name").value(&v.name).build(),
@@ -205,7 +205,7 @@ async fn reconcile(state: &State) -> Result<(), String> {
         return Ok(());
     }
     let aws = aws(state)?;
-    let tag = crate::elastic::coordinator_tag(state);
+    let tag = crate::cloud::elastic::coordinator_tag(state);
     let nodes: HashMap<String, NodeId> = state
         .store
         .nodes()

@@ -29,7 +29,7 @@ use corral_proto::job::JobSpec;
 use corral_proto::resources::{ResourcesSpec, describe_gpu, tpu};
 
 use crate::State;
-use crate::placement::{Index, NodeProfile};
+use crate::scheduling::placement::{Index, NodeProfile};
 use crate::store::NodeRow;
 
 /// The interface addresses (`ip/prefix`) each connected agent reported, in memory: an agent
@@ -104,7 +104,7 @@ impl<'a> Refusals<'a> {
 
 /// The node name `corral apply` gets for an `ssh_config` host (as the coordinator sanitizes it).
 fn node_name(hostname: &str) -> String {
-    crate::agents::sanitize_name(hostname)
+    crate::nodes::agents::sanitize_name(hostname)
 }
 
 /// The `ssh_config` host a node was enrolled for, and its index: the host whose name is the

@@ -374,8 +374,8 @@ async fn request(
     limit: usize,
 ) -> anyhow::Result<(StatusCode, bytes::Bytes)> {
     let once = async {
-        let tunnel = crate::tunnel::open(state, node, job, port).await?;
-        let mut sender = crate::tunnel::http1(tunnel).await?;
+        let tunnel = crate::nodes::tunnel::open(state, node, job, port).await?;
+        let mut sender = crate::nodes::tunnel::http1(tunnel).await?;
         let req = Request::builder().method(method).uri(path).header("host", "localhost");
         let req = match body {
             Some(b) => req.header("content-type", "application/json").body(Body::from(serde_json::to_vec(&b)?))?,

@@ -1,6 +1,6 @@
 //! What a node is beyond its hardware, for placement: the names a run's `instances` may call it
 //! by, whether its fleet refused it, and what its fleet gives every job (`env`). Built from the
-//! node's fleet by [`crate::fleet_nodes`]; pure here.
+//! node's fleet by [`crate::nodes::fleet_nodes`]; pure here.
 
 use corral_proto::config::InstanceSelector;
 

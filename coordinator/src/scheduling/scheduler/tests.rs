@@ -110,9 +110,9 @@ fn a_gang_goes_whole_onto_distinct_nodes_or_waits_whole() {
 
     add_node(&mut s, "b", 1);
     // A rank still ending from an earlier attempt: the gang is not placed without it.
-    s.queue.get_mut(&key).unwrap().jobs[1] = None;
+    s.queue.get_mut(&key).expect("queued").jobs[1] = None;
     assert!(plan(&mut s, 20).placed.is_empty());
-    s.queue.get_mut(&key).unwrap().jobs[1] = Some(JobId("pair-1".into()));
+    s.queue.get_mut(&key).expect("queued").jobs[1] = Some(JobId("pair-1".into()));
     s.fresh.push(key.clone()); // as `enqueue_job` does
     let p = plan(&mut s, 30);
     let nodes: HashSet<&str> = p.placed[0].allocs.iter().map(|(n, _)| n.as_str()).collect();
@@ -125,7 +125,7 @@ fn a_retry_waits_for_its_backoff_and_a_capacity_window_runs_out() {
     let mut s = Scheduler::new();
     add_node(&mut s, "a", 1);
     let key = queue(&mut s, "retry", 0, 1, task(&gpus(1)));
-    s.queue.get_mut(&key).unwrap().not_before_ms = Some(5_000);
+    s.queue.get_mut(&key).expect("queued").not_before_ms = Some(5_000);
     assert!(plan(&mut s, 4_999).placed.is_empty());
     // Past its backoff (a full pass: every `PERIOD`, or when the index changed).
     s.full_pass = None;
@@ -212,7 +212,7 @@ proptest! {
             }
         }
         let placed: HashSet<&RunId> = p.placed.iter().map(|p| &p.key.2).collect();
-        let waiting: HashSet<String> = p.waits.iter().map(|(j, _)| j.as_str().rsplit_once('-').unwrap().0.to_owned()).collect();
+        let waiting: HashSet<String> = p.waits.iter().map(|(j, _)| j.as_str().rsplit_once('-').expect("run-rank").0.to_owned()).collect();
         for key in asks.keys() {
             prop_assert!(placed.contains(&key.2) != waiting.contains(key.2.as_str()), "run {} placed and waiting, or neither", key.2);
         }

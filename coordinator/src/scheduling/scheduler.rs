@@ -23,7 +23,7 @@ use corral_proto::resources::Allocation;
 use corral_proto::wire::CoordinatorMessage;
 
 use crate::State;
-use crate::placement::{Index, Request};
+use crate::scheduling::placement::{Index, Request};
 use crate::store::{JobRow, Store};
 
 /// Passes run at least this often even when nothing pokes the scheduler.
@@ -119,7 +119,7 @@ struct Queued {
 
 impl Queued {
     fn new(task: TaskConfig, project: &str, run_name: &str) -> Self {
-        let (resources, ranks) = crate::node_groups::rank_resources(&task);
+        let (resources, ranks) = crate::scheduling::node_groups::rank_resources(&task);
         let request = Request {
             resources,
             ranks,
@@ -226,7 +226,7 @@ impl Scheduler {
         self.addresses.clear();
         for n in state.store.nodes()? {
             let Some(inv) = n.inventory.clone() else { continue };
-            let shape = crate::fleet_nodes::shape(state, &n, &inv);
+            let shape = crate::nodes::fleet_nodes::shape(state, &n, &inv);
             index.upsert(&n.id, &n.name, n.fleet.clone(), shape.cluster, shape.blocks, inv);
             index.set_profile(&n.id, shape.profile);
             index.set_connected(&n.id, connected.contains(&n.id));
@@ -319,7 +319,7 @@ impl Scheduler {
         };
         let mut address = None;
         if let Some(inv) = n.inventory.clone() {
-            let shape = crate::fleet_nodes::shape(state, &n, &inv);
+            let shape = crate::nodes::fleet_nodes::shape(state, &n, &inv);
             self.index.upsert(&n.id, &n.name, n.fleet.clone(), shape.cluster, shape.blocks, inv);
             self.index.set_profile(&n.id, shape.profile);
             address = shape.address;
@@ -365,7 +365,7 @@ fn capacity_deadline(task: &TaskConfig, submitted_ms: i64) -> Option<i64> {
 impl Scheduler {
     /// Decides one pass, without I/O: which runs go where (their room reserved in the index), which
     /// wait and why, which waited too long (taken out of the queue). `pins` says where the queue's
-    /// router services' worker replicas must go ([`crate::router_groups::pin`]); an entry it lacks
+    /// router services' worker replicas must go ([`crate::services::router_groups::pin`]); an entry it lacks
     /// may go anywhere.
     fn plan(
         &mut self,
@@ -493,7 +493,7 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
         .iter()
         .filter(|(_, q)| q.routed)
         .filter_map(|(key, q)| {
-            Some((key.clone(), crate::router_groups::pin(state, &q.project, &q.run_name, &key.2, key.3)?))
+            Some((key.clone(), crate::services::router_groups::pin(state, &q.project, &q.run_name, &key.2, key.3)?))
         })
         .collect();
     let plan = sched.plan(crate::secrets::now_ms(), tokio::time::Instant::now(), &pins);
@@ -516,9 +516,9 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
             let (key, q) = (&p.key, &sched.queue[&p.key]);
             let mut gang = gang_specs(q, &key.2, &p.jobs, &p.allocs, &sched.addresses, &state.config);
             // The fleet's `env`, TPU devices (see `fleet_nodes`).
-            crate::fleet_nodes::decorate(&mut gang, &sched.index, state.config.tpu_privileged);
+            crate::nodes::fleet_nodes::decorate(&mut gang, &sched.index, state.config.tpu_privileged);
             // A Dynamo worker replica: the router's address (see `router_groups`).
-            crate::router_groups::decorate(state, &q.project, &q.run_name, &key.2, key.3, &mut gang);
+            crate::services::router_groups::decorate(state, &q.project, &q.run_name, &key.2, key.3, &mut gang);
             if q.task.dstack {
                 for (node, spec) in &mut gang {
                     spec.env.extend(crate::container::server_env(state, node, &q.project));
@@ -554,7 +554,7 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
         }
         if ordered {
             // `startup_order`: start the side that goes first; the rest follows its `running`.
-            if let Err(e) = crate::lifecycle::start_allowed(state, &p.key.2) {
+            if let Err(e) = crate::scheduling::lifecycle::start_allowed(state, &p.key.2) {
                 tracing::error!("cannot start the run's jobs: {e:#}");
             }
         }
@@ -583,7 +583,7 @@ fn gang_specs(
     let n = allocs.len();
     let ips: Vec<String> = allocs.iter().map(|(node, _)| addresses.get(node).cloned().unwrap_or_default()).collect();
     let gpus_per_node = allocs.first().map_or(0, |(_, a)| a.gpu_indices.len());
-    let by_group = crate::node_groups::addresses_by_group(&q.task, &ips);
+    let by_group = crate::scheduling::node_groups::addresses_by_group(&q.task, &ips);
     let gpus_total: usize = allocs.iter().map(|(_, a)| a.gpu_indices.len()).sum();
     let hostfile: String =
         ips.iter().zip(allocs).map(|(ip, (_, a))| format!("{ip} slots={}\n", a.gpu_indices.len().max(1))).collect();
@@ -617,8 +617,8 @@ fn gang_specs(
                 env.push((format!("CORRAL_{name}"), value.clone()));
                 env.push((format!("DSTACK_{name}"), value));
             }
-            env.extend(crate::node_groups::group_vars(&q.task, rank as u32));
-            let mut commands = crate::node_groups::rank_commands(&q.task, rank as u32, &by_group);
+            env.extend(crate::scheduling::node_groups::group_vars(&q.task, rank as u32));
+            let mut commands = crate::scheduling::node_groups::rank_commands(&q.task, rank as u32, &by_group);
             if n > 1 && !commands.is_empty() {
                 commands.insert(0, format!("printf '%s' '{hostfile}' > {MPI_HOSTFILE}"));
             }

@@ -21,8 +21,8 @@ use corral_proto::wire::{
     RefusalCode, Welcome, negotiate,
 };
 
+use crate::nodes::sessions::{Reset, Session};
 use crate::secrets::{random_hex, sha256_hex};
-use crate::sessions::{Reset, Session};
 use crate::store::{JobRow, NodeRow};
 use crate::{State, VERSION};
 
@@ -379,7 +379,7 @@ fn handle_message(state: &State, node: &Arc<NodeRow>, link: &Session, msg: Agent
             return Ok(());
         }
         AgentMessage::InterruptionNotice { action, time } => {
-            crate::lifecycle::spot_interrupted(state, &node.id, &node.name, &action, &time)?;
+            crate::scheduling::lifecycle::spot_interrupted(state, &node.id, &node.name, &action, &time)?;
             return Ok(());
         }
         AgentMessage::FetchImage { .. }
@@ -574,7 +574,7 @@ impl Batch {
         started.sort_unstable();
         started.dedup();
         for run in started {
-            crate::lifecycle::start_allowed(state, &run)?;
+            crate::scheduling::lifecycle::start_allowed(state, &run)?;
         }
         Ok(())
     }
@@ -632,7 +632,7 @@ fn reconcile(state: &State, node: &NodeRow, link: &Session, reports: &[Container
     for job in jobs.values() {
         let may_start = job.state == JobState::Provisioning
             && !reported.contains(&job.id)
-            && crate::lifecycle::may_start(job, &state.store.latest_jobs(&job.run_id)?);
+            && crate::scheduling::lifecycle::may_start(job, &state.store.latest_jobs(&job.run_id)?);
         placed.push(Placed {
             id: job.id.clone(),
             state: job.state.clone(),

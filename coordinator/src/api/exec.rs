@@ -12,7 +12,7 @@ use corral_proto::wire::{ExecRequest, TermSize};
 
 use super::proxy::{expect_upgrade, running_job, switch, tunnel_error};
 use super::{AppState, Error, err};
-use crate::tunnel;
+use crate::nodes::tunnel;
 
 #[derive(Deserialize)]
 pub(super) struct ExecQuery {

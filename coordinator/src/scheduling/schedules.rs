@@ -1,6 +1,6 @@
 //! Scheduled runs (`schedule:`), as dstack keeps them: `corral apply` of a configuration with a
-//! `schedule` registers it ([`crate::http`]'s `/schedules` routes) instead of starting it, and
-//! [`run`] submits it at each time, through the same path as `POST /runs` ([`crate::http::submit`]),
+//! `schedule` registers it ([`crate::api`]'s `/schedules` routes) instead of starting it, and
+//! [`run`] submits it at each time, through the same path as `POST /runs` ([`crate::api::submit`]),
 //! so that a started run is in every way an applied one.
 //!
 //! One time at a time, as dstack: after a start the schedule waits for that run to end, and only
@@ -82,7 +82,7 @@ pub fn pass(state: &State) -> Result<(), StoreError> {
         if !state.store.claim_schedule(&s.project, &s.name, at)? {
             continue;
         }
-        match crate::http::submit(state, &s.project, &s.request) {
+        match crate::api::submit(state, &s.project, &s.request) {
             Ok(run) => {
                 tracing::info!(run = %s.name, id = %run, project = %s.project, "scheduled run submitted");
                 state.store.schedule_started(&s.project, &s.name, Some(&run), None)?;

@@ -24,9 +24,9 @@ use corral_proto::job::JobState;
 
 use super::{AppState, Error, bearer_token, check_project, err};
 use crate::State;
+use crate::nodes::tunnel::{self, Tunnel};
 use crate::secrets::sha256_hex;
 use crate::store::ActiveService;
-use crate::tunnel::{self, Tunnel};
 
 /// How long the proxy trusts what it read of a service (its newest run, its ready replicas): a
 /// request reads the store at most this often per service. A replica that went away meanwhile
@@ -183,7 +183,7 @@ async fn serve_service(state: &State, mut req: Request) -> Result<Response, Erro
     let target = if strip { format!("/{}{query}", below.unwrap_or_default()) } else { format!("{path}{query}") };
     *req.uri_mut() = target.parse::<Uri>().map_err(|e| err(StatusCode::BAD_REQUEST, format!("bad path: {e}")))?;
     // A service with a router takes only the router's inference paths (dstack's rule).
-    if !crate::router_groups::path_allowed(cfg, &format!("/{}", below.unwrap_or_default())) {
+    if !crate::services::router_groups::path_allowed(cfg, &format!("/{}", below.unwrap_or_default())) {
         return Err(err(StatusCode::FORBIDDEN, format!("path not allowed for service {name:?}: it has a router")));
     }
     if !route.active {
@@ -336,7 +336,7 @@ fn ready_replicas(state: &State, project: &str, name: &str) -> Result<Vec<(NodeI
             if j.state == JobState::Running
                 && state.probes.is_ready(&j.id, probes)
                 && !state.autoscaler.is_draining(&j.id)
-                && crate::router_groups::takes_traffic(&d.config, j.job_num)
+                && crate::services::router_groups::takes_traffic(&d.config, j.job_num)
                 && let Some(node) = j.node_id
             {
                 out.push((node, j.id, d.config.port));
@@ -557,7 +557,7 @@ pub(super) fn switch(
     req: &mut Request,
     protocol: &'static str,
     tunnel: Tunnel,
-    connected: crate::activity::Connected,
+    connected: crate::scheduling::activity::Connected,
 ) -> Response {
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {

@@ -1,6 +1,6 @@
 //! The placement index: every node's capacity and what is reserved on it, and the choice of where a
 //! job goes. Pure and synchronous — no store, no clock — so property tests and benchmarks drive it
-//! directly; [`crate::scheduler`] keeps it in step with the store.
+//! directly; [`crate::scheduling::scheduler`] keeps it in step with the store.
 //!
 //! Bin-packing: among the nodes where a job fits, the one left with the fewest free GPUs wins, so
 //! that whole nodes stay free for large jobs. Nodes sit in buckets by

@@ -1,4 +1,4 @@
-//! `/api/projects/{project}/schedules`: scheduled runs ([`crate::schedules`]). Registering one takes
+//! `/api/projects/{project}/schedules`: scheduled runs ([`crate::scheduling::schedules`]). Registering one takes
 //! the same request as `POST /runs`, checked the same way, and starts nothing.
 
 use axum::Json;
@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use corral_proto::api::{self, NameKind, SubmitRun};
 
 use super::{AppState, Error, check_project, err, generated_name};
-use crate::schedules::{self, run_active, view};
+use crate::scheduling::schedules::{self, run_active, view};
 
 /// `POST`: registers a scheduled run, or replaces the one of that name (its configuration and
 /// times); answers it with its next start.

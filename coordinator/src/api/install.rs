@@ -39,7 +39,7 @@ struct Loaded {
 
 /// The agent binaries this coordinator serves: the one it was given for its own architecture, and
 /// `corral-agent-<arch>` files beside it for others. Read on first request and again whenever the
-/// file changes (a new binary dropped in place starts a rollout: [`crate::upgrade`]).
+/// file changes (a new binary dropped in place starts a rollout: [`crate::nodes::upgrade`]).
 pub struct AgentDist {
     binary: Option<PathBuf>,
     loaded: Mutex<HashMap<String, Loaded>>,
@@ -224,7 +224,7 @@ pub(super) async fn joined_node(
         out.push_str(&format!("  driver: {driver}, CUDA {cuda}\n"));
     }
     // Its fleet's word first, for the script to stop on (`refused: ...`).
-    if let Some(why) = crate::fleet_nodes::refusal(&state, &node) {
+    if let Some(why) = crate::nodes::fleet_nodes::refusal(&state, &node) {
         out = format!("refused: {why}\n{out}");
     }
     Ok(out)

@@ -14,8 +14,8 @@ use corral_proto::job::{JobState, TerminationReason};
 use corral_proto::wire::CoordinatorMessage;
 
 use crate::State;
+use crate::nodes::sessions::Reset;
 use crate::secrets::{now_ms, random_hex};
-use crate::sessions::Reset;
 use crate::store::{JobRow, StoreError};
 
 mod retry;

@@ -306,7 +306,7 @@ async fn newest_ready(state: &State, s: &ActiveService) -> anyhow::Result<bool> 
     }
     for j in &ready {
         let Some(node) = &j.node_id else { return Ok(false) };
-        if crate::tunnel::open(state, node, &j.id, s.config.port).await.is_err() {
+        if crate::nodes::tunnel::open(state, node, &j.id, s.config.port).await.is_err() {
             return Ok(false);
         }
     }

@@ -114,7 +114,7 @@ pub struct Catalog(HashMap<(String, String), f64>);
 
 impl Catalog {
     pub fn aws() -> Self {
-        Self::parse(include_str!("../catalog/aws-on-demand.csv"))
+        Self::parse(include_str!("../../catalog/aws-on-demand.csv"))
     }
 
     fn parse(text: &str) -> Self {

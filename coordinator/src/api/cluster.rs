@@ -51,8 +51,8 @@ pub(super) async fn list_nodes(
     };
     let connected = state.sessions.connected();
     // Connected nodes' heartbeats are in memory only (see `seen`).
-    let heard = crate::seen::last_seen_ms(&state);
-    let mut refusals = crate::fleet_nodes::Refusals::new(&state);
+    let heard = crate::nodes::seen::last_seen_ms(&state);
+    let mut refusals = crate::nodes::fleet_nodes::Refusals::new(&state);
     let nodes = rows
         .into_iter()
         .map(|n| {

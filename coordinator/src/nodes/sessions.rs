@@ -3,7 +3,7 @@
 //!
 //! Sending never waits and never drops a command silently: a node whose queue is full is not
 //! keeping up, and its session is reset. Its agent reconnects at once and reports everything it
-//! has, and reconciliation ([`crate::agents`]) sends what is still needed. A command for a node
+//! has, and reconciliation ([`crate::nodes::agents`]) sends what is still needed. A command for a node
 //! that is not connected is not lost either: the same reconciliation follows its next connection.
 
 use std::collections::{HashMap, HashSet};

@@ -84,6 +84,6 @@ pub(super) async fn remove_node(
         .store
         .node_by_name(&name)?
         .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("no node named {name:?} (see `corral node list`)")))?;
-    let jobs = crate::lifecycle::remove_node(&state, &node.id, &node.name)?;
+    let jobs = crate::scheduling::lifecycle::remove_node(&state, &node.id, &node.name)?;
     Ok(Json(jobs))
 }

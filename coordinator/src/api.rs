@@ -352,7 +352,7 @@ async fn submit_run(
 }
 
 /// Stores a run and queues it: what `POST /runs` does before it waits for a placement pass, and what
-/// a scheduled run does at its time ([`crate::schedules`]), so that both are the same run.
+/// a scheduled run does at its time ([`crate::scheduling::schedules`]), so that both are the same run.
 pub(crate) fn submit(state: &State, project: &str, req: &SubmitRun) -> Result<RunId, Error> {
     // The same limits `corral validate` checks: a client that skips the CLI meets them here.
     req.check().map_err(|e| err(StatusCode::BAD_REQUEST, e.to_string()))?;

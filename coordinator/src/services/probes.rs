@@ -144,8 +144,8 @@ fn job_env(state: &State, job: &JobId) -> anyhow::Result<Vec<(String, String)>> 
 
 /// One probe request through a tunnel; `Ok` on a 2xx answer.
 async fn once(state: &State, node: &NodeId, job: &JobId, port: u16, probe: &ProbeSpec) -> anyhow::Result<()> {
-    let tunnel = crate::tunnel::open(state, node, job, port).await?;
-    let mut sender = crate::tunnel::http1(tunnel).await?;
+    let tunnel = crate::nodes::tunnel::open(state, node, job, port).await?;
+    let mut sender = crate::nodes::tunnel::http1(tunnel).await?;
     let method = match probe.method {
         HttpMethod::Get => Method::GET,
         HttpMethod::Post => Method::POST,

@@ -24,8 +24,8 @@ use corral_proto::config::{FleetConfig, IdleDuration, SpotPolicy};
 use corral_proto::resources::{Memory, ResourcesSpec, fit};
 
 use crate::State;
-use crate::backends::OfferQuery;
-use crate::backends::aws::{Aws, Launch};
+use crate::cloud::backends::OfferQuery;
+use crate::cloud::backends::aws::{Aws, Launch};
 use crate::secrets::{now_ms, random_hex, sha256_hex};
 
 /// Tries this many offers per launch before giving up for the pass.
@@ -125,7 +125,7 @@ fn wants(job: &crate::store::JobRow, project: &str, fleet: &str, offers: &[api::
         corral_proto::config::Configuration::Service(s) => s.replica_task_of(job.job_num).resources,
         _ => admitted.task.resources,
     };
-    offers.iter().any(|o| fit(&resources, &crate::backends::offer_as_host(o), 0, Memory(0), &[]).is_ok())
+    offers.iter().any(|o| fit(&resources, &crate::cloud::backends::offer_as_host(o), 0, Memory(0), &[]).is_ok())
 }
 
 async fn reconcile(state: &State, aws: &Aws, memo: &mut Memo) -> Result<(), String> {
@@ -232,7 +232,7 @@ async fn fleet_offers(state: &State, cfg: &FleetConfig, memo: &Memo) -> Vec<api:
         .filter(|o| p.instance_types.is_empty() || p.instance_types.contains(&o.name))
         .filter(|o| !memo.avoid.contains_key(&(o.region.clone().unwrap_or_default(), o.name.clone())))
         .collect();
-    crate::backends::sort_offers(&mut offers);
+    crate::cloud::backends::sort_offers(&mut offers);
     offers
 }
 

@@ -10,7 +10,7 @@ use corral_proto::config::{parse_cpu, parse_gpu, parse_memory_range};
 use corral_proto::resources::ResourcesSpec;
 
 use super::{AppState, Error, err};
-use crate::backends::{OfferQuery, on_prem_offers, sort_offers};
+use crate::cloud::backends::{OfferQuery, on_prem_offers, sort_offers};
 
 pub(super) async fn list(Extract(state): Extract<AppState>) -> Json<Vec<api::BackendInfo>> {
     Json(state.backends.list())
