@@ -296,8 +296,13 @@ enum TlsRefusal {
 }
 
 fn tls_refusal(e: &quinn::ConnectionError) -> Option<TlsRefusal> {
-    // QUIC carries a TLS alert as a crypto error: codes 0x100 to 0x1ff (RFC 9001, 4.8).
-    let crypto = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+    // QUIC carries a TLS alert as a crypto error, 0x100 + the alert (RFC 9001, 4.8). Only the
+    // alerts about a certificate: bad, unsupported, revoked, expired or unknown (42 to 46), an
+    // unknown CA (48), a signature that does not verify (51, a CA of the same name), none given
+    // (116). Another alert (a protocol version, ALPN) is not a question of enrollment.
+    let crypto = |code: quinn::TransportErrorCode| {
+        u64::from(code).checked_sub(0x100).is_some_and(|alert| matches!(alert, 42..=46 | 48 | 51 | 116))
+    };
     match e {
         quinn::ConnectionError::ConnectionClosed(c) if crypto(c.error_code) => Some(TlsRefusal::ByPeer),
         quinn::ConnectionError::TransportError(t) if crypto(t.code) => Some(TlsRefusal::OfPeer),

@@ -235,10 +235,12 @@ async fn dstack_true_lets_a_run_call_the_coordinator_s_api() -> anyhow::Result<(
         c.dir.path(),
         "self-aware",
         &format!(
-            "type: task\nname: self-aware\nimage: {IMAGE}\ndstack: true\nenv:\n  - CORRAL_TOKEN={token}\ncommands:\n  - echo \"project=$DSTACK_PROJECT url=$DSTACK_SERVER_URL\"\n  - 'wget -qO- --header \"Authorization: Bearer $CORRAL_TOKEN\" \"$CORRAL_URL/api/projects/$CORRAL_PROJECT/runs/self-aware\"'\n",
+            "type: task\nname: self-aware\nimage: {IMAGE}\ndstack: true\nenv:\n  - CORRAL_TOKEN={token}\ncommands:\n  - echo \"project=$DSTACK_PROJECT url=$DSTACK_SERVER_URL\"\n  - 'n=0; until out=$(wget -qO- --header \"Authorization: Bearer $CORRAL_TOKEN\" \"$CORRAL_URL/api/projects/$CORRAL_PROJECT/runs/self-aware\") && echo \"$out\" | grep -q ''\"state\":\"running\"''; do n=$((n+1)); [ $n -lt 50 ] || break; sleep 0.2; done; echo \"$out\"'\n",
             token = c.coord.admin_token
         ),
     );
+    // The container asks until its run reads `running`: its node's report of the start may reach
+    // the coordinator after the container's first request.
     let (code, out) = apply(&c.client, &file, false).await?;
     assert_eq!(code, 0, "output was: {out}");
     assert!(out.contains(&format!("project=main url=http://{gateway}:{port}")), "output was: {out}");

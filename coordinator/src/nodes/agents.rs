@@ -142,9 +142,13 @@ async fn handle_connection(
 ) -> anyhow::Result<()> {
     let remote = incoming.remote_address();
     let conn = incoming.await.map_err(|e| {
-        // A TLS alert travels as a QUIC crypto error (codes 0x100 to 0x1ff, RFC 9001 4.8): sent by
+        // A TLS alert travels as a QUIC crypto error, 0x100 + the alert (RFC 9001 4.8): sent by
         // the agent when it refused this side, raised here when this side refused the agent's.
-        let crypto = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+        // Only the certificate alerts (42 to 46, 48 unknown CA, 51 a signature that does not
+        // verify, 116 none given) say so.
+        let crypto = |code: quinn::TransportErrorCode| {
+            u64::from(code).checked_sub(0x100).is_some_and(|alert| matches!(alert, 42..=46 | 48 | 51 | 116))
+        };
         let why = match &e {
             quinn::ConnectionError::ConnectionClosed(c) if crypto(c.error_code) => {
                 "the agent refused this coordinator's certificate (it trusts another coordinator's CA)"
@@ -451,8 +455,10 @@ pub fn apply_updates(state: &State, rx: std::sync::mpsc::Receiver<QueuedReport>,
         };
         let more = std::iter::from_fn(|| rx.try_recv().ok()).take(BATCH - 1);
         let mut reporters = Vec::new();
-        for q in std::iter::once(first).chain(more) {
+        for mut q in std::iter::once(first).chain(more) {
             state.updates_waiting.fetch_sub(1, Ordering::Relaxed);
+            // This thread may wait a moment for room in a node's queue (a reconciliation's burst).
+            q.link = q.link.patient();
             let node = q.node.clone();
             if !reporters.contains(&node.id) {
                 reporters.push(node.id.clone());

@@ -19,6 +19,8 @@ use corral_proto::wire::CoordinatorMessage;
 
 /// Commands queued for one node before its session is reset.
 pub const COMMAND_QUEUE: usize = 256;
+/// How long a patient sender ([`Session::patient`]) waits for room in a full queue.
+pub const PATIENCE: Duration = Duration::from_secs(1);
 
 static CONN_IDS: AtomicU64 = AtomicU64::new(1);
 
@@ -58,6 +60,9 @@ pub struct Session {
     pub agent_version: String,
     /// The protocol agreed in its Hello.
     pub protocol: u16,
+    /// How long `send` waits for room in a full queue before the policy applies: none, unless
+    /// this is a patient clone.
+    patience: Option<Duration>,
 }
 
 impl Session {
@@ -70,17 +75,45 @@ impl Session {
     ) -> (Self, mpsc::Receiver<CoordinatorMessage>) {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let conn_id = CONN_IDS.fetch_add(1, Ordering::Relaxed);
-        (Self { conn_id, tx, name, conn, agent_version, protocol }, rx)
+        (Self { conn_id, tx, name, conn, agent_version, protocol, patience: None }, rx)
+    }
+
+    /// A clone that waits up to [`PATIENCE`] for room before it resets the session: for a sender
+    /// on a thread of its own that sends a burst (the updates thread reconciling a node that came
+    /// back with hundreds of containers), where a queue full for a moment is no sign of a node
+    /// falling behind. Never for a sender on the async runtime, which the queue's writer needs.
+    pub fn patient(&self) -> Self {
+        Self { patience: Some(PATIENCE), ..self.clone() }
     }
 
     /// Queues a command, by the module's policy. False when it was not queued (the session ended,
     /// or was reset now).
     pub fn send(&self, msg: CoordinatorMessage) -> bool {
-        match self.tx.try_send(msg) {
+        let deadline = self.patience.map(|p| std::time::Instant::now() + p);
+        let mut msg = msg;
+        loop {
+            match self.tx.try_send(msg) {
+                Err(mpsc::error::TrySendError::Full(m))
+                    if deadline.is_some_and(|d| std::time::Instant::now() < d)
+                        && self.conn.close_reason().is_none() =>
+                {
+                    msg = m;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                other => return self.sent(other),
+            }
+        }
+    }
+
+    fn sent(&self, result: Result<(), mpsc::error::TrySendError<CoordinatorMessage>>) -> bool {
+        match result {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(node = %self.name, "command queue full; resetting the session");
-                self.reset(Reset::Overflow);
+                // Once: what follows until the session ends is refused quietly.
+                if self.conn.close_reason().is_none() {
+                    tracing::warn!(node = %self.name, "command queue full; resetting the session");
+                    self.reset(Reset::Overflow);
+                }
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,

@@ -174,9 +174,9 @@ struct Plan {
     placed: Vec<Placement>,
     /// Jobs that wait, and why: only reasons not yet written.
     waits: Vec<(JobId, String)>,
-    /// Jobs of runs that waited past their no-capacity retry window (out of the queue now): they
-    /// fail, with this message.
-    expired: Vec<(JobId, String)>,
+    /// Runs that waited past their no-capacity retry window: they fail, with this message
+    /// ([`Scheduler::take_expired`], once the pass's waits are written).
+    expired: Vec<(QueueKey, String)>,
     /// The pass stopped at [`JOBS_PER_PASS`]: another follows at once.
     more: bool,
     /// It looked at the whole queue, not only at what was new.
@@ -384,7 +384,6 @@ impl Scheduler {
             self.full_pass = Some((generation, tick));
         }
         let mut plan = Plan { full, ..Plan::default() };
-        let mut expired: Vec<(QueueKey, String)> = Vec::new();
         let (mut placed_jobs, mut rewrites) = (0usize, 0usize);
         let Scheduler { index, queue, failed, volumes, .. } = self;
         let mut visit = |key: &QueueKey, q: &mut Queued| {
@@ -423,7 +422,7 @@ impl Scheduler {
                         failed.entry(q.shape).or_insert_with(|| reason.clone());
                     }
                     if capacity_deadline(&q.task, key.1).is_some_and(|d| now_ms > d) {
-                        expired.push((key.clone(), format!("no capacity within the retry duration: {reason}")));
+                        plan.expired.push((key.clone(), format!("no capacity within the retry duration: {reason}")));
                         return;
                     }
                     if q.reason.as_deref() != Some(&*reason) {
@@ -453,11 +452,6 @@ impl Scheduler {
                 }
             }
         }
-        for (key, message) in expired {
-            if let Some(q) = queue.remove(&key) {
-                plan.expired.extend(q.jobs.into_iter().flatten().map(|j| (j, message.clone())));
-            }
-        }
         // A full chunk: the next pass looks at the whole queue, since what this one did not reach
         // may fit (placing takes room, so it leaves the index generation as it is).
         plan.more = placed_jobs >= JOBS_PER_PASS;
@@ -465,6 +459,19 @@ impl Scheduler {
             self.full_pass = None;
         }
         plan
+    }
+}
+
+impl Scheduler {
+    /// Takes the runs a plan found expired out of the queue: their jobs, to end with the message.
+    fn take_expired(&mut self, expired: &[(QueueKey, String)]) -> Vec<(JobId, String)> {
+        let mut ended = Vec::new();
+        for (key, message) in expired {
+            if let Some(q) = self.queue.remove(key) {
+                ended.extend(q.jobs.into_iter().flatten().map(|j| (j, message.clone())));
+            }
+        }
+        ended
     }
 }
 
@@ -504,8 +511,9 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
     if !plan.waits.is_empty() {
         state.store.set_pending_many(&plan.waits)?;
     }
+    let expired = sched.take_expired(&plan.expired);
     if plan.placed.is_empty() {
-        return Ok(plan.expired);
+        return Ok(expired);
     }
 
     let placed_count: usize = plan.placed.iter().map(|p| p.allocs.len()).sum();
@@ -567,7 +575,7 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
         total_ms = began.elapsed().as_millis() as u64,
         "scheduling pass"
     );
-    Ok(plan.expired)
+    Ok(expired)
 }
 
 /// The specs of a placed run's jobs: the task's configuration plus each rank's allocation and the

@@ -211,3 +211,48 @@ async fn cordoned_nodes_take_no_jobs_until_uncordoned() -> anyhow::Result<()> {
     c.stop().await;
     Ok(())
 }
+
+/// The one send policy (`sessions::Session::send`): a node that does not take its commands as fast
+/// as they come has its session reset — a command is refused, never queued without bound nor
+/// dropped with the session left as it was — and it comes back on a new session, ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_keep_up_is_reset_and_comes_back() -> anyhow::Result<()> {
+    use anyhow::Context;
+    use corral_proto::wire::CoordinatorMessage;
+    let c = Cluster::start().await?;
+    let fleet = c.fleet(1, HollowOptions::default()).await?;
+    let id = fleet.node(0).and_then(|(_, id)| id.cloned()).context("the node enrolled")?;
+    let session = c.running.state.sessions.get(&id).context("the node is connected")?;
+    let before = fleet.stats().sessions;
+    // A patient sender (the updates thread's, off the runtime) gets a burst of 8 queues' worth
+    // through without a reset: it waits for room.
+    let patient = session.patient();
+    let burst = corral_coordinator::nodes::sessions::COMMAND_QUEUE * 8;
+    let sent = tokio::task::spawn_blocking(move || {
+        (0..burst).filter(|_| patient.send(CoordinatorMessage::HeartbeatAck { seq: 0 })).count()
+    })
+    .await?;
+    assert_eq!(sent, burst);
+    assert!(session.conn.close_reason().is_none(), "a patient burst reset the session");
+    assert_eq!(fleet.stats().sessions, before);
+    // Far more than the queue holds, faster than any connection drains it.
+    let refused = (0..100_000).filter(|_| !session.send(CoordinatorMessage::HeartbeatAck { seq: 0 })).count();
+    assert!(refused > 0, "100,000 commands at once never filled the queue");
+    let closed = tokio::time::timeout(Duration::from_secs(5), session.conn.closed()).await?;
+    assert!(matches!(closed, quinn::ConnectionError::LocallyClosed), "{closed}");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fleet.stats().sessions <= before || !c.running.state.sessions.is_connected(&id) {
+        if Instant::now() > deadline {
+            bail!("the node did not come back: {:?} {:?}", fleet.stats(), fleet.errors());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let again = c.running.state.sessions.get(&id).context("connected again")?;
+    assert_ne!(again.conn.stable_id(), session.conn.stable_id(), "a new connection");
+    assert!(again.send(CoordinatorMessage::HeartbeatAck { seq: 0 }), "the new session takes commands");
+    assert_eq!(c.node("hollow-00000").await?.status, api::NodeStatus::Ready);
+    fleet.shutdown().await;
+    c.stop().await;
+    Ok(())
+}

@@ -142,6 +142,8 @@ fn a_retry_waits_for_its_backoff_and_a_capacity_window_runs_out() {
     let p = plan(&mut s, 11_001);
     assert_eq!(p.expired.len(), 1);
     assert!(p.expired[0].1.starts_with("no capacity within the retry duration: "), "{}", p.expired[0].1);
+    let ended = s.take_expired(&p.expired);
+    assert_eq!(ended, [(JobId("hopeful-0".into()), p.expired[0].1.clone())]);
     assert!(s.queue.is_empty(), "an expired run leaves the queue");
 }
 
