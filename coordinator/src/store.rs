@@ -27,6 +27,8 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("a write was lost: the store's writer could not do it (see the coordinator's log)")]
+    WriteLost,
     #[error("stored {what} is unreadable")]
     Corrupt {
         what: String,
@@ -72,6 +74,12 @@ macro_rules! finished_states {
         "('done', 'failed', 'stopped', 'aborted')"
     };
 }
+/// A statement's parameters as owned values, for [`Store::execute`] on the writer thread.
+macro_rules! owned {
+    ($($p:expr),* $(,)?) => {
+        vec![$($crate::store::owned_value(&$p)),*]
+    };
+}
 // For the test that checks them against `JobState`.
 #[cfg(test)]
 use {active_states, finished_states, placed_states, queued_states};
@@ -111,6 +119,7 @@ mod services;
 mod tests;
 mod tokens;
 mod volumes;
+mod writer;
 
 pub use access::{Bootstrap, Caller};
 pub use run_views::{MAX_PAGE, RunPage, run_state};
@@ -121,11 +130,12 @@ pub use tokens::DefaultToken;
 pub use volumes::VolumeRow;
 
 pub struct Store {
-    /// The writer (and reads inside a write's transaction).
-    conn: Mutex<Connection>,
     /// Read-only connections, taken round robin.
     readers: Vec<Mutex<Connection>>,
     next_reader: std::sync::atomic::AtomicUsize,
+    /// The thread that owns the write connection (declared last: dropped after the readers, it
+    /// commits what was sent before it ends).
+    writer: writer::Writer,
 }
 
 /// Read-only connections kept open beside the writer.
@@ -205,6 +215,28 @@ impl NodeRow {
     }
 }
 
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let applied: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (i, sql) in migrations::MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// A parameter as an owned value. What we bind is our own plain data; a value SQLite cannot take
+/// (none today) becomes NULL, and the statement's constraints refuse it.
+pub(crate) fn owned_value(p: &dyn rusqlite::ToSql) -> rusqlite::types::Value {
+    use rusqlite::types::{ToSqlOutput, Value};
+    match p.to_sql() {
+        Ok(ToSqlOutput::Borrowed(v)) => v.into(),
+        Ok(ToSqlOutput::Owned(v)) => v,
+        _ => Value::Null,
+    }
+}
+
 fn json<T: serde::Serialize>(v: &T) -> String {
     // Serializing our own plain data types to JSON cannot fail (no maps with non-string keys).
     serde_json::to_string(v).unwrap_or_default()
@@ -264,7 +296,7 @@ impl Store {
         if let Err(e) = crate::datadir::private_file().write(true).create(true).truncate(false).open(path) {
             return Err(StoreError::Create { path: path.to_owned(), source: e });
         }
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         // 32 MiB of pages in memory (SQLite's default is 2 MiB): a node row carries its inventory,
@@ -274,17 +306,19 @@ impl Store {
         conn.set_prepared_statement_cache_capacity(128);
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let mut store = Self { conn: Mutex::new(conn), readers: Vec::new(), next_reader: Default::default() };
-        store.migrate()?;
+        migrate(&mut conn)?;
+        let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let reader = Connection::open(path)?;
             reader.pragma_update(None, "query_only", "ON")?;
             reader.pragma_update(None, "cache_size", -16 * 1024)?;
             reader.set_prepared_statement_cache_capacity(128);
             reader.busy_timeout(std::time::Duration::from_secs(5))?;
-            store.readers.push(Mutex::new(reader));
+            readers.push(Mutex::new(reader));
         }
-        Ok(store)
+        let writer =
+            writer::Writer::start(conn).map_err(|source| StoreError::Create { path: path.to_owned(), source })?;
+        Ok(Self { readers, next_reader: Default::default(), writer })
     }
 
     /// A read-only connection: the first free one from the next in turn, else (all busy) that one
@@ -292,13 +326,11 @@ impl Store {
     fn read(&self) -> MutexGuard<'_, Connection> {
         use std::sync::atomic::Ordering;
         let n = self.readers.len();
-        if n == 0 {
-            return self.conn();
-        }
         let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
         for i in 0..n {
             match self.readers[(start + i) % n].try_lock() {
                 Ok(guard) => return guard,
+                // A panic while holding a reader cannot leave SQLite inconsistent: a read writes nothing.
                 Err(std::sync::TryLockError::Poisoned(e)) => return e.into_inner(),
                 Err(std::sync::TryLockError::WouldBlock) => {}
             }
@@ -306,22 +338,21 @@ impl Store {
         self.readers[start % n].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave SQLite inconsistent (each call is its own
-        // statement or transaction), so a poisoned lock is still usable.
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    /// Runs `f` on the writer thread, in a transaction it may share with other writes (in a
+    /// savepoint of its own: a nested `savepoint()` works, `transaction()` does not), and returns
+    /// once that transaction is committed. What `f` uses it owns: the writer outlives the call.
+    fn write<R: Send + 'static>(&self, f: impl FnOnce(&mut Connection) -> Result<R> + Send + 'static) -> Result<R> {
+        self.writer.write(f)
     }
 
-    fn migrate(&self) -> Result<()> {
-        let mut conn = self.conn();
-        let applied: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        for (i, sql) in migrations::MIGRATIONS.iter().enumerate().skip(applied) {
-            let tx = conn.transaction()?;
-            tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", i + 1)?;
-            tx.commit()?;
-        }
-        Ok(())
+    /// One statement on the writer; `params` made with [`owned!`].
+    fn execute(&self, sql: &'static str, params: Vec<rusqlite::types::Value>) -> Result<usize> {
+        self.write(move |conn| Ok(conn.prepare_cached(sql)?.execute(rusqlite::params_from_iter(params))?))
+    }
+
+    /// Writes sent to the writer and the transactions that committed them, since it started.
+    pub fn write_stats(&self) -> (u64, u64) {
+        self.writer.stats()
     }
 
     pub fn project_exists(&self, name: &str) -> Result<bool> {
@@ -335,12 +366,16 @@ impl Store {
     pub fn insert_run(&self, run: &NewRun<'_>) -> Result<bool> {
         let NewRun { id, project, name, configuration: cfg, source, jobs, job_nums, replicas, replacing_service } =
             *run;
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        // Checked in the same transaction as the insert, so two submissions cannot both win. A
-        // service is active while it has a desired replica count, even at zero replicas; a new
-        // deployment of an active service goes in next to it (`replacing_service`).
-        let active: bool = !replacing_service && tx
+        let (id, project, name, source) =
+            (id.0.clone(), project.to_owned(), name.to_owned(), source.map(str::to_owned));
+        let (cfg, jobs) = (json(cfg), jobs.iter().map(|j| j.0.clone()).collect::<Vec<_>>());
+        let job_nums = job_nums.to_vec();
+        self.write(move |conn| {
+            let tx = conn.savepoint()?;
+            // Checked in the same transaction as the insert, so two submissions cannot both win. A
+            // service is active while it has a desired replica count, even at zero replicas; a new
+            // deployment of an active service goes in next to it (`replacing_service`).
+            let active: bool = !replacing_service && tx
             .query_row(
                 concat!(
                     "SELECT 1 FROM runs r WHERE r.project = ?1 AND r.name = ?2 AND (r.replicas IS NOT NULL OR EXISTS \
@@ -353,23 +388,24 @@ impl Store {
             )
             .optional()?
             .is_some();
-        if active {
-            return Ok(false);
-        }
-        let now = now_ms();
-        tx.execute(
-            "INSERT INTO runs (id, project, name, configuration, source, submitted_ms, replicas) \
+            if active {
+                return Ok(false);
+            }
+            let now = now_ms();
+            tx.prepare_cached(
+                "INSERT INTO runs (id, project, name, configuration, source, submitted_ms, replicas) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![id.0, project, name, json(cfg), source, now, replicas],
-        )?;
-        for (num, job) in jobs.iter().enumerate() {
-            tx.execute(
-                "INSERT INTO jobs (id, run_id, job_num, state, submitted_ms) VALUES (?1, ?2, ?3, 'submitted', ?4)",
-                params![job.0, id.0, job_nums.get(num).copied().unwrap_or(num as u32), now],
-            )?;
-        }
-        tx.commit()?;
-        Ok(true)
+            )?
+            .execute(params![id, project, name, cfg, source, now, replicas])?;
+            for (num, job) in jobs.iter().enumerate() {
+                tx.prepare_cached(
+                    "INSERT INTO jobs (id, run_id, job_num, state, submitted_ms) VALUES (?1, ?2, ?3, 'submitted', ?4)",
+                )?
+                .execute(params![job, id, job_nums.get(num).copied().unwrap_or(num as u32), now])?;
+            }
+            tx.commit()?;
+            Ok(true)
+        })
     }
 
     /// Jobs matching an SQL filter over `j` (jobs) and `r` (runs): the typed methods' one query.
@@ -481,78 +517,103 @@ impl Store {
     /// gang, whether it was assigned.
     pub fn assign_gangs(&self, gangs: &[Vec<(NodeId, JobSpec)>]) -> Result<Vec<bool>> {
         // One job; false (nothing written) when it is no longer queued.
-        fn assign(tx: &Connection, node: &NodeId, spec: &JobSpec) -> Result<bool> {
+        struct Assignment {
+            job: String,
+            node: String,
+            allocation: String,
+            spec: String,
+        }
+        fn assign(tx: &Connection, a: &Assignment) -> Result<bool> {
             let n = tx
                 .prepare_cached(concat!(
                     "UPDATE jobs SET state = 'provisioning', node_id = ?2, allocation = ?3, spec = ?4, \
                          status_message = NULL WHERE id = ?1 AND state IN ",
                     queued_states!()
                 ))?
-                .execute(params![spec.job_id.0, node.0, json(&spec.allocation), json(spec)])?;
+                .execute(params![a.job, a.node, a.allocation, a.spec])?;
             Ok(n == 1)
         }
-        let mut conn = self.conn();
-        let mut tx = conn.transaction()?;
-        let mut out = Vec::with_capacity(gangs.len());
-        for gang in gangs {
-            if let [(node, spec)] = gang.as_slice() {
-                // One job is all or nothing already: no savepoint needed.
-                out.push(assign(&tx, node, spec)?);
-                continue;
+        // Serialized here, on the caller's thread: the writer only binds and writes.
+        let gangs: Vec<Vec<Assignment>> = gangs
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .map(|(node, spec)| Assignment {
+                        job: spec.job_id.0.clone(),
+                        node: node.0.clone(),
+                        allocation: json(&spec.allocation),
+                        spec: json(spec),
+                    })
+                    .collect()
+            })
+            .collect();
+        self.write(move |conn| {
+            let mut tx = conn.savepoint()?;
+            let mut out = Vec::with_capacity(gangs.len());
+            for gang in gangs {
+                if let [a] = gang.as_slice() {
+                    // One job is all or nothing already: no savepoint needed.
+                    out.push(assign(&tx, a)?);
+                    continue;
+                }
+                let sp = tx.savepoint()?;
+                let mut all = true;
+                for a in gang.iter() {
+                    all &= assign(&sp, a)?;
+                }
+                if all {
+                    sp.commit()?;
+                } else {
+                    drop(sp); // rolls the gang back
+                }
+                out.push(all);
             }
-            let sp = tx.savepoint()?;
-            let mut all = true;
-            for (node, spec) in gang {
-                all &= assign(&sp, node, spec)?;
-            }
-            if all {
-                sp.commit()?;
-            } else {
-                drop(sp); // rolls the gang back
-            }
-            out.push(all);
-        }
-        tx.commit()?;
-        Ok(out)
+            tx.commit()?;
+            Ok(out)
+        })
     }
 
     /// Records why queued jobs wait, in one transaction.
     pub fn set_pending_many(&self, waits: &[(JobId, String)]) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached(concat!(
-                "UPDATE jobs SET state = 'pending', status_message = ?2 WHERE id = ?1 AND state IN ",
-                queued_states!()
-            ))?;
-            for (id, reason) in waits {
-                stmt.execute(params![id.0, reason])?;
+        let waits = waits.to_vec();
+        self.write(move |conn| {
+            let tx = conn.savepoint()?;
+            {
+                let mut stmt = tx.prepare_cached(concat!(
+                    "UPDATE jobs SET state = 'pending', status_message = ?2 WHERE id = ?1 AND state IN ",
+                    queued_states!()
+                ))?;
+                for (id, reason) in &waits {
+                    stmt.execute(params![id.0, reason])?;
+                }
             }
-        }
-        tx.commit()?;
-        Ok(())
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// Records non-final states reported by agents, in one transaction. Never moves a finished job
     /// back.
     pub fn set_progress_many(&self, reports: &[(JobId, JobState, Option<String>)]) -> Result<()> {
         let now = now_ms();
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached(concat!(
-                "UPDATE jobs SET state = CASE WHEN state = 'terminating' THEN state ELSE ?2 END, \
+        let reports = reports.to_vec();
+        self.write(move |conn| {
+            let tx = conn.savepoint()?;
+            {
+                let mut stmt = tx.prepare_cached(concat!(
+                    "UPDATE jobs SET state = CASE WHEN state = 'terminating' THEN state ELSE ?2 END, \
                  started_ms = CASE WHEN ?2 = 'running' AND started_ms IS NULL THEN ?3 ELSE started_ms END, \
                  status_message = COALESCE(?4, status_message) \
                  WHERE id = ?1 AND state NOT IN ",
-                finished_states!()
-            ))?;
-            for (id, state, message) in reports {
-                stmt.execute(params![id.0, state.as_str(), now, message])?;
+                    finished_states!()
+                ))?;
+                for (id, state, message) in &reports {
+                    stmt.execute(params![id.0, state.as_str(), now, message])?;
+                }
             }
-        }
-        tx.commit()?;
-        Ok(())
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// Records how a job ended. Returns false when it had already ended (the first word stands).
@@ -563,14 +624,14 @@ impl Store {
         exit_code: Option<i64>,
         message: Option<&str>,
     ) -> Result<bool> {
-        let n = self.conn().execute(
+        let n = self.execute(
             concat!(
                 "UPDATE jobs SET state = ?2, termination_reason = ?3, exit_code = ?4, status_message = COALESCE(?5, status_message), \
                  finished_ms = ?6, started_ms = CASE WHEN ?4 IS NOT NULL THEN COALESCE(started_ms, ?6) ELSE started_ms END \
                  WHERE id = ?1 AND state NOT IN ",
                 finished_states!()
             ),
-            params![id.0, reason.final_state().as_str(), reason.as_str(), exit_code, message, now_ms()],
+            owned![id.0, reason.final_state().as_str(), reason.as_str(), exit_code, message, now_ms()],
         )?;
         Ok(n == 1)
     }
@@ -578,24 +639,24 @@ impl Store {
     /// Marks a placed job as being stopped, remembering how (the reason says whether to abort), so
     /// that reconciliation can repeat the same request. Returns false when the job was not placed.
     pub fn set_terminating(&self, id: &JobId, reason: TerminationReason) -> Result<bool> {
-        let n = self.conn().execute(
+        let n = self.execute(
             concat!(
                 "UPDATE jobs SET state = 'terminating', termination_reason = ?2 WHERE id = ?1 AND state IN ",
                 placed_states!()
             ),
-            params![id.0, reason.as_str()],
+            owned![id.0, reason.as_str()],
         )?;
         Ok(n == 1)
     }
 
     /// Ends a job that was never placed. Returns false when the scheduler placed it meanwhile.
     pub fn cancel_queued(&self, id: &JobId, reason: TerminationReason) -> Result<bool> {
-        let n = self.conn().execute(
+        let n = self.execute(
             concat!(
                 "UPDATE jobs SET state = ?2, termination_reason = ?3, finished_ms = ?4 WHERE id = ?1 AND state IN ",
                 queued_states!()
             ),
-            params![id.0, reason.final_state().as_str(), reason.as_str(), now_ms()],
+            owned![id.0, reason.final_state().as_str(), reason.as_str(), now_ms()],
         )?;
         Ok(n == 1)
     }
@@ -603,7 +664,7 @@ impl Store {
     /// The newest run of that name in the project.
     pub fn run_by_name(&self, project: &str, name: &str) -> Result<Option<(RunId, Configuration, i64)>> {
         let row: Option<(String, String, i64)> = self
-            .conn()
+            .read()
             .query_row(
                 "SELECT id, configuration, submitted_ms FROM runs WHERE project = ?1 AND name = ?2 ORDER BY submitted_ms DESC, rowid DESC LIMIT 1",
                 params![project, name],
@@ -629,23 +690,29 @@ impl Store {
     /// Starts a new attempt of some of a run's jobs (a retry): new rows, same ranks, next
     /// submission number, queued no earlier than `not_before_ms`.
     pub fn resubmit(&self, previous: &[JobRow], not_before_ms: i64, new_ids: &[JobId]) -> Result<bool> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let now = now_ms();
-        for (old, id) in previous.iter().zip(new_ids) {
-            // Two job ends racing to retry the same run make one retry, not two.
-            let n = tx.execute(
-                "INSERT INTO jobs (id, run_id, job_num, state, submitted_ms, submission, not_before_ms) \
+        let rows: Vec<(String, String, u32, u32)> = previous
+            .iter()
+            .zip(new_ids)
+            .map(|(old, id)| (id.0.clone(), old.run_id.0.clone(), old.job_num, old.submission + 1))
+            .collect();
+        self.write(move |conn| {
+            let tx = conn.savepoint()?;
+            let now = now_ms();
+            for (id, run, job_num, submission) in &rows {
+                // Two job ends racing to retry the same run make one retry, not two.
+                let n = tx.execute(
+                    "INSERT INTO jobs (id, run_id, job_num, state, submitted_ms, submission, not_before_ms) \
                  SELECT ?1, ?2, ?3, 'submitted', ?4, ?5, ?6 \
                  WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE run_id = ?2 AND job_num = ?3 AND submission >= ?5)",
-                params![id.0, old.run_id.0, old.job_num, now, old.submission + 1, not_before_ms],
-            )?;
-            if n == 0 {
-                return Ok(false); // dropping the transaction rolls back
+                    params![id, run, job_num, now, submission, not_before_ms],
+                )?;
+                if n == 0 {
+                    return Ok(false); // dropping the savepoint rolls back
+                }
             }
-        }
-        tx.commit()?;
-        Ok(true)
+            tx.commit()?;
+            Ok(true)
+        })
     }
 
     pub fn run_submitted_ms(&self, run: &RunId) -> Result<Option<i64>> {

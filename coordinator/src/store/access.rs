@@ -57,20 +57,23 @@ impl Store {
     /// The token of the data dir's `admin-token` works whatever the database says: unknown, it
     /// becomes a token of the `admin` user (a global admin), made if missing.
     pub fn bootstrap_admin(&self, hash: &str) -> Result<Bootstrap> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let known = tx.query_row("SELECT 1 FROM api_tokens WHERE hash = ?1", [hash], |_| Ok(())).optional()?;
-        if known.is_some() {
-            return Ok(Bootstrap::Known);
-        }
-        let now = now_ms();
-        let made = tx.execute("INSERT OR IGNORE INTO users VALUES ('admin', 'admin', ?1)", [now])?;
-        tx.execute(
-            "INSERT INTO api_tokens (hash, name, created_ms, user) VALUES (?1, 'admin', ?2, 'admin')",
-            params![hash, now],
-        )?;
-        tx.commit()?;
-        Ok(if made > 0 { Bootstrap::Created } else { Bootstrap::Added })
+        let hash = hash.to_owned();
+        self.write(move |conn| {
+            let hash = hash.as_str();
+            let tx = conn.savepoint()?;
+            let known = tx.query_row("SELECT 1 FROM api_tokens WHERE hash = ?1", [hash], |_| Ok(())).optional()?;
+            if known.is_some() {
+                return Ok(Bootstrap::Known);
+            }
+            let now = now_ms();
+            let made = tx.execute("INSERT OR IGNORE INTO users VALUES ('admin', 'admin', ?1)", [now])?;
+            tx.execute(
+                "INSERT INTO api_tokens (hash, name, created_ms, user) VALUES (?1, 'admin', ?2, 'admin')",
+                params![hash, now],
+            )?;
+            tx.commit()?;
+            Ok(if made > 0 { Bootstrap::Created } else { Bootstrap::Added })
+        })
     }
 
     /// Who holds the token of this hash.
@@ -100,18 +103,23 @@ impl Store {
 
     /// `false`: a user of that name exists, and nothing changed.
     pub fn create_user(&self, name: &str, role: GlobalRole, token_hash: &str) -> Result<bool> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let now = now_ms();
-        if tx.execute("INSERT OR IGNORE INTO users VALUES (?1, ?2, ?3)", params![name, role.as_str(), now])? == 0 {
-            return Ok(false);
-        }
-        tx.execute(
-            "INSERT INTO api_tokens (hash, name, created_ms, user) VALUES (?1, ?2, ?3, ?2)",
-            params![token_hash, name, now],
-        )?;
-        tx.commit()?;
-        Ok(true)
+        let name = name.to_owned();
+        let token_hash = token_hash.to_owned();
+        self.write(move |conn| {
+            let name = name.as_str();
+            let token_hash = token_hash.as_str();
+            let tx = conn.savepoint()?;
+            let now = now_ms();
+            if tx.execute("INSERT OR IGNORE INTO users VALUES (?1, ?2, ?3)", params![name, role.as_str(), now])? == 0 {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO api_tokens (hash, name, created_ms, user) VALUES (?1, ?2, ?3, ?2)",
+                params![token_hash, name, now],
+            )?;
+            tx.commit()?;
+            Ok(true)
+        })
     }
 
     pub fn user_role(&self, name: &str) -> Result<Option<GlobalRole>> {
@@ -166,47 +174,61 @@ impl Store {
 
     /// Removes a user with its tokens and memberships. `false`: there was none.
     pub fn delete_user(&self, name: &str) -> Result<bool> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.execute("DELETE FROM api_tokens WHERE user = ?1 OR created_by = ?1", [name])?;
-        tx.execute("DELETE FROM members WHERE user = ?1", [name])?;
-        let n = tx.execute("DELETE FROM users WHERE name = ?1", [name])?;
-        tx.commit()?;
-        Ok(n > 0)
+        let name = name.to_owned();
+        self.write(move |conn| {
+            let name = name.as_str();
+            let tx = conn.savepoint()?;
+            tx.execute("DELETE FROM api_tokens WHERE user = ?1 OR created_by = ?1", [name])?;
+            tx.execute("DELETE FROM members WHERE user = ?1", [name])?;
+            let n = tx.execute("DELETE FROM users WHERE name = ?1", [name])?;
+            tx.commit()?;
+            Ok(n > 0)
+        })
     }
 
     /// Replaces a user's tokens with this one. `false`: there is no such user.
     pub fn replace_user_token(&self, name: &str, hash: &str) -> Result<bool> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        if tx.query_row("SELECT 1 FROM users WHERE name = ?1", [name], |_| Ok(())).optional()?.is_none() {
-            return Ok(false);
-        }
-        tx.execute("DELETE FROM api_tokens WHERE user = ?1", [name])?;
-        tx.execute(
-            "INSERT INTO api_tokens (hash, name, created_ms, user) VALUES (?1, ?2, ?3, ?2)",
-            params![hash, name, now_ms()],
-        )?;
-        tx.commit()?;
-        Ok(true)
+        let name = name.to_owned();
+        let hash = hash.to_owned();
+        self.write(move |conn| {
+            let name = name.as_str();
+            let hash = hash.as_str();
+            let tx = conn.savepoint()?;
+            if tx.query_row("SELECT 1 FROM users WHERE name = ?1", [name], |_| Ok(())).optional()?.is_none() {
+                return Ok(false);
+            }
+            tx.execute("DELETE FROM api_tokens WHERE user = ?1", [name])?;
+            tx.execute(
+                "INSERT INTO api_tokens (hash, name, created_ms, user) VALUES (?1, ?2, ?3, ?2)",
+                params![hash, name, now_ms()],
+            )?;
+            tx.commit()?;
+            Ok(true)
+        })
     }
 
     // --- projects and members ---
 
     /// Makes a project, with `owner` as its admin. `false`: it exists.
     pub fn create_project(&self, name: &str, owner: Option<&str>) -> Result<bool> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        if tx.execute("INSERT OR IGNORE INTO projects (name, created_ms) VALUES (?1, ?2)", params![name, now_ms()])?
-            == 0
-        {
-            return Ok(false);
-        }
-        if let Some(owner) = owner {
-            tx.execute("INSERT INTO members VALUES (?1, ?2, 'admin')", params![name, owner])?;
-        }
-        tx.commit()?;
-        Ok(true)
+        let name = name.to_owned();
+        let owner = owner.map(str::to_owned);
+        self.write(move |conn| {
+            let name = name.as_str();
+            let owner = owner.as_deref();
+            let tx = conn.savepoint()?;
+            if tx
+                .execute("INSERT OR IGNORE INTO projects (name, created_ms) VALUES (?1, ?2)", params![name, now_ms()])?
+                == 0
+            {
+                return Ok(false);
+            }
+            if let Some(owner) = owner {
+                tx.execute("INSERT INTO members VALUES (?1, ?2, 'admin')", params![name, owner])?;
+            }
+            tx.commit()?;
+            Ok(true)
+        })
     }
 
     /// Every project with its member count and `user`'s role in it.
@@ -246,21 +268,25 @@ impl Store {
     /// Deletes a project and what is left of it (finished runs, schedules, secrets, images,
     /// members, service tokens). Answers the ids of the jobs it had, whose logs go too.
     pub fn delete_project(&self, project: &str) -> Result<Vec<corral_proto::ids::JobId>> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let jobs = {
-            let mut stmt = tx.prepare("SELECT j.id FROM jobs j JOIN runs r ON r.id = j.run_id WHERE r.project = ?1")?;
-            stmt.query_map([project], |r| Ok(corral_proto::ids::JobId(r.get(0)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()?
-        };
-        tx.execute("DELETE FROM jobs WHERE run_id IN (SELECT id FROM runs WHERE project = ?1)", [project])?;
-        for table in ["runs", "schedules", "secrets", "members", "fleets", "volumes", "images"] {
-            tx.execute(&format!("DELETE FROM {table} WHERE project = ?1"), [project])?;
-        }
-        tx.execute("DELETE FROM api_tokens WHERE service_project = ?1", [project])?;
-        tx.execute("DELETE FROM projects WHERE name = ?1", [project])?;
-        tx.commit()?;
-        Ok(jobs)
+        let project = project.to_owned();
+        self.write(move |conn| {
+            let project = project.as_str();
+            let tx = conn.savepoint()?;
+            let jobs = {
+                let mut stmt =
+                    tx.prepare("SELECT j.id FROM jobs j JOIN runs r ON r.id = j.run_id WHERE r.project = ?1")?;
+                stmt.query_map([project], |r| Ok(corral_proto::ids::JobId(r.get(0)?)))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            tx.execute("DELETE FROM jobs WHERE run_id IN (SELECT id FROM runs WHERE project = ?1)", [project])?;
+            for table in ["runs", "schedules", "secrets", "members", "fleets", "volumes", "images"] {
+                tx.execute(&format!("DELETE FROM {table} WHERE project = ?1"), [project])?;
+            }
+            tx.execute("DELETE FROM api_tokens WHERE service_project = ?1", [project])?;
+            tx.execute("DELETE FROM projects WHERE name = ?1", [project])?;
+            tx.commit()?;
+            Ok(jobs)
+        })
     }
 
     pub fn member_role(&self, project: &str, user: &str) -> Result<Option<ProjectRole>> {
@@ -278,21 +304,29 @@ impl Store {
     }
 
     pub fn set_member(&self, project: &str, user: &str, role: ProjectRole) -> Result<()> {
-        self.conn().execute(
+        self.execute(
             "INSERT INTO members VALUES (?1, ?2, ?3) ON CONFLICT (project, user) DO UPDATE SET role = excluded.role",
-            params![project, user, role.as_str()],
+            owned![project, user, role.as_str()],
         )?;
         Ok(())
     }
 
     /// Removes a member, and the service tokens it made in the project. `false`: it was none.
     pub fn remove_member(&self, project: &str, user: &str) -> Result<bool> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.execute("DELETE FROM api_tokens WHERE service_project = ?1 AND created_by = ?2", params![project, user])?;
-        let n = tx.execute("DELETE FROM members WHERE project = ?1 AND user = ?2", params![project, user])?;
-        tx.commit()?;
-        Ok(n > 0)
+        let project = project.to_owned();
+        let user = user.to_owned();
+        self.write(move |conn| {
+            let project = project.as_str();
+            let user = user.as_str();
+            let tx = conn.savepoint()?;
+            tx.execute(
+                "DELETE FROM api_tokens WHERE service_project = ?1 AND created_by = ?2",
+                params![project, user],
+            )?;
+            let n = tx.execute("DELETE FROM members WHERE project = ?1 AND user = ?2", params![project, user])?;
+            tx.commit()?;
+            Ok(n > 0)
+        })
     }
 
     /// The projects where `user` is the only admin.
@@ -311,10 +345,10 @@ impl Store {
     /// A token for calling `project/run`, made by `created_by` (it goes when its maker leaves the
     /// project or is deleted).
     pub fn create_service_token(&self, hash: &str, project: &str, run: &str, created_by: Option<&str>) -> Result<()> {
-        self.conn().execute(
+        self.execute(
             "INSERT INTO api_tokens (hash, name, created_ms, service_project, service_run, created_by) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![hash, format!("service:{project}/{run}"), now_ms(), project, run, created_by],
+            owned![hash, format!("service:{project}/{run}"), now_ms(), project, run, created_by],
         )?;
         Ok(())
     }
@@ -340,22 +374,28 @@ impl Store {
     /// Deletes the project's service token whose id starts with `id`, when exactly one does;
     /// answers the ids that matched.
     pub fn delete_service_token(&self, project: &str, id: &str) -> Result<Vec<String>> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let pattern = format!("{}%", id.to_ascii_lowercase());
-        let ids = {
-            let mut stmt =
-                tx.prepare("SELECT substr(hash, 1, 12) FROM api_tokens WHERE service_project = ?1 AND hash LIKE ?2")?;
-            stmt.query_map(params![project, pattern], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>()?
-        };
-        if ids.len() == 1 {
-            tx.execute(
-                "DELETE FROM api_tokens WHERE service_project = ?1 AND hash LIKE ?2",
-                params![project, pattern],
-            )?;
-        }
-        tx.commit()?;
-        Ok(ids)
+        let project = project.to_owned();
+        let id = id.to_owned();
+        self.write(move |conn| {
+            let project = project.as_str();
+            let id = id.as_str();
+            let tx = conn.savepoint()?;
+            let pattern = format!("{}%", id.to_ascii_lowercase());
+            let ids = {
+                let mut stmt = tx.prepare(
+                    "SELECT substr(hash, 1, 12) FROM api_tokens WHERE service_project = ?1 AND hash LIKE ?2",
+                )?;
+                stmt.query_map(params![project, pattern], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>()?
+            };
+            if ids.len() == 1 {
+                tx.execute(
+                    "DELETE FROM api_tokens WHERE service_project = ?1 AND hash LIKE ?2",
+                    params![project, pattern],
+                )?;
+            }
+            tx.commit()?;
+            Ok(ids)
+        })
     }
 
     // --- the audit trail ---
@@ -368,12 +408,23 @@ impl Store {
         object: Option<&str>,
         detail: Option<&str>,
     ) -> Result<()> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "INSERT INTO events (ms, user, project, action, object, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?;
-        stmt.execute(params![now_ms(), user, project, action, object, detail])?;
-        Ok(())
+        let user = user.map(str::to_owned);
+        let project = project.map(str::to_owned);
+        let action = action.to_owned();
+        let object = object.map(str::to_owned);
+        let detail = detail.map(str::to_owned);
+        self.write(move |conn| {
+            let user = user.as_deref();
+            let project = project.as_deref();
+            let action = action.as_str();
+            let object = object.as_deref();
+            let detail = detail.as_deref();
+            let mut stmt = conn.prepare_cached(
+                "INSERT INTO events (ms, user, project, action, object, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            stmt.execute(params![now_ms(), user, project, action, object, detail])?;
+            Ok(())
+        })
     }
 
     /// Events since `since_ms` (of one project, or all), the newest `limit` of them, oldest first.
@@ -409,6 +460,6 @@ impl Store {
 
     /// Forgets events older than `before_ms`; answers how many.
     pub fn prune_events(&self, before_ms: i64) -> Result<usize> {
-        Ok(self.conn().execute("DELETE FROM events WHERE ms < ?1", [before_ms])?)
+        Ok(self.execute("DELETE FROM events WHERE ms < ?1", owned![before_ms])?)
     }
 }

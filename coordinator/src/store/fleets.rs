@@ -1,6 +1,6 @@
 //! Fleets' configurations, per project (nodes name their fleet without one).
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::OptionalExtension;
 
 use corral_proto::config::FleetConfig;
 
@@ -9,9 +9,9 @@ use super::{Result, Store, from_json, json, json_col, now_ms};
 impl Store {
     /// Creates or replaces a fleet's configuration.
     pub fn put_fleet(&self, project: &str, name: &str, cfg: &FleetConfig) -> Result<()> {
-        self.conn().execute(
+        self.execute(
             "INSERT INTO fleets VALUES (?1, ?2, ?3, ?4) ON CONFLICT (project, name) DO UPDATE SET configuration = excluded.configuration",
-            params![project, name, json(cfg), now_ms()],
+            owned![project, name, json(cfg), now_ms()],
         )?;
         Ok(())
     }
@@ -37,7 +37,7 @@ impl Store {
     }
 
     pub fn delete_fleet(&self, project: &str, name: &str) -> Result<bool> {
-        let n = self.conn().execute("DELETE FROM fleets WHERE project = ?1 AND name = ?2", params![project, name])?;
+        let n = self.execute("DELETE FROM fleets WHERE project = ?1 AND name = ?2", owned![project, name])?;
         Ok(n == 1)
     }
 
@@ -53,7 +53,7 @@ impl Store {
 
     pub fn fleet_config(&self, name: &str) -> Result<Option<FleetConfig>> {
         let cfg: Option<String> = self
-            .conn()
+            .read()
             .query_row("SELECT configuration FROM fleets WHERE name = ?1 LIMIT 1", [name], |r| r.get(0))
             .optional()?;
         cfg.map(|c| from_json("fleet configuration", &c)).transpose()

@@ -1,7 +1,7 @@
 //! Images in the coordinator's own store ([`crate::images`]): a name and the blobs it is made of,
 //! in one project, or shared by every project (`project = ''` in the table).
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::OptionalExtension;
 
 use corral_proto::api;
 
@@ -16,10 +16,10 @@ fn scope(project: Option<&str>) -> &str {
 impl Store {
     /// Adds or replaces the image called `image.name` in `project` (`None`: shared).
     pub fn put_image(&self, project: Option<&str>, image: &StoredImage, size: u64) -> Result<()> {
-        self.conn().execute(
+        self.execute(
             "INSERT OR REPLACE INTO images (project, name, config, layers, size, pushed_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
+            owned![
                 scope(project),
                 image.name,
                 image.config,
@@ -34,7 +34,7 @@ impl Store {
     /// The image `name` of `project` (`None`: the shared one), not falling back to the other.
     pub fn image(&self, project: Option<&str>, name: &str) -> Result<Option<StoredImage>> {
         let row: Option<(String, String)> = self
-            .conn()
+            .read()
             .query_row(
                 "SELECT config, layers FROM images WHERE project = ?1 AND name = ?2",
                 [scope(project), name],
@@ -57,7 +57,7 @@ impl Store {
     /// [`qualified`]: crate::images::qualified
     pub fn image_by_config(&self, project: &str, config: &str) -> Result<Option<StoredImage>> {
         let row: Option<(String, String)> = self
-            .conn()
+            .read()
             .query_row(
                 "SELECT name, layers FROM images WHERE project = ?1 AND config = ?2 AND project <> '' LIMIT 1",
                 [project, config],
@@ -74,7 +74,7 @@ impl Store {
     }
 
     pub fn remove_image(&self, project: Option<&str>, name: &str) -> Result<bool> {
-        Ok(self.conn().execute("DELETE FROM images WHERE project = ?1 AND name = ?2", [scope(project), name])? > 0)
+        Ok(self.execute("DELETE FROM images WHERE project = ?1 AND name = ?2", owned![scope(project), name])? > 0)
     }
 
     /// Every stored image's blobs, of every project (what the blob collector keeps).

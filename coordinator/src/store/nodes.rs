@@ -12,14 +12,14 @@ use super::{NodeLoad, NodeRow, Result, Store, StoreError, json, now_ms, opt_json
 impl Store {
     /// Removes a node from the cluster: its certificate is refused from now on.
     pub fn revoke_node(&self, id: &NodeId) -> Result<()> {
-        self.conn().execute("UPDATE nodes SET revoked = 1, cordoned = 1 WHERE id = ?1", [&id.0])?;
+        self.execute("UPDATE nodes SET revoked = 1, cordoned = 1 WHERE id = ?1", owned![id.0])?;
         Ok(())
     }
 
     pub fn add_node(&self, id: &NodeId, name: &str, fleet: Option<&str>, fingerprint: &str) -> Result<()> {
-        self.conn().execute(
+        self.execute(
             "INSERT INTO nodes (id, name, fleet, cert_fingerprint, enrolled_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![id.0, name, fleet, fingerprint, now_ms()],
+            owned![id.0, name, fleet, fingerprint, now_ms()],
         )?;
         Ok(())
     }
@@ -126,73 +126,79 @@ impl Store {
         &self,
         sel: &corral_proto::api::CordonNodes,
     ) -> Result<std::result::Result<Vec<(NodeId, String)>, String>> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let mut changed = Vec::new();
-        {
-            let mut update = tx.prepare_cached(
-                "UPDATE nodes SET cordoned = ?1 WHERE revoked = 0 AND cordoned != ?1 \
+        let sel = sel.clone();
+        self.write(move |conn| {
+            let sel = &sel;
+            let tx = conn.savepoint()?;
+            let mut changed = Vec::new();
+            {
+                let mut update = tx.prepare_cached(
+                    "UPDATE nodes SET cordoned = ?1 WHERE revoked = 0 AND cordoned != ?1 \
                  AND (?2 OR fleet = ?3 OR name = ?4 OR id = ?4) RETURNING id, name",
-            )?;
-            let mut run = |all: bool, fleet: Option<&str>, name: Option<&str>| -> Result<()> {
-                let rows = update.query_map(params![sel.cordoned, all, fleet, name], |r| {
-                    Ok((NodeId(r.get(0)?), r.get::<_, String>(1)?))
-                })?;
-                for row in rows {
-                    changed.push(row?);
-                }
-                Ok(())
-            };
-            if sel.all || sel.fleet.is_some() {
-                run(sel.all, sel.fleet.as_deref(), None)?;
-            }
-            for name in &sel.nodes {
-                let exists: bool = tx.query_row(
-                    "SELECT EXISTS(SELECT 1 FROM nodes WHERE revoked = 0 AND (name = ?1 OR id = ?1))",
-                    [name],
-                    |r| r.get(0),
                 )?;
-                if !exists {
-                    return Ok(Err(name.clone()));
+                let mut run = |all: bool, fleet: Option<&str>, name: Option<&str>| -> Result<()> {
+                    let rows = update.query_map(params![sel.cordoned, all, fleet, name], |r| {
+                        Ok((NodeId(r.get(0)?), r.get::<_, String>(1)?))
+                    })?;
+                    for row in rows {
+                        changed.push(row?);
+                    }
+                    Ok(())
+                };
+                if sel.all || sel.fleet.is_some() {
+                    run(sel.all, sel.fleet.as_deref(), None)?;
                 }
-                run(false, None, Some(name))?;
+                for name in &sel.nodes {
+                    let exists: bool = tx.query_row(
+                        "SELECT EXISTS(SELECT 1 FROM nodes WHERE revoked = 0 AND (name = ?1 OR id = ?1))",
+                        [name],
+                        |r| r.get(0),
+                    )?;
+                    if !exists {
+                        return Ok(Err(name.clone()));
+                    }
+                    run(false, None, Some(name))?;
+                }
             }
-        }
-        tx.commit()?;
-        Ok(Ok(changed))
+            tx.commit()?;
+            Ok(Ok(changed))
+        })
     }
 
     pub fn set_cordoned(&self, id: &NodeId, cordoned: bool) -> Result<()> {
-        self.conn().execute("UPDATE nodes SET cordoned = ?2 WHERE id = ?1", params![id.0, cordoned])?;
+        self.execute("UPDATE nodes SET cordoned = ?2 WHERE id = ?1", owned![id.0, cordoned])?;
         Ok(())
     }
 
     pub fn node_connected(&self, id: &NodeId, address: &str, agent_version: &str) -> Result<()> {
-        self.conn().execute(
+        self.execute(
             "UPDATE nodes SET address = ?2, agent_version = ?3, last_seen_ms = ?4 WHERE id = ?1",
-            params![id.0, address, agent_version, now_ms()],
+            owned![id.0, address, agent_version, now_ms()],
         )?;
         Ok(())
     }
 
     /// When nodes were last heard from (wall-clock ms), in one transaction.
     pub fn nodes_seen(&self, seen: &[(NodeId, i64)]) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        {
-            // Never backwards: a connection (`node_connected`) may have written a later time.
-            let mut stmt =
-                tx.prepare_cached("UPDATE nodes SET last_seen_ms = max(ifnull(last_seen_ms, 0), ?2) WHERE id = ?1")?;
-            for (id, ms) in seen {
-                stmt.execute(params![id.0, ms])?;
+        let seen = seen.to_vec();
+        self.write(move |conn| {
+            let seen = &seen[..];
+            let tx = conn.savepoint()?;
+            {
+                // Never backwards: a connection (`node_connected`) may have written a later time.
+                let mut stmt = tx
+                    .prepare_cached("UPDATE nodes SET last_seen_ms = max(ifnull(last_seen_ms, 0), ?2) WHERE id = ?1")?;
+                for (id, ms) in seen {
+                    stmt.execute(params![id.0, ms])?;
+                }
             }
-        }
-        tx.commit()?;
-        Ok(())
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     pub fn set_inventory(&self, id: &NodeId, inv: &HostInventory) -> Result<()> {
-        self.conn().execute("UPDATE nodes SET inventory = ?2 WHERE id = ?1", params![id.0, json(inv)])?;
+        self.execute("UPDATE nodes SET inventory = ?2 WHERE id = ?1", owned![id.0, json(inv)])?;
         Ok(())
     }
 }

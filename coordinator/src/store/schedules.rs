@@ -43,10 +43,10 @@ impl Store {
     /// Registers a scheduled run, or replaces the request and next time of the one of that name
     /// (the run it started last stays known).
     pub fn put_schedule(&self, project: &str, name: &str, request: &SubmitRun, next_ms: Option<i64>) -> Result<()> {
-        self.conn().execute(
+        self.execute(
             "INSERT INTO schedules (project, name, request, created_ms, next_ms) VALUES (?1, ?2, ?3, ?4, ?5) \
              ON CONFLICT (project, name) DO UPDATE SET request = excluded.request, next_ms = excluded.next_ms, error = NULL",
-            params![project, name, json(request), now_ms(), next_ms],
+            owned![project, name, json(request), now_ms(), next_ms],
         )?;
         Ok(())
     }
@@ -87,35 +87,34 @@ impl Store {
     /// Takes the start at `next_ms` for the caller: `false` when the schedule changed or went
     /// meanwhile (re-applied, removed), and nothing must be started.
     pub fn claim_schedule(&self, project: &str, name: &str, next_ms: i64) -> Result<bool> {
-        let n = self.conn().execute(
+        let n = self.execute(
             "UPDATE schedules SET next_ms = NULL WHERE project = ?1 AND name = ?2 AND next_ms = ?3",
-            params![project, name, next_ms],
+            owned![project, name, next_ms],
         )?;
         Ok(n == 1)
     }
 
     /// Records what a start gave: the run, or why there is none.
     pub fn schedule_started(&self, project: &str, name: &str, run: Option<&RunId>, error: Option<&str>) -> Result<()> {
-        self.conn().execute(
+        self.execute(
             "UPDATE schedules SET run_id = COALESCE(?3, run_id), error = ?4 WHERE project = ?1 AND name = ?2",
-            params![project, name, run.map(|r| r.0.as_str()), error],
+            owned![project, name, run.map(|r| r.0.as_str()), error],
         )?;
         Ok(())
     }
 
     /// Sets the next start of a schedule that waits for none (its last run ended).
     pub fn set_schedule_next(&self, project: &str, name: &str, next_ms: Option<i64>) -> Result<()> {
-        self.conn().execute(
+        self.execute(
             "UPDATE schedules SET next_ms = ?3 WHERE project = ?1 AND name = ?2 AND next_ms IS NULL",
-            params![project, name, next_ms],
+            owned![project, name, next_ms],
         )?;
         Ok(())
     }
 
     /// Removes a schedule (the runs it started stay, as runs do). `false`: there was none.
     pub fn delete_schedule(&self, project: &str, name: &str) -> Result<bool> {
-        let n =
-            self.conn().execute("DELETE FROM schedules WHERE project = ?1 AND name = ?2", params![project, name])?;
+        let n = self.execute("DELETE FROM schedules WHERE project = ?1 AND name = ?2", owned![project, name])?;
         Ok(n == 1)
     }
 }

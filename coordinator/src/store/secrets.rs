@@ -17,10 +17,10 @@ impl Store {
     /// Sets a secret (sealed), keeping when it was first set.
     pub fn put_secret(&self, project: &str, name: &str, sealed: &[u8]) -> Result<()> {
         let now = now_ms();
-        self.conn().execute(
+        self.execute(
             "INSERT INTO secrets (project, name, sealed, created_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, ?4) \
              ON CONFLICT (project, name) DO UPDATE SET sealed = excluded.sealed, updated_ms = excluded.updated_ms",
-            params![project, name, sealed, now],
+            owned![project, name, sealed, now],
         )?;
         Ok(())
     }
@@ -43,7 +43,7 @@ impl Store {
 
     /// `false`: there was no such secret.
     pub fn delete_secret(&self, project: &str, name: &str) -> Result<bool> {
-        let n = self.conn().execute("DELETE FROM secrets WHERE project = ?1 AND name = ?2", params![project, name])?;
+        let n = self.execute("DELETE FROM secrets WHERE project = ?1 AND name = ?2", owned![project, name])?;
         Ok(n > 0)
     }
 }

@@ -59,7 +59,7 @@ impl Store {
 
     /// Sets a service's desired replica count; `None` ends the service (stopped or failed).
     pub fn set_replicas(&self, run: &RunId, replicas: Option<u32>) -> Result<()> {
-        self.conn().execute("UPDATE runs SET replicas = ?2 WHERE id = ?1", params![run.0, replicas])?;
+        self.execute("UPDATE runs SET replicas = ?2 WHERE id = ?1", owned![run.0, replicas])?;
         Ok(())
     }
 
@@ -67,7 +67,7 @@ impl Store {
     /// (each group still has its initial count).
     pub fn group_replicas(&self, run: &RunId) -> Result<Option<Vec<u32>>> {
         let text: Option<Option<String>> = self
-            .conn()
+            .read()
             .query_row("SELECT group_replicas FROM runs WHERE id = ?1", [&run.0], |r| r.get(0))
             .optional()?;
         match text.flatten() {
@@ -80,9 +80,9 @@ impl Store {
     /// active.
     pub fn set_group_replicas(&self, run: &RunId, counts: &[u32]) -> Result<()> {
         let total: u32 = counts.iter().sum();
-        self.conn().execute(
+        self.execute(
             "UPDATE runs SET group_replicas = ?2, replicas = ?3 WHERE id = ?1 AND replicas IS NOT NULL",
-            params![run.0, super::json(&counts), total],
+            owned![run.0, super::json(&counts), total],
         )?;
         Ok(())
     }
@@ -91,28 +91,35 @@ impl Store {
     /// each, in one transaction; `Ok(false)` (and nothing added) when the service is no longer
     /// active or a replica number is taken by then.
     pub fn add_replicas(&self, run: &RunId, slots: &[(u32, u32, i64)], ids: &[JobId]) -> Result<bool> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let active: bool = tx
-            .query_row("SELECT replicas IS NOT NULL FROM runs WHERE id = ?1", [&run.0], |r| r.get(0))
-            .optional()?
-            .unwrap_or(false);
-        if !active || slots.is_empty() {
-            return Ok(false);
-        }
-        let now = now_ms();
-        for (&(num, submission, not_before), id) in slots.iter().zip(ids) {
-            let n = tx.execute(
-                "INSERT INTO jobs (id, run_id, job_num, state, submitted_ms, submission, not_before_ms) \
-                 SELECT ?1, ?2, ?3, 'submitted', ?4, ?5, ?6 \
-                 WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE run_id = ?2 AND job_num = ?3 AND submission >= ?5)",
-                params![id.0, run.0, num, now, submission, (not_before > now).then_some(not_before)],
-            )?;
-            if n == 0 {
+        let run = run.clone();
+        let slots = slots.to_vec();
+        let ids = ids.to_vec();
+        self.write(move |conn| {
+            let run = &run;
+            let slots = &slots[..];
+            let ids = &ids[..];
+            let tx = conn.savepoint()?;
+            let active: bool = tx
+                .query_row("SELECT replicas IS NOT NULL FROM runs WHERE id = ?1", [&run.0], |r| r.get(0))
+                .optional()?
+                .unwrap_or(false);
+            if !active || slots.is_empty() {
                 return Ok(false);
             }
-        }
-        tx.commit()?;
-        Ok(true)
+            let now = now_ms();
+            for (&(num, submission, not_before), id) in slots.iter().zip(ids) {
+                let n = tx.execute(
+                    "INSERT INTO jobs (id, run_id, job_num, state, submitted_ms, submission, not_before_ms) \
+                 SELECT ?1, ?2, ?3, 'submitted', ?4, ?5, ?6 \
+                 WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE run_id = ?2 AND job_num = ?3 AND submission >= ?5)",
+                    params![id.0, run.0, num, now, submission, (not_before > now).then_some(not_before)],
+                )?;
+                if n == 0 {
+                    return Ok(false);
+                }
+            }
+            tx.commit()?;
+            Ok(true)
+        })
     }
 }

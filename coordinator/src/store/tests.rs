@@ -229,14 +229,42 @@ fn the_state_lists_are_the_job_states() {
     assert_eq!(active, [queued, placed].concat());
 }
 
+/// Holds the writer thread until the returned sender is dropped or sent to: what a long write (a
+/// scheduling pass's assignments) does.
+fn hold_writer(store: &std::sync::Arc<Store>) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let (started, running) = std::sync::mpsc::channel::<()>();
+    let holder = store.clone();
+    let thread = std::thread::spawn(move || {
+        holder
+            .write(move |_| {
+                let _ = started.send(());
+                let _ = held.recv();
+                Ok(())
+            })
+            .expect("the holding write");
+    });
+    running.recv_timeout(std::time::Duration::from_secs(10)).expect("the writer took the holding write");
+    (release, thread)
+}
+
+/// Waits (with a deadline) until `n` writes have been handed to the writer thread.
+fn wait_sent(store: &Store, n: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.writer.sent() < n {
+        assert!(std::time::Instant::now() < deadline, "only {} of {n} writes reached the writer", store.writer.sent());
+        std::thread::yield_now();
+    }
+}
+
 /// Reads go to the read-only connections: they see every committed write, and they answer while
-/// the writer is held (as a scheduling pass's long transaction holds it).
+/// the writer is busy (as a scheduling pass's long transaction keeps it).
 #[test]
 fn reads_answer_while_the_writer_is_busy() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(&dir.path().join("state.db")).expect("open");
+    let store = std::sync::Arc::new(Store::open(&dir.path().join("state.db")).expect("open"));
     assert!(store.create_project("vision", None).expect("create"));
-    let writer = store.conn();
+    let (release, holder) = hold_writer(&store);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -251,10 +279,63 @@ fn reads_answer_while_the_writer_is_busy() {
             .map(|_| rx.recv_timeout(std::time::Duration::from_secs(10)).expect("a read waited for the writer"))
             .collect();
         assert_eq!(seen, [true; 8]);
-        drop(writer);
     });
+    drop(release);
+    holder.join().expect("the holder");
     // A reader cannot write, should a method ever try.
     let reader = store.read();
     let err = reader.execute("DELETE FROM projects", []).expect_err("query_only");
     assert!(err.to_string().contains("readonly") || err.to_string().contains("read-only"), "{err}");
+}
+
+/// Writes that arrive while the writer is busy share the next transaction, and a write that fails
+/// in it is undone alone: the others stand, and each caller gets its own answer.
+#[test]
+fn waiting_writes_commit_together_and_a_failure_is_undone_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = std::sync::Arc::new(Store::open(&dir.path().join("state.db")).expect("open"));
+    store.add_node(&NodeId("n-taken".into()), "taken", None, "fp").expect("a first node");
+    let before = store.writer.sent();
+    let (release, holder) = hold_writer(&store);
+    let writers: Vec<_> = (0..40)
+        .map(|i| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                // Every tenth reuses a node id: the primary key refuses it.
+                let id = if i % 10 == 0 { "n-taken".to_owned() } else { format!("n-{i}") };
+                store.add_node(&NodeId(id), &format!("node-{i}"), None, &format!("fp-{i}"))
+            })
+        })
+        .collect();
+    wait_sent(&store, before + 1 + 40);
+    let (writes_before, commits_before) = store.write_stats();
+    drop(release);
+    holder.join().expect("the holder");
+    let answers: Vec<bool> = writers.into_iter().map(|w| w.join().expect("a writer").is_ok()).collect();
+    let (writes, commits) = store.write_stats();
+    // The holding write's transaction, then one for all forty.
+    assert_eq!((writes - writes_before, commits - commits_before), (41, 2));
+    for (i, ok) in answers.iter().enumerate() {
+        assert_eq!(*ok, i % 10 != 0, "write {i}");
+        let stored = store.node(&NodeId(format!("n-{i}"))).expect("read");
+        assert_eq!(stored.is_some(), i % 10 != 0, "node {i}");
+    }
+    assert_eq!(store.node(&NodeId("n-taken".into())).expect("read").map(|n| n.name), Some("taken".to_owned()));
+}
+
+/// A write that panics is undone and its caller hears an error; the writer goes on.
+#[test]
+fn a_write_that_panics_is_undone_and_the_writer_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("state.db")).expect("open");
+    let err = store
+        .write(|conn| -> super::Result<()> {
+            conn.execute("INSERT INTO projects (name, created_ms) VALUES ('half', 0)", [])?;
+            panic!("a bug in a write");
+        })
+        .expect_err("the panic is an error");
+    assert!(matches!(err, super::StoreError::WriteLost), "{err}");
+    assert!(!store.project_exists("half").expect("read"), "the panicked write was undone");
+    assert!(store.create_project("after", None).expect("the writer goes on"));
+    assert!(store.project_exists("after").expect("read"));
 }

@@ -21,31 +21,34 @@ impl Store {
     /// it (the file removed, the CA made anew): once the operator revoked the default token, no start
     /// brings one back; `corral token create` makes the next.
     pub fn ensure_default_join_token(&self, hash: &str) -> Result<DefaultToken> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let known: Option<bool> =
-            tx.query_row("SELECT revoked FROM join_tokens WHERE hash = ?1", [hash], |r| r.get(0)).optional()?;
-        let revoked = match known {
-            // Marked as the default too, for a database older than the mark.
-            Some(revoked) => {
-                tx.execute("UPDATE join_tokens SET is_default = 1 WHERE hash = ?1", [hash])?;
-                revoked
-            }
-            None => {
-                let revoked_before: bool = tx.query_row(
-                    "SELECT EXISTS (SELECT 1 FROM join_tokens WHERE is_default = 1 AND revoked = 1)",
-                    [],
-                    |r| r.get(0),
-                )?;
-                tx.execute(
-                    "INSERT INTO join_tokens (hash, created_ms, revoked, is_default) VALUES (?1, ?2, ?3, 1)",
-                    params![hash, now_ms(), revoked_before],
-                )?;
-                revoked_before
-            }
-        };
-        tx.commit()?;
-        Ok(if revoked { DefaultToken::Revoked } else { DefaultToken::Valid })
+        let hash = hash.to_owned();
+        self.write(move |conn| {
+            let hash = hash.as_str();
+            let tx = conn.savepoint()?;
+            let known: Option<bool> =
+                tx.query_row("SELECT revoked FROM join_tokens WHERE hash = ?1", [hash], |r| r.get(0)).optional()?;
+            let revoked = match known {
+                // Marked as the default too, for a database older than the mark.
+                Some(revoked) => {
+                    tx.execute("UPDATE join_tokens SET is_default = 1 WHERE hash = ?1", [hash])?;
+                    revoked
+                }
+                None => {
+                    let revoked_before: bool = tx.query_row(
+                        "SELECT EXISTS (SELECT 1 FROM join_tokens WHERE is_default = 1 AND revoked = 1)",
+                        [],
+                        |r| r.get(0),
+                    )?;
+                    tx.execute(
+                        "INSERT INTO join_tokens (hash, created_ms, revoked, is_default) VALUES (?1, ?2, ?3, 1)",
+                        params![hash, now_ms(), revoked_before],
+                    )?;
+                    revoked_before
+                }
+            };
+            tx.commit()?;
+            Ok(if revoked { DefaultToken::Revoked } else { DefaultToken::Valid })
+        })
     }
 
     /// Stores a new join token (by the hash of its secret).
@@ -56,9 +59,9 @@ impl Store {
         expires_ms: Option<i64>,
         uses: Option<u32>,
     ) -> Result<()> {
-        self.conn().execute(
+        self.execute(
             "INSERT INTO join_tokens (hash, fleet, created_ms, expires_ms, uses_left) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![hash, fleet, now_ms(), expires_ms, uses],
+            owned![hash, fleet, now_ms(), expires_ms, uses],
         )?;
         Ok(())
     }
@@ -89,7 +92,7 @@ impl Store {
     /// refuses an ambiguous id before: see [`Store::join_token_ids_like`]).
     pub fn revoke_join_token(&self, id: &str) -> Result<usize> {
         let pattern = format!("{}%", id.to_ascii_lowercase());
-        Ok(self.conn().execute("UPDATE join_tokens SET revoked = 1 WHERE hash LIKE ?1", [pattern])?)
+        Ok(self.execute("UPDATE join_tokens SET revoked = 1 WHERE hash LIKE ?1", owned![pattern])?)
     }
 
     /// Ids of the join tokens whose id starts with `id`.
@@ -104,7 +107,7 @@ impl Store {
     /// that just used it may ask how it joined).
     pub fn join_token_known(&self, hash: &str) -> Result<bool> {
         let revoked: Option<bool> = self
-            .conn()
+            .read()
             .query_row("SELECT revoked FROM join_tokens WHERE hash = ?1", [hash], |r| r.get(0))
             .optional()?;
         Ok(revoked == Some(false))
@@ -118,15 +121,18 @@ impl Store {
     /// Spends one use of a join token. `Ok(Err(why))`: it cannot enroll; `Ok(Ok(fleet))`: it did,
     /// into that fleet if it names one.
     pub fn use_join_token(&self, hash: &str) -> Result<std::result::Result<Option<String>, &'static str>> {
-        let conn = self.conn();
-        let (fleet, counted) = match join_token_usable(&conn, hash)? {
-            Ok(usable) => usable,
-            Err(why) => return Ok(Err(why)),
-        };
-        if counted {
-            conn.execute("UPDATE join_tokens SET uses_left = uses_left - 1 WHERE hash = ?1", [hash])?;
-        }
-        Ok(Ok(fleet))
+        let hash = hash.to_owned();
+        self.write(move |conn| {
+            let hash = hash.as_str();
+            let (fleet, counted) = match join_token_usable(&conn, hash)? {
+                Ok(usable) => usable,
+                Err(why) => return Ok(Err(why)),
+            };
+            if counted {
+                conn.execute("UPDATE join_tokens SET uses_left = uses_left - 1 WHERE hash = ?1", [hash])?;
+            }
+            Ok(Ok(fleet))
+        })
     }
 }
 

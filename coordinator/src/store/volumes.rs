@@ -57,11 +57,11 @@ impl Store {
     /// node, status and size stay). Returns the row as stored.
     pub fn put_volume(&self, project: &str, name: &str, cfg: &VolumeConfig) -> Result<VolumeRow> {
         let backend = cfg.backend.map(|_| "aws");
-        self.conn().execute(
+        self.execute(
             "INSERT INTO volumes (project, name, configuration, backend, region, availability_zone, status, created_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7)
              ON CONFLICT (project, name) DO UPDATE SET configuration = excluded.configuration",
-            params![project, name, json(cfg), backend, cfg.region, cfg.availability_zone, now_ms()],
+            owned![project, name, json(cfg), backend, cfg.region, cfg.availability_zone, now_ms()],
         )?;
         Ok(self.volume(project, name)?.expect("the row was just written"))
     }
@@ -92,20 +92,25 @@ impl Store {
     /// node (made by this first use when it did not exist). A volume already on another node is
     /// left as it is (the scheduler placed the run where its volumes are).
     pub fn volumes_placed(&self, node: &NodeId, volumes: &[(&str, &str, &str)]) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        for (project, name, docker_name) in volumes {
-            tx.execute(
-                "INSERT INTO volumes (project, name, node_id, volume_id, status, created_ms)
+        let node = node.clone();
+        let volumes: Vec<(String, String, String)> =
+            volumes.iter().map(|(p, n, d)| ((*p).to_owned(), (*n).to_owned(), (*d).to_owned())).collect();
+        self.write(move |conn| {
+            let node = &node;
+            let tx = conn.savepoint()?;
+            for (project, name, docker_name) in &volumes {
+                tx.execute(
+                    "INSERT INTO volumes (project, name, node_id, volume_id, status, created_ms)
                  VALUES (?1, ?2, ?3, ?4, 'active', ?5)
                  ON CONFLICT (project, name) DO UPDATE SET node_id = excluded.node_id,
                      volume_id = excluded.volume_id, status = 'active'
                  WHERE volumes.node_id IS NULL AND volumes.backend IS NULL",
-                params![project, name, node.0, docker_name, now_ms()],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
+                    params![project, name, node.0, docker_name, now_ms()],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// What a node reported of its Docker volumes: the sizes of those it has. Returns the volumes
@@ -120,30 +125,32 @@ impl Store {
             .into_iter()
             .filter(|v| v.backend.is_none() && v.node_id.as_ref() == Some(node))
             .collect();
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let (mut gone, mut left) = (Vec::new(), Vec::new());
-        for v in mine {
-            let found = present.iter().find(|(d, _)| Some(d) == v.volume_id.as_ref());
-            match (found, v.status) {
-                (None, VolumeStatus::Deleting) => {
-                    tx.execute("DELETE FROM volumes WHERE project = ?1 AND name = ?2", params![v.project, v.name])?;
-                    gone.push(v);
-                }
-                (Some((_, size)), status) => {
-                    tx.execute(
-                        "UPDATE volumes SET size = ?3 WHERE project = ?1 AND name = ?2",
-                        params![v.project, v.name, size.map(|s| s.min(i64::MAX as u64) as i64)],
-                    )?;
-                    if status == VolumeStatus::Deleting {
-                        left.push(v);
+        let present = present.to_vec();
+        self.write(move |conn| {
+            let tx = conn.savepoint()?;
+            let (mut gone, mut left) = (Vec::new(), Vec::new());
+            for v in mine {
+                let found = present.iter().find(|(d, _)| Some(d) == v.volume_id.as_ref());
+                match (found, v.status) {
+                    (None, VolumeStatus::Deleting) => {
+                        tx.execute("DELETE FROM volumes WHERE project = ?1 AND name = ?2", params![v.project, v.name])?;
+                        gone.push(v);
                     }
+                    (Some((_, size)), status) => {
+                        tx.execute(
+                            "UPDATE volumes SET size = ?3 WHERE project = ?1 AND name = ?2",
+                            params![v.project, v.name, size.map(|s| s.min(i64::MAX as u64) as i64)],
+                        )?;
+                        if status == VolumeStatus::Deleting {
+                            left.push(v);
+                        }
+                    }
+                    (None, _) => {}
                 }
-                (None, _) => {}
             }
-        }
-        tx.commit()?;
-        Ok((gone, left))
+            tx.commit()?;
+            Ok((gone, left))
+        })
     }
 
     pub fn set_volume_status(
@@ -153,9 +160,9 @@ impl Store {
         status: VolumeStatus,
         message: Option<&str>,
     ) -> Result<()> {
-        self.conn().execute(
+        self.execute(
             "UPDATE volumes SET status = ?3, status_message = ?4 WHERE project = ?1 AND name = ?2",
-            params![project, name, status.as_str(), message],
+            owned![project, name, status.as_str(), message],
         )?;
         Ok(())
     }
@@ -170,17 +177,17 @@ impl Store {
         size: Option<u64>,
         node: Option<&NodeId>,
     ) -> Result<()> {
-        self.conn().execute(
+        self.execute(
             "UPDATE volumes SET volume_id = ?3, availability_zone = COALESCE(?4, availability_zone),
                  size = COALESCE(?5, size), node_id = ?6, status = 'active', status_message = NULL
              WHERE project = ?1 AND name = ?2",
-            params![project, name, volume_id, zone, size.map(|s| s as i64), node.map(|n| &n.0)],
+            owned![project, name, volume_id, zone, size.map(|s| s as i64), node.map(|n| &n.0)],
         )?;
         Ok(())
     }
 
     pub fn delete_volume(&self, project: &str, name: &str) -> Result<bool> {
-        let n = self.conn().execute("DELETE FROM volumes WHERE project = ?1 AND name = ?2", params![project, name])?;
+        let n = self.execute("DELETE FROM volumes WHERE project = ?1 AND name = ?2", owned![project, name])?;
         Ok(n == 1)
     }
 }
