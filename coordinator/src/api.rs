@@ -345,7 +345,7 @@ async fn submit_run(
     let run_id = submit(&state, &project, &req)?;
     // Wait for a placement pass, so that `apply` shows where the run went. The run is stored and
     // queued either way: a slow or failed pass only means the answer says `submitted`.
-    state.passes.run_after(&state.wake_scheduler, Duration::from_secs(2)).await;
+    state.scheduler.pass_after(Duration::from_secs(2)).await;
     let run = state.store.run_view(&run_id)?.ok_or_else(|| err(StatusCode::INTERNAL_SERVER_ERROR, "run vanished"))?;
     let name = run.name.clone();
     Ok(access::naming(run, &name))
@@ -386,12 +386,7 @@ pub(crate) fn submit(state: &State, project: &str, req: &SubmitRun) -> Result<Ru
         ));
     }
     tracing::info!(run = %name, id = %run_id, "run submitted");
-    {
-        let mut sched = state.scheduler.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = sched.enqueue(&state.store, &run_id) {
-            tracing::error!("cannot queue run {name}: {e:#}");
-        }
-    }
+    state.scheduler.send(crate::scheduling::handle::Command::Enqueue(run_id.clone()));
     Ok(run_id)
 }
 

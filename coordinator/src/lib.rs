@@ -6,9 +6,10 @@
 //!   stream appends to [`logs`]; on a runtime of its own, so that the synchronous store work of the
 //!   API and the scheduler never delays a heartbeat), the connected nodes and the one policy for
 //!   sending them commands ([`nodes::sessions`]), tunnels into containers.
-//! - [`scheduling`]: the scheduler places queued jobs on nodes where they fit, woken by a `Notify`
-//!   on every change that could make room and every few seconds regardless (level-triggered); a
-//!   pass is planned without I/O and then applied. A job's end, gangs, retries, lost nodes.
+//! - [`scheduling`]: the scheduler places queued jobs on nodes where they fit. The rest of the
+//!   coordinator sends its handle commands (a run stored, a job ended, a node changed), each of
+//!   which wakes it, and it passes every few seconds regardless (level-triggered); a pass takes
+//!   its inbox, is planned without I/O and then applied. A job's end, gangs, retries, lost nodes.
 //! - [`services`]: each active service's replica count (autoscaling, scale to zero and back),
 //!   readiness probes through tunnels, router replicas.
 //! - [`api`]: the HTTP API (axum) for the CLI, and the proxy that carries service traffic and
@@ -36,11 +37,10 @@ pub mod volumes;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -164,15 +164,8 @@ pub struct State {
     pub logs: LogStore,
     /// The connected nodes and the one policy for sending them commands.
     pub sessions: sessions::Sessions,
-    pub wake_scheduler: Notify,
-    /// Scheduling passes started, and the number of the last one finished: a submission waits for a
-    /// pass that began after it was queued, so passes coalesce under load.
-    pub passes: scheduler::Passes,
-    /// The queue and the placement index; held for a whole pass, so passes never overlap.
-    pub scheduler: Mutex<scheduler::Scheduler>,
-    /// Nodes that came, went or changed since the last pass, which reads them again: whoever
-    /// notices a change (the agents' thread among them) never waits for a pass to finish.
-    pub changed_nodes: Mutex<std::collections::HashSet<NodeId>>,
+    /// The scheduler: what changed goes in as commands, the number of the last pass comes out.
+    pub scheduler: scheduling::handle::Handle,
     /// Every task of this coordinator, drained on shutdown.
     pub tasks: TaskTracker,
     /// Round robin over each service's replicas.
@@ -221,6 +214,7 @@ impl State {
         exit_code: Option<i64>,
         message: Option<&str>,
     ) -> Result<bool, store::StoreError> {
+        let epoch = self.scheduler.epoch();
         let job = self.store.job(id)?;
         if !self.store.finish(id, reason, exit_code, message)? {
             return Ok(false);
@@ -230,18 +224,13 @@ impl State {
             if let (Some(node), Some(a)) = (&job.node_id, &job.allocation)
                 && !job.state.is_finished()
             {
-                self.scheduler.lock().unwrap_or_else(|e| e.into_inner()).release(node, a);
+                let release = scheduling::handle::Command::Release { node: node.clone(), allocation: a.clone(), epoch };
+                self.scheduler.send(release);
             }
             lifecycle::job_ended(self, &job, reason)?;
         }
-        self.wake_scheduler.notify_one();
+        self.scheduler.wake();
         Ok(true)
-    }
-
-    /// Tells the scheduler a node came, went, or changed; its next pass reads the node again.
-    pub fn node_changed(&self, id: &NodeId) {
-        self.changed_nodes.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone());
-        self.wake_scheduler.notify_one();
     }
 
     /// A `StartJob` as its node gets it: the project's secrets expanded into it (only what is sent
@@ -403,10 +392,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         pki,
         logs,
         sessions: sessions::Sessions::default(),
-        wake_scheduler: Notify::new(),
-        passes: scheduler::Passes::default(),
-        scheduler: Mutex::new(scheduler::Scheduler::new()),
-        changed_nodes: Mutex::default(),
+        scheduler: scheduling::handle::Handle::default(),
         tasks: TaskTracker::new(),
         balancer: api::Balancer::default(),
         probes: probes::Probes::default(),

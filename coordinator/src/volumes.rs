@@ -17,6 +17,7 @@ use corral_proto::resources::Allocation;
 use corral_proto::wire::{CoordinatorMessage, VolumeReport};
 
 use crate::State;
+use crate::scheduling::handle::Command;
 use crate::scheduling::placement::{Index, Request};
 use crate::store::{Store, StoreError, VolumeRow};
 
@@ -68,7 +69,7 @@ impl RunVolumes {
 
 /// Where a named volume is, as placement sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Home {
+pub enum Home {
     /// A Docker volume on this node.
     Node(NodeId),
     /// Being deleted: runs that mount it wait.
@@ -127,7 +128,7 @@ impl Homes {
         self.cloud = cloud;
     }
 
-    fn set(&mut self, project: &str, name: &str, home: Option<Home>) {
+    pub(crate) fn set(&mut self, project: &str, name: &str, home: Option<Home>) {
         let key = (project.to_owned(), name.to_owned());
         match home {
             Some(h) => self.map.insert(key, h),
@@ -309,13 +310,10 @@ pub fn reported(
     let present: Vec<(String, Option<u64>)> = reports.iter().map(|r| (r.docker_name.clone(), r.size)).collect();
     let (gone, left) = state.store.volumes_reported(node, &present)?;
     if !gone.is_empty() {
-        let mut sched = state.scheduler.lock().unwrap_or_else(|e| e.into_inner());
-        for v in &gone {
+        for v in gone {
             tracing::info!(volume = %v.name, project = %v.project, %node, "volume deleted");
-            sched.volumes.set(&v.project, &v.name, None);
+            state.scheduler.send(Command::VolumeHome { project: v.project, name: v.name, home: None });
         }
-        drop(sched);
-        state.wake_scheduler.notify_one();
     }
     for v in left {
         if let Some(docker_name) = v.volume_id {
@@ -384,9 +382,10 @@ pub fn view(state: &State, v: VolumeRow, users: &HashMap<(String, String), Vec<S
 /// is gone already (never made, or an EBS volume deleted), `Ok(false)` when its node was asked to
 /// remove it.
 pub async fn delete(state: &State, project: &str, name: &str) -> Result<bool, DeleteError> {
-    let v = {
-        // Under the scheduler's lock: no pass can place a run on it between the check and the mark.
-        let mut sched = state.scheduler.lock().unwrap_or_else(|e| e.into_inner());
+    let home = |home: Option<Home>| Command::VolumeHome { project: project.to_owned(), name: name.to_owned(), home };
+    // Between passes: no pass can place a run on it between the check and the mark (the next pass
+    // takes the mark before it plans).
+    let v = state.scheduler.between_passes(|| -> Result<Result<VolumeRow, bool>, DeleteError> {
         let Some(v) = state.store.volume(project, name)? else { return Err(DeleteError::NotFound) };
         if let Some(runs) = users(state)?.remove(&(project.to_owned(), name.to_owned())) {
             return Err(DeleteError::InUse(runs));
@@ -395,8 +394,8 @@ pub async fn delete(state: &State, project: &str, name: &str) -> Result<bool, De
             let (Some(node), Some(docker_name)) = (v.node_id.clone(), v.volume_id.clone()) else {
                 // Registered, never made anywhere.
                 state.store.delete_volume(project, name)?;
-                sched.volumes.set(project, name, None);
-                return Ok(true);
+                state.scheduler.send(home(None));
+                return Ok(Err(true));
             };
             if let Some(s) = state.sessions.get(&node)
                 && s.protocol < 2
@@ -404,28 +403,29 @@ pub async fn delete(state: &State, project: &str, name: &str) -> Result<bool, De
                 return Err(DeleteError::OldAgent(s.name));
             }
             state.store.set_volume_status(project, name, VolumeStatus::Deleting, None)?;
-            sched.volumes.set(project, name, Some(Home::Deleting));
-            drop(sched);
+            state.scheduler.send(home(Some(Home::Deleting)));
             // An offline node is asked when it reconnects (its report still lists the volume).
             state.send(&node, CoordinatorMessage::DeleteVolume { docker_name });
-            return Ok(false);
+            return Ok(Err(false));
         }
         state.store.set_volume_status(project, name, VolumeStatus::Deleting, None)?;
-        sched.volumes.set(project, name, Some(Home::Deleting));
-        v
+        state.scheduler.send(home(Some(Home::Deleting)));
+        Ok(Ok(v))
+    })?;
+    let v = match v {
+        Ok(v) => v,
+        Err(done) => return Ok(done),
     };
-    let deleted = cloud_delete(state, &v).await;
-    let mut sched = state.scheduler.lock().unwrap_or_else(|e| e.into_inner());
-    match deleted {
+    match cloud_delete(state, &v).await {
         Ok(()) => {
             state.store.delete_volume(project, name)?;
-            sched.volumes.set(project, name, None);
+            state.scheduler.send(home(None));
             Ok(true)
         }
         Err(e) => {
             state.store.set_volume_status(project, name, VolumeStatus::Active, Some(&e))?;
             if let Some(id) = v.volume_id.clone() {
-                sched.volumes.set(project, name, Some(Home::Cloud(id)));
+                state.scheduler.send(home(Some(Home::Cloud(id))));
             }
             Err(DeleteError::Cloud(e))
         }

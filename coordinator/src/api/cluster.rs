@@ -12,6 +12,7 @@ use corral_proto::job::TerminationReason;
 
 use super::{AppState, Error, check_project, err};
 use crate::State;
+use crate::scheduling::handle::Command;
 use crate::store::NodeRow;
 
 #[derive(serde::Deserialize)]
@@ -89,7 +90,7 @@ fn node_by_name(state: &State, name: &str) -> Result<NodeRow, Error> {
 fn set_cordon(state: &State, name: &str, cordoned: bool) -> Result<NodeRow, Error> {
     let node = node_by_name(state, name)?;
     state.store.set_cordoned(&node.id, cordoned)?;
-    state.node_changed(&node.id);
+    state.scheduler.node_changed(&node.id);
     tracing::info!(node = %node.name, cordoned, "node cordon changed");
     Ok(node)
 }
@@ -121,8 +122,7 @@ pub(super) async fn cordon_many(
         }
     };
     let ids: Vec<_> = changed.iter().map(|(id, _)| id.clone()).collect();
-    state.scheduler.lock().unwrap_or_else(|e| e.into_inner()).set_cordoned(&ids, sel.cordoned);
-    state.wake_scheduler.notify_one();
+    state.scheduler.send(Command::Cordon { nodes: ids, cordoned: sel.cordoned });
     tracing::info!(nodes = changed.len(), cordoned = sel.cordoned, "nodes cordon changed");
     Ok(Json(changed.into_iter().map(|(_, name)| name).collect()))
 }
@@ -198,7 +198,7 @@ pub(super) async fn put_fleet(
     state.store.put_fleet(&project, &name, cfg)?;
     // Which nodes are a cluster may have changed: refresh them for the scheduler.
     for n in state.store.nodes()?.into_iter().filter(|n| n.fleet.as_deref() == Some(name.as_str())) {
-        state.node_changed(&n.id);
+        state.scheduler.node_changed(&n.id);
     }
     tracing::info!(fleet = %name, placement = ?cfg.placement, "fleet applied");
     let created = state.store.fleets(&project)?.into_iter().find(|f| f.0 == name).map_or(0, |f| f.2);
@@ -239,7 +239,7 @@ pub(super) async fn delete_fleet(
         return Err(err(StatusCode::NOT_FOUND, format!("no fleet named {name:?}")));
     }
     for n in state.store.nodes()?.into_iter().filter(|n| n.fleet.as_deref() == Some(name.as_str())) {
-        state.node_changed(&n.id);
+        state.scheduler.node_changed(&n.id);
     }
     Ok(Json(()))
 }

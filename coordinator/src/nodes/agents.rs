@@ -284,7 +284,7 @@ async fn session(
     state.sessions.open(&node.id, link.clone());
     tracing::info!(node = %node.name, %remote, "agent connected");
     let node = Arc::new(node.without_inventory());
-    state.node_changed(&node.id);
+    state.scheduler.node_changed(&node.id);
 
     let session_done = shutdown.child_token();
     let writer = {
@@ -368,7 +368,7 @@ async fn session(
     let _ = log_acceptor.await;
     let _ = image_server.await;
     state.sessions.close(&node.id, &link);
-    state.node_changed(&node.id);
+    state.scheduler.node_changed(&node.id);
     conn.close(0u32.into(), b"session ended");
     tracing::info!(node = %node.name, "agent disconnected");
     result
@@ -405,7 +405,7 @@ fn handle_message(state: &State, node: &Arc<NodeRow>, link: &Session, msg: Agent
             // Memory only (sent on every connection, before the inventory that makes the scheduler
             // read the node again).
             state.interfaces.set(&node.id, addresses.into_iter().take(256).collect());
-            state.node_changed(&node.id);
+            state.scheduler.node_changed(&node.id);
             return Ok(());
         }
     };
@@ -520,7 +520,7 @@ impl Batch {
                     Report::Inventory(inv) => {
                         tracing::info!(node = %node.name, gpus = inv.gpus.len(), cpus = inv.cpu_cores, "inventory");
                         state.store.set_inventory(&node.id, &inv)?;
-                        state.node_changed(&node.id);
+                        state.scheduler.node_changed(&node.id);
                         Ok(())
                     }
                     Report::Containers(reports) => reconcile(state, &node, &link, &reports),
@@ -612,7 +612,7 @@ fn apply_update(state: &State, node: &NodeRow, link: &Session, u: JobUpdate) -> 
             tracing::info!(job = %u.job_id, %reason, exit_code = ?u.exit_code, "job finished");
         }
         let _ = link.send(CoordinatorMessage::ForgetJob { job_id: u.job_id });
-        state.wake_scheduler.notify_one();
+        state.scheduler.wake();
     }
     Ok(())
 }
@@ -676,6 +676,6 @@ fn reconcile(state: &State, node: &NodeRow, link: &Session, reports: &[Container
             Action::Discard(job) => discard(link, job),
         }
     }
-    state.wake_scheduler.notify_one();
+    state.scheduler.wake();
     Ok(())
 }

@@ -15,6 +15,7 @@ use corral_proto::wire::CoordinatorMessage;
 
 use crate::State;
 use crate::nodes::sessions::Reset;
+use crate::scheduling::handle::Command;
 use crate::secrets::{now_ms, random_hex};
 use crate::store::{JobRow, StoreError};
 
@@ -27,7 +28,7 @@ impl State {
     pub fn stop_job(&self, id: &JobId, reason: TerminationReason, abort: bool) -> Result<(), StoreError> {
         if self.store.cancel_queued(id, reason)? {
             if let Some(job) = self.store.job(id)? {
-                self.scheduler.lock().unwrap_or_else(|e| e.into_inner()).dequeue(&job.run_id);
+                self.scheduler.send(Command::Dequeue(job.run_id));
             }
             return Ok(());
         }
@@ -161,10 +162,7 @@ pub fn job_ended(state: &State, job: &JobRow, reason: TerminationReason) -> Resu
     let ids: Vec<JobId> = latest.iter().map(|_| JobId(random_hex(8))).collect();
     if state.store.resubmit(&latest, now_ms() + backoff.as_millis() as i64, &ids)? {
         tracing::info!(run = %job.run_name, attempt, ?event, ?backoff, "retrying the run");
-        let mut sched = state.scheduler.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = sched.enqueue(&state.store, &job.run_id) {
-            tracing::error!("cannot queue the retry of {}: {e:#}", job.run_name);
-        }
+        state.scheduler.send(Command::Enqueue(job.run_id.clone()));
     }
     Ok(())
 }
@@ -215,7 +213,7 @@ pub fn spot_interrupted(
     time: &str,
 ) -> Result<usize, StoreError> {
     state.store.set_cordoned(node, true)?;
-    state.node_changed(node);
+    state.scheduler.node_changed(node);
     let jobs: Vec<JobRow> = state.store.placed_jobs_on(node)?;
     tracing::warn!(node = %name, jobs = jobs.len(), %action, %time, "spot interruption notice");
     let message = format!("spot interruption: the cloud will {action} node {name} at {time}");
@@ -251,6 +249,6 @@ pub fn remove_node(state: &State, node: &NodeId, name: &str) -> Result<usize, St
 /// Ends the node's session, saying why; returns its name.
 fn disconnect(state: &State, node: &NodeId, why: Reset) -> String {
     let name = state.sessions.cut(node, why).unwrap_or_else(|| node.to_string());
-    state.node_changed(node);
+    state.scheduler.node_changed(node);
     name
 }

@@ -10,10 +10,8 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use corral_proto::config::{Configuration, RetryEvent, StartupOrder, TaskConfig};
@@ -23,6 +21,7 @@ use corral_proto::resources::Allocation;
 use corral_proto::wire::CoordinatorMessage;
 
 use crate::State;
+use crate::scheduling::handle::{Command, Inbox};
 use crate::scheduling::placement::{Index, Request};
 use crate::store::{JobRow, Store};
 
@@ -48,7 +47,7 @@ mod tests;
 
 pub async fn run(state: Arc<State>, shutdown: CancellationToken) {
     loop {
-        let pass = state.passes.started.fetch_add(1, Ordering::SeqCst) + 1;
+        let pass = state.scheduler.begin_pass();
         // A pass is synchronous work (the index, SQLite) that can take a while with a long queue:
         // off the runtime's workers, so that it never delays heartbeats or requests.
         let s = state.clone();
@@ -57,36 +56,11 @@ pub async fn run(state: Arc<State>, shutdown: CancellationToken) {
             Ok(Err(e)) => tracing::error!("scheduling pass failed: {e:#}"),
             Err(e) => tracing::error!("scheduling pass panicked: {e}"),
         }
-        state.passes.finished.send_replace(pass);
+        state.scheduler.end_pass(pass);
         tokio::select! {
-            () = state.wake_scheduler.notified() => {}
-            () = tokio::time::sleep(PERIOD) => {}
+            () = state.scheduler.woken(PERIOD) => {}
             () = shutdown.cancelled() => break,
         }
-    }
-}
-
-/// Counts the scheduler task's passes, so that a caller can wait for one that starts after it.
-pub struct Passes {
-    started: AtomicU64,
-    finished: watch::Sender<u64>,
-}
-
-impl Default for Passes {
-    fn default() -> Self {
-        Self { started: AtomicU64::new(0), finished: watch::Sender::new(0) }
-    }
-}
-
-impl Passes {
-    /// Wakes the scheduler and waits (at most `limit`) until a pass that began after this call has
-    /// finished. Many callers at once share one pass: a pass walks the whole queue, so running one
-    /// per submission would cost the square of the queue's length.
-    pub async fn run_after(&self, wake: &tokio::sync::Notify, limit: Duration) {
-        let target = self.started.load(Ordering::SeqCst) + 1;
-        let mut finished = self.finished.subscribe();
-        wake.notify_one();
-        let _ = tokio::time::timeout(limit, finished.wait_for(|&n| n >= target)).await;
     }
 }
 
@@ -196,7 +170,7 @@ pub struct Scheduler {
     /// still do not, so a pass needs to look at fresh entries only.
     failed: HashMap<u64, Arc<str>>,
     /// Where named volumes are: runs that mount one are placed on its node.
-    pub(crate) volumes: crate::volumes::Homes,
+    volumes: crate::volumes::Homes,
 }
 
 impl Default for Scheduler {
@@ -290,30 +264,69 @@ impl Scheduler {
     }
 
     /// Adds a newly stored run's jobs to the queue.
-    pub fn enqueue(&mut self, store: &Store, run: &RunId) -> anyhow::Result<()> {
+    fn enqueue(&mut self, store: &Store, run: &RunId) -> anyhow::Result<()> {
         for job in store.queued_jobs_of(run)? {
             self.enqueue_job(job);
         }
         Ok(())
     }
 
-    /// Drops a run from the queue (stopped before it was placed).
-    pub fn dequeue(&mut self, run: &RunId) {
-        self.queue.retain(|(_, _, id, _), _| id != run);
-    }
-
-    pub fn release(&mut self, node: &NodeId, a: &Allocation) {
-        self.index.release(node, a);
-    }
-
-    /// Cordons or uncordons nodes in the index (already recorded in the store).
-    pub fn set_cordoned(&mut self, nodes: &[NodeId], cordoned: bool) {
-        for n in nodes {
-            self.index.set_cordoned(n, cordoned);
+    /// Applies what the inbox says, in the order it was sent. A release whose `epoch` is older than
+    /// `epoch` (a rebuild may have read its job's end already) is not applied. Returns the runs
+    /// to queue, whose jobs are read from the store.
+    fn apply(&mut self, commands: Vec<Command>, epoch: u64) -> Vec<RunId> {
+        let mut enqueue = Vec::new();
+        for command in commands {
+            match command {
+                Command::Enqueue(run) => enqueue.push(run),
+                Command::Dequeue(run) => {
+                    enqueue.retain(|r| *r != run);
+                    self.queue.retain(|(_, _, id, _), _| *id != run);
+                }
+                Command::Release { node, allocation, epoch: at } => {
+                    if at >= epoch {
+                        self.index.release(&node, &allocation);
+                    }
+                }
+                Command::Cordon { nodes, cordoned } => {
+                    for n in &nodes {
+                        self.index.set_cordoned(n, cordoned);
+                    }
+                }
+                Command::VolumeHome { project, name, home } => self.volumes.set(&project, &name, home),
+                Command::CloudNodes(cloud) => self.volumes.set_cloud_nodes(cloud),
+            }
         }
+        enqueue
     }
 
-    pub fn node_changed(&mut self, state: &State, node: &NodeId) -> anyhow::Result<()> {
+    /// Takes the inbox: after a rebuild from the store, only what the store does not hold (the
+    /// cloud's word on EBS volumes); otherwise everything.
+    fn take_inbox(&mut self, state: &State) -> anyhow::Result<()> {
+        let Inbox { commands, changed } = state.scheduler.take();
+        if self.synced_at.is_none_or(|t| t.elapsed() > RESYNC) {
+            let (cloud, _): (Vec<Command>, Vec<Command>) =
+                commands.into_iter().partition(|c| matches!(c, Command::CloudNodes(_)));
+            self.apply(cloud, 0);
+            // Should the rebuild fail, the next pass tries it again (it is still due).
+            self.resync(state)?;
+            state.scheduler.rebuilt();
+            return Ok(());
+        }
+        for run in self.apply(commands, state.scheduler.epoch()) {
+            if let Err(e) = self.enqueue(&state.store, &run) {
+                tracing::error!(%run, "cannot queue the run: {e:#}");
+            }
+        }
+        for node in &changed {
+            if let Err(e) = self.node_changed(state, node) {
+                tracing::warn!(%node, "cannot refresh the node for scheduling: {e:#}");
+            }
+        }
+        Ok(())
+    }
+
+    fn node_changed(&mut self, state: &State, node: &NodeId) -> anyhow::Result<()> {
         let Some(n) = state.store.node(node)? else {
             return Ok(());
         };
@@ -342,11 +355,10 @@ pub fn inactivity_limit(cfg: &Configuration) -> Option<Duration> {
     }
 }
 
-/// One pass: places what fits, records why the rest waits. Passes are serialized by the
-/// scheduler's lock.
+/// One pass: takes the inbox, places what fits, records why the rest waits. Passes are
+/// serialized by the scheduler's lock.
 pub fn schedule_once(state: &State) -> anyhow::Result<()> {
-    // Runs that waited past their no-capacity retry window end outside the lock (ending a job
-    // takes the scheduler's lock itself).
+    // Runs that waited past their no-capacity retry window end once the pass is over.
     let expired = place(state)?;
     for (job, message) in expired {
         state.finish_job(&job, TerminationReason::NoCapacity, None, Some(&message))?;
@@ -479,17 +491,8 @@ impl Scheduler {
 /// placements and sends the nodes their jobs. Returns the jobs whose wait expired.
 fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
     let began = std::time::Instant::now();
-    let mut sched = state.scheduler.lock().unwrap_or_else(|e| e.into_inner());
-    let changed = std::mem::take(&mut *state.changed_nodes.lock().unwrap_or_else(|e| e.into_inner()));
-    if sched.synced_at.is_none_or(|t| t.elapsed() > RESYNC) {
-        sched.resync(state)?;
-    } else {
-        for node in &changed {
-            if let Err(e) = sched.node_changed(state, node) {
-                tracing::warn!(%node, "cannot refresh the node for scheduling: {e:#}");
-            }
-        }
-    }
+    let mut sched = state.scheduler.lock_core();
+    sched.take_inbox(state)?;
     if sched.queue.is_empty() {
         return Ok(Vec::new());
     }
@@ -506,7 +509,7 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
     let plan = sched.plan(crate::secrets::now_ms(), tokio::time::Instant::now(), &pins);
     if plan.more {
         // Another pass right after this one, with the lock released in between.
-        state.wake_scheduler.notify_one();
+        state.scheduler.wake();
     }
     if !plan.waits.is_empty() {
         state.store.set_pending_many(&plan.waits)?;

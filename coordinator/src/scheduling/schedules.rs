@@ -86,7 +86,7 @@ pub fn pass(state: &State) -> Result<(), StoreError> {
             Ok(run) => {
                 tracing::info!(run = %s.name, id = %run, project = %s.project, "scheduled run submitted");
                 state.store.schedule_started(&s.project, &s.name, Some(&run), None)?;
-                state.wake_scheduler.notify_one();
+                state.scheduler.wake();
             }
             Err(e) => {
                 // Nothing started; the next time is reckoned on the next pass.

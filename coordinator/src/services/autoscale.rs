@@ -26,6 +26,7 @@ use corral_proto::ids::{JobId, RunId};
 use corral_proto::job::{JobState, TerminationReason};
 
 use crate::State;
+use crate::scheduling::handle::Command;
 use crate::secrets::{now_ms, random_hex};
 use crate::store::{ActiveService, JobRow};
 
@@ -233,10 +234,7 @@ fn converge_block(
         }
         let ids: Vec<JobId> = slots.iter().map(|_| JobId(random_hex(8))).collect();
         if state.store.add_replicas(run, &slots, &ids)? {
-            let mut sched = state.scheduler.lock().unwrap_or_else(|e| e.into_inner());
-            sched.enqueue(&state.store, run)?;
-            drop(sched);
-            state.wake_scheduler.notify_one();
+            state.scheduler.send(Command::Enqueue(run.clone()));
         }
     } else if active.len() > desired {
         let mut extra = active;

@@ -21,6 +21,7 @@ use corral_proto::ids::NodeId;
 use corral_proto::job::Mount;
 
 use crate::State;
+use crate::scheduling::handle::Command;
 use crate::store::VolumeRow;
 
 /// How often attachments are reconciled.
@@ -103,10 +104,11 @@ pub(super) async fn apply(state: &State, v: &VolumeRow) -> Result<(), String> {
         .store
         .set_volume_cloud(&v.project, &v.name, &id, found.availability_zone(), size, v.node_id.as_ref())
         .map_err(|e| e.to_string())?;
-    let mut sched = state.scheduler.lock().unwrap_or_else(|e| e.into_inner());
-    sched.volumes.set(&v.project, &v.name, Some(super::Home::Cloud(id)));
-    drop(sched);
-    state.wake_scheduler.notify_one();
+    state.scheduler.send(Command::VolumeHome {
+        project: v.project.clone(),
+        name: v.name.clone(),
+        home: Some(super::Home::Cloud(id)),
+    });
     Ok(())
 }
 
@@ -298,13 +300,7 @@ async fn reconcile(state: &State) -> Result<(), String> {
             }
         }
     }
-    let mut sched = state.scheduler.lock().unwrap_or_else(|e| e.into_inner());
-    let changed = sched.volumes.cloud != cloud_nodes;
-    sched.volumes.set_cloud_nodes(cloud_nodes);
-    drop(sched);
-    if changed {
-        state.wake_scheduler.notify_one();
-    }
+    state.scheduler.send(Command::CloudNodes(cloud_nodes));
     Ok(())
 }
 

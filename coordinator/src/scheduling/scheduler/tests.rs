@@ -227,3 +227,40 @@ proptest! {
         }
     }
 }
+
+/// A job's end gives its room back once, however it reaches the scheduler: a release sent before
+/// a rebuild from the store that may have read the end is not applied again.
+#[test]
+fn a_release_gives_room_back_once_and_a_stale_one_not_at_all() {
+    let mut s = Scheduler::new();
+    let node = add_node(&mut s, "a", 1);
+    let first = queue(&mut s, "first", 0, 1, task(&gpus(1)));
+    let p = plan(&mut s, 10);
+    assert_eq!(placed_runs(&p), ["first"]);
+    let allocation = p.placed[0].allocs[0].1.clone();
+    s.queue.remove(&first);
+    queue(&mut s, "second", 0, 2, task(&gpus(1)));
+    assert!(plan(&mut s, 20).placed.is_empty(), "the GPU is taken");
+
+    // Sent at epoch 0, applied after a rebuild (epoch 1): the rebuild already counted it.
+    let stale = Command::Release { node: node.clone(), allocation: allocation.clone(), epoch: 0 };
+    assert!(s.apply(vec![stale], 1).is_empty());
+    assert!(plan(&mut s, 30).placed.is_empty(), "a stale release freed the GPU");
+
+    let current = Command::Release { node, allocation, epoch: 1 };
+    s.apply(vec![current], 1);
+    assert_eq!(placed_runs(&plan(&mut s, 40)), ["second"]);
+}
+
+/// Commands apply in the order they were sent: a run queued and then stopped is not read again.
+#[test]
+fn a_run_queued_then_dequeued_in_one_inbox_is_not_queued() {
+    let mut s = Scheduler::new();
+    queue(&mut s, "old", 0, 1, task(""));
+    let (a, b) = (RunId("new".into()), RunId("old".into()));
+    let to_read = s.apply(vec![Command::Enqueue(a.clone()), Command::Dequeue(b), Command::Enqueue(a.clone())], 0);
+    assert_eq!(to_read, [a.clone(), a.clone()]);
+    assert!(s.queue.is_empty(), "the dequeued run is gone");
+    let to_read = s.apply(vec![Command::Enqueue(a.clone()), Command::Dequeue(a)], 0);
+    assert!(to_read.is_empty());
+}
