@@ -47,16 +47,7 @@ fn env_from_shell(configuration: &mut Configuration, file: &Path) -> anyhow::Res
 pub fn validate(files: &[PathBuf], out: Out<'_>) -> anyhow::Result<i32> {
     let mut failed = 0;
     for f in files {
-        let checked = parse_file(f).and_then(|mut configuration| {
-            env_from_shell(&mut configuration, f)?;
-            let admitted = match &configuration {
-                Configuration::Fleet(fleet) => corral_proto::admission::check_fleet(fleet).map(|_| ()),
-                Configuration::Volume(volume) => corral_proto::admission::check_volume(volume).map(|_| ()),
-                other => corral_proto::admission::check(other).map(|_| ()),
-            };
-            admitted.map_err(|why| anyhow::anyhow!("{}: a coordinator would refuse it: {why}", f.display()))
-        });
-        match checked {
+        match validate_file(f) {
             Ok(()) => writeln!(out, "{}: ok", f.display())?,
             Err(e) => {
                 eprintln!("{e:#}");
@@ -65,6 +56,25 @@ pub fn validate(files: &[PathBuf], out: Out<'_>) -> anyhow::Result<i32> {
         }
     }
     Ok(if failed == 0 { 0 } else { 1 })
+}
+
+/// One file as [`validate`] checks it; `Err` says where: `file:line:column: field: what is wrong`.
+pub fn validate_file(f: &Path) -> anyhow::Result<()> {
+    let mut configuration = parse_file(f)?;
+    env_from_shell(&mut configuration, f)?;
+    let admitted = match &configuration {
+        Configuration::Fleet(fleet) => corral_proto::admission::check_fleet(fleet).map(|_| ()),
+        Configuration::Volume(volume) => corral_proto::admission::check_volume(volume).map(|_| ()),
+        other => corral_proto::admission::check(other).map(|_| ()),
+    };
+    admitted.map_err(|refused| {
+        // Where the file writes the refused field, as for a parse error.
+        let at = std::fs::read_to_string(f)
+            .ok()
+            .and_then(|text| corral_proto::config::position_of(&text, &refused.field))
+            .map_or_else(String::new, |(line, column)| format!(":{line}:{column}"));
+        anyhow::anyhow!("{}{at}: {}: a coordinator would refuse it: {}", f.display(), refused.field, refused.why)
+    })
 }
 
 /// What `corral config` changes.

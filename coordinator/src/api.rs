@@ -356,7 +356,8 @@ async fn submit_run(
 pub(crate) fn submit(state: &State, project: &str, req: &SubmitRun) -> Result<RunId, Error> {
     // The same limits `corral validate` checks: a client that skips the CLI meets them here.
     req.check().map_err(|e| err(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let admitted = corral_proto::admission::check(&req.configuration).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
+    let admitted =
+        corral_proto::admission::check(&req.configuration).map_err(|e| err(StatusCode::BAD_REQUEST, e.to_string()))?;
     // A local repo or file runs only with its upload in the store.
     crate::uploads::check_present(&state.uploads, &req.configuration).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
     // Every `${{ secrets.NAME }}` set in the project, and only where it is expanded.

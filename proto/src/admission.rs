@@ -9,6 +9,32 @@ mod interpolations;
 mod volumes;
 pub use volumes::{NODE_RANK, check_volume, expand as volume_name};
 
+/// Why a configuration is not admitted: where — the field's path as the user wrote it
+/// (`resources.gpu`, `env[0]`, `groups[1].image`) — and what is wrong, with what to do.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {why}")]
+pub struct Refused {
+    pub field: String,
+    pub why: String,
+}
+
+impl Refused {
+    pub fn new(field: impl Into<String>, why: impl Into<String>) -> Self {
+        Self { field: field.into(), why: why.into() }
+    }
+
+    /// The same refusal of a field inside `outer` (`groups[1]`): its path gets the prefix.
+    fn within(self, outer: &str, why_suffix: &str) -> Self {
+        Self { field: format!("{outer}.{}", self.field), why: format!("{}{why_suffix}", self.why) }
+    }
+}
+
+impl From<crate::config::limits::LimitError> for Refused {
+    fn from(e: crate::config::limits::LimitError) -> Self {
+        Self { field: e.field, why: e.message }
+    }
+}
+
 /// An admitted run: what each of its jobs runs, and how many jobs it starts with — a task's `nodes`
 /// (one gang), or a service's replicas (each placed on its own).
 #[derive(Debug)]
@@ -23,9 +49,9 @@ pub struct Admitted {
 }
 
 /// `Err` names the first unsupported field, or the first past a limit, and says why.
-pub fn check(cfg: &Configuration) -> Result<Admitted, String> {
+pub fn check(cfg: &Configuration) -> Result<Admitted, Refused> {
     // Counts and sizes first: a run of 2^32 nodes is refused before anything is made for it.
-    cfg.check_limits().map_err(|e| e.to_string())?;
+    cfg.check_limits()?;
     interpolations::check(cfg)?;
     match cfg {
         Configuration::Task(t) => {
@@ -56,28 +82,33 @@ pub fn check(cfg: &Configuration) -> Result<Admitted, String> {
             check_task(&task)?;
             Ok(Admitted { task, jobs: 1, replicas: None, job_nums: Vec::new() })
         }
-        Configuration::Fleet(_) => Err("type: fleet — apply fleets with `corral apply`, not as a run".to_owned()),
-        Configuration::Volume(_) => Err("type: volume — apply volumes with `corral apply`, not as a run".to_owned()),
+        Configuration::Fleet(_) => Err(Refused::new("type", "fleet — apply fleets with `corral apply`, not as a run")),
+        Configuration::Volume(_) => {
+            Err(Refused::new("type", "volume — apply volumes with `corral apply`, not as a run"))
+        }
     }
 }
 
 /// The service-only fields; returns the number of replicas it starts with (an autoscaled service
 /// starts with its minimum, and with one when that is zero, so that it comes up when applied).
-fn check_service(s: &ServiceConfig) -> Result<u32, String> {
+fn check_service(s: &ServiceConfig) -> Result<u32, Refused> {
     // As dstack: a scheduled service starts its replicas at its times, and one that may scale to
     // zero would have nothing to start.
     if s.schedule.is_some() && s.replicas.min == Some(0) {
-        return Err("schedule: a scheduled service cannot scale to zero (give `replicas` a minimum of 1)".to_owned());
+        return Err(Refused::new(
+            "schedule",
+            "a scheduled service cannot scale to zero (give `replicas` a minimum of 1)",
+        ));
     }
     match (&s.scaling, s.replicas.max.unwrap_or(1)) {
-        (_, 0) => Err("replicas: a service needs at least one replica".to_owned()),
+        (_, 0) => Err(Refused::new("replicas", "a service needs at least one replica")),
         (Some(_), _) => Ok(s.replicas.min.unwrap_or(0).max(1)),
         (None, n) => Ok(n),
     }
 }
 
-fn check_task(task: &TaskConfig) -> Result<(), String> {
-    let refuse = |field: &str, why: &str| Err(format!("{field}: {why}"));
+fn check_task(task: &TaskConfig) -> Result<(), Refused> {
+    let refuse = |field: &str, why: &str| Err(Refused::new(field, why));
     // With no `image`, the coordinator's base image runs (dstack's, or the site's `--base-image`).
     if let Some(image) = &task.image
         && image.trim().starts_with(&format!("{}/", crate::api::LOCAL_IMAGE_REGISTRY))
@@ -95,7 +126,7 @@ fn check_task(task: &TaskConfig) -> Result<(), String> {
         return refuse("entrypoint", "cannot be split into words (an unclosed quote?)");
     }
     if let Some(e) = task.env.iter().find(|e| e.value.is_none()) {
-        return Err(format!("env.{}: has no value (set it in the environment of `corral apply`)", e.name));
+        return refuse(&format!("env.{}", e.name), "has no value (set it in the environment of `corral apply`)");
     }
     volumes::check_mounts(task)?;
     let p = &task.provisioning;
@@ -120,8 +151,8 @@ fn check_task(task: &TaskConfig) -> Result<(), String> {
 /// What an on-prem fleet can be today: a named group of enrolled nodes, with `placement`. Nodes join
 /// it with a join token scoped to it: the install script on each host, or `corral apply` of an
 /// `ssh_config` fleet, which runs that script on each host over SSH.
-pub fn check_fleet(cfg: &FleetConfig) -> Result<&FleetConfig, String> {
-    cfg.check_limits().map_err(|e| e.to_string())?;
+pub fn check_fleet(cfg: &FleetConfig) -> Result<&FleetConfig, Refused> {
+    cfg.check_limits()?;
     let p = &cfg.provisioning;
     let ssh = cfg.ssh_config.as_ref();
     let unsupported = [
@@ -152,10 +183,13 @@ pub fn check_fleet(cfg: &FleetConfig) -> Result<&FleetConfig, String> {
         ),
     ];
     if let Some(e) = cfg.env.iter().find(|e| e.value.is_none()) {
-        return Err(format!("env.{}: has no value (set it in the environment of `corral apply`)", e.name));
+        return Err(Refused::new(
+            format!("env.{}", e.name),
+            "has no value (set it in the environment of `corral apply`)",
+        ));
     }
     match unsupported.iter().find(|(_, used, _)| *used) {
-        Some((field, _, why)) => Err(format!("{field}: {why}")),
+        Some((field, _, why)) => Err(Refused::new(*field, *why)),
         None => Ok(cfg),
     }
 }
@@ -203,7 +237,7 @@ mod tests {
         let Configuration::Fleet(f) = parse("type: fleet\nname: rack\nssh_config:\n  hosts: []\n") else {
             panic!("a fleet")
         };
-        assert!(check_fleet(&f).expect_err("refused").starts_with("ssh_config.hosts:"));
+        assert!(check_fleet(&f).expect_err("refused").to_string().starts_with("ssh_config.hosts:"));
     }
 
     #[test]
@@ -218,7 +252,7 @@ mod tests {
         assert!(check(&parse(limited)).is_ok());
         let zero = "type: service\nimage: busybox\nport: 80\nreplicas: 0..2\nscaling: {metric: rps, target: 1}\n\
                     schedule: {cron: \"0 8 * * *\"}\ncommands: [\"x\"]\n";
-        assert!(check(&parse(zero)).expect_err("refused").starts_with("schedule:"));
+        assert!(check(&parse(zero)).expect_err("refused").to_string().starts_with("schedule:"));
         let vols = "type: service\nimage: busybox\nport: 80\nvolumes: [\"/a:/b\", \"cache:/c\"]\ncommands: [\"x\"]\n";
         assert!(check(&parse(vols)).is_ok(), "host paths and named volumes are mounted");
     }
@@ -227,18 +261,20 @@ mod tests {
     fn what_no_node_can_say_is_refused_by_name() {
         let cc =
             "type: task\nimage: busybox\nresources: {gpu: {name: A100, compute_capability: \"8.0\"}}\ncommands: [x]\n";
-        let e = check(&parse(cc)).expect_err("refused");
+        let e = check(&parse(cc)).expect_err("refused").to_string();
         assert!(e.starts_with("resources.gpu.compute_capability:"), "{e}");
-        let e =
-            check(&parse("type: task\nimage: busybox\nregions: [us-east-1]\ncommands: [x]\n")).expect_err("refused");
+        let e = check(&parse("type: task\nimage: busybox\nregions: [us-east-1]\ncommands: [x]\n"))
+            .expect_err("refused")
+            .to_string();
         assert!(e.starts_with("regions:"), "{e}");
     }
 
     #[test]
     fn plain_tasks_are_admitted_and_others_refused_by_field() {
         assert!(check(&parse("type: task\nimage: busybox\ncommands: [\"echo\"]\n")).is_ok());
-        let e =
-            check(&parse("type: task\nimage: corral.local/other/0123:latest\ncommands: [x]\n")).expect_err("refused");
+        let e = check(&parse("type: task\nimage: corral.local/other/0123:latest\ncommands: [x]\n"))
+            .expect_err("refused")
+            .to_string();
         assert!(e.starts_with("image: corral.local/other/0123:latest: names an image as the coordinator"), "{e}");
         assert!(
             check(&parse("type: task\npython: \"3.12\"\ncommands: [\"echo\"]\n")).is_ok(),
@@ -246,14 +282,16 @@ mod tests {
         );
         let run_as = "type: task\nimage: busybox\nuser: 1000:1000\nprivileged: true\nshell: bash\ncommands: [id]\n";
         assert!(check(&parse(run_as)).is_ok());
-        let e = check(&parse("type: task\nimage: busybox\nentrypoint: \"sh -c 'echo\"\n")).expect_err("refused");
+        let e = check(&parse("type: task\nimage: busybox\nentrypoint: \"sh -c 'echo\"\n"))
+            .expect_err("refused")
+            .to_string();
         assert!(e.starts_with("entrypoint:"), "{e}");
         assert!(check(&parse("type: task\nimage: busybox\nnodes: 2\ncommands: [\"echo\"]\n")).is_ok());
         assert!(check(&parse("type: task\nimage: busybox\nretry: true\ncommands: [\"echo\"]\n")).is_ok());
         assert!(
             check(&parse("type: task\nimage: busybox\nvolumes: [\"/data:/data\"]\ncommands: [\"echo\"]\n")).is_ok()
         );
-        let e = check(&parse("type: volume\nname: data\n")).expect_err("not a run");
+        let e = check(&parse("type: volume\nname: data\n")).expect_err("not a run").to_string();
         assert!(e.starts_with("type: volume"), "{e}");
         let dev = check(&parse("type: dev-environment\nimage: busybox\nide: vscode\ninit: [\"touch /ready\"]\n"))
             .expect("a dev environment is admitted");
@@ -268,18 +306,18 @@ mod tests {
         // What a client that skips the CLI could send: the parser would have refused both.
         let Configuration::Task(mut t) = parse("type: task\nimage: busybox\ncommands: [x]\n") else { panic!("a task") };
         t.nodes = u32::MAX;
-        let e = check(&Configuration::Task(t)).expect_err("refused");
+        let e = check(&Configuration::Task(t)).expect_err("refused").to_string();
         assert_eq!(e, "nodes: must be between 1 and 1024, found 4294967295");
         let svc = "type: service\nimage: busybox\nport: 80\ncommands: [x]\n";
         let Configuration::Service(mut s) = parse(svc) else { panic!("a service") };
         s.replicas = crate::resources::Range::exactly(100_000);
         assert_eq!(
-            check(&Configuration::Service(s)).expect_err("refused"),
+            check(&Configuration::Service(s)).expect_err("refused").to_string(),
             "replicas: at most 1024 replicas, found 100000"
         );
         let Configuration::Fleet(mut f) = parse("type: fleet\nname: rack\n") else { panic!("a fleet") };
         f.nodes = Some(crate::config::FleetNodes { min: 0, target: 0, max: Some(u32::MAX) });
-        assert!(check_fleet(&f).expect_err("refused").starts_with("nodes.max: must be between 0 and 1024"));
+        assert!(check_fleet(&f).expect_err("refused").to_string().starts_with("nodes.max: must be between 0 and 1024"));
     }
 
     #[test]
@@ -291,7 +329,7 @@ mod tests {
         let ssh_regions =
             "type: fleet\nname: rack\nregions: [us-east-1]\nssh_config:\n  user: u\n  identity_file: k\n  hosts: [a]\n";
         let Configuration::Fleet(f) = parse(ssh_regions) else { panic!("a fleet") };
-        assert!(check_fleet(&f).expect_err("refused").starts_with("regions: an ssh_config fleet"));
+        assert!(check_fleet(&f).expect_err("refused").to_string().starts_with("regions: an ssh_config fleet"));
         let Configuration::Fleet(f) = parse("type: fleet\nname: rack\nnodes: 2\ninstance_types: [g6.8xlarge]\n") else {
             panic!("a fleet")
         };

@@ -199,6 +199,15 @@ pub fn parse(text: &str, file: &str) -> Result<Configuration, ConfigError> {
     Ok(configuration)
 }
 
+/// Where `text` writes the field `path` (`resources.gpu`, `env[2]`, `groups[1].image`): its line and
+/// column, or its deepest parent's when the field is left to its default. `None` when the text is
+/// not YAML.
+pub fn position_of(text: &str, path: &str) -> Option<(usize, usize)> {
+    let doc = yaml::load(text).ok()?;
+    let mark = yaml::locate(&doc, path).mark;
+    Some((mark.line, mark.column))
+}
+
 fn parse_tree(doc: &yaml::Node) -> Res<Configuration> {
     let Value::Map(entries) = &doc.value else {
         let message = if doc.is_null() {

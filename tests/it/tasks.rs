@@ -141,6 +141,19 @@ async fn validate_names_file_line_and_field() -> anyhow::Result<()> {
     let text = err.to_string();
     assert!(text.contains("bad.dstack.yml:3:"), "{text}");
     assert!(text.contains("comands") && text.contains("commands"), "{text}");
+    // A field the parser takes and a coordinator refuses: named where the file writes it.
+    let refused = write_config(
+        dir.path(),
+        "refused",
+        "type: task\nimage: busybox\ncommands:\n  - echo hi\nvolumes:\n  - name: data\n    path: /a\n  - name: other\n    path: /a\n",
+    );
+    let text = format!("{:#}", corral_cli::commands::validate_file(&refused).expect_err("refused"));
+    assert!(
+        text.contains(
+            "refused.dstack.yml:9:11: volumes[1].path: a coordinator would refuse it: \"/a\" is mounted twice"
+        ),
+        "{text}"
+    );
     Ok(())
 }
 

@@ -184,7 +184,8 @@ pub(super) async fn put_fleet(
     Json(req): Json<SubmitFleet>,
 ) -> Result<axum::response::Response, Error> {
     check_project(&state, &project)?;
-    let cfg = corral_proto::admission::check_fleet(&req.configuration).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
+    let cfg = corral_proto::admission::check_fleet(&req.configuration)
+        .map_err(|e| err(StatusCode::BAD_REQUEST, e.to_string()))?;
     let name = cfg.name.clone().unwrap_or_default();
     // Nodes name their fleet, not its project: a fleet's name is the cluster's, once.
     if let Some(owner) = state.store.fleet_projects(&name)?.into_iter().find(|p| *p != project) {

@@ -20,7 +20,7 @@ pub(super) async fn register(
     check_project(&state, &project)?;
     req.check().map_err(|e| err(StatusCode::BAD_REQUEST, e.to_string()))?;
     // What a start would refuse is refused now, not at 3 a.m.
-    corral_proto::admission::check(&req.configuration).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
+    corral_proto::admission::check(&req.configuration).map_err(|e| err(StatusCode::BAD_REQUEST, e.to_string()))?;
     let Some(schedule) = req.configuration.schedule().cloned() else {
         return Err(err(
             StatusCode::BAD_REQUEST,

@@ -19,7 +19,8 @@ pub(super) async fn put_volume(
 ) -> Result<axum::response::Response, Error> {
     check_project(&state, &project)?;
     req.check().map_err(|e| err(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let cfg = corral_proto::admission::check_volume(&req.configuration).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
+    let cfg = corral_proto::admission::check_volume(&req.configuration)
+        .map_err(|e| err(StatusCode::BAD_REQUEST, e.to_string()))?;
     let name = cfg.name.clone().unwrap_or_default();
     if let Some(old) = state.store.volume(&project, &name)?
         && old.backend != cfg.backend

@@ -2,13 +2,15 @@
 //! each group runs is checked as any run is; what Corral cannot do for groups yet is refused by
 //! name. A group's `router` is admitted: the coordinator's `router_groups` does what dstack does.
 
+use super::Refused;
 use crate::config::{RefMember, ServiceConfig, TaskConfig, group_refs};
 
 /// A task with groups: each group's ranks are checked as the task they run.
-pub(super) fn check_task_groups(t: &TaskConfig, check: fn(&TaskConfig) -> Result<(), String>) -> Result<(), String> {
+pub(super) fn check_task_groups(t: &TaskConfig, check: fn(&TaskConfig) -> Result<(), Refused>) -> Result<(), Refused> {
     let mut first = 0;
     for (i, g) in t.groups.iter().enumerate() {
-        check(&t.for_rank(first)).map_err(|e| format!("groups[{i}] ({}): {e}", g.name))?;
+        check(&t.for_rank(first))
+            .map_err(|e| e.within(&format!("groups[{i}]"), &format!(" (node group {:?})", g.name)))?;
         first += g.nodes;
     }
     Ok(())
@@ -18,23 +20,24 @@ pub(super) fn check_task_groups(t: &TaskConfig, check: fn(&TaskConfig) -> Result
 /// the replica numbers it starts with.
 pub(super) fn check_service_groups(
     s: &ServiceConfig,
-    check: fn(&TaskConfig) -> Result<(), String>,
-) -> Result<Vec<u32>, String> {
+    check: fn(&TaskConfig) -> Result<(), Refused>,
+) -> Result<Vec<u32>, Refused> {
     for (i, (first, g)) in s.group_blocks().into_iter().enumerate() {
         check_replica_refs(&format!("replicas[{i}].commands"), &g.commands)?;
-        check(&s.replica_task_of(first)).map_err(|e| format!("replicas[{i}] ({}): {e}", g.name))?;
+        check(&s.replica_task_of(first))
+            .map_err(|e| e.within(&format!("replicas[{i}]"), &format!(" (replica group {:?})", g.name)))?;
     }
     Ok(s.initial_replica_numbers())
 }
 
 /// `${{ groups[i].replicas[j].IP_ADDRESS }}` in a service's commands: refused, Corral does not
 /// substitute replica addresses yet.
-pub(super) fn check_replica_refs(field: &str, commands: &[String]) -> Result<(), String> {
+pub(super) fn check_replica_refs(field: &str, commands: &[String]) -> Result<(), Refused> {
     for (k, c) in commands.iter().enumerate() {
         if let Some(r) = group_refs(c).unwrap_or_default().into_iter().find(|r| r.member == RefMember::Replicas) {
-            return Err(format!(
-                "{field}[{k}]: {}: replica addresses are not substituted in commands yet",
-                &c[r.start..r.end]
+            return Err(Refused::new(
+                format!("{field}[{k}]"),
+                format!("{}: replica addresses are not substituted in commands yet", &c[r.start..r.end]),
             ));
         }
     }
@@ -43,10 +46,10 @@ pub(super) fn check_replica_refs(field: &str, commands: &[String]) -> Result<(),
 
 #[cfg(test)]
 mod tests {
-    use crate::admission::check;
+    use crate::admission::{Refused, check};
     use crate::config::{Configuration, parse};
 
-    fn admit(text: &str) -> Result<crate::admission::Admitted, String> {
+    fn admit(text: &str) -> Result<crate::admission::Admitted, Refused> {
         check(&parse(text, "t.yml").expect("valid"))
     }
 
@@ -76,13 +79,22 @@ mod tests {
             admit(&svc).expect("a router group runs (see the coordinator's router_groups)");
         }
         let e = admit("type: service\nimage: i\nport: 80\nreplicas:\n  - count: 1\n  - count: 1\n    commands: ['x ${{ groups[0].replicas[0].IP_ADDRESS }}']\n")
-            .expect_err("refused");
+            .expect_err("refused").to_string();
         assert!(
             e.starts_with("replicas[1].commands[0]: ${{ groups[0].replicas[0].IP_ADDRESS }}: replica addresses"),
             "{e}"
         );
         let e = admit("type: service\nport: 80\nreplicas:\n  - count: 1\n    image: i\n    commands: [x]\nenv: [A]\n")
-            .expect_err("refused");
+            .expect_err("refused")
+            .to_string();
         assert!(e.contains("env.A: has no value"), "{e}");
+    }
+
+    #[test]
+    fn a_group_s_refused_field_is_named_inside_its_group() {
+        let e = admit("type: service\nport: 80\nreplicas:\n  - count: 1\n    image: i\n    commands: [x]\n  - count: 1\n    image: corral.local/main/0a1b:latest\n    commands: [y]\n")
+            .expect_err("refused");
+        assert_eq!(e.field, "replicas[1].image");
+        assert!(e.why.contains("write the name it was pushed as") && e.why.ends_with("(replica group \"1\")"), "{e}");
     }
 }

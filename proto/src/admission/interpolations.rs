@@ -6,16 +6,18 @@
 
 use serde_json::Value;
 
+use super::Refused;
 use crate::config::{Configuration, has_unclosed_interpolation, interpolations};
 
 /// `Err` names the first interpolation that would not be expanded, and where it is.
-pub fn check(cfg: &Configuration) -> Result<(), String> {
-    let value = serde_json::to_value(cfg).map_err(|e| format!("cannot read the configuration: {e}"))?;
+pub fn check(cfg: &Configuration) -> Result<(), Refused> {
+    let value =
+        serde_json::to_value(cfg).map_err(|e| Refused::new("type", format!("cannot read the configuration: {e}")))?;
     // The fields are under `spec`, next to `type`.
     walk(value.get("spec").unwrap_or(&value), &mut String::new())
 }
 
-fn walk(v: &Value, path: &mut String) -> Result<(), String> {
+fn walk(v: &Value, path: &mut String) -> Result<(), Refused> {
     let len = path.len();
     let result = match v {
         Value::Object(fields) => fields.iter().try_for_each(|(k, v)| {
@@ -34,10 +36,10 @@ fn walk(v: &Value, path: &mut String) -> Result<(), String> {
             r
         }),
         Value::String(s) if has_unclosed_interpolation(s) => {
-            Err(format!("{}: a `${{{{` is not closed by `}}}}` (write $${{{{ for a literal ${{{{)", shown(path)))
+            Err(Refused::new(shown(path), "a `${{` is not closed by `}}` (write $${{ for a literal ${{)"))
         }
         Value::String(s) => interpolations(s).into_iter().try_for_each(|(_, inner)| {
-            allowed(path, inner).map_err(|why| format!("{}: ${{{{ {inner} }}}}: {why}", shown(path)))
+            allowed(path, inner).map_err(|why| Refused::new(shown(path), format!("${{{{ {inner} }}}}: {why}")))
         }),
         _ => Ok(()),
     };
@@ -93,7 +95,7 @@ fn allowed(path: &str, inner: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn checked(text: &str) -> Result<(), String> {
+    fn checked(text: &str) -> Result<(), Refused> {
         check(&crate::config::parse(text, "t.dstack.yml").expect("parses"))
     }
 
@@ -101,26 +103,32 @@ mod tests {
     fn each_interpolation_is_expanded_where_it_stands_or_refused_by_field() {
         let ok = "type: task\nimage: i\nenv:\n  - T=${{ secrets.HF }}\nregistry_auth:\n  username: ${{ env.U }}\n  password: ${{ secrets.P }}\ncommands: ['run ${{ run.args }}', 'echo $${{ literal }}']\nvolumes:\n  - name: d-${{ dstack.node_rank }}\n    path: /d\n";
         assert_eq!(checked(ok), Ok(()));
-        let e = checked("type: task\nimage: i\ncommands: ['echo ${{ secrets.HF }}']\n").expect_err("refused");
+        let e =
+            checked("type: task\nimage: i\ncommands: ['echo ${{ secrets.HF }}']\n").expect_err("refused").to_string();
         assert!(e.starts_with("commands[0]: ${{ secrets.HF }}: a secret is expanded only in env"), "{e}");
-        let e = checked("type: task\nimage: i\nenv:\n  - N=${{ run.name }}\ncommands: [x]\n").expect_err("refused");
+        let e = checked("type: task\nimage: i\nenv:\n  - N=${{ run.name }}\ncommands: [x]\n")
+            .expect_err("refused")
+            .to_string();
         assert!(e.starts_with("env[0]: ${{ run.name }}: not expanded here"), "{e}");
-        let e = checked("type: task\nimage: i\nenv:\n  - N=${{ env.HOME }}\ncommands: [x]\n").expect_err("refused");
+        let e = checked("type: task\nimage: i\nenv:\n  - N=${{ env.HOME }}\ncommands: [x]\n")
+            .expect_err("refused")
+            .to_string();
         assert!(
             e.starts_with("env[0]: ${{ env.HOME }}: the run's variables are expanded only in registry_auth"),
             "{e}"
         );
-        let e =
-            checked("type: task\nimage: i\nworking_dir: /w/${{ what.ever }}\ncommands: [x]\n").expect_err("refused");
+        let e = checked("type: task\nimage: i\nworking_dir: /w/${{ what.ever }}\ncommands: [x]\n")
+            .expect_err("refused")
+            .to_string();
         assert!(e.starts_with("working_dir: ${{ what.ever }}: not an interpolation Corral knows"), "{e}");
-        let e = checked("type: task\nimage: i\ncommands: ['echo ${{ secrets.X']\n").expect_err("refused");
+        let e = checked("type: task\nimage: i\ncommands: ['echo ${{ secrets.X']\n").expect_err("refused").to_string();
         assert!(e.starts_with("commands[0]: a `${{` is not closed by `}}`"), "{e}");
         let probe = "type: service\nimage: i\nport: 80\ncommands: [x]\nenv: [KEY=k]\nprobes:\n  - type: http\n    url: /h\n    headers:\n      - name: X-Key\n        value: ${{ env.KEY }}\n";
         assert_eq!(checked(probe), Ok(()));
         let probe = probe
             .replace("url: /h", "url: /h?k=${{ env.KEY }}\n    method: post\n    body: '{\"k\": \"${{ env.KEY }}\"}'");
         assert_eq!(checked(&probe), Ok(()));
-        let e = checked(&probe.replace("${{ env.KEY }}\"", "${{ secrets.KEY }}\"")).expect_err("refused");
+        let e = checked(&probe.replace("${{ env.KEY }}\"", "${{ secrets.KEY }}\"")).expect_err("refused").to_string();
         assert!(e.contains(".body: ${{ secrets.KEY }}: a secret is expanded only in env"), "{e}");
         let volume = "type: task\nimage: i\nnodes: 2\ncommands: [x]\nvolumes:\n  - name: d-${{ dstack.job_num }}\n    path: /d\n";
         assert_eq!(checked(volume), Ok(()));

@@ -1,6 +1,7 @@
 //! What the coordinator takes of volumes: a run's `volumes` entries, and `type: volume`
 //! configurations.
 
+use super::Refused;
 use crate::config::{TaskConfig, VolumeBackend, VolumeConfig, VolumeMount};
 
 /// The one interpolation a volume name may hold: each node of a multi-node run gets its own volume.
@@ -8,26 +9,30 @@ pub const NODE_RANK: &str = "${{ dstack.node_rank }}";
 
 /// A run's `volumes`: names whose only interpolation is the node rank, and no two mounts at one
 /// path.
-pub(super) fn check_mounts(task: &TaskConfig) -> Result<(), String> {
+pub(super) fn check_mounts(task: &TaskConfig) -> Result<(), Refused> {
     for (i, v) in task.volumes.iter().enumerate() {
         if let VolumeMount::Named(m) = v {
             for name in &m.names {
                 let plain = expand(name, 0);
                 if plain.contains("${{") {
-                    return Err(format!(
-                        "volumes[{i}].name: \"{name}\" — the only interpolation a volume name may hold is {NODE_RANK}"
+                    return Err(Refused::new(
+                        format!("volumes[{i}].name"),
+                        format!("\"{name}\" — the only interpolation a volume name may hold is {NODE_RANK}"),
                     ));
                 }
                 if !crate::config::is_valid_name(&plain) {
-                    return Err(format!(
-                        "volumes[{i}].name: \"{name}\" is not a valid volume name: use 2 to 41 lowercase letters, \
-                         digits and hyphens, starting with a letter"
+                    return Err(Refused::new(
+                        format!("volumes[{i}].name"),
+                        format!(
+                            "\"{name}\" is not a valid volume name: use 2 to 41 lowercase letters, \
+                             digits and hyphens, starting with a letter"
+                        ),
                     ));
                 }
             }
         }
         if task.volumes[..i].iter().any(|w| w.path() == v.path()) {
-            return Err(format!("volumes[{i}].path: \"{}\" is mounted twice", v.path()));
+            return Err(Refused::new(format!("volumes[{i}].path"), format!("\"{}\" is mounted twice", v.path())));
         }
     }
     Ok(())
@@ -53,8 +58,8 @@ pub fn expand(name: &str, rank: u32) -> String {
 /// A `type: volume` configuration: with no backend, a Docker volume made on the node where a run
 /// first uses it (`size` is not a limit there); with `backend: aws`, an EBS volume in `region`,
 /// created with `size` or registered by `volume_id`.
-pub fn check_volume(cfg: &VolumeConfig) -> Result<&VolumeConfig, String> {
-    cfg.check_limits().map_err(|e| e.to_string())?;
+pub fn check_volume(cfg: &VolumeConfig) -> Result<&VolumeConfig, Refused> {
+    cfg.check_limits()?;
     let aws = cfg.backend == Some(VolumeBackend::Aws);
     let refused = [
         ("name", cfg.name.is_none(), "a volume needs a name (runs mount it by name)"),
@@ -73,7 +78,7 @@ pub fn check_volume(cfg: &VolumeConfig) -> Result<&VolumeConfig, String> {
         ),
     ];
     match refused.iter().find(|(_, bad, _)| *bad) {
-        Some((field, _, why)) => Err(format!("{field}: {why}")),
+        Some((field, _, why)) => Err(Refused::new(*field, *why)),
         None => Ok(cfg),
     }
 }
@@ -109,13 +114,18 @@ mod tests {
 
     #[test]
     fn volumes_missing_what_they_need_are_refused_by_field() {
-        let e = check_volume(&volume("type: volume\nsize: 1GB\n")).expect_err("refused");
+        let e = check_volume(&volume("type: volume\nsize: 1GB\n")).expect_err("refused").to_string();
         assert!(e.starts_with("name:"), "{e}");
-        let e = check_volume(&volume("type: volume\nname: data\nregion: us-east-1\n")).expect_err("refused");
+        let e =
+            check_volume(&volume("type: volume\nname: data\nregion: us-east-1\n")).expect_err("refused").to_string();
         assert!(e.starts_with("region:"), "{e}");
-        let e = check_volume(&volume("type: volume\nname: data\nbackend: aws\nsize: 1GB\n")).expect_err("refused");
+        let e = check_volume(&volume("type: volume\nname: data\nbackend: aws\nsize: 1GB\n"))
+            .expect_err("refused")
+            .to_string();
         assert!(e.starts_with("region:"), "{e}");
-        let e = check_volume(&volume("type: volume\nname: d1\nbackend: aws\nregion: r\n")).expect_err("refused");
+        let e = check_volume(&volume("type: volume\nname: d1\nbackend: aws\nregion: r\n"))
+            .expect_err("refused")
+            .to_string();
         assert!(e.starts_with("size:"), "{e}");
     }
 
@@ -135,8 +145,8 @@ mod tests {
         assert_eq!(expand("d-${{dstack.job_num}}-${{  dstack.node_rank }}", 12), "d-12-12");
         assert_eq!(expand("d-${{ dstack.other }}", 1), "d-${{ dstack.other }}");
         let t = task("type: task\nimage: i\ncommands: [x]\nvolumes:\n  - name: d-${{ run.name }}\n    path: /d\n");
-        assert!(check_mounts(&t).expect_err("refused").starts_with("volumes[0].name:"));
+        assert!(check_mounts(&t).expect_err("refused").to_string().starts_with("volumes[0].name:"));
         let t = task("type: task\nimage: i\ncommands: [x]\nvolumes: [\"/a:/d\", \"data:/d\"]\n");
-        assert!(check_mounts(&t).expect_err("refused").starts_with("volumes[1].path:"));
+        assert!(check_mounts(&t).expect_err("refused").to_string().starts_with("volumes[1].path:"));
     }
 }

@@ -110,7 +110,7 @@ const RUNS_AND_FLEETS: [&str; 4] = ["task", "service", "dev-environment", "fleet
 
 /// What a coordinator of this version does with a parsed configuration: the same check `corral
 /// apply` meets on the server and `corral validate` runs here.
-fn admit(conf: &Configuration) -> Result<(), String> {
+fn admit(conf: &Configuration) -> Result<(), corral_proto::admission::Refused> {
     // `env: [HF_TOKEN]` is taken from the environment of `corral apply`, as a user would have it set.
     let mut conf = conf.clone();
     let from_apply = |env: &mut Vec<config::EnvVar>| {
@@ -151,7 +151,7 @@ fn dstack_corpus_runs_on_a_coordinator() {
         }
         let text = std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         let outcome = match config::parse(&text, name) {
-            Ok(conf) => admit(&conf),
+            Ok(conf) => admit(&conf).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         match outcome {
