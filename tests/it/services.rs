@@ -469,3 +469,75 @@ commands:
     assert_eq!(unknown.status(), 404);
     Ok(())
 }
+
+/// The proxy keeps its connections to a replica alive, as model servers expect: requests in a row
+/// reach the replica over one connection; one the replica closed while idle is not used again, and
+/// a request with a body after it is served whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_a_row_share_one_connection_to_the_replica() -> anyhow::Result<()> {
+    let c = OneNode::start().await?;
+    let (python, _) = python_image();
+    // Answers with the port the request came from and the bytes of its body; closes a connection
+    // idle for a second (its keep-alive is shorter than the proxy's).
+    let text = format!(
+        r#"type: service
+name: kept
+image: {python}
+port: 8000
+auth: false
+env:
+  - |
+    SERVER=import http.server
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = 'HTTP/1.1'
+        timeout = 1
+        def answer(self):
+            body = self.rfile.read(int(self.headers.get('Content-Length') or 0))
+            out = ('%d %d' % (self.client_address[1], len(body))).encode()
+            self.send_response(200)
+            self.send_header('Content-Length', str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+        do_GET = answer
+        do_POST = answer
+        def log_message(self, *args):
+            pass
+    http.server.ThreadingHTTPServer(('', 8000), H).serve_forever()
+commands:
+  - python3 -c "$SERVER"
+"#
+    );
+    let (code, out) = apply(&c.client, &write_config(c.dir.path(), "kept", &text), true).await?;
+    assert_eq!(code, 0, "{out}");
+    all_running(&c.client, "kept").await?;
+    let url = format!("http://{}/proxy/services/main/kept/", c.coord.http);
+    // A client of its own for each request: only the proxy can keep the replica's connection.
+    let answer = |body: Option<&'static str>| {
+        let url = url.clone();
+        async move {
+            let http = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
+            let req = match body {
+                Some(b) => http.post(&url).body(b),
+                None => http.get(&url),
+            };
+            let text = req.send().await?.error_for_status()?.text().await?;
+            let (port, bytes) = text.split_once(' ').ok_or_else(|| anyhow::anyhow!("answer {text:?}"))?;
+            anyhow::Ok((port.to_owned(), bytes.parse::<usize>()?))
+        }
+    };
+    get_when_up(&reqwest::Client::new(), &url, None).await?;
+    let mut ports = BTreeSet::new();
+    for i in 0..6 {
+        let (port, bytes) = answer((i % 2 == 1).then_some("twelve bytes")).await?;
+        assert_eq!(bytes, if i % 2 == 1 { 12 } else { 0 });
+        ports.insert(port);
+    }
+    assert_eq!(ports.len(), 1, "six requests in a row came over {} connections: {ports:?}", ports.len());
+    // The replica closes the idle connection; the next request, with a body, gets a new one.
+    let before = ports.into_iter().next().expect("a port");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (port, bytes) = answer(Some("after the close")).await?;
+    assert_eq!(bytes, 15, "the body reached the replica whole");
+    assert_ne!(port, before, "a connection the replica closed was used again");
+    Ok(())
+}
