@@ -130,81 +130,6 @@ async fn read_all(addr: SocketAddr) -> anyhow::Result<(u64, Duration)> {
     Ok((total, start.elapsed()))
 }
 
-/// A keep-alive HTTP/1.1 server of a 1 KB page (`$PAGE`), threaded as a model server's front is.
-const KEEP_ALIVE_SERVER: &str = "import http.server, os
-    page = (os.environ['PAGE'] + '\\n').encode()
-    class H(http.server.BaseHTTPRequestHandler):
-        protocol_version = 'HTTP/1.1'
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header('Content-Length', str(len(page)))
-            self.end_headers()
-            self.wfile.write(page)
-        def log_message(self, *args):
-            pass
-    http.server.ThreadingHTTPServer(('', 8000), H).serve_forever()";
-
-/// The Python image of the tests (`scripts/build-test-python-image.sh`), built if missing.
-fn python_image() -> anyhow::Result<&'static str> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let built = std::process::Command::new("bash").arg(root.join("scripts/build-test-python-image.sh")).status()?;
-    anyhow::ensure!(built.success(), "scripts/build-test-python-image.sh failed");
-    Ok("corral-test/python:latest")
-}
-
-/// Latency and throughput of one page through the proxy and directly, measured side by side.
-struct Compared {
-    p50: Duration,
-    p99: Duration,
-    d50: Duration,
-    d99: Duration,
-    rps_direct: f64,
-    rps_proxy: f64,
-}
-
-async fn compare(
-    http: &reqwest::Client,
-    direct: &Arc<Path>,
-    proxied: &Arc<Path>,
-    requests: usize,
-    concurrency: usize,
-    window: Duration,
-) -> anyhow::Result<Compared> {
-    // Latency: sequential requests, the two paths alternating in rounds so drift hits both alike.
-    let mut lat: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
-    let rounds = 20;
-    for _ in 0..rounds {
-        for (i, p) in [direct, proxied].into_iter().enumerate() {
-            for _ in 0..requests / rounds {
-                let t = Instant::now();
-                get(http, p).await?;
-                lat[i].push(t.elapsed());
-            }
-        }
-    }
-    for l in &mut lat {
-        l.sort_unstable();
-    }
-    // Throughput: the two paths alternate in ten slices of the window each, for the same reason.
-    let mut totals = [(0u64, Duration::ZERO); 2];
-    for _ in 0..10 {
-        for (i, p) in [direct, proxied].into_iter().enumerate() {
-            let (n, t) = throughput(http, p, concurrency, window / 10).await?;
-            totals[i].0 += n;
-            totals[i].1 += t;
-        }
-    }
-    let rps = |(n, t): (u64, Duration)| n as f64 / t.as_secs_f64();
-    Ok(Compared {
-        p50: percentile(&lat[1], 0.5),
-        p99: percentile(&lat[1], 0.99),
-        d50: percentile(&lat[0], 0.5),
-        d99: percentile(&lat[0], 0.99),
-        rps_direct: rps(totals[0]),
-        rps_proxy: rps(totals[1]),
-    })
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let requests = env_num("CORRAL_BENCH_REQUESTS", 2000)? as usize;
@@ -232,42 +157,55 @@ async fn measure(
 ) -> anyhow::Result<()> {
     let client = &coord.client;
     let page = "x".repeat(1000);
+    let svc = submit(
+        client,
+        &format!(
+            "type: service\nname: web\nimage: corral-test/busybox:latest\nport: 8000\ncommands:\n  - mkdir -p /www\n  - echo {page} > /www/index.html\n  - httpd -f -p 8000 -h /www\n"
+        ),
+    )
+    .await?;
+    let ip = container_ip(&svc.jobs[0])?;
     let token = std::fs::read_to_string(data.join("admin-token"))?.trim().to_owned();
+    let direct = Arc::new(Path { name: "direct", url: format!("http://{ip}:8000/index.html"), token: None });
+    let proxied = Arc::new(Path {
+        name: "proxy",
+        url: format!("{}/proxy/services/main/web/index.html", client.url),
+        token: Some(token),
+    });
     let http = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
-    // Two replicas: busybox's httpd, which closes each connection after its answer, and a server
-    // that keeps HTTP/1.1 connections alive, as model servers (uvicorn, vLLM, TGI) do.
-    let python = python_image()?;
-    let replicas = [
-        (
-            "web",
-            "httpd, closes each connection",
-            format!(
-                "type: service\nname: web\nimage: corral-test/busybox:latest\nport: 8000\ncommands:\n  - mkdir -p /www\n  - echo {page} > /www/index.html\n  - httpd -f -p 8000 -h /www\n"
-            ),
-        ),
-        (
-            "kept",
-            "HTTP/1.1 keep-alive server",
-            format!(
-                "type: service\nname: kept\nimage: {python}\nport: 8000\nenv:\n  - PAGE={page}\n  - |\n    SERVER={KEEP_ALIVE_SERVER}\ncommands:\n  - python3 -c \"$SERVER\"\n"
-            ),
-        ),
-    ];
-    let mut rows = Vec::new();
-    for (name, what, text) in &replicas {
-        let svc = submit(client, text).await?;
-        let ip = container_ip(&svc.jobs[0])?;
-        let direct = Arc::new(Path { name: "direct", url: format!("http://{ip}:8000/index.html"), token: None });
-        let proxied = Arc::new(Path {
-            name: "proxy",
-            url: format!("{}/proxy/services/main/{name}/index.html", client.url),
-            token: Some(token.clone()),
-        });
-        for p in [&direct, &proxied] {
-            wait_until(Duration::from_secs(30), async || get(&http, p).await.is_ok()).await.with_context(|| p.name)?;
-        }
-        rows.push((*what, compare(&http, &direct, &proxied, requests, concurrency, window).await?));
+    for p in [&direct, &proxied] {
+        wait_until(Duration::from_secs(30), async || get(&http, p).await.is_ok()).await.with_context(|| p.name)?;
     }
+
+    // Latency: sequential requests, the two paths alternating in rounds so drift hits both alike.
+    let mut lat: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    let rounds = 20;
+    for _ in 0..rounds {
+        for (i, p) in [&direct, &proxied].into_iter().enumerate() {
+            for _ in 0..requests / rounds {
+                let t = Instant::now();
+                get(&http, p).await?;
+                lat[i].push(t.elapsed());
+            }
+        }
+    }
+    for l in &mut lat {
+        l.sort_unstable();
+    }
+    let (d50, d99) = (percentile(&lat[0], 0.5), percentile(&lat[0], 0.99));
+    let (p50, p99) = (percentile(&lat[1], 0.5), percentile(&lat[1], 0.99));
+
+    // Throughput: the two paths alternate in ten slices of the window each, for the same reason.
+    let mut totals = [(0u64, Duration::ZERO); 2];
+    for _ in 0..10 {
+        for (i, p) in [&direct, &proxied].into_iter().enumerate() {
+            let (n, t) = throughput(&http, p, concurrency, window / 10).await?;
+            totals[i].0 += n;
+            totals[i].1 += t;
+        }
+    }
+    let rps = |(n, t): (u64, Duration)| n as f64 / t.as_secs_f64();
+    let (rps_direct, rps_proxy) = (rps(totals[0]), rps(totals[1]));
 
     // Bulk: a container that writes `bulk_mib` MiB of zeros to whoever connects to port 9000.
     let bulk = submit(
@@ -294,25 +232,22 @@ async fn measure(
     let goal = |ok: bool| if ok { "✅" } else { "❌" };
     println!("| measure | through Corral | direct to the container | ratio / goal |");
     println!("|---|---|---|---|");
-    for (what, c) in &rows {
-        println!(
-            "| 1 KB page from an {what}, sequential ({requests} requests each): p50 / p99 | {} / {} | {} / {} | +{} at p50 {} ≤ +0.5 ms |",
-            ms(c.p50),
-            ms(c.p99),
-            ms(c.d50),
-            ms(c.d99),
-            ms(c.p50.saturating_sub(c.d50)),
-            goal(c.p50.saturating_sub(c.d50) <= Duration::from_micros(500))
-        );
-        println!(
-            "| 1 KB page from an {what}, {concurrency} concurrent, {} s | {:.0} req/s | {:.0} req/s | {:.0} % {} ≥ 80 % |",
-            window.as_secs(),
-            c.rps_proxy,
-            c.rps_direct,
-            c.rps_proxy * 100.0 / c.rps_direct,
-            goal(c.rps_proxy >= 0.8 * c.rps_direct)
-        );
-    }
+    println!(
+        "| 1 KB page, sequential ({} requests each): p50 / p99 | {} / {} | {} / {} | +{} at p50 {} ≤ +0.5 ms |",
+        requests,
+        ms(p50),
+        ms(p99),
+        ms(d50),
+        ms(d99),
+        ms(p50.saturating_sub(d50)),
+        goal(p50.saturating_sub(d50) <= Duration::from_micros(500))
+    );
+    println!(
+        "| 1 KB page, {concurrency} concurrent, {} s | {rps_proxy:.0} req/s | {rps_direct:.0} req/s | {:.0} % {} ≥ 80 % |",
+        window.as_secs(),
+        rps_proxy * 100.0 / rps_direct,
+        goal(rps_proxy >= 0.8 * rps_direct)
+    );
     println!(
         "| {bulk_mib} MiB from a container port (`corral attach`) | {:.0} MiB/s ({:.1} s) | {:.0} MiB/s ({:.1} s) | {:.0} % |",
         mibps(t_tunnel),
@@ -322,7 +257,7 @@ async fn measure(
         mibps(t_tunnel) * 100.0 / mibps(t_direct)
     );
     drop(fwd);
-    for run in ["web", "kept", "bulk"] {
+    for run in ["web", "bulk"] {
         let _: api::Run =
             client.post(&client.project_path(&format!("runs/{run}/stop")), &api::StopRun { abort: true }).await?;
     }

@@ -28,8 +28,6 @@ use crate::nodes::tunnel::{self, Tunnel};
 use crate::secrets::sha256_hex;
 use crate::store::ActiveService;
 
-mod pool;
-
 /// How long the proxy trusts what it read of a service (its newest run, its ready replicas): a
 /// request reads the store at most this often per service. A replica that went away meanwhile
 /// fails its tunnel, and the request goes to the next one.
@@ -56,8 +54,6 @@ pub struct Balancer {
     tokens: Mutex<HashMap<String, tokio::time::Instant>>,
     /// Services' `rate_limits`.
     limits: super::ratelimit::RateLimits,
-    /// Connections to replicas kept alive between requests.
-    pool: Arc<pool::Pool>,
 }
 
 impl Balancer {
@@ -251,9 +247,6 @@ pub(super) async fn to_replicas(
     // sent again to the next replica when the agent cannot connect; one with a body waits for
     // the tunnel, since its body can be sent only once.
     let resend = bodiless(&req);
-    let upgrading = req.headers().contains_key(header::UPGRADE);
-    // The request itself, until it is sent.
-    let mut req = Some(req);
     let deadline = tokio::time::Instant::now() + CONNECT_RETRY;
     loop {
         let replicas = match std::mem::take(&mut ready) {
@@ -264,27 +257,9 @@ pub(super) async fn to_replicas(
         let mut last = None;
         for k in 0..replicas.len() {
             let (node, job, port) = &replicas[(first + k) % replicas.len()];
-            let reuse = Reuse { pool: state.balancer.pool.clone(), job: job.clone(), port: *port };
-            // A connection kept from an earlier request: no tunnel to open, no handshake. One that
-            // the replica closed meanwhile gives the request back unsent, and a fresh tunnel takes it.
-            if !upgrading && let Some(sender) = state.balancer.pool.take(job, *port) {
-                let Some(out) = resend.as_ref().map(Resend::request).or_else(|| req.take()) else { break };
-                match send(sender, out, reuse.clone()).await {
-                    Ok(resp) => return Ok(resp),
-                    Err((e, unsent)) => {
-                        tracing::debug!(service = name, job = %job, "a kept connection failed: {}", e.describe());
-                        if resend.is_none() {
-                            match unsent {
-                                Some(out) => req = Some(out),
-                                None => return Err(e.into_error()),
-                            }
-                        }
-                    }
-                }
-            }
             if let Some(copy) = resend.as_ref() {
                 let attempt = match tunnel::open_pipelined(state, node, job, *port).await {
-                    Ok(t) => forward(t, copy.request(), reuse).await,
+                    Ok(t) => forward(t, copy.request(), *port).await,
                     Err(e) => Err(Unreached(e)),
                 };
                 match attempt {
@@ -297,10 +272,7 @@ pub(super) async fn to_replicas(
                 continue;
             }
             match tunnel::open(state, node, job, *port).await {
-                Ok(t) => {
-                    let Some(out) = req.take() else { break };
-                    return forward(t, out, reuse).await.map_err(|e| e.into_error());
-                }
+                Ok(t) => return forward(t, req, *port).await.map_err(|e| e.into_error()),
                 Err(e) => {
                     tracing::debug!(service = name, job = %job, "replica unreachable: {e}");
                     last = Some(e);
@@ -444,21 +416,6 @@ impl ForwardError {
             ForwardError::Failed(e) => e,
         }
     }
-
-    fn describe(&self) -> String {
-        match self {
-            Unreached(e) => e.to_string(),
-            ForwardError::Failed(e) => e.1.clone(),
-        }
-    }
-}
-
-/// Where a connection goes back to once its answer is read: the pool, under the replica's port.
-#[derive(Clone)]
-struct Reuse {
-    pool: Arc<pool::Pool>,
-    job: JobId,
-    port: u16,
 }
 
 /// The agent's refusal inside a hyper error from a pipelined tunnel.
@@ -475,42 +432,21 @@ fn refusal(e: &hyper::Error) -> Option<String> {
     None
 }
 
-/// Sends one request over a fresh tunnel and streams the answer back (see [`send`]).
-async fn forward<T>(tunnel: T, req: Request, reuse: Reuse) -> Result<Response, ForwardError>
+/// Sends one request over a fresh tunnel and streams the answer back; a `101 Switching Protocols`
+/// joins the two upgraded connections.
+async fn forward<T>(tunnel: T, mut req: Request, port: u16) -> Result<Response, ForwardError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let port = reuse.port;
-    let sender = tunnel::http1(tunnel).await.map_err(|e| bad_gateway(port, e))?;
-    send(sender, req, reuse).await.map_err(|(e, _)| e)
-}
-
-fn bad_gateway(port: u16, e: hyper::Error) -> ForwardError {
-    match refusal(&e) {
+    let bad_gateway = |e: hyper::Error| match refusal(&e) {
         Some(words) => Unreached(tunnel::TunnelError::Refused(words)),
         None => ForwardError::Failed(err(StatusCode::BAD_GATEWAY, format!("replica on port {port}: {e}"))),
-    }
-}
-
-/// Sends one request on a connection to a replica and streams the answer back; a `101 Switching
-/// Protocols` joins the two upgraded connections, and any other answer gives the connection back
-/// to the pool once it is read. On failure, the request too when it was not sent.
-async fn send(
-    mut sender: hyper::client::conn::http1::SendRequest<Body>,
-    mut req: Request,
-    reuse: Reuse,
-) -> Result<Response, (ForwardError, Option<Request>)> {
-    let port = reuse.port;
+    };
+    let mut sender = tunnel::http1(tunnel).await.map_err(bad_gateway)?;
     let upgrading = req.headers().contains_key(header::UPGRADE);
     let client_side = upgrading.then(|| hyper::upgrade::on(&mut req));
     strip_hop_headers(req.headers_mut(), upgrading);
-    let mut resp = match sender.try_send_request(req).await {
-        Ok(resp) => resp,
-        Err(mut e) => {
-            let unsent = e.take_message();
-            return Err((bad_gateway(port, e.into_error()), unsent));
-        }
-    };
+    let mut resp = sender.send_request(req).await.map_err(bad_gateway)?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client_side) = client_side
     {
@@ -525,9 +461,6 @@ async fn send(
         });
     } else {
         strip_hop_headers(resp.headers_mut(), false);
-        if !upgrading {
-            reuse.pool.give_back(reuse.job, reuse.port, sender);
-        }
     }
     Ok(resp.map(Body::new))
 }
