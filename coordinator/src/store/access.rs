@@ -460,6 +460,6 @@ impl Store {
 
     /// Forgets events older than `before_ms`; answers how many.
     pub fn prune_events(&self, before_ms: i64) -> Result<usize> {
-        Ok(self.execute("DELETE FROM events WHERE ms < ?1", owned![before_ms])?)
+        self.execute("DELETE FROM events WHERE ms < ?1", owned![before_ms])
     }
 }

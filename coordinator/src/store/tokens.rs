@@ -92,7 +92,7 @@ impl Store {
     /// refuses an ambiguous id before: see [`Store::join_token_ids_like`]).
     pub fn revoke_join_token(&self, id: &str) -> Result<usize> {
         let pattern = format!("{}%", id.to_ascii_lowercase());
-        Ok(self.execute("UPDATE join_tokens SET revoked = 1 WHERE hash LIKE ?1", owned![pattern])?)
+        self.execute("UPDATE join_tokens SET revoked = 1 WHERE hash LIKE ?1", owned![pattern])
     }
 
     /// Ids of the join tokens whose id starts with `id`.
@@ -124,7 +124,7 @@ impl Store {
         let hash = hash.to_owned();
         self.write(move |conn| {
             let hash = hash.as_str();
-            let (fleet, counted) = match join_token_usable(&conn, hash)? {
+            let (fleet, counted) = match join_token_usable(conn, hash)? {
                 Ok(usable) => usable,
                 Err(why) => return Ok(Err(why)),
             };
