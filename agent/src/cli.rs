@@ -42,6 +42,10 @@ struct Args {
     /// Look for TPU device nodes under DIR/dev and DIR/sys instead of /dev and /sys.
     #[arg(long, env = "CORRAL_DEVICE_ROOT", value_name = "DIR")]
     device_root: Option<PathBuf>,
+    /// Seconds between the node's reports of what its GPUs, containers and host use (1..=300).
+    #[arg(long, env = "CORRAL_METRICS_INTERVAL", value_name = "SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    metrics_interval: u64,
     /// Connect once with this node's identity and exit: 0 when the coordinator accepts it.
     #[arg(long)]
     check: bool,
@@ -87,6 +91,7 @@ where
         registry_mirror: args.registry_mirror,
         imds_url: args.imds_url,
         device_root: args.device_root,
+        metrics_interval: std::time::Duration::from_secs(args.metrics_interval),
     };
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();

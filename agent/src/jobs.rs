@@ -156,6 +156,11 @@ impl Jobs {
         self.lock().values_mut().filter_map(|t| std::mem::take(&mut t.dirty).then(|| t.update.clone())).collect()
     }
 
+    /// The jobs whose containers run here now.
+    pub fn running(&self) -> Vec<JobId> {
+        self.lock().iter().filter(|(_, t)| t.update.reason.is_none()).map(|(id, _)| id.clone()).collect()
+    }
+
     /// The full set of this node's jobs, for the report on every connection.
     pub fn report(&self) -> Vec<ContainerReport> {
         self.lock()

@@ -7,6 +7,7 @@
 //! - [`output`]: each job's output spooled on disk and shipped until the coordinator confirms it;
 //! - [`tunnel`]: byte pipes from the coordinator into containers' ports, over the session's streams;
 //! - [`ssh`]: an SSH server for each job's container, on such a stream (no sshd in the image);
+//! - [`metrics`]: what the GPUs (NVML), the containers (Docker) and the host use, every interval;
 //! - [`upgrade`]: replacing its own binary with the one the coordinator serves.
 //!
 //! Tasks: the link task owns the session; one task per job supervises its container and one ships
@@ -19,6 +20,7 @@ pub mod identity;
 pub mod inventory;
 pub mod jobs;
 pub mod link;
+pub mod metrics;
 pub mod output;
 pub mod sftp;
 pub mod spot;
@@ -56,11 +58,14 @@ pub struct Config {
     /// Where TPU chips' device nodes are looked for: `<root>/dev` and `<root>/sys` instead of
     /// `/dev` and `/sys` (a host that mounts them elsewhere; tests).
     pub device_root: Option<PathBuf>,
+    /// How often the node reports what it measured ([`metrics::DEFAULT_INTERVAL`] by default).
+    pub metrics_interval: std::time::Duration,
 }
 
 /// Enrolls if needed, re-adopts this node's containers and keeps the link up until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let shim = Shim::connect().context("the agent needs Docker")?.with_registry_mirror(config.registry_mirror.clone());
+    let stats_shim = shim.clone();
     let docker = shim.docker_info().await.context("the agent needs Docker")?;
     let gpu_passthrough = if docker.nvidia_runtime { GpuPassthrough::DeviceRequests } else { GpuPassthrough::EnvOnly };
     let (nvml, devices) = (config.nvml_library.clone(), config.device_root.clone());
@@ -91,5 +96,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     if adopted > 0 {
         tracing::info!(containers = adopted, "re-adopted containers from an earlier run");
     }
-    link::run(&identity, &config.coordinator, &inventory, jobs, shutdown).await
+    let metrics =
+        metrics::start(jobs.clone(), stats_shim, config.nvml_library.clone(), config.metrics_interval, shutdown.clone());
+    link::run(&identity, &config.coordinator, &inventory, jobs, metrics, shutdown).await
 }

@@ -182,6 +182,7 @@ pub async fn run(
     addr: &str,
     inventory: &HostInventory,
     jobs: Arc<Jobs>,
+    metrics: Arc<crate::metrics::Collector>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let config = quic_config(identity.client_config()?, true)?;
@@ -189,7 +190,7 @@ pub async fn run(
     let mut backoff = Duration::from_millis(500);
     while !shutdown.is_cancelled() {
         let started = tokio::time::Instant::now();
-        let result = session(&endpoint, config.clone(), addr, inventory, &jobs, &shutdown).await;
+        let result = session(&endpoint, config.clone(), addr, inventory, &jobs, &metrics, &shutdown).await;
         jobs.set_connection(None);
         match result {
             Ok(()) => {}
@@ -326,9 +327,12 @@ async fn session(
     addr: &str,
     inventory: &HostInventory,
     jobs: &Arc<Jobs>,
+    metrics: &crate::metrics::Collector,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let (conn, mut send, recv, welcome) = handshake(endpoint, config, addr).await?;
+    // Protocol 3 coordinators take what the node measured; older ones would not decode it.
+    let send_metrics = welcome.protocol >= 3;
     let remote = conn.remote_address();
     tracing::info!(node = %welcome.node_id, coordinator = %remote, "connected");
     crate::upgrade::confirm();
@@ -385,6 +389,11 @@ async fn session(
                 if !notice_sent && let Some((action, time)) = jobs.interruption() {
                     write_frame(&mut send, &AgentMessage::InterruptionNotice { action, time }).await?;
                     notice_sent = true;
+                }
+            }
+            () = metrics.ready.notified() => {
+                if let Some(report) = metrics.take().filter(|_| send_metrics) {
+                    write_frame(&mut send, &AgentMessage::Metrics(Box::new(report))).await?;
                 }
             }
             _ = heartbeat.tick() => {

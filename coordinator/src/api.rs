@@ -31,6 +31,7 @@ mod cluster;
 mod exec;
 mod images;
 mod install;
+pub mod metrics;
 mod models;
 mod proxy;
 mod ratelimit;
@@ -142,6 +143,7 @@ fn router_and_table(state: AppState) -> (Router, Vec<access::Route>) {
         .route(Get, "/api/projects/{project}/runs/{name}", Project(Member), "run.get", get_run)
         .route(Post, "/api/projects/{project}/runs/{name}/stop", Project(Member), "run.stop", stop_run)
         .route(Get, "/api/projects/{project}/runs/{name}/logs", Project(Member), "run.logs", run_logs)
+        .route(Get, "/api/projects/{project}/runs/{name}/metrics", Project(Member), "run.metrics", metrics::run_metrics)
         .route(Get, "/api/projects/{project}/runs/{name}/tunnel", Project(Member), "run.tunnel", proxy::port_tunnel)
         .route(Get, "/api/projects/{project}/runs/{name}/exec", Project(Member), "run.exec", exec::exec)
         .route(Get, "/api/projects/{project}/runs/{name}/ssh", Project(Member), "run.ssh", proxy::ssh_tunnel)
@@ -177,6 +179,8 @@ fn router_and_table(state: AppState) -> (Router, Vec<access::Route>) {
         .route(Post, "/api/nodes/{name}/cordon", Admin, "node.cordon", cluster::cordon)
         .route(Post, "/api/nodes/{name}/uncordon", Admin, "node.uncordon", cluster::uncordon)
         .route(Post, "/api/nodes/{name}/drain", Admin, "node.drain", cluster::drain)
+        .route(Post, "/api/nodes/{name}/gpus/{index}/enable", Admin, "node.gpu.enable", metrics::enable_gpu)
+        .route(Get, "/metrics", Admin, "metrics", metrics::prometheus)
         .route(Post, "/api/tokens", Admin, "token.create", tokens::create)
         .route(Get, "/api/tokens", Admin, "token.list", tokens::list)
         .route(Post, "/api/tokens/{id}/revoke", Admin, "token.revoke", tokens::revoke)

@@ -15,6 +15,8 @@
 //! - [`api`]: the HTTP API (axum) for the CLI, and the proxy that carries service traffic and
 //!   forwarded ports into containers through tunnels over the agents' own connections.
 //! - [`cloud`]: cloud backends, offers and elastic fleets; [`volumes`]: named volumes.
+//! - [`metrics`]: what the nodes measured (GPUs, containers, hosts), kept in memory for a while;
+//!   GPU health, which takes a faulty GPU out of placement; `/metrics` for Prometheus.
 //! - [`store`] (SQLite) holds runs, jobs, nodes, users and tokens; which nodes are connected lives
 //!   in memory ([`State::sessions`]) and is rebuilt as agents reconnect.
 
@@ -25,6 +27,7 @@ pub mod container;
 pub mod datadir;
 pub mod images;
 pub mod logs;
+pub mod metrics;
 pub mod nodes;
 pub mod pki;
 pub mod scheduling;
@@ -102,6 +105,11 @@ pub struct Config {
     pub schedule_clock: schedules::Clock,
     /// How long the audit trail keeps an event.
     pub events_retention: Duration,
+    /// A GPU taken out of service for a condition (ECC errors, pending retirement, ...) comes back
+    /// by itself once the node's reports show it cleared; otherwise only an operator returns it.
+    pub gpu_auto_return: bool,
+    /// Also serve `/metrics` here, without authentication (for a Prometheus on a trusted network).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// TLS for the HTTP API.
@@ -136,6 +144,8 @@ impl Default for Config {
             tpu_privileged: true,
             schedule_clock: schedules::Clock::default(),
             events_retention: Duration::from_secs(30 * 24 * 3600),
+            gpu_auto_return: false,
+            metrics_listen: None,
         }
     }
 }
@@ -198,6 +208,12 @@ pub struct State {
     pub interfaces: fleet_nodes::Interfaces,
     /// Seals and opens the projects' secrets.
     pub vault: vault::Vault,
+    /// What the nodes measured, kept in memory for a while.
+    pub metrics: metrics::Metrics,
+    /// The GPUs out of service.
+    pub health: metrics::health::Health,
+    /// What the coordinator counts as it works (for `/metrics`).
+    pub telemetry: metrics::prometheus::Telemetry,
 }
 
 impl State {
@@ -262,6 +278,15 @@ impl State {
     /// Sends a command on a node's session, prepared for it: not at all when its agent would not
     /// understand it, or a secret it needs is no longer set.
     pub fn send_on(&self, session: &sessions::Session, msg: CoordinatorMessage) -> bool {
+        // A protocol 2 agent knows no `gpu_error` (it never reports GPU faults either).
+        let msg = match msg {
+            CoordinatorMessage::StopJob { job_id, abort, reason: corral_proto::job::TerminationReason::GpuError }
+                if session.protocol < 3 =>
+            {
+                CoordinatorMessage::StopJob { job_id, abort, reason: corral_proto::job::TerminationReason::AgentError }
+            }
+            other => other,
+        };
         understood(&session.name, session.protocol, &msg) && self.for_node(msg).is_some_and(|msg| session.send(msg))
     }
 }
@@ -369,6 +394,17 @@ async fn prune_events(state: Arc<State>, shutdown: CancellationToken) {
     }
 }
 
+/// Forgets what nodes and jobs no longer report, every minute.
+async fn prune_metrics(state: Arc<State>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+        state.metrics.prune(secrets::now_ms());
+    }
+}
+
 /// Opens the data dir, binds both listeners and spawns every task. Returns once the coordinator
 /// accepts connections; cancel `shutdown` to stop it, then [`Running::wait`].
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
@@ -384,6 +420,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let backends = backends::Backends::start(config.aws.clone()).await?;
 
     let (admin_token, join_token) = bootstrap_tokens(dir, &store, &pki.ca_hash())?;
+    let health = metrics::health::Health::load(&store, config.gpu_auto_return)?;
 
     let (updates, updates_rx) = std::sync::mpsc::channel();
     let state = Arc::new(State {
@@ -409,6 +446,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         backends,
         interfaces: fleet_nodes::Interfaces::default(),
         vault,
+        metrics: metrics::Metrics::default(),
+        health,
+        telemetry: metrics::prometheus::Telemetry::default(),
     });
     // A restart is not a node loss: nodes with jobs get the restart grace to come back (their
     // agents notice the restart within seconds, by a stateless reset or their idle timeout), and
@@ -473,6 +513,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     tasks.spawn(autoscale::run(state.clone(), shutdown.child_token()));
     tasks.spawn(schedules::run(state.clone(), shutdown.child_token()));
     tasks.spawn(prune_events(state.clone(), shutdown.child_token()));
+    tasks.spawn(prune_metrics(state.clone(), shutdown.child_token()));
+    if let Some(addr) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for /metrics on {addr}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "serving /metrics without authentication");
+        tasks.spawn(api::metrics::serve_open(listener, state.clone(), shutdown.child_token()));
+    }
     tasks.spawn(router_groups::run(state.clone(), shutdown.child_token()));
     tasks.spawn(upgrade::run(state.clone(), shutdown.child_token()));
     #[cfg(feature = "aws")]

@@ -108,6 +108,7 @@ pub struct NewRun<'a> {
 
 mod access;
 mod fleets;
+mod gpus;
 mod images;
 mod migrations;
 mod nodes;
@@ -122,6 +123,7 @@ mod volumes;
 mod writer;
 
 pub use access::{Bootstrap, Caller};
+pub use gpus::GpuMark;
 pub use run_views::{MAX_PAGE, RunPage, run_state};
 pub use schedules::ScheduleRow;
 pub use secrets::SecretRow;

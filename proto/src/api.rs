@@ -191,6 +191,106 @@ pub struct Node {
     /// its `blocks`, has no address in its `ssh_config.network`).
     #[serde(default)]
     pub refused: Option<String>,
+    /// Its GPUs taken out of service for a fault, and why (`corral node gpu enable` returns one).
+    #[serde(default)]
+    pub gpus_out_of_service: Vec<GpuOutOfService>,
+}
+
+/// A GPU out of service ([`Node::gpus_out_of_service`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuOutOfService {
+    pub index: u32,
+    pub uuid: String,
+    /// What its node reported (`Xid 79 (fallen off the bus)`, `3 uncorrectable ECC error(s) ...`).
+    pub reason: String,
+    pub since_ms: i64,
+}
+
+/// `POST /api/nodes/{name}/gpus/{index}/enable`: the GPU is back in service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuEnabled {
+    pub node: String,
+    pub index: u32,
+    /// Whether it was out of service.
+    pub was_out: bool,
+}
+
+/// `GET /api/projects/{project}/runs/{name}/metrics`: what the run's jobs use, as their nodes
+/// reported it (the latest interval, and the last few minutes).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunMetrics {
+    pub run: String,
+    pub jobs: Vec<JobMetrics>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobMetrics {
+    pub job_id: JobId,
+    pub job_num: u32,
+    pub node: Option<String>,
+    /// When its node last reported it; `None`: no report (yet, or any more).
+    pub at_ms: Option<i64>,
+    /// Thousandths of a core over the last interval.
+    pub cpu_millicores: Option<u32>,
+    pub memory_used: Option<u64>,
+    pub memory_limit: Option<u64>,
+    pub network_rx: Option<u64>,
+    pub network_tx: Option<u64>,
+    pub disk_read: Option<u64>,
+    pub disk_write: Option<u64>,
+    pub gpus: Vec<GpuMetrics>,
+    /// Oldest first.
+    pub history: Vec<MetricsPoint>,
+}
+
+impl JobMetrics {
+    /// A job no report speaks of.
+    pub fn unreported(job_id: JobId, job_num: u32, node: Option<String>) -> Self {
+        Self {
+            job_id,
+            job_num,
+            node,
+            at_ms: None,
+            cpu_millicores: None,
+            memory_used: None,
+            memory_limit: None,
+            network_rx: None,
+            network_tx: None,
+            disk_read: None,
+            disk_write: None,
+            gpus: Vec::new(),
+            history: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuMetrics {
+    pub index: u32,
+    pub uuid: String,
+    /// Percent.
+    pub utilization: Option<u8>,
+    pub memory_used: Option<u64>,
+    pub memory_total: Option<u64>,
+    /// °C.
+    pub temperature: Option<u32>,
+    pub power_mw: Option<u32>,
+    /// Oldest first.
+    pub history: Vec<GpuPoint>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsPoint {
+    pub at_ms: i64,
+    pub cpu_millicores: Option<u32>,
+    pub memory_used: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuPoint {
+    pub at_ms: i64,
+    pub utilization: Option<u8>,
+    pub memory_used: Option<u64>,
 }
 
 /// Every error the API returns: `{"error": "..."}` with a fitting status code.

@@ -232,6 +232,9 @@ pub enum TerminationReason {
     /// A GPU of the job stayed below `utilization_policy.min_gpu_utilization` for its whole
     /// `time_window` (the agent's sampler decided; the message names the GPU).
     TerminatedDueToUtilizationPolicy,
+    /// A GPU of the job was taken out of service (a fatal Xid, uncorrectable ECC errors, a lost
+    /// GPU, ...: the message says which). Protocol 3.
+    GpuError,
 }
 
 impl TerminationReason {
@@ -254,6 +257,7 @@ impl TerminationReason {
             Self::InactivityDurationExceeded => "inactivity_duration_exceeded",
             Self::Interrupted => "interrupted",
             Self::TerminatedDueToUtilizationPolicy => "terminated_due_to_utilization_policy",
+            Self::GpuError => "gpu_error",
         }
     }
 
@@ -276,18 +280,23 @@ impl TerminationReason {
             Self::InactivityDurationExceeded,
             Self::Interrupted,
             Self::TerminatedDueToUtilizationPolicy,
+            Self::GpuError,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)
     }
 
     /// Which `retry.on_events` event this ending is, if any: `interruption` when the job was cut off
-    /// by something outside it, `error` when it failed by itself. Endings asked for (stop, abort,
+    /// by something outside it (a lost node, a spot reclaim, a GPU taken out of service), `error` when it failed by itself. Endings asked for (stop, abort,
     /// max_duration) are never retried.
     pub fn retry_event(&self) -> Option<crate::config::RetryEvent> {
         use crate::config::RetryEvent;
         match self {
-            Self::NodeUnreachable | Self::ContainerLost | Self::GangMemberFailed | Self::Interrupted => {
+            Self::NodeUnreachable
+            | Self::ContainerLost
+            | Self::GangMemberFailed
+            | Self::Interrupted
+            | Self::GpuError => {
                 Some(RetryEvent::Interruption)
             }
             Self::ContainerExitedWithError

@@ -4,7 +4,8 @@
 //! - [`config`]: the dstack-compatible configuration language (YAML text → typed specs, with errors
 //!   that name file, line and field);
 //! - [`api`]: the HTTP API's requests and responses, so the CLI depends on this crate alone;
-//! - domain types: [`ids`], [`resources`] (and placement fit), [`inventory`], [`job`].
+//! - domain types: [`ids`], [`resources`] (and placement fit), [`inventory`], [`job`], [`metrics`]
+//!   (what nodes measure, and a GPU's health judged from it).
 //!
 //! Pure and deterministic: no sockets, no async runtime, no Docker ([`paths`] alone reads the
 //! environment, to pick the daemons' default state dirs).
@@ -15,6 +16,7 @@ pub mod config;
 pub mod ids;
 pub mod inventory;
 pub mod job;
+pub mod metrics;
 pub mod paths;
 pub mod resources;
 pub mod token;

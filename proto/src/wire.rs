@@ -29,7 +29,8 @@ pub const MAX_FRAME_LEN: u32 = 4 << 20;
 /// need none of it.
 pub const PROTOCOL_MIN: u16 = 1;
 /// Protocol 2: [`JobSpec::container`] (shell, user, mounts, uploads, devices, ...).
-pub const PROTOCOL_MAX: u16 = 2;
+/// Protocol 3: [`AgentMessage::Metrics`], and [`TerminationReason::GpuError`] in a `StopJob`.
+pub const PROTOCOL_MAX: u16 = 3;
 /// The oldest protocol this build's agent speaks: it needs `JobSpec::container`, which a
 /// protocol 1 coordinator does not send.
 pub const AGENT_PROTOCOL_MIN: u16 = 2;
@@ -231,6 +232,10 @@ pub enum AgentMessage {
     Interfaces {
         addresses: Vec<String>,
     },
+    /// Protocol 3: what the node measured over the last interval (its GPUs, its jobs' containers,
+    /// the host), sent every interval while connected. An interval not sent is dropped, but for
+    /// its Xids, which the next report carries.
+    Metrics(Box<crate::metrics::NodeMetrics>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

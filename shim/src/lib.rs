@@ -9,7 +9,7 @@
 //!
 //! Files: [`spec`] (job spec → container configuration, pure), `image` (present or pull), `container`
 //! (the verbs on one container), `exec` (commands in a running container), `list` (finding and
-//! inspecting containers), [`error`].
+//! inspecting containers), `stats` (what a container uses), [`error`].
 
 use std::sync::Arc;
 
@@ -28,6 +28,7 @@ mod list;
 mod logs;
 pub mod network;
 pub mod spec;
+mod stats;
 pub mod uploads;
 pub mod volume;
 
@@ -37,6 +38,7 @@ pub use exec::{Exec, ExecOutput};
 pub use files::PathStat;
 pub use list::{ContainerState, ManagedContainer};
 pub use spec::{GpuPassthrough, RunOptions, container_name};
+pub use stats::Stats;
 
 /// Where Docker listens when `DOCKER_HOST` is unset.
 const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";

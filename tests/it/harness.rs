@@ -237,6 +237,8 @@ pub struct AgentOptions {
     pub imds_url: Option<String>,
     /// TPU device nodes under `<root>/dev` (the agent's `--device-root`).
     pub device_root: Option<PathBuf>,
+    /// How often it reports what it measured (default 1 s: tests wait on what it reports).
+    pub metrics_interval: Option<Duration>,
 }
 
 impl Agent {
@@ -253,6 +255,7 @@ impl Agent {
             // Nothing answers there: no metadata service in tests unless one is given.
             imds_url: Some(opts.imds_url.unwrap_or_else(|| "http://127.0.0.1:9".into())),
             device_root: opts.device_root,
+            metrics_interval: opts.metrics_interval.unwrap_or(Duration::from_secs(1)),
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(corral_agent::run(config, shutdown.clone()));

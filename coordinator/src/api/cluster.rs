@@ -60,6 +60,12 @@ pub(super) async fn list_nodes(
             let load = loads.get(&n.id).cloned().unwrap_or_default();
             let last_seen_ms = n.last_seen_ms.max(heard.get(&n.id).copied());
             let refused = refusals.of(&n);
+            let gpus_out_of_service = state
+                .health
+                .marks(&n.id)
+                .into_iter()
+                .map(|m| api::GpuOutOfService { index: m.gpu, uuid: m.uuid, reason: m.reason, since_ms: m.since_ms })
+                .collect();
             api::Node {
                 status: if connected.contains(&n.id) { NodeStatus::Ready } else { NodeStatus::Offline },
                 busy_gpus: load.gpus,
@@ -74,6 +80,7 @@ pub(super) async fn list_nodes(
                 inventory: n.inventory,
                 cordoned: n.cordoned,
                 refused,
+                gpus_out_of_service,
             }
         })
         .collect();

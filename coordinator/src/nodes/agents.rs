@@ -374,7 +374,7 @@ async fn session(
     result
 }
 
-fn handle_message(state: &State, node: &Arc<NodeRow>, link: &Session, msg: AgentMessage) -> anyhow::Result<()> {
+fn handle_message(state: &Arc<State>, node: &Arc<NodeRow>, link: &Session, msg: AgentMessage) -> anyhow::Result<()> {
     state.sessions.heard_from(&node.id);
     let report = match msg {
         AgentMessage::Hello(_) => return Ok(()),
@@ -401,6 +401,11 @@ fn handle_message(state: &State, node: &Arc<NodeRow>, link: &Session, msg: Agent
         AgentMessage::Containers(reports) => Report::Containers(reports),
         AgentMessage::JobUpdate(update) => Report::Job(update),
         AgentMessage::Volumes(volumes) => Report::Volumes(volumes),
+        AgentMessage::Metrics(report) => {
+            // Memory, but for a GPU's health changing (carried out off this thread).
+            crate::metrics::received(state, &node.id, *report);
+            return Ok(());
+        }
         AgentMessage::Interfaces { addresses } => {
             // Memory only (sent on every connection, before the inventory that makes the scheduler
             // read the node again).

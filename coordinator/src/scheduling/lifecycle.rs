@@ -236,6 +236,8 @@ pub fn spot_interrupted(
 /// when their `retry` covers `interruption`). Returns how many jobs it had.
 pub fn remove_node(state: &State, node: &NodeId, name: &str) -> Result<usize, StoreError> {
     state.store.revoke_node(node)?;
+    state.store.unmark_gpus_of(node)?;
+    state.health.forget(node);
     disconnect(state, node, Reset::Removed);
     let jobs: Vec<JobRow> = state.store.placed_jobs_on(node)?;
     tracing::warn!(node = %name, jobs = jobs.len(), "node removed");

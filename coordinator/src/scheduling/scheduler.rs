@@ -200,6 +200,7 @@ impl Scheduler {
         self.addresses.clear();
         for n in state.store.nodes()? {
             let Some(inv) = n.inventory.clone() else { continue };
+            let inv = in_service(state, &n.id, inv);
             let shape = crate::nodes::fleet_nodes::shape(state, &n, &inv);
             index.upsert(&n.id, &n.name, n.fleet.clone(), shape.cluster, shape.blocks, inv);
             index.set_profile(&n.id, shape.profile);
@@ -332,6 +333,7 @@ impl Scheduler {
         };
         let mut address = None;
         if let Some(inv) = n.inventory.clone() {
+            let inv = in_service(state, &n.id, inv);
             let shape = crate::nodes::fleet_nodes::shape(state, &n, &inv);
             self.index.upsert(&n.id, &n.name, n.fleet.clone(), shape.cluster, shape.blocks, inv);
             self.index.set_profile(&n.id, shape.profile);
@@ -344,6 +346,16 @@ impl Scheduler {
         }
         Ok(())
     }
+}
+
+/// A node's hardware as placement sees it: without its GPUs out of service
+/// ([`crate::metrics::health`]).
+fn in_service(state: &State, node: &NodeId, mut inv: corral_proto::inventory::HostInventory) -> corral_proto::inventory::HostInventory {
+    let out = state.health.out_of_service(node);
+    if !out.is_empty() {
+        inv.gpus.retain(|g| !out.contains(&g.index));
+    }
+    inv
 }
 
 /// How long a run's job may go without a connection before it stops: a dev environment's

@@ -112,4 +112,10 @@ ALTER TABLE images_by_project RENAME TO images;
     r#"
 CREATE INDEX runs_by_time ON runs(project, submitted_ms);
 "#,
+    // GPUs out of service (a fatal Xid, uncorrectable ECC errors, ...), until returned.
+    r#"
+CREATE TABLE gpu_marks (
+    node_id TEXT NOT NULL, gpu INTEGER NOT NULL, uuid TEXT NOT NULL, reason TEXT NOT NULL,
+    since_ms INTEGER NOT NULL, clears INTEGER NOT NULL, PRIMARY KEY (node_id, gpu));
+"#,
 ];

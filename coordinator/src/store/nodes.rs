@@ -92,6 +92,14 @@ impl Store {
         Ok(nodes)
     }
 
+    /// Every node's id, name and cordon, without its inventory (for `/metrics`).
+    pub fn node_flags(&self) -> Result<Vec<(NodeId, String, bool)>> {
+        let conn = self.read();
+        let mut stmt = conn.prepare_cached("SELECT id, name, cordoned FROM nodes WHERE revoked = 0")?;
+        let rows = stmt.query_map([], |r| Ok((NodeId(r.get(0)?), r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
     /// A node's name, by its id (a primary-key lookup: run views call it per job).
     pub fn node_name(&self, id: &NodeId) -> Result<Option<String>> {
         let conn = self.read();
