@@ -96,7 +96,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     if adopted > 0 {
         tracing::info!(containers = adopted, "re-adopted containers from an earlier run");
     }
-    let metrics =
-        metrics::start(jobs.clone(), stats_shim, config.nvml_library.clone(), config.metrics_interval, shutdown.clone());
+    let metrics = metrics::start(
+        jobs.clone(),
+        stats_shim,
+        config.nvml_library.clone(),
+        config.metrics_interval,
+        shutdown.clone(),
+    );
     link::run(&identity, &config.coordinator, &inventory, jobs, metrics, shutdown).await
 }

@@ -105,13 +105,7 @@ impl Collector {
                 tokio::task::spawn_blocking(move || read_host(&host)).await.unwrap_or_default()
             };
             let containers = read_containers(&shim, jobs.running(), &mut previous).await;
-            let report = NodeMetrics {
-                at_ms: now_ms(),
-                interval_ms,
-                host: host_sample,
-                gpus,
-                containers,
-            };
+            let report = NodeMetrics { at_ms: now_ms(), interval_ms, host: host_sample, gpus, containers };
             self.offer(report);
         }
     }
@@ -144,15 +138,14 @@ async fn read_containers(
     previous: &mut HashMap<JobId, (Instant, u64)>,
 ) -> Vec<ContainerSample> {
     use futures_util::StreamExt;
-    let readings: Vec<(JobId, Result<Stats, corral_shim::ShimError>, Instant)> =
-        futures_util::stream::iter(running)
-            .map(|job| async move {
-                let stats = shim.stats(&container_name(&job)).await;
-                (job, stats, Instant::now())
-            })
-            .buffer_unordered(STATS_AT_ONCE)
-            .collect()
-            .await;
+    let readings: Vec<(JobId, Result<Stats, corral_shim::ShimError>, Instant)> = futures_util::stream::iter(running)
+        .map(|job| async move {
+            let stats = shim.stats(&container_name(&job)).await;
+            (job, stats, Instant::now())
+        })
+        .buffer_unordered(STATS_AT_ONCE)
+        .collect()
+        .await;
     let mut out = Vec::with_capacity(readings.len());
     let mut seen = HashMap::with_capacity(readings.len());
     for (job, stats, at) in readings {
@@ -197,10 +190,7 @@ mod tests {
 
     fn report(gpus: Vec<(u32, Vec<u64>)>) -> NodeMetrics {
         NodeMetrics {
-            gpus: gpus
-                .into_iter()
-                .map(|(index, xids)| GpuSample { index, xids, ..GpuSample::default() })
-                .collect(),
+            gpus: gpus.into_iter().map(|(index, xids)| GpuSample { index, xids, ..GpuSample::default() }).collect(),
             ..NodeMetrics::default()
         }
     }

@@ -11,7 +11,7 @@ use corral_proto::config::FleetConfig;
 use crate::client::{Client, api_path};
 use crate::commands::{confirm, node_list};
 use crate::output::{ago, table};
-use crate::{FleetCommand, NodeCommand, NodeSelection, TokenCommand};
+use crate::{FleetCommand, GpuCommand, NodeCommand, NodeSelection, TokenCommand};
 
 type Out<'a> = &'a mut (dyn Write + Send);
 
@@ -31,6 +31,16 @@ pub async fn node(client: &Client, command: NodeCommand, out: Out<'_>) -> anyhow
             let jobs: usize = client.delete(&api_path(&["api", "nodes", &node])?).await?;
             writeln!(out, "node {node} removed: its agent is refused from now on ({jobs} job(s) interrupted)")?;
             writeln!(out, "to enroll the host again, remove the agent's state dir and run it with a new join token")?;
+            Ok(0)
+        }
+        NodeCommand::Gpu { command: GpuCommand::Enable { node, index } } => {
+            let path = api_path(&["api", "nodes", &node, "gpus", &index.to_string(), "enable"])?;
+            let r: corral_proto::api::GpuEnabled = client.post(&path, &()).await?;
+            if r.was_out {
+                writeln!(out, "GPU {} of node {} is back in service", r.index, r.node)?;
+            } else {
+                writeln!(out, "GPU {} of node {} was not out of service", r.index, r.node)?;
+            }
             Ok(0)
         }
     }

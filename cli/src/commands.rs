@@ -454,7 +454,16 @@ pub async fn node_list(client: &Client, json: bool, out: Out<'_>) -> anyhow::Res
                 let gpu = match i.gpus.first() {
                     None if i.tpus.is_empty() => "-".to_owned(),
                     None => format!("{}×TPU", i.tpus.len()),
-                    Some(g) => format!("{}×{} ({}), {} busy", i.gpus.len(), g.name, g.memory, n.busy_gpus.len()),
+                    Some(g) => {
+                        let mut text =
+                            format!("{}×{} ({}), {} busy", i.gpus.len(), g.name, g.memory, n.busy_gpus.len());
+                        let out = n.gpus_out_of_service.len();
+                        if out > 0 {
+                            let total = i.gpus.len();
+                            text.push_str(&format!(", {}/{total} healthy", total.saturating_sub(out)));
+                        }
+                        text
+                    }
                 };
                 (format!("{}×{}", i.cpu_cores, i.arch), i.memory.to_string(), i.disk.to_string(), gpu)
             }
@@ -482,6 +491,20 @@ pub async fn node_list(client: &Client, json: bool, out: Out<'_>) -> anyhow::Res
     for n in nodes.iter().filter(|n| n.refused.is_some()) {
         let why = n.refused.as_deref().unwrap_or_default();
         writeln!(out, "{} is refused by fleet {}: {why}", n.name, n.fleet.as_deref().unwrap_or("-"))?;
+    }
+    for n in &nodes {
+        for g in &n.gpus_out_of_service {
+            writeln!(
+                out,
+                "{}: GPU {} out of service since {}: {} (corral node gpu enable {} {} returns it)",
+                n.name,
+                g.index,
+                ago(g.since_ms),
+                g.reason,
+                n.name,
+                g.index
+            )?;
+        }
     }
     Ok(0)
 }

@@ -9,6 +9,7 @@ pub mod commands;
 pub mod exec;
 pub mod groups;
 pub mod images;
+pub mod metrics;
 pub mod nodeinfo;
 pub mod offers;
 pub mod output;
@@ -72,6 +73,17 @@ pub enum Command {
         /// Which job of a multi-node run (its rank).
         #[arg(long, default_value_t = 0)]
         job: u32,
+    },
+    /// What a run's jobs use: CPU, memory and, per GPU, utilization and memory, as their nodes
+    /// last reported it.
+    Metrics {
+        run: String,
+        /// Follow: read again every 2 s until the run ends.
+        #[arg(short = 'w', long)]
+        watch: bool,
+        /// As JSON (with the last minutes' history).
+        #[arg(long)]
+        json: bool,
     },
     /// Stop a run: SIGTERM, then SIGKILL after its grace period (`--abort`: kill at once).
     Stop {
@@ -261,6 +273,22 @@ pub enum NodeCommand {
         node: String,
         #[arg(short = 'y', long)]
         yes: bool,
+    },
+    /// A node's GPUs: return one taken out of service for a fault.
+    Gpu {
+        #[command(subcommand)]
+        command: GpuCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GpuCommand {
+    /// Return a GPU to service (should its fault still show in the node's next report, it goes
+    /// out again).
+    Enable {
+        node: String,
+        /// Its index, as `corral node get NODE` shows it.
+        index: u32,
     },
 }
 
@@ -520,6 +548,9 @@ pub async fn run(cli: Cli, out: &mut (dyn std::io::Write + Send)) -> anyhow::Res
         Command::Ps { all, json, limit } => ps(&client::Client::from_env()?, all, json, limit, out).await,
         Command::Logs { run, follow, job } => {
             logs(&client::Client::from_env()?, &run, job, follow, out).await.map(|_| 0)
+        }
+        Command::Metrics { run, watch, json } => {
+            metrics::metrics(&client::Client::from_env()?, &run, watch, json, out).await
         }
         Command::Stop { run, yes, abort } => stop(&client::Client::from_env()?, &run, yes, abort, out).await,
         Command::Attach { run, ports, job } => {

@@ -48,7 +48,20 @@ pub async fn node_get(client: &Client, name: &str, json: bool, out: Out<'_>) -> 
     writeln!(out, "  disk:    {}", i.disk)?;
     for g in &i.gpus {
         let busy = if n.busy_gpus.contains(&g.index) { ", busy" } else { "" };
-        writeln!(out, "  gpu {}:   {} {}{busy}", g.index, g.name, g.memory)?;
+        let health = match n.gpus_out_of_service.iter().find(|o| o.index == g.index) {
+            Some(o) => format!(", out of service since {}: {}", ago(o.since_ms), o.reason),
+            None => String::new(),
+        };
+        writeln!(out, "  gpu {}:   {} {} {}{busy}{health}", g.index, g.name, g.memory, g.uuid)?;
+    }
+    if !n.gpus_out_of_service.is_empty() {
+        let healthy = i.gpus.len().saturating_sub(n.gpus_out_of_service.len());
+        writeln!(
+            out,
+            "  {healthy}/{} GPUs healthy: `corral node gpu enable {} INDEX` returns one",
+            i.gpus.len(),
+            n.name
+        )?;
     }
     for (k, t) in i.tpus.iter().enumerate() {
         let busy =

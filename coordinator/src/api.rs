@@ -391,6 +391,7 @@ pub(crate) fn submit(state: &State, project: &str, req: &SubmitRun) -> Result<Ru
         ));
     }
     tracing::info!(run = %name, id = %run_id, "run submitted");
+    state.telemetry.submissions.inc();
     state.scheduler.send(crate::scheduling::handle::Command::Enqueue(run_id.clone()));
     Ok(run_id)
 }

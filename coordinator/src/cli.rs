@@ -80,6 +80,15 @@ struct Args {
     /// How long the audit trail (`corral event`) keeps what happened, e.g. 30d, 1y.
     #[arg(long, env = "CORRAL_EVENTS_RETENTION", default_value = "30d", value_parser = parse_secs)]
     events_retention: u64,
+    /// Return a GPU taken out of service for a condition (uncorrectable ECC errors, pages waiting
+    /// to be retired, a failed row remap, a lost GPU) once its node's reports show it cleared;
+    /// without it, only `corral node gpu enable` returns one. An Xid never clears by itself.
+    #[arg(long, env = "CORRAL_GPU_AUTO_RETURN")]
+    gpu_auto_return: bool,
+    /// Also serve `/metrics` on this address without authentication, for a Prometheus on a
+    /// network you trust (on the API's address it needs a global admin's token).
+    #[arg(long, env = "CORRAL_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// An EC2 key pair for SSH into instances (not needed by Corral).
     #[arg(long, env = "CORRAL_AWS_KEY_NAME")]
     aws_key_name: Option<String>,
@@ -165,6 +174,8 @@ where
         elastic_every: std::time::Duration::from_secs(args.elastic_every.max(1)),
         enroll_timeout: std::time::Duration::from_secs(args.enroll_timeout),
         events_retention: std::time::Duration::from_secs(args.events_retention.max(3600)),
+        gpu_auto_return: args.gpu_auto_return,
+        metrics_listen: args.metrics_listen,
         base_images: crate::container::BaseImages {
             base: args.base_image,
             devel: args.base_image_devel,

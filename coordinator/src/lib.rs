@@ -295,6 +295,8 @@ impl State {
 pub struct Running {
     pub http_addr: SocketAddr,
     pub quic_addr: SocketAddr,
+    /// Where `/metrics` is served without authentication (`--metrics-listen`).
+    pub metrics_addr: Option<SocketAddr>,
     pub admin_token: String,
     pub join_token: JoinToken,
     pub state: Arc<State>,
@@ -514,11 +516,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     tasks.spawn(schedules::run(state.clone(), shutdown.child_token()));
     tasks.spawn(prune_events(state.clone(), shutdown.child_token()));
     tasks.spawn(prune_metrics(state.clone(), shutdown.child_token()));
+    let mut metrics_addr = None;
     if let Some(addr) = config.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen for /metrics on {addr}"))?;
-        tracing::info!(addr = %listener.local_addr()?, "serving /metrics without authentication");
+        let bound = listener.local_addr()?;
+        tracing::info!(addr = %bound, "serving /metrics without authentication");
+        metrics_addr = Some(bound);
         tasks.spawn(api::metrics::serve_open(listener, state.clone(), shutdown.child_token()));
     }
     tasks.spawn(router_groups::run(state.clone(), shutdown.child_token()));
@@ -529,7 +534,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     tasks.spawn(volumes::ebs_reconciler(state.clone(), shutdown.child_token()));
 
     let agents_runtime = AgentsRuntime(Some(agents_runtime));
-    Ok(Running { http_addr, quic_addr, admin_token, join_token, state, tasks, agents_runtime })
+    Ok(Running { http_addr, quic_addr, metrics_addr, admin_token, join_token, state, tasks, agents_runtime })
 }
 
 /// How long the coordinator waits for its tasks after a shutdown signal.

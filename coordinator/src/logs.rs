@@ -69,21 +69,22 @@ impl JobLog {
         Ok(self.is_complete())
     }
 
-    /// Appends the part of `data` (which starts at `offset` of the job's output) not stored yet.
-    pub fn append(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+    /// Appends the part of `data` (which starts at `offset` of the job's output) not stored yet;
+    /// returns how many bytes that was.
+    pub fn append(&self, offset: u64, data: &[u8]) -> std::io::Result<usize> {
         let mut guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
         let have = self.stored();
         let Some(end) = offset.checked_add(data.len() as u64) else {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "log offset out of range"));
         };
         if end <= have {
-            return Ok(());
+            return Ok(0);
         }
         if offset > have {
             // A gap: bytes in between were lost in transit. The agent replays from the start on its
             // next connection, which fills it; until then keep the file contiguous.
             tracing::warn!(path = %self.path.display(), have, offset, "log chunk past the end; waiting for a replay");
-            return Ok(());
+            return Ok(0);
         }
         let fresh = &data[(have - offset) as usize..];
         if guard.is_none() {
@@ -99,7 +100,7 @@ impl JobLog {
             return Err(e);
         }
         self.len.send_replace(end);
-        Ok(())
+        Ok(fresh.len())
     }
 
     /// Reads up to `max` bytes from `offset`.

@@ -247,11 +247,16 @@ impl Metrics {
         out
     }
 
-    /// The job on each (node, GPU), for labelling the GPUs' figures.
+    /// The job on each (node, GPU), for labelling the GPUs' figures: the jobs in their node's
+    /// latest report (one that ended is no longer on its GPU).
     pub fn gpu_jobs(&self) -> HashMap<(NodeId, u32), (JobId, JobLabels)> {
         let inner = self.read();
         let mut out = HashMap::new();
         for (job, s) in &inner.jobs {
+            let current = inner.nodes.get(&s.labels.node).is_some_and(|n| s.updated_ms >= n.received_ms);
+            if !current {
+                continue;
+            }
             for &g in &s.labels.gpus {
                 out.insert((s.labels.node.clone(), g), (job.clone(), s.labels.clone()));
             }
@@ -361,7 +366,13 @@ mod tests {
     }
 
     fn labels(node: &str, gpus: &[u32]) -> JobLabels {
-        JobLabels { node: NodeId(node.into()), gpus: gpus.to_vec(), run: "train".into(), project: "main".into(), job_num: 0 }
+        JobLabels {
+            node: NodeId(node.into()),
+            gpus: gpus.to_vec(),
+            run: "train".into(),
+            project: "main".into(),
+            job_num: 0,
+        }
     }
 
     #[test]
@@ -387,16 +398,22 @@ mod tests {
         assert!(m.job(&JobId("stranger".into())).is_none(), "a container the store did not place here");
         let jobs = m.gpu_jobs();
         assert_eq!(jobs.get(&(n.clone(), 1)).map(|(j, _)| j.as_str()), Some("j1"));
-        assert!(!jobs.contains_key(&(n, 0)));
-        assert_eq!(m.prune(99_000 + FORGET_AFTER_MS), 2, "the node and the job, ten minutes on");
+        assert!(!jobs.contains_key(&(n.clone(), 0)));
+        m.record(&n, report(30, &[]), vec![], 100_000);
+        assert!(m.gpu_jobs().is_empty(), "a job its node no longer reports is on no GPU");
+        assert_eq!(m.prune(100_000 + FORGET_AFTER_MS), 2, "the node and the job, ten minutes on");
         assert_eq!(m.sizes(), (0, 0));
     }
 
     #[test]
     fn a_point_packs_what_was_read_and_says_what_was_not() {
-        let s = GpuSample { utilization: Some(99), power_mw: Some(312_400), temperature: Some(81), ..GpuSample::default() };
+        let s =
+            GpuSample { utilization: Some(99), power_mw: Some(312_400), temperature: Some(81), ..GpuSample::default() };
         let p = GpuPoint::of(5, &s);
-        assert_eq!((p.utilization(), p.power_mw(), p.temperature(), p.memory_used()), (Some(99), Some(312_000), Some(81), None));
+        assert_eq!(
+            (p.utilization(), p.power_mw(), p.temperature(), p.memory_used()),
+            (Some(99), Some(312_000), Some(81), None)
+        );
         assert_eq!(std::mem::size_of::<GpuPoint>(), 16);
         assert!(!was_read(&GpuSample::default()));
         assert!(was_read(&GpuSample { lost: true, ..GpuSample::default() }));

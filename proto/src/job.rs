@@ -296,9 +296,7 @@ impl TerminationReason {
             | Self::ContainerLost
             | Self::GangMemberFailed
             | Self::Interrupted
-            | Self::GpuError => {
-                Some(RetryEvent::Interruption)
-            }
+            | Self::GpuError => Some(RetryEvent::Interruption),
             Self::ContainerExitedWithError
             | Self::ImageUnavailable
             | Self::ContainerCreationFailed

@@ -196,7 +196,12 @@ mod tests {
         let ok = GpuSample {
             index: 0,
             uuid: "GPU-0".into(),
-            ecc: Some(EccCounts { corrected_volatile: 12, corrected_aggregate: 40, uncorrected_aggregate: 1, ..Default::default() }),
+            ecc: Some(EccCounts {
+                corrected_volatile: 12,
+                corrected_aggregate: 40,
+                uncorrected_aggregate: 1,
+                ..Default::default()
+            }),
             remapped_rows: Some(RemappedRows { correctable: 2, pending: true, ..Default::default() }),
             retired_pages_pending: Some(false),
             xids: vec![13, 31, 43],

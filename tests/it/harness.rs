@@ -95,6 +95,26 @@ pub fn fake_nvml() -> PathBuf {
     }
 }
 
+/// Builds the fake NVML into `dir`, apart from the copy other tests share: its control files
+/// (`utilization`, `gpus`) beside it are this test's alone.
+pub fn own_fake_nvml(dir: &Path) -> anyhow::Result<PathBuf> {
+    let out = std::process::Command::new("bash")
+        .arg(repo_root().join("tests/fake-nvml/build.sh"))
+        .arg(dir)
+        .output()
+        .context("cannot run tests/fake-nvml/build.sh")?;
+    anyhow::ensure!(out.status.success(), "building the fake NVML failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(dir.join("libnvidia-ml.so.1"))
+}
+
+/// Replaces a file whole (written, then renamed): a reader never sees half of it.
+pub fn write_whole(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
 pub fn init_tracing() {
     static INIT: OnceLock<()> = OnceLock::new();
     INIT.get_or_init(|| {
@@ -111,6 +131,8 @@ pub struct Coordinator {
     pub data: PathBuf,
     pub http: SocketAddr,
     pub quic: SocketAddr,
+    /// `/metrics` without authentication, when started with `metrics_listen`.
+    pub metrics: Option<SocketAddr>,
     pub admin_token: String,
     pub join_token: corral_proto::token::JoinToken,
     /// Serves HTTPS with a certificate from its own CA (`data/ca.pem`).
@@ -180,6 +202,7 @@ impl Coordinator {
             data,
             http: running.http_addr,
             quic: running.quic_addr,
+            metrics: running.metrics_addr,
             admin_token: running.admin_token.clone(),
             join_token: running.join_token.clone(),
             shutdown,

@@ -10,6 +10,7 @@ mod enroll;
 mod faults;
 mod fleetnodes;
 mod gpu;
+mod gpuhealth;
 mod groups;
 mod harness;
 mod images;

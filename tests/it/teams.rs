@@ -66,6 +66,7 @@ GET /api/projects/{project}/runs project:user
 GET /api/projects/{project}/runs/{name} project:user
 POST /api/projects/{project}/runs/{name}/stop project:user
 GET /api/projects/{project}/runs/{name}/logs project:user
+GET /api/projects/{project}/runs/{name}/metrics project:user
 GET /api/projects/{project}/runs/{name}/tunnel project:user
 GET /api/projects/{project}/runs/{name}/exec project:user
 GET /api/projects/{project}/runs/{name}/ssh project:user
@@ -89,6 +90,8 @@ POST /api/nodes/cordon admin
 POST /api/nodes/{name}/cordon admin
 POST /api/nodes/{name}/uncordon admin
 POST /api/nodes/{name}/drain admin
+POST /api/nodes/{name}/gpus/{index}/enable admin
+GET /metrics admin
 POST /api/tokens admin
 GET /api/tokens admin
 POST /api/tokens/{id}/revoke admin
@@ -224,6 +227,7 @@ async fn every_route_refuses_whom_its_rule_refuses() -> anyhow::Result<()> {
             .replace("{name}", "no-such-thing")
             .replace("{user}", "nobody")
             .replace("{id}", "abcd1234")
+            .replace("{index}", "0")
             .replace("{sha256}", &"0".repeat(64));
         let url = format!("{}{path}", coord.url());
         for who in everyone {

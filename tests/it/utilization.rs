@@ -6,7 +6,7 @@
 //! the test can change it while the agents sample.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
@@ -14,17 +14,6 @@ use corral_proto::api::Run;
 use corral_proto::job::{JobState, TerminationReason};
 
 use crate::harness::*;
-
-/// Builds the fake NVML (two A100s) into `dir`, apart from the one other tests share.
-fn own_fake_nvml(dir: &Path) -> anyhow::Result<PathBuf> {
-    let out = std::process::Command::new("bash")
-        .arg(repo_root().join("tests/fake-nvml/build.sh"))
-        .arg(dir)
-        .output()
-        .context("cannot run tests/fake-nvml/build.sh")?;
-    ensure!(out.status.success(), "building the fake NVML failed: {}", String::from_utf8_lossy(&out.stderr));
-    Ok(dir.join("libnvidia-ml.so.1"))
-}
 
 /// What each node's GPUs read, by node name: one percentage per GPU, in index order (`None`: the
 /// reading fails).
@@ -38,11 +27,7 @@ impl Gpus {
         let p = self.percents.get_mut(node).context("a node of the test")?;
         p[gpu as usize] = percent;
         let text: String = p.iter().map(|p| p.map_or("error\n".to_owned(), |p| format!("{p}\n"))).collect();
-        // Written whole, then renamed: the library never reads half a file.
-        let dir = &self.dirs[node];
-        std::fs::write(dir.join("utilization.tmp"), text)?;
-        std::fs::rename(dir.join("utilization.tmp"), dir.join("utilization"))?;
-        Ok(())
+        write_whole(&self.dirs[node].join("utilization"), &text)
     }
 }
 

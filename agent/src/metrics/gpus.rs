@@ -240,8 +240,10 @@ fn xid_events(nvml: &Nvml, count: u32) -> Option<EventSet<'_>> {
     'again: while !wanted.is_empty() {
         let mut set = nvml.create_event_set().ok()?;
         for (k, &index) in wanted.iter().enumerate() {
-            let registered =
-                nvml.device_by_index(index).map_err(Into::into).and_then(|d| d.register_events(EventTypes::CRITICAL_XID_ERROR, set));
+            let registered = nvml
+                .device_by_index(index)
+                .map_err(Into::into)
+                .and_then(|d| d.register_events(EventTypes::CRITICAL_XID_ERROR, set));
             match registered {
                 Ok(s) => set = s,
                 Err(e) => {

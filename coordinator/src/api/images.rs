@@ -61,6 +61,7 @@ async fn import(state: AppState, project: Option<String>, body: Body) -> Result<
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| err(StatusCode::BAD_REQUEST, format!("the upload was cut off: {e}")))?;
             file.write_all(&chunk).await.map_err(io)?;
+            state.telemetry.image_bytes.inc_by(chunk.len() as u64);
         }
         file.flush().await.map_err(io)
     }

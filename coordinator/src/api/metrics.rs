@@ -53,7 +53,11 @@ pub(super) async fn run_metrics(
                     power_mw: latest.as_ref().and_then(|g| g.power_mw),
                     history: history
                         .iter()
-                        .map(|p| api::GpuPoint { at_ms: p.at_ms, utilization: p.utilization(), memory_used: p.memory_used() })
+                        .map(|p| api::GpuPoint {
+                            at_ms: p.at_ms,
+                            utilization: p.utilization(),
+                            memory_used: p.memory_used(),
+                        })
                         .collect(),
                 })
                 .collect();
@@ -99,7 +103,11 @@ pub(crate) async fn prometheus(Extract(state): Extract<AppState>) -> Result<Resp
 
 /// A listener for `/metrics` alone, without authentication (`--metrics-listen`): for a Prometheus
 /// on a network the operator trusts.
-pub async fn serve_open(listener: tokio::net::TcpListener, state: AppState, shutdown: tokio_util::sync::CancellationToken) {
+pub async fn serve_open(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     let app = axum::Router::new().route("/metrics", axum::routing::get(prometheus)).with_state(state);
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await {
         tracing::error!("the metrics listener failed: {e}");

@@ -129,13 +129,25 @@ pub(super) async fn by_host(Extract(state): Extract<AppState>, mut req: Request,
 
 /// `/proxy/services/{project}/{run}` and everything below it.
 pub(super) async fn service(Extract(state): Extract<AppState>, req: Request) -> Response {
-    match serve_service(&state, req).await {
+    let started = std::time::Instant::now();
+    let mut known = None;
+    let response = match serve_service(&state, req, &mut known).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
+    };
+    // Counted per service that exists: a path naming none adds no series.
+    if let Some((project, name)) = known {
+        let seconds = started.elapsed().as_secs_f64();
+        state.telemetry.proxied(&project, &name, response.status().as_u16(), seconds);
     }
+    response
 }
 
-async fn serve_service(state: &State, mut req: Request) -> Result<Response, Error> {
+async fn serve_service(
+    state: &State,
+    mut req: Request,
+    known: &mut Option<(String, String)>,
+) -> Result<Response, Error> {
     let path = req.uri().path().to_owned();
     let rest = path.strip_prefix("/proxy/services/").unwrap_or_default();
     let mut parts = rest.splitn(3, '/');
@@ -144,6 +156,7 @@ async fn serve_service(state: &State, mut req: Request) -> Result<Response, Erro
     let Some(route) = state.balancer.route(state, project, name)? else {
         return Err(err(StatusCode::NOT_FOUND, format!("no service named {name:?} in project {project:?}")));
     };
+    *known = Some((project.to_owned(), name.to_owned()));
     let cfg = &route.service.config;
     // Before auth, as nginx's `limit_req` is: a flood costs no token lookups.
     if !cfg.rate_limits.is_empty() {

@@ -64,7 +64,13 @@ impl Health {
                     let condition = found.iter().all(|f| f.is_condition());
                     marks.insert(
                         g.index,
-                        GpuMark { gpu: g.index, uuid: g.uuid.clone(), reason: reason.clone(), since_ms: now_ms, condition },
+                        GpuMark {
+                            gpu: g.index,
+                            uuid: g.uuid.clone(),
+                            reason: reason.clone(),
+                            since_ms: now_ms,
+                            condition,
+                        },
                     );
                     changes.push(Change::Out { gpu: g.index, uuid: g.uuid.clone(), reason, condition });
                 }
@@ -115,9 +121,9 @@ fn condition_read(g: &GpuSample) -> bool {
     !g.lost && (g.ecc.is_some() || g.retired_pages_pending.is_some() || g.remapped_rows.is_some())
 }
 
-/// Carries out a report's changes: the store's marks, the jobs on a GPU taken out (ended
-/// `gpu_error`, their containers stopped), the events, a cordon when every GPU of the node is out,
-/// the scheduler told. Blocking (the store).
+/// Carries out a report's changes: the store's marks, a cordon when every GPU of the node is out,
+/// the scheduler told — all before the jobs on a GPU taken out end `gpu_error` (their containers
+/// stopped), so that no retry of theirs is placed on it — and the events. Blocking (the store).
 pub fn apply(state: &State, node: &NodeId, changes: &[Change]) -> anyhow::Result<()> {
     let name = state.store.node_name(node)?.unwrap_or_else(|| node.to_string());
     for change in changes {
@@ -132,48 +138,60 @@ pub fn apply(state: &State, node: &NodeId, changes: &[Change]) -> anyhow::Result
                 };
                 state.store.mark_gpu(node, &mark)?;
                 tracing::error!(node = %name, gpu, %uuid, "GPU out of service: {reason}");
-                let mut ended = Vec::new();
-                for job in state.store.placed_jobs_on(node)? {
-                    if !job.allocation.as_ref().is_some_and(|a| a.gpu_indices.contains(gpu)) {
-                        continue;
-                    }
-                    let message = format!("GPU {gpu} ({uuid}) of node {name} was taken out of service: {reason}");
-                    if state.finish_job(&job.id, TerminationReason::GpuError, None, Some(&message))? {
-                        ended.push(format!("{}/{}", job.run_name, job.job_num));
-                    }
-                    state.send(
-                        node,
-                        CoordinatorMessage::StopJob {
-                            job_id: job.id.clone(),
-                            abort: true,
-                            reason: TerminationReason::GpuError,
-                        },
-                    );
-                }
-                let mut detail = format!("{uuid}: {reason}");
-                if !ended.is_empty() {
-                    detail.push_str(&format!("; ended gpu_error: {}", ended.join(", ")));
-                }
-                state.store.record_event(None, None, "gpu.unhealthy", Some(&format!("{name}/gpu{gpu}")), Some(&detail))?;
             }
             Change::Back { gpu, uuid } => {
                 state.store.unmark_gpu(node, *gpu)?;
                 tracing::info!(node = %name, gpu, %uuid, "GPU back in service: its fault cleared");
                 let detail = format!("{uuid}: the fault cleared (--gpu-auto-return)");
-                state.store.record_event(None, None, "gpu.healthy", Some(&format!("{name}/gpu{gpu}")), Some(&detail))?;
+                state.store.record_event(
+                    None,
+                    None,
+                    "gpu.healthy",
+                    Some(&format!("{name}/gpu{gpu}")),
+                    Some(&detail),
+                )?;
             }
         }
     }
+    let mut cordoned = None;
     if changes.iter().any(|c| matches!(c, Change::Out { .. })) {
         let total = state.store.node(node)?.and_then(|n| n.inventory).map_or(0, |i| i.gpus.len());
         let out = state.health.out_of_service(node).len();
         if total > 0 && out >= total && state.store.cordon_node(node)? {
             tracing::error!(node = %name, "every GPU of the node is out of service: cordoned");
-            let detail = format!("all {total} GPUs are out of service");
-            state.store.record_event(None, None, "node.cordon", Some(&name), Some(&detail))?;
+            cordoned = Some(format!("all {total} GPUs are out of service"));
         }
     }
     state.scheduler.node_changed(node);
+    for change in changes {
+        let Change::Out { gpu, uuid, reason, .. } = change else { continue };
+        let mut ended = Vec::new();
+        for job in state.store.placed_jobs_on(node)? {
+            if !job.allocation.as_ref().is_some_and(|a| a.gpu_indices.contains(gpu)) {
+                continue;
+            }
+            let message = format!("GPU {gpu} ({uuid}) of node {name} was taken out of service: {reason}");
+            if state.finish_job(&job.id, TerminationReason::GpuError, None, Some(&message))? {
+                ended.push(format!("{}/{}", job.run_name, job.job_num));
+            }
+            state.send(
+                node,
+                CoordinatorMessage::StopJob {
+                    job_id: job.id.clone(),
+                    abort: true,
+                    reason: TerminationReason::GpuError,
+                },
+            );
+        }
+        let mut detail = format!("{uuid}: {reason}");
+        if !ended.is_empty() {
+            detail.push_str(&format!("; ended gpu_error: {}", ended.join(", ")));
+        }
+        state.store.record_event(None, None, "gpu.unhealthy", Some(&format!("{name}/gpu{gpu}")), Some(&detail))?;
+    }
+    if let Some(detail) = cordoned {
+        state.store.record_event(None, None, "node.cordon", Some(&name), Some(&detail))?;
+    }
     Ok(())
 }
 
@@ -223,7 +241,10 @@ mod tests {
         assert_eq!(h.out_of_service(&n), [1]);
         assert!(h.enable(&n, 1) && !h.enable(&n, 1));
         assert_eq!(h.out_of_service(&n), Vec::<u32>::new());
-        assert!(matches!(h.assess(&n, &[ecc(1, 4)], 5).as_slice(), [Change::Out { gpu: 1, .. }]), "still faulty: out again");
+        assert!(
+            matches!(h.assess(&n, &[ecc(1, 4)], 5).as_slice(), [Change::Out { gpu: 1, .. }]),
+            "still faulty: out again"
+        );
     }
 
     #[test]
@@ -237,8 +258,16 @@ mod tests {
             "{out:?}"
         );
         let lost = GpuSample { lost: true, ..GpuSample::default() };
-        assert_eq!(h.assess(&n, &[gpu(0), GpuSample { index: 1, ..lost.clone() }], 2), [], "a lost GPU reads no condition");
-        assert_eq!(h.assess(&n, &[gpu(0), GpuSample { index: 1, ..GpuSample::default() }], 3), [], "not read this interval");
+        assert_eq!(
+            h.assess(&n, &[gpu(0), GpuSample { index: 1, ..lost.clone() }], 2),
+            [],
+            "a lost GPU reads no condition"
+        );
+        assert_eq!(
+            h.assess(&n, &[gpu(0), GpuSample { index: 1, ..GpuSample::default() }], 3),
+            [],
+            "not read this interval"
+        );
         assert_eq!(h.assess(&n, &[gpu(0), gpu(1)], 4), [Change::Back { gpu: 1, uuid: "GPU-1".into() }]);
         assert_eq!(h.out_of_service(&n), [0], "the Xid stays");
         let l = h.assess(&n, &[GpuSample { index: 2, uuid: "GPU-2".into(), ..lost }], 5);

@@ -148,12 +148,7 @@ impl Snapshot {
                 }
             }
         }
-        let out_of_service = state
-            .store
-            .gpu_marks()?
-            .into_iter()
-            .map(|(node, m)| (node, m.gpu, m.uuid))
-            .collect();
+        let out_of_service = state.store.gpu_marks()?.into_iter().map(|(node, m)| (node, m.gpu, m.uuid)).collect();
         Ok(Self {
             jobs_by_state,
             runs,
@@ -212,7 +207,11 @@ const GPU_GAUGES: &[GpuGauge] = &[
         help: "Power draw (in W)",
         value: |g| g.power_mw.map(|mw| f64::from(mw) / 1000.0),
     },
-    GpuGauge { name: "DCGM_FI_DEV_SM_CLOCK", help: "SM clock frequency (in MHz)", value: |g| g.sm_clock_mhz.map(f64::from) },
+    GpuGauge {
+        name: "DCGM_FI_DEV_SM_CLOCK",
+        help: "SM clock frequency (in MHz)",
+        value: |g| g.sm_clock_mhz.map(f64::from),
+    },
     GpuGauge {
         name: "DCGM_FI_DEV_MEM_CLOCK",
         help: "Memory clock frequency (in MHz)",

@@ -350,7 +350,11 @@ impl Scheduler {
 
 /// A node's hardware as placement sees it: without its GPUs out of service
 /// ([`crate::metrics::health`]).
-fn in_service(state: &State, node: &NodeId, mut inv: corral_proto::inventory::HostInventory) -> corral_proto::inventory::HostInventory {
+fn in_service(
+    state: &State,
+    node: &NodeId,
+    mut inv: corral_proto::inventory::HostInventory,
+) -> corral_proto::inventory::HostInventory {
     let out = state.health.out_of_service(node);
     if !out.is_empty() {
         inv.gpus.retain(|g| !out.contains(&g.index));
@@ -532,6 +536,7 @@ fn place(state: &State) -> anyhow::Result<Vec<(JobId, String)>> {
     }
 
     let placed_count: usize = plan.placed.iter().map(|p| p.allocs.len()).sum();
+    state.telemetry.placements.inc_by(placed_count as u64);
     let gangs: Vec<Vec<(NodeId, JobSpec)>> = plan
         .placed
         .iter()

@@ -28,7 +28,13 @@ impl Store {
             .query_map([], |r| {
                 Ok((
                     NodeId(r.get(0)?),
-                    GpuMark { gpu: r.get(1)?, uuid: r.get(2)?, reason: r.get(3)?, since_ms: r.get(4)?, condition: r.get(5)? },
+                    GpuMark {
+                        gpu: r.get(1)?,
+                        uuid: r.get(2)?,
+                        reason: r.get(3)?,
+                        since_ms: r.get(4)?,
+                        condition: r.get(5)?,
+                    },
                 ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;

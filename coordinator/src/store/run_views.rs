@@ -183,7 +183,8 @@ impl Store {
     /// How many jobs are in each state (every attempt, finished ones included), from the state index.
     pub fn job_counts_by_state(&self) -> Result<Vec<(String, u64)>> {
         let conn = self.read();
-        let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM jobs INDEXED BY jobs_by_state GROUP BY state")?;
+        let mut stmt =
+            conn.prepare_cached("SELECT state, COUNT(*) FROM jobs INDEXED BY jobs_by_state GROUP BY state")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64)))?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }

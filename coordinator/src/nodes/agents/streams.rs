@@ -100,7 +100,8 @@ async fn store_log(
     while let Some(frame) = read_frame::<LogFrame, _>(&mut recv).await? {
         match frame {
             LogFrame::Chunk { offset, data } => {
-                log.append(offset, &data).with_context(|| format!("cannot store logs of job {job_id}"))?
+                let stored = log.append(offset, &data).with_context(|| format!("cannot store logs of job {job_id}"))?;
+                state.telemetry.log_bytes.inc_by(stored as u64);
             }
             LogFrame::End { total } => {
                 // Syncing a large log takes a while: never on the thread that carries heartbeats.
@@ -136,7 +137,8 @@ pub(super) async fn receive_logs(state: &State, node: &NodeId, mut stream: quinn
     while let Some(frame) = read_frame::<LogFrame, _>(&mut stream).await? {
         match frame {
             LogFrame::Chunk { offset, data } => {
-                log.append(offset, &data).with_context(|| format!("cannot store logs of job {job_id}"))?
+                let stored = log.append(offset, &data).with_context(|| format!("cannot store logs of job {job_id}"))?;
+                state.telemetry.log_bytes.inc_by(stored as u64);
             }
             LogFrame::End { total } => log.finish(total),
             LogFrame::Open { .. } => anyhow::bail!("a second Open on one log stream"),
