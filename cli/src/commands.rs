@@ -407,6 +407,54 @@ pub async fn ps(client: &Client, all: bool, json: bool, limit: Option<u32>, out:
     Ok(0)
 }
 
+/// How many of a run's events `corral ps RUN` shows.
+const RUN_EVENTS: u32 = 8;
+
+/// `corral ps RUN`: one run's jobs, and the last things that happened to it.
+pub async fn ps_run(client: &Client, run: &str, json: bool, out: Out<'_>) -> anyhow::Result<i32> {
+    let r: api::Run = client.get(&client.project_api(&["runs", run])?).await?;
+    let query = format!("?limit={RUN_EVENTS}&object={}", crate::client::query_value(run));
+    let events: Vec<api::Event> = client.get(&format!("{}{query}", client.project_path("events"))).await?;
+    if json {
+        let both = serde_json::json!({ "run": r, "events": events });
+        writeln!(out, "{}", serde_json::to_string_pretty(&both)?)?;
+        return Ok(0);
+    }
+    writeln!(out, "run {} ({}), submitted {}", r.name, output::state(&r.state), ago(r.submitted_at_ms))?;
+    let mut t = table(&["JOB", "NODE", "RESOURCES", "STATE", "EXIT", "REASON"]);
+    for j in &r.jobs {
+        let reason = match (&j.termination_reason, &j.status_message) {
+            (Some(t), Some(m)) => format!("{t}: {m}"),
+            (Some(t), None) => t.to_string(),
+            (None, Some(m)) => m.clone(),
+            (None, None) => String::new(),
+        };
+        let state = if j.submission > 0 {
+            format!("{} (retry {})", output::state(&j.state), j.submission)
+        } else {
+            output::state(&j.state)
+        };
+        t.add_row(vec![
+            j.job_num.to_string(),
+            j.node_name.clone().unwrap_or_else(|| "-".into()),
+            j.allocation.as_ref().map(alloc_line).unwrap_or_else(|| "-".into()),
+            state,
+            j.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+            reason,
+        ]);
+    }
+    writeln!(out, "{t}")?;
+    if events.is_empty() {
+        return Ok(0);
+    }
+    writeln!(out, "events (the last {RUN_EVENTS}; `corral event --object {run}` for all):")?;
+    for e in &events {
+        let detail = e.detail.as_deref().map(|d| format!(" {d}")).unwrap_or_default();
+        writeln!(out, "  {:>8}  {}{detail}", ago(e.ms), e.action)?;
+    }
+    Ok(0)
+}
+
 pub async fn stop(client: &Client, run: &str, yes: bool, abort: bool, out: Out<'_>) -> anyhow::Result<i32> {
     let verb = if abort { "Abort" } else { "Stop" };
     if !yes && !confirm(&format!("{verb} run {run}?"))? {

@@ -55,6 +55,9 @@ pub enum Command {
     /// List runs, newest first: the active ones (`-a`: finished ones too), the newest 100
     /// (`--limit`).
     Ps {
+        /// One run: its jobs, and the last things that happened to it (how its jobs ended, its
+        /// retries, its GPUs' faults).
+        run: Option<String>,
         /// Finished runs too.
         #[arg(short = 'a', long)]
         all: bool,
@@ -436,6 +439,10 @@ pub struct EventArgs {
     /// At most this many, the newest.
     #[arg(long, default_value_t = 200)]
     pub limit: u32,
+    /// Only what happened to this run (how its jobs ended, its retries) or this user, node, ...
+    #[arg(long, value_name = "NAME")]
+    pub object: Option<String>,
+    /// As JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -545,7 +552,10 @@ pub async fn run(cli: Cli, out: &mut (dyn std::io::Write + Send)) -> anyhow::Res
         Command::Apply { file, yes, detach, name } => {
             apply(&client::Client::from_env()?, &file, yes, detach, name, out).await
         }
-        Command::Ps { all, json, limit } => ps(&client::Client::from_env()?, all, json, limit, out).await,
+        Command::Ps { run: Some(run), json, .. } => {
+            commands::ps_run(&client::Client::from_env()?, &run, json, out).await
+        }
+        Command::Ps { run: None, all, json, limit } => ps(&client::Client::from_env()?, all, json, limit, out).await,
         Command::Logs { run, follow, job } => {
             logs(&client::Client::from_env()?, &run, job, follow, out).await.map(|_| 0)
         }

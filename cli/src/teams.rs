@@ -199,7 +199,10 @@ pub async fn events(client: &Client, args: EventArgs, out: Out<'_>) -> anyhow::R
         }
         None => 0,
     };
-    let query = format!("?since_ms={since_ms}&limit={}", args.limit.min(10_000));
+    let mut query = format!("?since_ms={since_ms}&limit={}", args.limit.min(10_000));
+    if let Some(object) = &args.object {
+        query.push_str(&format!("&object={}", crate::client::query_value(object)));
+    }
     let path = if args.all {
         format!("/api/events{query}")
     } else {

@@ -236,6 +236,18 @@ impl State {
             return Ok(false);
         }
         self.activity.forget(id);
+        if let Some(job) = &job {
+            // The run's history (`corral ps RUN`, `corral event`): how each job ended, and why.
+            let state = reason.final_state();
+            let mut detail = format!("job {}: {state} ({reason})", job.job_num);
+            if let Some(code) = exit_code {
+                detail.push_str(&format!(", exit code {code}"));
+            }
+            if let Some(m) = message.filter(|m| !m.is_empty()) {
+                detail.push_str(&format!(": {m}"));
+            }
+            self.store.record_event(None, Some(&job.project), "job.end", Some(&job.run_name), Some(&detail))?;
+        }
         if let Some(job) = job {
             if let (Some(node), Some(a)) = (&job.node_id, &job.allocation)
                 && !job.state.is_finished()

@@ -264,11 +264,15 @@ impl Metrics {
         out
     }
 
-    /// A node's GPUs' history (for `corral node get`).
-    pub fn node_gpus(&self, node: &NodeId) -> Option<(Arc<NodeMetrics>, BTreeMap<u32, Vec<GpuPoint>>)> {
+    /// Every job in its node's latest report, with its labels and figures (for `/metrics`).
+    pub fn current_jobs(&self) -> Vec<(JobId, JobLabels, ContainerSample)> {
         let inner = self.read();
-        let s = inner.nodes.get(node)?;
-        Some((s.latest.clone(), s.gpus.iter().map(|(i, h)| (*i, h.iter().copied().collect())).collect()))
+        inner
+            .jobs
+            .iter()
+            .filter(|(_, s)| inner.nodes.get(&s.labels.node).is_some_and(|n| s.updated_ms >= n.received_ms))
+            .map(|(job, s)| (job.clone(), s.labels.clone(), s.latest.clone()))
+            .collect()
     }
 
     /// How many nodes and jobs are kept.

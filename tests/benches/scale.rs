@@ -15,6 +15,11 @@
 //! node) is the placement time: queue walk, bin-packing, one transaction for all assignments, the
 //! commands over QUIC. Goal: ≥ 20,000 placements/s.
 //!
+//! Then metrics: every node reports its 8 GPUs every `CORRAL_BENCH_METRICS_SECS` (10; 0 skips it),
+//! and the coordinator's CPU over a window as long as the hold's is set beside the hold's, with its
+//! memory before and after and the time of a `/metrics` scrape. Goals: ≤ 10 % of one core and
+//! ≤ 200 MiB more, a scrape ≤ 250 ms at 10,000 nodes.
+//!
 //! Knobs (environment): `CORRAL_BENCH_NODES` (10000), `CORRAL_BENCH_JOBS` (10 per node; 0 skips
 //! the placement phase), `CORRAL_BENCH_HOLD_SECS` (20: the window
 //! heartbeats are measured in), `CORRAL_BENCH_CONCURRENCY` (64 enrollments or handshakes at once),
@@ -99,6 +104,72 @@ fn free_port() -> anyhow::Result<u16> {
 fn utc() -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     format!("{:02}:{:02}:{:02}Z", secs / 3600 % 24, secs / 60 % 60, secs % 60)
+}
+
+/// What the metrics phase measured.
+struct MetricsPhase {
+    cpu_pct: f64,
+    reports: u64,
+    rss_before: u64,
+    rss_after: u64,
+    scrape: Duration,
+    bytes: usize,
+    gpu_series: usize,
+    rtts: Option<RttSummary>,
+}
+
+/// Turns every node's reports on, waits until all report, then measures the coordinator's CPU over
+/// `window`, its memory, heartbeats meanwhile and three `/metrics` scrapes; turns them off.
+async fn measure_metrics(
+    fleet: &HollowFleet,
+    pid: u32,
+    tck: u64,
+    window: Duration,
+    every: Duration,
+    http: u16,
+    token: &str,
+) -> anyhow::Result<MetricsPhase> {
+    let rss_before = status_kib(pid, "VmRSS:")?;
+    eprintln!("{} every node reports metrics every {} s…", utc(), every.as_secs());
+    fleet.report_metrics(Some(every));
+    // Nodes start within a heartbeat (5 s), each at its own offset in the interval.
+    tokio::time::sleep(every + Duration::from_secs(6)).await;
+    let _ = fleet.take_heartbeat_rtts();
+    let (cpu_before, sent_before) = (cpu_time(pid, tck)?, fleet.metrics_sent());
+    tokio::time::sleep(window).await;
+    let cpu = cpu_time(pid, tck)?.saturating_sub(cpu_before);
+    let reports = fleet.metrics_sent() - sent_before;
+    let rtts = RttSummary::of(fleet.take_heartbeat_rtts());
+    let rss_after = status_kib(pid, "VmRSS:")?;
+    let http_client = reqwest::Client::new();
+    let mut took = Vec::new();
+    let (mut bytes, mut gpu_series) = (0, 0);
+    for _ in 0..3 {
+        let t = Instant::now();
+        let text = http_client
+            .get(format!("http://127.0.0.1:{http}/metrics"))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        took.push(t.elapsed());
+        bytes = text.len();
+        gpu_series = text.lines().filter(|l| l.starts_with("DCGM_FI_DEV_GPU_UTIL{")).count();
+    }
+    took.sort();
+    fleet.report_metrics(None);
+    Ok(MetricsPhase {
+        cpu_pct: cpu.as_secs_f64() * 100.0 / window.as_secs_f64(),
+        reports,
+        rss_before,
+        rss_after,
+        scrape: took[1],
+        bytes,
+        gpu_series,
+        rtts,
+    })
 }
 
 fn ms(d: Duration) -> String {
@@ -219,6 +290,15 @@ async fn main() -> anyhow::Result<()> {
     let (rss_held, rss_peak) = (status_kib(pid, "VmRSS:")?, status_kib(pid, "VmHWM:")?);
     let bench_rss = status_kib(std::process::id(), "VmRSS:")?;
 
+    // Metrics: every node reports its 8 GPUs every `CORRAL_BENCH_METRICS_SECS`, measured over a
+    // window as long as the hold's, beside it.
+    let metrics_every = Duration::from_secs(env_num("CORRAL_BENCH_METRICS_SECS", 10)?);
+    let metrics = if metrics_every.is_zero() {
+        None
+    } else {
+        Some(measure_metrics(&fleet, pid, tck, hold, metrics_every, http, client.token()).await?)
+    };
+
     let listed = Instant::now();
     let listing: Vec<api::Node> = client.get("/api/nodes").await?;
     let list_took = listed.elapsed();
@@ -323,6 +403,42 @@ async fn main() -> anyhow::Result<()> {
         s.heartbeats_acked - before.heartbeats_acked,
         s.sessions_lost
     );
+    if let Some(m) = &metrics {
+        let hold_pct = cpu_used.as_secs_f64() * 100.0 / hold.as_secs_f64();
+        let more = m.cpu_pct - hold_pct;
+        println!(
+            "| coordinator CPU: holding / with every node reporting 8 GPUs every {} s ({} reports in {} s) | {:.1} % / {:.1} % of one core: {:+.1} points | {} ≤ +10 |",
+            metrics_every.as_secs(),
+            m.reports,
+            hold.as_secs(),
+            hold_pct,
+            m.cpu_pct,
+            more,
+            goal(more <= 10.0)
+        );
+        let grew = mib(m.rss_after.saturating_sub(m.rss_before));
+        println!(
+            "| coordinator RSS before / after the reports | {:.0} / {:.0} MiB: +{grew:.0} MiB | {} ≤ +200 MiB |",
+            mib(m.rss_before),
+            mib(m.rss_after),
+            goal(grew <= 200.0)
+        );
+        println!(
+            "| `/metrics` scrape ({} GPU series, {:.1} MB), median of 3 | {} | {} ≤ 250 ms |",
+            m.gpu_series,
+            m.bytes as f64 / 1e6,
+            ms(m.scrape),
+            goal(m.scrape <= Duration::from_millis(250))
+        );
+        if let Some(r) = &m.rtts {
+            println!(
+                "| heartbeat RTT p50 / p99 while reporting | {} / {} | {} p99 ≤ 100 ms |",
+                ms(r.p50),
+                ms(r.p99),
+                goal(r.p99 <= Duration::from_millis(100))
+            );
+        }
+    }
     println!("| `GET /api/nodes` ({} nodes) | {} | — |", listing.len(), ms(list_took));
     if let Some((took, enrolled, connected, meanwhile, lost)) = &joined {
         println!(

@@ -236,6 +236,17 @@ async fn a_faulty_gpu_ends_its_job_leaves_placement_and_its_figures_reach_promet
     assert_eq!(still.len(), 1, "{still:?}");
     assert_eq!(still.get(&1).map(String::as_str), Some("Xid 79 (fallen off the bus)"));
 
+    // The run's history says how each attempt ended and why it ran again.
+    let mut out = Vec::new();
+    corral_cli::commands::ps_run(&client, "train", false, &mut out).await?;
+    let ps = String::from_utf8(out)?;
+    assert!(ps.contains("job.end job 0: failed (gpu_error): GPU 0 ("), "{ps}");
+    assert!(ps.contains("run.retry attempt 1 after an interruption (retry.on_events), starting in 0s"), "{ps}");
+    assert!(ps.contains("run.retry attempt 2 after an interruption"), "{ps}");
+    let history: Vec<api::Event> = client.get(&format!("{}?object=train", client.project_path("events"))).await?;
+    let actions: Vec<&str> = history.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["run.apply", "job.end", "run.retry", "job.end", "run.retry"], "{history:#?}");
+
     corral_cli::commands::stop(&client, "train", true, true, &mut Vec::new()).await?;
     Ok(())
 }

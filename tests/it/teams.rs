@@ -391,6 +391,7 @@ async fn a_team_shares_a_cluster_with_roles_and_service_tokens() -> anyhow::Resu
         all: false,
         since: Some("1h".into()),
         limit: 100,
+        object: None,
         json: true,
     };
     let events: Vec<api::Event> = serde_json::from_str(&said!(corral_cli::teams::events, &alice, args)?)?;
@@ -418,10 +419,10 @@ async fn a_team_shares_a_cluster_with_roles_and_service_tokens() -> anyhow::Resu
     let actions = |page: &[api::Event]| page.iter().map(|e| e.action.clone()).collect::<Vec<_>>();
     assert_eq!(actions(&newest), ["run.exec", "member.remove", "secret.set"]);
     assert_eq!(actions(&before), ["member.set", "run.apply", "service-token.create"]);
-    let all = corral_cli::EventArgs { project: None, all: true, since: None, limit: 100, json: true };
+    let all = corral_cli::EventArgs { project: None, all: true, since: None, limit: 100, object: None, json: true };
     let e = corral_cli::teams::events(&alice, all, &mut Vec::new()).await.expect_err("alice is no global admin");
     assert!(format!("{e:#}").contains("needs a global admin"), "{e:#}");
-    let all = corral_cli::EventArgs { project: None, all: true, since: None, limit: 100, json: true };
+    let all = corral_cli::EventArgs { project: None, all: true, since: None, limit: 100, object: None, json: true };
     let events: Vec<api::Event> = serde_json::from_str(&said!(corral_cli::teams::events, admin, all)?)?;
     let made: Vec<_> =
         events.iter().filter(|e| e.action == "user.create").filter_map(|e| e.object.as_deref()).collect();

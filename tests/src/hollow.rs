@@ -120,6 +120,9 @@ struct Shared {
     rtts_us: Mutex<Vec<u32>>,
     /// The first errors in words: bounded, 10,000 nodes failing alike say the same thing.
     first_errors: Mutex<Vec<String>>,
+    /// Every node reports what it measured this often, in milliseconds (0: never).
+    metrics_every_ms: AtomicU64,
+    metrics_sent: AtomicU64,
 }
 
 const KEPT_ERRORS: usize = 100;
@@ -300,6 +303,17 @@ impl HollowFleet {
     }
 
     /// The first errors the nodes met (at most 100), each prefixed with the node's name.
+    /// Has every node report metrics (8 GPUs and its running jobs' containers) this often, or stop.
+    pub fn report_metrics(&self, every: Option<Duration>) {
+        let ms = every.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
+        self.shared.metrics_every_ms.store(ms, Relaxed);
+    }
+
+    /// Metrics reports sent so far.
+    pub fn metrics_sent(&self) -> u64 {
+        self.shared.metrics_sent.load(Relaxed)
+    }
+
     pub fn errors(&self) -> Vec<String> {
         lock(&self.shared.first_errors).clone()
     }

@@ -348,4 +348,78 @@ mod tests {
         let next = sums.close_interval();
         assert_eq!((next[0].utilization, next[0].xids.len(), next[0].uuid.as_str()), (None, 0, "GPU-0"));
     }
+
+    const FAKE_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fake-nvml/fake_nvml.c");
+
+    fn fake(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+        let lib = dir.join("libnvidia-ml.so.1");
+        let status = std::process::Command::new("cc")
+            .args(["-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", "-o"])
+            .arg(&lib)
+            .arg(FAKE_SOURCE)
+            .status()?;
+        anyhow::ensure!(status.success(), "cc failed to build the fake NVML: {status}");
+        Ok(lib)
+    }
+
+    /// The reader thread against the fake NVML: every reading, and an Xid raised while it runs.
+    #[test]
+    fn the_reader_reads_every_figure_and_the_xids_nvml_delivers() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let lib = fake(dir.path())?;
+        std::fs::write(dir.path().join("utilization"), "30\n60\n")?;
+        std::fs::write(
+            dir.path().join("gpus"),
+            "0 mem_used_mib=2048 temp=70 power_w=250 sm_clock=1200 mem_clock=1500 throttle=0x4 \
+             ecc_corrected_volatile=5 ecc_uncorrected_volatile=1 ecc_corrected_aggregate=9 ecc_uncorrected_aggregate=2 \
+             retired_pending=1 remapped_corr=3 remapped_unc=1 remap_pending=1 remap_failure=1\n1 lost=1\n",
+        )?;
+        let sums = std::sync::Arc::new(Sums::default());
+        let stop = CancellationToken::new();
+        spawn_reader(Some(lib), Duration::from_millis(100), sums.clone(), stop.clone());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut seen: Vec<GpuSample> = Vec::new();
+        while Instant::now() < deadline && seen.iter().all(|g| g.index != 0 || g.utilization.is_none()) {
+            std::thread::sleep(Duration::from_millis(200));
+            seen = sums.close_interval();
+        }
+        let g0 = seen.iter().find(|g| g.index == 0).cloned().unwrap_or_default();
+        assert_eq!(g0.uuid, "GPU-fa4e0000-0000-4000-8000-000000000000");
+        assert_eq!((g0.utilization, g0.memory_used, g0.temperature), (Some(30), Some(2048 << 20), Some(70)));
+        assert_eq!(
+            (g0.power_mw, g0.sm_clock_mhz, g0.memory_clock_mhz, g0.throttle_reasons),
+            (Some(250_000), Some(1200), Some(1500), Some(4))
+        );
+        assert_eq!(
+            g0.ecc,
+            Some(EccCounts {
+                corrected_volatile: 5,
+                uncorrected_volatile: 1,
+                corrected_aggregate: 9,
+                uncorrected_aggregate: 2
+            })
+        );
+        assert_eq!(g0.retired_pages_pending, Some(true));
+        assert_eq!(
+            g0.remapped_rows,
+            Some(RemappedRows { correctable: 3, uncorrectable: 1, pending: true, failure: true })
+        );
+        assert!(!g0.lost);
+        let g1 = seen.iter().find(|g| g.index == 1).cloned().unwrap_or_default();
+        assert!(g1.lost && g1.utilization.is_none(), "{g1:?}");
+
+        // An Xid raised now is delivered once, to the GPU it happened on.
+        std::fs::write(dir.path().join("gpus"), "0 xids=79\n")?;
+        let mut xids = Vec::new();
+        while Instant::now() < deadline + Duration::from_secs(5) && xids.is_empty() {
+            std::thread::sleep(Duration::from_millis(200));
+            xids =
+                sums.close_interval().into_iter().filter(|g| !g.xids.is_empty()).map(|g| (g.index, g.xids)).collect();
+        }
+        assert_eq!(xids, [(0, vec![79])]);
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(sums.close_interval().iter().all(|g| g.xids.is_empty()), "an Xid is delivered once");
+        stop.cancel();
+        Ok(())
+    }
 }

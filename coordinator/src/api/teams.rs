@@ -373,6 +373,8 @@ pub(super) struct EventQuery {
     limit: u32,
     /// Events older than this one (its id): the page before the one that started with it.
     before: Option<i64>,
+    /// Only those of this run (or user, node, ...: what the event was done to).
+    object: Option<String>,
 }
 
 fn default_limit() -> u32 {
@@ -388,12 +390,12 @@ pub(super) async fn project_events(
     Query(q): Query<EventQuery>,
 ) -> Result<Json<Vec<api::Event>>, Error> {
     check_project(&state, &project)?;
-    Ok(Json(state.store.events(Some(&project), q.since_ms, q.before, q.limit.min(MAX_EVENTS))?))
+    Ok(Json(state.store.events(Some(&project), q.object.as_deref(), q.since_ms, q.before, q.limit.min(MAX_EVENTS))?))
 }
 
 pub(super) async fn all_events(
     Extract(state): Extract<AppState>,
     Query(q): Query<EventQuery>,
 ) -> Result<Json<Vec<api::Event>>, Error> {
-    Ok(Json(state.store.events(None, q.since_ms, q.before, q.limit.min(MAX_EVENTS))?))
+    Ok(Json(state.store.events(None, q.object.as_deref(), q.since_ms, q.before, q.limit.min(MAX_EVENTS))?))
 }

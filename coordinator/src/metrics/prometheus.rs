@@ -133,21 +133,16 @@ impl Snapshot {
             .into_iter()
             .map(|(k, (job, l))| (k, (l.run, job.to_string(), l.project)))
             .collect();
-        let mut jobs = Vec::new();
-        for (node, report) in &reports {
-            let node_name = names.get(node).cloned().unwrap_or_else(|| node.to_string());
-            for c in &report.containers {
-                if let Some(view) = state.metrics.job(&c.job_id) {
-                    let labels = [
-                        ("node", node_name.clone()),
-                        ("project", view.labels.project.clone()),
-                        ("run", view.labels.run.clone()),
-                        ("job", c.job_id.to_string()),
-                    ];
-                    jobs.push((labels, c.clone()));
-                }
-            }
-        }
+        let mut jobs: Vec<_> = state
+            .metrics
+            .current_jobs()
+            .into_iter()
+            .map(|(job, l, sample)| {
+                let node_name = names.get(&l.node).cloned().unwrap_or_else(|| l.node.to_string());
+                ([("node", node_name), ("project", l.project), ("run", l.run), ("job", job.to_string())], sample)
+            })
+            .collect();
+        jobs.sort_by(|a, b| a.0[3].1.cmp(&b.0[3].1));
         let out_of_service = state.store.gpu_marks()?.into_iter().map(|(node, m)| (node, m.gpu, m.uuid)).collect();
         Ok(Self {
             jobs_by_state,

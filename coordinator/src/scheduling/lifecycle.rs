@@ -162,6 +162,13 @@ pub fn job_ended(state: &State, job: &JobRow, reason: TerminationReason) -> Resu
     let ids: Vec<JobId> = latest.iter().map(|_| JobId(random_hex(8))).collect();
     if state.store.resubmit(&latest, now_ms() + backoff.as_millis() as i64, &ids)? {
         tracing::info!(run = %job.run_name, attempt, ?event, ?backoff, "retrying the run");
+        let event = match event {
+            corral_proto::config::RetryEvent::Error => "an error",
+            corral_proto::config::RetryEvent::Interruption => "an interruption",
+            corral_proto::config::RetryEvent::NoCapacity => "no capacity",
+        };
+        let detail = format!("attempt {attempt} after {event} (retry.on_events), starting in {}s", backoff.as_secs());
+        state.store.record_event(None, Some(&job.project), "run.retry", Some(&job.run_name), Some(&detail))?;
         state.scheduler.send(Command::Enqueue(job.run_id.clone()));
     }
     Ok(())
@@ -195,6 +202,9 @@ fn node_unreachable(state: &State, node: &NodeId) -> Result<(), StoreError> {
     let name = disconnect(state, node, Reset::Silent);
     let jobs: Vec<JobRow> = state.store.placed_jobs_on(node)?;
     tracing::warn!(node = %name, jobs = jobs.len(), "node unreachable");
+    let detail =
+        format!("not heard from for {}s; {} job(s) interrupted", state.config.node_timeout.as_secs(), jobs.len());
+    state.store.record_event(None, None, "node.unreachable", Some(&name), Some(&detail))?;
     let message = format!("node {name} stopped answering");
     for job in jobs {
         state.finish_job(&job.id, TerminationReason::NodeUnreachable, None, Some(&message))?;

@@ -430,19 +430,27 @@ impl Store {
     /// Events since `since_ms` (of one project, or all), the newest `limit` of them, oldest first.
     /// The newest `limit` events at or after `since_ms` (and before the event `before`, to page
     /// back), oldest first.
+    /// The newest `limit` events (of a project, of one object of it: a run's), oldest first.
     pub fn events(
         &self,
         project: Option<&str>,
+        object: Option<&str>,
         since_ms: i64,
         before: Option<i64>,
         limit: u32,
     ) -> Result<Vec<api::Event>> {
         let conn = self.read();
-        let mut stmt = conn.prepare_cached(
+        // One object's events by their index (an `?5 IS NULL OR` would be no index range).
+        let mut stmt = conn.prepare_cached(if object.is_some() {
+            "SELECT id, ms, user, project, action, object, detail FROM events INDEXED BY events_by_object \
+             WHERE object = ?5 AND (?2 IS NULL OR project = ?2) AND ms >= ?1 AND (?4 IS NULL OR id < ?4) \
+             ORDER BY id DESC LIMIT ?3"
+        } else {
             "SELECT id, ms, user, project, action, object, detail FROM events \
-             WHERE ms >= ?1 AND (?2 IS NULL OR project = ?2) AND (?4 IS NULL OR id < ?4) ORDER BY id DESC LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(params![since_ms, project, limit, before], |r| {
+             WHERE ms >= ?1 AND (?2 IS NULL OR project = ?2) AND (?4 IS NULL OR id < ?4) AND ?5 IS NULL \
+             ORDER BY id DESC LIMIT ?3"
+        })?;
+        let rows = stmt.query_map(params![since_ms, project, limit, before, object], |r| {
             Ok(api::Event {
                 id: r.get(0)?,
                 ms: r.get(1)?,

@@ -118,4 +118,8 @@ CREATE TABLE gpu_marks (
     node_id TEXT NOT NULL, gpu INTEGER NOT NULL, uuid TEXT NOT NULL, reason TEXT NOT NULL,
     since_ms INTEGER NOT NULL, clears INTEGER NOT NULL, PRIMARY KEY (node_id, gpu));
 "#,
+    // A run's history (`corral ps RUN`): its events by what they were done to.
+    r#"
+CREATE INDEX events_by_object ON events(object);
+"#,
 ];

@@ -398,3 +398,49 @@ fn volume_messages_golden_bytes() {
     let (back, _): (CoordinatorMessage, usize) = decode_frame(&bytes).expect("valid").expect("complete");
     assert_eq!(back, delete);
 }
+
+/// Protocol 3: what a node measured over an interval.
+#[test]
+fn metrics_golden_bytes() {
+    use crate::metrics::{ContainerSample, EccCounts, GpuSample, HostSample, NodeMetrics, RemappedRows};
+    let m = AgentMessage::Metrics(Box::new(NodeMetrics {
+        at_ms: 1_700_000_000_000,
+        interval_ms: 10_000,
+        host: HostSample { cpu_millicores: 1500, memory_used: 1 << 30, memory_total: 1 << 34 },
+        gpus: vec![GpuSample {
+            index: 2,
+            uuid: "GPU-2".into(),
+            lost: false,
+            utilization: Some(97),
+            memory_utilization: None,
+            memory_used: Some(1 << 20),
+            memory_total: Some(1 << 36),
+            temperature: Some(81),
+            power_mw: Some(312_000),
+            sm_clock_mhz: Some(1410),
+            memory_clock_mhz: None,
+            throttle_reasons: Some(4),
+            ecc: Some(EccCounts { uncorrected_volatile: 3, ..EccCounts::default() }),
+            retired_pages_pending: Some(false),
+            remapped_rows: Some(RemappedRows { failure: true, ..RemappedRows::default() }),
+            xids: vec![79],
+        }],
+        containers: vec![ContainerSample {
+            job_id: "j1".into(),
+            cpu_millicores: Some(250),
+            memory_used: 4096,
+            memory_limit: 8192,
+            network_rx: 1,
+            network_tx: 2,
+            disk_read: 3,
+            disk_write: 4,
+        }],
+    }));
+    let bytes = encode(&m).expect("encodes");
+    assert_eq!(
+        hex(&bytes),
+        "4352524c0001000000550d80a0abfef962904edc0b808080800480808080400102054750552d32000161000180804001808080808002015101c0851301820b000104010003000001000100000001014f01026a3101fa018020804001020304"
+    );
+    let (back, _): (AgentMessage, usize) = decode_frame(&bytes).expect("valid").expect("complete");
+    assert_eq!(back, m);
+}

@@ -16,6 +16,7 @@ use corral_agent::link;
 use corral_proto::ids::JobId;
 use corral_proto::inventory::HostInventory;
 use corral_proto::job::{JobSpec, JobState, TerminationReason};
+use corral_proto::metrics::{ContainerSample, EccCounts, GpuSample, HostSample, NodeMetrics, RemappedRows};
 use corral_proto::wire::io::{read_frame, write_frame};
 use corral_proto::wire::{AgentMessage, ContainerReport, CoordinatorMessage, JobUpdate, Welcome};
 
@@ -226,7 +227,19 @@ async fn established(
     let mut heartbeat = tokio::time::interval(Duration::from_secs(welcome.heartbeat_secs.max(1).into()));
     let mut seq = 0u64;
     let mut in_flight: VecDeque<(u64, Instant)> = VecDeque::new();
+    // Metrics, when the fleet asks for them: the first report at an offset of this node's own
+    // within the interval, so that a fleet's reports spread over it as real agents' do.
+    let mut next_metrics: Option<Instant> = None;
+    let mut reports = 0u64;
     loop {
+        let every = Duration::from_millis(shared.metrics_every_ms.load(Relaxed));
+        if every.is_zero() {
+            next_metrics = None;
+        } else if next_metrics.is_none() {
+            let offset =
+                (welcome.node_id.as_str().bytes().map(u64::from).sum::<u64>() * 7919) % every.as_millis().max(1) as u64;
+            next_metrics = Some(Instant::now() + Duration::from_millis(offset));
+        }
         let deadline = jobs.next_deadline();
         let mut updates = Vec::new();
         // Biased: a kill must win over the reader's channel closing, which the kill itself causes
@@ -273,6 +286,13 @@ async fn established(
                 }
             }
             () = until(deadline) => updates = jobs.expire(Instant::now(), shared),
+            () = until(next_metrics) => {
+                next_metrics = next_metrics.map(|at| at + every);
+                reports += 1;
+                let report = jobs.metrics(inventory, reports);
+                shared.metrics_sent.fetch_add(1, Relaxed);
+                write_frame(&mut send, &AgentMessage::Metrics(Box::new(report))).await?;
+            }
             _ = heartbeat.tick() => {
                 seq += 1;
                 if in_flight.len() == HEARTBEATS_IN_FLIGHT {
@@ -364,6 +384,54 @@ impl Jobs {
     fn forget(&mut self, id: &JobId) {
         if self.latest.get(id).is_some_and(|u| u.reason.is_some()) {
             self.latest.remove(id);
+        }
+    }
+
+    /// What a real agent would measure: the host's 8 GPUs, busy where jobs run, and a container
+    /// sample per running job.
+    fn metrics(&self, inventory: &HostInventory, n: u64) -> NodeMetrics {
+        let gpus = inventory
+            .gpus
+            .iter()
+            .map(|g| GpuSample {
+                index: g.index,
+                uuid: g.uuid.clone(),
+                utilization: Some(((n * 7 + u64::from(g.index) * 13) % 101) as u8),
+                memory_utilization: Some(40),
+                memory_used: Some(g.memory.0 / 2),
+                memory_total: Some(g.memory.0),
+                temperature: Some(60),
+                power_mw: Some(400_000),
+                sm_clock_mhz: Some(1980),
+                memory_clock_mhz: Some(2619),
+                throttle_reasons: Some(0),
+                ecc: Some(EccCounts::default()),
+                retired_pages_pending: Some(false),
+                remapped_rows: Some(RemappedRows::default()),
+                ..GpuSample::default()
+            })
+            .collect();
+        let containers = self
+            .latest
+            .values()
+            .filter(|u| u.reason.is_none())
+            .map(|u| ContainerSample {
+                job_id: u.job_id.clone(),
+                cpu_millicores: Some(1000),
+                memory_used: 8 << 30,
+                memory_limit: 64 << 30,
+                network_rx: n << 20,
+                network_tx: n << 19,
+                disk_read: n << 21,
+                disk_write: n << 18,
+            })
+            .collect();
+        NodeMetrics {
+            at_ms: 0,
+            interval_ms: 10_000,
+            host: HostSample { cpu_millicores: 8000, memory_used: 256 << 30, memory_total: 2048 << 30 },
+            gpus,
+            containers,
         }
     }
 
