@@ -13,6 +13,8 @@ use sysinfo::{CpuRefreshKind, DiskRefreshKind, Disks, System};
 mod nvidia;
 mod tpu;
 
+#[cfg(test)]
+pub(crate) use nvidia::build_fake_nvml;
 pub use nvidia::{DEFAULT_NVML_LIBRARY, NvidiaInfo, NvmlUnavailable, collect_gpus};
 pub use tpu::collect_tpus;
 

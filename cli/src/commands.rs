@@ -367,24 +367,14 @@ pub async fn ps(client: &Client, all: bool, json: bool, limit: Option<u32>, out:
     let mut t = table(&["NAME", "NODE", "RESOURCES", "STATE", "SUBMITTED", "EXIT", "REASON"]);
     for r in &runs {
         for j in &r.jobs {
-            let reason = match (&j.termination_reason, &j.status_message) {
-                (Some(t), Some(m)) => format!("{t}: {m}"),
-                (Some(t), None) => t.to_string(),
-                (None, Some(m)) => m.clone(),
-                (None, None) => String::new(),
-            };
             t.add_row(vec![
                 if r.jobs.len() > 1 { format!("{} [rank {}]", r.name, j.job_num) } else { r.name.clone() },
                 j.node_name.clone().unwrap_or_else(|| "-".into()),
                 j.allocation.as_ref().map(alloc_line).unwrap_or_else(|| "-".into()),
-                if j.submission > 0 {
-                    format!("{} (retry {})", output::state(&j.state), j.submission)
-                } else {
-                    output::state(&j.state)
-                },
+                job_state(j),
                 ago(r.submitted_at_ms),
                 j.exit_code.map(|c| c.to_string()).unwrap_or_default(),
-                reason,
+                job_reason(j),
             ]);
         }
     }
@@ -407,6 +397,25 @@ pub async fn ps(client: &Client, all: bool, json: bool, limit: Option<u32>, out:
     Ok(0)
 }
 
+/// A job's state as `ps` shows it, with its attempt.
+fn job_state(j: &api::Job) -> String {
+    if j.submission > 0 {
+        format!("{} (retry {})", output::state(&j.state), j.submission)
+    } else {
+        output::state(&j.state)
+    }
+}
+
+/// Why a job ended or waits, in words.
+fn job_reason(j: &api::Job) -> String {
+    match (&j.termination_reason, &j.status_message) {
+        (Some(t), Some(m)) => format!("{t}: {m}"),
+        (Some(t), None) => t.to_string(),
+        (None, Some(m)) => m.clone(),
+        (None, None) => String::new(),
+    }
+}
+
 /// How many of a run's events `corral ps RUN` shows.
 const RUN_EVENTS: u32 = 8;
 
@@ -423,24 +432,13 @@ pub async fn ps_run(client: &Client, run: &str, json: bool, out: Out<'_>) -> any
     writeln!(out, "run {} ({}), submitted {}", r.name, output::state(&r.state), ago(r.submitted_at_ms))?;
     let mut t = table(&["JOB", "NODE", "RESOURCES", "STATE", "EXIT", "REASON"]);
     for j in &r.jobs {
-        let reason = match (&j.termination_reason, &j.status_message) {
-            (Some(t), Some(m)) => format!("{t}: {m}"),
-            (Some(t), None) => t.to_string(),
-            (None, Some(m)) => m.clone(),
-            (None, None) => String::new(),
-        };
-        let state = if j.submission > 0 {
-            format!("{} (retry {})", output::state(&j.state), j.submission)
-        } else {
-            output::state(&j.state)
-        };
         t.add_row(vec![
             j.job_num.to_string(),
             j.node_name.clone().unwrap_or_else(|| "-".into()),
             j.allocation.as_ref().map(alloc_line).unwrap_or_else(|| "-".into()),
-            state,
+            job_state(j),
             j.exit_code.map(|c| c.to_string()).unwrap_or_default(),
-            reason,
+            job_reason(j),
         ]);
     }
     writeln!(out, "{t}")?;

@@ -189,6 +189,10 @@ impl Metrics {
             received_ms: now_ms,
             gpus: BTreeMap::new(),
         });
+        // A report recorded late (its jobs' labels were read first) does not replace a newer one.
+        if report.at_ms < series.latest.at_ms {
+            return;
+        }
         for g in report.gpus.iter().filter(|g| was_read(g)) {
             push(series.gpus.entry(g.index).or_default(), GpuPoint::of(now_ms, g));
         }
@@ -282,13 +286,37 @@ impl Metrics {
     }
 }
 
-/// A node's report, as it arrives: kept, and its GPUs judged; what their health changes is carried
-/// out off the calling thread ([`health::apply`]).
+/// A node's report, as it arrives: its GPUs judged and the report kept, in memory. What a GPU's
+/// health changes is carried out off the calling thread ([`health::apply`]), and so is reading the
+/// store for jobs the report names for the first time: the caller is the agents' runtime.
 pub fn received(state: &Arc<crate::State>, node: &NodeId, report: NodeMetrics) {
     let report = bounded(report);
     let now = crate::secrets::now_ms();
-    let mut labels = Vec::new();
-    for job in state.metrics.unknown_jobs(&report) {
+    let changes = state.health.assess(node, &report.gpus, now);
+    if !changes.is_empty() {
+        let (state2, node) = (state.clone(), node.clone());
+        state.tasks.spawn_blocking(move || {
+            if let Err(e) = health::apply(&state2, &node, &changes) {
+                tracing::error!(%node, "cannot take GPUs out of service or back: {e:#}");
+            }
+        });
+    }
+    let unknown = state.metrics.unknown_jobs(&report);
+    if unknown.is_empty() {
+        state.metrics.record(node, report, Vec::new(), now);
+        return;
+    }
+    let (state2, node) = (state.clone(), node.clone());
+    state.tasks.spawn_blocking(move || {
+        let labels = labels_of(&state2, &node, unknown);
+        state2.metrics.record(&node, report, labels, now);
+    });
+}
+
+/// What the store says of jobs a node's report names: those placed on that node.
+fn labels_of(state: &crate::State, node: &NodeId, jobs: Vec<JobId>) -> Vec<(JobId, JobLabels)> {
+    let mut labels = Vec::with_capacity(jobs.len());
+    for job in jobs {
         match state.store.job(&job) {
             Ok(Some(j)) if j.node_id.as_ref() == Some(node) => {
                 let gpus = j.allocation.map_or_else(Vec::new, |a| {
@@ -301,16 +329,7 @@ pub fn received(state: &Arc<crate::State>, node: &NodeId, report: NodeMetrics) {
             Err(e) => tracing::warn!(%job, "cannot read the job of a container's figures: {e}"),
         }
     }
-    let changes = state.health.assess(node, &report.gpus, now);
-    state.metrics.record(node, report, labels, now);
-    if !changes.is_empty() {
-        let (state2, node) = (state.clone(), node.clone());
-        state.tasks.spawn_blocking(move || {
-            if let Err(e) = health::apply(&state2, &node, &changes) {
-                tracing::error!(%node, "cannot take GPUs out of service or back: {e:#}");
-            }
-        });
-    }
+    labels
 }
 
 /// Whether NVML answered anything about the GPU in the interval (a sample of nothing is no news).

@@ -60,31 +60,41 @@ fn ended(coord: &Coordinator, job: &str) -> anyhow::Result<(String, String)> {
     })?)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_faulty_gpu_ends_its_job_leaves_placement_and_its_figures_reach_prometheus() -> anyhow::Result<()> {
-    ensure_image();
-    let dir = tempfile::tempdir()?;
-    let coord = Coordinator::start_config(corral_coordinator::Config {
-        data_dir: dir.path().join("coord"),
+/// A coordinator on plain HTTP as the test wants it, and one node with two fake A100s whose NVML
+/// reads `gpus` (the returned folder holds the library's control files).
+async fn cluster(
+    dir: &std::path::Path,
+    tweak: impl FnOnce(&mut corral_coordinator::Config),
+    gpus: &str,
+) -> anyhow::Result<(Coordinator, Agent, std::path::PathBuf)> {
+    let mut config = corral_coordinator::Config {
+        data_dir: dir.join("coord"),
         http_listen: "127.0.0.1:0".parse()?,
         quic_listen: "127.0.0.1:0".parse()?,
         heartbeat_secs: 1,
         http_tls: corral_coordinator::HttpTls::Off,
-        metrics_listen: Some("127.0.0.1:0".parse()?),
         ..Default::default()
-    })
-    .await?;
-    let client = coord.client();
-    let nvml_dir = dir.path().join("nvml");
+    };
+    tweak(&mut config);
+    let coord = Coordinator::start_config(config).await?;
+    let nvml_dir = dir.join("nvml");
     let nvml = own_fake_nvml(&nvml_dir)?;
+    write_whole(&nvml_dir.join("gpus"), gpus)?;
+    let opts = AgentOptions { name: "gpu-node".into(), nvml: Some(nvml), ..Default::default() };
+    let agent = Agent::start(&coord, &dir.join("gpu-node"), opts);
+    nodes_ready(&coord.client(), 1).await?;
+    Ok((coord, agent, nvml_dir))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_faulty_gpu_ends_its_job_leaves_placement_and_its_figures_reach_prometheus() -> anyhow::Result<()> {
+    ensure_image();
+    let dir = tempfile::tempdir()?;
+    let open: std::net::SocketAddr = "127.0.0.1:0".parse()?;
+    let gpus = "0 mem_used_mib=1024 temp=61\n1 mem_used_mib=2048\n";
+    let (coord, _agent, nvml_dir) = cluster(dir.path(), |c| c.metrics_listen = Some(open), gpus).await?;
     write_whole(&nvml_dir.join("utilization"), "7\n42\n")?;
-    write_whole(&nvml_dir.join("gpus"), "0 mem_used_mib=1024 temp=61\n1 mem_used_mib=2048\n")?;
-    let _agent = Agent::start(
-        &coord,
-        &dir.path().join("gpu-node"),
-        AgentOptions { name: "gpu-node".into(), nvml: Some(nvml), ..Default::default() },
-    );
-    nodes_ready(&client, 1).await?;
+    let client = coord.client();
 
     let config = format!(
         "type: task\nname: train\nimage: {IMAGE}\ncommands:\n  - sleep 3600\nresources:\n  gpu: 1\n\
@@ -121,12 +131,15 @@ async fn a_faulty_gpu_ends_its_job_leaves_placement_and_its_figures_reach_promet
     assert_eq!(scrape(&url, None).await?.0, 401);
     let (_, s) = scrape(&url, Some(&coord.admin_token)).await?;
     let s = s.context("parsed")?;
-    let on_gpu = [("node", "gpu-node"), ("gpu", "0"), ("run", "train"), ("project", "main")];
+    let on_gpu = [("Hostname", "gpu-node"), ("gpu", "0"), ("run", "train"), ("project", "main")];
     assert_eq!(value(&s, "DCGM_FI_DEV_GPU_UTIL", &on_gpu), Some(7.0));
     assert_eq!(value(&s, "DCGM_FI_DEV_FB_USED", &on_gpu), Some(1024.0));
     assert_eq!(value(&s, "DCGM_FI_DEV_GPU_TEMP", &on_gpu), Some(61.0));
     assert_eq!(value(&s, "DCGM_FI_DEV_POWER_USAGE", &on_gpu), Some(61.0));
-    assert_eq!(value(&s, "DCGM_FI_DEV_GPU_UTIL", &[("gpu", "1"), ("run", "")]), Some(42.0), "an idle GPU");
+    let idle = s.samples.iter().find(|x| x.metric == "DCGM_FI_DEV_GPU_UTIL" && x.labels.get("gpu") == Some("1"));
+    let idle = idle.context("GPU 1's utilization")?;
+    assert!(idle.labels.get("run").is_none(), "an idle GPU has no run: {:?}", idle.labels);
+    assert_eq!(value(&s, "DCGM_FI_DEV_GPU_UTIL", &[("gpu", "1")]), Some(42.0));
     assert_eq!(value(&s, "corral_jobs", &[("state", "running")]), Some(1.0));
     assert_eq!(value(&s, "corral_nodes", &[("status", "ready")]), Some(1.0));
     assert!(
@@ -180,10 +193,11 @@ async fn a_faulty_gpu_ends_its_job_leaves_placement_and_its_figures_reach_promet
         let s = s.context("parsed")?;
         let now = (
             value(&s, "corral_gpu_out_of_service", &[("node", "gpu-node"), ("gpu", "0")]),
-            value(&s, "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", &[("gpu", "0"), ("run", "")]),
+            value(&s, "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", &[("gpu", "0")]),
             value(&s, "DCGM_FI_DEV_GPU_UTIL", &[("gpu", "1"), ("run", "train")]),
+            value(&s, "DCGM_FI_DEV_GPU_UTIL", &[("gpu", "0"), ("run", "train")]),
         );
-        ensure!(now == (Some(1.0), Some(3.0), Some(42.0)), "{now:?}");
+        ensure!(now == (Some(1.0), Some(3.0), Some(42.0), None), "{now:?}");
         Ok(Some(()))
     })
     .await?;
@@ -247,6 +261,56 @@ async fn a_faulty_gpu_ends_its_job_leaves_placement_and_its_figures_reach_promet
     let actions: Vec<&str> = history.iter().map(|e| e.action.as_str()).collect();
     assert_eq!(actions, ["run.apply", "job.end", "run.retry", "job.end", "run.retry"], "{history:#?}");
 
-    corral_cli::commands::stop(&client, "train", true, true, &mut Vec::new()).await?;
+    // `corral metrics -w` follows the run until it ends.
+    let mut watched = Vec::new();
+    let (watch, stop) = tokio::join!(
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            corral_cli::metrics::metrics(&client, "train", true, false, &mut watched)
+        ),
+        async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            corral_cli::commands::stop(&client, "train", true, true, &mut Vec::new()).await
+        }
+    );
+    stop?;
+    assert_eq!(watch.context("metrics -w did not end with its run")??, 0);
+    let watched = String::from_utf8(watched)?;
+    assert!(watched.matches("JOB").count() >= 2, "read again while it ran: {watched}");
+    assert!(watched.trim_end().ends_with("run train ended (aborted)"), "{watched}");
+    Ok(())
+}
+
+/// With `--gpu-auto-return`, a GPU out for a condition comes back once its node reads it cleared;
+/// a lost GPU is a condition too, and the audit trail says both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auto_return_a_gpu_whose_condition_clears_comes_back_by_itself() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let gpus = "0 retired_pending=1\n1 lost=1\n";
+    let (coord, _agent, nvml_dir) = cluster(dir.path(), |c| c.gpu_auto_return = true, gpus).await?;
+    let client = coord.client();
+    let out = wait_for("both GPUs out of service", Duration::from_secs(30), || async {
+        let nodes: Vec<api::Node> = client.get("/api/nodes").await?;
+        Ok((nodes[0].gpus_out_of_service.len() == 2).then(|| nodes[0].clone()))
+    })
+    .await?;
+    let reasons: Vec<&str> = out.gpus_out_of_service.iter().map(|g| g.reason.as_str()).collect();
+    assert_eq!(
+        reasons,
+        ["memory pages wait to be retired (reboot the host)", "the GPU fell off the bus (NVML reports it lost)"]
+    );
+    assert!(out.cordoned, "both GPUs out: cordoned");
+    // The host rebooted: the pages retired, the GPU back on the bus.
+    write_whole(&nvml_dir.join("gpus"), "")?;
+    wait_for("both GPUs back", Duration::from_secs(30), || async {
+        let nodes: Vec<api::Node> = client.get("/api/nodes").await?;
+        Ok(nodes[0].gpus_out_of_service.is_empty().then_some(()))
+    })
+    .await?;
+    let events: Vec<api::Event> = client.get("/api/events").await?;
+    let back: Vec<&str> =
+        events.iter().filter(|e| e.action == "gpu.healthy").filter_map(|e| e.object.as_deref()).collect();
+    assert_eq!(back.len(), 2, "{events:#?}");
+    assert!(back.contains(&"gpu-node/gpu0") && back.contains(&"gpu-node/gpu1"), "{back:?}");
     Ok(())
 }

@@ -99,6 +99,23 @@ fn format_cuda_version(v: i32) -> String {
     format!("{}.{}", nvml_wrapper::cuda_driver_version_major(v), nvml_wrapper::cuda_driver_version_minor(v))
 }
 
+/// Compiles tests/fake-nvml into `dir` (for the agent's NVML tests). No C compiler is a failure,
+/// not a skip: these tests are the only check of the NVML path on hosts without a GPU.
+#[cfg(test)]
+pub(crate) fn build_fake_nvml(dir: &Path) -> anyhow::Result<PathBuf> {
+    use anyhow::Context;
+    const FAKE_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fake-nvml/fake_nvml.c");
+    let lib = dir.join("libnvidia-ml.so.1");
+    let status = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", "-o"])
+        .arg(&lib)
+        .arg(FAKE_SOURCE)
+        .status()
+        .context("cannot run `cc` to build the fake NVML library (install a C compiler)")?;
+    anyhow::ensure!(status.success(), "`cc` failed to build {FAKE_SOURCE}: {status}");
+    Ok(lib)
+}
+
 #[cfg(test)]
 mod tests {
     use std::process::Command;
@@ -106,22 +123,6 @@ mod tests {
     use anyhow::{Context, bail, ensure};
 
     use super::*;
-
-    const FAKE_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fake-nvml/fake_nvml.c");
-
-    /// Compiles tests/fake-nvml into `dir`. No C compiler is a failure, not a skip: these tests are
-    /// the only check of the NVML path on hosts without a GPU.
-    fn build_fake_nvml(dir: &Path) -> anyhow::Result<PathBuf> {
-        let lib = dir.join("libnvidia-ml.so.1");
-        let status = Command::new("cc")
-            .args(["-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", "-o"])
-            .arg(&lib)
-            .arg(FAKE_SOURCE)
-            .status()
-            .context("cannot run `cc` to build the fake NVML library (install a C compiler)")?;
-        ensure!(status.success(), "`cc` failed to build {FAKE_SOURCE}: {status}");
-        Ok(lib)
-    }
 
     #[test]
     fn fake_nvml_reports_two_a100s() -> anyhow::Result<()> {

@@ -366,18 +366,10 @@ mod tests {
         assert_eq!(duration_text(0), "0s");
     }
 
-    const FAKE_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fake-nvml/fake_nvml.c");
-
     #[test]
     fn the_sampler_reads_nvml_and_says_what_it_cannot() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let lib = dir.path().join("libnvidia-ml.so.1");
-        let status = std::process::Command::new("cc")
-            .args(["-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", "-o"])
-            .arg(&lib)
-            .arg(FAKE_SOURCE)
-            .status()?;
-        anyhow::ensure!(status.success(), "cc failed to build the fake NVML: {status}");
+        let lib = crate::inventory::build_fake_nvml(dir.path())?;
         let sampler = Sampler::new(Some(lib));
         // No utilization file: every GPU reads 0 %.
         assert_eq!(sampler.read(&[0, 1]), (vec![(0, Some(0)), (1, Some(0))], None));

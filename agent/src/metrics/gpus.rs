@@ -349,24 +349,11 @@ mod tests {
         assert_eq!((next[0].utilization, next[0].xids.len(), next[0].uuid.as_str()), (None, 0, "GPU-0"));
     }
 
-    const FAKE_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fake-nvml/fake_nvml.c");
-
-    fn fake(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
-        let lib = dir.join("libnvidia-ml.so.1");
-        let status = std::process::Command::new("cc")
-            .args(["-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", "-o"])
-            .arg(&lib)
-            .arg(FAKE_SOURCE)
-            .status()?;
-        anyhow::ensure!(status.success(), "cc failed to build the fake NVML: {status}");
-        Ok(lib)
-    }
-
     /// The reader thread against the fake NVML: every reading, and an Xid raised while it runs.
     #[test]
     fn the_reader_reads_every_figure_and_the_xids_nvml_delivers() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let lib = fake(dir.path())?;
+        let lib = crate::inventory::build_fake_nvml(dir.path())?;
         std::fs::write(dir.path().join("utilization"), "30\n60\n")?;
         std::fs::write(
             dir.path().join("gpus"),
@@ -421,5 +408,27 @@ mod tests {
         assert!(sums.close_interval().iter().all(|g| g.xids.is_empty()), "an Xid is delivered once");
         stop.cancel();
         Ok(())
+    }
+
+    /// Runs against the host's real driver when asked (`CORRAL_TEST_REAL_NVML=1`), on a GPU machine:
+    /// prints what the reader read.
+    #[test]
+    fn real_nvml_samples_every_gpu() {
+        if std::env::var("CORRAL_TEST_REAL_NVML").as_deref() != Ok("1") {
+            println!("real NVML test not requested (set CORRAL_TEST_REAL_NVML=1 on a GPU host)");
+            return;
+        }
+        let sums = std::sync::Arc::new(Sums::default());
+        let stop = CancellationToken::new();
+        spawn_reader(None, Duration::from_millis(500), sums.clone(), stop.clone());
+        std::thread::sleep(Duration::from_secs(3));
+        let samples = sums.close_interval();
+        stop.cancel();
+        println!("{samples:#?}");
+        assert!(!samples.is_empty(), "NVML loaded but no GPU was read");
+        for g in &samples {
+            assert!(g.uuid.starts_with("GPU-") && !g.lost, "{g:?}");
+            assert!(g.utilization.is_some_and(|u| u <= 100) && g.memory_total.is_some(), "{g:?}");
+        }
     }
 }

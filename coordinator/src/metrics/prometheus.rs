@@ -3,7 +3,8 @@
 //! ([`Telemetry`]: submissions, placements, proxied requests and their latency per service, log and
 //! image bytes), and what the nodes reported, with the DCGM exporter's metric names for GPUs
 //! (`DCGM_FI_DEV_GPU_UTIL`, `DCGM_FI_DEV_FB_USED`, ...) so that dashboards made for it work. GPU
-//! figures are labelled by node, GPU index and UUID, and by the run, job and project on the GPU.
+//! figures are labelled as it labels them (`Hostname`, `gpu`, `UUID`), and by the project, run and
+//! job on the GPU when one is.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -157,18 +158,15 @@ impl Snapshot {
         })
     }
 
-    fn gpu_labels(&self, node: &NodeId, g: &GpuSample) -> [(&'static str, String); 7] {
+    /// A GPU's labels, as the DCGM exporter names them (`Hostname`, `gpu`, `UUID`), and the
+    /// project, run and job on it when one is.
+    fn gpu_labels(&self, node: &NodeId, g: &GpuSample) -> Vec<(&'static str, String)> {
         let name = self.names.get(node).cloned().unwrap_or_else(|| node.to_string());
-        let (run, job, project) = self.gpu_jobs.get(&(node.clone(), g.index)).cloned().unwrap_or_default();
-        [
-            ("Hostname", name.clone()),
-            ("node", name),
-            ("gpu", g.index.to_string()),
-            ("UUID", g.uuid.clone()),
-            ("project", project),
-            ("run", run),
-            ("job", job),
-        ]
+        let mut labels = vec![("Hostname", name), ("gpu", g.index.to_string()), ("UUID", g.uuid.clone())];
+        if let Some((run, job, project)) = self.gpu_jobs.get(&(node.clone(), g.index)) {
+            labels.extend([("project", project.clone()), ("run", run.clone()), ("job", job.clone())]);
+        }
+        labels
     }
 }
 
@@ -364,13 +362,19 @@ impl Collector for Snapshot {
             let name = self.names.get(node).cloned().unwrap_or_else(|| node.to_string());
             ConstGauge::new(r.host.memory_used as i64).encode(m.encode_family(&[("node", name)])?)?;
         }
+        // Each GPU's labels once, for all of its gauges.
+        let gpus: Vec<(Vec<(&'static str, String)>, &GpuSample)> = self
+            .reports
+            .iter()
+            .flat_map(|(node, r)| {
+                r.gpus.iter().filter(|g| super::was_read(g) && !g.lost).map(move |g| (self.gpu_labels(node, g), g))
+            })
+            .collect();
         for gauge in GPU_GAUGES {
             let mut m = encoder.encode_descriptor(gauge.name, gauge.help, None, MetricType::Gauge)?;
-            for (node, r) in &self.reports {
-                for g in r.gpus.iter().filter(|g| super::was_read(g) && !g.lost) {
-                    if let Some(v) = (gauge.value)(g) {
-                        ConstGauge::new(v).encode(m.encode_family(&self.gpu_labels(node, g))?)?;
-                    }
+            for (labels, g) in &gpus {
+                if let Some(v) = (gauge.value)(g) {
+                    ConstGauge::new(v).encode(m.encode_family(labels)?)?;
                 }
             }
         }

@@ -32,6 +32,12 @@ use streams::{receive_logs, serve_stream};
 
 /// Bi-streams one agent may have open at once (its jobs' logs, fetches).
 const AGENT_STREAMS: u32 = 8192;
+/// What a connection starts with. quinn keeps state for every stream the peer is allowed to open,
+/// about 0.7 KiB each: 8,192 from the start cost 7 GiB at 10,000 nodes. A node that uses most of
+/// its allowance gets twice as many (see `session`), up to [`AGENT_STREAMS`].
+const AGENT_STREAMS_AT_FIRST: u32 = 128;
+/// How close to its allowance a node may come before it is raised.
+const AGENT_STREAMS_HEADROOM: u32 = 32;
 
 pub fn bind(state: &State, addr: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
     let tls = state.pki.quic_server_config()?;
@@ -40,8 +46,8 @@ pub fn bind(state: &State, addr: SocketAddr) -> anyhow::Result<quinn::Endpoint> 
     let mut transport = quinn::TransportConfig::default();
     transport.max_idle_timeout(Some(Duration::from_secs(30).try_into()?));
     // Streams an agent opens: one per job's log for the job's whole life, plus image and binary
-    // fetches. quinn's default (100) would make the 101st job on a node wait for a stream.
-    transport.max_concurrent_bidi_streams(AGENT_STREAMS.into());
+    // fetches. A node with many jobs is allowed more as it needs them (`session`).
+    transport.max_concurrent_bidi_streams(AGENT_STREAMS_AT_FIRST.into());
     config.transport_config(Arc::new(transport));
     let socket =
         std::net::UdpSocket::bind(addr).with_context(|| format!("cannot listen for agents (QUIC) on {addr}"))?;
@@ -330,15 +336,24 @@ async fn session(
         let (conn, state, done) = (conn.clone(), state.clone(), session_done.clone());
         let (node_name, node_id) = (node.name.clone(), node.id.clone());
         tokio::spawn(async move {
+            let open = Arc::new(std::sync::atomic::AtomicU32::new(0));
+            let mut allowed = AGENT_STREAMS_AT_FIRST;
             loop {
                 tokio::select! {
                     stream = conn.accept_bi() => {
                         let Ok((send, recv)) = stream else { break };
+                        let now_open = open.fetch_add(1, Ordering::Relaxed) + 1;
+                        if now_open + AGENT_STREAMS_HEADROOM > allowed && allowed < AGENT_STREAMS {
+                            allowed = (allowed * 2).min(AGENT_STREAMS);
+                            conn.set_max_concurrent_bi_streams(allowed.into());
+                        }
                         let (state2, node_name, node_id) = (state.clone(), node_name.clone(), node_id.clone());
+                        let open = open.clone();
                         state.tasks.spawn(async move {
                             if let Err(e) = serve_stream(&state2, &node_id, send, recv).await {
                                 tracing::warn!(node = %node_name, "transfer ended: {e:#}");
                             }
+                            open.fetch_sub(1, Ordering::Relaxed);
                         });
                     }
                     () = done.cancelled() => break,
