@@ -246,7 +246,12 @@ impl State {
             if let Some(m) = message.filter(|m| !m.is_empty()) {
                 detail.push_str(&format!(": {m}"));
             }
-            self.store.record_event(None, Some(&job.project), "job.end", Some(&job.run_name), Some(&detail))?;
+            // The end is recorded either way: a history line that cannot be written is only logged.
+            if let Err(e) =
+                self.store.record_event(None, Some(&job.project), "job.end", Some(&job.run_name), Some(&detail))
+            {
+                tracing::warn!(job = %id, "cannot record the job's end in the events: {e}");
+            }
         }
         if let Some(job) = job {
             if let (Some(node), Some(a)) = (&job.node_id, &job.allocation)

@@ -214,6 +214,11 @@ async fn a_faulty_gpu_ends_its_job_leaves_placement_and_its_figures_reach_promet
     .await?;
     let why = waiting.jobs[0].status_message.clone().unwrap_or_default();
     assert!(why.contains("cordoned"), "{why}");
+    let (_, s) = scrape(&url, Some(&coord.admin_token)).await?;
+    let s = s.context("parsed")?;
+    assert_eq!(value(&s, "corral_jobs_waiting", &[("reason", "not_ready")]), Some(1.0));
+    assert_eq!(value(&s, "corral_runs", &[("state", "pending")]), Some(1.0));
+    assert_eq!(value(&s, "corral_queue_depth", &[]), Some(1.0));
     let (reason, message) = ended(&coord, &retry.jobs[0].id.to_string())?;
     assert_eq!(reason, "gpu_error");
     assert!(message.contains("Xid 79 (fallen off the bus)"), "{message}");

@@ -93,7 +93,10 @@ pub fn render(state: &State) -> anyhow::Result<String> {
 /// What a scrape reads from the store and the nodes' reports, taken once.
 struct Snapshot {
     jobs_by_state: Vec<(String, u64)>,
-    runs: u64,
+    /// Runs by state: the active ones by their jobs, the rest `finished`.
+    runs_by_state: Vec<(String, u64)>,
+    /// Waiting jobs by the kind of their reason ([`pending_kind`]).
+    pending: Vec<(&'static str, u64)>,
     nodes_by_status: Vec<(&'static str, u64)>,
     names: HashMap<NodeId, String>,
     reports: Vec<(NodeId, std::sync::Arc<NodeMetrics>)>,
@@ -113,7 +116,17 @@ impl Snapshot {
     fn take(state: &State) -> anyhow::Result<Self> {
         let jobs_by_state = state.store.job_counts_by_state()?;
         let queued = jobs_by_state.iter().filter(|(s, _)| s == "submitted" || s == "pending").map(|(_, n)| n).sum();
-        let runs = state.store.run_count()?;
+        let active = state.store.active_run_states()?;
+        let mut runs: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+        for s in &active {
+            *runs.entry(s.to_string()).or_default() += 1;
+        }
+        let finished = state.store.run_count()?.saturating_sub(active.len() as u64);
+        runs.insert("finished".to_owned(), finished);
+        let mut pending: std::collections::BTreeMap<&'static str, u64> = std::collections::BTreeMap::new();
+        for (message, n) in state.store.pending_reasons()? {
+            *pending.entry(pending_kind(message.as_deref())).or_default() += n;
+        }
         let flags = state.store.node_flags()?;
         let connected = state.sessions.connected();
         let (mut ready, mut offline, mut cordoned) = (0, 0, 0);
@@ -147,7 +160,8 @@ impl Snapshot {
         let out_of_service = state.store.gpu_marks()?.into_iter().map(|(node, m)| (node, m.gpu, m.uuid)).collect();
         Ok(Self {
             jobs_by_state,
-            runs,
+            runs_by_state: runs.into_iter().collect(),
+            pending: pending.into_iter().collect(),
             nodes_by_status: vec![("ready", ready), ("offline", offline), ("cordoned", cordoned)],
             names,
             reports,
@@ -167,6 +181,27 @@ impl Snapshot {
             labels.extend([("project", project.clone()), ("run", run.clone()), ("job", job.clone())]);
         }
         labels
+    }
+}
+
+/// What a waiting job's reason is, from a short fixed list (the words carry counts and names, which
+/// would make a series per message): the kinds placement explains (`placement::Index::explain`).
+fn pending_kind(message: Option<&str>) -> &'static str {
+    let Some(m) = message else { return "not_looked_at_yet" };
+    if m.starts_with("no nodes") && m.contains("other projects' fleets") {
+        "other_projects"
+    } else if m.starts_with("no nodes") {
+        "no_nodes"
+    } else if m.contains(" is ready: ") {
+        "not_ready"
+    } else if m.starts_with("nodes: ") {
+        "no_cluster"
+    } else if m.contains(" free; ") {
+        "busy"
+    } else if m.starts_with("no node") && m.contains(" has ") {
+        "no_fit"
+    } else {
+        "other"
     }
 }
 
@@ -323,10 +358,26 @@ impl Collector for Snapshot {
         for (state, n) in &self.jobs_by_state {
             ConstGauge::new(*n as i64).encode(m.encode_family(&[("state", state.as_str())])?)?;
         }
-        let m = encoder.encode_descriptor("corral_runs", "Runs stored", None, MetricType::Gauge)?;
-        ConstGauge::new(self.runs as i64).encode(m)?;
+        let mut m = encoder.encode_descriptor(
+            "corral_runs",
+            "Runs by state (active ones as their jobs make them; the rest finished)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (state, n) in &self.runs_by_state {
+            ConstGauge::new(*n as i64).encode(m.encode_family(&[("state", state.as_str())])?)?;
+        }
         let m = encoder.encode_descriptor("corral_queue_depth", "Jobs waiting for a node", None, MetricType::Gauge)?;
         ConstGauge::new(self.queued as i64).encode(m)?;
+        let mut m = encoder.encode_descriptor(
+            "corral_jobs_waiting",
+            "Jobs waiting for a node, by why (the pending reason `corral ps` shows, by kind)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (kind, n) in &self.pending {
+            ConstGauge::new(*n as i64).encode(m.encode_family(&[("reason", *kind)])?)?;
+        }
         let mut m = encoder.encode_descriptor("corral_nodes", "Nodes by status", None, MetricType::Gauge)?;
         for (status, n) in &self.nodes_by_status {
             ConstGauge::new(*n as i64).encode(m.encode_family(&[("status", *status)])?)?;
@@ -393,5 +444,30 @@ impl Collector for Snapshot {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pending_kind;
+
+    #[test]
+    fn pending_reasons_fall_into_the_kinds_placement_explains() {
+        let kind = |m: &str| pending_kind(Some(m));
+        assert_eq!(kind("no node with 2 A100 GPU(s) free; 3 node(s) have them busy"), "busy");
+        assert_eq!(kind("no node has 8 H100 GPU(s) (e.g. gpu-01: has no GPU matching H100)"), "no_fit");
+        assert_eq!(kind("no node is ready: 1 offline, 2 cordoned"), "not_ready");
+        assert_eq!(kind("no nodes in fleet(s) rack (see `corral node list`)"), "no_nodes");
+        assert_eq!(
+            kind("no nodes for project main: 1 node(s) are in other projects' fleets (see `corral node list`)"),
+            "other_projects"
+        );
+        assert_eq!(
+            kind("nodes: 4 needs that many ready nodes of one fleet with `placement: cluster`; 2 available"),
+            "no_cluster"
+        );
+        assert_eq!(kind("no node with 1 GPU(s) free; 1 node(s) have them busy (rank 1 of the gang)"), "busy");
+        assert_eq!(kind("something new"), "other");
+        assert_eq!(pending_kind(None), "not_looked_at_yet");
     }
 }

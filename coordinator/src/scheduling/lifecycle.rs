@@ -168,7 +168,11 @@ pub fn job_ended(state: &State, job: &JobRow, reason: TerminationReason) -> Resu
             corral_proto::config::RetryEvent::NoCapacity => "no capacity",
         };
         let detail = format!("attempt {attempt} after {event} (retry.on_events), starting in {}s", backoff.as_secs());
-        state.store.record_event(None, Some(&job.project), "run.retry", Some(&job.run_name), Some(&detail))?;
+        if let Err(e) =
+            state.store.record_event(None, Some(&job.project), "run.retry", Some(&job.run_name), Some(&detail))
+        {
+            tracing::warn!(run = %job.run_name, "cannot record the retry in the events: {e}");
+        }
         state.scheduler.send(Command::Enqueue(job.run_id.clone()));
     }
     Ok(())
@@ -204,7 +208,9 @@ fn node_unreachable(state: &State, node: &NodeId) -> Result<(), StoreError> {
     tracing::warn!(node = %name, jobs = jobs.len(), "node unreachable");
     let detail =
         format!("not heard from for {}s; {} job(s) interrupted", state.config.node_timeout.as_secs(), jobs.len());
-    state.store.record_event(None, None, "node.unreachable", Some(&name), Some(&detail))?;
+    if let Err(e) = state.store.record_event(None, None, "node.unreachable", Some(&name), Some(&detail)) {
+        tracing::warn!(node = %name, "cannot record the node's loss in the events: {e}");
+    }
     let message = format!("node {name} stopped answering");
     for job in jobs {
         state.finish_job(&job.id, TerminationReason::NodeUnreachable, None, Some(&message))?;

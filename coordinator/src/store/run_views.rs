@@ -189,6 +189,33 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
+    /// The active runs' states, as their jobs in active states make them ([`run_state`]), by run.
+    pub fn active_run_states(&self) -> Result<Vec<JobState>> {
+        let conn = self.read();
+        let mut stmt = conn.prepare_cached(concat!(
+            "SELECT run_id, state FROM jobs INDEXED BY jobs_by_state WHERE state IN ",
+            active_states!()
+        ))?;
+        let mut by_run: std::collections::HashMap<String, Vec<JobState>> = std::collections::HashMap::new();
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let state: String = r.get(1)?;
+            by_run.entry(r.get(0)?).or_default().push(JobState::parse(&state).unwrap_or(JobState::Failed));
+        }
+        Ok(by_run.values().map(|states| run_state(&states.iter().collect::<Vec<_>>())).collect())
+    }
+
+    /// The waiting jobs' reasons, each with how many jobs wait for it.
+    pub fn pending_reasons(&self) -> Result<Vec<(Option<String>, u64)>> {
+        let conn = self.read();
+        let mut stmt = conn.prepare_cached(
+            "SELECT status_message, COUNT(*) FROM jobs INDEXED BY jobs_by_state \
+             WHERE state IN ('submitted', 'pending') GROUP BY status_message",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64)))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
     /// How many runs are stored.
     pub fn run_count(&self) -> Result<u64> {
         let n: i64 = self.read().query_row("SELECT COUNT(*) FROM runs", [], |r| r.get(0))?;
