@@ -153,35 +153,32 @@ impl Metrics {
     /// that the store knows as placed on this node; a container of any other job is not kept.
     pub fn record(&self, node: &NodeId, report: NodeMetrics, labels: Vec<(JobId, JobLabels)>, now_ms: i64) {
         let mut inner = self.write();
-        for (job, l) in labels {
-            inner.jobs.entry(job).or_insert_with(|| JobSeries {
-                labels: l,
-                latest: ContainerSample {
-                    job_id: JobId(String::new()),
-                    cpu_millicores: None,
-                    memory_used: 0,
-                    memory_limit: 0,
-                    network_rx: 0,
-                    network_tx: 0,
-                    disk_read: 0,
-                    disk_write: 0,
-                },
-                updated_ms: now_ms,
-                points: VecDeque::new(),
-            });
-        }
+        let mut labels: HashMap<JobId, JobLabels> = labels.into_iter().collect();
         for c in &report.containers {
-            if let Some(series) = inner.jobs.get_mut(&c.job_id).filter(|s| s.labels.node == *node) {
-                push(
-                    &mut series.points,
-                    JobPoint {
-                        at_ms: now_ms,
-                        memory_used: c.memory_used,
-                        cpu_millicores: c.cpu_millicores.unwrap_or(u32::MAX).min(u32::MAX - 1),
-                    },
-                );
-                series.latest = c.clone();
-                series.updated_ms = now_ms;
+            let point = JobPoint {
+                at_ms: now_ms,
+                memory_used: c.memory_used,
+                cpu_millicores: c.cpu_millicores.unwrap_or(u32::MAX).min(u32::MAX - 1),
+            };
+            match inner.jobs.get_mut(&c.job_id) {
+                Some(series) if series.labels.node == *node => {
+                    push(&mut series.points, point);
+                    series.latest = c.clone();
+                    series.updated_ms = now_ms;
+                }
+                Some(_) => {}
+                // A job first seen here: kept with its first sample, when the store placed it here.
+                None => {
+                    if let Some(l) = labels.remove(&c.job_id) {
+                        let series = JobSeries {
+                            labels: l,
+                            latest: c.clone(),
+                            updated_ms: now_ms,
+                            points: VecDeque::from([point]),
+                        };
+                        inner.jobs.insert(c.job_id.clone(), series);
+                    }
+                }
             }
         }
         let series = inner.nodes.entry(node.clone()).or_insert_with(|| NodeSeries {

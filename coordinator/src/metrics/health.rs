@@ -54,39 +54,45 @@ impl Health {
     /// follows does not decide again), the store by [`apply`].
     pub fn assess(&self, node: &NodeId, gpus: &[GpuSample], now_ms: i64) -> Vec<Change> {
         let mut all = self.lock();
-        let marks = all.entry(node.clone()).or_default();
         let mut changes = Vec::new();
         for g in gpus.iter().filter(|g| super::was_read(g)) {
             let found = faults(g);
-            match (marks.get(&g.index), found.is_empty()) {
+            // Most reports of most nodes: no fault and no mark, and nothing is written.
+            match (all.get(node).and_then(|m| m.get(&g.index)), found.is_empty()) {
                 (None, false) => {
                     let reason = found.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
                     let condition = found.iter().all(|f| f.is_condition());
-                    marks.insert(
-                        g.index,
-                        GpuMark {
-                            gpu: g.index,
-                            uuid: g.uuid.clone(),
-                            reason: reason.clone(),
-                            since_ms: now_ms,
-                            condition,
-                        },
-                    );
+                    let mark = GpuMark {
+                        gpu: g.index,
+                        uuid: g.uuid.clone(),
+                        reason: reason.clone(),
+                        since_ms: now_ms,
+                        condition,
+                    };
+                    all.entry(node.clone()).or_default().insert(g.index, mark);
                     changes.push(Change::Out { gpu: g.index, uuid: g.uuid.clone(), reason, condition });
                 }
                 // Cleared: only a condition, only when it was read (a lost GPU reads nothing), only
                 // when the operator allowed it.
                 (Some(m), true) if m.condition && self.auto_return && condition_read(g) => {
                     changes.push(Change::Back { gpu: g.index, uuid: m.uuid.clone() });
-                    marks.remove(&g.index);
+                    if let Some(marks) = all.get_mut(node) {
+                        marks.remove(&g.index);
+                        if marks.is_empty() {
+                            all.remove(node);
+                        }
+                    }
                 }
                 _ => {}
             }
         }
-        if marks.is_empty() {
-            all.remove(node);
-        }
         changes
+    }
+
+    /// Every GPU out of service, by node (for `/metrics`).
+    pub fn all_marks(&self) -> Vec<(NodeId, GpuMark)> {
+        let all = self.lock();
+        all.iter().flat_map(|(n, m)| m.values().map(move |mark| (n.clone(), mark.clone()))).collect()
     }
 
     /// The node's GPUs out of service (their indices).

@@ -157,7 +157,7 @@ impl Snapshot {
             })
             .collect();
         jobs.sort_by(|a, b| a.0[3].1.cmp(&b.0[3].1));
-        let out_of_service = state.store.gpu_marks()?.into_iter().map(|(node, m)| (node, m.gpu, m.uuid)).collect();
+        let out_of_service = state.health.all_marks().into_iter().map(|(node, m)| (node, m.gpu, m.uuid)).collect();
         Ok(Self {
             jobs_by_state,
             runs_by_state: runs.into_iter().collect(),
