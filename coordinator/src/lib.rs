@@ -150,10 +150,12 @@ impl Default for Config {
     }
 }
 
-/// Whether an agent of `protocol` can carry out `msg`. A job that needs protocol 2 is not sent to
-/// an older agent: it stays placed (`provisioning`) and is sent when the node reconnects after its
-/// upgrade (reconciliation sends placed jobs the agent does not have).
-pub(crate) fn understood(node: &str, protocol: u16, msg: &CoordinatorMessage) -> bool {
+/// `msg` as an agent of `protocol` can carry it out, or `None`. A job that needs protocol 2 is not
+/// sent to an older agent: it stays placed (`provisioning`) and is sent when the node reconnects
+/// after its upgrade (reconciliation sends placed jobs the agent does not have). An agent before
+/// protocol 3 knows no `gpu_error` (nor reports GPU faults): it is told `agent_error`.
+pub(crate) fn for_protocol(node: &str, protocol: u16, msg: CoordinatorMessage) -> Option<CoordinatorMessage> {
+    use corral_proto::job::TerminationReason;
     match msg {
         CoordinatorMessage::StartJob(spec) if protocol < 2 && spec.container.needs_protocol_2() => {
             tracing::warn!(
@@ -161,9 +163,12 @@ pub(crate) fn understood(node: &str, protocol: u16, msg: &CoordinatorMessage) ->
                 job = %spec.job_id,
                 "the node's agent speaks protocol {protocol}: the job waits for it to upgrade (it needs protocol 2)"
             );
-            false
+            None
         }
-        _ => true,
+        CoordinatorMessage::StopJob { job_id, abort, reason: TerminationReason::GpuError } if protocol < 3 => {
+            Some(CoordinatorMessage::StopJob { job_id, abort, reason: TerminationReason::AgentError })
+        }
+        other => Some(other),
     }
 }
 
@@ -292,19 +297,12 @@ impl State {
         self.sessions.get(node).is_some_and(|s| self.send_on(&s, msg))
     }
 
-    /// Sends a command on a node's session, prepared for it: not at all when its agent would not
-    /// understand it, or a secret it needs is no longer set.
+    /// Sends a command on a node's session, prepared for it ([`for_protocol`], [`State::for_node`]):
+    /// not at all when its agent could not carry it out, or a secret it needs is no longer set.
     pub fn send_on(&self, session: &sessions::Session, msg: CoordinatorMessage) -> bool {
-        // A protocol 2 agent knows no `gpu_error` (it never reports GPU faults either).
-        let msg = match msg {
-            CoordinatorMessage::StopJob { job_id, abort, reason: corral_proto::job::TerminationReason::GpuError }
-                if session.protocol < 3 =>
-            {
-                CoordinatorMessage::StopJob { job_id, abort, reason: corral_proto::job::TerminationReason::AgentError }
-            }
-            other => other,
-        };
-        understood(&session.name, session.protocol, &msg) && self.for_node(msg).is_some_and(|msg| session.send(msg))
+        for_protocol(&session.name, session.protocol, msg)
+            .and_then(|msg| self.for_node(msg))
+            .is_some_and(|msg| session.send(msg))
     }
 }
 
@@ -556,3 +554,21 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 
 /// How long the coordinator waits for its tasks after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use corral_proto::job::TerminationReason;
+
+    use super::*;
+
+    #[test]
+    fn an_agent_before_protocol_3_is_told_agent_error_for_gpu_error() {
+        let stop = |reason| CoordinatorMessage::StopJob { job_id: "j1".into(), abort: true, reason };
+        assert_eq!(for_protocol("n", 2, stop(TerminationReason::GpuError)), Some(stop(TerminationReason::AgentError)));
+        assert_eq!(for_protocol("n", 3, stop(TerminationReason::GpuError)), Some(stop(TerminationReason::GpuError)));
+        assert_eq!(
+            for_protocol("n", 2, stop(TerminationReason::StoppedByUser)),
+            Some(stop(TerminationReason::StoppedByUser))
+        );
+    }
+}
